@@ -1,0 +1,42 @@
+# Farebox — the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := $(PYTHON) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help install run test lint fmt bench
+
+help:
+	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
+	@echo "make test   - install, start PostgreSQL/Redis when needed, run the whole suite"
+	@echo "make lint   - ruff, mypy, import-linter"
+	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+	@touch $@
+
+run: install
+	$(BIN)/farebox demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/run.py

@@ -1,0 +1,187 @@
+"""Process management for the benchmark: spawn, health-wait, /proc accounting, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_status(port: int, method: str, path: str, body: bytes | None = None) -> int | None:
+    """One loopback request; the status code, or None if nothing answered."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces/parens: fields start after the last ')'; index 0 is state.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and all its live descendants, found through /proc/*/stat ppid links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime+cutime+cstime summed over the live tree (reaped children count via c*)."""
+    ticks = 0
+    for pid in tree_pids(root):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def tree_rss_bytes(root: int) -> int:
+    total = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return total
+
+
+@dataclass
+class Proc:
+    """A spawned server in its own session, logging to a file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    cpus: set[int] | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    spawned_at: float = field(default=0.0, init=False)
+
+    def start(self) -> None:
+        cpus = self.cpus
+
+        def _pin() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        log = self.log_path.open("wb")
+        self.spawned_at = time.perf_counter()
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_pin,
+        )
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_ready(
+        self, port: int, method: str, path: str, body: bytes | None, timeout: float
+    ) -> float:
+        """Poll until the endpoint answers 200; seconds since spawn. Raises RuntimeError."""
+        deadline = self.spawned_at + timeout
+        while time.perf_counter() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited (rc={self.popen and self.popen.poll()})")
+            if http_status(port, method, path, body) == 200:
+                return time.perf_counter() - self.spawned_at
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} not healthy after {timeout:.0f}s")
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.pid) if self.alive() else 0.0
+
+    def rss_bytes(self) -> int:
+        return tree_rss_bytes(self.pid) if self.alive() else 0
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(grace)
+
+
+@dataclass
+class Target:
+    """Something wrk can hit: the simulator itself ("direct") or a gateway in front of it."""
+
+    name: str
+    port: int
+    api_key: str
+    model_fast: str
+    model_slow: str
+    version: str = ""
+    proc: Proc | None = None  # None for "direct": the simulator is owned by the harness
+    available: bool = True
+    note: str = ""
+    startup_s: float | None = None
+    idle_rss: int | None = None
+    loaded_rss: int | None = None
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def mark_unavailable(self, why: str) -> None:
+        self.available = False
+        self.note = why
+        if self.proc is not None:
+            self.proc.stop()

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: parse, authenticate, hand over to gateway.service, answer."""

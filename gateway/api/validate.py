@@ -1,0 +1,188 @@
+"""Cheap structural checks on request bodies, without pydantic on the hot path.
+
+Only what the gateway itself depends on, or what an upstream would reject anyway, is
+checked here; every other field passes through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, bad_request
+
+MESSAGE_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
+ENCODINGS = frozenset({"float", "base64"})
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise bad_request("Request body is empty; expected a JSON object.")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = "is not valid UTF-8" if "UTF-8" in str(exc) else f"is not valid JSON ({exc})"
+        raise bad_request(f"Request body {reason}.") from None
+    if not isinstance(payload, dict):
+        raise bad_request(f"Request body must be a JSON object, not {_kind(payload)}.")
+    return payload
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _type_error(field: str, expected: str, value: Any) -> GatewayError:
+    return bad_request(
+        f"Invalid type for '{field}': expected {expected}, but got {_kind(value)}.",
+        param=field,
+        code="invalid_type",
+    )
+
+
+def require_model(payload: dict[str, Any]) -> str:
+    model = payload.get("model")
+    if model is None:
+        raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _type_error("model", "a non-empty string", model)
+    return model
+
+
+def _optional_bool(payload: dict[str, Any], field: str) -> bool:
+    value = payload.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _type_error(field, "a boolean", value)
+    return value
+
+
+def _optional_int(payload: dict[str, Any], field: str, minimum: int) -> None:
+    value = payload.get(field)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(field, "an integer", value)
+    if value < minimum:
+        raise bad_request(
+            f"Invalid '{field}': {value} is less than the minimum of {minimum}.",
+            param=field,
+            code="invalid_value",
+        )
+
+
+def _optional_number(payload: dict[str, Any], field: str) -> None:
+    value = payload.get(field)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise _type_error(field, "a number", value)
+
+
+def _optional_list(payload: dict[str, Any], field: str) -> None:
+    value = payload.get(field)
+    if value is not None and not isinstance(value, list):
+        raise _type_error(field, "an array", value)
+
+
+def _common_generation(payload: dict[str, Any]) -> tuple[bool, bool]:
+    """Checks shared by chat and legacy completions; returns (stream, include_usage)."""
+    stream = _optional_bool(payload, "stream")
+    options = payload.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _type_error("stream_options", "an object", options)
+        if not stream:
+            raise bad_request(
+                "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+            )
+        include_usage = _optional_bool(options, "include_usage")
+    for field in ("max_tokens", "max_completion_tokens", "n"):
+        _optional_int(payload, field, 1)
+    for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        _optional_number(payload, field)
+    return stream, include_usage
+
+
+def check_chat(payload: dict[str, Any]) -> tuple[str, bool, bool]:
+    """Validate a chat completion body; returns (model, stream, include_usage)."""
+    model = require_model(payload)
+    messages = payload.get("messages")
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array", messages)
+    if not messages:
+        raise bad_request("'messages' must contain at least one message.", param="messages", code="empty_array")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _type_error(where, "an object", message)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
+            raise bad_request(
+                f"Invalid value for '{where}.role': expected one of "
+                f"{', '.join(sorted(MESSAGE_ROLES))}.",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _type_error(f"{where}.content", "a string or an array of parts", content)
+    _optional_list(payload, "tools")
+    tools = payload.get("tools")
+    if tools is not None and not all(isinstance(t, dict) for t in tools):
+        raise _type_error("tools", "an array of objects", tools)
+    response_format = payload.get("response_format")
+    if response_format is not None and not isinstance(response_format, dict):
+        raise _type_error("response_format", "an object", response_format)
+    stream, include_usage = _common_generation(payload)
+    return model, stream, include_usage
+
+
+def check_completion(payload: dict[str, Any]) -> tuple[str, bool, bool]:
+    model = require_model(payload)
+    prompt = payload.get("prompt")
+    if prompt is None:
+        raise bad_request("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if not isinstance(prompt, str | list):
+        raise _type_error("prompt", "a string or an array", prompt)
+    stream, include_usage = _common_generation(payload)
+    return model, stream, include_usage
+
+
+def check_embedding(payload: dict[str, Any]) -> str:
+    model = require_model(payload)
+    value = payload.get("input")
+    if value is None:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if isinstance(value, str):
+        if not value:
+            raise bad_request("'input' must not be empty.", param="input", code="invalid_value")
+    elif isinstance(value, list):
+        if not value:
+            raise bad_request("'input' must not be an empty array.", param="input", code="empty_array")
+        if not all(isinstance(v, str | int | list) and not isinstance(v, bool) for v in value):
+            raise _type_error("input", "strings or arrays of token ids", value)
+    else:
+        raise _type_error("input", "a string or an array", value)
+    encoding = payload.get("encoding_format")
+    if encoding is not None and encoding not in ENCODINGS:
+        raise bad_request(
+            "Invalid value for 'encoding_format': expected 'float' or 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    _optional_int(payload, "dimensions", 1)
+    return model

@@ -1,0 +1,107 @@
+"""Application factory: create_app(settings, config) → FastAPI.
+
+The OpenAI endpoints are served by a pure-ASGI layer in front of FastAPI's router, so the
+hot path skips routing, dependency injection and response-model validation; FastAPI keeps
+the lifespan, the ops endpoints and (later) the admin API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.api.openai import OpenAIEndpoints
+from gateway.api.ops import ops_router
+from gateway.config_schema import GatewayConfig, load_config
+from gateway.errors import error_body
+from gateway.settings import Settings
+from gateway.state import GatewayState, build_state
+
+log = logging.getLogger("farebox")
+
+
+class StateHolder:
+    """The current GatewayState; replaced as a whole so requests never see half a config."""
+
+    def __init__(self) -> None:
+        self.state: GatewayState | None = None
+
+    def get(self) -> GatewayState | None:
+        return self.state
+
+    def require(self) -> GatewayState:
+        if self.state is None:
+            raise RuntimeError("gateway state used before start-up finished")
+        return self.state
+
+
+class HotPath:
+    """Pure ASGI: answer /v1/* ourselves, hand everything else to FastAPI."""
+
+    def __init__(self, app: ASGIApp, endpoints: OpenAIEndpoints) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.endpoints.handles(scope["path"]):
+            await self.endpoints(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
+    holder = StateHolder()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings, config)
+        holder.state = state
+        try:
+            yield
+        finally:
+            state.draining = True
+            await state.service.close()
+
+    app = FastAPI(
+        title="Farebox",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(ops_router(holder.get))
+    app.add_middleware(HotPath, endpoints=OpenAIEndpoints(holder.require))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else None
+        message = "Unknown path." if exc.status_code == 404 else str(exc.detail)
+        return Response(
+            error_body(message, "invalid_request_error", code),
+            status_code=exc.status_code,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return Response(
+            error_body(str(exc.errors()), "invalid_request_error", None),
+            status_code=400,
+            media_type="application/json",
+        )
+
+    app.state.holder = holder
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for multi-worker serving: each worker reloads the config itself."""
+    settings = Settings()
+    return create_app(settings, load_config(settings.config))

@@ -1,0 +1,185 @@
+"""The `farebox` command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.config_schema import GatewayConfig, load_config
+from gateway.config_yaml import ConfigError
+from gateway.settings import Settings
+from routing.resolve import describe_plan
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Farebox AI gateway.")
+config_app = typer.Typer(no_args_is_help=True, help="Work with routing config files.")
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Routing YAML (default: $FAREBOX_CONFIG)."),
+]
+
+
+def _load_or_exit(path: Path) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            typer.echo(f"error: {issue}", err=True)
+        raise typer.Exit(1) from None
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="YAML file to validate.")]) -> None:
+    """Validate FILE and print each route's resolved plan (exit 1 on errors)."""
+    config = _load_or_exit(file)
+    index = config.model_index()
+    typer.echo(
+        f"{file}: OK — {len(config.providers)} providers, {len(config.deployments)} deployments, "
+        f"{len(config.routes)} routes"
+    )
+    for name in config.routes:
+        plan = index.plan(name)
+        assert plan is not None
+        typer.echo(f"\nroute {name}")
+        for line in describe_plan(plan):
+            typer.echo(f"  {line}")
+    direct = [d for d in config.deployments]
+    if direct:
+        typer.echo("\nalso routable by deployment id: " + ", ".join(direct))
+    for upstream, owners in index.ambiguous_upstream.items():
+        typer.echo(
+            f"note: upstream model {upstream!r} is served by {', '.join(owners)}; "
+            "clients must name a deployment id or a route for it"
+        )
+    if config.auth_disabled:
+        typer.echo("warning: auth is disabled (auth: none); anyone who can reach the port can spend")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API."""
+    settings = Settings()
+    path = config or Path(settings.config)
+    loaded = _load_or_exit(path)
+    if not loaded.auth_disabled and not loaded.api_keys() and not settings.master_key:
+        typer.echo(
+            "error: no API keys configured: set FAREBOX_MASTER_KEY, list keys under auth.keys, "
+            "or write `auth: none` to serve without authentication",
+            err=True,
+        )
+        raise typer.Exit(2)
+    _serve(settings, loaded, path, host or settings.host, port or settings.port,
+           workers or settings.workers)
+
+
+def _serve(
+    settings: Settings, config: GatewayConfig, path: Path, host: str, port: int, workers: int
+) -> None:
+    import uvicorn
+
+    options: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "server_header": False,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "timeout_keep_alive": 30,
+        "backlog": 4096,
+    }
+    if workers > 1:
+        # Each worker process rebuilds its state from the file, so pass the path along.
+        os.environ["FAREBOX_CONFIG"] = str(path.resolve())
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        return
+    from gateway.app import create_app
+
+    uvicorn.run(create_app(settings, config), **options)  # type: ignore[arg-type]
+
+
+@app.command("mock-upstream")
+def mock_upstream(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 9100,
+    require_key: Annotated[
+        str | None, typer.Option(help="Reject requests that do not carry this key.")
+    ] = None,
+) -> None:
+    """Run the provider simulator (OpenAI + Anthropic wire formats, faults on demand)."""
+    from gateway.mock_upstream import run
+
+    run(host=host, port=port, require_key=require_key)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8080,
+    sim_port: Annotated[int, typer.Option(help="Simulator port.")] = 9100,
+    config: Annotated[Path, typer.Option(help="Demo config.")] = Path("config/demo.yaml"),
+) -> None:
+    """Start the simulator and serve the demo config against it (no keys, no databases)."""
+    os.environ["FAREBOX_SIM_PORT"] = str(sim_port)
+    settings = Settings()
+    loaded = _load_or_exit(config)
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "mock-upstream", "--port", str(sim_port)]
+    )
+    try:
+        _wait_for_port(sim_port, simulator)
+        keys = loaded.api_keys()
+        dev_key = keys[0].key if keys else (settings.master_key or "<auth disabled>")
+        base = f"http://127.0.0.1:{port}/v1"
+        first_route = next(iter(loaded.routes), "chat")
+        typer.echo(
+            f"""
+Farebox demo
+  base URL : {base}
+  dev key  : {dev_key}
+  routes   : {", ".join(loaded.routes)}
+  simulator: http://127.0.0.1:{sim_port} (stats at /_stats)
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}", api_key="{dev_key}")
+  reply = client.chat.completions.create(
+      model="{first_route}", messages=[{{"role": "user", "content": "Hello!"}}])
+  print(reply.choices[0].message.content)
+"""
+        )
+        _serve(settings, loaded, config, "127.0.0.1", port, 1)
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            typer.echo(f"error: the simulator exited with code {process.returncode}", err=True)
+            raise typer.Exit(1)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    typer.echo(f"error: the simulator did not open port {port} in {timeout:.0f} s", err=True)
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,316 @@
+"""The routing YAML: schema (pydantic, extra="forbid"), loader and cross-reference checks.
+
+Every problem is reported with file, line and key path, and unknown names get a
+"did you mean" suggestion, because a typo in a route is an outage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path as FsPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, Path, load_yaml
+from routing.model import DeploymentSpec, RouteSpec, Timeouts
+from routing.resolve import ModelIndex
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+STRATEGIES = ("direct",)
+PROTOCOLS = ("openai",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """USD per 1M tokens."""
+
+    input: NonNegativeFloat
+    output: NonNegativeFloat
+    cached_input: NonNegativeFloat | None = None
+    cache_write: NonNegativeFloat | None = None
+
+
+class Provider(_Strict):
+    kind: Literal["serverless", "dedicated", "closed_api"]
+    protocol: str = "openai"
+    api_base: str
+    api_key: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    hourly_usd: NonNegativeFloat | None = None
+    max_concurrency: PositiveInt | None = None
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {value!r}; available: {', '.join(PROTOCOLS)}")
+        return value
+
+
+class Deployment(_Strict):
+    provider: str
+    model: str = Field(min_length=1)
+    price: Price | None = None
+    context_window: PositiveInt | None = None
+    max_concurrency: PositiveInt | None = None
+
+
+class TimeoutsConfig(_Strict):
+    connect_ms: PositiveInt = 5_000
+    ttft_ms: PositiveInt = 30_000
+    total_ms: PositiveInt = 600_000
+
+
+class Route(_Strict):
+    strategy: str = "direct"
+    targets: list[str] = Field(min_length=1)
+    # Unset fields inherit server.timeouts.
+    timeouts: TimeoutsConfig | None = None
+    workload: str | None = None
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            hint = _suggest(value, STRATEGIES)
+            raise ValueError(
+                f"unknown strategy {value!r}{hint}; available: {', '.join(STRATEGIES)}"
+            )
+        return value
+
+
+class ApiKey(_Strict):
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=8)
+
+
+class AuthConfig(_Strict):
+    """`auth: none` in YAML becomes `disabled=True`; it must be written out to turn auth off."""
+
+    disabled: bool = False
+    keys: list[ApiKey] = Field(default_factory=list)
+
+
+class ServerConfig(_Strict):
+    max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+
+
+class GatewayConfig(_Strict):
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    deployments: dict[str, Deployment] = Field(default_factory=dict)
+    routes: dict[str, Route] = Field(default_factory=dict)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_none(cls, value: Any) -> Any:
+        if value == "none":
+            return {"disabled": True}
+        if isinstance(value, str):
+            raise ValueError("must be `none` or a mapping with `keys:`")
+        return value
+
+    @property
+    def auth_disabled(self) -> bool:
+        return self.auth.disabled
+
+    def api_keys(self) -> list[ApiKey]:
+        return list(self.auth.keys)
+
+    def deployment_specs(self) -> dict[str, DeploymentSpec]:
+        return {
+            dep_id: DeploymentSpec(
+                id=dep_id,
+                provider=dep.provider,
+                provider_kind=self.providers[dep.provider].kind,
+                protocol=self.providers[dep.provider].protocol,
+                upstream_model=dep.model,
+                context_window=dep.context_window,
+            )
+            for dep_id, dep in self.deployments.items()
+        }
+
+    def route_specs(self) -> dict[str, RouteSpec]:
+        return {
+            name: RouteSpec(
+                name=name,
+                strategy=route.strategy,
+                targets=tuple(route.targets),
+                timeouts=_timeouts(self._route_timeouts(route)),
+                workload=route.workload,
+            )
+            for name, route in self.routes.items()
+        }
+
+    def _route_timeouts(self, route: Route) -> TimeoutsConfig:
+        if route.timeouts is None:
+            return self.server.timeouts
+        return self.server.timeouts.model_copy(
+            update=route.timeouts.model_dump(exclude_unset=True)
+        )
+
+    def model_index(self) -> ModelIndex:
+        return ModelIndex(
+            self.route_specs(), self.deployment_specs(), _timeouts(self.server.timeouts)
+        )
+
+
+def _timeouts(t: TimeoutsConfig) -> Timeouts:
+    return Timeouts(connect_ms=t.connect_ms, ttft_ms=t.ttft_ms, total_ms=t.total_ms)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, interpolate, validate and cross-check a config file; raise ConfigError."""
+    file = str(path)
+    try:
+        text = FsPath(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(file, None, "", f"cannot read config: {exc}")]) from None
+    return parse_config(text, file, os.environ if env is None else env)
+
+
+def parse_config(text: str, file: str, env: Mapping[str, str]) -> GatewayConfig:
+    doc = load_yaml(text, file, env)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.issue((), "the top level must be a mapping")])
+    try:
+        config = GatewayConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, doc)) from None
+    issues = _cross_check(config, doc)
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def _cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for dep_id, dep in config.deployments.items():
+        if dep.provider not in config.providers:
+            issues.append(
+                doc.issue(
+                    ("deployments", dep_id, "provider"),
+                    f"unknown provider {dep.provider!r}{_suggest(dep.provider, config.providers)}",
+                )
+            )
+    for name, route in config.routes.items():
+        if name in config.deployments:
+            issues.append(
+                doc.issue(("routes", name), f"route name {name!r} is also a deployment id")
+            )
+        seen: set[str] = set()
+        for i, target in enumerate(route.targets):
+            where: Path = ("routes", name, "targets", i)
+            if target not in config.deployments:
+                hint = _suggest(target, config.deployments)
+                issues.append(doc.issue(where, f"unknown deployment {target!r}{hint}"))
+            elif target in seen:
+                issues.append(doc.issue(where, f"deployment {target!r} is listed twice"))
+            seen.add(target)
+        if route.strategy == "direct" and len(route.targets) != 1:
+            issues.append(
+                doc.issue(
+                    ("routes", name, "targets"),
+                    f"strategy direct takes exactly one target, got {len(route.targets)}",
+                )
+            )
+    seen_keys: dict[str, int] = {}
+    for i, api_key in enumerate(config.api_keys()):
+        if api_key.name in seen_keys:
+            issues.append(
+                doc.issue(("auth", "keys", i, "name"), f"duplicate key name {api_key.name!r}")
+            )
+        seen_keys[api_key.name] = i
+    return issues
+
+
+def _explain(exc: ValidationError, doc: LocatedDocument) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = _clean_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(GatewayConfig, loc[:-1])
+            key = str(loc[-1])
+            hint = _suggest(key, allowed)
+            known = f"; valid keys: {', '.join(sorted(allowed))}" if allowed and not hint else ""
+            message = f"unknown key {key!r}{hint}{known}"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] not in ("value_error",) and _short(err["input"]):
+                message += f" (got {err['input']!r})"
+        issue = doc.issue(loc, message)
+        if issue not in issues:
+            issues.append(issue)
+    return issues
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> Path:
+    return tuple(loc)
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) and len(repr(value)) <= 60
+
+
+def _allowed_keys(model: Any, loc: Path) -> list[str]:
+    """Field names valid at `loc`, found by walking the model's annotations."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap_model(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if not isinstance(part, str) or part not in current.model_fields:
+                return []
+            current = current.model_fields[part].annotation
+        else:
+            current = _container_item(current)
+            if current is None:
+                return []
+    current = _unwrap_model(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    """From `X | None` or `Literal[...] | X`, pick the BaseModel branch if there is one."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return annotation
+
+
+def _container_item(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin is list and args:
+        return args[0]
+    return None
+
+
+def _suggest(name: str, candidates: Any) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -1,0 +1,255 @@
+"""Directive grammar for the provider simulator (pure: no I/O, no clock).
+
+A directive string is a comma-separated list of ``key=value`` items or bare flags,
+e.g. ``"latency=50,jitter=10,status=429,retry_after=2"``.  It may come from two places:
+
+1. the requested model name after ``::`` (``"sim-small::tokens=5"``; the base model
+   is the part before ``::``), and
+2. the ``x-mock-behavior`` request header.
+
+Header items override model-suffix items key by key.  Unknown keys and bad values
+raise :class:`DirectiveError`, which the server turns into a 400 naming the key, so a
+typo in a test fails loudly instead of silently doing nothing.
+
+Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
+
+``latency=MS``  ``jitter=MS``  ``ttft=MS``  ``tps=N``  ``tokens=N``  ``cached=N``
+``cache_write=N``  ``reasoning=N``  ``status=CODE``  ``retry_after=S``
+``fail_first=N``  ``fail_rate=P``  ``cut_after=N``  ``midstream_error=N``
+``context_window=N``; flags ``hang``, ``malformed``, ``context_length`` (a flag also
+accepts ``=1/true/yes/on`` or ``=0/false/no/off``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+__all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
+    "MAX_GENERATED_TOKENS",
+    "Behaviour",
+    "DirectiveError",
+    "TokenPlan",
+    "plan_tokens",
+    "resolve",
+    "split_model",
+    "split_prompt_cache",
+]
+
+#: Completion tokens produced when neither ``tokens=`` nor a request limit says otherwise.
+DEFAULT_COMPLETION_TOKENS = 16
+#: Upper bound on generated tokens, so a client asking for ``max_tokens=100000`` cannot
+#: make the simulator build megabytes of filler.
+MAX_GENERATED_TOKENS = 4096
+
+_TRUE = frozenset({"", "1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class DirectiveError(ValueError):
+    """A directive key is unknown or its value is invalid."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """What the simulator should do with one request."""
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    ttft: float = 0.0
+    tps: float | None = None
+    tokens: int | None = None
+    cached: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+    status: int | None = None
+    retry_after: float | None = None
+    fail_first: int | None = None
+    fail_rate: float | None = None
+    hang: bool = False
+    cut_after: int | None = None
+    midstream_error: int | None = None
+    malformed: bool = False
+    context_length: bool = False
+    context_window: int | None = None
+    #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
+    canonical: str = ""
+
+    @property
+    def failure_status(self) -> int:
+        """Status used by ``fail_first``/``fail_rate`` (500 unless ``status`` says otherwise)."""
+        return self.status if self.status is not None else 500
+
+
+def _ms(key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DirectiveError(key, f"{key} must be a number of milliseconds, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise DirectiveError(key, f"{key} must be a finite number >= 0, got {raw!r}")
+    return value
+
+
+def _count(key: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DirectiveError(key, f"{key} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise DirectiveError(key, f"{key} must be >= 0, got {raw!r}")
+    return value
+
+
+def _positive(key: str, raw: str) -> float:
+    value = _ms(key, raw)
+    if value <= 0:
+        raise DirectiveError(key, f"{key} must be > 0, got {raw!r}")
+    return value
+
+
+def _probability(key: str, raw: str) -> float:
+    value = _ms(key, raw)
+    if value > 1:
+        raise DirectiveError(key, f"{key} must be a probability in [0, 1], got {raw!r}")
+    return value
+
+
+def _status(key: str, raw: str) -> int:
+    value = _count(key, raw)
+    if value != 200 and not 400 <= value <= 599:
+        raise DirectiveError(key, f"{key} must be 200 or 400-599, got {raw!r}")
+    return value
+
+
+def _flag(key: str, raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise DirectiveError(key, f"{key} is a flag; use '{key}' or '{key}=0', got {raw!r}")
+
+
+_PARSERS: dict[str, Any] = {
+    "latency": _ms,
+    "jitter": _ms,
+    "ttft": _ms,
+    "tps": _positive,
+    "tokens": _count,
+    "cached": _count,
+    "cache_write": _count,
+    "reasoning": _count,
+    "status": _status,
+    "retry_after": _ms,
+    "fail_first": _count,
+    "fail_rate": _probability,
+    "hang": _flag,
+    "cut_after": _count,
+    "midstream_error": _count,
+    "malformed": _flag,
+    "context_length": _flag,
+    "context_window": _count,
+}
+_FLAGS = frozenset({"hang", "malformed", "context_length"})
+assert set(_PARSERS) == {f.name for f in fields(Behaviour)} - {"canonical"}
+
+
+@lru_cache(maxsize=2048)
+def _items(text: str) -> tuple[tuple[str, str], ...]:
+    """Split one directive string into ``(key, raw value)`` pairs, validating keys."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        key, sep, raw = item.partition("=")
+        key = key.strip().lower()
+        raw = raw.strip()
+        if key not in _PARSERS:
+            known = ", ".join(sorted(_PARSERS))
+            raise DirectiveError(
+                key, f"unknown mock directive {key!r} in {text!r}; known directives: {known}"
+            )
+        if not sep and key not in _FLAGS:
+            raise DirectiveError(key, f"mock directive {key!r} needs a value ({key}=...)")
+        out[key] = raw
+    return tuple(out.items())
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``"sim-small::latency=5"`` → ``("sim-small", "latency=5")``."""
+    base, _, suffix = model.partition("::")
+    return base, suffix
+
+
+@lru_cache(maxsize=4096)
+def resolve(model_suffix: str, header: str) -> Behaviour:
+    """Merge the model-suffix and header directives (header wins) into a :class:`Behaviour`.
+
+    Cached: a load test repeats the same few directive strings millions of times.
+    """
+    merged = dict(_items(model_suffix)) if model_suffix else {}
+    if header:
+        merged.update(_items(header))
+    if not merged:
+        return _DEFAULT
+    values = {key: _PARSERS[key](key, raw) for key, raw in merged.items()}
+    canonical = ",".join(f"{k}={merged[k]}" if merged[k] else k for k in sorted(merged))
+    return Behaviour(**values, canonical=canonical)
+
+
+_DEFAULT = Behaviour()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPlan:
+    """Completion tokens to generate: ``visible`` content plus hidden ``reasoning``."""
+
+    visible: int
+    reasoning: int
+    #: True when the request's own max-tokens limit cut the answer (finish "length").
+    truncated: bool
+
+    @property
+    def completion(self) -> int:
+        return self.visible + self.reasoning
+
+
+def plan_tokens(behaviour: Behaviour, request_max: int | None) -> TokenPlan:
+    """Decide how many tokens to produce.
+
+    Wanted visible tokens are ``tokens=N`` if given, else the request's max-tokens limit
+    (capped at :data:`MAX_GENERATED_TOKENS`), else :data:`DEFAULT_COMPLETION_TOKENS`.
+    Reasoning tokens come on top (they are *inside* ``completion_tokens``).  As with real
+    providers the request limit bounds visible + reasoning together; reaching it marks the
+    answer truncated (finish_reason ``length`` / stop_reason ``max_tokens``).
+    """
+    if behaviour.tokens is not None:
+        wanted = min(behaviour.tokens, MAX_GENERATED_TOKENS)
+    elif request_max is not None:
+        wanted = min(request_max, MAX_GENERATED_TOKENS)
+    else:
+        wanted = DEFAULT_COMPLETION_TOKENS
+    reasoning = behaviour.reasoning
+    if request_max is not None and wanted + reasoning >= request_max:
+        reasoning = min(reasoning, request_max)
+        return TokenPlan(visible=request_max - reasoning, reasoning=reasoning, truncated=True)
+    return TokenPlan(visible=wanted, reasoning=reasoning, truncated=False)
+
+
+def split_prompt_cache(behaviour: Behaviour, prompt_tokens: int) -> tuple[int, int]:
+    """``(cached, cache_write)`` clamped so that neither exceeds the prompt.
+
+    Cache writes are clamped to what is left after cache reads, so Anthropic's
+    uncached ``input_tokens`` never goes negative.
+    """
+    cached = min(behaviour.cached, prompt_tokens)
+    cache_write = min(behaviour.cache_write, prompt_tokens - cached)
+    return cached, cache_write

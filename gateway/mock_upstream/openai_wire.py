@@ -1,0 +1,329 @@
+"""OpenAI ``POST /v1/chat/completions`` in the real wire format (JSON and SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .behaviour import Behaviour, plan_tokens, split_prompt_cache
+from .content import chat_prompt_tokens, fragments, schema_instance, word, words
+from .runtime import (
+    Call,
+    begin,
+    gate,
+    handler,
+    malformed_json,
+    new_id,
+    now,
+    openai_error_body,
+    pace_non_stream,
+    pump,
+    truncated_json,
+)
+
+__all__ = ["FINGERPRINT", "chat_completions", "request_limit", "sse_error", "usage_block"]
+
+FINGERPRINT = "fp_sim"
+_MAX_N = 128
+#: A chunk whose JSON never closes: what a proxy mangling a stream looks like.
+MALFORMED_EVENT = b'data: {"id":"chatcmpl-broken","object":"chat.completion.chunk","choices":[{\n\n'
+
+
+def usage_block(
+    prompt: int, cached: int, cache_write: int, completion: int, reasoning: int
+) -> dict[str, Any]:
+    """OpenAI ``usage``: cached inside prompt_tokens, reasoning inside completion_tokens."""
+    prompt_details: dict[str, int] = {"cached_tokens": cached, "audio_tokens": 0}
+    if cache_write:
+        prompt_details["cache_write_tokens"] = cache_write
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": prompt_details,
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def sse_error(message: str) -> bytes:
+    """The mid-stream error event both OpenAI SDKs turn into ``APIError``."""
+    body = openai_error_body(500, message)
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def request_limit(call: Call, *names: str) -> int | None:
+    """The first max-tokens field present in the body; raise 400 if it is not a count."""
+    for name in names:
+        value = call.body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise call.error(400, f"Invalid '{name}': expected a non-negative integer.", param=name)
+        return value
+    return None
+
+
+def choice_count(call: Call) -> int:
+    n = call.body.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= _MAX_N:
+        raise call.error(400, f"Invalid 'n': must be an integer in [1, {_MAX_N}].", param="n")
+    return n
+
+
+@dataclass(slots=True)
+class _Answer:
+    """One choice's output; every choice of a request gets the same one."""
+
+    kind: str  # "text" | "json" | "tool"
+    text: str
+    pieces: list[str]
+    reasoning: int
+    finish: str
+    tool_name: str = ""
+
+    @property
+    def completion(self) -> int:
+        return len(self.pieces) + self.reasoning
+
+
+def _pick_tool(call: Call) -> tuple[str, Any] | None:
+    tools = call.body.get("tools")
+    choice = call.body.get("tool_choice", "auto")
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    functions = [
+        t["function"]
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
+    ]
+    if not functions:
+        return None
+    wanted = None
+    if isinstance(choice, dict):
+        named = choice.get("function")
+        wanted = named.get("name") if isinstance(named, dict) else None
+    if wanted is None:
+        return str(functions[0]["name"]), functions[0].get("parameters")
+    for fn in functions:
+        if fn["name"] == wanted:
+            return str(wanted), fn.get("parameters")
+    raise call.error(
+        400, f"Invalid 'tool_choice': no function named {wanted!r} in 'tools'.", param="tool_choice"
+    )
+
+
+def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
+    tool = _pick_tool(call)
+    if tool is not None:
+        arguments = orjson.dumps(schema_instance(tool[1])).decode()
+        return _Answer(
+            "tool", arguments, fragments(arguments), b.reasoning, "tool_calls", tool_name=tool[0]
+        )
+    fmt = call.body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"):
+        spec = fmt.get("json_schema")
+        if fmt["type"] == "json_schema" and isinstance(spec, dict):
+            document = schema_instance(spec.get("schema", {}))
+        else:
+            document = {"result": "ok"}
+        text = orjson.dumps(document).decode()
+        return _Answer("json", text, fragments(text), b.reasoning, "stop")
+    plan = plan_tokens(b, request_max)
+    pieces = [word(i) for i in range(plan.visible)]
+    finish = "length" if plan.truncated else "stop"
+    return _Answer("text", words(plan.visible), pieces, plan.reasoning, finish)
+
+
+def _message(answer: _Answer) -> dict[str, Any]:
+    if answer.kind == "tool":
+        call_id = new_id("call_")
+        return {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "annotations": [],
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": answer.tool_name, "arguments": answer.text},
+                }
+            ],
+        }
+    return {"role": "assistant", "content": answer.text, "refusal": None, "annotations": []}
+
+
+@handler
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    call = await begin(request, "chat", "openai")
+    messages = call.body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise call.error(400, "'messages' must be a non-empty array.", param="messages")
+    n = choice_count(call)
+    request_max = request_limit(call, "max_completion_tokens", "max_tokens")
+    prompt = chat_prompt_tokens(messages)
+    await gate(call, prompt)
+    b = call.behaviour
+    answer = _answer(call, b, request_max)
+    cached, cache_write = split_prompt_cache(b, prompt)
+    completion = answer.completion * n
+    reasoning = answer.reasoning * n
+    usage = usage_block(prompt, cached, cache_write, completion, reasoning)
+    if call.stream:
+        return await _stream(call, answer, n, usage, (prompt, cached, cache_write))
+    payload = {
+        "id": new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": now(),
+        "model": call.model,
+        "choices": [
+            {
+                "index": i,
+                "message": _message(answer),
+                "logprobs": None,
+                "finish_reason": answer.finish,
+            }
+            for i in range(n)
+        ],
+        "usage": usage,
+        "service_tier": "default",
+        "system_fingerprint": FINGERPRINT,
+    }
+    await pace_non_stream(call, answer.completion)
+    if b.cut_after is not None:
+        return await truncated_json(call, orjson.dumps(payload))
+    if b.malformed:
+        return malformed_json(call, orjson.dumps(payload))
+    call.state.stats.usage(
+        call.base,
+        prompt=prompt,
+        cached=cached,
+        cache_write=cache_write,
+        completion=completion,
+        reasoning=reasoning,
+    )
+    return call.json(payload)
+
+
+async def _stream(
+    call: Call,
+    answer: _Answer,
+    n: int,
+    usage: dict[str, Any],
+    prompt_parts: tuple[int, int, int],
+) -> web.StreamResponse:
+    options = call.body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    # Chunks share everything but their choices, so they are spliced from two byte
+    # templates instead of serialising a whole dict per token.
+    prefix = (
+        b'data: {"id":"'
+        + new_id("chatcmpl-").encode()
+        + b'","object":"chat.completion.chunk","created":'
+        + str(now()).encode()
+        + b',"model":'
+        + orjson.dumps(call.model)
+        + b',"service_tier":"default","system_fingerprint":"'
+        + FINGERPRINT.encode()
+        + b'","choices":['
+    )
+    suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+    indexes = range(n)
+
+    def chunk(choices: list[bytes]) -> bytes:
+        return prefix + b",".join(choices) + suffix
+
+    def delta(i: int, body: dict[str, Any], finish: str | None = None) -> bytes:
+        return orjson.dumps(
+            {"index": i, "delta": body, "logprobs": None, "finish_reason": finish}
+        )
+
+    if answer.kind == "tool":
+        call_ids = [new_id("call_") for _ in indexes]
+        head = chunk(
+            [
+                delta(
+                    i,
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call_ids[i],
+                                "type": "function",
+                                "function": {"name": answer.tool_name, "arguments": ""},
+                            }
+                        ],
+                    },
+                )
+                for i in indexes
+            ]
+        )
+        body = [
+            chunk(
+                [
+                    delta(i, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                    for i in indexes
+                ]
+            )
+            for piece in answer.pieces
+        ]
+    else:
+        head = chunk(
+            [delta(i, {"role": "assistant", "content": "", "refusal": None}) for i in indexes]
+        )
+        body = []
+        for piece in answer.pieces:
+            encoded = orjson.dumps(piece)
+            body.append(
+                chunk(
+                    [
+                        b'{"index":%d,"delta":{"content":%b},"logprobs":null,"finish_reason":null}'
+                        % (i, encoded)
+                        for i in indexes
+                    ]
+                )
+            )
+    tail = chunk([delta(i, {}, answer.finish) for i in indexes])
+    on_delivered: Callable[[], None] | None = None
+    if include_usage:
+        tail += prefix + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+        prompt, cached, cache_write = prompt_parts
+        stats = call.state.stats
+
+        def record() -> None:
+            stats.usage(
+                call.base,
+                prompt=prompt,
+                cached=cached,
+                cache_write=cache_write,
+                completion=usage["completion_tokens"],
+                reasoning=usage["completion_tokens_details"]["reasoning_tokens"],
+            )
+
+        on_delivered = record
+
+    tail += b"data: [DONE]\n\n"
+    return await pump(
+        call,
+        head,
+        body,
+        tail,
+        error_event=sse_error("The server had an error while streaming (simulated)."),
+        malformed_event=MALFORMED_EVENT,
+        on_delivered=on_delivered,
+        pre_content_tokens=answer.reasoning,
+    )

@@ -1,0 +1,117 @@
+"""What the simulator actually served, for exact comparison with a gateway's own ledger.
+
+Shape of :meth:`Stats.snapshot` (served as ``GET /_stats``)::
+
+    {"requests": {"<base model>": {"total": 12, "by_status": {"200": 10, "500": 2},
+                                    "stream": 4}},
+     "tokens": {"<base model>": {"prompt": 0, "cached": 0, "cache_write": 0,
+                                  "completion": 0, "reasoning": 0}},
+     "endpoints": {"chat": 10, "completions": 0, "embeddings": 1, "messages": 1},
+     "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0}}
+
+``by_status`` records the status line that was sent; a ``hang`` request never sends one
+and is recorded under the key ``"hang"`` so that ``total == sum(by_status.values())``.
+``stream`` counts requests that asked for a stream, whatever their outcome.  Tokens are
+added only when usage reached the client (a non-stream success, the OpenAI usage chunk,
+or Anthropic's ``message_delta``); for Anthropic ``prompt`` is the OpenAI-equivalent
+total (input + cache creation + cache read).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ENDPOINTS", "FAULTS", "UNKNOWN_MODEL", "Stats"]
+
+ENDPOINTS = ("chat", "completions", "embeddings", "messages")
+FAULTS = ("hang", "cut", "midstream_error", "malformed")
+#: Model key for requests whose body could not be read far enough to find a model.
+UNKNOWN_MODEL = "(unknown)"
+
+
+class _ModelRequests:
+    __slots__ = ("by_status", "stream", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.stream = 0
+        self.by_status: dict[str, int] = {}
+
+
+class _ModelTokens:
+    __slots__ = ("cache_write", "cached", "completion", "prompt", "reasoning")
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.cached = 0
+        self.cache_write = 0
+        self.completion = 0
+        self.reasoning = 0
+
+
+class Stats:
+    """Counters mutated only from the event loop thread, so no locking is needed."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._requests: dict[str, _ModelRequests] = {}
+        self._tokens: dict[str, _ModelTokens] = {}
+        self._endpoints = dict.fromkeys(ENDPOINTS, 0)
+        self._faults = dict.fromkeys(FAULTS, 0)
+
+    def endpoint(self, name: str) -> None:
+        self._endpoints[name] += 1
+
+    def served(self, model: str, status: int | str, stream: bool) -> None:
+        entry = self._requests.get(model)
+        if entry is None:
+            entry = self._requests[model] = _ModelRequests()
+        entry.total += 1
+        if stream:
+            entry.stream += 1
+        key = str(status)
+        entry.by_status[key] = entry.by_status.get(key, 0) + 1
+
+    def fault(self, kind: str) -> None:
+        self._faults[kind] += 1
+
+    def usage(
+        self,
+        model: str,
+        *,
+        prompt: int,
+        cached: int = 0,
+        cache_write: int = 0,
+        completion: int = 0,
+        reasoning: int = 0,
+    ) -> None:
+        entry = self._tokens.get(model)
+        if entry is None:
+            entry = self._tokens[model] = _ModelTokens()
+        entry.prompt += prompt
+        entry.cached += cached
+        entry.cache_write += cache_write
+        entry.completion += completion
+        entry.reasoning += reasoning
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": {
+                model: {"total": r.total, "by_status": dict(r.by_status), "stream": r.stream}
+                for model, r in self._requests.items()
+            },
+            "tokens": {
+                model: {
+                    "prompt": t.prompt,
+                    "cached": t.cached,
+                    "cache_write": t.cache_write,
+                    "completion": t.completion,
+                    "reasoning": t.reasoning,
+                }
+                for model, t in self._tokens.items()
+            },
+            "endpoints": dict(self._endpoints),
+            "faults": dict(self._faults),
+        }

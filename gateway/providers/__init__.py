@@ -1,0 +1,1 @@
+"""Upstream adapters: one interface, one implementation per wire protocol."""

@@ -1,0 +1,67 @@
+"""What every upstream adapter returns, whatever protocol it speaks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from routing.model import DeploymentSpec, Timeouts
+
+# Why an upstream call failed, before any routing decision is made about it.
+CONNECT = "connect"
+TIMEOUT = "timeout"
+STATUS = "status"
+MALFORMED = "malformed"
+CUT = "cut"
+STREAM_ERROR = "stream_error"
+
+
+class UpstreamError(Exception):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.body = body
+        self.headers: Mapping[str, str] = headers or {}
+        self.request_id = request_id
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    status: int
+    raw: bytes
+    data: dict[str, Any]
+    request_id: str | None
+
+
+class UpstreamStream(Protocol):
+    request_id: str | None
+
+    def events(self) -> AsyncIterator[bytes]:
+        """The `data:` payloads, in order; ends after `[DONE]` or raises UpstreamError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Adapter(Protocol):
+    async def call(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
+    ) -> UpstreamReply: ...
+
+    async def open_stream(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
+    ) -> UpstreamStream: ...
+
+    async def close(self) -> None: ...

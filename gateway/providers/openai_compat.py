@@ -1,0 +1,201 @@
+"""OpenAI-protocol upstreams over one shared aiohttp session.
+
+aiohttp rather than httpx: on this machine httpx served ~20x fewer requests/s at
+concurrency 64. Bodies are forwarded as the client sent them except for `model` (rewritten
+to the upstream name) and `stream_options` (we always ask for usage so every stream is
+metered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.providers.base import (
+    CONNECT,
+    CUT,
+    MALFORMED,
+    STATUS,
+    TIMEOUT,
+    UpstreamError,
+    UpstreamReply,
+)
+from gateway.providers.sse import sse_data
+from routing.model import DeploymentSpec, Timeouts
+
+_JSON = "application/json"
+
+
+class ProviderEndpoint:
+    """Where and how to reach one provider: base URL and ready-made headers."""
+
+    __slots__ = ("base", "headers", "name")
+
+    def __init__(self, name: str, api_base: str, api_key: str | None, extra: Mapping[str, str]):
+        self.name = name
+        self.base = api_base.rstrip("/")
+        headers = {"Content-Type": _JSON, "Accept": _JSON}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        headers.update(extra)
+        self.headers = headers
+
+
+class OpenAICompatAdapter:
+    def __init__(self, providers: Mapping[str, ProviderEndpoint], session: aiohttp.ClientSession):
+        self._providers = dict(providers)
+        self._session = session
+        self._timeouts: dict[tuple[Timeouts, bool], aiohttp.ClientTimeout] = {}
+
+    @classmethod
+    def create(cls, providers: Mapping[str, ProviderEndpoint]) -> OpenAICompatAdapter:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # concurrency caps are a routing decision, not a socket-pool accident
+            ttl_dns_cache=300,
+            keepalive_timeout=60,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+        return cls(providers, session)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def _timeout(self, t: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
+        cached = self._timeouts.get((t, stream))
+        if cached is None:
+            # For streams, the TTFT budget is also the longest silence allowed between
+            # chunks; a non-stream body only arrives once generation is done.
+            cached = aiohttp.ClientTimeout(
+                total=t.total_ms / 1000,
+                sock_connect=t.connect_ms / 1000,
+                sock_read=t.ttft_ms / 1000 if stream else None,
+            )
+            self._timeouts[(t, stream)] = cached
+        return cached
+
+    def _prepare(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any]
+    ) -> tuple[ProviderEndpoint, str, bytes]:
+        provider = self._providers[deployment.provider]
+        payload["model"] = deployment.upstream_model
+        return provider, f"{provider.base}/{endpoint}", orjson.dumps(payload)
+
+    async def call(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
+    ) -> UpstreamReply:
+        provider, url, body = self._prepare(deployment, endpoint, payload)
+        try:
+            async with self._session.post(
+                url, data=body, headers=provider.headers, timeout=self._timeout(timeouts, False)
+            ) as resp:
+                raw = await resp.read()
+                request_id = resp.headers.get("x-request-id")
+                status = resp.status
+                headers = resp.headers
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError(TIMEOUT, f"{deployment.id} timed out: {exc!s}") from None
+        except aiohttp.ClientPayloadError:
+            raise UpstreamError(CUT, f"{deployment.id} closed the connection mid-body") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}") from None
+        if status != 200:
+            raise _status_error(deployment, status, raw, headers, request_id)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                MALFORMED, f"{deployment.id} returned a body that is not a JSON object",
+                status=status, request_id=request_id,
+            )
+        return UpstreamReply(status=status, raw=raw, data=data, request_id=request_id)
+
+    async def open_stream(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
+    ) -> OpenAIStream:
+        provider, url, body = self._prepare(deployment, endpoint, payload)
+        try:
+            resp = await self._session.post(
+                url, data=body, headers=provider.headers, timeout=self._timeout(timeouts, True)
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError(TIMEOUT, f"{deployment.id} sent no response headers in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}") from None
+        request_id = resp.headers.get("x-request-id")
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                resp.release()
+            raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
+        return OpenAIStream(deployment.id, resp, request_id)
+
+
+class OpenAIStream:
+    __slots__ = ("_deployment", "_resp", "request_id")
+
+    def __init__(self, deployment: str, resp: aiohttp.ClientResponse, request_id: str | None):
+        self._deployment = deployment
+        self._resp = resp
+        self.request_id = request_id
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in sse_data(self._resp.content.iter_any()):
+                yield data
+                if data == b"[DONE]":
+                    return
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                CUT, f"{self._deployment} stream broke: {type(exc).__name__}"
+            ) from None
+        raise UpstreamError(CUT, f"{self._deployment} ended the stream without [DONE]")
+
+    async def close(self) -> None:
+        self._resp.close()
+
+
+def _status_error(
+    deployment: DeploymentSpec,
+    status: int,
+    raw: bytes,
+    headers: Mapping[str, str],
+    request_id: str | None,
+) -> UpstreamError:
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    keep = {
+        k.lower(): v
+        for k, v in headers.items()
+        if k.lower() in ("retry-after", "retry-after-ms") or k.lower().startswith("x-ratelimit-")
+    }
+    return UpstreamError(
+        STATUS,
+        f"{deployment.id} answered HTTP {status}",
+        status=status,
+        body=body,
+        headers=keep,
+        request_id=request_id,
+    )
+
+
+async def drain(stream: OpenAIStream) -> None:
+    """Close a stream without waiting on a slow peer."""
+    await asyncio.shield(stream.close())
