@@ -57,11 +57,9 @@ def ensure_installed() -> str:
     print(f"bench: installing litellm[proxy]=={version} into {VENV} (hash-locked)", flush=True)
     uv = _uv()
     subprocess.run([uv, "venv", "-q", "--clear", "--python", "3.11", str(VENV)], check=True)
-    subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(VENV / "bin" / "python")]
-        + ["--require-hashes", "-r", str(REQ_LOCK)],
-        check=True,
-    )
+    python = str(VENV / "bin" / "python")
+    install = [uv, "pip", "install", "-q", "--python", python, "--require-hashes"]
+    subprocess.run([*install, "-r", str(REQ_LOCK)], check=True)
     got = installed_version()
     if got != version:
         raise SystemExit(f"bench: expected litellm {version} in {VENV}, found {got}")
@@ -71,12 +69,8 @@ def ensure_installed() -> str:
 def lock() -> None:
     """Regenerate the hash-locked requirements from the .in pin."""
     pinned_version()
-    subprocess.run(
-        [_uv(), "pip", "compile", "-q", "--python-version", "3.11", "--generate-hashes"]
-        + [str(REQ_IN.name), "-o", str(REQ_LOCK.name)],
-        check=True,
-        cwd=BENCH,
-    )
+    compile_ = [_uv(), "pip", "compile", "-q", "--python-version", "3.11", "--generate-hashes"]
+    subprocess.run([*compile_, REQ_IN.name, "-o", REQ_LOCK.name], check=True, cwd=BENCH)
 
 
 def write_config(path: Path, sim_port: int) -> Path:
@@ -91,9 +85,7 @@ def write_config(path: Path, sim_port: int) -> Path:
             '      api_key: "sim-key"\n'
         )
     path.write_text(
-        "model_list:\n"
-        + "".join(entries)
-        + "litellm_settings:\n"
+        "model_list:\n" + "".join(entries) + "litellm_settings:\n"
         "  telemetry: false\n"
         "general_settings:\n"
         "  disable_spend_logs: true\n"

@@ -90,6 +90,7 @@ class Proc:
     env: dict[str, str]
     log_path: Path
     cpus: set[int] | None = None
+    cwd: Path = Path(__file__).resolve().parent.parent  # the repo root
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
     spawned_at: float = field(default=0.0, init=False)
 
@@ -105,6 +106,7 @@ class Proc:
         self.popen = subprocess.Popen(
             self.argv,
             env=self.env,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -125,7 +125,7 @@ class GatewayConfig(_Strict):
     def _auth_none(cls, value: Any) -> Any:
         if value == "none":
             return {"disabled": True}
-        if isinstance(value, str):
+        if not isinstance(value, dict | AuthConfig):
             raise ValueError("must be `none` or a mapping with `keys:`")
         return value
 

@@ -102,8 +102,10 @@ def _build(
 ) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        own = {id(k) for k, _ in node.value}
         loader.flatten_mapping(node)  # resolves `<<:` merge keys
         out: dict[Any, Any] = {}
+        merged: set[str] = set()
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) or key is None:
@@ -111,7 +113,11 @@ def _build(
                 continue
             key = str(key)
             child = (*path, key)
-            if key in out:
+            if id(key_node) not in own:
+                merged.add(key)
+            elif key in merged:
+                merged.discard(key)  # an explicit key may override a merged one
+            elif key in out:
                 first = doc.lines.get(child)
                 issues.append(
                     ConfigIssue(

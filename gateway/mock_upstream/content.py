@@ -20,8 +20,8 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = [
-    "chat_prompt_tokens",
     "anthropic_prompt_tokens",
+    "chat_prompt_tokens",
     "completion_prompts",
     "embedding_inputs",
     "embedding_vector",

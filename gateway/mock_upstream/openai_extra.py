@@ -18,22 +18,12 @@ from .content import (
     word,
     words,
 )
+from .delivery import malformed_json, pace_non_stream, pump, truncated_json
+from .errors import openai_error_body
 from .openai_wire import FINGERPRINT, choice_count, request_limit, sse_error, usage_block
-from .runtime import (
-    STATE,
-    Call,
-    begin,
-    gate,
-    handler,
-    malformed_json,
-    new_id,
-    now,
-    pace_non_stream,
-    pump,
-    truncated_json,
-)
+from .runtime import STATE, Call, begin, gate, handler, new_id, now
 
-__all__ = ["MODELS", "completions", "embeddings", "list_models"]
+__all__ = ["MODELS", "completions", "embeddings", "list_models", "retrieve_model"]
 
 #: Advertised by ``GET /v1/models``; any model name is accepted by the other endpoints.
 MODELS = ("sim-small", "sim-medium", "sim-large", "sim-reasoning", "sim-embed")
@@ -95,9 +85,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
         def chunk(text: str, finish: str | None) -> bytes:
             parts = [
-                orjson.dumps(
-                    {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
-                )
+                orjson.dumps({"text": text, "index": i, "logprobs": None, "finish_reason": finish})
                 for i in range(choices)
             ]
             return prefix + b",".join(parts) + suffix
@@ -196,23 +184,34 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _finish_json(call, payload, 0, record)
 
 
-async def list_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    headers = {"x-request-id": new_id("req_")}
-    if state.bearer is not None and request.headers.get("Authorization") != state.bearer:
-        from .runtime import openai_error_body
+def _unauthorised(request: web.Request) -> web.Response | None:
+    bearer = request.app[STATE].bearer
+    if bearer is None or request.headers.get("Authorization") == bearer:
+        return None
+    return web.Response(
+        status=401,
+        body=orjson.dumps(openai_error_body(401, code="invalid_api_key")),
+        content_type="application/json",
+        headers={"x-request-id": new_id("req_")},
+    )
 
-        return web.Response(
-            status=401,
-            body=orjson.dumps(openai_error_body(401, code="invalid_api_key")),
-            content_type="application/json",
-            headers=headers,
-        )
-    payload = {
-        "object": "list",
-        "data": [
-            {"id": model, "object": "model", "created": _MODELS_CREATED, "owned_by": "farebox-sim"}
-            for model in MODELS
-        ],
-    }
-    return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": _MODELS_CREATED, "owned_by": "farebox-sim"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    denied = _unauthorised(request)
+    if denied is not None:
+        return denied
+    payload = {"object": "list", "data": [_model(name) for name in MODELS]}
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """Any model id exists: the simulator serves whatever name it is asked for."""
+    denied = _unauthorised(request)
+    if denied is not None:
+        return denied
+    payload = _model(request.match_info["model"])
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")

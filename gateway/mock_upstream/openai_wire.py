@@ -11,19 +11,9 @@ from aiohttp import web
 
 from .behaviour import Behaviour, plan_tokens, split_prompt_cache
 from .content import chat_prompt_tokens, fragments, schema_instance, word, words
-from .runtime import (
-    Call,
-    begin,
-    gate,
-    handler,
-    malformed_json,
-    new_id,
-    now,
-    openai_error_body,
-    pace_non_stream,
-    pump,
-    truncated_json,
-)
+from .delivery import malformed_json, pace_non_stream, pump, truncated_json
+from .errors import openai_error_body
+from .runtime import Call, begin, gate, handler, new_id, now
 
 __all__ = ["FINGERPRINT", "chat_completions", "request_limit", "sse_error", "usage_block"]
 
@@ -245,9 +235,7 @@ async def _stream(
         return prefix + b",".join(choices) + suffix
 
     def delta(i: int, body: dict[str, Any], finish: str | None = None) -> bytes:
-        return orjson.dumps(
-            {"index": i, "delta": body, "logprobs": None, "finish_reason": finish}
-        )
+        return orjson.dumps({"index": i, "delta": body, "logprobs": None, "finish_reason": finish})
 
     if answer.kind == "tool":
         call_ids = [new_id("call_") for _ in indexes]

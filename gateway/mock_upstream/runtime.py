@@ -19,9 +19,11 @@ import orjson
 from aiohttp import web
 
 from .behaviour import Behaviour, DirectiveError, resolve, split_model
+from .errors import anthropic_error_body, openai_error_body
 from .stats import UNKNOWN_MODEL, Stats
 
 __all__ = [
+    "JSON_TYPE",
     "STATE",
     "Call",
     "Reply",
@@ -31,41 +33,12 @@ __all__ = [
     "handler",
     "new_id",
     "now",
-    "pump",
 ]
 
 Flavor = Literal["openai", "anthropic"]
 JSON_TYPE = "application/json"
 _HANG_POLL_S = 0.25
 _HANG_LIMIT_S = 3600.0
-
-_OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
-    # status: (type, code, message)
-    400: ("invalid_request_error", None, "Invalid request (simulated)."),
-    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    403: ("permission_error", "permission_denied", "You are not allowed to do this (simulated)."),
-    404: ("invalid_request_error", "model_not_found", "The model does not exist (simulated)."),
-    408: ("timeout", "timeout", "Request timed out (simulated)."),
-    409: ("conflict", "conflict", "Conflict (simulated)."),
-    413: ("invalid_request_error", "request_too_large", "Request too large (simulated)."),
-    422: ("invalid_request_error", "unprocessable_entity", "Unprocessable entity (simulated)."),
-    429: ("requests", "rate_limit_exceeded", "Rate limit reached (simulated)."),
-    500: ("server_error", "server_error", "The server had an error (simulated)."),
-    502: ("server_error", "bad_gateway", "Bad gateway (simulated)."),
-    503: ("server_error", "service_unavailable", "The engine is currently overloaded."),
-    504: ("server_error", "timeout", "Gateway timeout (simulated)."),
-    529: ("overloaded_error", "overloaded", "The server is overloaded (simulated)."),
-}
-_ANTHROPIC_ERRORS: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    529: "overloaded_error",
-}
 
 
 class SimState:
@@ -96,41 +69,12 @@ def now() -> int:
     return int(time.time())
 
 
-class Reply(Exception):  # noqa: N818 - control flow, not an error condition
+class Reply(Exception):
     """Carries an early response out of nested helpers."""
 
     def __init__(self, response: web.StreamResponse) -> None:
         super().__init__()
         self.response = response
-
-
-def openai_error_body(
-    status: int, message: str | None = None, *, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    kind, default_code, default_message = _OPENAI_ERRORS.get(
-        status,
-        ("server_error", "server_error", f"Simulated upstream error {status}.")
-        if status >= 500
-        else ("invalid_request_error", None, f"Simulated upstream error {status}."),
-    )
-    return {
-        "error": {
-            "message": message or default_message,
-            "type": kind,
-            "param": param,
-            "code": code or default_code,
-        }
-    }
-
-
-def anthropic_error_body(status: int, message: str | None = None) -> dict[str, Any]:
-    kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    text = message or {
-        "rate_limit_error": "Number of requests has exceeded your rate limit (simulated).",
-        "overloaded_error": "Overloaded",
-        "authentication_error": "invalid x-api-key",
-    }.get(kind, f"Simulated upstream error {status}.")
-    return {"type": "error", "error": {"type": kind, "message": text}}
 
 
 class Call:
@@ -193,7 +137,9 @@ class Call:
     def json(self, payload: Any) -> web.Response:
         """Record and build a 200 JSON answer."""
         self.state.stats.served(self.base, 200, self.stream)
-        return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE, headers=self.headers)
+        return web.Response(
+            body=orjson.dumps(payload), content_type=JSON_TYPE, headers=self.headers
+        )
 
 
 def _authorised(call: Call) -> bool:
@@ -307,94 +253,6 @@ def _injected_status(call: Call) -> int | None:
     return b.status
 
 
-async def pace_non_stream(call: Call, completion_tokens: int) -> None:
-    """Non-stream answers wait ``ttft`` plus generation time at ``tps``."""
-    b = call.behaviour
-    delay = b.ttft / 1000.0
-    if b.tps:
-        delay += completion_tokens / b.tps
-    if delay > 0:
-        await asyncio.sleep(delay)
-
-
-async def pump(
-    call: Call,
-    head: bytes,
-    body: list[bytes],
-    tail: bytes,
-    *,
-    error_event: bytes,
-    malformed_event: bytes,
-    on_delivered: Callable[[], None] | None,
-    pre_content_tokens: int = 0,
-) -> web.StreamResponse:
-    """Send an SSE stream: ``head``, one ``body`` item per token step, then ``tail``.
-
-    Applies ``ttft``/``tps`` pacing and the stream faults.  ``on_delivered`` runs once the
-    tail (which carries usage, if any) has been handed to the transport.
-    """
-    b = call.behaviour
-    call.state.stats.served(call.base, 200, call.stream)
-    response = web.StreamResponse(headers=call.headers)
-    response.content_type = "text/event-stream"
-    response.headers["Cache-Control"] = "no-cache"
-    await response.prepare(call.request)
-    stats = call.state.stats
-    try:
-        first_delay = b.ttft / 1000.0
-        if b.tps:
-            first_delay += pre_content_tokens / b.tps
-        if first_delay > 0:
-            await asyncio.sleep(first_delay)
-        if b.malformed:
-            stats.fault("malformed")
-            await response.write(head + malformed_event)
-            await response.write_eof()
-            return response
-        limit = len(body)
-        cut = b.cut_after is not None and b.cut_after <= limit
-        failing = not cut and b.midstream_error is not None and b.midstream_error <= limit
-        if cut:
-            limit = b.cut_after or 0
-        elif failing:
-            limit = b.midstream_error or 0
-        if b.tps:
-            if head:
-                await response.write(head)
-            start = time.monotonic()
-            interval = 1.0 / b.tps
-            for i in range(limit):
-                wait = start + i * interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await response.write(body[i])
-            prefix = b""
-        else:
-            prefix = head + b"".join(body[:limit])
-        if cut:
-            if prefix:
-                await response.write(prefix)
-            stats.fault("cut")
-            transport = call.request.transport
-            if transport is not None:
-                # abort() drops the connection without the terminating zero-length chunk,
-                # which is what a provider crash looks like to an HTTP client.
-                transport.abort()
-            return response
-        if failing:
-            stats.fault("midstream_error")
-            await response.write(prefix + error_event)
-            await response.write_eof()
-            return response
-        await response.write(prefix + tail)
-        if on_delivered is not None:
-            on_delivered()
-        await response.write_eof()
-    except ConnectionResetError:
-        pass
-    return response
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -410,30 +268,3 @@ def handler(func: Handler) -> Handler:
     wrapped.__name__ = func.__name__
     wrapped.__doc__ = func.__doc__
     return wrapped
-
-
-async def truncated_json(call: Call, payload: bytes) -> web.StreamResponse:
-    """``cut_after`` on a non-stream answer: headers promise the full body, half arrives."""
-    call.state.stats.served(call.base, 200, call.stream)
-    call.state.stats.fault("cut")
-    response = web.StreamResponse(headers=call.headers)
-    response.content_type = JSON_TYPE
-    response.content_length = len(payload)
-    await response.prepare(call.request)
-    try:
-        await response.write(payload[: len(payload) // 2])
-    except ConnectionResetError:
-        return response
-    transport = call.request.transport
-    if transport is not None:
-        transport.abort()
-    return response
-
-
-def malformed_json(call: Call, payload: bytes) -> web.Response:
-    """``malformed`` on a non-stream answer: a 200 whose JSON body is cut short."""
-    call.state.stats.served(call.base, 200, call.stream)
-    call.state.stats.fault("malformed")
-    return web.Response(
-        body=payload[: max(1, len(payload) // 2)], content_type=JSON_TYPE, headers=call.headers
-    )

@@ -41,7 +41,7 @@ class ProviderEndpoint:
         headers = {"Content-Type": _JSON, "Accept": _JSON}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        headers.update(extra)
+        headers.update({k: v for k, v in extra.items() if v})  # unset ${VAR:-} means omit
         self.headers = headers
 
 

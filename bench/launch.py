@@ -1,0 +1,115 @@
+"""How each process of the benchmark is launched: simulator, passthrough, Farebox, LiteLLM."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+from pathlib import Path
+
+import litellm_env
+import report
+import wrk
+from targets import Proc, Target, free_port
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+SIM_KEY = "sim-key"
+FAREBOX_KEY = "bench-key"
+FAST_MODEL = "sim-small"
+SLOW_MODEL = "sim-small::latency=50"
+HEALTH = {"passthrough": "/healthz", "farebox": "/healthz", "litellm": "/health/liveliness"}
+
+
+def python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def simulator(port: int, env: dict[str, str], cpus: set[int] | None) -> tuple[Proc, str]:
+    """gateway.mock_upstream.run when importable; else the temporary dev stand-in."""
+    probe = subprocess.run(
+        [python(), "-c", "from gateway.mock_upstream import run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode == 0:
+        code = f"from gateway.mock_upstream import run; run('127.0.0.1', {port})"
+        argv, kind = [python(), "-c", code], "gateway.mock_upstream.run"
+    elif (dev := BENCH / "_dev_upstream.py").exists():
+        argv, kind = [python(), str(dev), str(port)], "bench/_dev_upstream.py (stand-in)"
+    else:
+        raise SystemExit(f"bench: no simulator: {probe.stderr.strip()[-400:]}")
+    return Proc("simulator", argv, env, WORK / "simulator.log", cpus), kind
+
+
+def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:
+    port = free_port()
+    target = Target("passthrough", port, SIM_KEY, FAST_MODEL, SLOW_MODEL, version="bench")
+    upstream = f"http://127.0.0.1:{sim_port}"
+    argv = [python(), str(BENCH / "passthrough.py"), "--port", str(port), "--upstream", upstream]
+    target.proc = Proc("passthrough", argv, env, WORK / "passthrough.log", cpus)
+    return target
+
+
+def farebox(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:
+    port = free_port()
+    version = report.dist_version("farebox")
+    target = Target("farebox", port, FAREBOX_KEY, "bench", "bench-slow", version=version)
+    config = str(BENCH / "farebox.yaml")
+    argv = [str(ROOT / ".venv" / "bin" / "farebox"), "serve", "--config", config]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    fb_env = {**env, "SIM_PORT": str(sim_port)}
+    target.proc = Proc("farebox", argv, fb_env, WORK / "farebox.log", cpus)
+    return target
+
+
+def litellm(sim_port: int, env: dict[str, str], cpus: set[int] | None, version: str) -> Target:
+    port = free_port()
+    target = Target("litellm", port, litellm_env.MASTER_KEY, "bench", "bench-slow", version)
+    config = litellm_env.write_config(WORK / "litellm.yaml", sim_port)
+    argv, lt_env = litellm_env.argv(config, port), litellm_env.env(env)
+    target.proc = Proc("litellm", argv, lt_env, WORK / "litellm.log", cpus)
+    return target
+
+
+def start(target: Target, timeout: float) -> None:
+    """Spawn and wait for the first 200 on the health endpoint; mark unavailable on failure."""
+    assert target.proc is not None
+    print(f"bench: starting {target.name}", flush=True)
+    try:
+        target.proc.start()
+        target.startup_s = target.proc.wait_ready(
+            target.port, "GET", HEALTH[target.name], None, timeout
+        )
+    except (OSError, RuntimeError) as exc:
+        tail = target.proc.log_tail(6).replace("\n", " | ")
+        target.mark_unavailable(f"{exc}" + (f"; log tail: {tail}" if tail else ""))
+        print(f"bench: {target.name} unavailable: {exc}", flush=True)
+
+
+def post(port: int, key: str, model: str, stream: bool) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        conn.request("POST", "/v1/chat/completions", wrk.request_body(model, stream), headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, repr(exc).encode()
+    finally:
+        conn.close()
+
+
+def check(target: Target) -> str | None:
+    """One functional request per request shape; an error message, or None if all pass."""
+    shapes = [(target.model_fast, False), (target.model_fast, True), (target.model_slow, False)]
+    for model, stream in shapes:
+        status, body = post(target.port, target.api_key, model, stream)
+        want = b"[DONE]" if stream else b'"choices"'
+        if status != 200 or want not in body:
+            return f"check {model} stream={stream}: HTTP {status} {body[:200]!r}"
+    return None

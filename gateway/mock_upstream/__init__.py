@@ -1,0 +1,11 @@
+"""Provider simulator speaking the real OpenAI and Anthropic wire formats.
+
+Used by the gateway's tests, the demo and the load benchmark.  Per-request behaviour
+(latency, token counts, faults) is chosen with a directive string; see
+:mod:`gateway.mock_upstream.behaviour` for the grammar and
+:mod:`gateway.mock_upstream.stats` for what ``GET /_stats`` reports.
+"""
+
+from .server import create_app, run
+
+__all__ = ["create_app", "run"]

@@ -1,0 +1,171 @@
+"""Anthropic ``POST /v1/messages`` in the real wire format (JSON and SSE events).
+
+``reasoning=N`` has no separate usage field here: Anthropic bills thinking as output, so
+the tokens are added to ``output_tokens`` and ``/_stats`` records no reasoning for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .behaviour import plan_tokens, split_prompt_cache
+from .content import anthropic_prompt_tokens, fragments, schema_instance, word, words
+from .delivery import malformed_json, pace_non_stream, pump, truncated_json
+from .errors import anthropic_error_body
+from .runtime import Call, begin, gate, handler, new_id
+
+__all__ = ["messages"]
+
+_MALFORMED_EVENT = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{\n\n'
+)
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _pick_tool(call: Call) -> tuple[str, Any] | None:
+    tools = call.body.get("tools")
+    choice = call.body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else "auto"
+    if not isinstance(tools, list) or not tools or kind == "none":
+        return None
+    named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    if not named:
+        return None
+    if kind == "tool" and isinstance(choice, dict):
+        wanted = choice.get("name")
+        for tool in named:
+            if tool["name"] == wanted:
+                return str(wanted), tool.get("input_schema")
+        raise call.error(400, f"tool_choice.name: no tool named {wanted!r} in tools")
+    return str(named[0]["name"]), named[0].get("input_schema")
+
+
+def _validate(call: Call) -> tuple[int, list[Any]]:
+    body = call.body
+    for field in ("max_tokens", "messages"):
+        if field not in body:
+            raise call.error(400, f"{field}: Field required")
+    max_tokens = body["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise call.error(400, "max_tokens: Input should be a positive integer")
+    msgs = body["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise call.error(400, "messages: Input should be a non-empty list")
+    return max_tokens, msgs
+
+
+@handler
+async def messages(request: web.Request) -> web.StreamResponse:
+    call = await begin(request, "messages", "anthropic")
+    max_tokens, msgs = _validate(call)
+    prompt = anthropic_prompt_tokens(call.body.get("system"), msgs)
+    tool = _pick_tool(call)
+    await gate(call, prompt)
+    b = call.behaviour
+    cache_read, cache_creation = split_prompt_cache(b, prompt)
+    input_tokens = prompt - cache_read - cache_creation
+    block: dict[str, Any]
+    if tool is not None:
+        document = schema_instance(tool[1])
+        pieces = fragments(orjson.dumps(document).decode())
+        output = len(pieces) + b.reasoning
+        stop_reason = "tool_use"
+        block = {"type": "tool_use", "id": new_id("toolu_"), "name": tool[0], "input": document}
+    else:
+        plan = plan_tokens(b, max_tokens)
+        pieces = [word(i) for i in range(plan.visible)]
+        output = plan.completion
+        stop_reason = "max_tokens" if plan.truncated else "end_turn"
+        block = {"type": "text", "text": words(plan.visible)}
+    usage = {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": output,
+    }
+
+    def record() -> None:
+        call.state.stats.usage(
+            call.base,
+            prompt=prompt,
+            cached=cache_read,
+            cache_write=cache_creation,
+            completion=output,
+        )
+
+    message_id = new_id("msg_")
+    if call.stream:
+        if block["type"] == "tool_use":
+            start_block = {**block, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+        else:
+            start_block = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in pieces]
+        start_message: dict[str, Any] = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": call.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            # Like the real API, message_start reports one output token so far.
+            "usage": {**usage, "output_tokens": 1},
+        }
+        head = (
+            _event("message_start", {"type": "message_start", "message": start_message})
+            + _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": start_block},
+            )
+            + _event("ping", {"type": "ping"})
+        )
+        body = [
+            _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+            for d in deltas
+        ]
+        tail = (
+            _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            + _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": output},
+                },
+            )
+            + _event("message_stop", {"type": "message_stop"})
+        )
+        return await pump(
+            call,
+            head,
+            body,
+            tail,
+            error_event=_event("error", anthropic_error_body(529)),
+            malformed_event=_MALFORMED_EVENT,
+            on_delivered=record,
+            pre_content_tokens=b.reasoning,
+        )
+    payload = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": [block],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    await pace_non_stream(call, output)
+    if b.cut_after is not None:
+        return await truncated_json(call, orjson.dumps(payload))
+    if b.malformed:
+        return malformed_json(call, orjson.dumps(payload))
+    record()
+    return call.json(payload)

@@ -1,0 +1,77 @@
+"""Application factory and blocking runner for the provider simulator."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiohttp import web
+
+from .anthropic_wire import messages
+from .openai_extra import completions, embeddings, list_models, retrieve_model
+from .openai_wire import chat_completions
+from .runtime import STATE, SimState, new_id
+
+__all__ = ["create_app", "run"]
+
+
+async def _stats(request: web.Request) -> web.Response:
+    snapshot = request.app[STATE].stats.snapshot()
+    return web.Response(body=orjson.dumps(snapshot), content_type="application/json")
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[STATE].reset()
+    return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # Routes set their own id; this catches the rest (404s, 405s, /_stats) so that
+    # every response carries one, as real providers' do.
+    if "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = new_id("req_")
+
+
+def create_app(require_key: str | None = None, seed: int = 0) -> web.Application:
+    """Build the simulator app.
+
+    ``require_key`` turns on auth (``Authorization: Bearer`` for OpenAI routes,
+    ``x-api-key`` for ``/v1/messages``); ``seed`` fixes the RNG behind ``jitter`` and
+    ``fail_rate`` so runs are reproducible.
+    """
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE] = SimState(require_key, seed)
+    app.on_response_prepare.append(_stamp_request_id)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", retrieve_model)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_get("/_stats", _stats)
+    app.router.add_post("/_reset", _reset)
+    return app
+
+
+def run(host: str = "127.0.0.1", port: int = 9100, require_key: str | None = None) -> None:
+    """Serve the simulator until interrupted (uses uvloop when it is installed)."""
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(require_key=require_key),
+        host=host,
+        port=port,
+        access_log=None,
+        # Without this a client giving up on a slow or hung request would leave its
+        # handler running; with it the handler is cancelled on disconnect.
+        handler_cancellation=True,
+        shutdown_timeout=1.0,
+        print=lambda *_: print(f"mock upstream listening on http://{host}:{port}", flush=True),
+        loop=loop,
+    )

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real simulator and a real gateway over loopback HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.simulator import start_simulator
+
+SIM_KEY = "sim-secret-key"
+CLIENT_KEY = "sk-test-client-0001"
+
+# One deployment per upstream behaviour the tests need; the simulator reads the directive
+# after `::` in the upstream model name.
+GATEWAY_YAML = """
+auth:
+  keys:
+    - {name: tests, key: "%(client_key)s"}
+server:
+  max_body_bytes: 65536
+providers:
+  sim: {kind: serverless, protocol: openai, api_base: "${SIM_URL}/v1", api_key: "${SIM_KEY}"}
+  sim-badkey: {kind: serverless, protocol: openai, api_base: "${SIM_URL}/v1", api_key: wrong-key}
+  nowhere: {kind: serverless, protocol: openai, api_base: "http://127.0.0.1:9/v1", api_key: x}
+deployments:
+  small@sim: {provider: sim, model: sim-small, price: {input: 0.1, output: 0.2}}
+  cached@sim: {provider: sim, model: "sim-cached::cached=6,reasoning=3,tokens=12"}
+  embed@sim: {provider: sim, model: sim-embed}
+  limited@sim: {provider: sim, model: "sim-limited::status=429,retry_after=7"}
+  broken@sim: {provider: sim, model: "sim-broken::status=500"}
+  overloaded@sim: {provider: sim, model: "sim-overloaded::status=529"}
+  hang@sim: {provider: sim, model: "sim-hang::hang"}
+  cut@sim: {provider: sim, model: "sim-cut::cut_after=3,tokens=10"}
+  midstream@sim: {provider: sim, model: "sim-mid::midstream_error=2,tokens=10"}
+  malformed@sim: {provider: sim, model: "sim-malformed::malformed"}
+  short-ctx@sim: {provider: sim, model: "sim-short::context_length"}
+  badkey@sim-badkey: {provider: sim-badkey, model: sim-small-2}
+  down@nowhere: {provider: nowhere, model: nothing}
+  twin-a@sim: {provider: sim, model: sim-twin}
+  twin-b@sim: {provider: sim, model: sim-twin}
+routes:
+  chat: {targets: [small@sim], workload: tests}
+  cached: {targets: [cached@sim]}
+  embeddings: {targets: [embed@sim]}
+  limited: {targets: [limited@sim]}
+  broken: {targets: [broken@sim]}
+  overloaded: {targets: [overloaded@sim]}
+  hang: {targets: [hang@sim], timeouts: {ttft_ms: 300, total_ms: 600}}
+  cut: {targets: [cut@sim]}
+  midstream: {targets: [midstream@sim]}
+  malformed: {targets: [malformed@sim]}
+  short-ctx: {targets: [short-ctx@sim]}
+  badkey: {targets: [badkey@sim-badkey]}
+  down: {targets: [down@nowhere], timeouts: {connect_ms: 500, total_ms: 2000}}
+"""
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[str]:
+    url, stop = start_simulator(require_key=SIM_KEY)
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(simulator: str) -> Iterator[RunningGateway]:
+    config = config_from_yaml(
+        GATEWAY_YAML % {"client_key": CLIENT_KEY}, {"SIM_URL": simulator, "SIM_KEY": SIM_KEY}
+    )
+    with running_gateway(config) as running:
+        yield running

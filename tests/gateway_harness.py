@@ -1,0 +1,65 @@
+"""Run a real Farebox (uvicorn + uvloop + httptools) in a background thread for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config_schema import GatewayConfig, parse_config
+from gateway.settings import Settings
+
+
+@dataclass
+class RunningGateway:
+    base_url: str  # ends in /v1
+    root: str
+    config: GatewayConfig = field(repr=False)
+
+
+def config_from_yaml(text: str, env: Mapping[str, str]) -> GatewayConfig:
+    return parse_config(text, "test.yaml", env)
+
+
+@contextmanager
+def running_gateway(
+    config: GatewayConfig, settings: Settings | None = None
+) -> Iterator[RunningGateway]:
+    app = create_app(settings or Settings(master_key=None), config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    thread = threading.Thread(
+        target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        yield RunningGateway(base_url=f"{root}/v1", root=root, config=config)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
