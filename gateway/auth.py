@@ -33,7 +33,9 @@ class KeyStore:
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def authenticate(self, authorization: bytes | None, api_key: bytes | None = None) -> Principal | None:
+    def authenticate(
+        self, authorization: bytes | None, api_key: bytes | None = None
+    ) -> Principal | None:
         """Principal for an `Authorization: Bearer …` (or `x-api-key`) header, else None.
 
         Dict lookup by digest rather than comparing secrets directly, so lookup time does

@@ -60,7 +60,9 @@ def config_check(file: Annotated[Path, typer.Argument(help="YAML file to validat
             "clients must name a deployment id or a route for it"
         )
     if config.auth_disabled:
-        typer.echo("warning: auth is disabled (auth: none); anyone who can reach the port can spend")
+        typer.echo(
+            "warning: auth is disabled (auth: none); anyone who can reach the port can spend"
+        )
 
 
 @app.command()
@@ -81,8 +83,14 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    _serve(settings, loaded, path, host or settings.host, port or settings.port,
-           workers or settings.workers)
+    _serve(
+        settings,
+        loaded,
+        path,
+        host or settings.host,
+        port or settings.port,
+        workers or settings.workers,
+    )
 
 
 def _serve(

@@ -164,9 +164,7 @@ class GatewayConfig(_Strict):
     def _route_timeouts(self, route: Route) -> TimeoutsConfig:
         if route.timeouts is None:
             return self.server.timeouts
-        return self.server.timeouts.model_copy(
-            update=route.timeouts.model_dump(exclude_unset=True)
-        )
+        return self.server.timeouts.model_copy(update=route.timeouts.model_dump(exclude_unset=True))
 
     def model_index(self) -> ModelIndex:
         return ModelIndex(
@@ -178,7 +176,9 @@ def _timeouts(t: TimeoutsConfig) -> Timeouts:
     return Timeouts(connect_ms=t.connect_ms, ttft_ms=t.ttft_ms, total_ms=t.total_ms)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read, interpolate, validate and cross-check a config file; raise ConfigError."""
     file = str(path)
     try:

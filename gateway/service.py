@@ -76,9 +76,7 @@ class Service:
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options or {}), "include_usage": True}
         try:
-            upstream = await self._adapter.open_stream(
-                deployment, endpoint, payload, plan.timeouts
-            )
+            upstream = await self._adapter.open_stream(deployment, endpoint, payload, plan.timeouts)
         except UpstreamError as exc:
             raise client_error(exc, deployment.id) from None
         events = upstream.events()
@@ -142,8 +140,10 @@ def _is_usage_chunk(data: bytes) -> bool:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict) and not chunk.get(
-        "choices"
+    return (
+        isinstance(chunk, dict)
+        and isinstance(chunk.get("usage"), dict)
+        and not chunk.get("choices")
     )
 
 
@@ -170,12 +170,18 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
     if exc.kind == TIMEOUT:
         return upstream_timeout(f"Upstream {deployment} timed out.")
     if exc.kind == CONNECT:
-        return upstream_failed(f"Upstream {deployment} is unreachable.", code="upstream_unreachable")
+        return upstream_failed(
+            f"Upstream {deployment} is unreachable.", code="upstream_unreachable"
+        )
     detail = _upstream_message(exc.body)
     if exc.kind == STATUS and exc.status is not None:
         status = exc.status
         if status == 429:
-            retry = [(k.encode(), v.encode()) for k, v in exc.headers.items() if k.startswith("retry-after")]
+            retry = [
+                (k.encode(), v.encode())
+                for k, v in exc.headers.items()
+                if k.startswith("retry-after")
+            ]
             return GatewayError(
                 429,
                 detail or f"Upstream {deployment} is rate limiting requests.",

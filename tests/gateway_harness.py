@@ -47,9 +47,7 @@ def running_gateway(
             timeout_graceful_shutdown=5,
         )
     )
-    thread = threading.Thread(
-        target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True
-    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:

@@ -94,9 +94,7 @@ class OpenAIEndpoints:
         )
         if principal is None:
             if header(scope, b"authorization") is None and header(scope, b"x-api-key") is None:
-                raise unauthorized(
-                    "Missing API key: send it as 'Authorization: Bearer <key>'."
-                )
+                raise unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
             raise unauthorized("Incorrect API key provided.")
 
     async def _generate(
@@ -145,4 +143,6 @@ class OpenAIEndpoints:
 
 
 def _method_not_allowed(method: str, path: str) -> GatewayError:
-    return GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+    return GatewayError(
+        405, f"Method {method} is not allowed on {path}.", code="method_not_allowed"
+    )

@@ -54,7 +54,9 @@ def _type_error(field: str, expected: str, value: Any) -> GatewayError:
 def require_model(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if model is None:
-        raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
     return model
@@ -120,11 +122,17 @@ def check_chat(payload: dict[str, Any]) -> tuple[str, bool, bool]:
     model = require_model(payload)
     messages = payload.get("messages")
     if messages is None:
-        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'messages'.",
+            param="messages",
+            code="missing_required_parameter",
+        )
     if not isinstance(messages, list):
         raise _type_error("messages", "an array", messages)
     if not messages:
-        raise bad_request("'messages' must contain at least one message.", param="messages", code="empty_array")
+        raise bad_request(
+            "'messages' must contain at least one message.", param="messages", code="empty_array"
+        )
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -155,7 +163,11 @@ def check_completion(payload: dict[str, Any]) -> tuple[str, bool, bool]:
     model = require_model(payload)
     prompt = payload.get("prompt")
     if prompt is None:
-        raise bad_request("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'prompt'.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
     if not isinstance(prompt, str | list):
         raise _type_error("prompt", "a string or an array", prompt)
     stream, include_usage = _common_generation(payload)
@@ -166,13 +178,17 @@ def check_embedding(payload: dict[str, Any]) -> str:
     model = require_model(payload)
     value = payload.get("input")
     if value is None:
-        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
     if isinstance(value, str):
         if not value:
             raise bad_request("'input' must not be empty.", param="input", code="invalid_value")
     elif isinstance(value, list):
         if not value:
-            raise bad_request("'input' must not be an empty array.", param="input", code="empty_array")
+            raise bad_request(
+                "'input' must not be an empty array.", param="input", code="empty_array"
+            )
         if not all(isinstance(v, str | int | list) and not isinstance(v, bool) for v in value):
             raise _type_error("input", "strings or arrays of token ids", value)
     else:

@@ -106,7 +106,9 @@ class OpenAICompatAdapter:
         except aiohttp.ClientPayloadError:
             raise UpstreamError(CUT, f"{deployment.id} closed the connection mid-body") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}") from None
+            raise UpstreamError(
+                CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
+            ) from None
         if status != 200:
             raise _status_error(deployment, status, raw, headers, request_id)
         try:
@@ -115,8 +117,10 @@ class OpenAICompatAdapter:
             data = None
         if not isinstance(data, dict):
             raise UpstreamError(
-                MALFORMED, f"{deployment.id} returned a body that is not a JSON object",
-                status=status, request_id=request_id,
+                MALFORMED,
+                f"{deployment.id} returned a body that is not a JSON object",
+                status=status,
+                request_id=request_id,
             )
         return UpstreamReply(status=status, raw=raw, data=data, request_id=request_id)
 
@@ -129,9 +133,13 @@ class OpenAICompatAdapter:
                 url, data=body, headers=provider.headers, timeout=self._timeout(timeouts, True)
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamError(TIMEOUT, f"{deployment.id} sent no response headers in time") from None
+            raise UpstreamError(
+                TIMEOUT, f"{deployment.id} sent no response headers in time"
+            ) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}") from None
+            raise UpstreamError(
+                CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
+            ) from None
         request_id = resp.headers.get("x-request-id")
         if resp.status != 200:
             try:

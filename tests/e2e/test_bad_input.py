@@ -73,15 +73,36 @@ def test_unparseable_bodies_are_400(gateway: RunningGateway, body: bytes, fragme
         ({"model": "chat", "messages": ["hi"]}, "messages[0]"),
         ({"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": "chat", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-        ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
-        ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
-        ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": True}, "max_tokens"),
-        ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+            "stream",
+        ),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            "max_tokens",
+        ),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": True},
+            "max_tokens",
+        ),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            "temperature",
+        ),
         ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "tools": {}}, "tools"),
-        ({"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}}, "stream_options"),
+        (
+            {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream_options": {"include_usage": True},
+            },
+            "stream_options",
+        ),
     ],
 )
-def test_wrong_fields_are_400_with_param(gateway: RunningGateway, payload: dict[str, Any], param: str) -> None:
+def test_wrong_fields_are_400_with_param(
+    gateway: RunningGateway, payload: dict[str, Any], param: str
+) -> None:
     status, _, raw = post(gateway, "/v1/chat/completions", orjson.dumps(payload))
     assert assert_openai_error(status, raw, 400)["param"] == param
 
@@ -92,12 +113,18 @@ def test_wrong_fields_are_400_with_param(gateway: RunningGateway, payload: dict[
         ("/v1/embeddings", {"model": "embeddings"}, "input"),
         ("/v1/embeddings", {"model": "embeddings", "input": []}, "input"),
         ("/v1/embeddings", {"model": "embeddings", "input": [None]}, "input"),
-        ("/v1/embeddings", {"model": "embeddings", "input": "x", "encoding_format": "hex"}, "encoding_format"),
+        (
+            "/v1/embeddings",
+            {"model": "embeddings", "input": "x", "encoding_format": "hex"},
+            "encoding_format",
+        ),
         ("/v1/completions", {"model": "chat"}, "prompt"),
         ("/v1/completions", {"model": "chat", "prompt": 3}, "prompt"),
     ],
 )
-def test_other_endpoints_validate(gateway: RunningGateway, path: str, payload: dict[str, Any], param: str) -> None:
+def test_other_endpoints_validate(
+    gateway: RunningGateway, path: str, payload: dict[str, Any], param: str
+) -> None:
     status, _, raw = post(gateway, path, orjson.dumps(payload))
     assert assert_openai_error(status, raw, 400)["param"] == param
 
@@ -110,8 +137,13 @@ def test_oversized_declared_and_streamed_bodies_are_413(gateway: RunningGateway)
     parts = urlsplit(gateway.root)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
     try:
-        conn.request("POST", "/v1/chat/completions", body=iter([big[:40_000], big[40_000:]]),
-                     headers=AUTH, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=iter([big[:40_000], big[40_000:]]),
+            headers=AUTH,
+            encode_chunked=True,
+        )
         resp = conn.getresponse()
         assert_openai_error(resp.status, resp.read(), 413)
     finally:
@@ -153,27 +185,58 @@ def test_health_and_readiness(gateway: RunningGateway) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 fields = st.sampled_from(
-    ["model", "messages", "stream", "stream_options", "max_tokens", "n", "tools", "temperature",
-     "input", "prompt", "encoding_format", "response_format", "tool_choice"]
+    [
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "n",
+        "tools",
+        "temperature",
+        "input",
+        "prompt",
+        "encoding_format",
+        "response_format",
+        "tool_choice",
+    ]
 )
 payloads = st.one_of(
     json_values,
     st.dictionaries(fields, json_values, max_size=6),
     st.fixed_dictionaries(
         {"model": st.sampled_from(["chat", "embeddings", "nope", ""]) | json_values},
-        optional={"messages": st.lists(st.dictionaries(st.sampled_from(["role", "content", "name"]), json_values), max_size=3) | json_values,
-                  "stream": json_values, "max_tokens": json_values, "input": json_values, "prompt": json_values},
+        optional={
+            "messages": st.lists(
+                st.dictionaries(st.sampled_from(["role", "content", "name"]), json_values),
+                max_size=3,
+            )
+            | json_values,
+            "stream": json_values,
+            "max_tokens": json_values,
+            "input": json_values,
+            "prompt": json_values,
+        },
     ),
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=payloads, path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v1/completions"]))
-def test_random_json_never_yields_a_5xx_from_farebox(gateway: RunningGateway, payload: Any, path: str) -> None:
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=payloads,
+    path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v1/completions"]),
+)
+def test_random_json_never_yields_a_5xx_from_farebox(
+    gateway: RunningGateway, payload: Any, path: str
+) -> None:
     status, headers, raw = post(gateway, path, json.dumps(payload).encode())
     if status == 200:
         body = raw.decode()
@@ -186,7 +249,9 @@ def test_random_json_never_yields_a_5xx_from_farebox(gateway: RunningGateway, pa
     assert headers["x-request-id"].startswith("req_")
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=st.binary(max_size=200))
 def test_random_bytes_never_yield_a_5xx(gateway: RunningGateway, body: bytes) -> None:
     status, _, raw = post(gateway, "/v1/chat/completions", body)

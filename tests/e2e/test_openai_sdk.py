@@ -67,7 +67,9 @@ def test_cached_and_reasoning_usage_is_reported(client: openai.OpenAI) -> None:
 
 
 def test_stream_without_include_usage_strips_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(model="chat", messages=HELLO, stream=True, max_tokens=6))
+    chunks = list(
+        client.chat.completions.create(model="chat", messages=HELLO, stream=True, max_tokens=6)
+    )
     assert chunks, "no chunks"
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks), "a usage-only chunk leaked to a client that did not ask"
@@ -76,7 +78,9 @@ def test_stream_without_include_usage_strips_usage_chunk(client: openai.OpenAI) 
     assert chunks[-1].choices[0].finish_reason is not None
 
 
-def test_stream_with_include_usage_gets_final_usage_chunk(client: openai.OpenAI, simulator: str) -> None:
+def test_stream_with_include_usage_gets_final_usage_chunk(
+    client: openai.OpenAI, simulator: str
+) -> None:
     stream = client.chat.completions.create(
         model="cached",
         messages=HELLO,
@@ -145,7 +149,9 @@ def test_streamed_tool_call_arguments_reassemble(client: openai.OpenAI) -> None:
     ]
     args = ""
     name = None
-    for chunk in client.chat.completions.create(model="chat", messages=HELLO, tools=tools, stream=True):  # type: ignore[arg-type]
+    for chunk in client.chat.completions.create(
+        model="chat", messages=HELLO, tools=tools, stream=True
+    ):  # type: ignore[arg-type]
         for delta_call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
             name = name or (delta_call.function.name if delta_call.function else None)
             args += (delta_call.function.arguments or "") if delta_call.function else ""
@@ -163,7 +169,10 @@ def test_response_format_json_schema(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model="chat",
         messages=HELLO,
-        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "c", "schema": schema, "strict": True},
+        },
     )
     data = json.loads(reply.choices[0].message.content or "")
     assert set(data) == {"country", "population"}
@@ -174,13 +183,17 @@ def test_embeddings_base64_default_and_float(client: openai.OpenAI) -> None:
     default = client.embeddings.create(model="embeddings", input=["alpha", "beta"])
     assert [d.index for d in default.data] == [0, 1]
     vector = default.data[0].embedding
-    assert isinstance(vector, list) and len(vector) == 8 and all(isinstance(x, float) for x in vector)
+    assert (
+        isinstance(vector, list) and len(vector) == 8 and all(isinstance(x, float) for x in vector)
+    )
     floats = client.embeddings.create(model="embeddings", input="alpha", encoding_format="float")
     assert floats.data[0].embedding == pytest.approx(vector, rel=1e-6)
     assert default.usage.prompt_tokens > 0
 
 
-def test_models_list_has_routes_and_deployments(client: openai.OpenAI, gateway: RunningGateway) -> None:
+def test_models_list_has_routes_and_deployments(
+    client: openai.OpenAI, gateway: RunningGateway
+) -> None:
     ids = [m.id for m in client.models.list()]
     assert ids[: len(gateway.config.routes)] == list(gateway.config.routes)
     assert set(gateway.config.deployments) <= set(ids)
@@ -200,19 +213,28 @@ def test_legacy_completions_json_and_stream(client: openai.OpenAI) -> None:
     reply = client.completions.create(model="chat", prompt="Say hi", max_tokens=4)
     assert reply.object == "text_completion"
     assert reply.choices[0].text
-    chunks = list(client.completions.create(model="chat", prompt="Say hi", max_tokens=4, stream=True))
+    chunks = list(
+        client.completions.create(model="chat", prompt="Say hi", max_tokens=4, stream=True)
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices)
 
 
 def test_async_client_json_stream_and_concurrency(aclient: openai.AsyncOpenAI) -> None:
     async def scenario() -> None:
         replies = await asyncio.gather(
-            *(aclient.chat.completions.create(model="chat", messages=HELLO, max_tokens=3) for _ in range(20))
+            *(
+                aclient.chat.completions.create(model="chat", messages=HELLO, max_tokens=3)
+                for _ in range(20)
+            )
         )
         assert {r.usage.completion_tokens for r in replies if r.usage} == {3}
         assert len({r.id for r in replies}) == 20
         stream = await aclient.chat.completions.create(
-            model="chat", messages=HELLO, stream=True, stream_options={"include_usage": True}, max_tokens=4
+            model="chat",
+            messages=HELLO,
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=4,
         )
         chunks = [c async for c in stream]
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4

@@ -61,7 +61,10 @@ def test_missing_env_var_names_line_and_path() -> None:
 def test_unknown_key_suggests_closest_field() -> None:
     text = BASE.replace("api_base:", "api_bse:")
     errs = errors_of(text)
-    assert "cfg.yaml:4: providers.sim.api_bse: unknown key 'api_bse' (did you mean 'api_base'?)" in errs
+    assert (
+        "cfg.yaml:4: providers.sim.api_bse: unknown key 'api_bse' (did you mean 'api_base'?)"
+        in errs
+    )
     assert "cfg.yaml:2: providers.sim.api_base: required key is missing" in errs
 
 
@@ -76,8 +79,15 @@ def test_dangling_references_suggest_names() -> None:
     text = BASE.replace("provider: sim, model: sim-small", "provider: simm, model: sim-small")
     text = text.replace("targets: [small@sim]", "targets: [smal@sim]")
     errs = errors_of(text)
-    assert "cfg.yaml:7: deployments.small@sim.provider: unknown provider 'simm' (did you mean 'sim'?)" in errs
-    assert "cfg.yaml:11: routes.chat.targets[0]: unknown deployment 'smal@sim' (did you mean 'small@sim'?)" in errs
+    assert (
+        "cfg.yaml:7: deployments.small@sim.provider: unknown provider 'simm' (did you mean 'sim'?)"
+        in errs
+    )
+    assert (
+        "cfg.yaml:11: routes.chat.targets[0]: unknown deployment 'smal@sim' "
+        "(did you mean 'small@sim'?)"
+        in errs
+    )
 
 
 def test_duplicate_keys_are_errors_not_silent_overrides() -> None:
@@ -88,24 +98,36 @@ def test_duplicate_keys_are_errors_not_silent_overrides() -> None:
 def test_impossible_values_and_wrong_types() -> None:
     text = BASE.replace("price: {input: 1, output: 2}", "price: {input: -1, output: cheap}")
     errs = errors_of(text)
-    assert any(e.startswith("cfg.yaml:8: deployments.big@sim.price.input: Input should be greater") for e in errs)
-    assert any(e.startswith("cfg.yaml:8: deployments.big@sim.price.output: Input should be a valid number") for e in errs)
+    assert any(
+        e.startswith("cfg.yaml:8: deployments.big@sim.price.input: Input should be greater")
+        for e in errs
+    )
+    assert any(
+        e.startswith("cfg.yaml:8: deployments.big@sim.price.output: Input should be a valid number")
+        for e in errs
+    )
 
 
 def test_unknown_strategy_and_bad_url_and_kind() -> None:
     text = BASE.replace("    targets: [small@sim]", "    strategy: drect\n    targets: [small@sim]")
     text = text.replace("http://127.0.0.1:9/v1", "ftp://x").replace("kind: serverless", "kind: gpu")
     errs = errors_of(text)
-    assert any("routes.chat.strategy: unknown strategy 'drect' (did you mean 'direct'?)" in e for e in errs)
+    assert any(
+        "routes.chat.strategy: unknown strategy 'drect' (did you mean 'direct'?)" in e for e in errs
+    )
     assert any("providers.sim.api_base: must be an http:// or https:// URL" in e for e in errs)
-    assert any(e.startswith("cfg.yaml:3: providers.sim.kind: Input should be 'serverless'") for e in errs)
+    assert any(
+        e.startswith("cfg.yaml:3: providers.sim.kind: Input should be 'serverless'") for e in errs
+    )
 
 
 def test_direct_route_needs_exactly_one_target_and_no_name_clash() -> None:
     text = BASE.replace("targets: [small@sim]", "targets: [small@sim, big@sim]")
     text += "  big@sim: {targets: [big@sim]}\n"
     errs = errors_of(text)
-    assert "cfg.yaml:11: routes.chat.targets: strategy direct takes exactly one target, got 2" in errs
+    assert (
+        "cfg.yaml:11: routes.chat.targets: strategy direct takes exactly one target, got 2" in errs
+    )
     assert "cfg.yaml:12: routes.big@sim: route name 'big@sim' is also a deployment id" in errs
 
 
@@ -122,19 +144,26 @@ def test_top_level_must_be_mapping_and_empty_file_is_valid() -> None:
 def test_auth_none_must_be_explicit() -> None:
     assert not parse_config(BASE, "c", {}).auth_disabled
     assert parse_config(BASE + "auth: none\n", "c", {}).auth_disabled
-    assert errors_of(BASE + "auth: off\n") == ["cfg.yaml:12: auth: must be `none` or a mapping with `keys:`"]
+    assert errors_of(BASE + "auth: off\n") == [
+        "cfg.yaml:12: auth: must be `none` or a mapping with `keys:`"
+    ]
 
 
 def test_route_timeouts_inherit_server_defaults() -> None:
     text = BASE + "    timeouts: {ttft_ms: 1500}\nserver:\n  timeouts: {total_ms: 9000}\n"
     plan = parse_config(text, "c", {}).model_index().plan("chat")
     assert plan is not None
-    assert (plan.timeouts.ttft_ms, plan.timeouts.total_ms, plan.timeouts.connect_ms) == (1500, 9000, 5000)
+    assert (plan.timeouts.ttft_ms, plan.timeouts.total_ms, plan.timeouts.connect_ms) == (
+        1500,
+        9000,
+        5000,
+    )
 
 
 def test_merge_keys_and_anchors_work() -> None:
     text = BASE.replace(
-        "  sim:\n", "  base: &base {kind: serverless, api_base: http://a/v1}\n  sim:\n    <<: *base\n"
+        "  sim:\n",
+        "  base: &base {kind: serverless, api_base: http://a/v1}\n  sim:\n    <<: *base\n",
     )
     config = parse_config(text, "c", {})
     assert config.providers["base"].api_base == "http://a/v1"
