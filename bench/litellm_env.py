@@ -52,17 +52,21 @@ def installed_version() -> str | None:
 def ensure_installed() -> str:
     """Create bench/.venv-litellm and install the hash-locked requirements if needed."""
     version = pinned_version()
-    if installed_version() == version and (VENV / "bin" / "litellm").exists():
+    stamp = VENV / ".bench-installed"
+    if installed_version() == version and stamp.exists() and stamp.read_text() == version:
         return version
     print(f"bench: installing litellm[proxy]=={version} into {VENV} (hash-locked)", flush=True)
     uv = _uv()
     subprocess.run([uv, "venv", "-q", "--clear", "--python", "3.11", str(VENV)], check=True)
     python = str(VENV / "bin" / "python")
     install = [uv, "pip", "install", "-q", "--python", python, "--require-hashes"]
-    subprocess.run([*install, "-r", str(REQ_LOCK)], check=True)
+    # --compile-bytecode: PYTHONDONTWRITEBYTECODE may be set, and without .pyc files LiteLLM
+    # recompiles an optional module whose import fails on every request.
+    subprocess.run([*install, "--compile-bytecode", "-r", str(REQ_LOCK)], check=True)
     got = installed_version()
     if got != version:
         raise SystemExit(f"bench: expected litellm {version} in {VENV}, found {got}")
+    stamp.write_text(version)
     return version
 
 

@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     wrk.ensure_wrk()
     if not args.skip_litellm:
         litellm_env.ensure_installed()
+    root = launch.ROOT
+    launch.precompile(
+        launch.python(), [*launch.site_packages(root / ".venv"), root / "gateway", root / "routing"]
+    )
     t_installed = time.time()
     sim_cpus, gw_cpus = cpu_plan(args.pin)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}

@@ -1,8 +1,9 @@
-"""Application factory: create_app(settings, config) → FastAPI.
+"""Application factory: create_app(settings, config) → FastAPI, and the ASGI front door.
 
-The OpenAI endpoints are served by a pure-ASGI layer in front of FastAPI's router, so the
-hot path skips routing, dependency injection and response-model validation; FastAPI keeps
-the lifespan, the ops endpoints and (later) the admin API.
+The OpenAI endpoints are served by a pure-ASGI layer (`HotPath`) in front of FastAPI, so
+the hot path skips FastAPI's per-request telemetry checks, routing, dependency injection
+and response-model validation; FastAPI keeps the lifespan, the ops endpoints and (later)
+the admin API. Serve `create_asgi(...)`, which is `HotPath(create_app(...))`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from gateway.api.asgi import reseed_request_ids
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import ops_router
 from gateway.config_schema import GatewayConfig, load_config
@@ -45,9 +47,9 @@ class StateHolder:
 class HotPath:
     """Pure ASGI: answer /v1/* ourselves, hand everything else to FastAPI."""
 
-    def __init__(self, app: ASGIApp, endpoints: OpenAIEndpoints) -> None:
+    def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self.endpoints = endpoints
+        self.endpoints: OpenAIEndpoints = app.state.endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.endpoints.handles(scope["path"]):
@@ -75,9 +77,11 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Farebox exports its own GenAI-aware telemetry; FastAPI's would only add
+        # per-request work.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(ops_router(holder.get))
-    app.add_middleware(HotPath, endpoints=OpenAIEndpoints(holder.require))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -98,10 +102,17 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
         )
 
     app.state.holder = holder
+    app.state.endpoints = OpenAIEndpoints(holder.require)
     return app
 
 
-def app_from_env() -> FastAPI:
+def create_asgi(settings: Settings, config: GatewayConfig) -> HotPath:
+    """What uvicorn serves: the hot path in front of the FastAPI app."""
+    return HotPath(create_app(settings, config))
+
+
+def asgi_from_env() -> HotPath:
     """uvicorn factory for multi-worker serving: each worker reloads the config itself."""
+    reseed_request_ids()
     settings = Settings()
-    return create_app(settings, load_config(settings.config))
+    return create_asgi(settings, load_config(settings.config))

@@ -105,6 +105,8 @@ def _serve(
         "http": "httptools",
         "access_log": False,
         "server_header": False,
+        # X-Forwarded-* rewriting costs per request and matters only behind a proxy.
+        "proxy_headers": False,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
         "timeout_keep_alive": 30,
@@ -113,11 +115,11 @@ def _serve(
     if workers > 1:
         # Each worker process rebuilds its state from the file, so pass the path along.
         os.environ["FAREBOX_CONFIG"] = str(path.resolve())
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        uvicorn.run("gateway.app:asgi_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
         return
-    from gateway.app import create_app
+    from gateway.app import create_asgi
 
-    uvicorn.run(create_app(settings, config), **options)  # type: ignore[arg-type]
+    uvicorn.run(create_asgi(settings, config), **options)  # type: ignore[arg-type]
 
 
 @app.command("mock-upstream")

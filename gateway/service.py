@@ -13,8 +13,15 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
-from gateway.providers.base import CONNECT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
-from gateway.providers.openai_compat import OpenAICompatAdapter, OpenAIStream, ProviderEndpoint
+from gateway.providers.base import (
+    CONNECT,
+    STATUS,
+    STREAM_ERROR,
+    TIMEOUT,
+    UpstreamError,
+    UpstreamStream,
+)
+from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
 from routing.model import Plan
 
 DONE = b"data: [DONE]\n\n"
@@ -79,10 +86,10 @@ class Service:
             upstream = await self._adapter.open_stream(deployment, endpoint, payload, plan.timeouts)
         except UpstreamError as exc:
             raise client_error(exc, deployment.id) from None
-        events = upstream.events()
+        batches = upstream.batches()
         try:
-            first = await anext(events)
-            _raise_if_error_event(first, deployment.id)
+            first = await anext(batches)
+            _raise_if_error_event(first[0], deployment.id)
         except StopAsyncIteration:
             await upstream.close()
             raise upstream_failed(f"{deployment.id} ended the stream before any data") from None
@@ -93,35 +100,43 @@ class Service:
             deployment=deployment.id,
             attempts=1,
             upstream_request_id=upstream.request_id,
-            chunks=_relay(upstream, events, first, client_wants_usage, deployment.id),
+            chunks=_relay(upstream, batches, first, client_wants_usage),
         )
 
 
 async def _relay(
-    upstream: OpenAIStream,
-    events: AsyncIterator[bytes],
-    first: bytes,
+    upstream: UpstreamStream,
+    batches: AsyncIterator[list[bytes]],
+    first: list[bytes],
     client_wants_usage: bool,
-    deployment: str,
 ) -> AsyncIterator[bytes]:
-    data = first
+    """Forward upstream events, one client write per upstream read.
+
+    The usage chunk (which we always ask for) is dropped unless the client asked for it;
+    an upstream error event is forwarded and ends the stream; a stream that breaks ends
+    with our own error event, so no SDK mistakes a cut answer for a complete one.
+    """
+    batch = first
     try:
         while True:
-            if data == b"[DONE]":
-                yield DONE
-                return
-            if b'"usage"' in data and _is_usage_chunk(data):
-                if client_wants_usage:
-                    yield b"data: " + data + b"\n\n"
-            elif b'"error"' in data and _error_of(data) is not None:
-                # The upstream already speaks OpenAI's in-stream error shape; pass it on
-                # and stop, so the SDK raises instead of seeing a short, clean answer.
-                yield b"data: " + data + b"\n\n"
-                return
-            else:
-                yield b"data: " + data + b"\n\n"
+            out = []
+            for data in batch:
+                if data == b"[DONE]":
+                    out.append(DONE)
+                    yield b"".join(out)
+                    return
+                if b'"usage"' in data and _is_usage_chunk(data):
+                    if not client_wants_usage:
+                        continue
+                elif b'"error"' in data and _error_of(data) is not None:
+                    out.append(b"data: " + data + b"\n\n")
+                    yield b"".join(out)
+                    return
+                out.append(b"data: " + data + b"\n\n")
+            if out:
+                yield b"".join(out)
             try:
-                data = await anext(events)
+                batch = await anext(batches)
             except StopAsyncIteration:
                 return
     except UpstreamError as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_asgi
 from gateway.config_schema import GatewayConfig, parse_config
 from gateway.settings import Settings
 
@@ -32,7 +32,7 @@ def config_from_yaml(text: str, env: Mapping[str, str]) -> GatewayConfig:
 def running_gateway(
     config: GatewayConfig, settings: Settings | None = None
 ) -> Iterator[RunningGateway]:
-    app = create_app(settings or Settings(master_key=None), config)
+    app = create_asgi(settings or Settings(master_key=None), config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -43,6 +43,7 @@ def running_gateway(
             loop="uvloop",
             http="httptools",
             access_log=False,
+            proxy_headers=False,
             log_level="warning",
             timeout_graceful_shutdown=5,
         )

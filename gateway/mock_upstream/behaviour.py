@@ -13,11 +13,29 @@ typo in a test fails loudly instead of silently doing nothing.
 
 Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
 
-``latency=MS``  ``jitter=MS``  ``ttft=MS``  ``tps=N``  ``tokens=N``  ``cached=N``
-``cache_write=N``  ``reasoning=N``  ``status=CODE``  ``retry_after=S``
-``fail_first=N``  ``fail_rate=P``  ``cut_after=N``  ``midstream_error=N``
-``context_window=N``; flags ``hang``, ``malformed``, ``context_length`` (a flag also
-accepts ``=1/true/yes/on`` or ``=0/false/no/off``).
+* ``latency=MS`` / ``jitter=MS``: sleep ``MS`` (+ uniform ``[0, jitter]``, seeded RNG)
+  before any answer, error or stream headers.
+* ``ttft=MS``: stream: delay after the headers before the first chunk; non-stream: added
+  to the wait.  ``tps=N``: stream: one token per chunk, ``N`` per second; non-stream:
+  also waits ``completion_tokens / N`` s.
+* ``tokens=N``: visible completion tokens (see :func:`plan_tokens`).  ``reasoning=N``
+  adds hidden reasoning tokens inside ``completion_tokens``.  ``cached=N`` /
+  ``cache_write=N``: prompt tokens read from / written to the cache (clamped, see
+  :func:`split_prompt_cache`).
+* ``status=CODE``: answer with that status and a wire-format error body (``200`` means
+  succeed).  ``retry_after=S``: ``retry-after`` and ``retry-after-ms`` on any answer.
+* ``fail_first=N``: the first ``N`` requests with this base model and directive text fail
+  with ``status`` (default 500), later ones succeed.  ``fail_rate=P``: fail with
+  probability ``P``.
+* ``hang``: accept, then never answer (until the client goes away).
+* ``cut_after=N``: stream: ``N`` content chunks then an aborted connection; non-stream:
+  half the body then an abort.  ``midstream_error=N``: stream only: an error event
+  after ``N`` content chunks.  ``malformed``: 200 with truncated JSON / an invalid SSE
+  data line.
+* ``context_length``: 400 context-length error.  ``context_window=N``: that error only
+  when the prompt exceeds ``N`` tokens.
+
+A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ def _injected_status(call: Call) -> int | None:
     if b.fail_first is not None:
         key = (call.base, b.canonical)
         seen = call.state.fail_counts.get(key, 0)
-        if seen <= b.fail_first:
+        if seen < b.fail_first:
             call.state.fail_counts[key] = seen + 1
             return failing
         return None

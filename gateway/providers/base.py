@@ -48,8 +48,9 @@ class UpstreamReply:
 class UpstreamStream(Protocol):
     request_id: str | None
 
-    def events(self) -> AsyncIterator[bytes]:
-        """The `data:` payloads, in order; ends after `[DONE]` or raises UpstreamError."""
+    def batches(self) -> AsyncIterator[list[bytes]]:
+        """The `data:` payloads grouped by network read; ends after `[DONE]` or raises
+        UpstreamError."""
         ...
 
     async def close(self) -> None: ...

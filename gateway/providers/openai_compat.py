@@ -8,7 +8,6 @@ metered).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
-from gateway.providers.sse import sse_data
+from gateway.providers.sse import SSEDecoder
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"
@@ -160,11 +159,23 @@ class OpenAIStream:
         self._resp = resp
         self.request_id = request_id
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """Event payloads grouped by network read; ends after `[DONE]`.
+
+        Raises UpstreamError if the stream breaks or ends without `[DONE]`.
+        """
+        decoder = SSEDecoder()
         try:
-            async for data in sse_data(self._resp.content.iter_any()):
-                yield data
-                if data == b"[DONE]":
+            async for chunk in self._resp.content.iter_any():
+                events = decoder.feed(chunk)
+                if events:
+                    yield events
+                    if events[-1] == b"[DONE]":
+                        return
+            tail = decoder.finish()
+            if tail:
+                yield tail
+                if tail[-1] == b"[DONE]":
                     return
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
@@ -202,8 +213,3 @@ def _status_error(
         headers=keep,
         request_id=request_id,
     )
-
-
-async def drain(stream: OpenAIStream) -> None:
-    """Close a stream without waiting on a slow peer."""
-    await asyncio.shield(stream.close())

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 
+class SSEDecoder:
+    """Incremental decoder: feed raw chunks, get the complete events' data payloads.
 
-async def sse_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Yield each event's data (multi-line data joined with newlines); skip comments.
-
-    Works on arbitrary chunk boundaries and on both LF and CRLF line endings.
+    Works on arbitrary chunk boundaries and on both LF and CRLF line endings; multi-line
+    data is joined with newlines and comment-only events are skipped. Returning a list per
+    chunk lets callers forward everything one network read brought in a single write.
     """
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buffer = self._buffer + chunk if self._buffer else chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            block, buffer = buffer[:end], buffer[end + 2 :]
+        blocks = buffer.split(b"\n\n")
+        self._buffer = blocks.pop()
+        out = []
+        for block in blocks:
             data = _event_data(block)
             if data is not None:
-                yield data
-    if buffer.strip():
-        data = _event_data(buffer)
-        if data is not None:
-            yield data
+                out.append(data)
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Events left in the buffer when the stream ended without a blank line."""
+        rest, self._buffer = self._buffer, b""
+        data = _event_data(rest) if rest.strip() else None
+        return [data] if data is not None else []
 
 
 def _event_data(block: bytes) -> bytes | None:

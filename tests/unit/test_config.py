@@ -85,8 +85,7 @@ def test_dangling_references_suggest_names() -> None:
     )
     assert (
         "cfg.yaml:11: routes.chat.targets[0]: unknown deployment 'smal@sim' "
-        "(did you mean 'small@sim'?)"
-        in errs
+        "(did you mean 'small@sim'?)" in errs
     )
 
 

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 
 from gateway.auth import KeyStore
-from gateway.providers.sse import sse_data
+from gateway.providers.sse import SSEDecoder
 from routing.model import DeploymentSpec, RouteSpec, Timeouts
 from routing.resolve import ModelIndex, describe_plan
 
 
 def collect(chunks: list[bytes]) -> list[bytes]:
-    async def source() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-
-    async def run() -> list[bytes]:
-        return [data async for data in sse_data(source())]
-
-    return asyncio.run(run())
+    decoder = SSEDecoder()
+    out = [data for chunk in chunks for data in decoder.feed(chunk)]
+    return out + decoder.finish()
 
 
 STREAM = b'data: {"a":1}\n\ndata: {"b":2}\n\n: keep-alive comment\n\ndata: [DONE]\n\n'
