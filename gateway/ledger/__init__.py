@@ -1,0 +1,1 @@
+"""The per-attempt ledger: events, pricing, the batch writer with its disk spool, SQL."""
