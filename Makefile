@@ -26,6 +26,7 @@ run: install
 	$(BIN)/farebox demo
 
 test: install
+	./scripts/ensure-services.sh
 	$(BIN)/python -m pytest
 
 lint: install

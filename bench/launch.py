@@ -40,7 +40,7 @@ def site_packages(venv: Path) -> list[Path]:
 
 
 def simulator(port: int, env: dict[str, str], cpus: set[int] | None) -> tuple[Proc, str]:
-    """gateway.mock_upstream.run when importable; else the temporary dev stand-in."""
+    """The project's simulator, `gateway.mock_upstream.run(host, port)`, as its own process."""
     probe = subprocess.run(
         [python(), "-c", "from gateway.mock_upstream import run"],
         cwd=ROOT,
@@ -48,14 +48,11 @@ def simulator(port: int, env: dict[str, str], cpus: set[int] | None) -> tuple[Pr
         text=True,
         check=False,
     )
-    if probe.returncode == 0:
-        code = f"from gateway.mock_upstream import run; run('127.0.0.1', {port})"
-        argv, kind = [python(), "-c", code], "gateway.mock_upstream.run"
-    elif (dev := BENCH / "_dev_upstream.py").exists():
-        argv, kind = [python(), str(dev), str(port)], "bench/_dev_upstream.py (stand-in)"
-    else:
-        raise SystemExit(f"bench: no simulator: {probe.stderr.strip()[-400:]}")
-    return Proc("simulator", argv, env, WORK / "simulator.log", cpus), kind
+    if probe.returncode != 0:
+        raise SystemExit(f"bench: cannot import the simulator: {probe.stderr.strip()[-400:]}")
+    code = f"from gateway.mock_upstream import run; run('127.0.0.1', {port})"
+    argv = [python(), "-c", code]
+    return Proc("simulator", argv, env, WORK / "simulator.log", cpus), "gateway.mock_upstream.run"
 
 
 def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:
@@ -98,8 +95,8 @@ def start(target: Target, timeout: float) -> None:
             target.port, "GET", HEALTH[target.name], None, timeout
         )
     except (OSError, RuntimeError) as exc:
-        tail = target.proc.log_tail(6).replace("\n", " | ")
-        target.mark_unavailable(f"{exc}" + (f"; log tail: {tail}" if tail else ""))
+        tail = target.proc.log_tail()
+        target.mark_unavailable(f"{exc}" + (f"; log: {tail}" if tail else ""))
         print(f"bench: {target.name} unavailable: {exc}", flush=True)
 
 

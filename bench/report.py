@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def meta(
         },
         "config": {
             "duration_s": args.duration,
+            "latency_duration_s": args.latency_duration,
             "rounds": args.rounds,
             "warmup_s": args.warmup,
             "connections": args.connections,
@@ -153,6 +155,11 @@ def build(
             "scenarios": scen,
         }
     meta["versions"]["litellm"] = out_targets.get("litellm", {}).get("version") or "skipped"
+    other = [r["other_cores"] for rows in raw.values() for rs in rows.values() for r in rs]
+    meta["noise"] = {
+        "other_cores_median": round(statistics.median(other), 2) if other else None,
+        "other_cores_max": max(other) if other else None,
+    }
     return {
         "meta": meta,
         "scenarios": scenarios,
@@ -183,111 +190,128 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{suffix}"
 
 
-def markdown(res: dict[str, Any]) -> str:
-    m, targets = res["meta"], res["targets"]
+def _table(res: dict[str, Any]) -> list[str]:
+    targets, cfg = res["targets"], res["meta"]["config"]
     names = [n for n in ORDER if n in targets]
-    cfg = m["config"]
 
-    def cell(name: str, key: str, field: str, spec: str, signed: bool = False) -> str:
+    def cell(name: str, key: str, field: str, spec: str, direct: str | None = None) -> str:
         t = targets[name]
+        if name == "direct" and direct is not None:
+            return direct
         if not t["available"] and not t["scenarios"].get(key):
             return "unavailable"
-        s = t["scenarios"].get(key, {}).get("summary", {})
-        return _fmt(s.get(field), ("+" if signed else "") + spec)
+        return _fmt(t["scenarios"].get(key, {}).get("summary", {}).get(field), spec)
 
     def attr(name: str, field: str, spec: str) -> str:
-        return "n/a" if name == "direct" else _fmt(targets[name][field], spec)
+        if name == "direct":
+            return "n/a"
+        if not targets[name]["available"] and targets[name][field] is None:
+            return "unavailable"
+        return _fmt(targets[name][field], spec)
+
+    def abs_latency(name: str) -> str:
+        p50, p99 = cell(name, "latency", "p50_ms", ".2f"), cell(name, "latency", "p99_ms", ".2f")
+        return p50 if p50 == "unavailable" else f"{p50} / {p99}"
+
+    def errors(name: str) -> str:
+        return str(sum(s["summary"]["errors"] for s in targets[name]["scenarios"].values()))
 
     c, lc = cfg["connections"], cfg["latency_connections"]
-    rows = [
+    base = "0 (baseline)"
+    rows: list[tuple[str, Callable[[str], str]]] = [
         (f"requests/s, c{c}, non-stream", lambda n: cell(n, "rps", "ok_rps", ",.0f")),
         (f"requests/s, c{c}, stream (SSE)", lambda n: cell(n, "rps_stream", "ok_rps", ",.0f")),
-        (
-            f"added latency p50, c{lc}, 50 ms upstream (ms)",
-            lambda n: (
-                "0 (baseline)" if n == "direct" else cell(n, "latency", "added_p50_ms", ".2f", True)
-            ),
-        ),
-        (
-            f"added latency p99, c{lc}, 50 ms upstream (ms)",
-            lambda n: (
-                "0 (baseline)" if n == "direct" else cell(n, "latency", "added_p99_ms", ".2f", True)
-            ),
-        ),
-        (
-            "absolute latency p50 / p99 (ms)",
-            lambda n: (
-                f"{cell(n, 'latency', 'p50_ms', '.2f')} / {cell(n, 'latency', 'p99_ms', '.2f')}"
-            ),
-        ),
-        (
-            "gateway CPU µs/request, non-stream",
-            lambda n: "n/a" if n == "direct" else cell(n, "rps", "cpu_us_per_req", ",.0f"),
-        ),
-        (
-            "gateway CPU µs/request, stream",
-            lambda n: "n/a" if n == "direct" else cell(n, "rps_stream", "cpu_us_per_req", ",.0f"),
-        ),
-        (
-            "simulator CPU µs/request, non-stream",
-            lambda n: cell(n, "rps", "sim_cpu_us_per_req", ",.0f"),
-        ),
+        (f"added latency p50, c{lc}, 50 ms upstream (ms)",
+         lambda n: cell(n, "latency", "added_p50_ms", "+.2f", base)),
+        (f"added latency p99, c{lc}, 50 ms upstream (ms)",
+         lambda n: cell(n, "latency", "added_p99_ms", "+.2f", base)),
+        ("absolute latency p50 / p99 (ms)", abs_latency),
+        ("gateway CPU µs/request, non-stream",
+         lambda n: cell(n, "rps", "cpu_us_per_req", ",.0f", "n/a")),
+        ("gateway CPU µs/request, stream",
+         lambda n: cell(n, "rps_stream", "cpu_us_per_req", ",.0f", "n/a")),
+        ("simulator CPU µs/request, non-stream",
+         lambda n: cell(n, "rps", "sim_cpu_us_per_req", ",.0f")),
         ("idle RSS (MiB)", lambda n: attr(n, "idle_rss_mib", ".1f")),
         ("loaded RSS, after load (MiB)", lambda n: attr(n, "loaded_rss_mib", ".1f")),
         ("startup, spawn → first 200 on health (s)", lambda n: attr(n, "startup_s", ".2f")),
-        (
-            "failed requests (non-2xx + socket errors)",
-            lambda n: str(sum(s["summary"]["errors"] for s in targets[n]["scenarios"].values())),
-        ),
-    ]
-    head = "| metric | " + " | ".join(LABEL[n] for n in names) + " |"
-    lines = [head, "|" + "---|" * (len(names) + 1)]
+        ("failed requests (non-2xx + socket errors)", errors),
+    ]  # fmt: skip
+    lines = ["| metric | " + " | ".join(LABEL[n] for n in names) + " |"]
+    lines.append("|" + "---|" * (len(names) + 1))
     lines += ["| " + label + " | " + " | ".join(fn(n) for n in names) + " |" for label, fn in rows]
+    return lines
 
-    r = res["ratios"]
+
+def markdown(res: dict[str, Any]) -> str:
+    m, targets, r = res["meta"], res["targets"], res["ratios"]
+    cfg, v, mach, pin = m["config"], m["versions"], m["machine"], m["cpu_pinning"]
+    noise = m["noise"]
 
     def ratio(key: str) -> str:
         return _fmt(r.get(key), ".2f", "×")
 
-    v = m["versions"]
+    litellm_notes = []
+    if "litellm" in targets:
+        litellm_notes.append(
+            f"- LiteLLM {v['litellm']}: `litellm[proxy]` from a hash-locked requirements file "
+            "in its own venv, `--num_workers 1`, no database, `LITELLM_LOG=ERROR` (no access "
+            "log), local cost map. Its dependency set has no httptools, so its uvicorn parses "
+            "HTTP with h11. At the latency concurrency it is CPU-bound, so its added latency "
+            "is mostly queueing."
+        )
+
     out = [
         "# Farebox load benchmark",
         "",
         f"- **Date:** {m['date']}",
-        f"- **Command:** `{m['command']}` (`make bench`)",
-        f"- **Machine:** {m['machine']['cpu']}, {m['machine']['logical_cpus']} logical CPUs, "
-        f"{m['machine']['mem_gib']} GiB RAM, Linux {m['machine']['kernel']}, "
-        f"load average at end {m['machine']['loadavg_end']} (shared, noisy host)",
+        f"- **Command:** `{m['command']}`",
+        f"- **Machine:** {mach['cpu']}, {mach['logical_cpus']} logical CPUs, {mach['mem_gib']} "
+        f"GiB RAM, Linux {mach['kernel']}; shared and noisy: other processes used "
+        f"{_fmt(noise['other_cores_median'], '.2f')} cores (median; max "
+        f"{_fmt(noise['other_cores_max'], '.2f')}) during the measured runs",
         f"- **Versions:** Farebox {v['farebox']}, LiteLLM {v['litellm']}, Python {v['python']}, "
         f"aiohttp {v['aiohttp']}, uvicorn {v['uvicorn']}, uvloop {v['uvloop']}, "
         f"orjson {v['orjson']}, wrk {v['wrk']}",
-        f"- **Method:** wrk ({cfg['wrk_threads']} thread, `--latency`), loopback only; "
-        f"{cfg['rounds']} interleaved round(s) of {cfg['duration_s']:g} s per target and "
-        f"scenario (order rotated each round), {cfg['warmup_s']:g} s warm-up each; "
-        "medians shown. Added latency = target − direct percentile of the same round.",
-        f"- **CPU layout:** the 2 cores are shared by simulator, gateway and wrk. Simulator "
-        f"pinned to CPU {m['cpu_pinning']['simulator']}, gateways to CPU "
-        f"{m['cpu_pinning']['gateways']}, wrk unpinned. All gateways run for the whole "
-        "benchmark, idle while another is measured. Simulator: "
-        f"`{m['simulator']['kind']}` (one process).",
-        "- **Gateways:** 1 worker each. CPU = utime+stime of the gateway's process tree "
-        "(/proc/<pid>/stat, children included) over the run ÷ requests completed. RSS = "
-        "sum of VmRSS over the tree.",
+        f"- **Method:** wrk ({cfg['wrk_threads']} thread, `--latency`, Lua POST body), loopback "
+        f"only. Per scenario: {cfg['warmup_s']:g} s warm-up per target, then "
+        f"{cfg['rounds']} interleaved round(s) over all targets (order rotated each round) of "
+        f"{cfg['duration_s']:g} s ({cfg['latency_duration_s']:g} s for latency); medians "
+        "shown. Added latency = target − direct percentile of the same round.",
+        "- **CPU layout:** the 2 cores are shared by simulator, gateway and wrk: simulator "
+        f"pinned to CPU {pin['simulator']}, gateways to CPU {pin['gateways']}, wrk floating. "
+        "All gateways stay up for the whole run (idle while another is measured). "
+        f"Simulator: `{m['simulator']['kind']}`, one process.",
+        "- **Accounting:** 1 worker per gateway. CPU = utime+stime (+ reaped children) of "
+        "the gateway's process tree from /proc/<pid>/stat over the run ÷ requests completed. "
+        "RSS = VmRSS summed over the tree; idle = 2 s after startup, before any request.",
         "",
-        *lines,
+        *_table(res),
         "",
-        "**Ratios (requests/s):** Farebox vs LiteLLM — non-stream "
+        "**Ratios (requests/s):** Farebox vs LiteLLM: non-stream "
         f"{ratio('farebox_vs_litellm_rps')}, stream {ratio('farebox_vs_litellm_rps_stream')}. "
-        "Farebox vs bare passthrough (ceiling) — non-stream "
+        "Farebox vs bare passthrough (the ceiling): non-stream "
         f"{ratio('farebox_vs_passthrough_rps')}, stream "
         f"{ratio('farebox_vs_passthrough_rps_stream')}.",
         "",
+        "**Setup notes:**",
+        "",
+        "- Every target runs from precompiled bytecode (this environment sets "
+        "PYTHONDONTWRITEBYTECODE=1; the harness runs compileall on the project venv and "
+        "installs LiteLLM with `--compile-bytecode`).",
+        *litellm_notes,
+        "- The passthrough (`bench/passthrough.py`) logs nothing; Farebox runs "
+        "`bench/farebox.yaml` as is.",
+        "- wrk abandons in-flight requests when a run ends; the harness waits for the "
+        "gateway and simulator to go idle before the next run. For a slow target the "
+        "CPU/request figure can be off by about in-flight ÷ completed requests.",
+        "",
     ]
-    notes = [f"- {LABEL[n]}: {targets[n]['note']}" for n in names if targets[n]["note"]]
+    notes = [f"- {LABEL[n]}: {targets[n]['note']}" for n in ORDER if targets.get(n, {}).get("note")]
     if notes:
-        out += ["**Notes:**", "", *notes, ""]
+        out += ["**Unavailable targets:**", "", *notes, ""]
     out += [
-        f"Benchmark time {m['bench_s']:.0f} s after {m['install_s']:.0f} s of install checks."
+        f"Benchmark time {m['bench_s']:.0f} s (plus {m['install_s']:.0f} s of install checks)."
         " Per-round numbers are in `bench/results.json`.",
         "",
     ]

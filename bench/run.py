@@ -5,7 +5,8 @@ the LiteLLM proxy (1 worker, pinned version in its own venv) and a bare ASGI pas
 (the ceiling for a Python gateway here). Writes bench/RESULTS.md and bench/results.json.
 
     .venv/bin/python bench/run.py                           # full run, ~5 min after installs
-    .venv/bin/python bench/run.py --quick --skip-litellm    # ~1 min smoke run
+    .venv/bin/python bench/run.py --quick --skip-litellm    # ~1 min smoke run, written
+                                                            # to bench/.work/quick/
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import launch
 import litellm_env
 import report
 import wrk
-from targets import Proc, Target, free_port, tree_rss_bytes
+from targets import (
+    Proc,
+    Target,
+    children_cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    tree_rss_bytes,
+)
 
 BENCH = Path(__file__).resolve().parent
 WORK = launch.WORK
@@ -37,11 +45,15 @@ class Scenario:
     stream: bool
     slow: bool
     connections: int
+    duration: float
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    p.add_argument(
+        "--latency-duration", type=float, default=10.0, help="seconds per latency run (p99)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target")
     p.add_argument("--connections", type=int, default=64, help="concurrency for requests/s")
@@ -57,11 +69,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1 round, 1 s warm-up")
     p.add_argument("--skip-litellm", action="store_true", help="do not install/run LiteLLM")
     p.add_argument("--skip-farebox", action="store_true", help="do not run Farebox")
-    p.add_argument("--out", type=Path, default=BENCH, help="where RESULTS.md/results.json go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output dir (default: bench/; bench/.work/quick with --quick)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if a target that was asked for is unavailable or any request failed",
+    )
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.rounds, args.warmup = 2.0, 1, 1.0
+        args.duration, args.latency_duration, args.rounds, args.warmup = 2.0, 2.0, 1, 1.0
+    if args.out is None:
+        args.out = WORK / "quick" if args.quick else BENCH
     return args
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    out = []
+    for name, t in results["targets"].items():
+        if not t["available"]:
+            out.append(f"{name} unavailable: {t['note']}")
+        failed = sum(s["summary"]["errors"] for s in t["scenarios"].values())
+        if failed:
+            out.append(f"{name}: {failed} failed requests")
+    return out
 
 
 def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None]:
@@ -73,25 +108,33 @@ def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None]:
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    c, lc = args.connections, args.latency_connections
+    c, lc, d = args.connections, args.latency_connections, args.duration
     return [
-        Scenario("rps", f"req/s @c{c}", stream=False, slow=False, connections=c),
-        Scenario("rps_stream", f"req/s stream @c{c}", stream=True, slow=False, connections=c),
+        Scenario("rps", f"req/s @c{c}", stream=False, slow=False, connections=c, duration=d),
+        Scenario("rps_stream", f"req/s stream @c{c}", stream=True, slow=False, connections=c,
+                 duration=d),
         Scenario("latency", f"latency @c{lc}, 50 ms upstream", stream=False, slow=True,
-                 connections=lc),
+                 connections=lc, duration=args.latency_duration),
     ]  # fmt: skip
 
 
 def measure(t: Target, sim: Proc, script: Path, sc: Scenario, seconds: float) -> dict[str, Any]:
-    cpu0 = t.proc.cpu_seconds() if t.proc else 0.0
-    sim0 = sim.cpu_seconds()
+    def sample() -> tuple[float, float, float, float, float]:
+        gateway = t.proc.cpu_seconds() if t.proc else 0.0
+        return (time.perf_counter(), gateway, sim.cpu_seconds(), children_cpu_seconds(),
+                machine_busy_seconds())  # fmt: skip
+
+    t0, gw0, sim0, wrk0, busy0 = sample()
     res = wrk.run_wrk(t.url(), script, sc.connections, seconds, log=WORK / "wrk.log")
-    cpu1 = t.proc.cpu_seconds() if t.proc else 0.0
-    sim1 = sim.cpu_seconds()
+    t1, gw1, sim1, wrk1, busy1 = sample()
     row: dict[str, Any] = res.to_dict()
     n = max(res.requests, 1)
-    row["cpu_us_per_req"] = round((cpu1 - cpu0) / n * 1e6, 1) if t.proc else None
+    row["cpu_us_per_req"] = round((gw1 - gw0) / n * 1e6, 1) if t.proc else None
     row["sim_cpu_us_per_req"] = round((sim1 - sim0) / n * 1e6, 1)
+    row["wrk_cores"] = round((wrk1 - wrk0) / (t1 - t0), 2)
+    # CPU used by everything else on the machine during the run, in cores: the noise.
+    ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0)
+    row["other_cores"] = round(max(0.0, (busy1 - busy0) - ours) / (t1 - t0), 2)
     return row
 
 
@@ -106,12 +149,14 @@ def run_one(
         t.mark_unavailable(f"wrk failed during {sc.key}: {exc}")
         return
     if t.proc is not None and not t.proc.alive():
-        t.mark_unavailable(f"process died during {sc.key}; log: {t.proc.log_tail(6)}")
+        t.mark_unavailable(f"process died during {sc.key}; log: {t.proc.log_tail()}")
         return
+    # wrk abandons in-flight requests at the end; a gateway still working through them
+    # would steal CPU from the next run, so wait until it (and the simulator) is idle.
+    row["drain_s"] = round((t.proc.wait_idle() if t.proc else 0.0) + sim.wait_idle(), 2)
     if into is not None:
         row["round"] = len(into) + 1
         into.append(row)
-    time.sleep(0.3)  # let closed connections drain before the next target
 
 
 def run_scenarios(
@@ -132,7 +177,7 @@ def run_scenarios(
             shift = rnd % max(len(live), 1)  # rotate the order: no target always goes first
             for t in live[shift:] + live[:shift]:
                 rows = raw[t.name].setdefault(sc.key, [])
-                run_one(t, sim, scripts[t.name], sc, args.duration, rows)
+                run_one(t, sim, scripts[t.name], sc, sc.duration, rows)
             done = [t for t in live if raw[t.name].get(sc.key)]
             line = "  ".join(f"{t.name}={raw[t.name][sc.key][-1]['ok_rps']:.0f}/s" for t in done)
             print(f"bench: {sc.title}: round {rnd + 1}/{args.rounds}: {line}", flush=True)
@@ -203,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report.markdown(results)
     (args.out / "RESULTS.md").write_text(markdown)
     print(markdown)
+    print(f"bench: wrote {args.out / 'RESULTS.md'} and {args.out / 'results.json'}")
+    if args.strict and (bad := problems(results)):
+        print("bench: --strict: " + "; ".join(bad), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -73,6 +74,18 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds all CPUs spent busy (not idle/iowait) since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU of this process's waited-for children (wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree_rss_bytes(root: int) -> int:
     total = 0
     for pid in tree_pids(root):
@@ -139,15 +152,30 @@ class Proc:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.pid) if self.alive() else 0.0
 
+    def wait_idle(self, window: float = 0.2, busy: float = 0.05, timeout: float = 20.0) -> float:
+        """Block until the tree uses < busy x one CPU over a window (abandoned in-flight
+        requests finished); seconds waited."""
+        start = time.perf_counter()
+        last = self.cpu_seconds()
+        while time.perf_counter() - start < timeout and self.alive():
+            time.sleep(window)
+            now = self.cpu_seconds()
+            if now - last < busy * window:
+                break
+            last = now
+        return time.perf_counter() - start
+
     def rss_bytes(self) -> int:
         return tree_rss_bytes(self.pid) if self.alive() else 0
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 1) -> str:
+        """The last non-blank log lines (a traceback's last line names the error)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [ln.strip(" │|") for ln in text.splitlines() if ln.strip(" │|╰─╯")]
+        return " / ".join(kept[-lines:])
 
     def stop(self, grace: float = 5.0) -> None:
         if self.popen is None or self.popen.poll() is not None:

@@ -8,6 +8,7 @@ the admin API. Serve `create_asgi(...)`, which is `HotPath(create_app(...))`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from gateway.api.ops import ops_router
 from gateway.config_schema import GatewayConfig, load_config
 from gateway.errors import error_body
 from gateway.settings import Settings
-from gateway.state import GatewayState, build_state
+from gateway.state import GatewayState, build_state, warm_up
 
 log = logging.getLogger("farebox")
 
@@ -65,11 +66,12 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings, config)
         holder.state = state
+        warming = asyncio.get_running_loop().run_in_executor(None, warm_up, state)
         try:
             yield
         finally:
-            state.draining = True
-            await state.service.close()
+            await warming
+            await state.close()
 
     app = FastAPI(
         title="Farebox",

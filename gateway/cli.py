@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -122,6 +122,107 @@ def _serve(
     uvicorn.run(create_asgi(settings, config), **options)  # type: ignore[arg-type]
 
 
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    database_url: Annotated[
+        str | None, typer.Option(help="Default: $FAREBOX_DATABASE_URL, else the SQLite file.")
+    ] = None,
+) -> None:
+    """Upgrade the ledger database schema (Postgres or SQLite)."""
+    from gateway.ledger.migrate import upgrade
+
+    url = database_url or Settings().database_url
+    upgrade(url, revision)
+    typer.echo(f"ledger schema at {revision}: {_redact(url)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+_SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _parse_since(value: str) -> float:
+    unit = value[-1:]
+    try:
+        amount = float(value[:-1])
+    except ValueError:
+        amount = -1
+    if unit not in _SINCE_UNITS or amount <= 0:
+        raise typer.BadParameter("use a duration like 30m, 24h, 7d or 2w")
+    return amount * _SINCE_UNITS[unit]
+
+
+@app.command()
+def usage(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "24h",
+    by: Annotated[str, typer.Option(help="route | deployment | key")] = "route",
+    database_url: Annotated[
+        str | None, typer.Option(help="Default: $FAREBOX_DATABASE_URL.")
+    ] = None,
+) -> None:
+    """Requests, attempts, tokens by type and cost from the ledger."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway.ledger.repository import LedgerRepository
+
+    if by not in ("route", "deployment", "key"):
+        raise typer.BadParameter("--by must be route, deployment or key")
+    start = datetime.now(UTC) - timedelta(seconds=_parse_since(since))
+    url = database_url or Settings().database_url
+
+    async def read() -> list[Any]:
+        repo = LedgerRepository.create(url)
+        try:
+            return list(await repo.usage(start, by))
+        finally:
+            await repo.close()
+
+    try:
+        lines = asyncio.run(read())
+    except Exception as exc:
+        typer.echo(f"error: cannot read the ledger at {_redact(url)}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"Usage since {start:%Y-%m-%d %H:%M} UTC, by {by}")
+    for column in (
+        by,
+        "requests",
+        "attempts",
+        "input",
+        "cached read",
+        "cache write",
+        "output",
+        "reasoning",
+        "cost USD",
+        "unpriced",
+    ):
+        table.add_column(column, justify="left" if column == by else "right")
+    for line in lines:
+        table.add_row(
+            line.group or "-",
+            f"{line.requests:,}",
+            f"{line.attempts:,}",
+            f"{line.input_uncached_tokens:,}",
+            f"{line.cached_read_tokens:,}",
+            f"{line.cache_write_tokens:,}",
+            f"{line.output_tokens:,}",
+            f"{line.reasoning_tokens:,}",
+            f"{line.cost_usd:.6f}",
+            f"{line.unpriced_attempts:,}",
+        )
+    Console(width=160).print(table)
+    if not lines:
+        typer.echo("no traffic in that window")
+
+
 @app.command("mock-upstream")
 def mock_upstream(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
@@ -146,6 +247,9 @@ def demo(
     os.environ["FAREBOX_SIM_PORT"] = str(sim_port)
     settings = Settings()
     loaded = _load_or_exit(config)
+    from gateway.ledger.migrate import upgrade
+
+    upgrade(settings.database_url)
     simulator = subprocess.Popen(
         [sys.executable, "-m", "gateway", "mock-upstream", "--port", str(sim_port)]
     )
@@ -162,6 +266,7 @@ Farebox demo
   dev key  : {dev_key}
   routes   : {", ".join(loaded.routes)}
   simulator: http://127.0.0.1:{sim_port} (stats at /_stats)
+  ledger   : {_redact(settings.database_url)} (see `farebox usage`)
 
   from openai import OpenAI
   client = OpenAI(base_url="{base}", api_key="{dev_key}")

@@ -1,18 +1,21 @@
 """Where routing meets I/O: runs a plan's attempts against upstream adapters.
 
 Handlers in gateway.api call this module and never a provider directly; it turns upstream
-failures into the client-facing errors of gateway.errors.
+failures into the client-facing errors of gateway.errors, and meters every attempt.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
+from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import (
     CONNECT,
     STATUS,
@@ -22,9 +25,12 @@ from gateway.providers.base import (
     UpstreamStream,
 )
 from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
-from routing.model import Plan
+from routing.model import Plan, PlannedAttempt
 
 DONE = b"data: [DONE]\n\n"
+CLIENT_CANCELLED = "client_cancelled"
+# nginx's "client closed request": the request row's status when the client left first.
+STATUS_CLIENT_CLOSED = 499
 
 
 @dataclass(slots=True)
@@ -33,7 +39,7 @@ class Completion:
     deployment: str
     attempts: int
     upstream_request_id: str | None
-    usage: Mapping[str, Any] | None
+    cost_usd: Decimal | None
 
 
 @dataclass(slots=True)
@@ -45,104 +51,194 @@ class StreamingCompletion:
 
 
 class Service:
-    def __init__(self, adapter: OpenAICompatAdapter) -> None:
+    def __init__(self, adapter: OpenAICompatAdapter, meter: Meter) -> None:
         self._adapter = adapter
+        self.meter = meter
 
     @classmethod
-    def from_providers(cls, providers: Mapping[str, ProviderEndpoint]) -> Service:
-        return cls(OpenAICompatAdapter.create(providers))
+    def from_providers(cls, providers: Mapping[str, ProviderEndpoint], meter: Meter) -> Service:
+        return cls(OpenAICompatAdapter.create(providers), meter)
 
     async def close(self) -> None:
         await self._adapter.close()
 
-    async def complete(self, plan: Plan, endpoint: str, payload: dict[str, Any]) -> Completion:
+    async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
         attempt = plan.attempts[0]
         deployment = attempt.deployment
+        started = time.perf_counter()
         try:
-            reply = await self._adapter.call(deployment, endpoint, payload, plan.timeouts)
+            reply = await self._adapter.call(deployment, ctx.endpoint, ctx.payload, plan.timeouts)
         except UpstreamError as exc:
-            raise client_error(exc, deployment.id) from None
-        usage = reply.data.get("usage")
+            raise self._fail(ctx, plan, attempt, exc, started) from None
+        row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
+        request = self.meter.finish(ctx, plan, 200, None, deployment.id)
         return Completion(
             body=reply.raw,
             deployment=deployment.id,
-            attempts=1,
-            upstream_request_id=reply.request_id,
-            usage=usage if isinstance(usage, dict) else None,
+            attempts=request.attempts,
+            upstream_request_id=row.provider_request_id,
+            cost_usd=request.cost_usd,
         )
 
+    def _fail(
+        self,
+        ctx: CallContext,
+        plan: Plan,
+        attempt: PlannedAttempt,
+        exc: UpstreamError,
+        started: float,
+    ) -> GatewayError:
+        self.meter.failed_upstream(ctx, attempt, exc, started)
+        error = client_error(exc, attempt.deployment.id)
+        self.meter.finish(ctx, plan, error.status, error_class(exc), None)
+        return error
+
     async def stream(
-        self, plan: Plan, endpoint: str, payload: dict[str, Any], client_wants_usage: bool
+        self, ctx: CallContext, plan: Plan, client_wants_usage: bool
     ) -> StreamingCompletion:
         """Open the upstream stream and read its first event before answering.
 
         Until the first byte reaches the client we can still return a proper HTTP error
         (or, later, fail over); after it, failures become an in-stream error event.
         """
-        deployment = plan.attempts[0].deployment
-        options = payload.get("stream_options")
-        payload["stream_options"] = {**(options or {}), "include_usage": True}
+        attempt = plan.attempts[0]
+        deployment = attempt.deployment
+        options = ctx.payload.get("stream_options")
+        ctx.payload["stream_options"] = {**(options or {}), "include_usage": True}
+        started = time.perf_counter()
         try:
-            upstream = await self._adapter.open_stream(deployment, endpoint, payload, plan.timeouts)
+            upstream = await self._adapter.open_stream(
+                deployment, ctx.endpoint, ctx.payload, plan.timeouts
+            )
         except UpstreamError as exc:
-            raise client_error(exc, deployment.id) from None
+            raise self._fail(ctx, plan, attempt, exc, started) from None
         batches = upstream.batches()
         try:
             first = await anext(batches)
             _raise_if_error_event(first[0], deployment.id)
-        except StopAsyncIteration:
+        except (StopAsyncIteration, UpstreamError) as exc:
             await upstream.close()
-            raise upstream_failed(f"{deployment.id} ended the stream before any data") from None
-        except UpstreamError as exc:
-            await upstream.close()
-            raise client_error(exc, deployment.id) from None
+            if isinstance(exc, StopAsyncIteration):
+                exc = UpstreamError("cut", f"{deployment.id} ended the stream before any data")
+            exc.request_id = exc.request_id or upstream.request_id
+            raise self._fail(ctx, plan, attempt, exc, started) from None
+        ctx.ttft_ms = (time.perf_counter() - ctx.t0) * 1000
+        relay = _Relay(self.meter, ctx, plan, attempt, upstream, started, client_wants_usage)
         return StreamingCompletion(
             deployment=deployment.id,
-            attempts=1,
+            attempts=len(ctx.attempts) + 1,
             upstream_request_id=upstream.request_id,
-            chunks=_relay(upstream, batches, first, client_wants_usage),
+            chunks=relay.run(batches, first),
         )
 
 
-async def _relay(
-    upstream: UpstreamStream,
-    batches: AsyncIterator[list[bytes]],
-    first: list[bytes],
-    client_wants_usage: bool,
-) -> AsyncIterator[bytes]:
-    """Forward upstream events, one client write per upstream read.
+class _Relay:
+    """Forwards one upstream stream to the client and meters it when it ends."""
 
-    The usage chunk (which we always ask for) is dropped unless the client asked for it;
-    an upstream error event is forwarded and ends the stream; a stream that breaks ends
-    with our own error event, so no SDK mistakes a cut answer for a complete one.
-    """
-    batch = first
-    try:
-        while True:
-            out = []
-            for data in batch:
-                if data == b"[DONE]":
-                    out.append(DONE)
-                    yield b"".join(out)
-                    return
-                if b'"usage"' in data and _is_usage_chunk(data):
-                    if not client_wants_usage:
-                        continue
-                elif b'"error"' in data and _error_of(data) is not None:
+    __slots__ = ("attempt", "ctx", "meter", "plan", "started", "upstream", "wants_usage")
+
+    def __init__(
+        self,
+        meter: Meter,
+        ctx: CallContext,
+        plan: Plan,
+        attempt: PlannedAttempt,
+        upstream: UpstreamStream,
+        started: float,
+        wants_usage: bool,
+    ) -> None:
+        self.meter = meter
+        self.ctx = ctx
+        self.plan = plan
+        self.attempt = attempt
+        self.upstream = upstream
+        self.started = started
+        self.wants_usage = wants_usage
+
+    async def run(
+        self, batches: AsyncIterator[list[bytes]], first: list[bytes]
+    ) -> AsyncIterator[bytes]:
+        """One client write per upstream read.
+
+        The usage chunk (which we always ask for) is dropped unless the client asked for it,
+        and otherwise carries `cost_usd`; an upstream error event is forwarded and ends the
+        stream; a stream that breaks ends with our own error event, so no SDK mistakes a
+        cut answer for a complete one.
+        """
+        usage: dict[str, Any] | None = None
+        events_seen = 0
+        outcome: str | None = CLIENT_CANCELLED
+        batch = first
+        try:
+            while True:
+                out = []
+                for data in batch:
+                    if data == b"[DONE]":
+                        out.append(DONE)
+                        outcome = None
+                        yield b"".join(out)
+                        return
+                    if b'"usage"' in data and (chunk := _usage_chunk(data)) is not None:
+                        usage = chunk["usage"]
+                        self._meter_success(usage)
+                        if not self.wants_usage:
+                            continue
+                        data = self._with_cost(chunk)
+                    elif b'"error"' in data and _error_of(data) is not None:
+                        out.append(b"data: " + data + b"\n\n")
+                        outcome = STREAM_ERROR
+                        yield b"".join(out)
+                        return
+                    events_seen += 1
                     out.append(b"data: " + data + b"\n\n")
+                if out:
                     yield b"".join(out)
+                try:
+                    batch = await anext(batches)
+                except StopAsyncIteration:
+                    outcome = None
                     return
-                out.append(b"data: " + data + b"\n\n")
-            if out:
-                yield b"".join(out)
-            try:
-                batch = await anext(batches)
-            except StopAsyncIteration:
-                return
-    except UpstreamError as exc:
-        yield stream_error_event(exc.message, code="upstream_stream_interrupted")
-    finally:
-        await upstream.close()
+        except UpstreamError as exc:
+            outcome = error_class(exc)
+            yield stream_error_event(exc.message, code="upstream_stream_interrupted")
+        finally:
+            await self.upstream.close()
+            self._finish(outcome, usage is not None, events_seen)
+
+    def _meter_success(self, usage: Any) -> None:
+        self.meter.succeeded(
+            self.ctx,
+            self.attempt,
+            usage,
+            self.upstream.request_id,
+            self.started,
+            ttft_ms=self.ctx.ttft_ms,
+        )
+
+    def _with_cost(self, chunk: dict[str, Any]) -> bytes:
+        cost = self.ctx.attempts[-1].cost_usd if self.ctx.attempts else None
+        if cost is not None:
+            chunk["usage"]["cost_usd"] = float(cost)
+        return orjson.dumps(chunk)
+
+    def _finish(self, outcome: str | None, metered: bool, events_seen: int) -> None:
+        if not metered:
+            # Cut, errored or abandoned before usage arrived: providers still bill input.
+            self.meter.failed(
+                self.ctx,
+                self.attempt,
+                outcome or "no_usage",
+                http_status=200,
+                provider_request_id=self.upstream.request_id,
+                started=self.started,
+                ttft_ms=self.ctx.ttft_ms,
+                output_tokens_seen=max(0, events_seen - 1),  # minus the role-only chunk
+                billable=True,
+            )
+        elif outcome is not None and self.ctx.attempts:
+            self.ctx.attempts[-1].error_class = outcome
+        status = STATUS_CLIENT_CLOSED if outcome == CLIENT_CANCELLED else 200
+        self.meter.finish(self.ctx, self.plan, status, outcome, self.attempt.deployment.id)
 
 
 def stream_error_event(message: str, *, code: str) -> bytes:
@@ -150,16 +246,18 @@ def stream_error_event(message: str, *, code: str) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def _is_usage_chunk(data: bytes) -> bool:
+def _usage_chunk(data: bytes) -> dict[str, Any] | None:
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return False
-    return (
+        return None
+    if (
         isinstance(chunk, dict)
         and isinstance(chunk.get("usage"), dict)
         and not chunk.get("choices")
-    )
+    ):
+        return chunk
+    return None
 
 
 def _error_of(data: bytes) -> Any:
@@ -188,7 +286,7 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
         return upstream_failed(
             f"Upstream {deployment} is unreachable.", code="upstream_unreachable"
         )
-    detail = _upstream_message(exc.body)
+    detail = _error_field(exc.body, "message")
     if exc.kind == STATUS and exc.status is not None:
         status = exc.status
         if status == 429:
@@ -201,15 +299,15 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
                 429,
                 detail or f"Upstream {deployment} is rate limiting requests.",
                 error_type="rate_limit_error",
-                code=_upstream_code(exc.body) or "rate_limit_exceeded",
+                code=_error_field(exc.body, "code") or "rate_limit_exceeded",
                 headers=retry,
             )
         if status in (400, 413, 422):
             return GatewayError(
                 status,
                 detail or f"Upstream {deployment} rejected the request (HTTP {status}).",
-                code=_upstream_code(exc.body),
-                param=_upstream_param(exc.body),
+                code=_error_field(exc.body, "code"),
+                param=_error_field(exc.body, "param"),
             )
         if status in (401, 403, 404):
             return upstream_failed(
@@ -230,15 +328,3 @@ def _error_field(body: Any, name: str) -> str | None:
             value = err.get(name)
             return value if isinstance(value, str) and value else None
     return None
-
-
-def _upstream_message(body: Any) -> str | None:
-    return _error_field(body, "message")
-
-
-def _upstream_code(body: Any) -> str | None:
-    return _error_field(body, "code")
-
-
-def _upstream_param(body: Any) -> str | None:
-    return _error_field(body, "param")

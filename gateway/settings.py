@@ -16,3 +16,14 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # Seconds uvicorn waits for in-flight requests after SIGTERM.
     graceful_shutdown_s: float = 30.0
+    # SQLite is the zero-setup default; production points this at Postgres (postgresql+asyncpg://).
+    database_url: str = "sqlite+aiosqlite:///var/farebox.db"
+    # Ledger batches that could not be written are appended here and replayed on recovery.
+    spool_dir: str = "var/spool"
+    # Off only for benchmarks comparing the ledger's cost; production always meters.
+    ledger_enabled: bool = True
+    ledger_batch_rows: int = 500
+    ledger_max_delay_ms: int = 200
+    ledger_max_queue_rows: int = 100_000
+    # Prices in USD per 1M tokens with effective dates; see config/prices.yaml.
+    prices_file: str = "config/prices.yaml"

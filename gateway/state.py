@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
 from gateway.auth import KeyStore
 from gateway.config_schema import GatewayConfig
+from gateway.ledger.pricing import PriceBook, load_price_book
+from gateway.ledger.repository import LedgerRepository
+from gateway.ledger.spool import Spool
+from gateway.ledger.tokens import encoding_name_for, load_encoding
+from gateway.ledger.writer import LedgerWriter
+from gateway.metering import Ledger, Meter, NullLedger
 from gateway.providers.openai_compat import ProviderEndpoint
 from gateway.service import Service
 from gateway.settings import Settings
 from routing.resolve import ModelIndex
+
+log = logging.getLogger("farebox")
 
 
 @dataclass
@@ -22,12 +32,24 @@ class GatewayState:
     keys: KeyStore
     service: Service
     models_body: bytes
+    writer: LedgerWriter | None = None
+    repository: LedgerRepository | None = None
+    prices: PriceBook | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
     @property
     def max_body_bytes(self) -> int:
         return self.config.server.max_body_bytes
+
+    async def close(self) -> None:
+        """Stop upstream I/O, flush the ledger (to the database or the spool), disconnect."""
+        self.draining = True
+        await self.service.close()
+        if self.writer is not None:
+            await self.writer.close()
+        if self.repository is not None:
+            await self.repository.close()
 
 
 def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
@@ -38,12 +60,28 @@ def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
 
 
 def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
-    """Must run inside the event loop: the upstream session binds to it."""
+    """Must run inside the event loop: the upstream session and ledger task bind to it."""
     index = config.model_index()
     endpoints = {
         name: ProviderEndpoint(name, p.api_base, p.api_key, p.headers)
         for name, p in config.providers.items()
     }
+    writer: LedgerWriter | None = None
+    repository: LedgerRepository | None = None
+    ledger: Ledger = NullLedger()
+    if settings.ledger_enabled:
+        repository = LedgerRepository.create(settings.database_url)
+        writer = LedgerWriter(
+            repository,
+            Spool(settings.spool_dir),
+            batch_rows=settings.ledger_batch_rows,
+            max_delay_s=settings.ledger_max_delay_ms / 1000,
+            max_queue_rows=settings.ledger_max_queue_rows,
+        )
+        writer.start()
+        ledger = writer
+    prices = load_price_book(config, Path(settings.prices_file))
+    meter = Meter(prices, ledger)
     created = int(time.time())
     models = {
         "object": "list",
@@ -56,6 +94,19 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         config=config,
         index=index,
         keys=build_keys(settings, config),
-        service=Service.from_providers(endpoints),
+        service=Service.from_providers(endpoints, meter),
         models_body=orjson.dumps(models),
+        writer=writer,
+        repository=repository,
+        prices=prices,
     )
+
+
+def warm_up(state: GatewayState) -> None:
+    """Load price maps and tokenizers off the event loop, so the first metered failure
+    does not stall every request behind a one-second vocabulary load."""
+    if state.prices is not None:
+        state.prices.warm()
+    names = {encoding_name_for(d.upstream_model) for d in state.config.deployment_specs().values()}
+    for name in sorted(n for n in names if n is not None):
+        load_encoding(name)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.ledger.migrate import upgrade
+from gateway.settings import Settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.simulator import start_simulator
 
@@ -66,10 +70,20 @@ def simulator() -> Iterator[str]:
         stop()
 
 
+def sqlite_settings(directory: Path, **overrides: Any) -> Settings:
+    """Settings for a gateway whose ledger is a fresh, migrated SQLite file."""
+    url = f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
+    upgrade(url)
+    return Settings(
+        database_url=url, spool_dir=str(directory / "spool"), master_key=None, **overrides
+    )
+
+
 @pytest.fixture(scope="session")
-def gateway(simulator: str) -> Iterator[RunningGateway]:
+def gateway(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     config = config_from_yaml(
         GATEWAY_YAML % {"client_key": CLIENT_KEY}, {"SIM_URL": simulator, "SIM_KEY": SIM_KEY}
     )
-    with running_gateway(config) as running:
+    settings = sqlite_settings(tmp_path_factory.mktemp("gateway"))
+    with running_gateway(config, settings) as running:
         yield running

@@ -22,6 +22,7 @@ from gateway.api.asgi import (
 )
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_object
 from gateway.errors import GatewayError, model_not_found, unauthorized
+from gateway.metering import CallContext
 from gateway.state import GatewayState
 
 log = logging.getLogger("farebox.api")
@@ -57,7 +58,7 @@ class OpenAIEndpoints:
         headers: Headers = [(b"x-request-id", request_id.encode())]
         try:
             state = self._state()
-            self._authenticate(scope, state)
+            key_id = self._authenticate(scope, state)
             route = GENERATION_ROUTES.get(path)
             if route is None:
                 if scope["method"] != "GET":
@@ -67,7 +68,7 @@ class OpenAIEndpoints:
                 return
             if scope["method"] != "POST":
                 raise _method_not_allowed(scope["method"], path)
-            await self._generate(scope, receive, send, state, route, headers)
+            await self._generate(scope, receive, send, state, route, headers, key_id)
         except GatewayError as exc:
             await send_error(send, exc, headers)
         except ClientGone:
@@ -86,9 +87,9 @@ class OpenAIEndpoints:
             )
 
     @staticmethod
-    def _authenticate(scope: Scope, state: GatewayState) -> None:
+    def _authenticate(scope: Scope, state: GatewayState) -> str | None:
         if state.keys.disabled:
-            return
+            return None
         principal = state.keys.authenticate(
             header(scope, b"authorization"), header(scope, b"x-api-key")
         )
@@ -96,6 +97,7 @@ class OpenAIEndpoints:
             if header(scope, b"authorization") is None and header(scope, b"x-api-key") is None:
                 raise unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
             raise unauthorized("Incorrect API key provided.")
+        return principal.key_name
 
     async def _generate(
         self,
@@ -105,6 +107,7 @@ class OpenAIEndpoints:
         state: GatewayState,
         route: tuple[str, Checker],
         headers: Headers,
+        key_id: str | None,
     ) -> None:
         endpoint, check = route
         body = await read_body(scope, receive, state.max_body_bytes)
@@ -114,18 +117,22 @@ class OpenAIEndpoints:
         if plan is None:
             raise model_not_found(model, state.index.routable_names())
         headers.append((b"x-farebox-route", plan.route.encode()))
+        request_id = headers[0][1].decode()
+        ctx = CallContext(request_id, key_id, endpoint, model, stream, payload)
         if not stream:
-            result = await state.service.complete(plan, endpoint, payload)
+            result = await state.service.complete(ctx, plan)
             headers.append(JSON_TYPE)
             headers.append((b"x-farebox-deployment", result.deployment.encode()))
             headers.append((b"x-farebox-attempts", str(result.attempts).encode()))
+            if result.cost_usd is not None:
+                headers.append((b"x-farebox-cost-usd", f"{result.cost_usd:f}".encode()))
             if result.upstream_request_id:
                 headers.append(
                     (b"x-farebox-upstream-request-id", result.upstream_request_id.encode())
                 )
             await send_bytes(send, 200, result.body, headers)
             return
-        streaming = await state.service.stream(plan, endpoint, payload, include_usage)
+        streaming = await state.service.stream(ctx, plan, include_usage)
         headers.extend(SSE_HEADERS)
         headers.append((b"x-farebox-deployment", streaming.deployment.encode()))
         headers.append((b"x-farebox-attempts", str(streaming.attempts).encode()))

@@ -1,0 +1,398 @@
+"""Which price applies to an attempt: deployment override, prices.yaml, then litellm's map.
+
+Precedence for token-priced (serverless, closed_api) deployments:
+
+1. the deployment's `price:` in the routing YAML (no dates: it is the operator's word now);
+2. `prices.yaml` keyed by the deployment id, then keyed by the upstream model name — the
+   latest entry with `effective_from` ≤ the attempt's UTC date wins; a key whose entries all
+   start later contributes nothing and the search goes on;
+3. litellm's bundled price map (see :class:`LitellmPriceMap` for the matching rules).
+
+Dedicated deployments get zero token prices: their GPU hours are charged in the reports, at
+the provider's `hourly_usd` or else that of the prices.yaml entry for the deployment id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.config_schema import GatewayConfig, Price
+from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, load_yaml
+from routing.cost import MILLION, TokenPrice
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRICES_PATH = Path("config/prices.yaml")
+_REPO_PRICES_PATH = Path(__file__).resolve().parents[2] / "config" / "prices.yaml"
+_ZERO = Decimal(0)
+# The memo is keyed by day, so it only grows with deployments × days served; the cap just
+# bounds a process that is fed many distinct upstream names.
+_MEMO_LIMIT = 16_384
+
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Row(_Strict):
+    effective_from: date
+    input: Rate
+    output: Rate
+    cached_input: Rate | None = None
+    cache_write: Rate | None = None
+    hourly_usd: Rate | None = None
+
+
+class _PricesFile(_Strict):
+    models: dict[str, list[_Row]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DatedPrice:
+    effective_from: date
+    price: TokenPrice
+
+
+PriceTable = Mapping[str, tuple[DatedPrice, ...]]
+
+
+def _dec(value: float) -> Decimal:
+    # repr() of a float is the shortest string that round-trips, so 1.25 stays 1.25 exactly.
+    return Decimal(repr(value))
+
+
+def _opt(value: float | None) -> Decimal | None:
+    return None if value is None else _dec(value)
+
+
+def parse_prices(text: str, file: str) -> dict[str, tuple[DatedPrice, ...]]:
+    """Validate a prices.yaml document; raise ConfigError naming file, line and key path."""
+    doc = load_yaml(text, file, {})
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.issue((), "the top level must be a mapping with `models:`")])
+    try:
+        parsed = _PricesFile.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, doc)) from None
+    issues: list[ConfigIssue] = []
+    table: dict[str, tuple[DatedPrice, ...]] = {}
+    name = Path(file).name
+    for key, rows in parsed.models.items():
+        if not rows:
+            issues.append(doc.issue(("models", key), "needs at least one dated entry"))
+            continue
+        for i in range(1, len(rows)):
+            before, here = rows[i - 1].effective_from, rows[i].effective_from
+            if here <= before:
+                problem = "duplicate" if here == before else "out of date order (oldest first)"
+                where = ("models", key, i, "effective_from")
+                issues.append(doc.issue(where, f"{problem}: {here} after {before}"))
+        table[key] = tuple(
+            DatedPrice(row.effective_from, _price(f"{name}:{key}:{row.effective_from}", row))
+            for row in rows
+        )
+    if issues:
+        raise ConfigError(issues)
+    return table
+
+
+def _explain(exc: ValidationError, doc: LocatedDocument) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key {loc[-1]!r}"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if isinstance(err.get("input"), str | int | float) and len(repr(err["input"])) < 60:
+                message += f" (got {err['input']!r})"
+        issue = doc.issue(loc, message)
+        if issue not in issues:
+            issues.append(issue)
+    return issues
+
+
+def load_prices(path: Path) -> dict[str, tuple[DatedPrice, ...]]:
+    """A missing file is an empty table: prices.yaml is optional, litellm's map backs it up."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read: {exc}")]) from None
+    return parse_prices(text, str(path))
+
+
+# Substrings of an api_base host or provider name → litellm's provider prefix; first match wins
+# (so "azure" comes before "openai" for *.openai.azure.com).
+_SAME_NAME = "deepinfra groq mistral deepseek nebius hyperbolic cerebras sambanova novita"
+_HOST_PREFIXES = {"together": "together_ai", "fireworks": "fireworks_ai", "x.ai": "xai"} | {
+    name: name
+    for name in (*_SAME_NAME.split(), "openrouter", "perplexity", "anthropic", "azure", "openai")
+}
+
+
+def litellm_prefix(provider_name: str, protocol: str, api_base: str) -> str | None:
+    """The litellm provider a deployment's prices are filed under, if we can tell."""
+    if protocol != "openai":
+        return protocol  # non-OpenAI protocols are named by their litellm provider already
+    host = (urlsplit(api_base).hostname or "").lower()
+    for hint in (host, provider_name.lower()):
+        for needle, prefix in _HOST_PREFIXES.items():
+            if needle in hint:
+                return prefix
+    return None
+
+
+class LitellmPriceMap:
+    """litellm's bundled `model_prices_and_context_window_backup.json`, read without litellm.
+
+    Importing litellm costs seconds and hundreds of MB, so the JSON is read directly, once, on
+    the first lookup. Candidate keys, each tried exactly and then case-insensitively:
+
+    1. `<prefix>/<model>` where the prefix comes from the deployment's provider (protocol, or
+       a known api_base host such as api.together.xyz → `together_ai`);
+    2. `<model>` as is (first-party names like `gpt-4o-mini`, `claude-…`);
+    3. `<model>` without a leading litellm provider prefix (`openai/gpt-4o` → `gpt-4o`).
+
+    An org/model name on an unknown host (`deepseek-ai/DeepSeek-V3` at some private endpoint)
+    is deliberately NOT matched to another host's entry: hosts price the same weights
+    differently, and an unknown price (None) is honest where a borrowed one is not. If no
+    candidate matches and the name carries a simulator `::directives` suffix, the base name
+    is tried. Entries without a numeric `input_cost_per_token` are skipped.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, Mapping[str, Any]] | None = None
+        self._lower: dict[str, str] = {}
+        self._providers: frozenset[str] = frozenset()
+        self._version = "unknown"
+
+    def _load(self) -> dict[str, Mapping[str, Any]]:
+        with self._lock:
+            if self._entries is not None:
+                return self._entries
+            entries: dict[str, Mapping[str, Any]] = {}
+            path = self._path or bundled_litellm_price_map()
+            try:
+                if path is not None:
+                    raw = json.loads(path.read_bytes())
+                    entries = {k: v for k, v in raw.items() if isinstance(v, Mapping)}
+                self._version = importlib.metadata.version("litellm")
+            except (OSError, ValueError, importlib.metadata.PackageNotFoundError) as exc:
+                log.warning("litellm price map unavailable (%s): %s", path, exc)
+            entries.pop("sample_spec", None)
+            self._lower = {k.lower(): k for k in entries}
+            self._providers = frozenset(
+                str(v["litellm_provider"]) for v in entries.values() if "litellm_provider" in v
+            )
+            self._entries = entries
+            return entries
+
+    def lookup(self, model: str, prefix: str | None = None) -> TokenPrice | None:
+        entries = self._entries if self._entries is not None else self._load()
+        for name in dict.fromkeys((model, model.partition("::")[0])):
+            for key in self._candidates(name, prefix):
+                found = entries.get(key)
+                if found is None and key.lower() in self._lower:
+                    key = self._lower[key.lower()]
+                    found = entries[key]
+                price = self._price(key, found) if found is not None else None
+                if price is not None:
+                    return price
+        return None
+
+    def _candidates(self, model: str, prefix: str | None) -> list[str]:
+        out = []
+        if prefix and not model.startswith(prefix + "/"):
+            out.append(f"{prefix}/{model}")
+        out.append(model)
+        head, sep, rest = model.partition("/")
+        if sep and rest and head in self._providers:
+            out.append(rest)
+        return out
+
+    def _price(self, key: str, entry: Mapping[str, Any]) -> TokenPrice | None:
+        def per_million(field: str) -> Decimal | None:
+            value = entry.get(field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                return None
+            return (Decimal(repr(value)) * MILLION).normalize()
+
+        input_rate = per_million("input_cost_per_token")
+        output_rate = per_million("output_cost_per_token")
+        if output_rate is None and entry.get("mode") in ("embedding", "rerank"):
+            output_rate = _ZERO
+        if input_rate is None or output_rate is None:
+            return None
+        return TokenPrice.of(
+            input=input_rate,
+            output=output_rate,
+            cached_input=per_million("cache_read_input_token_cost"),
+            cache_write=per_million("cache_creation_input_token_cost"),
+            version=f"litellm:{self._version}:{key}",
+        )
+
+
+def bundled_litellm_price_map() -> Path | None:
+    spec = importlib.util.find_spec("litellm")  # locates the package without importing it
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Deployment:
+    provider: str
+    hourly_usd: Decimal | None
+    litellm_prefix: str | None
+
+
+class PriceBook:
+    """Answers `price_for` in well under a microsecond once a (deployment, day) is memoized."""
+
+    def __init__(
+        self,
+        *,
+        overrides: Mapping[str, TokenPrice] | None = None,
+        table: PriceTable | None = None,
+        deployments: Mapping[str, _Deployment] | None = None,
+        litellm: LitellmPriceMap | None = None,
+    ) -> None:
+        self._overrides = dict(overrides or {})
+        self._table = dict(table or {})
+        self._dates = {k: [e.effective_from for e in v] for k, v in self._table.items()}
+        self._deployments = dict(deployments or {})
+        self._litellm = litellm if litellm is not None else LitellmPriceMap()
+        self._memo: dict[tuple[str, str, str, date], TokenPrice | None] = {}
+
+    @classmethod
+    def from_config(
+        cls, config: GatewayConfig, table: PriceTable, litellm: LitellmPriceMap | None = None
+    ) -> PriceBook:
+        overrides: dict[str, TokenPrice] = {}
+        deployments: dict[str, _Deployment] = {}
+        for dep_id, dep in config.deployments.items():
+            if dep.price is not None:
+                overrides[dep_id] = _price(f"deployment-override:{dep_id}", dep.price)
+            provider = config.providers.get(dep.provider)
+            if provider is None:
+                continue
+            deployments[dep_id] = _Deployment(
+                provider=dep.provider,
+                hourly_usd=_opt(provider.hourly_usd),
+                litellm_prefix=litellm_prefix(dep.provider, provider.protocol, provider.api_base),
+            )
+        return cls(overrides=overrides, table=table, deployments=deployments, litellm=litellm)
+
+    def warm(self) -> None:
+        """Load litellm's map now (≈0.1 s) instead of on the first unpriced attempt."""
+        self._litellm.lookup("")
+
+    def price_for(
+        self, deployment_id: str, upstream_model: str, provider_kind: str, at: datetime
+    ) -> TokenPrice | None:
+        day = _utc_day(at)
+        key = (deployment_id, upstream_model, provider_kind, day)
+        try:  # not `in` + `[]`: another thread may clear the memo between the two
+            return self._memo[key]
+        except KeyError:
+            pass
+        price: TokenPrice | None
+        if provider_kind == "dedicated":
+            price = self._dedicated(deployment_id, day)
+        else:
+            price = self._token_price(deployment_id, upstream_model, day)
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = price
+        return price
+
+    def _token_price(self, deployment_id: str, upstream_model: str, day: date) -> TokenPrice | None:
+        override = self._overrides.get(deployment_id)
+        if override is not None:
+            return override
+        for key in dict.fromkeys(
+            (deployment_id, upstream_model, upstream_model.partition("::")[0])
+        ):
+            dated = self._dated(key, day)
+            if dated is not None:
+                return dated
+        dep = self._deployments.get(deployment_id)
+        return self._litellm.lookup(upstream_model, dep.litellm_prefix if dep else None)
+
+    def _dated(self, key: str, day: date) -> TokenPrice | None:
+        dates = self._dates.get(key)
+        if not dates:
+            return None
+        i = bisect.bisect_right(dates, day) - 1
+        return self._table[key][i].price if i >= 0 else None
+
+    def _dedicated(self, deployment_id: str, day: date) -> TokenPrice:
+        dep = self._deployments.get(deployment_id)
+        hourly: Decimal | None = None
+        version = "dedicated"
+        if dep is not None and dep.hourly_usd is not None:
+            hourly, version = dep.hourly_usd, f"dedicated:{dep.provider}"
+        else:
+            dated = self._dated(deployment_id, day)
+            if dated is not None and dated.hourly_usd is not None:
+                hourly, version = dated.hourly_usd, dated.version
+        return TokenPrice.of(input=_ZERO, output=_ZERO, hourly_usd=hourly, version=version)
+
+
+def _price(version: str, row: _Row | Price) -> TokenPrice:
+    return TokenPrice.of(
+        input=_dec(row.input),
+        output=_dec(row.output),
+        cached_input=_opt(row.cached_input),
+        cache_write=_opt(row.cache_write),
+        hourly_usd=_opt(row.hourly_usd) if isinstance(row, _Row) else None,
+        version=version,
+    )
+
+
+def _utc_day(at: datetime) -> date:
+    # Naive datetimes are taken as UTC, like every timestamp in the ledger.
+    if at.tzinfo is None or at.tzinfo is UTC:
+        return at.date()
+    return at.astimezone(UTC).date()
+
+
+def load_price_book(
+    config: GatewayConfig,
+    prices_path: Path | None = None,
+    litellm: LitellmPriceMap | None = None,
+) -> PriceBook:
+    """Build the book for a loaded config.
+
+    Without `prices_path`, `config/prices.yaml` under the working directory is used, else the
+    copy in the source tree; a missing file is an empty table. A malformed one raises
+    ConfigError (file:line), like the routing YAML.
+    """
+    if prices_path is None:
+        prices_path = DEFAULT_PRICES_PATH if DEFAULT_PRICES_PATH.is_file() else _REPO_PRICES_PATH
+    elif not prices_path.is_file():
+        log.warning("prices file %s not found; using overrides and litellm's map", prices_path)
+    return PriceBook.from_config(config, load_prices(prices_path), litellm)

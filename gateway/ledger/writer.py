@@ -1,0 +1,205 @@
+"""The ledger writer: off the hot path, batched, and never losing a row.
+
+`record()` is synchronous and cheap (a deque append). A background task drains the queue
+in batches (by size or age) to the database. When a write fails, the batch goes to the
+disk spool and the task probes the database until it is back, then replays the spool.
+If the in-memory queue is full the row is spooled at once: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Protocol
+
+from gateway import metrics
+from gateway.ledger.events import AttemptRow, RequestRow
+from gateway.ledger.spool import Spool
+
+log = logging.getLogger("farebox.ledger")
+
+
+class LedgerSink(Protocol):
+    async def write_batch(self, requests: list[RequestRow], attempts: list[AttemptRow]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        sink: LedgerSink,
+        spool: Spool,
+        *,
+        batch_rows: int = 500,
+        max_delay_s: float = 0.2,
+        max_queue_rows: int = 100_000,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        self._sink = sink
+        self._spool = spool
+        self._batch_rows = batch_rows
+        self._max_delay = max_delay_s
+        self._max_queue_rows = max_queue_rows
+        self._probe_interval = probe_interval_s
+        self._queue: deque[tuple[RequestRow, list[AttemptRow]]] = deque()
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.db_down = False
+        self._needs_replay = bool(spool.pending() or spool.orphaned_claims())
+        self._next_probe = 0.0
+        self.rows_written = 0
+        self.rows_spooled = 0
+
+    # -- hot path ---------------------------------------------------------------------
+
+    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        rows = 1 + len(attempts)
+        if self._queued_rows + rows > self._max_queue_rows or self._task is None:
+            # Overload (or no writer running): durability beats latency here.
+            self._spill([request], attempts, "queue_full" if self._task else "not_running")
+            return
+        self._queue.append((request, attempts))
+        self._queued_rows += rows
+        if self._queued_rows >= self._batch_rows:
+            self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Flush everything queued (to the database, else to the spool), then stop."""
+        self._closing = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, timeout_s)
+            except TimeoutError:
+                log.error("ledger flush timed out; spooling what is left")
+        if self._queue:
+            self._spill_queue("shutdown")
+        self._spool.seal()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    # -- background task --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._max_delay)
+            self._wake.clear()
+            while self._queue:
+                await self._write(self._take())
+            metrics.LEDGER_QUEUE_DEPTH.set(self._queued_rows)
+            if self._needs_replay and not self._closing:
+                await self._maybe_replay()
+            if self._closing and not self._queue:
+                if self._needs_replay and not self.db_down:
+                    await self._maybe_replay()
+                return
+
+    def _take(self) -> tuple[list[RequestRow], list[AttemptRow]]:
+        requests: list[RequestRow] = []
+        attempts: list[AttemptRow] = []
+        rows = 0
+        while self._queue and rows < self._batch_rows:
+            request, its_attempts = self._queue.popleft()
+            requests.append(request)
+            attempts.extend(its_attempts)
+            rows += 1 + len(its_attempts)
+        self._queued_rows -= rows
+        return requests, attempts
+
+    async def _write(self, batch: tuple[list[RequestRow], list[AttemptRow]]) -> None:
+        requests, attempts = batch
+        if self.db_down:
+            self._spill(requests, attempts, "database_down")
+            return
+        try:
+            await self._sink.write_batch(requests, attempts)
+        except Exception as exc:
+            metrics.LEDGER_WRITE_ERRORS.inc()
+            log.warning("ledger write failed, spooling to disk: %s", _brief(exc))
+            self.db_down = True
+            self._next_probe = time.monotonic() + self._probe_interval
+            self._spill(requests, attempts, "database_error")
+            return
+        self._count_written(requests, attempts)
+
+    def _count_written(self, requests: list[RequestRow], attempts: list[AttemptRow]) -> None:
+        self.rows_written += len(requests) + len(attempts)
+        metrics.LEDGER_ROWS_WRITTEN.labels("requests").inc(len(requests))
+        metrics.LEDGER_ROWS_WRITTEN.labels("attempts").inc(len(attempts))
+
+    def _spill(self, requests: list[RequestRow], attempts: list[AttemptRow], reason: str) -> None:
+        self._spool.append(requests, attempts)
+        rows = len(requests) + len(attempts)
+        self.rows_spooled += rows
+        self._needs_replay = True
+        metrics.LEDGER_ROWS_SPOOLED.labels(reason).inc(rows)
+
+    def _spill_queue(self, reason: str) -> None:
+        while self._queue:
+            requests, attempts = self._take()
+            self._spill(requests, attempts, reason)
+
+    async def _maybe_replay(self) -> None:
+        if self.db_down:
+            if time.monotonic() < self._next_probe:
+                return
+            try:
+                await self._sink.ping()
+            except Exception:
+                self._next_probe = time.monotonic() + self._probe_interval
+                return
+            log.info("database is back; replaying the ledger spool")
+            self.db_down = False
+        self._spool.seal()
+        segments = self._spool.orphaned_claims() + [
+            c for s in self._spool.pending() if (c := self._spool.claim(s)) is not None
+        ]
+        for segment in segments:
+            _report_lag(segment)
+            if not await self._replay(segment):
+                return
+        self._needs_replay = bool(self._spool.pending())
+        metrics.LEDGER_REPLAY_LAG.set(0)
+        metrics.LEDGER_SPOOL_BYTES.set(self._spool.bytes_pending())
+
+    async def _replay(self, segment: Path) -> bool:
+        try:
+            for requests, attempts in Spool.read(segment):
+                await self._sink.write_batch(requests, attempts)
+                self._count_written(requests, attempts)
+                await asyncio.sleep(0)  # let the hot path breathe between batches
+        except Exception as exc:
+            metrics.LEDGER_WRITE_ERRORS.inc()
+            log.warning("spool replay of %s failed, will retry: %s", segment.name, _brief(exc))
+            self.db_down = True
+            self._next_probe = time.monotonic() + self._probe_interval
+            return False
+        segment.unlink()  # noqa: ASYNC240 - a local unlink, not worth a thread hop
+        return True
+
+
+def _report_lag(segment: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        metrics.LEDGER_REPLAY_LAG.set(max(0.0, time.time() - segment.stat().st_mtime))
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"

@@ -1,0 +1,231 @@
+"""Turn upstream outcomes into priced ledger rows.
+
+Everything here runs on the hot path, so it does arithmetic and dict lookups only; the
+database write happens later in the ledger writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from gateway import metrics
+from gateway.ledger.events import ESTIMATED, PROVIDER, AttemptRow, RequestRow
+from gateway.ledger.pricing import PriceBook
+from gateway.ledger.tokens import estimate_input_tokens
+from gateway.providers.base import CONNECT, STATUS, UpstreamError
+from routing.cost import Usage, attempt_cost, usage_from_openai
+from routing.model import Plan, PlannedAttempt
+
+# Failures after which the provider has (or may have) run the model over the prompt, and
+# so bills the input tokens. Rejections before inference (4xx, connect errors) are free.
+_BILLABLE_FAILURE_MIN_STATUS = 500
+
+_ATTEMPT_PREFIX = "att_" + os.urandom(6).hex()
+_ATTEMPT_COUNTER = itertools.count(1)
+
+
+class Ledger(Protocol):
+    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None: ...
+
+
+class NullLedger:
+    """Used when the ledger is switched off (FAREBOX_LEDGER_ENABLED=false)."""
+
+    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One client call as it moves through the service."""
+
+    request_id: str
+    key_id: str | None
+    endpoint: str
+    requested_model: str
+    stream: bool
+    payload: dict[str, Any]
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    t0: float = field(default_factory=time.perf_counter)
+    attempts: list[AttemptRow] = field(default_factory=list)
+    ttft_ms: float | None = None
+    input_estimate: int | None = None
+
+
+def error_class(exc: UpstreamError) -> str:
+    if exc.kind == STATUS and exc.status is not None:
+        return f"http_{exc.status}"
+    return exc.kind
+
+
+class Meter:
+    def __init__(self, prices: PriceBook, ledger: Ledger) -> None:
+        self._prices = prices
+        self.ledger = ledger
+
+    def _price(
+        self, attempt: PlannedAttempt, at: datetime, usage: Usage
+    ) -> tuple[Decimal | None, str | None]:
+        dep = attempt.deployment
+        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        cost = attempt_cost(usage, price, dep.provider_kind == "dedicated")
+        if cost is None:
+            metrics.UNPRICED_ATTEMPTS.labels(dep.id).inc()
+        return cost, price.version if price is not None else None
+
+    def succeeded(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        usage_data: Any,
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None = None,
+        http_status: int = 200,
+    ) -> AttemptRow:
+        """Record an attempt that delivered an answer (usage from the provider if it sent any)."""
+        if isinstance(usage_data, dict):
+            usage, source = usage_from_openai(usage_data), PROVIDER
+        else:
+            usage, source = Usage(self._estimate(ctx, attempt), 0, 0, 0, 0), ESTIMATED
+        return self._add(
+            ctx, attempt, usage, source, provider_request_id, started, ttft_ms, http_status, None
+        )
+
+    def failed(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        error: str,
+        *,
+        http_status: int | None,
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None = None,
+        output_tokens_seen: int = 0,
+        billable: bool | None = None,
+    ) -> AttemptRow:
+        """Record a failed attempt with estimated tokens where the provider bills them."""
+        if billable is None:
+            billable = http_status is None or http_status >= _BILLABLE_FAILURE_MIN_STATUS
+        input_tokens = self._estimate(ctx, attempt) if billable else 0
+        usage = Usage(input_tokens, 0, 0, output_tokens_seen, 0)
+        return self._add(
+            ctx,
+            attempt,
+            usage,
+            ESTIMATED,
+            provider_request_id,
+            started,
+            ttft_ms,
+            http_status,
+            error,
+        )
+
+    def failed_upstream(
+        self, ctx: CallContext, attempt: PlannedAttempt, exc: UpstreamError, started: float
+    ) -> AttemptRow:
+        return self.failed(
+            ctx,
+            attempt,
+            error_class(exc),
+            http_status=exc.status,
+            provider_request_id=exc.request_id,
+            started=started,
+            billable=False if exc.kind == CONNECT else None,
+        )
+
+    def _estimate(self, ctx: CallContext, attempt: PlannedAttempt) -> int:
+        if ctx.input_estimate is None:
+            ctx.input_estimate = estimate_input_tokens(
+                ctx.endpoint, ctx.payload, attempt.deployment.upstream_model
+            )
+        return ctx.input_estimate
+
+    def _add(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        usage: Usage,
+        source: str,
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None,
+        http_status: int | None,
+        error: str | None,
+    ) -> AttemptRow:
+        now = time.perf_counter()
+        started_at = ctx.received_at + timedelta(seconds=started - ctx.t0)
+        cost, version = self._price(attempt, started_at, usage)
+        dep = attempt.deployment
+        row = AttemptRow(
+            id=f"{_ATTEMPT_PREFIX}{next(_ATTEMPT_COUNTER):010x}",
+            request_id=ctx.request_id,
+            attempt_no=len(ctx.attempts) + 1,
+            role=attempt.role,
+            deployment=dep.id,
+            provider=dep.provider,
+            provider_kind=dep.provider_kind,
+            upstream_model=dep.upstream_model,
+            provider_request_id=provider_request_id,
+            started_at=started_at,
+            ttft_ms=ttft_ms,
+            latency_ms=(now - started) * 1000,
+            http_status=http_status,
+            error_class=error,
+            input_uncached_tokens=usage.input_uncached,
+            cached_read_tokens=usage.cached_read,
+            cache_write_tokens=usage.cache_write,
+            output_tokens=usage.output,
+            reasoning_tokens=usage.reasoning,
+            token_source=source,
+            cost_usd=cost,
+            price_version=version,
+        )
+        ctx.attempts.append(row)
+        return row
+
+    def finish(
+        self,
+        ctx: CallContext,
+        plan: Plan,
+        status: int,
+        error: str | None,
+        deployment: str | None,
+    ) -> RequestRow:
+        """Close the call: build its request row and hand everything to the ledger."""
+        attempts = ctx.attempts
+        costs = [a.cost_usd for a in attempts]
+        total: Decimal | None = None
+        if attempts and all(c is not None for c in costs):
+            total = sum((c for c in costs if c is not None), Decimal(0))
+        row = RequestRow(
+            id=ctx.request_id,
+            received_at=ctx.received_at,
+            key_id=ctx.key_id,
+            route=plan.route,
+            requested_model=ctx.requested_model,
+            endpoint=ctx.endpoint,
+            workload=plan.workload,
+            stream=ctx.stream,
+            final_status=status,
+            error_class=error,
+            final_deployment=deployment,
+            attempts=len(attempts),
+            input_uncached_tokens=sum(a.input_uncached_tokens for a in attempts),
+            cached_read_tokens=sum(a.cached_read_tokens for a in attempts),
+            cache_write_tokens=sum(a.cache_write_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts),
+            reasoning_tokens=sum(a.reasoning_tokens for a in attempts),
+            cost_usd=total,
+            latency_ms=(time.perf_counter() - ctx.t0) * 1000,
+            ttft_ms=ctx.ttft_ms,
+        )
+        self.ledger.record(row, attempts)
+        return row

@@ -1,0 +1,28 @@
+"""Prometheus metrics. Names follow Prometheus conventions (unit suffixes, _total)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+LEDGER_QUEUE_DEPTH = Gauge(
+    "farebox_ledger_queue_depth", "Ledger rows waiting in memory to be written"
+)
+LEDGER_ROWS_WRITTEN = Counter(
+    "farebox_ledger_rows_written_total", "Ledger rows written to the database", ["table"]
+)
+LEDGER_ROWS_SPOOLED = Counter(
+    "farebox_ledger_rows_spooled_total", "Ledger rows written to the disk spool", ["reason"]
+)
+LEDGER_SPOOL_BYTES = Gauge("farebox_ledger_spool_bytes", "Bytes waiting in the disk spool")
+LEDGER_REPLAY_LAG = Gauge(
+    "farebox_ledger_replay_lag_seconds",
+    "Age of the oldest spooled batch not yet replayed (0 when the spool is empty)",
+)
+LEDGER_WRITE_ERRORS = Counter(
+    "farebox_ledger_write_errors_total", "Failed database writes of ledger batches"
+)
+UNPRICED_ATTEMPTS = Counter(
+    "farebox_unpriced_attempts_total",
+    "Attempts recorded with cost NULL because no price is known",
+    ["deployment"],
+)
