@@ -312,7 +312,7 @@ def markdown(res: dict[str, Any]) -> str:
         out += ["**Unavailable targets:**", "", *notes, ""]
     out += [
         f"Benchmark time {m['bench_s']:.0f} s (plus {m['install_s']:.0f} s of install checks)."
-        " Per-round numbers are in `bench/results.json`.",
+        " Per-round numbers are in results.json next to this file.",
         "",
     ]
     return "\n".join(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -185,30 +186,36 @@ def run_scenarios(
 
 
 def start_targets(
-    args: argparse.Namespace, sim_port: int, env: dict[str, str], cpus: set[int] | None
-) -> list[Target]:
-    direct = Target("direct", sim_port, launch.SIM_KEY, launch.FAST_MODEL, launch.SLOW_MODEL)
+    args: argparse.Namespace,
+    sim_port: int,
+    env: dict[str, str],
+    cpus: set[int] | None,
+    targets: list[Target],
+) -> None:
+    """Fill `targets` (in place, so the caller can stop whatever started if interrupted)."""
+    targets.append(Target("direct", sim_port, launch.SIM_KEY, launch.FAST_MODEL, launch.SLOW_MODEL))
     gateways = [launch.passthrough(sim_port, env, cpus)]
     if not args.skip_farebox:
         gateways.append(launch.farebox(sim_port, env, cpus))
     if not args.skip_litellm:
         gateways.append(launch.litellm(sim_port, env, cpus, litellm_env.pinned_version()))
     for t in gateways:  # one at a time, so startup times are not contended
+        targets.append(t)
         launch.start(t, args.startup_timeout * (2 if t.name == "litellm" else 1))
     time.sleep(2.0)  # settle, then idle RSS before any request
     for t in gateways:
         if t.available and t.proc is not None:
             t.idle_rss = t.proc.rss_bytes()
-    targets = [direct, *gateways]
     for t in targets:
         if t.available and (err := launch.check(t)) is not None:
             t.mark_unavailable(err)
             print(f"bench: {t.name} unavailable: {err}", flush=True)
-    return targets
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a CI timeout, say) unwinds through the finally below, which stops the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_begin = time.time()
     WORK.mkdir(exist_ok=True)
     (WORK / "wrk.log").unlink(missing_ok=True)
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.start()
     try:
         sim_startup = sim.wait_ready(sim_port, "POST", "/v1/chat/completions", probe, 60)
-        targets = start_targets(args, sim_port, env, gw_cpus)
+        start_targets(args, sim_port, env, gw_cpus, targets)
         raw = run_scenarios(args, targets, sim)
         for t in targets:
             if t.available and t.proc is not None:

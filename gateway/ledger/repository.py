@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.events import PROVIDER, AttemptRow, RequestRow
 from gateway.ledger.models import COST, attempts_table, requests_table
@@ -154,31 +154,42 @@ class LedgerRepository:
         # commit, so no catalog churn per batch; explicit column lists keep a stale staging
         # table harmless after a migration adds columns.
         async with self.engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            # asyncpg's own transaction: SQLAlchemy has not begun one on this connection (it
-            # begins lazily on its first statement), so the two never nest.
-            async with raw.transaction():
-                await raw.execute(
-                    ";".join(
-                        f"CREATE TEMP TABLE IF NOT EXISTS {_stage(table)} "
-                        f"(LIKE {table.name}) ON COMMIT DELETE ROWS"
-                        for table, _, _ in batches
-                    )
+            try:
+                await self._copy_on(conn, batches)
+            except BaseException:
+                # A COPY cut by a dying server can leave asyncpg mid-protocol; never hand
+                # that connection to the next batch.
+                await conn.invalidate()
+                raise
+
+    async def _copy_on(
+        self, conn: AsyncConnection, batches: list[tuple[Table, tuple[str, ...], Sequence[Any]]]
+    ) -> None:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        # asyncpg's own transaction: SQLAlchemy has not begun one on this connection (it
+        # begins lazily on its first statement), so the two never nest.
+        async with raw.transaction():
+            await raw.execute(
+                ";".join(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {_stage(table)} "
+                    f"(LIKE {table.name}) ON COMMIT DELETE ROWS"
+                    for table, _, _ in batches
                 )
-                for table, fields, items in batches:
-                    records = [tuple(getattr(item, name) for name in fields) for item in items]
-                    await raw.copy_records_to_table(
-                        _stage(table), records=records, columns=list(fields)
-                    )
-                await raw.execute(
-                    ";".join(
-                        f"INSERT INTO {table.name} ({', '.join(fields)}) "
-                        f"SELECT {', '.join(fields)} FROM {_stage(table)} "
-                        "ON CONFLICT (id) DO NOTHING"
-                        for table, fields, _ in batches
-                    )
+            )
+            for table, fields, items in batches:
+                records = [tuple(getattr(item, name) for name in fields) for item in items]
+                await raw.copy_records_to_table(
+                    _stage(table), records=records, columns=list(fields)
                 )
+            await raw.execute(
+                ";".join(
+                    f"INSERT INTO {table.name} ({', '.join(fields)}) "
+                    f"SELECT {', '.join(fields)} FROM {_stage(table)} "
+                    "ON CONFLICT (id) DO NOTHING"
+                    for table, fields, _ in batches
+                )
+            )
 
     async def counts(self) -> tuple[int, int]:
         async with self.engine.connect() as conn:

@@ -107,7 +107,10 @@ class LedgerWriter:
             if self._needs_replay and not self._closing:
                 await self._maybe_replay()
             if self._closing and not self._queue:
-                if self._needs_replay and not self.db_down:
+                if self._needs_replay:
+                    # Last chance before exit: probe now rather than at the next interval,
+                    # so a database that came back is not left with a spool to replay.
+                    self._next_probe = 0.0
                     await self._maybe_replay()
                 return
 
