@@ -9,6 +9,7 @@ the admin API. Serve `create_asgi(...)`, which is `HotPath(create_app(...))`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from gateway.api.ops import ops_router
 from gateway.config_schema import GatewayConfig, load_config
 from gateway.errors import error_body
 from gateway.settings import Settings
-from gateway.state import GatewayState, build_state, warm_up
+from gateway.state import GatewayState, build_state, check_ledger, warm_up
 
 log = logging.getLogger("farebox")
 
@@ -67,6 +68,9 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
         state = build_state(settings, config)
         holder.state = state
         warming = asyncio.get_running_loop().run_in_executor(None, warm_up, state)
+        # Awaited (bounded) so "startup complete" means the operator has been told.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(check_ledger(state, settings), 3)
         try:
             yield
         finally:

@@ -102,6 +102,27 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
     )
 
 
+async def check_ledger(state: GatewayState, settings: Settings) -> None:
+    """Say loudly at start-up if the ledger cannot be written, instead of at the first batch."""
+    if state.repository is None:
+        return
+    try:
+        missing = await state.repository.missing_tables()
+    except Exception as exc:
+        log.error(
+            "ledger database unreachable (%s); rows go to the spool in %s until it is back",
+            type(exc).__name__,
+            settings.spool_dir,
+        )
+        return
+    if missing:
+        log.error(
+            "ledger tables %s missing: run `farebox migrate`; rows spool to %s until then",
+            ", ".join(missing),
+            settings.spool_dir,
+        )
+
+
 def warm_up(state: GatewayState) -> None:
     """Load price maps and tokenizers off the event loop, so the first metered failure
     does not stall every request behind a one-second vocabulary load."""

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.state import GatewayState
 
@@ -30,12 +31,25 @@ def ops_router(state: Callable[[], GatewayState | None]) -> APIRouter:
             return _json({"status": "starting"}, 503)
         if current.draining:
             return _json({"status": "draining"}, 503)
-        return _json(
-            {
-                "status": "ready",
-                "routes": len(current.config.routes),
-                "deployments": len(current.config.deployments),
+        body: dict[str, Any] = {
+            "status": "ready",
+            "routes": len(current.config.routes),
+            "deployments": len(current.config.deployments),
+        }
+        writer = current.writer
+        if writer is not None:
+            # A database outage degrades the ledger to the disk spool; it does not make the
+            # gateway unready, since no request is lost or refused because of it.
+            body["ledger"] = {
+                "database": "down" if writer.db_down else "up",
+                "queued_rows": writer.queued_rows,
+                "rows_written": writer.rows_written,
+                "rows_spooled": writer.rows_spooled,
             }
-        )
+        return _json(body)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -21,6 +21,7 @@ from sqlalchemy import (
     case,
     event,
     func,
+    inspect,
     select,
     text,
     type_coerce,
@@ -117,6 +118,18 @@ class LedgerRepository:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def missing_tables(self) -> list[str]:
+        """Ledger tables the database lacks (i.e. `farebox migrate` has not run)."""
+
+        def check(sync_conn: Any) -> list[str]:
+            inspector = inspect(sync_conn)
+            return [
+                t.name for t in (requests_table, attempts_table) if not inspector.has_table(t.name)
+            ]
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(check)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -256,3 +256,16 @@ def test_random_json_never_yields_a_5xx_from_farebox(
 def test_random_bytes_never_yield_a_5xx(gateway: RunningGateway, body: bytes) -> None:
     status, _, raw = post(gateway, "/v1/chat/completions", body)
     assert status < 500, raw
+
+
+def test_metrics_expose_ledger_counters(gateway: RunningGateway) -> None:
+    body = orjson.dumps({"model": "chat", "messages": [{"role": "user", "content": "x"}]})
+    assert post(gateway, "/v1/chat/completions", body)[0] == 200
+    status, headers, raw = post(gateway, "/metrics", b"", headers={}, method="GET")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = raw.decode()
+    for name in ("farebox_ledger_queue_depth", "farebox_ledger_rows_written_total",
+                 "farebox_ledger_rows_spooled_total", "farebox_ledger_replay_lag_seconds"):
+        assert name in text
+    status, _, raw = post(gateway, "/readyz", b"", headers={}, method="GET")
+    assert json.loads(raw)["ledger"]["database"] == "up"
