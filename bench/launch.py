@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,14 +65,35 @@ def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Ta
     return target
 
 
-def farebox(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:
+def farebox(sim_port: int, env: dict[str, str], cpus: set[int] | None, ledger: bool) -> Target:
+    """Farebox with its ledger in bench/.work/farebox (fresh, migrated SQLite), not var/."""
     port = free_port()
     version = report.dist_version("farebox")
     target = Target("farebox", port, FAREBOX_KEY, "bench", "bench-slow", version=version)
-    config = str(BENCH / "farebox.yaml")
-    argv = [str(ROOT / ".venv" / "bin" / "farebox"), "serve", "--config", config]
+    exe = str(ROOT / ".venv" / "bin" / "farebox")
+    data = WORK / "farebox"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    fb_env = {
+        **env,
+        "SIM_PORT": str(sim_port),
+        "FAREBOX_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'ledger.db'}",
+        "FAREBOX_SPOOL_DIR": str(data / "spool"),
+        "FAREBOX_LEDGER_ENABLED": "true" if ledger else "false",
+    }
+    if ledger:
+        mig = subprocess.run(
+            [exe, "migrate"], env=fb_env, cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        if mig.returncode == 0:
+            target.remark = "ledger on: SQLite in bench/.work/farebox, migrated before start"
+        else:
+            err = (mig.stdout + mig.stderr).strip().splitlines()[-1:] or ["?"]
+            target.remark = f"ledger on, but `farebox migrate` failed: {err[0]}"
+    else:
+        target.remark = "ledger off (--farebox-ledger off)"
+    argv = [exe, "serve", "--config", str(BENCH / "farebox.yaml")]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    fb_env = {**env, "SIM_PORT": str(sim_port)}
     target.proc = Proc("farebox", argv, fb_env, WORK / "farebox.log", cpus)
     return target
 

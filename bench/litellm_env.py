@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -33,11 +34,17 @@ def pinned_version() -> str:
     return version
 
 
-def _uv() -> str:
-    uv = shutil.which("uv")
-    if uv is None:
-        raise SystemExit("bench: uv is required to install the LiteLLM venv")
-    return uv
+def _uv() -> list[str]:
+    """uv on PATH, else `python3 -m uv` (how the Makefile installs it), else this Python's."""
+    if uv := shutil.which("uv"):
+        return [uv]
+    for python in (shutil.which("python3"), sys.executable):
+        if python is None:
+            continue
+        probe = subprocess.run([python, "-m", "uv", "--version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return [python, "-m", "uv"]
+    raise SystemExit("bench: uv is required to install the LiteLLM venv (make install sets it up)")
 
 
 def installed_version() -> str | None:
@@ -57,9 +64,10 @@ def ensure_installed() -> str:
         return version
     print(f"bench: installing litellm[proxy]=={version} into {VENV} (hash-locked)", flush=True)
     uv = _uv()
-    subprocess.run([uv, "venv", "-q", "--clear", "--python", "3.11", str(VENV)], check=True)
+    base = os.path.realpath(sys.executable)  # the project's interpreter: no download
+    subprocess.run([*uv, "venv", "-q", "--clear", "--python", base, str(VENV)], check=True)
     python = str(VENV / "bin" / "python")
-    install = [uv, "pip", "install", "-q", "--python", python, "--require-hashes"]
+    install = [*uv, "pip", "install", "-q", "--python", python, "--require-hashes"]
     # --compile-bytecode: PYTHONDONTWRITEBYTECODE may be set, and without .pyc files LiteLLM
     # recompiles an optional module whose import fails on every request.
     subprocess.run([*install, "--compile-bytecode", "-r", str(REQ_LOCK)], check=True)
@@ -73,7 +81,7 @@ def ensure_installed() -> str:
 def lock() -> None:
     """Regenerate the hash-locked requirements from the .in pin."""
     pinned_version()
-    compile_ = [_uv(), "pip", "compile", "-q", "--python-version", "3.11", "--generate-hashes"]
+    compile_ = [*_uv(), "pip", "compile", "-q", "--python-version", "3.11", "--generate-hashes"]
     subprocess.run([*compile_, REQ_IN.name, "-o", REQ_LOCK.name], check=True, cwd=BENCH)
 
 

@@ -148,6 +148,7 @@ def build(
         out_targets[t.name] = {
             "available": t.available,
             "note": t.note,
+            "remark": t.remark,
             "version": t.version,
             "startup_s": None if t.startup_s is None else round(t.startup_s, 3),
             "idle_rss_mib": None if t.idle_rss is None else round(t.idle_rss / MIB, 1),
@@ -251,6 +252,7 @@ def markdown(res: dict[str, Any]) -> str:
     def ratio(key: str) -> str:
         return _fmt(r.get(key), ".2f", "×")
 
+    farebox_remark = targets.get("farebox", {}).get("remark") or "not run"
     litellm_notes = []
     if "litellm" in targets:
         litellm_notes.append(
@@ -300,8 +302,8 @@ def markdown(res: dict[str, Any]) -> str:
         "PYTHONDONTWRITEBYTECODE=1; the harness runs compileall on the project venv and "
         "installs LiteLLM with `--compile-bytecode`).",
         *litellm_notes,
-        "- The passthrough (`bench/passthrough.py`) logs nothing; Farebox runs "
-        "`bench/farebox.yaml` as is.",
+        "- The passthrough (`bench/passthrough.py`) logs nothing. Farebox runs "
+        f"`bench/farebox.yaml` as is; {farebox_remark}.",
         "- wrk abandons in-flight requests when a run ends; the harness waits for the "
         "gateway and simulator to go idle before the next run. For a slow target the "
         "CPU/request figure can be off by about in-flight ÷ completed requests.",

@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-litellm", action="store_true", help="do not install/run LiteLLM")
     p.add_argument("--skip-farebox", action="store_true", help="do not run Farebox")
     p.add_argument(
+        "--farebox-ledger",
+        choices=["on", "off"],
+        default="on",
+        help="Farebox's ledger (on: fresh migrated SQLite under bench/.work/farebox)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -196,7 +202,7 @@ def start_targets(
     targets.append(Target("direct", sim_port, launch.SIM_KEY, launch.FAST_MODEL, launch.SLOW_MODEL))
     gateways = [launch.passthrough(sim_port, env, cpus)]
     if not args.skip_farebox:
-        gateways.append(launch.farebox(sim_port, env, cpus))
+        gateways.append(launch.farebox(sim_port, env, cpus, args.farebox_ledger == "on"))
     if not args.skip_litellm:
         gateways.append(launch.litellm(sim_port, env, cpus, litellm_env.pinned_version()))
     for t in gateways:  # one at a time, so startup times are not contended

@@ -202,7 +202,8 @@ class Target:
     version: str = ""
     proc: Proc | None = None  # None for "direct": the simulator is owned by the harness
     available: bool = True
-    note: str = ""
+    note: str = ""  # why it is unavailable
+    remark: str = ""  # how it was set up, for the report
     startup_s: float | None = None
     idle_rss: int | None = None
     loaded_rss: int | None = None

@@ -125,7 +125,7 @@ class OpenAIEndpoints:
             headers.append((b"x-farebox-deployment", result.deployment.encode()))
             headers.append((b"x-farebox-attempts", str(result.attempts).encode()))
             if result.cost_usd is not None:
-                headers.append((b"x-farebox-cost-usd", f"{result.cost_usd:f}".encode()))
+                headers.append((b"x-farebox-cost-usd", f"{result.cost_usd.normalize():f}".encode()))
             if result.upstream_request_id:
                 headers.append(
                     (b"x-farebox-upstream-request-id", result.upstream_request_id.encode())
