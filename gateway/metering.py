@@ -201,10 +201,28 @@ class Meter:
     ) -> RequestRow:
         """Close the call: build its request row and hand everything to the ledger."""
         attempts = ctx.attempts
-        costs = [a.cost_usd for a in attempts]
-        total: Decimal | None = None
-        if attempts and all(c is not None for c in costs):
-            total = sum((c for c in costs if c is not None), Decimal(0))
+        if len(attempts) == 1:  # the common case: skip the generic sums
+            only = attempts[0]
+            total = only.cost_usd
+            tokens = (
+                only.input_uncached_tokens,
+                only.cached_read_tokens,
+                only.cache_write_tokens,
+                only.output_tokens,
+                only.reasoning_tokens,
+            )
+        else:
+            costs = [a.cost_usd for a in attempts]
+            total = None
+            if attempts and all(c is not None for c in costs):
+                total = sum((c for c in costs if c is not None), Decimal(0))
+            tokens = (
+                sum(a.input_uncached_tokens for a in attempts),
+                sum(a.cached_read_tokens for a in attempts),
+                sum(a.cache_write_tokens for a in attempts),
+                sum(a.output_tokens for a in attempts),
+                sum(a.reasoning_tokens for a in attempts),
+            )
         row = RequestRow(
             id=ctx.request_id,
             received_at=ctx.received_at,
@@ -218,11 +236,11 @@ class Meter:
             error_class=error,
             final_deployment=deployment,
             attempts=len(attempts),
-            input_uncached_tokens=sum(a.input_uncached_tokens for a in attempts),
-            cached_read_tokens=sum(a.cached_read_tokens for a in attempts),
-            cache_write_tokens=sum(a.cache_write_tokens for a in attempts),
-            output_tokens=sum(a.output_tokens for a in attempts),
-            reasoning_tokens=sum(a.reasoning_tokens for a in attempts),
+            input_uncached_tokens=tokens[0],
+            cached_read_tokens=tokens[1],
+            cache_write_tokens=tokens[2],
+            output_tokens=tokens[3],
+            reasoning_tokens=tokens[4],
             cost_usd=total,
             latency_ms=(time.perf_counter() - ctx.t0) * 1000,
             ttft_ms=ctx.ttft_ms,

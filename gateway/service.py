@@ -6,6 +6,7 @@ failures into the client-facing errors of gateway.errors, and meters every attem
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from gateway.errors import GatewayError, upstream_failed, upstream_timeout
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import (
     CONNECT,
+    MALFORMED,
     STATUS,
     STREAM_ERROR,
     TIMEOUT,
@@ -25,6 +27,7 @@ from gateway.providers.base import (
     UpstreamStream,
 )
 from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
+from gateway.providers.sse import SSEDecoder
 from routing.model import Plan, PlannedAttempt
 
 DONE = b"data: [DONE]\n\n"
@@ -112,10 +115,13 @@ class Service:
             )
         except UpstreamError as exc:
             raise self._fail(ctx, plan, attempt, exc, started) from None
-        batches = upstream.batches()
+        blocks = upstream.blocks()
         try:
-            first = await anext(batches)
-            _raise_if_error_event(first[0], deployment.id)
+            first = await anext(blocks)
+            events = decode_events(first)
+            if not events:
+                raise UpstreamError(MALFORMED, f"{deployment.id} sent a stream with no data")
+            _raise_if_error_event(events[0], deployment.id)
         except (StopAsyncIteration, UpstreamError) as exc:
             await upstream.close()
             if isinstance(exc, StopAsyncIteration):
@@ -128,7 +134,7 @@ class Service:
             deployment=deployment.id,
             attempts=len(ctx.attempts) + 1,
             upstream_request_id=upstream.request_id,
-            chunks=relay.run(batches, first),
+            chunks=relay.run(blocks, first),
         )
 
 
@@ -155,46 +161,50 @@ class _Relay:
         self.started = started
         self.wants_usage = wants_usage
 
-    async def run(
-        self, batches: AsyncIterator[list[bytes]], first: list[bytes]
-    ) -> AsyncIterator[bytes]:
+    async def run(self, blocks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
         """One client write per upstream read.
 
-        The usage chunk (which we always ask for) is dropped unless the client asked for it,
-        and otherwise carries `cost_usd`; an upstream error event is forwarded and ends the
-        stream; a stream that breaks ends with our own error event, so no SDK mistakes a
-        cut answer for a complete one.
+        Most reads carry only content deltas and are forwarded byte for byte. Only a read
+        that holds `[DONE]`, an error or the usage chunk is decoded: the usage chunk (which
+        we always ask for) is dropped unless the client asked for it, and otherwise carries
+        `cost_usd`; an upstream error event is forwarded and ends the stream; a stream that
+        breaks ends with our own error event, so no SDK mistakes a cut answer for a
+        complete one.
         """
         usage: dict[str, Any] | None = None
         events_seen = 0
         outcome: str | None = CLIENT_CANCELLED
-        batch = first
+        block = first
         try:
             while True:
-                out = []
-                for data in batch:
-                    if data == b"[DONE]":
-                        out.append(DONE)
-                        outcome = None
-                        yield b"".join(out)
-                        return
-                    if b'"usage"' in data and (chunk := _usage_chunk(data)) is not None:
-                        usage = chunk["usage"]
-                        self._meter_success(usage)
-                        if not self.wants_usage:
-                            continue
-                        data = self._with_cost(chunk)
-                    elif b'"error"' in data and _error_of(data) is not None:
+                if not (b"[DONE]" in block or b'"error"' in block or _USAGE.search(block)):
+                    events_seen += block.count(b"data:")
+                    yield block
+                else:
+                    out = []
+                    for data in decode_events(block):
+                        if data == b"[DONE]":
+                            out.append(DONE)
+                            outcome = None
+                            yield b"".join(out)
+                            return
+                        if _carries_usage(data) and (chunk := _usage_chunk(data)) is not None:
+                            usage = chunk["usage"]
+                            self._meter_success(usage)
+                            if not self.wants_usage:
+                                continue
+                            data = self._with_cost(chunk)
+                        elif b'"error"' in data and _error_of(data) is not None:
+                            out.append(b"data: " + data + b"\n\n")
+                            outcome = STREAM_ERROR
+                            yield b"".join(out)
+                            return
+                        events_seen += 1
                         out.append(b"data: " + data + b"\n\n")
-                        outcome = STREAM_ERROR
+                    if out:
                         yield b"".join(out)
-                        return
-                    events_seen += 1
-                    out.append(b"data: " + data + b"\n\n")
-                if out:
-                    yield b"".join(out)
                 try:
-                    batch = await anext(batches)
+                    block = await anext(blocks)
                 except StopAsyncIteration:
                     outcome = None
                     return
@@ -244,6 +254,24 @@ class _Relay:
 def stream_error_event(message: str, *, code: str) -> bytes:
     body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
     return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+
+
+def decode_events(block: bytes) -> list[bytes]:
+    decoder = SSEDecoder()
+    return decoder.feed(block) + decoder.finish()
+
+
+def _carries_usage(data: bytes) -> bool:
+    """Cheap pre-check before parsing: since we always ask for usage, every chunk has a
+    `"usage"` key, but only the last one has an object there rather than null."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return False
+    colon = data.find(b":", at + 7)
+    return colon > 0 and data[colon + 1 : colon + 8].lstrip()[:1] == b"{"
 
 
 def _usage_chunk(data: bytes) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 
 MILLION = Decimal(1_000_000)
@@ -83,6 +83,8 @@ class Usage:
 
 def _count(value: Any) -> int:
     """A token count from a JSON value, or 0 when it is not a plausible one."""
+    if type(value) is int:  # the common case, first: this runs for every attempt
+        return value if 0 <= value <= MAX_TOKENS else 0
     if isinstance(value, bool):  # bool is an int subclass; `true` is not a count
         return 0
     if isinstance(value, int):
@@ -153,13 +155,12 @@ def attempt_cost(usage: Usage, price: TokenPrice | None, dedicated: bool) -> Dec
         return _ZERO.quantize(COST_QUANTUM)
     if price is None:
         return None
-    with localcontext() as ctx:
-        # Enough digits that MAX_TOKENS × any sane price never rounds before quantizing.
-        ctx.prec = 50
-        micro_usd = (
-            max(0, usage.input_uncached) * price.input
-            + max(0, usage.cached_read) * price.cached_input
-            + max(0, usage.cache_write) * price.cache_write
-            + max(0, usage.output) * price.output
-        )
-        return (micro_usd / MILLION).quantize(COST_QUANTUM)
+    # The default 28-digit context holds MAX_TOKENS × any sane price exactly, so no local
+    # context is needed (it costs more than the arithmetic on this hot path).
+    micro_usd = (
+        max(0, usage.input_uncached) * price.input
+        + max(0, usage.cached_read) * price.cached_input
+        + max(0, usage.cache_write) * price.cache_write
+        + max(0, usage.output) * price.output
+    )
+    return (micro_usd / MILLION).quantize(COST_QUANTUM)

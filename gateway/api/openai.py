@@ -23,6 +23,7 @@ from gateway.api.asgi import (
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_object
 from gateway.errors import GatewayError, model_not_found, unauthorized
 from gateway.metering import CallContext
+from gateway.service import DONE
 from gateway.state import GatewayState
 
 log = logging.getLogger("farebox.api")
@@ -140,8 +141,13 @@ class OpenAIEndpoints:
         chunks = streaming.chunks
         try:
             async for chunk in chunks:
+                if chunk.endswith(DONE):
+                    # The last chunk closes the response in the same write.
+                    await send({"type": "http.response.body", "body": chunk})
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "http.response.body", "body": b""})
         except OSError as exc:
             # Headers are out: nothing left to tell a client that has gone away.
             log.info("client left mid-stream (%s): %s", headers[0][1].decode(), exc)

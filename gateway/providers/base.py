@@ -48,8 +48,8 @@ class UpstreamReply:
 class UpstreamStream(Protocol):
     request_id: str | None
 
-    def batches(self) -> AsyncIterator[list[bytes]]:
-        """The `data:` payloads grouped by network read; ends after `[DONE]` or raises
+    def blocks(self) -> AsyncIterator[bytes]:
+        """Complete raw SSE events grouped by network read; ends after `[DONE]` or raises
         UpstreamError."""
         ...
 

@@ -23,7 +23,6 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
-from gateway.providers.sse import SSEDecoder
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"
@@ -159,23 +158,29 @@ class OpenAIStream:
         self._resp = resp
         self.request_id = request_id
 
-    async def batches(self) -> AsyncIterator[list[bytes]]:
-        """Event payloads grouped by network read; ends after `[DONE]`.
+    async def blocks(self) -> AsyncIterator[bytes]:
+        """Complete SSE events, raw, grouped by network read; ends after `[DONE]`.
 
+        Raw blocks let the relay forward most reads without decoding a single event.
         Raises UpstreamError if the stream breaks or ends without `[DONE]`.
         """
-        decoder = SSEDecoder()
+        pending = b""
         try:
             async for chunk in self._resp.content.iter_any():
-                events = decoder.feed(chunk)
-                if events:
-                    yield events
-                    if events[-1] == b"[DONE]":
-                        return
-            tail = decoder.finish()
-            if tail:
-                yield tail
-                if tail[-1] == b"[DONE]":
+                if b"\r" in chunk:
+                    chunk = chunk.replace(b"\r\n", b"\n")
+                data = pending + chunk if pending else chunk
+                cut = data.rfind(b"\n\n")
+                if cut < 0:
+                    pending = data
+                    continue
+                block, pending = data[: cut + 2], data[cut + 2 :]
+                yield block
+                if b"[DONE]" in block:
+                    return
+            if pending.strip():
+                yield pending + b"\n\n"
+                if b"[DONE]" in pending:
                     return
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
