@@ -264,8 +264,12 @@ def test_metrics_expose_ledger_counters(gateway: RunningGateway) -> None:
     status, headers, raw = post(gateway, "/metrics", b"", headers={}, method="GET")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     text = raw.decode()
-    for name in ("farebox_ledger_queue_depth", "farebox_ledger_rows_written_total",
-                 "farebox_ledger_rows_spooled_total", "farebox_ledger_replay_lag_seconds"):
+    for name in (
+        "farebox_ledger_queue_depth",
+        "farebox_ledger_rows_written_total",
+        "farebox_ledger_rows_spooled_total",
+        "farebox_ledger_replay_lag_seconds",
+    ):
         assert name in text
     status, _, raw = post(gateway, "/readyz", b"", headers={}, method="GET")
     assert json.loads(raw)["ledger"]["database"] == "up"

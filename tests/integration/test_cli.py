@@ -142,29 +142,42 @@ def test_migrate_then_usage_reads_the_ledger(tmp_path: Path, simulator: str) -> 
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
         "auth: none\n"
-        "providers:\n  sim: {kind: serverless, api_base: '${SIM_URL}/v1', api_key: '${SIM_KEY}'}\n"
-        "deployments:\n  small@sim: {provider: sim, model: sim-small, price: {input: 1, output: 2}}\n"
+        "providers:\n"
+        "  sim: {kind: serverless, api_base: '${SIM_URL}/v1', api_key: '${SIM_KEY}'}\n"
+        "deployments:\n"
+        "  small@sim: {provider: sim, model: sim-small, price: {input: 1, output: 2}}\n"
         "routes:\n  chat: {targets: [small@sim]}\n"
     )
     port = free_port()
     proc = subprocess.Popen(
         [*FAREBOX, "serve", "--config", str(cfg), "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **env, "SIM_URL": simulator, "SIM_KEY": SIM_KEY,
-                       "FAREBOX_SPOOL_DIR": str(tmp_path / "spool")},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **env,
+            "SIM_URL": simulator,
+            "SIM_KEY": SIM_KEY,
+            "FAREBOX_SPOOL_DIR": str(tmp_path / "spool"),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_ready(port, proc)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         for _ in range(3):
-            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+            client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "x"}]
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     for by in ("route", "deployment", "key"):
         report = run("usage", "--since", "1h", "--by", by, env=env)
         assert report.returncode == 0, report.stderr
-        assert ("chat" if by == "route" else "small@sim" if by == "deployment" else "-") in report.stdout
+        assert (
+            "chat" if by == "route" else "small@sim" if by == "deployment" else "-"
+        ) in report.stdout
     by_route = run("usage", "--since", "1h", env=env).stdout
     row = next(line for line in by_route.splitlines() if "chat" in line)
     assert row.split("│")[2].strip() == "3"  # requests
@@ -176,10 +189,18 @@ def test_serve_warns_when_the_ledger_is_not_migrated(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text("auth: none\n")
     port = free_port()
-    env = {**os.environ, "FAREBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}",
-           "FAREBOX_SPOOL_DIR": str(tmp_path / "spool")}
-    proc = subprocess.Popen([*FAREBOX, "serve", "--config", str(cfg), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "FAREBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}",
+        "FAREBOX_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    proc = subprocess.Popen(
+        [*FAREBOX, "serve", "--config", str(cfg), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(port, proc)
     finally:

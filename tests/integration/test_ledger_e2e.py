@@ -31,7 +31,7 @@ from tests.simulator import start_simulator
 
 KEY = "sk-ledger-test-01"
 CONFIG = """
-auth: {keys: [{name: ledger-tests, key: "%(key)s"}]}
+auth: {keys: [{name: ledger-tests, key: "KEY"}]}
 providers:
   sim: {kind: serverless, api_base: "${SIM_URL}/v1", api_key: k}
   gpu: {kind: dedicated, api_base: "${SIM_URL}/v1", hourly_usd: 2.5}
@@ -56,7 +56,7 @@ routes:
   unpriced: {targets: [unpriced@sim]}
   gpu: {targets: [gpu@gpu]}
   slow: {targets: [slow@sim]}
-""" % {"key": KEY}
+""".replace("KEY", KEY)
 
 
 @pytest.fixture(scope="module")
