@@ -66,6 +66,8 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings, config)
+        if state.breakers is not None:
+            await state.breakers.start()
         holder.state = state
         warming = asyncio.get_running_loop().run_in_executor(None, warm_up, state)
         # Awaited (bounded) so "startup complete" means the operator has been told.

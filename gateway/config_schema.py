@@ -17,13 +17,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, Path, load_yaml
-from routing.model import DeploymentSpec, RouteSpec, Timeouts
+from routing.model import DeploymentSpec, RetryPolicy, RouteSpec, Timeouts
 from routing.resolve import ModelIndex
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
-STRATEGIES = ("direct",)
+STRATEGIES = ("direct", "failover")
 PROTOCOLS = ("openai",)
 
 
@@ -75,14 +75,34 @@ class Deployment(_Strict):
 class TimeoutsConfig(_Strict):
     connect_ms: PositiveInt = 5_000
     ttft_ms: PositiveInt = 30_000
+    idle_ms: PositiveInt = 30_000
     total_ms: PositiveInt = 600_000
+    attempt_ms: PositiveInt | None = None
+
+
+class RetryConfig(_Strict):
+    attempts: Annotated[int, Field(ge=1, le=10)] = 2
+    backoff_ms: Annotated[int, Field(ge=0)] = 100
+    max_backoff_ms: Annotated[int, Field(ge=0)] = 2_000
+
+
+class BreakerConfig(_Strict):
+    consecutive_failures: PositiveInt = 5
+    error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    min_requests: PositiveInt = 20
+    window_s: Annotated[float, Field(gt=0)] = 30.0
+    cooldown_s: Annotated[float, Field(gt=0)] = 5.0
+    max_cooldown_s: Annotated[float, Field(gt=0)] = 300.0
 
 
 class Route(_Strict):
     strategy: str = "direct"
     targets: list[str] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
     # Unset fields inherit server.timeouts.
     timeouts: TimeoutsConfig | None = None
+    retry: RetryConfig | None = None
+    hedge_after_ms: PositiveInt | None = None
     workload: str | None = None
 
     @field_validator("strategy")
@@ -111,6 +131,8 @@ class AuthConfig(_Strict):
 class ServerConfig(_Strict):
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
 
 class GatewayConfig(_Strict):
@@ -157,6 +179,9 @@ class GatewayConfig(_Strict):
                 targets=tuple(route.targets),
                 timeouts=_timeouts(self._route_timeouts(route)),
                 workload=route.workload,
+                fallbacks=tuple(route.fallbacks),
+                retry=_retry(route.retry or self.server.retry),
+                hedge_after_ms=route.hedge_after_ms,
             )
             for name, route in self.routes.items()
         }
@@ -173,7 +198,19 @@ class GatewayConfig(_Strict):
 
 
 def _timeouts(t: TimeoutsConfig) -> Timeouts:
-    return Timeouts(connect_ms=t.connect_ms, ttft_ms=t.ttft_ms, total_ms=t.total_ms)
+    return Timeouts(
+        connect_ms=t.connect_ms,
+        ttft_ms=t.ttft_ms,
+        total_ms=t.total_ms,
+        idle_ms=t.idle_ms,
+        attempt_ms=t.attempt_ms,
+    )
+
+
+def _retry(r: RetryConfig) -> RetryPolicy:
+    return RetryPolicy(
+        attempts=r.attempts, backoff_ms=r.backoff_ms, max_backoff_ms=r.max_backoff_ms
+    )
 
 
 def load_config(
@@ -218,19 +255,26 @@ def _cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssu
                 doc.issue(("routes", name), f"route name {name!r} is also a deployment id")
             )
         seen: set[str] = set()
-        for i, target in enumerate(route.targets):
-            where: Path = ("routes", name, "targets", i)
+        listed = [("targets", i, t) for i, t in enumerate(route.targets)]
+        listed += [("fallbacks", i, t) for i, t in enumerate(route.fallbacks)]
+        for section, i, target in listed:
+            where: Path = ("routes", name, section, i)
             if target not in config.deployments:
                 hint = _suggest(target, config.deployments)
                 issues.append(doc.issue(where, f"unknown deployment {target!r}{hint}"))
             elif target in seen:
                 issues.append(doc.issue(where, f"deployment {target!r} is listed twice"))
             seen.add(target)
+        if route.hedge_after_ms is not None and len(route.targets) + len(route.fallbacks) < 2:
+            issues.append(
+                doc.issue(("routes", name, "hedge_after_ms"), "hedging needs a second target")
+            )
         if route.strategy == "direct" and len(route.targets) != 1:
             issues.append(
                 doc.issue(
                     ("routes", name, "targets"),
-                    f"strategy direct takes exactly one target, got {len(route.targets)}",
+                    f"strategy direct takes exactly one target, got {len(route.targets)} "
+                    "(use strategy failover, or list the others under fallbacks)",
                 )
             )
     seen_keys: dict[str, int] = {}

@@ -1,39 +1,61 @@
 """Where routing meets I/O: runs a plan's attempts against upstream adapters.
 
-Handlers in gateway.api call this module and never a provider directly; it turns upstream
-failures into the client-facing errors of gateway.errors, and meters every attempt.
+Handlers in gateway.api call this module and never a provider directly. The loop here does
+the waiting, cancelling and metering; every decision (retry, next target, give up, how long
+to back off, which targets to skip) comes from the pure functions in routing.failover.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import random
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-
-import orjson
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
 from gateway.metering import CallContext, Meter, error_class
-from gateway.providers.base import (
-    CONNECT,
-    MALFORMED,
-    STATUS,
-    STREAM_ERROR,
-    TIMEOUT,
-    UpstreamError,
-    UpstreamStream,
+from gateway.providers.base import CONNECT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
+from gateway.providers.openai_compat import OpenAICompatAdapter, OpenAIStream, ProviderEndpoint
+from gateway.streaming import (
+    CLIENT_CANCELLED,
+    DONE,
+    STATUS_CLIENT_CLOSED,
+    Relay,
+    first_event_error,
 )
-from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
-from gateway.providers.sse import SSEDecoder
-from routing.model import Plan, PlannedAttempt
+from routing.failover import (
+    Action,
+    Outcome,
+    backoff_s,
+    classify,
+    fits_deadline,
+    next_with_larger_context,
+    order_targets,
+    parse_retry_after,
+)
+from routing.model import Plan, PlannedAttempt, Timeouts
 
-DONE = b"data: [DONE]\n\n"
-CLIENT_CANCELLED = "client_cancelled"
-# nginx's "client closed request": the request row's status when the client left first.
-STATUS_CLIENT_CLOSED = 499
+__all__ = ["DONE", "Completion", "Service", "StreamingCompletion", "client_error"]
+
+T = TypeVar("T")
+# Don't start another try unless at least this much of the plan's deadline is left.
+MIN_ATTEMPT_S = 0.05
+
+
+async def _keep(_: Any) -> None:
+    """Default `discard` for results that hold nothing to release."""
+    return None
+
+
+class BreakerBoard(Protocol):
+    def allow(self, deployment: str) -> bool: ...
+    def record(self, deployment: str, success: bool) -> None: ...
+    def force_open(self, deployment: str) -> None: ...
+    def open_map(self) -> Mapping[str, bool]: ...
+    def last_failure_map(self) -> Mapping[str, float]: ...
 
 
 @dataclass(slots=True)
@@ -43,6 +65,7 @@ class Completion:
     attempts: int
     upstream_request_id: str | None
     cost_usd: Decimal | None
+    fallback_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,259 +74,383 @@ class StreamingCompletion:
     attempts: int
     upstream_request_id: str | None
     chunks: AsyncIterator[bytes]
+    fallback_reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A stream whose first read arrived and is usable."""
+
+    stream: OpenAIStream
+    blocks: AsyncIterator[bytes]
+    first: bytes
+
+
+@dataclass(slots=True)
+class _Run(Generic[T]):
+    """Bookkeeping for one request's walk through its plan."""
+
+    ctx: CallContext
+    plan: Plan
+    deadline: float
+    reasons: list[str] = field(default_factory=list)
+    last_error: UpstreamError | None = None
+    last_deployment: str = ""
 
 
 class Service:
-    def __init__(self, adapter: OpenAICompatAdapter, meter: Meter) -> None:
+    def __init__(self, adapter: OpenAICompatAdapter, meter: Meter, breakers: BreakerBoard) -> None:
         self._adapter = adapter
         self.meter = meter
+        self.breakers = breakers
+        self._rand = random.random
 
     @classmethod
-    def from_providers(cls, providers: Mapping[str, ProviderEndpoint], meter: Meter) -> Service:
-        return cls(OpenAICompatAdapter.create(providers), meter)
+    def from_providers(
+        cls, providers: Mapping[str, ProviderEndpoint], meter: Meter, breakers: BreakerBoard
+    ) -> Service:
+        return cls(OpenAICompatAdapter.create(providers), meter, breakers)
 
     async def close(self) -> None:
         await self._adapter.close()
 
+    # -- non-stream ---------------------------------------------------------------------
+
     async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
-        attempt = plan.attempts[0]
-        deployment = attempt.deployment
-        started = time.perf_counter()
-        try:
-            reply = await self._adapter.call(deployment, ctx.endpoint, ctx.payload, plan.timeouts)
-        except UpstreamError as exc:
-            raise self._fail(ctx, plan, attempt, exc, started) from None
+        async def call(attempt: PlannedAttempt, timeouts: Timeouts) -> Any:
+            return await self._adapter.call(attempt.deployment, ctx.endpoint, ctx.payload, timeouts)
+
+        run: _Run[Any] = _Run(ctx, plan, ctx.t0 + plan.timeouts.total_ms / 1000)
+        attempt, reply, started = await self._walk(run, call, stream=False)
         row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
-        request = self.meter.finish(ctx, plan, 200, None, deployment.id)
+        request = self.meter.finish(ctx, plan, 200, None, attempt.deployment.id)
         return Completion(
             body=reply.raw,
-            deployment=deployment.id,
+            deployment=attempt.deployment.id,
             attempts=request.attempts,
             upstream_request_id=row.provider_request_id,
             cost_usd=request.cost_usd,
+            fallback_reason="; ".join(run.reasons) or None,
         )
 
-    def _fail(
-        self,
-        ctx: CallContext,
-        plan: Plan,
-        attempt: PlannedAttempt,
-        exc: UpstreamError,
-        started: float,
-    ) -> GatewayError:
-        self.meter.failed_upstream(ctx, attempt, exc, started)
-        error = client_error(exc, attempt.deployment.id)
-        self.meter.finish(ctx, plan, error.status, error_class(exc), None)
-        return error
+    # -- stream -------------------------------------------------------------------------
 
     async def stream(
         self, ctx: CallContext, plan: Plan, client_wants_usage: bool
     ) -> StreamingCompletion:
-        """Open the upstream stream and read its first event before answering.
+        """Fail over freely until the first byte reaches the client, then relay.
 
-        Until the first byte reaches the client we can still return a proper HTTP error
-        (or, later, fail over); after it, failures become an in-stream error event.
+        The first upstream read is awaited before answering, so an upstream error, a hang
+        or a stream that dies before its first event still gets a proper HTTP error or a
+        fallback; after it, failures become an in-stream error event.
         """
-        attempt = plan.attempts[0]
-        deployment = attempt.deployment
         options = ctx.payload.get("stream_options")
         ctx.payload["stream_options"] = {**(options or {}), "include_usage": True}
-        started = time.perf_counter()
-        try:
-            upstream = await self._adapter.open_stream(
-                deployment, ctx.endpoint, ctx.payload, plan.timeouts
-            )
-        except UpstreamError as exc:
-            raise self._fail(ctx, plan, attempt, exc, started) from None
-        blocks = upstream.blocks()
-        try:
-            first = await anext(blocks)
-            events = decode_events(first)
-            if not events:
-                raise UpstreamError(MALFORMED, f"{deployment.id} sent a stream with no data")
-            _raise_if_error_event(events[0], deployment.id)
-        except (StopAsyncIteration, UpstreamError) as exc:
-            await upstream.close()
-            if isinstance(exc, StopAsyncIteration):
-                exc = UpstreamError("cut", f"{deployment.id} ended the stream before any data")
-            exc.request_id = exc.request_id or upstream.request_id
-            raise self._fail(ctx, plan, attempt, exc, started) from None
+
+        async def open_first(attempt: PlannedAttempt, timeouts: Timeouts) -> _Opened:
+            dep = attempt.deployment
+            upstream: OpenAIStream | None = None
+            try:
+                # TTFT covers everything up to the first usable read: connect, headers and
+                # the first event; a hang anywhere in there is a retryable timeout.
+                async with asyncio.timeout(timeouts.ttft_ms / 1000):
+                    upstream = await self._adapter.open_stream(
+                        dep, ctx.endpoint, ctx.payload, timeouts
+                    )
+                    blocks = upstream.blocks()
+                    first = await anext(blocks)
+            except TimeoutError:
+                if upstream is not None:
+                    await upstream.close()
+                raise UpstreamError(TIMEOUT, f"{dep.id} sent no first token in time") from None
+            except StopAsyncIteration:
+                assert upstream is not None
+                await upstream.close()
+                raise UpstreamError("cut", f"{dep.id} ended the stream before any data") from None
+            except BaseException:
+                if upstream is not None:
+                    await upstream.close()
+                raise
+            problem = first_event_error(first, dep.id)
+            if problem is not None:
+                await upstream.close()
+                problem.request_id = upstream.request_id
+                raise problem
+            return _Opened(upstream, blocks, first)
+
+        async def close_opened(opened: _Opened) -> None:
+            await opened.stream.close()
+
+        run: _Run[_Opened] = _Run(ctx, plan, ctx.t0 + plan.timeouts.total_ms / 1000)
+        attempt, opened, started = await self._walk(
+            run, open_first, stream=True, discard=close_opened
+        )
         ctx.ttft_ms = (time.perf_counter() - ctx.t0) * 1000
-        relay = _Relay(self.meter, ctx, plan, attempt, upstream, started, client_wants_usage)
+        dep_id = attempt.deployment.id
+        relay = Relay(
+            self.meter,
+            ctx,
+            plan,
+            attempt,
+            opened.stream,
+            started,
+            client_wants_usage,
+            on_outcome=lambda ok: self.breakers.record(dep_id, ok),
+        )
         return StreamingCompletion(
-            deployment=deployment.id,
+            deployment=dep_id,
             attempts=len(ctx.attempts) + 1,
-            upstream_request_id=upstream.request_id,
-            chunks=relay.run(blocks, first),
+            upstream_request_id=opened.stream.request_id,
+            chunks=relay.run(opened.blocks, opened.first),
+            fallback_reason="; ".join(run.reasons) or None,
         )
 
+    # -- the attempt loop ---------------------------------------------------------------
 
-class _Relay:
-    """Forwards one upstream stream to the client and meters it when it ends."""
-
-    __slots__ = ("attempt", "ctx", "meter", "plan", "started", "upstream", "wants_usage")
-
-    def __init__(
+    async def _walk(
         self,
-        meter: Meter,
-        ctx: CallContext,
-        plan: Plan,
-        attempt: PlannedAttempt,
-        upstream: UpstreamStream,
-        started: float,
-        wants_usage: bool,
-    ) -> None:
-        self.meter = meter
-        self.ctx = ctx
-        self.plan = plan
-        self.attempt = attempt
-        self.upstream = upstream
-        self.started = started
-        self.wants_usage = wants_usage
-
-    async def run(self, blocks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
-        """One client write per upstream read.
-
-        Most reads carry only content deltas and are forwarded byte for byte. Only a read
-        that holds `[DONE]`, an error or the usage chunk is decoded: the usage chunk (which
-        we always ask for) is dropped unless the client asked for it, and otherwise carries
-        `cost_usd`; an upstream error event is forwarded and ends the stream; a stream that
-        breaks ends with our own error event, so no SDK mistakes a cut answer for a
-        complete one.
-        """
-        usage: dict[str, Any] | None = None
-        events_seen = 0
-        outcome: str | None = CLIENT_CANCELLED
-        block = first
-        try:
-            while True:
-                if not (b"[DONE]" in block or b'"error"' in block or _USAGE.search(block)):
-                    events_seen += block.count(b"data:")
-                    yield block
-                else:
-                    out = []
-                    for data in decode_events(block):
-                        if data == b"[DONE]":
-                            out.append(DONE)
-                            outcome = None
-                            yield b"".join(out)
-                            return
-                        if _carries_usage(data) and (chunk := _usage_chunk(data)) is not None:
-                            usage = chunk["usage"]
-                            self._meter_success(usage)
-                            if not self.wants_usage:
-                                continue
-                            data = self._with_cost(chunk)
-                        elif b'"error"' in data and _error_of(data) is not None:
-                            out.append(b"data: " + data + b"\n\n")
-                            outcome = STREAM_ERROR
-                            yield b"".join(out)
-                            return
-                        events_seen += 1
-                        out.append(b"data: " + data + b"\n\n")
-                    if out:
-                        yield b"".join(out)
-                try:
-                    block = await anext(blocks)
-                except StopAsyncIteration:
-                    outcome = None
-                    return
-        except UpstreamError as exc:
-            outcome = error_class(exc)
-            yield stream_error_event(exc.message, code="upstream_stream_interrupted")
-        finally:
-            await self.upstream.close()
-            self._finish(outcome, usage is not None, events_seen)
-
-    def _meter_success(self, usage: Any) -> None:
-        self.meter.succeeded(
-            self.ctx,
-            self.attempt,
-            usage,
-            self.upstream.request_id,
-            self.started,
-            ttft_ms=self.ctx.ttft_ms,
+        run: _Run[T],
+        call: Callable[[PlannedAttempt, Timeouts], Awaitable[T]],
+        *,
+        stream: bool,
+        discard: Callable[[T], Awaitable[None]] = _keep,
+    ) -> tuple[PlannedAttempt, T, float]:
+        """Try the plan's targets in order until one answers; raise the client's error if
+        none does. Returns (attempt, result, perf_counter at its start)."""
+        plan = run.plan
+        targets = order_targets(
+            plan.attempts, self.breakers.open_map(), self.breakers.last_failure_map()
         )
+        try:
+            index = 0
+            while index < len(targets):
+                result = await self._try_target(run, targets, index, call, stream, discard)
+                if isinstance(result, tuple):
+                    return result
+                index = result
+        except asyncio.CancelledError:
+            self._finish_failed(run, STATUS_CLIENT_CLOSED, CLIENT_CANCELLED)
+            raise
+        raise self._give_up(run)
 
-    def _with_cost(self, chunk: dict[str, Any]) -> bytes:
-        cost = self.ctx.attempts[-1].cost_usd if self.ctx.attempts else None
-        if cost is not None:
-            chunk["usage"]["cost_usd"] = float(cost)
-        return orjson.dumps(chunk)
+    async def _try_target(
+        self,
+        run: _Run[T],
+        targets: list[PlannedAttempt],
+        index: int,
+        call: Callable[[PlannedAttempt, Timeouts], Awaitable[T]],
+        stream: bool,
+        discard: Callable[[T], Awaitable[None]],
+    ) -> tuple[PlannedAttempt, T, float] | int:
+        """Tries of one target. Returns the success, or the index of the target to try
+        next (len(targets) to stop)."""
+        plan = run.plan
+        planned = targets[index]
+        dep = planned.deployment
+        following = index + 1
+        for number in range(1, plan.retry.attempts + 1):
+            if index > 0 and number == 1 and not self.breakers.allow(dep.id):
+                return following  # its breaker's single half-open probe is already out
+            remaining = run.deadline - time.perf_counter()
+            if remaining < MIN_ATTEMPT_S:
+                return len(targets)  # out of time: stop walking
+            attempt = planned if number == 1 else PlannedAttempt(dep, "retry")
+            started = time.perf_counter()
+            bounded = _bounded(plan.timeouts, remaining, stream)
+            try:
+                async with asyncio.timeout(remaining):
+                    if (
+                        number == 1
+                        and index == 0
+                        and plan.hedge_after_ms
+                        and following < len(targets)
+                    ):
+                        won = await self._race(
+                            run, attempt, targets[following], call, bounded, discard
+                        )
+                        if not stream:
+                            self.breakers.record(won[0].deployment.id, True)
+                        return won
+                    result = await call(attempt, bounded)
+            except (UpstreamError, TimeoutError) as exc:
+                failure = (
+                    exc
+                    if isinstance(exc, UpstreamError)
+                    else UpstreamError(TIMEOUT, f"{dep.id} ran out of the route's total time")
+                )
+                self.meter.failed_upstream(run.ctx, attempt, failure, started)
+                run.last_error, run.last_deployment = failure, dep.id
+                decision = classify(_outcome(failure), plan.retry.attempts - number, deployment=dep)
+                if decision.open_breaker:
+                    self.breakers.force_open(dep.id)
+                elif decision.counts_as_failure:
+                    self.breakers.record(dep.id, False)
+                if decision.action is Action.FAIL:
+                    raise self._fail_now(run, failure) from None
+                run.reasons.append(decision.reason)
+                if decision.action is Action.NEXT:
+                    if decision.needs_larger_context:
+                        larger = next_with_larger_context(targets[following:], dep)
+                        if larger is None:
+                            raise self._fail_now(run, failure) from None
+                        return following + larger
+                    return following
+                wait = backoff_s(
+                    number,
+                    plan.retry.backoff_ms,
+                    plan.retry.max_backoff_ms,
+                    _outcome(failure).retry_after_s,
+                    self._rand(),
+                )
+                if wait.skip_target or not fits_deadline(
+                    time.perf_counter(), run.deadline, wait.delay_s, MIN_ATTEMPT_S
+                ):
+                    return following
+                await asyncio.sleep(wait.delay_s)
+                continue
+            except asyncio.CancelledError:
+                self.meter.failed(
+                    run.ctx,
+                    attempt,
+                    CLIENT_CANCELLED,
+                    http_status=None,
+                    provider_request_id=None,
+                    started=started,
+                    billable=True,
+                )
+                raise
+            if not stream:  # a stream's breaker verdict waits for the stream's end
+                self.breakers.record(dep.id, True)
+            return attempt, result, started
+        return following
 
-    def _finish(self, outcome: str | None, metered: bool, events_seen: int) -> None:
-        if not metered:
-            # Cut, errored or abandoned before usage arrived: providers still bill input.
-            self.meter.failed(
-                self.ctx,
-                self.attempt,
-                outcome or "no_usage",
-                http_status=200,
-                provider_request_id=self.upstream.request_id,
-                started=self.started,
-                ttft_ms=self.ctx.ttft_ms,
-                output_tokens_seen=max(0, events_seen - 1),  # minus the role-only chunk
-                billable=True,
+    async def _race(
+        self,
+        run: _Run[T],
+        primary: PlannedAttempt,
+        backup: PlannedAttempt,
+        call: Callable[[PlannedAttempt, Timeouts], Awaitable[T]],
+        timeouts: Timeouts,
+        discard: Callable[[T], Awaitable[None]],
+    ) -> tuple[PlannedAttempt, T, float]:
+        """Hedging: if `primary` has not answered after hedge_after_ms, start `backup` too.
+
+        The first to answer wins and the other is cancelled and recorded with role
+        `hedge` (or `primary`) and error class `hedge_lost`. If both fail, the primary's
+        error is raised unmetered, for the caller's normal failure handling.
+        """
+        assert run.plan.hedge_after_ms is not None
+        hedge = PlannedAttempt(backup.deployment, "hedge")
+        started = {primary: time.perf_counter()}
+        first = asyncio.ensure_future(call(primary, timeouts))
+        try:
+            done, _ = await asyncio.wait({first}, timeout=run.plan.hedge_after_ms / 1000)
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
+        if done:
+            return primary, first.result(), started[primary]  # raises the primary's error
+        started[hedge] = time.perf_counter()
+        second = asyncio.ensure_future(call(hedge, timeouts))
+        pending = {first: primary, second: hedge}
+        primary_error: BaseException | None = None
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    attempt = pending.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        for loser_task, loser in pending.items():
+                            if loser_task.done() and loser_task.exception() is None:
+                                await discard(loser_task.result())
+                            loser_task.cancel()
+                            self.meter.failed(
+                                run.ctx,
+                                loser,
+                                "hedge_lost",
+                                http_status=None,
+                                provider_request_id=None,
+                                started=started[loser],
+                                billable=True,
+                            )
+                        pending.clear()
+                        if primary_error is not None and isinstance(primary_error, UpstreamError):
+                            self._meter_failure(run, primary, primary_error, started[primary])
+                        return attempt, task.result(), started[attempt]
+                    if attempt is primary:
+                        primary_error = error
+                    elif isinstance(error, UpstreamError):
+                        self._meter_failure(run, hedge, error, started[hedge])
+        except asyncio.CancelledError:
+            for task in pending:
+                task.cancel()
+            raise
+        assert primary_error is not None
+        raise primary_error
+
+    def _meter_failure(
+        self, run: _Run[Any], attempt: PlannedAttempt, failure: UpstreamError, started: float
+    ) -> None:
+        self.meter.failed_upstream(run.ctx, attempt, failure, started)
+        decision = classify(_outcome(failure), 0, deployment=attempt.deployment)
+        if decision.open_breaker:
+            self.breakers.force_open(attempt.deployment.id)
+        elif decision.counts_as_failure:
+            self.breakers.record(attempt.deployment.id, False)
+        run.reasons.append(decision.reason)
+
+    def _finish_failed(self, run: _Run[Any], status: int, error: str) -> None:
+        self.meter.finish(run.ctx, run.plan, status, error, None)
+
+    def _fail_now(self, run: _Run[Any], failure: UpstreamError) -> GatewayError:
+        error = client_error(failure, run.last_deployment)
+        self._finish_failed(run, error.status, error_class(failure))
+        return error
+
+    def _give_up(self, run: _Run[Any]) -> GatewayError:
+        if run.last_error is None:
+            # Every target was skipped before a single try (deadline or breakers).
+            error = upstream_failed(
+                f"No deployment of {run.plan.route!r} could be tried "
+                "(circuit breakers open or no time left).",
+                code="no_deployment_available",
             )
-        elif outcome is not None and self.ctx.attempts:
-            self.ctx.attempts[-1].error_class = outcome
-        status = STATUS_CLIENT_CLOSED if outcome == CLIENT_CANCELLED else 200
-        self.meter.finish(self.ctx, self.plan, status, outcome, self.attempt.deployment.id)
+            self._finish_failed(run, error.status, "no_attempt")
+            return error
+        error = client_error(run.last_error, run.last_deployment)
+        if len(run.reasons) > 1:
+            error.message = f"{error.message} Tried: {'; '.join(run.reasons)}."
+        self._finish_failed(run, error.status, error_class(run.last_error))
+        return error
 
 
-def stream_error_event(message: str, *, code: str) -> bytes:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+def _bounded(t: Timeouts, remaining_s: float, stream: bool) -> Timeouts:
+    """Per-try timeouts that never outlive the plan's deadline."""
+    limit_ms = max(1, int(remaining_s * 1000))
+    if not stream and t.attempt_ms is not None:
+        limit_ms = min(limit_ms, t.attempt_ms)
+    if t.total_ms <= limit_ms:
+        return t
+    return Timeouts(
+        connect_ms=min(t.connect_ms, limit_ms),
+        ttft_ms=min(t.ttft_ms, limit_ms),
+        total_ms=limit_ms,
+        idle_ms=t.idle_ms,
+    )
 
 
-_USAGE = re.compile(rb'"usage"\s*:\s*\{')
-
-
-def decode_events(block: bytes) -> list[bytes]:
-    decoder = SSEDecoder()
-    return decoder.feed(block) + decoder.finish()
-
-
-def _carries_usage(data: bytes) -> bool:
-    """Cheap pre-check before parsing: since we always ask for usage, every chunk has a
-    `"usage"` key, but only the last one has an object there rather than null."""
-    at = data.rfind(b'"usage"')
-    if at < 0:
-        return False
-    colon = data.find(b":", at + 7)
-    return colon > 0 and data[colon + 1 : colon + 8].lstrip()[:1] == b"{"
-
-
-def _usage_chunk(data: bytes) -> dict[str, Any] | None:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if (
-        isinstance(chunk, dict)
-        and isinstance(chunk.get("usage"), dict)
-        and not chunk.get("choices")
-    ):
-        return chunk
-    return None
-
-
-def _error_of(data: bytes) -> Any:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return chunk.get("error") if isinstance(chunk, dict) else None
-
-
-def _raise_if_error_event(data: bytes, deployment: str) -> None:
-    if data == b"[DONE]":
-        return
-    if data[:1] != b"{":
-        raise UpstreamError("malformed", f"{deployment} sent a stream event that is not JSON")
-    error = _error_of(data) if b'"error"' in data else None
-    if error is not None:
-        raise UpstreamError(STREAM_ERROR, f"{deployment} reported an error", body={"error": error})
+def _outcome(exc: UpstreamError) -> Outcome:
+    code = None
+    if isinstance(exc.body, dict) and isinstance(exc.body.get("error"), dict):
+        raw = exc.body["error"].get("code")
+        code = raw if isinstance(raw, str) else None
+    return Outcome(
+        kind=exc.kind,
+        status=exc.status,
+        code=code,
+        retry_after_s=parse_retry_after(exc.headers, time.time()) if exc.headers else None,
+    )
 
 
 def client_error(exc: UpstreamError, deployment: str) -> GatewayError:

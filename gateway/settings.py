@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = 30.0
     # SQLite is the zero-setup default; production points this at Postgres (postgresql+asyncpg://).
     database_url: str = "sqlite+aiosqlite:///var/farebox.db"
+    # Shared state across replicas (circuit breakers); in-process when unset.
+    redis_url: str | None = None
     # Ledger batches that could not be written are appended here and replayed on recovery.
     spool_dir: str = "var/spool"
     # Off only for benchmarks comparing the ledger's cost; production always meters.

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 
 from gateway.auth import KeyStore
+from gateway.breakers import Breakers
 from gateway.config_schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.repository import LedgerRepository
@@ -20,6 +21,7 @@ from gateway.metering import Ledger, Meter, NullLedger
 from gateway.providers.openai_compat import ProviderEndpoint
 from gateway.service import Service
 from gateway.settings import Settings
+from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
 
 log = logging.getLogger("farebox")
@@ -35,6 +37,7 @@ class GatewayState:
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
     prices: PriceBook | None = None
+    breakers: Breakers | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -46,6 +49,8 @@ class GatewayState:
         """Stop upstream I/O, flush the ledger (to the database or the spool), disconnect."""
         self.draining = True
         await self.service.close()
+        if self.breakers is not None:
+            await self.breakers.close()
         if self.writer is not None:
             await self.writer.close()
         if self.repository is not None:
@@ -82,6 +87,18 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         ledger = writer
     prices = load_price_book(config, Path(settings.prices_file))
     meter = Meter(prices, ledger)
+    b = config.server.breaker
+    breakers = Breakers(
+        BreakerPolicy(
+            consecutive_failures=b.consecutive_failures,
+            error_rate=b.error_rate,
+            min_requests=b.min_requests,
+            window_s=b.window_s,
+            cooldown_s=b.cooldown_s,
+            max_cooldown_s=b.max_cooldown_s,
+        ),
+        settings.redis_url,
+    )
     created = int(time.time())
     models = {
         "object": "list",
@@ -94,7 +111,8 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         config=config,
         index=index,
         keys=build_keys(settings, config),
-        service=Service.from_providers(endpoints, meter),
+        service=Service.from_providers(endpoints, meter, breakers),
+        breakers=breakers,
         models_body=orjson.dumps(models),
         writer=writer,
         repository=repository,

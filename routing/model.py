@@ -26,6 +26,23 @@ class Timeouts:
     connect_ms: int
     ttft_ms: int
     total_ms: int
+    # Longest silence allowed between two stream chunks once the first has arrived.
+    idle_ms: int = 30_000
+    # Cap on one non-stream try (its answer arrives all at once, so neither TTFT nor idle
+    # time can tell a hung upstream from a long generation); None: the plan's remaining time.
+    attempt_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Tries of the same target before moving on: `attempts` counts the first try too."""
+
+    attempts: int = 2
+    backoff_ms: int = 100
+    max_backoff_ms: int = 2_000
+
+
+NO_RETRY = RetryPolicy(attempts=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +52,9 @@ class RouteSpec:
     targets: tuple[str, ...]
     timeouts: Timeouts
     workload: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    retry: RetryPolicy = NO_RETRY
+    hedge_after_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +73,5 @@ class Plan:
     timeouts: Timeouts
     workload: str | None = None
     notes: tuple[str, ...] = field(default=())
+    retry: RetryPolicy = NO_RETRY
+    hedge_after_ms: int | None = None

@@ -58,9 +58,11 @@ class ModelIndex:
 
 
 def plan_for_route(route: RouteSpec, deployments: Mapping[str, DeploymentSpec]) -> Plan:
+    """Targets in order, then the route's fallbacks: primary first, fallback for the rest."""
+    ordered = (*route.targets, *route.fallbacks)
     attempts = tuple(
         PlannedAttempt(deployments[target], "primary" if i == 0 else "fallback")
-        for i, target in enumerate(route.targets)
+        for i, target in enumerate(ordered)
     )
     return Plan(
         route=route.name,
@@ -68,16 +70,22 @@ def plan_for_route(route: RouteSpec, deployments: Mapping[str, DeploymentSpec]) 
         attempts=attempts,
         timeouts=route.timeouts,
         workload=route.workload,
+        retry=route.retry,
+        hedge_after_ms=route.hedge_after_ms,
     )
 
 
 def describe_plan(plan: Plan) -> list[str]:
     """Human-readable lines for `farebox config check`."""
     t = plan.timeouts
+    r = plan.retry
     lines = [
         f"strategy {plan.strategy}"
         + (f", workload {plan.workload}" if plan.workload else "")
-        + f", timeouts connect {t.connect_ms} ms / ttft {t.ttft_ms} ms / total {t.total_ms} ms"
+        + f", timeouts connect {t.connect_ms} ms / ttft {t.ttft_ms} ms / idle {t.idle_ms} ms"
+        f" / total {t.total_ms} ms",
+        f"{r.attempts} tries per target, backoff {r.backoff_ms}–{r.max_backoff_ms} ms"
+        + (f", hedge after {plan.hedge_after_ms} ms" if plan.hedge_after_ms else ""),
     ]
     for n, attempt in enumerate(plan.attempts, 1):
         dep = attempt.deployment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,6 +22,33 @@ SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+class DisconnectWatch:
+    """Cancels the handling task when the client hangs up, so the upstream call stops too.
+
+    Must be stopped before the last response message: uvicorn also answers `receive()`
+    with `http.disconnect` once a response is complete.
+    """
+
+    __slots__ = ("_task", "_waiter", "fired")
+
+    def __init__(self, receive: Receive) -> None:
+        self.fired = False
+        self._task = asyncio.current_task()
+        self._waiter = asyncio.ensure_future(receive())
+        self._waiter.add_done_callback(self._on_message)
+
+    def _on_message(self, waiter: asyncio.Future[Message]) -> None:
+        if waiter.cancelled() or waiter.exception() is not None:
+            return
+        if waiter.result().get("type") == "http.disconnect" and self._task is not None:
+            self.fired = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._waiter.remove_done_callback(self._on_message)
+        self._waiter.cancel()
 
 
 class ClientGone(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from gateway.api.asgi import (
     JSON_TYPE,
     SSE_HEADERS,
     ClientGone,
+    DisconnectWatch,
     Headers,
     Receive,
     Scope,
@@ -25,6 +27,7 @@ from gateway.errors import GatewayError, model_not_found, unauthorized
 from gateway.metering import CallContext
 from gateway.service import DONE
 from gateway.state import GatewayState
+from routing.model import Plan
 
 log = logging.getLogger("farebox.api")
 
@@ -120,11 +123,20 @@ class OpenAIEndpoints:
         headers.append((b"x-farebox-route", plan.route.encode()))
         request_id = headers[0][1].decode()
         ctx = CallContext(request_id, key_id, endpoint, model, stream, payload)
-        if not stream:
+        watch = DisconnectWatch(receive)
+        try:
+            if stream:
+                await self._stream(send, state, ctx, plan, include_usage, headers, watch)
+                return
             result = await state.service.complete(ctx, plan)
+            watch.stop()
             headers.append(JSON_TYPE)
             headers.append((b"x-farebox-deployment", result.deployment.encode()))
             headers.append((b"x-farebox-attempts", str(result.attempts).encode()))
+            if result.fallback_reason:
+                headers.append(
+                    (b"x-farebox-fallback-reason", _header_value(result.fallback_reason))
+                )
             if result.cost_usd is not None:
                 headers.append((b"x-farebox-cost-usd", f"{result.cost_usd.normalize():f}".encode()))
             if result.upstream_request_id:
@@ -132,27 +144,56 @@ class OpenAIEndpoints:
                     (b"x-farebox-upstream-request-id", result.upstream_request_id.encode())
                 )
             await send_bytes(send, 200, result.body, headers)
-            return
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            # The client hung up: the service has recorded it; there is no one to answer.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        finally:
+            watch.stop()
+
+    @staticmethod
+    async def _stream(
+        send: Send,
+        state: GatewayState,
+        ctx: CallContext,
+        plan: Plan,
+        include_usage: bool,
+        headers: Headers,
+        watch: DisconnectWatch,
+    ) -> None:
         streaming = await state.service.stream(ctx, plan, include_usage)
         headers.extend(SSE_HEADERS)
         headers.append((b"x-farebox-deployment", streaming.deployment.encode()))
         headers.append((b"x-farebox-attempts", str(streaming.attempts).encode()))
+        if streaming.fallback_reason:
+            headers.append((b"x-farebox-fallback-reason", _header_value(streaming.fallback_reason)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         chunks = streaming.chunks
         try:
             async for chunk in chunks:
                 if chunk.endswith(DONE):
                     # The last chunk closes the response in the same write.
+                    watch.stop()
                     await send({"type": "http.response.body", "body": chunk})
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:
+                watch.stop()
                 await send({"type": "http.response.body", "body": b""})
         except OSError as exc:
             # Headers are out: nothing left to tell a client that has gone away.
-            log.info("client left mid-stream (%s): %s", headers[0][1].decode(), exc)
+            log.info("client left mid-stream (%s): %s", ctx.request_id, exc)
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _header_value(text: str) -> bytes:
+    """Header-safe: latin-1, no control characters, bounded length."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean[:512].encode("latin-1")
 
 
 def _method_not_allowed(method: str, path: str) -> GatewayError:

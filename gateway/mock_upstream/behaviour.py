@@ -15,6 +15,8 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
 
 * ``latency=MS`` / ``jitter=MS``: sleep ``MS`` (+ uniform ``[0, jitter]``, seeded RNG)
   before any answer, error or stream headers.
+* ``tail_rate=P`` / ``tail_ms=MS``: with probability ``P`` add ``MS`` more latency (a slow
+  tail, for hedging measurements; seeded RNG).
 * ``ttft=MS``: stream: delay after the headers before the first chunk; non-stream: added
   to the wait.  ``tps=N``: stream: one token per chunk, ``N`` per second; non-stream:
   also waits ``completion_tokens / N`` s.
@@ -80,6 +82,8 @@ class Behaviour:
 
     latency: float = 0.0
     jitter: float = 0.0
+    tail_rate: float | None = None
+    tail_ms: float = 0.0
     ttft: float = 0.0
     tps: float | None = None
     tokens: int | None = None
@@ -158,6 +162,8 @@ def _flag(key: str, raw: str) -> bool:
 _PARSERS: dict[str, Any] = {
     "latency": _ms,
     "jitter": _ms,
+    "tail_rate": _probability,
+    "tail_ms": _ms,
     "ttft": _ms,
     "tps": _positive,
     "tokens": _count,

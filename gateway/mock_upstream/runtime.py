@@ -212,6 +212,8 @@ async def gate(call: Call, prompt_tokens: int) -> None:
     delay = b.latency
     if b.jitter:
         delay += call.state.rng.uniform(0.0, b.jitter)
+    if b.tail_rate is not None and call.state.rng.random() < b.tail_rate:
+        delay += b.tail_ms
     if delay > 0:
         await asyncio.sleep(delay / 1000.0)
     status = _injected_status(call)

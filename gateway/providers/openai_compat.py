@@ -70,13 +70,16 @@ class OpenAICompatAdapter:
     def _timeout(self, t: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
         cached = self._timeouts.get((t, stream))
         if cached is None:
-            # For streams, the TTFT budget is also the longest silence allowed between
-            # chunks; a non-stream body only arrives once generation is done.
+            # Streams: the caller bounds the wait for the first read (TTFT); after it,
+            # `idle_ms` is the longest silence allowed between reads. A non-stream body
+            # only arrives once generation is done, so only the total applies.
             cached = aiohttp.ClientTimeout(
                 total=t.total_ms / 1000,
                 sock_connect=t.connect_ms / 1000,
-                sock_read=t.ttft_ms / 1000 if stream else None,
+                sock_read=max(t.idle_ms, t.ttft_ms) / 1000 if stream else None,
             )
+            if len(self._timeouts) > 1024:  # deadline-bounded variants are one-offs
+                self._timeouts.clear()
             self._timeouts[(t, stream)] = cached
         return cached
 

@@ -125,7 +125,8 @@ def test_direct_route_needs_exactly_one_target_and_no_name_clash() -> None:
     text += "  big@sim: {targets: [big@sim]}\n"
     errs = errors_of(text)
     assert (
-        "cfg.yaml:11: routes.chat.targets: strategy direct takes exactly one target, got 2" in errs
+        "cfg.yaml:11: routes.chat.targets: strategy direct takes exactly one target, got 2 "
+        "(use strategy failover, or list the others under fallbacks)" in errs
     )
     assert "cfg.yaml:12: routes.big@sim: route name 'big@sim' is also a deployment id" in errs
 
@@ -157,6 +158,34 @@ def test_route_timeouts_inherit_server_defaults() -> None:
         9000,
         5000,
     )
+
+
+def test_failover_route_with_fallbacks_retry_and_hedge() -> None:
+    text = BASE.replace(
+        "  chat:\n    targets: [small@sim]\n",
+        "  chat:\n    strategy: failover\n    targets: [small@sim]\n    fallbacks: [big@sim]\n"
+        "    retry: {attempts: 3, backoff_ms: 50}\n    hedge_after_ms: 700\n",
+    )
+    plan = parse_config(text, "c", {}).model_index().plan("chat")
+    assert plan is not None
+    assert [(a.deployment.id, a.role) for a in plan.attempts] == [
+        ("small@sim", "primary"),
+        ("big@sim", "fallback"),
+    ]
+    assert (plan.retry.attempts, plan.retry.backoff_ms, plan.retry.max_backoff_ms) == (3, 50, 2000)
+    assert plan.hedge_after_ms == 700
+
+
+def test_fallback_references_are_checked_and_hedging_needs_two_targets() -> None:
+    text = BASE.replace(
+        "    targets: [small@sim]\n",
+        "    targets: [small@sim]\n    fallbacks: [bgi@sim, small@sim]\n",
+    )
+    errs = errors_of(text)
+    assert any("routes.chat.fallbacks[0]: unknown deployment 'bgi@sim'" in e for e in errs)
+    assert any("routes.chat.fallbacks[1]: deployment 'small@sim' is listed twice" in e for e in errs)
+    lone = BASE.replace("    targets: [small@sim]\n", "    targets: [small@sim]\n    hedge_after_ms: 5\n")
+    assert any("hedging needs a second target" in e for e in errors_of(lone))
 
 
 def test_merge_keys_and_anchors_work() -> None:

@@ -82,4 +82,5 @@ def test_describe_plan_names_every_attempt() -> None:
     assert plan is not None
     lines = describe_plan(plan)
     assert "workload wl" in lines[0] and "ttft 2 ms" in lines[0]
-    assert "primary" in lines[1] and "a@p" in lines[1] and "m-a" in lines[1]
+    assert "1 tries per target" in lines[1]
+    assert "primary" in lines[2] and "a@p" in lines[2] and "m-a" in lines[2]

@@ -1,0 +1,210 @@
+"""Relaying one upstream SSE stream to the client, metering it when it ends.
+
+Most upstream reads carry only content deltas and are forwarded byte for byte; only the
+read that holds `[DONE]`, an error event or the usage chunk is decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from gateway.metering import CallContext, Meter, error_class
+from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
+from gateway.providers.sse import SSEDecoder
+from routing.model import Plan, PlannedAttempt
+
+DONE = b"data: [DONE]\n\n"
+CLIENT_CANCELLED = "client_cancelled"
+# nginx's "client closed request": the request row's status when the client left first.
+STATUS_CLIENT_CLOSED = 499
+
+
+class Relay:
+    """Forwards one upstream stream to the client and meters it when it ends."""
+
+    __slots__ = (
+        "attempt",
+        "ctx",
+        "meter",
+        "on_outcome",
+        "plan",
+        "started",
+        "upstream",
+        "wants_usage",
+    )
+
+    def __init__(
+        self,
+        meter: Meter,
+        ctx: CallContext,
+        plan: Plan,
+        attempt: PlannedAttempt,
+        upstream: UpstreamStream,
+        started: float,
+        wants_usage: bool,
+        on_outcome: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.meter = meter
+        self.ctx = ctx
+        self.plan = plan
+        self.attempt = attempt
+        self.upstream = upstream
+        self.started = started
+        self.wants_usage = wants_usage
+        self.on_outcome = on_outcome
+
+    async def run(self, blocks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
+        """One client write per upstream read.
+
+        Most reads carry only content deltas and are forwarded byte for byte. Only a read
+        that holds `[DONE]`, an error or the usage chunk is decoded: the usage chunk (which
+        we always ask for) is dropped unless the client asked for it, and otherwise carries
+        `cost_usd`; an upstream error event is forwarded and ends the stream; a stream that
+        breaks ends with our own error event, so no SDK mistakes a cut answer for a
+        complete one.
+        """
+        usage: dict[str, Any] | None = None
+        events_seen = 0
+        outcome: str | None = CLIENT_CANCELLED
+        block = first
+        try:
+            while True:
+                if not (b"[DONE]" in block or b'"error"' in block or _USAGE.search(block)):
+                    events_seen += block.count(b"data:")
+                    yield block
+                else:
+                    out = []
+                    for data in decode_events(block):
+                        if data == b"[DONE]":
+                            out.append(DONE)
+                            outcome = None
+                            yield b"".join(out)
+                            return
+                        if _carries_usage(data) and (chunk := _usage_chunk(data)) is not None:
+                            usage = chunk["usage"]
+                            self._meter_success(usage)
+                            if not self.wants_usage:
+                                continue
+                            data = self._with_cost(chunk)
+                        elif b'"error"' in data and _error_of(data) is not None:
+                            out.append(b"data: " + data + b"\n\n")
+                            outcome = STREAM_ERROR
+                            yield b"".join(out)
+                            return
+                        events_seen += 1
+                        out.append(b"data: " + data + b"\n\n")
+                    if out:
+                        yield b"".join(out)
+                try:
+                    block = await anext(blocks)
+                except StopAsyncIteration:
+                    outcome = None
+                    return
+        except UpstreamError as exc:
+            outcome = error_class(exc)
+            yield stream_error_event(exc.message, code="upstream_stream_interrupted")
+        finally:
+            await self.upstream.close()
+            self._finish(outcome, usage is not None, events_seen)
+
+    def _meter_success(self, usage: Any) -> None:
+        self.meter.succeeded(
+            self.ctx,
+            self.attempt,
+            usage,
+            self.upstream.request_id,
+            self.started,
+            ttft_ms=self.ctx.ttft_ms,
+        )
+
+    def _with_cost(self, chunk: dict[str, Any]) -> bytes:
+        cost = self.ctx.attempts[-1].cost_usd if self.ctx.attempts else None
+        if cost is not None:
+            chunk["usage"]["cost_usd"] = float(cost)
+        return orjson.dumps(chunk)
+
+    def _finish(self, outcome: str | None, metered: bool, events_seen: int) -> None:
+        if not metered:
+            # Cut, errored or abandoned before usage arrived: providers still bill input.
+            self.meter.failed(
+                self.ctx,
+                self.attempt,
+                outcome or "no_usage",
+                http_status=200,
+                provider_request_id=self.upstream.request_id,
+                started=self.started,
+                ttft_ms=self.ctx.ttft_ms,
+                output_tokens_seen=max(0, events_seen - 1),  # minus the role-only chunk
+                billable=True,
+            )
+        elif outcome is not None and self.ctx.attempts:
+            self.ctx.attempts[-1].error_class = outcome
+        if self.on_outcome is not None and outcome != CLIENT_CANCELLED:
+            self.on_outcome(outcome is None)
+        status = STATUS_CLIENT_CLOSED if outcome == CLIENT_CANCELLED else 200
+        self.meter.finish(self.ctx, self.plan, status, outcome, self.attempt.deployment.id)
+
+
+def stream_error_event(message: str, *, code: str) -> bytes:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+
+
+def decode_events(block: bytes) -> list[bytes]:
+    decoder = SSEDecoder()
+    return decoder.feed(block) + decoder.finish()
+
+
+def _carries_usage(data: bytes) -> bool:
+    """Cheap pre-check before parsing: since we always ask for usage, every chunk has a
+    `"usage"` key, but only the last one has an object there rather than null."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return False
+    colon = data.find(b":", at + 7)
+    return colon > 0 and data[colon + 1 : colon + 8].lstrip()[:1] == b"{"
+
+
+def _usage_chunk(data: bytes) -> dict[str, Any] | None:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if (
+        isinstance(chunk, dict)
+        and isinstance(chunk.get("usage"), dict)
+        and not chunk.get("choices")
+    ):
+        return chunk
+    return None
+
+
+def _error_of(data: bytes) -> Any:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return chunk.get("error") if isinstance(chunk, dict) else None
+
+
+def first_event_error(first: bytes, deployment: str) -> UpstreamError | None:
+    """Why the first read of a stream is unusable (error event, not JSON), if it is."""
+    events = decode_events(first)
+    if not events:
+        return UpstreamError(MALFORMED, f"{deployment} sent a stream with no data")
+    data = events[0]
+    if data == b"[DONE]":
+        return None
+    if data[:1] != b"{":
+        return UpstreamError(MALFORMED, f"{deployment} sent a stream event that is not JSON")
+    error = _error_of(data) if b'"error"' in data else None
+    if error is not None:
+        return UpstreamError(STREAM_ERROR, f"{deployment} reported an error", body={"error": error})
+    return None
