@@ -162,14 +162,16 @@ def test_a_trip_on_one_replica_stops_traffic_on_both(redis_server: Any) -> None:
 def test_half_open_probe_runs_on_one_replica_and_its_outcome_reaches_both(
     redis_server: Any,
 ) -> None:
-    async def one_probe(a: Breakers, b: Replica, deployment: str) -> str:
+    async def one_probe(a: Breakers, b: Replica, deployment: str, b_first: bool) -> str:
         """Poll both replicas past the cooldown; exactly one may be let through."""
         grants: list[str] = []
 
         async def somebody_probes() -> bool:
+            if b_first and await b.allow(deployment):
+                grants.append("b")
             if a.allow(deployment):
                 grants.append("a")
-            if await b.allow(deployment):
+            if not b_first and await b.allow(deployment):
                 grants.append("b")
             return bool(grants)
 
@@ -199,7 +201,7 @@ def test_half_open_probe_runs_on_one_replica_and_its_outcome_reaches_both(
             await eventually(lambda: _not(b.allow(dep)), "B sees the trip")
 
             # A failed probe reopens the breaker everywhere with a doubled cooldown.
-            prober = await one_probe(a, b, dep)
+            prober = await one_probe(a, b, dep, b_first=True)
             await report(a, b, prober, dep, False)
             await eventually(
                 lambda: _is(b.call("view", dep), lambda v: v is not None and v["trips"] == 2),
@@ -210,7 +212,7 @@ def test_half_open_probe_runs_on_one_replica_and_its_outcome_reaches_both(
             assert not a.allow(dep) and not await b.allow(dep)
 
             # A successful probe closes it everywhere.
-            prober = await one_probe(a, b, dep)
+            prober = await one_probe(a, b, dep, b_first=False)
             await report(a, b, prober, dep, True)
             await eventually(lambda: b.allow(dep), "B closed after the probe")
             await eventually(lambda: _now(a.allow(dep)), "A closed after the probe")

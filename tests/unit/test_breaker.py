@@ -21,6 +21,7 @@ from routing.breaker import (
     cooldown_remaining,
     force_open,
     is_open,
+    least_recently_failed,
     record,
 )
 
@@ -150,6 +151,15 @@ def test_outcomes_while_open_are_stragglers() -> None:
     assert later.state == OPEN and later.opened_at == 0.0 and later.last_failure_at == 2.0
 
 
+def test_an_outcome_past_the_cooldown_without_allow_counts_as_the_probe() -> None:
+    # A caller that sends traffic once the breaker reads as not open, without asking `allow`,
+    # must still be able to close it, or re-trip it with a longer cooldown.
+    state = tripped(0.0)
+    assert record(state, True, 5.0, POLICY).state == CLOSED
+    reopened = record(state, False, 5.0, POLICY)
+    assert reopened.state == OPEN and reopened.opened_at == 5.0 and reopened.cooldown_s == 10.0
+
+
 def test_force_open_trips_at_once_and_does_not_extend_an_open_breaker() -> None:
     state = force_open(INITIAL, 1.0, POLICY)
     assert state.state == OPEN and state.trips == 1 and state.opened_at == 1.0
@@ -167,6 +177,13 @@ def test_adopting_a_remote_trip_keeps_the_later_end() -> None:
     kept = adopt_open(local, 10.0, opened_at=9.0, cooldown_s=5.0, trips=3)
     assert kept.opened_at == 10.0 and kept.trips == 3
     assert adopt_close(kept).state == CLOSED and adopt_close(INITIAL) is INITIAL
+
+
+def test_least_recently_failed_prefers_never_failed_then_oldest_failure() -> None:
+    last = {"a": 5.0, "b": 1.0, "c": 3.0}
+    assert least_recently_failed(["a", "b", "c"], last) == "b"
+    assert least_recently_failed(["a", "new", "c", "other"], last) == "new"
+    assert least_recently_failed([], last) is None
 
 
 def test_policy_rejects_impossible_values() -> None:
@@ -207,7 +224,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule(success=st.booleans())
     def outcome(self, success: bool) -> None:
-        was_probe = self.state.state == HALF_OPEN
+        was_probe = self.state.state != CLOSED and cooldown_remaining(self.state, self.now) == 0
         self.state = record(self.state, success, self.now, POLICY)
         if was_probe and success:
             assert self.state.state == CLOSED and self.state.consecutive_failures == 0
@@ -217,8 +234,11 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule()
     def misconfigured(self) -> None:
-        self.state = force_open(self.state, self.now, POLICY)
+        before = self.state
+        self.state = force_open(before, self.now, POLICY)
         assert self.state.state == OPEN
+        if before.state == OPEN and cooldown_remaining(before, self.now) > 0:
+            assert self.state.opened_at == before.opened_at, "recovery pushed out"
         self._forget_finished_probe()
 
     def _forget_finished_probe(self) -> None:
