@@ -4,11 +4,11 @@
 they never wait on the network. With a Redis URL, trips and recoveries (not individual
 outcomes) are shared across replicas:
 
-- key   `<prefix>:breaker:<deployment>`        JSON {opened_at (epoch), cooldown_s, trips, origin},
-                                               PX = remaining cooldown + probe timeout, so a
-                                               replica that connects late still sees the trip
+- channel `<prefix>:breakers`                  JSON {event: open|close, deployment, opened_at
+                                               (epoch), cooldown_s, trips, origin replica}
+- key   `<prefix>:breaker:<deployment>`        the last open event; PX = remaining cooldown +
+                                               probe timeout, so late (re)connects see the trip
 - key   `<prefix>:breaker-probe:<deployment>`  the half-open probe lock (SET NX PX probe timeout)
-- channel `<prefix>:breakers`                  JSON {event: open|close, deployment, ..., origin}
 
 Failure counting stays local. Sharing it would cost a Redis write per request (successes
 reset the consecutive count) to save a few failed attempts: every replica sees the same failure
@@ -169,7 +169,7 @@ class Breakers:
 
     async def start(self) -> None:
         """Connect if configured; returns after the first attempt whether or not it worked."""
-        if self._redis_url is None:
+        if self._redis_url is None or self._redis is not None:
             return
         self._redis = Redis.from_url(
             self._redis_url,
@@ -196,7 +196,8 @@ class Breakers:
             self._redis = None
 
     def _changed(self, deployment: str, before: BreakerState, after: BreakerState) -> None:
-        was_probe = before.state == breaker.HALF_OPEN
+        # Leaving a cooled-down breaker ends any probe; the release is a no-op if we hold no lock.
+        was_probe = before.state != CLOSED
         if after.trips > before.trips:
             log.warning("breaker %s opened (trip %d)", deployment, after.trips)
             self._permits.pop(deployment, None)

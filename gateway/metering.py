@@ -129,12 +129,17 @@ class Meter:
         )
 
     def failed_upstream(
-        self, ctx: CallContext, attempt: PlannedAttempt, exc: UpstreamError, started: float
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        exc: UpstreamError,
+        started: float,
+        error: str | None = None,
     ) -> AttemptRow:
         return self.failed(
             ctx,
             attempt,
-            error_class(exc),
+            error or error_class(exc),
             http_status=exc.status,
             provider_request_id=exc.request_id,
             started=started,

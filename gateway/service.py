@@ -24,7 +24,7 @@ from gateway.streaming import (
     DONE,
     STATUS_CLIENT_CLOSED,
     Relay,
-    first_event_error,
+    first_read_state,
 )
 from routing.failover import (
     Action,
@@ -159,6 +159,10 @@ class Service:
                     )
                     blocks = upstream.blocks()
                     first = await anext(blocks)
+                    ready, problem = first_read_state(first, dep.id)
+                    while not ready:
+                        first += await anext(blocks)
+                        ready, problem = first_read_state(first, dep.id)
             except TimeoutError:
                 if upstream is not None:
                     await upstream.close()
@@ -171,7 +175,6 @@ class Service:
                 if upstream is not None:
                     await upstream.close()
                 raise
-            problem = first_event_error(first, dep.id)
             if problem is not None:
                 await upstream.close()
                 problem.request_id = upstream.request_id
@@ -278,9 +281,11 @@ class Service:
                     if isinstance(exc, UpstreamError)
                     else UpstreamError(TIMEOUT, f"{dep.id} ran out of the route's total time")
                 )
-                self.meter.failed_upstream(run.ctx, attempt, failure, started)
-                run.last_error, run.last_deployment = failure, dep.id
                 decision = classify(_outcome(failure), plan.retry.attempts - number, deployment=dep)
+                self.meter.failed_upstream(
+                    run.ctx, attempt, failure, started, error=decision.error_class
+                )
+                run.last_error, run.last_deployment = failure, dep.id
                 if decision.open_breaker:
                     self.breakers.force_open(dep.id)
                 elif decision.counts_as_failure:
@@ -392,8 +397,8 @@ class Service:
     def _meter_failure(
         self, run: _Run[Any], attempt: PlannedAttempt, failure: UpstreamError, started: float
     ) -> None:
-        self.meter.failed_upstream(run.ctx, attempt, failure, started)
         decision = classify(_outcome(failure), 0, deployment=attempt.deployment)
+        self.meter.failed_upstream(run.ctx, attempt, failure, started, error=decision.error_class)
         if decision.open_breaker:
             self.breakers.force_open(attempt.deployment.id)
         elif decision.counts_as_failure:

@@ -194,17 +194,49 @@ def _error_of(data: bytes) -> Any:
     return chunk.get("error") if isinstance(chunk, dict) else None
 
 
-def first_event_error(first: bytes, deployment: str) -> UpstreamError | None:
-    """Why the first read of a stream is unusable (error event, not JSON), if it is."""
-    events = decode_events(first)
-    if not events:
-        return UpstreamError(MALFORMED, f"{deployment} sent a stream with no data")
-    data = events[0]
-    if data == b"[DONE]":
-        return None
-    if data[:1] != b"{":
-        return UpstreamError(MALFORMED, f"{deployment} sent a stream event that is not JSON")
-    error = _error_of(data) if b'"error"' in data else None
-    if error is not None:
-        return UpstreamError(STREAM_ERROR, f"{deployment} reported an error", body={"error": error})
-    return None
+def first_read_state(block: bytes, deployment: str) -> tuple[bool, UpstreamError | None]:
+    """Whether the stream's opening bytes hold something worth committing to, and why
+    they are unusable if they are.
+
+    A role-only first chunk carries no answer yet, so we keep failover open until the
+    first chunk with content, a tool call, a finish reason or usage — or until [DONE].
+    """
+    for data in decode_events(block):
+        if data == b"[DONE]":
+            return True, None
+        if data[:1] != b"{":
+            return True, UpstreamError(
+                MALFORMED, f"{deployment} sent a stream event that is not JSON"
+            )
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return True, UpstreamError(
+                MALFORMED, f"{deployment} sent a stream event that is not JSON"
+            )
+        if not isinstance(event, dict):
+            return True, UpstreamError(
+                MALFORMED, f"{deployment} sent a stream event that is not an object"
+            )
+        if event.get("error") is not None:
+            return True, UpstreamError(
+                STREAM_ERROR, f"{deployment} reported an error", body={"error": event["error"]}
+            )
+        if _substantive(event):
+            return True, None
+    return False, None
+
+
+def _substantive(event: dict[str, Any]) -> bool:
+    choices = event.get("choices")
+    if not choices:
+        return True  # usage-only or unknown shape: nothing to wait for
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            return True
+        if choice.get("finish_reason") or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role"):
+            return True
+    return False

@@ -13,6 +13,8 @@ half_open ──(probe fails)──► open, cooldown × multiplier (capped)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -126,6 +128,24 @@ def is_open(state: BreakerState, now: float) -> bool:
     return cooldown_remaining(state, now) > 0.0
 
 
+def least_recently_failed(
+    deployments: Iterable[str], last_failure_at: Mapping[str, float]
+) -> str | None:
+    """Which deployment to try anyway when every candidate's breaker is open.
+
+    Failing without an attempt turns a partial outage into a total one; the deployment that
+    failed longest ago is the likeliest to have recovered. Never-failed deployments come first,
+    ties keep the caller's order.
+    """
+    best: str | None = None
+    best_at = math.inf
+    for deployment in deployments:
+        at = last_failure_at.get(deployment, -math.inf)
+        if best is None or at < best_at:
+            best, best_at = deployment, at
+    return best
+
+
 def allow(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[bool, BreakerState]:
     """May a request go to this deployment now? Returns the answer and the state to keep.
 
@@ -149,15 +169,17 @@ def allow(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[bool,
 def record(state: BreakerState, success: bool, now: float, policy: BreakerPolicy) -> BreakerState:
     """Fold one attempt outcome into the state.
 
-    While open, outcomes are from attempts that started before the trip (or were forced through
-    because every target was open): a late success must not undo a trip on its own, so only the
-    failure time is kept, which still feeds the least-recently-failed ordering. In half-open the
-    outcome is taken as the probe's: the replica has no way to tell a probe from a straggler,
-    and a straggler landing within a cooldown of the trip is rare.
+    During the cooldown, outcomes are from attempts that started before the trip (or were
+    forced through because every target was open): a late success must not undo a trip on its
+    own, so only the failure time is kept, which still feeds the least-recently-failed ordering.
+    Once the cooldown is over (half-open, or open with nobody having asked `allow`) the outcome
+    is taken as the probe's: a caller cannot tell a probe from a straggler, and a straggler
+    landing a whole cooldown after the trip is rare. Without that, an attempt sent past an
+    elapsed cooldown without asking `allow` could never close, nor re-trip, the breaker.
     """
-    if state.state == OPEN:
+    if state.state == OPEN and cooldown_remaining(state, now) > 0.0:
         return state if success else replace(state, last_failure_at=now)
-    if state.state == HALF_OPEN:
+    if state.state != CLOSED:
         if success:
             return _closed_after_probe(state)
         return _trip(state, now, _grown_cooldown(state, policy))
@@ -167,13 +189,13 @@ def record(state: BreakerState, success: bool, now: float, policy: BreakerPolicy
 def force_open(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
     """Open at once: the upstream said the deployment is misconfigured (401/403/404).
 
-    An already-open breaker keeps its cooldown clock so a burst of the same error from
-    in-flight attempts does not push recovery further out; a failing probe grows the cooldown
-    exactly like any other probe failure.
+    A cooling breaker keeps its cooldown clock so a burst of the same error from in-flight
+    attempts does not push recovery further out; past the cooldown this is a failed probe and
+    grows the cooldown like any other.
     """
-    if state.state == OPEN:
+    if state.state == OPEN and cooldown_remaining(state, now) > 0.0:
         return replace(state, last_failure_at=now)
-    if state.state == HALF_OPEN:
+    if state.state != CLOSED:
         return _trip(state, now, _grown_cooldown(state, policy))
     return _trip(state, now, policy.cooldown_s)
 

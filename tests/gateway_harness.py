@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from gateway.app import create_asgi
+from gateway.app import HotPath, create_asgi
 from gateway.config_schema import GatewayConfig, parse_config
 from gateway.settings import Settings
+from gateway.state import GatewayState
 
 
 @dataclass
@@ -22,6 +23,13 @@ class RunningGateway:
     base_url: str  # ends in /v1
     root: str
     config: GatewayConfig = field(repr=False)
+    app: HotPath | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> GatewayState:
+        assert self.app is not None
+        state: GatewayState = self.app.app.state.holder.require()
+        return state
 
 
 def config_from_yaml(text: str, env: Mapping[str, str]) -> GatewayConfig:
@@ -57,7 +65,7 @@ def running_gateway(
         time.sleep(0.01)
     root = f"http://127.0.0.1:{port}"
     try:
-        yield RunningGateway(base_url=f"{root}/v1", root=root, config=config)
+        yield RunningGateway(base_url=f"{root}/v1", root=root, config=config, app=app)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

@@ -28,12 +28,14 @@ POLICY = BreakerPolicy(
 # Long enough to outlast a Redis restart, so a trip made during the outage is still cooling
 # when the replicas reconnect.
 SLOW_POLICY = BreakerPolicy(consecutive_failures=3, cooldown_s=5.0, probe_timeout_s=2.0)
-TIMINGS: dict[str, float] = {"heartbeat_s": 0.2, "reconnect_max_s": 0.5, "op_timeout_s": 0.5}
 DEADLINE_S = 3.0
 
 
 def make_breakers(url: str | None, prefix: str, policy: BreakerPolicy = POLICY) -> Breakers:
-    return Breakers(policy, url, key_prefix=prefix, **TIMINGS)
+    # Fast heartbeats and a low reconnect cap keep outage detection and recovery sub-second.
+    return Breakers(
+        policy, url, key_prefix=prefix, heartbeat_s=0.2, reconnect_max_s=0.5, op_timeout_s=0.5
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -86,7 +88,13 @@ class Replica:
         if self.proc.returncode is None:
             with_reply = self.call("close")
             try:
-                await asyncio.wait_for(with_reply, 10)
+                try:
+                    await asyncio.wait_for(with_reply, 5)
+                except TimeoutError:
+                    import signal
+                    self.proc.send_signal(signal.SIGUSR1)
+                    await asyncio.sleep(1)
+                    raise
             finally:
                 if self.proc.returncode is None:
                     await asyncio.wait_for(self.proc.wait(), 10)
@@ -96,6 +104,12 @@ async def serve_replica(spec: dict[str, Any]) -> None:
     breakers = make_breakers(spec["url"], spec["prefix"], BreakerPolicy(**spec["policy"]))
     await breakers.start()
     loop = asyncio.get_running_loop()
+    import signal
+    def dump() -> None:
+        for t in asyncio.all_tasks():
+            t.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+    loop.add_signal_handler(signal.SIGUSR1, dump)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():

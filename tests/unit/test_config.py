@@ -183,8 +183,12 @@ def test_fallback_references_are_checked_and_hedging_needs_two_targets() -> None
     )
     errs = errors_of(text)
     assert any("routes.chat.fallbacks[0]: unknown deployment 'bgi@sim'" in e for e in errs)
-    assert any("routes.chat.fallbacks[1]: deployment 'small@sim' is listed twice" in e for e in errs)
-    lone = BASE.replace("    targets: [small@sim]\n", "    targets: [small@sim]\n    hedge_after_ms: 5\n")
+    assert any(
+        "routes.chat.fallbacks[1]: deployment 'small@sim' is listed twice" in e for e in errs
+    )
+    lone = BASE.replace(
+        "    targets: [small@sim]\n", "    targets: [small@sim]\n    hedge_after_ms: 5\n"
+    )
     assert any("hedging needs a second target" in e for e in errors_of(lone))
 
 
