@@ -28,7 +28,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -51,8 +51,7 @@ _OUTBOX_SIZE = 256
 _LOCK_RETRY_S = 0.5
 
 _V = TypeVar("_V")
-# What the publisher sends: the shared record (also the channel message) and whether this
-# replica's probe lock is to be released with it.
+# Outbox item: the shared record (key value and channel message), release our probe lock?
 _Outgoing = tuple[dict[str, Any], bool]
 
 
@@ -131,7 +130,9 @@ class Breakers:
             # moves on to the next target; a later call finds the permit.
             permit = self._permits.pop(deployment, None)
             if permit is None or permit <= now:
-                self._want_probe_lock(deployment, now)
+                if deployment not in self._acquiring and self._lock_wait.get(deployment, 0) <= now:
+                    self._acquiring.add(deployment)
+                    self._spawn(self._acquire_probe_lock(deployment))
                 return False
         self._states[deployment] = probing
         return True
@@ -180,12 +181,12 @@ class Breakers:
         self._spawn(self._supervise())
         self._spawn(self._publish_loop())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_attempt.wait(), 3 * self._op_timeout_s)
+            await self._within(self._first_attempt.wait(), 3 * self._op_timeout_s)
 
     async def close(self) -> None:
-        if self._shared_ok and not self._outbox.empty():
+        if self._shared_ok:  # let the last trips and recoveries out, briefly
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), self._op_timeout_s)
+                await self._within(self._outbox.join())
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -236,7 +237,7 @@ class Breakers:
         while True:
             record, release = await self._outbox.get()
             try:
-                await asyncio.wait_for(self._publish(record, release), self._op_timeout_s)
+                await self._within(self._publish(record, release))
             except Exception as exc:  # any Redis failure: degrade, the sync repairs it
                 if record["event"] == "open":
                     self._unsynced.add(record["deployment"])
@@ -260,20 +261,13 @@ class Breakers:
             pipe.publish(self._channel, message)
             await pipe.execute()
 
-    def _want_probe_lock(self, deployment: str, now: float) -> None:
-        if deployment in self._acquiring or self._lock_wait.get(deployment, 0.0) > now:
-            return
-        self._acquiring.add(deployment)
-        self._spawn(self._acquire_probe_lock(deployment))
-
     async def _acquire_probe_lock(self, deployment: str) -> None:
         assert self._redis is not None
         started, got = self._clock(), False
-        ttl_ms = int(self.policy.probe_timeout_s * 1000)
-        key = self._lock_key + deployment
+        px = int(self.policy.probe_timeout_s * 1000)
         try:
-            lock = self._redis.set(key, self.replica_id, nx=True, px=ttl_ms)
-            got = bool(await asyncio.wait_for(lock, self._op_timeout_s))
+            lock = self._redis.set(self._lock_key + deployment, self.replica_id, nx=True, px=px)
+            got = bool(await self._within(lock))
         except Exception as exc:  # degrade; local probes take over until Redis is back
             self._lost(exc)
         finally:
@@ -293,7 +287,7 @@ class Breakers:
                 self._adopt_open(deployment, msg)
             elif msg["event"] == "close" and deployment in self._states:
                 self._states[deployment] = breaker.adopt_close(self._states[deployment])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.debug("ignoring malformed breaker message %r: %s", data, exc)
             return
         # Whatever probe this replica was lining up is moot once another replica decided.
@@ -333,8 +327,8 @@ class Breakers:
         try:
             # Subscribe before reading the keys so no trip can fall between the two.
             self._broken.clear()
-            await asyncio.wait_for(pubsub.subscribe(self._channel), self._op_timeout_s)
-            await asyncio.wait_for(self._sync(), 5 * self._op_timeout_s)
+            await self._within(pubsub.subscribe(self._channel))
+            await self._within(self._sync(), 5 * self._op_timeout_s)
             self._connected = True
             self._set_shared(True, None)
             self._first_attempt.set()
@@ -347,13 +341,13 @@ class Breakers:
                     self._on_message(message["data"])
                 if self._clock() >= next_ping:
                     # An idle subscription cannot tell a silent Redis from a quiet one.
-                    await asyncio.wait_for(self._redis.ping(), self._op_timeout_s)
+                    await self._within(self._redis.ping())
                     next_ping = self._clock() + self._heartbeat_s
             raise ConnectionError("a Redis operation failed")
         finally:
             with contextlib.suppress(Exception):
                 closing = pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
-                await asyncio.wait_for(closing, self._op_timeout_s)
+                await self._within(closing)
 
     async def _sync(self) -> None:
         assert self._redis is not None
@@ -362,7 +356,8 @@ class Breakers:
         for raw in values:
             if raw is None:
                 continue
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+            # A garbage key must not keep every reconnect failing: skip it.
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                 record: dict[str, Any] = orjson.loads(raw)
                 # Our own records describe trips we already hold locally (or have since
                 # closed while Redis was away); adopting them could only reopen a breaker.
@@ -387,10 +382,14 @@ class Breakers:
         if ok:
             log.info("circuit breakers shared through Redis")
         else:
-            log.warning(
-                "Redis unreachable (%s): circuit breakers use local state, reconnecting",
-                exc.__class__.__name__ if exc is not None else "?",
-            )
+            reason = f"{type(exc).__name__}: {exc}" if exc is not None else "?"
+            log.warning("Redis unreachable (%s); breakers use local state, reconnecting", reason)
+
+    async def _within(self, awaitable: Awaitable[_V], seconds: float | None = None) -> _V:
+        # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands as the awaited
+        # call completes, which left close() waiting forever on a worker that missed it.
+        async with asyncio.timeout(self._op_timeout_s if seconds is None else seconds):
+            return await awaitable
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

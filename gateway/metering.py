@@ -194,6 +194,7 @@ class Meter:
             price_version=version,
         )
         ctx.attempts.append(row)
+        metrics.ATTEMPTS.labels(dep.id, attempt.role, error or "ok").inc()
         return row
 
     def finish(
@@ -251,4 +252,5 @@ class Meter:
             ttft_ms=ctx.ttft_ms,
         )
         self.ledger.record(row, attempts)
+        metrics.REQUESTS.labels(plan.route, str(status)).inc()
         return row

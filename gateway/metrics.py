@@ -26,3 +26,18 @@ UNPRICED_ATTEMPTS = Counter(
     "Attempts recorded with cost NULL because no price is known",
     ["deployment"],
 )
+ATTEMPTS = Counter(
+    "farebox_attempts_total",
+    "Upstream attempts by deployment, role and outcome (error class, or ok)",
+    ["deployment", "role", "outcome"],
+)
+REQUESTS = Counter(
+    "farebox_requests_total",
+    "Client requests that reached routing, by route and final HTTP status",
+    ["route", "status"],
+)
+BREAKER_OPENED = Counter(
+    "farebox_breaker_force_opened_total",
+    "Breakers opened at once because the provider rejected our credentials or model (401/403/404)",
+    ["deployment"],
+)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, Protocol, TypeVar
 
+from gateway import metrics
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import CONNECT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
@@ -288,6 +289,7 @@ class Service:
                 run.last_error, run.last_deployment = failure, dep.id
                 if decision.open_breaker:
                     self.breakers.force_open(dep.id)
+                    metrics.BREAKER_OPENED.labels(dep.id).inc()
                 elif decision.counts_as_failure:
                     self.breakers.record(dep.id, False)
                 if decision.action is Action.FAIL:
