@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -180,7 +180,7 @@ class GatewayConfig(_Strict):
                 timeouts=_timeouts(self._route_timeouts(route)),
                 workload=route.workload,
                 fallbacks=tuple(route.fallbacks),
-                retry=_retry(route.retry or self.server.retry),
+                retry=_retry(_merged(self.server.retry, route.retry)),
                 hedge_after_ms=route.hedge_after_ms,
             )
             for name, route in self.routes.items()
@@ -195,6 +195,16 @@ class GatewayConfig(_Strict):
         return ModelIndex(
             self.route_specs(), self.deployment_specs(), _timeouts(self.server.timeouts)
         )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _merged(defaults: M, override: M | None) -> M:
+    """Route-level settings: the fields a route sets, server defaults for the rest."""
+    if override is None:
+        return defaults
+    return defaults.model_copy(update=override.model_dump(exclude_unset=True))
 
 
 def _timeouts(t: TimeoutsConfig) -> Timeouts:

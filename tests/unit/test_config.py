@@ -173,6 +173,9 @@ def test_failover_route_with_fallbacks_retry_and_hedge() -> None:
         ("big@sim", "fallback"),
     ]
     assert (plan.retry.attempts, plan.retry.backoff_ms, plan.retry.max_backoff_ms) == (3, 50, 2000)
+    inherited = parse_config(text + "server: {retry: {max_backoff_ms: 900}}\n", "c", {})
+    chat = inherited.model_index().plan("chat")
+    assert chat is not None and (chat.retry.attempts, chat.retry.max_backoff_ms) == (3, 900)
     assert plan.hedge_after_ms == 700
 
 
