@@ -97,6 +97,7 @@ class _Run(Generic[T]):
     reasons: list[str] = field(default_factory=list)
     last_error: UpstreamError | None = None
     last_deployment: str = ""
+    forced: bool = False
 
 
 class Service:
@@ -222,9 +223,11 @@ class Service:
         """Try the plan's targets in order until one answers; raise the client's error if
         none does. Returns (attempt, result, perf_counter at its start)."""
         plan = run.plan
-        targets = order_targets(
-            plan.attempts, self.breakers.open_map(), self.breakers.last_failure_map()
-        )
+        open_map = self.breakers.open_map()
+        targets = order_targets(plan.attempts, open_map, self.breakers.last_failure_map())
+        # When every breaker is open, the least recently failed target is tried anyway,
+        # without asking its breaker (which would say no).
+        run.forced = len(targets) == 1 and bool(open_map.get(targets[0].deployment.id))
         try:
             index = 0
             while index < len(targets):
@@ -253,8 +256,8 @@ class Service:
         dep = planned.deployment
         following = index + 1
         for number in range(1, plan.retry.attempts + 1):
-            if index > 0 and number == 1 and not self.breakers.allow(dep.id):
-                return following  # its breaker's single half-open probe is already out
+            if number == 1 and not run.forced and not self.breakers.allow(dep.id):
+                return following  # open, or its single half-open probe is already out
             remaining = run.deadline - time.perf_counter()
             if remaining < MIN_ATTEMPT_S:
                 return len(targets)  # out of time: stop walking
@@ -268,6 +271,7 @@ class Service:
                         and index == 0
                         and plan.hedge_after_ms
                         and following < len(targets)
+                        and self.breakers.allow(targets[following].deployment.id)
                     ):
                         won = await self._race(
                             run, attempt, targets[following], call, bounded, discard

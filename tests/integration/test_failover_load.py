@@ -130,7 +130,10 @@ def test_soak_with_a_primary_failing_30_percent(sim: str, tmp_path: Path) -> Non
     env = {"SIM_URL": sim, "FAREBOX_LEDGER_ENABLED": "false"}
     # Random 30 % failures should be failed over, not tripped on: with 3 consecutive
     # failures as the threshold the breaker would shut the primary out for the whole run.
-    config = CONFIG.replace("consecutive_failures: 3", "consecutive_failures: 12")
+    config = CONFIG.replace(
+        "breaker: {consecutive_failures: 3, cooldown_s: 60}",
+        "breaker: {consecutive_failures: 12, error_rate: 0.9, cooldown_s: 2}",
+    )
     with gateway_process(config, tmp_path, env) as gw:
         results = asyncio.run(load(gw.base_url, "soak", seconds=60, concurrency=50, stream_every=4))
         assert gw.terminate() in (0, -15)
