@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from sqlalchemy import text
@@ -73,9 +74,11 @@ FAULTS = [
 def build_config(sim_url: str) -> str:
     deployments = [
         "  good@sim: {provider: sim, model: sim-good, context_window: 200000}",
+        '  slow@sim: {provider: sim, model: "sim-slow::latency=3000"}',
+        '  slow-stream@sim: {provider: sim, model: "sim-slow-stream::tps=5,tokens=50"}',
         "  roomy@sim: {provider: sim, model: sim-roomy, context_window: 200000}",
     ]
-    routes = []
+    routes = ["  slow: {targets: [slow@sim]}", "  slow-stream: {targets: [slow-stream@sim]}"]
     for fault in FAULTS:
         for mode in ("json", "stream"):
             dep = f"{fault.name}-{mode}@{fault.provider}"
@@ -115,17 +118,28 @@ def gw(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 
 def attempts_of(gw: RunningGateway, request_id: str) -> list[tuple[str, str | None]]:
     """The ledger's attempt rows for one request, waiting for the writer to flush them."""
-    url = str(gw.state.repository.engine.url) if gw.state.repository else ""
+    return [(r[0], r[1]) for r in ledger_rows(gw, request_id)[1]]
 
-    async def read() -> list[Any]:
+
+def ledger_rows(gw: RunningGateway, request_id: str) -> tuple[Any, list[Any]]:
+    """(request row, attempt rows) once the writer has flushed them."""
+    url = (
+        gw.state.repository.engine.url.render_as_string(hide_password=False)
+        if gw.state.repository
+        else ""
+    )
+
+    async def read() -> tuple[Any, list[Any]] | None:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
                 found = await conn.execute(
-                    text("SELECT count(*) FROM requests WHERE id = :id"), {"id": request_id}
+                    text("SELECT final_status, error_class, attempts FROM requests WHERE id = :id"),
+                    {"id": request_id},
                 )
-                if not found.scalar():
-                    return []
+                request = found.first()
+                if request is None:
+                    return None
                 rows = await conn.execute(
                     text(
                         "SELECT role, error_class FROM attempts WHERE request_id = :id "
@@ -133,15 +147,15 @@ def attempts_of(gw: RunningGateway, request_id: str) -> list[tuple[str, str | No
                     ),
                     {"id": request_id},
                 )
-                return list(rows.all())
+                return request, list(rows.all())
         finally:
             await engine.dispose()
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        rows = asyncio.run(read())
-        if rows:
-            return [(r[0], r[1]) for r in rows]
+        found = asyncio.run(read())
+        if found is not None:
+            return found
         time.sleep(0.05)
     raise AssertionError(f"request {request_id} never reached the ledger")
 
@@ -207,3 +221,72 @@ def test_context_length_without_a_larger_target_is_the_clients_error(gw: Running
             model="context-length-json@sim", messages=[{"role": "user", "content": "x"}]
         )
     assert info.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(("route", "stream"), [("slow", False), ("slow-stream", True)])
+def test_client_disconnect_cancels_the_upstream_call(
+    gw: RunningGateway, route: str, stream: bool
+) -> None:
+    async def hang_up() -> str:
+        body: dict[str, Any] = {"model": route, "messages": HELLO, "stream": stream}
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(
+                f"{gw.base_url}/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            if stream:  # a few chunks in, then leave
+                await resp.content.readany()
+            request_id = resp.headers.get("x-request-id", "")
+            resp.close()
+            return request_id
+
+    async def hang_up_before_headers() -> None:
+        body = {"model": route, "messages": HELLO}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+            with pytest.raises(TimeoutError):
+                await session.post(
+                    f"{gw.base_url}/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
+
+    started = time.monotonic()
+    if stream:
+        request_id = asyncio.run(hang_up())
+        request, attempts = ledger_rows(gw, request_id)
+        assert tuple(request) == (499, "client_cancelled", 1)
+        assert attempts[0][1] == "client_cancelled"
+    else:
+        before = _cancelled_requests(gw)
+        asyncio.run(hang_up_before_headers())
+        deadline = time.monotonic() + 10
+        while _cancelled_requests(gw) == before:
+            assert time.monotonic() < deadline, "the cancelled request never reached the ledger"
+            time.sleep(0.05)
+    # The upstream would have taken 3 s (or 10 s for the stream): the gateway let go early.
+    assert time.monotonic() - started < 2.5
+
+
+def _cancelled_requests(gw: RunningGateway) -> int:
+    url = (
+        gw.state.repository.engine.url.render_as_string(hide_password=False)
+        if gw.state.repository
+        else ""
+    )
+
+    async def count() -> int:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                found = await conn.execute(
+                    text(
+                        "SELECT count(*) FROM requests WHERE final_status = 499 "
+                        "AND error_class = 'client_cancelled' AND route = 'slow'"
+                    )
+                )
+                return int(found.scalar() or 0)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
