@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ledger_db
 import litellm_env
 import report
 import wrk
@@ -20,7 +21,7 @@ SIM_KEY = "sim-key"
 FAREBOX_KEY = "bench-key"
 FAST_MODEL = "sim-small"
 SLOW_MODEL = "sim-small::latency=50"
-HEALTH = {"passthrough": "/healthz", "farebox": "/healthz", "litellm": "/health/liveliness"}
+HEALTH = {"litellm": "/health/liveliness"}  # everything else: /healthz
 
 
 def python() -> str:
@@ -65,36 +66,45 @@ def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Ta
     return target
 
 
-def farebox(sim_port: int, env: dict[str, str], cpus: set[int] | None, ledger: bool) -> Target:
-    """Farebox with its ledger in bench/.work/farebox (fresh, migrated SQLite), not var/."""
+FAREBOX_NAMES = {"off": "farebox-off", "postgres": "farebox-pg", "sqlite": "farebox-sqlite"}
+
+
+def farebox(
+    sim_port: int, env: dict[str, str], cpus: set[int] | None, ledger: str, pg_url: str | None
+) -> Target:
+    """Farebox with its ledger off, in Postgres (pg_url, migrated here) or in a fresh migrated
+    SQLite file; its data (spool, SQLite) in bench/.work/<name>/, never var/."""
+    name = FAREBOX_NAMES[ledger]
     port = free_port()
     version = report.dist_version("farebox")
-    target = Target("farebox", port, FAREBOX_KEY, "bench", "bench-slow", version=version)
+    target = Target(name, port, FAREBOX_KEY, "bench", "bench-slow", version=version)
     exe = str(ROOT / ".venv" / "bin" / "farebox")
-    data = WORK / "farebox"
+    data = WORK / name
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
+    sqlite_url = f"sqlite+aiosqlite:///{data / 'ledger.db'}"
+    target.ledger, target.spool_dir = ledger, data / "spool"
+    target.ledger_url = pg_url if ledger == "postgres" and pg_url else sqlite_url
     fb_env = {
         **env,
         "SIM_PORT": str(sim_port),
-        "FAREBOX_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'ledger.db'}",
-        "FAREBOX_SPOOL_DIR": str(data / "spool"),
-        "FAREBOX_LEDGER_ENABLED": "true" if ledger else "false",
+        "FAREBOX_DATABASE_URL": target.ledger_url,
+        "FAREBOX_SPOOL_DIR": str(target.spool_dir),
+        "FAREBOX_LEDGER_ENABLED": "false" if ledger == "off" else "true",
     }
-    if ledger:
-        mig = subprocess.run(
-            [exe, "migrate"], env=fb_env, cwd=ROOT, capture_output=True, text=True, check=False
-        )
-        if mig.returncode == 0:
-            target.remark = "ledger on: SQLite in bench/.work/farebox, migrated before start"
-        else:
-            err = (mig.stdout + mig.stderr).strip().splitlines()[-1:] or ["?"]
-            target.remark = f"ledger on, but `farebox migrate` failed: {err[0]}"
-    else:
-        target.remark = "ledger off (--farebox-ledger off)"
     argv = [exe, "serve", "--config", str(BENCH / "farebox.yaml")]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    target.proc = Proc("farebox", argv, fb_env, WORK / "farebox.log", cpus)
+    target.proc = Proc(name, argv, fb_env, WORK / f"{name}.log", cpus)
+    if ledger == "off":
+        target.remark = "`FAREBOX_LEDGER_ENABLED=false`"
+    elif ledger == "postgres" and not pg_url:
+        target.mark_unavailable("no PostgreSQL server")
+    elif (err := ledger_db.migrate(python(), target.ledger_url, fb_env)) is not None:
+        target.mark_unavailable(f"ledger migration failed: {err}")
+    elif ledger == "postgres":
+        target.remark = "`FAREBOX_DATABASE_URL=postgresql+asyncpg://…`, migrated before start"
+    else:
+        target.remark = "ledger in a fresh SQLite file in bench/.work/farebox-sqlite, migrated"
     return target
 
 
@@ -110,11 +120,14 @@ def litellm(sim_port: int, env: dict[str, str], cpus: set[int] | None, version: 
 def start(target: Target, timeout: float) -> None:
     """Spawn and wait for the first 200 on the health endpoint; mark unavailable on failure."""
     assert target.proc is not None
+    if not target.available:
+        print(f"bench: {target.name} unavailable: {target.note}", flush=True)
+        return
     print(f"bench: starting {target.name}", flush=True)
     try:
         target.proc.start()
         target.startup_s = target.proc.wait_ready(
-            target.port, "GET", HEALTH[target.name], None, timeout
+            target.port, "GET", HEALTH.get(target.name, "/healthz"), None, timeout
         )
     except (OSError, RuntimeError) as exc:
         tail = target.proc.log_tail()

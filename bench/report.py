@@ -16,11 +16,15 @@ from typing import Any
 import wrk
 from targets import Target
 
-ORDER = ["direct", "passthrough", "farebox", "litellm"]
+ORDER = ["direct", "passthrough", "farebox-off", "farebox-pg", "farebox-sqlite", "litellm"]
+FAREBOX = ["farebox-off", "farebox-pg", "farebox-sqlite"]
+LEDGER_ON = ["farebox-pg", "farebox-sqlite"]
 LABEL = {
     "direct": "direct (no gateway)",
     "passthrough": "bare passthrough",
-    "farebox": "Farebox",
+    "farebox-off": "Farebox (ledger off)",
+    "farebox-pg": "Farebox (ledger → Postgres)",
+    "farebox-sqlite": "Farebox (ledger → SQLite)",
     "litellm": "LiteLLM proxy",
 }
 MIB = 1024 * 1024
@@ -85,6 +89,7 @@ def meta(
             "duration_s": args.duration,
             "latency_duration_s": args.latency_duration,
             "rounds": args.rounds,
+            "latency_rounds": args.latency_rounds,
             "warmup_s": args.warmup,
             "connections": args.connections,
             "latency_connections": args.latency_connections,
@@ -95,6 +100,7 @@ def meta(
         "cpu_pinning": {
             "simulator": sorted(sim_cpus) if sim_cpus else "unpinned",
             "gateways": sorted(gw_cpus) if gw_cpus else "unpinned",
+            "postgres": sorted(sim_cpus) if sim_cpus else "unpinned",
             "wrk": "unpinned",
         },
         "simulator": {
@@ -104,6 +110,18 @@ def meta(
         },
         "install_s": round(t_installed - t_begin, 1),
         "bench_s": round(time.time() - t_installed, 1),
+    }
+
+
+def postgres_meta(pg: Any, durable: bool, db_pids: list[int]) -> dict[str, Any] | None:
+    """pg: the ledger_db.Postgres the run used, or None."""
+    if pg is None:
+        return None
+    return {
+        "version": pg.version,
+        "durable": durable,
+        "cpus_allowed": pg.cpus,
+        "postmaster_pid": db_pids[0] if db_pids else None,
     }
 
 
@@ -124,6 +142,7 @@ def _summary(rows: list[dict[str, Any]], direct: list[dict[str, Any]]) -> dict[s
         "p99_ms",
         "cpu_us_per_req",
         "sim_cpu_us_per_req",
+        "db_cpu_us_per_req",
         "added_p50_ms",
         "added_p99_ms",
     ]
@@ -153,6 +172,8 @@ def build(
             "startup_s": None if t.startup_s is None else round(t.startup_s, 3),
             "idle_rss_mib": None if t.idle_rss is None else round(t.idle_rss / MIB, 1),
             "loaded_rss_mib": None if t.loaded_rss is None else round(t.loaded_rss / MIB, 1),
+            "ledger": t.ledger or None,
+            "ledger_check": t.ledger_check,
             "scenarios": scen,
         }
     meta["versions"]["litellm"] = out_targets.get("litellm", {}).get("version") or "skipped"
@@ -170,21 +191,55 @@ def build(
 
 
 def _rps(targets: dict[str, Any], name: str, key: str) -> float | None:
+    """The median, also for a target that died in a later scenario (its note says so)."""
     t = targets.get(name)
-    if not t or not t["available"] or key not in t["scenarios"]:
+    if not t or key not in t["scenarios"]:
         return None
     value: float | None = t["scenarios"][key]["summary"]["ok_rps"]
     return value
 
 
-def _ratios(targets: dict[str, Any]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for key in ("rps", "rps_stream"):
-        fb = _rps(targets, "farebox", key)
-        for other in ("litellm", "passthrough"):
-            o = _rps(targets, other, key)
-            out[f"farebox_vs_{other}_{key}"] = round(fb / o, 3) if fb and o else None
+def _ratios(targets: dict[str, Any]) -> dict[str, Any]:
+    """Every Farebox target vs LiteLLM and vs the passthrough; ledger cost = 1 − rps(ledger
+    on) / rps(ledger off), from the medians and, paired, per interleaved round."""
+    out: dict[str, Any] = {}
+    for fb in (n for n in FAREBOX if n in targets):
+        for key in ("rps", "rps_stream"):
+            mine = _rps(targets, fb, key)
+            for other in ("litellm", "passthrough"):
+                o = _rps(targets, other, key)
+                out[f"{fb}_vs_{other}_{key}"] = round(mine / o, 3) if mine and o else None
+    for on in (n for n in LEDGER_ON if n in targets and "farebox-off" in targets):
+        for key in ("rps", "rps_stream"):
+            rps_on, rps_off = _rps(targets, on, key), _rps(targets, "farebox-off", key)
+            cost = round(1 - rps_on / rps_off, 4) if rps_on and rps_off else None
+            out[f"ledger_cost_{on}_{key}"] = cost
+            out[f"ledger_cost_{on}_{key}_rounds"] = _paired_costs(targets, on, key)
+            # The gateway saturates its one pinned CPU, so its throughput goes as
+            # 1 / (CPU per request): this estimate is much less sensitive to noise.
+            cpu_on, cpu_off = _cpu(targets, on, key), _cpu(targets, "farebox-off", key)
+            by_cpu = round(1 - cpu_off / cpu_on, 4) if cpu_on and cpu_off else None
+            out[f"ledger_cost_{on}_{key}_by_cpu"] = by_cpu
     return out
+
+
+def _cpu(targets: dict[str, Any], name: str, key: str) -> float | None:
+    t = targets.get(name)
+    if not t or key not in t["scenarios"]:
+        return None
+    value: float | None = t["scenarios"][key]["summary"]["cpu_us_per_req"]
+    return value
+
+
+def _paired_costs(targets: dict[str, Any], on: str, key: str) -> list[float]:
+    def by_round(name: str) -> dict[int, float]:
+        rows = targets[name]["scenarios"].get(key, {}).get("rounds", [])
+        return {r["round"]: r["ok_rps"] for r in rows}
+
+    on_rounds, off_rounds = by_round(on), by_round("farebox-off")
+    return [
+        round(1 - on_rounds[r] / off_rounds[r], 4) for r in sorted(on_rounds) if off_rounds.get(r)
+    ]
 
 
 def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
@@ -214,6 +269,15 @@ def _table(res: dict[str, Any]) -> list[str]:
         p50, p99 = cell(name, "latency", "p50_ms", ".2f"), cell(name, "latency", "p99_ms", ".2f")
         return p50 if p50 == "unavailable" else f"{p50} / {p99}"
 
+    def db_cpu(name: str) -> str:
+        if name != "farebox-pg":
+            return "n/a"
+        ns, st = (
+            cell(name, "rps", "db_cpu_us_per_req", ",.0f"),
+            cell(name, "rps_stream", "db_cpu_us_per_req", ",.0f"),
+        )
+        return ns if ns == "unavailable" else f"{ns} / {st}"
+
     def errors(name: str) -> str:
         return str(sum(s["summary"]["errors"] for s in targets[name]["scenarios"].values()))
 
@@ -231,6 +295,7 @@ def _table(res: dict[str, Any]) -> list[str]:
          lambda n: cell(n, "rps", "cpu_us_per_req", ",.0f", "n/a")),
         ("gateway CPU µs/request, stream",
          lambda n: cell(n, "rps_stream", "cpu_us_per_req", ",.0f", "n/a")),
+        ("ledger Postgres CPU µs/request, non-stream / stream", db_cpu),
         ("simulator CPU µs/request, non-stream",
          lambda n: cell(n, "rps", "sim_cpu_us_per_req", ",.0f")),
         ("idle RSS (MiB)", lambda n: attr(n, "idle_rss_mib", ".1f")),
@@ -244,15 +309,135 @@ def _table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ratio_lines(res: dict[str, Any]) -> list[str]:
+    targets, r = res["targets"], res["ratios"]
+    fbs = [n for n in FAREBOX if n in targets]
+    if not fbs:
+        return []
+
+    def pair(name: str, other: str) -> str:
+        ns = _fmt(r.get(f"{name}_vs_{other}_rps"), ".2f", "×")
+        st = _fmt(r.get(f"{name}_vs_{other}_rps_stream"), ".2f", "×")
+        return f"vs {LABEL[other]}: non-stream {ns}, stream {st}"
+
+    lines = ["**Ratios (requests/s):**", ""]
+    for fb in fbs:
+        # LiteLLM is compared with a metering Farebox (or the only one run).
+        others = ["litellm", "passthrough"] if fb in LEDGER_ON or len(fbs) == 1 else []
+        others = [o for o in others or ["passthrough"] if o in targets]
+        if others:
+            lines.append(f"- {LABEL[fb]} " + "; ".join(pair(fb, o) for o in others) + ".")
+    for on in (n for n in LEDGER_ON if n in targets and "farebox-off" in targets):
+        cost = [r.get(f"ledger_cost_{on}_{k}") for k in ("rps", "rps_stream")]
+        if cost == [None, None]:
+            down = [n for n in (on, "farebox-off") if not targets[n]["available"]]
+            why = "; ".join(f"{LABEL[n]} unavailable: {targets[n]['note']}" for n in down)
+            lines.append(f"- **{LABEL[on]}: ledger cost: not measured** ({why or 'no data'}).")
+            continue
+        rounds = [r.get(f"ledger_cost_{on}_{k}_rounds") or [] for k in ("rps", "rps_stream")]
+
+        def pct(v: float | None) -> str:
+            return _fmt(None if v is None else v * 100, ".1f", " %")
+
+        def per_round(vals: list[float]) -> str:
+            if not vals:
+                return "—"
+            listed = ", ".join(f"{v * 100:.1f}" for v in vals)
+            return f"{listed} (median {statistics.median(vals) * 100:.1f})"
+
+        lines.append(
+            f"- **{LABEL[on]}: ledger cost: {pct(cost[0])} of throughput (non-stream) / "
+            f"{pct(cost[1])} (stream)** = 1 − requests/s(ledger on) ÷ requests/s(ledger off), "
+            f"medians; paired per round, in %: non-stream {per_round(rounds[0])}; stream "
+            f"{per_round(rounds[1])}. " + _cpu_cost(targets, on)
+        )
+        by_cpu = [r.get(f"ledger_cost_{on}_{k}_by_cpu") for k in ("rps", "rps_stream")]
+        lines.append(
+            f"- {LABEL[on]}: the same cost from the gateway's CPU per request (it saturates "
+            f"its one pinned CPU, so req/s ∝ 1 ÷ CPU/request; less sensitive to noise on the "
+            f"other CPU), 1 − µs(ledger off) ÷ µs(ledger on): {pct(by_cpu[0])} (non-stream) / "
+            f"{pct(by_cpu[1])} (stream)."
+        )
+    return [*lines, ""]
+
+
+def _cpu_cost(targets: dict[str, Any], on: str) -> str:
+    def cpu(name: str, key: str, field: str) -> float | None:
+        t = targets[name]
+        value: float | None = t["scenarios"].get(key, {}).get("summary", {}).get(field)
+        return value
+
+    parts = []
+    for key, what in (("rps", "non-stream"), ("rps_stream", "stream")):
+        a, b = cpu(on, key, "cpu_us_per_req"), cpu("farebox-off", key, "cpu_us_per_req")
+        if a is not None and b is not None:
+            db = cpu(on, key, "db_cpu_us_per_req")
+            extra = f", Postgres {db:+,.0f} µs" if db is not None else ""
+            parts.append(f"gateway {a - b:+,.0f} µs{extra} ({what})")
+    return ("CPU per request, ledger on − off: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _ledger_check_lines(res: dict[str, Any]) -> list[str]:
+    out = []
+    for name in (n for n in LEDGER_ON if n in res["targets"]):
+        c = res["targets"][name].get("ledger_check")
+        if not c:
+            continue
+        rows = c["requests_rows"]
+        if rows is None:
+            out.append(f"- {LABEL[name]}: ledger rows could not be counted: {c['error']}")
+            continue
+        gap = rows - c["served"]
+        spool = (
+            f"{c['spool_files']} spool file(s), {c['spool_bytes']:,} bytes, left unwritten"
+            if c["spool_files"]
+            else "nothing left in the spool"
+        )
+        if 0 <= gap <= c["abandoned_max"]:
+            why = (
+                "within the requests wrk abandoned in flight when its runs ended (at most "
+                f"{c['abandoned_max']:,} in all), which the gateway completes and records"
+            )
+        elif gap < 0:
+            why = f"**{-gap:,} served requests have no row**"
+        else:
+            why = f"**more rows than wrk could have left in flight ({c['abandoned_max']:,})**"
+        out.append(
+            f"- {LABEL[name]}: **ledger rows written: {rows:,} requests** ({c['attempts_rows']:,} "
+            f"attempts), counted after stopping the process (SIGTERM: the writer flushes). "
+            f"It served {c['served']:,} responses: those wrk counted (warm-ups included) and "
+            f"the 3 functional checks; rows − served = {gap:+,}: {why}; {spool}."
+        )
+    return ["**Ledger check:**", "", *out, ""] if out else []
+
+
 def markdown(res: dict[str, Any]) -> str:
-    m, targets, r = res["meta"], res["targets"], res["ratios"]
+    m, targets = res["meta"], res["targets"]
     cfg, v, mach, pin = m["config"], m["versions"], m["machine"], m["cpu_pinning"]
-    noise = m["noise"]
+    noise, pg = m["noise"], m.get("postgres")
 
-    def ratio(key: str) -> str:
-        return _fmt(r.get(key), ".2f", "×")
-
-    farebox_remark = targets.get("farebox", {}).get("remark") or "not run"
+    remarks = [
+        f"{LABEL[n]}: {targets[n]['remark']}" for n in FAREBOX if targets.get(n, {}).get("remark")
+    ]
+    farebox_remark = "; ".join(remarks) or "not run"
+    pg_layout = " (and the ledger's PostgreSQL: postmaster and backends)" if pg else ""
+    pg_notes = []
+    if pg:
+        durability = (
+            "durability on as in production (fsync, synchronous_commit, full_page_writes; "
+            "`--pg-durability off` for the tests' settings)"
+            if pg["durable"]
+            else "durability off (fsync, synchronous_commit, full_page_writes), as in the tests"
+        )
+        pg_notes.append(
+            f"- Ledger PostgreSQL {pg['version']}: a private cluster started by the harness "
+            "with `tests/services.py` (free port, data in a temp dir, run as the postgres "
+            f"user), {durability}; schema from `gateway.ledger.migrate.upgrade` before Farebox "
+            f"starts. Its processes are pinned to the simulator's CPU (Cpus_allowed_list "
+            f"{pg['cpus_allowed']}), not the gateways'. Its CPU is not in the gateway's "
+            "figure: it has its own row. Farebox writes the ledger from a background task in "
+            "batches (500 rows or every 200 ms)."
+        )
     litellm_notes = []
     if "litellm" in targets:
         litellm_notes.append(
@@ -277,11 +462,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"orjson {v['orjson']}, wrk {v['wrk']}",
         f"- **Method:** wrk ({cfg['wrk_threads']} thread, `--latency`, Lua POST body), loopback "
         f"only. Per scenario: {cfg['warmup_s']:g} s warm-up per target, then "
-        f"{cfg['rounds']} interleaved round(s) over all targets (order rotated each round) of "
-        f"{cfg['duration_s']:g} s ({cfg['latency_duration_s']:g} s for latency); medians "
-        "shown. Added latency = target − direct percentile of the same round.",
-        "- **CPU layout:** the 2 cores are shared by simulator, gateway and wrk: simulator "
-        f"pinned to CPU {pin['simulator']}, gateways to CPU {pin['gateways']}, wrk floating. "
+        f"interleaved rounds over all targets (order rotated each round, and reversed every "
+        f"other round): {cfg['rounds']} of {cfg['duration_s']:g} s for requests/s, "
+        f"{cfg.get('latency_rounds', cfg['rounds'])} of {cfg['latency_duration_s']:g} s for "
+        "latency; medians shown. Added latency = target − direct percentile of the same round.",
+        "- **CPU layout:** the 2 cores are shared by simulator, gateway and wrk: simulator"
+        f"{pg_layout} pinned to CPU {pin['simulator']}, gateways to CPU {pin['gateways']}, "
+        "wrk floating. "
         "All gateways stay up for the whole run (idle while another is measured). "
         f"Simulator: `{m['simulator']['kind']}`, one process.",
         "- **Accounting:** 1 worker per gateway. CPU = utime+stime (+ reaped children) of "
@@ -290,12 +477,8 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         *_table(res),
         "",
-        "**Ratios (requests/s):** Farebox vs LiteLLM: non-stream "
-        f"{ratio('farebox_vs_litellm_rps')}, stream {ratio('farebox_vs_litellm_rps_stream')}. "
-        "Farebox vs bare passthrough (the ceiling): non-stream "
-        f"{ratio('farebox_vs_passthrough_rps')}, stream "
-        f"{ratio('farebox_vs_passthrough_rps_stream')}.",
-        "",
+        *_ratio_lines(res),
+        *_ledger_check_lines(res),
         "**Setup notes:**",
         "",
         "- Every target runs from precompiled bytecode (this environment sets "
@@ -303,7 +486,9 @@ def markdown(res: dict[str, Any]) -> str:
         "installs LiteLLM with `--compile-bytecode`).",
         *litellm_notes,
         "- The passthrough (`bench/passthrough.py`) logs nothing. Farebox runs "
-        f"`bench/farebox.yaml` as is; {farebox_remark}.",
+        f"`bench/farebox.yaml` as is, each variant its own process with a fresh spool dir "
+        f"under bench/.work/. {farebox_remark}.",
+        *pg_notes,
         "- wrk abandons in-flight requests when a run ends; the harness waits for the "
         "gateway and simulator to go idle before the next run. For a slow target the "
         "CPU/request figure can be off by about in-flight ÷ completed requests.",

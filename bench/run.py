@@ -1,10 +1,11 @@
 """`make bench`: one interleaved, time-bounded load benchmark on loopback.
 
-The same upstream simulator is measured behind: nothing ("direct"), Farebox (1 worker),
-the LiteLLM proxy (1 worker, pinned version in its own venv) and a bare ASGI passthrough
-(the ceiling for a Python gateway here). Writes bench/RESULTS.md and bench/results.json.
+The same upstream simulator is measured behind: nothing ("direct"), Farebox (1 worker) with
+its ledger off and with its ledger in a real PostgreSQL started here, the LiteLLM proxy
+(1 worker, pinned version in its own venv) and a bare ASGI passthrough (the ceiling for a
+Python gateway here). Writes bench/RESULTS.md and bench/results.json.
 
-    .venv/bin/python bench/run.py                           # full run, ~5 min after installs
+    .venv/bin/python bench/run.py                           # full run, ~7 min after installs
     .venv/bin/python bench/run.py --quick --skip-litellm    # ~1 min smoke run, written
                                                             # to bench/.work/quick/
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import launch
+import ledger_db
 import litellm_env
 import report
 import wrk
@@ -31,12 +34,21 @@ from targets import (
     children_cpu_seconds,
     free_port,
     machine_busy_seconds,
+    tree_cpu_seconds,
     tree_rss_bytes,
+    wait_tree_idle,
 )
 
 BENCH = Path(__file__).resolve().parent
 WORK = launch.WORK
 Rows = list[dict[str, Any]]
+FAREBOX_MODES = {
+    "both": ["off", "postgres"],
+    "off": ["off"],
+    "postgres": ["postgres"],
+    "sqlite": ["sqlite"],
+    "all": ["off", "postgres", "sqlite"],
+}
 
 
 @dataclass(frozen=True)
@@ -47,15 +59,21 @@ class Scenario:
     slow: bool
     connections: int
     duration: float
+    rounds: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per req/s run")
     p.add_argument(
         "--latency-duration", type=float, default=10.0, help="seconds per latency run (p99)"
     )
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds per req/s scenario (JSON, SSE)"
+    )
+    p.add_argument(
+        "--latency-rounds", type=int, default=2, help="interleaved rounds, latency scenario"
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target")
     p.add_argument("--connections", type=int, default=64, help="concurrency for requests/s")
     p.add_argument("--latency-connections", type=int, default=10, help="concurrency, latency")
@@ -64,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pin",
         choices=["auto", "none"],
         default="auto",
-        help="auto: simulator on the last CPU, gateways on the others, wrk floats",
+        help="auto: simulator and the ledger Postgres on the last CPU, gateways on\n"
+        "the others, wrk floats",
     )
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds (LiteLLM: 2x)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1 round, 1 s warm-up")
@@ -72,9 +91,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-farebox", action="store_true", help="do not run Farebox")
     p.add_argument(
         "--farebox-ledger",
+        choices=list(FAREBOX_MODES),
+        default="both",
+        help="which Farebox targets: both = ledger off + ledger in a PostgreSQL started\n"
+        "here; sqlite = ledger in a fresh SQLite file; all = the three",
+    )
+    p.add_argument(
+        "--pg-durability",
         choices=["on", "off"],
         default="on",
-        help="Farebox's ledger (on: fresh migrated SQLite under bench/.work/farebox)",
+        help="the ledger Postgres's fsync/synchronous_commit/full_page_writes\n"
+        "(on, as in production; off, as in the tests)",
     )
     p.add_argument(
         "--out",
@@ -89,7 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.latency_duration, args.rounds, args.warmup = 2.0, 2.0, 1, 1.0
+        args.duration, args.latency_duration, args.warmup = 2.0, 2.0, 1.0
+        args.rounds = args.latency_rounds = 1
     if args.out is None:
         args.out = WORK / "quick" if args.quick else BENCH
     return args
@@ -103,6 +131,9 @@ def problems(results: dict[str, Any]) -> list[str]:
         failed = sum(s["summary"]["errors"] for s in t["scenarios"].values())
         if failed:
             out.append(f"{name}: {failed} failed requests")
+        check = t.get("ledger_check")
+        if t["available"] and check and not check["requests_rows"]:
+            out.append(f"{name}: no ledger rows written {check['error']}".rstrip())
     return out
 
 
@@ -115,43 +146,57 @@ def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None]:
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    c, lc, d = args.connections, args.latency_connections, args.duration
+    c, lc, d, r = args.connections, args.latency_connections, args.duration, args.rounds
     return [
-        Scenario("rps", f"req/s @c{c}", stream=False, slow=False, connections=c, duration=d),
+        Scenario("rps", f"req/s @c{c}", stream=False, slow=False, connections=c, duration=d,
+                 rounds=r),
         Scenario("rps_stream", f"req/s stream @c{c}", stream=True, slow=False, connections=c,
-                 duration=d),
+                 duration=d, rounds=r),
         Scenario("latency", f"latency @c{lc}, 50 ms upstream", stream=False, slow=True,
-                 connections=lc, duration=args.latency_duration),
+                 connections=lc, duration=args.latency_duration, rounds=args.latency_rounds),
     ]  # fmt: skip
 
 
-def measure(t: Target, sim: Proc, script: Path, sc: Scenario, seconds: float) -> dict[str, Any]:
-    def sample() -> tuple[float, float, float, float, float]:
+def measure(
+    t: Target, sim: Proc, db_pids: list[int], script: Path, sc: Scenario, seconds: float
+) -> dict[str, Any]:
+    def sample() -> tuple[float, float, float, float, float, float]:
         gateway = t.proc.cpu_seconds() if t.proc else 0.0
+        db = sum(tree_cpu_seconds(pid) for pid in db_pids)
         return (time.perf_counter(), gateway, sim.cpu_seconds(), children_cpu_seconds(),
-                machine_busy_seconds())  # fmt: skip
+                machine_busy_seconds(), db)  # fmt: skip
 
-    t0, gw0, sim0, wrk0, busy0 = sample()
+    t0, gw0, sim0, wrk0, busy0, db0 = sample()
     res = wrk.run_wrk(t.url(), script, sc.connections, seconds, log=WORK / "wrk.log")
-    t1, gw1, sim1, wrk1, busy1 = sample()
+    t1, gw1, sim1, wrk1, busy1, db1 = sample()
+    t.served += res.requests
+    t.abandoned_max += sc.connections
     row: dict[str, Any] = res.to_dict()
     n = max(res.requests, 1)
     row["cpu_us_per_req"] = round((gw1 - gw0) / n * 1e6, 1) if t.proc else None
     row["sim_cpu_us_per_req"] = round((sim1 - sim0) / n * 1e6, 1)
+    # The ledger database server (a separate process tree) for the target writing to it.
+    row["db_cpu_us_per_req"] = round((db1 - db0) / n * 1e6, 1) if t.db_pid else None
     row["wrk_cores"] = round((wrk1 - wrk0) / (t1 - t0), 2)
     # CPU used by everything else on the machine during the run, in cores: the noise.
-    ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0)
+    ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0) + (db1 - db0)
     row["other_cores"] = round(max(0.0, (busy1 - busy0) - ours) / (t1 - t0), 2)
     return row
 
 
 def run_one(
-    t: Target, sim: Proc, script: Path, sc: Scenario, seconds: float, into: Rows | None
+    t: Target,
+    sim: Proc,
+    db_pids: list[int],
+    script: Path,
+    sc: Scenario,
+    seconds: float,
+    into: Rows | None,
 ) -> None:
     if not t.available:
         return
     try:
-        row = measure(t, sim, script, sc, seconds)
+        row = measure(t, sim, db_pids, script, sc, seconds)
     except (RuntimeError, OSError) as exc:
         t.mark_unavailable(f"wrk failed during {sc.key}: {exc}")
         return
@@ -160,14 +205,15 @@ def run_one(
         return
     # wrk abandons in-flight requests at the end; a gateway still working through them
     # would steal CPU from the next run, so wait until it (and the simulator) is idle.
-    row["drain_s"] = round((t.proc.wait_idle() if t.proc else 0.0) + sim.wait_idle(), 2)
+    waited = (t.proc.wait_idle() if t.proc else 0.0) + sim.wait_idle()
+    row["drain_s"] = round(waited + sum(wait_tree_idle(pid) for pid in db_pids), 2)
     if into is not None:
         row["round"] = len(into) + 1
         into.append(row)
 
 
 def run_scenarios(
-    args: argparse.Namespace, targets: list[Target], sim: Proc
+    args: argparse.Namespace, targets: list[Target], sim: Proc, db_pids: list[int]
 ) -> dict[str, dict[str, Rows]]:
     raw: dict[str, dict[str, Rows]] = {t.name: {} for t in targets}
     for sc in scenarios(args):
@@ -178,17 +224,37 @@ def run_scenarios(
             scripts[t.name] = wrk.write_script(lua, t.api_key, model, sc.stream)
         print(f"bench: {sc.title}: warm-up", flush=True)
         for t in targets:
-            run_one(t, sim, scripts[t.name], sc, args.warmup, None)
-        for rnd in range(args.rounds):
+            run_one(t, sim, db_pids, scripts[t.name], sc, args.warmup, None)
+        for rnd in range(sc.rounds):
             live = [t for t in targets if t.available]
-            shift = rnd % max(len(live), 1)  # rotate the order: no target always goes first
-            for t in live[shift:] + live[:shift]:
+            # Rotate the order (no target always goes first) and reverse it every other round
+            # (no target always runs just before its neighbour, e.g. ledger off → on).
+            shift = rnd % max(len(live), 1)
+            order = live[shift:] + live[:shift]
+            for t in reversed(order) if rnd % 2 else order:
                 rows = raw[t.name].setdefault(sc.key, [])
-                run_one(t, sim, scripts[t.name], sc, sc.duration, rows)
+                run_one(t, sim, db_pids, scripts[t.name], sc, sc.duration, rows)
             done = [t for t in live if raw[t.name].get(sc.key)]
             line = "  ".join(f"{t.name}={raw[t.name][sc.key][-1]['ok_rps']:.0f}/s" for t in done)
-            print(f"bench: {sc.title}: round {rnd + 1}/{args.rounds}: {line}", flush=True)
+            print(f"bench: {sc.title}: round {rnd + 1}/{sc.rounds}: {line}", flush=True)
     return raw
+
+
+def start_postgres(
+    args: argparse.Namespace, cpus: set[int] | None
+) -> tuple[ledger_db.Postgres | None, str]:
+    """The ledger's PostgreSQL when a Farebox target needs it: (server, "") or (None, why)."""
+    if args.skip_farebox or "postgres" not in FAREBOX_MODES[args.farebox_ledger]:
+        return None, ""
+    print("bench: starting PostgreSQL for the Farebox ledger", flush=True)
+    try:
+        pg = ledger_db.start(WORK / "postgres", cpus, args.pg_durability == "on")
+    except (RuntimeError, OSError, TimeoutError, subprocess.SubprocessError) as exc:
+        why = f"PostgreSQL did not start: {str(exc).strip().splitlines()[0][:300]}"
+        print(f"bench: {why}", flush=True)
+        return None, why
+    print(f"bench: PostgreSQL {pg.version} up, postmaster on CPUs {pg.cpus}", flush=True)
+    return pg, ""
 
 
 def start_targets(
@@ -196,13 +262,22 @@ def start_targets(
     sim_port: int,
     env: dict[str, str],
     cpus: set[int] | None,
+    pg: tuple[ledger_db.Postgres | None, str],
     targets: list[Target],
 ) -> None:
     """Fill `targets` (in place, so the caller can stop whatever started if interrupted)."""
     targets.append(Target("direct", sim_port, launch.SIM_KEY, launch.FAST_MODEL, launch.SLOW_MODEL))
     gateways = [launch.passthrough(sim_port, env, cpus)]
-    if not args.skip_farebox:
-        gateways.append(launch.farebox(sim_port, env, cpus, args.farebox_ledger == "on"))
+    server, pg_error = pg
+    for ledger in [] if args.skip_farebox else FAREBOX_MODES[args.farebox_ledger]:
+        url = server.url if server is not None else None
+        fb = launch.farebox(sim_port, env, cpus, ledger, url)
+        if ledger == "postgres":
+            if server is not None:
+                fb.db_pid = server.postmaster_pid
+            elif fb.note == "no PostgreSQL server":
+                fb.note = pg_error
+        gateways.append(fb)
     if not args.skip_litellm:
         gateways.append(launch.litellm(sim_port, env, cpus, litellm_env.pinned_version()))
     for t in gateways:  # one at a time, so startup times are not contended
@@ -213,9 +288,27 @@ def start_targets(
         if t.available and t.proc is not None:
             t.idle_rss = t.proc.rss_bytes()
     for t in targets:
-        if t.available and (err := launch.check(t)) is not None:
+        if not t.available:
+            continue
+        if (err := launch.check(t)) is not None:
             t.mark_unavailable(err)
             print(f"bench: {t.name} unavailable: {err}", flush=True)
+        else:
+            t.served += 3  # the three functional check requests
+
+
+def verify_ledgers(targets: list[Target], pg: ledger_db.Postgres | None) -> None:
+    """After the last run: stop each ledger-on Farebox (it flushes on SIGTERM) and count the
+    rows in its ledger."""
+    for t in targets:
+        if t.ledger in ("postgres", "sqlite") and (t.available or t.served):
+            t.ledger_check = check = ledger_db.verify(t, pg)
+            found = check["requests_rows"]
+            print(
+                f"bench: {t.name}: ledger rows written: {found} requests, "
+                f"{check['attempts_rows']} attempts (served {t.served}) {check['error']}".rstrip(),
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,21 +333,29 @@ def main(argv: list[str] | None = None) -> int:
     sim, sim_kind = launch.simulator(sim_port, env, sim_cpus)
     probe = wrk.request_body(launch.FAST_MODEL, False).encode()
     targets: list[Target] = []
+    pg: ledger_db.Postgres | None = None
     sim.start()
     try:
         sim_startup = sim.wait_ready(sim_port, "POST", "/v1/chat/completions", probe, 60)
-        start_targets(args, sim_port, env, gw_cpus, targets)
-        raw = run_scenarios(args, targets, sim)
+        # Postgres goes on the simulator's CPU (not the gateways'): see cpu_plan.
+        pg, pg_error = start_postgres(args, sim_cpus)
+        start_targets(args, sim_port, env, gw_cpus, (pg, pg_error), targets)
+        db_pids = [pg.postmaster_pid] if pg is not None else []
+        raw = run_scenarios(args, targets, sim, db_pids)
         for t in targets:
             if t.available and t.proc is not None:
                 t.loaded_rss = t.proc.rss_bytes()
+        verify_ledgers(targets, pg)
         sim_info = {"kind": sim_kind, "startup_s": sim_startup, "rss": tree_rss_bytes(sim.pid)}
         meta = report.meta(args, sys.argv, sim_info, (sim_cpus, gw_cpus), t_begin, t_installed)
+        meta["postgres"] = report.postgres_meta(pg, args.pg_durability == "on", db_pids)
     finally:
         for t in targets:
             if t.proc is not None:
                 t.proc.stop()
         sim.stop()
+        if pg is not None:
+            pg.close()
     results = report.build(meta, targets, raw, [asdict(s) for s in scenarios(args)])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

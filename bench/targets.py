@@ -10,8 +10,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -86,6 +88,30 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def wait_idle(
+    cpu_seconds: Callable[[], float],
+    alive: Callable[[], bool],
+    window: float = 0.2,
+    busy: float = 0.05,
+    timeout: float = 20.0,
+) -> float:
+    """Block until cpu_seconds() grows by < busy x one CPU over a window; seconds waited."""
+    start = time.perf_counter()
+    last = cpu_seconds()
+    while time.perf_counter() - start < timeout and alive():
+        time.sleep(window)
+        now = cpu_seconds()
+        if now - last < busy * window:
+            break
+        last = now
+    return time.perf_counter() - start
+
+
+def wait_tree_idle(root: int) -> float:
+    """wait_idle for a process tree the harness did not spawn (the ledger's Postgres)."""
+    return wait_idle(lambda: tree_cpu_seconds(root), lambda: Path(f"/proc/{root}").exists())
+
+
 def tree_rss_bytes(root: int) -> int:
     total = 0
     for pid in tree_pids(root):
@@ -152,18 +178,9 @@ class Proc:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.pid) if self.alive() else 0.0
 
-    def wait_idle(self, window: float = 0.2, busy: float = 0.05, timeout: float = 20.0) -> float:
-        """Block until the tree uses < busy x one CPU over a window (abandoned in-flight
-        requests finished); seconds waited."""
-        start = time.perf_counter()
-        last = self.cpu_seconds()
-        while time.perf_counter() - start < timeout and self.alive():
-            time.sleep(window)
-            now = self.cpu_seconds()
-            if now - last < busy * window:
-                break
-            last = now
-        return time.perf_counter() - start
+    def wait_idle(self) -> float:
+        """Block until the tree is idle (abandoned in-flight requests finished); seconds."""
+        return wait_idle(self.cpu_seconds, self.alive)
 
     def rss_bytes(self) -> int:
         return tree_rss_bytes(self.pid) if self.alive() else 0
@@ -207,6 +224,13 @@ class Target:
     startup_s: float | None = None
     idle_rss: int | None = None
     loaded_rss: int | None = None
+    ledger: str = ""  # Farebox only: "off", "postgres" or "sqlite"
+    ledger_url: str = ""  # where its ledger rows go (when on)
+    spool_dir: Path | None = None
+    db_pid: int | None = None  # its ledger's database server (Postgres postmaster), if any
+    served: int = 0  # responses wrk counted over every run (warm-ups too) + functional checks
+    abandoned_max: int = 0  # upper bound on requests in flight when wrk ended a run
+    ledger_check: dict[str, Any] | None = None  # rows found in the ledger after the runs
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"

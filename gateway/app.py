@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from gateway.settings import Settings
 from gateway.state import GatewayState, build_state, check_ledger, warm_up
 
 log = logging.getLogger("farebox")
+
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class StateHolder:
@@ -69,6 +72,12 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
         if state.breakers is not None:
             await state.breakers.start()
         holder.state = state
+        # Start-up objects (config, price maps, modules) live for the whole process: keep
+        # them out of every future collection, and collect young objects less often — the
+        # hot path allocates many short-lived ones and rarely makes cycles.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         warming = asyncio.get_running_loop().run_in_executor(None, warm_up, state)
         # Awaited (bounded) so "startup complete" means the operator has been told.
         with contextlib.suppress(TimeoutError):

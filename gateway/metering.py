@@ -194,7 +194,7 @@ class Meter:
             price_version=version,
         )
         ctx.attempts.append(row)
-        metrics.ATTEMPTS.labels(dep.id, attempt.role, error or "ok").inc()
+        metrics.count_attempt(dep.id, attempt.role, error or "ok")
         return row
 
     def finish(
@@ -252,5 +252,5 @@ class Meter:
             ttft_ms=ctx.ttft_ms,
         )
         self.ledger.record(row, attempts)
-        metrics.REQUESTS.labels(plan.route, str(status)).inc()
+        metrics.count_request(plan.route, status)
         return row

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 LEDGER_QUEUE_DEPTH = Gauge(
@@ -41,3 +43,25 @@ BREAKER_OPENED = Counter(
     "Breakers opened at once because the provider rejected our credentials or model (401/403/404)",
     ["deployment"],
 )
+
+
+# labels() validates and locks on every call; the label sets here are bounded by the config,
+# so keep the children and just increment them on the hot path.
+_attempt_children: dict[tuple[str, str, str], Any] = {}
+_request_children: dict[tuple[str, int], Any] = {}
+
+
+def count_attempt(deployment: str, role: str, outcome: str) -> None:
+    key = (deployment, role, outcome)
+    child = _attempt_children.get(key)
+    if child is None:
+        child = _attempt_children[key] = ATTEMPTS.labels(deployment, role, outcome)
+    child.inc()
+
+
+def count_request(route: str, status: int) -> None:
+    key = (route, status)
+    child = _request_children.get(key)
+    if child is None:
+        child = _request_children[key] = REQUESTS.labels(route, str(status))
+    child.inc()

@@ -8,6 +8,9 @@ to back off, which targets to skip) comes from the pure functions in routing.fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -42,6 +45,7 @@ from routing.model import Plan, PlannedAttempt, Timeouts
 __all__ = ["DONE", "Completion", "Service", "StreamingCompletion", "client_error"]
 
 T = TypeVar("T")
+_NO_DEADLINE = contextlib.nullcontext()
 # Don't start another try unless at least this much of the plan's deadline is left.
 MIN_ATTEMPT_S = 0.05
 
@@ -64,7 +68,6 @@ class Completion:
     body: bytes
     deployment: str
     attempts: int
-    upstream_request_id: str | None
     cost_usd: Decimal | None
     fallback_reason: str | None = None
 
@@ -73,7 +76,6 @@ class Completion:
 class StreamingCompletion:
     deployment: str
     attempts: int
-    upstream_request_id: str | None
     chunks: AsyncIterator[bytes]
     fallback_reason: str | None = None
 
@@ -124,13 +126,12 @@ class Service:
 
         run: _Run[Any] = _Run(ctx, plan, ctx.t0 + plan.timeouts.total_ms / 1000)
         attempt, reply, started = await self._walk(run, call, stream=False)
-        row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
+        self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
         request = self.meter.finish(ctx, plan, 200, None, attempt.deployment.id)
         return Completion(
             body=reply.raw,
             deployment=attempt.deployment.id,
             attempts=request.attempts,
-            upstream_request_id=row.provider_request_id,
             cost_usd=request.cost_usd,
             fallback_reason="; ".join(run.reasons) or None,
         )
@@ -205,7 +206,6 @@ class Service:
         return StreamingCompletion(
             deployment=dep_id,
             attempts=len(ctx.attempts) + 1,
-            upstream_request_id=opened.stream.request_id,
             chunks=relay.run(opened.blocks, opened.first),
             fallback_reason="; ".join(run.reasons) or None,
         )
@@ -263,9 +263,16 @@ class Service:
                 return len(targets)  # out of time: stop walking
             attempt = planned if number == 1 else PlannedAttempt(dep, "retry")
             started = time.perf_counter()
-            bounded = _bounded(plan.timeouts, remaining, stream)
+            bounded = _bounded(plan.timeouts, stream)
+            # The first try's own timeouts already end within the plan's total; later
+            # tries get an explicit deadline (skipped when not needed: it costs a timer).
+            deadline = (
+                asyncio.timeout(remaining)
+                if remaining * 1000 < plan.timeouts.total_ms
+                else _NO_DEADLINE
+            )
             try:
-                async with asyncio.timeout(remaining):
+                async with deadline:
                     if (
                         number == 1
                         and index == 0
@@ -436,18 +443,22 @@ class Service:
         return error
 
 
-def _bounded(t: Timeouts, remaining_s: float, stream: bool) -> Timeouts:
-    """Per-try timeouts that never outlive the plan's deadline."""
-    limit_ms = max(1, int(remaining_s * 1000))
-    if not stream and t.attempt_ms is not None:
-        limit_ms = min(limit_ms, t.attempt_ms)
-    if t.total_ms <= limit_ms:
+def _bounded(t: Timeouts, stream: bool) -> Timeouts:
+    """Per-try timeouts. The plan's deadline is enforced around each try already, so only
+    a non-stream try's own cap (`attempt_ms`) changes anything here."""
+    if stream or t.attempt_ms is None or t.attempt_ms >= t.total_ms:
         return t
-    return Timeouts(
-        connect_ms=min(t.connect_ms, limit_ms),
-        ttft_ms=min(t.ttft_ms, limit_ms),
-        total_ms=limit_ms,
-        idle_ms=t.idle_ms,
+    return _capped(t)
+
+
+@functools.lru_cache(maxsize=256)
+def _capped(t: Timeouts) -> Timeouts:
+    assert t.attempt_ms is not None
+    return dataclasses.replace(
+        t,
+        connect_ms=min(t.connect_ms, t.attempt_ms),
+        ttft_ms=min(t.ttft_ms, t.attempt_ms),
+        total_ms=t.attempt_ms,
     )
 
 

@@ -7,7 +7,7 @@ read that holds `[DONE]`, an error event or the usage chunk is decoded.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -73,12 +73,18 @@ class Relay:
         block = first
         try:
             while True:
-                if not (b"[DONE]" in block or b'"error"' in block or _USAGE.search(block)):
+                special = _first_special(block)
+                if special < 0:
                     events_seen += block.count(b"data:")
                     yield block
                 else:
-                    out = []
-                    for data in decode_events(block):
+                    # Forward the plain events before the first special one as they are;
+                    # decode only from there on (usually just the usage chunk and [DONE]).
+                    cut = block.rfind(b"\n\n", 0, special)
+                    start = cut + 2 if cut >= 0 else 0
+                    out = [block[:start]] if start > 0 else []
+                    events_seen += block.count(b"data:", 0, start)
+                    for data in decode_events(block[start:]):
                         if data == b"[DONE]":
                             out.append(DONE)
                             outcome = None
@@ -157,6 +163,15 @@ def stream_error_event(message: str, *, code: str) -> bytes:
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
 
+def _first_special(block: bytes) -> int:
+    """Offset of the first marker that needs decoding ([DONE], an error, usage), or -1."""
+    found = [i for i in (block.find(b"[DONE]"), block.find(b'"error"')) if i >= 0]
+    usage = _USAGE.search(block)
+    if usage is not None:
+        found.append(usage.start())
+    return min(found) if found else -1
+
+
 def decode_events(block: bytes) -> list[bytes]:
     decoder = SSEDecoder()
     return decoder.feed(block) + decoder.finish()
@@ -201,7 +216,7 @@ def first_read_state(block: bytes, deployment: str) -> tuple[bool, UpstreamError
     A role-only first chunk carries no answer yet, so we keep failover open until the
     first chunk with content, a tool call, a finish reason or usage — or until [DONE].
     """
-    for data in decode_events(block):
+    for data in _iter_events(block):
         if data == b"[DONE]":
             return True, None
         if data[:1] != b"{":
@@ -225,6 +240,18 @@ def first_read_state(block: bytes, deployment: str) -> tuple[bool, UpstreamError
         if _substantive(event):
             return True, None
     return False, None
+
+
+def _iter_events(block: bytes) -> Iterator[bytes]:
+    """Events one by one, so the caller can stop at the first that matters."""
+    start = 0
+    while start < len(block):
+        end = block.find(b"\n\n", start)
+        if end < 0:
+            end = len(block)
+        data = decode_events(block[start : end + 2])
+        yield from data
+        start = end + 2
 
 
 def _substantive(event: dict[str, Any]) -> bool:

@@ -272,15 +272,22 @@ def _record_closed(
         cur_fail += 1
         consecutive = state.consecutive_failures + 1
         last_failure = now
-    updated = replace(
-        state,
-        consecutive_failures=consecutive,
-        window_start=start,
-        window_requests=cur_req,
-        window_failures=cur_fail,
-        prev_requests=prev_req,
-        prev_failures=prev_fail,
-        last_failure_at=last_failure,
+    # The constructor rather than dataclasses.replace: this runs for every successful
+    # attempt, and replace() introspects the fields each time (several times slower).
+    updated = BreakerState(
+        state.state,
+        consecutive,
+        start,
+        cur_req,
+        cur_fail,
+        prev_req,
+        prev_fail,
+        state.opened_at,
+        state.cooldown_s,
+        state.trips,
+        state.probe_in_flight,
+        state.probe_expires_at,
+        last_failure,
     )
     if success:
         return updated

@@ -139,10 +139,6 @@ class OpenAIEndpoints:
                 )
             if result.cost_usd is not None:
                 headers.append((b"x-farebox-cost-usd", f"{result.cost_usd.normalize():f}".encode()))
-            if result.upstream_request_id:
-                headers.append(
-                    (b"x-farebox-upstream-request-id", result.upstream_request_id.encode())
-                )
             await send_bytes(send, 200, result.body, headers)
         except asyncio.CancelledError:
             if not watch.fired:

@@ -78,8 +78,6 @@ class OpenAICompatAdapter:
                 sock_connect=t.connect_ms / 1000,
                 sock_read=max(t.idle_ms, t.ttft_ms) / 1000 if stream else None,
             )
-            if len(self._timeouts) > 1024:  # deadline-bounded variants are one-offs
-                self._timeouts.clear()
             self._timeouts[(t, stream)] = cached
         return cached
 

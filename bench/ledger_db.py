@@ -1,0 +1,174 @@
+"""The ledger side of the benchmark: a throwaway PostgreSQL for the "ledger → Postgres"
+Farebox target, schema migration, and counting the rows a target really wrote.
+
+The server comes from the test suite's `tests/services.py` (free port, data in a temp dir,
+`runuser -u postgres` when running as root, stopped at interpreter exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from targets import Target
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # appended: bench/ modules keep precedence
+
+from tests.services import PostgresServer, postgres_bin_dir, start_postgres  # noqa: E402
+
+DB_NAME = "farebox_bench"
+# tests/services.py turns durability off (its data is disposable); a production ledger keeps it.
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+@dataclass
+class Postgres:
+    server: PostgresServer
+    url: str
+    version: str
+    postmaster_pid: int
+    cpus: str  # the postmaster's Cpus_allowed_list, as the kernel reports it
+    durable: bool
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@contextlib.contextmanager
+def _affinity(cpus: set[int] | None) -> Iterator[None]:
+    """Run the body with this process pinned to cpus: everything it spawns (pg_ctl, the
+    postmaster and, through fork, every backend) inherits the mask. Restored afterwards."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _ensure_binaries() -> None:
+    try:
+        postgres_bin_dir()
+        return
+    except RuntimeError:
+        pass
+    print("bench: PostgreSQL binaries missing; running scripts/ensure-services.sh", flush=True)
+    script = ROOT / "scripts" / "ensure-services.sh"
+    done = subprocess.run([str(script)], cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"]
+        raise RuntimeError(f"scripts/ensure-services.sh failed ({done.returncode}): {tail[0]}")
+    postgres_bin_dir()  # raises with the reason if still missing
+
+
+def _postmaster_pid(server: PostgresServer) -> int:
+    return int((server.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+def _cpus_allowed(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def start(work: Path, cpus: set[int] | None, durable: bool) -> Postgres:
+    """A fresh server with an empty DB_NAME database; RuntimeError/OSError with the reason."""
+    _ensure_binaries()
+    work.mkdir(parents=True, exist_ok=True)
+    with _affinity(cpus):
+        server = start_postgres(work)
+        try:
+            if durable:
+                for key, value in DURABLE.items():
+                    server.psql(f"ALTER SYSTEM SET {key} = {value}")
+                server.stop()
+                server.start()
+            server.create_database(DB_NAME)
+            version = server.psql("SHOW server_version").strip()
+        except Exception:
+            server.close()
+            raise
+    pid = _postmaster_pid(server)
+    return Postgres(server, server.url(DB_NAME), version, pid, _cpus_allowed(pid), durable)
+
+
+def migrate(python: str, url: str, env: dict[str, str]) -> str | None:
+    """`gateway.ledger.migrate.upgrade(url)` in a child process (the harness itself never
+    imports the gateway, which may be mid-edit); the error's last line, or None."""
+    code = "import sys; from gateway.ledger.migrate import upgrade; upgrade(sys.argv[1])"
+    done = subprocess.run(
+        [python, "-c", code, url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode == 0:
+        return None
+    return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
+
+
+def _count_postgres(pg: Postgres) -> tuple[int, int]:
+    out = pg.server.psql(
+        "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts)", DB_NAME
+    )
+    requests, attempts = out.strip().split("|")
+    return int(requests), int(attempts)
+
+
+def _count_sqlite(url: str) -> tuple[int, int]:
+    path = url.split(":///", 1)[1]
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        requests = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+        attempts = conn.execute("SELECT count(*) FROM attempts").fetchone()[0]
+    return int(requests), int(attempts)
+
+
+def _spool_contents(spool: Path | None) -> tuple[int, int]:
+    """(files, bytes) left in the spool: batches the writer could not put in the database."""
+    if spool is None or not spool.exists():
+        return 0, 0
+    files = [p for p in spool.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def verify(target: Target, pg: Postgres | None) -> dict[str, Any]:
+    """Stop the target (SIGTERM: the writer flushes what it has queued), then count its rows.
+    Call only after the target's last run."""
+    if target.proc is not None:
+        target.proc.stop(grace=30.0)
+    out: dict[str, Any] = {
+        "served": target.served,
+        "abandoned_max": target.abandoned_max,
+        "requests_rows": None,
+        "attempts_rows": None,
+        "error": "",
+    }
+    try:
+        if target.ledger == "postgres":
+            if pg is None:
+                raise RuntimeError("no Postgres server")
+            out["requests_rows"], out["attempts_rows"] = _count_postgres(pg)
+        else:
+            out["requests_rows"], out["attempts_rows"] = _count_sqlite(target.ledger_url)
+    except (RuntimeError, OSError, ValueError, sqlite3.Error, subprocess.SubprocessError) as exc:
+        out["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+    out["spool_files"], out["spool_bytes"] = _spool_contents(target.spool_dir)
+    return out
