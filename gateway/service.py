@@ -264,13 +264,10 @@ class Service:
             attempt = planned if number == 1 else PlannedAttempt(dep, "retry")
             started = time.perf_counter()
             bounded = _bounded(plan.timeouts, stream)
-            # The first try's own timeouts already end within the plan's total; later
-            # tries get an explicit deadline (skipped when not needed: it costs a timer).
-            deadline = (
-                asyncio.timeout(remaining)
-                if remaining * 1000 < plan.timeouts.total_ms
-                else _NO_DEADLINE
-            )
+            # The first try starts with the plan's whole budget, and its own timeouts end
+            # within it (give or take the microseconds since the request arrived); later
+            # tries get an explicit deadline. Skipping it for the first saves a timer.
+            deadline = asyncio.timeout(remaining) if run.ctx.attempts else _NO_DEADLINE
             try:
                 async with deadline:
                     if (

@@ -7,6 +7,7 @@ of times. Every database error propagates so the caller can spool the batch to d
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,11 @@ from gateway.ledger.models import COST, attempts_table, requests_table
 
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRow))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))
+# One C-level call per row instead of a Python loop over ~25 attributes.
+_GETTERS = {
+    "requests": operator.attrgetter(*_REQUEST_FIELDS),
+    "attempts": operator.attrgetter(*_ATTEMPT_FIELDS),
+}
 _TOKEN_COLUMNS = (
     "input_uncached_tokens",
     "cached_read_tokens",
@@ -191,7 +197,7 @@ class LedgerRepository:
                 )
             )
             for table, fields, items in batches:
-                records = [tuple(getattr(item, name) for name in fields) for item in items]
+                records = list(map(_GETTERS[table.name], items))
                 await raw.copy_records_to_table(
                     _stage(table), records=records, columns=list(fields)
                 )

@@ -97,11 +97,19 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue and not self._closing:
-                with contextlib.suppress(TimeoutError):
+            timed_out = False
+            if not self._closing and self._queued_rows < self._batch_rows:
+                # Fill a batch, but hold no row longer than max_delay: every batch has a
+                # fixed cost (checkout, transaction, COPY setup), so under load writing
+                # whatever trickled in while the last batch was busy would be wasteful.
+                try:
                     await asyncio.wait_for(self._wake.wait(), self._max_delay)
+                except TimeoutError:
+                    timed_out = True
             self._wake.clear()
-            while self._queue:
+            while self._queued_rows >= self._batch_rows:
+                await self._write(self._take())
+            if self._queue and (timed_out or self._closing):
                 await self._write(self._take())
             metrics.LEDGER_QUEUE_DEPTH.set(self._queued_rows)
             if self._needs_replay and not self._closing:
