@@ -13,8 +13,12 @@ clients the root.  ``GET /_stats`` and ``POST /_reset`` live at the root too.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from aiohttp import web
 
@@ -85,3 +89,22 @@ def start_simulator(
         thread.join(10)
 
     return str(state["url"]), stop
+
+
+def simulator_stats(base_url: str) -> dict[str, Any]:
+    """The simulator's own count of what it served (`GET /_stats`)."""
+    with urllib.request.urlopen(f"{base_url}/_stats") as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def reset_simulator(base_url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{base_url}/_reset", method="POST")).read()
+
+
+@contextmanager
+def running_simulator(*, seed: int = 0, require_key: str | None = None) -> Iterator[str]:
+    url, stop = start_simulator(require_key, seed=seed)
+    try:
+        yield url
+    finally:
+        stop()

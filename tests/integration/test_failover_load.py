@@ -4,20 +4,18 @@ processes through Redis, and hedging against a slow tail. Real processes, real R
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.gateway_process import gateway_process
 from tests.services import RedisServer
-from tests.simulator import start_simulator
+from tests.simulator import running_simulator
+from tests.simulator import simulator_stats as stats
 
 KEY = "sk-failover-load-1"
 
@@ -51,16 +49,8 @@ BODY = {"model": "", "messages": [{"role": "user", "content": "soak"}], "max_tok
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[str]:
-    url, stop = start_simulator(seed=11)
-    try:
+    with running_simulator(seed=11) as url:
         yield url
-    finally:
-        stop()
-
-
-def stats(sim_url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{sim_url}/_stats") as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
 def served(sim_url: str, model: str) -> int:

@@ -7,10 +7,8 @@ database goes away or the gateway is told to stop mid-load.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +25,9 @@ from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.gateway_process import gateway_process
 from tests.services import PostgresServer
-from tests.simulator import start_simulator
+from tests.simulator import reset_simulator as reset
+from tests.simulator import running_simulator
+from tests.simulator import simulator_stats as stats
 
 KEY = "sk-ledger-test-01"
 CONFIG = """
@@ -61,20 +61,8 @@ routes:
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[str]:
-    url, stop = start_simulator(seed=7)
-    try:
+    with running_simulator(seed=7) as url:
         yield url
-    finally:
-        stop()
-
-
-def reset(sim_url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{sim_url}/_reset", method="POST")).read()
-
-
-def sim_stats(sim_url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{sim_url}/_stats") as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
 def query(url: str, sql: str) -> list[Any]:
@@ -140,8 +128,8 @@ def test_ledger_matches_what_the_provider_served(sim: str, pg_url: str, tmp_path
         results = asyncio.run(fire(gw.base_url, jobs, concurrency=12))
     # Leaving the block shut the gateway down, which flushed the ledger.
     assert len(results) == len(jobs)
-    stats = sim_stats(sim)
-    upstream_calls = sum(m["total"] for m in stats["requests"].values())
+    served = stats(sim)
+    upstream_calls = sum(m["total"] for m in served["requests"].values())
 
     async def read() -> tuple[tuple[int, int], dict[str, dict[str, int]]]:
         repo = ledger(pg_url)
@@ -161,9 +149,11 @@ def test_ledger_matches_what_the_provider_served(sim: str, pg_url: str, tmp_path
         acc = by_base.setdefault(base, dict.fromkeys(tokens, 0))
         for kind, value in tokens.items():
             acc[kind] += value
-    served = {m: t for m, t in stats["tokens"].items() if any(t.values())}
-    assert by_base == served
-    assert served["sim-cachedx"]["cached"] > 0 and served["sim-cachedx"]["reasoning"] > 0
+    served_tokens = {m: t for m, t in served["tokens"].items() if any(t.values())}
+    assert by_base == served_tokens
+    assert (
+        served_tokens["sim-cachedx"]["cached"] > 0 and served_tokens["sim-cachedx"]["reasoning"] > 0
+    )
 
 
 def test_failed_attempts_carry_estimated_input_and_cost(
