@@ -153,10 +153,17 @@ class Service:
         async def open_first(attempt: PlannedAttempt, timeouts: Timeouts) -> _Opened:
             dep = attempt.deployment
             upstream: OpenAIStream | None = None
+            # TTFT covers everything up to the first usable read: connect, headers and the
+            # first content; a hang anywhere in there is a retryable timeout. The socket
+            # read timeout (max of TTFT and idle) already bounds each wait, so a separate
+            # timer is only needed when TTFT is the tighter of the two.
+            ttft = (
+                asyncio.timeout(timeouts.ttft_ms / 1000)
+                if timeouts.ttft_ms < timeouts.idle_ms
+                else _NO_DEADLINE
+            )
             try:
-                # TTFT covers everything up to the first usable read: connect, headers and
-                # the first event; a hang anywhere in there is a retryable timeout.
-                async with asyncio.timeout(timeouts.ttft_ms / 1000):
+                async with ttft:
                     upstream = await self._adapter.open_stream(
                         dep, ctx.endpoint, ctx.payload, timeouts
                     )
