@@ -13,8 +13,6 @@ half_open ──(probe fails)──► open, cooldown × multiplier (capped)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -126,24 +124,6 @@ def is_open(state: BreakerState, now: float) -> bool:
     if state.state == HALF_OPEN:
         return _probe_pending(state, now)
     return cooldown_remaining(state, now) > 0.0
-
-
-def least_recently_failed(
-    deployments: Iterable[str], last_failure_at: Mapping[str, float]
-) -> str | None:
-    """Which deployment to try anyway when every candidate's breaker is open.
-
-    Failing without an attempt turns a partial outage into a total one; the deployment that
-    failed longest ago is the likeliest to have recovered. Never-failed deployments come first,
-    ties keep the caller's order.
-    """
-    best: str | None = None
-    best_at = math.inf
-    for deployment in deployments:
-        at = last_failure_at.get(deployment, -math.inf)
-        if best is None or at < best_at:
-            best, best_at = deployment, at
-    return best
 
 
 def allow(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[bool, BreakerState]:

@@ -14,7 +14,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts
+from routing.model import DeploymentSpec, PlannedAttempt
 
 # Mirrors gateway.providers.base; routing may not import gateway, and the strings are the contract.
 OK = "ok"
@@ -257,43 +257,3 @@ def next_with_larger_context(
         if current.context_window is None or window > current.context_window:
             return index
     return None
-
-
-def build_failover_plan(
-    route: str,
-    targets: Sequence[str],
-    fallbacks: Sequence[str],
-    deployments: Mapping[str, DeploymentSpec],
-    *,
-    strategy: str,
-    timeouts: Timeouts,
-    workload: str | None = None,
-) -> Plan:
-    """A plan trying `targets` in order, then `fallbacks`; the first is "primary".
-
-    A deployment listed twice is tried once, at its first position: a second try of a target
-    that just failed is what retries are for, and they are bounded separately.
-    """
-    attempts: list[PlannedAttempt] = []
-    seen: set[str] = set()
-    dropped: list[str] = []
-    for dep_id in (*targets, *fallbacks):
-        if dep_id in seen:
-            dropped.append(dep_id)
-            continue
-        spec = deployments.get(dep_id)
-        if spec is None:
-            raise ValueError(f"route {route!r} names unknown deployment {dep_id!r}")
-        seen.add(dep_id)
-        attempts.append(PlannedAttempt(spec, "primary" if not attempts else "fallback"))
-    if not attempts:
-        raise ValueError(f"route {route!r} has no targets")
-    notes = tuple(f"duplicate target {d!r} tried once" for d in dropped)
-    return Plan(
-        route=route,
-        strategy=strategy,
-        attempts=tuple(attempts),
-        timeouts=timeouts,
-        workload=workload,
-        notes=notes,
-    )

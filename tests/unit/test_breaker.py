@@ -21,7 +21,6 @@ from routing.breaker import (
     cooldown_remaining,
     force_open,
     is_open,
-    least_recently_failed,
     record,
 )
 
@@ -177,13 +176,6 @@ def test_adopting_a_remote_trip_keeps_the_later_end() -> None:
     kept = adopt_open(local, 10.0, opened_at=9.0, cooldown_s=5.0, trips=3)
     assert kept.opened_at == 10.0 and kept.trips == 3
     assert adopt_close(kept).state == CLOSED and adopt_close(INITIAL) is INITIAL
-
-
-def test_least_recently_failed_prefers_never_failed_then_oldest_failure() -> None:
-    last = {"a": 5.0, "b": 1.0, "c": 3.0}
-    assert least_recently_failed(["a", "b", "c"], last) == "b"
-    assert least_recently_failed(["a", "new", "c", "other"], last) == "new"
-    assert least_recently_failed([], last) is None
 
 
 def test_policy_rejects_impossible_values() -> None:

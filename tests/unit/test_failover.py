@@ -15,7 +15,6 @@ from routing.failover import (
     Backoff,
     Outcome,
     backoff_s,
-    build_failover_plan,
     classify,
     fits_deadline,
     next_with_larger_context,
@@ -293,33 +292,3 @@ def test_next_with_larger_context() -> None:
 
 
 TIMEOUTS = Timeouts(connect_ms=1_000, ttft_ms=5_000, total_ms=30_000)
-
-
-def test_failover_plan_roles_and_order() -> None:
-    deps = {i: dep(i) for i in "abcd"}
-    plan = build_failover_plan(
-        "chat", ["a", "b"], ["c", "d"], deps, strategy="failover", timeouts=TIMEOUTS, workload="w"
-    )
-    assert ids_of(list(plan.attempts)) == ["a", "b", "c", "d"]
-    assert [a.role for a in plan.attempts] == ["primary", "fallback", "fallback", "fallback"]
-    assert (plan.route, plan.strategy, plan.timeouts, plan.workload) == (
-        "chat",
-        "failover",
-        TIMEOUTS,
-        "w",
-    )
-    assert plan.notes == ()
-
-
-def test_failover_plan_tries_a_repeated_deployment_once() -> None:
-    deps = {i: dep(i) for i in "ab"}
-    plan = build_failover_plan("r", ["a"], ["b", "a"], deps, strategy="cost", timeouts=TIMEOUTS)
-    assert ids_of(list(plan.attempts)) == ["a", "b"]
-    assert len(plan.notes) == 1
-
-
-def test_failover_plan_rejects_unknown_or_empty_targets() -> None:
-    with pytest.raises(ValueError, match="ghost"):
-        build_failover_plan("r", ["ghost"], [], {}, strategy="failover", timeouts=TIMEOUTS)
-    with pytest.raises(ValueError):
-        build_failover_plan("r", [], [], {}, strategy="failover", timeouts=TIMEOUTS)
