@@ -21,7 +21,7 @@ from routing.failover import (
     order_targets,
     parse_retry_after,
 )
-from routing.model import DeploymentSpec, PlannedAttempt, Timeouts
+from routing.model import DeploymentSpec, PlannedAttempt
 
 R, N, F = Action.RETRY, Action.NEXT, Action.FAIL
 
@@ -289,6 +289,3 @@ def test_next_with_larger_context() -> None:
     assert next_with_larger_context(rest, dep("cur", None)) == 0
     assert next_with_larger_context(rest[1:2], dep("cur", None)) is None
     assert next_with_larger_context([], dep("cur", 1)) is None
-
-
-TIMEOUTS = Timeouts(connect_ms=1_000, ttft_ms=5_000, total_ms=30_000)
