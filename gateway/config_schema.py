@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, Path, load_yaml
 from routing.model import DeploymentSpec, RetryPolicy, RouteSpec, Timeouts
@@ -24,7 +31,12 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 STRATEGIES = ("direct", "failover")
-PROTOCOLS = ("openai",)
+# `openai`: Farebox's own aiohttp client. The rest go through litellm (imported only when
+# one is configured) and are normalized back to the OpenAI shape.
+PROTOCOLS = ("openai", "anthropic", "gemini", "bedrock", "azure", "vertex_ai")
+# Protocols whose endpoint litellm knows by default; the others need an api_base.
+_DEFAULT_BASE = frozenset({"anthropic", "gemini", "bedrock", "vertex_ai"})
+OptionValue = str | int | float | bool
 
 
 class _Strict(BaseModel):
@@ -43,15 +55,20 @@ class Price(_Strict):
 class Provider(_Strict):
     kind: Literal["serverless", "dedicated", "closed_api"]
     protocol: str = "openai"
-    api_base: str
+    api_base: str | None = None
     api_key: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    # Extra keyword arguments for litellm (api_version, aws_region_name, vertex_project…);
+    # only for litellm protocols.
+    options: dict[str, OptionValue] = Field(default_factory=dict)
     hourly_usd: NonNegativeFloat | None = None
     max_concurrency: PositiveInt | None = None
 
     @field_validator("api_base")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
@@ -60,8 +77,21 @@ class Provider(_Strict):
     @classmethod
     def _known_protocol(cls, value: str) -> str:
         if value not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {value!r}; available: {', '.join(PROTOCOLS)}")
+            hint = _suggest(value, PROTOCOLS)
+            raise ValueError(f"unknown protocol {value!r}{hint}; available: {', '.join(PROTOCOLS)}")
         return value
+
+    @model_validator(mode="after")
+    def _protocol_fields(self) -> Provider:
+        if self.api_base is None and self.protocol not in _DEFAULT_BASE:
+            raise ValueError(f"api_base is required for protocol {self.protocol}")
+        if self.options and self.protocol == "openai":
+            raise ValueError("options are only for litellm protocols (not openai)")
+        return self
+
+    @property
+    def via_litellm(self) -> bool:
+        return self.protocol != "openai"
 
 
 class Deployment(_Strict):

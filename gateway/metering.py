@@ -140,7 +140,7 @@ class Meter:
             ctx,
             attempt,
             error or error_class(exc),
-            http_status=exc.status,
+            http_status=exc.upstream_status,
             provider_request_id=exc.request_id,
             started=started,
             billable=False if exc.kind == CONNECT else None,

@@ -21,8 +21,15 @@ from typing import Any, Generic, Protocol, TypeVar
 from gateway import metrics
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
 from gateway.metering import CallContext, Meter, error_class
-from gateway.providers.base import CONNECT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
-from gateway.providers.openai_compat import OpenAICompatAdapter, OpenAIStream, ProviderEndpoint
+from gateway.providers.base import (
+    CONNECT,
+    STATUS,
+    STREAM_ERROR,
+    TIMEOUT,
+    Adapter,
+    UpstreamError,
+    UpstreamStream,
+)
 from gateway.streaming import (
     CLIENT_CANCELLED,
     DONE,
@@ -84,7 +91,7 @@ class StreamingCompletion:
 class _Opened:
     """A stream whose first read arrived and is usable."""
 
-    stream: OpenAIStream
+    stream: UpstreamStream
     blocks: AsyncIterator[bytes]
     first: bytes
 
@@ -103,17 +110,11 @@ class _Run(Generic[T]):
 
 
 class Service:
-    def __init__(self, adapter: OpenAICompatAdapter, meter: Meter, breakers: BreakerBoard) -> None:
+    def __init__(self, adapter: Adapter, meter: Meter, breakers: BreakerBoard) -> None:
         self._adapter = adapter
         self.meter = meter
         self.breakers = breakers
         self._rand = random.random
-
-    @classmethod
-    def from_providers(
-        cls, providers: Mapping[str, ProviderEndpoint], meter: Meter, breakers: BreakerBoard
-    ) -> Service:
-        return cls(OpenAICompatAdapter.create(providers), meter, breakers)
 
     async def close(self) -> None:
         await self._adapter.close()
@@ -152,7 +153,7 @@ class Service:
 
         async def open_first(attempt: PlannedAttempt, timeouts: Timeouts) -> _Opened:
             dep = attempt.deployment
-            upstream: OpenAIStream | None = None
+            upstream: UpstreamStream | None = None
             # TTFT covers everything up to the first usable read: connect, headers and the
             # first content; a hang anywhere in there is a retryable timeout. The socket
             # read timeout (max of TTFT and idle) already bounds each wait, so a separate

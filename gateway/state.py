@@ -18,7 +18,9 @@ from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
 from gateway.metering import Ledger, Meter, NullLedger
-from gateway.providers.openai_compat import ProviderEndpoint
+from gateway.providers.base import Adapter
+from gateway.providers.dispatch import ProtocolDispatch
+from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
 from gateway.service import Service
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
@@ -64,13 +66,33 @@ def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
     return KeyStore(keys, disabled=config.auth_disabled)
 
 
+def build_adapter(config: GatewayConfig) -> Adapter:
+    """The OpenAI adapter, plus litellm's for other protocols when (only when) any is
+    configured: importing litellm costs seconds and hundreds of MB."""
+    native = OpenAICompatAdapter.create(
+        {
+            name: ProviderEndpoint(name, p.api_base, p.api_key, p.headers)
+            for name, p in config.providers.items()
+            if not p.via_litellm and p.api_base is not None
+        }
+    )
+    translated = {name: p for name, p in config.providers.items() if p.via_litellm}
+    if not translated:
+        return native
+    from gateway.providers.litellm_adapter import LitellmAdapter, LitellmProvider
+
+    litellm = LitellmAdapter(
+        {
+            name: LitellmProvider(name, p.protocol, p.api_base, p.api_key, p.headers, p.options)
+            for name, p in translated.items()
+        }
+    )
+    return ProtocolDispatch(native, dict.fromkeys(translated, litellm))
+
+
 def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
     """Must run inside the event loop: the upstream session and ledger task bind to it."""
     index = config.model_index()
-    endpoints = {
-        name: ProviderEndpoint(name, p.api_base, p.api_key, p.headers)
-        for name, p in config.providers.items()
-    }
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
     ledger: Ledger = NullLedger()
@@ -111,7 +133,7 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         config=config,
         index=index,
         keys=build_keys(settings, config),
-        service=Service.from_providers(endpoints, meter, breakers),
+        service=Service(build_adapter(config), meter, breakers),
         breakers=breakers,
         models_body=orjson.dumps(models),
         writer=writer,

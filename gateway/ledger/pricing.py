@@ -150,11 +150,11 @@ _HOST_PREFIXES = {"together": "together_ai", "fireworks": "fireworks_ai", "x.ai"
 }
 
 
-def litellm_prefix(provider_name: str, protocol: str, api_base: str) -> str | None:
+def litellm_prefix(provider_name: str, protocol: str, api_base: str | None) -> str | None:
     """The litellm provider a deployment's prices are filed under, if we can tell."""
     if protocol != "openai":
         return protocol  # non-OpenAI protocols are named by their litellm provider already
-    host = (urlsplit(api_base).hostname or "").lower()
+    host = (urlsplit(api_base or "").hostname or "").lower()
     for hint in (host, provider_name.lower()):
         for needle, prefix in _HOST_PREFIXES.items():
             if needle in hint:

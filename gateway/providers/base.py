@@ -27,6 +27,7 @@ class UpstreamError(Exception):
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -35,6 +36,9 @@ class UpstreamError(Exception):
         self.body = body
         self.headers: Mapping[str, str] = headers or {}
         self.request_id = request_id
+        # What the provider itself answered, when the client is shown another status
+        # (Anthropic's 529 "overloaded" reaches clients as 503); the ledger keeps this one.
+        self.upstream_status = upstream_status if upstream_status is not None else status
 
 
 @dataclass(slots=True)
