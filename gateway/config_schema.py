@@ -19,9 +19,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, Path, load_yaml
 from routing.model import DeploymentSpec, RetryPolicy, RouteSpec, Timeouts
@@ -55,7 +57,8 @@ class Price(_Strict):
 class Provider(_Strict):
     kind: Literal["serverless", "dedicated", "closed_api"]
     protocol: str = "openai"
-    api_base: str | None = None
+    # Validated even when absent: only some protocols have a default endpoint.
+    api_base: str | None = Field(default=None, validate_default=True)
     api_key: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     # Extra keyword arguments for litellm (api_version, aws_region_name, vertex_project…);
@@ -66,8 +69,10 @@ class Provider(_Strict):
 
     @field_validator("api_base")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
+            if info.data.get("protocol", "openai") not in _DEFAULT_BASE:
+                raise PydanticCustomError("missing", "required key is missing")
             return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
@@ -83,8 +88,6 @@ class Provider(_Strict):
 
     @model_validator(mode="after")
     def _protocol_fields(self) -> Provider:
-        if self.api_base is None and self.protocol not in _DEFAULT_BASE:
-            raise ValueError(f"api_base is required for protocol {self.protocol}")
         if self.options and self.protocol == "openai":
             raise ValueError("options are only for litellm protocols (not openai)")
         return self
