@@ -1,9 +1,10 @@
 """Application factory: create_app(settings, config) → FastAPI, and the ASGI front door.
 
-The OpenAI endpoints are served by a pure-ASGI layer (`HotPath`) in front of FastAPI, so
-the hot path skips FastAPI's per-request telemetry checks, routing, dependency injection
-and response-model validation; FastAPI keeps the lifespan, the ops endpoints and (later)
-the admin API. Serve `create_asgi(...)`, which is `HotPath(create_app(...))`.
+The OpenAI endpoints and the Anthropic Messages ingress are served by a pure-ASGI layer
+(`HotPath`) in front of FastAPI, so the hot path skips FastAPI's per-request telemetry
+checks, routing, dependency injection and response-model validation; FastAPI keeps the
+lifespan, the ops endpoints and (later) the admin API. Serve `create_asgi(...)`, which is
+`HotPath(create_app(...))`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.asgi import reseed_request_ids
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import ops_router
@@ -55,11 +57,17 @@ class HotPath:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.endpoints: OpenAIEndpoints = app.state.endpoints
+        self.anthropic: AnthropicEndpoints = app.state.anthropic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.endpoints.handles(scope["path"]):
-            await self.endpoints(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if self.endpoints.handles(path):
+                await self.endpoints(scope, receive, send)
+                return
+            if self.anthropic.handles(path):
+                await self.anthropic(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -120,6 +128,7 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
 
     app.state.holder = holder
     app.state.endpoints = OpenAIEndpoints(holder.require)
+    app.state.anthropic = AnthropicEndpoints(holder.require)
     return app
 
 

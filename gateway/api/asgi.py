@@ -28,7 +28,9 @@ class DisconnectWatch:
     """Cancels the handling task when the client hangs up, so the upstream call stops too.
 
     Must be stopped before the last response message: uvicorn also answers `receive()`
-    with `http.disconnect` once a response is complete.
+    with `http.disconnect` once a response is complete. As a context manager it stops
+    itself on exit and swallows the cancellation it caused: the service has recorded the
+    hang-up, and there is no one left to answer.
     """
 
     __slots__ = ("_task", "_waiter", "fired")
@@ -49,6 +51,18 @@ class DisconnectWatch:
     def stop(self) -> None:
         self._waiter.remove_done_callback(self._on_message)
         self._waiter.cancel()
+
+    def __enter__(self) -> DisconnectWatch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        self.stop()
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and self.fired:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return True
+        return False
 
 
 class ClientGone(Exception):
@@ -115,7 +129,10 @@ async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> 
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: GatewayError, headers: Headers) -> None:
+async def send_error(
+    send: Send, error: GatewayError, headers: Headers, body: bytes | None = None
+) -> None:
+    """Answer `error`; `body` replaces the OpenAI-format body for other wire formats."""
     headers.append(JSON_TYPE)
     headers.extend(error.extra_headers)
-    await send_bytes(send, error.status, error.body(), headers)
+    await send_bytes(send, error.status, error.body() if body is None else body, headers)

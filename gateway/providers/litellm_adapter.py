@@ -54,6 +54,7 @@ _CHAT_PARAMS = frozenset(
         "n",
         "temperature",
         "top_p",
+        "top_k",
         "stop",
         "logprobs",
         "top_logprobs",

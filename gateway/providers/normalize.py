@@ -236,6 +236,10 @@ def response(raw: Mapping[str, Any]) -> dict[str, Any]:
         }
         if calls:
             out_message["tool_calls"] = calls
+        if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+            # Not OpenAI's, but what reasoning models behind OpenAI-protocol servers
+            # (vLLM, DeepSeek, Together) send too, so kept alike for every backend.
+            out_message["reasoning_content"] = message["reasoning_content"]
         index = choice.get("index")
         choices.append(
             {
@@ -289,6 +293,8 @@ def chunks(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
             out_delta["content"] = content or ""
         if isinstance(delta.get("refusal"), str):
             out_delta["refusal"] = delta["refusal"]
+        if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
+            out_delta["reasoning_content"] = delta["reasoning_content"]
         if calls:
             out_delta["tool_calls"] = calls
         reason = finish_reason(choice.get("finish_reason"))

@@ -1,0 +1,179 @@
+"""What every hot-path handler shares, whatever wire format it speaks to its client.
+
+Authentication, plan lookup, the `x-farebox-*` result headers, the catch-all that turns
+any exception into an error response, and the streaming loop. Handlers differ only in
+how they parse the request and render answers and errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Protocol
+
+from gateway.api.asgi import (
+    SSE_HEADERS,
+    ClientGone,
+    DisconnectWatch,
+    Headers,
+    Scope,
+    Send,
+    header,
+    send_error,
+)
+from gateway.errors import GatewayError, model_not_found, unauthorized
+from gateway.service import DONE, StreamingCompletion
+from gateway.state import GatewayState
+from routing.model import Plan
+
+log = logging.getLogger("farebox.api")
+
+ErrorRenderer = Callable[[GatewayError], bytes]
+
+
+def _openai_body(error: GatewayError) -> bytes:
+    return error.body()
+
+
+async def guarded(
+    send: Send,
+    headers: Headers,
+    request_id: str,
+    path: str,
+    work: Awaitable[None],
+    render: ErrorRenderer = _openai_body,
+) -> None:
+    """Await a handler; answer its GatewayError, or any other exception as a 500.
+
+    `render` writes the error body in the client's wire format; the status and any
+    extra headers (retry-after) come from the GatewayError either way.
+    """
+    try:
+        await work
+    except GatewayError as exc:
+        await send_error(send, exc, headers, render(exc))
+    except ClientGone:
+        return
+    except Exception:
+        log.exception("unhandled error serving %s (request %s)", path, request_id)
+        error = internal_error(request_id)
+        await send_error(send, error, headers, render(error))
+
+
+def internal_error(request_id: str) -> GatewayError:
+    return GatewayError(
+        500,
+        f"Internal error in Farebox; quote request id {request_id} to the operator.",
+        error_type="server_error",
+        code="internal_error",
+    )
+
+
+def authenticate(scope: Scope, state: GatewayState) -> str | None:
+    """The caller's key name (None when auth is off); raises 401 otherwise.
+
+    Both `Authorization: Bearer` (OpenAI SDKs) and `x-api-key` (Anthropic SDKs) work.
+    """
+    if state.keys.disabled:
+        return None
+    authorization = header(scope, b"authorization")
+    api_key = header(scope, b"x-api-key")
+    principal = state.keys.authenticate(authorization, api_key)
+    if principal is None:
+        if authorization is None and api_key is None:
+            raise unauthorized(
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            )
+        raise unauthorized("Incorrect API key provided.")
+    return principal.key_name
+
+
+def plan_for(state: GatewayState, model: str, headers: Headers) -> Plan:
+    """The plan for `model` (404 if nothing routes it); names the route in a header."""
+    plan = state.index.plan(model)
+    if plan is None:
+        raise model_not_found(model, state.index.routable_names())
+    headers.append((b"x-farebox-route", plan.route.encode()))
+    return plan
+
+
+def add_result_headers(
+    headers: Headers,
+    deployment: str,
+    attempts: int,
+    fallback_reason: str | None,
+    cost_usd: Decimal | None = None,
+) -> None:
+    headers.append((b"x-farebox-deployment", deployment.encode()))
+    headers.append((b"x-farebox-attempts", str(attempts).encode()))
+    if fallback_reason:
+        headers.append((b"x-farebox-fallback-reason", header_value(fallback_reason)))
+    if cost_usd is not None:
+        headers.append((b"x-farebox-cost-usd", f"{cost_usd.normalize():f}".encode()))
+
+
+def header_value(text: str) -> bytes:
+    """Header-safe: latin-1, no control characters, bounded length."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean[:512].encode("latin-1")
+
+
+def method_not_allowed(method: str, path: str) -> GatewayError:
+    return GatewayError(
+        405, f"Method {method} is not allowed on {path}.", code="method_not_allowed"
+    )
+
+
+class StreamTranslator(Protocol):
+    """Rewrites the service's OpenAI SSE blocks into another wire format."""
+
+    @property
+    def ended(self) -> bool:
+        """True once the output is complete (after the last block fed)."""
+        ...
+
+    def feed(self, block: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+async def send_stream(
+    send: Send,
+    headers: Headers,
+    streaming: StreamingCompletion,
+    watch: DisconnectWatch,
+    request_id: str,
+    translator: StreamTranslator | None = None,
+) -> None:
+    """Send the 200 and relay the stream, one client write per service block.
+
+    Without a translator the OpenAI bytes go out untouched (the common, fast case).
+    """
+    headers.extend(SSE_HEADERS)
+    add_result_headers(headers, streaming.deployment, streaming.attempts, streaming.fallback_reason)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    chunks = streaming.chunks
+    try:
+        async for chunk in chunks:
+            if translator is None:
+                out, last = chunk, chunk.endswith(DONE)
+            else:
+                out, last = translator.feed(chunk), translator.ended
+            if last:
+                # The last chunk closes the response in the same write; the watch must
+                # stop first, as uvicorn reports a disconnect once a response is done.
+                watch.stop()
+                await send({"type": "http.response.body", "body": out})
+                break
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        else:
+            watch.stop()
+            tail = translator.finish() if translator is not None else b""
+            await send({"type": "http.response.body", "body": tail})
+    except OSError as exc:
+        # Headers are out: nothing left to tell a client that has gone away.
+        log.info("client left mid-stream (%s): %s", request_id, exc)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
