@@ -15,6 +15,7 @@ import base64
 import logging
 import os
 import struct
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -88,6 +89,8 @@ def load_litellm() -> Any:
     # Never fetch the price map from the internet at import (we run offline, and prices
     # must not change under a running gateway).
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    # litellm's own types trip a pydantic warning on first use; it says nothing about ours.
+    warnings.filterwarnings("ignore", message=r".*is using the `ReadOnly` qualifier")
     import litellm
 
     litellm.suppress_debug_info = True

@@ -26,7 +26,9 @@ CONFIG = """
 auth: {keys: [{name: anthropic-tests, key: "CLIENT_KEY"}]}
 providers:
   sim: {kind: serverless, protocol: openai, api_base: "${SIM_URL}/v1", api_key: "${SIM_KEY}"}
+  claude: {kind: closed_api, protocol: anthropic, api_base: "${SIM_URL}", api_key: "${SIM_KEY}"}
 deployments:
+  claude@claude: {provider: claude, model: "claude-sim::tokens=5,cached=8,cache_write=5"}
   small@sim: {provider: sim, model: sim-small, price: {input: 0.1, output: 0.2}}
   brief@sim: {provider: sim, model: "sim-brief::tokens=4"}
   cachew@sim:
@@ -37,6 +39,7 @@ deployments:
   overloaded@sim: {provider: sim, model: "sim-overloaded::status=529"}
   midstream@sim: {provider: sim, model: "sim-mid::midstream_error=2,tokens=10"}
 routes:
+  via-claude: {targets: [claude@claude]}
   chat: {targets: [small@sim], workload: anthropic-tests}
   brief: {targets: [brief@sim]}
   cachew: {targets: [cachew@sim]}
@@ -391,3 +394,32 @@ def test_metrics_count_the_requests(client: anthropic.Anthropic, gw: RunningGate
     client.messages.create(model="chat", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     metrics = httpx.get(f"{gw.root}/metrics", timeout=10).text
     assert 'farebox_requests_total{route="chat",status="200"}' in metrics
+
+
+def test_anthropic_upstream_through_litellm_round_trips(client: anthropic.Anthropic) -> None:
+    """Anthropic in, OpenAI shape inside, Anthropic (via litellm) upstream, Anthropic out."""
+    question: Any = [{"role": "user", "content": "Tell me about the weather in general. " * 4}]
+    message = client.messages.create(model="via-claude", max_tokens=50, messages=question)
+    assert message.content[0].type == "text" and message.content[0].text
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens == 5
+    assert message.usage.cache_read_input_tokens == 8
+    assert message.usage.cache_creation_input_tokens == 5
+    assert message.usage.input_tokens > 0  # excludes both cache classes, as Anthropic's does
+    with client.messages.stream(model="via-claude", max_tokens=50, messages=question) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == message.content[0].text
+    assert final.usage.output_tokens == 5 and final.usage.cache_read_input_tokens == 8
+    assert final.usage.input_tokens == message.usage.input_tokens
+    tools = client.messages.create(
+        model="via-claude",
+        max_tokens=50,
+        tools=[WEATHER],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+    )
+    assert tools.stop_reason == "tool_use"
+    block = tools.content[-1]
+    assert block.type == "tool_use" and block.name == "get_weather"
+    assert isinstance(block.input, dict) and isinstance(block.input["city"], str)
