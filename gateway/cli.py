@@ -231,7 +231,8 @@ def mock_upstream(
         str | None, typer.Option(help="Reject requests that do not carry this key.")
     ] = None,
 ) -> None:
-    """Run the provider simulator (OpenAI + Anthropic wire formats, faults on demand)."""
+    """Run the provider simulator (OpenAI, Anthropic, Azure, Gemini/Vertex AI and Bedrock
+    wire formats, faults on demand)."""
     from gateway.mock_upstream import run
 
     run(host=host, port=port, require_key=require_key)

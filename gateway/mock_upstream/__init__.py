@@ -1,4 +1,5 @@
-"""Provider simulator speaking the real OpenAI and Anthropic wire formats.
+"""Provider simulator speaking the real OpenAI, Anthropic, Azure OpenAI, Gemini / Vertex AI
+and Bedrock Converse wire formats.
 
 Used by the gateway's tests, the demo and the load benchmark.  Per-request behaviour
 (latency, token counts, faults) is chosen with a directive string; see

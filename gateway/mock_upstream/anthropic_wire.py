@@ -1,7 +1,10 @@
 """Anthropic ``POST /v1/messages`` in the real wire format (JSON and SSE events).
 
-``reasoning=N`` has no separate usage field here: Anthropic bills thinking as output, so
-the tokens are added to ``output_tokens`` and ``/_stats`` records no reasoning for them.
+``reasoning=N``: Anthropic bills thinking as output, so the tokens are added to
+``output_tokens``.  Without ``thinking`` in the request they stay hidden and ``/_stats``
+records no reasoning for them.  With ``thinking: {"type": "enabled"|"adaptive"}`` the answer
+starts with a ``thinking`` block (streamed as ``thinking_delta`` + ``signature_delta``) and
+usage carries ``output_tokens_details.thinking_tokens``, which ``/_stats`` records.
 """
 
 from __future__ import annotations
@@ -24,8 +27,24 @@ _MALFORMED_EVENT = (
 )
 
 
+_SIGNATURE = "c2ltdWxhdGVkLXNpZ25hdHVyZQ=="
+
+
+def _thinking(body: dict[str, Any]) -> bool:
+    setting = body.get("thinking")
+    return isinstance(setting, dict) and setting.get("type") in ("enabled", "adaptive")
+
+
 def _event(name: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _answers_tool(messages: Any) -> bool:
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    content = last.get("content") if isinstance(last, dict) else None
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )
 
 
 def _pick_tool(call: Call) -> tuple[str, Any] | None:
@@ -34,6 +53,8 @@ def _pick_tool(call: Call) -> tuple[str, Any] | None:
     kind = choice.get("type") if isinstance(choice, dict) else "auto"
     if not isinstance(tools, list) or not tools or kind == "none":
         return None
+    if kind == "auto" and _answers_tool(call.body.get("messages")):
+        return None  # a model given its tool's result answers rather than calling again
     named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     if not named:
         return None
@@ -71,7 +92,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
     cache_read, cache_creation = split_prompt_cache(b, prompt)
     input_tokens = prompt - cache_read - cache_creation
     block: dict[str, Any]
-    if tool is not None:
+    if b.content_filter:
+        pieces, output, stop_reason = [], b.reasoning, "refusal"
+        block = {"type": "text", "text": ""}
+    elif tool is not None:
         document = schema_instance(tool[1])
         pieces = fragments(orjson.dumps(document).decode())
         output = len(pieces) + b.reasoning
@@ -83,12 +107,19 @@ async def messages(request: web.Request) -> web.StreamResponse:
         output = plan.completion
         stop_reason = "max_tokens" if plan.truncated else "end_turn"
         block = {"type": "text", "text": words(plan.visible)}
-    usage = {
+    usage: dict[str, Any] = {
         "input_tokens": input_tokens,
         "cache_creation_input_tokens": cache_creation,
         "cache_read_input_tokens": cache_read,
         "output_tokens": output,
     }
+    reasoning = output - len(pieces)
+    thinking = reasoning > 0 and _thinking(call.body)
+    blocks = [block]
+    if thinking:
+        usage["output_tokens_details"] = {"thinking_tokens": reasoning}
+        thought = f"Simulated reasoning ({reasoning} tokens)."
+        blocks.insert(0, {"type": "thinking", "thinking": thought, "signature": _SIGNATURE})
 
     def record() -> None:
         call.state.stats.usage(
@@ -97,6 +128,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             cached=cache_read,
             cache_write=cache_creation,
             completion=output,
+            reasoning=reasoning if thinking else 0,
         )
 
     message_id = new_id("msg_")
@@ -118,26 +150,31 @@ async def messages(request: web.Request) -> web.StreamResponse:
             # Like the real API, message_start reports one output token so far.
             "usage": {**usage, "output_tokens": 1},
         }
-        head = (
-            _event("message_start", {"type": "message_start", "message": start_message})
-            + _event(
-                "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": start_block},
-            )
-            + _event("ping", {"type": "ping"})
-        )
+        index = len(blocks) - 1
+        head = _event("message_start", {"type": "message_start", "message": start_message})
+        if thinking:
+            head += _thinking_events(blocks[0])
+        head += _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": start_block},
+        ) + _event("ping", {"type": "ping"})
         body = [
-            _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+            _event(
+                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
+            )
             for d in deltas
         ]
+        final_usage = {
+            k: v for k, v in usage.items() if k in ("output_tokens", "output_tokens_details")
+        }
         tail = (
-            _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            _event("content_block_stop", {"type": "content_block_stop", "index": index})
             + _event(
                 "message_delta",
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": output},
+                    "usage": final_usage,
                 },
             )
             + _event("message_stop", {"type": "message_stop"})
@@ -157,7 +194,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "type": "message",
         "role": "assistant",
         "model": call.model,
-        "content": [block],
+        "content": blocks,
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": usage,
@@ -169,3 +206,20 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return malformed_json(call, orjson.dumps(payload))
     record()
     return call.json(payload)
+
+
+def _thinking_events(block: dict[str, Any]) -> bytes:
+    """A streamed ``thinking`` block at index 0: start, text delta, signature delta, stop."""
+    start = {"type": "thinking", "thinking": "", "signature": ""}
+    deltas = (
+        {"type": "thinking_delta", "thinking": block["thinking"]},
+        {"type": "signature_delta", "signature": block["signature"]},
+    )
+    out = _event(
+        "content_block_start", {"type": "content_block_start", "index": 0, "content_block": start}
+    )
+    for delta in deltas:
+        out += _event(
+            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+        )
+    return out + _event("content_block_stop", {"type": "content_block_stop", "index": 0})

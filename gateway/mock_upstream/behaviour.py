@@ -4,7 +4,8 @@ A directive string is a comma-separated list of ``key=value`` items or bare flag
 e.g. ``"latency=50,jitter=10,status=429,retry_after=2"``.  It may come from two places:
 
 1. the requested model name after ``::`` (``"sim-small::tokens=5"``; the base model
-   is the part before ``::``), and
+   is the part before ``::``) — for wires that carry the model in the URL (Gemini,
+   Vertex AI, Bedrock, Azure deployments) the name in the path, and
 2. the ``x-mock-behavior`` request header.
 
 Header items override model-suffix items key by key.  Unknown keys and bad values
@@ -36,6 +37,9 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   data line.
 * ``context_length``: 400 context-length error.  ``context_window=N``: that error only
   when the prompt exceeds ``N`` tokens.
+* ``content_filter``: a 200 whose answer the provider's safety filter stopped: no visible
+  output, finish ``content_filter`` (OpenAI/Azure), stop_reason ``refusal`` (Anthropic),
+  finishReason ``SAFETY`` (Gemini), stopReason ``content_filtered`` (Bedrock).
 
 A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.
 """
@@ -100,6 +104,7 @@ class Behaviour:
     malformed: bool = False
     context_length: bool = False
     context_window: int | None = None
+    content_filter: bool = False
     #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
     canonical: str = ""
 
@@ -180,8 +185,9 @@ _PARSERS: dict[str, Any] = {
     "malformed": _flag,
     "context_length": _flag,
     "context_window": _count,
+    "content_filter": _flag,
 }
-_FLAGS = frozenset({"hang", "malformed", "context_length"})
+_FLAGS = frozenset({"hang", "malformed", "context_length", "content_filter"})
 assert set(_PARSERS) == {f.name for f in fields(Behaviour)} - {"canonical"}
 
 

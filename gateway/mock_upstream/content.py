@@ -2,10 +2,11 @@
 
 Prompt-token formula (the same everywhere, so tests can predict usage exactly):
 
-* chat / Anthropic messages: ``ceil(C / 4) + 3 * M``, at least 1, where ``C`` is the total
-  number of characters of all text content (string contents, ``text`` parts/blocks,
-  Anthropic ``tool_result`` text and the top-level ``system``) and ``M`` the number of
-  messages (an Anthropic ``system`` prompt counts as one message);
+* chat / Anthropic messages / Gemini contents / Bedrock Converse messages:
+  ``ceil(C / 4) + 3 * M``, at least 1, where ``C`` is the total number of characters of all
+  text content (string contents, ``text`` parts/blocks, Anthropic ``tool_result`` and
+  Bedrock ``toolResult`` text, and the top-level ``system`` / ``systemInstruction``) and
+  ``M`` the number of messages (a separate system prompt counts as one message);
 * legacy completions: per prompt, ``ceil(chars / 4)`` for a string or ``len(tokens)`` for
   a token array; summed over prompts, at least 1;
 * embeddings: the same per input item, summed, at least 1.
@@ -23,10 +24,12 @@ __all__ = [
     "anthropic_prompt_tokens",
     "chat_prompt_tokens",
     "completion_prompts",
+    "converse_prompt_tokens",
     "embedding_inputs",
     "embedding_vector",
     "encode_base64_floats",
     "fragments",
+    "gemini_prompt_tokens",
     "schema_instance",
     "word",
     "words",
@@ -49,6 +52,8 @@ def _text_chars(content: Any) -> int:
                     total += len(text)
                 elif part.get("type") == "tool_result":
                     total += _text_chars(part.get("content"))
+                elif isinstance(part.get("toolResult"), dict):
+                    total += _text_chars(part["toolResult"].get("content"))
             elif isinstance(part, str):
                 total += len(part)
     return total
@@ -71,6 +76,27 @@ def anthropic_prompt_tokens(system: Any, messages: list[Any]) -> int:
     """Prompt tokens of an Anthropic request, cache included (formula in the docstring)."""
     chars = _text_chars(system) if system else 0
     count = len(messages) + (1 if system else 0)
+    for message in messages:
+        if isinstance(message, dict):
+            chars += _text_chars(message.get("content"))
+    return max(1, _ceil4(chars) + _PER_MESSAGE * count)
+
+
+def gemini_prompt_tokens(system_instruction: Any, contents: list[Any]) -> int:
+    """Prompt tokens of a Gemini ``generateContent`` request (formula in the docstring)."""
+    system_parts = system_instruction.get("parts") if isinstance(system_instruction, dict) else None
+    chars = _text_chars(system_parts)
+    count = len(contents) + (1 if system_parts else 0)
+    for content in contents:
+        if isinstance(content, dict):
+            chars += _text_chars(content.get("parts"))
+    return max(1, _ceil4(chars) + _PER_MESSAGE * count)
+
+
+def converse_prompt_tokens(system: Any, messages: list[Any]) -> int:
+    """Prompt tokens of a Bedrock Converse request (formula in the docstring)."""
+    chars = _text_chars(system)
+    count = len(messages) + (1 if chars else 0)
     for message in messages:
         if isinstance(message, dict):
             chars += _text_chars(message.get("content"))

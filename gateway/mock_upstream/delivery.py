@@ -33,16 +33,18 @@ async def pump(
     malformed_event: bytes,
     on_delivered: Callable[[], None] | None,
     pre_content_tokens: int = 0,
+    content_type: str = "text/event-stream",
 ) -> web.StreamResponse:
-    """Send an SSE stream: ``head``, one ``body`` item per token step, then ``tail``.
+    """Send a stream: ``head``, one ``body`` item per token step, then ``tail``.
 
     Applies ``ttft``/``tps`` pacing and the stream faults.  ``on_delivered`` runs once the
-    tail (which carries usage, if any) has been handed to the transport.
+    tail (which carries usage, if any) has been handed to the transport.  The framing is
+    the caller's (SSE events, AWS event-stream messages…); ``content_type`` names it.
     """
     b = call.behaviour
     call.state.stats.served(call.base, 200, call.stream)
     response = web.StreamResponse(headers=call.headers)
-    response.content_type = "text/event-stream"
+    response.content_type = content_type
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(call.request)
     stats = call.state.stats

@@ -1,4 +1,11 @@
-"""OpenAI ``POST /v1/chat/completions`` in the real wire format (JSON and SSE)."""
+"""OpenAI ``POST /v1/chat/completions`` in the real wire format (JSON and SSE).
+
+Azure OpenAI's ``POST /openai/deployments/{deployment}/chat/completions?api-version=…``
+is the same wire with ``api-key`` auth; the deployment in the path is the model, so
+directives go after ``::`` in the deployment name (or in ``x-mock-behavior``).  Azure's
+v1 API, ``POST /openai/v1/chat/completions`` (bearer auth, model in the body), is served
+too.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,15 @@ from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import openai_error_body
 from .runtime import Call, begin, gate, handler, new_id, now
 
-__all__ = ["FINGERPRINT", "chat_completions", "request_limit", "sse_error", "usage_block"]
+__all__ = [
+    "FINGERPRINT",
+    "azure_chat_completions",
+    "azure_v1_chat_completions",
+    "chat_completions",
+    "request_limit",
+    "sse_error",
+    "usage_block",
+]
 
 FINGERPRINT = "fp_sim"
 _MAX_N = 128
@@ -87,11 +102,19 @@ class _Answer:
         return len(self.pieces) + self.reasoning
 
 
+def _last_role(messages: Any) -> Any:
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1].get("role")
+    return None
+
+
 def _pick_tool(call: Call) -> tuple[str, Any] | None:
     tools = call.body.get("tools")
     choice = call.body.get("tool_choice", "auto")
     if not isinstance(tools, list) or not tools or choice == "none":
         return None
+    if choice == "auto" and _last_role(call.body.get("messages")) == "tool":
+        return None  # a model given its tool's result answers rather than calling again
     functions = [
         t["function"]
         for t in tools
@@ -114,6 +137,8 @@ def _pick_tool(call: Call) -> tuple[str, Any] | None:
 
 
 def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
+    if b.content_filter:
+        return _Answer("text", "", [], b.reasoning, "content_filter")
     tool = _pick_tool(call)
     if tool is not None:
         arguments = orjson.dumps(schema_instance(tool[1])).decode()
@@ -156,7 +181,21 @@ def _message(answer: _Answer) -> dict[str, Any]:
 
 @handler
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    call = await begin(request, "chat", "openai")
+    return await _chat(await begin(request, "chat", "openai"))
+
+
+@handler
+async def azure_chat_completions(request: web.Request) -> web.StreamResponse:
+    deployment = request.match_info["deployment"]
+    return await _chat(await begin(request, "azure_chat", "azure", model=deployment))
+
+
+@handler
+async def azure_v1_chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _chat(await begin(request, "azure_chat", "azure"))
+
+
+async def _chat(call: Call) -> web.StreamResponse:
     messages = call.body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise call.error(400, "'messages' must be a non-empty array.", param="messages")

@@ -1,9 +1,19 @@
-"""Request plumbing shared by the OpenAI and Anthropic wire modules.
+"""Request plumbing shared by the wire modules (OpenAI, Azure, Anthropic, Gemini, Bedrock).
 
 A handler builds a :class:`Call` with :func:`begin` (auth, JSON, directives), lets
 :func:`gate` apply the pre-answer faults (hang, latency, injected statuses, context
 length), then answers.  Early answers travel as a :class:`Reply` exception so the happy
 path stays a straight line; :func:`handler` turns them back into responses.
+
+The *flavor* of a call picks its auth header, error body and context-length wording:
+
+* ``openai``: ``Authorization: Bearer KEY``; ``azure``: ``api-key: KEY`` (or a bearer);
+* ``anthropic``: ``x-api-key: KEY``;
+* ``gemini`` (Google AI Studio): ``x-goog-api-key: KEY`` or ``?key=KEY``;
+* ``vertex``: ``Authorization: Bearer TOKEN`` where ``TOKEN`` was issued by the
+  simulator's OAuth endpoint (``POST /token``) or is ``KEY`` itself;
+* ``bedrock``: a SigV4 ``Authorization`` header whose access key id is ``KEY`` (the
+  signature itself is not checked).
 """
 
 from __future__ import annotations
@@ -19,13 +29,14 @@ import orjson
 from aiohttp import web
 
 from .behaviour import Behaviour, DirectiveError, resolve, split_model
-from .errors import anthropic_error_body, openai_error_body
+from .errors import anthropic_error_body, bedrock_error, google_error_body, openai_error_body
 from .stats import UNKNOWN_MODEL, Stats
 
 __all__ = [
     "JSON_TYPE",
     "STATE",
     "Call",
+    "Flavor",
     "Reply",
     "SimState",
     "begin",
@@ -35,7 +46,7 @@ __all__ = [
     "now",
 ]
 
-Flavor = Literal["openai", "anthropic"]
+Flavor = Literal["openai", "azure", "anthropic", "gemini", "vertex", "bedrock"]
 JSON_TYPE = "application/json"
 _HANG_POLL_S = 0.25
 _HANG_LIMIT_S = 3600.0
@@ -51,10 +62,13 @@ class SimState:
         self.rng = random.Random(seed)
         self.stats = Stats()
         self.fail_counts: dict[tuple[str, str], int] = {}
+        #: OAuth access tokens handed out by ``POST /token`` (accepted by Vertex routes).
+        self.issued_tokens: set[str] = set()
 
     def reset(self) -> None:
         self.stats.reset()
         self.fail_counts.clear()
+        self.issued_tokens.clear()
         self.rng.seed(self.seed)
 
 
@@ -107,6 +121,10 @@ class Call:
         self.headers: dict[str, str] = {"x-request-id": rid}
         if flavor == "anthropic":
             self.headers["request-id"] = rid
+        elif flavor == "bedrock":
+            self.headers["x-amzn-RequestId"] = rid
+        elif flavor == "azure":
+            self.headers["apim-request-id"] = rid
 
     def _apply_retry_after(self) -> None:
         seconds = self.behaviour.retry_after
@@ -125,12 +143,21 @@ class Call:
     ) -> Reply:
         """Record and build an error reply in this endpoint's wire format (raise it)."""
         self.state.stats.served(self.base, status, self.stream)
-        if self.flavor == "openai":
+        headers = self.headers
+        body: dict[str, Any]
+        if self.flavor in ("openai", "azure"):
             body = openai_error_body(status, message, code=code, param=param)
-        else:
+        elif self.flavor == "anthropic":
             body = anthropic_error_body(status, message)
+        elif self.flavor == "bedrock":
+            body, kind = bedrock_error(status, message)
+            if code is not None and code.endswith("Exception"):
+                kind = code  # an AWS exception name chosen by the caller
+            headers = {**headers, "x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/"}
+        else:
+            body = google_error_body(status, message)
         response = web.Response(
-            status=status, body=orjson.dumps(body), content_type=JSON_TYPE, headers=self.headers
+            status=status, body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers
         )
         return Reply(response)
 
@@ -144,15 +171,61 @@ class Call:
 
 def _authorised(call: Call) -> bool:
     state = call.state
-    if state.require_key is None:
+    key = state.require_key
+    if key is None:
         return True
-    if call.flavor == "anthropic":
-        return call.request.headers.get("x-api-key") == state.require_key
-    return call.request.headers.get("Authorization") == state.bearer
+    headers = call.request.headers
+    flavor = call.flavor
+    if flavor == "anthropic":
+        return headers.get("x-api-key") == key
+    if flavor == "azure":
+        return headers.get("api-key") == key or headers.get("Authorization") == state.bearer
+    if flavor == "gemini":
+        return key in (headers.get("x-goog-api-key"), call.request.query.get("key"))
+    authorization = headers.get("Authorization", "")
+    if flavor == "vertex":
+        token = authorization.removeprefix("Bearer ")
+        return token != authorization and (token == key or token in state.issued_tokens)
+    if flavor == "bedrock":
+        return f"Credential={key}/" in authorization
+    return authorization == state.bearer
 
 
-async def begin(request: web.Request, endpoint: str, flavor: Flavor) -> Call:
-    """Parse and authenticate a request; raise :class:`Reply` on 400/401."""
+#: ``(status, message, code)`` of each flavor's answer to a bad credential.
+_AUTH_FAILURE: dict[Flavor, tuple[int, str | None, str]] = {
+    "openai": (401, None, "invalid_api_key"),
+    "azure": (
+        401,
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+        "provide a valid key for an active subscription and use a correct regional API "
+        "endpoint for your resource.",
+        "invalid_api_key",
+    ),
+    "anthropic": (401, "invalid x-api-key", "invalid_api_key"),
+    # AI Studio really answers a bad key with 400 INVALID_ARGUMENT.
+    "gemini": (400, "API key not valid. Please pass a valid API key.", "invalid_api_key"),
+    "vertex": (401, None, "invalid_api_key"),
+    "bedrock": (
+        403,
+        "The security token included in the request is invalid.",
+        "UnrecognizedClientException",
+    ),
+}
+
+
+async def begin(
+    request: web.Request,
+    endpoint: str,
+    flavor: Flavor,
+    *,
+    model: str | None = None,
+    stream: bool | None = None,
+) -> Call:
+    """Parse and authenticate a request; raise :class:`Reply` on 400/401.
+
+    ``model`` and ``stream`` override the body's fields for wires that carry them in the
+    URL (Gemini, Vertex AI, Bedrock, Azure deployments).
+    """
     state = request.app[STATE]
     state.stats.endpoint(endpoint)
     call = Call(request, state, endpoint, flavor)
@@ -162,23 +235,27 @@ async def begin(request: web.Request, endpoint: str, flavor: Flavor) -> Call:
     except orjson.JSONDecodeError:
         body = None
     directive_error: DirectiveError | None = None
+    if stream is not None:
+        call.stream = stream
     if isinstance(body, dict):
         call.body = body
-        call.stream = body.get("stream") is True
-        model = body.get("model")
-        if isinstance(model, str) and model:
-            call.model = model
-            base, suffix = split_model(model)
-            call.base = base
-            try:
-                call.behaviour = resolve(suffix, request.headers.get("x-mock-behavior", ""))
-            except DirectiveError as exc:
-                directive_error = exc
-            call._apply_retry_after()
+        if stream is None:
+            call.stream = body.get("stream") is True
+        if model is None:
+            named = body.get("model")
+            model = named if isinstance(named, str) else None
+    if model:
+        call.model = model
+        base, suffix = split_model(model)
+        call.base = base
+        try:
+            call.behaviour = resolve(suffix, request.headers.get("x-mock-behavior", ""))
+        except DirectiveError as exc:
+            directive_error = exc
+        call._apply_retry_after()
     if not _authorised(call):
-        if flavor == "anthropic":
-            raise call.error(401, "invalid x-api-key")
-        raise call.error(401, code="invalid_api_key")
+        status, message, code = _AUTH_FAILURE[flavor]
+        raise call.error(status, message, code=code)
     if not isinstance(body, dict):
         raise call.error(400, "We could not parse the JSON body of your request.")
     if directive_error is not None:
@@ -229,6 +306,14 @@ async def gate(call: Call, prompt_tokens: int) -> None:
         return
     if call.flavor == "anthropic":
         raise call.error(400, f"prompt is too long: {prompt_tokens} tokens > {window} maximum")
+    if call.flavor in ("gemini", "vertex"):
+        raise call.error(
+            400,
+            f"The input token count ({prompt_tokens}) exceeds the maximum number of tokens "
+            f"allowed ({window}).",
+        )
+    if call.flavor == "bedrock":
+        raise call.error(400, "Input is too long for requested model.")
     raise call.error(
         400,
         f"This model's maximum context length is {window} tokens. "

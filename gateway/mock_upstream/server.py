@@ -8,8 +8,10 @@ import orjson
 from aiohttp import web
 
 from .anthropic_wire import messages
+from .bedrock_wire import converse, converse_stream
+from .gemini_wire import gemini_generate, oauth_token, vertex_generate
 from .openai_extra import completions, embeddings, list_models, retrieve_model
-from .openai_wire import chat_completions
+from .openai_wire import azure_chat_completions, azure_v1_chat_completions, chat_completions
 from .runtime import STATE, SimState, new_id
 
 __all__ = ["create_app", "run"]
@@ -36,8 +38,17 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     """Build the simulator app.
 
     ``require_key`` turns on auth (``Authorization: Bearer`` for OpenAI routes,
-    ``x-api-key`` for ``/v1/messages``); ``seed`` fixes the RNG behind ``jitter`` and
-    ``fail_rate`` so runs are reproducible.
+    ``x-api-key`` for ``/v1/messages``, ``api-key`` for Azure, ``x-goog-api-key`` for
+    Gemini, an issued OAuth token for Vertex AI, the SigV4 access key id for Bedrock; see
+    :mod:`.runtime`); ``seed`` fixes the RNG behind ``jitter`` and ``fail_rate`` so runs
+    are reproducible.
+
+    Routes: OpenAI ``/v1/...``; Anthropic ``/v1/messages``; Azure
+    ``/openai/deployments/{deployment}/chat/completions`` and ``/openai/v1/chat/completions``;
+    Gemini
+    ``/{v1beta|v1|v1alpha}/models/{model}:generateContent|streamGenerateContent``; Vertex AI
+    ``/{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{model}:...`` and its
+    OAuth ``/token``; Bedrock ``/model/{modelId}/converse`` and ``/converse-stream``.
     """
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE] = SimState(require_key, seed)
@@ -48,6 +59,17 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", azure_chat_completions)
+    app.router.add_post("/openai/v1/chat/completions", azure_v1_chat_completions)
+    app.router.add_post("/{version:v1beta|v1|v1alpha}/models/{target}", gemini_generate)
+    app.router.add_post(
+        "/{version:v1|v1beta1}/projects/{project}/locations/{location}"
+        "/publishers/google/models/{target}",
+        vertex_generate,
+    )
+    app.router.add_post("/token", oauth_token)
+    app.router.add_post("/model/{model_id}/converse", converse)
+    app.router.add_post("/model/{model_id}/converse-stream", converse_stream)
     app.router.add_get("/_stats", _stats)
     app.router.add_post("/_reset", _reset)
     return app

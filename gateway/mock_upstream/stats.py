@@ -6,15 +6,25 @@ Shape of :meth:`Stats.snapshot` (served as ``GET /_stats``)::
                                     "stream": 4}},
      "tokens": {"<base model>": {"prompt": 0, "cached": 0, "cache_write": 0,
                                   "completion": 0, "reasoning": 0}},
-     "endpoints": {"chat": 10, "completions": 0, "embeddings": 1, "messages": 1},
+     "endpoints": {"chat": 10, "completions": 0, "embeddings": 1, "messages": 1,
+                   "azure_chat": 0, "gemini": 0, "vertex": 0, "converse": 0},
      "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0}}
 
 ``by_status`` records the status line that was sent; a ``hang`` request never sends one
 and is recorded under the key ``"hang"`` so that ``total == sum(by_status.values())``.
 ``stream`` counts requests that asked for a stream, whatever their outcome.  Tokens are
 added only when usage reached the client (a non-stream success, the OpenAI usage chunk,
-or Anthropic's ``message_delta``); for Anthropic ``prompt`` is the OpenAI-equivalent
-total (input + cache creation + cache read).
+or Anthropic's ``message_delta``); for Anthropic and Bedrock ``prompt`` is the
+OpenAI-equivalent total (input + cache creation + cache read).  ``reasoning`` counts only
+reasoning the answer reported separately (OpenAI ``reasoning_tokens``, Gemini
+``thoughtsTokenCount``, Anthropic/Bedrock ``thinking_tokens`` when thinking was asked for);
+hidden reasoning is still inside ``completion``.
+
+``endpoints`` is per wire: ``chat`` (``/v1/chat/completions``), ``azure_chat`` (Azure's
+``/openai/deployments/{d}/chat/completions``), ``messages`` (Anthropic), ``gemini``
+(AI Studio ``generateContent`` / ``streamGenerateContent``), ``vertex`` (the same on the
+Vertex AI path) and ``converse`` (Bedrock ``converse`` / ``converse-stream``).  Gemini
+and Bedrock report usage in their final stream event, which is when tokens are added.
 """
 
 from __future__ import annotations
@@ -23,7 +33,16 @@ from typing import Any
 
 __all__ = ["ENDPOINTS", "FAULTS", "UNKNOWN_MODEL", "Stats"]
 
-ENDPOINTS = ("chat", "completions", "embeddings", "messages")
+ENDPOINTS = (
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "azure_chat",
+    "gemini",
+    "vertex",
+    "converse",
+)
 FAULTS = ("hang", "cut", "midstream_error", "malformed")
 #: Model key for requests whose body could not be read far enough to find a model.
 UNKNOWN_MODEL = "(unknown)"

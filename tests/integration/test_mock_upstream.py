@@ -644,7 +644,16 @@ def test_stats_match_what_was_served(client: openai.OpenAI, base_url: str) -> No
             },
             "beta": {"prompt": 1, "cached": 0, "cache_write": 0, "completion": 0, "reasoning": 0},
         },
-        "endpoints": {"chat": 4, "completions": 0, "embeddings": 1, "messages": 0},
+        "endpoints": {
+            "chat": 4,
+            "completions": 0,
+            "embeddings": 1,
+            "messages": 0,
+            "azure_chat": 0,
+            "gemini": 0,
+            "vertex": 0,
+            "converse": 0,
+        },
         "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0},
     }
 
