@@ -6,8 +6,11 @@
     stop()
 
 ``base_url`` is the server root (``http://127.0.0.1:PORT``, no ``/v1``) because the
-simulator serves both protocols: OpenAI SDKs want ``base_url + "/v1"``, Anthropic
-clients the root.  ``GET /_stats`` and ``POST /_reset`` live at the root too.
+simulator serves several protocols: OpenAI SDKs want ``base_url + "/v1"``; Anthropic
+clients, litellm's ``azure/``, ``bedrock/`` (``api_base``) and ``vertex_ai/`` the root;
+litellm's ``gemini/`` ``base_url + "/v1beta"`` (see
+``tests/integration/test_mock_upstream_providers.py`` for each provider's kwargs).
+``GET /_stats`` and ``POST /_reset`` live at the root too.
 """
 
 from __future__ import annotations
