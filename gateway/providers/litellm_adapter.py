@@ -232,7 +232,11 @@ class LitellmStream:
         self.request_id = request_id
 
     async def blocks(self) -> AsyncIterator[bytes]:
-        tool_calls_seen = False
+        """Raises UpstreamError like the OpenAI stream does: a provider's error before
+        any content as the status error it is (some providers only send it once the
+        stream is read), after content as a stream error, and a stream that ends with
+        neither a finish reason nor usage as cut (litellm swallows unparseable streams)."""
+        tool_calls_seen = finished = sent = False
         chunks = aiter(self._wrapper)
         while True:
             try:
@@ -245,14 +249,20 @@ class LitellmStream:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if not sent:
+                    raise upstream_error(exc, self._deployment) from None
                 raise _stream_failure(exc, self._deployment) from None
             out = []
             for event in normalize.chunks(chunk.model_dump()):
                 tool_calls_seen = tool_calls_seen or normalize.has_tool_calls(event)
                 normalize.fix_tool_finish(event, tool_calls_seen)
+                finished = finished or "usage" in event or normalize.has_finish(event)
                 out.append(b"data: " + orjson.dumps(event) + b"\n\n")
             if out:
+                sent = True
                 yield b"".join(out)
+        if not finished:
+            raise UpstreamError(CUT, f"{self._deployment} ended the stream without finishing")
         yield _SSE_DONE
 
     async def close(self) -> None:
@@ -302,7 +312,13 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        # litellm wraps stream errors in MidStreamFallbackError(original_exception=...)
+        wrapped = getattr(current, "original_exception", None)
+        current = (
+            wrapped
+            if isinstance(wrapped, BaseException)
+            else current.__cause__ or current.__context__
+        )
 
 
 def upstream_error(exc: BaseException, deployment: str) -> UpstreamError:

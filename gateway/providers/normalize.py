@@ -326,6 +326,10 @@ def fix_tool_finish(chunk: dict[str, Any], tool_call_seen: bool) -> None:
             choice["finish_reason"] = "tool_calls"
 
 
+def has_finish(chunk: Mapping[str, Any]) -> bool:
+    return any(isinstance(c, Mapping) and c.get("finish_reason") for c in chunk.get("choices", ()))
+
+
 def has_tool_calls(chunk: Mapping[str, Any]) -> bool:
     for choice in chunk.get("choices", ()):
         delta = choice.get("delta") if isinstance(choice, Mapping) else None

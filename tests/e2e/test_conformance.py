@@ -26,31 +26,122 @@ from tests.simulator import simulator_stats, start_simulator
 DEAD = "http://127.0.0.1:9"
 
 
+def _service_account(token_uri: str) -> str:
+    """A Google service-account key (fresh RSA key) whose OAuth token endpoint is the
+    simulator's, so litellm's real Vertex auth path (google-auth) runs offline."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "farebox-tests",
+            "private_key_id": "sim",
+            "private_key": pem,
+            "client_email": "tests@farebox-tests.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": token_uri,
+        }
+    )
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
-    # The provider's YAML flow mapping; {base} is the simulator's root URL (or a dead one).
-    provider: str
+    # The provider's settings; "{base}" in any string is the simulator's root URL (or a
+    # dead one for the unreachable case, though a token_uri always stays live).
+    provider: dict[str, Any]
     model: str  # the upstream model; the simulator reads directives after `::`
-    # Whether the wire reports reasoning tokens apart from output (Anthropic bills
-    # thinking as plain output tokens, so there is nothing to report).
+    # Whether the wire reports reasoning tokens apart from output (Anthropic and Bedrock
+    # bill thinking as plain output unless thinking was asked for).
     reports_reasoning: bool = True
+    # Whether the wire has a cache-write count (Gemini's has none).
+    reports_cache_write: bool = True
     # The status this provider uses for "overloaded".
     overloaded: int = 503
+    # Directives go in an `x-mock-behavior` header instead of the model name (litellm
+    # looks Bedrock capabilities up by the exact model id).
+    directive_in_header: bool = False
+
+    def provider_yaml(self, base: str, live: str, directive: str | None = None) -> str:
+        settings = json.loads(
+            json.dumps(self.provider).replace("{base}", base).replace("{live}", live)
+        )
+        if directive is not None:
+            settings["headers"] = {"x-mock-behavior": directive}
+        return json.dumps(settings)
+
+    def model_for(self, directive: str) -> str:
+        return self.model if self.directive_in_header else f"{self.model}::{directive}"
 
 
+_VERTEX_KEY = _service_account("{live}/token")
 ROWS = [
     Row(
         "openai",
-        '{{kind: serverless, protocol: openai, api_base: "{base}/v1", api_key: k}}',
+        {"kind": "serverless", "protocol": "openai", "api_base": "{base}/v1", "api_key": "k"},
         "sim-conf",
     ),
     Row(
         "anthropic",
-        '{{kind: closed_api, protocol: anthropic, api_base: "{base}", api_key: k}}',
+        {"kind": "closed_api", "protocol": "anthropic", "api_base": "{base}", "api_key": "k"},
         "claude-sim",
         reports_reasoning=False,
         overloaded=529,
+    ),
+    Row(
+        "gemini",
+        {"kind": "closed_api", "protocol": "gemini", "api_base": "{base}/v1beta", "api_key": "k"},
+        "gemini-2.5-flash",
+        reports_cache_write=False,
+    ),
+    Row(
+        "vertex",
+        {
+            "kind": "closed_api",
+            "protocol": "vertex_ai",
+            "api_base": "{base}",
+            "options": {
+                "vertex_project": "farebox-tests",
+                "vertex_location": "us-central1",
+                "vertex_credentials": _VERTEX_KEY,
+            },
+        },
+        "gemini-2.0-flash",
+        reports_cache_write=False,
+    ),
+    Row(
+        "bedrock",
+        {
+            "kind": "closed_api",
+            "protocol": "bedrock",
+            "api_base": "{base}",
+            "options": {
+                "aws_access_key_id": "AKIDTESTS",
+                "aws_secret_access_key": "secret",
+                "aws_region_name": "us-east-1",
+            },
+        },
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+        reports_reasoning=False,
+        directive_in_header=True,
+    ),
+    Row(
+        "azure",
+        {
+            "kind": "closed_api",
+            "protocol": "azure",
+            "api_base": "{base}",
+            "api_key": "k",
+            "options": {"api_version": "2024-10-21"},
+        },
+        "gpt-4o-mini",
     ),
 ]
 
@@ -98,27 +189,34 @@ PERSON_FORMAT: Any = {
 
 
 def matrix_yaml(rows: list[Row], sim: str) -> str:
+    cases = {**CASES}
     lines = ["auth: none", "providers:"]
+    deployments = ["deployments:"]
     for row in rows:
-        lines.append(f"  {row.name}: " + row.provider.format(base=sim))
-        lines.append(f"  {row.name}-dead: " + row.provider.format(base=DEAD))
-    lines.append("deployments:")
-    for row in rows:
-        for case, directive in CASES.items():
-            if case == "overloaded":
-                continue
-            lines.append(
-                f'  {case}@{row.name}: {{provider: {row.name}, model: "{row.model}::{directive}", '
-                f"price: {PRICE}}}"
+        lines.append(f"  {row.name}: {row.provider_yaml(sim, sim)}")
+        lines.append(f"  {row.name}-dead: {row.provider_yaml(DEAD, sim)}")
+        for case, directive in (*cases.items(), ("overloaded", f"status={row.overloaded}")):
+            provider = row.name
+            if row.directive_in_header:
+                provider = f"{row.name}-{case}"
+                lines.append(f"  {provider}: {row.provider_yaml(sim, sim, directive)}")
+            price = "" if case == "overloaded" else f", price: {PRICE}"
+            deployments.append(
+                f'  {case}@{row.name}: {{provider: {provider}, model: "{row.model_for(directive)}"'
+                f"{price}}}"
             )
-        lines.append(
-            f"  overloaded@{row.name}: {{provider: {row.name}, "
-            f'model: "{row.model}::status={row.overloaded}"}}'
+        deployments.append(
+            f'  down@{row.name}: {{provider: {row.name}-dead, model: "{row.model}"}}'
         )
-        lines.append(f"  down@{row.name}: {{provider: {row.name}-dead, model: {row.model}}}")
+        # Its own failing OpenAI-protocol deployment, so no other test's failures have
+        # opened its circuit breaker.
+        deployments.append(
+            f'  fails-before-{row.name}@openai: {{provider: openai, model: "sim-conf::status=500"}}'
+        )
+    lines += deployments
     lines.append("routes:")
     for row in rows:
-        for case in (*CASES, "overloaded"):
+        for case in (*cases, "overloaded"):
             extra = ", timeouts: {ttft_ms: 400, total_ms: 800}" if case == "hang" else ""
             lines.append(f"  {row.name}-{case}: {{targets: [{case}@{row.name}]{extra}}}")
         lines.append(
@@ -129,7 +227,8 @@ def matrix_yaml(rows: list[Row], sim: str) -> str:
         # be able to tell which one answered.
         lines.append(
             f"  {row.name}-failover: {{strategy: failover, "
-            f"targets: [broken@openai, plain@{row.name}], retry: {{attempts: 1}}}}"
+            f"targets: [fails-before-{row.name}@openai, plain@{row.name}], "
+            "retry: {attempts: 1}}"
         )
     return "\n".join(lines) + "\n"
 
@@ -311,8 +410,9 @@ def test_streamed_tool_call(client: openai.OpenAI, row: Row) -> None:
 def check_cached_usage(usage: Any, row: Row) -> None:
     details = usage.prompt_tokens_details
     assert details.cached_tokens == 40
-    assert getattr(details, "cache_write_tokens", None) == 24
-    assert usage.prompt_tokens > 64  # cache reads and writes are INSIDE prompt_tokens
+    write = 24 if row.reports_cache_write else 0
+    assert (getattr(details, "cache_write_tokens", None) or 0) == write
+    assert usage.prompt_tokens > 40 + write  # cache reads and writes are INSIDE prompt_tokens
     assert usage.completion_tokens == 8  # 5 visible + 3 reasoning, reasoning inside
     reasoning = usage.completion_tokens_details.reasoning_tokens
     assert reasoning == (3 if row.reports_reasoning else 0)
@@ -408,7 +508,7 @@ def test_failover_from_openai_protocol_is_invisible(
         model=f"{row.name}-failover", messages=HELLO
     )
     assert raw.headers["x-farebox-deployment"] == f"plain@{row.name}"
-    assert "broken@openai" in raw.headers["x-farebox-fallback-reason"]
+    assert f"fails-before-{row.name}@openai" in raw.headers["x-farebox-fallback-reason"]
     check_plain(raw.parse())
     chunks = list(
         client.chat.completions.create(
@@ -464,15 +564,16 @@ def test_ledger_tokens_and_cost_match_hand_computed(
     mine = [r for r in rows if r.deployment == f"cached@{row.name}"]
     assert len(mine) == CACHED_CALLS
     tokens = served["tokens"][row.model]
-    assert tokens["cached"] == 40 * CACHED_CALLS and tokens["cache_write"] == 24 * CACHED_CALLS
+    write = 24 if row.reports_cache_write else 0
+    assert tokens["cached"] == 40 * CACHED_CALLS and tokens["cache_write"] == write * CACHED_CALLS
     prompt = tokens["prompt"] // CACHED_CALLS  # the same prompt each time
-    uncached = prompt - 40 - 24
+    uncached = prompt - 40 - write
     assert uncached > 0
     reasoning = 3 if row.reports_reasoning else 0
     # Hand-computed at the deployment's price: $3/M input, $0.30/M cache read,
     # $3.75/M cache write (each priced once, at its own rate), $15/M output.
     expected = (
-        Decimal(uncached) * 3 + 40 * Decimal("0.3") + 24 * Decimal("3.75") + 8 * 15
+        Decimal(uncached) * 3 + 40 * Decimal("0.3") + write * Decimal("3.75") + 8 * 15
     ) / 1_000_000
     for attempt in mine:
         assert attempt.error_class is None and attempt.token_source == "provider"
@@ -482,7 +583,7 @@ def test_ledger_tokens_and_cost_match_hand_computed(
             attempt.cache_write_tokens,
             attempt.output_tokens,
             attempt.reasoning_tokens,
-        ) == (uncached, 40, 24, 8, reasoning)
+        ) == (uncached, 40, write, 8, reasoning)
         assert Decimal(str(attempt.cost_usd)) == expected
 
 
