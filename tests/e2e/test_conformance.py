@@ -68,6 +68,9 @@ class Row:
     # Directives go in an `x-mock-behavior` header instead of the model name (litellm
     # looks Bedrock capabilities up by the exact model id).
     directive_in_header: bool = False
+    # The model for the thinking case, when this one cannot think (litellm drops
+    # reasoning_effort for a model it knows has no reasoning).
+    thinking_model: str | None = None
 
     def provider_yaml(self, base: str, live: str, directive: str | None = None) -> str:
         settings = json.loads(
@@ -77,8 +80,9 @@ class Row:
             settings["headers"] = {"x-mock-behavior": directive}
         return json.dumps(settings)
 
-    def model_for(self, directive: str) -> str:
-        return self.model if self.directive_in_header else f"{self.model}::{directive}"
+    def model_for(self, directive: str, case: str = "") -> str:
+        model = (self.thinking_model or self.model) if case == "thinking" else self.model
+        return model if self.directive_in_header else f"{model}::{directive}"
 
 
 _VERTEX_KEY = _service_account("{live}/token")
@@ -94,6 +98,7 @@ ROWS = [
         "claude-sim",
         reports_reasoning=False,
         overloaded=529,
+        thinking_model="claude-sonnet-4-20250514",
     ),
     Row(
         "gemini",
@@ -131,6 +136,7 @@ ROWS = [
         "anthropic.claude-3-5-haiku-20241022-v1:0",
         reports_reasoning=False,
         directive_in_header=True,
+        thinking_model="us.anthropic.claude-sonnet-4-20250514-v1:0",
     ),
     Row(
         "azure",
@@ -149,6 +155,7 @@ PRICE = "{input: 3, output: 15, cached_input: 0.3, cache_write: 3.75}"
 CASES = {
     "plain": "tokens=6",
     "cached": "cached=40,cache_write=24,tokens=5,reasoning=3",
+    "thinking": "reasoning=3,tokens=5",
     "limited": "status=429,retry_after=7",
     "bad": "status=400",
     "toolarge": "status=413",
@@ -202,8 +209,8 @@ def matrix_yaml(rows: list[Row], sim: str) -> str:
                 lines.append(f"  {provider}: {row.provider_yaml(sim, sim, directive)}")
             price = "" if case == "overloaded" else f", price: {PRICE}"
             deployments.append(
-                f'  {case}@{row.name}: {{provider: {provider}, model: "{row.model_for(directive)}"'
-                f"{price}}}"
+                f"  {case}@{row.name}: {{provider: {provider}, "
+                f'model: "{row.model_for(directive, case)}"{price}}}'
             )
         deployments.append(
             f'  down@{row.name}: {{provider: {row.name}-dead, model: "{row.model}"}}'
@@ -436,6 +443,29 @@ def test_cached_token_usage(client: openai.OpenAI, row: Row) -> None:
     assert chunks[-1].usage.prompt_tokens == response.usage.prompt_tokens
 
 
+def test_reasoning_tokens_when_the_model_thinks(client: openai.OpenAI, row: Row) -> None:
+    """Asked to think, every backend reports reasoning inside completion_tokens."""
+    response = client.chat.completions.create(
+        model=f"{row.name}-thinking", messages=HELLO, reasoning_effort="low", max_tokens=4000
+    )
+    assert response.choices[0].finish_reason == "stop"
+    assert response.usage.completion_tokens == 8
+    assert response.usage.completion_tokens_details.reasoning_tokens == 3
+    chunks = list(
+        client.chat.completions.create(
+            model=f"{row.name}-thinking",
+            messages=HELLO,
+            reasoning_effort="low",
+            max_tokens=4000,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 8
+    assert usage.completion_tokens_details.reasoning_tokens == 3
+
+
 # -- every error class ---------------------------------------------------------------------
 
 
@@ -545,7 +575,15 @@ def ledger_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any
                         model=f"{row.name}-cached", messages=messages, stream=True
                     )
                 )
-        served = simulator_stats(url)
+            served = simulator_stats(url)  # before the thinking calls, which share models
+            for row in ROWS:
+                client.chat.completions.create(
+                    model=f"{row.name}-thinking",
+                    messages=[{"role": "user", "content": LONG}],
+                    reasoning_effort="low",
+                    max_tokens=4000,
+                )
+            served["after_thinking"] = simulator_stats(url)["tokens"]
     finally:
         stop()
     # Leaving the block shut the gateway down, which flushed its ledger.
@@ -597,3 +635,19 @@ def query(url: str, sql: str) -> list[Any]:
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+def test_ledger_reasoning_is_inside_output_and_priced_once(
+    ledger_rows: tuple[dict[str, Any], list[Any]], row: Row
+) -> None:
+    served, rows = ledger_rows
+    [attempt] = [r for r in rows if r.deployment == f"thinking@{row.name}"]
+    model = row.thinking_model or row.model
+    prompt = served["after_thinking"][model]["prompt"] if row.thinking_model else None
+    assert (attempt.output_tokens, attempt.reasoning_tokens) == (8, 3)
+    assert attempt.cached_read_tokens == 0 and attempt.cache_write_tokens == 0
+    if prompt is not None:
+        assert attempt.input_uncached_tokens == prompt
+    # Reasoning is output: billed once, at the output rate, never on top of it.
+    expected = (Decimal(attempt.input_uncached_tokens) * 3 + 8 * 15) / 1_000_000
+    assert Decimal(str(attempt.cost_usd)) == expected
