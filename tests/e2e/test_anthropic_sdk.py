@@ -15,11 +15,10 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.ledger_reads import ledger_url, wait_for_rows
 
 KEY = "sk-anthropic-ingress-01"
 CONFIG = """
@@ -340,26 +339,11 @@ def test_mid_stream_failure_raises_not_a_clean_end(client: anthropic.Anthropic) 
 
 def ledger_row(gw: RunningGateway, request_id: str) -> dict[str, Any]:
     """The request's ledger row, once the writer has flushed it."""
-    assert gw.state.repository is not None
-    url = gw.state.repository.engine.url.render_as_string(hide_password=False)
-
-    async def read() -> dict[str, Any] | None:
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                found = await conn.execute(
-                    text("SELECT * FROM requests WHERE id = :id"), {"id": request_id}
-                )
-                row = found.mappings().first()
-                return dict(row) if row is not None else None
-        finally:
-            await engine.dispose()
-
-    for _ in range(200):
-        row = asyncio.run(read())
-        if row is not None:
-            return row
-        asyncio.run(asyncio.sleep(0.05))
+    rows = wait_for_rows(
+        ledger_url(gw), "SELECT * FROM requests WHERE id = :id", {"id": request_id}
+    )
+    if rows:
+        return dict(rows[0]._mapping)
     raise AssertionError(f"request {request_id} never reached the ledger")
 
 

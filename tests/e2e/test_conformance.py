@@ -7,7 +7,6 @@ SDK's parsed objects. A new provider gets the whole matrix by adding one `Row`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ from typing import Any
 
 import openai
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.ledger_reads import sql_rows
 from tests.simulator import simulator_stats, start_simulator
 
 DEAD = "http://127.0.0.1:9"
@@ -587,7 +585,7 @@ def ledger_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any
     finally:
         stop()
     # Leaving the block shut the gateway down, which flushed its ledger.
-    rows = query(
+    rows = sql_rows(
         settings.database_url,
         "SELECT deployment, input_uncached_tokens, cached_read_tokens, cache_write_tokens, "
         "output_tokens, reasoning_tokens, cost_usd, error_class, token_source FROM attempts",
@@ -623,31 +621,3 @@ def test_ledger_tokens_and_cost_match_hand_computed(
             attempt.reasoning_tokens,
         ) == (uncached, 40, write, 8, reasoning)
         assert Decimal(str(attempt.cost_usd)) == expected
-
-
-def query(url: str, sql: str) -> list[Any]:
-    async def run() -> list[Any]:
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                return list((await conn.execute(text(sql))).all())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def test_ledger_reasoning_is_inside_output_and_priced_once(
-    ledger_rows: tuple[dict[str, Any], list[Any]], row: Row
-) -> None:
-    served, rows = ledger_rows
-    [attempt] = [r for r in rows if r.deployment == f"thinking@{row.name}"]
-    model = row.thinking_model or row.model
-    prompt = served["after_thinking"][model]["prompt"] if row.thinking_model else None
-    assert (attempt.output_tokens, attempt.reasoning_tokens) == (8, 3)
-    assert attempt.cached_read_tokens == 0 and attempt.cache_write_tokens == 0
-    if prompt is not None:
-        assert attempt.input_uncached_tokens == prompt
-    # Reasoning is output: billed once, at the output rate, never on top of it.
-    expected = (Decimal(attempt.input_uncached_tokens) * 3 + 8 * 15) / 1_000_000
-    assert Decimal(str(attempt.cost_usd)) == expected

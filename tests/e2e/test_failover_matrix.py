@@ -12,11 +12,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.ledger_reads import ledger_url, sql_rows, wait_for_rows
 
 KEY = "sk-failover-tests-1"
 HELLO = [{"role": "user", "content": "Which way to the fallback?"}]
@@ -123,40 +122,18 @@ def attempts_of(gw: RunningGateway, request_id: str) -> list[tuple[str, str | No
 
 def ledger_rows(gw: RunningGateway, request_id: str) -> tuple[Any, list[Any]]:
     """(request row, attempt rows) once the writer has flushed them."""
-    url = (
-        gw.state.repository.engine.url.render_as_string(hide_password=False)
-        if gw.state.repository
-        else ""
+    url = ledger_url(gw)
+    params = {"id": request_id}
+    found = wait_for_rows(
+        url, "SELECT final_status, error_class, attempts FROM requests WHERE id = :id", params
     )
-
-    async def read() -> tuple[Any, list[Any]] | None:
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                found = await conn.execute(
-                    text("SELECT final_status, error_class, attempts FROM requests WHERE id = :id"),
-                    {"id": request_id},
-                )
-                request = found.first()
-                if request is None:
-                    return None
-                rows = await conn.execute(
-                    text(
-                        "SELECT role, error_class FROM attempts WHERE request_id = :id "
-                        "ORDER BY attempt_no"
-                    ),
-                    {"id": request_id},
-                )
-                return request, list(rows.all())
-        finally:
-            await engine.dispose()
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = asyncio.run(read())
-        if found is not None:
-            return found
-        time.sleep(0.05)
+    if found:
+        attempts = sql_rows(
+            url,
+            "SELECT role, error_class FROM attempts WHERE request_id = :id ORDER BY attempt_no",
+            params,
+        )
+        return found[0], attempts
     raise AssertionError(f"request {request_id} never reached the ledger")
 
 
@@ -269,24 +246,9 @@ def test_client_disconnect_cancels_the_upstream_call(
 
 
 def _cancelled_requests(gw: RunningGateway) -> int:
-    url = (
-        gw.state.repository.engine.url.render_as_string(hide_password=False)
-        if gw.state.repository
-        else ""
+    rows = sql_rows(
+        ledger_url(gw),
+        "SELECT count(*) FROM requests WHERE final_status = 499 "
+        "AND error_class = 'client_cancelled' AND route = 'slow'",
     )
-
-    async def count() -> int:
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                found = await conn.execute(
-                    text(
-                        "SELECT count(*) FROM requests WHERE final_status = 499 "
-                        "AND error_class = 'client_cancelled' AND route = 'slow'"
-                    )
-                )
-                return int(found.scalar() or 0)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(count())
+    return int(rows[0][0] or 0)

@@ -17,13 +17,12 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.ledger.repository import LedgerRepository
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.gateway_process import gateway_process
+from tests.ledger_reads import sql_rows
 from tests.services import PostgresServer
 from tests.simulator import reset_simulator as reset
 from tests.simulator import running_simulator
@@ -63,18 +62,6 @@ routes:
 def sim() -> Iterator[str]:
     with running_simulator(seed=7) as url:
         yield url
-
-
-def query(url: str, sql: str) -> list[Any]:
-    async def run() -> list[Any]:
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                return list((await conn.execute(text(sql))).all())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def ledger(url: str) -> LedgerRepository:
@@ -203,7 +190,7 @@ def test_failed_attempts_carry_estimated_input_and_cost(
     ) / 1_000_000
     assert Decimal(str(streamed_cost)) == pytest.approx(expect_stream)
 
-    rows = query(
+    rows = sql_rows(
         pg_url,
         "SELECT deployment, token_source, input_uncached_tokens, output_tokens, "
         "error_class, http_status, cost_usd FROM attempts ORDER BY started_at",
@@ -219,7 +206,7 @@ def test_failed_attempts_carry_estimated_input_and_cost(
     assert by_dep["plain@sim"][1] == "provider"
     assert by_dep["unpriced@sim"][6] is None  # unknown price is NULL, never $0
     assert by_dep["gpu@gpu"][6] == 0
-    requests = query(pg_url, "SELECT route, final_status, error_class, attempts FROM requests")
+    requests = sql_rows(pg_url, "SELECT route, final_status, error_class, attempts FROM requests")
     statuses = {r[0]: (r[1], r[2], r[3]) for r in requests}
     assert statuses["err"] == (502, "http_500", 2)  # the first try and one retry
     assert statuses["cut"] == (200, "cut", 1)
@@ -249,11 +236,11 @@ def test_postgres_outage_mid_load_loses_nothing(
     assert statuses.count(200) == len(jobs), f"clients saw errors: {set(statuses)}"
     assert "spooling" in log  # the outage really hit the writer
     ids = {rid for _, rid in results}
-    db_ids = {r[0] for r in query(pg_url, "SELECT id FROM requests")}
+    db_ids = {r[0] for r in sql_rows(pg_url, "SELECT id FROM requests")}
     assert db_ids == ids
-    (n_attempts,) = query(pg_url, "SELECT count(*), count(DISTINCT request_id) FROM attempts")[0][
-        :1
-    ]
+    (n_attempts,) = sql_rows(pg_url, "SELECT count(*), count(DISTINCT request_id) FROM attempts")[
+        0
+    ][:1]
     assert n_attempts == len(jobs)
     assert not list(spool.glob("ledger-*")), "spool not fully replayed"
 
@@ -289,9 +276,9 @@ def test_sigterm_mid_load_records_every_accepted_request(
     accepted = {rid for status, rid in results if status == 200}
     assert len(accepted) > 100, "the load never got going"
     assert len(accepted) < len(jobs), "SIGTERM came after the load finished"
-    db_ids = {r[0] for r in query(pg_url, "SELECT id FROM requests WHERE final_status = 200")}
+    db_ids = {r[0] for r in sql_rows(pg_url, "SELECT id FROM requests WHERE final_status = 200")}
     assert accepted <= db_ids
-    missing = query(
+    missing = sql_rows(
         pg_url,
         "SELECT count(*) FROM requests r WHERE NOT EXISTS "
         "(SELECT 1 FROM attempts a WHERE a.request_id = r.id)",
