@@ -11,10 +11,8 @@ relay and the meter treat these deployments exactly like OpenAI-protocol ones.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
-import struct
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -70,7 +68,6 @@ _CHAT_PARAMS = frozenset(
         "thinking",
     }
 )
-_EMBEDDING_PARAMS = frozenset({"input", "dimensions", "user"})
 _SSE_DONE = b"data: [DONE]\n\n"
 _CONNECT_ERRORS = (
     "ConnectError",
@@ -171,8 +168,6 @@ class LitellmAdapter:
     async def call(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> UpstreamReply:
-        if endpoint == "embeddings":
-            return await self._embed(deployment, payload, timeouts)
         if endpoint != "chat/completions":
             raise _unsupported(deployment, endpoint)
         kwargs = self._kwargs(deployment, payload, timeouts, _CHAT_PARAMS, stream=False)
@@ -188,19 +183,6 @@ class LitellmAdapter:
         except Exception:
             log.exception("litellm answer from %s could not be normalized", deployment.id)
             raise UpstreamError(MALFORMED, f"{deployment.id} sent an unusable answer") from None
-        return UpstreamReply(200, orjson.dumps(data), data, _request_id(response))
-
-    async def _embed(
-        self, deployment: DeploymentSpec, payload: dict[str, Any], timeouts: Timeouts
-    ) -> UpstreamReply:
-        kwargs = self._kwargs(deployment, payload, timeouts, _EMBEDDING_PARAMS, stream=False)
-        try:
-            response = await self._litellm.aembedding(**kwargs)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise upstream_error(exc, deployment.id) from None
-        data = _embedding_body(response.model_dump(), payload.get("encoding_format") == "base64")
         return UpstreamReply(200, orjson.dumps(data), data, _request_id(response))
 
     async def open_stream(
@@ -399,33 +381,3 @@ def _headers(raw: Any) -> dict[str, str]:
         return {str(k).lower(): str(v) for k, v in dict(raw).items()}
     except (TypeError, ValueError):
         return {}
-
-
-def _embedding_body(raw: Mapping[str, Any], as_base64: bool) -> dict[str, Any]:
-    """An OpenAI embeddings list; base64 (little-endian float32) when the client asked,
-    as the OpenAI SDKs do by default."""
-    data = []
-    for position, item in enumerate(raw.get("data") or ()):
-        vector = item.get("embedding") if isinstance(item, Mapping) else None
-        if not isinstance(vector, list):
-            continue
-        embedding: Any = vector
-        if as_base64:
-            embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        index = item.get("index")
-        data.append(
-            {
-                "object": "embedding",
-                "index": index if type(index) is int else position,
-                "embedding": embedding,
-            }
-        )
-    usage = raw.get("usage")
-    counts: Mapping[str, Any] = usage if isinstance(usage, Mapping) else {}
-    prompt = counts.get("prompt_tokens") or counts.get("total_tokens") or 0
-    return {
-        "object": "list",
-        "data": data,
-        "model": str(raw.get("model") or ""),
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-    }

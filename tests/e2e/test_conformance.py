@@ -464,6 +464,21 @@ def test_reasoning_tokens_when_the_model_thinks(client: openai.OpenAI, row: Row)
     assert usage.completion_tokens_details.reasoning_tokens == 3
 
 
+def test_other_endpoints_need_an_openai_protocol_deployment(
+    client: openai.OpenAI, row: Row
+) -> None:
+    if row.name == "openai":
+        assert client.embeddings.create(model=f"{row.name}-plain", input="hi").data
+        assert client.completions.create(model=f"{row.name}-plain", prompt="hi").choices
+        return
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=f"{row.name}-plain", input="hi")
+    assert info.value.code == "unsupported_endpoint"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=f"{row.name}-plain", prompt="hi")
+    assert info.value.code == "unsupported_endpoint"
+
+
 # -- every error class ---------------------------------------------------------------------
 
 
