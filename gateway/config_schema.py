@@ -26,13 +26,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, Path, load_yaml
-from routing.model import DeploymentSpec, RetryPolicy, RouteSpec, Timeouts
+from routing.model import DeploymentSpec, Requirements, RetryPolicy, RouteSpec, Timeouts
 from routing.resolve import ModelIndex
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
-STRATEGIES = ("direct", "failover")
+STRATEGIES = ("direct", "failover", "cost", "weighted", "latency")
+KINDS = ("serverless", "dedicated", "closed_api")
 # `openai`: Farebox's own aiohttp client. The rest go through litellm (imported only when
 # one is configured) and are normalized back to the OpenAI shape.
 PROTOCOLS = ("openai", "anthropic", "gemini", "bedrock", "azure", "vertex_ai")
@@ -66,6 +67,12 @@ class Provider(_Strict):
     options: dict[str, OptionValue] = Field(default_factory=dict)
     hourly_usd: NonNegativeFloat | None = None
     max_concurrency: PositiveInt | None = None
+    # Where it processes data and whether it keeps none (for route `require:`).
+    region: str | None = None
+    zero_retention: bool = False
+    # The account's limits, requests and tokens per minute (deployments may override).
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
 
     @field_validator("api_base")
     @classmethod
@@ -103,6 +110,11 @@ class Deployment(_Strict):
     price: Price | None = None
     context_window: PositiveInt | None = None
     max_concurrency: PositiveInt | None = None
+    # What it can do; unset means everything (listing them lets cost routing skip it for
+    # requests that need something else).
+    capabilities: list[Literal["tools", "json_schema", "vision", "audio"]] | None = None
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
 
 
 class TimeoutsConfig(_Strict):
@@ -128,10 +140,23 @@ class BreakerConfig(_Strict):
     max_cooldown_s: Annotated[float, Field(gt=0)] = 300.0
 
 
+class Require(_Strict):
+    region: list[str] | None = None
+    zero_retention: bool = False
+    kind: list[Literal["serverless", "dedicated", "closed_api"]] | None = None
+
+
 class Route(_Strict):
     strategy: str = "direct"
     targets: list[str] = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list)
+    # weighted: share per target (targets left out weigh 1); sticky: user |
+    # prompt_cache_key | header:<name> keeps a client on one target.
+    weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    sticky: str | None = None
+    require: Require | None = None
+    # Prompt-cache affinity for cost, weighted and latency routes.
+    affinity: bool = True
     # Unset fields inherit server.timeouts.
     timeouts: TimeoutsConfig | None = None
     retry: RetryConfig | None = None
@@ -147,6 +172,15 @@ class Route(_Strict):
                 f"unknown strategy {value!r}{hint}; available: {', '.join(STRATEGIES)}"
             )
         return value
+
+    @field_validator("sticky")
+    @classmethod
+    def _known_sticky(cls, value: str | None) -> str | None:
+        if value is None or value in ("user", "prompt_cache_key"):
+            return value
+        if value.startswith("header:") and len(value) > len("header:"):
+            return "header:" + value.removeprefix("header:").lower()
+        raise ValueError("must be user, prompt_cache_key or header:<name>")
 
 
 class ApiKey(_Strict):
@@ -192,17 +226,24 @@ class GatewayConfig(_Strict):
         return list(self.auth.keys)
 
     def deployment_specs(self) -> dict[str, DeploymentSpec]:
-        return {
-            dep_id: DeploymentSpec(
+        specs = {}
+        for dep_id, dep in self.deployments.items():
+            provider = self.providers[dep.provider]
+            specs[dep_id] = DeploymentSpec(
                 id=dep_id,
                 provider=dep.provider,
-                provider_kind=self.providers[dep.provider].kind,
-                protocol=self.providers[dep.provider].protocol,
+                provider_kind=provider.kind,
+                protocol=provider.protocol,
                 upstream_model=dep.model,
                 context_window=dep.context_window,
+                max_concurrency=dep.max_concurrency or provider.max_concurrency,
+                capabilities=None if dep.capabilities is None else frozenset(dep.capabilities),
+                region=provider.region,
+                zero_retention=provider.zero_retention,
+                rpm=dep.rpm or provider.rpm,
+                tpm=dep.tpm or provider.tpm,
             )
-            for dep_id, dep in self.deployments.items()
-        }
+        return specs
 
     def route_specs(self) -> dict[str, RouteSpec]:
         return {
@@ -215,6 +256,10 @@ class GatewayConfig(_Strict):
                 fallbacks=tuple(route.fallbacks),
                 retry=_retry(_merged(self.server.retry, route.retry)),
                 hedge_after_ms=route.hedge_after_ms,
+                weights=tuple(route.weights.get(t, 1.0) for t in route.targets),
+                sticky=route.sticky,
+                require=_requirements(route.require),
+                affinity=route.affinity,
             )
             for name, route in self.routes.items()
         }
@@ -247,6 +292,16 @@ def _timeouts(t: TimeoutsConfig) -> Timeouts:
         total_ms=t.total_ms,
         idle_ms=t.idle_ms,
         attempt_ms=t.attempt_ms,
+    )
+
+
+def _requirements(require: Require | None) -> Requirements | None:
+    if require is None:
+        return None
+    return Requirements(
+        regions=None if require.region is None else frozenset(require.region),
+        zero_retention=require.zero_retention,
+        kinds=None if require.kind is None else frozenset(require.kind),
     )
 
 
@@ -312,6 +367,20 @@ def _cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssu
             issues.append(
                 doc.issue(("routes", name, "hedge_after_ms"), "hedging needs a second target")
             )
+        for target in route.weights:
+            if target not in route.targets:
+                issues.append(
+                    doc.issue(
+                        ("routes", name, "weights", target),
+                        f"{target!r} is not one of this route's targets",
+                    )
+                )
+        if route.weights and route.strategy != "weighted":
+            issues.append(
+                doc.issue(("routes", name, "weights"), "weights are for strategy weighted")
+            )
+        if route.sticky and route.strategy != "weighted":
+            issues.append(doc.issue(("routes", name, "sticky"), "sticky is for strategy weighted"))
         if route.strategy == "direct" and len(route.targets) != 1:
             issues.append(
                 doc.issue(

@@ -21,6 +21,7 @@ from gateway.ledger.tokens import estimate_input_tokens
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from routing.cost import Usage, attempt_cost, usage_from_openai
 from routing.model import Plan, PlannedAttempt
+from routing.shape import RequestShape
 
 # Failures after which the provider has (or may have) run the model over the prompt, and
 # so bills the input tokens. Rejections before inference (4xx, connect errors) are free.
@@ -56,6 +57,8 @@ class CallContext:
     attempts: list[AttemptRow] = field(default_factory=list)
     ttft_ms: float | None = None
     input_estimate: int | None = None
+    # Set for balancing routes: what the planner measured of the request.
+    shape: RequestShape | None = None
 
 
 def error_class(exc: UpstreamError) -> str:
@@ -250,6 +253,7 @@ class Meter:
             cost_usd=total,
             latency_ms=(time.perf_counter() - ctx.t0) * 1000,
             ttft_ms=ctx.ttft_ms,
+            decision=plan.reason,
         )
         self.ledger.record(row, attempts)
         metrics.count_request(plan.route, status)

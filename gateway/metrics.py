@@ -51,6 +51,26 @@ _attempt_children: dict[tuple[str, str, str], Any] = {}
 _request_children: dict[tuple[str, int], Any] = {}
 
 
+IN_FLIGHT = Gauge(
+    "farebox_deployment_in_flight", "Upstream calls in flight on this replica", ["deployment"]
+)
+DEDICATED_CAPACITY = Gauge(
+    "farebox_dedicated_capacity", "max_concurrency of a dedicated deployment", ["deployment"]
+)
+# Utilization of paid-for GPUs: rate(slot_seconds) / capacity is the busy share of slots,
+# rate(busy_seconds) the share of wall time with anything in flight.
+DEDICATED_SLOT_SECONDS = Counter(
+    "farebox_dedicated_slot_seconds",
+    "Integral of in-flight calls over time on a dedicated deployment",
+    ["deployment"],
+)
+DEDICATED_BUSY_SECONDS = Counter(
+    "farebox_dedicated_busy_seconds",
+    "Seconds a dedicated deployment had at least one call in flight",
+    ["deployment"],
+)
+
+
 def count_attempt(deployment: str, role: str, outcome: str) -> None:
     key = (deployment, role, outcome)
     child = _attempt_children.get(key)

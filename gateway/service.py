@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from gateway import metrics
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
+from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import (
     CONNECT,
@@ -48,6 +49,7 @@ from routing.failover import (
     parse_retry_after,
 )
 from routing.model import Plan, PlannedAttempt, Timeouts
+from routing.shape import RequestShape
 
 __all__ = ["DONE", "Completion", "Service", "StreamingCompletion", "client_error"]
 
@@ -60,6 +62,41 @@ MIN_ATTEMPT_S = 0.05
 async def _keep(_: Any) -> None:
     """Default `discard` for results that hold nothing to release."""
     return None
+
+
+class Tracker(Protocol):
+    """Live routing state fed by attempts (gateway.live_routing.LiveRouting)."""
+
+    def started(self, deployment: str, shape: RequestShape | None) -> None: ...
+    def ended(self, deployment: str) -> None: ...
+    def succeeded(
+        self,
+        plan: Plan,
+        shape: RequestShape | None,
+        row: AttemptRow,
+        limits: Mapping[str, str] | None,
+    ) -> None: ...
+    def failed(self, deployment: str, error: UpstreamError) -> None: ...
+
+
+class NullTracker:
+    def started(self, deployment: str, shape: RequestShape | None) -> None:
+        return None
+
+    def ended(self, deployment: str) -> None:
+        return None
+
+    def succeeded(
+        self,
+        plan: Plan,
+        shape: RequestShape | None,
+        row: AttemptRow,
+        limits: Mapping[str, str] | None,
+    ) -> None:
+        return None
+
+    def failed(self, deployment: str, error: UpstreamError) -> None:
+        return None
 
 
 class BreakerBoard(Protocol):
@@ -94,6 +131,7 @@ class _Opened:
     stream: UpstreamStream
     blocks: AsyncIterator[bytes]
     first: bytes
+    deployment: str
 
 
 @dataclass(slots=True)
@@ -110,10 +148,17 @@ class _Run(Generic[T]):
 
 
 class Service:
-    def __init__(self, adapter: Adapter, meter: Meter, breakers: BreakerBoard) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        meter: Meter,
+        breakers: BreakerBoard,
+        tracker: Tracker | None = None,
+    ) -> None:
         self._adapter = adapter
         self.meter = meter
         self.breakers = breakers
+        self.tracker: Tracker = tracker or NullTracker()
         self._rand = random.random
 
     async def close(self) -> None:
@@ -122,12 +167,22 @@ class Service:
     # -- non-stream ---------------------------------------------------------------------
 
     async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
+        tracker = self.tracker
+
         async def call(attempt: PlannedAttempt, timeouts: Timeouts) -> Any:
-            return await self._adapter.call(attempt.deployment, ctx.endpoint, ctx.payload, timeouts)
+            dep_id = attempt.deployment.id
+            tracker.started(dep_id, ctx.shape)
+            try:
+                return await self._adapter.call(
+                    attempt.deployment, ctx.endpoint, ctx.payload, timeouts
+                )
+            finally:
+                tracker.ended(dep_id)
 
         run: _Run[Any] = _Run(ctx, plan, ctx.t0 + plan.timeouts.total_ms / 1000)
         attempt, reply, started = await self._walk(run, call, stream=False)
-        self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
+        row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
+        tracker.succeeded(plan, ctx.shape, row, reply.limits)
         request = self.meter.finish(ctx, plan, 200, None, attempt.deployment.id)
         return Completion(
             body=reply.raw,
@@ -151,7 +206,17 @@ class Service:
         options = ctx.payload.get("stream_options")
         ctx.payload["stream_options"] = {**(options or {}), "include_usage": True}
 
+        tracker = self.tracker
+
         async def open_first(attempt: PlannedAttempt, timeouts: Timeouts) -> _Opened:
+            tracker.started(attempt.deployment.id, ctx.shape)
+            try:
+                return await _open_first(attempt, timeouts)
+            except BaseException:
+                tracker.ended(attempt.deployment.id)
+                raise
+
+        async def _open_first(attempt: PlannedAttempt, timeouts: Timeouts) -> _Opened:
             dep = attempt.deployment
             upstream: UpstreamStream | None = None
             # TTFT covers everything up to the first usable read: connect, headers and the
@@ -190,9 +255,10 @@ class Service:
                 await upstream.close()
                 problem.request_id = upstream.request_id
                 raise problem
-            return _Opened(upstream, blocks, first)
+            return _Opened(upstream, blocks, first, dep.id)
 
         async def close_opened(opened: _Opened) -> None:
+            tracker.ended(opened.deployment)
             await opened.stream.close()
 
         run: _Run[_Opened] = _Run(ctx, plan, ctx.t0 + plan.timeouts.total_ms / 1000)
@@ -210,6 +276,8 @@ class Service:
             started,
             client_wants_usage,
             on_outcome=lambda ok: self.breakers.record(dep_id, ok),
+            on_metered=lambda row: tracker.succeeded(plan, ctx.shape, row, opened.stream.limits),
+            on_end=lambda: tracker.ended(dep_id),
         )
         return StreamingCompletion(
             deployment=dep_id,
@@ -302,6 +370,7 @@ class Service:
                 self.meter.failed_upstream(
                     run.ctx, attempt, failure, started, error=decision.error_class
                 )
+                self.tracker.failed(dep.id, failure)
                 run.last_error, run.last_deployment = failure, dep.id
                 if decision.open_breaker:
                     self.breakers.force_open(dep.id)
@@ -417,6 +486,7 @@ class Service:
     ) -> None:
         decision = classify(_outcome(failure), 0, deployment=attempt.deployment)
         self.meter.failed_upstream(run.ctx, attempt, failure, started, error=decision.error_class)
+        self.tracker.failed(attempt.deployment.id, failure)
         if decision.open_breaker:
             self.breakers.force_open(attempt.deployment.id)
         elif decision.counts_as_failure:

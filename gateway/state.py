@@ -17,6 +17,7 @@ from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
+from gateway.live_routing import LiveRouting
 from gateway.metering import Ledger, Meter, NullLedger
 from gateway.providers.base import Adapter
 from gateway.providers.dispatch import ProtocolDispatch
@@ -40,6 +41,7 @@ class GatewayState:
     repository: LedgerRepository | None = None
     prices: PriceBook | None = None
     breakers: Breakers | None = None
+    live: LiveRouting | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -129,11 +131,13 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
             for name in index.routable_names()
         ],
     }
+    live = LiveRouting(config.deployment_specs(), config.route_specs(), prices, breakers.open_map)
     return GatewayState(
         config=config,
         index=index,
         keys=build_keys(settings, config),
-        service=Service(build_adapter(config), meter, breakers),
+        service=Service(build_adapter(config), meter, breakers, live),
+        live=live,
         breakers=breakers,
         models_body=orjson.dumps(models),
         writer=writer,

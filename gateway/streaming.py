@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
 from gateway.providers.sse import SSEDecoder
@@ -30,6 +31,8 @@ class Relay:
         "attempt",
         "ctx",
         "meter",
+        "on_end",
+        "on_metered",
         "on_outcome",
         "plan",
         "started",
@@ -47,6 +50,8 @@ class Relay:
         started: float,
         wants_usage: bool,
         on_outcome: Callable[[bool], None] | None = None,
+        on_metered: Callable[[AttemptRow], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.meter = meter
         self.ctx = ctx
@@ -56,6 +61,9 @@ class Relay:
         self.started = started
         self.wants_usage = wants_usage
         self.on_outcome = on_outcome
+        # on_metered: the attempt's row once usage arrived; on_end: always, last.
+        self.on_metered = on_metered
+        self.on_end = on_end
 
     async def run(self, blocks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
         """One client write per upstream read.
@@ -118,7 +126,7 @@ class Relay:
             self._finish(outcome, usage is not None, events_seen)
 
     def _meter_success(self, usage: Any) -> None:
-        self.meter.succeeded(
+        row = self.meter.succeeded(
             self.ctx,
             self.attempt,
             usage,
@@ -126,6 +134,8 @@ class Relay:
             self.started,
             ttft_ms=self.ctx.ttft_ms,
         )
+        if self.on_metered is not None:
+            self.on_metered(row)
 
     def _with_cost(self, chunk: dict[str, Any]) -> bytes:
         cost = self.ctx.attempts[-1].cost_usd if self.ctx.attempts else None
@@ -153,6 +163,8 @@ class Relay:
             self.on_outcome(outcome is None)
         status = STATUS_CLIENT_CLOSED if outcome == CLIENT_CANCELLED else 200
         self.meter.finish(self.ctx, self.plan, status, outcome, self.attempt.deployment.id)
+        if self.on_end is not None:
+            self.on_end()
 
 
 def stream_error_event(message: str, *, code: str) -> bytes:

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 ROLES = ("primary", "retry", "fallback", "hedge", "escalation", "repair", "drill")
 
 
+# What a request may need from a deployment (see routing.shape.request_shape).
+CAPABILITIES = ("tools", "json_schema", "vision", "audio")
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentSpec:
     id: str
@@ -19,6 +23,24 @@ class DeploymentSpec:
     protocol: str
     upstream_model: str
     context_window: int | None = None
+    # In-flight requests it takes before traffic overflows elsewhere (dedicated GPUs).
+    max_concurrency: int | None = None
+    # None: not declared, assumed capable of everything (declaring narrows it).
+    capabilities: frozenset[str] | None = None
+    region: str | None = None
+    zero_retention: bool = False
+    # Provider limits as configured (requests / tokens per minute).
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """Route constraints every deployment must meet (geo and compliance segmentation)."""
+
+    regions: frozenset[str] | None = None
+    zero_retention: bool = False
+    kinds: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,17 @@ class RouteSpec:
     fallbacks: tuple[str, ...] = ()
     retry: RetryPolicy = NO_RETRY
     hedge_after_ms: int | None = None
+    # weighted: one weight per target, in order; sticky: what keeps a client on one target
+    # ("user", "prompt_cache_key" or "header:<name>"; None: by request id).
+    weights: tuple[float, ...] = ()
+    sticky: str | None = None
+    require: Requirements | None = None
+    # Prompt-cache affinity for the balancing strategies (cost, weighted, latency).
+    affinity: bool = True
+
+
+# Strategies whose order is decided per request from live state; the others are fixed.
+DYNAMIC_STRATEGIES = frozenset({"cost", "weighted", "latency"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +108,5 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     retry: RetryPolicy = NO_RETRY
     hedge_after_ms: int | None = None
+    # Why the first target was chosen (x-farebox-route-reason, ledger `decision`).
+    reason: str | None = None

@@ -69,8 +69,10 @@ class AnthropicEndpoints:
         payload = to_openai(parse_object(body))
         model: str = payload["model"]
         stream = payload.get("stream") is True
-        plan = plan_for(state, model, headers)
-        ctx = CallContext(request_id, key_id, "chat/completions", model, stream, payload)
+        plan, shape = plan_for(state, model, headers, payload, scope)
+        ctx = CallContext(
+            request_id, key_id, "chat/completions", model, stream, payload, shape=shape
+        )
         with DisconnectWatch(receive) as watch:
             if stream:
                 streaming = await state.service.stream(ctx, plan, True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.api.asgi import (
     SSE_HEADERS,
@@ -25,7 +25,8 @@ from gateway.api.asgi import (
 from gateway.errors import GatewayError, model_not_found, unauthorized
 from gateway.service import DONE, StreamingCompletion
 from gateway.state import GatewayState
-from routing.model import Plan
+from routing.model import DYNAMIC_STRATEGIES, Plan
+from routing.shape import RequestShape
 
 log = logging.getLogger("farebox.api")
 
@@ -89,13 +90,37 @@ def authenticate(scope: Scope, state: GatewayState) -> str | None:
     return principal.key_name
 
 
-def plan_for(state: GatewayState, model: str, headers: Headers) -> Plan:
-    """The plan for `model` (404 if nothing routes it); names the route in a header."""
+def plan_for(
+    state: GatewayState,
+    model: str,
+    headers: Headers,
+    payload: dict[str, Any],
+    scope: Scope,
+) -> tuple[Plan, RequestShape | None]:
+    """The plan for `model` (404 if nothing routes it); names the route in a header.
+
+    Fixed strategies (direct, failover) have their plan built once per config; balancing
+    ones (cost, weighted, latency) are planned here from live state, and say why.
+    """
     plan = state.index.plan(model)
     if plan is None:
         raise model_not_found(model, state.index.routable_names())
     headers.append((b"x-farebox-route", plan.route.encode()))
-    return plan
+    if plan.strategy not in DYNAMIC_STRATEGIES or state.live is None:
+        return plan, None
+    route = state.live.route(plan.route)
+    if route is None:
+        return plan, None
+    request_id = headers[0][1].decode()
+
+    def lookup(name: str) -> str | None:
+        value = header(scope, name.encode())
+        return value.decode("latin-1") if value is not None else None
+
+    decision, shape = state.live.decide(route, payload, request_id, lookup)
+    if decision.reason:
+        headers.append((b"x-farebox-route-reason", header_value(decision.reason)))
+    return decision.plan, shape
 
 
 def add_result_headers(

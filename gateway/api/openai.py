@@ -78,8 +78,8 @@ class OpenAIEndpoints:
         body = await read_body(scope, receive, state.max_body_bytes)
         payload = parse_object(body)
         model, stream, include_usage = check(payload)
-        plan = plan_for(state, model, headers)
-        ctx = CallContext(request_id, key_id, endpoint, model, stream, payload)
+        plan, shape = plan_for(state, model, headers, payload, scope)
+        ctx = CallContext(request_id, key_id, endpoint, model, stream, payload, shape=shape)
         with DisconnectWatch(receive) as watch:
             if stream:
                 streaming = await state.service.stream(ctx, plan, include_usage)

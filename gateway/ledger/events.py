@@ -65,3 +65,5 @@ class RequestRow:
     latency_ms: float
     ttft_ms: float | None
     gate_outcome: str | None = None
+    # Why the routing chose the first deployment (balancing strategies only).
+    decision: str | None = None

@@ -66,6 +66,7 @@ class RequestRecord(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     gate_outcome: Mapped[str | None] = mapped_column(TAG)
+    decision: Mapped[str | None] = mapped_column(NAME)
 
     __table_args__ = (
         Index("ix_requests_received_at", "received_at"),

@@ -14,10 +14,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .behaviour import plan_tokens, split_prompt_cache
+from .behaviour import plan_tokens
 from .content import anthropic_prompt_tokens, fragments, schema_instance, word, words
 from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import anthropic_error_body
+from .prompt_cache import anthropic_prefix
 from .runtime import Call, begin, gate, handler, new_id
 
 __all__ = ["messages"]
@@ -89,7 +90,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     tool = _pick_tool(call)
     await gate(call, prompt)
     b = call.behaviour
-    cache_read, cache_creation = split_prompt_cache(b, prompt)
+    prefix = anthropic_prefix(call.body.get("system")) if b.prompt_cache else None
+    cache_read, cache_creation = call.prompt_cache(prompt, prefix, bills_writes=True)
     input_tokens = prompt - cache_read - cache_creation
     block: dict[str, Any]
     if b.content_filter:

@@ -12,12 +12,12 @@ directives go after ``::`` in it or in ``x-mock-behavior``.  Auth: a SigV4
 ``Authorization`` header whose access key id is the simulator's key (signature unchecked).
 
 Usage follows Bedrock: ``inputTokens`` excludes ``cacheReadInputTokens`` and
-``cacheWriteInputTokens`` (``cached=N`` / ``cache_write=N``); ``totalTokens`` is the sum of
-all four.  ``reasoning=N`` is billed inside ``outputTokens``; when the request enables
-thinking (``additionalModelRequestFields.thinking`` or ``reasoningConfig``) a
-``reasoningContent`` block comes first, and when it asks for
-``/usage/output_tokens_details`` the count is reported in
-``additionalModelResponseFields.usage.output_tokens_details.thinking_tokens``.
+``cacheWriteInputTokens`` (``cached=N`` / ``cache_write=N``, or a ``prompt_cache`` hit /
+miss on ``system``); ``totalTokens`` is the sum of all four.  ``reasoning=N`` is billed
+inside ``outputTokens``; when the request enables thinking
+(``additionalModelRequestFields.thinking`` or ``reasoningConfig``) a ``reasoningContent``
+block comes first, and when it asks for ``/usage/output_tokens_details`` the count is
+reported in ``additionalModelResponseFields.usage.output_tokens_details.thinking_tokens``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .behaviour import plan_tokens, split_prompt_cache
+from .behaviour import plan_tokens
 from .content import converse_prompt_tokens, fragments, schema_instance, word, words
 from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .eventstream import CONTENT_TYPE, event, exception
+from .prompt_cache import converse_prefix
 from .runtime import Call, begin, gate, handler, new_id
 
 __all__ = ["converse", "converse_stream"]
@@ -182,12 +183,14 @@ async def _converse(request: web.Request, *, stream: bool) -> web.StreamResponse
             "Member must have length greater than or equal to 1",
         )
     limit = _limit(call)
-    prompt = converse_prompt_tokens(call.body.get("system"), messages)
+    system = call.body.get("system")
+    prompt = converse_prompt_tokens(system, messages)
     tool = _pick_tool(call)
     await gate(call, prompt)
     b = call.behaviour
     answer = _answer(call, tool, limit)
-    cached, cache_write = split_prompt_cache(b, prompt)
+    prefix = converse_prefix(system) if b.prompt_cache else None
+    cached, cache_write = call.prompt_cache(prompt, prefix, bills_writes=True)
     output = answer.visible + answer.reasoning
     usage = {
         "inputTokens": prompt - cached - cache_write,

@@ -24,7 +24,19 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
 * ``tokens=N``: visible completion tokens (see :func:`plan_tokens`).  ``reasoning=N``
   adds hidden reasoning tokens inside ``completion_tokens``.  ``cached=N`` /
   ``cache_write=N``: prompt tokens read from / written to the cache (clamped, see
-  :func:`split_prompt_cache`).
+  :func:`split_prompt_cache`); each overrides what ``prompt_cache`` would report.
+* ``prompt_cache``: a provider-like prompt cache, one per *full* model name (suffix
+  included, so ``sim-a::prompt_cache`` and ``sim-b::prompt_cache`` are separate
+  backends).  The cacheable prefix is the leading system/developer messages (OpenAI,
+  Azure), ``system`` (Anthropic, Bedrock) or ``systemInstruction`` (Gemini, Vertex); a
+  prefix seen before on that model within ``prompt_cache_ttl=S`` seconds (default 300,
+  refreshed on every use) is reported as cached, a new one as a cache write on the wires
+  that bill writes (Anthropic, Bedrock).  Prefixes shorter than ``prompt_cache_min=N``
+  tokens (default 1024) are never cached.  Details in :mod:`.prompt_cache`.
+* ``rpm=N`` / ``tpm=N``: requests / prompt tokens per sliding 60 s window per full model
+  name; over the limit → 429 with ``retry-after``; successes carry rate-limit headers
+  (OpenAI/Azure ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``).  Details in
+  :mod:`.ratelimit`.
 * ``status=CODE``: answer with that status and a wire-format error body (``200`` means
   succeed).  ``retry_after=S``: ``retry-after`` and ``retry-after-ms`` on any answer.
 * ``fail_first=N``: the first ``N`` requests with this base model and directive text fail
@@ -41,7 +53,8 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   output, finish ``content_filter`` (OpenAI/Azure), stop_reason ``refusal`` (Anthropic),
   finishReason ``SAFETY`` (Gemini), stopReason ``content_filtered`` (Bedrock).
 
-A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.
+A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.  ``prompt_cache_ttl`` and
+``prompt_cache_min`` without ``prompt_cache`` (on or off) are an error, not a no-op.
 """
 
 from __future__ import annotations
@@ -52,10 +65,13 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
+    "DEFAULT_PROMPT_CACHE_MIN",
+    "DEFAULT_PROMPT_CACHE_TTL_S",
     "MAX_GENERATED_TOKENS",
     "Behaviour",
     "DirectiveError",
     "TokenPlan",
+    "clamp_prompt_cache",
     "plan_tokens",
     "resolve",
     "split_model",
@@ -67,6 +83,10 @@ DEFAULT_COMPLETION_TOKENS = 16
 #: Upper bound on generated tokens, so a client asking for ``max_tokens=100000`` cannot
 #: make the simulator build megabytes of filler.
 MAX_GENERATED_TOKENS = 4096
+#: Defaults of ``prompt_cache_ttl`` (Anthropic's and OpenAI's 5 minutes) and
+#: ``prompt_cache_min`` (both providers' 1024-token minimum).
+DEFAULT_PROMPT_CACHE_TTL_S = 300.0
+DEFAULT_PROMPT_CACHE_MIN = 1024
 
 _TRUE = frozenset({"", "1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -91,9 +111,15 @@ class Behaviour:
     ttft: float = 0.0
     tps: float | None = None
     tokens: int | None = None
-    cached: int = 0
-    cache_write: int = 0
+    #: ``None`` = not given, so ``prompt_cache`` decides; a number overrides it.
+    cached: int | None = None
+    cache_write: int | None = None
     reasoning: int = 0
+    prompt_cache: bool = False
+    prompt_cache_ttl: float = DEFAULT_PROMPT_CACHE_TTL_S
+    prompt_cache_min: int = DEFAULT_PROMPT_CACHE_MIN
+    rpm: int | None = None
+    tpm: int | None = None
     status: int | None = None
     retry_after: float | None = None
     fail_first: int | None = None
@@ -141,6 +167,23 @@ def _positive(key: str, raw: str) -> float:
     return value
 
 
+def _seconds(key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DirectiveError(key, f"{key} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise DirectiveError(key, f"{key} must be a finite number > 0, got {raw!r}")
+    return value
+
+
+def _limit(key: str, raw: str) -> int:
+    value = _count(key, raw)
+    if value < 1:
+        raise DirectiveError(key, f"{key} must be >= 1, got {raw!r}")
+    return value
+
+
 def _probability(key: str, raw: str) -> float:
     value = _ms(key, raw)
     if value > 1:
@@ -175,6 +218,11 @@ _PARSERS: dict[str, Any] = {
     "cached": _count,
     "cache_write": _count,
     "reasoning": _count,
+    "prompt_cache": _flag,
+    "prompt_cache_ttl": _seconds,
+    "prompt_cache_min": _count,
+    "rpm": _limit,
+    "tpm": _limit,
     "status": _status,
     "retry_after": _ms,
     "fail_first": _count,
@@ -187,7 +235,9 @@ _PARSERS: dict[str, Any] = {
     "context_window": _count,
     "content_filter": _flag,
 }
-_FLAGS = frozenset({"hang", "malformed", "context_length", "content_filter"})
+_FLAGS = frozenset({"hang", "malformed", "context_length", "content_filter", "prompt_cache"})
+#: Tuning keys that mean nothing without their switch; alone they are probably a typo.
+_NEEDS = {"prompt_cache_ttl": "prompt_cache", "prompt_cache_min": "prompt_cache"}
 assert set(_PARSERS) == {f.name for f in fields(Behaviour)} - {"canonical"}
 
 
@@ -230,6 +280,9 @@ def resolve(model_suffix: str, header: str) -> Behaviour:
         merged.update(_items(header))
     if not merged:
         return _DEFAULT
+    for key, switch in _NEEDS.items():
+        if key in merged and switch not in merged:
+            raise DirectiveError(key, f"{key} only applies with {switch} (add '{switch}')")
     values = {key: _PARSERS[key](key, raw) for key, raw in merged.items()}
     canonical = ",".join(f"{k}={merged[k]}" if merged[k] else k for k in sorted(merged))
     return Behaviour(**values, canonical=canonical)
@@ -277,9 +330,14 @@ def plan_tokens(behaviour: Behaviour, request_max: int | None) -> TokenPlan:
 def split_prompt_cache(behaviour: Behaviour, prompt_tokens: int) -> tuple[int, int]:
     """``(cached, cache_write)`` clamped so that neither exceeds the prompt.
 
-    Cache writes are clamped to what is left after cache reads, so Anthropic's
-    uncached ``input_tokens`` never goes negative.
+    Only the ``cached=``/``cache_write=`` directives; :mod:`.prompt_cache` adds the
+    ``prompt_cache`` simulation on top.  Cache writes are clamped to what is left after
+    cache reads, so Anthropic's uncached ``input_tokens`` never goes negative.
     """
-    cached = min(behaviour.cached, prompt_tokens)
-    cache_write = min(behaviour.cache_write, prompt_tokens - cached)
-    return cached, cache_write
+    return clamp_prompt_cache(behaviour.cached or 0, behaviour.cache_write or 0, prompt_tokens)
+
+
+def clamp_prompt_cache(cached: int, cache_write: int, prompt_tokens: int) -> tuple[int, int]:
+    """Clamp cache reads to the prompt and writes to what the reads leave over."""
+    cached = min(cached, prompt_tokens)
+    return cached, min(cache_write, prompt_tokens - cached)

@@ -30,7 +30,9 @@ __all__ = [
     "encode_base64_floats",
     "fragments",
     "gemini_prompt_tokens",
+    "message_tokens",
     "schema_instance",
+    "text_segments",
     "word",
     "words",
 ]
@@ -59,8 +61,37 @@ def _text_chars(content: Any) -> int:
     return total
 
 
+def text_segments(content: Any) -> list[str]:
+    """The text pieces :func:`_text_chars` counts, in order (to hash a cacheable prefix).
+
+    A separate walk rather than the basis of ``_text_chars``: building lists on every
+    request would cost the hot path, and only ``prompt_cache`` requests need the text.
+    """
+    if isinstance(content, str):
+        return [content]
+    out: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+                elif part.get("type") == "tool_result":
+                    out += text_segments(part.get("content"))
+                elif isinstance(part.get("toolResult"), dict):
+                    out += text_segments(part["toolResult"].get("content"))
+            elif isinstance(part, str):
+                out.append(part)
+    return out
+
+
 def _ceil4(chars: int) -> int:
     return -(-chars // 4)
+
+
+def message_tokens(chars: int, messages: int) -> int:
+    """``ceil(chars / 4) + 3 * messages``: the prompt formula without its floor of 1."""
+    return _ceil4(chars) + _PER_MESSAGE * messages
 
 
 def chat_prompt_tokens(messages: list[Any]) -> int:

@@ -11,13 +11,15 @@ The model comes from the path, so directives go after ``::`` in it (litellm send
 unquoted, other clients may percent-encode it; both work) or in ``x-mock-behavior``.
 Streams are always SSE (``data: {json}\\r\\n\\r\\n``, what ``?alt=sse`` asks for).
 
-Mapping of the directives: ``cached=N`` → ``cachedContentTokenCount`` (inside
-``promptTokenCount``, as Gemini counts it); ``reasoning=N`` → ``thoughtsTokenCount``
-(outside ``candidatesTokenCount``; ``totalTokenCount`` includes it) plus a ``thought`` part
-when ``thinkingConfig.includeThoughts`` is set; ``cache_write`` has no Gemini field and is
-ignored.  Declared functions → a ``functionCall`` part (first declaration, or the first
-``allowedFunctionNames`` entry; ``mode: NONE`` disables it); ``responseMimeType:
-application/json`` → a JSON instance of ``responseSchema`` / ``responseJsonSchema``.
+Mapping of the directives: ``cached=N`` or a ``prompt_cache`` hit on
+``systemInstruction`` → ``cachedContentTokenCount`` (inside ``promptTokenCount``, as
+Gemini counts it; a miss reports nothing, like implicit caching); ``reasoning=N`` →
+``thoughtsTokenCount`` (outside ``candidatesTokenCount``; ``totalTokenCount`` includes it)
+plus a ``thought`` part when ``thinkingConfig.includeThoughts`` is set; ``cache_write``
+has no Gemini field and is ignored.  Declared functions → a ``functionCall`` part (first
+declaration, or the first ``allowedFunctionNames`` entry; ``mode: NONE`` disables it);
+``responseMimeType: application/json`` → a JSON instance of ``responseSchema`` /
+``responseJsonSchema``.
 Field names are accepted in camelCase and snake_case, as Google's JSON parser does.
 """
 
@@ -30,10 +32,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .behaviour import plan_tokens, split_prompt_cache
+from .behaviour import plan_tokens
 from .content import fragments, gemini_prompt_tokens, schema_instance, word, words
 from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import google_error_body
+from .prompt_cache import gemini_prefix
 from .runtime import JSON_TYPE, STATE, Call, Flavor, begin, gate, handler, new_id
 
 __all__ = ["gemini_generate", "oauth_token", "vertex_generate"]
@@ -217,7 +220,9 @@ async def _generate(request: web.Request, endpoint: str, flavor: Flavor) -> web.
     tool = _pick_tool(call)
     await gate(call, prompt)
     answer = _answer(call, config, tool, limit)
-    cached, _ = split_prompt_cache(call.behaviour, prompt)
+    prefix = gemini_prefix(system) if call.behaviour.prompt_cache else None
+    # Implicit caching: hits are discounted, writes are free and have no usage field.
+    cached, _ = call.prompt_cache(prompt, prefix, bills_writes=False)
     visible, reasoning = answer.visible * n, answer.reasoning * n
     usage = _usage(flavor, prompt, cached, visible, reasoning)
     envelope: dict[str, Any] = {"modelVersion": call.base, "responseId": new_id("")[:22]}

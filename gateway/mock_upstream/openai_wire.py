@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .behaviour import Behaviour, plan_tokens, split_prompt_cache
+from .behaviour import Behaviour, plan_tokens
 from .content import chat_prompt_tokens, fragments, schema_instance, word, words
 from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import openai_error_body
+from .prompt_cache import chat_prefix
 from .runtime import Call, begin, gate, handler, new_id, now
 
 __all__ = [
@@ -205,7 +206,9 @@ async def _chat(call: Call) -> web.StreamResponse:
     await gate(call, prompt)
     b = call.behaviour
     answer = _answer(call, b, request_max)
-    cached, cache_write = split_prompt_cache(b, prompt)
+    prefix = chat_prefix(messages) if b.prompt_cache else None
+    # OpenAI does not bill cache writes, so a miss reports nothing extra.
+    cached, cache_write = call.prompt_cache(prompt, prefix, bills_writes=False)
     completion = answer.completion * n
     reasoning = answer.reasoning * n
     usage = usage_block(prompt, cached, cache_write, completion, reasoning)

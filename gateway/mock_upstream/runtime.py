@@ -19,6 +19,7 @@ The *flavor* of a call picks its auth header, error body and context-length word
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import time
@@ -30,6 +31,8 @@ from aiohttp import web
 
 from .behaviour import Behaviour, DirectiveError, resolve, split_model
 from .errors import anthropic_error_body, bedrock_error, google_error_body, openai_error_body
+from .prompt_cache import Prefix, PromptCaches
+from .ratelimit import Admission, RateLimits
 from .stats import UNKNOWN_MODEL, Stats
 
 __all__ = [
@@ -53,7 +56,8 @@ _HANG_LIMIT_S = 3600.0
 
 
 class SimState:
-    """Per-application mutable state: counters, fail-first bookkeeping, seeded RNG."""
+    """Per-application mutable state: counters, fail-first bookkeeping, seeded RNG,
+    prompt caches and rate-limit windows."""
 
     def __init__(self, require_key: str | None, seed: int) -> None:
         self.require_key = require_key
@@ -64,11 +68,15 @@ class SimState:
         self.fail_counts: dict[tuple[str, str], int] = {}
         #: OAuth access tokens handed out by ``POST /token`` (accepted by Vertex routes).
         self.issued_tokens: set[str] = set()
+        self.prompt_caches = PromptCaches()
+        self.rate_limits = RateLimits()
 
     def reset(self) -> None:
         self.stats.reset()
         self.fail_counts.clear()
         self.issued_tokens.clear()
+        self.prompt_caches.clear()
+        self.rate_limits.clear()
         self.rng.seed(self.seed)
 
 
@@ -160,6 +168,22 @@ class Call:
             status=status, body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers
         )
         return Reply(response)
+
+    def prompt_cache(
+        self, prompt_tokens: int, prefix: Prefix | None, *, bills_writes: bool
+    ) -> tuple[int, int]:
+        """``(cached, cache_write)`` from the directives and this model's prompt cache."""
+        return self.state.prompt_caches.split(
+            self.model, self.behaviour, prompt_tokens, prefix, bills_writes=bills_writes
+        )
+
+    def rate_limited(self, admission: Admission) -> Reply:
+        """The 429 for a request the ``rpm``/``tpm`` limiter turned away (raise it)."""
+        self.headers["retry-after"] = str(max(1, math.ceil(admission.wait)))
+        self.headers["retry-after-ms"] = str(max(1, math.ceil(admission.wait * 1000)))
+        # OpenAI's message names the limit; the other wires keep their stock wording.
+        message = admission.message if self.flavor in ("openai", "azure") else None
+        return self.error(429, message, code="rate_limit_exceeded")
 
     def json(self, payload: Any) -> web.Response:
         """Record and build a 200 JSON answer."""
@@ -282,10 +306,19 @@ async def _hang(call: Call) -> Reply:
 
 
 async def gate(call: Call, prompt_tokens: int) -> None:
-    """Pre-answer behaviour: hang, latency + jitter, injected failures, context length."""
+    """Pre-answer behaviour: hang, rate limits, latency + jitter, injected failures,
+    context length."""
     b = call.behaviour
     if b.hang:
         raise await _hang(call)
+    admission: Admission | None = None
+    if b.rpm is not None or b.tpm is not None:
+        # Admission is decided on arrival, as a provider's front door does; the 429 still
+        # waits out the latency like every other answer.
+        admission = call.state.rate_limits.admit(
+            call.model, call.flavor, b.rpm, b.tpm, prompt_tokens
+        )
+        call.headers.update(admission.headers)
     delay = b.latency
     if b.jitter:
         delay += call.state.rng.uniform(0.0, b.jitter)
@@ -293,6 +326,8 @@ async def gate(call: Call, prompt_tokens: int) -> None:
         delay += b.tail_ms
     if delay > 0:
         await asyncio.sleep(delay / 1000.0)
+    if admission is not None and not admission.admitted:
+        raise call.rate_limited(admission)
     status = _injected_status(call)
     if status is not None:
         raise call.error(status)

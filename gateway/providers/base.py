@@ -47,10 +47,13 @@ class UpstreamReply:
     raw: bytes
     data: dict[str, Any]
     request_id: str | None
+    # The provider's x-ratelimit-* headers, when it sent any (limits learned for routing).
+    limits: Mapping[str, str] | None = None
 
 
 class UpstreamStream(Protocol):
     request_id: str | None
+    limits: Mapping[str, str] | None
 
     def blocks(self) -> AsyncIterator[bytes]:
         """Complete raw SSE events grouped by network read; ends after `[DONE]` or raises

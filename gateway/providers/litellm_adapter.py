@@ -205,13 +205,14 @@ class LitellmAdapter:
 class LitellmStream:
     """litellm's chunk objects re-encoded as the OpenAI SSE stream the relay expects."""
 
-    __slots__ = ("_deployment", "_idle_s", "_wrapper", "request_id")
+    __slots__ = ("_deployment", "_idle_s", "_wrapper", "limits", "request_id")
 
     def __init__(self, deployment: str, wrapper: Any, request_id: str | None, idle_ms: int) -> None:
         self._deployment = deployment
         self._wrapper = wrapper
         self._idle_s = idle_ms / 1000
         self.request_id = request_id
+        self.limits: Mapping[str, str] | None = None
 
     async def blocks(self) -> AsyncIterator[bytes]:
         """Raises UpstreamError like the OpenAI stream does: a provider's error before

@@ -121,7 +121,7 @@ class OpenAICompatAdapter:
                 status=status,
                 request_id=request_id,
             )
-        return UpstreamReply(status=status, raw=raw, data=data, request_id=request_id)
+        return UpstreamReply(status, raw, data, request_id, _limits(headers))
 
     async def open_stream(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
@@ -148,16 +148,23 @@ class OpenAICompatAdapter:
             finally:
                 resp.release()
             raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
-        return OpenAIStream(deployment.id, resp, request_id)
+        return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers))
 
 
 class OpenAIStream:
-    __slots__ = ("_deployment", "_resp", "request_id")
+    __slots__ = ("_deployment", "_resp", "limits", "request_id")
 
-    def __init__(self, deployment: str, resp: aiohttp.ClientResponse, request_id: str | None):
+    def __init__(
+        self,
+        deployment: str,
+        resp: aiohttp.ClientResponse,
+        request_id: str | None,
+        limits: Mapping[str, str] | None = None,
+    ):
         self._deployment = deployment
         self._resp = resp
         self.request_id = request_id
+        self.limits = limits
 
     async def blocks(self) -> AsyncIterator[bytes]:
         """Complete SSE events, raw, grouped by network read; ends after `[DONE]`.
@@ -193,6 +200,23 @@ class OpenAIStream:
 
     async def close(self) -> None:
         self._resp.close()
+
+
+_LIMIT_HEADERS = (
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
+
+
+def _limits(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The rate-limit headers routing learns from; None (cheaply) when there are none."""
+    if "x-ratelimit-remaining-requests" not in headers and (
+        "x-ratelimit-remaining-tokens" not in headers
+    ):
+        return None
+    return {name: headers[name] for name in _LIMIT_HEADERS if name in headers}
 
 
 def _status_error(

@@ -1,0 +1,272 @@
+"""Per-request plans for the balancing strategies: cost, weighted and latency.
+
+Pure: the gateway passes a snapshot of live state (loads, learned limits, prices resolved
+for today, breaker states, prompt-cache affinity, the clock) and gets back the ordered plan
+plus, for `explain`, every deployment's expected cost and the reason it was skipped.
+
+Skips are hard or soft. Hard ones (route requirements, a missing capability, a context
+window too small) remove the deployment: trying it cannot work or is not allowed. Soft ones
+(breaker open, rate limited, at capacity) move it after every eligible deployment, as a
+last resort, because "busy" is better than "no answer".
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from routing.live import BYTES_PER_TOKEN, DeploymentLoad, RouteStats, family_of
+from routing.model import DeploymentSpec, Plan, PlannedAttempt, RouteSpec
+from routing.shape import PER_IMAGE, PER_MESSAGE, RequestShape
+
+# USD per 1M tokens as floats: input, cached input, output. Estimates only compare
+# deployments, so floats are exact enough; the ledger prices with Decimal.
+Rates = tuple[float, float, float]
+# Output tokens assumed when neither the request nor the route's history says.
+DEFAULT_OUTPUT_TOKENS = 256
+# Providers cache prefixes of at least this many tokens (OpenAI and Anthropic's minimum).
+MIN_CACHEABLE_TOKENS = 1024
+_UNKNOWN = math.inf
+_IDLE = DeploymentLoad()
+
+
+@dataclass(frozen=True, slots=True)
+class LiveView:
+    """Everything the planner reads that changes while the gateway runs."""
+
+    now: float
+    loads: Mapping[str, DeploymentLoad] = field(default_factory=dict)
+    rates: Mapping[str, Rates | None] = field(default_factory=dict)
+    breaker_open: Mapping[str, bool] = field(default_factory=dict)
+    # prompt prefix key → the deployment that served it last
+    affinity: Mapping[str, str] = field(default_factory=dict)
+    route_stats: RouteStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    deployment: DeploymentSpec
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    expected_cost_usd: float  # math.inf when the price is unknown
+    cost_without_cache_usd: float  # the same with nothing cached here
+    skipped: str | None = None  # why it is not among the eligible, if it is not
+    hard: bool = False  # skipped for good, not merely moved to the end
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    plan: Plan
+    candidates: tuple[Candidate, ...]  # plan order, then the deployments left out
+    reason: str
+
+
+def input_tokens(shape: RequestShape, dep: DeploymentSpec, load: DeploymentLoad) -> int:
+    per_token = load.bytes_per_token or BYTES_PER_TOKEN[family_of(dep.upstream_model)]
+    return (
+        math.ceil(shape.text_bytes / per_token)
+        + PER_MESSAGE * shape.messages
+        + PER_IMAGE * shape.images
+    )
+
+
+def expected_cost(
+    rates: Rates | None, uncached: int, cached: int, output: int, free: bool
+) -> float:
+    if free:
+        return 0.0
+    if rates is None:
+        return _UNKNOWN
+    return (uncached * rates[0] + cached * rates[1] + output * rates[2]) / 1_000_000
+
+
+def _skip(
+    route: RouteSpec, dep: DeploymentSpec, shape: RequestShape, live: LiveView, need: int
+) -> tuple[str | None, bool]:
+    """(reason, hard) for a deployment that cannot or should not go first, else (None, _)."""
+    require = route.require
+    if require is not None:
+        if require.regions is not None and dep.region not in require.regions:
+            return f"region {dep.region or 'unknown'} not in {sorted(require.regions)}", True
+        if require.zero_retention and not dep.zero_retention:
+            return "no zero-retention agreement", True
+        if require.kinds is not None and dep.provider_kind not in require.kinds:
+            return f"kind {dep.provider_kind} not allowed", True
+    if dep.capabilities is not None:
+        for wanted in shape.needs:
+            if wanted not in dep.capabilities:
+                return f"no {wanted} support", True
+    if dep.context_window is not None and need > dep.context_window:
+        return f"context window {dep.context_window} < {need} tokens", True
+    if live.breaker_open.get(dep.id, False):
+        return "circuit breaker open", False
+    load = live.loads.get(dep.id, _IDLE)
+    if load.limited_until > live.now:
+        return f"rate limited for {load.limited_until - live.now:.1f} s", False
+    if dep.rpm is not None and load.requests.total(live.now) >= dep.rpm:
+        return f"at its {dep.rpm} requests/min limit", False
+    if dep.tpm is not None and load.tokens.total(live.now) + need > dep.tpm:
+        return f"at its {dep.tpm} tokens/min limit", False
+    if dep.max_concurrency is not None:
+        busy = load.in_flight + load.remote_in_flight
+        if busy >= dep.max_concurrency:
+            return f"at capacity ({busy}/{dep.max_concurrency} in flight)", False
+    return None, False
+
+
+def _candidate(
+    route: RouteSpec,
+    dep: DeploymentSpec,
+    shape: RequestShape,
+    live: LiveView,
+    output: int,
+) -> Candidate:
+    load = live.loads.get(dep.id, _IDLE)
+    tokens = input_tokens(shape, dep, load)
+    cached = 0
+    key = shape.prefix_key
+    if route.affinity and key is not None and live.affinity.get(key) == dep.id:
+        per_token = load.bytes_per_token or BYTES_PER_TOKEN[family_of(dep.upstream_model)]
+        prefix = min(tokens, math.ceil(shape.prefix_bytes / per_token))
+        if prefix >= MIN_CACHEABLE_TOKENS:
+            cached = prefix
+    need = tokens + (shape.max_output_tokens or 0)
+    reason, hard = _skip(route, dep, shape, live, need)
+    # A dedicated GPU is already paid for: it costs nothing more while it has room.
+    free = dep.provider_kind == "dedicated"
+    rates = live.rates.get(dep.id)
+    cost = expected_cost(rates, tokens - cached, cached, output, free)
+    plain = expected_cost(rates, tokens, 0, output, free) if cached else cost
+    note = ""
+    if free and dep.max_concurrency is not None:
+        busy = load.in_flight + load.remote_in_flight
+        note = f"dedicated, {busy}/{dep.max_concurrency} in flight"
+    elif cached:
+        note = f"~{cached} prefix tokens cached here"
+    return Candidate(dep, tokens, cached, output, cost, plain, reason, hard, note)
+
+
+def decide(
+    route: RouteSpec,
+    deployments: Mapping[str, DeploymentSpec],
+    shape: RequestShape,
+    live: LiveView,
+) -> Decision:
+    stats = live.route_stats
+    output = shape.max_output_tokens or (
+        round(stats.ewma_output_tokens)
+        if stats is not None and stats.ewma_output_tokens
+        else DEFAULT_OUTPUT_TOKENS
+    )
+    targets = [_candidate(route, deployments[t], shape, live, output) for t in route.targets]
+    eligible = [c for c in targets if c.skipped is None]
+    soft = [c for c in targets if c.skipped is not None and not c.hard]
+    if route.strategy == "cost":
+        ordered, reason = _by_cost(eligible)
+    elif route.strategy == "weighted":
+        ordered, reason = _by_weight(route, eligible, shape)
+    else:
+        ordered, reason = _by_latency(eligible, shape, live)
+    if not ordered:
+        reason = "no eligible deployment: trying the busy ones" if soft else "none eligible"
+    soft.sort(key=_cost_key)
+    fallbacks = [_candidate(route, deployments[f], shape, live, output) for f in route.fallbacks]
+    chosen = [*ordered, *soft, *(c for c in fallbacks if not c.hard)]
+    attempts = tuple(
+        PlannedAttempt(c.deployment, "primary" if i == 0 else "fallback")
+        for i, c in enumerate(chosen)
+    )
+    left_out = [c for c in (*targets, *fallbacks) if c.hard]
+    plan = Plan(
+        route=route.name,
+        strategy=route.strategy,
+        attempts=attempts,
+        timeouts=route.timeouts,
+        workload=route.workload,
+        retry=route.retry,
+        hedge_after_ms=route.hedge_after_ms,
+        reason=reason,
+    )
+    return Decision(plan, (*chosen, *left_out), reason)
+
+
+def _cost_key(c: Candidate) -> tuple[float, int]:
+    # Ties: dedicated first (already paid for), then the configured order (stable sort).
+    return c.expected_cost_usd, 0 if c.deployment.provider_kind == "dedicated" else 1
+
+
+def _by_cost(eligible: list[Candidate]) -> tuple[list[Candidate], str]:
+    ordered = sorted(eligible, key=_cost_key)
+    if not ordered:
+        return ordered, ""
+    first = ordered[0]
+    if first.expected_cost_usd == 0.0 and first.deployment.provider_kind == "dedicated":
+        return ordered, "dedicated capacity free"
+    if (
+        first.cached_tokens
+        and len(ordered) > 1
+        and first.cost_without_cache_usd > ordered[1].expected_cost_usd
+    ):
+        return ordered, "prompt-cache affinity"
+    if first.expected_cost_usd == _UNKNOWN:
+        return ordered, "no price known for any eligible deployment"
+    return ordered, "cheapest eligible"
+
+
+def _by_weight(
+    route: RouteSpec, eligible: list[Candidate], shape: RequestShape
+) -> tuple[list[Candidate], str]:
+    key = shape.sticky_key or shape.request_id
+    weights = dict(zip(route.targets, route.weights, strict=False))
+    scored = []
+    for c in eligible:
+        # Weighted rendezvous hashing: the same key picks the same target while it stays
+        # eligible, and only that target's share moves when another one drops out.
+        h = zlib.crc32(f"{key}\x00{c.deployment.id}".encode())
+        u = (h + 1) / 4_294_967_297
+        scored.append((weights.get(c.deployment.id, 1.0) / -math.log(u), c))
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    ordered = [c for _, c in scored]
+    how = f"sticky {route.sticky}" if shape.sticky_key else "by request id"
+    return _with_affinity(ordered, shape, f"weighted ({how})", sticky=bool(shape.sticky_key))
+
+
+def _by_latency(
+    eligible: list[Candidate], shape: RequestShape, live: LiveView
+) -> tuple[list[Candidate], str]:
+    def ttft(c: Candidate) -> float:
+        # Unmeasured deployments look fastest, so every one gets measured.
+        return live.loads.get(c.deployment.id, _IDLE).ewma_ttft_ms or 0.0
+
+    ordered = sorted(eligible, key=ttft)
+    if len(eligible) > 2:
+        # Power of two choices: two candidates picked from the request id, the faster wins;
+        # this spreads load where always taking the single fastest would herd onto it.
+        h = zlib.crc32(shape.request_id.encode())
+        a = h % len(eligible)
+        b = (a + 1 + (h >> 8) % (len(eligible) - 1)) % len(eligible)
+        winner = min(eligible[a], eligible[b], key=ttft)
+        ordered.remove(winner)
+        ordered.insert(0, winner)
+    return _with_affinity(ordered, shape, "lower EWMA time to first token", sticky=False)
+
+
+def _with_affinity(
+    ordered: list[Candidate], shape: RequestShape, reason: str, sticky: bool
+) -> tuple[list[Candidate], str]:
+    """Put the deployment holding the request's prompt prefix first, unless that costs
+    more than the strategy's choice would."""
+    if sticky or len(ordered) < 2 or shape.prefix_key is None:
+        return ordered, reason
+    holder = next((c for c in ordered if c.cached_tokens), None)
+    if holder is None or holder is ordered[0]:
+        return ordered, reason
+    if holder.expected_cost_usd <= ordered[0].expected_cost_usd:
+        ordered.remove(holder)
+        ordered.insert(0, holder)
+        return ordered, "prompt-cache affinity"
+    return ordered, reason
