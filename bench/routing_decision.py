@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing.live import DeploymentLoad, RouteStats  # noqa: E402
-from routing.model import DeploymentSpec, Requirements, RouteSpec, Timeouts  # noqa: E402
-from routing.planner import LiveView, decide  # noqa: E402
-from routing.shape import request_shape  # noqa: E402
+from routing.live import DeploymentLoad, RouteStats
+from routing.model import DeploymentSpec, Requirements, RouteSpec, Timeouts
+from routing.planner import LiveView, decide
+from routing.shape import request_shape
 
 SYSTEM = "You are a careful assistant for a support desk. " * 80  # ~4 KB, a real prefix
 PAYLOAD = {

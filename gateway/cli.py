@@ -20,6 +20,8 @@ from routing.resolve import describe_plan
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Farebox AI gateway.")
 config_app = typer.Typer(no_args_is_help=True, help="Work with routing config files.")
 app.add_typer(config_app, name="config")
+route_app = typer.Typer(no_args_is_help=True, help="Inspect how routes plan requests.")
+app.add_typer(route_app, name="route")
 
 ConfigOption = Annotated[
     Path | None,
@@ -63,6 +65,85 @@ def config_check(file: Annotated[Path, typer.Argument(help="YAML file to validat
         typer.echo(
             "warning: auth is disabled (auth: none); anyone who can reach the port can spend"
         )
+
+
+@route_app.command("explain")
+def route_explain(
+    route: Annotated[str, typer.Argument(help="Route name.")],
+    request: Annotated[
+        str, typer.Option("--request", "-r", help="Chat request body (JSON file, or - for stdin).")
+    ],
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    request_id: Annotated[
+        str | None,
+        typer.Option(help="Request id to plan with (weighted and latency routes hash it)."),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="'Name: value' request header (sticky header:)."),
+    ] = None,
+) -> None:
+    """Show the plan ROUTE would make for a request, from an idle snapshot of the config
+    (no traffic, all breakers closed): order, expected costs, tokens and skip reasons."""
+    import orjson
+
+    from gateway.api.asgi import new_request_id
+    from gateway.errors import GatewayError
+    from gateway.explain import (
+        explain_route,
+        parse_chat_request,
+        print_explanation,
+        unknown_route_message,
+    )
+    from gateway.ledger.pricing import load_price_book
+    from gateway.live_routing import LiveRouting
+
+    settings = Settings()
+    loaded = _load_or_exit(config or Path(settings.config))
+    routes = loaded.route_specs()
+    spec = routes.get(route)
+    if spec is None:
+        typer.echo(f"error: {unknown_route_message(route, routes, loaded.deployments)}", err=True)
+        raise typer.Exit(2)
+    source = "stdin" if request == "-" else request
+    try:
+        body = sys.stdin.buffer.read() if request == "-" else Path(request).read_bytes()
+        payload = parse_chat_request(body, route)
+    except OSError as exc:
+        typer.echo(f"error: cannot read {source}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    except GatewayError as exc:
+        typer.echo(f"error: {source}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    headers = _parse_headers(header or [])
+    try:
+        prices = load_price_book(loaded, Path(settings.prices_file))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            typer.echo(f"error: {issue}", err=True)
+        raise typer.Exit(1) from None
+    # Nothing has run, so the snapshot is idle: no load, no learned limits, no affinity,
+    # and every breaker closed.
+    live = LiveRouting(loaded.deployment_specs(), routes, prices, dict)
+    data = explain_route(
+        live, spec, payload, request_id or new_request_id(), headers.get, snapshot="idle"
+    )
+    if as_json:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_explanation(data)
+
+
+def _parse_headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"expected 'Name: value', got {value!r}", param_hint="--header")
+        # Lower-case, as the sticky setting is normalized and ASGI header names are.
+        headers[name.strip().lower()] = rest.strip()
+    return headers
 
 
 @app.command()

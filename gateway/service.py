@@ -13,24 +13,21 @@ import dataclasses
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway import metrics
-from gateway.errors import GatewayError, upstream_failed, upstream_timeout
-from gateway.ledger.events import AttemptRow
+from gateway.errors import GatewayError, upstream_failed
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import (
-    CONNECT,
-    STATUS,
-    STREAM_ERROR,
     TIMEOUT,
     Adapter,
     UpstreamError,
     UpstreamStream,
 )
+from gateway.service_ports import BreakerBoard, NullTracker, Tracker
 from gateway.streaming import (
     CLIENT_CANCELLED,
     DONE,
@@ -38,20 +35,19 @@ from gateway.streaming import (
     Relay,
     first_read_state,
 )
+from gateway.upstream_errors import client_error, outcome_of
 from routing.failover import (
     Action,
-    Outcome,
     backoff_s,
     classify,
     fits_deadline,
     next_with_larger_context,
     order_targets,
-    parse_retry_after,
 )
 from routing.model import Plan, PlannedAttempt, Timeouts
-from routing.shape import RequestShape
 
 __all__ = ["DONE", "Completion", "Service", "StreamingCompletion", "client_error"]
+
 
 T = TypeVar("T")
 _NO_DEADLINE = contextlib.nullcontext()
@@ -62,49 +58,6 @@ MIN_ATTEMPT_S = 0.05
 async def _keep(_: Any) -> None:
     """Default `discard` for results that hold nothing to release."""
     return None
-
-
-class Tracker(Protocol):
-    """Live routing state fed by attempts (gateway.live_routing.LiveRouting)."""
-
-    def started(self, deployment: str, shape: RequestShape | None) -> None: ...
-    def ended(self, deployment: str) -> None: ...
-    def succeeded(
-        self,
-        plan: Plan,
-        shape: RequestShape | None,
-        row: AttemptRow,
-        limits: Mapping[str, str] | None,
-    ) -> None: ...
-    def failed(self, deployment: str, error: UpstreamError) -> None: ...
-
-
-class NullTracker:
-    def started(self, deployment: str, shape: RequestShape | None) -> None:
-        return None
-
-    def ended(self, deployment: str) -> None:
-        return None
-
-    def succeeded(
-        self,
-        plan: Plan,
-        shape: RequestShape | None,
-        row: AttemptRow,
-        limits: Mapping[str, str] | None,
-    ) -> None:
-        return None
-
-    def failed(self, deployment: str, error: UpstreamError) -> None:
-        return None
-
-
-class BreakerBoard(Protocol):
-    def allow(self, deployment: str) -> bool: ...
-    def record(self, deployment: str, success: bool) -> None: ...
-    def force_open(self, deployment: str) -> None: ...
-    def open_map(self) -> Mapping[str, bool]: ...
-    def last_failure_map(self) -> Mapping[str, float]: ...
 
 
 @dataclass(slots=True)
@@ -366,7 +319,9 @@ class Service:
                     if isinstance(exc, UpstreamError)
                     else UpstreamError(TIMEOUT, f"{dep.id} ran out of the route's total time")
                 )
-                decision = classify(_outcome(failure), plan.retry.attempts - number, deployment=dep)
+                decision = classify(
+                    outcome_of(failure), plan.retry.attempts - number, deployment=dep
+                )
                 self.meter.failed_upstream(
                     run.ctx, attempt, failure, started, error=decision.error_class
                 )
@@ -391,7 +346,7 @@ class Service:
                     number,
                     plan.retry.backoff_ms,
                     plan.retry.max_backoff_ms,
-                    _outcome(failure).retry_after_s,
+                    outcome_of(failure).retry_after_s,
                     self._rand(),
                 )
                 if wait.skip_target or not fits_deadline(
@@ -484,7 +439,7 @@ class Service:
     def _meter_failure(
         self, run: _Run[Any], attempt: PlannedAttempt, failure: UpstreamError, started: float
     ) -> None:
-        decision = classify(_outcome(failure), 0, deployment=attempt.deployment)
+        decision = classify(outcome_of(failure), 0, deployment=attempt.deployment)
         self.meter.failed_upstream(run.ctx, attempt, failure, started, error=decision.error_class)
         self.tracker.failed(attempt.deployment.id, failure)
         if decision.open_breaker:
@@ -535,68 +490,3 @@ def _capped(t: Timeouts) -> Timeouts:
         ttft_ms=min(t.ttft_ms, t.attempt_ms),
         total_ms=t.attempt_ms,
     )
-
-
-def _outcome(exc: UpstreamError) -> Outcome:
-    code = None
-    if isinstance(exc.body, dict) and isinstance(exc.body.get("error"), dict):
-        raw = exc.body["error"].get("code")
-        code = raw if isinstance(raw, str) else None
-    return Outcome(
-        kind=exc.kind,
-        status=exc.status,
-        code=code,
-        retry_after_s=parse_retry_after(exc.headers, time.time()) if exc.headers else None,
-    )
-
-
-def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
-    """Translate an upstream failure into what the client should see."""
-    if exc.kind == TIMEOUT:
-        return upstream_timeout(f"Upstream {deployment} timed out.")
-    if exc.kind == CONNECT:
-        return upstream_failed(
-            f"Upstream {deployment} is unreachable.", code="upstream_unreachable"
-        )
-    detail = _error_field(exc.body, "message")
-    if exc.kind == STATUS and exc.status is not None:
-        status = exc.status
-        if status == 429:
-            retry = [
-                (k.encode(), v.encode())
-                for k, v in exc.headers.items()
-                if k.startswith("retry-after")
-            ]
-            return GatewayError(
-                429,
-                detail or f"Upstream {deployment} is rate limiting requests.",
-                error_type="rate_limit_error",
-                code=_error_field(exc.body, "code") or "rate_limit_exceeded",
-                headers=retry,
-            )
-        if status in (400, 413, 422):
-            return GatewayError(
-                status,
-                detail or f"Upstream {deployment} rejected the request (HTTP {status}).",
-                code=_error_field(exc.body, "code"),
-                param=_error_field(exc.body, "param"),
-            )
-        if status in (401, 403, 404):
-            return upstream_failed(
-                f"Upstream {deployment} refused Farebox's request (HTTP {status}); "
-                "the deployment's provider key or model name is misconfigured.",
-                code="upstream_misconfigured",
-            )
-        return upstream_failed(f"Upstream {deployment} failed (HTTP {status}).")
-    if exc.kind == STREAM_ERROR:
-        return upstream_failed(f"Upstream {deployment} reported an error: {detail or 'unknown'}")
-    return upstream_failed(f"Upstream {deployment} sent an unusable response ({exc.kind}).")
-
-
-def _error_field(body: Any, name: str) -> str | None:
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            value = err.get(name)
-            return value if isinstance(value, str) and value else None
-    return None

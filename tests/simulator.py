@@ -111,3 +111,35 @@ def running_simulator(*, seed: int = 0, require_key: str | None = None) -> Itera
         yield url
     finally:
         stop()
+
+
+@contextmanager
+def simulator_process(seed: int = 0) -> Iterator[str]:
+    """The simulator in its own process, for load tests where sharing the test process's
+    GIL with the gateway would distort timings."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.services import free_port
+
+    port = free_port()
+    code = f"from gateway.mock_upstream.server import run; run('127.0.0.1', {port})"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                simulator_stats(url)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("simulator process did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

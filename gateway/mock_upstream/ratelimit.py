@@ -7,7 +7,9 @@ window holds fewer than ``rpm`` admitted requests and its prompt tokens fit in w
 input-tokens-per-minute limit; output is unknown when the decision is taken).  Rejected
 requests consume no quota, so waiting ``retry-after`` is always enough to get through
 (unless the prompt alone exceeds ``tpm``: that request can never pass and is told to wait
-a whole window).
+a whole window).  Admission happens on arrival, after ``hang`` (a hung request is never
+counted) and before ``latency`` and the injected faults (an admitted request that then
+fails with ``status=``/``fail_first`` has used its slot, as upstream).
 
 Headers, computed at admission (``reset`` = when the oldest admitted request in the
 window ages out, i.e. when ``remaining`` next grows — the same instant a 429's

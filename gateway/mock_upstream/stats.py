@@ -15,7 +15,9 @@ and is recorded under the key ``"hang"`` so that ``total == sum(by_status.values
 ``stream`` counts requests that asked for a stream, whatever their outcome.  Tokens are
 added only when usage reached the client (a non-stream success, the OpenAI usage chunk,
 or Anthropic's ``message_delta``); for Anthropic and Bedrock ``prompt`` is the
-OpenAI-equivalent total (input + cache creation + cache read).  ``reasoning`` counts only
+OpenAI-equivalent total (input + cache creation + cache read); ``cached`` / ``cache_write``
+are what the answer reported, whether from directives or the ``prompt_cache`` simulation.
+A 429 from the ``rpm``/``tpm`` limiter shows under ``by_status``.  ``reasoning`` counts only
 reasoning the answer reported separately (OpenAI ``reasoning_tokens``, Gemini
 ``thoughtsTokenCount``, Anthropic/Bedrock ``thinking_tokens`` when thinking was asked for);
 hidden reasoning is still inside ``completion``.

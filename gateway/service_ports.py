@@ -1,0 +1,54 @@
+"""What the service needs from the rest of the gateway, as protocols (and a no-op)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from gateway.ledger.events import AttemptRow
+from gateway.providers.base import UpstreamError
+from routing.model import Plan
+from routing.shape import RequestShape
+
+
+class Tracker(Protocol):
+    """Live routing state fed by attempts (gateway.live_routing.LiveRouting)."""
+
+    def started(self, deployment: str, shape: RequestShape | None) -> None: ...
+    def ended(self, deployment: str) -> None: ...
+    def succeeded(
+        self,
+        plan: Plan,
+        shape: RequestShape | None,
+        row: AttemptRow,
+        limits: Mapping[str, str] | None,
+    ) -> None: ...
+    def failed(self, deployment: str, error: UpstreamError) -> None: ...
+
+
+class NullTracker:
+    def started(self, deployment: str, shape: RequestShape | None) -> None:
+        return None
+
+    def ended(self, deployment: str) -> None:
+        return None
+
+    def succeeded(
+        self,
+        plan: Plan,
+        shape: RequestShape | None,
+        row: AttemptRow,
+        limits: Mapping[str, str] | None,
+    ) -> None:
+        return None
+
+    def failed(self, deployment: str, error: UpstreamError) -> None:
+        return None
+
+
+class BreakerBoard(Protocol):
+    def allow(self, deployment: str) -> bool: ...
+    def record(self, deployment: str, success: bool) -> None: ...
+    def force_open(self, deployment: str) -> None: ...
+    def open_map(self) -> Mapping[str, bool]: ...
+    def last_failure_map(self) -> Mapping[str, float]: ...
