@@ -85,7 +85,7 @@ def measure(strategy: str, batches: int = 200, per_batch: int = 200) -> float:
     view = live(deps)
     first = request_shape(PAYLOAD, "req_warm")
     assert first.prefix_key is not None
-    view.affinity[first.prefix_key] = "d2"  # type: ignore[index]
+    view.affinity[first.prefix_key] = ("d2",)  # type: ignore[index]
     samples = []
     for b in range(batches):
         started = time.perf_counter()

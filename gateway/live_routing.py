@@ -3,7 +3,7 @@
 Per deployment: in-flight count, requests and tokens in the last minute, limits learned
 from `x-ratelimit-*` headers and 429s, EWMA time to first token, and bytes-per-token
 calibrated from the prompt_tokens providers report. Per route: the mean output tokens.
-Per prompt prefix: the deployment that served it last (prompt-cache affinity). Prices are
+Per prompt prefix: the deployments that served it lately (prompt-cache affinity). Prices are
 resolved once per UTC day from the PriceBook.
 
 All updates are attribute writes on the event loop: nothing here awaits, so none of it
@@ -30,6 +30,9 @@ from routing.shape import RequestShape, request_shape
 
 # Prefixes remembered for affinity; an LRU so a flood of one-off prompts cannot grow it.
 AFFINITY_ENTRIES = 100_000
+# Deployments remembered per prefix: a prefix stays cached where it was served (routes
+# may share deployments), so more than the last one can hold it.
+HOLDERS_PER_PREFIX = 4
 HeaderLookup = Callable[[str], str | None]
 
 
@@ -49,7 +52,7 @@ class LiveRouting:
         self._clock = clock
         self.loads = {dep_id: DeploymentLoad() for dep_id in deployments}
         self.route_stats = {name: RouteStats() for name in routes}
-        self.affinity: OrderedDict[str, str] = OrderedDict()
+        self.affinity: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._rates: dict[str, Rates | None] = {}
         self._rates_day: str | None = None
         self._busy_since: dict[str, float] = {}
@@ -157,8 +160,12 @@ class LiveRouting:
         prompt = row.input_uncached_tokens + row.cached_read_tokens + row.cache_write_tokens
         load.observe_prompt(shape.text_bytes, prompt)
         if shape.prefix_key is not None:
-            self.affinity[shape.prefix_key] = row.deployment
-            self.affinity.move_to_end(shape.prefix_key)
+            key, dep = shape.prefix_key, row.deployment
+            held = self.affinity.get(key, ())
+            if not held or held[0] != dep:
+                rest = tuple(d for d in held if d != dep)
+                self.affinity[key] = (dep, *rest)[:HOLDERS_PER_PREFIX]
+            self.affinity.move_to_end(key)
             if len(self.affinity) > AFFINITY_ENTRIES:
                 self.affinity.popitem(last=False)
 

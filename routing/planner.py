@@ -12,6 +12,7 @@ last resort, because "busy" is better than "no answer".
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections.abc import Mapping
@@ -40,8 +41,8 @@ class LiveView:
     loads: Mapping[str, DeploymentLoad] = field(default_factory=dict)
     rates: Mapping[str, Rates | None] = field(default_factory=dict)
     breaker_open: Mapping[str, bool] = field(default_factory=dict)
-    # prompt prefix key → the deployment that served it last
-    affinity: Mapping[str, str] = field(default_factory=dict)
+    # prompt prefix key → the deployments that served it lately, most recent first
+    affinity: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     route_stats: RouteStats | None = None
 
 
@@ -97,7 +98,7 @@ def _skip(
         if require.kinds is not None and dep.provider_kind not in require.kinds:
             return f"kind {dep.provider_kind} not allowed", True
     if dep.capabilities is not None:
-        for wanted in shape.needs:
+        for wanted in sorted(shape.needs):  # sorted: the same reason in every process
             if wanted not in dep.capabilities:
                 return f"no {wanted} support", True
     if dep.context_window is not None and need > dep.context_window:
@@ -129,7 +130,7 @@ def _candidate(
     tokens = input_tokens(shape, dep, load)
     cached = 0
     key = shape.prefix_key
-    if route.affinity and key is not None and live.affinity.get(key) == dep.id:
+    if route.affinity and key is not None and dep.id in live.affinity.get(key, ()):
         per_token = load.bytes_per_token or BYTES_PER_TOKEN[family_of(dep.upstream_model)]
         prefix = min(tokens, math.ceil(shape.prefix_bytes / per_token))
         if prefix >= MIN_CACHEABLE_TOKENS:
@@ -225,8 +226,11 @@ def _by_weight(
     scored = []
     for c in eligible:
         # Weighted rendezvous hashing: the same key picks the same target while it stays
-        # eligible, and only that target's share moves when another one drops out.
-        h = zlib.crc32(f"{key}\x00{c.deployment.id}".encode())
+        # eligible, and only that target's share moves when another one drops out. Not CRC:
+        # it is affine, so one key's scores for two targets would be tied to each other and
+        # the shares would not follow the weights.
+        digest = hashlib.blake2b(f"{key}\x00{c.deployment.id}".encode(), digest_size=4).digest()
+        h = int.from_bytes(digest, "big")
         u = (h + 1) / 4_294_967_297
         scored.append((weights.get(c.deployment.id, 1.0) / -math.log(u), c))
     scored.sort(key=lambda pair: pair[0], reverse=True)
