@@ -3,7 +3,7 @@
 The OpenAI endpoints and the Anthropic Messages ingress are served by a pure-ASGI layer
 (`HotPath`) in front of FastAPI, so the hot path skips FastAPI's per-request telemetry
 checks, routing, dependency injection and response-model validation; FastAPI keeps the
-lifespan, the ops endpoints and (later) the admin API. Serve `create_asgi(...)`, which is
+lifespan, the ops endpoints and the admin API (/admin/*). Serve `create_asgi(...)`, which is
 `HotPath(create_app(...))`.
 """
 
@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.admin import admin_router
 from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.asgi import reseed_request_ids
 from gateway.api.openai import OpenAIEndpoints
@@ -79,6 +80,8 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
         state = build_state(settings, config)
         if state.breakers is not None:
             await state.breakers.start()
+        if state.inflight_sync is not None:
+            await state.inflight_sync.start()
         holder.state = state
         # Start-up objects (config, price maps, modules) live for the whole process: keep
         # them out of every future collection, and collect young objects less often — the
@@ -107,6 +110,7 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(ops_router(holder.get))
+    app.include_router(admin_router(holder.get, settings.master_key))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -12,6 +12,7 @@ import orjson
 from gateway.auth import KeyStore
 from gateway.breakers import Breakers
 from gateway.config_schema import GatewayConfig
+from gateway.inflight_sync import InFlightSync
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.spool import Spool
@@ -42,6 +43,7 @@ class GatewayState:
     prices: PriceBook | None = None
     breakers: Breakers | None = None
     live: LiveRouting | None = None
+    inflight_sync: InFlightSync | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -53,6 +55,8 @@ class GatewayState:
         """Stop upstream I/O, flush the ledger (to the database or the spool), disconnect."""
         self.draining = True
         await self.service.close()
+        if self.inflight_sync is not None:
+            await self.inflight_sync.close()
         if self.breakers is not None:
             await self.breakers.close()
         if self.writer is not None:
@@ -131,13 +135,21 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
             for name in index.routable_names()
         ],
     }
-    live = LiveRouting(config.deployment_specs(), config.route_specs(), prices, breakers.open_map)
+    specs = config.deployment_specs()
+    live = LiveRouting(specs, config.route_specs(), prices, breakers.open_map)
+    limited = [d.id for d in specs.values() if d.max_concurrency is not None]
+    inflight_sync = (
+        InFlightSync(settings.redis_url, live.loads, limited)
+        if settings.redis_url and limited
+        else None
+    )
     return GatewayState(
         config=config,
         index=index,
         keys=build_keys(settings, config),
         service=Service(build_adapter(config), meter, breakers, live),
         live=live,
+        inflight_sync=inflight_sync,
         breakers=breakers,
         models_body=orjson.dumps(models),
         writer=writer,
