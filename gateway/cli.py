@@ -69,19 +69,26 @@ def config_check(file: Annotated[Path, typer.Argument(help="YAML file to validat
 
 @route_app.command("explain")
 def route_explain(
-    route: Annotated[str, typer.Argument(help="Route name.")],
+    route: Annotated[str, typer.Argument(help="Route name.", metavar="ROUTE")],
     request: Annotated[
-        str, typer.Option("--request", "-r", help="Chat request body (JSON file, or - for stdin).")
+        str,
+        typer.Option(
+            "--request", "-r", metavar="FILE", help="Chat request body (JSON file, or - for stdin)."
+        ),
     ],
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     request_id: Annotated[
         str | None,
-        typer.Option(help="Request id to plan with (weighted and latency routes hash it)."),
+        typer.Option(
+            metavar="ID", help="Request id to plan with (weighted and latency routes hash it)."
+        ),
     ] = None,
     header: Annotated[
         list[str] | None,
-        typer.Option("--header", "-H", help="'Name: value' request header (sticky header:)."),
+        typer.Option(
+            "--header", "-H", metavar="'NAME: VALUE'", help="Request header (for sticky header:)."
+        ),
     ] = None,
 ) -> None:
     """Show the plan ROUTE would make for a request, from an idle snapshot of the config
@@ -140,7 +147,9 @@ def _parse_headers(values: list[str]) -> dict[str, str]:
     for value in values:
         name, sep, rest = value.partition(":")
         if not sep or not name.strip():
-            raise typer.BadParameter(f"expected 'Name: value', got {value!r}", param_hint="--header")
+            raise typer.BadParameter(
+                f"expected 'Name: value', got {value!r}", param_hint="--header"
+            )
         # Lower-case, as the sticky setting is normalized and ASGI header names are.
         headers[name.strip().lower()] = rest.strip()
     return headers

@@ -24,7 +24,7 @@ from gateway.ledger.pricing import PriceBook
 from gateway.providers.base import UpstreamError
 from routing.failover import parse_retry_after
 from routing.live import DeploymentLoad, RouteStats
-from routing.model import DeploymentSpec, Plan, RouteSpec
+from routing.model import DYNAMIC_STRATEGIES, DeploymentSpec, Plan, RouteSpec
 from routing.planner import Decision, LiveView, Rates, decide, input_tokens
 from routing.shape import RequestShape, request_shape
 
@@ -50,7 +50,24 @@ class LiveRouting:
         self._prices = prices
         self._breaker_open = breaker_open
         self._clock = clock
-        self.loads = {dep_id: DeploymentLoad() for dep_id in deployments}
+        # Only deployments something reads the state of are tracked: those on balancing
+        # routes, and those with limits or paid-for capacity. The rest (direct and
+        # failover routes) skip all of this at the cost of one dict miss per attempt.
+        balanced = {
+            dep
+            for route in routes.values()
+            if route.strategy in DYNAMIC_STRATEGIES
+            for dep in (*route.targets, *route.fallbacks)
+        }
+        self.loads = {
+            dep.id: DeploymentLoad()
+            for dep in deployments.values()
+            if dep.id in balanced
+            or dep.provider_kind == "dedicated"
+            or dep.max_concurrency is not None
+            or dep.rpm is not None
+            or dep.tpm is not None
+        }
         self.route_stats = {name: RouteStats() for name in routes}
         self.affinity: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._rates: dict[str, Rates | None] = {}

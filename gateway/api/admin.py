@@ -1,0 +1,94 @@
+"""The admin API: operator-only endpoints behind FAREBOX_MASTER_KEY.
+
+Served by FastAPI (not the hot path): these are rare calls where convenience beats
+microseconds. Errors use the OpenAI wire format like the rest of the API.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.api.asgi import new_request_id
+from gateway.auth import digest
+from gateway.errors import GatewayError, bad_request, too_large, unauthorized
+from gateway.explain import explain_route, parse_chat_request, unknown_route_message
+from gateway.state import GatewayState
+
+
+def forbidden(message: str, code: str) -> GatewayError:
+    return GatewayError(403, message, error_type="permission_error", code=code)
+
+
+def _authorize(request: Request, state: GatewayState, master_key: str | None) -> None:
+    """Only the master key may use the admin API; client keys get 403, anything else 401."""
+    if not master_key:
+        raise forbidden(
+            "The admin API is disabled: set FAREBOX_MASTER_KEY to enable it.", "admin_disabled"
+        )
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        raise unauthorized(
+            "Missing admin key: send it as 'Authorization: Bearer <FAREBOX_MASTER_KEY>'."
+        )
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    # Compare digests in constant time, so response time says nothing about the key.
+    if scheme.lower() == "bearer" and hmac.compare_digest(digest(token), digest(master_key)):
+        return
+    if token and not state.keys.disabled and state.keys.authenticate(authorization.encode()):
+        raise forbidden(
+            "This endpoint needs the master key (FAREBOX_MASTER_KEY); client keys cannot "
+            "use the admin API.",
+            "admin_key_required",
+        )
+    raise unauthorized("Incorrect API key provided.")
+
+
+def admin_router(state: Callable[[], GatewayState | None], master_key: str | None) -> APIRouter:
+    router = APIRouter()
+
+    # `:path` so route names with a slash (vendor/model) work. An async handler runs on
+    # the event loop, which is where live state changes: the snapshot is consistent.
+    @router.post("/admin/routes/{route:path}/explain", include_in_schema=False)
+    async def explain(route: str, request: Request) -> Response:
+        # Weighted and latency routes hash the request id: let the caller pin it.
+        pinned = request.query_params.get("request_id")
+        request_id = new_request_id()
+        headers = {"x-request-id": request_id}
+        try:
+            current = state()
+            if current is None or current.live is None:
+                raise GatewayError(503, "The gateway is still starting.", error_type="server_error")
+            _authorize(request, current, master_key)
+            if pinned is not None:
+                if not (0 < len(pinned) <= 200 and pinned.isascii() and pinned.isprintable()):
+                    raise bad_request("request_id must be 1-200 printable ASCII characters.")
+                request_id = headers["x-request-id"] = pinned
+            spec = current.live.route(route)
+            if spec is None:
+                message = unknown_route_message(
+                    route, current.config.routes, current.config.deployments
+                )
+                raise GatewayError(404, message, code="route_not_found")
+            body = await request.body()
+            if len(body) > current.max_body_bytes:
+                raise too_large(current.max_body_bytes)
+            payload = parse_chat_request(body, route)
+            data = explain_route(
+                current.live,
+                spec,
+                payload,
+                request_id,
+                request.headers.get,
+                snapshot="live",
+            )
+        except GatewayError as exc:
+            return Response(exc.body(), exc.status, headers=headers, media_type="application/json")
+        return Response(orjson.dumps(data), headers=headers, media_type="application/json")
+
+    return router
