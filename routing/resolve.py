@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from routing.model import DeploymentSpec, Plan, PlannedAttempt, RouteSpec, Timeouts
+from routing.model import (
+    DYNAMIC_STRATEGIES,
+    DeploymentSpec,
+    Plan,
+    PlannedAttempt,
+    RouteSpec,
+    Timeouts,
+)
 
 
 class ModelIndex:
@@ -87,6 +94,11 @@ def describe_plan(plan: Plan) -> list[str]:
         f"{r.attempts} tries per target, backoff {r.backoff_ms}–{r.max_backoff_ms} ms"
         + (f", hedge after {plan.hedge_after_ms} ms" if plan.hedge_after_ms else ""),
     ]
+    if plan.strategy in DYNAMIC_STRATEGIES:
+        lines.append(
+            "order decided per request from live state and prices "
+            "(`farebox route explain` shows it); configured order:"
+        )
     for n, attempt in enumerate(plan.attempts, 1):
         dep = attempt.deployment
         lines.append(
