@@ -15,6 +15,7 @@ import logging
 import os
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -183,7 +184,9 @@ class LitellmAdapter:
         except Exception:
             log.exception("litellm answer from %s could not be normalized", deployment.id)
             raise UpstreamError(MALFORMED, f"{deployment.id} sent an unusable answer") from None
-        return UpstreamReply(200, orjson.dumps(data), data, _request_id(response))
+        return UpstreamReply(
+            200, orjson.dumps(data), data, _request_id(response), _limits(response)
+        )
 
     async def open_stream(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
@@ -199,7 +202,9 @@ class LitellmAdapter:
             raise
         except Exception as exc:
             raise upstream_error(exc, deployment.id) from None
-        return LitellmStream(deployment.id, wrapper, _request_id(wrapper), timeouts.idle_ms)
+        stream = LitellmStream(deployment.id, wrapper, _request_id(wrapper), timeouts.idle_ms)
+        stream.limits = _limits(wrapper)
+        return stream
 
 
 class LitellmStream:
@@ -270,6 +275,38 @@ def _request_id(response: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _limits(response: Any) -> dict[str, str] | None:
+    """Rate-limit headers in OpenAI's names, from OpenAI-style providers (Azure) or
+    Anthropic's `anthropic-ratelimit-*` (reset as an RFC 3339 time), so routing learns
+    limits the same way whatever the protocol."""
+    hidden = getattr(response, "_hidden_params", None)
+    headers = hidden.get("additional_headers") if isinstance(hidden, dict) else None
+    if not isinstance(headers, dict):
+        return None
+    out: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"llm_provider-x-ratelimit-remaining-{kind}")
+        reset = headers.get(f"llm_provider-x-ratelimit-reset-{kind}")
+        if remaining is None:
+            remaining = headers.get(f"llm_provider-anthropic-ratelimit-{kind}-remaining")
+            reset = _seconds_until(headers.get(f"llm_provider-anthropic-ratelimit-{kind}-reset"))
+        if remaining is not None:
+            out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+        if reset is not None:
+            out[f"x-ratelimit-reset-{kind}"] = str(reset)
+    return out or None
+
+
+def _seconds_until(stamp: Any) -> str | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return f"{max(0.0, (when - datetime.now(UTC)).total_seconds()):.3f}s"
 
 
 def _unsupported(deployment: DeploymentSpec, endpoint: str) -> UpstreamError:
