@@ -26,7 +26,7 @@ from routing.failover import parse_retry_after
 from routing.live import DeploymentLoad, RouteStats
 from routing.model import DYNAMIC_STRATEGIES, DeploymentSpec, Plan, RouteSpec
 from routing.planner import Decision, LiveView, Rates, decide, input_tokens
-from routing.shape import RequestShape, request_shape
+from routing.shape import PER_MESSAGE, RequestShape, request_shape
 
 # Prefixes remembered for affinity; an LRU so a flood of one-off prompts cannot grow it.
 AFFINITY_ENTRIES = 100_000
@@ -174,8 +174,9 @@ class LiveRouting:
             stats.observe_output(row.output_tokens)
         if shape is None or row.token_source != "provider":
             return
-        prompt = row.input_uncached_tokens + row.cached_read_tokens + row.cache_write_tokens
-        load.observe_prompt(shape.text_bytes, prompt)
+        if shape.images == 0:  # image tokens say nothing about bytes per text token
+            prompt = row.input_uncached_tokens + row.cached_read_tokens + row.cache_write_tokens
+            load.observe_prompt(shape.text_bytes, prompt - PER_MESSAGE * shape.messages)
         if shape.prefix_key is not None:
             key, dep = shape.prefix_key, row.deployment
             held = self.affinity.get(key, ())
@@ -234,10 +235,16 @@ def _duration_s(value: str | None) -> float | None:
             scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit)
             if scale is None or not number:
                 return None
-            total += float(number) * scale
+            try:
+                total += float(number) * scale
+            except ValueError:  # "1..2s": not a duration; ignore the header
+                return None
             number = ""
             i += len(unit) - 1
         i += 1
     if number:  # a bare number: seconds
-        total += float(number)
+        try:
+            total += float(number)
+        except ValueError:
+            return None
     return total

@@ -92,7 +92,10 @@ class DeploymentLoad:
     def observe_prompt(self, text_bytes: int, prompt_tokens: int) -> None:
         if text_bytes < 64 or prompt_tokens <= 0:
             return  # too short to say anything about the ratio
-        ratio = text_bytes / prompt_tokens
+        # Clamped: no real vocabulary is outside 1–8 bytes per token, and one odd sample
+        # (a provider counting something we did not send) must not make every later
+        # estimate absurd enough to fail context-window checks.
+        ratio = min(8.0, max(1.0, text_bytes / prompt_tokens))
         current = self.bytes_per_token
         self.bytes_per_token = ratio if current is None else _ewma(current, ratio)
 

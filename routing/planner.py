@@ -29,6 +29,8 @@ Rates = tuple[float, float, float]
 DEFAULT_OUTPUT_TOKENS = 256
 # Providers cache prefixes of at least this many tokens (OpenAI and Anthropic's minimum).
 MIN_CACHEABLE_TOKENS = 1024
+# latency: one request in this many goes to a random eligible deployment, to re-measure it.
+EXPLORE_EVERY = 50
 _UNKNOWN = math.inf
 _IDLE = DeploymentLoad()
 
@@ -221,7 +223,15 @@ def _by_cost(eligible: list[Candidate]) -> tuple[list[Candidate], str]:
 def _by_weight(
     route: RouteSpec, eligible: list[Candidate], shape: RequestShape
 ) -> tuple[list[Candidate], str]:
-    key = shape.sticky_key or shape.request_id
+    # With affinity on, a long shared prefix is the key: each prefix stays on one
+    # deployment (where it is cached) while different prefixes still split by weight.
+    by_prefix = (
+        shape.sticky_key is None
+        and route.affinity
+        and shape.prefix_key is not None
+        and shape.prefix_bytes >= MIN_CACHEABLE_TOKENS * BYTES_PER_TOKEN["default"]
+    )
+    key = shape.sticky_key or (shape.prefix_key if by_prefix else None) or shape.request_id
     weights = dict(zip(route.targets, route.weights, strict=False))
     scored = []
     for c in eligible:
@@ -235,8 +245,11 @@ def _by_weight(
         scored.append((weights.get(c.deployment.id, 1.0) / -math.log(u), c))
     scored.sort(key=lambda pair: pair[0], reverse=True)
     ordered = [c for _, c in scored]
-    how = f"sticky {route.sticky}" if shape.sticky_key else "by request id"
-    return _with_affinity(ordered, shape, f"weighted ({how})", sticky=bool(shape.sticky_key))
+    if shape.sticky_key:
+        return ordered, f"weighted (sticky {route.sticky})"
+    if by_prefix:
+        return ordered, "weighted (by prompt prefix)"
+    return _with_affinity(ordered, shape, "weighted (by request id)", sticky=False)
 
 
 def _by_latency(
@@ -247,10 +260,19 @@ def _by_latency(
         return live.loads.get(c.deployment.id, _IDLE).ewma_ttft_ms or 0.0
 
     ordered = sorted(eligible, key=ttft)
+    if len(eligible) < 2:
+        return ordered, "only eligible deployment"
+    h = zlib.crc32(shape.request_id.encode())
+    if h % EXPLORE_EVERY == 0:
+        # Now and then one at random, so a deployment measured slow once (a cold start)
+        # gets measured again instead of starving on a stale average.
+        pick = eligible[(h >> 8) % len(eligible)]
+        ordered.remove(pick)
+        ordered.insert(0, pick)
+        return ordered, "latency (exploring)"
     if len(eligible) > 2:
         # Power of two choices: two candidates picked from the request id, the faster wins;
         # this spreads load where always taking the single fastest would herd onto it.
-        h = zlib.crc32(shape.request_id.encode())
         a = h % len(eligible)
         b = (a + 1 + (h >> 8) % (len(eligible) - 1)) % len(eligible)
         winner = min(eligible[a], eligible[b], key=ttft)
