@@ -130,6 +130,13 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
+HEAD = "0002"
+
+
+def _request_columns(conn: Connection) -> set[str]:
+    return {c["name"] for c in inspect(conn).get_columns("requests")}
+
+
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     expected = {
         "requests": {
@@ -146,7 +153,13 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     }
     schema = on_connection(db_url, _schema)
     assert {t: schema[t] for t in expected} == expected
+    assert current(db_url) == HEAD
+    assert "decision" in on_connection(db_url, _request_columns)
+
+    downgrade(db_url, "0001")  # one step: the routing decision column goes, nothing else
     assert current(db_url) == "0001"
+    assert "decision" not in on_connection(db_url, _request_columns)
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
     downgrade(db_url, "base")
     assert set(on_connection(db_url, _schema)) <= {"alembic_version"}
@@ -154,7 +167,7 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
 
     upgrade(db_url)
     assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
-    assert current(db_url) == "0001"
+    assert current(db_url) == HEAD
 
 
 def test_models_match_migrations(db_url: str) -> None:
@@ -171,7 +184,7 @@ def test_migrate_creates_sqlite_directory_from_any_cwd(
     monkeypatch.chdir(tmp_path)
     upgrade("sqlite+aiosqlite:///nested/dir/ledger.db")
     assert (tmp_path / "nested" / "dir" / "ledger.db").is_file()
-    assert current("sqlite+aiosqlite:///nested/dir/ledger.db") == "0001"
+    assert current("sqlite+aiosqlite:///nested/dir/ledger.db") == HEAD
 
 
 # --- writes ----------------------------------------------------------------------------------
