@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import types
-import typing
+import re
 from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,14 +25,21 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, Path, load_yaml
-from routing.model import DeploymentSpec, Requirements, RetryPolicy, RouteSpec, Timeouts
+from gateway.config_yaml import ConfigError, ConfigIssue, load_yaml
+from routing.model import (
+    DeploymentSpec,
+    GatePolicy,
+    Requirements,
+    RetryPolicy,
+    RouteSpec,
+    Timeouts,
+)
 from routing.resolve import ModelIndex
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
-STRATEGIES = ("direct", "failover", "cost", "weighted", "latency")
+STRATEGIES = ("direct", "failover", "cost", "weighted", "latency", "cascade", "quality")
 KINDS = ("serverless", "dedicated", "closed_api")
 # `openai`: Farebox's own aiohttp client. The rest go through litellm (imported only when
 # one is configured) and are normalized back to the OpenAI shape.
@@ -140,6 +147,33 @@ class BreakerConfig(_Strict):
     max_cooldown_s: Annotated[float, Field(gt=0)] = 300.0
 
 
+class GateConfig(_Strict):
+    """Deterministic checks an answer must pass before the client gets it."""
+
+    # "request": the request's response_format json_schema; or an inline JSON Schema.
+    json_schema: Literal["request"] | dict[str, Any] | None = None
+    tool_arguments: bool = False  # tool-call arguments must match the tool's parameters
+    reject_truncated: bool = True  # finish_reason "length" fails
+    non_empty: bool = True
+    not_refusal: bool = False
+    regex: str | None = None  # the content must match (re.search)
+    # field path → a YAML file of {canonical: [variants…]} (relative to the config file),
+    # or that mapping inline; applied to the JSON answer before it is validated.
+    normalize: dict[str, str | dict[str, list[str]]] = Field(default_factory=dict)
+    on_fail: Literal["escalate", "repair"] = "escalate"
+    buffer_streams: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
 class Require(_Strict):
     region: list[str] | None = None
     zero_retention: bool = False
@@ -157,6 +191,13 @@ class Route(_Strict):
     require: Require | None = None
     # Prompt-cache affinity for cost, weighted and latency routes.
     affinity: bool = True
+    gate: GateConfig | None = None
+    # quality: send to the strong (last) target when the router's score is above
+    # `threshold`, or hold `strong_share` of traffic there (the threshold follows live
+    # score quantiles); `router_model` overrides the model shipped with Farebox.
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    strong_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    router_model: str | None = None
     # Unset fields inherit server.timeouts.
     timeouts: TimeoutsConfig | None = None
     retry: RetryConfig | None = None
@@ -203,6 +244,10 @@ class ServerConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
+    # Gate specs per route, built (normalization files read, schemas checked) by
+    # parse_config, so a bad gate is a config error, not a failing request.
+    _gates: dict[str, GatePolicy] = PrivateAttr(default_factory=dict)
+
     providers: dict[str, Provider] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     routes: dict[str, Route] = Field(default_factory=dict)
@@ -260,6 +305,7 @@ class GatewayConfig(_Strict):
                 sticky=route.sticky,
                 require=_requirements(route.require),
                 affinity=route.affinity,
+                gate=self._gates.get(name),
             )
             for name, route in self.routes.items()
         }
@@ -324,147 +370,23 @@ def load_config(
 
 
 def parse_config(text: str, file: str, env: Mapping[str, str]) -> GatewayConfig:
+    # They need the models above.
+    from gateway.config_checks import build_gates, cross_check, explain
+
     doc = load_yaml(text, file, env)
     if not isinstance(doc.data, dict):
         raise ConfigError([doc.issue((), "the top level must be a mapping")])
     try:
         config = GatewayConfig.model_validate(doc.data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, doc)) from None
-    issues = _cross_check(config, doc)
+        raise ConfigError(explain(exc, doc)) from None
+    issues = cross_check(config, doc)
+    gates, gate_issues = build_gates(config, doc, FsPath(file).parent)
+    issues += gate_issues
     if issues:
         raise ConfigError(issues)
+    config._gates.update(gates)
     return config
-
-
-def _cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-    for dep_id, dep in config.deployments.items():
-        if dep.provider not in config.providers:
-            issues.append(
-                doc.issue(
-                    ("deployments", dep_id, "provider"),
-                    f"unknown provider {dep.provider!r}{_suggest(dep.provider, config.providers)}",
-                )
-            )
-    for name, route in config.routes.items():
-        if name in config.deployments:
-            issues.append(
-                doc.issue(("routes", name), f"route name {name!r} is also a deployment id")
-            )
-        seen: set[str] = set()
-        listed = [("targets", i, t) for i, t in enumerate(route.targets)]
-        listed += [("fallbacks", i, t) for i, t in enumerate(route.fallbacks)]
-        for section, i, target in listed:
-            where: Path = ("routes", name, section, i)
-            if target not in config.deployments:
-                hint = _suggest(target, config.deployments)
-                issues.append(doc.issue(where, f"unknown deployment {target!r}{hint}"))
-            elif target in seen:
-                issues.append(doc.issue(where, f"deployment {target!r} is listed twice"))
-            seen.add(target)
-        if route.hedge_after_ms is not None and len(route.targets) + len(route.fallbacks) < 2:
-            issues.append(
-                doc.issue(("routes", name, "hedge_after_ms"), "hedging needs a second target")
-            )
-        for target in route.weights:
-            if target not in route.targets:
-                issues.append(
-                    doc.issue(
-                        ("routes", name, "weights", target),
-                        f"{target!r} is not one of this route's targets",
-                    )
-                )
-        if route.weights and route.strategy != "weighted":
-            issues.append(
-                doc.issue(("routes", name, "weights"), "weights are for strategy weighted")
-            )
-        if route.sticky and route.strategy != "weighted":
-            issues.append(doc.issue(("routes", name, "sticky"), "sticky is for strategy weighted"))
-        if route.strategy == "direct" and len(route.targets) != 1:
-            issues.append(
-                doc.issue(
-                    ("routes", name, "targets"),
-                    f"strategy direct takes exactly one target, got {len(route.targets)} "
-                    "(use strategy failover, or list the others under fallbacks)",
-                )
-            )
-    seen_keys: dict[str, int] = {}
-    for i, api_key in enumerate(config.api_keys()):
-        if api_key.name in seen_keys:
-            issues.append(
-                doc.issue(("auth", "keys", i, "name"), f"duplicate key name {api_key.name!r}")
-            )
-        seen_keys[api_key.name] = i
-    return issues
-
-
-def _explain(exc: ValidationError, doc: LocatedDocument) -> list[ConfigIssue]:
-    issues = []
-    for err in exc.errors(include_url=False):
-        loc = _clean_loc(err["loc"])
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(GatewayConfig, loc[:-1])
-            key = str(loc[-1])
-            hint = _suggest(key, allowed)
-            known = f"; valid keys: {', '.join(sorted(allowed))}" if allowed and not hint else ""
-            message = f"unknown key {key!r}{hint}{known}"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-            if "input" in err and err["type"] not in ("value_error",) and _short(err["input"]):
-                message += f" (got {err['input']!r})"
-        issue = doc.issue(loc, message)
-        if issue not in issues:
-            issues.append(issue)
-    return issues
-
-
-def _clean_loc(loc: tuple[int | str, ...]) -> Path:
-    return tuple(loc)
-
-
-def _short(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool) and len(repr(value)) <= 60
-
-
-def _allowed_keys(model: Any, loc: Path) -> list[str]:
-    """Field names valid at `loc`, found by walking the model's annotations."""
-    current: Any = model
-    for part in loc:
-        current = _unwrap_model(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            if not isinstance(part, str) or part not in current.model_fields:
-                return []
-            current = current.model_fields[part].annotation
-        else:
-            current = _container_item(current)
-            if current is None:
-                return []
-    current = _unwrap_model(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _unwrap_model(annotation: Any) -> Any:
-    """From `X | None` or `Literal[...] | X`, pick the BaseModel branch if there is one."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
-    return annotation
-
-
-def _container_item(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is dict and len(args) == 2:
-        return args[1]
-    if origin is list and args:
-        return args[0]
-    return None
 
 
 def _suggest(name: str, candidates: Any) -> str:

@@ -207,6 +207,7 @@ class Meter:
         status: int,
         error: str | None,
         deployment: str | None,
+        gate_outcome: str | None = None,
     ) -> RequestRow:
         """Close the call: build its request row and hand everything to the ledger."""
         attempts = ctx.attempts
@@ -254,6 +255,7 @@ class Meter:
             latency_ms=(time.perf_counter() - ctx.t0) * 1000,
             ttft_ms=ctx.ttft_ms,
             decision=plan.reason,
+            gate_outcome=gate_outcome,
         )
         self.ledger.record(row, attempts)
         metrics.count_request(plan.route, status)

@@ -15,25 +15,34 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from gateway import metrics
 from gateway.errors import GatewayError, upstream_failed
+from gateway.gating import complete_gated
+from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import (
     TIMEOUT,
     Adapter,
     UpstreamError,
+    UpstreamReply,
     UpstreamStream,
 )
-from gateway.service_ports import BreakerBoard, NullTracker, Tracker
+from gateway.service_ports import (
+    BreakerBoard,
+    Completion,
+    NullTracker,
+    StreamingCompletion,
+    Tracker,
+)
 from gateway.streaming import (
     CLIENT_CANCELLED,
     DONE,
     STATUS_CLIENT_CLOSED,
     Relay,
     first_read_state,
+    replay_as_stream,
 )
 from gateway.upstream_errors import client_error, outcome_of
 from routing.failover import (
@@ -61,23 +70,6 @@ async def _keep(_: Any) -> None:
 
 
 @dataclass(slots=True)
-class Completion:
-    body: bytes
-    deployment: str
-    attempts: int
-    cost_usd: Decimal | None
-    fallback_reason: str | None = None
-
-
-@dataclass(slots=True)
-class StreamingCompletion:
-    deployment: str
-    attempts: int
-    chunks: AsyncIterator[bytes]
-    fallback_reason: str | None = None
-
-
-@dataclass(slots=True)
 class _Opened:
     """A stream whose first read arrived and is usable."""
 
@@ -98,6 +90,8 @@ class _Run(Generic[T]):
     last_error: UpstreamError | None = None
     last_deployment: str = ""
     forced: bool = False
+    # Whether a plan that fails writes the request row (a gated caller may not want it to).
+    finish: bool = True
 
 
 class Service:
@@ -119,7 +113,8 @@ class Service:
 
     # -- non-stream ---------------------------------------------------------------------
 
-    async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
+    def caller(self, ctx: CallContext) -> Callable[[PlannedAttempt, Timeouts], Awaitable[Any]]:
+        """One non-stream upstream call for `ctx` (its current payload), tracked."""
         tracker = self.tracker
 
         async def call(attempt: PlannedAttempt, timeouts: Timeouts) -> Any:
@@ -132,17 +127,47 @@ class Service:
             finally:
                 tracker.ended(dep_id)
 
+        return call
+
+    async def walk(
+        self,
+        ctx: CallContext,
+        plan: Plan,
+        *,
+        finish_on_failure: bool = True,
+    ) -> tuple[PlannedAttempt, UpstreamReply, float, list[str]]:
+        """Non-stream attempts of `plan` until one answers: (attempt, reply, its start,
+        why earlier tries failed). With `finish_on_failure` off, a plan that fails leaves
+        the request row to the caller (it may still have an answer to give)."""
         run: _Run[Any] = _Run(ctx, plan, ctx.t0 + plan.timeouts.total_ms / 1000)
-        attempt, reply, started = await self._walk(run, call, stream=False)
+        run.finish = finish_on_failure
+        attempt, reply, started = await self._walk(run, self.caller(ctx), stream=False)
+        return attempt, reply, started, run.reasons
+
+    def record_success(
+        self,
+        ctx: CallContext,
+        plan: Plan,
+        attempt: PlannedAttempt,
+        reply: UpstreamReply,
+        started: float,
+    ) -> AttemptRow:
         row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
-        tracker.succeeded(plan, ctx.shape, row, reply.limits)
+        self.tracker.succeeded(plan, ctx.shape, row, reply.limits)
+        return row
+
+    async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
+        if plan.gate is not None:
+            return await complete_gated(self, ctx, plan)
+        attempt, reply, started, reasons = await self.walk(ctx, plan)
+        self.record_success(ctx, plan, attempt, reply, started)
         request = self.meter.finish(ctx, plan, 200, None, attempt.deployment.id)
         return Completion(
             body=reply.raw,
             deployment=attempt.deployment.id,
             attempts=request.attempts,
             cost_usd=request.cost_usd,
-            fallback_reason="; ".join(run.reasons) or None,
+            fallback_reason="; ".join(reasons) or None,
         )
 
     # -- stream -------------------------------------------------------------------------
@@ -156,6 +181,8 @@ class Service:
         or a stream that dies before its first event still gets a proper HTTP error or a
         fallback; after it, failures become an in-stream error event.
         """
+        if plan.gate is not None and plan.gate.buffer_streams:
+            return await self._buffered(ctx, plan, client_wants_usage)
         options = ctx.payload.get("stream_options")
         ctx.payload["stream_options"] = {**(options or {}), "include_usage": True}
 
@@ -237,6 +264,26 @@ class Service:
             attempts=len(ctx.attempts) + 1,
             chunks=relay.run(opened.blocks, opened.first),
             fallback_reason="; ".join(run.reasons) or None,
+        )
+
+    async def _buffered(
+        self, ctx: CallContext, plan: Plan, client_wants_usage: bool
+    ) -> StreamingCompletion:
+        """A gated route that buffers streams: complete upstream, gate, then replay."""
+        ctx.payload = {
+            k: v for k, v in ctx.payload.items() if k not in ("stream", "stream_options")
+        }
+        done = await self.complete(ctx, plan)
+
+        async def replay() -> AsyncIterator[bytes]:
+            yield replay_as_stream(done.body, client_wants_usage)
+
+        return StreamingCompletion(
+            deployment=done.deployment,
+            attempts=done.attempts,
+            chunks=replay(),
+            fallback_reason=done.fallback_reason,
+            gate=done.gate,
         )
 
     # -- the attempt loop ---------------------------------------------------------------
@@ -449,7 +496,8 @@ class Service:
         run.reasons.append(decision.reason)
 
     def _finish_failed(self, run: _Run[Any], status: int, error: str) -> None:
-        self.meter.finish(run.ctx, run.plan, status, error, None)
+        if run.finish or status == STATUS_CLIENT_CLOSED:  # a hang-up ends the request anyway
+            self.meter.finish(run.ctx, run.plan, status, error, None)
 
     def _fail_now(self, run: _Run[Any], failure: UpstreamError) -> GatewayError:
         error = client_error(failure, run.last_deployment)

@@ -1,8 +1,11 @@
-"""What the service needs from the rest of the gateway, as protocols (and a no-op)."""
+"""What the service exchanges with the rest of the gateway: its answers, and protocols
+for what it needs (with a no-op)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol
 
 from gateway.ledger.events import AttemptRow
@@ -52,3 +55,22 @@ class BreakerBoard(Protocol):
     def force_open(self, deployment: str) -> None: ...
     def open_map(self) -> Mapping[str, bool]: ...
     def last_failure_map(self) -> Mapping[str, float]: ...
+
+
+@dataclass(slots=True)
+class Completion:
+    body: bytes
+    deployment: str
+    attempts: int
+    cost_usd: Decimal | None
+    fallback_reason: str | None = None
+    gate: str | None = None  # the quality gate's verdict (x-farebox-gate), gated routes only
+
+
+@dataclass(slots=True)
+class StreamingCompletion:
+    deployment: str
+    attempts: int
+    chunks: AsyncIterator[bytes]
+    fallback_reason: str | None = None
+    gate: str | None = None

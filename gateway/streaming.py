@@ -279,3 +279,41 @@ def _substantive(event: dict[str, Any]) -> bool:
         if isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role"):
             return True
     return False
+
+
+def replay_as_stream(body: bytes, wants_usage: bool) -> bytes:
+    """A finished chat.completion as the SSE stream a client asked for (buffered routes:
+    the answer had to pass the quality gate before any of it could be sent)."""
+    data = orjson.loads(body)
+    head = {
+        "id": data.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": data.get("created", 0),
+        "model": data.get("model", ""),
+        "system_fingerprint": data.get("system_fingerprint"),
+    }
+    events: list[dict[str, Any]] = []
+    for choice in data.get("choices") or ():
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        events.append(_delta(head, index, {"role": "assistant", "content": ""}))
+        if message.get("content"):
+            events.append(_delta(head, index, {"content": message["content"]}))
+        calls = [
+            {**call, "index": position}
+            for position, call in enumerate(message.get("tool_calls") or ())
+            if isinstance(call, dict)
+        ]
+        if calls:
+            events.append(_delta(head, index, {"tool_calls": calls}))
+        events.append(_delta(head, index, {}, choice.get("finish_reason") or "stop"))
+    if wants_usage and data.get("usage") is not None:
+        events.append({**head, "choices": [], "usage": data["usage"]})
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + DONE
+
+
+def _delta(
+    head: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None = None
+) -> dict[str, Any]:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {**head, "choices": [choice]}

@@ -7,6 +7,7 @@ config schema (pydantic) or on anything with I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 ROLES = ("primary", "retry", "fallback", "hedge", "escalation", "repair", "drill")
 
@@ -68,6 +69,18 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 
 @dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """A route's quality gate and what to do when an answer fails it."""
+
+    # routing.gates.GateSpec; typed loosely so this module stays free of imports.
+    spec: Any
+    on_fail: str = "escalate"  # escalate: next target | repair: re-prompt once, then escalate
+    # Streams are gated only if the route buffers them (the client then gets the answer
+    # as a stream once it passed); otherwise they pass through ungated.
+    buffer_streams: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     name: str
     strategy: str
@@ -84,6 +97,7 @@ class RouteSpec:
     require: Requirements | None = None
     # Prompt-cache affinity for the balancing strategies (cost, weighted, latency).
     affinity: bool = True
+    gate: GatePolicy | None = None
 
 
 # Strategies whose order is decided per request from live state; the others are fixed.
@@ -110,3 +124,4 @@ class Plan:
     hedge_after_ms: int | None = None
     # Why the first target was chosen (x-farebox-route-reason, ledger `decision`).
     reason: str | None = None
+    gate: GatePolicy | None = None

@@ -193,6 +193,7 @@ def decide(
         retry=route.retry,
         hedge_after_ms=route.hedge_after_ms,
         reason=reason,
+        gate=route.gate,
     )
     return Decision(plan, (*chosen, *left_out), reason)
 

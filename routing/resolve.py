@@ -79,6 +79,7 @@ def plan_for_route(route: RouteSpec, deployments: Mapping[str, DeploymentSpec]) 
         workload=route.workload,
         retry=route.retry,
         hedge_after_ms=route.hedge_after_ms,
+        gate=route.gate,
     )
 
 

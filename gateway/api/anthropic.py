@@ -93,6 +93,11 @@ class AnthropicEndpoints:
             message = to_anthropic(completion, model, request_id)
             headers.append(JSON_TYPE)
             add_result_headers(
-                headers, result.deployment, result.attempts, result.fallback_reason, result.cost_usd
+                headers,
+                result.deployment,
+                result.attempts,
+                result.fallback_reason,
+                result.cost_usd,
+                result.gate,
             )
             await send_bytes(send, 200, orjson.dumps(message), headers)

@@ -129,8 +129,11 @@ def add_result_headers(
     attempts: int,
     fallback_reason: str | None,
     cost_usd: Decimal | None = None,
+    gate: str | None = None,
 ) -> None:
     headers.append((b"x-farebox-deployment", deployment.encode()))
+    if gate is not None:
+        headers.append((b"x-farebox-gate", header_value(gate)))
     headers.append((b"x-farebox-attempts", str(attempts).encode()))
     if fallback_reason:
         headers.append((b"x-farebox-fallback-reason", header_value(fallback_reason)))
@@ -176,7 +179,13 @@ async def send_stream(
     Without a translator the OpenAI bytes go out untouched (the common, fast case).
     """
     headers.extend(SSE_HEADERS)
-    add_result_headers(headers, streaming.deployment, streaming.attempts, streaming.fallback_reason)
+    add_result_headers(
+        headers,
+        streaming.deployment,
+        streaming.attempts,
+        streaming.fallback_reason,
+        gate=streaming.gate,
+    )
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     chunks = streaming.chunks
     try:

@@ -89,6 +89,11 @@ class OpenAIEndpoints:
             watch.stop()
             headers.append(JSON_TYPE)
             add_result_headers(
-                headers, result.deployment, result.attempts, result.fallback_reason, result.cost_usd
+                headers,
+                result.deployment,
+                result.attempts,
+                result.fallback_reason,
+                result.cost_usd,
+                result.gate,
             )
             await send_bytes(send, 200, result.body, headers)
