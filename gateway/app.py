@@ -82,6 +82,8 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
             await state.breakers.start()
         if state.inflight_sync is not None:
             await state.inflight_sync.start()
+        if state.quality is not None and any(r.gate for r in config.routes.values()):
+            await state.quality.start()
         holder.state = state
         # Start-up objects (config, price maps, modules) live for the whole process: keep
         # them out of every future collection, and collect young objects less often — the

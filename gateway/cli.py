@@ -293,6 +293,8 @@ def usage(
         "reasoning",
         "cost USD",
         "unpriced",
+        "successful",
+        "cost/success",
     ):
         table.add_column(column, justify="left" if column == by else "right")
     for line in lines:
@@ -307,6 +309,8 @@ def usage(
             f"{line.reasoning_tokens:,}",
             f"{line.cost_usd:.6f}",
             f"{line.unpriced_attempts:,}",
+            f"{line.successful:,}",
+            "-" if line.cost_per_success is None else f"{line.cost_per_success:.8f}",
         )
     Console(width=160).print(table)
     if not lines:

@@ -20,12 +20,12 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from routing.gates import GateResult, check, repair_message
 
 from gateway.errors import GatewayError
 from gateway.metering import CallContext
 from gateway.providers.base import UpstreamReply
 from gateway.service_ports import Completion
+from routing.gates import GateResult, check, repair_message
 from routing.model import NO_RETRY, Plan, PlannedAttempt
 
 if TYPE_CHECKING:
@@ -92,6 +92,9 @@ def _judge(
     result = check(plan.gate.spec, ctx.payload, reply.data)
     row = service.record_success(ctx, plan, attempt, reply, started)
     row.gate_outcome = result.outcome
+    if service.quality is not None:
+        tokens = row.input_uncached_tokens + row.cached_read_tokens + row.cache_write_tokens
+        service.quality.observe(plan.route, attempt.deployment.id, tokens, result.passed)
     return _Answer(attempt, reply, result)
 
 

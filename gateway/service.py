@@ -29,6 +29,7 @@ from gateway.providers.base import (
     UpstreamReply,
     UpstreamStream,
 )
+from gateway.quality_live import QualityLive
 from gateway.service_ports import (
     BreakerBoard,
     Completion,
@@ -106,6 +107,8 @@ class Service:
         self.meter = meter
         self.breakers = breakers
         self.tracker: Tracker = tracker or NullTracker()
+        # Gate pass rates, fed by gated routes (gateway.quality_live.QualityLive).
+        self.quality: QualityLive | None = None
         self._rand = random.random
 
     async def close(self) -> None:

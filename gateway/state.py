@@ -23,6 +23,7 @@ from gateway.metering import Ledger, Meter, NullLedger
 from gateway.providers.base import Adapter
 from gateway.providers.dispatch import ProtocolDispatch
 from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
+from gateway.quality_live import QualityLive
 from gateway.service import Service
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
@@ -44,6 +45,7 @@ class GatewayState:
     breakers: Breakers | None = None
     live: LiveRouting | None = None
     inflight_sync: InFlightSync | None = None
+    quality: QualityLive | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -57,6 +59,8 @@ class GatewayState:
         await self.service.close()
         if self.inflight_sync is not None:
             await self.inflight_sync.close()
+        if self.quality is not None:
+            await self.quality.close()
         if self.breakers is not None:
             await self.breakers.close()
         if self.writer is not None:
@@ -143,11 +147,15 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         if settings.redis_url and limited
         else None
     )
+    service = Service(build_adapter(config), meter, breakers, live)
+    quality = QualityLive(repository)
+    service.quality = quality
     return GatewayState(
         config=config,
         index=index,
         keys=build_keys(settings, config),
-        service=Service(build_adapter(config), meter, breakers, live),
+        service=service,
+        quality=quality,
         live=live,
         inflight_sync=inflight_sync,
         breakers=breakers,

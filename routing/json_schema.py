@@ -42,6 +42,8 @@ MAX_ERRORS: Final = 10
 #: Deeper than this (instance nesting plus ``$ref`` hops) is reported, not recursed into,
 #: so a hostile document cannot hit Python's recursion limit.
 _MAX_DEPTH: Final = 150
+#: Longest summary of one failed anyOf/oneOf branch inside a message.
+_BRANCH_TEXT: Final = 160
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -371,7 +373,9 @@ def _no_match(keyword: str, firsts: list[str], here: str, value: Any) -> str:
 
 
 def _limited(items: list[str], keep: int) -> Iterator[str]:
-    yield from items[:keep]
+    # Clipped: nested unions would otherwise nest their summaries, growing geometrically.
+    for item in items[:keep]:
+        yield item if len(item) <= _BRANCH_TEXT else item[: _BRANCH_TEXT - 1] + "…"
     if len(items) > keep:
         yield f"… {len(items) - keep} more"
 

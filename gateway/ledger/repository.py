@@ -71,6 +71,16 @@ class UsageLine:
     reasoning_tokens: int
     cost_usd: Decimal
     unpriced_attempts: int
+    # Requests answered with an answer that passed the gate (by deployment: its attempts).
+    successful: int = 0
+
+    @property
+    def cost_per_success(self) -> Decimal | None:
+        """Spend divided by successes: what one good answer really costs (failed and
+        escalated attempts included)."""
+        if not self.successful:
+            return None
+        return self.cost_usd / self.successful
 
 
 def ensure_sqlite_directory(url: str) -> None:
@@ -216,6 +226,39 @@ class LedgerRepository:
             n_attempts = await conn.scalar(select(func.count()).select_from(attempts_table))
         return int(n_requests or 0), int(n_attempts or 0)
 
+    async def gate_history(
+        self, since: datetime, band_edges: Sequence[int], band_names: Sequence[str]
+    ) -> list[tuple[str, str, str, bool, datetime, int]]:
+        """Gated attempts since `since`: (route, deployment, input band, passed, day, count).
+
+        Counted per UTC day so the caller can decay them by age; the band comes from the
+        attempt's own input tokens, the same bands the router uses.
+        """
+        a, r = attempts_table.c, requests_table.c
+        tokens = a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens
+        band = case(
+            *((tokens < edge, name) for edge, name in zip(band_edges, band_names, strict=False)),
+            else_=band_names[-1],
+        )
+        passed = a.gate_outcome == "pass"
+        day = func.date(a.started_at)
+        stmt = (
+            select(r.route, a.deployment, band, passed, day, func.count())
+            .select_from(attempts_table.join(requests_table, r.id == a.request_id))
+            .where(a.gate_outcome.is_not(None), a.started_at >= since)
+            .group_by(r.route, a.deployment, band, passed, day)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out = []
+        for route, deployment, band_name, ok, when, count in rows:
+            if isinstance(when, str):  # SQLite's date() is text
+                when = datetime.fromisoformat(when)
+            elif not isinstance(when, datetime):  # Postgres: a date
+                when = datetime(when.year, when.month, when.day)
+            out.append((route, deployment, band_name, bool(ok), when.replace(tzinfo=UTC), count))
+        return out
+
     async def token_sums_by_model(self) -> dict[str, dict[str, int]]:
         """Provider-reported token totals per upstream model, in the OpenAI usage vocabulary.
 
@@ -275,6 +318,7 @@ class LedgerRepository:
                 reasoning_tokens=int(row[7] or 0),
                 cost_usd=_decimal(row[8]),
                 unpriced_attempts=int(row[9] or 0),
+                successful=int(row[10] or 0),
             )
             for row in rows
         ]
@@ -307,7 +351,7 @@ def _decimal(value: Any) -> Decimal:
 
 
 def _attempt_aggregates(
-    group: ColumnElement[Any], requests: ColumnElement[Any]
+    group: ColumnElement[Any], requests: ColumnElement[Any], successful: ColumnElement[Any]
 ) -> tuple[list[ColumnElement[Any]], ColumnElement[Any]]:
     """Select list shared by every grouping, plus the expression to rank groups by cost."""
     a = attempts_table.c
@@ -317,14 +361,25 @@ def _attempt_aggregates(
     unpriced = func.coalesce(
         func.sum(case((a.id.is_not(None) & a.cost_usd.is_(None), 1), else_=0)), 0
     )
-    columns = [group, requests, func.count(a.id), *tokens, type_coerce(cost, COST), unpriced]
+    columns = [
+        group,
+        requests,
+        func.count(a.id),
+        *tokens,
+        type_coerce(cost, COST),
+        unpriced,
+        successful,
+    ]
     return columns, func.coalesce(cost, 0).desc()
 
 
 def _usage_by_request(since: datetime, by: str) -> Select[Any]:
     r = requests_table.c
     group = r.route if by == "route" else r.key_id
-    columns, by_cost = _attempt_aggregates(group, func.count(func.distinct(r.id)))
+    # Successful: answered (200) with an answer that passed the route's gate, if it has one.
+    ok = (r.final_status == 200) & (r.gate_outcome.is_(None) | (r.gate_outcome == "pass"))
+    successful = func.count(func.distinct(case((ok, r.id))))
+    columns, by_cost = _attempt_aggregates(group, func.count(func.distinct(r.id)), successful)
     # LEFT JOIN keeps requests that never reached an upstream (rejected, no route) in the count.
     return (
         select(*columns)
@@ -337,7 +392,11 @@ def _usage_by_request(since: datetime, by: str) -> Select[Any]:
 
 def _usage_by_deployment(since: datetime) -> Select[Any]:
     a = attempts_table.c
-    columns, by_cost = _attempt_aggregates(a.deployment, func.count(func.distinct(a.request_id)))
+    ok = a.error_class.is_(None) & (a.gate_outcome.is_(None) | (a.gate_outcome == "pass"))
+    successful = func.count(func.distinct(case((ok, a.request_id))))
+    columns, by_cost = _attempt_aggregates(
+        a.deployment, func.count(func.distinct(a.request_id)), successful
+    )
     return (
         select(*columns)
         .where(a.started_at >= since)

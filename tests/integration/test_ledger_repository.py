@@ -307,11 +307,27 @@ LEDGER_ATTEMPTS = [
 
 
 def line(
-    group: str | None, requests: int, attempts: int, toks: tuple[int, ...], cost: str, unpriced: int
+    group: str | None,
+    requests: int,
+    attempts: int,
+    toks: tuple[int, ...],
+    cost: str,
+    unpriced: int,
+    successful: int,
 ) -> UsageLine:
     uncached, cached, write, out, reasoning = toks
     return UsageLine(
-        group, requests, attempts, uncached, cached, write, out, reasoning, Decimal(cost), unpriced
+        group,
+        requests,
+        attempts,
+        uncached,
+        cached,
+        write,
+        out,
+        reasoning,
+        Decimal(cost),
+        unpriced,
+        successful,
     )
 
 
@@ -325,23 +341,23 @@ def _usage(db_url: str, by: str) -> list[UsageLine]:
 
 def test_usage_by_route(db_url: str) -> None:
     assert _usage(db_url, "route") == [
-        line("chat", 3, 3, (250, 70, 5, 80, 12), "0.0030", 1),
-        line("extract", 1, 1, (7, 0, 0, 3, 0), "0.0000001234", 0),
+        line("chat", 3, 3, (250, 70, 5, 80, 12), "0.0030", 1, 2),
+        line("extract", 1, 1, (7, 0, 0, 3, 0), "0.0000001234", 0, 1),
     ]
 
 
 def test_usage_by_key_keeps_keyless_requests(db_url: str) -> None:
     assert _usage(db_url, "key") == [
-        line("k2", 1, 1, (50, 50, 0, 10, 2), "0.0020", 0),
-        line("k1", 2, 3, (207, 20, 5, 73, 10), "0.0010001234", 1),
-        line(None, 1, 0, (0, 0, 0, 0, 0), "0", 0),
+        line("k2", 1, 1, (50, 50, 0, 10, 2), "0.0020", 0, 1),
+        line("k1", 2, 3, (207, 20, 5, 73, 10), "0.0010001234", 1, 2),
+        line(None, 1, 0, (0, 0, 0, 0, 0), "0", 0, 0),
     ]
 
 
 def test_usage_by_deployment(db_url: str) -> None:
     assert _usage(db_url, "deployment") == [
-        line("fast@sim", 2, 2, (150, 70, 5, 40, 12), "0.0030", 0),
-        line("slow@other", 2, 2, (107, 0, 0, 43, 0), "0.0000001234", 1),
+        line("fast@sim", 2, 2, (150, 70, 5, 40, 12), "0.0030", 0, 2),
+        line("slow@other", 2, 2, (107, 0, 0, 43, 0), "0.0000001234", 1, 2),
     ]
 
 
@@ -350,7 +366,27 @@ def test_usage_with_only_unpriced_attempts_costs_zero_not_null(db_url: str) -> N
         await repo.write_batch([req("r1")], [att("a1", "r1"), att("a2", "r1", attempt_no=2)])
         return await repo.usage(SINCE, "deployment")
 
-    assert with_repo(db_url, main) == [line("fast@sim", 1, 2, (0, 0, 0, 0, 0), "0", 2)]
+    assert with_repo(db_url, main) == [line("fast@sim", 1, 2, (0, 0, 0, 0, 0), "0", 2, 1)]
+
+
+def test_usage_counts_only_answers_that_passed_the_gate_as_successful(db_url: str) -> None:
+    async def main(repo: LedgerRepository) -> list[UsageLine]:
+        requests = [
+            req("ok", route="x", gate_outcome="pass"),
+            req("bad", route="x", gate_outcome="schema"),
+            req("plain", route="x"),
+        ]
+        attempts = [
+            att("a1", "ok", cost_usd=Decimal("0.003")),
+            att("a2", "bad", cost_usd=Decimal("0.002")),
+            att("a3", "plain", cost_usd=Decimal("0.001")),
+        ]
+        await repo.write_batch(requests, attempts)
+        return await repo.usage(SINCE, "route")
+
+    [usage] = with_repo(db_url, main)
+    assert (usage.requests, usage.successful) == (3, 2)
+    assert usage.cost_per_success == Decimal("0.003")  # $0.006 spent for two good answers
 
 
 def test_usage_since_is_compared_as_an_instant(db_url: str) -> None:
