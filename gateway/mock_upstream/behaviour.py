@@ -52,6 +52,14 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
 * ``content_filter``: a 200 whose answer the provider's safety filter stopped: no visible
   output, finish ``content_filter`` (OpenAI/Azure), stop_reason ``refusal`` (Anthropic),
   finishReason ``SAFETY`` (Gemini), stopReason ``content_filtered`` (Bedrock).
+* ``invalid_json_rate=P``: OpenAI/Azure chat only (other wires ignore it).  When the answer
+  is structured (``response_format`` ``json_object``/``json_schema``, or a tool call), with
+  probability ``P`` (seeded RNG) its content / tool arguments are wrong while the answer is
+  otherwise a normal 200 with finish ``stop`` / ``tool_calls``.  Spoiled answers alternate,
+  counting from the last ``/_reset``: the 1st, 3rd, … are truncated JSON text; the 2nd,
+  4th, … are valid JSON that breaks the schema (the first required property dropped, or,
+  without one, the object wrapped in an array).  Each counts once (per request, whatever
+  ``n``) as fault ``invalid_json``.  Details in :mod:`.spoil`.
 
 A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.  ``prompt_cache_ttl`` and
 ``prompt_cache_min`` without ``prompt_cache`` (on or off) are an error, not a no-op.
@@ -131,6 +139,7 @@ class Behaviour:
     context_length: bool = False
     context_window: int | None = None
     content_filter: bool = False
+    invalid_json_rate: float | None = None
     #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
     canonical: str = ""
 
@@ -234,6 +243,7 @@ _PARSERS: dict[str, Any] = {
     "context_length": _flag,
     "context_window": _count,
     "content_filter": _flag,
+    "invalid_json_rate": _probability,
 }
 _FLAGS = frozenset({"hang", "malformed", "context_length", "content_filter", "prompt_cache"})
 #: Tuning keys that mean nothing without their switch; alone they are probably a typo.

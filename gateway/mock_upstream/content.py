@@ -31,6 +31,7 @@ __all__ = [
     "fragments",
     "gemini_prompt_tokens",
     "message_tokens",
+    "resolve_ref",
     "schema_instance",
     "text_segments",
     "word",
@@ -233,7 +234,8 @@ _FORMATS: dict[str, str] = {
 }
 
 
-def _resolve_ref(ref: str, root: dict[str, Any]) -> Any:
+def resolve_ref(ref: str, root: dict[str, Any]) -> Any:
+    """A local ``#/…`` reference inside ``root`` (``{}`` when it leads nowhere)."""
     if not ref.startswith("#/"):
         return {}
     node: Any = root
@@ -281,7 +283,7 @@ def _instance(schema: Any, root: dict[str, Any], depth: int) -> Any:
     if not isinstance(schema, dict) or depth > 32:
         return None
     if "$ref" in schema:
-        return _instance(_resolve_ref(str(schema["$ref"]), root), root, depth + 1)
+        return _instance(resolve_ref(str(schema["$ref"]), root), root, depth + 1)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")

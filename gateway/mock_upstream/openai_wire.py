@@ -22,6 +22,7 @@ from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import openai_error_body
 from .prompt_cache import chat_prefix
 from .runtime import Call, begin, gate, handler, new_id, now
+from .spoil import spoil
 
 __all__ = [
     "FINGERPRINT",
@@ -137,23 +138,36 @@ def _pick_tool(call: Call) -> tuple[str, Any] | None:
     )
 
 
+def _structured(call: Call, document: Any, schema: Any) -> str:
+    """Serialized structured output, spoiled per ``invalid_json_rate`` (see :mod:`.spoil`)."""
+    rate = call.behaviour.invalid_json_rate
+    if rate is not None and call.state.rng.random() < rate:
+        stats = call.state.stats
+        serial = stats.fault_count("invalid_json")
+        stats.fault("invalid_json")
+        return spoil(document, schema, serial)
+    return orjson.dumps(document).decode()
+
+
 def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
     if b.content_filter:
         return _Answer("text", "", [], b.reasoning, "content_filter")
     tool = _pick_tool(call)
     if tool is not None:
-        arguments = orjson.dumps(schema_instance(tool[1])).decode()
+        arguments = _structured(call, schema_instance(tool[1]), tool[1])
         return _Answer(
             "tool", arguments, fragments(arguments), b.reasoning, "tool_calls", tool_name=tool[0]
         )
     fmt = call.body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"):
         spec = fmt.get("json_schema")
+        schema: Any = None
         if fmt["type"] == "json_schema" and isinstance(spec, dict):
-            document = schema_instance(spec.get("schema", {}))
+            schema = spec.get("schema", {})
+            document = schema_instance(schema)
         else:
             document = {"result": "ok"}
-        text = orjson.dumps(document).decode()
+        text = _structured(call, document, schema)
         return _Answer("json", text, fragments(text), b.reasoning, "stop")
     plan = plan_tokens(b, request_max)
     pieces = [word(i) for i in range(plan.visible)]

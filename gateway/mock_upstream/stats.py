@@ -8,7 +8,8 @@ Shape of :meth:`Stats.snapshot` (served as ``GET /_stats``)::
                                   "completion": 0, "reasoning": 0}},
      "endpoints": {"chat": 10, "completions": 0, "embeddings": 1, "messages": 1,
                    "azure_chat": 0, "gemini": 0, "vertex": 0, "converse": 0},
-     "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0}}
+     "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0,
+                "invalid_json": 0}}
 
 ``by_status`` records the status line that was sent; a ``hang`` request never sends one
 and is recorded under the key ``"hang"`` so that ``total == sum(by_status.values())``.
@@ -21,6 +22,9 @@ A 429 from the ``rpm``/``tpm`` limiter shows under ``by_status``.  ``reasoning``
 reasoning the answer reported separately (OpenAI ``reasoning_tokens``, Gemini
 ``thoughtsTokenCount``, Anthropic/Bedrock ``thinking_tokens`` when thinking was asked for);
 hidden reasoning is still inside ``completion``.
+
+``invalid_json`` counts answers the ``invalid_json_rate`` directive spoiled; it is counted
+when the answer is built, so a spoiled answer that ``cut_after`` then breaks counts in both.
 
 ``endpoints`` is per wire: ``chat`` (``/v1/chat/completions``), ``azure_chat`` (Azure's
 ``/openai/deployments/{d}/chat/completions``), ``messages`` (Anthropic), ``gemini``
@@ -45,7 +49,7 @@ ENDPOINTS = (
     "vertex",
     "converse",
 )
-FAULTS = ("hang", "cut", "midstream_error", "malformed")
+FAULTS = ("hang", "cut", "midstream_error", "malformed", "invalid_json")
 #: Model key for requests whose body could not be read far enough to find a model.
 UNKNOWN_MODEL = "(unknown)"
 
@@ -97,6 +101,9 @@ class Stats:
 
     def fault(self, kind: str) -> None:
         self._faults[kind] += 1
+
+    def fault_count(self, kind: str) -> int:
+        return self._faults[kind]
 
     def usage(
         self,

@@ -654,7 +654,7 @@ def test_stats_match_what_was_served(client: openai.OpenAI, base_url: str) -> No
             "vertex": 0,
             "converse": 0,
         },
-        "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0},
+        "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0, "invalid_json": 0},
     }
 
 
