@@ -306,6 +306,9 @@ class GatewayConfig(_Strict):
                 require=_requirements(route.require),
                 affinity=route.affinity,
                 gate=self._gates.get(name),
+                threshold=route.threshold,
+                strong_share=route.strong_share,
+                router_model=route.router_model,
             )
             for name, route in self.routes.items()
         }

@@ -22,12 +22,19 @@ from gateway import metrics
 from gateway.ledger.events import AttemptRow
 from gateway.ledger.pricing import PriceBook
 from gateway.providers.base import UpstreamError
+from gateway.quality_live import QualityLive
 from routing.failover import parse_retry_after
 from routing.live import DeploymentLoad, RouteStats
 from routing.model import DYNAMIC_STRATEGIES, DeploymentSpec, Plan, RouteSpec
 from routing.planner import Decision, LiveView, Rates, decide, input_tokens
+from routing.quality_route import ScoreWindow, decide_quality
+from routing.quality_stats import Posterior, failure_estimate
 from routing.shape import PER_MESSAGE, RequestShape, request_shape
 
+# strategy quality without threshold or strong_share: this share of calls goes strong.
+DEFAULT_STRONG_SHARE = 0.3
+# A router: the request body → how likely the cheap target fails (0–1).
+Scorer = Callable[[Mapping[str, Any]], float]
 # Prefixes remembered for affinity; an LRU so a flood of one-off prompts cannot grow it.
 AFFINITY_ENTRIES = 100_000
 # Deployments remembered per prefix: a prefix stays cached where it was served (routes
@@ -44,12 +51,17 @@ class LiveRouting:
         prices: PriceBook | None,
         breaker_open: Callable[[], Mapping[str, bool]],
         clock: Callable[[], float] = time.time,
+        quality: QualityLive | None = None,
+        scorers: Mapping[str, Scorer] | None = None,
     ) -> None:
         self._deployments = dict(deployments)
         self._routes = dict(routes)
         self._prices = prices
         self._breaker_open = breaker_open
         self._clock = clock
+        self._quality = quality
+        self._scorers = dict(scorers or {})
+        self._windows: dict[str, ScoreWindow] = {}
         # Only deployments something reads the state of are tracked: those on balancing
         # routes, and those with limits or paid-for capacity. The rest (direct and
         # failover routes) skip all of this at the cost of one dict miss per attempt.
@@ -90,7 +102,32 @@ class LiveRouting:
             header(sticky.removeprefix("header:")) if sticky and sticky[:7] == "header:" else None
         )
         shape = request_shape(payload, request_id, sticky, value)
+        if route.strategy == "quality":
+            return self._decide_quality(route, payload, shape), shape
         return decide(route, self._deployments, shape, self.view(route.name)), shape
+
+    def _decide_quality(
+        self, route: RouteSpec, payload: Mapping[str, Any], shape: RequestShape
+    ) -> Decision:
+        view = self.view(route.name)
+        scorer = self._scorers.get(route.name)
+        score = scorer(payload) if scorer is not None else 0.5
+        cheap = self._deployments[route.targets[0]]
+        load = self.loads.get(cheap.id) or DeploymentLoad()
+        record = (
+            self._quality.posterior(route.name, cheap.id, input_tokens(shape, cheap, load))
+            if self._quality is not None
+            else Posterior(0.0, 0.0)
+        )
+        estimate = failure_estimate(score, record)
+        window = self._windows.setdefault(route.name, ScoreWindow())
+        if route.threshold is not None:
+            threshold = route.threshold
+        else:
+            share = route.strong_share if route.strong_share is not None else DEFAULT_STRONG_SHARE
+            threshold = window.threshold(share)
+        window.add(estimate)
+        return decide_quality(route, self._deployments, shape, view, estimate, threshold)
 
     def view(self, route: str | None = None) -> LiveView:
         now = self._clock()

@@ -98,10 +98,15 @@ class RouteSpec:
     # Prompt-cache affinity for the balancing strategies (cost, weighted, latency).
     affinity: bool = True
     gate: GatePolicy | None = None
+    # quality: strong (last target) first when the failure estimate is above `threshold`,
+    # or above the live quantile that keeps `strong_share` of calls strong.
+    threshold: float | None = None
+    strong_share: float | None = None
+    router_model: str | None = None
 
 
 # Strategies whose order is decided per request from live state; the others are fixed.
-DYNAMIC_STRATEGIES = frozenset({"cost", "weighted", "latency"})
+DYNAMIC_STRATEGIES = frozenset({"cost", "weighted", "latency", "quality"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,7 +121,7 @@ def _skip(
     return None, False
 
 
-def _candidate(
+def candidate(
     route: RouteSpec,
     dep: DeploymentSpec,
     shape: RequestShape,
@@ -165,7 +165,7 @@ def decide(
         if stats is not None and stats.ewma_output_tokens
         else DEFAULT_OUTPUT_TOKENS
     )
-    targets = [_candidate(route, deployments[t], shape, live, output) for t in route.targets]
+    targets = [candidate(route, deployments[t], shape, live, output) for t in route.targets]
     eligible = [c for c in targets if c.skipped is None]
     soft = [c for c in targets if c.skipped is not None and not c.hard]
     if route.strategy == "cost":
@@ -177,7 +177,7 @@ def decide(
     if not ordered:
         reason = "no eligible deployment: trying the busy ones" if soft else "none eligible"
     soft.sort(key=_cost_key)
-    fallbacks = [_candidate(route, deployments[f], shape, live, output) for f in route.fallbacks]
+    fallbacks = [candidate(route, deployments[f], shape, live, output) for f in route.fallbacks]
     chosen = [*ordered, *soft, *(c for c in fallbacks if not c.hard)]
     attempts = tuple(
         PlannedAttempt(c.deployment, "primary" if i == 0 else "fallback")
