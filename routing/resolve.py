@@ -100,6 +100,23 @@ def describe_plan(plan: Plan) -> list[str]:
             "order decided per request from live state and prices "
             "(`farebox route explain` shows it); configured order:"
         )
+    if plan.gate is not None:
+        spec = plan.gate.spec
+        checks = [
+            name
+            for name in ("tool_arguments", "reject_truncated", "non_empty", "not_refusal")
+            if getattr(spec, name, False)
+        ]
+        if getattr(spec, "json_schema", None) is not None:
+            schema = spec.json_schema
+            checks.insert(0, f"json_schema({schema if isinstance(schema, str) else 'inline'})")
+        if getattr(spec, "regex", None):
+            checks.append("regex")
+        checks += [f"normalize {field}" for field in getattr(spec, "normalize", {})]
+        lines.append(
+            f"gate: {', '.join(checks) or 'no checks'}; on failure: {plan.gate.on_fail}"
+            + ("; streams buffered" if plan.gate.buffer_streams else "")
+        )
     for n, attempt in enumerate(plan.attempts, 1):
         dep = attempt.deployment
         lines.append(
