@@ -216,3 +216,20 @@ def build_gates(
             continue
         gates[name] = GatePolicy(spec, gate.on_fail, gate.buffer_streams)
     return gates, issues
+
+
+def resolve_router_models(
+    config: GatewayConfig, doc: LocatedDocument, base_dir: FsPath
+) -> tuple[dict[str, str], list[ConfigIssue]]:
+    """`router_model` files, relative to the config file, must exist."""
+    found: dict[str, str] = {}
+    issues: list[ConfigIssue] = []
+    for name, route in config.routes.items():
+        if route.router_model is None:
+            continue
+        path = base_dir / route.router_model
+        if not path.is_file():
+            issues.append(doc.issue(("routes", name, "router_model"), f"no such file: {path}"))
+        else:
+            found[name] = str(path.resolve())
+    return found, issues

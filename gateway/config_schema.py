@@ -247,6 +247,8 @@ class GatewayConfig(_Strict):
     # Gate specs per route, built (normalization files read, schemas checked) by
     # parse_config, so a bad gate is a config error, not a failing request.
     _gates: dict[str, GatePolicy] = PrivateAttr(default_factory=dict)
+    # strategy quality: router model files resolved against the config file's directory.
+    _router_models: dict[str, str] = PrivateAttr(default_factory=dict)
 
     providers: dict[str, Provider] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
@@ -308,7 +310,7 @@ class GatewayConfig(_Strict):
                 gate=self._gates.get(name),
                 threshold=route.threshold,
                 strong_share=route.strong_share,
-                router_model=route.router_model,
+                router_model=self._router_models.get(name, route.router_model),
             )
             for name, route in self.routes.items()
         }
@@ -374,7 +376,7 @@ def load_config(
 
 def parse_config(text: str, file: str, env: Mapping[str, str]) -> GatewayConfig:
     # They need the models above.
-    from gateway.config_checks import build_gates, cross_check, explain
+    from gateway.config_checks import build_gates, cross_check, explain, resolve_router_models
 
     doc = load_yaml(text, file, env)
     if not isinstance(doc.data, dict):
@@ -386,9 +388,12 @@ def parse_config(text: str, file: str, env: Mapping[str, str]) -> GatewayConfig:
     issues = cross_check(config, doc)
     gates, gate_issues = build_gates(config, doc, FsPath(file).parent)
     issues += gate_issues
+    models, model_issues = resolve_router_models(config, doc, FsPath(file).parent)
+    issues += model_issues
     if issues:
         raise ConfigError(issues)
     config._gates.update(gates)
+    config._router_models.update(models)
     return config
 
 

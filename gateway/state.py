@@ -18,7 +18,7 @@ from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
-from gateway.live_routing import LiveRouting
+from gateway.live_routing import LiveRouting, Scorer
 from gateway.metering import Ledger, Meter, NullLedger
 from gateway.providers.base import Adapter
 from gateway.providers.dispatch import ProtocolDispatch
@@ -100,6 +100,17 @@ def build_adapter(config: GatewayConfig) -> Adapter:
     return ProtocolDispatch(native, dict.fromkeys(translated, litellm))
 
 
+def build_scorers(config: GatewayConfig) -> dict[str, Scorer]:
+    """The learned router of each `strategy: quality` route (the shipped model unless the
+    route names its own); loaded once, here, so no request waits for a file."""
+    routes = {n: r for n, r in config.routes.items() if r.strategy == "quality"}
+    if not routes:
+        return {}
+    from gateway.router_scoring import load_scorer
+
+    return {name: load_scorer(route.router_model) for name, route in routes.items()}
+
+
 def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
     """Must run inside the event loop: the upstream session and ledger task bind to it."""
     index = config.model_index()
@@ -140,7 +151,15 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         ],
     }
     specs = config.deployment_specs()
-    live = LiveRouting(specs, config.route_specs(), prices, breakers.open_map)
+    quality = QualityLive(repository)
+    live = LiveRouting(
+        specs,
+        config.route_specs(),
+        prices,
+        breakers.open_map,
+        quality=quality,
+        scorers=build_scorers(config),
+    )
     limited = [d.id for d in specs.values() if d.max_concurrency is not None]
     inflight_sync = (
         InFlightSync(settings.redis_url, live.loads, limited)
@@ -148,7 +167,6 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         else None
     )
     service = Service(build_adapter(config), meter, breakers, live)
-    quality = QualityLive(repository)
     service.quality = quality
     return GatewayState(
         config=config,

@@ -1,0 +1,212 @@
+"""The quality router's model: from the prompt alone, how likely the strong model is needed.
+
+A linear model over routing.quality_features, trained (gateway.router_train) to predict
+strong-correct minus weak-correct, then squashed by a fitted logistic (Platt) curve into
+P(weak model wrong and strong model right). Higher score = send to the strong model. The
+mapping is monotone, so ranking — all that APGR and a share-of-strong-calls policy use — is
+the linear model's.
+
+Pure: built from a plain dict (gateway.router_model_io reads the file), no I/O here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
+
+from routing.quality_features import FeatureConfig, lexical_indices, structural, tokens
+
+FORMAT = "farebox-quality-router"
+VERSION = 1
+
+
+def _text_of_content(content: Any) -> str:
+    """Text of one chat message content: a string, or a list of parts (OpenAI/Anthropic)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping)
+            and part.get("type", "text") == "text"
+            and isinstance(part.get("text"), str)
+        ]
+        return "\n".join(texts)
+    return ""
+
+
+def text_of(payload: Mapping[str, Any]) -> str:
+    """The text the router judges: the completion `prompt`, or the last user turn of `messages`.
+
+    Only the last user turn, not the system prompt or earlier turns: a system prompt is usually
+    the same for every request of an application, so it would make all of them look alike (and
+    inflate the length cues), and the latest user request is what the answer must get right —
+    RouteLLM routes on that turn too. With no user turn, the last message with text is used.
+    Returns "" when there is no text at all.
+    """
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        return "\n".join(prompt)
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    fallback = ""
+    for message in reversed(messages):
+        if not isinstance(message, Mapping):
+            continue
+        text = _text_of_content(message.get("content"))
+        if not text:
+            continue
+        if message.get("role") == "user":
+            return text
+        if not fallback:
+            fallback = text
+    return fallback
+
+
+def _float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityModel:
+    """Weights over hashed lexical and named structural features, plus a calibration curve."""
+
+    config: FeatureConfig
+    bias: float
+    lexical: Mapping[int, float]
+    structural: Mapping[str, float]
+    calib_a: float = 1.0  # score = sigmoid(calib_a * raw + calib_b)
+    calib_b: float = 0.0
+    # Scores at training quantiles 0 %, 5 %, … 100 %: lets a policy pick a strong-call share.
+    quantiles: Sequence[float] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def raw(self, text: str) -> float:
+        """The linear model's output: an estimate of P(strong right) − P(weak right)."""
+        window, lower, words, length = tokens(text, self.config)
+        indices, value = lexical_indices(words, self.config)
+        # All lexical features carry the same value, so one sum of looked-up weights will do.
+        total = self.bias + value * sum(map(self.lexical.get, indices, repeat(0.0)))
+        if not self.config.structural:
+            return total
+        for name, value in structural(window, lower, words, length).items():
+            w = self.structural.get(name)
+            if w is not None:
+                total += w * value
+        return total
+
+    def calibrate(self, raw: float) -> float:
+        z = self.calib_a * raw + self.calib_b
+        # Written both ways round so exp never overflows.
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+
+    def score(self, text: str) -> float:
+        """P(the weak model fails where the strong one succeeds), in [0, 1]; higher = strong."""
+        return self.calibrate(self.raw(text))
+
+    def score_payload(self, payload: Mapping[str, Any]) -> float | None:
+        """Score a completion or chat request body; None when it carries no text to judge."""
+        text = text_of(payload)
+        return self.score(text) if text else None
+
+    def threshold_for_share(self, share: float) -> float:
+        """The score threshold that sent `share` of the training prompts to the strong model.
+
+        Route to strong when score >= the returned value. Only as good as the training
+        traffic's resemblance to real traffic; 1.0 + ε (never) for share <= 0.
+        """
+        if share <= 0 or not self.quantiles:
+            return math.inf if share <= 0 else 0.5
+        if share >= 1:
+            return -math.inf
+        qs = self.quantiles
+        pos = (1.0 - share) * (len(qs) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(qs) - 1)
+        return qs[lo] + (qs[hi] - qs[lo]) * (pos - lo)
+
+    def share_for_threshold(self, threshold: float) -> float:
+        """Inverse of threshold_for_share, read off the stored quantiles (approximate)."""
+        if not self.quantiles:
+            return 0.0
+        below = bisect.bisect_left(list(self.quantiles), threshold)
+        return 1.0 - below / len(self.quantiles)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QualityModel:
+        """Build from the JSON document gateway.router_model_io reads; ValueError if malformed."""
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a quality router model (format is not {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"unsupported quality router model version {data.get('version')!r}")
+        features = data.get("features", {})
+        if not isinstance(features, dict):
+            raise ValueError("'features' must be an object")
+        config = FeatureConfig.from_dict(features)
+        lex = data.get("lexical", {})
+        if not isinstance(lex, Mapping):
+            raise ValueError("'lexical' must be an object")
+        indices, values = lex.get("indices", []), lex.get("values", [])
+        if not isinstance(indices, list) or not isinstance(values, list):
+            raise ValueError("'lexical' needs lists 'indices' and 'values'")
+        if len(indices) != len(values):
+            raise ValueError("'lexical' indices and values differ in length")
+        limit = 1 << config.hash_bits
+        lexical: dict[int, float] = {}
+        for i, v in zip(indices, values, strict=True):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < limit:
+                raise ValueError(f"lexical index {i!r} is outside the hash space")
+            lexical[i] = _float(v, "a lexical weight")
+        struct = data.get("structural", {})
+        if not isinstance(struct, Mapping):
+            raise ValueError("'structural' must be an object")
+        structural = {str(k): _float(v, f"structural weight {k!r}") for k, v in struct.items()}
+        calib = data.get("calibration", {"a": 1.0, "b": 0.0})
+        if not isinstance(calib, Mapping):
+            raise ValueError("'calibration' must be an object")
+        quantiles = data.get("quantiles", [])
+        if not isinstance(quantiles, list):
+            raise ValueError("'quantiles' must be a list")
+        meta = data.get("meta", {})
+        return cls(
+            config=config,
+            bias=_float(data.get("bias", 0.0), "'bias'"),
+            lexical=lexical,
+            structural=structural,
+            calib_a=_float(calib.get("a", 1.0), "calibration 'a'"),
+            calib_b=_float(calib.get("b", 0.0), "calibration 'b'"),
+            quantiles=tuple(_float(q, "a quantile") for q in quantiles),
+            meta=dict(meta) if isinstance(meta, Mapping) else {},
+        )
+
+    def as_dict(self, digits: int = 5) -> dict[str, Any]:
+        """The JSON document; weights rounded to `digits` significant digits to keep it small."""
+
+        def r(x: float) -> float:
+            return float(f"{x:.{digits}g}")
+
+        items = sorted(self.lexical.items())
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "features": self.config.as_dict(),
+            "bias": r(self.bias),
+            "calibration": {"a": r(self.calib_a), "b": r(self.calib_b)},
+            "structural": {k: r(v) for k, v in sorted(self.structural.items())},
+            "lexical": {"indices": [i for i, _ in items], "values": [r(v) for _, v in items]},
+            "quantiles": [r(q) for q in self.quantiles],
+            "meta": dict(self.meta),
+        }
