@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cli_router import router_app
 from gateway.config_schema import GatewayConfig, load_config
 from gateway.config_yaml import ConfigError
 from gateway.settings import Settings
@@ -22,6 +23,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Work with routing config fi
 app.add_typer(config_app, name="config")
 route_app = typer.Typer(no_args_is_help=True, help="Inspect how routes plan requests.")
 app.add_typer(route_app, name="route")
+app.add_typer(router_app, name="router")
 
 ConfigOption = Annotated[
     Path | None,
