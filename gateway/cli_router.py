@@ -11,9 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.router_data import DEFAULT_STRONG, DEFAULT_WEAK, DataError, Example, load
+from gateway.router_dataset import DEFAULT_STRONG, DEFAULT_WEAK, DataError, Example, load
 from gateway.router_model_io import DEFAULT_MODEL, ModelFileError, load_model, save_model
-from gateway.router_train import Fold, TrainOptions, cross_validate, score_all, train
+from gateway.router_train import (
+    CrossValidation,
+    Fold,
+    TrainOptions,
+    cross_validate,
+    score_all,
+    train,
+)
 from routing.quality_model import QualityModel, text_of
 from routing.router_metrics import RouterReport
 
@@ -212,10 +219,10 @@ def cv_command(
 
     shown: list[Fold] = []
     try:
-        results = cross_validate(examples, folds, seed, TrainOptions(l2=l2, label=label), show)
+        result = cross_validate(examples, folds, seed, TrainOptions(l2=l2, label=label), show)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
-    summary = _summary(results)
+    summary = _summary(result)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -223,9 +230,15 @@ def cv_command(
         f"mean APGR {summary['mean_apgr']:.3f} (sd {summary['sd_apgr']:.3f})  "
         f"mean CPT50 {_pct(summary['mean_cpt50'])}  mean CPT80 {_pct(summary['mean_cpt80'])}"
     )
+    pooled = result.pooled
+    typer.echo(
+        f"pooled out-of-fold: APGR {pooled.apgr:.3f}  CPT50 {_pct(pooled.cpt50)}  "
+        f"CPT80 {_pct(pooled.cpt80)}  ({pooled.prompts} prompts)"
+    )
 
 
-def _summary(results: list[Fold]) -> dict[str, Any]:
+def _summary(result: CrossValidation) -> dict[str, Any]:
+    results = result.folds
     apgrs = [f.report.apgr for f in results]
     cpt50 = [f.report.cpt50 for f in results if f.report.cpt50 is not None]
     cpt80 = [f.report.cpt80 for f in results if f.report.cpt80 is not None]
@@ -244,4 +257,9 @@ def _summary(results: list[Fold]) -> dict[str, Any]:
         "sd_apgr": statistics.pstdev(apgrs),
         "mean_cpt50": statistics.mean(cpt50) if cpt50 else None,
         "mean_cpt80": statistics.mean(cpt80) if cpt80 else None,
+        "pooled": {
+            "apgr": result.pooled.apgr,
+            "cpt50": result.pooled.cpt50,
+            "cpt80": result.pooled.cpt80,
+        },
     }

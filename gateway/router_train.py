@@ -2,13 +2,14 @@
 
 The model (routing.quality_model) is ridge regression on the target strong − weak (each 1 if
 that model answered correctly): the expected gain from sending the prompt to the strong model,
-which is exactly what the PGR curve rewards ranking by. It is solved exactly (conjugate
-gradients on the normal equations — deterministic, no learning rate to tune) over:
+which is exactly what ranking by the PGR curve rewards. It is solved exactly (preconditioned
+conjugate gradients on the normal equations: deterministic, no learning rate to tune) over
 
-- hashed word unigrams and bigrams seen in at least `min_count` training prompts, and
-- the structural features, standardised on the training rows so one L2 penalty suits
-  features of very different spread; the standardisation is folded back into the weights and
-  bias on export, so scoring needs no statistics.
+- hashed word unigrams and bigrams seen in at least `min_count` training prompts, each
+  prompt's set L2-normalised to `text_scale`, and
+- the structural features and their pairwise products, each divided by its spread on the
+  training rows (times `struct_scale`) so one penalty suits features of any scale; the
+  division is folded back into the exported weights, so scoring needs no statistics.
 
 The raw output is then calibrated (Platt: a 1-D logistic fit) to P(weak wrong and strong
 right) on the training rows, and the score quantiles are stored so a policy can ask for a
@@ -25,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.router_data import Example
-from routing.quality_features import FeatureConfig, extract
+from gateway.router_dataset import Example
+from routing.quality_features import FeatureConfig, extract, with_pairs
 from routing.quality_model import QualityModel
 from routing.router_metrics import RouterReport, evaluate, quantile
 
@@ -42,30 +43,34 @@ class TrainOptions:
     label: str = "diff"  # regression target, one of LABELS
     l2: float = 3.0  # ridge penalty (sum of squares, not averaged over rows)
     text_scale: float = 0.25  # norm of each prompt's lexical vector
-    struct_scale: float = 0.2  # size of a standardised structural feature
+    struct_scale: float = 0.02  # size of a structural feature divided by its spread
     hash_bits: int = 18
     bigrams: bool = True
+    pairs: bool = True  # products of structural features
     min_count: int = 5  # a word or bigram must appear in this many training prompts
     max_iterations: int = 100
     tolerance: float = 1e-3  # relative residual at which conjugate gradients stop
 
     def features(self) -> FeatureConfig:
         return FeatureConfig(
-            hash_bits=self.hash_bits, bigrams=self.bigrams, text_scale=self.text_scale
+            hash_bits=self.hash_bits,
+            bigrams=self.bigrams,
+            pairs=self.pairs,
+            text_scale=self.text_scale,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class _Design:
-    """Training rows as sparse (columns, values); the last column is the constant 1."""
+    """Training rows as sparse (columns, values). No bias column: _ridge centres implicitly."""
 
     rows: list[tuple[list[int], list[float]]]
     lexical: list[int]  # column → hashed index, for columns [0, len(lexical))
-    struct: list[tuple[str, float, float]]  # (name, mean, std) for the following columns
+    struct: list[tuple[str, float]]  # (name, multiplier to undo on export), following columns
 
     @property
     def width(self) -> int:
-        return len(self.lexical) + len(self.struct) + 1
+        return len(self.lexical) + len(self.struct)
 
 
 def _design(
@@ -77,28 +82,33 @@ def _design(
     lexical = sorted(i for i, c in counts.items() if c >= options.min_count)
     column = {index: j for j, index in enumerate(lexical)}
     n = len(feats)
-    names = sorted({name for _, struct in feats for name in struct})
-    stats: list[tuple[str, float, float]] = []
-    for name in names:
-        values = [struct.get(name, 0.0) for _, struct in feats]
-        mean = sum(values) / n
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    # Structural features are divided by their spread (so one penalty suits features of any
+    # scale) and left uncentred: absent stays 0 and sparse, and _ridge centres implicitly.
+    sums: dict[str, float] = {}
+    squares: dict[str, float] = {}
+    for _, struct in feats:
+        for name, value in struct.items():
+            sums[name] = sums.get(name, 0.0) + value
+            squares[name] = squares.get(name, 0.0) + value * value
+    struct_columns: dict[str, int] = {}
+    multipliers: list[tuple[str, float]] = []
+    for name in sorted(sums):
+        mean = sums[name] / n
+        std = math.sqrt(max(0.0, squares[name] / n - mean * mean))
         if std > 1e-9:
-            stats.append((name, mean, std))
-    base = len(lexical)
-    bias = base + len(stats)
+            struct_columns[name] = len(lexical) + len(multipliers)
+            multipliers.append((name, options.struct_scale / std))
+    scale = {name: m for name, m in multipliers}
     rows: list[tuple[list[int], list[float]]] = []
-    scale = options.struct_scale
     for lex, struct in feats:
         cols = [column[i] for i in lex if i in column]
         vals = [lex[i] for i in lex if i in column]
-        for k, (name, mean, std) in enumerate(stats):
-            cols.append(base + k)
-            vals.append(scale * (struct.get(name, 0.0) - mean) / std)
-        cols.append(bias)
-        vals.append(1.0)
+        for name, value in struct.items():
+            if name in struct_columns and value != 0.0:
+                cols.append(struct_columns[name])
+                vals.append(value * scale[name])
         rows.append((cols, vals))
-    return _Design(rows, lexical, stats)
+    return _Design(rows, lexical, multipliers)
 
 
 def _ridge(design: _Design, targets: Sequence[float], options: TrainOptions) -> list[float]:
@@ -110,10 +120,10 @@ def _ridge(design: _Design, targets: Sequence[float], options: TrainOptions) -> 
     """
     rows = design.rows
     n = len(rows)
-    width = design.width - 1
+    width = design.width
     by_column: list[tuple[list[int], list[float]]] = [([], []) for _ in range(width)]
     for r, (cols, vals) in enumerate(rows):
-        for c, v in zip(cols[:-1], vals[:-1], strict=True):
+        for c, v in zip(cols, vals, strict=True):
             by_column[c][0].append(r)
             by_column[c][1].append(v)
     mul = operator.mul
@@ -124,7 +134,7 @@ def _ridge(design: _Design, targets: Sequence[float], options: TrainOptions) -> 
 
     def normal(w: list[float]) -> list[float]:
         shift = sum(map(mul, means, w))
-        xw = [sum(map(mul, vals, map(w.__getitem__, cols[:-1]))) - shift for cols, vals in rows]
+        xw = [sum(map(mul, vals, map(w.__getitem__, cols))) - shift for cols, vals in rows]
         return [
             sum(map(mul, vals, map(xw.__getitem__, rs))) + l2 * w[c]
             for c, (rs, vals) in enumerate(by_column)
@@ -198,22 +208,22 @@ def train(
     if len(examples) < 2:
         raise ValueError("need at least two examples to train")
     config = options.features()
-    feats = [extract(e.text, config) for e in examples]
+    extracted = [extract(e.text, config) for e in examples]
+    ranges = _ranges([struct for _, struct in extracted])
+    feats = [(lex, with_pairs(struct) if config.pairs else struct) for lex, struct in extracted]
     design = _design(feats, options)
     target = LABELS[options.label]
     w = _ridge(design, [target(e.weak, e.strong) for e in examples], options)
     base = len(design.lexical)
     bias = w[-1]
     lexical = {index: w[j] for j, index in enumerate(design.lexical) if w[j] != 0.0}
-    structural: dict[str, float] = {}
-    for k, (name, mean, std) in enumerate(design.struct):
-        coef = w[base + k] * options.struct_scale / std
-        structural[name] = coef
-        bias -= coef * mean  # absent features count as 0, as they did when standardised
-    model = QualityModel(config, bias, lexical, structural)
+    structural = {
+        name: w[base + k] * multiplier for k, (name, multiplier) in enumerate(design.struct)
+    }
+    model = QualityModel(config, bias, lexical, structural, ranges=ranges)
     raw = [model.raw(e.text) for e in examples]
     a, b = _platt(raw, [LABELS["gain"](e.weak, e.strong) for e in examples])
-    calibrated = QualityModel(config, bias, lexical, structural, a, b)
+    calibrated = QualityModel(config, bias, lexical, structural, a, b, ranges=ranges)
     scores = sorted(calibrated.calibrate(x) for x in raw)
     info: dict[str, Any] = {
         "examples": len(examples),
@@ -232,8 +242,19 @@ def train(
         a,
         b,
         tuple(quantile(scores, i / 20) for i in range(21)),
+        ranges,
         info,
     )
+
+
+def _ranges(structs: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Each structural feature's (min, max) over the rows where it is present."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for struct in structs:
+        for name, value in struct.items():
+            lo, hi = ranges.get(name, (value, value))
+            ranges[name] = (min(lo, value), max(hi, value))
+    return ranges
 
 
 def score_all(model: QualityModel, examples: Sequence[Example]) -> RouterReport:
@@ -246,6 +267,15 @@ def score_all(model: QualityModel, examples: Sequence[Example]) -> RouterReport:
 class Fold:
     groups: tuple[str, ...]  # the held-out subjects
     report: RouterReport
+
+
+@dataclass(frozen=True, slots=True)
+class CrossValidation:
+    folds: list[Fold]
+    # Every prompt scored by the model that did not see its subject, evaluated as one set:
+    # steadier than the per-fold mean, whose folds can have a tiny strong−weak gap.
+    pooled: RouterReport
+    scores: list[float]  # the out-of-fold score of each example, in input order
 
 
 def split_groups(groups: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:
@@ -265,16 +295,27 @@ def cross_validate(
     seed: int = 0,
     options: TrainOptions | None = None,
     progress: Callable[[Fold], None] | None = None,
-) -> list[Fold]:
+) -> CrossValidation:
     """Leave-groups-out: train without each fold's subjects, evaluate on them."""
     results: list[Fold] = []
+    scores = [math.nan] * len(examples)
     for held in split_groups([e.group for e in examples], folds, seed):
         out = set(held)
         train_rows = [e for e in examples if e.group not in out]
-        test_rows = [e for e in examples if e.group in out]
+        test_at = [i for i, e in enumerate(examples) if e.group in out]
         model = train(train_rows, options)
-        fold = Fold(tuple(held), score_all(model, test_rows))
+        for i in test_at:
+            scores[i] = model.score(examples[i].text)
+        fold = Fold(
+            tuple(held),
+            evaluate(
+                [scores[i] for i in test_at],
+                [examples[i].weak for i in test_at],
+                [examples[i].strong for i in test_at],
+            ),
+        )
         results.append(fold)
         if progress is not None:
             progress(fold)
-    return results
+    pooled = evaluate(scores, [e.weak for e in examples], [e.strong for e in examples])
+    return CrossValidation(results, pooled, scores)

@@ -51,14 +51,16 @@ class FeatureConfig:
     hash_bits: int = 18
     bigrams: bool = True
     structural: bool = True
+    pairs: bool = True  # also products of structural features (a*b): cheap interactions
     text_scale: float = 1.0  # weight of the L2-normalised lexical group vs the structural one
-    max_chars: int = 8000  # window read for tokens: the first 3/4 and the last 1/4
+    max_chars: int = 4096  # window read: the first 3/4 and last 1/4 (bounds the cost)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "hash_bits": self.hash_bits,
             "bigrams": self.bigrams,
             "structural": self.structural,
+            "pairs": self.pairs,
             "text_scale": self.text_scale,
             "max_chars": self.max_chars,
         }
@@ -84,8 +86,9 @@ class FeatureConfig:
             hash_bits=bits,
             bigrams=flag("bigrams", True),
             structural=flag("structural", True),
+            pairs=flag("pairs", False),
             text_scale=num("text_scale", 1.0),
-            max_chars=max(256, int(num("max_chars", 8000))),
+            max_chars=max(256, int(num("max_chars", 4096))),
         )
 
 
@@ -171,6 +174,21 @@ def structural(
             }
         )
     return feats
+
+
+def with_pairs(struct: dict[str, float]) -> dict[str, float]:
+    """The features plus every product of two of them (squares too), named "a*b" with a <= b.
+
+    A linear model over these is a quadratic one over the structural features: it can learn
+    that, say, numeric options matter differently in short and long questions. Scoring does
+    not build these names (QualityModel sums the products directly); training and tests do.
+    """
+    out = dict(struct)
+    names = sorted(struct)
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            out[f"{a}*{b}"] = struct[a] * struct[b]
+    return out
 
 
 def lexical_indices(words: list[str], config: FeatureConfig) -> tuple[list[int], float]:

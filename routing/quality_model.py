@@ -1,21 +1,21 @@
 """The quality router's model: from the prompt alone, how likely the strong model is needed.
 
-A linear model over routing.quality_features, trained (gateway.router_train) to predict
-strong-correct minus weak-correct, then squashed by a fitted logistic (Platt) curve into
-P(weak model wrong and strong model right). Higher score = send to the strong model. The
-mapping is monotone, so ranking — all that APGR and a share-of-strong-calls policy use — is
-the linear model's.
+A linear model over routing.quality_features (hashed words and bigrams, structural cues and
+products of pairs of those cues), trained by gateway.router_train to predict strong-correct
+minus weak-correct, then squashed by a fitted logistic (Platt) curve into P(weak model wrong
+and strong model right). Higher score = send to the strong model. The squashing is monotone,
+so the ranking — all that APGR and a share-of-strong-calls policy use — is the regression's.
 
 Pure: built from a plain dict (gateway.router_model_io reads the file), no I/O here.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import mul
 from typing import Any
 
 from routing.quality_features import FeatureConfig, lexical_indices, structural, tokens
@@ -71,6 +71,14 @@ def text_of(payload: Mapping[str, Any]) -> str:
     return fallback
 
 
+def _round(x: float, digits: int, direction: Any) -> float:
+    """`x` to `digits` significant digits, rounding with `direction` (math.floor or ceil)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    scale = 10 ** (digits - 1 - math.floor(math.log10(abs(x))))
+    return float(direction(x * scale) / scale)
+
+
 def _float(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number")
@@ -89,20 +97,60 @@ class QualityModel:
     calib_b: float = 0.0
     # Scores at training quantiles 0 %, 5 %, … 100 %: lets a policy pick a strong-call share.
     quantiles: Sequence[float] = ()
+    # Training range of each structural feature: values outside are clamped into it, so a
+    # prompt unlike any training prompt (a two-word chat turn) is not extrapolated through
+    # the quadratic terms.
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # Derived from `structural` for scoring: plain weights, and pair weights "a*b" as a
+    # symmetric table (off-diagonal halved) so the products sum in one pass per feature.
+    _linear: dict[str, float] = field(init=False, repr=False, compare=False)
+    _pairs: dict[str, dict[str, float]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        linear: dict[str, float] = {}
+        pairs: dict[str, dict[str, float]] = {}
+
+        def add(a: str, b: str, weight: float) -> None:
+            row = pairs.setdefault(a, {})
+            row[b] = row.get(b, 0.0) + weight
+
+        for name, weight in self.structural.items():
+            a, star, b = name.partition("*")
+            if not star:
+                linear[name] = weight
+            elif a == b:
+                add(a, a, weight)
+            else:
+                add(a, b, weight / 2)
+                add(b, a, weight / 2)
+        object.__setattr__(self, "_linear", linear)
+        object.__setattr__(self, "_pairs", pairs)
 
     def raw(self, text: str) -> float:
-        """The linear model's output: an estimate of P(strong right) − P(weak right)."""
+        """The regression's output: an estimate of P(strong right) − P(weak right)."""
         window, lower, words, length = tokens(text, self.config)
         indices, value = lexical_indices(words, self.config)
         # All lexical features carry the same value, so one sum of looked-up weights will do.
         total = self.bias + value * sum(map(self.lexical.get, indices, repeat(0.0)))
         if not self.config.structural:
             return total
-        for name, value in structural(window, lower, words, length).items():
-            w = self.structural.get(name)
+        struct = structural(window, lower, words, length)
+        for name, (lo, hi) in self.ranges.items():
+            found = struct.get(name)
+            if found is not None and not lo <= found <= hi:
+                struct[name] = lo if found < lo else hi
+        linear = self._linear
+        for name, value in struct.items():
+            w = linear.get(name)
             if w is not None:
                 total += w * value
+        if self._pairs:
+            names, values = list(struct), list(struct.values())
+            for name, value in zip(names, values, strict=True):
+                row = self._pairs.get(name)
+                if row is not None:
+                    total += value * sum(map(mul, map(row.get, names, repeat(0.0)), values))
         return total
 
     def calibrate(self, raw: float) -> float:
@@ -126,7 +174,8 @@ class QualityModel:
         """The score threshold that sent `share` of the training prompts to the strong model.
 
         Route to strong when score >= the returned value. Only as good as the training
-        traffic's resemblance to real traffic; 1.0 + ε (never) for share <= 0.
+        traffic's resemblance to real traffic. +inf for share <= 0, -inf for share >= 1, and
+        0.5 for a model without stored quantiles.
         """
         if share <= 0 or not self.quantiles:
             return math.inf if share <= 0 else 0.5
@@ -137,13 +186,6 @@ class QualityModel:
         lo = int(pos)
         hi = min(lo + 1, len(qs) - 1)
         return qs[lo] + (qs[hi] - qs[lo]) * (pos - lo)
-
-    def share_for_threshold(self, threshold: float) -> float:
-        """Inverse of threshold_for_share, read off the stored quantiles (approximate)."""
-        if not self.quantiles:
-            return 0.0
-        below = bisect.bisect_left(list(self.quantiles), threshold)
-        return 1.0 - below / len(self.quantiles)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QualityModel:
@@ -180,6 +222,11 @@ class QualityModel:
         quantiles = data.get("quantiles", [])
         if not isinstance(quantiles, list):
             raise ValueError("'quantiles' must be a list")
+        ranges = data.get("ranges", {})
+        if not isinstance(ranges, Mapping) or not all(
+            isinstance(r, list) and len(r) == 2 for r in ranges.values()
+        ):
+            raise ValueError("'ranges' must map names to [low, high]")
         meta = data.get("meta", {})
         return cls(
             config=config,
@@ -189,6 +236,10 @@ class QualityModel:
             calib_a=_float(calib.get("a", 1.0), "calibration 'a'"),
             calib_b=_float(calib.get("b", 0.0), "calibration 'b'"),
             quantiles=tuple(_float(q, "a quantile") for q in quantiles),
+            ranges={
+                str(k): (_float(r[0], "a range"), _float(r[1], "a range"))
+                for k, r in ranges.items()
+            },
             meta=dict(meta) if isinstance(meta, Mapping) else {},
         )
 
@@ -208,5 +259,10 @@ class QualityModel:
             "structural": {k: r(v) for k, v in sorted(self.structural.items())},
             "lexical": {"indices": [i for i, _ in items], "values": [r(v) for _, v in items]},
             "quantiles": [r(q) for q in self.quantiles],
+            # Rounded outward, so a training value is never clamped by the rounding.
+            "ranges": {
+                k: [_round(lo, digits, math.floor), _round(hi, digits, math.ceil)]
+                for k, (lo, hi) in sorted(self.ranges.items())
+            },
             "meta": dict(self.meta),
         }

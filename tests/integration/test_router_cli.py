@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.router_data import DEFAULT_STRONG, DEFAULT_WEAK
+from gateway.router_dataset import DEFAULT_STRONG, DEFAULT_WEAK
 from gateway.router_model_io import DEFAULT_MODEL, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +135,10 @@ def test_cv_holds_out_whole_subjects(data_dir: Path) -> None:
     assert held[0].isdisjoint(held[1])
     assert held[0] | held[1] == set(SUBJECTS)
     assert isinstance(summary["mean_apgr"], float)
+    assert set(summary["pooled"]) == {"apgr", "cpt50", "cpt80"}
+    code, stdout, _ = invoke("cv", "--data", str(data_dir), "--folds", "2")
+    assert code == 0
+    assert "fold 2: APGR" in stdout and "pooled out-of-fold: APGR" in stdout
 
 
 def test_bad_inputs_are_errors_not_tracebacks(data_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.quality_features import FeatureConfig, extract, lexical_indices, structural, tokens
+from routing.quality_features import (
+    FeatureConfig,
+    extract,
+    lexical_indices,
+    structural,
+    tokens,
+    with_pairs,
+)
 from routing.quality_model import FORMAT, VERSION, QualityModel, text_of
 from routing.router_metrics import cpt, evaluate, pgr_curve, quantile
 
@@ -269,3 +276,25 @@ def test_metrics_reject_mismatched_input_and_tied_models() -> None:
     report = evaluate([0.1, 0.2], [1.0, 0.0], [1.0, 0.0])
     assert math.isnan(report.apgr)
     assert report.cpt50 is None
+
+
+def test_pair_weights_score_the_products_of_structural_features() -> None:
+    config = FeatureConfig(hash_bits=12, pairs=True)
+    window, lower, words, length = tokens(MMLU, config)
+    feats = with_pairs(structural(window, lower, words, length))
+    assert feats["digits*options"] == pytest.approx(feats["digits"])
+    weights = {"digits": 0.3, "digits*options": -0.5, "len*len": 2.0, "calc*digits": 0.25}
+    doc = model_dict(features=config.as_dict(), structural=weights, lexical={})
+    model = QualityModel.from_dict(doc)
+    expected = -0.1 + sum(w * feats.get(name, 0.0) for name, w in weights.items())
+    assert model.raw(MMLU) == pytest.approx(expected)
+
+
+def test_structural_values_are_clamped_to_the_training_range() -> None:
+    doc = model_dict(structural={"len": 1.0}, lexical={}, ranges={"len": [0.5, 0.6]})
+    model = QualityModel.from_dict(doc)
+    assert model.raw("hi") == pytest.approx(-0.1 + 0.5)  # len("hi") is below the range
+    assert model.raw("x" * 100_000) == pytest.approx(-0.1 + 0.6)
+    assert QualityModel.from_dict(model.as_dict()).ranges == {"len": (0.5, 0.6)}
+    with pytest.raises(ValueError, match="ranges"):
+        QualityModel.from_dict(model_dict(ranges={"len": 3}))
