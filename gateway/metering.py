@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from gateway import metrics
+from gateway.auth import Principal
 from gateway.ledger.events import ESTIMATED, PROVIDER, AttemptRow, RequestRow
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.tokens import estimate_input_tokens
@@ -57,6 +58,8 @@ class CallContext:
     attempts: list[AttemptRow] = field(default_factory=list)
     ttft_ms: float | None = None
     input_estimate: int | None = None
+    # The authenticated caller (None when auth is off); its team and tags go to the ledger.
+    principal: Principal | None = None
     # Set for balancing routes: what the planner measured of the request.
     shape: RequestShape | None = None
 

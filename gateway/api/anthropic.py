@@ -62,7 +62,8 @@ class AnthropicEndpoints:
         self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: Headers
     ) -> None:
         state = self._state()
-        key_id = authenticate(scope, state)
+        principal = await authenticate(scope, state)
+        key_id = principal.key_name if principal is not None else None
         if scope["method"] != "POST":
             raise method_not_allowed(scope["method"], scope["path"])
         body = await read_body(scope, receive, state.max_body_bytes)
@@ -73,6 +74,7 @@ class AnthropicEndpoints:
         ctx = CallContext(
             request_id, key_id, "chat/completions", model, stream, payload, shape=shape
         )
+        ctx.principal = principal
         with DisconnectWatch(receive) as watch:
             if stream:
                 streaming = await state.service.stream(ctx, plan, True)

@@ -22,6 +22,7 @@ from gateway.api.asgi import (
     header,
     send_error,
 )
+from gateway.auth import MISS, Principal, bearer_token
 from gateway.errors import GatewayError, model_not_found, unauthorized
 from gateway.service import DONE, StreamingCompletion
 from gateway.state import GatewayState
@@ -71,23 +72,29 @@ def internal_error(request_id: str) -> GatewayError:
     )
 
 
-def authenticate(scope: Scope, state: GatewayState) -> str | None:
-    """The caller's key name (None when auth is off); raises 401 otherwise.
+async def authenticate(scope: Scope, state: GatewayState) -> Principal | None:
+    """The caller (None when auth is off); raises 401 otherwise.
 
-    Both `Authorization: Bearer` (OpenAI SDKs) and `x-api-key` (Anthropic SDKs) work.
+    Both `Authorization: Bearer` (OpenAI SDKs) and `x-api-key` (Anthropic SDKs) work. Known
+    keys answer from memory; only an unseen one awaits the key database.
     """
-    if state.keys.disabled:
+    keys = state.keys
+    if keys.disabled:
         return None
     authorization = header(scope, b"authorization")
     api_key = header(scope, b"x-api-key")
-    principal = state.keys.authenticate(authorization, api_key)
+    token = bearer_token(authorization, api_key)
+    principal = None
+    if token is not None:
+        found = keys.cached(token)
+        principal = await keys.resolve(token) if found is MISS else found
     if principal is None:
         if authorization is None and api_key is None:
             raise unauthorized(
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             )
         raise unauthorized("Incorrect API key provided.")
-    return principal.key_name
+    return principal  # type: ignore[return-value]
 
 
 def plan_for(

@@ -64,7 +64,8 @@ class OpenAIEndpoints:
     ) -> None:
         path: str = scope["path"]
         state = self._state()
-        key_id = authenticate(scope, state)
+        principal = await authenticate(scope, state)
+        key_id = principal.key_name if principal is not None else None
         route = GENERATION_ROUTES.get(path)
         if route is None:
             if scope["method"] != "GET":
@@ -80,6 +81,7 @@ class OpenAIEndpoints:
         model, stream, include_usage = check(payload)
         plan, shape = plan_for(state, model, headers, payload, scope)
         ctx = CallContext(request_id, key_id, endpoint, model, stream, payload, shape=shape)
+        ctx.principal = principal
         with DisconnectWatch(receive) as watch:
             if stream:
                 streaming = await state.service.stream(ctx, plan, include_usage)
