@@ -1,0 +1,263 @@
+"""Per-key limits as arithmetic: token buckets, concurrency leases, budget reservations.
+
+Pure: the clock is passed in. The in-process limiter runs these functions directly; the Redis
+limiter runs the same rules in one Lua script per check (gateway/limits_lua.py), so both
+answer alike. Amounts of money are integer nano-dollars (Lua numbers are doubles: exact to
+2^53 nano-USD ≈ $9M, far above any key's monthly budget), tokens and requests are floats
+inside a bucket so partial refill is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+from routing.cost import TokenPrice
+
+NANO = Decimal(10) ** 9
+MINUTE_MS = 60_000
+
+# Which limit refused a request (also the label of the failure-policy setting).
+RPM = "rpm"
+TPM = "tpm"
+CONCURRENCY = "concurrency"
+BUDGET = "budget"
+CHECKS = (RPM, TPM, CONCURRENCY, BUDGET)
+
+
+@dataclass(slots=True)
+class Bucket:
+    """A token bucket holding up to `capacity`, refilled at capacity per minute.
+
+    `level` may go negative: settling a request that used more tokens than it reserved
+    takes the difference, and the key waits until the refill covers it.
+    """
+
+    level: float
+    updated_ms: int
+
+
+def refill(bucket: Bucket | None, capacity: int, now_ms: int) -> Bucket:
+    if bucket is None:
+        return Bucket(float(capacity), now_ms)
+    elapsed = max(0, now_ms - bucket.updated_ms)
+    level = min(float(capacity), bucket.level + elapsed * capacity / MINUTE_MS)
+    return Bucket(level, max(now_ms, bucket.updated_ms))
+
+
+def wait_ms(bucket: Bucket, capacity: int, amount: float) -> int:
+    """How long until `amount` fits (0 if it fits now); amounts above capacity never fit
+    a full bucket, so they are capped at it (one such request per full minute)."""
+    need = min(amount, float(capacity)) - bucket.level
+    if need <= 0:
+        return 0
+    return math.ceil(need * MINUTE_MS / capacity)
+
+
+def reset_ms(bucket: Bucket, capacity: int) -> int:
+    """How long until the bucket is full again (OpenAI's `x-ratelimit-reset-*`)."""
+    missing = float(capacity) - bucket.level
+    return max(0, math.ceil(missing * MINUTE_MS / capacity))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One key's limits; None = not limited on that axis. Budget in nano-USD."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    budget_nano: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one request wants to take: estimated tokens and the worst-case cost."""
+
+    tokens: int
+    reserve_nano: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of an admission check, and what to put in `x-ratelimit-*` headers."""
+
+    allowed: bool
+    # The check that refused (None when allowed).
+    refused_by: str | None = None
+    retry_after_ms: int = 0
+    remaining_requests: int | None = None
+    reset_requests_ms: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_ms: int | None = None
+    # Budget left after this reservation (nano-USD), and the month's spend so far.
+    budget_left_nano: int | None = None
+    spent_nano: int | None = None
+
+
+@dataclass(slots=True)
+class KeyState:
+    """Everything the in-process limiter keeps per key (Redis keeps the same in keys)."""
+
+    requests: Bucket | None = None
+    tokens: Bucket | None = None
+    # lease id -> expiry (ms): a crashed request's slot frees itself.
+    leases: dict[str, int] | None = None
+    spent_nano: int = 0
+    reserved_nano: int = 0
+    month: str = ""
+
+
+def admit(
+    state: KeyState,
+    limits: Limits,
+    ask: Ask,
+    lease: str,
+    lease_ttl_ms: int,
+    now_ms: int,
+    checks: frozenset[str] = frozenset(CHECKS),
+) -> Verdict:
+    """All-or-nothing: either every enabled check takes its share, or none does.
+
+    `checks` narrows which limits apply (the rest are enforced elsewhere, e.g. the ones
+    Redis still answers for while this in-process fallback handles the others).
+    """
+    requests = tokens = None
+    if limits.rpm is not None and RPM in checks:
+        requests = refill(state.requests, limits.rpm, now_ms)
+        if requests.level < 1:
+            return Verdict(
+                False,
+                RPM,
+                wait_ms(requests, limits.rpm, 1),
+                remaining_requests=0,
+                reset_requests_ms=reset_ms(requests, limits.rpm),
+            )
+    if limits.tpm is not None and TPM in checks:
+        tokens = refill(state.tokens, limits.tpm, now_ms)
+        # A request larger than the whole bucket waits for a full one rather than forever.
+        if tokens.level < min(ask.tokens, limits.tpm):
+            return Verdict(
+                False,
+                TPM,
+                wait_ms(tokens, limits.tpm, ask.tokens),
+                remaining_tokens=max(0, int(tokens.level)),
+                reset_tokens_ms=reset_ms(tokens, limits.tpm),
+            )
+    if limits.max_concurrency is not None and CONCURRENCY in checks:
+        live = {k: v for k, v in (state.leases or {}).items() if v > now_ms}
+        state.leases = live
+        if len(live) >= limits.max_concurrency:
+            return Verdict(False, CONCURRENCY, 1000)
+    if limits.budget_nano is not None and BUDGET in checks:
+        committed = state.spent_nano + state.reserved_nano
+        if committed + ask.reserve_nano > limits.budget_nano:
+            return Verdict(
+                False,
+                BUDGET,
+                budget_left_nano=max(0, limits.budget_nano - committed),
+                spent_nano=state.spent_nano,
+            )
+    verdict = Verdict(True)
+    if requests is not None and limits.rpm is not None:
+        requests.level -= 1
+        state.requests = requests
+        verdict = _with_requests(verdict, requests, limits.rpm)
+    if tokens is not None and limits.tpm is not None:
+        tokens.level -= ask.tokens
+        state.tokens = tokens
+        verdict = _with_tokens(verdict, tokens, limits.tpm)
+    if limits.max_concurrency is not None and CONCURRENCY in checks:
+        assert state.leases is not None
+        state.leases[lease] = now_ms + lease_ttl_ms
+    if limits.budget_nano is not None and BUDGET in checks:
+        state.reserved_nano += ask.reserve_nano
+        verdict = _with_budget(verdict, state, limits.budget_nano)
+    return verdict
+
+
+def settle(
+    state: KeyState,
+    limits: Limits,
+    ask: Ask,
+    lease: str,
+    used_tokens: int,
+    cost_nano: int,
+    now_ms: int,
+    checks: frozenset[str] = frozenset(CHECKS),
+) -> None:
+    """Replace a request's reservation by what it really used."""
+    if limits.tpm is not None and TPM in checks and used_tokens != ask.tokens:
+        tokens = refill(state.tokens, limits.tpm, now_ms)
+        tokens.level -= used_tokens - ask.tokens
+        state.tokens = tokens
+    if limits.max_concurrency is not None and CONCURRENCY in checks and state.leases:
+        state.leases.pop(lease, None)
+    if limits.budget_nano is not None and BUDGET in checks:
+        state.reserved_nano = max(0, state.reserved_nano - ask.reserve_nano)
+        state.spent_nano += max(0, cost_nano)
+
+
+def _with_requests(v: Verdict, bucket: Bucket, capacity: int) -> Verdict:
+    return _replace(
+        v,
+        remaining_requests=max(0, int(bucket.level)),
+        reset_requests_ms=reset_ms(bucket, capacity),
+    )
+
+
+def _with_tokens(v: Verdict, bucket: Bucket, capacity: int) -> Verdict:
+    return _replace(
+        v, remaining_tokens=max(0, int(bucket.level)), reset_tokens_ms=reset_ms(bucket, capacity)
+    )
+
+
+def _with_budget(v: Verdict, state: KeyState, budget_nano: int) -> Verdict:
+    left = max(0, budget_nano - state.spent_nano - state.reserved_nano)
+    return _replace(v, budget_left_nano=left, spent_nano=state.spent_nano)
+
+
+def _replace(v: Verdict, **changes: int | None) -> Verdict:
+    return dataclasses.replace(v, **changes)  # type: ignore[arg-type]
+
+
+def to_nano(usd: Decimal | None) -> int:
+    if usd is None:
+        return 0
+    return int((usd * NANO).to_integral_value())
+
+
+def from_nano(nano: int) -> Decimal:
+    return Decimal(nano) / NANO
+
+
+def worst_case_nano(
+    input_tokens: int, output_tokens: int, prices: list[TokenPrice | None], dedicated: list[bool]
+) -> int:
+    """The most one attempt of this request could cost on any deployment of its plan.
+
+    Input is charged at the higher of the uncached and cache-write rates (a prompt may be
+    written to a cache), output at the output rate. Dedicated GPUs cost nothing per call;
+    unknown prices cannot be reserved and count as 0 (such attempts are flagged unpriced).
+    """
+    worst = Decimal(0)
+    for price, is_dedicated in zip(prices, dedicated, strict=True):
+        if is_dedicated or price is None:
+            continue
+        per_input = max(price.input, price.cache_write)
+        cost = (input_tokens * per_input + output_tokens * price.output) / Decimal(1_000_000)
+        worst = max(worst, cost)
+    return math.ceil(worst * NANO)
+
+
+def duration_header(ms: int) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`, `20ms`."""
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest}s"
