@@ -1,8 +1,9 @@
-"""Share in-flight counts of capacity-limited deployments between replicas through Redis.
+"""Share the load of limited deployments between replicas through Redis.
 
-A dedicated GPU's max_concurrency is a global number, but each replica only sees its own
-requests. Every `interval_s` each replica writes its counts to its own hash (which expires
-if the replica dies) and reads the others', so the planner sees the whole fleet's load.
+A dedicated GPU's max_concurrency and a provider account's rpm/tpm are global numbers, but
+each replica only sees its own requests. Every `interval_s` each replica writes its counts
+(in flight, and requests and input tokens in the last minute) to its own hash (which
+expires if the replica dies) and reads the others', so the planner sees the fleet's load.
 Nothing here is awaited by a request: a count is at most one interval old, and if Redis
 goes away the replica falls back to its own counts until it is back.
 """
@@ -13,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
@@ -23,6 +25,10 @@ from routing.live import DeploymentLoad
 log = logging.getLogger("farebox.inflight")
 
 PREFIX = "farebox:inflight:"
+# Hash fields next to a deployment's in-flight count ("|" cannot appear in a deployment id
+# the config accepts unquoted, and is only ever read back by this module).
+_REQUESTS = "|rpm"
+_TOKENS = "|tpm"
 
 
 class InFlightSync:
@@ -33,11 +39,13 @@ class InFlightSync:
         deployments: list[str],
         interval_s: float = 0.2,
         replica: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._url = redis_url
         self._loads = loads
         self._deployments = deployments
         self._interval_s = interval_s
+        self._clock = clock
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
         self._key = PREFIX + self.replica
         self._redis: Redis | None = None
@@ -89,15 +97,20 @@ class InFlightSync:
                     )
                 self._healthy = False
                 for dep in self._deployments:
-                    self._loads[dep].remote_in_flight = 0
+                    load = self._loads[dep]
+                    load.remote_in_flight = load.remote_requests = load.remote_tokens = 0
             await asyncio.sleep(self._interval_s)
 
     async def sync_once(self) -> None:
         redis = self._redis
         assert redis is not None
-        mine: dict[FieldT, EncodableT] = {
-            dep: self._loads[dep].in_flight for dep in self._deployments
-        }
+        now = self._clock()
+        mine: dict[FieldT, EncodableT] = {}
+        for dep in self._deployments:
+            load = self._loads[dep]
+            mine[dep] = load.in_flight
+            mine[f"{dep}{_REQUESTS}"] = load.requests.total(now)
+            mine[f"{dep}{_TOKENS}"] = load.tokens.total(now)
         ttl_ms = int(max(self._interval_s * 5, 1.0) * 1000)  # a dead replica's load fades
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(self._key, mapping=mine)
@@ -109,6 +122,8 @@ class InFlightSync:
             if key.decode() != self._key
         ]
         totals = dict.fromkeys(self._deployments, 0)
+        for dep in self._deployments:
+            totals[f"{dep}{_REQUESTS}"] = totals[f"{dep}{_TOKENS}"] = 0
         if others:
             async with redis.pipeline(transaction=False) as pipe:
                 for key in others:
@@ -118,6 +133,9 @@ class InFlightSync:
                         dep = raw_dep.decode()
                         if dep in totals:
                             totals[dep] += int(raw_n)
-        for dep, total in totals.items():
-            self._loads[dep].remote_in_flight = total
+        for dep in self._deployments:
+            load = self._loads[dep]
+            load.remote_in_flight = totals[dep]
+            load.remote_requests = totals[f"{dep}{_REQUESTS}"]
+            load.remote_tokens = totals[f"{dep}{_TOKENS}"]
         self.rounds += 1

@@ -65,8 +65,11 @@ class DeploymentLoad:
     """What is known about one deployment right now."""
 
     in_flight: int = 0
-    # Other replicas' in-flight requests (shared through Redis when configured).
+    # Other replicas' in-flight requests, and their requests and input tokens in the last
+    # minute (shared through Redis when configured), so provider limits hold fleet-wide.
     remote_in_flight: int = 0
+    remote_requests: int = 0
+    remote_tokens: int = 0
     # Learned limits: no new request before `limited_until` (from a 429's retry-after or a
     # remaining count of zero with its reset time).
     limited_until: float = 0.0

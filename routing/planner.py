@@ -110,9 +110,9 @@ def _skip(
     load = live.loads.get(dep.id, _IDLE)
     if load.limited_until > live.now:
         return f"rate limited for {load.limited_until - live.now:.1f} s", False
-    if dep.rpm is not None and load.requests.total(live.now) >= dep.rpm:
+    if dep.rpm is not None and load.requests.total(live.now) + load.remote_requests >= dep.rpm:
         return f"at its {dep.rpm} requests/min limit", False
-    if dep.tpm is not None and load.tokens.total(live.now) + need > dep.tpm:
+    if dep.tpm is not None and load.tokens.total(live.now) + load.remote_tokens + need > dep.tpm:
         return f"at its {dep.tpm} tokens/min limit", False
     if dep.max_concurrency is not None:
         busy = load.in_flight + load.remote_in_flight

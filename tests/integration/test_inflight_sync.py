@@ -60,3 +60,45 @@ def test_redis_outage_falls_back_to_local_counts(redis_server: RedisServer) -> N
         await sync.close()
 
     asyncio.run(run())
+
+def test_provider_rpm_and_tpm_hold_across_replicas(redis_server: RedisServer) -> None:
+    """A provider account's requests/min is one number for the fleet, not per replica."""
+    cheap = DeploymentSpec("cheap", "p", "serverless", "openai", "m", rpm=10, tpm=1_000)
+    dear = DeploymentSpec("dear", "q", "serverless", "openai", "m")
+    route = RouteSpec("r", "cost", ("cheap", "dear"), Timeouts(1000, 1000, 1000))
+    rates = {"cheap": (0.1, 0.01, 0.2), "dear": (5.0, 0.5, 15.0)}
+    shape = request_shape({"messages": [{"role": "user", "content": "hi"}]}, "req")
+
+    async def run() -> None:
+        now = 1_000.0
+        a_loads = {"cheap": DeploymentLoad(), "dear": DeploymentLoad()}
+        b_loads = {"cheap": DeploymentLoad(), "dear": DeploymentLoad()}
+        a = InFlightSync(redis_server.url, a_loads, ["cheap"], replica="ra", clock=lambda: now)
+        b = InFlightSync(redis_server.url, b_loads, ["cheap"], replica="rb", clock=lambda: now)
+        a.connect()
+        b.connect()
+        try:
+            for _ in range(7):
+                a_loads["cheap"].started(now, 10)
+            b_loads["cheap"].started(now, 10)
+            await a.sync_once()
+            await b.sync_once()
+            assert (b_loads["cheap"].remote_requests, b_loads["cheap"].remote_tokens) == (7, 70)
+            view = LiveView(now=now, loads=b_loads, rates=rates)
+            deps = {"cheap": cheap, "dear": dear}
+            # 7 + 1 of 10: still room on the cheap one.
+            assert decide(route, deps, shape, view).plan.attempts[0].deployment.id == "cheap"
+            for _ in range(2):
+                a_loads["cheap"].started(now, 10)
+            await a.sync_once()
+            await b.sync_once()
+            decision = decide(route, deps, shape, view)
+            # 9 elsewhere + 1 here = 10: b overflows although it sent only one itself.
+            assert decision.plan.attempts[0].deployment.id == "dear"
+            skipped = {c.deployment.id: c.skipped for c in decision.candidates}
+            assert skipped["cheap"] == "at its 10 requests/min limit"
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(run())
