@@ -23,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.admin import admin_router
+from gateway.api.admin_drills import admin_drills_router
+from gateway.api.admin_keys import admin_keys_router
 from gateway.api.anthropic import AnthropicEndpoints
-from gateway.api.asgi import reseed_request_ids
+from gateway.api.asgi import headers_too_large, new_request_id, reseed_request_ids, send_error
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import ops_router
 from gateway.config_schema import GatewayConfig, load_config
@@ -59,9 +61,18 @@ class HotPath:
         self.app = app
         self.endpoints: OpenAIEndpoints = app.state.endpoints
         self.anthropic: AnthropicEndpoints = app.state.anthropic
+        self.holder: StateHolder = app.state.holder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            state = self.holder.get()
+            if state is not None:
+                server = state.config.server
+                error = headers_too_large(scope, server.max_header_count, server.max_header_bytes)
+                if error is not None:
+                    request_id = new_request_id()
+                    await send_error(send, error, [(b"x-request-id", request_id.encode())])
+                    return
             path = scope["path"]
             if self.endpoints.handles(path):
                 await self.endpoints(scope, receive, send)
@@ -82,6 +93,12 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
             await state.breakers.start()
         if state.inflight_sync is not None:
             await state.inflight_sync.start()
+        if state.drills is not None:
+            await state.drills.start()
+        if state.drill_scheduler is not None:
+            await state.drill_scheduler.start()
+        if state.key_sync is not None:
+            await state.key_sync.start()
         if state.quality is not None and any(r.gate for r in config.routes.values()):
             await state.quality.start()
         holder.state = state
@@ -113,6 +130,8 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
     )
     app.include_router(ops_router(holder.get))
     app.include_router(admin_router(holder.get, settings.master_key))
+    app.include_router(admin_keys_router(holder.get, settings.master_key))
+    app.include_router(admin_drills_router(holder.get, settings.master_key))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -116,7 +116,9 @@ class AttemptLoop:
         planned = targets[index]
         dep = planned.deployment
         following = index + 1
-        for number in range(1, plan.retry.attempts + 1):
+        # A drill target gets one try: the client's request goes on to the route's own plan.
+        tries = 1 if planned.role == "drill" else plan.retry.attempts
+        for number in range(1, tries + 1):
             if number == 1 and not run.forced and not self.breakers.allow(dep.id):
                 return following  # open, or its single half-open probe is already out
             remaining = run.deadline - time.perf_counter()

@@ -4,15 +4,33 @@ Only SHA-256 digests are kept in memory, so a heap dump or an error message neve
 Lookups are two-step so the hot path stays synchronous: `cached()` answers from memory
 (static keys, and virtual keys seen recently); only a `MISS` awaits `resolve()`, which asks
 the database (virtual keys live in Postgres).
+
+Virtual-key cache semantics:
+- a known key is served from memory for `ttl_s`; after that one lookup refreshes it. If the
+  database is down at that moment the stale entry keeps working (it was valid, and nothing
+  invalidated it), so an outage never locks out traffic that was flowing;
+- an unknown (or revoked) digest is remembered for `negative_ttl_s`, in a bounded FIFO, so a
+  flood of made-up keys costs at most one lookup per digest per window and fixed memory;
+- concurrent misses on one digest share one lookup, and at most `lookup_concurrency` lookups
+  run at once (beyond `max_pending` distinct digests waiting, callers get a 503 at once);
+- `invalidate*()` drop entries when a key changes (revoke, rotate, update); key_sync calls
+  them from Redis pub/sub and from its database poll, on every replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final
+from typing import Final, Protocol
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("farebox.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +76,12 @@ class _Miss:
 
 # `cached()` could not answer from memory: await `resolve()`.
 MISS: Final = _Miss()
+# After a failed lookup, unseen keys get a 503 without asking the database for this long.
+_DOWN_S = 1.0
+
+
+class _RecentlyDown(Exception):
+    pass
 
 
 def digest(key: str | bytes) -> bytes:
@@ -77,25 +101,144 @@ def bearer_token(authorization: bytes | None, api_key: bytes | None) -> bytes | 
     return None
 
 
-class KeyStore:
-    __slots__ = ("_by_digest", "disabled")
+class KeySource(Protocol):
+    """Where virtual keys live. `principal` answers None for an unknown or revoked key and
+    raises when it cannot tell (database down)."""
 
-    def __init__(self, keys: Iterable[tuple[str, str]], *, disabled: bool = False) -> None:
+    async def principal(self, key_hash: str) -> Principal | None: ...
+
+
+def key_expired() -> GatewayError:
+    return GatewayError(401, "This API key has expired.", code="key_expired")
+
+
+def keys_unavailable() -> GatewayError:
+    return GatewayError(
+        503,
+        "API keys cannot be checked right now (the key database is unreachable); "
+        "retry shortly. Keys used recently keep working.",
+        error_type="server_error",
+        code="key_store_unavailable",
+        headers=[(b"retry-after", b"1")],
+    )
+
+
+def keys_busy() -> GatewayError:
+    return GatewayError(
+        503,
+        "Too many unrecognised API keys are being checked at once; retry shortly.",
+        error_type="server_error",
+        code="key_store_busy",
+        headers=[(b"retry-after", b"1")],
+    )
+
+
+class KeyStore:
+    __slots__ = (
+        "_by_digest",
+        "_clock",
+        "_down_until",
+        "_gate",
+        "_generation",
+        "_inflight",
+        "_known",
+        "_lookup_timeout_s",
+        "_max_entries",
+        "_max_negative",
+        "_max_pending",
+        "_negative_ttl_s",
+        "_source",
+        "_ttl_s",
+        "_unknown",
+        "_wall",
+        "disabled",
+    )
+
+    def __init__(
+        self,
+        keys: Iterable[tuple[str | Principal, str]],
+        *,
+        disabled: bool = False,
+        source: KeySource | None = None,
+        ttl_s: float = 30.0,
+        negative_ttl_s: float = 5.0,
+        max_entries: int = 100_000,
+        max_negative: int = 10_000,
+        lookup_concurrency: int = 4,
+        max_pending: int = 1024,
+        lookup_timeout_s: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.disabled = disabled
-        self._by_digest = {digest(key): Principal(name) for name, key in keys}
+        self._by_digest = {
+            digest(key): who if isinstance(who, Principal) else Principal(who) for who, key in keys
+        }
+        self._source = source
+        self._ttl_s, self._negative_ttl_s = ttl_s, negative_ttl_s
+        self._max_entries, self._max_negative = max_entries, max_negative
+        self._max_pending = max_pending
+        self._lookup_timeout_s = lookup_timeout_s
+        self._clock, self._wall = clock, wall_clock
+        # digest -> (principal, fresh until); insertion order is age order (FIFO eviction).
+        self._known: dict[bytes, tuple[Principal, float]] = {}
+        # digest -> remembered as unknown until.
+        self._unknown: dict[bytes, float] = {}
+        self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
+        # Bumped by every invalidation: a lookup that raced one must not cache what it read.
+        self._generation = 0
+        self._gate = asyncio.Semaphore(lookup_concurrency)
+        self._down_until = 0.0
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def cached(self, token: bytes) -> Principal | None | _Miss:
+    @property
+    def virtual(self) -> bool:
+        """True when unseen keys are looked up in the key database."""
+        return self._source is not None
+
+    def attach(self, source: KeySource | None) -> None:
+        self._source = source
+
+    def cache_sizes(self) -> tuple[int, int]:
+        """(known, unknown) virtual-key entries held in memory."""
+        return len(self._known), len(self._unknown)
+
+    def cached(self, token: bytes) -> Principal | _Miss | None:
         """From memory only. Dict lookup by digest rather than comparing secrets directly,
         so lookup time does not depend on how much of a guessed key matches."""
-        return self._by_digest.get(digest(token))
+        d = digest(token)
+        found = self._by_digest.get(d)
+        if found is not None or self._source is None:
+            return found
+        entry = self._known.get(d)
+        now = self._clock()
+        if entry is not None:
+            if entry[1] <= now:
+                return MISS
+            return self._unexpired(entry[0])
+        until = self._unknown.get(d)
+        if until is not None and until > now:
+            return None
+        return MISS
 
     async def resolve(self, token: bytes) -> Principal | None:
         """The principal for `token` when `cached()` said MISS (asks the key database)."""
         found = self.cached(token)
-        return None if isinstance(found, _Miss) else found
+        if not isinstance(found, _Miss):
+            return found
+        d = digest(token)
+        pending = self._inflight.get(d)
+        if pending is None:
+            if len(self._inflight) >= self._max_pending:
+                raise keys_busy()
+            pending = asyncio.ensure_future(self._lookup(d))
+            self._inflight[d] = pending
+            pending.add_done_callback(lambda done: self._settled(d, done))
+        # Shielded: a client hanging up must not cancel the lookup others are waiting on.
+        principal = await asyncio.shield(pending)
+        return None if principal is None else self._unexpired(principal)
 
     def authenticate(
         self, authorization: bytes | None, api_key: bytes | None = None
@@ -108,3 +251,72 @@ class KeyStore:
             return None
         found = self.cached(token)
         return None if isinstance(found, _Miss) else found
+
+    def invalidate(self, key_hash: str | bytes) -> None:
+        """Forget one digest (hex as stored in the database, or raw bytes)."""
+        d = bytes.fromhex(key_hash) if isinstance(key_hash, str) else key_hash
+        self._generation += 1
+        self._known.pop(d, None)
+        self._unknown.pop(d, None)
+
+    def invalidate_key(self, key_id: str) -> None:
+        """Forget every cached secret of one key (a rotation leaves the old digest behind)."""
+        self._generation += 1
+        for d in [d for d, (p, _) in self._known.items() if p.key_id == key_id]:
+            del self._known[d]
+
+    def invalidate_all(self) -> None:
+        self._generation += 1
+        self._known.clear()
+        self._unknown.clear()
+
+    def _unexpired(self, principal: Principal) -> Principal:
+        if principal.expires_at is not None and principal.expires_at <= self._wall():
+            raise key_expired()
+        return principal
+
+    def _settled(self, d: bytes, done: asyncio.Future[Principal | None]) -> None:
+        if self._inflight.get(d) is done:
+            del self._inflight[d]
+        if not done.cancelled():
+            done.exception()  # retrieved here, so an unawaited failure is not logged as lost
+
+    async def _lookup(self, d: bytes) -> Principal | None:
+        assert self._source is not None
+        generation = self._generation
+        async with self._gate:
+            try:
+                if self._clock() < self._down_until:
+                    # Failed a moment ago: answer at once instead of queueing every unseen
+                    # key behind a connect timeout.
+                    raise _RecentlyDown
+                async with asyncio.timeout(self._lookup_timeout_s):
+                    principal = await self._source.principal(d.hex())
+            except Exception as exc:  # any database failure: stale-if-error, else 503
+                if not isinstance(exc, _RecentlyDown):
+                    log.warning("key lookup failed (%s: %s)", type(exc).__name__, exc)
+                    self._down_until = self._clock() + _DOWN_S
+                stale = self._known.get(d)
+                if stale is not None and generation == self._generation:
+                    # Keep serving a key that was valid, and do not ask again at once.
+                    self._known[d] = (stale[0], self._clock() + self._negative_ttl_s)
+                    return stale[0]
+                raise keys_unavailable() from None
+        if generation == self._generation:
+            self._remember(d, principal)
+        return principal
+
+    def _remember(self, d: bytes, principal: Principal | None) -> None:
+        now = self._clock()
+        if principal is None:
+            self._known.pop(d, None)
+            self._unknown.pop(d, None)  # re-inserted at the young end
+            self._unknown[d] = now + self._negative_ttl_s
+            while len(self._unknown) > self._max_negative:
+                del self._unknown[next(iter(self._unknown))]
+            return
+        self._unknown.pop(d, None)
+        self._known.pop(d, None)
+        self._known[d] = (principal, now + self._ttl_s)
+        while len(self._known) > self._max_entries:
+            del self._known[next(iter(self._known))]

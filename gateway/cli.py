@@ -12,6 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cli_drills import drill_app
+from gateway.cli_keys import keys_app
+from gateway.cli_reports import lcpr_app, reconcile_command
 from gateway.cli_router import router_app
 from gateway.config_schema import GatewayConfig, load_config
 from gateway.config_yaml import ConfigError
@@ -24,6 +27,10 @@ app.add_typer(config_app, name="config")
 route_app = typer.Typer(no_args_is_help=True, help="Inspect how routes plan requests.")
 app.add_typer(route_app, name="route")
 app.add_typer(router_app, name="router")
+app.command("reconcile")(reconcile_command)
+app.add_typer(lcpr_app, name="lcpr")
+app.add_typer(keys_app, name="keys")
+app.add_typer(drill_app, name="drill")
 
 ConfigOption = Annotated[
     Path | None,
@@ -55,6 +62,8 @@ def config_check(file: Annotated[Path, typer.Argument(help="YAML file to validat
         typer.echo(f"\nroute {name}")
         for line in describe_plan(plan):
             typer.echo(f"  {line}")
+        if config.routes[name].log_payloads:
+            typer.echo("  payloads: logged (farebox.payloads, PII and secrets redacted)")
     direct = [d for d in config.deployments]
     if direct:
         typer.echo("\nalso routable by deployment id: " + ", ".join(direct))
@@ -190,17 +199,25 @@ def _serve(
 ) -> None:
     import uvicorn
 
+    from gateway.api.http_protocol import BoundedHttpToolsProtocol
+
+    server = config.server
     options: dict[str, object] = {
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with a bounded, timed request head (httptools itself bounds neither).
+        "http": BoundedHttpToolsProtocol,
+        # The head's byte cap at the protocol: above the front door's exact 431 limit (which
+        # counts names and values only), with room for a long request line.
+        "h11_max_incomplete_event_size": server.max_header_bytes + 16 * 1024,
         "access_log": False,
         "server_header": False,
         # X-Forwarded-* rewriting costs per request and matters only behind a proxy.
         "proxy_headers": False,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        # Idle keep-alive connections, and (BoundedHttpToolsProtocol) heads still arriving.
         "timeout_keep_alive": 30,
         "backlog": 4096,
     }

@@ -96,6 +96,7 @@ def cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue
                     "(use strategy failover, or list the others under fallbacks)",
                 )
             )
+    issues += _check_drills(config, doc)
     seen_keys: dict[str, int] = {}
     for i, api_key in enumerate(config.api_keys()):
         if api_key.name in seen_keys:
@@ -103,6 +104,29 @@ def cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue
                 doc.issue(("auth", "keys", i, "name"), f"duplicate key name {api_key.name!r}")
             )
         seen_keys[api_key.name] = i
+    return issues
+
+
+def _check_drills(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue]:
+    """Scheduled drills name a route and a deployment that exist, and have unique names
+    (a schedule's last drill is looked up by name)."""
+    issues: list[ConfigIssue] = []
+    names: set[str] = set()
+    for i, schedule in enumerate(config.drills):
+        if schedule.route not in config.routes:
+            hint = _suggest(schedule.route, config.routes)
+            message = f"unknown route {schedule.route!r}{hint}"
+            issues.append(doc.issue(("drills", i, "route"), message))
+        if schedule.to not in config.deployments:
+            hint = _suggest(schedule.to, config.deployments)
+            message = f"unknown deployment {schedule.to!r}{hint}"
+            issues.append(doc.issue(("drills", i, "to"), message))
+        name = schedule.schedule_name
+        if name in names:
+            where: Path = ("drills", i, "name") if schedule.name else ("drills", i)
+            message = f"duplicate drill schedule {name!r}: give each a `name:`"
+            issues.append(doc.issue(where, message))
+        names.add(name)
     return issues
 
 

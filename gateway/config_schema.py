@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,7 +26,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gateway.auth import Principal
 from gateway.config_yaml import ConfigError, ConfigIssue, load_yaml
+from gateway.drill_config import DrillSchedule
 from routing.model import (
     DeploymentSpec,
     GatePolicy,
@@ -203,6 +206,9 @@ class Route(_Strict):
     retry: RetryConfig | None = None
     hedge_after_ms: PositiveInt | None = None
     workload: str | None = None
+    # Opt-in: one `farebox.payloads` log line per request with its messages and answer,
+    # PII and secrets redacted. Off by default: Farebox retains no prompt or completion.
+    log_payloads: bool = False
 
     @field_validator("strategy")
     @classmethod
@@ -227,6 +233,28 @@ class Route(_Strict):
 class ApiKey(_Strict):
     name: str = Field(min_length=1)
     key: str = Field(min_length=8)
+    # Optional limits, as on virtual keys (`farebox keys create`).
+    team: str | None = None
+    routes: list[str] | None = None
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrency: PositiveInt | None = None
+    budget_usd: Annotated[float, Field(gt=0)] | None = None
+    soft_budget_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    def principal(self) -> Principal:
+        return Principal(
+            key_name=self.name,
+            team=self.team,
+            routes=frozenset(self.routes) if self.routes is not None else None,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            max_concurrency=self.max_concurrency,
+            budget_usd=Decimal(str(self.budget_usd)) if self.budget_usd is not None else None,
+            soft_budget_ratio=self.soft_budget_ratio,
+            tags=dict(self.tags),
+        )
 
 
 class AuthConfig(_Strict):
@@ -236,11 +264,50 @@ class AuthConfig(_Strict):
     keys: list[ApiKey] = Field(default_factory=list)
 
 
+LimitCheck = Literal["default", "rpm", "tpm", "concurrency", "budget"]
+FailurePolicy = Literal["fail_open", "fail_closed"]
+
+
+def _fail_open() -> dict[LimitCheck, FailurePolicy]:
+    return {"default": "fail_open"}
+
+
+class LimitsConfig(_Strict):
+    """Per-key limits (the limits themselves are on the keys): how they are enforced."""
+
+    # While the shared store (Redis) is unreachable: `fail_open` serves and counts in each
+    # replica, `fail_closed` answers 503. Per check, with a default.
+    on_redis_failure: dict[LimitCheck, FailurePolicy] = Field(default_factory=_fail_open)
+    # Output tokens a request reserves (TPM and budget) when it sets no max_tokens.
+    reserve_output_tokens: PositiveInt = 4096
+    # How often an unreachable Redis is asked again, and how long one check may wait on it.
+    probe_interval_ms: PositiveInt = 500
+    redis_timeout_ms: PositiveInt = 1000
+
+
 class ServerConfig(_Strict):
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    # Structure of a JSON body: nesting levels, items per array, members per object (400).
+    max_json_depth: Annotated[int, Field(ge=2, le=1000)] = 64
+    max_array_items: PositiveInt = 10_000
+    max_object_keys: PositiveInt = 10_000
+    # Request head: header lines and their total bytes, names + values (431).
+    max_header_count: PositiveInt = 100
+    max_header_bytes: PositiveInt = 32 * 1024
+    # A body still arriving after this long is cut with 408 (slow clients hold workers).
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+
+class LcprConfig(_Strict):
+    """Costs LCPR loads onto token spend (`farebox lcpr`): engineering time spent running the
+    gateway and its providers each month, and the cost of repairing one failed answer."""
+
+    engineering_hours_per_month: NonNegativeFloat = 0.0
+    hourly_rate_usd: NonNegativeFloat = 0.0
+    repair_cost_usd: NonNegativeFloat = 0.0
 
 
 class GatewayConfig(_Strict):
@@ -255,6 +322,10 @@ class GatewayConfig(_Strict):
     routes: dict[str, Route] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    lcpr: LcprConfig = Field(default_factory=LcprConfig)
+    # Failover drills run on a schedule (gateway/drill_schedule.py).
+    drills: list[DrillSchedule] = Field(default_factory=list)
 
     @field_validator("auth", mode="before")
     @classmethod

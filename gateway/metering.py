@@ -36,6 +36,14 @@ class Ledger(Protocol):
     def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None: ...
 
 
+class Settles(Protocol):
+    def settle(self, row: RequestRow | None) -> None: ...
+
+
+class DrillObserver(Protocol):
+    def observe(self, drill_id: str, attempts: list[AttemptRow]) -> None: ...
+
+
 class NullLedger:
     """Used when the ledger is switched off (FAREBOX_LEDGER_ENABLED=false)."""
 
@@ -60,6 +68,10 @@ class CallContext:
     input_estimate: int | None = None
     # The authenticated caller (None when auth is off); its team and tags go to the ledger.
     principal: Principal | None = None
+    # The key's limit reservation (gateway.limits), settled with this call's real usage.
+    admission: Settles | None = None
+    # Set when the request is in a running drill's cohort (gateway.drills).
+    drill_id: str | None = None
     # Set for balancing routes: what the planner measured of the request.
     shape: RequestShape | None = None
 
@@ -74,6 +86,8 @@ class Meter:
     def __init__(self, prices: PriceBook, ledger: Ledger) -> None:
         self._prices = prices
         self.ledger = ledger
+        # Drill outcomes are counted from the same rows the ledger gets.
+        self.drills: DrillObserver | None = None
 
     def _price(
         self, attempt: PlannedAttempt, at: datetime, usage: Usage
@@ -198,6 +212,7 @@ class Meter:
             token_source=source,
             cost_usd=cost,
             price_version=version,
+            drill_id=ctx.drill_id,
         )
         ctx.attempts.append(row)
         metrics.count_attempt(dep.id, attempt.role, error or "ok")
@@ -236,6 +251,14 @@ class Meter:
                 sum(a.output_tokens for a in attempts),
                 sum(a.reasoning_tokens for a in attempts),
             )
+        principal = ctx.principal
+        workload = plan.workload
+        team = segment = None
+        if principal is not None:
+            team = principal.team
+            if principal.tags:
+                segment = principal.tags.get("segment")
+                workload = workload or principal.tags.get("workload")
         row = RequestRow(
             id=ctx.request_id,
             received_at=ctx.received_at,
@@ -243,7 +266,7 @@ class Meter:
             route=plan.route,
             requested_model=ctx.requested_model,
             endpoint=ctx.endpoint,
-            workload=plan.workload,
+            workload=workload,
             stream=ctx.stream,
             final_status=status,
             error_class=error,
@@ -259,7 +282,13 @@ class Meter:
             ttft_ms=ctx.ttft_ms,
             decision=plan.reason,
             gate_outcome=gate_outcome,
+            team=team,
+            segment=segment,
         )
         self.ledger.record(row, attempts)
+        if ctx.admission is not None:
+            ctx.admission.settle(row)
+        if ctx.drill_id is not None and self.drills is not None:
+            self.drills.observe(ctx.drill_id, attempts)
         metrics.count_request(plan.route, status)
         return row

@@ -29,3 +29,5 @@ class Settings(BaseSettings):
     ledger_max_queue_rows: int = 100_000
     # Prices in USD per 1M tokens with effective dates; see config/prices.yaml.
     prices_file: str = "config/prices.yaml"
+    # How often each replica checks the YAML's drill schedules (the lock holder starts them).
+    drill_schedule_interval_s: float = 30.0

@@ -9,15 +9,21 @@ from pathlib import Path
 
 import orjson
 
-from gateway.auth import KeyStore
+from gateway.auth import KeyStore, Principal
 from gateway.breakers import Breakers
 from gateway.config_schema import GatewayConfig
+from gateway.drill_schedule import DrillScheduler
+from gateway.drills import DrillBoard
 from gateway.inflight_sync import InFlightSync
+from gateway.key_admin import KeyAdmin
+from gateway.key_sync import KeySync, virtual_keys
+from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
+from gateway.limits import Limiter
 from gateway.live_routing import LiveRouting, Scorer
 from gateway.metering import Ledger, Meter, NullLedger
 from gateway.providers.base import Adapter
@@ -45,7 +51,14 @@ class GatewayState:
     breakers: Breakers | None = None
     live: LiveRouting | None = None
     inflight_sync: InFlightSync | None = None
+    # Virtual keys (only with a ledger database): cache invalidation and the admin operations.
+    key_sync: KeySync | None = None
+    key_admin: KeyAdmin | None = None
     quality: QualityLive | None = None
+    limiter: Limiter | None = None
+    drills: DrillBoard | None = None
+    # Starts the YAML's scheduled drills (only with a ledger and a `drills:` list).
+    drill_scheduler: DrillScheduler | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -63,6 +76,14 @@ class GatewayState:
             await self.quality.close()
         if self.breakers is not None:
             await self.breakers.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.drill_scheduler is not None:
+            await self.drill_scheduler.close()
+        if self.drills is not None:
+            await self.drills.close()
+        if self.key_sync is not None:
+            await self.key_sync.close()
         if self.writer is not None:
             await self.writer.close()
         if self.repository is not None:
@@ -70,7 +91,7 @@ class GatewayState:
 
 
 def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
-    keys = [(k.name, k.key) for k in config.api_keys()]
+    keys: list[tuple[str | Principal, str]] = [(k.principal(), k.key) for k in config.api_keys()]
     if settings.master_key:
         keys.append(("master", settings.master_key))
     return KeyStore(keys, disabled=config.auth_disabled)
@@ -160,23 +181,66 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         quality=quality,
         scorers=build_scorers(config),
     )
-    limited = [d.id for d in specs.values() if d.max_concurrency is not None]
+    limited = [
+        d.id
+        for d in specs.values()
+        if d.max_concurrency is not None or d.rpm is not None or d.tpm is not None
+    ]
     inflight_sync = (
         InFlightSync(settings.redis_url, live.loads, limited)
         if settings.redis_url and limited
         else None
     )
+    limits = config.limits
+    limiter = Limiter(
+        settings.redis_url,
+        policies={str(k): str(v) for k, v in limits.on_redis_failure.items()},
+        spend_source=repository.key_spend_since if repository is not None else None,
+        probe_interval_s=limits.probe_interval_ms / 1000,
+        timeout_s=limits.redis_timeout_ms / 1000,
+    )
+    keys = build_keys(settings, config)
+    engine = repository.engine if repository is not None else None
+    key_sync, key_admin = virtual_keys(keys, engine, settings.redis_url)
+    drill_board = None
+    drill_scheduler = None
+    if settings.ledger_enabled:
+        primaries = {
+            name: route.targets[0] for name, route in config.routes.items() if route.targets
+        }
+        drill_board = DrillBoard(
+            DrillsRepository.create(settings.database_url),
+            settings.redis_url,
+            specs,
+            primaries,
+            breaker_open=breakers.open_map,
+        )
+        meter.drills = drill_board
+        if config.drills and drill_board.repository is not None:
+            drill_scheduler = DrillScheduler(
+                config.drills,
+                drill_board.repository,
+                settings.redis_url,
+                drill_board.announce,
+                interval_s=settings.drill_schedule_interval_s,
+                lock_ttl_s=max(60.0, 2 * settings.drill_schedule_interval_s),
+            )
     service = Service(build_adapter(config), meter, breakers, live)
     service.quality = quality
     return GatewayState(
         config=config,
         index=index,
-        keys=build_keys(settings, config),
+        keys=keys,
+        key_sync=key_sync,
+        key_admin=key_admin,
         service=service,
         quality=quality,
         live=live,
         inflight_sync=inflight_sync,
         breakers=breakers,
+        limiter=limiter,
+        drills=drill_board,
+        drill_scheduler=drill_scheduler,
         models_body=orjson.dumps(models),
         writer=writer,
         repository=repository,

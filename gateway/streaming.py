@@ -16,6 +16,7 @@ from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
 from gateway.providers.sse import SSEDecoder
+from gateway.redact import UPSTREAM_SECRETS, scrub
 from routing.model import Plan, PlannedAttempt
 
 DONE = b"data: [DONE]\n\n"
@@ -105,7 +106,8 @@ class Relay:
                                 continue
                             data = self._with_cost(chunk)
                         elif b'"error"' in data and _error_of(data) is not None:
-                            out.append(b"data: " + data + b"\n\n")
+                            # The upstream's own error event, relayed: scrub it first.
+                            out.append(b"data: " + UPSTREAM_SECRETS.raw(data) + b"\n\n")
                             outcome = STREAM_ERROR
                             yield b"".join(out)
                             return
@@ -120,7 +122,7 @@ class Relay:
                     return
         except UpstreamError as exc:
             outcome = error_class(exc)
-            yield stream_error_event(exc.message, code="upstream_stream_interrupted")
+            yield stream_error_event(scrub(exc.message), code="upstream_stream_interrupted")
         finally:
             await self.upstream.close()
             self._finish(outcome, usage is not None, events_seen)

@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, upstream_failed, upstream_timeout
 from gateway.providers.base import CONNECT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
+from gateway.redact import scrub
 from routing.failover import Outcome, parse_retry_after
 
 
@@ -32,6 +33,9 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
             f"Upstream {deployment} is unreachable.", code="upstream_unreachable"
         )
     detail = _error_field(exc.body, "message")
+    if detail is not None:
+        # Adapters scrub at the source; this is the last stop before a client sees it.
+        detail = scrub(detail)
     if exc.kind == STATUS and exc.status is not None:
         status = exc.status
         if status == 429:

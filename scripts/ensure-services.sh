@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL and Redis *binaries* the integration tests need are installed.
-# Idempotent: does nothing when both are present. It does not start any service: the tests
-# run private throwaway servers on free ports (tests/services.py).
+# Make sure the PostgreSQL, Redis and headless Chromium *binaries* the integration tests need
+# are installed. Idempotent: does nothing when all are present. It does not start any service:
+# the tests run private throwaway servers on free ports (tests/services.py).
 set -euo pipefail
 
 missing=()
@@ -15,6 +15,12 @@ if command -v redis-server >/dev/null 2>&1; then
   echo "ensure-services: Redis present ($(redis-server --version | cut -d' ' -f1-3))"
 else
   missing+=(redis-server)
+fi
+# Headless Chromium renders the HTML reconciliation report in tests/integration/test_report_html.py.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+  echo "ensure-services: Chromium present"
+else
+  missing+=(chromium)
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
@@ -62,6 +68,10 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "ensure-services: Redis install did not provide redis-server" >&2
+  exit 1
+fi
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "ensure-services: Chromium install did not provide chromium" >&2
   exit 1
 fi
 echo "ensure-services: installed ${missing[*]}"

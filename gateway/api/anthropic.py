@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import orjson
 
+from gateway import payload_log
 from gateway.api.anthropic_reply import to_anthropic
 from gateway.api.anthropic_stream import StreamTranslator
 from gateway.api.anthropic_translate import error_body, to_openai
@@ -28,9 +29,12 @@ from gateway.api.asgi import (
 )
 from gateway.api.common import (
     add_result_headers,
+    admit,
+    apply_drill,
     authenticate,
     guarded,
     method_not_allowed,
+    observe_answer,
     plan_for,
     send_stream,
 )
@@ -66,8 +70,9 @@ class AnthropicEndpoints:
         key_id = principal.key_name if principal is not None else None
         if scope["method"] != "POST":
             raise method_not_allowed(scope["method"], scope["path"])
-        body = await read_body(scope, receive, state.max_body_bytes)
-        payload = to_openai(parse_object(body))
+        server = state.config.server
+        body = await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
+        payload = to_openai(parse_object(body, server))
         model: str = payload["model"]
         stream = payload.get("stream") is True
         plan, shape = plan_for(state, model, headers, payload, scope)
@@ -75,31 +80,57 @@ class AnthropicEndpoints:
             request_id, key_id, "chat/completions", model, stream, payload, shape=shape
         )
         ctx.principal = principal
-        with DisconnectWatch(receive) as watch:
-            if stream:
-                streaming = await state.service.stream(ctx, plan, True)
-                translator = StreamTranslator(model, request_id)
-                await send_stream(send, headers, streaming, watch, request_id, translator)
-                return
-            result = await state.service.complete(ctx, plan)
-            watch.stop()
-            try:
-                completion = orjson.loads(result.body)
-            except orjson.JSONDecodeError:
-                raise GatewayError(
-                    502,
-                    f"Upstream {result.deployment} sent an answer that is not JSON.",
-                    error_type="server_error",
-                    code="upstream_malformed",
-                ) from None
-            message = to_anthropic(completion, model, request_id)
-            headers.append(JSON_TYPE)
-            add_result_headers(
-                headers,
-                result.deployment,
-                result.attempts,
-                result.fallback_reason,
-                result.cost_usd,
-                result.gate,
-            )
-            await send_bytes(send, 200, orjson.dumps(message), headers)
+        plan = apply_drill(state, plan, ctx, headers)
+        ctx.admission = await admit(state, principal, plan, payload, len(body), headers)
+        try:
+            with DisconnectWatch(receive) as watch:
+                if stream:
+                    streaming = await state.service.stream(ctx, plan, True)
+                    if payload_log.wanted(state.config.routes, plan.route):
+                        streaming.chunks = payload_log.tap(
+                            streaming.chunks,
+                            request_id=request_id,
+                            route=plan.route,
+                            key=key_id,
+                            endpoint="messages",
+                            payload=payload,
+                        )
+                    translator = StreamTranslator(model, request_id)
+                    await send_stream(send, headers, streaming, watch, request_id, translator)
+                    return
+                result = await state.service.complete(ctx, plan)
+                watch.stop()
+                observe_answer(state, plan, ctx, result.deployment, result.body)
+                if payload_log.wanted(state.config.routes, plan.route):
+                    payload_log.write(
+                        request_id=request_id,
+                        route=plan.route,
+                        key=key_id,
+                        endpoint="messages",
+                        payload=payload,
+                        answer=payload_log.answer_part(result.body),
+                    )
+                try:
+                    completion = orjson.loads(result.body)
+                except orjson.JSONDecodeError:
+                    raise GatewayError(
+                        502,
+                        f"Upstream {result.deployment} sent an answer that is not JSON.",
+                        error_type="server_error",
+                        code="upstream_malformed",
+                    ) from None
+                message = to_anthropic(completion, model, request_id)
+                headers.append(JSON_TYPE)
+                add_result_headers(
+                    headers,
+                    result.deployment,
+                    result.attempts,
+                    result.fallback_reason,
+                    result.cost_usd,
+                    result.gate,
+                )
+                await send_bytes(send, 200, orjson.dumps(message), headers)
+        finally:
+            # Normally settled by the ledger row; this frees a reservation a failure skipped.
+            if ctx.admission is not None:
+                ctx.admission.settle(None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -24,6 +25,8 @@ from gateway.api.asgi import (
 )
 from gateway.auth import MISS, Principal, bearer_token
 from gateway.errors import GatewayError, model_not_found, unauthorized
+from gateway.limits import Admission, ask_for, rate_headers
+from gateway.metering import CallContext
 from gateway.service import DONE, StreamingCompletion
 from gateway.state import GatewayState
 from routing.model import DYNAMIC_STRATEGIES, Plan
@@ -128,6 +131,66 @@ def plan_for(
     if decision.reason:
         headers.append((b"x-farebox-route-reason", header_value(decision.reason)))
     return decision.plan, shape
+
+
+async def admit(
+    state: GatewayState,
+    principal: Principal | None,
+    plan: Plan,
+    payload: dict[str, Any],
+    body_bytes: int,
+    headers: Headers,
+) -> Admission | None:
+    """Check the key may use this route, then take its share of the key's limits.
+
+    Raises 403 for a route the key may not call, 429 when a limit is reached, 503 when
+    limits cannot be checked and fail closed. Keys without limits skip all of it.
+    """
+    if principal is None:
+        return None
+    if principal.routes is not None and plan.route not in principal.routes:
+        raise GatewayError(
+            403,
+            f"This API key may not use {plan.route!r}; its routes are: "
+            + (", ".join(sorted(principal.routes)) or "none"),
+            error_type="permission_error",
+            code="route_not_allowed",
+            param="model",
+        )
+    limiter = state.limiter
+    if limiter is None or not principal.limited:
+        return None
+    ask = ask_for(
+        plan,
+        payload,
+        body_bytes,
+        state.prices,
+        state.config.limits.reserve_output_tokens,
+        datetime.now(UTC),
+    )
+    admission = await limiter.admit(principal, ask)
+    headers.extend(rate_headers(admission.limits, admission.verdict))
+    return admission
+
+
+def apply_drill(state: GatewayState, plan: Plan, ctx: CallContext, headers: Headers) -> Plan:
+    """The plan a running drill gives this request (the same plan for most requests);
+    a request in a drill's cohort says so in `x-farebox-drill`."""
+    board = state.drills
+    if board is None or not board.active:
+        return plan
+    plan, ctx.drill_id = board.apply(plan, ctx.request_id)
+    if ctx.drill_id is not None:
+        headers.append((b"x-farebox-drill", ctx.drill_id.encode()))
+    return plan
+
+
+def observe_answer(
+    state: GatewayState, plan: Plan, ctx: CallContext, deployment: str, body: bytes
+) -> None:
+    board = state.drills
+    if board is not None and board.active:
+        board.observe_answer(plan.route, ctx.drill_id, deployment, body)
 
 
 def add_result_headers(

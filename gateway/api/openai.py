@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway import payload_log
 from gateway.api.asgi import (
     JSON_TYPE,
     DisconnectWatch,
@@ -18,9 +19,12 @@ from gateway.api.asgi import (
 )
 from gateway.api.common import (
     add_result_headers,
+    admit,
+    apply_drill,
     authenticate,
     guarded,
     method_not_allowed,
+    observe_answer,
     plan_for,
     send_stream,
 )
@@ -76,26 +80,53 @@ class OpenAIEndpoints:
         if scope["method"] != "POST":
             raise method_not_allowed(scope["method"], path)
         endpoint, check = route
-        body = await read_body(scope, receive, state.max_body_bytes)
-        payload = parse_object(body)
+        server = state.config.server
+        body = await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
+        payload = parse_object(body, server)
         model, stream, include_usage = check(payload)
         plan, shape = plan_for(state, model, headers, payload, scope)
         ctx = CallContext(request_id, key_id, endpoint, model, stream, payload, shape=shape)
         ctx.principal = principal
-        with DisconnectWatch(receive) as watch:
-            if stream:
-                streaming = await state.service.stream(ctx, plan, include_usage)
-                await send_stream(send, headers, streaming, watch, request_id)
-                return
-            result = await state.service.complete(ctx, plan)
-            watch.stop()
-            headers.append(JSON_TYPE)
-            add_result_headers(
-                headers,
-                result.deployment,
-                result.attempts,
-                result.fallback_reason,
-                result.cost_usd,
-                result.gate,
-            )
-            await send_bytes(send, 200, result.body, headers)
+        plan = apply_drill(state, plan, ctx, headers)
+        ctx.admission = await admit(state, principal, plan, payload, len(body), headers)
+        try:
+            with DisconnectWatch(receive) as watch:
+                if stream:
+                    streaming = await state.service.stream(ctx, plan, include_usage)
+                    if payload_log.wanted(state.config.routes, plan.route):
+                        streaming.chunks = payload_log.tap(
+                            streaming.chunks,
+                            request_id=request_id,
+                            route=plan.route,
+                            key=key_id,
+                            endpoint=endpoint,
+                            payload=payload,
+                        )
+                    await send_stream(send, headers, streaming, watch, request_id)
+                    return
+                result = await state.service.complete(ctx, plan)
+                watch.stop()
+                observe_answer(state, plan, ctx, result.deployment, result.body)
+                if payload_log.wanted(state.config.routes, plan.route):
+                    payload_log.write(
+                        request_id=request_id,
+                        route=plan.route,
+                        key=key_id,
+                        endpoint=endpoint,
+                        payload=payload,
+                        answer=payload_log.answer_part(result.body),
+                    )
+                headers.append(JSON_TYPE)
+                add_result_headers(
+                    headers,
+                    result.deployment,
+                    result.attempts,
+                    result.fallback_reason,
+                    result.cost_usd,
+                    result.gate,
+                )
+                await send_bytes(send, 200, result.body, headers)
+        finally:
+            # Normally settled by the ledger row; this frees a reservation a failure skipped.
+            if ctx.admission is not None:
+                ctx.admission.settle(None)

@@ -67,3 +67,6 @@ class RequestRow:
     gate_outcome: str | None = None
     # Why the routing chose the first deployment (balancing strategies only).
     decision: str | None = None
+    # From the virtual key: the team it belongs to and its "segment" tag.
+    team: str | None = None
+    segment: str | None = None

@@ -17,8 +17,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, MetaData, Numeric, String, Table
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names so Alembic revisions and autogenerate agree across dialects.
@@ -36,6 +48,8 @@ COST = Numeric(18, 10)
 ID = String(128)
 NAME = String(255)
 TAG = String(64)
+# Budgets are set by people in dollars and cents; six places leave room for sub-cent limits.
+USD = Numeric(18, 6)
 
 
 class Base(DeclarativeBase):
@@ -67,6 +81,8 @@ class RequestRecord(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     gate_outcome: Mapped[str | None] = mapped_column(TAG)
     decision: Mapped[str | None] = mapped_column(NAME)
+    team: Mapped[str | None] = mapped_column(NAME)
+    segment: Mapped[str | None] = mapped_column(NAME)
 
     __table_args__ = (
         Index("ix_requests_received_at", "received_at"),
@@ -111,5 +127,54 @@ class AttemptRecord(Base):
     )
 
 
+class ApiKeyRecord(Base):
+    """A virtual key. Only the sha256 of the secret is stored; the secret is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME)
+    team: Mapped[str | None] = mapped_column(NAME)
+    key_hash: Mapped[str] = mapped_column(TAG)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    routes: Mapped[list[str] | None] = mapped_column(JSON)  # None: every route
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    budget_usd: Mapped[Decimal | None] = mapped_column(USD)  # per calendar month
+    soft_budget_ratio: Mapped[float | None] = mapped_column(Float)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Bumped on every change (revoke and rotate included): replicas poll it as a watermark.
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_api_keys_key_hash", "key_hash", unique=True),
+        Index("ix_api_keys_updated_at", "updated_at"),
+    )
+
+
+class AdminAuditRecord(Base):
+    __tablename__ = "admin_audit"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(NAME)  # "admin-api" or "cli:<user>"
+    action: Mapped[str] = mapped_column(TAG)
+    target: Mapped[str | None] = mapped_column(ID)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    client: Mapped[str | None] = mapped_column(NAME)
+
+    __table_args__ = (Index("ix_admin_audit_at", "at"),)
+
+
 requests_table: Table = Base.metadata.tables["requests"]
 attempts_table: Table = Base.metadata.tables["attempts"]
+api_keys_table: Table = Base.metadata.tables["api_keys"]
+admin_audit_table: Table = Base.metadata.tables["admin_audit"]
+
+# Report tables (invoice lines, reconciliations) register on the same metadata.
+from gateway.ledger import models_reports as _reports  # noqa: E402, F401
+from gateway.ledger import models_drills as _drills  # noqa: E402, F401

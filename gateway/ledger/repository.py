@@ -291,6 +291,16 @@ class LedgerRepository:
             for model, prompt, cached, cache_write, completion, reasoning in rows
         }
 
+    async def key_spend_since(self, key_id: str, since: datetime) -> Decimal:
+        """A key's metered spend since `since` (seeds its budget counter for the month)."""
+        r = requests_table.c
+        stmt = select(func.coalesce(func.sum(r.cost_usd), 0)).where(
+            r.key_id == key_id, r.received_at >= since.astimezone(UTC)
+        )
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(stmt)).scalar_one()
+        return _decimal(total)
+
     async def usage(self, since: datetime, by: str) -> list[UsageLine]:
         """Totals since `since`, grouped by route, key or deployment, most expensive first."""
         if since.tzinfo is None:

@@ -47,6 +47,10 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   half the body then an abort.  ``midstream_error=N``: stream only: an error event
   after ``N`` content chunks.  ``malformed``: 200 with truncated JSON / an invalid SSE
   data line.
+* ``echo_key``: error answers (``status``/``fail_*`` and ``midstream_error`` events) quote
+  the credential the request carried (``Authorization``, ``x-api-key``, ``api-key``,
+  ``x-goog-api-key`` or ``?key=``), as some providers do; for testing that a gateway never
+  relays its upstream keys.
 * ``context_length``: 400 context-length error.  ``context_window=N``: that error only
   when the prompt exceeds ``N`` tokens.
 * ``content_filter``: a 200 whose answer the provider's safety filter stopped: no visible
@@ -139,6 +143,7 @@ class Behaviour:
     context_length: bool = False
     context_window: int | None = None
     content_filter: bool = False
+    echo_key: bool = False
     invalid_json_rate: float | None = None
     #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
     canonical: str = ""
@@ -243,9 +248,12 @@ _PARSERS: dict[str, Any] = {
     "context_length": _flag,
     "context_window": _count,
     "content_filter": _flag,
+    "echo_key": _flag,
     "invalid_json_rate": _probability,
 }
-_FLAGS = frozenset({"hang", "malformed", "context_length", "content_filter", "prompt_cache"})
+_FLAGS = frozenset(
+    {"hang", "malformed", "context_length", "content_filter", "prompt_cache", "echo_key"}
+)
 #: Tuning keys that mean nothing without their switch; alone they are probably a typo.
 _NEEDS = {"prompt_cache_ttl": "prompt_cache", "prompt_cache_min": "prompt_cache"}
 assert set(_PARSERS) == {f.name for f in fields(Behaviour)} - {"canonical"}

@@ -100,7 +100,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             b"",
             body,
             tail,
-            error_event=sse_error("The server had an error while streaming (simulated)."),
+            error_event=sse_error(
+                call.error_message("The server had an error while streaming (simulated).") or ""
+            ),
             malformed_event=_MALFORMED_EVENT,
             on_delivered=record if include_usage else None,
             pre_content_tokens=plan.reasoning,

@@ -366,7 +366,9 @@ async def _stream(
         head,
         body,
         tail,
-        error_event=sse_error("The server had an error while streaming (simulated)."),
+        error_event=sse_error(
+            call.error_message("The server had an error while streaming (simulated).") or ""
+        ),
         malformed_event=MALFORMED_EVENT,
         on_delivered=on_delivered,
         pre_content_tokens=answer.reasoning,

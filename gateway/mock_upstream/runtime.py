@@ -169,6 +169,22 @@ class Call:
         )
         return Reply(response)
 
+    def credential(self) -> str:
+        """The credential this request carried, as it arrived (for ``echo_key``)."""
+        headers = self.request.headers
+        for name in ("Authorization", "x-api-key", "api-key", "x-goog-api-key"):
+            value = headers.get(name)
+            if value:
+                return f"{name}: {value}"
+        key = self.request.query.get("key")
+        return f"{self.request.url}" if key else "no credential"
+
+    def error_message(self, default: str | None) -> str | None:
+        """``default``, or with ``echo_key`` a message quoting the request's credential."""
+        if not self.behaviour.echo_key:
+            return default
+        return f"{default or 'Request failed (simulated).'} You sent {self.credential()}."
+
     def prompt_cache(
         self, prompt_tokens: int, prefix: Prefix | None, *, bills_writes: bool
     ) -> tuple[int, int]:
@@ -279,7 +295,7 @@ async def begin(
         call._apply_retry_after()
     if not _authorised(call):
         status, message, code = _AUTH_FAILURE[flavor]
-        raise call.error(status, message, code=code)
+        raise call.error(status, call.error_message(message), code=code)
     if not isinstance(body, dict):
         raise call.error(400, "We could not parse the JSON body of your request.")
     if directive_error is not None:
@@ -330,7 +346,7 @@ async def gate(call: Call, prompt_tokens: int) -> None:
         raise call.rate_limited(admission)
     status = _injected_status(call)
     if status is not None:
-        raise call.error(status)
+        raise call.error(status, call.error_message(None))
     if b.context_window is not None:
         if prompt_tokens <= b.context_window:
             return

@@ -10,6 +10,7 @@ from aiohttp import web
 from .anthropic_wire import messages
 from .bedrock_wire import converse, converse_stream
 from .gemini_wire import gemini_generate, oauth_token, vertex_generate
+from .invoices import clock, invoice
 from .openai_extra import completions, embeddings, list_models, retrieve_model
 from .openai_wire import azure_chat_completions, azure_v1_chat_completions, chat_completions
 from .runtime import STATE, SimState, new_id
@@ -72,6 +73,8 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app.router.add_post("/model/{model_id}/converse-stream", converse_stream)
     app.router.add_get("/_stats", _stats)
     app.router.add_post("/_reset", _reset)
+    app.router.add_get("/_invoice", invoice)
+    app.router.add_post("/_clock", clock)
     return app
 
 

@@ -31,10 +31,15 @@ when the answer is built, so a spoiled answer that ``cut_after`` then breaks cou
 (AI Studio ``generateContent`` / ``streamGenerateContent``), ``vertex`` (the same on the
 Vertex AI path) and ``converse`` (Bedrock ``converse`` / ``converse-stream``).  Gemini
 and Bedrock report usage in their final stream event, which is when tokens are added.
+
+The same token counts are also kept per model and UTC *billing day* (:meth:`Stats.daily`),
+from which ``GET /_invoice`` renders provider invoices (:mod:`.invoices`); the billing day is
+the real date unless pinned with ``POST /_clock?day=YYYY-MM-DD`` (``day=`` unpins it).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Any
 
 __all__ = ["ENDPOINTS", "FAULTS", "UNKNOWN_MODEL", "Stats"]
@@ -83,6 +88,11 @@ class Stats:
     def reset(self) -> None:
         self._requests: dict[str, _ModelRequests] = {}
         self._tokens: dict[str, _ModelTokens] = {}
+        # Per (model, UTC billing day), for the invoices of :mod:`.invoices`. The billing day
+        # is today's unless a test pins it (``POST /_clock?day=``) to simulate other days.
+        self._daily_tokens: dict[tuple[str, date], _ModelTokens] = {}
+        self._daily_requests: dict[tuple[str, date], int] = {}
+        self.billing_day: date | None = None
         self._endpoints = dict.fromkeys(ENDPOINTS, 0)
         self._faults = dict.fromkeys(FAULTS, 0)
 
@@ -98,6 +108,12 @@ class Stats:
             entry.stream += 1
         key = str(status)
         entry.by_status[key] = entry.by_status.get(key, 0) + 1
+        if status == 200:
+            slot = (model, self.today())
+            self._daily_requests[slot] = self._daily_requests.get(slot, 0) + 1
+
+    def today(self) -> date:
+        return self.billing_day or datetime.now(UTC).date()
 
     def fault(self, kind: str) -> None:
         self._faults[kind] += 1
@@ -123,6 +139,34 @@ class Stats:
         entry.cache_write += cache_write
         entry.completion += completion
         entry.reasoning += reasoning
+        slot = (model, self.today())
+        day = self._daily_tokens.get(slot)
+        if day is None:
+            day = self._daily_tokens[slot] = _ModelTokens()
+        day.prompt += prompt
+        day.cached += cached
+        day.cache_write += cache_write
+        day.completion += completion
+        day.reasoning += reasoning
+
+    def daily(self) -> list[tuple[str, date, int, dict[str, int]]]:
+        """(model, UTC day, 200s served, token counts as in :meth:`snapshot`) per model-day
+        that reported usage, sorted."""
+        return [
+            (
+                model,
+                day,
+                self._daily_requests.get((model, day), 0),
+                {
+                    "prompt": t.prompt,
+                    "cached": t.cached,
+                    "cache_write": t.cache_write,
+                    "completion": t.completion,
+                    "reasoning": t.reasoning,
+                },
+            )
+            for (model, day), t in sorted(self._daily_tokens.items())
+        ]
 
     def snapshot(self) -> dict[str, Any]:
         return {

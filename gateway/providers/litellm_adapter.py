@@ -31,6 +31,7 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
+from gateway.redact import register_credentials, scrub
 from routing.model import DeploymentSpec, Timeouts
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class LitellmProvider:
         self.api_key = api_key or None
         self.headers = {k: v for k, v in headers.items() if v}
         self.options = dict(options)
+        register_credentials(self.api_key, self.headers, self.options)
 
 
 class LitellmAdapter:
@@ -362,7 +364,8 @@ def upstream_error(exc: BaseException, deployment: str) -> UpstreamError:
     if status is None:
         code = getattr(exc, "status_code", None)
         status = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
-    message = str(getattr(exc, "message", None) or exc)
+    # litellm messages quote upstream bodies and URLs (Gemini's carry `?key=`).
+    message = scrub(str(getattr(exc, "message", None) or exc))
     headers = _headers(getattr(exc, "litellm_response_headers", None))
     error_type = headers.pop("x-amzn-errortype", None)
     if error_type:

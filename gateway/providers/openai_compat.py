@@ -23,6 +23,7 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
+from gateway.redact import UPSTREAM_SECRETS, register_credentials
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"
@@ -41,6 +42,7 @@ class ProviderEndpoint:
             headers["Authorization"] = f"Bearer {api_key}"
         headers.update({k: v for k, v in extra.items() if v})  # unset ${VAR:-} means omit
         self.headers = headers
+        register_credentials(api_key, headers)
 
 
 class OpenAICompatAdapter:
@@ -230,6 +232,9 @@ def _status_error(
         body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         body = None
+    # Some upstreams quote the credential they were sent ("Incorrect API key provided:
+    # sk-…"); the body's message, code and param may reach the client.
+    body = UPSTREAM_SECRETS.json(body)
     keep = {
         k.lower(): v
         for k, v in headers.items()

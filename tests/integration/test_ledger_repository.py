@@ -130,7 +130,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0002"
+HEAD = "0005"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -155,6 +155,28 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert {t: schema[t] for t in expected} == expected
     assert current(db_url) == HEAD
     assert "decision" in on_connection(db_url, _request_columns)
+    assert {"team", "segment"} <= on_connection(db_url, _request_columns)
+    keys_indexes = {"ix_api_keys_key_hash", "ix_api_keys_updated_at"}
+    assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
+    assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
+
+    drills_indexes = {"ix_drills_status", "ix_drills_route_started_at", "ix_drills_updated_at"}
+    assert on_connection(db_url, _schema)["drills"] == drills_indexes
+    downgrade(db_url, "0004")  # one step: the drills table goes
+    assert current(db_url) == "0004"
+    assert "drills" not in set(on_connection(db_url, _schema))
+
+    reports = {"invoice_lines", "reconciliations"}
+    assert reports <= set(on_connection(db_url, _schema))
+    downgrade(db_url, "0003")  # one step: the invoice and reconciliation tables go
+    assert current(db_url) == "0003"
+    assert not reports & set(on_connection(db_url, _schema))
+
+    downgrade(db_url, "0002")  # one step: key tables and the team/segment columns go
+    assert current(db_url) == "0002"
+    assert not {"team", "segment"} & on_connection(db_url, _request_columns)
+    assert not {"api_keys", "admin_audit"} & set(on_connection(db_url, _schema))
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
     downgrade(db_url, "0001")  # one step: the routing decision column goes, nothing else
     assert current(db_url) == "0001"

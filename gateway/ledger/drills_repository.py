@@ -1,0 +1,245 @@
+"""SQL for failover drills: the `drills` table, and the attempt aggregates a verdict needs.
+
+Status moves running → (stopping) → finishing → completed | stopped | aborted. The move to
+`finishing` is a conditional UPDATE, so exactly one replica writes the verdict however many
+notice the end at once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.ledger.models import attempts_table
+from gateway.ledger.models_drills import drills_table
+from routing.drills import Side
+
+RUNNING = "running"
+STOPPING = "stopping"
+FINISHING = "finishing"
+FINAL = ("completed", "stopped", "aborted")
+
+
+@dataclass(frozen=True, slots=True)
+class DrillRow:
+    id: str
+    route: str
+    target: str
+    percent: float
+    simulate_outage: bool
+    started_at: datetime
+    ends_at: datetime
+    status: str
+    abort_after_errors: int
+    abort_error_rate: float
+    created_by: str | None
+    schedule: str | None
+    finished_at: datetime | None
+    result: str | None
+    verdict: dict[str, Any] | None
+    report: str | None
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        for name in ("started_at", "ends_at", "finished_at", "updated_at"):
+            value = out[name]
+            out[name] = value.isoformat() if value is not None else None
+        return out
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _row(raw: Any) -> DrillRow:
+    data = dict(raw._mapping)
+    for name in ("started_at", "ends_at", "finished_at", "updated_at"):
+        data[name] = _utc(data[name])
+    return DrillRow(**data)
+
+
+class DrillsRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def create(cls, url: str) -> DrillsRepository:
+        kwargs: dict[str, Any] = {}
+        if make_url(url).get_backend_name() == "postgresql":
+            kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
+        return cls(create_async_engine(url, **kwargs))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def start(
+        self,
+        route: str,
+        target: str,
+        percent: float,
+        minutes: float,
+        *,
+        simulate_outage: bool = False,
+        abort_after_errors: int = 10,
+        abort_error_rate: float = 0.5,
+        created_by: str | None = None,
+        schedule: str | None = None,
+        now: datetime | None = None,
+    ) -> DrillRow:
+        """A new running drill; refuses (ValueError) while the route has one running."""
+        now = now or datetime.now(UTC)
+        drill_id = f"drill_{uuid.uuid4().hex[:12]}"
+        values = {
+            "id": drill_id,
+            "route": route,
+            "target": target,
+            "percent": percent,
+            "simulate_outage": simulate_outage,
+            "started_at": now,
+            "ends_at": datetime.fromtimestamp(now.timestamp() + minutes * 60, UTC),
+            "status": RUNNING,
+            "abort_after_errors": abort_after_errors,
+            "abort_error_rate": abort_error_rate,
+            "created_by": created_by,
+            "schedule": schedule,
+            "finished_at": None,
+            "result": None,
+            "verdict": None,
+            "report": None,
+            "updated_at": now,
+        }
+        d = drills_table.c
+        async with self.engine.begin() as conn:
+            busy = await conn.scalar(
+                select(d.id).where(d.route == route, d.status.in_((RUNNING, STOPPING, FINISHING)))
+            )
+            if busy is not None:
+                raise ValueError(f"route {route!r} already has drill {busy} running")
+            await conn.execute(insert(drills_table).values(**values))
+        return DrillRow(**values)  # type: ignore[arg-type]
+
+    async def get(self, drill_id: str) -> DrillRow | None:
+        async with self.engine.connect() as conn:
+            raw = (
+                await conn.execute(select(drills_table).where(drills_table.c.id == drill_id))
+            ).first()
+        return _row(raw) if raw is not None else None
+
+    async def recent(
+        self, limit: int = 50, statuses: tuple[str, ...] | None = None
+    ) -> list[DrillRow]:
+        d = drills_table.c
+        stmt = select(drills_table).order_by(d.started_at.desc()).limit(limit)
+        if statuses is not None:
+            stmt = stmt.where(d.status.in_(statuses))
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in (await conn.execute(stmt)).all()]
+
+    async def active(self) -> list[DrillRow]:
+        return await self.recent(limit=1000, statuses=(RUNNING,))
+
+    async def unfinished(self) -> list[DrillRow]:
+        return await self.recent(limit=1000, statuses=(RUNNING, STOPPING))
+
+    async def move(self, drill_id: str, from_statuses: tuple[str, ...], to: str) -> bool:
+        """Conditional status change; True for the one caller that made it."""
+        d = drills_table.c
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(drills_table)
+                .where(d.id == drill_id, d.status.in_(from_statuses))
+                .values(status=to, updated_at=datetime.now(UTC))
+            )
+        return bool(result.rowcount)
+
+    async def finish(
+        self, drill_id: str, status: str, result: str, verdict: dict[str, Any], report: str
+    ) -> None:
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(drills_table)
+                .where(drills_table.c.id == drill_id)
+                .values(
+                    status=status,
+                    result=result,
+                    verdict=verdict,
+                    report=report,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+
+    async def last_started(self, schedule: str) -> datetime | None:
+        d = drills_table.c
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(select(func.max(d.started_at)).where(d.schedule == schedule))
+        return _utc(value)
+
+    async def side(
+        self,
+        *,
+        drill_id: str | None,
+        deployment: str | None,
+        role: str,
+        since: datetime,
+        until: datetime,
+    ) -> Side:
+        """One side of a verdict, aggregated in SQL: the drill's own attempts on its target
+        (drill_id set), or the primary's untouched attempts over the same window."""
+        a = attempts_table.c
+        where = [a.role == role, a.started_at >= since, a.started_at <= until]
+        if drill_id is not None:
+            where.append(a.drill_id == drill_id)
+        else:
+            where.append(a.drill_id.is_(None))
+        if deployment is not None:
+            where.append(a.deployment == deployment)
+        ok = a.error_class.is_(None)
+        totals = select(
+            func.count(),
+            func.sum(case((ok, 1), else_=0)),
+            func.sum(case((ok, a.cost_usd), else_=None)),
+            func.count(a.gate_outcome),
+            func.sum(case((a.gate_outcome == "pass", 1), else_=0)),
+        ).where(*where)
+        errors = select(a.error_class, func.count()).where(*where, ~ok).group_by(a.error_class)
+        async with self.engine.connect() as conn:
+            n, good, cost, gated, passed = (await conn.execute(totals)).one()
+            by_class = {str(c): int(k) for c, k in (await conn.execute(errors)).all()}
+            good = int(good or 0)
+            p50 = await _percentile(conn, where, ok, good, 0.50)
+            p95 = await _percentile(conn, where, ok, good, 0.95)
+        return Side(
+            attempts=int(n or 0),
+            successes=good,
+            p50_ms=p50,
+            p95_ms=p95,
+            cost_per_success=float(cost) / good if good and cost is not None else None,
+            gate_checked=int(gated or 0),
+            gate_passed=int(passed or 0),
+            errors=by_class,
+        )
+
+
+async def _percentile(conn: Any, where: list[Any], ok: Any, count: int, q: float) -> float | None:
+    """Nearest-rank percentile of successful latencies, by ORDER BY … OFFSET (works on
+    SQLite and Postgres alike and reads one row)."""
+    if count == 0:
+        return None
+    a = attempts_table.c
+    rank = max(0, math.ceil(q * count) - 1)
+    stmt = select(a.latency_ms).where(*where, ok).order_by(a.latency_ms).offset(rank).limit(1)
+    value = await conn.scalar(stmt)
+    return float(value) if value is not None else None

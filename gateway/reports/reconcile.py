@@ -1,0 +1,394 @@
+"""`farebox reconcile`: the ledger against provider invoices for one month.
+
+Flow: parse every invoice file (nothing is stored if any is bad) → store them in one
+transaction → aggregate both sides in SQL per provider × model × UTC day → price the metered
+tokens per token type with the same dated price book the gateway charged with → hand the cells
+to the pure rules (routing.reconcile_rules) → store the run.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from gateway.config_schema import GatewayConfig
+from gateway.ledger.pricing import PriceBook
+from gateway.reports.importers import ImportedFile
+from gateway.reports.store import InvoiceDay, LedgerDay, ReportStore
+from routing.cost import MILLION
+from routing.reconcile_rules import (
+    CACHE_WRITE,
+    GPU_HOURS,
+    INPUT,
+    INPUT_CACHED,
+    INPUT_UNCACHED,
+    OTHER,
+    OUTPUT,
+    Cell,
+    Counts,
+    ModelVerdict,
+    Thresholds,
+    judge,
+    overall_variance,
+    within,
+)
+from routing.red_flags import RedFlag, invoice_variance_flag, price_change_flags
+
+GPU_MODEL = "(gpu hours)"
+_ZERO = Decimal(0)
+_DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+def month_window(month: str) -> tuple[datetime, datetime]:
+    """`YYYY-MM` → [first instant, first instant of the next month) in UTC."""
+    match = re.fullmatch(r"(\d{4})-(\d{2})", month)
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise ValueError(f"expected a month as YYYY-MM, got {month!r}")
+    year, mon = int(match.group(1)), int(match.group(2))
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    days = calendar.monthrange(year, mon)[1]
+    return start, start + timedelta(days=days)
+
+
+def base_model(name: str) -> str:
+    """The model a provider bills: simulator `::directives` are not part of it."""
+    return name.partition("::")[0]
+
+
+def match_model(invoice_model: str, ledger_models: set[str]) -> str:
+    """The ledger's name for an invoice's model: exact, case-insensitive, or the invoice's
+    dated snapshot of a ledger alias (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`)."""
+    if invoice_model in ledger_models:
+        return invoice_model
+    lower = {m.lower(): m for m in ledger_models}
+    if invoice_model.lower() in lower:
+        return lower[invoice_model.lower()]
+    undated = _DATE_SUFFIX.sub("", invoice_model)
+    if undated != invoice_model and undated.lower() in lower:
+        return lower[undated.lower()]
+    return invoice_model
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    month: str
+    start: datetime
+    end: datetime
+    thresholds: Thresholds
+    imports: list[ImportedFile]
+    cells: list[Cell]
+    verdicts: list[ModelVerdict]
+    token_variance_pct: Decimal | None
+    cost_variance_pct: Decimal | None
+    metered_usd: Decimal
+    invoiced_usd: Decimal | None
+    metered_unbilled_usd: Decimal  # metered where the invoice carries no dollars
+    non_token_usd: Decimal
+    unreconciled: dict[str, Decimal]  # providers with metered spend and no invoice given
+    red_flags: list[RedFlag]
+    unpriced_attempts: int
+    elapsed_s: float = 0.0
+    run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return within(self.verdicts)
+
+    def daily(self) -> dict[str, list[tuple[date, Decimal, Decimal | None]]]:
+        """Per provider: (day, metered tokens, invoiced tokens) for the chart."""
+        out: dict[str, dict[date, list[Decimal | None]]] = defaultdict(dict)
+        for c in self.cells:
+            if c.token_type in (GPU_HOURS, OTHER):
+                continue
+            slot = out[c.provider].setdefault(c.day, [_ZERO, None])
+            slot[0] = (slot[0] or _ZERO) + c.metered_tokens
+            if c.invoiced_tokens is not None:
+                slot[1] = (slot[1] or _ZERO) + c.invoiced_tokens
+        return {
+            p: [(d, v[0] or _ZERO, v[1]) for d, v in sorted(days.items())]
+            for p, days in sorted(out.items())
+        }
+
+
+def _tokens(d: LedgerDay) -> dict[str, int]:
+    return {
+        INPUT_UNCACHED: d.input_uncached,
+        INPUT_CACHED: d.cached_read,
+        CACHE_WRITE: d.cache_write,
+        OUTPUT: d.output,
+    }
+
+
+def _rates(book: PriceBook, d: LedgerDay) -> dict[str, Decimal] | None:
+    price = book.price_for(
+        d.deployment,
+        d.upstream_model,
+        d.provider_kind,
+        datetime(d.day.year, d.day.month, d.day.day, tzinfo=UTC),
+    )
+    if d.provider_kind == "dedicated":
+        return dict.fromkeys((INPUT_UNCACHED, INPUT_CACHED, CACHE_WRITE, OUTPUT), _ZERO)
+    if price is None:
+        return None
+    return {
+        INPUT_UNCACHED: price.input,
+        INPUT_CACHED: price.cached_input,
+        CACHE_WRITE: price.cache_write,
+        OUTPUT: price.output,
+    }
+
+
+def build_cells(
+    ledger: Sequence[LedgerDay],
+    invoice: Sequence[InvoiceDay],
+    providers: set[str],
+    book: PriceBook,
+    config: GatewayConfig,
+    start: datetime,
+    end: datetime,
+) -> tuple[list[Cell], dict[tuple[str, str], Counts], int]:
+    """Join both sides per provider × model × day × token type (on small, pre-aggregated
+    rows). Returns the cells, request counts per model and the unpriced-attempt count."""
+    metered: dict[tuple[str, str, date, str], list[Decimal | None]] = {}
+    attempts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    ledger_models: dict[str, set[str]] = defaultdict(set)
+    unpriced = 0
+    for d in ledger:
+        if d.provider not in providers:
+            continue
+        model = base_model(d.upstream_model)
+        ledger_models[d.provider].add(model)
+        unpriced += d.unpriced
+        seen = attempts[(d.provider, model)]
+        seen[0] += d.attempts
+        seen[1] += d.failed
+        rates = _rates(book, d)
+        for token_type, n in _tokens(d).items():
+            slot = metered.setdefault((d.provider, model, d.day, token_type), [_ZERO, _ZERO])
+            slot[0] = (slot[0] or _ZERO) + n
+            usd = None if rates is None else Decimal(n) * rates[token_type] / MILLION
+            slot[1] = None if usd is None or slot[1] is None else slot[1] + usd
+
+    billed: dict[tuple[str, str, date, str], list[Decimal | None]] = {}
+    requests: dict[tuple[str, str], int] = {}
+    undivided: set[tuple[str, str]] = set()
+    for line in invoice:
+        if line.token_type == GPU_HOURS:
+            model, day = GPU_MODEL, start.date()  # hours are compared for the whole month
+        else:
+            model, day = match_model(line.model, ledger_models[line.provider]), line.day
+        if line.token_type == INPUT:
+            undivided.add((line.provider, model))
+        slot = billed.setdefault((line.provider, model, day, line.token_type), [None, None])
+        if line.tokens is not None:
+            slot[0] = (slot[0] or _ZERO) + line.tokens
+        if line.amount_usd is not None:
+            slot[1] = (slot[1] or _ZERO) + line.amount_usd
+        if line.requests is not None:
+            requests[(line.provider, model)] = (
+                requests.get((line.provider, model), 0) + line.requests
+            )
+
+    # An export that does not split cache reads out is compared on undivided input.
+    for provider, model, day, token_type in list(metered):
+        if (provider, model) in undivided and token_type in (
+            INPUT_UNCACHED,
+            INPUT_CACHED,
+            CACHE_WRITE,
+        ):
+            tok, usd = metered.pop((provider, model, day, token_type))
+            slot = metered.setdefault((provider, model, day, INPUT), [_ZERO, _ZERO])
+            slot[0] = (slot[0] or _ZERO) + (tok or _ZERO)
+            slot[1] = None if usd is None or slot[1] is None else slot[1] + usd
+
+    _dedicated_hours(config, providers, metered, start, end)
+
+    cells = []
+    for key in sorted(set(metered) | set(billed), key=lambda k: (k[0], k[1], k[2], k[3])):
+        provider, model, day, token_type = key
+        m_tok, m_usd = metered.get(key, [_ZERO, _ZERO])
+        i_tok, i_usd = billed.get(key, [None, None])
+        if m_tok == 0 and i_tok is None and i_usd is None:
+            continue  # e.g. no cache writes on either side
+        cells.append(Cell(provider, model, day, token_type, m_tok or _ZERO, i_tok, m_usd, i_usd))
+    counts = {
+        key: Counts(
+            ledger_attempts=n[0], ledger_failed_attempts=n[1], invoiced_requests=requests.get(key)
+        )
+        for key, n in attempts.items()
+    }
+    return cells, counts, unpriced
+
+
+def _dedicated_hours(
+    config: GatewayConfig,
+    providers: set[str],
+    metered: dict[tuple[str, str, date, str], list[Decimal | None]],
+    start: datetime,
+    end: datetime,
+) -> None:
+    """A dedicated provider's expected bill: every hour of the month (up to now, for the
+    current month) at its hourly rate. The ledger cannot meter idle hours; this is the
+    contract the invoice is checked against."""
+    hours = Decimal((min(end, datetime.now(UTC)) - start).total_seconds()) / 3600
+    for name in providers:
+        provider = config.providers.get(name)
+        if provider is None or provider.kind != "dedicated":
+            continue
+        rate = None if provider.hourly_usd is None else Decimal(repr(provider.hourly_usd))
+        metered[(name, GPU_MODEL, start.date(), GPU_HOURS)] = [
+            max(hours, _ZERO),
+            None if rate is None else max(hours, _ZERO) * rate,
+        ]
+
+
+async def reconcile(
+    store: ReportStore,
+    month: str,
+    files: Sequence[ImportedFile],
+    config: GatewayConfig,
+    book: PriceBook,
+    thresholds: Thresholds | None = None,
+    *,
+    on_stored: Callable[[int], None] | None = None,
+) -> ReconcileResult:
+    started = time.perf_counter()
+    thresholds = thresholds or Thresholds()
+    start, end = month_window(month)
+    stored = await store.save_imports(files)
+    if on_stored is not None:
+        on_stored(stored)
+    providers = {f.provider for f in files}
+    import_ids = sorted({f.import_id for f in files})
+    ledger = await store.ledger_days(start, end)
+    invoice = await store.invoice_days(import_ids, start, end)
+    notes = []
+    if not invoice:
+        notes.append(f"no invoice line falls inside {month} (UTC); check the files' periods")
+    cells, counts, unpriced = build_cells(ledger, invoice, providers, book, config, start, end)
+    verdicts = judge(cells, counts, thresholds)
+    token_var, cost_var = overall_variance(cells)
+    priced = [c for c in cells if c.invoiced_usd is not None and c.token_type != OTHER]
+    invoiced_usd = sum((c.invoiced_usd or _ZERO for c in priced), _ZERO) if priced else None
+    # Dollars are compared where the invoice has them; metered spend on cells the invoice
+    # does not price (Fireworks' metrics, GPU hours without a rate) is reported apart.
+    metered_usd = sum((c.metered_usd or _ZERO for c in priced), _ZERO)
+    metered_all = sum((c.metered_usd or _ZERO for c in cells if c.token_type != OTHER), _ZERO)
+    non_token = sum((c.invoiced_usd or _ZERO for c in cells if c.token_type == OTHER), _ZERO)
+    unreconciled: dict[str, Decimal] = defaultdict(lambda: _ZERO)
+    for d in ledger:
+        if d.provider not in providers:
+            unreconciled[d.provider] += d.cost_usd
+    flags: list[RedFlag] = []
+    for v in verdicts:
+        flags += invoice_variance_flag(f"{v.provider} {v.model}", v.cost_variance_pct)
+    versions = await store.price_versions(start, end)
+    flags += price_change_flags([(p, d, vs) for p, d, vs in versions if p in providers])
+    if unpriced:
+        notes.append(
+            f"{unpriced:,} attempt(s) had no known price: their tokens are compared, their "
+            "dollars count as unknown"
+        )
+    for f in files:
+        notes.extend(f"{f.source_file}: {n}" for n in f.notes)
+    result = ReconcileResult(
+        month=month,
+        start=start,
+        end=end,
+        thresholds=thresholds,
+        imports=list(files),
+        cells=cells,
+        verdicts=verdicts,
+        token_variance_pct=token_var,
+        cost_variance_pct=cost_var,
+        metered_usd=metered_usd,
+        invoiced_usd=invoiced_usd,
+        metered_unbilled_usd=metered_all - metered_usd,
+        non_token_usd=non_token,
+        unreconciled=dict(unreconciled),
+        red_flags=flags,
+        unpriced_attempts=unpriced,
+        notes=notes,
+    )
+    result.elapsed_s = time.perf_counter() - started
+    result.run_id = await store.save_reconciliation(_run_row(result))
+    return result
+
+
+def _num(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def verdict_dict(v: ModelVerdict) -> dict[str, Any]:
+    return {
+        "provider": v.provider,
+        "model": v.model,
+        "flagged": v.flagged,
+        "token_flag": v.token_flag,
+        "cost_flag": v.cost_flag,
+        "token_variance_pct": _num(v.token_variance_pct),
+        "cost_variance_pct": _num(v.cost_variance_pct),
+        "metered_usd": _num(v.metered_usd),
+        "invoiced_usd": _num(v.invoiced_usd),
+        "metered_tokens": {k: str(n) for k, n in v.metered_tokens.items()},
+        "invoiced_tokens": {k: str(n) for k, n in v.invoiced_tokens.items()},
+        "causes": [{"code": c.code, "message": c.message} for c in v.causes],
+    }
+
+
+def _run_row(r: ReconcileResult) -> dict[str, Any]:
+    return {
+        "month": r.month,
+        "status": "ok" if r.ok else "flagged",
+        "token_threshold_pct": r.thresholds.token_pct,
+        "cost_threshold_pct": r.thresholds.cost_pct,
+        "token_variance_pct": _clip(r.token_variance_pct),
+        "cost_variance_pct": _clip(r.cost_variance_pct),
+        "metered_usd": r.metered_usd,
+        "invoiced_usd": r.invoiced_usd,
+        "import_ids": sorted({f.import_id for f in r.imports}),
+        "summary": {
+            "files": [
+                {
+                    "provider": f.provider,
+                    "file": f.source_file,
+                    "format": f.format,
+                    "import_id": f.import_id,
+                    "lines": len(f.lines),
+                }
+                for f in r.imports
+            ],
+            "models": [verdict_dict(v) for v in r.verdicts],
+            "red_flags": [
+                {"code": f.code, "subject": f.subject, "message": f.message} for f in r.red_flags
+            ],
+            "notes": r.notes,
+        },
+    }
+
+
+def _clip(value: Decimal | None) -> Decimal | None:
+    # The column holds ±10^10 %: anything beyond is "all of it on one side" anyway.
+    if value is None:
+        return None
+    return max(min(value, Decimal("9999999999")), Decimal("-9999999999")).quantize(
+        Decimal("0.0001")
+    )
+
+
+def summary_by_type(cells: Sequence[Cell]) -> Mapping[str, tuple[Decimal, Decimal | None]]:
+    out: dict[str, list[Decimal | None]] = {}
+    for c in cells:
+        slot = out.setdefault(c.token_type, [_ZERO, None])
+        slot[0] = (slot[0] or _ZERO) + c.metered_tokens
+        if c.invoiced_tokens is not None:
+            slot[1] = (slot[1] or _ZERO) + c.invoiced_tokens
+    return {k: (v[0] or _ZERO, v[1]) for k, v in out.items()}

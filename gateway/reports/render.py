@@ -1,0 +1,421 @@
+"""Reconciliation and LCPR reports as Markdown, self-contained HTML (inline SVG charts, no
+scripts, no external resources: it opens from a mail attachment) and CSV."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+from gateway.reports.reconcile import ReconcileResult
+from routing.reconcile_rules import Cell, ModelVerdict
+from routing.red_flags import RedFlag
+
+# Chart colours; tests count them in a screenshot, so nothing else on the page uses them
+# (the status badges are darker shades) except the two small legend swatches.
+METERED = "#2563eb"
+INVOICED = "#f59e0b"
+WITHIN = "#16a34a"
+FLAGGED = "#dc2626"
+_ZERO = Decimal(0)
+
+CSV_COLUMNS = (
+    "provider",
+    "model",
+    "day",
+    "token_type",
+    "metered_tokens",
+    "invoiced_tokens",
+    "token_variance_pct",
+    "metered_usd",
+    "invoiced_usd",
+    "cost_variance_pct",
+    "over_threshold",
+    "model_flagged",
+    "causes",
+)
+
+
+def pct(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f} %"
+
+
+def usd(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"${value:,.4f}"
+
+
+def tokens(value: Decimal | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value == value.to_integral_value() else f"{value:,.2f}"
+
+
+def _status(v: ModelVerdict) -> str:
+    if not v.flagged:
+        return "ok"
+    parts = [p for p, on in (("tokens", v.token_flag), ("cost", v.cost_flag)) if on]
+    return "FLAGGED" + (f" ({', '.join(parts)})" if parts else "")
+
+
+# --- Markdown ----------------------------------------------------------------------------
+
+
+def markdown(r: ReconcileResult) -> str:
+    t = r.thresholds
+    out = [
+        f"# Metering reconciliation — {r.month}",
+        "",
+        f"**{'Within thresholds' if r.ok else 'FLAGGED'}** · token variance "
+        f"{pct(r.token_variance_pct)} · cost variance {pct(r.cost_variance_pct)} · metered "
+        f"{usd(r.metered_usd)} · invoiced {usd(r.invoiced_usd)}",
+        "",
+        *(
+            [
+                f"Dollars compare where the invoice has them; {usd(r.metered_unbilled_usd)} "
+                "more was metered where the export carries no dollars (tokens still compared).",
+                "",
+            ]
+            if r.metered_unbilled_usd
+            else []
+        ),
+        f"Window {r.start:%Y-%m-%d} – {r.end:%Y-%m-%d} UTC (end exclusive). Flags: token "
+        f"variance > {t.token_pct} %, cost variance > {t.cost_pct} %. Variance = (invoiced − "
+        "metered) / metered.",
+        "",
+        "## By provider and model",
+        "",
+        "| provider | model | status | token variance | cost variance | metered $ | invoiced $ |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for v in r.verdicts:
+        out.append(
+            f"| {v.provider} | {v.model} | {_status(v)} | {pct(v.token_variance_pct)} | "
+            f"{pct(v.cost_variance_pct)} | {usd(v.metered_usd)} | {usd(v.invoiced_usd)} |"
+        )
+    causes = [(v, c) for v in r.verdicts for c in v.causes]
+    out += ["", "## Likely causes", ""]
+    out += [f"- **{v.provider} {v.model}** — `{c.code}`: {c.message}" for v, c in causes] or [
+        "None found."
+    ]
+    out += ["", "## Red flags", ""]
+    out += [f"- `{f.code}` {f.subject}: {f.message}" for f in r.red_flags] or ["None."]
+    out += ["", "## Token types", ""]
+    out += [
+        "| provider | model | token type | metered | invoiced | variance |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for v in r.verdicts:
+        for tt, var in v.type_variance_pct.items():
+            out.append(
+                f"| {v.provider} | {v.model} | {tt} | {tokens(v.metered_tokens.get(tt))} | "
+                f"{tokens(v.invoiced_tokens.get(tt))} | {pct(var)} |"
+            )
+    flagged = {(v.provider, v.model) for v in r.verdicts if v.flagged}
+    if flagged:
+        out += [
+            "",
+            "## Daily detail of flagged models",
+            "",
+            "| provider | model | day | token type | metered | invoiced | variance |",
+            "|---|---|---|---|---:|---:|---:|",
+        ]
+        for c in r.cells:
+            if (c.provider, c.model) in flagged:
+                out.append(
+                    f"| {c.provider} | {c.model} | {c.day} | {c.token_type} | "
+                    f"{tokens(c.metered_tokens)} | {tokens(c.invoiced_tokens)} | "
+                    f"{pct(c.token_variance_pct)} |"
+                )
+    if r.unreconciled:
+        out += ["", "## Metered but not reconciled (no invoice given)", ""]
+        out += [f"- {p}: {usd(v)}" for p, v in sorted(r.unreconciled.items())]
+    if r.non_token_usd:
+        out += ["", f"Non-token charges on the invoices (tools, storage): {usd(r.non_token_usd)}"]
+    out += ["", "## Inputs", ""]
+    out += [
+        f"- {f.provider}: `{f.source_file}` ({f.format}, {len(f.lines):,} lines, import "
+        f"{f.import_id[:12]})"
+        for f in r.imports
+    ]
+    if r.notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    out += ["", f"Run {r.run_id} · computed in {r.elapsed_s:.2f} s", ""]
+    return "\n".join(out)
+
+
+# --- CSV ---------------------------------------------------------------------------------
+
+
+def csv_text(r: ReconcileResult) -> str:
+    verdicts = {(v.provider, v.model): v for v in r.verdicts}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    t = r.thresholds
+    for c in r.cells:
+        v = verdicts.get((c.provider, c.model))
+        tv, cv = c.token_variance_pct, c.cost_variance_pct
+        over = (
+            (tv is None and c.invoiced_tokens not in (None, _ZERO))
+            or (tv is not None and abs(tv) > t.token_pct)
+            or (cv is not None and abs(cv) > t.cost_pct)
+        )
+        writer.writerow(
+            [
+                c.provider,
+                c.model,
+                c.day.isoformat(),
+                c.token_type,
+                _plain(c.metered_tokens),
+                _plain(c.invoiced_tokens),
+                _plain(tv, 4),
+                _plain(c.metered_usd, 10),
+                _plain(c.invoiced_usd, 10),
+                _plain(cv, 4),
+                "yes" if over else "no",
+                "yes" if v is not None and v.flagged else "no",
+                ";".join(x.code for x in v.causes) if v is not None else "",
+            ]
+        )
+    return buf.getvalue()
+
+
+def _plain(value: Decimal | None, places: int | None = None) -> str:
+    if value is None:
+        return ""
+    if places is not None:
+        value = value.quantize(Decimal(1).scaleb(-places))
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+# --- HTML --------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#111}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
+.ok{background:#15803d}.bad{background:#b91c1c}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:4px 8px}
+th{background:#f4f4f5;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.flag td{background:#fef2f2}.muted{color:#666}svg{display:block;margin:6px 0 16px}
+.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-1px}
+"""
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def daily_chart(provider: str, series: Sequence[tuple[date, Decimal, Decimal | None]]) -> str:
+    """Grouped bars per day: metered next to invoiced tokens."""
+    width, height, pad_l, pad_b, pad_t = 760, 230, 70, 34, 14
+    n = max(len(series), 1)
+    peak = max([m for _, m, _ in series] + [i or _ZERO for _, _, i in series] + [Decimal(1)])
+    plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
+    slot = plot_w / n
+    bar = max(min(slot * 0.38, 26), 2)
+    parts = [
+        f'<svg class="chart daily" data-provider="{_esc(provider)}" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
+        f'role="img" aria-label="daily metered vs invoiced tokens, {_esc(provider)}">',
+        f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - 10}" y2="{pad_t + plot_h}" '
+        'stroke="#999"/>',
+    ]
+    for k in range(5):
+        tick = peak * k / 4
+        y = pad_t + plot_h - plot_h * k / 4
+        parts.append(
+            f'<text x="{pad_l - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" '
+            f'fill="#555">{_short(tick)}</text>'
+            f'<line x1="{pad_l}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#eee"/>'
+        )
+    for idx, (day, metered, invoiced) in enumerate(series):
+        x = pad_l + slot * idx + slot / 2
+        for offset, value, colour, side in (
+            (-bar, metered, METERED, "metered"),
+            (0.0, invoiced, INVOICED, "invoiced"),
+        ):
+            if value is None:
+                continue
+            h = float(value / peak) * plot_h
+            parts.append(
+                f'<rect class="bar {side}" x="{x + offset:.1f}" y="{pad_t + plot_h - h:.1f}" '
+                f'width="{bar:.1f}" height="{max(h, 0.5):.1f}" fill="{colour}">'
+                f"<title>{day} {side}: {tokens(value)}</title></rect>"
+            )
+        if n <= 16 or idx % max(n // 12, 1) == 0:
+            parts.append(
+                f'<text x="{x:.1f}" y="{height - 14}" font-size="10" text-anchor="middle" '
+                f'fill="#555">{day:%m-%d}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def variance_chart(verdicts: Sequence[ModelVerdict], limit: Decimal) -> str:
+    """Horizontal bars of token variance per model around zero, threshold lines dashed."""
+    rows = [v for v in verdicts if v.token_variance_pct is not None]
+    width, row_h, pad_l, pad_t = 760, 26, 300, 24
+    height = pad_t + row_h * max(len(rows), 1) + 24
+    span = max([abs(v.token_variance_pct or _ZERO) for v in rows] + [limit * 2, Decimal(1)])
+    plot_w = width - pad_l - 20
+    zero = pad_l + plot_w / 2
+
+    def x_of(value: Decimal) -> float:
+        return zero + float(value / span) * plot_w / 2
+
+    parts = [
+        f'<svg class="chart variance" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" role="img" '
+        'aria-label="token variance by model">',
+        f'<line x1="{zero:.1f}" y1="{pad_t - 8}" x2="{zero:.1f}" y2="{height - 20}" '
+        'stroke="#333"/>',
+    ]
+    for sign in (-1, 1):
+        x = x_of(limit * sign)
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{pad_t - 8}" x2="{x:.1f}" y2="{height - 20}" '
+            'stroke="#999" stroke-dasharray="4 3"/>'
+            f'<text x="{x:.1f}" y="{pad_t - 12}" font-size="10" text-anchor="middle" '
+            f'fill="#555">{limit * sign:+.0f} %</text>'
+        )
+    for idx, v in enumerate(rows):
+        value = v.token_variance_pct or _ZERO
+        y = pad_t + idx * row_h
+        x0, x1 = sorted((zero, x_of(value)))
+        colour = FLAGGED if v.flagged else WITHIN
+        parts.append(
+            f'<text x="{pad_l - 8}" y="{y + row_h / 2 + 4:.1f}" font-size="11" '
+            f'text-anchor="end">{_esc(v.provider)} · {_esc(_clip(v.model, 34))}</text>'
+            f'<rect class="bar {"flagged" if v.flagged else "within"}" x="{x0:.1f}" '
+            f'y="{y + 4}" width="{max(x1 - x0, 2):.1f}" height="{row_h - 8}" fill="{colour}">'
+            f"<title>{_esc(v.model)}: {pct(value)}</title></rect>"
+            f'<text x="{max(x1, zero) + 4:.1f}" y="{y + row_h / 2 + 4:.1f}" font-size="10" '
+            f'fill="#333">{pct(value)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _short(value: Decimal) -> str:
+    v = float(value)
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.1f}{unit}"
+    return f"{v:.0f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], flags: Sequence[bool]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = []
+    for row, flag in zip(rows, flags, strict=True):
+        # Figures right-aligned, names left.
+        cells = "".join(
+            f'<td class="n">{_esc(c)}</td>'
+            if c[:1] in "+-$0123456789" or c == "n/a"
+            else f"<td>{_esc(c)}</td>"
+            for c in row
+        )
+        body.append(f"<tr{' class=flag' if flag else ''}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _flags_html(flags: Sequence[RedFlag]) -> str:
+    if not flags:
+        return "<p>None.</p>"
+    items = "".join(
+        f"<li><code>{_esc(f.code)}</code> <b>{_esc(f.subject)}</b>: {_esc(f.message)}</li>"
+        for f in flags
+    )
+    return f"<ul>{items}</ul>"
+
+
+def html_report(r: ReconcileResult) -> str:
+    status = (
+        '<span class="badge ok">within thresholds</span>'
+        if r.ok
+        else ('<span class="badge bad">flagged</span>')
+    )
+    charts = "".join(f"<h3>{_esc(p)}</h3>{daily_chart(p, s)}" for p, s in r.daily().items())
+    legend = (
+        f'<p class="legend"><span style="background:{METERED}"></span>metered (ledger)'
+        f'<span style="background:{INVOICED}"></span>invoiced</p>'
+    )
+    model_rows = [
+        [
+            v.provider,
+            v.model,
+            _status(v),
+            pct(v.token_variance_pct),
+            pct(v.cost_variance_pct),
+            usd(v.metered_usd),
+            usd(v.invoiced_usd),
+        ]
+        for v in r.verdicts
+    ]
+    causes = (
+        "".join(
+            f"<li><b>{_esc(v.provider)} {_esc(v.model)}</b> — <code>{_esc(c.code)}</code>: "
+            f"{_esc(c.message)}</li>"
+            for v in r.verdicts
+            for c in v.causes
+        )
+        or "<li>None found.</li>"
+    )
+    files = "".join(
+        f"<li>{_esc(f.provider)}: <code>{_esc(f.source_file)}</code> ({_esc(f.format)}, "
+        f"{len(f.lines):,} lines)</li>"
+        for f in r.imports
+    )
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in r.notes)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Farebox reconciliation {_esc(r.month)}</title><style>{_CSS}</style></head>
+<body>
+<h1>Metering reconciliation — {_esc(r.month)} {status}</h1>
+<p class="muted">Token variance <b>{pct(r.token_variance_pct)}</b> · cost variance
+<b>{pct(r.cost_variance_pct)}</b> · metered {usd(r.metered_usd)} · invoiced
+{usd(r.invoiced_usd)} · thresholds {r.thresholds.token_pct} % tokens,
+{r.thresholds.cost_pct} % cost · variance = (invoiced − metered) / metered{
+        f" · {usd(r.metered_unbilled_usd)} more metered where the export has no dollars"
+        if r.metered_unbilled_usd
+        else ""
+    }</p>
+<h2>Daily metered vs invoiced tokens</h2>{legend}{charts}
+<h2>Token variance by model</h2>{variance_chart(r.verdicts, r.thresholds.token_pct)}
+<h2>By provider and model</h2>
+{
+        _table(
+            ["provider", "model", "status", "token var.", "cost var.", "metered", "invoiced"],
+            model_rows,
+            [v.flagged for v in r.verdicts],
+        )
+    }
+<h2>Likely causes</h2><ul>{causes}</ul>
+<h2>Red flags</h2>{_flags_html(r.red_flags)}
+<h2>Inputs</h2><ul>{files}</ul>{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+<p class="muted">Run {_esc(r.run_id)} · computed in {r.elapsed_s:.2f} s</p>
+</body></html>
+"""
+
+
+def write_reports(r: ReconcileResult, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "reconciliation.md", out / "reconciliation.html", out / "reconciliation.csv"]
+    for path, text in zip(paths, (markdown(r), html_report(r), csv_text(r)), strict=True):
+        path.write_text(text, encoding="utf-8")
+    return paths
+
+
+def cell_over(c: Cell, limit: Decimal) -> bool:
+    v = c.token_variance_pct
+    return v is not None and abs(v) > limit

@@ -1,0 +1,535 @@
+"""SQL for the reports: invoice imports, ledger aggregates, reconciliation runs.
+
+Every read aggregates in the database (GROUP BY over indexed time ranges: `attempts` by
+started_at, `requests` by received_at, `invoice_lines` by provider + period_start) and returns
+one row per group, never raw ledger rows, so a 50M-attempt month costs the client a few
+thousand rows. Day buckets are UTC on both dialects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    inspect,
+    literal,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.models_reports import invoice_lines_table, reconciliations_table
+from gateway.ledger.repository import LedgerRepository
+from gateway.reports.importers import ImportedFile
+from routing.lcpr import SegmentTotals
+from routing.red_flags import DailyRates
+
+SEGMENTS = ("model", "route", "workload", "key")
+_ZERO = Decimal(0)
+_SLACK = timedelta(days=1)
+
+
+def _dec(value: Any) -> Decimal:
+    if value is None:
+        return _ZERO
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _opt_dec(value: Any) -> Decimal | None:
+    return None if value is None else _dec(value)
+
+
+def _day(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])  # SQLite's date() is text
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerDay:
+    """Attempts of one deployment on one UTC day."""
+
+    provider: str
+    provider_kind: str
+    deployment: str
+    upstream_model: str
+    day: date
+    attempts: int
+    failed: int
+    input_uncached: int
+    cached_read: int
+    cache_write: int
+    output: int
+    cost_usd: Decimal
+    unpriced: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceDay:
+    provider: str
+    model: str
+    day: date
+    token_type: str
+    tokens: Decimal | None
+    amount_usd: Decimal | None
+    requests: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DedicatedUse:
+    provider: str
+    busy_seconds: Decimal
+    tokens: int
+
+
+class ReportStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def create(cls, url: str) -> ReportStore:
+        # Same engine settings (SQLite pragmas, pool timeouts) as the gateway's ledger.
+        return cls(LedgerRepository.create(url, pool_size=2).engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _utc_day(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        if self._pg:
+            # date() of a timestamptz follows the session time zone; pin it to UTC.
+            return cast(func.timezone("UTC", column), Date)
+        return func.date(column)  # SQLite stores UTC text already
+
+    async def missing_tables(self) -> list[str]:
+        names = ("requests", "attempts", "invoice_lines", "reconciliations")
+
+        def check(sync_conn: Any) -> list[str]:
+            inspector = inspect(sync_conn)
+            return [n for n in names if not inspector.has_table(n)]
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(check)
+
+    # --- invoices ----------------------------------------------------------------------------
+
+    async def save_imports(self, files: Sequence[ImportedFile]) -> int:
+        """Store every file in one transaction; a file imported before is replaced by itself
+        (same import id), so running the same reconcile twice never doubles an invoice."""
+        now = datetime.now(UTC)
+        rows: list[dict[str, Any]] = [
+            {
+                "id": f"{f.import_id}:{n}",
+                "import_id": f.import_id,
+                "provider": line.provider,
+                "period_start": line.period_start,
+                "period_end": line.period_end,
+                "model": line.model,
+                "token_type": line.token_type,
+                "tokens": line.tokens,
+                "amount_usd": line.amount_usd,
+                "requests": line.requests,
+                "line_item": line.line_item[:512],
+                "source_file": f.source_file[-1024:],
+                "source_format": f.format,
+                "imported_at": now,
+            }
+            for f in files
+            for n, line in enumerate(f.lines)
+        ]
+        if not self._pg:  # SQLite keeps timestamps as offset-less text: store UTC
+            for row in rows:
+                for key in ("period_start", "period_end", "imported_at"):
+                    row[key] = row[key].astimezone(UTC).replace(tzinfo=None)
+        ids = sorted({f.import_id for f in files})
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(invoice_lines_table).where(invoice_lines_table.c.import_id.in_(ids))
+            )
+            for start in range(0, len(rows), 5000):
+                await conn.execute(invoice_lines_table.insert(), rows[start : start + 5000])
+        return len(rows)
+
+    async def invoice_days(
+        self, import_ids: Sequence[str], start: datetime, end: datetime
+    ) -> list[InvoiceDay]:
+        i = invoice_lines_table.c
+        day = self._utc_day(i.period_start)
+        stmt = (
+            select(
+                i.provider,
+                i.model,
+                day,
+                i.token_type,
+                func.sum(i.tokens),
+                func.sum(i.amount_usd),
+                func.sum(i.requests),
+            )
+            .where(
+                i.import_id.in_(list(import_ids)),
+                i.period_start >= _utc(start, self._pg),
+                i.period_start < _utc(end, self._pg),
+            )
+            .group_by(i.provider, i.model, day, i.token_type)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            InvoiceDay(
+                provider=p,
+                model=m,
+                day=_day(d),
+                token_type=tt,
+                tokens=_opt_dec(tok),
+                amount_usd=_opt_dec(usd),
+                requests=None if req is None else int(req),
+            )
+            for p, m, d, tt, tok, usd, req in rows
+        ]
+
+    async def paid_gpu_hours(self, start: datetime, end: datetime) -> dict[str, Decimal]:
+        """GPU hours billed per provider in the window, from the newest import that has any
+        (older imports of the same bill would otherwise add up)."""
+        i = invoice_lines_table.c
+        window = and_(
+            i.token_type == "gpu_hours",
+            i.period_start >= _utc(start, self._pg),
+            i.period_start < _utc(end, self._pg),
+        )
+        latest = (
+            select(i.provider, i.import_id, func.max(i.imported_at).label("at"))
+            .where(window)
+            .group_by(i.provider, i.import_id)
+        ).subquery()
+        newest = (
+            select(latest.c.provider, func.max(latest.c.at).label("at")).group_by(latest.c.provider)
+        ).subquery()
+        stmt = (
+            select(i.provider, func.sum(i.tokens))
+            .select_from(
+                invoice_lines_table.join(
+                    latest, and_(latest.c.import_id == i.import_id, latest.c.provider == i.provider)
+                ).join(newest, and_(newest.c.provider == i.provider, newest.c.at == latest.c.at))
+            )
+            .where(window)
+            .group_by(i.provider)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {p: _dec(h) for p, h in rows}
+
+    # --- ledger ------------------------------------------------------------------------------
+
+    async def ledger_days(self, start: datetime, end: datetime) -> list[LedgerDay]:
+        a = attempts_table.c
+        day = self._utc_day(a.started_at)
+        stmt = (
+            select(
+                a.provider,
+                a.provider_kind,
+                a.deployment,
+                a.upstream_model,
+                day,
+                func.count(),
+                func.sum(case((a.error_class.is_not(None), 1), else_=0)),
+                func.sum(a.input_uncached_tokens),
+                func.sum(a.cached_read_tokens),
+                func.sum(a.cache_write_tokens),
+                func.sum(a.output_tokens),
+                func.sum(a.cost_usd),
+                func.sum(case((a.cost_usd.is_(None), 1), else_=0)),
+            )
+            .where(a.started_at >= _utc(start, self._pg), a.started_at < _utc(end, self._pg))
+            .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            LedgerDay(
+                provider=r[0],
+                provider_kind=r[1],
+                deployment=r[2],
+                upstream_model=r[3],
+                day=_day(r[4]),
+                attempts=int(r[5] or 0),
+                failed=int(r[6] or 0),
+                input_uncached=int(r[7] or 0),
+                cached_read=int(r[8] or 0),
+                cache_write=int(r[9] or 0),
+                output=int(r[10] or 0),
+                cost_usd=_dec(r[11]),
+                unpriced=int(r[12] or 0),
+            )
+            for r in rows
+        ]
+
+    async def price_versions(
+        self, start: datetime, end: datetime
+    ) -> list[tuple[str, str, list[str]]]:
+        """(provider, deployment, price versions in first-use order) for the window."""
+        a = attempts_table.c
+        stmt = (
+            select(a.provider, a.deployment, a.price_version, func.min(a.started_at))
+            .where(
+                a.started_at >= _utc(start, self._pg),
+                a.started_at < _utc(end, self._pg),
+                a.price_version.is_not(None),
+            )
+            .group_by(a.provider, a.deployment, a.price_version)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        grouped: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for provider, deployment, version, first in rows:
+            grouped.setdefault((provider, deployment), []).append((str(first), version))
+        return [(p, d, [v for _, v in sorted(vs)]) for (p, d), vs in sorted(grouped.items())]
+
+    async def dedicated_use(self, start: datetime, end: datetime) -> list[DedicatedUse]:
+        a = attempts_table.c
+        stmt = (
+            select(
+                a.provider,
+                func.sum(a.latency_ms),
+                func.sum(
+                    a.input_uncached_tokens
+                    + a.cached_read_tokens
+                    + a.cache_write_tokens
+                    + a.output_tokens
+                ),
+            )
+            .where(
+                a.provider_kind == "dedicated",
+                a.started_at >= _utc(start, self._pg),
+                a.started_at < _utc(end, self._pg),
+            )
+            .group_by(a.provider)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [DedicatedUse(p, _dec(ms) / 1000, int(tok or 0)) for p, ms, tok in rows]
+
+    # --- LCPR --------------------------------------------------------------------------------
+
+    def _segment_query(self, by: str, start: datetime, end: datetime) -> Any:
+        """Per segment × UTC day, in two GROUP BYs: attempts per request first (a hash
+        aggregate, no COUNT(DISTINCT) sort over the month), then requests per segment.
+
+        For `model` the first level is per deployment × request and the day is that of its
+        first attempt there; otherwise it is per request, joined to `requests` and dated by
+        received_at. Each request (or deployment × request) falls on exactly one day, so
+        summing the days gives exact month totals.
+        """
+        a, r = attempts_table.c, requests_table.c
+        if by not in SEGMENTS:
+            raise ValueError(f"by must be one of {', '.join(SEGMENTS)}, not {by!r}")
+        input_tokens = a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens
+        gate_ok = a.gate_outcome.is_(None) | (a.gate_outcome == "pass")
+        clean = (a.role == "primary") & a.error_class.is_(None) & gate_ok
+
+        def flag(cond: ColumnElement[bool]) -> ColumnElement[Any]:
+            return case((cond, 1), else_=0)
+
+        measures = [
+            func.count(a.id).label("attempts"),
+            func.sum(flag(a.role == "retry")).label("retries"),
+            func.max(flag(a.role == "fallback")).label("fallback"),
+            func.sum(flag(a.gate_outcome.is_not(None))).label("gated"),
+            func.sum(flag(a.gate_outcome == "pass")).label("passed"),
+            func.sum(input_tokens).label("input"),
+            func.sum(a.cached_read_tokens).label("cached"),
+            func.sum(a.output_tokens).label("output"),
+            func.sum(a.cost_usd).label("cost"),
+            func.sum(flag(clean)).label("clean"),
+            func.sum(case((clean, a.cost_usd))).label("clean_cost"),
+            func.sum(case((clean, input_tokens + a.output_tokens), else_=0)).label("clean_tok"),
+        ]
+        lo, hi = _utc(start, self._pg), _utc(end, self._pg)
+        if by == "model":
+            # A success here: one of this deployment's attempts answered and passed the gate.
+            ok_attempt = a.error_class.is_(None) & gate_ok
+            per = (
+                select(
+                    a.deployment.label("segment"),
+                    func.min(a.started_at).label("first"),
+                    func.max(flag(ok_attempt)).label("ok"),
+                    *measures,
+                )
+                .where(a.started_at >= lo, a.started_at < hi)
+                .group_by(a.deployment, a.request_id)
+            ).subquery()
+            segment: ColumnElement[Any] = per.c.segment
+            day = self._utc_day(per.c.first)
+            ok: ColumnElement[Any] = per.c.ok
+            source: Any = per
+            window: list[ColumnElement[bool]] = []
+        else:
+            # Attempts start after their request arrives and end within its timeouts: a day
+            # of slack on both sides keeps the attempt scan on the started_at index.
+            per = (
+                select(a.request_id.label("rid"), *measures)
+                .where(a.started_at >= lo - _SLACK, a.started_at < hi + _SLACK)
+                .group_by(a.request_id)
+            ).subquery()
+            column = {"route": r.route, "workload": r.workload, "key": r.key_id}[by]
+            segment = func.coalesce(column, literal("-"))
+            day = self._utc_day(r.received_at)
+            ok = flag(
+                (r.final_status == 200) & (r.gate_outcome.is_(None) | (r.gate_outcome == "pass"))
+            )
+            # LEFT JOIN keeps requests that never reached an upstream (rejected, no route).
+            source = requests_table.outerjoin(per, per.c.rid == r.id)
+            window = [r.received_at >= lo, r.received_at < hi]
+        p = per.c
+        return (
+            select(
+                segment,
+                day,
+                func.count(),
+                func.sum(ok),
+                *(
+                    func.coalesce(func.sum(p[name]), 0)
+                    for name in (
+                        "attempts",
+                        "retries",
+                        "fallback",
+                        "gated",
+                        "passed",
+                        "input",
+                        "cached",
+                        "output",
+                    )
+                ),
+                func.sum(p.cost),
+                func.coalesce(func.sum(p.clean), 0),
+                func.sum(p.clean_cost),
+                func.coalesce(func.sum(p.clean_tok), 0),
+            )
+            .select_from(source)
+            .where(*window)
+            .group_by(segment, day)
+        )
+
+    async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(self._segment_query(by, start, end))).all())
+
+    async def segment_report(
+        self, by: str, start: datetime, end: datetime
+    ) -> tuple[list[SegmentTotals], list[DailyRates]]:
+        """Month totals per segment and the same counts per UTC day (for trend flags), from
+        one aggregate query (segments × days rows)."""
+        rows = await self._segment_days(by, start, end)
+        dedicated = await self._dedicated_by_segment(by, start, end)
+        daily = []
+        counts: dict[str, list[int]] = {}
+        money: dict[str, list[Decimal]] = {}
+        for row in rows:
+            seg = str(row[0])
+            # requests, successful, attempts, retries, fallback, gated, passed, input, cached,
+            # output, clean attempts, clean tokens; then token cost and clean-attempt cost
+            n = [int(v or 0) for v in (*row[2:12], row[13], row[15])]
+            usd = [_dec(row[12]), _dec(row[14])]
+            acc = counts.setdefault(seg, [0] * len(n))
+            for i, v in enumerate(n):
+                acc[i] += v
+            dollars = money.setdefault(seg, [_ZERO, _ZERO])
+            dollars[0] += usd[0]
+            dollars[1] += usd[1]
+            daily.append(DailyRates(seg, _day(row[1]), n[0], n[3], n[5], n[6], n[7], n[8]))
+        totals = [
+            SegmentTotals(
+                segment=seg,
+                requests=v[0],
+                successful=v[1],
+                attempts=v[2],
+                retries=v[3],
+                fallback_requests=v[4],
+                gated=v[5],
+                gate_passed=v[6],
+                input_tokens=v[7],
+                cached_tokens=v[8],
+                output_tokens=v[9],
+                token_cost_usd=money[seg][0],
+                clean_attempts=v[10],
+                clean_attempt_cost_usd=money[seg][1],
+                clean_attempt_tokens=v[11],
+                dedicated_tokens=dedicated.get(seg, {}),
+            )
+            for seg, v in counts.items()
+        ]
+        return totals, daily
+
+    async def _dedicated_by_segment(
+        self, by: str, start: datetime, end: datetime
+    ) -> dict[str, dict[str, int]]:
+        a, r = attempts_table.c, requests_table.c
+        tokens = (
+            a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens + a.output_tokens
+        )
+        if by == "model":
+            segment: ColumnElement[Any] = a.deployment
+            source: Any = attempts_table
+            when = a.started_at
+        else:
+            column = {"route": r.route, "workload": r.workload, "key": r.key_id}[by]
+            segment = func.coalesce(column, literal("-"))
+            source = requests_table.join(attempts_table, a.request_id == r.id)
+            when = r.received_at
+        stmt = (
+            select(segment, a.provider, func.sum(tokens))
+            .select_from(source)
+            .where(
+                a.provider_kind == "dedicated",
+                when >= _utc(start, self._pg),
+                when < _utc(end, self._pg),
+            )
+            .group_by(segment, a.provider)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out: dict[str, dict[str, int]] = {}
+        for seg, provider, n in rows:
+            out.setdefault(str(seg), {})[provider] = int(n or 0)
+        return out
+
+    # --- reconciliation runs -----------------------------------------------------------------
+
+    async def save_reconciliation(self, row: dict[str, Any]) -> str:
+        row = dict(row)
+        row.setdefault("id", "rec_" + uuid.uuid4().hex)
+        row.setdefault("created_at", datetime.now(UTC))
+        if not self._pg:
+            row["created_at"] = row["created_at"].astimezone(UTC).replace(tzinfo=None)
+        async with self.engine.begin() as conn:
+            await conn.execute(reconciliations_table.insert(), [row])
+        return str(row["id"])
+
+    async def latest_reconciliation(self, month: str) -> dict[str, Any] | None:
+        t = reconciliations_table.c
+        stmt = select(reconciliations_table).where(t.month == month)
+        stmt = stmt.order_by(t.created_at.desc()).limit(1)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else dict(row)
+
+
+def _utc(when: datetime, pg: bool) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError("report windows must be timezone-aware")
+    when = when.astimezone(UTC)
+    # SQLite compares offset-less UTC text; Postgres compares instants.
+    return when if pg else when.replace(tzinfo=None)
