@@ -175,6 +175,6 @@ attempts_table: Table = Base.metadata.tables["attempts"]
 api_keys_table: Table = Base.metadata.tables["api_keys"]
 admin_audit_table: Table = Base.metadata.tables["admin_audit"]
 
-# Report tables (invoice lines, reconciliations) register on the same metadata.
-from gateway.ledger import models_reports as _reports  # noqa: E402, F401
+# Report and drill tables (invoice lines, reconciliations, drills) register on the same metadata.
 from gateway.ledger import models_drills as _drills  # noqa: E402, F401
+from gateway.ledger import models_reports as _reports  # noqa: E402, F401

@@ -26,6 +26,7 @@ from sqlalchemy import (
     inspect,
     literal,
     select,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -424,7 +425,9 @@ class ReportStore:
         )
 
     async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
-        async with self.engine.connect() as conn:
+        async with self.engine.begin() as conn:
+            if self._pg:
+                await _report_session(conn)
             return list((await conn.execute(self._segment_query(by, start, end))).all())
 
     async def segment_report(
@@ -525,6 +528,18 @@ class ReportStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return None if row is None else dict(row)
+
+
+async def _report_session(conn: Any) -> None:
+    """Settings for one report transaction on Postgres (SET LOCAL: gone at commit).
+
+    Measured on a 1M-attempt month: the default 4 MB work_mem makes the per-request
+    aggregation sort on disk, and JIT compilation alone cost ~2 s of a 5 s query; with these
+    the planner hashes in memory instead. A report is one batch query, so a larger work_mem
+    for its few sort/hash nodes is safe where it would not be for the hot path.
+    """
+    await conn.execute(text("SET LOCAL work_mem = '128MB'"))
+    await conn.execute(text("SET LOCAL jit = off"))
 
 
 def _utc(when: datetime, pg: bool) -> datetime:
