@@ -49,7 +49,10 @@ def _config_and_prices(config: Path | None, prices: Path | None) -> tuple[Gatewa
     settings = Settings()
     try:
         loaded = load_config(config or Path(settings.config))
-        book = load_price_book(loaded, prices or Path(settings.prices_file))
+        # Without --prices, a default path that is not there (run from another directory)
+        # falls back to config/prices.yaml of the source tree, as the gateway does.
+        path = prices or Path(settings.prices_file)
+        book = load_price_book(loaded, path if prices or path.is_file() else None)
     except ConfigError as exc:
         for issue in exc.issues:
             typer.echo(f"error: {issue}", err=True)

@@ -12,7 +12,7 @@ import calendar
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -97,6 +97,8 @@ class ReconcileResult:
     elapsed_s: float = 0.0
     run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    # (provider, role, attempts, metered USD) for the reconciled providers
+    spend_by_role: list[tuple[str, str, int, Decimal]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -318,6 +320,9 @@ async def reconcile(
         unpriced_attempts=unpriced,
         notes=notes,
     )
+    result.spend_by_role = [
+        row for row in await store.spend_by_role(start, end) if row[0] in providers
+    ]
     result.elapsed_s = time.perf_counter() - started
     result.run_id = await store.save_reconciliation(_run_row(result))
     return result
@@ -382,13 +387,3 @@ def _clip(value: Decimal | None) -> Decimal | None:
     return max(min(value, Decimal("9999999999")), Decimal("-9999999999")).quantize(
         Decimal("0.0001")
     )
-
-
-def summary_by_type(cells: Sequence[Cell]) -> Mapping[str, tuple[Decimal, Decimal | None]]:
-    out: dict[str, list[Decimal | None]] = {}
-    for c in cells:
-        slot = out.setdefault(c.token_type, [_ZERO, None])
-        slot[0] = (slot[0] or _ZERO) + c.metered_tokens
-        if c.invoiced_tokens is not None:
-            slot[1] = (slot[1] or _ZERO) + c.invoiced_tokens
-    return {k: (v[0] or _ZERO, v[1]) for k, v in out.items()}

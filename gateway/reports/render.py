@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from gateway.reports.reconcile import ReconcileResult
-from routing.reconcile_rules import Cell, ModelVerdict
+from routing.reconcile_rules import ModelVerdict
 from routing.red_flags import RedFlag
 
 # Chart colours; tests count them in a screenshot, so nothing else on the page uses them
@@ -130,6 +130,18 @@ def markdown(r: ReconcileResult) -> str:
                     f"{tokens(c.metered_tokens)} | {tokens(c.invoiced_tokens)} | "
                     f"{pct(c.token_variance_pct)} |"
                 )
+    if r.spend_by_role:
+        out += [
+            "",
+            "## Metered spend by attempt role",
+            "",
+            "| provider | role | attempts | metered $ | share |",
+            "|---|---|---:|---:|---:|",
+        ]
+        out += [
+            f"| {p} | {role} | {n:,} | {usd(v)} | {share} |"
+            for p, role, n, v, share in _role_rows(r)
+        ]
     if r.unreconciled:
         out += ["", "## Metered but not reconciled (no invoice given)", ""]
         out += [f"- {p}: {usd(v)}" for p, v in sorted(r.unreconciled.items())]
@@ -145,6 +157,17 @@ def markdown(r: ReconcileResult) -> str:
         out += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     out += ["", f"Run {r.run_id} · computed in {r.elapsed_s:.2f} s", ""]
     return "\n".join(out)
+
+
+def _role_rows(r: ReconcileResult) -> list[tuple[str, str, int, Decimal, str]]:
+    """Spend by role with each role's share of its provider's metered dollars."""
+    totals: dict[str, Decimal] = {}
+    for p, _, _, v in r.spend_by_role:
+        totals[p] = totals.get(p, _ZERO) + v
+    return [
+        (p, role, n, v, f"{v / totals[p] * 100:.1f} %" if totals[p] else "-")
+        for p, role, n, v in r.spend_by_role
+    ]
 
 
 # --- CSV ---------------------------------------------------------------------------------
@@ -401,6 +424,14 @@ def html_report(r: ReconcileResult) -> str:
         )
     }
 <h2>Likely causes</h2><ul>{causes}</ul>
+<h2>Metered spend by attempt role</h2>
+{
+        _table(
+            ["provider", "role", "attempts", "metered", "share"],
+            [[p, role, f"{n:,}", usd(v), share] for p, role, n, v, share in _role_rows(r)],
+            [False] * len(r.spend_by_role),
+        )
+    }
 <h2>Red flags</h2>{_flags_html(r.red_flags)}
 <h2>Inputs</h2><ul>{files}</ul>{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 <p class="muted">Run {_esc(r.run_id)} · computed in {r.elapsed_s:.2f} s</p>
@@ -414,8 +445,3 @@ def write_reports(r: ReconcileResult, out: Path) -> list[Path]:
     for path, text in zip(paths, (markdown(r), html_report(r), csv_text(r)), strict=True):
         path.write_text(text, encoding="utf-8")
     return paths
-
-
-def cell_over(c: Cell, limit: Decimal) -> bool:
-    v = c.token_variance_pct
-    return v is not None and abs(v) > limit

@@ -278,6 +278,21 @@ class ReportStore:
             for r in rows
         ]
 
+    async def spend_by_role(
+        self, start: datetime, end: datetime
+    ) -> list[tuple[str, str, int, Decimal]]:
+        """(provider, attempt role, attempts, metered USD): where the money goes."""
+        a = attempts_table.c
+        stmt = (
+            select(a.provider, a.role, func.count(), func.sum(a.cost_usd))
+            .where(a.started_at >= _utc(start, self._pg), a.started_at < _utc(end, self._pg))
+            .group_by(a.provider, a.role)
+            .order_by(a.provider, a.role)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(p, role, int(n), _dec(usd)) for p, role, n, usd in rows]
+
     async def price_versions(
         self, start: datetime, end: datetime
     ) -> list[tuple[str, str, list[str]]]:

@@ -6,25 +6,30 @@ A drill is started over HTTP, live traffic is sent through the gateway, and the 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from gateway.ledger.drills_repository import DrillsRepository
 from tests.drill_env import CLIENT, DrillEnv, drill_env
 from tests.ledger_reads import sql_rows
 from tests.services import RedisServer
 
 
 @pytest.fixture
-def env(simulator: str, pg_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[DrillEnv]:
+def env(
+    simulator: str, pg_url: str, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[DrillEnv]:
     with drill_env(simulator, pg_url, redis_server.url, tmp_path) as running:
         yield running
 
 
-def error_of(response: object) -> dict[str, object]:
-    body = response.json()  # type: ignore[attr-defined]
+def error_of(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
     assert set(body) == {"error"}
     error: dict[str, object] = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -114,19 +119,21 @@ def test_failing_target_aborts_while_the_primary_serves(env: DrillEnv) -> None:
 
 
 def test_bad_requests_are_4xx_with_reasons(env: DrillEnv) -> None:
-    def start(body: object, **kw: object) -> tuple[int, dict[str, object]]:
-        response = env.admin("POST", "/admin/drills", json=body, **kw)  # type: ignore[arg-type]
+    def start(body: object) -> tuple[int, dict[str, object]]:
+        response = env.admin("POST", "/admin/drills", json=body)
         return response.status_code, error_of(response)
 
     status, error = start({"route": "chta", "to": "alt@sim"})
-    assert status == 400 and error["param"] == "route" and "did you mean 'chat'" in str(
-        error["message"]
+    assert (
+        status == 400
+        and error["param"] == "route"
+        and "did you mean 'chat'" in str(error["message"])
     )
     status, error = start({"route": "chat", "to": "nope@sim"})
     assert status == 400 and error["param"] == "to"
     status, error = start({"route": "chat", "to": "small@sim"})
     assert status == 400 and "primary" in str(error["message"])
-    for body in (
+    bodies: list[object] = [
         {"route": "chat", "to": "alt@sim", "percent": 0},
         {"route": "chat", "to": "alt@sim", "percent": 101},
         {"route": "chat", "to": "alt@sim", "minutes": 10**30},
@@ -134,7 +141,8 @@ def test_bad_requests_are_4xx_with_reasons(env: DrillEnv) -> None:
         {"to": "alt@sim"},
         [],
         "x",
-    ):
+    ]
+    for body in bodies:
         status, error = start(body)
         assert status == 400, body
     empty = env.admin("POST", "/admin/drills", content=b"")
@@ -166,3 +174,23 @@ def test_drills_are_in_the_openapi_document(env: DrillEnv) -> None:
     )
     body = paths["/admin/drills"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["additionalProperties"] is False and set(body["required"]) == {"route", "to"}
+
+
+def test_last_verdict_gauge_is_restored_at_start_up(
+    simulator: str, pg_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def finished_drill() -> None:
+        repo = DrillsRepository.create(pg_url)
+        try:
+            row = await repo.start("other", "alt@sim", 5, 15)
+            await repo.finish(row.id, "completed", "FAIL", {"reasons": ["too few"]}, "# x\n")
+        finally:
+            await repo.close()
+
+    asyncio.run(finished_drill())
+    with drill_env(simulator, pg_url, redis_server.url, tmp_path) as env:
+        metrics = env.admin("GET", "/metrics", key=None).text
+        assert re.search(r'farebox_drill_last_verdict\{route="other"\} 0\.0', metrics)
+        verdicts = env.admin("GET", "/admin/drills").json()["last_verdicts"]
+        assert verdicts["other"]["result"] == "FAIL"
+        assert verdicts["other"]["reasons"] == ["too few"]
