@@ -88,8 +88,10 @@ def _config_or_issues(file: Path) -> GatewayConfig | list[ConfigIssue]:
         env = {**os.environ, **{m.group(1): _PLACEHOLDER for m in missing if m is not None}}
         try:
             return load_config(file, env)
-        except ConfigError:
-            pass  # a real problem besides the missing variables: report the first errors
+        except ConfigError as exc:
+            # Something besides the missing variables (which are reported first, as
+            # interpolation stops the loader before validation): report those problems.
+            return exc.issues
     return issues
 
 

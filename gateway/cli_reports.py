@@ -188,6 +188,7 @@ def reconcile_command(
             )
 
         result = _run_db(url, work)
+        progress.update(task, description=f"imported {sum(len(f.lines) for f in files):,} lines")
         progress.advance(task)
     directory = out or Path(f"reconciliation-{month}")
     paths = write_reports(result, directory)

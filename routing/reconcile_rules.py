@@ -172,13 +172,13 @@ def _judge_model(
     metered_total = sum((c.metered_tokens for c in token_cells), _ZERO)
     invoiced_known = [c.invoiced_tokens for c in token_cells if c.invoiced_tokens is not None]
     invoiced_total = sum(invoiced_known, _ZERO) if invoiced_known else None
-    # Dollars are compared only over cells the invoice prices, so an export without dollars
-    # (or a token type it leaves unpriced) does not read as a 100 % cost variance.
-    # Non-token charges (tools, storage) cannot be metered; they are totalled apart.
-    priced = [c for c in cells if c.invoiced_usd is not None and c.token_type != OTHER]
-    metered_usd_all = _sum(c.metered_usd for c in cells) or _ZERO
+    # Dollars are compared only for a model the invoice prices at all, so an export without
+    # dollars (Fireworks' metrics, a usage export alone) does not read as a 100 % cost
+    # variance; within such a model a cell the invoice leaves out was billed $0.
+    priced = dollar_cells(cells)
+    metered_usd_all = _sum(c.metered_usd for c in cells if c.token_type != OTHER) or _ZERO
     metered_usd_priced = _sum(c.metered_usd for c in priced)
-    invoiced_usd = _sum(c.invoiced_usd for c in priced)
+    invoiced_usd = _sum(c.invoiced_usd or _ZERO for c in priced) if priced else None
     type_var = {
         tt: variance_pct(metered[tt], invoiced[tt] if tt in invoiced_seen else None)
         for tt in sorted(set(metered) | invoiced_seen, key=TOKEN_TYPES.index)
@@ -400,7 +400,15 @@ def overall_variance(cells: Sequence[Cell]) -> tuple[Decimal | None, Decimal | N
     known = [c.invoiced_tokens for c in tok if c.invoiced_tokens is not None]
     i_tok = sum(known, _ZERO) if known else None
     # Non-token charges (tools, storage) cannot be metered; they are totalled apart.
-    priced = [c for c in cells if c.invoiced_usd is not None and c.token_type != OTHER]
+    priced = dollar_cells(cells)
     m_usd = _sum(c.metered_usd for c in priced)
-    i_usd = _sum(c.invoiced_usd for c in priced)
+    i_usd = _sum(c.invoiced_usd or _ZERO for c in priced)
     return variance_pct(m_tok, i_tok), variance_pct(m_usd, i_usd) if priced else None
+
+
+def dollar_cells(cells: Sequence[Cell]) -> list[Cell]:
+    """The token cells of every provider × model whose invoice carries dollars."""
+    priced = {
+        (c.provider, c.model) for c in cells if c.invoiced_usd is not None and c.token_type != OTHER
+    }
+    return [c for c in cells if c.token_type != OTHER and (c.provider, c.model) in priced]

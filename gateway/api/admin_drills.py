@@ -26,7 +26,7 @@ from gateway.api.admin import _authorize
 from gateway.api.admin_keys import _json, _schema
 from gateway.api.asgi import new_request_id
 from gateway.drill_config import DrillStart
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import GatewayError, bad_request, too_large
 from gateway.ledger.drills_repository import RUNNING, STOPPING, DrillsRepository
 
 if TYPE_CHECKING:
@@ -127,7 +127,10 @@ def admin_drills_router(
 
         async def work() -> Response:
             current, repository = authorized(request)
-            start = _parse_start(await request.body())
+            body = await request.body()
+            if len(body) > current.max_body_bytes:
+                raise too_large(current.max_body_bytes)
+            start = _parse_start(body)
             problems = drill_admin.problems(current.config, start)
             if problems:
                 field, message = problems[0]

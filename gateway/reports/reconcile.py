@@ -35,11 +35,21 @@ from routing.reconcile_rules import (
     Counts,
     ModelVerdict,
     Thresholds,
+    dollar_cells,
     judge,
     overall_variance,
     within,
 )
-from routing.red_flags import RedFlag, invoice_variance_flag, price_change_flags
+from routing.red_flags import (
+    DailyRates,
+    RedFlag,
+    fallback_flag,
+    invoice_variance_flag,
+    price_change_flags,
+    trend_flags,
+    utilization,
+    utilization_flag,
+)
 
 GPU_MODEL = "(gpu hours)"
 _ZERO = Decimal(0)
@@ -172,6 +182,8 @@ def build_cells(
         seen = attempts[(d.provider, model)]
         seen[0] += d.attempts
         seen[1] += d.failed
+        if d.provider_kind == "dedicated":
+            continue  # a GPU is billed by the hour: its tokens are not on the bill
         rates = _rates(book, d)
         for token_type, n in _tokens(d).items():
             slot = metered.setdefault((d.provider, model, d.day, token_type), [_ZERO, _ZERO])
@@ -278,7 +290,7 @@ async def reconcile(
     cells, counts, unpriced = build_cells(ledger, invoice, providers, book, config, start, end)
     verdicts = judge(cells, counts, thresholds)
     token_var, cost_var = overall_variance(cells)
-    priced = [c for c in cells if c.invoiced_usd is not None and c.token_type != OTHER]
+    priced = dollar_cells(cells)
     invoiced_usd = sum((c.invoiced_usd or _ZERO for c in priced), _ZERO) if priced else None
     # Dollars are compared where the invoice has them; metered spend on cells the invoice
     # does not price (Fireworks' metrics, GPU hours without a rate) is reported apart.
@@ -289,7 +301,7 @@ async def reconcile(
     for d in ledger:
         if d.provider not in providers:
             unreconciled[d.provider] += d.cost_usd
-    flags: list[RedFlag] = []
+    flags = ledger_flags(ledger, providers, config, cells, start, end)
     for v in verdicts:
         flags += invoice_variance_flag(f"{v.provider} {v.model}", v.cost_variance_pct)
     versions = await store.price_versions(start, end)
@@ -326,6 +338,60 @@ async def reconcile(
     result.elapsed_s = time.perf_counter() - started
     result.run_id = await store.save_reconciliation(_run_row(result))
     return result
+
+
+def ledger_flags(
+    ledger: Sequence[LedgerDay],
+    providers: set[str],
+    config: GatewayConfig,
+    cells: Sequence[Cell],
+    start: datetime,
+    end: datetime,
+) -> list[RedFlag]:
+    """The LCPR report's trend, fallback and utilization flags, per reconciled provider,
+    from the same per-day aggregates (no second pass over the ledger)."""
+    per_day: dict[tuple[str, date], list[int]] = defaultdict(lambda: [0] * 7)
+    busy: dict[str, Decimal] = defaultdict(lambda: _ZERO)
+    for d in ledger:
+        if d.provider not in providers:
+            continue
+        acc = per_day[(d.provider, d.day)]
+        # First attempts stand in for requests: every request has exactly one.
+        for i, v in enumerate(
+            (
+                d.attempts - d.retries - d.fallbacks,
+                d.retries,
+                d.gated,
+                d.gate_passed,
+                d.input_uncached + d.cached_read + d.cache_write,
+                d.cached_read,
+                d.fallbacks,
+            )
+        ):
+            acc[i] += v
+        busy[d.provider] += d.busy_seconds
+    daily = [
+        DailyRates(p, day, v[0], v[1], v[2], v[3], v[4], v[5]) for (p, day), v in per_day.items()
+    ]
+    period_end = min(end, datetime.now(UTC))
+    flags = trend_flags(daily, (period_end + timedelta(days=1)).date())
+    for provider in sorted(providers):
+        first = sum(v[0] for (p, _), v in per_day.items() if p == provider)
+        fallbacks = sum(v[6] for (p, _), v in per_day.items() if p == provider)
+        flags += fallback_flag(provider, Decimal(fallbacks) / first if first else None)
+        spec = config.providers.get(provider)
+        if spec is None or spec.kind != "dedicated":
+            continue
+        billed = [
+            c.invoiced_tokens
+            for c in cells
+            if c.provider == provider and c.token_type == GPU_HOURS and c.invoiced_tokens
+        ]
+        hours = billed[0] if billed else Decimal((period_end - start).total_seconds()) / 3600
+        flags += utilization_flag(
+            provider, utilization(busy[provider], hours, spec.max_concurrency or 1)
+        )
+    return flags
 
 
 def _num(value: Decimal | None) -> str | None:

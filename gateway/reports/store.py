@@ -77,6 +77,11 @@ class LedgerDay:
     output: int
     cost_usd: Decimal
     unpriced: int
+    retries: int = 0
+    fallbacks: int = 0
+    gated: int = 0
+    gate_passed: int = 0
+    busy_seconds: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +258,12 @@ class ReportStore:
                 func.sum(a.output_tokens),
                 func.sum(a.cost_usd),
                 func.sum(case((a.cost_usd.is_(None), 1), else_=0)),
+                # For the red flags, in the same scan.
+                func.sum(case((a.role == "retry", 1), else_=0)),
+                func.sum(case((a.role == "fallback", 1), else_=0)),
+                func.sum(case((a.gate_outcome.is_not(None), 1), else_=0)),
+                func.sum(case((a.gate_outcome == "pass", 1), else_=0)),
+                func.sum(a.latency_ms),
             )
             .where(a.started_at >= _utc(start, self._pg), a.started_at < _utc(end, self._pg))
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
@@ -274,6 +285,11 @@ class ReportStore:
                 output=int(r[10] or 0),
                 cost_usd=_dec(r[11]),
                 unpriced=int(r[12] or 0),
+                retries=int(r[13] or 0),
+                fallbacks=int(r[14] or 0),
+                gated=int(r[15] or 0),
+                gate_passed=int(r[16] or 0),
+                busy_seconds=_dec(r[17]) / 1000,
             )
             for r in rows
         ]

@@ -203,6 +203,7 @@ def test_every_admin_route_is_fuzzed(hardened: RunningGateway) -> None:
     paths = {op["path"] for op in admin_operations(hardened)}
     assert "/admin/routes/{route}/explain" in paths
     assert "/admin/keys" in paths  # virtual keys
+    assert "/admin/drills/{drill_id}/stop" in paths  # failover drills
 
 
 path_values = st.sampled_from(["key_0", "key_" + "f" * 32, "chat", "nope", "..", "%00"]) | st.text(

@@ -13,6 +13,7 @@ import redis
 from typer.testing import CliRunner, Result
 
 from gateway.cli import app
+from tests.conftest import SIM_KEY
 from tests.drill_env import DrillEnv, drill_env
 from tests.ledger_reads import sql_rows
 from tests.services import RedisServer, free_port
@@ -176,3 +177,17 @@ def test_start_without_redis_still_reaches_the_gateway(env: DrillEnv) -> None:
         pytest.fail("the gateway did not pick the drill up by polling")
     stopped = drill(env, "stop", drill_id, FAREBOX_REDIS_URL="")
     assert stopped.exit_code == 0 and "stopping" in stopped.stdout
+
+
+def test_provider_secrets_are_not_needed_to_start(env: DrillEnv, tmp_path: Path) -> None:
+    # The operator's shell need not hold the providers' keys: names are what is checked.
+    text = env.config_file.read_text().replace(SIM_KEY, "${DRILL_TEST_UNSET_SIM_KEY}")
+    config = tmp_path / "no-secrets.yaml"
+    config.write_text(text)
+    result = drill(env, "start", "chat", "--to", "alt@sim", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    # A real mistake next to a missing variable is still reported, with its line.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("fallbacks:", "fallbaks:"))
+    result = drill(env, "start", "other", "--to", "alt@sim", "--config", str(broken))
+    assert result.exit_code == 1 and "fallbaks" in result.stderr

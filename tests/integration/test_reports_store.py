@@ -122,18 +122,8 @@ def _run(*args: str) -> tuple[int, str]:
 def test_lcpr_by_route(db: str, tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG)
-    code, output = _run(
-        "lcpr",
-        "--month",
-        "2025-11",
-        "--by",
-        "route",
-        "--json",
-        "--config",
-        str(config),
-        "--database-url",
-        db,
-    )
+    base = ("lcpr", "--month", "2025-11", "--json", "--config", str(config), "--database-url", db)
+    code, output = _run(*base, "--by", "route")
     assert code == 0, output
     report = json.loads(output)
     seg = {s["segment"]: s for s in report["segments"]}
@@ -155,19 +145,17 @@ def test_lcpr_by_route(db: str, tmp_path: Path) -> None:
     codes = {(f["code"], f["subject"]) for f in report["red_flags"]}
     assert codes == {("fallback_share_high", "chat"), ("dedicated_underused", "gpu")}
 
-    code, output = _run(
-        "lcpr",
-        "--month",
-        "2025-11",
-        "--by",
-        "key",
-        "--json",
-        "--config",
-        str(config),
-        "--database-url",
-        db,
-    )
+    code, output = _run(*base, "--by", "key")
     assert code == 0 and [s["segment"] for s in json.loads(output)["segments"]] == ["k1"]
+
+    code, output = _run(*base, "--by", "model")
+    by_dep = {s["segment"]: s for s in json.loads(output)["segments"]}
+    # fast@sim served r1 (retry succeeded), r2 (timed out) and r3 (gate failed): 1 success;
+    # big@gpu answered r2 as the fallback and carries the GPU's $1,440.
+    fast, big = by_dep["fast@sim"], by_dep["big@gpu"]
+    assert (fast["requests"], fast["successful"]) == (3, 1)
+    assert D(fast["token_cost_usd"]) == D("0.00044")
+    assert (big["requests"], big["successful"], D(big["dedicated_cost_usd"])) == (1, 1, 1440)
 
 
 def test_reconcile_names_the_day_missing_from_the_invoice(db: str, tmp_path: Path) -> None:
@@ -180,6 +168,11 @@ def test_reconcile_names_the_day_missing_from_the_invoice(db: str, tmp_path: Pat
         "sim,2025-11-03,m-fast,input_uncached,200,0.0002\n"
         "sim,2025-11-03,m-fast,output,20,0.00002\n"
     )
+    gpu = tmp_path / "gpu.csv"
+    # November has 720 hours; at $2 an hour the GPU bill matches the contract exactly.
+    gpu.write_text(
+        "provider,date,model,token_type,tokens,amount_usd\ngpu,2025-11-01,h100,gpu_hours,720,1440\n"
+    )
     out = tmp_path / "out"
     code, output = _run(
         "reconcile",
@@ -187,6 +180,8 @@ def test_reconcile_names_the_day_missing_from_the_invoice(db: str, tmp_path: Pat
         "2025-11",
         "--invoice",
         f"sim={invoice}",
+        "--invoice",
+        f"gpu={gpu}",
         "--out",
         str(out),
         "--config",
@@ -199,5 +194,13 @@ def test_reconcile_names_the_day_missing_from_the_invoice(db: str, tmp_path: Pat
         rows = list(csv.DictReader(fh))
     day1 = [r for r in rows if r["day"] == "2025-11-03"]
     assert {r["token_variance_pct"] for r in day1} == {"0"}
-    assert {r["causes"] for r in rows} == {"days_missing_on_invoice"}
-    assert "metered but not invoiced on 2025-11-20" in (out / "reconciliation.md").read_text()
+    assert {r["causes"] for r in rows if r["provider"] == "sim"} == {"days_missing_on_invoice"}
+    md = (out / "reconciliation.md").read_text()
+    assert "metered but not invoiced on 2025-11-20" in md
+    # The GPU is compared on hours only, and they agree; its 0.01 s of work in 720 paid hours
+    # is a red flag.
+    hours = [r for r in rows if r["provider"] == "gpu"]
+    assert [(r["token_type"], r["metered_tokens"], r["invoiced_tokens"]) for r in hours] == [
+        ("gpu_hours", "720", "720")
+    ]
+    assert "`dedicated_underused` gpu" in md
