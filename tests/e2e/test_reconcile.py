@@ -35,7 +35,6 @@ from gateway.cli import app
 from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
-from tests.integration.conftest import postgres  # noqa: F401  (the session's Postgres)
 from tests.ledger_reads import sql_rows
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
@@ -135,7 +134,7 @@ def _prompt(i: int, day: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:  # noqa: F811
+def world(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("reconcile")
     name = f"t_{uuid.uuid4().hex[:16]}"
     postgres.create_database(name)
