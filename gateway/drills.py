@@ -249,6 +249,8 @@ class DrillBoard:
             await asyncio.wait(list(self._tasks), timeout=5)
         if self._redis is not None:
             await self._redis.aclose()
+        if self._repo is not None:
+            await self._repo.close()  # after the scheduler, which shares it (state.close)
 
     async def announce(self) -> None:
         """Tell every replica to re-read the drills now (after a start, stop or abort)."""

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api.asgi import new_request_id
-from gateway.auth import digest
+from gateway.auth import bearer_token, digest
 from gateway.errors import GatewayError, bad_request, too_large, unauthorized
 from gateway.explain import explain_route, parse_chat_request, unknown_route_message
 from gateway.state import GatewayState
@@ -47,6 +47,24 @@ def _authorize(request: Request, state: GatewayState, master_key: str | None) ->
             "admin_key_required",
         )
     raise unauthorized("Incorrect API key provided.")
+
+
+async def authorize_admin(request: Request, state: GatewayState, master_key: str | None) -> None:
+    """`_authorize`, and a 403 rather than a 401 for a virtual key not cached yet: it is a
+    client key like any other, only unseen by this replica so far."""
+    try:
+        _authorize(request, state, master_key)
+    except GatewayError as exc:
+        token = bearer_token(request.headers.get("authorization", "").encode(), None)
+        if exc.status != 401 or token is None or not state.keys.virtual:
+            raise
+        if await state.keys.resolve(token) is not None:
+            raise forbidden(
+                "This endpoint needs the master key (FAREBOX_MASTER_KEY); client keys "
+                "cannot use the admin API.",
+                "admin_key_required",
+            ) from None
+        raise
 
 
 def admin_router(state: Callable[[], GatewayState | None], master_key: str | None) -> APIRouter:

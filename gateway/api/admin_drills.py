@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gateway import drill_admin
-from gateway.api.admin import _authorize
+from gateway.api.admin import authorize_admin
 from gateway.api.admin_keys import _json, _schema
 from gateway.api.asgi import new_request_id
 from gateway.drill_config import DrillStart
@@ -64,11 +64,11 @@ def admin_drills_router(
 ) -> APIRouter:
     router = APIRouter(tags=["admin"])
 
-    def authorized(request: Request) -> tuple[GatewayState, DrillsRepository]:
+    async def authorized(request: Request) -> tuple[GatewayState, DrillsRepository]:
         current = state()
         if current is None:
             raise GatewayError(503, "The gateway is still starting.", error_type="server_error")
-        _authorize(request, current, master_key)
+        await authorize_admin(request, current, master_key)
         board = current.drills
         if board is None or board.repository is None:
             raise GatewayError(
@@ -126,7 +126,7 @@ def admin_drills_router(
         409 while the route already has a drill running."""
 
         async def work() -> Response:
-            current, repository = authorized(request)
+            current, repository = await authorized(request)
             body = await request.body()
             if len(body) > current.max_body_bytes:
                 raise too_large(current.max_body_bytes)
@@ -168,7 +168,7 @@ def admin_drills_router(
         verdict per route."""
 
         async def work() -> Response:
-            _, repository = authorized(request)
+            _, repository = await authorized(request)
             return _json(await db(drill_admin.overview(repository, limit)), 200, "")
 
         return await answer(request, work)
@@ -178,7 +178,7 @@ def admin_drills_router(
         """One drill: its settings, status, live progress or verdict and Markdown report."""
 
         async def work() -> Response:
-            _, repository = authorized(request)
+            _, repository = await authorized(request)
             row = await load(repository, drill_id)
             data = await db(drill_admin.view_with_progress(repository, row))
             return _json(data, 200, "")
@@ -191,7 +191,7 @@ def admin_drills_router(
         (poll GET /admin/drills/{id} until `status` is `stopped`)."""
 
         async def work() -> Response:
-            current, repository = authorized(request)
+            current, repository = await authorized(request)
             row = await load(repository, drill_id)
             if row.status != RUNNING or not await db(repository.move(row.id, (RUNNING,), STOPPING)):
                 latest = await db(repository.get(row.id)) or row
@@ -220,7 +220,7 @@ def admin_drills_router(
         """The verdict as Markdown; 409 until the drill has one."""
 
         async def work() -> Response:
-            _, repository = authorized(request)
+            _, repository = await authorized(request)
             row = await load(repository, drill_id)
             if row.report is None:
                 raise GatewayError(

@@ -18,9 +18,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.admin import _authorize, forbidden
+from gateway.api.admin import authorize_admin, forbidden
 from gateway.api.asgi import new_request_id
-from gateway.auth import bearer_token
 from gateway.errors import GatewayError, bad_request, too_large
 from gateway.key_admin import (
     KeyAdmin,
@@ -91,21 +90,7 @@ def admin_keys_router(
         current = state()
         if current is None:
             raise GatewayError(503, "The gateway is still starting.", error_type="server_error")
-        try:
-            _authorize(request, current, master_key)
-        except GatewayError as exc:
-            # _authorize knows only cached keys: a virtual key it has not seen is still a
-            # client key, and gets the same 403 as a cached one.
-            token = bearer_token(request.headers.get("authorization", "").encode(), None)
-            if exc.status != 401 or token is None or not current.keys.virtual:
-                raise
-            if await current.keys.resolve(token) is not None:
-                raise forbidden(
-                    "This endpoint needs the master key (FAREBOX_MASTER_KEY); client keys "
-                    "cannot use the admin API.",
-                    "admin_key_required",
-                ) from None
-            raise
+        await authorize_admin(request, current, master_key)
         if current.key_admin is None:
             # 4xx, like a disabled admin API: a configuration, not an outage to retry.
             raise forbidden(
