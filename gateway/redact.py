@@ -203,10 +203,16 @@ def register_credentials(
     headers: Mapping[str, str] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Register one provider's credentials: its key, header values, secret-named options."""
+    """Register one provider's credentials: its key, and the values of its credential-named
+    headers and options."""
     found: list[str | None] = [api_key]
     if headers:
-        for value in headers.values():
+        # Only credential-named headers: a routing or version header ("anthropic-version",
+        # a behaviour switch) is not a secret, and scrubbing its value would mangle every
+        # message that mentions the same word.
+        for name, value in headers.items():
+            if not _SECRET_OPTION.search(name):
+                continue
             found.append(value)
             scheme, _, token = value.partition(" ")
             if token and scheme.lower() in ("bearer", "basic", "token"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -38,6 +40,10 @@ from routing.resolve import ModelIndex
 log = logging.getLogger("farebox")
 
 
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
 @dataclass
 class GatewayState:
     config: GatewayConfig
@@ -60,34 +66,37 @@ class GatewayState:
     # Starts the YAML's scheduled drills (only with a ledger and a `drills:` list).
     drill_scheduler: DrillScheduler | None = None
     draining: bool = False
+    # Requests running on this state (HotPath counts them): a state replaced by a reload is
+    # closed once this reaches zero.
+    inflight: int = 0
     started_at: float = field(default_factory=time.time)
 
     @property
     def max_body_bytes(self) -> int:
         return self.config.server.max_body_bytes
 
-    async def close(self) -> None:
-        """Stop upstream I/O, flush the ledger (to the database or the spool), disconnect."""
+    async def close(self, keep: Iterable[GatewayState] = ()) -> None:
+        """Stop upstream I/O, flush the ledger (to the database or the spool), disconnect.
+
+        `keep`: the states still serving after a config reload replaced this one; the parts
+        they carried over (ledger writer, breakers, …) are theirs now and stay open."""
         self.draining = True
-        await self.service.close()
-        if self.inflight_sync is not None:
-            await self.inflight_sync.close()
-        if self.quality is not None:
-            await self.quality.close()
-        if self.breakers is not None:
-            await self.breakers.close()
-        if self.limiter is not None:
-            await self.limiter.close()
-        if self.drill_scheduler is not None:
-            await self.drill_scheduler.close()
-        if self.drills is not None:
-            await self.drills.close()
-        if self.key_sync is not None:
-            await self.key_sync.close()
-        if self.writer is not None:
-            await self.writer.close()
-        if self.repository is not None:
-            await self.repository.close()
+        kept = {id(part) for state in keep for part in vars(state).values()}
+        parts: tuple[_Closable | None, ...] = (
+            self.service,
+            self.inflight_sync,
+            self.quality,
+            self.breakers,
+            self.limiter,
+            self.drill_scheduler,
+            self.drills,
+            self.key_sync,
+            self.writer,
+            self.repository,
+        )
+        for part in parts:
+            if part is not None and id(part) not in kept:
+                await part.close()
 
 
 def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
@@ -132,13 +141,24 @@ def build_scorers(config: GatewayConfig) -> dict[str, Scorer]:
     return {name: load_scorer(route.router_model) for name, route in routes.items()}
 
 
-def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
-    """Must run inside the event loop: the upstream session and ledger task bind to it."""
+def build_state(
+    settings: Settings, config: GatewayConfig, previous: GatewayState | None = None
+) -> GatewayState:
+    """Must run inside the event loop: the upstream session and ledger task bind to it.
+
+    On a config reload `previous` is the state being replaced: what does not depend on the
+    YAML (or whose YAML is unchanged) is carried over rather than rebuilt, so queued ledger
+    rows, open breakers, learned quality and in-process limit counters survive the reload.
+    """
     index = config.model_index()
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
     ledger: Ledger = NullLedger()
-    if settings.ledger_enabled:
+    if previous is not None and previous.writer is not None:
+        # Settings (the database URL) do not change on reload, only the YAML does.
+        writer, repository = previous.writer, previous.repository
+        ledger = writer
+    elif settings.ledger_enabled:
         repository = LedgerRepository.create(settings.database_url)
         writer = LedgerWriter(
             repository,
@@ -152,17 +172,19 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
     prices = load_price_book(config, Path(settings.prices_file))
     meter = Meter(prices, ledger)
     b = config.server.breaker
-    breakers = Breakers(
-        BreakerPolicy(
-            consecutive_failures=b.consecutive_failures,
-            error_rate=b.error_rate,
-            min_requests=b.min_requests,
-            window_s=b.window_s,
-            cooldown_s=b.cooldown_s,
-            max_cooldown_s=b.max_cooldown_s,
-        ),
-        settings.redis_url,
+    policy = BreakerPolicy(
+        consecutive_failures=b.consecutive_failures,
+        error_rate=b.error_rate,
+        min_requests=b.min_requests,
+        window_s=b.window_s,
+        cooldown_s=b.cooldown_s,
+        max_cooldown_s=b.max_cooldown_s,
     )
+    if previous is not None and previous.breakers is not None:
+        breakers = previous.breakers  # open breakers stay open; the new policy applies next
+        breakers.policy = policy
+    else:
+        breakers = Breakers(policy, settings.redis_url)
     created = int(time.time())
     models = {
         "object": "list",
@@ -172,7 +194,11 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         ],
     }
     specs = config.deployment_specs()
-    quality = QualityLive(repository)
+    quality = (
+        previous.quality
+        if previous is not None and previous.quality is not None
+        else QualityLive(repository)
+    )
     live = LiveRouting(
         specs,
         config.route_specs(),
@@ -192,13 +218,16 @@ def build_state(settings: Settings, config: GatewayConfig) -> GatewayState:
         else None
     )
     limits = config.limits
-    limiter = Limiter(
-        settings.redis_url,
-        policies={str(k): str(v) for k, v in limits.on_redis_failure.items()},
-        spend_source=repository.key_spend_since if repository is not None else None,
-        probe_interval_s=limits.probe_interval_ms / 1000,
-        timeout_s=limits.redis_timeout_ms / 1000,
-    )
+    if previous is not None and previous.limiter is not None and previous.config.limits == limits:
+        limiter = previous.limiter  # its in-process counters (used while Redis is down) carry on
+    else:
+        limiter = Limiter(
+            settings.redis_url,
+            policies={str(k): str(v) for k, v in limits.on_redis_failure.items()},
+            spend_source=repository.key_spend_since if repository is not None else None,
+            probe_interval_s=limits.probe_interval_ms / 1000,
+            timeout_s=limits.redis_timeout_ms / 1000,
+        )
     keys = build_keys(settings, config)
     engine = repository.engine if repository is not None else None
     key_sync, key_admin = virtual_keys(keys, engine, settings.redis_url)

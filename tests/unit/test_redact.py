@@ -141,12 +141,12 @@ def test_scrubber_removes_known_secrets_however_they_appear() -> None:
 def test_registered_credentials_are_scrubbed_everywhere() -> None:
     register_credentials(
         "registered-key-123456",
-        {"X-Custom-Auth": "Bearer header-token-abcdef"},
+        {"X-Custom-Auth": "Bearer header-token-abcdef", "x-mock-behavior": "context_length"},
         {"aws_secret_access_key": "wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY", "api_version": "2024-10-21"},
     )
     text = (
         "got registered-key-123456, header-token-abcdef and "
-        "wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY, api 2024-10-21"
+        "wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY, api 2024-10-21, context_length_exceeded"
     )
     out = scrub(text)
     for secret in (
@@ -156,6 +156,7 @@ def test_registered_credentials_are_scrubbed_everywhere() -> None:
     ):
         assert secret not in out
     assert "2024-10-21" in out  # options that are not secrets are left alone
+    assert "context_length_exceeded" in out  # nor headers that are not credentials
 
 
 def test_litellm_errors_lose_keys_from_urls_and_echoes() -> None:
