@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
 	@echo "make test   - install, start PostgreSQL/Redis when needed, run the whole suite"
-	@echo "make lint   - ruff, mypy, import-linter"
+	@echo "make lint   - ruff, mypy, import-linter, hadolint (Dockerfile)"
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
 
 install: $(VENV)/.installed
@@ -34,6 +34,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 fmt: install
 	$(BIN)/ruff format .

@@ -15,6 +15,8 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +24,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from gateway import metrics, request_log, telemetry
 from gateway.api.admin import admin_router
 from gateway.api.admin_drills import admin_drills_router
 from gateway.api.admin_keys import admin_keys_router
@@ -29,14 +32,25 @@ from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.asgi import headers_too_large, new_request_id, reseed_request_ids, send_error
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import ops_router
+from gateway.api.status_page import status_router
 from gateway.config_schema import GatewayConfig, load_config
 from gateway.errors import error_body
+from gateway.reload import (
+    Reloader,
+    ignore_sighup_until_ready,
+    mark_file_loaded,
+    start_components,
+)
 from gateway.settings import Settings
 from gateway.state import GatewayState, build_state, check_ledger, warm_up
 
 log = logging.getLogger("farebox")
 
 GC_THRESHOLDS = (50_000, 20, 100)
+
+# The state a request started with (set by HotPath for the request's task): a config reload
+# swaps `StateHolder.state` under running requests, which must finish on the config they began.
+_PINNED: ContextVar[GatewayState | None] = ContextVar("farebox_state", default=None)
 
 
 class StateHolder:
@@ -46,12 +60,14 @@ class StateHolder:
         self.state: GatewayState | None = None
 
     def get(self) -> GatewayState | None:
-        return self.state
+        pinned = _PINNED.get()
+        return pinned if pinned is not None else self.state
 
     def require(self) -> GatewayState:
-        if self.state is None:
+        state = self.get()
+        if state is None:
             raise RuntimeError("gateway state used before start-up finished")
-        return self.state
+        return state
 
 
 class HotPath:
@@ -64,8 +80,23 @@ class HotPath:
         self.holder: StateHolder = app.state.holder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.holder.state
+        if scope["type"] != "http" or state is None:
+            await self._serve(state, scope, receive, send)
+            return
+        # Counted so a reload closes the replaced state only after its last request.
+        state.inflight += 1
+        token = _PINNED.set(state)
+        try:
+            await self._serve(state, scope, receive, send)
+        finally:
+            _PINNED.reset(token)
+            state.inflight -= 1
+
+    async def _serve(
+        self, state: GatewayState | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         if scope["type"] == "http":
-            state = self.holder.get()
             if state is not None:
                 server = state.config.server
                 error = headers_too_large(scope, server.max_header_count, server.max_header_bytes)
@@ -83,25 +114,26 @@ class HotPath:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
+def create_app(
+    settings: Settings, config: GatewayConfig, config_path: Path | None = None
+) -> FastAPI:
+    """`config_path`: the file `config` came from; SIGHUP reloads it (without, no reload)."""
     holder = StateHolder()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Per process: each worker has its own request-log thread and span exporter.
+        request_log.configure(settings.request_log)
+        metrics.ENABLED = settings.metrics_enabled
+        telemetry.configure(settings.otel_endpoint, service_name=settings.otel_service_name)
         state = build_state(settings, config)
-        if state.breakers is not None:
-            await state.breakers.start()
-        if state.inflight_sync is not None:
-            await state.inflight_sync.start()
-        if state.drills is not None:
-            await state.drills.start()
-        if state.drill_scheduler is not None:
-            await state.drill_scheduler.start()
-        if state.key_sync is not None:
-            await state.key_sync.start()
-        if state.quality is not None and any(r.gate for r in config.routes.values()):
-            await state.quality.start()
+        await start_components(state)
         holder.state = state
+        reloader = None
+        if config_path is not None:
+            reloader = Reloader(settings, config_path, holder, drain_s=settings.graceful_shutdown_s)
+            reloader.install_signal_handler()
+            mark_file_loaded(config_path)
         # Start-up objects (config, price maps, modules) live for the whole process: keep
         # them out of every future collection, and collect young objects less often — the
         # hot path allocates many short-lived ones and rarely makes cycles.
@@ -116,7 +148,13 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
             yield
         finally:
             await warming
-            await state.close()
+            if reloader is not None:
+                await reloader.close()
+            # The latest state: reloads may have replaced the one built above.
+            await holder.require().close()
+            telemetry.shutdown()
+            request_log.close()
+            metrics.worker_exited()
 
     app = FastAPI(
         title="Farebox",
@@ -132,6 +170,7 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
     app.include_router(admin_router(holder.get, settings.master_key))
     app.include_router(admin_keys_router(holder.get, settings.master_key))
     app.include_router(admin_drills_router(holder.get, settings.master_key))
+    app.include_router(status_router(holder.get, settings.master_key))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -157,13 +196,16 @@ def create_app(settings: Settings, config: GatewayConfig) -> FastAPI:
     return app
 
 
-def create_asgi(settings: Settings, config: GatewayConfig) -> HotPath:
+def create_asgi(
+    settings: Settings, config: GatewayConfig, config_path: Path | None = None
+) -> HotPath:
     """What uvicorn serves: the hot path in front of the FastAPI app."""
-    return HotPath(create_app(settings, config))
+    return HotPath(create_app(settings, config, config_path))
 
 
 def asgi_from_env() -> HotPath:
     """uvicorn factory for multi-worker serving: each worker reloads the config itself."""
+    ignore_sighup_until_ready()
     reseed_request_ids()
     settings = Settings()
-    return create_asgi(settings, load_config(settings.config))
+    return create_asgi(settings, load_config(settings.config), Path(settings.config))

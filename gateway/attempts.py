@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from gateway import metrics
+from gateway import metrics, telemetry
 from gateway.errors import GatewayError, upstream_failed
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import TIMEOUT, UpstreamError
@@ -146,6 +146,8 @@ class AttemptLoop:
                         if not stream:
                             self.breakers.record(won[0].deployment.id, True)
                         return won
+                    # The upstream call carries this attempt's traceparent (no-op untraced).
+                    telemetry.begin_attempt(run.ctx.trace)
                     result = await call(attempt, bounded)
             except (UpstreamError, TimeoutError) as exc:
                 failure = (

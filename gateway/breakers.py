@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway import metrics
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -201,10 +202,12 @@ class Breakers:
         was_probe = before.state != CLOSED
         if after.trips > before.trips:
             log.warning("breaker %s opened (trip %d)", deployment, after.trips)
+            metrics.breaker_tripped(deployment)
             self._permits.pop(deployment, None)
             self._emit(deployment, after, "open", was_probe)
         elif before.state != CLOSED and after.state == CLOSED:
             log.info("breaker %s closed after a successful probe", deployment)
+            metrics.breaker_changed(deployment, False)
             self._emit(deployment, after, "close", was_probe)
 
     def _emit(self, deployment: str, state: BreakerState, kind: str, release: bool) -> None:
@@ -287,6 +290,7 @@ class Breakers:
                 self._adopt_open(deployment, msg)
             elif msg["event"] == "close" and deployment in self._states:
                 self._states[deployment] = breaker.adopt_close(self._states[deployment])
+                metrics.breaker_changed(deployment, False)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.debug("ignoring malformed breaker message %r: %s", data, exc)
             return
@@ -302,6 +306,7 @@ class Breakers:
         self._states[deployment] = breaker.adopt_open(
             current, now, opened_at, float(record["cooldown_s"]), int(record["trips"])
         )
+        metrics.breaker_changed(deployment, True)
 
     async def _supervise(self) -> None:
         failures = 0

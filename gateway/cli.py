@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -222,13 +224,37 @@ def _serve(
         "backlog": 4096,
     }
     if workers > 1:
+        from gateway.reload import serve_workers
+
         # Each worker process rebuilds its state from the file, so pass the path along.
         os.environ["FAREBOX_CONFIG"] = str(path.resolve())
-        uvicorn.run("gateway.app:asgi_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        # Workers are processes: prometheus_client keeps their values in files here, and
+        # /metrics on any worker merges them all.
+        metrics_dir = _fresh_metrics_dir()
+        try:
+            # uvicorn's supervisor, except that SIGHUP reloads each worker's config in place.
+            factory = "gateway.app:asgi_from_env"
+            serve_workers(
+                uvicorn.Config(factory, factory=True, workers=workers, **options)  # type: ignore[arg-type]
+            )
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     from gateway.app import create_asgi
 
-    uvicorn.run(create_asgi(settings, config), **options)  # type: ignore[arg-type]
+    # The path too: SIGHUP re-reads it.
+    uvicorn.run(create_asgi(settings, config, path), **options)  # type: ignore[arg-type]
+
+
+def _fresh_metrics_dir() -> str:
+    """A new, empty PROMETHEUS_MULTIPROC_DIR for this run's workers (under the operator's
+    directory when one is set): files left by an earlier run would be summed in."""
+    parent = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="farebox-metrics-", dir=parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
 
 
 @app.command()

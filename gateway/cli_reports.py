@@ -302,6 +302,8 @@ def lcpr_command(
         "gate pass",
         "fallback",
         "cache hit",
+        "resp. cache",
+        "saved $",
     )
     for column in columns:
         table.add_column(column, justify="left" if column == "segment" else "right")
@@ -328,6 +330,8 @@ def lcpr_command(
             rate(s.gate_pass_rate),
             rate(s.fallback_share),
             rate(s.cache_hit_rate),
+            rate(s.response_cache_rate),
+            money(s.saved_usd),
         )
     console.print(table)
     for d in report.dedicated:

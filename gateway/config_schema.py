@@ -177,6 +177,31 @@ class GateConfig(_Strict):
         return value
 
 
+class CacheConfig(_Strict):
+    """A route's response cache (gateway/cache.py): repeated requests are answered without
+    an upstream call. Off unless a route has `cache:`."""
+
+    mode: Literal["exact", "semantic"] = "exact"
+    ttl_s: Annotated[int, Field(gt=0, le=30 * 24 * 3600)] = 3600
+    # Who may be served an answer another request paid for: the same key (default), the
+    # same team, or every caller of the route.
+    scope: Literal["key", "team", "route"] = "key"
+    # Sampled requests (temperature > 0, or unset: the API default is 1) and n > 1 ask for
+    # varied answers; cache them only when the route says so.
+    sampled: bool = False
+    multiple_choices: bool = False
+    # semantic: serve when the last user turn's embedding is at least this similar to a
+    # cached one (cosine) and everything else in the request is identical.
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
+    # semantic: recent entries per route and scope searched for a neighbour.
+    index_entries: Annotated[int, Field(gt=0, le=100_000)] = 2_000
+    # In-process store (no Redis): bounded by entries and bytes, least recently used first out.
+    max_entries: Annotated[int, Field(gt=0)] = 10_000
+    max_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    # Answers larger than this are not cached (in either store).
+    max_entry_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+
+
 class Require(_Strict):
     region: list[str] | None = None
     zero_retention: bool = False
@@ -209,6 +234,8 @@ class Route(_Strict):
     # Opt-in: one `farebox.payloads` log line per request with its messages and answer,
     # PII and secrets redacted. Off by default: Farebox retains no prompt or completion.
     log_payloads: bool = False
+    # Opt-in response cache (exact or semantic); see CacheConfig.
+    cache: CacheConfig | None = None
 
     @field_validator("strategy")
     @classmethod

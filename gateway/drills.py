@@ -45,7 +45,10 @@ log = logging.getLogger("farebox.drills")
 
 CHANNEL = "farebox:drills"
 VERDICT = Gauge(
-    "farebox_drill_last_verdict", "1 if the route's last drill passed, 0 if not", ["route"]
+    "farebox_drill_last_verdict",
+    "1 if the route's last drill passed, 0 if not",
+    ["route"],
+    multiprocess_mode="mostrecent",
 )
 ABORTED = PromCounter("farebox_drills_aborted_total", "Drills that aborted themselves", ["route"])
 DRILL_ATTEMPTS = PromCounter(

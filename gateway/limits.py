@@ -44,15 +44,21 @@ log = logging.getLogger("farebox.limits")
 FAIL_OPEN = "fail_open"
 FAIL_CLOSED = "fail_closed"
 
-REDIS_UP = Gauge("farebox_limits_redis_up", "1 while the shared limit store answers")
+# The least healthy worker's view (multiprocess mode with several workers).
+REDIS_UP = Gauge(
+    "farebox_limits_redis_up",
+    "1 while the shared limit store answers",
+    multiprocess_mode="livemin",
+)
 DEGRADED = Counter(
     "farebox_limits_degraded_total",
     "Limit checks answered in process because Redis was unreachable",
     ["check"],
 )
 REFUSED = Counter("farebox_limits_refused_total", "Requests refused by a key limit", ["check"])
+# No key label: virtual keys are unbounded; the warning log names the key.
 BUDGET_ALERTS = Counter(
-    "farebox_budget_alerts_total", "Keys that crossed their soft budget threshold", ["key"]
+    "farebox_budget_alerts_total", "Keys that crossed their soft budget threshold"
 )
 
 # A lease outlives any request: the route's total deadline is far shorter.
@@ -363,7 +369,7 @@ class Limiter:
         if used < ratio * limits.budget_nano or (principal.key_name, month) in self._alerted:
             return
         self._alerted.add((principal.key_name, month))
-        BUDGET_ALERTS.labels(principal.key_name).inc()
+        BUDGET_ALERTS.inc()
         log.warning(
             "key %s has committed %.0f%% of its %s budget of $%s",
             principal.key_name,

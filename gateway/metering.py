@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from gateway import metrics
+from gateway import metrics, request_log, telemetry
 from gateway.auth import Principal
-from gateway.ledger.events import ESTIMATED, PROVIDER, AttemptRow, RequestRow
+from gateway.ledger.events import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.tokens import estimate_input_tokens
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
@@ -74,6 +74,8 @@ class CallContext:
     drill_id: str | None = None
     # Set for balancing routes: what the planner measured of the request.
     shape: RequestShape | None = None
+    # Span ids when tracing is on (gateway.telemetry); None otherwise.
+    trace: telemetry.RequestTrace | None = None
 
 
 def error_class(exc: UpstreamError) -> str:
@@ -117,6 +119,16 @@ class Meter:
         return self._add(
             ctx, attempt, usage, source, provider_request_id, started, ttft_ms, http_status, None
         )
+
+    def cache_hit(
+        self, ctx: CallContext, attempt: PlannedAttempt, usage: Usage, started: float
+    ) -> AttemptRow:
+        """Record an answer served from the response cache (gateway/cache.py): no upstream
+        call, so it costs nothing; what it would have cost at today's price for the cached
+        answer's tokens is recorded as the saving."""
+        row = self._add(ctx, attempt, usage, CACHE, None, started, None, 200, None)
+        row.saved_usd, row.cost_usd = row.cost_usd, Decimal(0)
+        return row
 
     def failed(
         self,
@@ -215,7 +227,8 @@ class Meter:
             drill_id=ctx.drill_id,
         )
         ctx.attempts.append(row)
-        metrics.count_attempt(dep.id, attempt.role, error or "ok")
+        if ctx.trace is not None:
+            telemetry.attempt_recorded(ctx.trace)
         return row
 
     def finish(
@@ -290,5 +303,12 @@ class Meter:
             ctx.admission.settle(row)
         if ctx.drill_id is not None and self.drills is not None:
             self.drills.observe(ctx.drill_id, attempts)
-        metrics.count_request(plan.route, status)
+        # Metrics, the request log and spans come from the rows the ledger just got.
+        overhead = metrics.overhead_s(row, attempts)
+        if metrics.ENABLED:
+            metrics.observe_request(row, attempts, overhead)
+        if request_log.ENABLED:
+            request_log.write(row, attempts, overhead)
+        if ctx.trace is not None:
+            telemetry.record(ctx.trace, row, attempts)
         return row

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,6 +33,8 @@ from gateway.ledger.events import AttemptRow, RequestRow
 
 # prometheus_client reads this variable itself when it is imported; /metrics must agree.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The per-request series (observe_request); FAREBOX_METRICS_ENABLED=false for benchmarks.
+ENABLED = True
 
 LEDGER_QUEUE_DEPTH = Gauge(
     "farebox_ledger_queue_depth",
@@ -306,4 +307,3 @@ def worker_exited(pid: int | None = None) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
-

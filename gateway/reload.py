@@ -7,7 +7,7 @@ state — breakers, limits, budgets, drills, key revocations — lives in Redis 
 the new state reads the same picture the old one had. Then `holder.state` is replaced in one
 assignment: requests already running keep the state they pinned at their start (HotPath),
 new requests get the new one, and the old state is closed once its last request finished
-(or after the drain period, whichever comes first).
+(bounded by the longest route timeout, in case a request never returns).
 
 A bad file (unreadable, invalid YAML, failed validation, a price or router model that will not
 load) changes nothing: the old state keeps serving, every issue is logged with file:line, and
@@ -47,14 +47,23 @@ log = logging.getLogger("farebox.reload")
 RELOADS = Counter(
     "farebox_config_reload_total", "Config reloads (SIGHUP) by result: ok or error", ["result"]
 )
+# With several workers (multiprocess metrics) a digest shows 1 while any live worker serves
+# it, and the load time is the oldest worker's: a worker that refused a reload stands out.
 CONFIG_INFO = Gauge(
-    "farebox_config_info", "The loaded routing config: 1 for its sha256 (first 16 hex)", ["sha256"]
+    "farebox_config_info",
+    "1 for the sha256 (first 16 hex) of the routing config being served",
+    ["sha256"],
+    multiprocess_mode="livemax",
 )
 CONFIG_LOADED_AT = Gauge(
-    "farebox_config_loaded_timestamp_seconds", "When the config now serving was loaded"
+    "farebox_config_loaded_timestamp_seconds",
+    "When the config now serving was loaded",
+    multiprocess_mode="livemin",
 )
 # How often a retiring state is checked for its last in-flight request.
 _RETIRE_POLL_S = 0.05
+# Past the longest route timeout: the attempt loop's own cleanup (ledger row, settle).
+_RETIRE_SLACK_S = 5.0
 
 
 class Holder(Protocol):
@@ -75,8 +84,21 @@ def read_config(path: Path) -> tuple[GatewayConfig, str]:
     return parse_config(text, file, os.environ), config_digest(text)
 
 
+def mark_file_loaded(path: Path) -> None:
+    """The gauges for the file read at start-up (the digest of its text as it is now)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        mark_loaded(config_digest(path.read_text(encoding="utf-8")))
+
+
+# The digest this process serves. A replaced one is set to 0, not removed: multiprocess
+# metric files keep every label a process ever wrote.
+_served: list[str] = []
+
+
 def mark_loaded(digest: str) -> None:
-    CONFIG_INFO.clear()
+    for old in _served:
+        CONFIG_INFO.labels(old).set(0)
+    _served[:] = [digest]
     CONFIG_INFO.labels(digest).set(1)
     CONFIG_LOADED_AT.set(time.time())
 
@@ -111,7 +133,7 @@ class Reloader:
     def __init__(self, settings: Settings, path: Path, holder: Holder, *, drain_s: float) -> None:
         self.settings, self.path, self.holder, self.drain_s = settings, path, holder, drain_s
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         # id → a replaced state whose requests are still finishing (states are unhashable).
         self._retiring: dict[int, GatewayState] = {}
         self._signal = False
@@ -127,10 +149,7 @@ class Reloader:
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
-        self._spawn(self._reload_quietly())
-
-    async def _reload_quietly(self) -> None:
-        await self.reload()
+        self._spawn(self.reload())  # outcome logged and counted; nobody awaits it
 
     async def reload(self) -> bool:
         """Load the file again and serve it; False (nothing changed) when it is bad."""
@@ -160,6 +179,8 @@ class Reloader:
             self.holder.state = new
             mark_loaded(digest)
             RELOADS.labels("ok").inc()
+            # Warning, not info: production often logs at warning, and a config change is
+            # exactly what an operator reading the log is looking for.
             log.warning(
                 "config reloaded from %s (sha256 %s, %d routes) in %.0f ms; "
                 "%d request(s) finish on the old config",
@@ -179,8 +200,15 @@ class Reloader:
             log.error("config reload refused, keeping the running config: %s", issue)
         return False
 
+    def _longest_wait_s(self, old: GatewayState) -> float:
+        """How long a request on `old` may still run: its routes' total timeouts (streams
+        can legitimately last minutes), and at least the drain period."""
+        totals = [spec.timeouts.total_ms / 1000 for spec in old.config.route_specs().values()]
+        return max([self.drain_s, *totals]) + _RETIRE_SLACK_S
+
     async def _retire(self, old: GatewayState) -> None:
-        deadline = time.monotonic() + self.drain_s
+        # The count is exact, so this bound only matters if a request never returns.
+        deadline = time.monotonic() + self._longest_wait_s(old)
         # Polled, not signalled: an Event would cost every request a check on its way out.
         while old.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_RETIRE_POLL_S)
@@ -212,7 +240,7 @@ class Reloader:
         for old in list(self._retiring.values()):
             await self._close_old(old)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,3 +32,18 @@ class Settings(BaseSettings):
     prices_file: str = "config/prices.yaml"
     # How often each replica checks the YAML's drill schedules (the lock holder starts them).
     drill_schedule_interval_s: float = 30.0
+    # One JSON line per request on the `farebox.requests` logger (stdout by default).
+    request_log: bool = True
+    # Per-request Prometheus series; off only for benchmarks measuring their cost.
+    metrics_enabled: bool = True
+    # OpenTelemetry traces (OTLP/HTTP) go here; unset, tracing is off and not even imported.
+    # The standard OTEL_* names, so the exporter's other OTEL_EXPORTER_OTLP_* settings apply.
+    otel_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint"
+        ),
+    )
+    otel_service_name: str = Field(
+        default="farebox", validation_alias=AliasChoices("OTEL_SERVICE_NAME", "otel_service_name")
+    )

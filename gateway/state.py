@@ -13,6 +13,7 @@ import orjson
 
 from gateway.auth import KeyStore, Principal
 from gateway.breakers import Breakers
+from gateway.cache import ResponseCache
 from gateway.config_schema import GatewayConfig
 from gateway.drill_schedule import DrillScheduler
 from gateway.drills import DrillBoard
@@ -65,6 +66,8 @@ class GatewayState:
     drills: DrillBoard | None = None
     # Starts the YAML's scheduled drills (only with a ledger and a `drills:` list).
     drill_scheduler: DrillScheduler | None = None
+    # The response cache (gateway/cache.py); None unless some route has `cache:`.
+    cache: ResponseCache | None = None
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
     # closed once this reaches zero.
@@ -90,6 +93,7 @@ class GatewayState:
             self.limiter,
             self.drill_scheduler,
             self.drills,
+            self.cache,
             self.key_sync,
             self.writer,
             self.repository,
@@ -256,7 +260,11 @@ def build_state(
             )
     service = Service(build_adapter(config), meter, breakers, live)
     service.quality = quality
+    cache = ResponseCache.build(
+        config, settings.redis_url, previous.cache if previous is not None else None
+    )
     return GatewayState(
+        cache=cache,
         config=config,
         index=index,
         keys=keys,

@@ -159,6 +159,10 @@ class SegmentTotals:
     clean_attempt_cost_usd: Decimal
     clean_attempt_tokens: int
     dedicated_tokens: Mapping[str, int]
+    # Requests answered from the response cache (successful, no token cost) and what
+    # their upstream calls would have cost.
+    cache_hits: int = 0
+    saved_usd: Decimal = _ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +190,11 @@ class SegmentLcpr:
     retry_rate: Decimal | None
     gate_pass_rate: Decimal | None
     fallback_share: Decimal | None
-    cache_hit_rate: Decimal | None
+    cache_hit_rate: Decimal | None  # prompt cache: share of input tokens read from it
+    # Response cache: hits, their share of requests, and the upstream cost they saved.
+    cache_hits: int = 0
+    response_cache_rate: Decimal | None = None
+    saved_usd: Decimal = _ZERO
 
 
 def _ratio(num: Decimal | int, den: Decimal | int) -> Decimal | None:
@@ -241,6 +249,9 @@ def segment_lcpr(totals: Sequence[SegmentTotals], costs: LoadedCosts) -> list[Se
                 gate_pass_rate=_ratio(t.gate_passed, t.gated),
                 fallback_share=_ratio(t.fallback_requests, t.requests),
                 cache_hit_rate=_ratio(t.cached_tokens, t.input_tokens),
+                cache_hits=t.cache_hits,
+                response_cache_rate=_ratio(t.cache_hits, t.requests),
+                saved_usd=t.saved_usd,
             )
         )
     out.sort(key=lambda s: (s.lcpr is None, -(s.lcpr or _ZERO), s.segment))

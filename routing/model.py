@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("primary", "retry", "fallback", "hedge", "escalation", "repair", "drill")
+ROLES = ("primary", "retry", "fallback", "hedge", "escalation", "repair", "drill", "cache_hit")
 
 
 # What a request may need from a deployment (see routing.shape.request_shape).

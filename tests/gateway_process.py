@@ -70,8 +70,13 @@ def gateway_process(
         yield running
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+            # SIGTERM first: a multi-worker master killed outright leaves its workers behind.
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def _wait_healthy(gw: GatewayProcess, timeout: float = 30) -> None:

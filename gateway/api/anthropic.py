@@ -37,6 +37,7 @@ from gateway.api.common import (
     observe_answer,
     plan_for,
     send_stream,
+    start_trace,
 )
 from gateway.api.validate import parse_object
 from gateway.errors import GatewayError
@@ -80,12 +81,21 @@ class AnthropicEndpoints:
             request_id, key_id, "chat/completions", model, stream, payload, shape=shape
         )
         ctx.principal = principal
+        start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
         ctx.admission = await admit(state, principal, plan, payload, len(body), headers)
+        # Routes without `cache:` pay this one check (gateway/cache.py).
+        cached = (
+            None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
+        )
         try:
             with DisconnectWatch(receive) as watch:
                 if stream:
-                    streaming = await state.service.stream(ctx, plan, True)
+                    streaming = await (
+                        state.service.stream(ctx, plan, True)
+                        if cached is None
+                        else cached.stream(state.service, ctx, plan, True)
+                    )
                     if payload_log.wanted(state.config.routes, plan.route):
                         streaming.chunks = payload_log.tap(
                             streaming.chunks,
@@ -98,7 +108,11 @@ class AnthropicEndpoints:
                     translator = StreamTranslator(model, request_id)
                     await send_stream(send, headers, streaming, watch, request_id, translator)
                     return
-                result = await state.service.complete(ctx, plan)
+                result = await (
+                    state.service.complete(ctx, plan)
+                    if cached is None
+                    else cached.complete(state.service, ctx, plan)
+                )
                 watch.stop()
                 observe_answer(state, plan, ctx, result.deployment, result.body)
                 if payload_log.wanted(state.config.routes, plan.route):

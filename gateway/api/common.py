@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from gateway import telemetry
 from gateway.api.asgi import (
     SSE_HEADERS,
     ClientGone,
@@ -183,6 +184,12 @@ def apply_drill(state: GatewayState, plan: Plan, ctx: CallContext, headers: Head
     if ctx.drill_id is not None:
         headers.append((b"x-farebox-drill", ctx.drill_id.encode()))
     return plan
+
+
+def start_trace(ctx: CallContext, scope: Scope) -> None:
+    """Trace ids for the request when tracing is on, continuing the client's traceparent."""
+    if telemetry.ENABLED:
+        ctx.trace = telemetry.begin_request(header(scope, b"traceparent"))
 
 
 def observe_answer(

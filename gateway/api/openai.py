@@ -27,6 +27,7 @@ from gateway.api.common import (
     observe_answer,
     plan_for,
     send_stream,
+    start_trace,
 )
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_object
 from gateway.metering import CallContext
@@ -87,12 +88,21 @@ class OpenAIEndpoints:
         plan, shape = plan_for(state, model, headers, payload, scope)
         ctx = CallContext(request_id, key_id, endpoint, model, stream, payload, shape=shape)
         ctx.principal = principal
+        start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
         ctx.admission = await admit(state, principal, plan, payload, len(body), headers)
+        # Routes without `cache:` pay this one check (gateway/cache.py).
+        cached = (
+            None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
+        )
         try:
             with DisconnectWatch(receive) as watch:
                 if stream:
-                    streaming = await state.service.stream(ctx, plan, include_usage)
+                    streaming = await (
+                        state.service.stream(ctx, plan, include_usage)
+                        if cached is None
+                        else cached.stream(state.service, ctx, plan, include_usage)
+                    )
                     if payload_log.wanted(state.config.routes, plan.route):
                         streaming.chunks = payload_log.tap(
                             streaming.chunks,
@@ -104,7 +114,11 @@ class OpenAIEndpoints:
                         )
                     await send_stream(send, headers, streaming, watch, request_id)
                     return
-                result = await state.service.complete(ctx, plan)
+                result = await (
+                    state.service.complete(ctx, plan)
+                    if cached is None
+                    else cached.complete(state.service, ctx, plan)
+                )
                 watch.stop()
                 observe_answer(state, plan, ctx, result.deployment, result.body)
                 if payload_log.wanted(state.config.routes, plan.route):

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import metrics as prometheus
 from gateway.state import GatewayState
 
 
@@ -50,6 +50,8 @@ def ops_router(state: Callable[[], GatewayState | None]) -> APIRouter:
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # With several workers, every worker's values merged (prometheus multiprocess mode).
+        body, content_type = prometheus.scrape()
+        return Response(body, media_type=content_type)
 
     return router

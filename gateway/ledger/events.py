@@ -12,6 +12,8 @@ from decimal import Decimal
 
 ESTIMATED = "estimated"
 PROVIDER = "provider"
+# A response-cache hit: the tokens are the cached answer's usage, no provider served them.
+CACHE = "cache"
 
 
 @dataclass(slots=True)
@@ -19,7 +21,7 @@ class AttemptRow:
     id: str
     request_id: str
     attempt_no: int  # 1-based, in the order attempts started
-    role: str  # primary|retry|fallback|hedge|escalation|repair|drill
+    role: str  # primary|retry|fallback|hedge|escalation|repair|drill|cache_hit
     deployment: str
     provider: str
     provider_kind: str  # serverless|dedicated|closed_api
@@ -35,11 +37,13 @@ class AttemptRow:
     cache_write_tokens: int
     output_tokens: int  # includes reasoning tokens, as OpenAI's completion_tokens does
     reasoning_tokens: int
-    token_source: str  # provider|estimated
+    token_source: str  # provider|estimated|cache
     cost_usd: Decimal | None  # None when no price is known: never recorded as $0
     price_version: str | None
     gate_outcome: str | None = None
     drill_id: str | None = None
+    # Role cache_hit only: what the answer would have cost upstream (cost_usd is 0).
+    saved_usd: Decimal | None = None
 
 
 @dataclass(slots=True)

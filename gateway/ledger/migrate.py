@@ -7,6 +7,7 @@ Blocking; from inside an event loop call it through `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -18,7 +19,11 @@ from sqlalchemy.pool import NullPool
 
 from gateway.ledger.repository import ensure_sqlite_directory
 
-ROOT = Path(__file__).resolve().parents[2]
+# A source checkout (or editable install) has them next to the package; an installed wheel
+# puts them in <prefix>/share/farebox (pyproject.toml's shared-data).
+_SOURCE = Path(__file__).resolve().parents[2]
+_INSTALLED = Path(sys.prefix) / "share" / "farebox"
+ROOT = _SOURCE if (_SOURCE / "migrations").is_dir() else _INSTALLED
 INI = ROOT / "alembic.ini"
 SCRIPTS = ROOT / "migrations"
 
@@ -26,8 +31,8 @@ SCRIPTS = ROOT / "migrations"
 def alembic_config(url: str) -> Config:
     if not SCRIPTS.is_dir():
         raise FileNotFoundError(
-            f"Alembic migrations not found at {SCRIPTS}: run from a source checkout or image "
-            "that ships migrations/ next to the gateway package"
+            f"Alembic migrations not found at {SCRIPTS}: install the farebox wheel (it ships "
+            f"them in {_INSTALLED}) or run from a source checkout"
         )
     cfg = Config(str(INI)) if INI.is_file() else Config()
     cfg.set_main_option("script_location", str(SCRIPTS))

@@ -118,6 +118,7 @@ class AttemptRecord(Base):
     price_version: Mapped[str | None] = mapped_column(TAG)
     gate_outcome: Mapped[str | None] = mapped_column(TAG)
     drill_id: Mapped[str | None] = mapped_column(ID)
+    saved_usd: Mapped[Decimal | None] = mapped_column(COST)
 
     __table_args__ = (
         Index("ix_attempts_request_id", "request_id"),

@@ -41,7 +41,7 @@ def _row(cls: type[Any], data: dict[str, Any]) -> Any:
         value = data.get(field.name)
         if value is None:
             continue
-        if field.name == "cost_usd":
+        if field.name in ("cost_usd", "saved_usd"):
             data[field.name] = Decimal(value)
         elif field.name in ("started_at", "received_at"):
             data[field.name] = datetime.fromisoformat(value)

@@ -24,6 +24,7 @@ from gateway.providers.base import (
     UpstreamReply,
 )
 from gateway.redact import UPSTREAM_SECRETS, register_credentials
+from gateway.telemetry import upstream_headers
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"
@@ -96,7 +97,10 @@ class OpenAICompatAdapter:
         provider, url, body = self._prepare(deployment, endpoint, payload)
         try:
             async with self._session.post(
-                url, data=body, headers=provider.headers, timeout=self._timeout(timeouts, False)
+                url,
+                data=body,
+                headers=upstream_headers(provider.headers),
+                timeout=self._timeout(timeouts, False),
             ) as resp:
                 raw = await resp.read()
                 request_id = resp.headers.get("x-request-id")
@@ -131,7 +135,10 @@ class OpenAICompatAdapter:
         provider, url, body = self._prepare(deployment, endpoint, payload)
         try:
             resp = await self._session.post(
-                url, data=body, headers=provider.headers, timeout=self._timeout(timeouts, True)
+                url,
+                data=body,
+                headers=upstream_headers(provider.headers),
+                timeout=self._timeout(timeouts, True),
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(

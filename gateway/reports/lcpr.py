@@ -196,6 +196,9 @@ def report_dict(r: LcprReport) -> dict[str, Any]:
                 "gate_pass_rate": _s(s.gate_pass_rate, 4),
                 "fallback_share": _s(s.fallback_share, 4),
                 "cache_hit_rate": _s(s.cache_hit_rate, 4),
+                "response_cache_hits": s.cache_hits,
+                "response_cache_rate": _s(s.response_cache_rate, 4),
+                "response_cache_saved_usd": _s(s.saved_usd),
             }
             for s in r.segments
         ],

@@ -38,6 +38,8 @@ from routing.lcpr import SegmentTotals
 from routing.red_flags import DailyRates
 
 SEGMENTS = ("model", "route", "workload", "key")
+# The attempt role of an answer served from the response cache (gateway/cache.py).
+CACHE_HIT = "cache_hit"
 _ZERO = Decimal(0)
 _SLACK = timedelta(days=1)
 
@@ -265,7 +267,13 @@ class ReportStore:
                 func.sum(case((a.gate_outcome == "pass", 1), else_=0)),
                 func.sum(a.latency_ms),
             )
-            .where(a.started_at >= _utc(start, self._pg), a.started_at < _utc(end, self._pg))
+            # Response-cache hits carry their answer's tokens, but no provider served (or
+            # bills) them: the metered side of reconciliation leaves them out.
+            .where(
+                a.started_at >= _utc(start, self._pg),
+                a.started_at < _utc(end, self._pg),
+                a.role != CACHE_HIT,
+            )
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
         )
         async with self.engine.connect() as conn:
@@ -301,7 +309,11 @@ class ReportStore:
         a = attempts_table.c
         stmt = (
             select(a.provider, a.role, func.count(), func.sum(a.cost_usd))
-            .where(a.started_at >= _utc(start, self._pg), a.started_at < _utc(end, self._pg))
+            .where(
+                a.started_at >= _utc(start, self._pg),
+                a.started_at < _utc(end, self._pg),
+                a.role != CACHE_HIT,
+            )
             .group_by(a.provider, a.role)
             .order_by(a.provider, a.role)
         )
@@ -345,6 +357,7 @@ class ReportStore:
             )
             .where(
                 a.provider_kind == "dedicated",
+                a.role != CACHE_HIT,
                 a.started_at >= _utc(start, self._pg),
                 a.started_at < _utc(end, self._pg),
             )
@@ -371,9 +384,15 @@ class ReportStore:
         input_tokens = a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens
         gate_ok = a.gate_outcome.is_(None) | (a.gate_outcome == "pass")
         clean = (a.role == "primary") & a.error_class.is_(None) & gate_ok
+        # A response-cache hit reached the client (a success) but no provider served its
+        # tokens: they stay out of the token sums (and its cost is 0).
+        hit = a.role == CACHE_HIT
 
         def flag(cond: ColumnElement[bool]) -> ColumnElement[Any]:
             return case((cond, 1), else_=0)
+
+        def served(tokens: ColumnElement[Any]) -> ColumnElement[Any]:
+            return case((hit, 0), else_=tokens)
 
         measures = [
             func.count(a.id).label("attempts"),
@@ -381,13 +400,15 @@ class ReportStore:
             func.max(flag(a.role == "fallback")).label("fallback"),
             func.sum(flag(a.gate_outcome.is_not(None))).label("gated"),
             func.sum(flag(a.gate_outcome == "pass")).label("passed"),
-            func.sum(input_tokens).label("input"),
-            func.sum(a.cached_read_tokens).label("cached"),
-            func.sum(a.output_tokens).label("output"),
+            func.sum(served(input_tokens)).label("input"),
+            func.sum(served(a.cached_read_tokens)).label("cached"),
+            func.sum(served(a.output_tokens)).label("output"),
             func.sum(a.cost_usd).label("cost"),
             func.sum(flag(clean)).label("clean"),
             func.sum(case((clean, a.cost_usd))).label("clean_cost"),
             func.sum(case((clean, input_tokens + a.output_tokens), else_=0)).label("clean_tok"),
+            func.sum(flag(hit)).label("hits"),
+            func.sum(a.saved_usd).label("saved"),
         ]
         lo, hi = _utc(start, self._pg), _utc(end, self._pg)
         if by == "model":
@@ -449,6 +470,8 @@ class ReportStore:
                 func.coalesce(func.sum(p.clean), 0),
                 func.sum(p.clean_cost),
                 func.coalesce(func.sum(p.clean_tok), 0),
+                func.coalesce(func.sum(p.hits), 0),
+                func.sum(p.saved),
             )
             .select_from(source)
             .where(*window)
@@ -471,6 +494,7 @@ class ReportStore:
         daily = []
         counts: dict[str, list[int]] = {}
         money: dict[str, list[Decimal]] = {}
+        hits: dict[str, list[Any]] = {}
         for row in rows:
             seg = str(row[0])
             # requests, successful, attempts, retries, fallback, gated, passed, input, cached,
@@ -483,6 +507,9 @@ class ReportStore:
             dollars = money.setdefault(seg, [_ZERO, _ZERO])
             dollars[0] += usd[0]
             dollars[1] += usd[1]
+            cached = hits.setdefault(seg, [0, _ZERO])  # response-cache hits, their savings
+            cached[0] += int(row[16] or 0)
+            cached[1] += _dec(row[17])
             daily.append(DailyRates(seg, _day(row[1]), n[0], n[3], n[5], n[6], n[7], n[8]))
         totals = [
             SegmentTotals(
@@ -502,6 +529,8 @@ class ReportStore:
                 clean_attempt_cost_usd=money[seg][1],
                 clean_attempt_tokens=v[11],
                 dedicated_tokens=dedicated.get(seg, {}),
+                cache_hits=hits[seg][0],
+                saved_usd=hits[seg][1],
             )
             for seg, v in counts.items()
         ]
@@ -528,6 +557,7 @@ class ReportStore:
             .select_from(source)
             .where(
                 a.provider_kind == "dedicated",
+                a.role != CACHE_HIT,
                 when >= _utc(start, self._pg),
                 when < _utc(end, self._pg),
             )

@@ -61,6 +61,7 @@ def test_redis_outage_falls_back_to_local_counts(redis_server: RedisServer) -> N
 
     asyncio.run(run())
 
+
 def test_provider_rpm_and_tpm_hold_across_replicas(redis_server: RedisServer) -> None:
     """A provider account's requests/min is one number for the fleet, not per replica."""
     cheap = DeploymentSpec("cheap", "p", "serverless", "openai", "m", rpm=10, tpm=1_000)

@@ -130,11 +130,15 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _request_columns(conn: Connection) -> set[str]:
     return {c["name"] for c in inspect(conn).get_columns("requests")}
+
+
+def _attempt_columns(conn: Connection) -> set[str]:
+    return {c["name"] for c in inspect(conn).get_columns("attempts")}
 
 
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
@@ -159,6 +163,12 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     keys_indexes = {"ix_api_keys_key_hash", "ix_api_keys_updated_at"}
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
+
+    assert "saved_usd" in on_connection(db_url, _attempt_columns)
+    downgrade(db_url, "0005")  # one step: the cache savings column goes, nothing else
+    assert current(db_url) == "0005"
+    assert "saved_usd" not in on_connection(db_url, _attempt_columns)
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
     drills_indexes = {"ix_drills_status", "ix_drills_route_started_at", "ix_drills_updated_at"}
     assert on_connection(db_url, _schema)["drills"] == drills_indexes

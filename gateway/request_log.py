@@ -1,0 +1,172 @@
+"""One JSON line per request on the `farebox.requests` logger.
+
+Written from Meter.finish, from the request row the ledger gets: request id, route,
+deployment, attempts, status, tokens, cost, latency, Farebox's own overhead and the client
+(the key's name, never its secret). Never a prompt or a completion: those go to
+`farebox.payloads`, and only for routes that opt in (`log_payloads`).
+
+Cost on the hot path is one orjson call and a deque append; a thread writes the lines to
+stdout in batches every FLUSH_S, so the event loop never waits on a pipe or a disk. An
+operator who configures handlers for `farebox.requests` (a logging config) gets the same
+records through them instead. FAREBOX_REQUEST_LOG=false turns the log off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import IO, Any
+
+import orjson
+
+from gateway.ledger.events import AttemptRow, RequestRow
+
+LOGGER_NAME = "farebox.requests"
+log = logging.getLogger(LOGGER_NAME)
+
+ENABLED = False
+_INFO = logging.INFO
+# How long a line may wait before it is written.
+FLUSH_S = 0.05
+_writer: _LineWriter | None = None
+
+
+class _LineWriter(logging.Handler):
+    """Collects finished lines; a daemon thread writes them out every FLUSH_S, many per write.
+
+    Appending to a deque wakes nobody: a thread woken per line would cost a GIL hand-off per
+    request, which under load was most of the log's price.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(_INFO)
+        self._stream = stream
+        self._lines: deque[str] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="farebox-request-log", daemon=True)
+        self._thread.start()
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock and no formatting: the message is the finished JSON line.
+        self._lines.append(record.getMessage())
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() covers it
+        self._lines.append(record.getMessage())
+
+    def _drain(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self._write()
+        self._write()
+
+    def _write(self) -> None:
+        lines = self._lines
+        batch = [lines.popleft() for _ in range(len(lines))]
+        if not batch:
+            return
+        try:
+            self._stream.write("\n".join(batch) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed at exit: nothing left to tell
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=5)
+        super().close()
+
+
+def configure(enabled: bool, stream: IO[str] | None = None) -> None:
+    """Switch the log on or off. With no handler of the operator's on the logger, lines go
+    to `stream` (stdout) through `_LineWriter`."""
+    global ENABLED, _writer
+    if not enabled:
+        ENABLED = False
+        return
+    if _writer is not None and (stream is None or _writer._stream is stream):
+        ENABLED = True
+        return
+    if _writer is not None:
+        log.removeHandler(_writer)
+        _writer.close()
+        _writer = None
+    if not log.handlers:
+        _writer = _LineWriter(stream or sys.stdout)
+        log.addHandler(_writer)
+        log.propagate = False
+        atexit.register(_writer.close)
+    if log.level == logging.NOTSET or log.level > _INFO:
+        log.setLevel(_INFO)
+    ENABLED = True
+
+
+def close() -> None:
+    """Flush the queued lines (worker shutdown)."""
+    global _writer
+    if _writer is not None:
+        log.removeHandler(_writer)
+        _writer.close()
+        _writer = None
+
+
+def line(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) -> bytes:
+    entry: dict[str, Any] = {
+        "ts": row.received_at,
+        "request_id": row.id,
+        "route": row.route,
+        "deployment": row.final_deployment,
+        "attempts": row.attempts,
+        "status": row.final_status,
+        "error_class": row.error_class,
+        "stream": row.stream,
+        "endpoint": row.endpoint,
+        "tokens": {
+            "input_uncached": row.input_uncached_tokens,
+            "cached_read": row.cached_read_tokens,
+            "cache_write": row.cache_write_tokens,
+            "output": row.output_tokens,
+            "reasoning": row.reasoning_tokens,
+        },
+        # A string keeps the ledger's exact decimal; null means unpriced, never $0.
+        "cost_usd": None if row.cost_usd is None else f"{row.cost_usd:f}",
+        "latency_ms": round(row.latency_ms, 3),
+        "ttft_ms": None if row.ttft_ms is None else round(row.ttft_ms, 3),
+        "overhead_ms": round(overhead_s * 1000, 3),
+        "client_id": row.key_id,
+    }
+    if row.team is not None:
+        entry["team"] = row.team
+    if row.workload is not None:
+        entry["workload"] = row.workload
+    if row.gate_outcome is not None:
+        entry["gate"] = row.gate_outcome
+    if len(attempts) > 1:  # the path only when there was one: retries, fallbacks, hedges
+        entry["tried"] = [f"{a.deployment}:{a.role}:{a.error_class or 'ok'}" for a in attempts]
+    drill = next((a.drill_id for a in attempts if a.drill_id), None)
+    if drill is not None:
+        entry["drill_id"] = drill
+    return orjson.dumps(entry)
+
+
+def write(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) -> None:
+    writer = _writer
+    if writer is not None and log.handlers == [writer] and not log.filters and log.level == _INFO:
+        # Only our own writer would see the record: hand it the line, skip the LogRecord.
+        writer.add(line(row, attempts, overhead_s).decode())
+        return
+    if not log.isEnabledFor(_INFO):
+        return
+    # makeRecord + handle skips Logger._log's stack walk (findCaller): the caller is known.
+    record = log.makeRecord(
+        LOGGER_NAME, _INFO, __file__, 0, line(row, attempts, overhead_s).decode(), (), None
+    )
+    log.handle(record)
