@@ -69,10 +69,10 @@ def _measure() -> dict[str, float]:
 
     real_observe = metrics.observe_request
     out: dict[str, float] = {}
-    metrics.observe_request = lambda *_: None  # type: ignore[assignment]
+    metrics.observe_request = lambda *_: None
     request_log.configure(False)
     out["none"] = run(False)
-    metrics.observe_request = real_observe  # type: ignore[assignment]
+    metrics.observe_request = real_observe
     out["metrics"] = run(False)
     devnull = open(os.devnull, "w")  # noqa: SIM115 - kept open for the writer thread
     request_log.configure(True, stream=devnull)
@@ -102,7 +102,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _load(rounds: int = 6, seconds: int = 4) -> None:
+def _load(rounds: int = 10, seconds: int = 3) -> None:
     import statistics
     import urllib.request
 
@@ -168,6 +168,13 @@ def _load(rounds: int = 6, seconds: int = 4) -> None:
             kind = "SSE" if stream else "JSON"
             rps = {n: statistics.median(r for r, _ in results[(n, stream)]) for n in targets}
             cpu = {n: statistics.median(c for _, c in results[(n, stream)]) * 1e6 for n in targets}
+            rounds_text = ", ".join(
+                f"{on:.0f}/{off:.0f}"
+                for (on, _), (off, _) in zip(
+                    results[("on", stream)], results[("off", stream)], strict=True
+                )
+            )
+            print(f"{kind} rounds, req/s on/off: {rounds_text}")
             print(
                 f"{kind} c64: on {rps['on']:.0f} req/s, {cpu['on']:.0f} µs CPU/req; "
                 f"off {rps['off']:.0f} req/s, {cpu['off']:.0f} µs CPU/req; "

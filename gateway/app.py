@@ -125,6 +125,7 @@ def create_app(
         # Per process: each worker has its own request-log thread and span exporter.
         request_log.configure(settings.request_log)
         metrics.ENABLED = settings.metrics_enabled
+        flusher = metrics.Flusher()
         telemetry.configure(settings.otel_endpoint, service_name=settings.otel_service_name)
         state = build_state(settings, config)
         await start_components(state)
@@ -154,6 +155,7 @@ def create_app(
             await holder.require().close()
             telemetry.shutdown()
             request_log.close()
+            flusher.stop()
             metrics.worker_exited()
 
     app = FastAPI(

@@ -376,6 +376,7 @@ class DrillBoard:
             role="primary",
             since=since,
             until=until,
+            route=spec.route,
         )
         checked, conforming, mismatches = await self._conformance(spec)
         outcome = drills.verdict(

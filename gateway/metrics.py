@@ -11,13 +11,16 @@ error classes. Never key ids, request ids or model strings sent by clients.
 
 All per-request series are updated once, when the request row is built (`observe_request`
 from Meter.finish), from the same rows the ledger gets — so the counters add up to the
-ledger's numbers.
+ledger's numbers — into plain-Python buffers that reach prometheus_client every FLUSH_S.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +38,9 @@ from gateway.ledger.events import AttemptRow, RequestRow
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The per-request series (observe_request); FAREBOX_METRICS_ENABLED=false for benchmarks.
 ENABLED = True
+# How often buffered per-request numbers reach prometheus_client (and so other workers'
+# scrapes); a scrape of this worker flushes first anyway.
+FLUSH_S = 1.0
 
 LEDGER_QUEUE_DEPTH = Gauge(
     "farebox_ledger_queue_depth",
@@ -182,11 +188,61 @@ _OPERATIONS = {
 _TOKEN_TYPES = ("input_uncached", "cached_read", "cache_write", "output", "reasoning")
 
 
-class _AttemptSeries:
-    """The children one kind of attempt updates, found with one dict lookup.
+class _Count:
+    """A counter child's increments, added up in plain Python until the next `flush`."""
 
-    `labels()` validates and locks on every call; the label sets here are bounded by the
-    config, so the children are kept and only incremented on the hot path.
+    __slots__ = ("child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.n = 0.0
+        _buffers.append(self)
+
+    def flush(self) -> None:
+        if self.n:
+            n, self.n = self.n, 0.0
+            self.child.inc(n)
+
+
+class _Hist:
+    """A histogram child's observations, bucketed here until the next `flush`."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        # prometheus_client's own bucket bounds (+Inf last), so the counts map one to one.
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        _buffers.append(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value, as theirs
+        self.total += value
+
+    def flush(self) -> None:
+        counts = self.counts
+        if not any(counts):
+            return
+        self.counts, total, self.total = [0] * len(counts), self.total, 0.0
+        for bucket, n in zip(self.child._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+        self.child._sum.inc(total)
+
+
+_buffers: list[_Count | _Hist] = []
+
+
+class _AttemptSeries:
+    """The series one kind of attempt updates, found with one dict lookup.
+
+    `labels()` validates and locks on every call, and each prometheus_client update takes a
+    lock (and in multiprocess mode writes an mmap): measured under load that was most of
+    the metrics' cost. So the hot path only adds numbers here, and `flush` hands them to
+    prometheus_client every FLUSH_S and before every scrape. The label sets are bounded by
+    the config, so these objects live as long as the process.
     """
 
     __slots__ = ("attempts", "cost", "duration", "input", "output", "tokens", "ttft")
@@ -194,28 +250,56 @@ class _AttemptSeries:
     def __init__(self, route: str, row: AttemptRow, operation: str, outcome: str) -> None:
         dep = row.deployment
         genai = (operation, row.provider, row.upstream_model, dep)
-        self.attempts = ATTEMPTS.labels(route, dep, row.role, outcome)
-        self.duration = OPERATION_DURATION.labels(*genai, row.error_class or "")
-        self.input = TOKEN_USAGE.labels(*genai, "input")
-        self.output = TOKEN_USAGE.labels(*genai, "output")
-        self.cost = COST.labels(route, dep, row.role)
-        self.tokens = tuple(TOKENS.labels(route, dep, kind) for kind in _TOKEN_TYPES)
-        self.ttft = TIME_TO_FIRST_TOKEN.labels(route, dep)
+        self.attempts = _Count(ATTEMPTS.labels(route, dep, row.role, outcome))
+        self.duration = _Hist(OPERATION_DURATION.labels(*genai, row.error_class or ""))
+        self.input = _Hist(TOKEN_USAGE.labels(*genai, "input"))
+        self.output = _Hist(TOKEN_USAGE.labels(*genai, "output"))
+        self.cost = _Count(COST.labels(route, dep, row.role))
+        self.tokens = tuple(_Count(TOKENS.labels(route, dep, kind)) for kind in _TOKEN_TYPES)
+        self.ttft = _Hist(TIME_TO_FIRST_TOKEN.labels(route, dep))
 
 
 class _RequestSeries:
     __slots__ = ("duration", "overhead", "requests")
 
     def __init__(self, row: RequestRow) -> None:
-        self.requests = REQUESTS.labels(
-            row.route, row.final_deployment or "", str(row.final_status), row.error_class or ""
+        self.requests = _Count(
+            REQUESTS.labels(
+                row.route, row.final_deployment or "", str(row.final_status), row.error_class or ""
+            )
         )
-        self.duration = REQUEST_DURATION.labels(row.route, "true" if row.stream else "false")
-        self.overhead = OVERHEAD.labels(row.route)
+        self.duration = _Hist(REQUEST_DURATION.labels(row.route, "true" if row.stream else "false"))
+        self.overhead = _Hist(OVERHEAD.labels(row.route))
 
 
 _attempt_series: dict[tuple[str, str, str, str | None, str], _AttemptSeries] = {}
 _request_series: dict[tuple[str, str | None, int, str | None, bool], _RequestSeries] = {}
+
+
+def flush() -> None:
+    """Hand the buffered per-request numbers to prometheus_client (on the event loop, like
+    the updates: one loop per process, so no lock is needed)."""
+    for buffer in _buffers:
+        buffer.flush()
+
+
+class Flusher:
+    """Calls `flush` every FLUSH_S on the running loop until `stop` (which flushes once more)."""
+
+    def __init__(self) -> None:
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._tick()
+
+    def _tick(self) -> None:
+        flush()
+        self._handle = self._loop.call_later(FLUSH_S, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        flush()
 
 
 def overhead_s(row: RequestRow, attempts: Sequence[AttemptRow]) -> float:
@@ -238,7 +322,7 @@ def observe_request(row: RequestRow, attempts: Sequence[AttemptRow], overhead: f
     series = _request_series.get(key)
     if series is None:
         series = _request_series[key] = _RequestSeries(row)
-    series.requests.inc()
+    series.requests.n += 1
     series.duration.observe(row.latency_ms / 1000)
     series.overhead.observe(overhead)
     operation = _OPERATIONS.get(row.endpoint, row.endpoint)
@@ -248,7 +332,7 @@ def observe_request(row: RequestRow, attempts: Sequence[AttemptRow], overhead: f
         one = _attempt_series.get(akey)
         if one is None:
             one = _attempt_series[akey] = _AttemptSeries(route, attempt, operation, error or "ok")
-        one.attempts.inc()
+        one.attempts.n += 1
         one.duration.observe(attempt.latency_ms / 1000)
         uncached, cached, written = (
             attempt.input_uncached_tokens,
@@ -258,15 +342,18 @@ def observe_request(row: RequestRow, attempts: Sequence[AttemptRow], overhead: f
         one.input.observe(uncached + cached + written)
         one.output.observe(attempt.output_tokens)
         # Most attempts have no cache or reasoning tokens: skip the zero increments.
-        for child, value in zip(
-            one.tokens,
-            (uncached, cached, written, attempt.output_tokens, attempt.reasoning_tokens),
-            strict=True,
-        ):
-            if value:
-                child.inc(value)
+        tokens = one.tokens
+        tokens[0].n += uncached
+        tokens[3].n += attempt.output_tokens
+        # Most attempts have no cache or reasoning tokens: skip those three when zero.
+        if cached:
+            tokens[1].n += cached
+        if written:
+            tokens[2].n += written
+        if attempt.reasoning_tokens:
+            tokens[4].n += attempt.reasoning_tokens
         if attempt.cost_usd is not None:
-            one.cost.inc(float(attempt.cost_usd))
+            one.cost.n += float(attempt.cost_usd)
         if attempt.ttft_ms is not None:
             one.ttft.observe(attempt.ttft_ms / 1000)
 
@@ -289,6 +376,7 @@ def multiprocess_dir() -> str | None:
 
 def scrape() -> tuple[bytes, str]:
     """The exposition text: this process's registry, or every worker's files merged."""
+    flush()
     directory = multiprocess_dir()
     if directory is None:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

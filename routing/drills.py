@@ -248,7 +248,9 @@ def verdict(
     if gate_rate is not None and gate_rate < t.min_gate_pass_rate:
         reasons.append(f"gate pass rate {gate_rate:.1%} < {t.min_gate_pass_rate:.0%}")
     ratio = None
-    if drill.p95_ms is not None and primary.p95_ms:
+    # Latency is compared only against enough primary traffic: a 100 % drill leaves none,
+    # and one stray primary answer is no baseline.
+    if drill.p95_ms is not None and primary.p95_ms and primary.successes >= t.min_requests:
         ratio = drill.p95_ms / primary.p95_ms
         if ratio > t.max_latency_ratio:
             reasons.append(f"p95 latency {ratio:.1f}× the primary's (max {t.max_latency_ratio}×)")

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.ledger.models import attempts_table
+from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_drills import drills_table
 from routing.drills import Side
 
@@ -25,6 +25,8 @@ RUNNING = "running"
 STOPPING = "stopping"
 FINISHING = "finishing"
 FINAL = ("completed", "stopped", "aborted")
+# How long before a drill's window a request that has attempts in it may have arrived.
+_EARLIER = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +197,21 @@ class DrillsRepository:
         role: str,
         since: datetime,
         until: datetime,
+        route: str | None = None,
     ) -> Side:
         """One side of a verdict, aggregated in SQL: the drill's own attempts on its target
-        (drill_id set), or the primary's untouched attempts over the same window."""
+        (drill_id set), or the primary's untouched attempts on the same route over the same
+        window (the deployment may serve other routes, whose traffic is not comparable)."""
         a = attempts_table.c
         where = [a.role == role, a.started_at >= since, a.started_at <= until]
+        if route is not None:
+            r = requests_table.c
+            # A request is received before its attempts start: bound the subquery by time.
+            where.append(
+                a.request_id.in_(
+                    select(r.id).where(r.route == route, r.received_at >= since - _EARLIER)
+                )
+            )
         if drill_id is not None:
             where.append(a.drill_id == drill_id)
         else:

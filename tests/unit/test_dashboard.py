@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway import drills, limits, metrics
+from gateway import cache, drills, limits, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "farebox" / "dashboards" / "farebox.json"
@@ -29,13 +29,13 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
 def _exported() -> dict[str, set[str]]:
     """Every sample name Farebox can export → the label names it carries."""
     out: dict[str, set[str]] = {}
-    for module in (metrics, limits, drills):
+    for module in (metrics, limits, drills, cache):
         for value in vars(module).values():
             if not isinstance(value, MetricWrapperBase):
                 continue
-            name: str = value._name  # type: ignore[attr-defined]
-            labels = set(value._labelnames)  # type: ignore[attr-defined]
-            kind: str = value._type  # type: ignore[attr-defined]
+            name = str(value._name)
+            labels = set(value._labelnames)
+            kind = str(value._type)
             for suffix in _SUFFIXES[kind]:
                 out[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return out

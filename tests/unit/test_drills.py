@@ -175,3 +175,9 @@ def test_every_failing_rule_is_a_reason() -> None:
         "p95 latency 9.0×",
     ):
         assert expected in text, expected
+
+
+def test_latency_is_not_judged_against_too_little_primary_traffic() -> None:
+    # A 100 % drill leaves one stray primary answer: no baseline, no latency verdict.
+    result = drills.verdict(side(30, 30, p95_ms=900), side(1, 1, p95_ms=5), 30, 30)
+    assert result.passed and result.latency_ratio_p95 is None
