@@ -220,7 +220,7 @@ def _home(tmp: Path, name: str) -> Path:
 
 def _wait_for_verdicts(pg_url: str) -> dict[str, DrillRow]:
     """Each drill's row once a replica has written its verdict (end + ledger settle)."""
-    deadline = time.monotonic() + DRILL_MINUTES * 60 + 20
+    deadline = time.monotonic() + DRILL_MINUTES * 60 + 45
     while True:
         rows = run(drill_rows(pg_url))
         if all(r.status in ("completed", "aborted") for r in rows.values()):
