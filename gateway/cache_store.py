@@ -8,22 +8,20 @@ bypassed, a metric says so, and a probe (as in gateway/limits.py) re-checks Redi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from gateway.redis_health import REDIS_ERRORS, RedisHealth
 
 log = logging.getLogger("farebox.cache")
 
 REDIS_UP = Gauge("farebox_cache_redis_up", "1 while the shared response cache answers")
-REDIS_ERRORS = Counter(
+REDIS_ERRORS_TOTAL = Counter(
     "farebox_cache_redis_errors_total",
     "Response-cache reads or writes that failed on Redis (the cache was bypassed)",
 )
@@ -89,72 +87,49 @@ class RedisStore:
         probe_interval_s: float = 0.5,
     ) -> None:
         # A cache read must be quick to give up: a miss is cheaper than a stalled request.
-        self._redis = Redis.from_url(
+        redis = Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry_on_timeout=False,
         )
+        self._redis = redis
         self._prefix = prefix
-        self._probe_s = probe_interval_s
-        self._probe: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.up = True
-        REDIS_UP.set(1)
+        self.health = RedisHealth(
+            redis, what="response cache", gauge=REDIS_UP, probe_interval_s=probe_interval_s
+        )
+
+    @property
+    def up(self) -> bool:
+        return self.health.up
 
     async def get(self, key: str) -> bytes | None:
         if not self.up:
             raise Unavailable
         try:
             value = await self._redis.get(self._prefix + key)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._went_down(exc)
             raise Unavailable from None
         return value if isinstance(value, bytes) else None
 
     def put(self, key: str, value: bytes, ttl_s: int) -> None:
-        if not self.up:
-            return
-        task = asyncio.get_running_loop().create_task(self._put(key, value, ttl_s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self.up:
+            self.health.spawn(self._put(key, value, ttl_s))
 
     async def _put(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
             await self._redis.set(self._prefix + key, value, ex=ttl_s)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._went_down(exc)
 
     async def flush(self) -> None:
         """Wait for stores still on their way (tests, shutdown)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+        await self.health.flush()
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-        await self.flush()
-        await self._redis.aclose()
+        await self.health.close()
 
     def _went_down(self, exc: BaseException) -> None:
-        REDIS_ERRORS.inc()
-        if self.up:
-            log.error("response cache unreachable (%s): serving without it", type(exc).__name__)
-        self.up = False
-        REDIS_UP.set(0)
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
-
-    async def _probe_until_up(self) -> None:
-        while True:
-            await asyncio.sleep(self._probe_s)
-            try:
-                await self._redis.ping()
-            except (RedisError, OSError):
-                continue
-            log.warning("response cache reachable again")
-            self.up = True
-            REDIS_UP.set(1)
-            return
+        REDIS_ERRORS_TOTAL.inc()
+        self.health.went_down(exc, ": serving without it")

@@ -14,8 +14,6 @@ back as soon as it answers; spend settled meanwhile is added to Redis then.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -35,6 +33,7 @@ from gateway.errors import GatewayError
 from gateway.ledger.events import RequestRow
 from gateway.ledger.pricing import PriceBook
 from gateway.limits_lua import ADD_SPEND, ADMIT, SEED, SETTLE
+from gateway.redis_health import RedisHealth
 from routing import quota
 from routing.model import Plan
 from routing.quota import BUDGET, CHECKS, CONCURRENCY, RPM, TPM, Ask, KeyState, Limits, Verdict
@@ -145,9 +144,8 @@ class Limiter:
         self._alerted: set[tuple[str, str]] = set()
         # Spend settled in process while Redis was away, added to Redis once it is back.
         self._owed: dict[tuple[str, str], int] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._probe: asyncio.Task[None] | None = None
         self._redis: Redis | None = None
+        self._health: RedisHealth | None = None
         if redis_url:
             self._redis = Redis.from_url(
                 redis_url,
@@ -159,8 +157,20 @@ class Limiter:
             self._settle_script = self._redis.register_script(SETTLE)
             self._seed_script = self._redis.register_script(SEED)
             self._add_script = self._redis.register_script(ADD_SPEND)
-        self.redis_up = self._redis is not None
-        REDIS_UP.set(1 if self.redis_up else 0)
+            # Spend settled in process meanwhile goes to Redis before it counts as back.
+            self._health = RedisHealth(
+                self._redis,
+                what="limit store",
+                gauge=REDIS_UP,
+                probe_interval_s=probe_interval_s,
+                on_recover=self._pay_owed,
+            )
+        else:
+            REDIS_UP.set(0)
+
+    @property
+    def redis_up(self) -> bool:
+        return self._health is not None and self._health.up
 
     @property
     def shared(self) -> bool:
@@ -168,17 +178,12 @@ class Limiter:
 
     async def flush(self) -> None:
         """Wait for settlements still on their way to Redis."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+        if self._health is not None:
+            await self._health.flush()
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-        await self.flush()
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self._health is not None:
+            await self._health.close()
 
     # -- admission ----------------------------------------------------------------------
 
@@ -293,11 +298,8 @@ class Limiter:
                 self._owed[owed] = self._owed.get(owed, 0) + cost_nano
         if self._redis is None or admission.local == _enabled(admission.limits):
             return
-        task = asyncio.get_running_loop().create_task(
-            self._settle_redis(admission, used_tokens, cost_nano)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        assert self._health is not None
+        self._health.spawn(self._settle_redis(admission, used_tokens, cost_nano))
 
     async def _settle_redis(self, admission: Admission, used_tokens: int, cost_nano: int) -> None:
         limits = admission.limits
@@ -323,32 +325,14 @@ class Limiter:
     # -- Redis health -------------------------------------------------------------------
 
     def _went_down(self, exc: BaseException) -> None:
-        if self.redis_up:
-            log.error(
-                "limit store unreachable (%s): %s",
-                type(exc).__name__,
-                ", ".join(f"{c} {p}" for c, p in self.policies.items()),
-            )
-        self.redis_up = False
-        REDIS_UP.set(0)
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+        assert self._health is not None
+        policies = ", ".join(f"{c} {p}" for c, p in self.policies.items())
+        self._health.went_down(exc, f": {policies}")
 
-    async def _probe_until_up(self) -> None:
-        assert self._redis is not None
-        while True:
-            await asyncio.sleep(self._probe_s)
-            try:
-                await self._redis.ping()
-                for (key, month), nano in list(self._owed.items()):
-                    await self._add_script(keys=[self._keys(key, month)[3]], args=[nano])
-                    del self._owed[(key, month)]
-            except (RedisError, OSError):
-                continue
-            log.warning("limit store reachable again: limits are shared across replicas")
-            self.redis_up = True
-            REDIS_UP.set(1)
-            return
+    async def _pay_owed(self) -> None:
+        for (key, month), nano in list(self._owed.items()):
+            await self._add_script(keys=[self._keys(key, month)[3]], args=[nano])
+            del self._owed[(key, month)]
 
     # -- helpers ------------------------------------------------------------------------
 
