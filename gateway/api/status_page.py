@@ -166,7 +166,10 @@ def _e(value: Any) -> str:
 
 
 def _usd(value: Decimal | None) -> str:
-    return "—" if value is None else f"${value:,.4f}"
+    if value is None:
+        return "—"
+    # Test and low-traffic spend is fractions of a cent: keep six places below a dollar.
+    return f"${value:,.6f}" if abs(value) < 1 else f"${value:,.2f}"
 
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[str]], empty: str) -> str:
