@@ -20,7 +20,11 @@ from gateway.redis_health import REDIS_ERRORS, RedisHealth
 
 log = logging.getLogger("farebox.cache")
 
-REDIS_UP = Gauge("farebox_cache_redis_up", "1 while the shared response cache answers")
+REDIS_UP = Gauge(
+    "farebox_cache_redis_up",
+    "1 while the shared response cache answers",
+    multiprocess_mode="livemin",  # one worker cut off from Redis is worth seeing
+)
 REDIS_ERRORS_TOTAL = Counter(
     "farebox_cache_redis_errors_total",
     "Response-cache reads or writes that failed on Redis (the cache was bypassed)",

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import orjson
 
-from gateway import payload_log
 from gateway.api.anthropic_reply import to_anthropic
 from gateway.api.anthropic_stream import StreamTranslator
 from gateway.api.anthropic_translate import error_body, to_openai
@@ -27,17 +26,13 @@ from gateway.api.asgi import (
     read_body,
     send_bytes,
 )
+from gateway.api.call import Call
 from gateway.api.common import (
     add_result_headers,
-    admit,
-    apply_drill,
     authenticate,
     guarded,
     method_not_allowed,
-    observe_answer,
-    plan_for,
     send_stream,
-    start_trace,
 )
 from gateway.api.validate import parse_object
 from gateway.errors import GatewayError
@@ -76,54 +71,18 @@ class AnthropicEndpoints:
         payload = to_openai(parse_object(body, server))
         model: str = payload["model"]
         stream = payload.get("stream") is True
-        plan, shape = plan_for(state, model, headers, payload, scope)
-        ctx = CallContext(
-            request_id, key_id, "chat/completions", model, stream, payload, shape=shape
-        )
-        ctx.principal = principal
-        start_trace(ctx, scope)
-        plan = apply_drill(state, plan, ctx, headers)
-        ctx.admission = await admit(state, principal, plan, payload, len(body), headers)
-        # Routes without `cache:` pay this one check (gateway/cache.py).
-        cached = (
-            None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
-        )
+        ctx = CallContext(request_id, key_id, "chat/completions", model, stream, payload)
+        call = await Call.begin(state, scope, headers, principal, ctx, len(body), "messages")
         try:
             with DisconnectWatch(receive) as watch:
                 if stream:
-                    streaming = await (
-                        state.service.stream(ctx, plan, True)
-                        if cached is None
-                        else cached.stream(state.service, ctx, plan, True)
-                    )
-                    if payload_log.wanted(state.config.routes, plan.route):
-                        streaming.chunks = payload_log.tap(
-                            streaming.chunks,
-                            request_id=request_id,
-                            route=plan.route,
-                            key=key_id,
-                            endpoint="messages",
-                            payload=payload,
-                        )
+                    streaming = await call.stream(True)
                     translator = StreamTranslator(model, request_id)
                     await send_stream(send, headers, streaming, watch, request_id, translator)
                     return
-                result = await (
-                    state.service.complete(ctx, plan)
-                    if cached is None
-                    else cached.complete(state.service, ctx, plan)
-                )
+                result = await call.complete()
                 watch.stop()
-                observe_answer(state, plan, ctx, result.deployment, result.body)
-                if payload_log.wanted(state.config.routes, plan.route):
-                    payload_log.write(
-                        request_id=request_id,
-                        route=plan.route,
-                        key=key_id,
-                        endpoint="messages",
-                        payload=payload,
-                        answer=payload_log.answer_part(result.body),
-                    )
+                call.answered(result)
                 try:
                     completion = orjson.loads(result.body)
                 except orjson.JSONDecodeError:
@@ -145,6 +104,4 @@ class AnthropicEndpoints:
                 )
                 await send_bytes(send, 200, orjson.dumps(message), headers)
         finally:
-            # Normally settled by the ledger row; this frees a reservation a failure skipped.
-            if ctx.admission is not None:
-                ctx.admission.settle(None)
+            call.settle_leftover()

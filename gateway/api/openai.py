@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway import payload_log
 from gateway.api.asgi import (
     JSON_TYPE,
     DisconnectWatch,
@@ -17,17 +16,13 @@ from gateway.api.asgi import (
     read_body,
     send_bytes,
 )
+from gateway.api.call import Call
 from gateway.api.common import (
     add_result_headers,
-    admit,
-    apply_drill,
     authenticate,
     guarded,
     method_not_allowed,
-    observe_answer,
-    plan_for,
     send_stream,
-    start_trace,
 )
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_object
 from gateway.metering import CallContext
@@ -85,51 +80,17 @@ class OpenAIEndpoints:
         body = await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
         payload = parse_object(body, server)
         model, stream, include_usage = check(payload)
-        plan, shape = plan_for(state, model, headers, payload, scope)
-        ctx = CallContext(request_id, key_id, endpoint, model, stream, payload, shape=shape)
-        ctx.principal = principal
-        start_trace(ctx, scope)
-        plan = apply_drill(state, plan, ctx, headers)
-        ctx.admission = await admit(state, principal, plan, payload, len(body), headers)
-        # Routes without `cache:` pay this one check (gateway/cache.py).
-        cached = (
-            None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
-        )
+        ctx = CallContext(request_id, key_id, endpoint, model, stream, payload)
+        call = await Call.begin(state, scope, headers, principal, ctx, len(body), endpoint)
         try:
             with DisconnectWatch(receive) as watch:
                 if stream:
-                    streaming = await (
-                        state.service.stream(ctx, plan, include_usage)
-                        if cached is None
-                        else cached.stream(state.service, ctx, plan, include_usage)
-                    )
-                    if payload_log.wanted(state.config.routes, plan.route):
-                        streaming.chunks = payload_log.tap(
-                            streaming.chunks,
-                            request_id=request_id,
-                            route=plan.route,
-                            key=key_id,
-                            endpoint=endpoint,
-                            payload=payload,
-                        )
+                    streaming = await call.stream(include_usage)
                     await send_stream(send, headers, streaming, watch, request_id)
                     return
-                result = await (
-                    state.service.complete(ctx, plan)
-                    if cached is None
-                    else cached.complete(state.service, ctx, plan)
-                )
+                result = await call.complete()
                 watch.stop()
-                observe_answer(state, plan, ctx, result.deployment, result.body)
-                if payload_log.wanted(state.config.routes, plan.route):
-                    payload_log.write(
-                        request_id=request_id,
-                        route=plan.route,
-                        key=key_id,
-                        endpoint=endpoint,
-                        payload=payload,
-                        answer=payload_log.answer_part(result.body),
-                    )
+                call.answered(result)
                 headers.append(JSON_TYPE)
                 add_result_headers(
                     headers,
@@ -141,6 +102,4 @@ class OpenAIEndpoints:
                 )
                 await send_bytes(send, 200, result.body, headers)
         finally:
-            # Normally settled by the ledger row; this frees a reservation a failure skipped.
-            if ctx.admission is not None:
-                ctx.admission.settle(None)
+            call.settle_leftover()

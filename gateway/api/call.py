@@ -1,0 +1,99 @@
+"""One client call from a parsed body to the service's answer, whatever the wire format.
+
+The OpenAI and Anthropic handlers differ in how they parse requests and render answers;
+everything between — plan, trace, drill, key limits, response cache, the service call,
+drill observation and opt-in payload logging — is this module, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import payload_log
+from gateway.api.asgi import Headers, Scope
+from gateway.api.common import admit, apply_drill, observe_answer, plan_for, start_trace
+from gateway.auth import Principal
+from gateway.cache import Lookup
+from gateway.metering import CallContext
+from gateway.service import Completion, StreamingCompletion
+from gateway.state import GatewayState
+from routing.model import Plan
+
+
+class Call:
+    """A call that has been planned, admitted and looked up in the response cache."""
+
+    __slots__ = ("cached", "ctx", "log_endpoint", "plan", "state")
+
+    def __init__(
+        self,
+        state: GatewayState,
+        ctx: CallContext,
+        plan: Plan,
+        cached: Lookup | None,
+        log_endpoint: str,
+    ) -> None:
+        self.state, self.ctx, self.plan, self.cached = state, ctx, plan, cached
+        self.log_endpoint = log_endpoint
+
+    @classmethod
+    async def begin(
+        cls,
+        state: GatewayState,
+        scope: Scope,
+        headers: Headers,
+        principal: Principal | None,
+        ctx: CallContext,
+        body_bytes: int,
+        log_endpoint: str,
+    ) -> Call:
+        """Plan the call (naming the route in a header), then apply a running drill, take
+        the key's limits and ask the cache. Raises the client's 4xx/429/503."""
+        plan, ctx.shape = plan_for(state, ctx.requested_model, headers, ctx.payload, scope)
+        ctx.principal = principal
+        start_trace(ctx, scope)
+        plan = apply_drill(state, plan, ctx, headers)
+        ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
+        # Routes without `cache:` pay this one check (gateway/cache.py).
+        cached = (
+            None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
+        )
+        return cls(state, ctx, plan, cached, log_endpoint)
+
+    async def stream(self, include_usage: bool) -> StreamingCompletion:
+        service, ctx, plan = self.state.service, self.ctx, self.plan
+        streaming = await (
+            service.stream(ctx, plan, include_usage)
+            if self.cached is None
+            else self.cached.stream(service, ctx, plan, include_usage)
+        )
+        if payload_log.wanted(self.state.config.routes, plan.route):
+            streaming.chunks = payload_log.tap(streaming.chunks, **self._log_fields())
+        return streaming
+
+    async def complete(self) -> Completion:
+        service, ctx, plan = self.state.service, self.ctx, self.plan
+        if self.cached is None:
+            return await service.complete(ctx, plan)
+        return await self.cached.complete(service, ctx, plan)
+
+    def answered(self, result: Completion) -> None:
+        """After a non-stream answer: drill shape checks and the opt-in payload log."""
+        observe_answer(self.state, self.plan, self.ctx, result.deployment, result.body)
+        if payload_log.wanted(self.state.config.routes, self.plan.route):
+            payload_log.write(answer=payload_log.answer_part(result.body), **self._log_fields())
+
+    def settle_leftover(self) -> None:
+        """Normally settled by the ledger row; this frees a reservation a failure skipped."""
+        if self.ctx.admission is not None:
+            self.ctx.admission.settle(None)
+
+    def _log_fields(self) -> dict[str, Any]:
+        ctx = self.ctx
+        return {
+            "request_id": ctx.request_id,
+            "route": self.plan.route,
+            "key": ctx.key_id,
+            "endpoint": self.log_endpoint,
+            "payload": ctx.payload,
+        }
