@@ -37,6 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway import metrics
+from gateway.background import Background, within
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -114,7 +115,7 @@ class Breakers:
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTBOX_SIZE)
         self._broken = asyncio.Event()
         self._first_attempt = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background()
         self._connected = False
 
     def allow(self, deployment: str) -> bool:
@@ -188,10 +189,7 @@ class Breakers:
         if self._shared_ok:  # let the last trips and recoveries out, briefly
             with contextlib.suppress(TimeoutError):
                 await self._within(self._outbox.join())
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         self._shared_ok = False
         if self._redis is not None:
             await self._redis.aclose()
@@ -391,12 +389,7 @@ class Breakers:
             log.warning("Redis unreachable (%s); breakers use local state, reconnecting", reason)
 
     async def _within(self, awaitable: Awaitable[_V], seconds: float | None = None) -> _V:
-        # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands as the awaited
-        # call completes, which left close() waiting forever on a worker that missed it.
-        async with asyncio.timeout(self._op_timeout_s if seconds is None else seconds):
-            return await awaitable
+        return await within(awaitable, self._op_timeout_s if seconds is None else seconds)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)

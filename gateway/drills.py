@@ -28,6 +28,7 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.ledger.drills_repository import (
     FINAL,
     FINISHING,
@@ -117,7 +118,7 @@ class DrillBoard:
         self.active: dict[str, DrillSpec] = {}
         self._tallies: dict[str, _Tally] = {}
         self._aborting: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self._loop_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -248,8 +249,7 @@ class DrillBoard:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self._tasks.wait(5)
         if self._redis is not None:
             await self._redis.aclose()
         if self._repo is not None:
@@ -423,9 +423,7 @@ class DrillBoard:
         return None
 
     def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work)
 
 
 def _side_dict(side: drills.Side) -> dict[str, Any]:

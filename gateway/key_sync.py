@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth import KeyStore, Principal
+from gateway.background import Background, within
 from gateway.key_admin import KeyAdmin
 from gateway.ledger.keys_repository import KeysRepository, VirtualKey
 
@@ -131,7 +132,7 @@ class KeySync:
         self._wall = wall_clock
         self.replica_id = uuid.uuid4().hex
         self._redis: Redis | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background()
         self._first_attempt = asyncio.Event()
         self._watermark: datetime | None = None
         self._handled: dict[str, datetime] = {}  # key id -> the updated_at last invalidated
@@ -161,10 +162,7 @@ class KeySync:
 
     async def close(self) -> None:
         self._closing = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         self._shared_ok = False
         if self._redis is not None:
             with contextlib.suppress(Exception):
@@ -317,14 +315,10 @@ class KeySync:
             log.warning("Redis unreachable for key changes (%s); polling the database", reason)
 
     async def _within(self, awaitable: Awaitable[_V], seconds: float | None = None) -> _V:
-        # Not asyncio.wait_for: see Breakers._within (a cancellation could be swallowed).
-        async with asyncio.timeout(self._op_timeout_s if seconds is None else seconds):
-            return await awaitable
+        return await within(awaitable, self._op_timeout_s if seconds is None else seconds)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
 
 def virtual_keys(

@@ -19,6 +19,8 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
+
 log = logging.getLogger("farebox.redis")
 
 REDIS_ERRORS = (RedisError, OSError)
@@ -40,7 +42,7 @@ class RedisHealth:
         self._probe_s = probe_interval_s
         self._on_recover = on_recover
         self._probe: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self.up = True
         gauge.set(1)
 
@@ -67,14 +69,11 @@ class RedisHealth:
             return
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work)
 
     async def flush(self) -> None:
         """Wait for background writes still on their way (tests, shutdown)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+        await self._tasks.wait(2)
 
     async def close(self) -> None:
         if self._probe is not None:

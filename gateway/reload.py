@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge
 from uvicorn import Config as UvicornConfig
 from uvicorn.supervisors import Multiprocess
 
+from gateway.background import Background
 from gateway.config_schema import GatewayConfig, parse_config
 from gateway.config_yaml import ConfigError, ConfigIssue
 from gateway.settings import Settings
@@ -133,7 +134,7 @@ class Reloader:
     def __init__(self, settings: Settings, path: Path, holder: Holder, *, drain_s: float) -> None:
         self.settings, self.path, self.holder, self.drain_s = settings, path, holder, drain_s
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks = Background()
         # id → a replaced state whose requests are still finishing (states are unhashable).
         self._retiring: dict[int, GatewayState] = {}
         self._signal = False
@@ -232,18 +233,12 @@ class Reloader:
         if self._signal:
             with contextlib.suppress(ValueError, RuntimeError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.cancel()
         for old in list(self._retiring.values()):
             await self._close_old(old)
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
 
 def ignore_sighup_until_ready() -> None:
