@@ -51,6 +51,11 @@ VERDICT = Gauge(
     ["route"],
     multiprocess_mode="mostrecent",
 )
+ACTIVE = Gauge(
+    "farebox_drills_active",
+    "Drills this replica is applying right now",
+    multiprocess_mode="livemax",
+)
 ABORTED = PromCounter("farebox_drills_aborted_total", "Drills that aborted themselves", ["route"])
 DRILL_ATTEMPTS = PromCounter(
     "farebox_drill_attempts_total", "Attempts sent to drill targets", ["route", "outcome"]
@@ -312,6 +317,7 @@ class DrillBoard:
             elif row.status == STOPPING:
                 self._spawn(self._finish(spec, (STOPPING,), "stopped"))
         self.active = active
+        ACTIVE.set(len(active))
 
     # -- shared counters, abort and verdict -----------------------------------------------
 

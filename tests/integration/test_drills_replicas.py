@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def test_drills_across_two_replicas(tmp_path: Path, pg_url: str, redis_server: A
             client = redis.Redis.from_url(redis_server.url)
             client.publish("farebox:drills", b"changed")
             client.close()
-            time.sleep(1.2)  # past one poll interval: every replica has the drills
+            for gw in (a, b):
+                _wait_active(gw.port, len(DRILLS))
             seen = run(load([a.base_url, b.base_url], LOAD_S))
             final = _wait_for_verdicts(pg_url)
     finally:
@@ -206,6 +208,18 @@ def test_drills_across_two_replicas(tmp_path: Path, pg_url: str, redis_server: A
         )[0][0]
         assert cohort <= {row.id}
         assert tagged == answered, (route, tagged, answered)
+
+
+def _wait_active(port: int, expected: int) -> None:
+    """Until the replica says it applies every drill (pub/sub, or its 1 s poll)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        if f"farebox_drills_active {float(expected)}" in text:
+            return
+        assert time.monotonic() < deadline, "replica never picked up the drills"
+        time.sleep(0.05)
 
 
 def _spool(env: dict[str, str], tmp: Path, name: str) -> dict[str, str]:
