@@ -134,9 +134,6 @@ class DrillBoard:
     def repository(self) -> DrillsRepository | None:
         return self._repo
 
-    def deployment_ids(self) -> frozenset[str]:
-        return frozenset(self._deployments)
-
     # -- the hot path -------------------------------------------------------------------
 
     def apply(self, plan: Plan, request_id: str) -> tuple[Plan, str | None]:

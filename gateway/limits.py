@@ -172,10 +172,6 @@ class Limiter:
     def redis_up(self) -> bool:
         return self._health is not None and self._health.up
 
-    @property
-    def shared(self) -> bool:
-        return self._redis is not None
-
     async def flush(self) -> None:
         """Wait for settlements still on their way to Redis."""
         if self._health is not None:
