@@ -14,6 +14,7 @@ back as soon as it answers; spend settled meanwhile is added to Redis then.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -26,14 +27,14 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.auth import Principal
 from gateway.errors import GatewayError
 from gateway.ledger.events import RequestRow
 from gateway.ledger.pricing import PriceBook
-from gateway.limits_lua import ADD_SPEND, ADMIT, SEED, SETTLE
-from gateway.redis_health import RedisHealth
+from gateway.limits_lua import ADD_SPEND, BATCH, SEED
+from gateway.redis_batch import RedisBatch
+from gateway.redis_health import REDIS_ERRORS, RedisHealth
 from routing import quota
 from routing.model import Plan
 from routing.quota import BUDGET, CHECKS, CONCURRENCY, RPM, TPM, Ask, KeyState, Limits, Verdict
@@ -144,6 +145,7 @@ class Limiter:
         self._alerted: set[tuple[str, str]] = set()
         # Spend settled in process while Redis was away, added to Redis once it is back.
         self._owed: dict[tuple[str, str], int] = {}
+        self._seeding: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._redis: Redis | None = None
         self._health: RedisHealth | None = None
         if redis_url:
@@ -153,10 +155,10 @@ class Limiter:
                 socket_connect_timeout=timeout_s,
                 retry_on_timeout=False,
             )
-            self._admit_script = self._redis.register_script(ADMIT)
-            self._settle_script = self._redis.register_script(SETTLE)
             self._seed_script = self._redis.register_script(SEED)
             self._add_script = self._redis.register_script(ADD_SPEND)
+            # Admissions and settlements of concurrent requests share round trips.
+            self._batch = RedisBatch(self._redis, BATCH)
             # Spend settled in process meanwhile goes to Redis before it counts as back.
             self._health = RedisHealth(
                 self._redis,
@@ -175,10 +177,12 @@ class Limiter:
     async def flush(self) -> None:
         """Wait for settlements still on their way to Redis."""
         if self._health is not None:
+            await self._batch.drain()
             await self._health.flush()
 
     async def close(self) -> None:
         if self._health is not None:
+            await self._batch.drain()
             await self._health.close()
 
     # -- admission ----------------------------------------------------------------------
@@ -195,7 +199,7 @@ class Limiter:
         if self._redis is not None and self.redis_up:
             try:
                 verdict = await self._admit_redis(principal, limits, ask, lease, month)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._went_down(exc)
         if verdict is None:
             if self._redis is not None:
@@ -229,12 +233,46 @@ class Limiter:
             ask.reserve_nano,
             _BUDGET_TTL_S,
         ]
-        out = await self._admit_script(keys=keys, args=args)
-        if int(out[1]) == 5:  # this month's spend is not in Redis yet: seed it from the ledger
-            spent = await self._spent_from_ledger(principal.key_name, month)
-            await self._seed_script(keys=[keys[3]], args=[spent, _BUDGET_TTL_S])
-            out = await self._admit_script(keys=keys, args=args)
+        out = await self._admit_batched(principal, limits, ask, lease, month, keys, args)
+        # Refused with code 5: this month's spend is not in Redis yet; seed it from the ledger.
+        if out.startswith(b"0,5,"):
+            await self._seed(principal.key_name, month, keys[3])
+            out = await self._admit_batched(principal, limits, ask, lease, month, keys, args)
         return _verdict(out)
+
+    async def _seed(self, key_name: str, month: str, budget_key: str) -> None:
+        """One ledger read and seed per key and month, however many requests ask at once
+        (the first burst of a month would otherwise read the ledger once per request)."""
+        flight = self._seeding.get((key_name, month))
+        if flight is None:
+
+            async def seed() -> None:
+                try:
+                    spent = await self._spent_from_ledger(key_name, month)
+                    await self._seed_script(keys=[budget_key], args=[spent, _BUDGET_TTL_S])
+                finally:
+                    del self._seeding[(key_name, month)]
+
+            flight = self._seeding[(key_name, month)] = asyncio.ensure_future(seed())
+        await asyncio.shield(flight)
+
+    def _admit_batched(
+        self,
+        principal: Principal,
+        limits: Limits,
+        ask: Ask,
+        lease: str,
+        month: str,
+        keys: tuple[str, ...],
+        args: list[str | int],
+    ) -> asyncio.Future[bytes]:
+        def orphaned(out: bytes) -> None:
+            # The request was cancelled while its admission ran: hand the reservation back.
+            verdict = _verdict(out)
+            if verdict.allowed:
+                Admission(self, principal, limits, ask, lease, month, verdict).settle(None)
+
+        return self._batch.call(keys, _item("A", args), on_orphan=orphaned)
 
     async def _admit_local(
         self,
@@ -294,10 +332,9 @@ class Limiter:
                 self._owed[owed] = self._owed.get(owed, 0) + cost_nano
         if self._redis is None or admission.local == _enabled(admission.limits):
             return
-        assert self._health is not None
-        self._health.spawn(self._settle_redis(admission, used_tokens, cost_nano))
+        self._settle_redis(admission, used_tokens, cost_nano)
 
-    async def _settle_redis(self, admission: Admission, used_tokens: int, cost_nano: int) -> None:
+    def _settle_redis(self, admission: Admission, used_tokens: int, cost_nano: int) -> None:
         limits = admission.limits
         keys = self._keys(admission.principal.key_name, admission.month)
         args: list[str | int] = [
@@ -309,14 +346,22 @@ class Limiter:
             cost_nano,
             "1" if limits.budget_nano is not None else "0",
         ]
-        try:
-            await self._settle_script(keys=keys, args=args)
-        except RedisError as exc:
+
+        def settled(future: asyncio.Future[Any]) -> None:
+            exc = None if future.cancelled() else future.exception()
+            if exc is None:
+                return
+            if not isinstance(exc, REDIS_ERRORS):
+                log.error("settling a key's limits failed", exc_info=exc)
+                return
             # The reservation stays until the lease / month expires; the spend is owed.
             self._went_down(exc)
             if limits.budget_nano is not None and cost_nano > 0:
                 owed = (admission.principal.key_name, admission.month)
                 self._owed[owed] = self._owed.get(owed, 0) + cost_nano
+
+        # No task per request: the batch sends it with the next round trip.
+        self._batch.call(keys, _item("S", args)).add_done_callback(settled)
 
     # -- Redis health -------------------------------------------------------------------
 
@@ -332,9 +377,9 @@ class Limiter:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _keys(self, key_name: str, month: str) -> list[str]:
+    def _keys(self, key_name: str, month: str) -> tuple[str, ...]:
         tag = f"{{{self._prefix}:lim:{key_name}}}"
-        return [f"{tag}:rpm", f"{tag}:tpm", f"{tag}:conc", f"{tag}:budget:{month}"]
+        return (f"{tag}:rpm", f"{tag}:tpm", f"{tag}:conc", f"{tag}:budget:{month}")
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -372,8 +417,12 @@ def _enabled(limits: Limits) -> frozenset[str]:
     return frozenset(on)
 
 
-def _verdict(out: list[Any]) -> Verdict:
-    values = [int(v) for v in out]
+def _item(op: str, args: list[str | int]) -> str:
+    return op + "," + ",".join(map(str, args))
+
+
+def _verdict(out: bytes) -> Verdict:
+    values = [int(v) for v in out.split(b",")]
 
     def opt(v: int) -> int | None:
         return None if v < 0 else v

@@ -140,3 +140,42 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 1
 """
+
+
+def _function(name: str, body: str) -> str:
+    # ARGV inside the body is the function's own parameter, shadowing the script's.
+    return f"local function {name}(ARGV)\n{body}\nend\n"
+
+
+# Many admissions and settlements of one key in one call (gateway/redis_batch.py): each
+# ARGV item is "A,<admit args>" or "S,<settle args>", comma-separated, run in order, each
+# exactly as the scripts above; each answer is a comma-separated string (settle: "1").
+BATCH = (
+    """
+local function split(s)
+  local t, i = {}, 3
+  while true do
+    local j = string.find(s, ',', i, true)
+    if not j then t[#t + 1] = string.sub(s, i); return t end
+    t[#t + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+"""
+    + _function("admit", ADMIT)
+    + _function("settle", SETTLE)
+    + """
+local out = {}
+for i = 1, #ARGV do
+  local item = ARGV[i]
+  if string.sub(item, 1, 1) == 'A' then
+    local r = admit(split(item))
+    for k = 1, #r do r[k] = string.format('%d', r[k]) end
+    out[i] = table.concat(r, ',')
+  else
+    out[i] = tostring(settle(split(item)))
+  end
+end
+return out
+"""
+)

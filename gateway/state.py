@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -309,8 +312,20 @@ async def check_ledger(state: GatewayState, settings: Settings) -> None:
 def warm_up(state: GatewayState) -> None:
     """Load price maps and tokenizers off the event loop, so the first metered failure
     does not stall every request behind a one-second vocabulary load."""
+    specs = state.config.deployment_specs().values()
     if state.prices is not None:
-        state.prices.warm()
-    names = {encoding_name_for(d.upstream_model) for d in state.config.deployment_specs().values()}
+        # Each deployment's price, so litellm's map (≈6 MB) is loaded only when one needs it.
+        now = datetime.now(UTC)
+        for spec in specs:
+            state.prices.price_for(spec.id, spec.upstream_model, spec.provider_kind, now)
+    names = {encoding_name_for(d.upstream_model) for d in specs}
     for name in sorted(n for n in names if n is not None):
         load_encoding(name)
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the heap that start-up parsing (YAML, JSON maps, vocabularies) freed back to
+    the OS: glibc keeps it otherwise, and it counts in every worker's resident memory."""
+    with contextlib.suppress(AttributeError, OSError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)

@@ -306,10 +306,6 @@ class PriceBook:
             )
         return cls(overrides=overrides, table=table, deployments=deployments, litellm=litellm)
 
-    def warm(self) -> None:
-        """Load litellm's map now (≈0.1 s) instead of on the first unpriced attempt."""
-        self._litellm.lookup("")
-
     def price_for(
         self, deployment_id: str, upstream_model: str, provider_kind: str, at: datetime
     ) -> TokenPrice | None:
