@@ -339,12 +339,40 @@ def lcpr_command(
             f"dedicated {d.provider}: {d.paid_hours:,.1f} h ({d.hours_from}) × "
             f"{money(d.hourly_usd)} = ${d.cost_usd:,.2f}, utilization {rate(d.utilization)}"
         )
+    if report.consensus:
+        _print_consensus(console, report.consensus)
     for f in report.red_flags:
         console.print(f"[red]red flag[/] {f.code} {f.subject}: {f.message}")
     if not report.red_flags:
         console.print("no red flags")
     for note in report.notes:
         console.print(f"note: {note}")
+
+
+def _print_consensus(console: Console, lines: Any) -> None:
+    from gateway.reports.consensus import DEFINITION, line_dict
+
+    table = Table(title="consensus routes")
+    columns = ("route", "requests", "agree", "majority", "disagree", "attempts/req", "multiple")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "route" else "right")
+
+    def share(value: str | None) -> str:
+        return "-" if value is None else f"{Decimal(value) * 100:.1f} %"
+
+    for line in lines:
+        d = line_dict(line)
+        table.add_row(
+            d["route"],
+            f"{d['requests']:,}",
+            share(d["agree_rate"]),
+            share(d["majority_rate"]),
+            share(d["disagree_rate"]),
+            d["attempts_per_request"] or "-",
+            "-" if d["cost_multiple"] is None else f"{Decimal(d['cost_multiple']):.2f}×",
+        )
+    console.print(table)
+    console.print(DEFINITION)
 
 
 def _dec(value: float) -> Decimal:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gateway.config_fanout import fanout_issues
 from gateway.config_schema import GatewayConfig, _suggest
 from gateway.config_yaml import ConfigIssue, LocatedDocument, Path
 from routing.gates import GateSpec
@@ -88,6 +89,7 @@ def cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue
                     ("routes", name, "strong_share"), "give threshold or strong_share, not both"
                 )
             )
+        issues += fanout_issues(name, route, doc)
         if route.strategy == "direct" and len(route.targets) != 1:
             issues.append(
                 doc.issue(

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.auth import Principal
+from gateway.config_fanout import ConsensusConfig, SpeculativeConfig, fanout_policy
 from gateway.config_yaml import ConfigError, ConfigIssue, load_yaml
 from gateway.drill_config import DrillSchedule
 from routing.model import (
@@ -42,7 +43,17 @@ from routing.resolve import ModelIndex
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
-STRATEGIES = ("direct", "failover", "cost", "weighted", "latency", "cascade", "quality")
+STRATEGIES = (
+    "direct",
+    "failover",
+    "cost",
+    "weighted",
+    "latency",
+    "cascade",
+    "quality",
+    "consensus",
+    "speculative",
+)
 KINDS = ("serverless", "dedicated", "closed_api")
 # `openai`: Farebox's own aiohttp client. The rest go through litellm (imported only when
 # one is configured) and are normalized back to the OpenAI shape.
@@ -236,6 +247,11 @@ class Route(_Strict):
     log_payloads: bool = False
     # Opt-in response cache (exact or semantic); see CacheConfig.
     cache: CacheConfig | None = None
+    # Fan-out strategies (gateway/config_fanout.py): their options, and what a streaming
+    # request gets (`buffer`: the decided answer as a stream; `refuse`: 400).
+    consensus: ConsensusConfig | None = None
+    speculative: SpeculativeConfig | None = None
+    streaming: Literal["buffer", "refuse"] | None = None
 
     @field_validator("strategy")
     @classmethod
@@ -409,6 +425,7 @@ class GatewayConfig(_Strict):
                 threshold=route.threshold,
                 strong_share=route.strong_share,
                 router_model=self._router_models.get(name, route.router_model),
+                fanout=fanout_policy(route),
             )
             for name, route in self.routes.items()
         }

@@ -11,7 +11,8 @@ The state machine, for a route whose plan carries a gate:
    `x-farebox-gate: fail; …`, rather than an error: it is still the best answer there is.
 
 Every attempt is metered (a failed answer was billed) with its gate outcome; the request
-row carries the final outcome.
+row carries the final outcome. `judge` and `finish_gated` are shared with the speculative
+strategy (gateway.speculative), which gates answers that arrive in parallel.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext
 from gateway.providers.base import UpstreamReply
 from gateway.service_ports import Completion
@@ -35,10 +37,13 @@ PASS = "pass"
 
 
 @dataclasses.dataclass(slots=True)
-class _Answer:
+class Answer:
+    """An answer that has been metered and checked against the route's gate."""
+
     attempt: PlannedAttempt
     reply: UpstreamReply
     result: GateResult
+    row: AttemptRow
 
 
 async def complete_gated(service: Service, ctx: CallContext, plan: Plan) -> Completion:
@@ -46,7 +51,7 @@ async def complete_gated(service: Service, ctx: CallContext, plan: Plan) -> Comp
     assert policy is not None
     remaining = list(plan.attempts)
     reasons: list[str] = []
-    last: _Answer | None = None
+    last: Answer | None = None
     repaired: set[str] = set()
     while remaining:
         step = dataclasses.replace(plan, attempts=tuple(remaining))
@@ -60,9 +65,9 @@ async def complete_gated(service: Service, ctx: CallContext, plan: Plan) -> Comp
             reasons.append("no target left that answered")
             break
         reasons.extend(failed)
-        answer = _judge(service, ctx, plan, attempt, reply, started)
+        answer = judge(service, ctx, plan, attempt, reply, started)
         if answer.result.passed:
-            return _finish(service, ctx, plan, answer, reasons)
+            return finish_gated(service, ctx, plan, answer, reasons)
         last = answer
         dep = attempt.deployment
         reasons.append(f"{dep.id}: gate {answer.result.outcome}")
@@ -71,23 +76,25 @@ async def complete_gated(service: Service, ctx: CallContext, plan: Plan) -> Comp
             fixed = await _repair(service, ctx, plan, answer)
             if fixed is not None:
                 if fixed.result.passed:
-                    return _finish(service, ctx, plan, fixed, reasons)
+                    return finish_gated(service, ctx, plan, fixed, reasons)
                 last = fixed
                 reasons.append(f"{dep.id}: repair failed gate {fixed.result.outcome}")
         position = next(i for i, a in enumerate(remaining) if a.deployment.id == dep.id)
         remaining = [PlannedAttempt(a.deployment, "escalation") for a in remaining[position + 1 :]]
     assert last is not None
-    return _finish(service, ctx, plan, last, reasons)
+    return finish_gated(service, ctx, plan, last, reasons)
 
 
-def _judge(
+def judge(
     service: Service,
     ctx: CallContext,
     plan: Plan,
     attempt: PlannedAttempt,
     reply: UpstreamReply,
     started: float,
-) -> _Answer:
+) -> Answer:
+    """Meter an upstream answer and check it against the plan's gate (the outcome goes on
+    its attempt row and into the live pass rates)."""
     assert plan.gate is not None
     result = check(plan.gate.spec, ctx.payload, reply.data)
     row = service.record_success(ctx, plan, attempt, reply, started)
@@ -95,12 +102,10 @@ def _judge(
     if service.quality is not None:
         tokens = row.input_uncached_tokens + row.cached_read_tokens + row.cache_write_tokens
         service.quality.observe(plan.route, attempt.deployment.id, tokens, result.passed)
-    return _Answer(attempt, reply, result)
+    return Answer(attempt, reply, result, row)
 
 
-async def _repair(
-    service: Service, ctx: CallContext, plan: Plan, failed: _Answer
-) -> _Answer | None:
+async def _repair(service: Service, ctx: CallContext, plan: Plan, failed: Answer) -> Answer | None:
     """Re-prompt the same deployment once with what was wrong; None if it did not answer."""
     original = ctx.payload
     ctx.payload = _repair_payload(original, failed)
@@ -116,10 +121,10 @@ async def _repair(
         ctx.payload = original
         ctx.input_estimate = None
     # Judged against the client's request (restored above), not the repair prompt.
-    return _judge(service, ctx, plan, attempt, reply, started)
+    return judge(service, ctx, plan, attempt, reply, started)
 
 
-def _repair_payload(payload: dict[str, Any], failed: _Answer) -> dict[str, Any]:
+def _repair_payload(payload: dict[str, Any], failed: Answer) -> dict[str, Any]:
     messages = list(payload.get("messages") or [])
     choices = failed.reply.data.get("choices")
     message = choices[0].get("message") if isinstance(choices, list) and choices else None
@@ -136,13 +141,14 @@ def _repair_payload(payload: dict[str, Any], failed: _Answer) -> dict[str, Any]:
     return {**payload, "messages": messages}
 
 
-def _finish(
+def finish_gated(
     service: Service,
     ctx: CallContext,
     plan: Plan,
-    answer: _Answer,
+    answer: Answer,
     reasons: list[str],
 ) -> Completion:
+    """Close a gated request with `answer`: passed, or the best failed one there is."""
     result = answer.result
     role = answer.attempt.role
     if result.passed:

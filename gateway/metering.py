@@ -101,6 +101,12 @@ class Meter:
             metrics.UNPRICED_ATTEMPTS.labels(dep.id).inc()
         return cost, price.version if price is not None else None
 
+    def output_price(self, attempt: PlannedAttempt, at: datetime) -> Decimal | None:
+        """USD per 1M output tokens of the attempt's deployment (consensus `strongest`)."""
+        dep = attempt.deployment
+        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        return None if price is None else price.output
+
     def succeeded(
         self,
         ctx: CallContext,
@@ -239,6 +245,7 @@ class Meter:
         error: str | None,
         deployment: str | None,
         gate_outcome: str | None = None,
+        consensus: str | None = None,
     ) -> RequestRow:
         """Close the call: build its request row and hand everything to the ledger."""
         attempts = ctx.attempts
@@ -297,6 +304,7 @@ class Meter:
             gate_outcome=gate_outcome,
             team=team,
             segment=segment,
+            consensus=consensus,
         )
         self.ledger.record(row, attempts)
         if ctx.admission is not None:

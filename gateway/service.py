@@ -2,7 +2,8 @@
 
 Handlers in gateway.api call this module and never a provider directly. The attempt loop
 itself (retries, breakers, hedging, deadlines) is in gateway.attempts; gated routes go
-through gateway.gating; streams are relayed by gateway.streaming.
+through gateway.gating; fan-out routes (consensus, speculative) through gateway.consensus
+and gateway.speculative; streams are relayed by gateway.streaming.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.attempts import NO_DEADLINE, AttemptLoop, Run
+from gateway.consensus import complete_consensus
+from gateway.fanout import stream_refused
 from gateway.gating import complete_gated
 from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, Meter
@@ -33,6 +36,7 @@ from gateway.service_ports import (
     StreamingCompletion,
     Tracker,
 )
+from gateway.speculative import complete_speculative
 from gateway.streaming import (
     DONE,
     Relay,
@@ -120,6 +124,10 @@ class Service:
         return row
 
     async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
+        if plan.fanout is not None:
+            if plan.fanout.kind == "consensus":
+                return await complete_consensus(self, ctx, plan)
+            return await complete_speculative(self, ctx, plan)
         if plan.gate is not None:
             return await complete_gated(self, ctx, plan)
         attempt, reply, started, reasons = await self.walk(ctx, plan)
@@ -144,6 +152,10 @@ class Service:
         or a stream that dies before its first event still gets a proper HTTP error or a
         fallback; after it, failures become an in-stream error event.
         """
+        if plan.fanout is not None:
+            if plan.fanout.streaming == "refuse":
+                raise stream_refused(plan)
+            return await self._buffered(ctx, plan, client_wants_usage)
         if plan.gate is not None and plan.gate.buffer_streams:
             return await self._buffered(ctx, plan, client_wants_usage)
         options = ctx.payload.get("stream_options")
@@ -232,7 +244,8 @@ class Service:
     async def _buffered(
         self, ctx: CallContext, plan: Plan, client_wants_usage: bool
     ) -> StreamingCompletion:
-        """A gated route that buffers streams: complete upstream, gate, then replay."""
+        """A gated or fan-out route that buffers streams: complete upstream, decide, then
+        replay the answer as a stream."""
         ctx.payload = {
             k: v for k, v in ctx.payload.items() if k not in ("stream", "stream_options")
         }
@@ -247,4 +260,5 @@ class Service:
             chunks=replay(),
             fallback_reason=done.fallback_reason,
             gate=done.gate,
+            headers=done.headers,
         )

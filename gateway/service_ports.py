@@ -4,7 +4,7 @@ for what it needs (with a no-op)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
@@ -65,6 +65,8 @@ class Completion:
     cost_usd: Decimal | None
     fallback_reason: str | None = None
     gate: str | None = None  # the quality gate's verdict (x-farebox-gate), gated routes only
+    # More response headers (x-farebox-consensus…), added by gateway.api.call.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -74,3 +76,4 @@ class StreamingCompletion:
     chunks: AsyncIterator[bytes]
     fallback_reason: str | None = None
     gate: str | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)

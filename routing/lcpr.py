@@ -268,3 +268,67 @@ def _clean_attempt(t: SegmentTotals, dedicated_usd: Decimal) -> Decimal | None:
     if dedicated_usd and total_tokens:
         per_attempt += dedicated_usd / total_tokens * t.clean_attempt_tokens / t.clean_attempts
     return per_attempt
+
+
+# --- consensus routes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusTotals:
+    """Ledger sums for one consensus route over a period."""
+
+    route: str
+    requests: int
+    agree: int
+    majority: int
+    disagree: int
+    attempts: int
+    cost_usd: Decimal  # every attempt of these requests (failed and cancelled ones too)
+    answered: int  # candidate attempts that answered
+    answered_cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusLine:
+    """Agreement rate and cost multiple of one consensus route.
+
+    `cost_multiple` = mean cost of a consensus request ÷ mean cost of one candidate call that
+    answered: how many single calls' worth of money one consensus answer costs (3 candidates
+    at one price that all answer: 3.0×; failed and cancelled candidates raise it).
+    """
+
+    route: str
+    requests: int
+    agree_rate: Decimal | None
+    majority_rate: Decimal | None
+    disagree_rate: Decimal | None
+    attempts_per_request: Decimal | None
+    mean_request_usd: Decimal | None
+    mean_candidate_usd: Decimal | None
+    cost_multiple: Decimal | None
+
+
+def consensus_line(t: ConsensusTotals) -> ConsensusLine:
+    n = Decimal(t.requests)
+
+    def share(part: int) -> Decimal | None:
+        return Decimal(part) / n if t.requests else None
+
+    mean_request = t.cost_usd / n if t.requests else None
+    mean_candidate = t.answered_cost_usd / Decimal(t.answered) if t.answered else None
+    multiple = (
+        mean_request / mean_candidate
+        if mean_request is not None and mean_candidate is not None and mean_candidate > 0
+        else None
+    )
+    return ConsensusLine(
+        route=t.route,
+        requests=t.requests,
+        agree_rate=share(t.agree),
+        majority_rate=share(t.majority),
+        disagree_rate=share(t.disagree),
+        attempts_per_request=Decimal(t.attempts) / n if t.requests else None,
+        mean_request_usd=mean_request,
+        mean_candidate_usd=mean_candidate,
+        cost_multiple=multiple,
+    )

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("primary", "retry", "fallback", "hedge", "escalation", "repair", "drill", "cache_hit")
+# `candidate`: a consensus / speculative fan-out call beyond the first (gateway.fanout).
+ROLES = (
+    "primary",
+    "retry",
+    "fallback",
+    "hedge",
+    "escalation",
+    "repair",
+    "drill",
+    "cache_hit",
+    "candidate",
+)
 
 
 # What a request may need from a deployment (see routing.shape.request_shape).
@@ -81,6 +92,21 @@ class GatePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class FanoutPolicy:
+    """How a consensus or speculative route asks several targets at once."""
+
+    kind: str  # "consensus" | "speculative"
+    n: int  # candidates started at once (resolved: never more than the targets)
+    # consensus: which answer a tie (or a passed disagreement) returns, and what a
+    # disagreement does: `fail` answers 409 with every candidate, `pass` answers with a flag.
+    tie_break: str = "first"  # cheapest | strongest | first
+    on_disagree: str = "fail"  # fail | pass
+    compare: str = "auto"  # auto | text | json | tool_calls
+    # Streaming requests: `buffer` (answer as a stream once decided) or `refuse` (400).
+    streaming: str = "buffer"
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     name: str
     strategy: str
@@ -103,6 +129,7 @@ class RouteSpec:
     threshold: float | None = None
     strong_share: float | None = None
     router_model: str | None = None
+    fanout: FanoutPolicy | None = None
 
 
 # Strategies whose order is decided per request from live state; the others are fixed.
@@ -130,3 +157,4 @@ class Plan:
     # Why the first target was chosen (x-farebox-route-reason, ledger `decision`).
     reason: str | None = None
     gate: GatePolicy | None = None
+    fanout: FanoutPolicy | None = None

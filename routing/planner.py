@@ -194,6 +194,7 @@ def decide(
         hedge_after_ms=route.hedge_after_ms,
         reason=reason,
         gate=route.gate,
+        fanout=route.fanout,
     )
     return Decision(plan, (*chosen, *left_out), reason)
 

@@ -80,6 +80,7 @@ def plan_for_route(route: RouteSpec, deployments: Mapping[str, DeploymentSpec]) 
         retry=route.retry,
         hedge_after_ms=route.hedge_after_ms,
         gate=route.gate,
+        fanout=route.fanout,
     )
 
 
@@ -117,10 +118,25 @@ def describe_plan(plan: Plan) -> list[str]:
             f"gate: {', '.join(checks) or 'no checks'}; on failure: {plan.gate.on_fail}"
             + ("; streams buffered" if plan.gate.buffer_streams else "")
         )
+    fanout = plan.fanout
+    if fanout is not None:
+        line = f"{fanout.kind}: {fanout.n} candidates at once"
+        if fanout.kind == "consensus":
+            line += (
+                f", compare {fanout.compare}, tie-break {fanout.tie_break}, "
+                f"on disagreement {fanout.on_disagree}"
+            )
+        else:
+            line += ", first answer passing the gate wins, the rest cancelled"
+        streams = "buffered" if fanout.streaming == "buffer" else "refused"
+        lines.append(f"{line}; streams {streams}")
     for n, attempt in enumerate(plan.attempts, 1):
         dep = attempt.deployment
+        role = attempt.role
+        if fanout is not None:  # the first n start together; the rest replace failures
+            role = "candidate" if n <= fanout.n else "fallback"
         lines.append(
-            f"{n}. {attempt.role:<8} {dep.id} → {dep.provider} ({dep.provider_kind}, "
+            f"{n}. {role:<8} {dep.id} → {dep.provider} ({dep.provider_kind}, "
             f"{dep.protocol}) model {dep.upstream_model}"
         )
     lines.extend(plan.notes)

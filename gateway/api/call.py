@@ -23,7 +23,7 @@ from routing.model import Plan
 class Call:
     """A call that has been planned, admitted and looked up in the response cache."""
 
-    __slots__ = ("cached", "ctx", "log_endpoint", "plan", "state")
+    __slots__ = ("cached", "ctx", "headers", "log_endpoint", "plan", "state")
 
     def __init__(
         self,
@@ -32,9 +32,12 @@ class Call:
         plan: Plan,
         cached: Lookup | None,
         log_endpoint: str,
+        headers: Headers,
     ) -> None:
         self.state, self.ctx, self.plan, self.cached = state, ctx, plan, cached
         self.log_endpoint = log_endpoint
+        # The response's headers: the service's extra ones (x-farebox-consensus…) join them.
+        self.headers = headers
 
     @classmethod
     async def begin(
@@ -58,7 +61,7 @@ class Call:
         cached = (
             None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
         )
-        return cls(state, ctx, plan, cached, log_endpoint)
+        return cls(state, ctx, plan, cached, log_endpoint, headers)
 
     async def stream(self, include_usage: bool) -> StreamingCompletion:
         service, ctx, plan = self.state.service, self.ctx, self.plan
@@ -69,13 +72,18 @@ class Call:
         )
         if payload_log.wanted(self.state.config.routes, plan.route):
             streaming.chunks = payload_log.tap(streaming.chunks, **self._log_fields())
+        self.headers.extend(streaming.headers)
         return streaming
 
     async def complete(self) -> Completion:
         service, ctx, plan = self.state.service, self.ctx, self.plan
-        if self.cached is None:
-            return await service.complete(ctx, plan)
-        return await self.cached.complete(service, ctx, plan)
+        result = await (
+            service.complete(ctx, plan)
+            if self.cached is None
+            else self.cached.complete(service, ctx, plan)
+        )
+        self.headers.extend(result.headers)
+        return result
 
     def answered(self, result: Completion) -> None:
         """After a non-stream answer: drill shape checks and the opt-in payload log."""

@@ -30,6 +30,7 @@ from gateway.limits import Admission, ask_for, rate_headers
 from gateway.metering import CallContext
 from gateway.service import DONE, StreamingCompletion
 from gateway.state import GatewayState
+from routing.fanout import widen
 from routing.model import DYNAMIC_STRATEGIES, Plan
 from routing.shape import RequestShape
 
@@ -169,6 +170,8 @@ async def admit(
         state.config.limits.reserve_output_tokens,
         datetime.now(UTC),
     )
+    if plan.fanout is not None:  # consensus / speculative: N calls at once, N reservations
+        ask = widen(ask, plan)
     admission = await limiter.admit(principal, ask)
     headers.extend(rate_headers(admission.limits, admission.verdict))
     return admission

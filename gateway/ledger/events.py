@@ -74,3 +74,5 @@ class RequestRow:
     # From the virtual key: the team it belongs to and its "segment" tag.
     team: str | None = None
     segment: str | None = None
+    # Consensus routes only: agree | majority | disagree (routing/consensus.py).
+    consensus: str | None = None

@@ -83,6 +83,7 @@ class RequestRecord(Base):
     decision: Mapped[str | None] = mapped_column(NAME)
     team: Mapped[str | None] = mapped_column(NAME)
     segment: Mapped[str | None] = mapped_column(NAME)
+    consensus: Mapped[str | None] = mapped_column(TAG)
 
     __table_args__ = (
         Index("ix_requests_received_at", "received_at"),

@@ -64,6 +64,12 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   4th, … are valid JSON that breaks the schema (the first required property dropped, or,
   without one, the object wrapped in an array).  Each counts once (per request, whatever
   ``n``) as fault ``invalid_json``.  Details in :mod:`.spoil`.
+* ``reply=TEXT``: OpenAI/Azure chat only.  The answer is exactly ``TEXT``
+  (percent-decoded, so ``%2C`` is a comma and ``%25`` a percent sign): the message
+  content, the JSON document of a ``response_format`` answer, or the arguments of a tool
+  call; one token per 4 characters.  ``tool=NAME``: a tool call picks the request's
+  function ``NAME`` rather than the first one (unless ``tool_choice`` names another).
+  Different deployments of one route can so give different answers (consensus tests).
 
 A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.  ``prompt_cache_ttl`` and
 ``prompt_cache_min`` without ``prompt_cache`` (on or off) are an error, not a no-op.
@@ -74,6 +80,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -145,6 +152,8 @@ class Behaviour:
     content_filter: bool = False
     echo_key: bool = False
     invalid_json_rate: float | None = None
+    reply: str | None = None
+    tool: str | None = None
     #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
     canonical: str = ""
 
@@ -212,6 +221,13 @@ def _status(key: str, raw: str) -> int:
     return value
 
 
+def _text(key: str, raw: str) -> str:
+    value = unquote(raw)
+    if key == "tool" and not value:
+        raise DirectiveError(key, "tool needs a function name (tool=NAME)")
+    return value
+
+
 def _flag(key: str, raw: str) -> bool:
     low = raw.lower()
     if low in _TRUE:
@@ -250,6 +266,8 @@ _PARSERS: dict[str, Any] = {
     "content_filter": _flag,
     "echo_key": _flag,
     "invalid_json_rate": _probability,
+    "reply": _text,
+    "tool": _text,
 }
 _FLAGS = frozenset(
     {"hang", "malformed", "context_length", "content_filter", "prompt_cache", "echo_key"}

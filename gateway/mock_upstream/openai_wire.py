@@ -129,6 +129,8 @@ def _pick_tool(call: Call) -> tuple[str, Any] | None:
         named = choice.get("function")
         wanted = named.get("name") if isinstance(named, dict) else None
     if wanted is None:
+        wanted = call.behaviour.tool  # the `tool=NAME` directive
+    if wanted is None:
         return str(functions[0]["name"]), functions[0].get("parameters")
     for fn in functions:
         if fn["name"] == wanted:
@@ -154,7 +156,9 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
         return _Answer("text", "", [], b.reasoning, "content_filter")
     tool = _pick_tool(call)
     if tool is not None:
-        arguments = _structured(call, schema_instance(tool[1]), tool[1])
+        arguments = (
+            b.reply if b.reply is not None else _structured(call, schema_instance(tool[1]), tool[1])
+        )
         return _Answer(
             "tool", arguments, fragments(arguments), b.reasoning, "tool_calls", tool_name=tool[0]
         )
@@ -167,8 +171,10 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
             document = schema_instance(schema)
         else:
             document = {"result": "ok"}
-        text = _structured(call, document, schema)
+        text = b.reply if b.reply is not None else _structured(call, document, schema)
         return _Answer("json", text, fragments(text), b.reasoning, "stop")
+    if b.reply is not None:
+        return _Answer("text", b.reply, fragments(b.reply), b.reasoning, "stop")
     plan = plan_tokens(b, request_max)
     pieces = [word(i) for i in range(plan.visible)]
     finish = "length" if plan.truncated else "stop"

@@ -15,10 +15,12 @@ from typing import Any
 
 from gateway.config_schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
+from gateway.reports.consensus import consensus_lines, line_dict
 from gateway.reports.reconcile import month_window
 from gateway.reports.store import ReportStore
 from routing.lcpr import (
     HOURS_PER_MONTH,
+    ConsensusLine,
     DeploymentCost,
     Estimate,
     LoadedCosts,
@@ -65,6 +67,8 @@ class LcprReport:
     repair_cost_usd: Decimal
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Agreement rate and cost multiple per consensus route.
+    consensus: list[ConsensusLine] = field(default_factory=list)
 
     @property
     def total_loaded_usd(self) -> Decimal:
@@ -164,6 +168,7 @@ async def lcpr_report(
         repair_cost_usd=repair,
         notes=notes,
     )
+    report.consensus = await consensus_lines(store, start, end)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -217,6 +222,7 @@ def report_dict(r: LcprReport) -> dict[str, Any]:
             {"code": f.code, "subject": f.subject, "message": f.message} for f in r.red_flags
         ],
         "notes": r.notes,
+        "consensus": [line_dict(line) for line in r.consensus],
     }
 
 

@@ -20,9 +20,11 @@ from typing import Any
 
 from gateway.config_schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
+from gateway.reports.consensus import consensus_lines
 from gateway.reports.importers import ImportedFile
 from gateway.reports.store import InvoiceDay, LedgerDay, ReportStore
 from routing.cost import MILLION
+from routing.lcpr import ConsensusLine
 from routing.reconcile_rules import (
     CACHE_WRITE,
     GPU_HOURS,
@@ -109,6 +111,8 @@ class ReconcileResult:
     notes: list[str] = field(default_factory=list)
     # (provider, role, attempts, metered USD) for the reconciled providers
     spend_by_role: list[tuple[str, str, int, Decimal]] = field(default_factory=list)
+    # Agreement rate and cost multiple per consensus route (gateway/reports/consensus.py).
+    consensus: list[ConsensusLine] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -335,6 +339,7 @@ async def reconcile(
     result.spend_by_role = [
         row for row in await store.spend_by_role(start, end) if row[0] in providers
     ]
+    result.consensus = await consensus_lines(store, start, end)
     result.elapsed_s = time.perf_counter() - started
     result.run_id = await store.save_reconciliation(_run_row(result))
     return result

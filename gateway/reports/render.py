@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+from gateway.reports import consensus
 from gateway.reports.reconcile import ReconcileResult
 from routing.reconcile_rules import ModelVerdict
 from routing.red_flags import RedFlag
@@ -142,6 +143,8 @@ def markdown(r: ReconcileResult) -> str:
             f"| {p} | {role} | {n:,} | {usd(v)} | {share} |"
             for p, role, n, v, share in _role_rows(r)
         ]
+    if r.consensus:
+        out += ["", consensus.markdown_section(r.consensus).rstrip("\n")]
     if r.unreconciled:
         out += ["", "## Metered but not reconciled (no invoice given)", ""]
         out += [f"- {p}: {usd(v)}" for p, v in sorted(r.unreconciled.items())]
@@ -432,6 +435,7 @@ def html_report(r: ReconcileResult) -> str:
             [False] * len(r.spend_by_role),
         )
     }
+{consensus.html_section(r.consensus)}
 <h2>Red flags</h2>{_flags_html(r.red_flags)}
 <h2>Inputs</h2><ul>{files}</ul>{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 <p class="muted">Run {_esc(r.run_id)} · computed in {r.elapsed_s:.2f} s</p>
@@ -442,6 +446,10 @@ def html_report(r: ReconcileResult) -> str:
 def write_reports(r: ReconcileResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "reconciliation.md", out / "reconciliation.html", out / "reconciliation.csv"]
-    for path, text in zip(paths, (markdown(r), html_report(r), csv_text(r)), strict=True):
+    texts = [markdown(r), html_report(r), csv_text(r)]
+    if r.consensus:  # only where consensus routes ran
+        paths.append(out / "consensus.csv")
+        texts.append(consensus.csv_text(r.consensus))
+    for path, text in zip(paths, texts, strict=True):
         path.write_text(text, encoding="utf-8")
     return paths

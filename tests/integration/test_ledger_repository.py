@@ -130,7 +130,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -163,6 +163,12 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     keys_indexes = {"ix_api_keys_key_hash", "ix_api_keys_updated_at"}
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
+
+    assert "consensus" in on_connection(db_url, _request_columns)
+    downgrade(db_url, "0006")  # one step: the consensus outcome column goes, nothing else
+    assert current(db_url) == "0006"
+    assert "consensus" not in on_connection(db_url, _request_columns)
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
     assert "saved_usd" in on_connection(db_url, _attempt_columns)
     downgrade(db_url, "0005")  # one step: the cache savings column goes, nothing else
