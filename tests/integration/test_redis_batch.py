@@ -176,3 +176,21 @@ def test_the_batch_script_matches_the_single_scripts(redis_server: Any) -> None:
             await redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_settlement_alone_reaches_redis_within_its_lazy_window(redis_server: Any) -> None:
+    """Settlements wait for an admission to ride along with, but never longer than 10 ms."""
+
+    async def scenario() -> None:
+        limiter = Limiter(redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}")
+        who = principal(max_concurrency=1)
+        try:
+            first = await limiter.admit(who, Ask(1, 0))
+            first.settle(None)
+            await asyncio.sleep(0.1)  # no flush(): the lazy timer alone must send it
+            second = await limiter.admit(who, Ask(1, 0))
+            second.settle(None)
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
