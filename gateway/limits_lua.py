@@ -1,9 +1,14 @@
-"""The Redis side of per-key limits: one Lua script to admit, one to settle, each atomic.
+"""The Redis side of per-key limits: one atomic Lua script admits and settles requests.
 
-They mirror routing/quota.py rule for rule (same bucket refill, same all-or-nothing
+It mirrors routing/quota.py rule for rule (same bucket refill, same all-or-nothing
 admission), so a key is limited alike whether Redis or the in-process fallback answers.
 Time comes from Redis (`TIME`), not from the replicas, so clock skew between replicas
 cannot stretch a bucket.
+
+One call carries a batch of one key's admissions and settlements (gateway/redis_batch.py),
+run in order, each exactly as if it had been sent alone at the same instant: the key's
+buckets and budget are read once, updated in Lua for each item, and written back once, so
+a batch of N costs about one item's Redis commands plus N small steps.
 
 Keys, all under one hash tag so a Redis Cluster keeps them on one slot:
   {prefix:key}:rpm   hash level, ts        requests bucket
@@ -14,114 +19,184 @@ Keys, all under one hash tag so a Redis Cluster keeps them on one slot:
 
 from __future__ import annotations
 
-# ARGV: rpm tpm tokens max_conc lease lease_ttl_ms budget_nano reserve_nano budget_ttl_s
-#       (0 / -1 = that check is off)
-# Returns {allowed, refused(0 none,1 rpm,2 tpm,3 conc,4 budget,5 budget unseeded), retry_ms,
-#          rem_req, reset_req_ms, rem_tok, reset_tok_ms, budget_left_nano, spent_nano}
-ADMIT = """
+# Items (ARGV), comma-separated:
+#   A,rpm,tpm,tokens,max_conc,lease,lease_ttl_ms,budget_nano,reserve_nano,budget_ttl_s
+#   S,tpm,reserved_tokens,used_tokens,lease,reserve_nano,cost_nano,budget_on
+#   (0 / -1 = that check is off; an empty lease = no concurrency lease)
+# Answers, one per item, comma-separated integers. Admit: allowed, refused (0 none, 1 rpm,
+# 2 tpm, 3 concurrency, 4 budget, 5 budget not seeded yet), retry_ms, remaining_requests,
+# reset_requests_ms, remaining_tokens, reset_tokens_ms, budget_left_nano, spent_nano
+# (-1 = not applicable). Settle: "1".
+BATCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rpm = tonumber(ARGV[1])
-local tpm = tonumber(ARGV[2])
-local tokens = tonumber(ARGV[3])
-local maxc = tonumber(ARGV[4])
-local budget = tonumber(ARGV[7])
-local reserve = tonumber(ARGV[8])
 
-local function refill(key, cap)
-  local h = redis.call('HMGET', key, 'level', 'ts')
-  if not h[1] then return cap end
-  local level = tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * cap / 60000
-  if level > cap then level = cap end
-  return level
+local function split(s)
+  local out, i = {}, 3
+  while true do
+    local j = string.find(s, ',', i, true)
+    if not j then out[#out + 1] = string.sub(s, i); return out end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+
+-- A token bucket, read (and refilled to now) on first use, written back once at the end.
+local buckets = {}
+local function bucket(key, cap)
+  local b = buckets[key]
+  if b == nil then
+    local level = cap
+    local h = redis.call('HMGET', key, 'level', 'ts')
+    if h[1] then
+      level = tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * cap / 60000
+    end
+    b = {level = level, dirty = false}
+    buckets[key] = b
+  end
+  if b.level > cap then b.level = cap end
+  return b
 end
 local function reset(level, cap)
   return math.max(0, math.ceil((cap - level) * 60000 / cap))
 end
 
-local rlevel, tlevel = -1, -1
-if rpm > 0 then
-  rlevel = refill(KEYS[1], rpm)
-  if rlevel < 1 then
-    return {0, 1, math.ceil((1 - rlevel) * 60000 / rpm), 0, reset(rlevel, rpm), -1, -1, -1, -1}
+-- Live leases: expired ones dropped once, then counted as items add and remove them.
+local leases = nil
+local lease_ttl = 0
+local function live_leases()
+  if leases == nil then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+    leases = redis.call('ZCARD', KEYS[3])
   end
+  return leases
 end
-if tpm > 0 then
-  tlevel = refill(KEYS[2], tpm)
-  local need = math.min(tokens, tpm)
-  if tlevel < need then
-    return {0, 2, math.ceil((need - tlevel) * 60000 / tpm), -1, -1,
-            math.max(0, math.floor(tlevel)), reset(tlevel, tpm), -1, -1}
+
+-- The month's budget: spent and reserved as read, plus what this batch changes.
+local budget = nil
+local function month_budget()
+  if budget == nil then
+    local h = redis.call('HMGET', KEYS[4], 'spent', 'reserved')
+    if h[1] then
+      budget = {seeded = true, spent = tonumber(h[1]), reserved = tonumber(h[2] or '0'),
+                d_spent = 0, d_reserved = 0, ttl = 0}
+    else
+      budget = {seeded = false, spent = 0, reserved = 0, d_spent = 0, d_reserved = 0, ttl = 0}
+    end
   end
+  return budget
 end
-if maxc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= maxc then
+
+local function admit(a)
+  local rpm, tpm, tokens = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
+  local maxc, cap_nano, reserve = tonumber(a[4]), tonumber(a[7]), tonumber(a[8])
+  local rb, tb, b
+  if rpm > 0 then
+    rb = bucket(KEYS[1], rpm)
+    if rb.level < 1 then
+      return {0, 1, math.ceil((1 - rb.level) * 60000 / rpm), 0, reset(rb.level, rpm),
+              -1, -1, -1, -1}
+    end
+  end
+  if tpm > 0 then
+    tb = bucket(KEYS[2], tpm)
+    local need = math.min(tokens, tpm)
+    if tb.level < need then
+      return {0, 2, math.ceil((need - tb.level) * 60000 / tpm), -1, -1,
+              math.max(0, math.floor(tb.level)), reset(tb.level, tpm), -1, -1}
+    end
+  end
+  if maxc > 0 and live_leases() >= maxc then
     return {0, 3, 1000, -1, -1, -1, -1, -1, -1}
   end
+  if cap_nano >= 0 then
+    b = month_budget()
+    if not b.seeded then return {0, 5, 0, -1, -1, -1, -1, -1, -1} end
+    if b.spent + b.reserved + reserve > cap_nano then
+      return {0, 4, 0, -1, -1, -1, -1, math.max(0, cap_nano - b.spent - b.reserved), b.spent}
+    end
+  end
+  local out = {1, 0, 0, -1, -1, -1, -1, -1, -1}
+  if rb then
+    rb.level = rb.level - 1
+    rb.dirty = true
+    out[4] = math.max(0, math.floor(rb.level))
+    out[5] = reset(rb.level, rpm)
+  end
+  if tb then
+    tb.level = tb.level - tokens
+    tb.dirty = true
+    out[6] = math.max(0, math.floor(tb.level))
+    out[7] = reset(tb.level, tpm)
+  end
+  if maxc > 0 then
+    local ttl = tonumber(a[6])
+    redis.call('ZADD', KEYS[3], now + ttl, a[5])
+    leases = leases + 1
+    if ttl > lease_ttl then lease_ttl = ttl end
+  end
+  if b then
+    b.reserved = b.reserved + reserve
+    b.d_reserved = b.d_reserved + reserve
+    b.ttl = tonumber(a[9])
+    out[8] = math.max(0, cap_nano - b.spent - b.reserved)
+    out[9] = b.spent
+  end
+  return out
 end
-local spent, reserved = 0, 0
-if budget >= 0 then
-  local b = redis.call('HMGET', KEYS[4], 'spent', 'reserved')
-  if not b[1] then return {0, 5, 0, -1, -1, -1, -1, -1, -1} end
-  spent = tonumber(b[1])
-  reserved = tonumber(b[2] or '0')
-  if spent + reserved + reserve > budget then
-    return {0, 4, 0, -1, -1, -1, -1, math.max(0, budget - spent - reserved), spent}
+
+local function settle(a)
+  local tpm = tonumber(a[1])
+  local delta = tonumber(a[3]) - tonumber(a[2])
+  if tpm > 0 and delta ~= 0 then
+    local tb = bucket(KEYS[2], tpm)
+    tb.level = tb.level - delta
+    tb.dirty = true
+  end
+  if a[4] ~= '' then
+    local gone = redis.call('ZREM', KEYS[3], a[4])
+    if leases ~= nil then leases = leases - gone end
+  end
+  if a[7] == '1' then
+    local b = month_budget()
+    local give_back = math.min(tonumber(a[5]), b.reserved)
+    b.reserved = b.reserved - give_back
+    b.d_reserved = b.d_reserved - give_back
+    b.spent = b.spent + tonumber(a[6])
+    b.d_spent = b.d_spent + tonumber(a[6])
+  end
+  return 1
+end
+
+local out = {}
+for i = 1, #ARGV do
+  local item = ARGV[i]
+  if string.sub(item, 1, 1) == 'A' then
+    local r = admit(split(item))
+    for k = 1, #r do r[k] = string.format('%d', r[k]) end
+    out[i] = table.concat(r, ',')
+  else
+    out[i] = tostring(settle(split(item)))
   end
 end
 
-local out = {1, 0, 0, -1, -1, -1, -1, -1, -1}
-if rpm > 0 then
-  rlevel = rlevel - 1
-  redis.call('HSET', KEYS[1], 'level', tostring(rlevel), 'ts', now)
-  redis.call('PEXPIRE', KEYS[1], 120000)
-  out[4] = math.max(0, math.floor(rlevel))
-  out[5] = reset(rlevel, rpm)
+for key, b in pairs(buckets) do
+  if b.dirty then
+    redis.call('HSET', key, 'level', tostring(b.level), 'ts', now)
+    redis.call('PEXPIRE', key, 120000)
+  end
 end
-if tpm > 0 then
-  tlevel = tlevel - tokens
-  redis.call('HSET', KEYS[2], 'level', tostring(tlevel), 'ts', now)
-  redis.call('PEXPIRE', KEYS[2], 120000)
-  out[6] = math.max(0, math.floor(tlevel))
-  out[7] = reset(tlevel, tpm)
-end
-if maxc > 0 then
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[6]) + 60000)
-end
-if budget >= 0 then
-  reserved = redis.call('HINCRBY', KEYS[4], 'reserved', reserve)
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[9]))
-  out[8] = math.max(0, budget - spent - reserved)
-  out[9] = spent
+if lease_ttl > 0 then redis.call('PEXPIRE', KEYS[3], lease_ttl + 60000) end
+if budget ~= nil then
+  -- Increments, not the Lua doubles: the stored integers stay exact at any size.
+  if budget.d_reserved ~= 0 then
+    local reserved = redis.call('HINCRBY', KEYS[4], 'reserved', budget.d_reserved)
+    if reserved < 0 then redis.call('HSET', KEYS[4], 'reserved', 0) end
+  end
+  if budget.d_spent ~= 0 then redis.call('HINCRBY', KEYS[4], 'spent', budget.d_spent) end
+  if budget.ttl > 0 then redis.call('EXPIRE', KEYS[4], budget.ttl) end
 end
 return out
-"""
-
-# ARGV: tpm reserved_tokens used_tokens lease reserve_nano cost_nano budget_on
-SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tpm = tonumber(ARGV[1])
-local delta = tonumber(ARGV[3]) - tonumber(ARGV[2])
-if tpm > 0 and delta ~= 0 then
-  local h = redis.call('HMGET', KEYS[2], 'level', 'ts')
-  local level = tpm
-  if h[1] then
-    level = tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * tpm / 60000
-    if level > tpm then level = tpm end
-  end
-  redis.call('HSET', KEYS[2], 'level', tostring(level - delta), 'ts', now)
-  redis.call('PEXPIRE', KEYS[2], 120000)
-end
-if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], ARGV[4]) end
-if ARGV[7] == '1' then
-  local reserved = redis.call('HINCRBY', KEYS[4], 'reserved', -tonumber(ARGV[5]))
-  if reserved < 0 then redis.call('HSET', KEYS[4], 'reserved', 0) end
-  redis.call('HINCRBY', KEYS[4], 'spent', tonumber(ARGV[6]))
-end
-return 1
 """
 
 # Seeds a month's spend from the ledger unless another replica did first.
@@ -140,42 +215,3 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 1
 """
-
-
-def _function(name: str, body: str) -> str:
-    # ARGV inside the body is the function's own parameter, shadowing the script's.
-    return f"local function {name}(ARGV)\n{body}\nend\n"
-
-
-# Many admissions and settlements of one key in one call (gateway/redis_batch.py): each
-# ARGV item is "A,<admit args>" or "S,<settle args>", comma-separated, run in order, each
-# exactly as the scripts above; each answer is a comma-separated string (settle: "1").
-BATCH = (
-    """
-local function split(s)
-  local t, i = {}, 3
-  while true do
-    local j = string.find(s, ',', i, true)
-    if not j then t[#t + 1] = string.sub(s, i); return t end
-    t[#t + 1] = string.sub(s, i, j - 1)
-    i = j + 1
-  end
-end
-"""
-    + _function("admit", ADMIT)
-    + _function("settle", SETTLE)
-    + """
-local out = {}
-for i = 1, #ARGV do
-  local item = ARGV[i]
-  if string.sub(item, 1, 1) == 'A' then
-    local r = admit(split(item))
-    for k = 1, #r do r[k] = string.format('%d', r[k]) end
-    out[i] = table.concat(r, ',')
-  else
-    out[i] = tostring(settle(split(item)))
-  end
-end
-return out
-"""
-)

@@ -164,8 +164,7 @@ def test_a_cancelled_admission_hands_its_reservation_back(redis_server: Any) -> 
     asyncio.run(scenario())
 
 
-def test_the_batch_script_matches_the_single_scripts(redis_server: Any) -> None:
-    """The batch script embeds ADMIT and SETTLE as functions; both run under Redis' Lua."""
+def test_the_batch_script_loads_under_redis_lua(redis_server: Any) -> None:
 
     async def scenario() -> None:
         redis = Redis.from_url(redis_server.url)
@@ -192,5 +191,47 @@ def test_a_settlement_alone_reaches_redis_within_its_lazy_window(redis_server: A
             second.settle(None)
         finally:
             await limiter.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_refuses_exactly_what_the_in_process_rules_refuse(redis_server: Any) -> None:
+    """Eight requests in one batch (one script call): each item sees the ones before it,
+    so the batch admits and refuses exactly as routing/quota.py does one by one."""
+
+    async def outcomes(limiter: Limiter, who: Principal) -> list[str]:
+        asks = [Ask(300, quota.to_nano(Decimal("0.02")))] * 8
+        results = await asyncio.gather(
+            *(limiter.admit(who, ask) for ask in asks), return_exceptions=True
+        )
+        seen = []
+        for result in results:
+            if isinstance(result, GatewayError):
+                seen.append(f"{result.status}:{result.code}:{result.message.split(' on ')[-1]}")
+            else:
+                assert not isinstance(result, BaseException), result
+                seen.append("ok")
+        return seen
+
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        shared = Limiter(redis_server.url, key_prefix=prefix)
+        local = Limiter(None)
+        try:
+            for limits in (
+                {"rpm": 5},
+                {"tpm": 1_000},
+                {"max_concurrency": 3},
+                {"budget_usd": Decimal("0.05")},
+                {"rpm": 6, "tpm": 1_500, "max_concurrency": 4, "budget_usd": Decimal("0.07")},
+            ):
+                who = principal(**limits)
+                got_shared = await outcomes(shared, who)
+                got_local = await outcomes(local, who)
+                assert got_shared == got_local, limits
+                assert "ok" in got_shared and any(s.startswith("429") for s in got_shared)
+        finally:
+            await shared.close()
+            await local.close()
 
     asyncio.run(scenario())
