@@ -7,13 +7,14 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install run test lint fmt bench
+.PHONY: help install run test lint fmt bench bench-soak
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
 	@echo "make test   - install, start PostgreSQL/Redis when needed, run the whole suite"
 	@echo "make lint   - ruff, mypy, import-linter, hadolint (Dockerfile)"
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
+	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 
 install: $(VENV)/.installed
 
@@ -42,3 +43,6 @@ fmt: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+bench-soak: install
+	$(BIN)/python bench/soak.py

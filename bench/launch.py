@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import ledger_db
 import litellm_env
-import report
+import report_meta
 import wrk
 from targets import Proc, Target, free_port
 
@@ -41,7 +42,17 @@ def site_packages(venv: Path) -> list[Path]:
     return sorted(venv.glob("lib/python3*/site-packages"))
 
 
-def simulator(port: int, env: dict[str, str], cpus: set[int] | None) -> tuple[Proc, str]:
+def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None]:
+    """(simulator CPUs, gateway CPUs); wrk is never pinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode == "none" or len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def simulator(
+    port: int, env: dict[str, str], cpus: set[int] | None, name: str = "simulator"
+) -> tuple[Proc, str]:
     """The project's simulator, `gateway.mock_upstream.run(host, port)`, as its own process."""
     probe = subprocess.run(
         [python(), "-c", "from gateway.mock_upstream import run"],
@@ -54,7 +65,7 @@ def simulator(port: int, env: dict[str, str], cpus: set[int] | None) -> tuple[Pr
         raise SystemExit(f"bench: cannot import the simulator: {probe.stderr.strip()[-400:]}")
     code = f"from gateway.mock_upstream import run; run('127.0.0.1', {port})"
     argv = [python(), "-c", code]
-    return Proc("simulator", argv, env, WORK / "simulator.log", cpus), "gateway.mock_upstream.run"
+    return Proc(name, argv, env, WORK / f"{name}.log", cpus), "gateway.mock_upstream.run"
 
 
 def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:
@@ -76,7 +87,7 @@ def farebox(
     SQLite file; its data (spool, SQLite) in bench/.work/<name>/, never var/."""
     name = FAREBOX_NAMES[ledger]
     port = free_port()
-    version = report.dist_version("farebox")
+    version = report_meta.dist_version("farebox")
     target = Target(name, port, FAREBOX_KEY, "bench", "bench-slow", version=version)
     exe = str(ROOT / ".venv" / "bin" / "farebox")
     data = WORK / name

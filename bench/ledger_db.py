@@ -45,7 +45,7 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def _affinity(cpus: set[int] | None) -> Iterator[None]:
+def affinity(cpus: set[int] | None) -> Iterator[None]:
     """Run the body with this process pinned to cpus: everything it spawns (pg_ctl, the
     postmaster and, through fork, every backend) inherits the mask. Restored afterwards."""
     if not cpus:
@@ -90,7 +90,7 @@ def start(work: Path, cpus: set[int] | None, durable: bool) -> Postgres:
     """A fresh server with an empty DB_NAME database; RuntimeError/OSError with the reason."""
     _ensure_binaries()
     work.mkdir(parents=True, exist_ok=True)
-    with _affinity(cpus):
+    with affinity(cpus):
         server = start_postgres(work)
         try:
             if durable:
@@ -125,9 +125,17 @@ def migrate(python: str, url: str, env: dict[str, str]) -> str | None:
     return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
 
 
-def _count_postgres(pg: Postgres) -> tuple[int, int]:
+def create_database(pg: Postgres, name: str) -> str:
+    """Another empty database in the same server (one per production target, so each
+    target's rows can be counted on their own); its URL."""
+    pg.server.create_database(name)
+    return pg.server.url(name)
+
+
+def _count_postgres(pg: Postgres, url: str) -> tuple[int, int]:
+    dbname = url.rsplit("/", 1)[1].split("?", 1)[0]
     out = pg.server.psql(
-        "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts)", DB_NAME
+        "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts)", dbname
     )
     requests, attempts = out.strip().split("|")
     return int(requests), int(attempts)
@@ -165,7 +173,7 @@ def verify(target: Target, pg: Postgres | None) -> dict[str, Any]:
         if target.ledger == "postgres":
             if pg is None:
                 raise RuntimeError("no Postgres server")
-            out["requests_rows"], out["attempts_rows"] = _count_postgres(pg)
+            out["requests_rows"], out["attempts_rows"] = _count_postgres(pg, target.ledger_url)
         else:
             out["requests_rows"], out["attempts_rows"] = _count_sqlite(target.ledger_url)
     except (RuntimeError, OSError, ValueError, sqlite3.Error, subprocess.SubprocessError) as exc:

@@ -2,127 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import importlib.metadata
-import os
-import platform
 import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import wrk
+import report_prod
+from report_meta import dist_version, meta, postgres_meta
+from report_table import LABEL, fmt, table
 from targets import Target
 
-ORDER = ["direct", "passthrough", "farebox-off", "farebox-pg", "farebox-sqlite", "litellm"]
+__all__ = ["build", "dist_version", "markdown", "meta", "postgres_meta"]
+
+ORDER = [
+    "direct",
+    "passthrough",
+    "farebox-off",
+    "farebox-pg",
+    "farebox-sqlite",
+    "farebox-prod",
+    "farebox-prod-2w",
+    "litellm",
+]
+BARE = ["direct", "passthrough", "farebox-off", "farebox-pg", "farebox-sqlite", "litellm"]
 FAREBOX = ["farebox-off", "farebox-pg", "farebox-sqlite"]
 LEDGER_ON = ["farebox-pg", "farebox-sqlite"]
-LABEL = {
-    "direct": "direct (no gateway)",
-    "passthrough": "bare passthrough",
-    "farebox-off": "Farebox (ledger off)",
-    "farebox-pg": "Farebox (ledger → Postgres)",
-    "farebox-sqlite": "Farebox (ledger → SQLite)",
-    "litellm": "LiteLLM proxy",
-}
 MIB = 1024 * 1024
-
-
-def dist_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _mem_total_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
-
-
-def meta(
-    args: argparse.Namespace,
-    argv: list[str],
-    sim: dict[str, Any],
-    pinning: tuple[set[int] | None, set[int] | None],
-    t_begin: float,
-    t_installed: float,
-) -> dict[str, Any]:
-    sim_cpus, gw_cpus = pinning
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([".venv/bin/python", "bench/run.py", *argv[1:]]),
-        "machine": {
-            "cpu": _cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "mem_gib": _mem_total_gib(),
-            "kernel": platform.release(),
-            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "farebox": dist_version("farebox"),
-            "aiohttp": dist_version("aiohttp"),
-            "uvicorn": dist_version("uvicorn"),
-            "uvloop": dist_version("uvloop"),
-            "orjson": dist_version("orjson"),
-            "wrk": wrk.wrk_version(),
-        },
-        "config": {
-            "duration_s": args.duration,
-            "latency_duration_s": args.latency_duration,
-            "rounds": args.rounds,
-            "latency_rounds": args.latency_rounds,
-            "warmup_s": args.warmup,
-            "connections": args.connections,
-            "latency_connections": args.latency_connections,
-            "wrk_threads": args.threads,
-            "upstream_latency_ms": 50,
-            "quick": args.quick,
-        },
-        "cpu_pinning": {
-            "simulator": sorted(sim_cpus) if sim_cpus else "unpinned",
-            "gateways": sorted(gw_cpus) if gw_cpus else "unpinned",
-            "postgres": sorted(sim_cpus) if sim_cpus else "unpinned",
-            "wrk": "unpinned",
-        },
-        "simulator": {
-            "kind": sim["kind"],
-            "startup_s": round(sim["startup_s"], 3),
-            "rss_mib_end": round(sim["rss"] / MIB, 1),
-        },
-        "install_s": round(t_installed - t_begin, 1),
-        "bench_s": round(time.time() - t_installed, 1),
-    }
-
-
-def postgres_meta(pg: Any, durable: bool, db_pids: list[int]) -> dict[str, Any] | None:
-    """pg: the ledger_db.Postgres the run used, or None."""
-    if pg is None:
-        return None
-    return {
-        "version": pg.version,
-        "durable": durable,
-        "cpus_allowed": pg.cpus,
-        "postmaster_pid": db_pids[0] if db_pids else None,
-    }
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -143,6 +46,7 @@ def _summary(rows: list[dict[str, Any]], direct: list[dict[str, Any]]) -> dict[s
         "cpu_us_per_req",
         "sim_cpu_us_per_req",
         "db_cpu_us_per_req",
+        "redis_cpu_us_per_req",
         "added_p50_ms",
         "added_p99_ms",
     ]
@@ -174,6 +78,12 @@ def build(
             "loaded_rss_mib": None if t.loaded_rss is None else round(t.loaded_rss / MIB, 1),
             "ledger": t.ledger or None,
             "ledger_check": t.ledger_check,
+            "workers": t.workers,
+            "idle_rss_by_process_mib": [
+                [pid, cmd, round(rss / MIB, 1)] for pid, cmd, rss in t.idle_rss_procs or []
+            ],
+            "redis": bool(t.redis_pid),
+            "burst": t.burst,
             "scenarios": scen,
         }
     meta["versions"]["litellm"] = out_targets.get("litellm", {}).get("version") or "skipped"
@@ -186,7 +96,7 @@ def build(
         "meta": meta,
         "scenarios": scenarios,
         "targets": out_targets,
-        "ratios": _ratios(out_targets),
+        "ratios": {**_ratios(out_targets), **report_prod.ratios(out_targets)},
     }
 
 
@@ -242,73 +152,6 @@ def _paired_costs(targets: dict[str, Any], on: str, key: str) -> list[float]:
     ]
 
 
-def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
-    return "—" if v is None else f"{v:{spec}}{suffix}"
-
-
-def _table(res: dict[str, Any]) -> list[str]:
-    targets, cfg = res["targets"], res["meta"]["config"]
-    names = [n for n in ORDER if n in targets]
-
-    def cell(name: str, key: str, field: str, spec: str, direct: str | None = None) -> str:
-        t = targets[name]
-        if name == "direct" and direct is not None:
-            return direct
-        if not t["available"] and not t["scenarios"].get(key):
-            return "unavailable"
-        return _fmt(t["scenarios"].get(key, {}).get("summary", {}).get(field), spec)
-
-    def attr(name: str, field: str, spec: str) -> str:
-        if name == "direct":
-            return "n/a"
-        if not targets[name]["available"] and targets[name][field] is None:
-            return "unavailable"
-        return _fmt(targets[name][field], spec)
-
-    def abs_latency(name: str) -> str:
-        p50, p99 = cell(name, "latency", "p50_ms", ".2f"), cell(name, "latency", "p99_ms", ".2f")
-        return p50 if p50 == "unavailable" else f"{p50} / {p99}"
-
-    def db_cpu(name: str) -> str:
-        if name != "farebox-pg":
-            return "n/a"
-        ns, st = (
-            cell(name, "rps", "db_cpu_us_per_req", ",.0f"),
-            cell(name, "rps_stream", "db_cpu_us_per_req", ",.0f"),
-        )
-        return ns if ns == "unavailable" else f"{ns} / {st}"
-
-    def errors(name: str) -> str:
-        return str(sum(s["summary"]["errors"] for s in targets[name]["scenarios"].values()))
-
-    c, lc = cfg["connections"], cfg["latency_connections"]
-    base = "0 (baseline)"
-    rows: list[tuple[str, Callable[[str], str]]] = [
-        (f"requests/s, c{c}, non-stream", lambda n: cell(n, "rps", "ok_rps", ",.0f")),
-        (f"requests/s, c{c}, stream (SSE)", lambda n: cell(n, "rps_stream", "ok_rps", ",.0f")),
-        (f"added latency p50, c{lc}, 50 ms upstream (ms)",
-         lambda n: cell(n, "latency", "added_p50_ms", "+.2f", base)),
-        (f"added latency p99, c{lc}, 50 ms upstream (ms)",
-         lambda n: cell(n, "latency", "added_p99_ms", "+.2f", base)),
-        ("absolute latency p50 / p99 (ms)", abs_latency),
-        ("gateway CPU µs/request, non-stream",
-         lambda n: cell(n, "rps", "cpu_us_per_req", ",.0f", "n/a")),
-        ("gateway CPU µs/request, stream",
-         lambda n: cell(n, "rps_stream", "cpu_us_per_req", ",.0f", "n/a")),
-        ("ledger Postgres CPU µs/request, non-stream / stream", db_cpu),
-        ("simulator CPU µs/request, non-stream",
-         lambda n: cell(n, "rps", "sim_cpu_us_per_req", ",.0f")),
-        ("idle RSS (MiB)", lambda n: attr(n, "idle_rss_mib", ".1f")),
-        ("loaded RSS, after load (MiB)", lambda n: attr(n, "loaded_rss_mib", ".1f")),
-        ("startup, spawn → first 200 on health (s)", lambda n: attr(n, "startup_s", ".2f")),
-        ("failed requests (non-2xx + socket errors)", errors),
-    ]  # fmt: skip
-    lines = ["| metric | " + " | ".join(LABEL[n] for n in names) + " |"]
-    lines.append("|" + "---|" * (len(names) + 1))
-    lines += ["| " + label + " | " + " | ".join(fn(n) for n in names) + " |" for label, fn in rows]
-    return lines
-
-
 def _ratio_lines(res: dict[str, Any]) -> list[str]:
     targets, r = res["targets"], res["ratios"]
     fbs = [n for n in FAREBOX if n in targets]
@@ -316,8 +159,8 @@ def _ratio_lines(res: dict[str, Any]) -> list[str]:
         return []
 
     def pair(name: str, other: str) -> str:
-        ns = _fmt(r.get(f"{name}_vs_{other}_rps"), ".2f", "×")
-        st = _fmt(r.get(f"{name}_vs_{other}_rps_stream"), ".2f", "×")
+        ns = fmt(r.get(f"{name}_vs_{other}_rps"), ".2f", "×")
+        st = fmt(r.get(f"{name}_vs_{other}_rps_stream"), ".2f", "×")
         return f"vs {LABEL[other]}: non-stream {ns}, stream {st}"
 
     lines = ["**Ratios (requests/s):**", ""]
@@ -337,7 +180,7 @@ def _ratio_lines(res: dict[str, Any]) -> list[str]:
         rounds = [r.get(f"ledger_cost_{on}_{k}_rounds") or [] for k in ("rps", "rps_stream")]
 
         def pct(v: float | None) -> str:
-            return _fmt(None if v is None else v * 100, ".1f", " %")
+            return fmt(None if v is None else v * 100, ".1f", " %")
 
         def per_round(vals: list[float]) -> str:
             if not vals:
@@ -421,6 +264,11 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     farebox_remark = "; ".join(remarks) or "not run"
     pg_layout = " (and the ledger's PostgreSQL: postmaster and backends)" if pg else ""
+    if m.get("redis"):
+        pg_layout = pg_layout.replace(")", "; Redis)")
+    prod = report_prod.present(targets)
+    bare = any(n in targets for n in FAREBOX) or not prod
+    two = " (Farebox production, 2 workers: both CPUs)" if "farebox-prod-2w" in targets else ""
     pg_notes = []
     if pg:
         durability = (
@@ -445,7 +293,14 @@ def markdown(res: dict[str, Any]) -> str:
             "in its own venv, `--num_workers 1`, no database, `LITELLM_LOG=ERROR` (no access "
             "log), local cost map. Its dependency set has no httptools, so its uvicorn parses "
             "HTTP with h11. At the latency concurrency it is CPU-bound, so its added latency "
-            "is mostly queueing."
+            "is mostly queueing. The same LiteLLM process is compared with both profiles: "
+            "its Postgres spend logging could not be switched on here, because it needs the "
+            "Prisma client, and `prisma generate` downloads Prisma's query-engine binaries "
+            "from binaries.prisma.sh, which this machine cannot reach (it reaches only "
+            "PyPI, Debian's and npm's registries; no registry package ships those engines): "
+            "`Error: request to https://binaries.prisma.sh/…/debian-openssl-3.0.x/"
+            "query-engine.gz.sha256 failed, reason: getaddrinfo ENOTFOUND`. With spend "
+            "logging on it could only be slower."
         )
 
     out = [
@@ -455,8 +310,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"- **Command:** `{m['command']}`",
         f"- **Machine:** {mach['cpu']}, {mach['logical_cpus']} logical CPUs, {mach['mem_gib']} "
         f"GiB RAM, Linux {mach['kernel']}; shared and noisy: other processes used "
-        f"{_fmt(noise['other_cores_median'], '.2f')} cores (median; max "
-        f"{_fmt(noise['other_cores_max'], '.2f')}) during the measured runs",
+        f"{fmt(noise['other_cores_median'], '.2f')} cores (median; max "
+        f"{fmt(noise['other_cores_max'], '.2f')}) during the measured runs",
         f"- **Versions:** Farebox {v['farebox']}, LiteLLM {v['litellm']}, Python {v['python']}, "
         f"aiohttp {v['aiohttp']}, uvicorn {v['uvicorn']}, uvloop {v['uvloop']}, "
         f"orjson {v['orjson']}, wrk {v['wrk']}",
@@ -467,19 +322,21 @@ def markdown(res: dict[str, Any]) -> str:
         f"{cfg.get('latency_rounds', cfg['rounds'])} of {cfg['latency_duration_s']:g} s for "
         "latency; medians shown. Added latency = target − direct percentile of the same round.",
         "- **CPU layout:** the 2 cores are shared by simulator, gateway and wrk: simulator"
-        f"{pg_layout} pinned to CPU {pin['simulator']}, gateways to CPU {pin['gateways']}, "
+        f"{pg_layout} pinned to CPU {pin['simulator']}, gateways to CPU {pin['gateways']}{two}, "
         "wrk floating. "
         "All gateways stay up for the whole run (idle while another is measured). "
         f"Simulator: `{m['simulator']['kind']}`, one process.",
-        "- **Accounting:** 1 worker per gateway. CPU = utime+stime (+ reaped children) of "
+        f"- **Accounting:** 1 worker per gateway{two.replace('both CPUs', '2')}. CPU = "
+        "utime+stime (+ reaped children) of "
         "the gateway's process tree from /proc/<pid>/stat over the run ÷ requests completed. "
         "RSS = VmRSS summed over the tree; idle = 2 s after startup, before any request.",
         "",
-        *_table(res),
-        "",
+        *(["## Production profile", "", *report_prod.lines(res)] if prod else []),
+        *(["## Bare profile", ""] if prod and bare else []),
+        *([*table(res, BARE), ""] if bare else []),
         *_ratio_lines(res),
         *_ledger_check_lines(res),
-        "**Setup notes:**",
+        "## Setup notes" if prod else "**Setup notes:**",
         "",
         "- Every target runs from precompiled bytecode (this environment sets "
         "PYTHONDONTWRITEBYTECODE=1; the harness runs compileall on the project venv and "
@@ -489,6 +346,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"`bench/farebox.yaml` as is, each variant its own process with a fresh spool dir "
         f"under bench/.work/. {farebox_remark}.",
         *pg_notes,
+        *report_prod.notes(res),
         "- wrk abandons in-flight requests when a run ends; the harness waits for the "
         "gateway and simulator to go idle before the next run. For a slow target the "
         "CPU/request figure can be off by about in-flight ÷ completed requests.",

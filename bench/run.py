@@ -1,9 +1,12 @@
 """`make bench`: one interleaved, time-bounded load benchmark on loopback.
 
-The same upstream simulator is measured behind: nothing ("direct"), Farebox (1 worker) with
-its ledger off and with its ledger in a real PostgreSQL started here, the LiteLLM proxy
-(1 worker, pinned version in its own venv) and a bare ASGI passthrough (the ceiling for a
-Python gateway here). Writes bench/RESULTS.md and bench/results.json.
+The same upstream simulator is measured behind: nothing ("direct"), a bare ASGI passthrough
+(the ceiling for a Python gateway here), the LiteLLM proxy (1 worker, pinned version in its
+own venv) and Farebox in two profiles: "bare" (1 worker, ledger off / ledger in a real
+PostgreSQL started here) and "production" (`production.py`: virtual key with limits in
+Redis, ledger in Postgres, metrics and JSON logs on, cost route with fallback; 1 and 2
+workers), then a 100-request burst of 32 KB prompts at the production targets and the
+ledger checks. Writes bench/RESULTS.md and bench/results.json.
 
     .venv/bin/python bench/run.py                           # full run, ~7 min after installs
     .venv/bin/python bench/run.py --quick --skip-litellm    # ~1 min smoke run, written
@@ -14,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +26,9 @@ from typing import Any
 
 import launch
 import ledger_db
+import lineup
 import litellm_env
+import production
 import report
 import wrk
 from targets import (
@@ -42,13 +45,7 @@ from targets import (
 BENCH = Path(__file__).resolve().parent
 WORK = launch.WORK
 Rows = list[dict[str, Any]]
-FAREBOX_MODES = {
-    "both": ["off", "postgres"],
-    "off": ["off"],
-    "postgres": ["postgres"],
-    "sqlite": ["sqlite"],
-    "all": ["off", "postgres", "sqlite"],
-}
+FAREBOX_MODES = lineup.FAREBOX_MODES
 
 
 @dataclass(frozen=True)
@@ -89,6 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1 round, 1 s warm-up")
     p.add_argument("--skip-litellm", action="store_true", help="do not install/run LiteLLM")
     p.add_argument("--skip-farebox", action="store_true", help="do not run Farebox")
+    p.add_argument(
+        "--profiles",
+        choices=["all", "bare", "production"],
+        default="all",
+        help="Farebox profiles: bare (farebox-off, farebox-pg: see --farebox-ledger),\n"
+        "production (farebox-prod, farebox-prod-2w: production.py), or both",
+    )
+    p.add_argument("--burst", type=int, default=100, help="burst size (0: no burst)")
+    p.add_argument("--burst-kb", type=int, default=32, help="prompt size in the burst, KB")
     p.add_argument(
         "--farebox-ledger",
         choices=list(FAREBOX_MODES),
@@ -134,15 +140,11 @@ def problems(results: dict[str, Any]) -> list[str]:
         check = t.get("ledger_check")
         if t["available"] and check and not check["requests_rows"]:
             out.append(f"{name}: no ledger rows written {check['error']}".rstrip())
+        if check and "covered" in check and not check["covered"]:
+            out.append(f"{name}: ledger attempts differ from the simulator's count")
+        if (b := t.get("burst")) and b["failed"]:
+            out.append(f"{name}: {b['failed']} failed burst requests")
     return out
-
-
-def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None]:
-    """(simulator CPUs, gateway CPUs); wrk is never pinned."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if mode == "none" or len(cpus) < 2:
-        return None, None
-    return {cpus[-1]}, set(cpus[:-1])
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -160,15 +162,20 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
 def measure(
     t: Target, sim: Proc, db_pids: list[int], script: Path, sc: Scenario, seconds: float
 ) -> dict[str, Any]:
-    def sample() -> tuple[float, float, float, float, float, float]:
-        gateway = t.proc.cpu_seconds() if t.proc else 0.0
-        db = sum(tree_cpu_seconds(pid) for pid in db_pids)
-        return (time.perf_counter(), gateway, sim.cpu_seconds(), children_cpu_seconds(),
-                machine_busy_seconds(), db)  # fmt: skip
+    """db_pids: [the ledger Postgres's postmaster, Redis] (those running); `t.sim` replaces
+    `sim` for a target with its own simulator."""
+    sim = t.sim or sim
 
-    t0, gw0, sim0, wrk0, busy0, db0 = sample()
+    def sample() -> tuple[float, float, float, float, float, float, float]:
+        gateway = t.proc.cpu_seconds() if t.proc else 0.0
+        db = sum(tree_cpu_seconds(pid) for pid in db_pids if pid != t.redis_pid)
+        redis = tree_cpu_seconds(t.redis_pid) if t.redis_pid else 0.0
+        return (time.perf_counter(), gateway, sim.cpu_seconds(), children_cpu_seconds(),
+                machine_busy_seconds(), db, redis)  # fmt: skip
+
+    t0, gw0, sim0, wrk0, busy0, db0, rd0 = sample()
     res = wrk.run_wrk(t.url(), script, sc.connections, seconds, log=WORK / "wrk.log")
-    t1, gw1, sim1, wrk1, busy1, db1 = sample()
+    t1, gw1, sim1, wrk1, busy1, db1, rd1 = sample()
     t.served += res.requests
     t.abandoned_max += sc.connections
     row: dict[str, Any] = res.to_dict()
@@ -177,9 +184,11 @@ def measure(
     row["sim_cpu_us_per_req"] = round((sim1 - sim0) / n * 1e6, 1)
     # The ledger database server (a separate process tree) for the target writing to it.
     row["db_cpu_us_per_req"] = round((db1 - db0) / n * 1e6, 1) if t.db_pid else None
+    row["redis_cpu_us_per_req"] = round((rd1 - rd0) / n * 1e6, 1) if t.redis_pid else None
     row["wrk_cores"] = round((wrk1 - wrk0) / (t1 - t0), 2)
     # CPU used by everything else on the machine during the run, in cores: the noise.
-    ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0) + (db1 - db0)
+    # (Redis's CPU outside this target's runs is idle housekeeping, counted as noise.)
+    ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0) + (db1 - db0) + (rd1 - rd0)
     row["other_cores"] = round(max(0.0, (busy1 - busy0) - ours) / (t1 - t0), 2)
     return row
 
@@ -205,7 +214,7 @@ def run_one(
         return
     # wrk abandons in-flight requests at the end; a gateway still working through them
     # would steal CPU from the next run, so wait until it (and the simulator) is idle.
-    waited = (t.proc.wait_idle() if t.proc else 0.0) + sim.wait_idle()
+    waited = (t.proc.wait_idle() if t.proc else 0.0) + (t.sim or sim).wait_idle()
     row["drain_s"] = round(waited + sum(wait_tree_idle(pid) for pid in db_pids), 2)
     if into is not None:
         row["round"] = len(into) + 1
@@ -240,77 +249,6 @@ def run_scenarios(
     return raw
 
 
-def start_postgres(
-    args: argparse.Namespace, cpus: set[int] | None
-) -> tuple[ledger_db.Postgres | None, str]:
-    """The ledger's PostgreSQL when a Farebox target needs it: (server, "") or (None, why)."""
-    if args.skip_farebox or "postgres" not in FAREBOX_MODES[args.farebox_ledger]:
-        return None, ""
-    print("bench: starting PostgreSQL for the Farebox ledger", flush=True)
-    try:
-        pg = ledger_db.start(WORK / "postgres", cpus, args.pg_durability == "on")
-    except (RuntimeError, OSError, TimeoutError, subprocess.SubprocessError) as exc:
-        why = f"PostgreSQL did not start: {str(exc).strip().splitlines()[0][:300]}"
-        print(f"bench: {why}", flush=True)
-        return None, why
-    print(f"bench: PostgreSQL {pg.version} up, postmaster on CPUs {pg.cpus}", flush=True)
-    return pg, ""
-
-
-def start_targets(
-    args: argparse.Namespace,
-    sim_port: int,
-    env: dict[str, str],
-    cpus: set[int] | None,
-    pg: tuple[ledger_db.Postgres | None, str],
-    targets: list[Target],
-) -> None:
-    """Fill `targets` (in place, so the caller can stop whatever started if interrupted)."""
-    targets.append(Target("direct", sim_port, launch.SIM_KEY, launch.FAST_MODEL, launch.SLOW_MODEL))
-    gateways = [launch.passthrough(sim_port, env, cpus)]
-    server, pg_error = pg
-    for ledger in [] if args.skip_farebox else FAREBOX_MODES[args.farebox_ledger]:
-        url = server.url if server is not None else None
-        fb = launch.farebox(sim_port, env, cpus, ledger, url)
-        if ledger == "postgres":
-            if server is not None:
-                fb.db_pid = server.postmaster_pid
-            elif fb.note == "no PostgreSQL server":
-                fb.note = pg_error
-        gateways.append(fb)
-    if not args.skip_litellm:
-        gateways.append(launch.litellm(sim_port, env, cpus, litellm_env.pinned_version()))
-    for t in gateways:  # one at a time, so startup times are not contended
-        targets.append(t)
-        launch.start(t, args.startup_timeout * (2 if t.name == "litellm" else 1))
-    time.sleep(2.0)  # settle, then idle RSS before any request
-    for t in gateways:
-        if t.available and t.proc is not None:
-            t.idle_rss = t.proc.rss_bytes()
-    for t in targets:
-        if not t.available:
-            continue
-        if (err := launch.check(t)) is not None:
-            t.mark_unavailable(err)
-            print(f"bench: {t.name} unavailable: {err}", flush=True)
-        else:
-            t.served += 3  # the three functional check requests
-
-
-def verify_ledgers(targets: list[Target], pg: ledger_db.Postgres | None) -> None:
-    """After the last run: stop each ledger-on Farebox (it flushes on SIGTERM) and count the
-    rows in its ledger."""
-    for t in targets:
-        if t.ledger in ("postgres", "sqlite") and (t.available or t.served):
-            t.ledger_check = check = ledger_db.verify(t, pg)
-            found = check["requests_rows"]
-            print(
-                f"bench: {t.name}: ledger rows written: {found} requests, "
-                f"{check['attempts_rows']} attempts (served {t.served}) {check['error']}".rstrip(),
-                flush=True,
-            )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM (a CI timeout, say) unwinds through the finally below, which stops the servers.
@@ -326,34 +264,42 @@ def main(argv: list[str] | None = None) -> int:
         launch.python(), [*launch.site_packages(root / ".venv"), root / "gateway", root / "routing"]
     )
     t_installed = time.time()
-    sim_cpus, gw_cpus = cpu_plan(args.pin)
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    env["PYTHONUNBUFFERED"] = "1"
+    sim_cpus, gw_cpus = launch.cpu_plan(args.pin)
+    env = production.env_base()
     sim_port = free_port()
     sim, sim_kind = launch.simulator(sim_port, env, sim_cpus)
     probe = wrk.request_body(launch.FAST_MODEL, False).encode()
     targets: list[Target] = []
     pg: ledger_db.Postgres | None = None
+    services: production.Services | None = None
     sim.start()
     try:
         sim_startup = sim.wait_ready(sim_port, "POST", "/v1/chat/completions", probe, 60)
-        # Postgres goes on the simulator's CPU (not the gateways'): see cpu_plan.
-        pg, pg_error = start_postgres(args, sim_cpus)
-        start_targets(args, sim_port, env, gw_cpus, (pg, pg_error), targets)
+        # Postgres and Redis go on the simulator's CPU (not the gateways'): see cpu_plan.
+        pg, pg_error = lineup.start_postgres(args, sim_cpus)
+        services, svc_error = lineup.start_redis(args, pg, sim_cpus)
+        cpus = (sim_cpus, gw_cpus)
+        lineup.start_targets(
+            args, sim_port, env, cpus, (pg, pg_error), (services, svc_error), targets
+        )
         db_pids = [pg.postmaster_pid] if pg is not None else []
+        db_pids += [services.redis_pid] if services is not None else []
         raw = run_scenarios(args, targets, sim, db_pids)
         for t in targets:
             if t.available and t.proc is not None:
                 t.loaded_rss = t.proc.rss_bytes()
-        verify_ledgers(targets, pg)
+        lineup.run_bursts(args, targets)
+        lineup.verify_ledgers(targets, pg)
         sim_info = {"kind": sim_kind, "startup_s": sim_startup, "rss": tree_rss_bytes(sim.pid)}
         meta = report.meta(args, sys.argv, sim_info, (sim_cpus, gw_cpus), t_begin, t_installed)
         meta["postgres"] = report.postgres_meta(pg, args.pg_durability == "on", db_pids)
+        meta["redis"] = {"version": services.redis_version} if services is not None else None
     finally:
         for t in targets:
-            if t.proc is not None:
-                t.proc.stop()
+            production.stop(t)
         sim.stop()
+        if services is not None:
+            services.redis.close()
         if pg is not None:
             pg.close()
     results = report.build(meta, targets, raw, [asdict(s) for s in scenarios(args)])

@@ -120,6 +120,26 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
+def tree_rss_by_process(root: int) -> list[tuple[int, str, int]]:
+    """(pid, command line start, RSS bytes) for each process of the tree."""
+    out = []
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            out.append((pid, cmd.strip()[:120], rss))
+    return out
+
+
+def tree_fds(root: int) -> int:
+    """Open file descriptors summed over the tree (entries of /proc/<pid>/fd)."""
+    total = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+    return total
+
+
 @dataclass
 class Proc:
     """A spawned server in its own session, logging to a file."""
@@ -223,6 +243,7 @@ class Target:
     remark: str = ""  # how it was set up, for the report
     startup_s: float | None = None
     idle_rss: int | None = None
+    idle_rss_procs: list[tuple[int, str, int]] | None = None
     loaded_rss: int | None = None
     ledger: str = ""  # Farebox only: "off", "postgres" or "sqlite"
     ledger_url: str = ""  # where its ledger rows go (when on)
@@ -231,6 +252,13 @@ class Target:
     served: int = 0  # responses wrk counted over every run (warm-ups too) + functional checks
     abandoned_max: int = 0  # upper bound on requests in flight when wrk ended a run
     ledger_check: dict[str, Any] | None = None  # rows found in the ledger after the runs
+    workers: int = 1
+    # Production profile: its own simulator (so what it served is this target's alone),
+    # the Redis its limits live in, and the ledger vs simulator comparison at the end.
+    sim: Proc | None = None
+    sim_port: int | None = None
+    redis_pid: int | None = None
+    burst: dict[str, Any] | None = None
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"

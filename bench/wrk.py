@@ -30,6 +30,22 @@ end
 """
 
 
+_MIXED = """\
+local n = 0
+local plain, stream
+init = function(args)
+  local h = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {api_key}"}}
+  plain = wrk.format("POST", nil, h, [==[{body}]==])
+  stream = wrk.format("POST", nil, h, [==[{stream_body}]==])
+end
+request = function()
+  n = n + 1
+  if n % {every} == 0 then return stream end
+  return plain
+end
+"""
+
+
 @dataclass
 class WrkResult:
     requests: int
@@ -61,6 +77,34 @@ def request_body(model: str, stream: bool) -> str:
 def write_script(path: Path, api_key: str, model: str, stream: bool) -> Path:
     path.write_text(_LUA.format(api_key=api_key, body=request_body(model, stream)))
     return path
+
+
+def write_mixed_script(path: Path, api_key: str, model: str, stream_every: int) -> Path:
+    """Non-stream requests with every `stream_every`-th one a stream (the soak's mix)."""
+    done = _LUA[_LUA.index("done = function") :]
+    head = _MIXED.format(
+        api_key=api_key,
+        body=request_body(model, False),
+        stream_body=request_body(model, True),
+        every=stream_every,
+    )
+    path.write_text(head + done.replace("{{", "{").replace("}}", "}"))
+    return path
+
+
+def wrk_argv(url: str, script: Path, connections: int, duration_s: float) -> list[str]:
+    return [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
 
 
 def wrk_version() -> str:
