@@ -92,10 +92,12 @@ def write_mixed_script(path: Path, api_key: str, model: str, stream_every: int) 
     return path
 
 
-def wrk_argv(url: str, script: Path, connections: int, duration_s: float) -> list[str]:
+def wrk_argv(
+    url: str, script: Path, connections: int, duration_s: float, threads: int = 1
+) -> list[str]:
     return [
         "wrk",
-        "-t1",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{max(1, round(duration_s))}s",
         "--timeout",
@@ -156,18 +158,7 @@ def run_wrk(
     cpus: set[int] | None = None,
     log: Path | None = None,
 ) -> WrkResult:
-    argv = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(duration_s))}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
+    argv = wrk_argv(url, script, connections, duration_s, threads)
     if cpus:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
     proc = subprocess.run(

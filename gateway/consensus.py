@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.fanout import Fanout, Slot
 from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, error_class
-from gateway.providers.base import TIMEOUT, UpstreamReply
+from gateway.providers.base import UpstreamReply
 from gateway.service_ports import Completion
 from routing.consensus import DISAGREE, Ballot, Verdict, candidates_body, decide
 from routing.model import Plan, PlannedAttempt
@@ -76,16 +76,8 @@ async def complete_consensus(service: Service, ctx: CallContext, plan: Plan) -> 
     fan: Fanout[UpstreamReply] = Fanout(service, ctx, plan, on_reply)
     answers: list[Slot[UpstreamReply]] = []
     failed: list[Slot[UpstreamReply]] = []
-    timed_out = False
     try:
-        fan.start(policy.n)
-        while fan.busy:
-            slot = await fan.next_done()
-            if slot is None:  # the route's deadline
-                timed_out = True
-                fan.cancel_rest(TIMEOUT)
-                await fan.unwind()
-                break
+        async for slot in fan.finished(policy.n):
             if slot.result is not None:
                 answers.append(slot)
             else:
@@ -95,7 +87,7 @@ async def complete_consensus(service: Service, ctx: CallContext, plan: Plan) -> 
         fan.hung_up()
         raise
     if not answers:
-        raise fan.give_up(timed_out)
+        raise fan.give_up(fan.timed_out)
     verdict = decide(_ballots(service, ctx, answers), policy.compare, policy.tie_break)
     winner = next(s for s in answers if s.order == verdict.winner.order)
     votes = f"{verdict.agreeing}/{len(verdict.votes)}"

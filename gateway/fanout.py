@@ -23,7 +23,7 @@ import dataclasses
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -90,6 +90,7 @@ class Fanout(Generic[R]):
         self.running: dict[asyncio.Task[None], Slot[R]] = {}
         self._ready: deque[Slot[R]] = deque()
         self.started = 0
+        self.timed_out = False
         self.last_error: tuple[UpstreamError, str] | None = None
         self.timeouts = _capped(plan.timeouts)
         if self.timeouts.total_ms == plan.timeouts.total_ms:
@@ -124,6 +125,19 @@ class Fanout(Generic[R]):
             self.started += 1
             launched += 1
         return launched
+
+    async def finished(self, count: int) -> AsyncIterator[Slot[R]]:
+        """Start `count` candidates and yield each as it finishes, until none is running.
+        At the route's deadline the rest are cancelled and billed, and `timed_out` is set."""
+        self.start(count)
+        while self.busy:
+            slot = await self.next_done()
+            if slot is None:  # the route's deadline
+                self.timed_out = True
+                self.cancel_rest(TIMEOUT)
+                await self.unwind()
+                return
+            yield slot
 
     async def next_done(self) -> Slot[R] | None:
         """The next candidate to finish (answered or failed for good); None at the deadline

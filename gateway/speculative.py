@@ -20,7 +20,7 @@ from gateway.fanout import CANCELLED, Fanout
 from gateway.gating import Answer, finish_gated, judge
 from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext
-from gateway.providers.base import TIMEOUT, UpstreamReply
+from gateway.providers.base import UpstreamReply
 from gateway.service_ports import Completion
 from routing.model import Plan, PlannedAttempt
 
@@ -40,16 +40,8 @@ async def complete_speculative(service: Service, ctx: CallContext, plan: Plan) -
 
     fan: Fanout[Answer] = Fanout(service, ctx, plan, on_reply)
     last: Answer | None = None
-    timed_out = False
     try:
-        fan.start(policy.n)
-        while fan.busy:
-            slot = await fan.next_done()
-            if slot is None:  # the route's deadline
-                timed_out = True
-                fan.cancel_rest(TIMEOUT)
-                await fan.unwind()
-                break
+        async for slot in fan.finished(policy.n):
             answer = slot.result
             if answer is not None and answer.result.passed:
                 cancelled = fan.cancel_rest(CANCELLED)
@@ -65,7 +57,7 @@ async def complete_speculative(service: Service, ctx: CallContext, plan: Plan) -
         fan.hung_up()
         raise
     if last is None:
-        raise fan.give_up(timed_out)
+        raise fan.give_up(fan.timed_out)
     return _won(finish_gated(service, ctx, plan, last, fan.reasons), 0)
 
 
