@@ -7,6 +7,7 @@ database write happens later in the ledger writer.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from gateway import metrics, request_log, telemetry
 from gateway.auth import Principal
 from gateway.ledger.events import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow
+from gateway.ledger.journal import Journal
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.tokens import estimate_input_tokens
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
@@ -28,8 +30,25 @@ from routing.shape import RequestShape
 # so bills the input tokens. Rejections before inference (4xx, connect errors) are free.
 _BILLABLE_FAILURE_MIN_STATUS = 500
 
+log = logging.getLogger("farebox.ledger")
+
 _ATTEMPT_PREFIX = "att_" + os.urandom(6).hex()
 _ATTEMPT_COUNTER = itertools.count(1)
+
+
+def _reseed_attempt_ids() -> None:
+    """A forked child gets its own prefix: ids are primary keys, and the ledger's
+    `ON CONFLICT DO NOTHING` would silently drop a row whose id another process used."""
+    global _ATTEMPT_PREFIX, _ATTEMPT_COUNTER
+    _ATTEMPT_PREFIX = "att_" + os.urandom(6).hex()
+    _ATTEMPT_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_attempt_ids)
+
+
+def new_attempt_id() -> str:
+    return f"{_ATTEMPT_PREFIX}{next(_ATTEMPT_COUNTER):010x}"
 
 
 class Ledger(Protocol):
@@ -76,6 +95,13 @@ class CallContext:
     shape: RequestShape | None = None
     # Span ids when tracing is on (gateway.telemetry); None otherwise.
     trace: telemetry.RequestTrace | None = None
+    # The route and workload the call was planned on, and its body size: what the journal
+    # needs to rebuild the request if the process dies mid-call.
+    route: str = ""
+    workload: str | None = None
+    body_bytes: int = 0
+    # Upstream calls journalled but not metered yet: id(PlannedAttempt) -> attempt id.
+    intents: dict[int, str] = field(default_factory=dict)
 
 
 def error_class(exc: UpstreamError) -> str:
@@ -85,11 +111,54 @@ def error_class(exc: UpstreamError) -> str:
 
 
 class Meter:
-    def __init__(self, prices: PriceBook, ledger: Ledger) -> None:
+    def __init__(self, prices: PriceBook, ledger: Ledger, journal: Journal | None = None) -> None:
         self._prices = prices
         self.ledger = ledger
         # Drill outcomes are counted from the same rows the ledger gets.
         self.drills: DrillObserver | None = None
+        # The crash-safe journal (gateway/ledger/journal.py): an intent per upstream call.
+        self.journal = journal
+
+    def intent(self, ctx: CallContext, attempt: PlannedAttempt) -> None:
+        """Journal an upstream call about to start; call it right before the call.
+
+        The attempt's ledger row, when it is metered, takes the id written here, so a crash
+        in between leaves an intent that start-up recovery bills as `gateway_crashed`."""
+        journal = self.journal
+        if journal is None:
+            return
+        attempt_id = new_attempt_id()
+        telemetry.sending_attempt(attempt_id)
+        intents = ctx.intents
+        intents[id(attempt)] = attempt_id
+        dep = attempt.deployment
+        principal = ctx.principal
+        journal.intent(
+            attempt_id,
+            {
+                "request_id": ctx.request_id,
+                "attempt_no": len(ctx.attempts) + len(intents),
+                "role": attempt.role,
+                "deployment": dep.id,
+                "provider": dep.provider,
+                "provider_kind": dep.provider_kind,
+                "upstream_model": dep.upstream_model,
+                "started_at": datetime.now(UTC),
+                "body_bytes": ctx.body_bytes,
+                "received_at": ctx.received_at,
+                "route": ctx.route,
+                "requested_model": ctx.requested_model,
+                "endpoint": ctx.endpoint,
+                "stream": ctx.stream,
+                "key_id": ctx.key_id,
+                "workload": ctx.workload,
+                "team": principal.team if principal is not None else None,
+                "segment": principal.tags.get("segment")
+                if principal is not None and principal.tags
+                else None,
+                "drill_id": ctx.drill_id,
+            },
+        )
 
     def _price(
         self, attempt: PlannedAttempt, at: datetime, usage: Usage
@@ -207,8 +276,9 @@ class Meter:
         started_at = ctx.received_at + timedelta(seconds=started - ctx.t0)
         cost, version = self._price(attempt, started_at, usage)
         dep = attempt.deployment
+        journalled = ctx.intents.pop(id(attempt), None) if ctx.intents else None
         row = AttemptRow(
-            id=f"{_ATTEMPT_PREFIX}{next(_ATTEMPT_COUNTER):010x}",
+            id=journalled or new_attempt_id(),
             request_id=ctx.request_id,
             attempt_no=len(ctx.attempts) + 1,
             role=attempt.role,
@@ -306,6 +376,8 @@ class Meter:
             segment=segment,
             consensus=consensus,
         )
+        if ctx.intents:
+            self._unmetered(ctx)
         self.ledger.record(row, attempts)
         if ctx.admission is not None:
             ctx.admission.settle(row)
@@ -320,3 +392,17 @@ class Meter:
         if ctx.trace is not None:
             telemetry.record(ctx.trace, row, attempts)
         return row
+
+    def _unmetered(self, ctx: CallContext) -> None:
+        """Upstream calls that started but were never metered: attempts must equal upstream
+        calls, so this is a bug wherever it happens. Say so loudly, and close the intents
+        (they would otherwise be billed as crashed calls after the next restart)."""
+        log.error(
+            "request %s finished with %d upstream call(s) not metered",
+            ctx.request_id,
+            len(ctx.intents),
+        )
+        metrics.UNMETERED_CALLS.inc(len(ctx.intents))
+        if self.journal is not None:
+            self.journal.forget(list(ctx.intents.values()))
+        ctx.intents.clear()

@@ -70,6 +70,15 @@ UNPRICED_ATTEMPTS = Counter(
     "Attempts recorded with cost NULL because no price is known",
     ["deployment"],
 )
+UNMETERED_CALLS = Counter(
+    "farebox_ledger_unmetered_calls_total",
+    "Upstream calls that started but got no attempt row (a bug: attempts must equal calls)",
+)
+JOURNAL_RECOVERED = Counter(
+    "farebox_ledger_journal_recovered_rows_total",
+    "Ledger rows rebuilt at start-up from a crashed process's journal, by kind",
+    ["kind"],
+)
 ATTEMPTS = Counter(
     "farebox_attempts_total",
     "Upstream attempts by route, deployment, role and outcome (error class, or ok)",

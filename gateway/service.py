@@ -87,6 +87,7 @@ class Service:
         async def call(attempt: PlannedAttempt, timeouts: Timeouts) -> Any:
             dep_id = attempt.deployment.id
             tracker.started(dep_id, ctx.shape)
+            self.meter.intent(ctx, attempt)  # journalled before it can reach the provider
             try:
                 return await self._adapter.call(
                     attempt.deployment, ctx.endpoint, ctx.payload, timeouts
@@ -183,6 +184,7 @@ class Service:
                 if timeouts.ttft_ms < timeouts.idle_ms
                 else NO_DEADLINE
             )
+            self.meter.intent(ctx, attempt)  # journalled before it can reach the provider
             try:
                 async with ttft:
                     upstream = await self._adapter.open_stream(

@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     ledger_batch_rows: int = 500
     ledger_max_delay_ms: int = 200
     ledger_max_queue_rows: int = 100_000
+    # The crash-safe attempt journal (gateway/ledger/journal.py): every upstream call is
+    # written here before it starts and when its request ends, so a killed process loses no
+    # row. Default: <spool_dir>/journal. Keep it on a volume that outlives the container.
+    journal_enabled: bool = True
+    journal_dir: str | None = None
+    # How often the journal is fsync'd (a lost machine); 0 = never (a killed process is
+    # still covered: write() reaches the kernel).
+    journal_fsync_ms: float = 10.0
+    # At shutdown, how long the ledger may spend writing what is queued to the database;
+    # what is left then (a hung database) goes to the spool. Helm's grace period covers it.
+    ledger_close_timeout_s: float = 10.0
     # Prices in USD per 1M tokens with effective dates; see config/prices.yaml.
     prices_file: str = "config/prices.yaml"
     # How often each replica checks the YAML's drill schedules (the lock holder starts them).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -25,6 +26,7 @@ from gateway.key_admin import KeyAdmin
 from gateway.key_sync import KeySync, virtual_keys
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
+from gateway.ledger.recovery import open_journal
 from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
@@ -42,6 +44,10 @@ from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
 
 log = logging.getLogger("farebox")
+
+# Each part's close is bounded; the ledger writer's own flush has its own, longer timeout
+# (settings.ledger_close_timeout_s) and is never cut short by this one.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class _Closable(Protocol):
@@ -103,7 +109,13 @@ class GatewayState:
         )
         for part in parts:
             if part is not None and id(part) not in kept:
-                await part.close()
+                # Bounded: a frozen database or Redis must not hold the process past its
+                # grace period. The ledger writer bounds its own flush, then spools.
+                bound = None if part is self.writer else CLOSE_TIMEOUT_S
+                try:
+                    await asyncio.wait_for(part.close(), bound)
+                except TimeoutError:
+                    log.warning("%s did not close within %ss", type(part).__name__, bound)
 
 
 def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
@@ -161,23 +173,35 @@ def build_state(
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
     ledger: Ledger = NullLedger()
+    prices = load_price_book(config, Path(settings.prices_file))
     if previous is not None and previous.writer is not None:
         # Settings (the database URL) do not change on reload, only the YAML does.
         writer, repository = previous.writer, previous.repository
         ledger = writer
     elif settings.ledger_enabled:
         repository = LedgerRepository.create(settings.database_url)
+        spool = Spool(settings.spool_dir)
+        journal = None
+        if settings.journal_enabled:
+            # Before the writer starts: what a crashed process left is spooled for it.
+            journal = open_journal(
+                settings.journal_dir or Path(settings.spool_dir) / "journal",
+                spool,
+                prices,
+                fsync_ms=settings.journal_fsync_ms,
+            )
         writer = LedgerWriter(
             repository,
-            Spool(settings.spool_dir),
+            spool,
             batch_rows=settings.ledger_batch_rows,
             max_delay_s=settings.ledger_max_delay_ms / 1000,
             max_queue_rows=settings.ledger_max_queue_rows,
+            journal=journal,
+            close_timeout_s=settings.ledger_close_timeout_s,
         )
         writer.start()
         ledger = writer
-    prices = load_price_book(config, Path(settings.prices_file))
-    meter = Meter(prices, ledger)
+    meter = Meter(prices, ledger, writer.journal if writer is not None else None)
     b = config.server.breaker
     policy = BreakerPolicy(
         consecutive_failures=b.consecutive_failures,

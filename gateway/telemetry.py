@@ -40,6 +40,17 @@ _ids: Any = None
 
 # The attempt being sent in this task: (trace id, its span id), read by the upstream client.
 _OUTGOING: ContextVar[tuple[int, int] | None] = ContextVar("farebox_outgoing", default=None)
+# The ledger id of the attempt this task is about to send (set when it is journalled): sent
+# upstream as `x-client-request-id`, the header OpenAI logs for support requests, so a
+# provider-side record can be matched to its ledger row (and the crash tests can match the
+# simulator's log to the ledger exactly).
+_ATTEMPT_ID: ContextVar[str | None] = ContextVar("farebox_attempt_id", default=None)
+CLIENT_REQUEST_ID = "x-client-request-id"
+
+
+def sending_attempt(attempt_id: str) -> None:
+    _ATTEMPT_ID.set(attempt_id)
+
 
 _OPERATIONS = {
     "chat/completions": "chat",
@@ -144,13 +155,15 @@ def begin_attempt(trace: RequestTrace | None) -> None:
 
 
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """`headers`, plus the W3C traceparent of the attempt being sent, when tracing."""
-    if not ENABLED:
-        return headers
-    outgoing = _OUTGOING.get()
+    """`headers`, plus the attempt's ledger id and, when tracing, its W3C traceparent."""
+    attempt_id = _ATTEMPT_ID.get()
+    outgoing = _OUTGOING.get() if ENABLED else None
     if outgoing is None:
-        return headers
-    return {**headers, "traceparent": f"00-{outgoing[0]:032x}-{outgoing[1]:016x}-01"}
+        return headers if attempt_id is None else {**headers, CLIENT_REQUEST_ID: attempt_id}
+    out = {**headers, "traceparent": f"00-{outgoing[0]:032x}-{outgoing[1]:016x}-01"}
+    if attempt_id is not None:
+        out[CLIENT_REQUEST_ID] = attempt_id
+    return out
 
 
 def attempt_recorded(trace: RequestTrace) -> None:

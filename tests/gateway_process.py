@@ -44,7 +44,9 @@ def gateway_process(
     config.write_text(config_text)
     port = free_port()
     log = tmp / "gateway.log"
-    full_env = {**os.environ, **env}
+    # Each gateway its own spool and journal: a killed one's journal is recovered by the
+    # next gateway started on the same directory, never by another test's.
+    full_env = {**os.environ, "FAREBOX_SPOOL_DIR": str(tmp / "spool"), **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [

@@ -54,6 +54,7 @@ class Call:
         the key's limits and ask the cache. Raises the client's 4xx/429/503."""
         plan, ctx.shape = plan_for(state, ctx.requested_model, headers, ctx.payload, scope)
         ctx.principal = principal
+        ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, body_bytes
         start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
         ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)

@@ -4,6 +4,10 @@
 in batches (by size or age) to the database. When a write fails, the batch goes to the
 disk spool and the task probes the database until it is back, then replays the spool.
 If the in-memory queue is full the row is spooled at once: nothing is dropped silently.
+
+With a journal (gateway/ledger/journal.py) every recorded request is also appended to it
+before it is queued, so a killed process loses nothing that was only in memory; the writer
+tells the journal how far rows are durable (committed or spooled) so it can drop old segments.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Protocol
 
 from gateway import metrics
 from gateway.ledger.events import AttemptRow, RequestRow
+from gateway.ledger.journal import Journal
 from gateway.ledger.spool import Spool
 
 log = logging.getLogger("farebox.ledger")
@@ -39,6 +44,8 @@ class LedgerWriter:
         max_delay_s: float = 0.2,
         max_queue_rows: int = 100_000,
         probe_interval_s: float = 1.0,
+        journal: Journal | None = None,
+        close_timeout_s: float = 10.0,
     ) -> None:
         self._sink = sink
         self._spool = spool
@@ -46,7 +53,13 @@ class LedgerWriter:
         self._max_delay = max_delay_s
         self._max_queue_rows = max_queue_rows
         self._probe_interval = probe_interval_s
-        self._queue: deque[tuple[RequestRow, list[AttemptRow]]] = deque()
+        self.journal = journal
+        self._close_timeout = close_timeout_s
+        # (journal sequence number or 0, request, its attempts), oldest first.
+        self._queue: deque[tuple[int, RequestRow, list[AttemptRow]]] = deque()
+        # The smallest sequence number of the batch being written right now (0: none).
+        self._inflight_seq = 0
+        self._inflight: tuple[list[RequestRow], list[AttemptRow]] | None = None
         self._queued_rows = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -60,12 +73,13 @@ class LedgerWriter:
     # -- hot path ---------------------------------------------------------------------
 
     def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        seq = self.journal.outcome(request, attempts) if self.journal is not None else 0
         rows = 1 + len(attempts)
         if self._queued_rows + rows > self._max_queue_rows or self._task is None:
             # Overload (or no writer running): durability beats latency here.
             self._spill([request], attempts, "queue_full" if self._task else "not_running")
             return
-        self._queue.append((request, attempts))
+        self._queue.append((seq, request, attempts))
         self._queued_rows += rows
         if self._queued_rows >= self._batch_rows:
             self._wake.set()
@@ -75,23 +89,54 @@ class LedgerWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
-    async def close(self, timeout_s: float = 30.0) -> None:
-        """Flush everything queued (to the database, else to the spool), then stop."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Flush everything queued (to the database, else to the spool), then stop.
+
+        A database that hangs past `timeout_s` (or a close that is itself cancelled) gets
+        the batch it was writing and everything still queued spooled to disk, so nothing is
+        lost; rows that did commit are replayed harmlessly (ids are primary keys)."""
         self._closing = True
         self._wake.set()
         task, self._task = self._task, None
-        if task is not None:
-            try:
-                await asyncio.wait_for(task, timeout_s)
-            except TimeoutError:
-                log.error("ledger flush timed out; spooling what is left")
-        if self._queue:
-            self._spill_queue("shutdown")
-        self._spool.seal()
+        try:
+            if task is not None:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(task),
+                        self._close_timeout if timeout_s is None else timeout_s,
+                    )
+                except TimeoutError:
+                    log.error("ledger flush timed out; spooling what is left")
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(task), 1.0)
+            if self._inflight is not None:
+                requests, attempts = self._inflight
+                self._inflight, self._inflight_seq = None, 0
+                self._spill(requests, attempts, "shutdown")
+            if self._queue:
+                self._spill_queue("shutdown")
+            self._spool.seal()
+            if self.journal is not None:
+                self.journal.close(self.durable_upto())
 
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    def durable_upto(self) -> int:
+        """Every journalled request with a sequence number up to this one is in the
+        database or the spool (the queue is FIFO and at most one batch is in flight)."""
+        if self.journal is None:
+            return 0
+        if self._inflight_seq:
+            return self._inflight_seq - 1
+        for seq, _, _ in self._queue:
+            if seq:
+                return seq - 1
+        return self.journal.outcomes
 
     # -- background task --------------------------------------------------------------
 
@@ -112,6 +157,8 @@ class LedgerWriter:
             if self._queue and (timed_out or self._closing):
                 await self._write(self._take())
             metrics.LEDGER_QUEUE_DEPTH.set(self._queued_rows)
+            if self.journal is not None:
+                self.journal.maintain(self.durable_upto())
             if self._needs_replay and not self._closing:
                 await self._maybe_replay()
             if self._closing and not self._queue:
@@ -126,18 +173,22 @@ class LedgerWriter:
         requests: list[RequestRow] = []
         attempts: list[AttemptRow] = []
         rows = 0
+        if self._queue:
+            self._inflight_seq = self._queue[0][0]
         while self._queue and rows < self._batch_rows:
-            request, its_attempts = self._queue.popleft()
+            _, request, its_attempts = self._queue.popleft()
             requests.append(request)
             attempts.extend(its_attempts)
             rows += 1 + len(its_attempts)
         self._queued_rows -= rows
+        self._inflight = (requests, attempts)
         return requests, attempts
 
     async def _write(self, batch: tuple[list[RequestRow], list[AttemptRow]]) -> None:
         requests, attempts = batch
         if self.db_down:
             self._spill(requests, attempts, "database_down")
+            self._inflight, self._inflight_seq = None, 0
             return
         try:
             await self._sink.write_batch(requests, attempts)
@@ -147,7 +198,9 @@ class LedgerWriter:
             self.db_down = True
             self._next_probe = time.monotonic() + self._probe_interval
             self._spill(requests, attempts, "database_error")
+            self._inflight, self._inflight_seq = None, 0
             return
+        self._inflight, self._inflight_seq = None, 0
         self._count_written(requests, attempts)
 
     def _count_written(self, requests: list[RequestRow], attempts: list[AttemptRow]) -> None:
@@ -166,6 +219,7 @@ class LedgerWriter:
         while self._queue:
             requests, attempts = self._take()
             self._spill(requests, attempts, reason)
+            self._inflight, self._inflight_seq = None, 0
 
     async def _maybe_replay(self) -> None:
         if self.db_down:

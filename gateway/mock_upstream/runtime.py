@@ -267,7 +267,7 @@ async def begin(
     URL (Gemini, Vertex AI, Bedrock, Azure deployments).
     """
     state = request.app[STATE]
-    state.stats.endpoint(endpoint)
+    state.stats.endpoint(endpoint, request.headers.get("x-client-request-id"))
     call = Call(request, state, endpoint, flavor)
     raw = await request.read()
     try:

@@ -23,6 +23,12 @@ async def _stats(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(snapshot), content_type="application/json")
 
 
+async def _received_ids(request: web.Request) -> web.Response:
+    """`x-client-request-id`s received, oldest first (`GET /_received_ids`)."""
+    ids = list(request.app[STATE].stats.client_ids)
+    return web.Response(body=orjson.dumps(ids), content_type="application/json")
+
+
 async def _reset(request: web.Request) -> web.Response:
     request.app[STATE].reset()
     return web.Response(body=b'{"ok":true}', content_type="application/json")
@@ -72,6 +78,7 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app.router.add_post("/model/{model_id}/converse", converse)
     app.router.add_post("/model/{model_id}/converse-stream", converse_stream)
     app.router.add_get("/_stats", _stats)
+    app.router.add_get("/_received_ids", _received_ids)
     app.router.add_post("/_reset", _reset)
     app.router.add_get("/_invoice", invoice)
     app.router.add_post("/_clock", clock)

@@ -39,6 +39,7 @@ the real date unless pinned with ``POST /_clock?day=YYYY-MM-DD`` (``day=`` unpin
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -95,9 +96,14 @@ class Stats:
         self.billing_day: date | None = None
         self._endpoints = dict.fromkeys(ENDPOINTS, 0)
         self._faults = dict.fromkeys(FAULTS, 0)
+        # The `x-client-request-id` of every request received (the gateway sends its attempt
+        # id there), newest 200k: lets a crash test match the ledger to upstream calls by id.
+        self.client_ids: deque[str] = deque(maxlen=200_000)
 
-    def endpoint(self, name: str) -> None:
+    def endpoint(self, name: str, client_id: str | None = None) -> None:
         self._endpoints[name] += 1
+        if client_id is not None:
+            self.client_ids.append(client_id)
 
     def served(self, model: str, status: int | str, stream: bool) -> None:
         entry = self._requests.get(model)

@@ -1,0 +1,248 @@
+"""The ledger journal on its own: a process killed mid-call leaves a journal that the next
+start-up turns back into ledger rows; durable segments are dropped; ids differ per process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.ledger.events import AttemptRow, RequestRow
+from gateway.ledger.journal import CRASHED, Journal
+from gateway.ledger.spool import Spool
+from gateway.ledger.writer import LedgerWriter
+from gateway.metering import new_attempt_id
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def request_row(request_id: str, attempts: int = 1) -> RequestRow:
+    return RequestRow(
+        id=request_id,
+        received_at=NOW,
+        key_id="k",
+        route="chat",
+        requested_model="chat",
+        endpoint="chat/completions",
+        workload=None,
+        stream=False,
+        final_status=200,
+        error_class=None,
+        final_deployment="small@sim",
+        attempts=attempts,
+        input_uncached_tokens=10,
+        cached_read_tokens=0,
+        cache_write_tokens=0,
+        output_tokens=5,
+        reasoning_tokens=0,
+        cost_usd=Decimal("0.0000020000"),
+        latency_ms=12.5,
+        ttft_ms=None,
+    )
+
+
+def attempt_row(attempt_id: str, request_id: str) -> AttemptRow:
+    return AttemptRow(
+        id=attempt_id,
+        request_id=request_id,
+        attempt_no=1,
+        role="primary",
+        deployment="small@sim",
+        provider="sim",
+        provider_kind="serverless",
+        upstream_model="sim-small",
+        provider_request_id="req_up",
+        started_at=NOW,
+        ttft_ms=None,
+        latency_ms=10.0,
+        http_status=200,
+        error_class=None,
+        input_uncached_tokens=10,
+        cached_read_tokens=0,
+        cache_write_tokens=0,
+        output_tokens=5,
+        reasoning_tokens=0,
+        token_source="provider",
+        cost_usd=Decimal("0.0000020000"),
+        price_version="test",
+    )
+
+
+def intent_fields(request_id: str, body_bytes: int = 400) -> dict[str, object]:
+    return {
+        "request_id": request_id,
+        "attempt_no": 1,
+        "role": "primary",
+        "deployment": "small@sim",
+        "provider": "sim",
+        "provider_kind": "serverless",
+        "upstream_model": "sim-small",
+        "started_at": NOW,
+        "body_bytes": body_bytes,
+        "received_at": NOW,
+        "route": "chat",
+        "requested_model": "chat",
+        "endpoint": "chat/completions",
+        "stream": True,
+        "key_id": "k",
+        "workload": "tests",
+        "team": "a-team",
+        "segment": None,
+        "drill_id": None,
+    }
+
+
+def price(
+    deployment: str, model: str, kind: str, at: datetime, tokens: int
+) -> tuple[Decimal | None, str | None]:
+    return Decimal(tokens) / Decimal(1_000_000), "v1"
+
+
+CRASHING_PROCESS = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from tests.integration.test_journal import attempt_row, intent_fields, request_row
+    from gateway.ledger.journal import Journal
+    journal = Journal({directory!r}, fsync_ms=0)
+    journal.intent("att_done", intent_fields("req_done"))
+    journal.intent("att_open", intent_fields("req_open", body_bytes=401))
+    journal.outcome(request_row("req_done"), [attempt_row("att_done", "req_done")])
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_killed_process_leaves_rows_and_a_crashed_attempt(tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    script = CRASHING_PROCESS.format(root=str(ROOT), directory=str(directory))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=False)
+    assert done.returncode == -signal.SIGKILL
+
+    survivor = Journal(directory, fsync_ms=0)
+    batches = survivor.recover(price)
+    requests = {r.id: r for b in batches for r in b[0]}
+    attempts = {a.id: a for b in batches for a in b[1]}
+    assert set(attempts) == {"att_done", "att_open"}
+    assert attempts["att_done"].error_class is None  # the outcome survived the kill
+    crashed = attempts["att_open"]
+    assert crashed.error_class == CRASHED
+    assert crashed.token_source == "estimated"
+    assert crashed.input_uncached_tokens == 101  # ceil(401 bytes / 4)
+    assert crashed.cost_usd == Decimal("0.000101")
+    assert requests["req_open"].error_class == CRASHED
+    assert requests["req_open"].final_status == 500
+    assert requests["req_open"].team == "a-team"
+    assert requests["req_open"].stream is True
+    assert requests["req_done"].final_status == 200
+    survivor.finish_recovery()
+    # Taken over and gone: a second start-up recovers nothing again.
+    assert not list(directory.glob("journal-*")) or all(
+        p.name.startswith(f"journal-{os.getpid()}-") for p in directory.glob("journal-*")
+    )
+    assert Journal(directory, fsync_ms=0).recover(price) == []
+    survivor.close(durable_upto=0)
+
+
+def test_a_live_process_journal_is_left_alone(tmp_path: Path) -> None:
+    alive = Journal(tmp_path, fsync_ms=0)
+    alive.intent("att_1", intent_fields("req_1"))
+    other = Journal(tmp_path, fsync_ms=0)
+    assert other.recover(price) == []  # its owner still holds the lock
+    other.close(durable_upto=0)
+    alive.close(durable_upto=0)
+
+
+def test_segments_are_dropped_once_durable_and_open_intents_carried_over(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, fsync_ms=5, rotate_s=0)
+    journal.intent("att_long", intent_fields("req_long"))  # a long stream, still open
+    seq = 0
+    for n in range(3):
+        journal.intent(f"att_{n}", intent_fields(f"req_{n}"))
+        seq = journal.outcome(request_row(f"req_{n}"), [attempt_row(f"att_{n}", f"req_{n}")])
+        journal.maintain(durable_upto=seq - 1)  # the writer is one request behind
+    assert seq == 3
+    segments = sorted(tmp_path.glob("journal-*.jsonl"))
+    assert len(segments) == 2  # the one holding request 3 (not yet durable) and the current
+    journal.maintain(durable_upto=3)
+    assert len(sorted(tmp_path.glob("journal-*.jsonl"))) == 1
+    # The open intent was copied forward, so the current segment alone still holds it.
+    current = sorted(tmp_path.glob("journal-*.jsonl"))[0].read_bytes()
+    assert b'"att_long"' in current
+    journal.close(durable_upto=3)
+    # Closed with an intent open: kept for the next start-up, which bills it as crashed.
+    recovered = Journal(tmp_path, fsync_ms=0).recover(price)
+    assert [a.id for _, attempts in recovered for a in attempts] == ["att_long"]
+
+
+def test_a_clean_close_leaves_nothing_behind(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, fsync_ms=1)
+    journal.intent("att_1", intent_fields("req_1"))
+    journal.outcome(request_row("req_1"), [attempt_row("att_1", "req_1")])
+    journal.close(durable_upto=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+class HangingDatabase:
+    """A sink whose writes never finish, like a frozen Postgres."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def write_batch(self, requests: list[RequestRow], attempts: list[AttemptRow]) -> None:
+        self.started.set()
+        await asyncio.Event().wait()
+
+    async def ping(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_closing_while_the_database_hangs_spools_the_batch_being_written(tmp_path: Path) -> None:
+    """SIGTERM with Postgres frozen lost 58 rows: the close timeout cancelled the batch in
+    flight. Now it and everything queued goes to the spool."""
+
+    async def scenario() -> list[str]:
+        sink = HangingDatabase()
+        journal = Journal(tmp_path / "journal", fsync_ms=0)
+        writer = LedgerWriter(
+            sink, Spool(tmp_path / "spool"), batch_rows=4, max_delay_s=0.01, journal=journal
+        )
+        writer.start()
+        for n in range(10):
+            writer.record(request_row(f"req_{n}"), [attempt_row(f"att_{n}", f"req_{n}")])
+        await asyncio.wait_for(sink.started.wait(), 5)
+        await writer.close(timeout_s=0.2)
+        spooled = []
+        for segment in Spool(tmp_path / "spool").pending():
+            for requests, _ in Spool.read(segment):
+                spooled.extend(r.id for r in requests)
+        return spooled
+
+    spooled = asyncio.run(scenario())
+    assert sorted(spooled) == sorted(f"req_{n}" for n in range(10))
+    # Everything is in the spool, so the journal had nothing left to keep.
+    assert not list((tmp_path / "journal").glob("journal-*"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_attempt_ids_differ_in_a_forked_child() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_attempt_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    parent = new_attempt_id()
+    assert child[:16] != parent[:16], (child, parent)
