@@ -6,13 +6,18 @@ Lookups are two-step so the hot path stays synchronous: `cached()` answers from 
 the database (virtual keys live in Postgres).
 
 Virtual-key cache semantics:
-- a known key is served from memory for `ttl_s`; after that one lookup refreshes it. If the
-  database is down at that moment the stale entry keeps working (it was valid, and nothing
-  invalidated it), so an outage never locks out traffic that was flowing;
+- a known key is served from memory for `ttl_s`; after that it is refreshed in the
+  background (one lookup per digest) while the stale entry keeps answering, so no request
+  waits on the database for a key it knew — neither on a slow or hung one nor on an outage
+  (the entry was valid, and nothing invalidated it). A revocation still wins: it drops the
+  entry (pub/sub or the database poll, gateway/key_sync.py), and a dropped entry is never
+  served stale;
 - an unknown (or revoked) digest is remembered for `negative_ttl_s`, in a bounded FIFO, so a
   flood of made-up keys costs at most one lookup per digest per window and fixed memory;
 - concurrent misses on one digest share one lookup, and at most `lookup_concurrency` lookups
-  run at once (beyond `max_pending` distinct digests waiting, callers get a 503 at once);
+  run at once (beyond `max_pending` distinct digests waiting, callers get a 503 at once); a
+  key nobody knows is answered (or refused with 503) within `lookup_timeout_s`, queueing
+  for a lookup slot included;
 - `invalidate*()` drop entries when a key changes (revoke, rotate, update); key_sync calls
   them from Redis pub/sub and from its database poll, on every replica.
 """
@@ -184,7 +189,8 @@ class KeyStore:
         self._known: dict[bytes, tuple[Principal, float]] = {}
         # digest -> remembered as unknown until.
         self._unknown: dict[bytes, float] = {}
-        self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
+        # digest -> the lookup running for it, and the generation it started in.
+        self._inflight: dict[bytes, tuple[asyncio.Future[Principal | None], int]] = {}
         # Bumped by every invalidation: a lookup that raced one must not cache what it read.
         self._generation = 0
         self._gate = asyncio.Semaphore(lookup_concurrency)
@@ -215,7 +221,7 @@ class KeyStore:
         entry = self._known.get(d)
         now = self._clock()
         if entry is not None:
-            if entry[1] <= now:
+            if entry[1] <= now and not self._refresh(d):
                 return MISS
             return self._unexpired(entry[0])
         until = self._unknown.get(d)
@@ -229,13 +235,15 @@ class KeyStore:
         if not isinstance(found, _Miss):
             return found
         d = digest(token)
-        pending = self._inflight.get(d)
-        if pending is None:
+        flight = self._inflight.get(d)
+        # A lookup that started before an invalidation may have read the key as it was:
+        # a caller arriving after it (say, after a revocation) waits for a fresh one.
+        if flight is None or flight[1] != self._generation:
             if len(self._inflight) >= self._max_pending:
                 raise keys_busy()
-            pending = asyncio.ensure_future(self._lookup(d))
-            self._inflight[d] = pending
-            pending.add_done_callback(lambda done: self._settled(d, done))
+            pending = self._start_lookup(d)
+        else:
+            pending = flight[0]
         # Shielded: a client hanging up must not cancel the lookup others are waiting on.
         principal = await asyncio.shield(pending)
         return None if principal is None else self._unexpired(principal)
@@ -275,8 +283,30 @@ class KeyStore:
             raise key_expired()
         return principal
 
+    def _start_lookup(self, d: bytes) -> asyncio.Future[Principal | None]:
+        pending = asyncio.ensure_future(self._lookup(d))
+        self._inflight[d] = (pending, self._generation)
+        pending.add_done_callback(lambda done: self._settled(d, done))
+        return pending
+
+    def _refresh(self, d: bytes) -> bool:
+        """Refresh a stale entry in the background; False when that cannot start (no event
+        loop, or too many lookups pending), and the caller must resolve it itself."""
+        flight = self._inflight.get(d)
+        if flight is not None and flight[1] == self._generation:
+            return True
+        if len(self._inflight) >= self._max_pending:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._start_lookup(d)
+        return True
+
     def _settled(self, d: bytes, done: asyncio.Future[Principal | None]) -> None:
-        if self._inflight.get(d) is done:
+        flight = self._inflight.get(d)
+        if flight is not None and flight[0] is done:
             del self._inflight[d]
         if not done.cancelled():
             done.exception()  # retrieved here, so an unawaited failure is not logged as lost
@@ -284,24 +314,25 @@ class KeyStore:
     async def _lookup(self, d: bytes) -> Principal | None:
         assert self._source is not None
         generation = self._generation
-        async with self._gate:
-            try:
+        try:
+            # The deadline covers the wait for a lookup slot too: slots held by lookups
+            # hanging on a frozen database must not stretch an unknown key's answer.
+            async with asyncio.timeout(self._lookup_timeout_s), self._gate:
                 if self._clock() < self._down_until:
                     # Failed a moment ago: answer at once instead of queueing every unseen
                     # key behind a connect timeout.
                     raise _RecentlyDown
-                async with asyncio.timeout(self._lookup_timeout_s):
-                    principal = await self._source.principal(d.hex())
-            except Exception as exc:  # any database failure: stale-if-error, else 503
-                if not isinstance(exc, _RecentlyDown):
-                    log.warning("key lookup failed (%s: %s)", type(exc).__name__, exc)
-                    self._down_until = self._clock() + _DOWN_S
-                stale = self._known.get(d)
-                if stale is not None and generation == self._generation:
-                    # Keep serving a key that was valid, and do not ask again at once.
-                    self._known[d] = (stale[0], self._clock() + self._negative_ttl_s)
-                    return stale[0]
-                raise keys_unavailable() from None
+                principal = await self._source.principal(d.hex())
+        except Exception as exc:  # any database failure: stale-if-error, else 503
+            if not isinstance(exc, _RecentlyDown):
+                log.warning("key lookup failed (%s: %s)", type(exc).__name__, exc)
+                self._down_until = self._clock() + _DOWN_S
+            stale = self._known.get(d)
+            if stale is not None and generation == self._generation:
+                # Keep serving a key that was valid, and do not ask again at once.
+                self._known[d] = (stale[0], self._clock() + self._negative_ttl_s)
+                return stale[0]
+            raise keys_unavailable() from None
         if generation == self._generation:
             self._remember(d, principal)
         return principal

@@ -305,6 +305,9 @@ class AuthConfig(_Strict):
 
     disabled: bool = False
     keys: list[ApiKey] = Field(default_factory=list)
+    # A virtual key is re-read from the database this long after it was cached; meanwhile
+    # (and while that read is slow or failing) the cached entry keeps serving.
+    key_cache_ttl_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 LimitCheck = Literal["default", "rpm", "tpm", "concurrency", "budget"]
@@ -326,6 +329,12 @@ class LimitsConfig(_Strict):
     # How often an unreachable Redis is asked again, and how long one check may wait on it.
     probe_interval_ms: PositiveInt = 500
     redis_timeout_ms: PositiveInt = 1000
+    # How long a request's budget reservation and concurrency slot outlive it when it never
+    # settles (a killed replica, a frozen Redis). Unset: the route's total timeout + 60 s;
+    # set: this, but never below the route's total timeout + 1 s.
+    reservation_ttl_s: Annotated[float, Field(gt=0)] | None = None
+    # How often one replica sets each key's month spend in Redis back to the ledger's.
+    reconcile_interval_s: Annotated[float, Field(gt=0)] = 60.0
 
 
 class ServerConfig(_Strict):

@@ -10,6 +10,11 @@ Redis trouble is a policy, per check (`limits.on_redis_failure`): `fail_open` se
 counts in process (and says so in a metric), `fail_closed` answers 503. While Redis is down
 no request waits on it: a probe re-checks it every `probe_interval_ms` and enforcement moves
 back as soon as it answers; spend settled meanwhile is added to Redis then.
+
+Nothing stays taken when a request never settles (a killed replica, a frozen Redis): its
+concurrency lease and budget reservation expire after `hold_ms` (see `_hold_ms`), and a
+background reconciler (gateway/limits_reconcile.py) brings each key's spend in Redis back
+to the ledger's.
 """
 
 from __future__ import annotations
@@ -19,25 +24,32 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
 from gateway.auth import Principal
-from gateway.errors import GatewayError
 from gateway.ledger.events import RequestRow
-from gateway.ledger.pricing import PriceBook
-from gateway.limits_lua import ADD_SPEND, BATCH, SEED
+from gateway.limit_answers import (
+    ask_for,
+    limits_unavailable,
+    rate_headers,
+    refusal,
+    too_large,
+)
+from gateway.limits_lua import ADD_SPEND, BATCH, SEED, limit_keys
+from gateway.limits_reconcile import Reconciler, SpendSource, month_of, month_start
 from gateway.redis_batch import RedisBatch
 from gateway.redis_health import REDIS_ERRORS, RedisHealth
 from routing import quota
-from routing.model import Plan
 from routing.quota import BUDGET, CHECKS, CONCURRENCY, RPM, TPM, Ask, KeyState, Limits, Verdict
+
+# Re-exported: the API edge imports these from here.
+__all__ = ["Admission", "Limiter", "ask_for", "limits_unavailable", "rate_headers", "refusal"]
 
 log = logging.getLogger("farebox.limits")
 
@@ -61,15 +73,18 @@ BUDGET_ALERTS = Counter(
     "farebox_budget_alerts_total", "Keys that crossed their soft budget threshold"
 )
 
-# A lease outlives any request: the route's total deadline is far shorter.
-_LEASE_TTL_MS = 15 * 60 * 1000
+# How long a lease and a reservation outlive their request's deadline (route total timeout)
+# by default: time for the ledger row to be recorded and the settlement to reach Redis.
+_HOLD_GRACE_MS = 60_000
+# With an explicit `limits.reservation_ttl_s`, still never shorter than the deadline + this.
+_HOLD_MIN_GRACE_MS = 1_000
+# For an ask that names no deadline.
+_DEFAULT_HOLD_MS = 15 * 60 * 1000
 # Budget counters live a little longer than their month.
 _BUDGET_TTL_S = 40 * 24 * 3600
 _LEASE_PREFIX = os.urandom(4).hex()
 _LEASE_IDS = itertools.count(1)
 _REFUSED_CODES = {1: RPM, 2: TPM, 3: CONCURRENCY, 4: BUDGET}
-
-SpendSource = Callable[[str, datetime], Awaitable[Decimal]]
 
 
 def limits_of(principal: Principal) -> Limits:
@@ -79,15 +94,6 @@ def limits_of(principal: Principal) -> Limits:
         max_concurrency=principal.max_concurrency,
         budget_nano=None if principal.budget_usd is None else quota.to_nano(principal.budget_usd),
     )
-
-
-def month_of(now: datetime) -> str:
-    return now.strftime("%Y-%m")
-
-
-def month_start(month: str) -> datetime:
-    year, mon = month.split("-")
-    return datetime(int(year), int(mon), 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -132,6 +138,8 @@ class Limiter:
         key_prefix: str = "farebox",
         probe_interval_s: float = 0.5,
         timeout_s: float = 1.0,
+        reservation_ttl_s: float | None = None,
+        reconcile_interval_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         policies = dict(policies or {})
@@ -140,7 +148,11 @@ class Limiter:
         self._spend = spend_source
         self._prefix = key_prefix
         self._probe_s = probe_interval_s
+        self._reservation_ttl_ms = (
+            None if reservation_ttl_s is None else int(reservation_ttl_s * 1000)
+        )
         self._clock = clock
+        self._reconciler: Reconciler | None = None
         self._local: dict[str, KeyState] = {}
         self._alerted: set[tuple[str, str]] = set()
         # Spend settled in process while Redis was away, added to Redis once it is back.
@@ -167,6 +179,14 @@ class Limiter:
                 probe_interval_s=probe_interval_s,
                 on_recover=self._pay_owed,
             )
+            if spend_source is not None:
+                self._reconciler = Reconciler(
+                    self._redis,
+                    spend_source,
+                    prefix=key_prefix,
+                    interval_s=reconcile_interval_s,
+                    clock=clock,
+                )
         else:
             REDIS_UP.set(0)
 
@@ -181,6 +201,8 @@ class Limiter:
             await self._health.flush()
 
     async def close(self) -> None:
+        if self._reconciler is not None:
+            await self._reconciler.close()
         if self._health is not None:
             await self._batch.drain()
             await self._health.close()
@@ -190,6 +212,14 @@ class Limiter:
     async def admit(self, principal: Principal, ask: Ask) -> Admission:
         """Take `ask` from the key's limits or raise the 429 / 503 the client should see."""
         limits = limits_of(principal)
+        if limits.tpm is not None:
+            fitted = quota.fit_tpm(ask, limits.tpm)
+            if fitted is None:
+                REFUSED.labels(TPM).inc()
+                raise too_large(principal, limits, ask)
+            ask = fitted
+        if self._reconciler is not None:
+            self._reconciler.ensure_started()
         now = datetime.fromtimestamp(self._clock(), UTC)
         month = month_of(now)
         lease = f"{_LEASE_PREFIX}-{next(_LEASE_IDS)}"
@@ -228,7 +258,7 @@ class Limiter:
             ask.tokens,
             limits.max_concurrency or 0,
             lease,
-            _LEASE_TTL_MS,
+            self._hold_ms(ask),
             -1 if limits.budget_nano is None else limits.budget_nano,
             ask.reserve_nano,
             _BUDGET_TTL_S,
@@ -297,7 +327,18 @@ class Limiter:
                     state.requests, state.tokens = previous.requests, previous.tokens
                     state.leases = previous.leases
                 self._local[principal.key_name] = state
-        return quota.admit(state, limits, ask, lease, _LEASE_TTL_MS, self._now_ms(), checks)
+        return quota.admit(state, limits, ask, lease, self._hold_ms(ask), self._now_ms(), checks)
+
+    def _hold_ms(self, ask: Ask) -> int:
+        """How long a request's lease and reservation last unless settled first: past its
+        route's total timeout (the longest it can run) by time for its ledger row and
+        settlement; `limits.reservation_ttl_s` overrides that, but never below the
+        deadline plus a second, so a reservation cannot expire under a live request."""
+        if ask.hold_ms <= 0:
+            return self._reservation_ttl_ms or _DEFAULT_HOLD_MS
+        if self._reservation_ttl_ms is None:
+            return ask.hold_ms + _HOLD_GRACE_MS
+        return max(self._reservation_ttl_ms, ask.hold_ms + _HOLD_MIN_GRACE_MS)
 
     async def _spent_from_ledger(self, key_name: str, month: str) -> int:
         if self._spend is None:
@@ -345,6 +386,7 @@ class Limiter:
             admission.ask.reserve_nano,
             cost_nano,
             "1" if limits.budget_nano is not None else "0",
+            admission.lease,
         ]
 
         def settled(future: asyncio.Future[Any]) -> None:
@@ -354,7 +396,7 @@ class Limiter:
             if not isinstance(exc, REDIS_ERRORS):
                 log.error("settling a key's limits failed", exc_info=exc)
                 return
-            # The reservation stays until the lease / month expires; the spend is owed.
+            # The reservation stays until it expires; the spend is owed.
             self._went_down(exc)
             if limits.budget_nano is not None and cost_nano > 0:
                 owed = (admission.principal.key_name, admission.month)
@@ -379,8 +421,7 @@ class Limiter:
     # -- helpers ------------------------------------------------------------------------
 
     def _keys(self, key_name: str, month: str) -> tuple[str, ...]:
-        tag = f"{{{self._prefix}:lim:{key_name}}}"
-        return (f"{tag}:rpm", f"{tag}:tpm", f"{tag}:conc", f"{tag}:budget:{month}")
+        return limit_keys(self._prefix, key_name, month)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -439,103 +480,3 @@ def _verdict(out: bytes) -> Verdict:
         budget_left_nano=opt(values[7]),
         spent_nano=opt(values[8]),
     )
-
-
-def rate_headers(limits: Limits, verdict: Verdict) -> list[tuple[bytes, bytes]]:
-    """OpenAI's `x-ratelimit-*` headers for the limits this key has."""
-    out: list[tuple[bytes, bytes]] = []
-    if limits.rpm is not None:
-        out.append((b"x-ratelimit-limit-requests", str(limits.rpm).encode()))
-        if verdict.remaining_requests is not None:
-            out.append(
-                (b"x-ratelimit-remaining-requests", str(verdict.remaining_requests).encode())
-            )
-        if verdict.reset_requests_ms is not None:
-            reset = quota.duration_header(verdict.reset_requests_ms)
-            out.append((b"x-ratelimit-reset-requests", reset.encode()))
-    if limits.tpm is not None:
-        out.append((b"x-ratelimit-limit-tokens", str(limits.tpm).encode()))
-        if verdict.remaining_tokens is not None:
-            left = str(verdict.remaining_tokens).encode()
-            out.append((b"x-ratelimit-remaining-tokens", left))
-        if verdict.reset_tokens_ms is not None:
-            reset = quota.duration_header(verdict.reset_tokens_ms)
-            out.append((b"x-ratelimit-reset-tokens", reset.encode()))
-    return out
-
-
-def refusal(principal: Principal, limits: Limits, ask: Ask, verdict: Verdict) -> GatewayError:
-    headers = rate_headers(limits, verdict)
-    check = verdict.refused_by
-    if check == BUDGET:
-        left = quota.from_nano(verdict.budget_left_nano or 0)
-        message = (
-            f"You exceeded your current quota: key {principal.key_name!r} has a monthly budget "
-            f"of ${principal.budget_usd}; ${left:.6f} is left and this request could cost up "
-            f"to ${quota.from_nano(ask.reserve_nano):.6f}. Raise the budget or lower max_tokens."
-        )
-        # The OpenAI SDKs retry 429s unless told not to: a budget does not refill in seconds.
-        headers.append((b"x-should-retry", b"false"))
-        return GatewayError(
-            429,
-            message,
-            error_type="insufficient_quota",
-            code="insufficient_quota",
-            headers=headers,
-        )
-    wait_s = max(verdict.retry_after_ms, 1) / 1000
-    headers.append((b"retry-after-ms", str(max(verdict.retry_after_ms, 1)).encode()))
-    headers.append((b"retry-after", str(max(1, round(wait_s + 0.499))).encode()))
-    if check == RPM:
-        what = f"requests per min (RPM): Limit {limits.rpm}"
-    elif check == TPM:
-        what = f"tokens per min (TPM): Limit {limits.tpm}, Requested {ask.tokens}"
-    else:
-        what = f"concurrent requests: Limit {limits.max_concurrency}"
-    message = (
-        f"Rate limit reached for key {principal.key_name!r} on {what}. "
-        f"Please try again in {quota.duration_header(max(verdict.retry_after_ms, 1))}."
-    )
-    return GatewayError(
-        429, message, error_type=check or "requests", code="rate_limit_exceeded", headers=headers
-    )
-
-
-def limits_unavailable(checks: list[str]) -> GatewayError:
-    return GatewayError(
-        503,
-        "Rate and budget limits cannot be checked right now (the shared limit store is "
-        f"unreachable) and this gateway fails closed for {', '.join(checks)}. Retry shortly.",
-        error_type="server_error",
-        code="limits_unavailable",
-        headers=[(b"retry-after", b"1")],
-    )
-
-
-def ask_for(
-    plan: Plan,
-    payload: dict[str, Any],
-    body_bytes: int,
-    prices: PriceBook | None,
-    reserve_output_tokens: int,
-    now: datetime,
-) -> Ask:
-    """What a request reserves: tokens for TPM, and its worst-case cost for the budget.
-
-    Input is over-estimated on purpose (a token per 3 body bytes; English runs ~4 bytes a
-    token) and output is the request's own cap, so a settled request rarely costs more than
-    it reserved. One attempt is reserved: retries and fallbacks settle at their real cost.
-    """
-    input_tokens = body_bytes // 3 + 1
-    output = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if not isinstance(output, int) or isinstance(output, bool) or output <= 0:
-        output = reserve_output_tokens
-    n = payload.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
-        output *= n
-    deployments = [a.deployment for a in plan.attempts]
-    if prices is None:
-        return Ask(input_tokens + output, 0)
-    found = [prices.price_for(d.id, d.upstream_model, d.provider_kind, now) for d in deployments]
-    dedicated = [d.provider_kind == "dedicated" for d in deployments]
-    return Ask(input_tokens + output, quota.worst_case_nano(input_tokens, output, found, dedicated))

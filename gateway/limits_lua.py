@@ -15,14 +15,31 @@ Keys, all under one hash tag so a Redis Cluster keeps them on one slot:
   {prefix:key}:tpm   hash level, ts        tokens bucket
   {prefix:key}:conc  zset lease -> expiry  concurrent requests
   {prefix:key}:budget:YYYY-MM  hash spent, reserved (integer nano-USD)
+  {prefix:key}:resv:YYYY-MM    zset "lease:nano" -> deadline (ms): the reservations that
+                               make up `reserved`, each dropped from it once its deadline
+                               passes, so a crashed replica's reservations free themselves
 """
 
 from __future__ import annotations
 
+
+def limit_keys(prefix: str, key_name: str, month: str) -> tuple[str, ...]:
+    """The Redis keys of one API key's limits, in the order the batch script reads them."""
+    tag = f"{{{prefix}:lim:{key_name}}}"
+    return (
+        f"{tag}:rpm",
+        f"{tag}:tpm",
+        f"{tag}:conc",
+        f"{tag}:budget:{month}",
+        f"{tag}:resv:{month}",
+    )
+
+
 # Items (ARGV), comma-separated:
 #   A,rpm,tpm,tokens,max_conc,lease,lease_ttl_ms,budget_nano,reserve_nano,budget_ttl_s
-#   S,tpm,reserved_tokens,used_tokens,lease,reserve_nano,cost_nano,budget_on
-#   (0 / -1 = that check is off; an empty lease = no concurrency lease)
+#   S,tpm,reserved_tokens,used_tokens,lease,reserve_nano,cost_nano,budget_on,reservation
+#   (0 / -1 = that check is off; an empty lease = no concurrency lease). lease_ttl_ms is
+#   also the reservation's lifetime; `reservation` is the lease id the admission used.
 # Answers, one per item, comma-separated integers. Admit: allowed, refused (0 none, 1 rpm,
 # 2 tpm, 3 concurrency, 4 budget, 5 budget not seeded yet), retry_ms, remaining_requests,
 # reset_requests_ms, remaining_tokens, reset_tokens_ms, budget_left_nano, spent_nano
@@ -55,7 +72,13 @@ local function bucket(key, cap)
     buckets[key] = b
   end
   if b.level > cap then b.level = cap end
+  -- Never more than one refill in debt (routing/quota.py floor).
+  if b.level < -cap then b.level = -cap end
   return b
+end
+local function floor_level(level, cap)
+  if level < -cap then return -cap end
+  return level
 end
 local function reset(level, cap)
   return math.max(0, math.ceil((cap - level) * 60000 / cap))
@@ -72,6 +95,19 @@ local function live_leases()
   return leases
 end
 
+-- Reservations past their deadline, dropped from the set; returns the nano-USD they held.
+-- Bounded per call so one batch never does unbounded work; the rest go next time.
+local function expired_reservations()
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 256)
+  local freed = 0
+  for _, member in ipairs(gone) do
+    local colon = string.find(member, ':[^:]*$')
+    freed = freed + (tonumber(string.sub(member, colon + 1)) or 0)
+  end
+  if #gone > 0 then redis.call('ZREM', KEYS[5], unpack(gone)) end
+  return freed
+end
+
 -- The month's budget: spent and reserved as read, plus what this batch changes.
 local budget = nil
 local function month_budget()
@@ -79,9 +115,13 @@ local function month_budget()
     local h = redis.call('HMGET', KEYS[4], 'spent', 'reserved')
     if h[1] then
       budget = {seeded = true, spent = tonumber(h[1]), reserved = tonumber(h[2] or '0'),
-                d_spent = 0, d_reserved = 0, ttl = 0}
+                d_spent = 0, d_reserved = 0, ttl = 0, resv_ttl = 0}
+      local freed = math.min(expired_reservations(), budget.reserved)
+      budget.reserved = budget.reserved - freed
+      budget.d_reserved = -freed
     else
-      budget = {seeded = false, spent = 0, reserved = 0, d_spent = 0, d_reserved = 0, ttl = 0}
+      budget = {seeded = false, spent = 0, reserved = 0, d_spent = 0, d_reserved = 0, ttl = 0,
+                resv_ttl = 0}
     end
   end
   return budget
@@ -124,7 +164,7 @@ local function admit(a)
     out[5] = reset(rb.level, rpm)
   end
   if tb then
-    tb.level = tb.level - tokens
+    tb.level = floor_level(tb.level - tokens, tpm)
     tb.dirty = true
     out[6] = math.max(0, math.floor(tb.level))
     out[7] = reset(tb.level, tpm)
@@ -136,6 +176,11 @@ local function admit(a)
     if ttl > lease_ttl then lease_ttl = ttl end
   end
   if b then
+    local ttl = tonumber(a[6])
+    if reserve > 0 then
+      redis.call('ZADD', KEYS[5], now + ttl, a[5] .. ':' .. a[8])
+      if ttl > b.resv_ttl then b.resv_ttl = ttl end
+    end
     b.reserved = b.reserved + reserve
     b.d_reserved = b.d_reserved + reserve
     b.ttl = tonumber(a[9])
@@ -150,7 +195,7 @@ local function settle(a)
   local delta = tonumber(a[3]) - tonumber(a[2])
   if tpm > 0 and delta ~= 0 then
     local tb = bucket(KEYS[2], tpm)
-    tb.level = tb.level - delta
+    tb.level = floor_level(tb.level - delta, tpm)
     tb.dirty = true
   end
   if a[4] ~= '' then
@@ -159,7 +204,12 @@ local function settle(a)
   end
   if a[7] == '1' then
     local b = month_budget()
-    local give_back = math.min(tonumber(a[5]), b.reserved)
+    -- Only a reservation still held is given back: one that expired was given back then.
+    local held = 0
+    if tonumber(a[5]) > 0 then
+      held = redis.call('ZREM', KEYS[5], a[8] .. ':' .. a[5])
+    end
+    local give_back = math.min(held * tonumber(a[5]), b.reserved)
     b.reserved = b.reserved - give_back
     b.d_reserved = b.d_reserved - give_back
     b.spent = b.spent + tonumber(a[6])
@@ -195,6 +245,7 @@ if budget ~= nil then
   end
   if budget.d_spent ~= 0 then redis.call('HINCRBY', KEYS[4], 'spent', budget.d_spent) end
   if budget.ttl > 0 then redis.call('EXPIRE', KEYS[4], budget.ttl) end
+  if budget.resv_ttl > 0 then redis.call('PEXPIRE', KEYS[5], budget.resv_ttl + 60000) end
 end
 return out
 """
@@ -214,4 +265,34 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[1]))
 end
 return 1
+"""
+
+# Background repair (gateway/limits_reconcile.py), never on a request's path: drops expired
+# reservations, sets `reserved` to the sum of those still held (legacy or drifted counters
+# heal), and adds ARGV[1] nano-USD to `spent` when ARGV[1] is not 0. Returns the new
+# spent and reserved, or nil when the month is not seeded.
+REPAIR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local held = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local colon = string.find(member, ':[^:]*$')
+  held = held + (tonumber(string.sub(member, colon + 1)) or 0)
+end
+redis.call('HSET', KEYS[1], 'reserved', string.format('%d', held))
+local delta = tonumber(ARGV[1])
+if delta ~= 0 then redis.call('HINCRBY', KEYS[1], 'spent', ARGV[1]) end
+return {redis.call('HGET', KEYS[1], 'spent'), string.format('%d', held)}
+"""
+
+# The reconciliation lock: taken when free, kept by its holder (ARGV[1]) for ARGV[2] ms more.
+LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
 """

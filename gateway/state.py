@@ -122,7 +122,7 @@ def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
     keys: list[tuple[str | Principal, str]] = [(k.principal(), k.key) for k in config.api_keys()]
     if settings.master_key:
         keys.append(("master", settings.master_key))
-    return KeyStore(keys, disabled=config.auth_disabled)
+    return KeyStore(keys, disabled=config.auth_disabled, ttl_s=config.auth.key_cache_ttl_s)
 
 
 def build_adapter(config: GatewayConfig) -> Adapter:
@@ -258,6 +258,8 @@ def build_state(
             spend_source=repository.key_spend_since if repository is not None else None,
             probe_interval_s=limits.probe_interval_ms / 1000,
             timeout_s=limits.redis_timeout_ms / 1000,
+            reservation_ttl_s=limits.reservation_ttl_s,
+            reconcile_interval_s=limits.reconcile_interval_s,
         )
     keys = build_keys(settings, config)
     engine = repository.engine if repository is not None else None

@@ -6,6 +6,7 @@ it answered is assumed to have cost.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from routing.model import Plan
@@ -26,7 +27,12 @@ def widen(ask: Ask, plan: Plan) -> Ask:
     n = width(plan)
     if n == 1:
         return ask
-    return Ask(ask.tokens * n, ask.reserve_nano * n)
+    return dataclasses.replace(
+        ask,
+        tokens=ask.tokens * n,
+        reserve_nano=ask.reserve_nano * n,
+        default_tokens=ask.default_tokens * n,
+    )
 
 
 def cancelled_output_tokens(answered: Sequence[tuple[int, float]], elapsed_ms: float) -> int:

@@ -5,6 +5,10 @@ limiter runs the same rules in one Lua script per check (gateway/limits_lua.py),
 answer alike. Amounts of money are integer nano-dollars (Lua numbers are doubles: exact to
 2^53 nano-USD ≈ $9M, far above any key's monthly budget), tokens and requests are floats
 inside a bucket so partial refill is exact.
+
+Nothing a crashed or frozen replica leaves behind stays taken: concurrency leases and budget
+reservations both carry a deadline and are dropped once it passes, and a bucket never owes
+more than one full refill (see `floor`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ CONCURRENCY = "concurrency"
 BUDGET = "budget"
 CHECKS = (RPM, TPM, CONCURRENCY, BUDGET)
 
+# Tokens and nano-USD an ask may name. Lua numbers are doubles: beyond 2^53 integers are no
+# longer exact and Redis rejects them as increments. Any real limit is far below this, so a
+# saturated ask is refused by the limit it exceeds instead of overflowing the arithmetic.
+MAX_ASK = 2**53
+
 
 @dataclass(slots=True)
 class Bucket:
@@ -39,11 +48,17 @@ class Bucket:
     updated_ms: int
 
 
+def floor(level: float, capacity: int) -> float:
+    """A bucket owes at most one full refill (a minute): a request that used far more than
+    it reserved (or a wildly wrong usage report) must not lock its key out for hours."""
+    return max(level, -float(capacity))
+
+
 def refill(bucket: Bucket | None, capacity: int, now_ms: int) -> Bucket:
     if bucket is None:
         return Bucket(float(capacity), now_ms)
     elapsed = max(0, now_ms - bucket.updated_ms)
-    level = min(float(capacity), bucket.level + elapsed * capacity / MINUTE_MS)
+    level = min(float(capacity), floor(bucket.level, capacity) + elapsed * capacity / MINUTE_MS)
     return Bucket(level, max(now_ms, bucket.updated_ms))
 
 
@@ -74,10 +89,34 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Ask:
-    """What one request wants to take: estimated tokens and the worst-case cost."""
+    """What one request wants to take: estimated tokens and the worst-case cost.
+
+    `default_tokens` is the part of `tokens` the client did not ask for (the output reserved
+    for a request without max_tokens); it may be trimmed to fit a small TPM limit. `hold_ms`
+    is how long the request can run (its route's total timeout; 0 = unknown), which bounds
+    how long its lease and reservation outlive a crash.
+    """
 
     tokens: int
     reserve_nano: int
+    default_tokens: int = 0
+    hold_ms: int = 0
+
+
+def fit_tpm(ask: Ask, tpm: int) -> Ask | None:
+    """The ask trimmed to fit a bucket of `tpm` tokens, or None when it can never fit.
+
+    A request that names more tokens than the whole bucket holds (prompt estimate plus
+    max_tokens × n) would never be admitted on its own merits, and admitting it anyway once
+    a minute drove the bucket deep into debt. Only the default output reservation, which the
+    client never asked for, is trimmed.
+    """
+    if ask.tokens <= tpm:
+        return ask
+    firm = ask.tokens - ask.default_tokens
+    if firm > tpm:
+        return None
+    return dataclasses.replace(ask, tokens=tpm, default_tokens=tpm - firm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +146,20 @@ class KeyState:
     leases: dict[str, int] | None = None
     spent_nano: int = 0
     reserved_nano: int = 0
+    # lease id -> (reserved nano-USD, expiry ms): a crashed request's reservation frees
+    # itself too, and a request settled after its expiry gives nothing back twice.
+    reservations: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     month: str = ""
+
+
+def expire_reservations(state: KeyState, now_ms: int) -> int:
+    """Drop reservations past their deadline from `reserved`; returns the nano-USD freed."""
+    gone = [lease for lease, (_, until) in state.reservations.items() if until <= now_ms]
+    freed = 0
+    for lease in gone:
+        freed += state.reservations.pop(lease)[0]
+    state.reserved_nano = max(0, state.reserved_nano - freed)
+    return freed
 
 
 def admit(
@@ -152,6 +204,7 @@ def admit(
         if len(live) >= limits.max_concurrency:
             return Verdict(False, CONCURRENCY, 1000)
     if limits.budget_nano is not None and BUDGET in checks:
+        expire_reservations(state, now_ms)
         committed = state.spent_nano + state.reserved_nano
         if committed + ask.reserve_nano > limits.budget_nano:
             return Verdict(
@@ -166,7 +219,7 @@ def admit(
         state.requests = requests
         verdict = _with_requests(verdict, requests, limits.rpm)
     if tokens is not None and limits.tpm is not None:
-        tokens.level -= ask.tokens
+        tokens.level = floor(tokens.level - ask.tokens, limits.tpm)
         state.tokens = tokens
         verdict = _with_tokens(verdict, tokens, limits.tpm)
     if limits.max_concurrency is not None and CONCURRENCY in checks:
@@ -174,6 +227,7 @@ def admit(
         state.leases[lease] = now_ms + lease_ttl_ms
     if limits.budget_nano is not None and BUDGET in checks:
         state.reserved_nano += ask.reserve_nano
+        state.reservations[lease] = (ask.reserve_nano, now_ms + lease_ttl_ms)
         verdict = _with_budget(verdict, state, limits.budget_nano)
     return verdict
 
@@ -191,12 +245,15 @@ def settle(
     """Replace a request's reservation by what it really used."""
     if limits.tpm is not None and TPM in checks and used_tokens != ask.tokens:
         tokens = refill(state.tokens, limits.tpm, now_ms)
-        tokens.level -= used_tokens - ask.tokens
+        tokens.level = floor(tokens.level - (used_tokens - ask.tokens), limits.tpm)
         state.tokens = tokens
     if limits.max_concurrency is not None and CONCURRENCY in checks and state.leases:
         state.leases.pop(lease, None)
     if limits.budget_nano is not None and BUDGET in checks:
-        state.reserved_nano = max(0, state.reserved_nano - ask.reserve_nano)
+        # Already expired (and so already given back): nothing to give back again.
+        held = state.reservations.pop(lease, None)
+        if held is not None:
+            state.reserved_nano = max(0, state.reserved_nano - held[0])
         state.spent_nano += max(0, cost_nano)
 
 
