@@ -299,8 +299,12 @@ def usage(
     database_url: Annotated[
         str | None, typer.Option(help="Default: $FAREBOX_DATABASE_URL.")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Requests, attempts, tokens by type and cost from the ledger."""
+    """Requests, attempts, tokens by type, cost and successful requests from the ledger.
+
+    By deployment, attempts, tokens and cost are each deployment's own; requests and
+    successes go to the deployment that answered, so every grouping has the same totals."""
     import asyncio
     from datetime import UTC, datetime, timedelta
 
@@ -326,6 +330,19 @@ def usage(
     except Exception as exc:
         typer.echo(f"error: cannot read the ledger at {_redact(url)}: {exc}", err=True)
         raise typer.Exit(1) from None
+    if as_json:
+        import dataclasses
+
+        import orjson
+
+        rows = [{**dataclasses.asdict(line), "cost_usd": str(line.cost_usd)} for line in lines]
+        typer.echo(
+            orjson.dumps(
+                {"since": start.isoformat(), "by": by, "lines": rows},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+        return
     table = Table(title=f"Usage since {start:%Y-%m-%d %H:%M} UTC, by {by}")
     for column in (
         by,
@@ -360,6 +377,10 @@ def usage(
     Console(width=160).print(table)
     if not lines:
         typer.echo("no traffic in that window")
+    else:
+        from gateway.ledger.success import DEFINITION
+
+        typer.echo(DEFINITION)
 
 
 @app.command("mock-upstream")

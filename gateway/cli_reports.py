@@ -242,6 +242,10 @@ def _print_reconciliation(result: Any, paths: list[Path]) -> None:
     for note in result.notes:
         console.print(f"note: {note}")
     console.print(
+        f"requests: {result.requests:,} received in {result.month}, "
+        f"{result.successful:,} successful"
+    )
+    console.print(
         f"reports: {', '.join(str(p) for p in paths)} (run {result.run_id}, "
         f"{result.elapsed_s:.2f} s)"
     )
@@ -262,6 +266,7 @@ def lcpr_command(
     """LCPR per segment for a month from the ledger, with red flags."""
     if ctx.invoked_subcommand is not None:
         return
+    from gateway.ledger.success import DEFINITION as SUCCESS_DEFINITION
     from gateway.reports.lcpr import lcpr_report, report_dict
     from gateway.reports.store import SEGMENTS
 
@@ -334,6 +339,7 @@ def lcpr_command(
             money(s.saved_usd),
         )
     console.print(table)
+    console.print(SUCCESS_DEFINITION)
     for d in report.dedicated:
         console.print(
             f"dedicated {d.provider}: {d.paid_hours:,.1f} h ({d.hours_from}) × "

@@ -64,7 +64,8 @@ class _LedgerFigures:
     today_usd: Decimal | None
     month_usd: Decimal | None
     today_requests: int
-    month_by_route: list[tuple[str, Decimal, int]]
+    # route → spend, requests and successful requests (gateway.ledger.success)
+    month_by_route: list[tuple[str, Decimal, int, int]]
     # deployment → (attempts, failed attempts) in ERROR_WINDOW
     errors: dict[str, tuple[int, int]]
     reconciliation: dict[str, Any] | None
@@ -135,10 +136,12 @@ async def _ledger_figures(state: GatewayState) -> _LedgerFigures:
         today_usd=sum((line.cost_usd for line in today), Decimal(0)),
         month_usd=sum((line.cost_usd for line in this_month), Decimal(0)),
         today_requests=sum(line.requests for line in today),
-        month_by_route=[(line.group or "-", line.cost_usd, line.requests) for line in this_month],
-        errors={
-            line.group or "-": (line.attempts, line.attempts - line.successful) for line in recent
-        },
+        month_by_route=[
+            (line.group or "-", line.cost_usd, line.requests, line.successful)
+            for line in this_month
+        ],
+        # Attempt-level: an attempt that failed, whatever became of its request.
+        errors={line.group or "-": (line.attempts, line.failed_attempts) for line in recent},
         reconciliation=await _last_reconciliation(state, now),
     )
 
@@ -170,6 +173,14 @@ def _usd(value: Decimal | None) -> str:
         return "—"
     # Test and low-traffic spend is fractions of a cent: keep six places below a dollar.
     return f"${value:,.6f}" if abs(value) < 1 else f"${value:,.2f}"
+
+
+def _success(successful: int, requests: int) -> str:
+    """Successful requests and their share (answered whole, gate passed: the one rule of
+    gateway.ledger.success, applied by the ledger query)."""
+    if not requests:
+        return "—"
+    return f"{successful:,} ({100 * successful / requests:.1f} %)"
 
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[str]], empty: str) -> str:
@@ -222,7 +233,15 @@ def _deployments(state: GatewayState, figures: _LedgerFigures) -> str:
                 _td(rate, numeric=True),
             ]
         )
-    head = ("deployment", "provider", "breaker", "", "in flight", "attempts 15 min", "errors")
+    head = (
+        "deployment",
+        "provider",
+        "breaker",
+        "",
+        "in flight",
+        "attempts 15 min",
+        "failed attempts",
+    )
     return _table(head, rows, "No deployments configured.")
 
 
@@ -296,8 +315,11 @@ async def render(state: GatewayState, figures: _LedgerFigures) -> str:
         )
     )
     by_route = _table(
-        ("route", "spend this month", "requests"),
-        ([_td(r), _td(_usd(c), True), _td(f"{n:,}", True)] for r, c, n in figures.month_by_route),
+        ("route", "spend this month", "requests", "successful"),
+        (
+            [_td(r), _td(_usd(c), True), _td(f"{n:,}", True), _td(_success(ok, n), True)]
+            for r, c, n, ok in figures.month_by_route
+        ),
         "No traffic this month.",
     )
     return f"""<!doctype html>

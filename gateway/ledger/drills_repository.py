@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_drills import drills_table
+from gateway.ledger.success import ANSWERED_CLIENT, gate_passed
 from routing.drills import Side
 
 RUNNING = "running"
@@ -27,6 +28,9 @@ FINISHING = "finishing"
 FINAL = ("completed", "stopped", "aborted")
 # How long before a drill's window a request that has attempts in it may have arrived.
 _EARLIER = timedelta(hours=1)
+# Errors-by-class entries for attempts that failed without an error class of their own.
+GATE_FAILED = "gate_failed"
+NOT_DELIVERED = "not_delivered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,38 +205,53 @@ class DrillsRepository:
     ) -> Side:
         """One side of a verdict, aggregated in SQL: the drill's own attempts on its target
         (drill_id set), or the primary's untouched attempts on the same route over the same
-        window (the deployment may serve other routes, whose traffic is not comparable)."""
-        a = attempts_table.c
+        window (the deployment may serve other routes, whose traffic is not comparable).
+
+        An attempt is a success when its answer is the one that made its request successful
+        (gateway.ledger.success.ANSWERED_CLIENT): an answer cut mid-stream, one that failed the
+        gate, or one the client never got (the request was answered by another deployment)
+        is not. Attempts whose request row is missing count, as failures.
+        """
+        a, r = attempts_table.c, requests_table.c
         where = [a.role == role, a.started_at >= since, a.started_at <= until]
         if route is not None:
-            r = requests_table.c
-            # A request is received before its attempts start: bound the subquery by time.
-            where.append(
-                a.request_id.in_(
-                    select(r.id).where(r.route == route, r.received_at >= since - _EARLIER)
-                )
-            )
+            # A request is received before its attempts start: bound it by time too.
+            where += [r.route == route, r.received_at >= since - _EARLIER]
         if drill_id is not None:
             where.append(a.drill_id == drill_id)
         else:
             where.append(a.drill_id.is_(None))
         if deployment is not None:
             where.append(a.deployment == deployment)
-        ok = a.error_class.is_(None)
-        totals = select(
-            func.count(),
-            func.sum(case((ok, 1), else_=0)),
-            func.sum(case((ok, a.cost_usd), else_=None)),
-            func.count(a.gate_outcome),
-            func.sum(case((a.gate_outcome == "pass", 1), else_=0)),
-        ).where(*where)
-        errors = select(a.error_class, func.count()).where(*where, ~ok).group_by(a.error_class)
+        joined = attempts_table.outerjoin(requests_table, r.id == a.request_id)
+        ok = ANSWERED_CLIENT
+        # Why an attempt was not a success: its own error class, else the gate, else that
+        # its answer did not reach the client whole (the request failed or went elsewhere).
+        why = case(
+            (a.error_class.is_not(None), a.error_class),
+            (~gate_passed(a.gate_outcome), literal(GATE_FAILED)),
+            else_=literal(NOT_DELIVERED),
+        )
+        totals = (
+            select(
+                func.count(),
+                func.sum(case((ok, 1), else_=0)),
+                func.sum(case((ok, a.cost_usd), else_=None)),
+                func.count(a.gate_outcome),
+                func.sum(case((a.gate_outcome == "pass", 1), else_=0)),
+            )
+            .select_from(joined)
+            .where(*where)
+        )
+        # NULL-safe "not ok": a missing request row makes ANSWERED_CLIENT NULL, not false.
+        failed = case((ok, False), else_=True)
+        errors = select(why, func.count()).select_from(joined).where(*where, failed).group_by(why)
         async with self.engine.connect() as conn:
             n, good, cost, gated, passed = (await conn.execute(totals)).one()
             by_class = {str(c): int(k) for c, k in (await conn.execute(errors)).all()}
             good = int(good or 0)
-            p50 = await _percentile(conn, where, ok, good, 0.50)
-            p95 = await _percentile(conn, where, ok, good, 0.95)
+            p50 = await _percentile(conn, joined, where, ok, good, 0.50)
+            p95 = await _percentile(conn, joined, where, ok, good, 0.95)
         return Side(
             attempts=int(n or 0),
             successes=good,
@@ -245,13 +264,22 @@ class DrillsRepository:
         )
 
 
-async def _percentile(conn: Any, where: list[Any], ok: Any, count: int, q: float) -> float | None:
+async def _percentile(
+    conn: Any, source: Any, where: list[Any], ok: Any, count: int, q: float
+) -> float | None:
     """Nearest-rank percentile of successful latencies, by ORDER BY … OFFSET (works on
     SQLite and Postgres alike and reads one row)."""
     if count == 0:
         return None
     a = attempts_table.c
     rank = max(0, math.ceil(q * count) - 1)
-    stmt = select(a.latency_ms).where(*where, ok).order_by(a.latency_ms).offset(rank).limit(1)
+    stmt = (
+        select(a.latency_ms)
+        .select_from(source)
+        .where(*where, ok)
+        .order_by(a.latency_ms)
+        .offset(rank)
+        .limit(1)
+    )
     value = await conn.scalar(stmt)
     return float(value) if value is not None else None

@@ -20,12 +20,16 @@ from sqlalchemy import (
     Select,
     Table,
     case,
+    cast,
     event,
     func,
     inspect,
+    literal_column,
+    null,
     select,
     text,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -34,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from gateway.ledger.events import PROVIDER, AttemptRow, RequestRow
 from gateway.ledger.models import COST, attempts_table, requests_table
+from gateway.ledger.success import SUCCESS_FLAG, SUCCESSFUL
 
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRow))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))
@@ -55,10 +60,15 @@ _TOKEN_COLUMNS = (
 class UsageLine:
     """One row of `farebox usage`.
 
-    `group` is the route, key id or deployment (None for requests made without a key).
-    Token and cost totals cover every attempt (retries, fallbacks, hedges are all billed).
-    `cost_usd` sums only priced attempts; `unpriced_attempts` says how many were left out, so
-    an unknown price never silently reads as $0.
+    `group` is the route, key id or deployment (None for requests made without a key, or,
+    by deployment, requests no deployment answered). Token and cost totals cover every
+    attempt (retries, fallbacks, hedges are all billed). `cost_usd` sums only priced
+    attempts; `unpriced_attempts` says how many were left out, so an unknown price never
+    silently reads as $0.
+
+    By deployment, attempts, tokens and cost are the deployment's own attempts, while
+    `requests` and `successful` count the requests it answered (their final deployment):
+    `requests` and `successful` then sum to the same totals in every grouping.
     """
 
     group: str | None
@@ -71,8 +81,11 @@ class UsageLine:
     reasoning_tokens: int
     cost_usd: Decimal
     unpriced_attempts: int
-    # Requests answered with an answer that passed the gate (by deployment: its attempts).
+    # Successful requests (gateway.ledger.success); by deployment, those it answered.
     successful: int = 0
+    # Attempts that failed (any error class): the attempt-level error rate, not the
+    # complement of `successful`.
+    failed_attempts: int = 0
 
     @property
     def cost_per_success(self) -> Decimal | None:
@@ -329,6 +342,7 @@ class LedgerRepository:
                 cost_usd=_decimal(row[8]),
                 unpriced_attempts=int(row[9] or 0),
                 successful=int(row[10] or 0),
+                failed_attempts=int(row[11] or 0),
             )
             for row in rows
         ]
@@ -363,7 +377,7 @@ def _decimal(value: Any) -> Decimal:
 def _attempt_aggregates(
     group: ColumnElement[Any], requests: ColumnElement[Any], successful: ColumnElement[Any]
 ) -> tuple[list[ColumnElement[Any]], ColumnElement[Any]]:
-    """Select list shared by every grouping, plus the expression to rank groups by cost."""
+    """Select list for the per-request groupings, plus the expression to rank groups by cost."""
     a = attempts_table.c
     tokens = [func.coalesce(func.sum(a[name]), 0) for name in _TOKEN_COLUMNS]
     cost = func.sum(a.cost_usd)
@@ -371,6 +385,7 @@ def _attempt_aggregates(
     unpriced = func.coalesce(
         func.sum(case((a.id.is_not(None) & a.cost_usd.is_(None), 1), else_=0)), 0
     )
+    failed = func.coalesce(func.sum(case((a.error_class.is_not(None), 1), else_=0)), 0)
     columns = [
         group,
         requests,
@@ -379,6 +394,7 @@ def _attempt_aggregates(
         type_coerce(cost, COST),
         unpriced,
         successful,
+        failed,
     ]
     return columns, func.coalesce(cost, 0).desc()
 
@@ -386,9 +402,7 @@ def _attempt_aggregates(
 def _usage_by_request(since: datetime, by: str) -> Select[Any]:
     r = requests_table.c
     group = r.route if by == "route" else r.key_id
-    # Successful: answered (200) with an answer that passed the route's gate, if it has one.
-    ok = (r.final_status == 200) & (r.gate_outcome.is_(None) | (r.gate_outcome == "pass"))
-    successful = func.count(func.distinct(case((ok, r.id))))
+    successful = func.count(func.distinct(case((SUCCESSFUL, r.id))))
     columns, by_cost = _attempt_aggregates(group, func.count(func.distinct(r.id)), successful)
     # LEFT JOIN keeps requests that never reached an upstream (rejected, no route) in the count.
     return (
@@ -401,15 +415,58 @@ def _usage_by_request(since: datetime, by: str) -> Select[Any]:
 
 
 def _usage_by_deployment(since: datetime) -> Select[Any]:
-    a = attempts_table.c
-    ok = a.error_class.is_(None) & (a.gate_outcome.is_(None) | (a.gate_outcome == "pass"))
-    successful = func.count(func.distinct(case((ok, a.request_id))))
-    columns, by_cost = _attempt_aggregates(
-        a.deployment, func.count(func.distinct(a.request_id)), successful
-    )
-    return (
-        select(*columns)
+    """Attempts, tokens and cost where they were spent (each attempt's deployment); requests
+    and successes where they were answered (each request's final deployment, None when no
+    deployment answered). So the requests and successes of every grouping add up to the same
+    totals, while a deployment's cost still includes its failed attempts."""
+    a, r = attempts_table.c, requests_table.c
+    zero: ColumnElement[Any] = literal_column("0")
+    no_cost = cast(null(), COST)
+    spent = (
+        select(
+            a.deployment.label("grp"),
+            zero.label("requests"),
+            zero.label("successful"),
+            func.count().label("attempts"),
+            *(func.sum(a[name]).label(name) for name in _TOKEN_COLUMNS),
+            func.sum(a.cost_usd).label("cost"),
+            func.sum(case((a.cost_usd.is_(None), 1), else_=0)).label("unpriced"),
+            func.sum(case((a.error_class.is_not(None), 1), else_=0)).label("failed"),
+        )
         .where(a.started_at >= since)
         .group_by(a.deployment)
-        .order_by(by_cost, a.deployment)
+    )
+    answered = (
+        select(
+            r.final_deployment.label("grp"),
+            func.count().label("requests"),
+            func.sum(SUCCESS_FLAG).label("successful"),
+            zero.label("attempts"),
+            *(zero.label(name) for name in _TOKEN_COLUMNS),
+            no_cost.label("cost"),
+            zero.label("unpriced"),
+            zero.label("failed"),
+        )
+        .where(r.received_at >= since)
+        .group_by(r.final_deployment)
+    )
+    u = union_all(spent, answered).subquery()
+    cost = func.sum(u.c.cost)
+
+    def total(name: str) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(u.c[name]), 0)
+
+    return (
+        select(
+            u.c.grp,
+            total("requests"),
+            total("attempts"),
+            *(total(name) for name in _TOKEN_COLUMNS),
+            type_coerce(cost, COST),
+            total("unpriced"),
+            total("successful"),
+            total("failed"),
+        )
+        .group_by(u.c.grp)
+        .order_by(func.coalesce(cost, 0).desc(), u.c.grp)
     )

@@ -78,7 +78,12 @@ class LcprReport:
         return sum((s.loaded_cost_usd for s in self.segments), _ZERO) + max(paid - allocated, _ZERO)
 
     @property
+    def total_requests(self) -> int:
+        return sum(s.requests for s in self.segments)
+
+    @property
     def total_successful(self) -> int:
+        """The LCPR denominator: successful requests (gateway.ledger.success)."""
         return sum(s.successful for s in self.segments)
 
     @property
@@ -183,6 +188,7 @@ def report_dict(r: LcprReport) -> dict[str, Any]:
         "by": r.by,
         "lcpr_usd": _s(r.total_lcpr),
         "loaded_cost_usd": _s(r.total_loaded_usd, 6),
+        "requests": r.total_requests,
         "successful": r.total_successful,
         "segments": [
             {

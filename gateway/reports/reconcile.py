@@ -22,7 +22,7 @@ from gateway.config_schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
 from gateway.reports.consensus import consensus_lines
 from gateway.reports.importers import ImportedFile
-from gateway.reports.store import InvoiceDay, LedgerDay, ReportStore
+from gateway.reports.store import AnsweredBy, InvoiceDay, LedgerDay, ReportStore
 from routing.cost import MILLION
 from routing.lcpr import ConsensusLine
 from routing.reconcile_rules import (
@@ -113,10 +113,21 @@ class ReconcileResult:
     spend_by_role: list[tuple[str, str, int, Decimal]] = field(default_factory=list)
     # Agreement rate and cost multiple per consensus route (gateway/reports/consensus.py).
     consensus: list[ConsensusLine] = field(default_factory=list)
+    # The month's requests per final deployment, every provider (not only those reconciled),
+    # with their successes: the denominator of `farebox lcpr` for the same month.
+    answered: list[AnsweredBy] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return within(self.verdicts)
+
+    @property
+    def requests(self) -> int:
+        return sum(a.requests for a in self.answered)
+
+    @property
+    def successful(self) -> int:
+        return sum(a.successful for a in self.answered)
 
     def daily(self) -> dict[str, list[tuple[date, Decimal, Decimal | None]]]:
         """Per provider: (day, metered tokens, invoiced tokens) for the chart."""
@@ -340,6 +351,7 @@ async def reconcile(
         row for row in await store.spend_by_role(start, end) if row[0] in providers
     ]
     result.consensus = await consensus_lines(store, start, end)
+    result.answered = await store.answered_requests(start, end)
     result.elapsed_s = time.perf_counter() - started
     result.run_id = await store.save_reconciliation(_run_row(result))
     return result
@@ -447,6 +459,14 @@ def _run_row(r: ReconcileResult) -> dict[str, Any]:
                 {"code": f.code, "subject": f.subject, "message": f.message} for f in r.red_flags
             ],
             "notes": r.notes,
+            "requests": {
+                "total": r.requests,
+                "successful": r.successful,
+                "by_deployment": [
+                    {"deployment": a.deployment, "requests": a.requests, "successful": a.successful}
+                    for a in r.answered
+                ],
+            },
         },
     }
 

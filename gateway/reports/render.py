@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+from gateway.ledger.success import DEFINITION
 from gateway.reports import consensus
 from gateway.reports.reconcile import ReconcileResult
 from routing.reconcile_rules import ModelVerdict
@@ -104,6 +105,12 @@ def markdown(r: ReconcileResult) -> str:
     ]
     out += ["", "## Red flags", ""]
     out += [f"- `{f.code}` {f.subject}: {f.message}" for f in r.red_flags] or ["None."]
+    out += ["", "## Requests", "", _requests_line(r), "", DEFINITION, ""]
+    out += [
+        "| answered by | requests | successful | success rate |",
+        "|---|---:|---:|---:|",
+    ]
+    out += [f"| {' | '.join(row)} |" for row in _answered_rows(r)]
     out += ["", "## Token types", ""]
     out += [
         "| provider | model | token type | metered | invoiced | variance |",
@@ -160,6 +167,27 @@ def markdown(r: ReconcileResult) -> str:
         out += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     out += ["", f"Run {r.run_id} · computed in {r.elapsed_s:.2f} s", ""]
     return "\n".join(out)
+
+
+def _requests_line(r: ReconcileResult) -> str:
+    return (
+        f"{r.requests:,} requests received in {r.month} (all providers), "
+        f"{r.successful:,} successful."
+    )
+
+
+def _answered_rows(r: ReconcileResult) -> list[list[str]]:
+    """Requests per deployment whose answer the client got (none: every attempt failed or
+    the request was refused before any)."""
+    return [
+        [
+            a.deployment or "(none)",
+            f"{a.requests:,}",
+            f"{a.successful:,}",
+            f"{a.successful / a.requests * 100:.1f} %" if a.requests else "-",
+        ]
+        for a in r.answered
+    ]
 
 
 def _role_rows(r: ReconcileResult) -> list[tuple[str, str, int, Decimal, str]]:
@@ -437,6 +465,14 @@ def html_report(r: ReconcileResult) -> str:
     }
 {consensus.html_section(r.consensus)}
 <h2>Red flags</h2>{_flags_html(r.red_flags)}
+<h2>Requests</h2><p>{_esc(_requests_line(r))} {_esc(DEFINITION)}</p>
+{
+        _table(
+            ["answered by", "requests", "successful", "success rate"],
+            _answered_rows(r),
+            [False] * len(r.answered),
+        )
+    }
 <h2>Inputs</h2><ul>{files}</ul>{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 <p class="muted">Run {_esc(r.run_id)} · computed in {r.elapsed_s:.2f} s</p>
 </body></html>

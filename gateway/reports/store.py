@@ -25,14 +25,18 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    literal_column,
+    null,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.models import COST, attempts_table, requests_table
 from gateway.ledger.models_reports import invoice_lines_table, reconciliations_table
 from gateway.ledger.repository import LedgerRepository
+from gateway.ledger.success import SUCCESS_FLAG, gate_passed
 from gateway.reports.importers import ImportedFile
 from routing.lcpr import SegmentTotals
 from routing.red_flags import DailyRates
@@ -102,6 +106,15 @@ class DedicatedUse:
     provider: str
     busy_seconds: Decimal
     tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredBy:
+    """Requests whose answer came from one deployment (None: no deployment answered)."""
+
+    deployment: str | None
+    requests: int
+    successful: int
 
 
 class ReportStore:
@@ -367,23 +380,43 @@ class ReportStore:
             rows = (await conn.execute(stmt)).all()
         return [DedicatedUse(p, _dec(ms) / 1000, int(tok or 0)) for p, ms, tok in rows]
 
+    async def answered_requests(self, start: datetime, end: datetime) -> list[AnsweredBy]:
+        """Requests received in the window per final deployment (None: none answered), with
+        how many were successful (gateway.ledger.success): the same requests and successes
+        `farebox lcpr` divides by."""
+        r = requests_table.c
+        stmt = (
+            select(r.final_deployment, func.count(), func.sum(SUCCESS_FLAG))
+            .where(r.received_at >= _utc(start, self._pg), r.received_at < _utc(end, self._pg))
+            .group_by(r.final_deployment)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        found = [AnsweredBy(dep, int(n or 0), int(ok or 0)) for dep, n, ok in rows]
+        return sorted(found, key=lambda x: (x.deployment is None, x.deployment or ""))
+
     # --- LCPR --------------------------------------------------------------------------------
 
     def _segment_query(self, by: str, start: datetime, end: datetime) -> Any:
         """Per segment × UTC day, in two GROUP BYs: attempts per request first (a hash
-        aggregate, no COUNT(DISTINCT) sort over the month), then requests per segment.
+        aggregate, no COUNT(DISTINCT) sort over the month), then per segment.
 
-        For `model` the first level is per deployment × request and the day is that of its
-        first attempt there; otherwise it is per request, joined to `requests` and dated by
-        received_at. Each request (or deployment × request) falls on exactly one day, so
-        summing the days gives exact month totals.
+        Requests and successes (gateway.ledger.success) always come from `requests`, dated
+        by received_at, so every segmentation counts the same requests and successes. For
+        `model` a request belongs to its final deployment (the one whose answer the client
+        got; "-" when none answered), while the attempt measures (tokens, cost, retries…)
+        belong to the deployment that spent them, per deployment × request and dated by the
+        first attempt there. Otherwise everything is per request, joined to `requests`.
+        Each request (or deployment × request) falls on exactly one day, so summing the days
+        gives exact month totals.
         """
         a, r = attempts_table.c, requests_table.c
         if by not in SEGMENTS:
             raise ValueError(f"by must be one of {', '.join(SEGMENTS)}, not {by!r}")
         input_tokens = a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens
-        gate_ok = a.gate_outcome.is_(None) | (a.gate_outcome == "pass")
-        clean = (a.role == "primary") & a.error_class.is_(None) & gate_ok
+        # A clean attempt is attempt-level (the list price of one good first try), not a
+        # successful request.
+        clean = (a.role == "primary") & a.error_class.is_(None) & gate_passed(a.gate_outcome)
         # A response-cache hit reached the client (a success) but no provider served its
         # tokens: they stay out of the token sums (and its cost is 0).
         hit = a.role == CACHE_HIT
@@ -411,25 +444,8 @@ class ReportStore:
             func.sum(a.saved_usd).label("saved"),
         ]
         lo, hi = _utc(start, self._pg), _utc(end, self._pg)
-        if by == "model":
-            # A success here: one of this deployment's attempts answered and passed the gate.
-            ok_attempt = a.error_class.is_(None) & gate_ok
-            per = (
-                select(
-                    a.deployment.label("segment"),
-                    func.min(a.started_at).label("first"),
-                    func.max(flag(ok_attempt)).label("ok"),
-                    *measures,
-                )
-                .where(a.started_at >= lo, a.started_at < hi)
-                .group_by(a.deployment, a.request_id)
-            ).subquery()
-            segment: ColumnElement[Any] = per.c.segment
-            day = self._utc_day(per.c.first)
-            ok: ColumnElement[Any] = per.c.ok
-            source: Any = per
-            window: list[ColumnElement[bool]] = []
-        else:
+        received = [r.received_at >= lo, r.received_at < hi]
+        if by != "model":
             # Attempts start after their request arrives and end within its timeouts: a day
             # of slack on both sides keeps the attempt scan on the started_at index.
             per = (
@@ -440,43 +456,53 @@ class ReportStore:
             column = {"route": r.route, "workload": r.workload, "key": r.key_id}[by]
             segment = func.coalesce(column, literal("-"))
             day = self._utc_day(r.received_at)
-            ok = flag(
-                (r.final_status == 200) & (r.gate_outcome.is_(None) | (r.gate_outcome == "pass"))
-            )
             # LEFT JOIN keeps requests that never reached an upstream (rejected, no route).
-            source = requests_table.outerjoin(per, per.c.rid == r.id)
-            window = [r.received_at >= lo, r.received_at < hi]
-        p = per.c
-        return (
-            select(
-                segment,
-                day,
-                func.count(),
-                func.sum(ok),
-                *(
-                    func.coalesce(func.sum(p[name]), 0)
-                    for name in (
-                        "attempts",
-                        "retries",
-                        "fallback",
-                        "gated",
-                        "passed",
-                        "input",
-                        "cached",
-                        "output",
-                    )
-                ),
-                func.sum(p.cost),
-                func.coalesce(func.sum(p.clean), 0),
-                func.sum(p.clean_cost),
-                func.coalesce(func.sum(p.clean_tok), 0),
-                func.coalesce(func.sum(p.hits), 0),
-                func.sum(p.saved),
+            return (
+                select(segment, day, func.count(), func.sum(SUCCESS_FLAG), *_measure_sums(per))
+                .select_from(requests_table.outerjoin(per, per.c.rid == r.id))
+                .where(*received)
+                .group_by(segment, day)
             )
-            .select_from(source)
-            .where(*window)
-            .group_by(segment, day)
+        per = (
+            select(
+                a.deployment.label("segment"),
+                func.min(a.started_at).label("first"),
+                *measures,
+            )
+            .where(a.started_at >= lo, a.started_at < hi)
+            .group_by(a.deployment, a.request_id)
+        ).subquery()
+        spent_day = self._utc_day(per.c.first)
+        zero: ColumnElement[Any] = literal_column("0")
+        spent = select(
+            per.c.segment.label("segment"),
+            spent_day.label("day"),
+            zero.label("requests"),
+            zero.label("ok"),
+            *(m.label(name) for name, m in zip(_MEASURES, _measure_sums(per), strict=True)),
+        ).group_by(per.c.segment, spent_day)
+        answered_by = func.coalesce(r.final_deployment, literal("-"))
+        answered_day = self._utc_day(r.received_at)
+        answered = (
+            select(
+                answered_by.label("segment"),
+                answered_day.label("day"),
+                func.count().label("requests"),
+                func.sum(SUCCESS_FLAG).label("ok"),
+                *(
+                    (cast(null(), COST) if name in _MONEY else zero).label(name)
+                    for name in _MEASURES
+                ),
+            )
+            .where(*received)
+            .group_by(answered_by, answered_day)
         )
+        u = union_all(spent, answered).subquery()
+        return select(
+            u.c.segment,
+            u.c.day,
+            *(func.sum(u.c[name]) for name in ("requests", "ok", *_MEASURES)),
+        ).group_by(u.c.segment, u.c.day)
 
     async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
         async with self.engine.begin() as conn:
@@ -589,6 +615,35 @@ class ReportStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return None if row is None else dict(row)
+
+
+# The attempt measures per segment × day, in the order segment_report reads them.
+_MEASURES = (
+    "attempts",
+    "retries",
+    "fallback",
+    "gated",
+    "passed",
+    "input",
+    "cached",
+    "output",
+    "cost",
+    "clean",
+    "clean_cost",
+    "clean_tok",
+    "hits",
+    "saved",
+)
+_MONEY = frozenset({"cost", "clean_cost", "saved"})
+
+
+def _measure_sums(per: Any) -> list[ColumnElement[Any]]:
+    """Sums of the per-request attempt measures (NULL money stays NULL: nothing priced)."""
+    p = per.c
+    return [
+        func.sum(p[name]) if name in _MONEY else func.coalesce(func.sum(p[name]), 0)
+        for name in _MEASURES
+    ]
 
 
 async def _report_session(conn: Any) -> None:

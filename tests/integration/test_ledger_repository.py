@@ -311,11 +311,18 @@ def test_postgres_outage_raises_then_recovers(postgres: PostgresServer, pg_url: 
 
 
 LEDGER_REQUESTS = [
-    req("r1", route="chat", key_id="k1", attempts=2),
+    # Answered by its fallback on slow@other.
+    req("r1", route="chat", key_id="k1", attempts=2, final_deployment="slow@other"),
     req("r2", route="chat", key_id="k2", received_at=T0 + timedelta(minutes=1)),
-    req("r3", route="extract", key_id="k1", received_at=T0 + timedelta(minutes=2)),
+    req(
+        "r3",
+        route="extract",
+        key_id="k1",
+        received_at=T0 + timedelta(minutes=2),
+        final_deployment="slow@other",
+    ),
     # Rejected before any upstream call: counts as a request with no attempts.
-    req("r4", route="chat", key_id=None, attempts=0, final_status=429),
+    req("r4", route="chat", key_id=None, attempts=0, final_status=429, final_deployment=None),
     req("r-old", route="chat", key_id="k1", received_at=T0 - timedelta(days=2)),
 ]
 SLOW: dict[str, Any] = {"deployment": "slow@other", "provider": "other", "upstream_model": "m-slow"}
@@ -393,9 +400,12 @@ def test_usage_by_key_keeps_keyless_requests(db_url: str) -> None:
 
 
 def test_usage_by_deployment(db_url: str) -> None:
+    # Attempts, tokens and cost where they were spent; requests and successes where they were
+    # answered (final deployment), so they add up to the by-route totals (4 and 3).
     assert _usage(db_url, "deployment") == [
-        line("fast@sim", 2, 2, (150, 70, 5, 40, 12), "0.0030", 0, 2),
+        line("fast@sim", 1, 2, (150, 70, 5, 40, 12), "0.0030", 0, 1),
         line("slow@other", 2, 2, (107, 0, 0, 43, 0), "0.0000001234", 1, 2),
+        line(None, 1, 0, (0, 0, 0, 0, 0), "0", 0, 0),
     ]
 
 

@@ -150,12 +150,18 @@ def test_lcpr_by_route(db: str, tmp_path: Path) -> None:
 
     code, output = _run(*base, "--by", "model")
     by_dep = {s["segment"]: s for s in json.loads(output)["segments"]}
-    # fast@sim served r1 (retry succeeded), r2 (timed out) and r3 (gate failed): 1 success;
-    # big@gpu answered r2 as the fallback and carries the GPU's $1,440.
+    # A request belongs to the deployment that answered it: fast@sim answered r1 (retry
+    # succeeded) and r3 (gate failed): 1 success; big@gpu answered r2 as the fallback and
+    # carries the GPU's $1,440. fast@sim's tokens still include r2's timed-out attempt.
     fast, big = by_dep["fast@sim"], by_dep["big@gpu"]
-    assert (fast["requests"], fast["successful"]) == (3, 1)
+    assert (fast["requests"], fast["successful"]) == (2, 1)
     assert D(fast["token_cost_usd"]) == D("0.00044")
     assert (big["requests"], big["successful"], D(big["dedicated_cost_usd"])) == (1, 1, 1440)
+    # Same requests and successes as by route: 3 and 2.
+    assert (sum(s["requests"] for s in by_dep.values()), json.loads(output)["successful"]) == (
+        3,
+        2,
+    )
 
 
 def test_reconcile_names_the_day_missing_from_the_invoice(db: str, tmp_path: Path) -> None:
