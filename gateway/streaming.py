@@ -292,8 +292,9 @@ def replay_as_stream(body: bytes, wants_usage: bool) -> bytes:
         "object": "chat.completion.chunk",
         "created": data.get("created", 0),
         "model": data.get("model", ""),
-        "system_fingerprint": data.get("system_fingerprint"),
     }
+    if isinstance(data.get("system_fingerprint"), str):  # the spec has no null for it
+        head["system_fingerprint"] = data["system_fingerprint"]
     events: list[dict[str, Any]] = []
     for choice in data.get("choices") or ():
         index = choice.get("index", 0)

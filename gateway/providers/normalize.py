@@ -220,6 +220,14 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _fingerprint(raw: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """`system_fingerprint` only when the provider sent one: the spec types it `string`,
+    and litellm reports `None` for every provider that has no such thing."""
+    value = raw.get("system_fingerprint")
+    if isinstance(value, str):
+        out["system_fingerprint"] = value
+
+
 def response(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A `chat.completion` with exactly the OpenAI fields."""
     choices = []
@@ -256,8 +264,8 @@ def response(raw: Mapping[str, Any]) -> dict[str, Any]:
         "model": str(raw.get("model") or ""),
         "choices": choices,
         "usage": usage(raw.get("usage")),
-        "system_fingerprint": raw.get("system_fingerprint"),
     }
+    _fingerprint(raw, body)
     if isinstance(raw.get("service_tier"), str):
         body["service_tier"] = raw["service_tier"]
     return body
@@ -275,8 +283,8 @@ def chunks(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
         "object": "chat.completion.chunk",
         "created": _count(raw.get("created")),
         "model": str(raw.get("model") or ""),
-        "system_fingerprint": raw.get("system_fingerprint"),
     }
+    _fingerprint(raw, head)
     out: list[dict[str, Any]] = []
     choices = []
     for position, choice in enumerate(raw.get("choices") or ()):

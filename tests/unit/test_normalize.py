@@ -155,8 +155,9 @@ def test_response_has_exactly_the_openai_fields() -> None:
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         },
-        "system_fingerprint": None,
-    }
+    }  # no `system_fingerprint: null`: the OpenAPI spec types it string
+    with_fingerprint = {**litellm_response(content="Hi"), "system_fingerprint": "fp_1"}
+    assert normalize.response(with_fingerprint)["system_fingerprint"] == "fp_1"
 
 
 def test_response_tool_calls_have_string_arguments() -> None:
@@ -205,7 +206,7 @@ def test_stream_chunks_drop_empty_ones_and_extras() -> None:
     assert normalize.chunks(chunk({"content": None, "role": None, "function_call": None})) == []
     [first] = normalize.chunks(chunk({"content": "", "role": "assistant", "audio": None}))
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert set(first) == {"id", "object", "created", "model", "system_fingerprint", "choices"}
+    assert set(first) == {"id", "object", "created", "model", "choices"}  # fingerprint was None
     [last] = normalize.chunks(chunk({}, finish="end_turn"))
     assert last["choices"][0] == {
         "index": 0,
