@@ -1,4 +1,5 @@
-"""The only module that speaks SQL to the ledger (reports/ aside).
+"""The only module that speaks SQL to the ledger (reports/ aside; the `farebox usage`
+queries are built in gateway.ledger.usage and run here).
 
 Writes are idempotent by primary key: the batch writer may replay a spooled batch any number
 of times. Every database error propagates so the caller can spool the batch to disk.
@@ -9,27 +10,19 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
-    Select,
     Table,
     case,
-    cast,
     event,
     func,
     inspect,
-    literal_column,
-    null,
     select,
     text,
-    type_coerce,
-    union_all,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -37,8 +30,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.events import PROVIDER, AttemptRow, RequestRow
-from gateway.ledger.models import COST, attempts_table, requests_table
-from gateway.ledger.success import SUCCESS_FLAG, SUCCESSFUL
+from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.usage import UsageLine, decimal_of, usage_line, usage_query
 
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRow))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))
@@ -47,53 +40,6 @@ _GETTERS = {
     "requests": operator.attrgetter(*_REQUEST_FIELDS),
     "attempts": operator.attrgetter(*_ATTEMPT_FIELDS),
 }
-_TOKEN_COLUMNS = (
-    "input_uncached_tokens",
-    "cached_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageLine:
-    """One row of `farebox usage`.
-
-    `group` is the route, key id or deployment (None for requests made without a key, or,
-    by deployment, requests no deployment answered). Token and cost totals cover every
-    attempt (retries, fallbacks, hedges are all billed). `cost_usd` sums only priced
-    attempts; `unpriced_attempts` says how many were left out, so an unknown price never
-    silently reads as $0.
-
-    By deployment, attempts, tokens and cost are the deployment's own attempts, while
-    `requests` and `successful` count the requests it answered (their final deployment):
-    `requests` and `successful` then sum to the same totals in every grouping.
-    """
-
-    group: str | None
-    requests: int
-    attempts: int
-    input_uncached_tokens: int
-    cached_read_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_usd: Decimal
-    unpriced_attempts: int
-    # Successful requests (gateway.ledger.success); by deployment, those it answered.
-    successful: int = 0
-    # Attempts that failed (any error class): the attempt-level error rate, not the
-    # complement of `successful`.
-    failed_attempts: int = 0
-
-    @property
-    def cost_per_success(self) -> Decimal | None:
-        """Spend divided by successes: what one good answer really costs (failed and
-        escalated attempts included)."""
-        if not self.successful:
-            return None
-        return self.cost_usd / self.successful
 
 
 def ensure_sqlite_directory(url: str) -> None:
@@ -312,40 +258,17 @@ class LedgerRepository:
         )
         async with self.engine.connect() as conn:
             total = (await conn.execute(stmt)).scalar_one()
-        return _decimal(total)
+        return decimal_of(total)
 
     async def usage(self, since: datetime, by: str) -> list[UsageLine]:
         """Totals since `since`, grouped by route, key or deployment, most expensive first."""
         if since.tzinfo is None:
             raise ValueError("since must be timezone-aware")
         # SQLite stores timestamps as text without an offset, so compare in UTC everywhere.
-        since = since.astimezone(UTC)
-        if by in ("route", "key"):
-            stmt = _usage_by_request(since, by)
-        elif by == "deployment":
-            stmt = _usage_by_deployment(since)
-        else:
-            raise ValueError(f"by must be route, key or deployment, not {by!r}")
+        stmt = usage_query(since.astimezone(UTC), by)
         async with self.engine.connect() as conn:
-            result = await conn.execute(stmt)
-            rows = result.all()
-        return [
-            UsageLine(
-                group=row[0],
-                requests=int(row[1] or 0),
-                attempts=int(row[2] or 0),
-                input_uncached_tokens=int(row[3] or 0),
-                cached_read_tokens=int(row[4] or 0),
-                cache_write_tokens=int(row[5] or 0),
-                output_tokens=int(row[6] or 0),
-                reasoning_tokens=int(row[7] or 0),
-                cost_usd=_decimal(row[8]),
-                unpriced_attempts=int(row[9] or 0),
-                successful=int(row[10] or 0),
-                failed_attempts=int(row[11] or 0),
-            )
-            for row in rows
-        ]
+            rows = (await conn.execute(stmt)).all()
+        return [usage_line(row) for row in rows]
 
 
 def _stage(table: Table) -> str:
@@ -362,111 +285,3 @@ def _row(item: Any, fields: tuple[str, ...]) -> dict[str, Any]:
         if value is not None and value.tzinfo is not None:
             row[name] = value.astimezone(UTC)
     return row
-
-
-def _decimal(value: Any) -> Decimal:
-    if value is None:
-        return Decimal(0)
-    if isinstance(value, Decimal):
-        return value
-    # SQLite sums NUMERIC as REAL; go through str so the float's repr, not its binary
-    # expansion, becomes the Decimal.
-    return Decimal(str(value))
-
-
-def _attempt_aggregates(
-    group: ColumnElement[Any], requests: ColumnElement[Any], successful: ColumnElement[Any]
-) -> tuple[list[ColumnElement[Any]], ColumnElement[Any]]:
-    """Select list for the per-request groupings, plus the expression to rank groups by cost."""
-    a = attempts_table.c
-    tokens = [func.coalesce(func.sum(a[name]), 0) for name in _TOKEN_COLUMNS]
-    cost = func.sum(a.cost_usd)
-    # a.id is NULL for a request without attempts (LEFT JOIN): that is not an unpriced attempt.
-    unpriced = func.coalesce(
-        func.sum(case((a.id.is_not(None) & a.cost_usd.is_(None), 1), else_=0)), 0
-    )
-    failed = func.coalesce(func.sum(case((a.error_class.is_not(None), 1), else_=0)), 0)
-    columns = [
-        group,
-        requests,
-        func.count(a.id),
-        *tokens,
-        type_coerce(cost, COST),
-        unpriced,
-        successful,
-        failed,
-    ]
-    return columns, func.coalesce(cost, 0).desc()
-
-
-def _usage_by_request(since: datetime, by: str) -> Select[Any]:
-    r = requests_table.c
-    group = r.route if by == "route" else r.key_id
-    successful = func.count(func.distinct(case((SUCCESSFUL, r.id))))
-    columns, by_cost = _attempt_aggregates(group, func.count(func.distinct(r.id)), successful)
-    # LEFT JOIN keeps requests that never reached an upstream (rejected, no route) in the count.
-    return (
-        select(*columns)
-        .select_from(requests_table.outerjoin(attempts_table, attempts_table.c.request_id == r.id))
-        .where(r.received_at >= since)
-        .group_by(group)
-        .order_by(by_cost, group)
-    )
-
-
-def _usage_by_deployment(since: datetime) -> Select[Any]:
-    """Attempts, tokens and cost where they were spent (each attempt's deployment); requests
-    and successes where they were answered (each request's final deployment, None when no
-    deployment answered). So the requests and successes of every grouping add up to the same
-    totals, while a deployment's cost still includes its failed attempts."""
-    a, r = attempts_table.c, requests_table.c
-    zero: ColumnElement[Any] = literal_column("0")
-    no_cost = cast(null(), COST)
-    spent = (
-        select(
-            a.deployment.label("grp"),
-            zero.label("requests"),
-            zero.label("successful"),
-            func.count().label("attempts"),
-            *(func.sum(a[name]).label(name) for name in _TOKEN_COLUMNS),
-            func.sum(a.cost_usd).label("cost"),
-            func.sum(case((a.cost_usd.is_(None), 1), else_=0)).label("unpriced"),
-            func.sum(case((a.error_class.is_not(None), 1), else_=0)).label("failed"),
-        )
-        .where(a.started_at >= since)
-        .group_by(a.deployment)
-    )
-    answered = (
-        select(
-            r.final_deployment.label("grp"),
-            func.count().label("requests"),
-            func.sum(SUCCESS_FLAG).label("successful"),
-            zero.label("attempts"),
-            *(zero.label(name) for name in _TOKEN_COLUMNS),
-            no_cost.label("cost"),
-            zero.label("unpriced"),
-            zero.label("failed"),
-        )
-        .where(r.received_at >= since)
-        .group_by(r.final_deployment)
-    )
-    u = union_all(spent, answered).subquery()
-    cost = func.sum(u.c.cost)
-
-    def total(name: str) -> ColumnElement[Any]:
-        return func.coalesce(func.sum(u.c[name]), 0)
-
-    return (
-        select(
-            u.c.grp,
-            total("requests"),
-            total("attempts"),
-            *(total(name) for name in _TOKEN_COLUMNS),
-            type_coerce(cost, COST),
-            total("unpriced"),
-            total("successful"),
-            total("failed"),
-        )
-        .group_by(u.c.grp)
-        .order_by(func.coalesce(cost, 0).desc(), u.c.grp)
-    )

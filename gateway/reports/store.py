@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -25,27 +25,23 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
-    literal_column,
-    null,
     select,
     text,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ledger.models import COST, attempts_table, requests_table
+from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_reports import invoice_lines_table, reconciliations_table
 from gateway.ledger.repository import LedgerRepository
-from gateway.ledger.success import SUCCESS_FLAG, gate_passed
+from gateway.ledger.success import SUCCESS_FLAG
 from gateway.reports.importers import ImportedFile
+from gateway.reports.segments import CACHE_HIT, SEGMENTS, segment_query
 from routing.lcpr import SegmentTotals
 from routing.red_flags import DailyRates
 
-SEGMENTS = ("model", "route", "workload", "key")
-# The attempt role of an answer served from the response cache (gateway/cache.py).
-CACHE_HIT = "cache_hit"
+# SEGMENTS and CACHE_HIT are re-exported: callers have always imported them from here.
+__all__ = ["CACHE_HIT", "SEGMENTS", "AnsweredBy", "LedgerDay", "ReportStore"]
 _ZERO = Decimal(0)
-_SLACK = timedelta(days=1)
 
 
 def _dec(value: Any) -> Decimal:
@@ -397,118 +393,12 @@ class ReportStore:
 
     # --- LCPR --------------------------------------------------------------------------------
 
-    def _segment_query(self, by: str, start: datetime, end: datetime) -> Any:
-        """Per segment × UTC day, in two GROUP BYs: attempts per request first (a hash
-        aggregate, no COUNT(DISTINCT) sort over the month), then per segment.
-
-        Requests and successes (gateway.ledger.success) always come from `requests`, dated
-        by received_at, so every segmentation counts the same requests and successes. For
-        `model` a request belongs to its final deployment (the one whose answer the client
-        got; "-" when none answered), while the attempt measures (tokens, cost, retries…)
-        belong to the deployment that spent them, per deployment × request and dated by the
-        first attempt there. Otherwise everything is per request, joined to `requests`.
-        Each request (or deployment × request) falls on exactly one day, so summing the days
-        gives exact month totals.
-        """
-        a, r = attempts_table.c, requests_table.c
-        if by not in SEGMENTS:
-            raise ValueError(f"by must be one of {', '.join(SEGMENTS)}, not {by!r}")
-        input_tokens = a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens
-        # A clean attempt is attempt-level (the list price of one good first try), not a
-        # successful request.
-        clean = (a.role == "primary") & a.error_class.is_(None) & gate_passed(a.gate_outcome)
-        # A response-cache hit reached the client (a success) but no provider served its
-        # tokens: they stay out of the token sums (and its cost is 0).
-        hit = a.role == CACHE_HIT
-
-        def flag(cond: ColumnElement[bool]) -> ColumnElement[Any]:
-            return case((cond, 1), else_=0)
-
-        def served(tokens: ColumnElement[Any]) -> ColumnElement[Any]:
-            return case((hit, 0), else_=tokens)
-
-        measures = [
-            func.count(a.id).label("attempts"),
-            func.sum(flag(a.role == "retry")).label("retries"),
-            func.max(flag(a.role == "fallback")).label("fallback"),
-            func.sum(flag(a.gate_outcome.is_not(None))).label("gated"),
-            func.sum(flag(a.gate_outcome == "pass")).label("passed"),
-            func.sum(served(input_tokens)).label("input"),
-            func.sum(served(a.cached_read_tokens)).label("cached"),
-            func.sum(served(a.output_tokens)).label("output"),
-            func.sum(a.cost_usd).label("cost"),
-            func.sum(flag(clean)).label("clean"),
-            func.sum(case((clean, a.cost_usd))).label("clean_cost"),
-            func.sum(case((clean, input_tokens + a.output_tokens), else_=0)).label("clean_tok"),
-            func.sum(flag(hit)).label("hits"),
-            func.sum(a.saved_usd).label("saved"),
-        ]
-        lo, hi = _utc(start, self._pg), _utc(end, self._pg)
-        received = [r.received_at >= lo, r.received_at < hi]
-        if by != "model":
-            # Attempts start after their request arrives and end within its timeouts: a day
-            # of slack on both sides keeps the attempt scan on the started_at index.
-            per = (
-                select(a.request_id.label("rid"), *measures)
-                .where(a.started_at >= lo - _SLACK, a.started_at < hi + _SLACK)
-                .group_by(a.request_id)
-            ).subquery()
-            column = {"route": r.route, "workload": r.workload, "key": r.key_id}[by]
-            segment = func.coalesce(column, literal("-"))
-            day = self._utc_day(r.received_at)
-            # LEFT JOIN keeps requests that never reached an upstream (rejected, no route).
-            return (
-                select(segment, day, func.count(), func.sum(SUCCESS_FLAG), *_measure_sums(per))
-                .select_from(requests_table.outerjoin(per, per.c.rid == r.id))
-                .where(*received)
-                .group_by(segment, day)
-            )
-        per = (
-            select(
-                a.deployment.label("segment"),
-                func.min(a.started_at).label("first"),
-                *measures,
-            )
-            .where(a.started_at >= lo, a.started_at < hi)
-            .group_by(a.deployment, a.request_id)
-        ).subquery()
-        spent_day = self._utc_day(per.c.first)
-        zero: ColumnElement[Any] = literal_column("0")
-        spent = select(
-            per.c.segment.label("segment"),
-            spent_day.label("day"),
-            zero.label("requests"),
-            zero.label("ok"),
-            *(m.label(name) for name, m in zip(_MEASURES, _measure_sums(per), strict=True)),
-        ).group_by(per.c.segment, spent_day)
-        answered_by = func.coalesce(r.final_deployment, literal("-"))
-        answered_day = self._utc_day(r.received_at)
-        answered = (
-            select(
-                answered_by.label("segment"),
-                answered_day.label("day"),
-                func.count().label("requests"),
-                func.sum(SUCCESS_FLAG).label("ok"),
-                *(
-                    (cast(null(), COST) if name in _MONEY else zero).label(name)
-                    for name in _MEASURES
-                ),
-            )
-            .where(*received)
-            .group_by(answered_by, answered_day)
-        )
-        u = union_all(spent, answered).subquery()
-        return select(
-            u.c.segment,
-            u.c.day,
-            *(func.sum(u.c[name]) for name in ("requests", "ok", *_MEASURES)),
-        ).group_by(u.c.segment, u.c.day)
-
     async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
         async with self.engine.begin() as conn:
             if self._pg:
                 await _report_session(conn)
-            return list((await conn.execute(self._segment_query(by, start, end))).all())
+            query = segment_query(by, _utc(start, self._pg), _utc(end, self._pg), self._utc_day)
+            return list((await conn.execute(query)).all())
 
     async def segment_report(
         self, by: str, start: datetime, end: datetime
@@ -615,35 +505,6 @@ class ReportStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return None if row is None else dict(row)
-
-
-# The attempt measures per segment × day, in the order segment_report reads them.
-_MEASURES = (
-    "attempts",
-    "retries",
-    "fallback",
-    "gated",
-    "passed",
-    "input",
-    "cached",
-    "output",
-    "cost",
-    "clean",
-    "clean_cost",
-    "clean_tok",
-    "hits",
-    "saved",
-)
-_MONEY = frozenset({"cost", "clean_cost", "saved"})
-
-
-def _measure_sums(per: Any) -> list[ColumnElement[Any]]:
-    """Sums of the per-request attempt measures (NULL money stays NULL: nothing priced)."""
-    p = per.c
-    return [
-        func.sum(p[name]) if name in _MONEY else func.coalesce(func.sum(p[name]), 0)
-        for name in _MEASURES
-    ]
 
 
 async def _report_session(conn: Any) -> None:
