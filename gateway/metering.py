@@ -143,7 +143,7 @@ class Meter:
                 "provider": dep.provider,
                 "provider_kind": dep.provider_kind,
                 "upstream_model": dep.upstream_model,
-                "started_at": datetime.now(UTC),
+                "started_at": time.time(),
                 "body_bytes": ctx.body_bytes,
                 "received_at": ctx.received_at,
                 "route": ctx.route,

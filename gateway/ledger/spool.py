@@ -24,16 +24,22 @@ from gateway.ledger.events import AttemptRow, RequestRow
 Batch = tuple[list[RequestRow], list[AttemptRow]]
 
 
-def _default(value: Any) -> Any:
+def encode_default(value: Any) -> Any:
+    """orjson's fallback: Decimals go as strings, so no cost loses precision on disk."""
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"cannot spool {type(value).__name__}")
 
 
 def encode_batch(requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> bytes:
-    # orjson writes dataclasses and aware datetimes natively; Decimals go as strings so
-    # no cost loses precision on the way through the spool.
-    return orjson.dumps({"r": list(requests), "a": list(attempts)}, default=_default) + b"\n"
+    # orjson writes dataclasses and aware datetimes natively.
+    return orjson.dumps({"r": list(requests), "a": list(attempts)}, default=encode_default) + b"\n"
+
+
+def decode_row(cls: type[Any], data: dict[str, Any]) -> Any:
+    """A RequestRow or AttemptRow from its JSON fields (names it no longer has are ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return _row(cls, {k: v for k, v in data.items() if k in known})
 
 
 def _row(cls: type[Any], data: dict[str, Any]) -> Any:

@@ -9,7 +9,6 @@ id there), so the ledger is compared with what reached the upstream id by id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import threading
@@ -22,6 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.ledger.journal import open_calls
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.ledger_reads import sql_rows
 from tests.services import PostgresServer
@@ -102,21 +102,6 @@ class Load:
             self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
 
 
-def open_intents(journal_dir: Path) -> set[str]:
-    """Attempt ids the journal shows as started and not finished."""
-    started: set[str] = set()
-    finished: set[str] = set()
-    for path in journal_dir.glob("journal-*.jsonl"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in path.read_bytes().splitlines():
-                data = orjson.loads(line)
-                if "i" in data:
-                    started.add(data["i"])
-                else:
-                    finished.update(a["id"] for a in data["a"])
-    return started - finished
-
-
 def kill_when_every_open_call_reached_the_upstream(gw: GatewayProcess, sim: str, tmp: Path) -> int:
     """SIGSTOP the gateway, and SIGKILL it only at a moment when every upstream call it has
     journalled as started did reach the simulator. (A call journalled but not yet sent when
@@ -126,7 +111,7 @@ def kill_when_every_open_call_reached_the_upstream(gw: GatewayProcess, sim: str,
     journal_dir = tmp / "spool" / "journal"
     for _ in range(200):
         os.kill(gw.proc.pid, signal.SIGSTOP)
-        pending = open_intents(journal_dir)
+        pending = open_calls(journal_dir)
         deadline = time.monotonic() + 0.3
         while pending - set(received_ids(sim)) and time.monotonic() < deadline:
             time.sleep(0.01)  # bytes already on the wire still reach the simulator

@@ -86,7 +86,7 @@ def intent_fields(request_id: str, body_bytes: int = 400) -> dict[str, object]:
         "provider": "sim",
         "provider_kind": "serverless",
         "upstream_model": "sim-small",
-        "started_at": NOW,
+        "started_at": NOW.timestamp(),
         "body_bytes": body_bytes,
         "received_at": NOW,
         "route": "chat",
