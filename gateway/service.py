@@ -9,6 +9,7 @@ and gateway.speculative; streams are relayed by gateway.streaming.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 from gateway.attempts import NO_DEADLINE, AttemptLoop, Run
 from gateway.consensus import complete_consensus
+from gateway.errors import GatewayError
 from gateway.fanout import stream_refused
 from gateway.gating import complete_gated
 from gateway.ledger.events import AttemptRow
@@ -27,6 +29,7 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
     UpstreamStream,
+    unsupported_message,
 )
 from gateway.quality_live import QualityLive
 from gateway.service_ports import (
@@ -124,7 +127,22 @@ class Service:
         self.tracker.succeeded(plan, ctx.shape, row, reply.limits)
         return row
 
+    def _servable(self, ctx: CallContext, plan: Plan) -> Plan:
+        """`plan` without the targets that cannot serve this endpoint at all (litellm
+        providers serve chat only). Asked before any attempt, so a refusal is never
+        recorded as an upstream call: when no target is left, only the request row is."""
+        supports = self._adapter.supports
+        kept = tuple(a for a in plan.attempts if supports(a.deployment, ctx.endpoint))
+        if len(kept) == len(plan.attempts):
+            return plan
+        if not kept:
+            message = unsupported_message(plan.attempts[0].deployment, ctx.endpoint)
+            self.meter.finish(ctx, plan, 400, "unsupported_endpoint", None)
+            raise GatewayError(400, message, code="unsupported_endpoint")
+        return dataclasses.replace(plan, attempts=kept)
+
     async def complete(self, ctx: CallContext, plan: Plan) -> Completion:
+        plan = self._servable(ctx, plan)
         if plan.fanout is not None:
             if plan.fanout.kind == "consensus":
                 return await complete_consensus(self, ctx, plan)
@@ -153,6 +171,7 @@ class Service:
         or a stream that dies before its first event still gets a proper HTTP error or a
         fallback; after it, failures become an in-stream error event.
         """
+        plan = self._servable(ctx, plan)
         if plan.fanout is not None:
             if plan.fanout.streaming == "refuse":
                 raise stream_refused(plan)

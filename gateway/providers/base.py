@@ -63,7 +63,20 @@ class UpstreamStream(Protocol):
     async def close(self) -> None: ...
 
 
+def unsupported_message(deployment: DeploymentSpec, endpoint: str) -> str:
+    """Why `deployment` cannot serve `/v1/{endpoint}` (an adapter's `supports` said no)."""
+    return (
+        f"Deployment {deployment.id} ({deployment.protocol}) does not serve /v1/{endpoint}; "
+        "route this model to an OpenAI-protocol deployment."
+    )
+
+
 class Adapter(Protocol):
+    def supports(self, deployment: DeploymentSpec, endpoint: str) -> bool:
+        """Whether `deployment` can serve `endpoint` at all. Asked before the attempt
+        loop, so a request no target can serve is refused without an upstream attempt."""
+        ...
+
     async def call(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> UpstreamReply: ...

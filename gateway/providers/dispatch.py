@@ -24,6 +24,9 @@ class ProtocolDispatch:
     def _for(self, deployment: DeploymentSpec) -> Adapter:
         return self._by_provider.get(deployment.provider, self._default)
 
+    def supports(self, deployment: DeploymentSpec, endpoint: str) -> bool:
+        return self._for(deployment).supports(deployment, endpoint)
+
     async def call(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> UpstreamReply:

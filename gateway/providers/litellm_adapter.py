@@ -30,6 +30,7 @@ from gateway.providers.base import (
     TIMEOUT,
     UpstreamError,
     UpstreamReply,
+    unsupported_message,
 )
 from gateway.redact import register_credentials, scrub
 from routing.model import DeploymentSpec, Timeouts
@@ -71,6 +72,7 @@ _CHAT_PARAMS = frozenset(
     }
 )
 _SSE_DONE = b"data: [DONE]\n\n"
+_CHAT = "chat/completions"
 _CONNECT_ERRORS = (
     "ConnectError",
     "ClientConnectorError",
@@ -139,6 +141,9 @@ class LitellmAdapter:
     async def close(self) -> None:
         return None  # litellm owns (and caches) its HTTP clients for the process
 
+    def supports(self, deployment: DeploymentSpec, endpoint: str) -> bool:
+        return endpoint == _CHAT  # embeddings and legacy completions need the OpenAI protocol
+
     def _kwargs(
         self,
         deployment: DeploymentSpec,
@@ -171,7 +176,7 @@ class LitellmAdapter:
     async def call(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> UpstreamReply:
-        if endpoint != "chat/completions":
+        if endpoint != _CHAT:  # the service asks `supports` first; this is a backstop
             raise _unsupported(deployment, endpoint)
         kwargs = self._kwargs(deployment, payload, timeouts, _CHAT_PARAMS, stream=False)
         kwargs["_skip_mcp_handler"] = True  # else tools make litellm import its MCP server
@@ -193,7 +198,7 @@ class LitellmAdapter:
     async def open_stream(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> LitellmStream:
-        if endpoint != "chat/completions":
+        if endpoint != _CHAT:  # the service asks `supports` first; this is a backstop
             raise _unsupported(deployment, endpoint)
         kwargs = self._kwargs(deployment, payload, timeouts, _CHAT_PARAMS, stream=True)
         kwargs["_skip_mcp_handler"] = True
@@ -318,8 +323,7 @@ def _unsupported(deployment: DeploymentSpec, endpoint: str) -> UpstreamError:
         status=400,
         body={
             "error": {
-                "message": f"Deployment {deployment.id} ({deployment.protocol}) does not serve "
-                f"/v1/{endpoint}; route this model to an OpenAI-protocol deployment.",
+                "message": unsupported_message(deployment, endpoint),
                 "type": "invalid_request_error",
                 "param": None,
                 "code": "unsupported_endpoint",

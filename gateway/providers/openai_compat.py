@@ -70,6 +70,9 @@ class OpenAICompatAdapter:
     async def close(self) -> None:
         await self._session.close()
 
+    def supports(self, deployment: DeploymentSpec, endpoint: str) -> bool:
+        return True  # the OpenAI protocol serves every endpoint Farebox forwards
+
     def _timeout(self, t: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
         cached = self._timeouts.get((t, stream))
         if cached is None:
