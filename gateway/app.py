@@ -18,10 +18,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics, request_log, telemetry
@@ -29,12 +26,12 @@ from gateway.api.admin import admin_router
 from gateway.api.admin_drills import admin_drills_router
 from gateway.api.admin_keys import admin_keys_router
 from gateway.api.anthropic import AnthropicEndpoints
-from gateway.api.asgi import headers_too_large, new_request_id, reseed_request_ids, send_error
+from gateway.api.app_errors import install_error_handlers
+from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import ops_router
 from gateway.api.status_page import status_router
 from gateway.config_schema import GatewayConfig, load_config
-from gateway.errors import error_body
 from gateway.reload import (
     Reloader,
     ignore_sighup_until_ready,
@@ -101,8 +98,7 @@ class HotPath:
                 server = state.config.server
                 error = headers_too_large(scope, server.max_header_count, server.max_header_bytes)
                 if error is not None:
-                    request_id = new_request_id()
-                    await send_error(send, error, [(b"x-request-id", request_id.encode())])
+                    await send_edge_error(scope, send, error)
                     return
             path = scope["path"]
             if self.endpoints.handles(path):
@@ -174,23 +170,8 @@ def create_app(
     app.include_router(admin_drills_router(holder.get, settings.master_key))
     app.include_router(status_router(holder.get, settings.master_key))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        code = "not_found" if exc.status_code == 404 else None
-        message = "Unknown path." if exc.status_code == 404 else str(exc.detail)
-        return Response(
-            error_body(message, "invalid_request_error", code),
-            status_code=exc.status_code,
-            media_type="application/json",
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return Response(
-            error_body(str(exc.errors()), "invalid_request_error", None),
-            status_code=400,
-            media_type="application/json",
-        )
+    # 404 / 405 / validation / unhandled: the hot path's error shapes and x-request-id.
+    install_error_handlers(app)
 
     app.state.holder = holder
     app.state.endpoints = OpenAIEndpoints(holder.require)

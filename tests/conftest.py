@@ -127,3 +127,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(autouse=True)
+def every_upstream_call_is_metered() -> Iterator[None]:
+    """Attempts equal upstream calls, always: an in-process gateway that started a call
+    (journalled its intent) and never metered it fails whichever test made it happen."""
+    from gateway import metrics
+
+    before = metrics.UNMETERED_CALLS._value.get()
+    yield
+    assert metrics.UNMETERED_CALLS._value.get() == before, "an upstream call got no attempt row"

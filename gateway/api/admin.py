@@ -15,9 +15,23 @@ from fastapi.responses import Response
 
 from gateway.api.asgi import new_request_id
 from gateway.auth import bearer_token, digest
-from gateway.errors import GatewayError, bad_request, too_large, unauthorized
+from gateway.errors import GatewayError, bad_request, clip, too_large, unauthorized
 from gateway.explain import explain_route, parse_chat_request, unknown_route_message
 from gateway.state import GatewayState
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it outgrows `limit`, never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def forbidden(message: str, code: str) -> GatewayError:
@@ -90,12 +104,10 @@ def admin_router(state: Callable[[], GatewayState | None], master_key: str | Non
             spec = current.live.route(route)
             if spec is None:
                 message = unknown_route_message(
-                    route, current.config.routes, current.config.deployments
+                    clip(route), current.config.routes, current.config.deployments
                 )
                 raise GatewayError(404, message, code="route_not_found")
-            body = await request.body()
-            if len(body) > current.max_body_bytes:
-                raise too_large(current.max_body_bytes)
+            body = await read_limited(request, current.max_body_bytes)
             payload = parse_chat_request(body, route)
             data = explain_route(
                 current.live,

@@ -22,11 +22,12 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gateway import drill_admin
-from gateway.api.admin import authorize_admin
+from gateway.api.admin import authorize_admin, read_limited
 from gateway.api.admin_keys import _json, _schema
+from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
 from gateway.drill_config import DrillStart
-from gateway.errors import GatewayError, bad_request, too_large
+from gateway.errors import GatewayError, bad_request, clip
 from gateway.ledger.drills_repository import RUNNING, STOPPING, DrillsRepository
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ def _parse_start(body: bytes) -> DrillStart:
         return DrillStart.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"] if where is None else f"{where}: {first['msg']}"
+        # Field names can be the client's own (an unknown key): field_path bounds them.
+        where = field_path(first["loc"])
+        message = clip(first["msg"]) if where is None else f"{where}: {clip(first['msg'])}"
         raise bad_request(f"Invalid request body: {message}", param=where) from None
 
 
@@ -127,9 +129,7 @@ def admin_drills_router(
 
         async def work() -> Response:
             current, repository = await authorized(request)
-            body = await request.body()
-            if len(body) > current.max_body_bytes:
-                raise too_large(current.max_body_bytes)
+            body = await read_limited(request, current.max_body_bytes)
             start = _parse_start(body)
             problems = drill_admin.problems(current.config, start)
             if problems:
@@ -149,7 +149,9 @@ def admin_drills_router(
                     )
                 )
             except ValueError as exc:
-                raise GatewayError(409, f"{exc}; stop it first.", code="drill_running") from None
+                raise GatewayError(
+                    409, f"{clip(str(exc))}; stop it first.", code="drill_running"
+                ) from None
             assert current.drills is not None
             await current.drills.announce()
             keys = current.key_admin.repository if current.key_admin is not None else None

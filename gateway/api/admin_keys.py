@@ -18,9 +18,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.admin import authorize_admin, forbidden
+from gateway.api.admin import authorize_admin, forbidden, read_limited
+from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
-from gateway.errors import GatewayError, bad_request, too_large
+from gateway.errors import GatewayError, bad_request, clip
 from gateway.key_admin import (
     KeyAdmin,
     KeyDatabaseError,
@@ -44,14 +45,7 @@ def _utc(value: datetime) -> datetime:
 
 
 async def _body(request: Request) -> bytes:
-    """The body, refused (413) as soon as it outgrows MAX_BODY_BYTES, never buffered whole."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large(MAX_BODY_BYTES)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request, MAX_BODY_BYTES)
 
 
 def _parse(model: type[BaseModel], body: bytes) -> dict[str, Any]:
@@ -61,8 +55,9 @@ def _parse(model: type[BaseModel], body: bytes) -> dict[str, Any]:
         parsed = model.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"] if where is None else f"{where}: {first['msg']}"
+        # Field names can be the client's own (an unknown key): field_path bounds them.
+        where = field_path(first["loc"])
+        message = clip(first["msg"]) if where is None else f"{where}: {clip(first['msg'])}"
         raise bad_request(f"Invalid request body: {message}", param=where) from None
     return {name: getattr(parsed, name) for name in parsed.model_fields_set}
 

@@ -141,7 +141,13 @@ def _thinking(message: dict[str, Any]) -> list[dict[str, Any]]:
     signatures a client must send back, bare `reasoning_content` has none."""
     blocks = message.get("thinking_blocks")
     if isinstance(blocks, list) and blocks:
-        return [b for b in blocks if isinstance(b, dict) and b.get("type") in _THINKING_TYPES]
+        return [
+            b
+            for b in blocks
+            if isinstance(b, dict)
+            and isinstance(b.get("type"), str)
+            and b["type"] in _THINKING_TYPES
+        ]
     reasoning = message.get("reasoning_content")
     if isinstance(reasoning, str) and reasoning:
         return [{"type": "thinking", "thinking": reasoning, "signature": ""}]

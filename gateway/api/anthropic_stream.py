@@ -256,5 +256,5 @@ def _error_event(error: Any) -> bytes:
     kind = error.get("type") if isinstance(error, dict) else None
     return stream_error(
         message if isinstance(message, str) and message else "The upstream reported an error.",
-        kind if kind in _SHARED_ERROR_TYPES else "api_error",
+        kind if isinstance(kind, str) and kind in _SHARED_ERROR_TYPES else "api_error",
     )

@@ -14,40 +14,20 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import GatewayError, anthropic_error_type, bad_request, clip
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _USER_BLOCKS = frozenset({"text", "image", "document", "tool_result"})
 _ASSISTANT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
 
-# Status → the Anthropic error type. The SDKs pick the exception class from the status
-# alone, so the type only has to be truthful.
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
 
 def error_body(error: GatewayError) -> bytes:
     """`{"type":"error","error":{"type","message"}}` for the same status as `error`."""
-    return orjson.dumps(
-        {"type": "error", "error": {"type": error_type(error.status), "message": error.message}}
-    )
+    return error.anthropic_body()
 
 
 def error_type(status: int) -> str:
-    known = _ERROR_TYPES.get(status)
-    if known is not None:
-        return known
-    return "api_error" if status >= 500 else "invalid_request_error"
+    return anthropic_error_type(status)
 
 
 def to_openai(request: dict[str, Any], *, need_max_tokens: bool = True) -> dict[str, Any]:
@@ -153,9 +133,9 @@ def _message(message: Any, where: str) -> list[dict[str, Any]]:
     known = _USER_BLOCKS if role == "user" else _ASSISTANT_BLOCKS
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind not in known:
+        if not isinstance(kind, str) or kind not in known:
             raise bad_request(
-                f"{where}.content[{j}]: block type {kind!r} is not supported in a {role} "
+                f"{where}.content[{j}]: block type {_shown(kind)} is not supported in a {role} "
                 f"message here (supported: {', '.join(sorted(known))}).",
                 param=f"{where}.content[{j}].type",
                 code="invalid_value",
@@ -326,7 +306,7 @@ def _tools(request: dict[str, Any], payload: dict[str, Any]) -> None:
                 raise _invalid(where, "an object")
             if tool.get("type", "custom") != "custom":
                 raise bad_request(
-                    f"{where}: server tool {tool.get('type')!r} is not supported here; "
+                    f"{where}: server tool {_shown(tool.get('type'))} is not supported here; "
                     "only client tools (name, description, input_schema) are.",
                     param=f"{where}.type",
                     code="invalid_value",
@@ -346,7 +326,7 @@ def _tools(request: dict[str, Any], payload: dict[str, Any]) -> None:
     if choice is None:
         return
     kind = choice.get("type") if isinstance(choice, dict) else None
-    if not isinstance(choice, dict) or (kind not in _TOOL_CHOICES and kind != "tool"):
+    if not isinstance(kind, str) or (kind not in _TOOL_CHOICES and kind != "tool"):
         raise _invalid("tool_choice", "an object of type auto, any, tool or none")
     if kind == "tool":
         name = choice.get("name")
@@ -367,3 +347,12 @@ def _invalid(field: str, expected: str | None) -> GatewayError:
             f"{field}: Field required", param=field, code="missing_required_parameter"
         )
     return bad_request(f"{field}: expected {expected}.", param=field, code="invalid_value")
+
+
+def _shown(value: Any) -> str:
+    """A client's value quoted in an error, bounded: a 1 MB block type comes back short."""
+    if isinstance(value, str):
+        return repr(clip(value))
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    return repr(value)

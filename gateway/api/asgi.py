@@ -243,6 +243,23 @@ async def _read(receive: Receive, limit: int) -> bytes:
             return b"".join(parts)
 
 
+# Paths whose clients speak Anthropic's wire format, sub-paths included: their errors take
+# Anthropic's body shape and also carry `request-id` (what the Anthropic SDKs read).
+_ANTHROPIC_PREFIXES = ("/v1/messages", "/messages")
+
+
+def speaks_anthropic(path: str) -> bool:
+    for prefix in _ANTHROPIC_PREFIXES:
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            return True
+    return False
+
+
+def id_headers(request_id: str, anthropic: bool) -> Headers:
+    raw = request_id.encode()
+    return [(b"x-request-id", raw), (b"request-id", raw)] if anthropic else [(b"x-request-id", raw)]
+
+
 async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -256,3 +273,11 @@ async def send_error(
     headers.append(JSON_TYPE)
     headers.extend(error.extra_headers)
     await send_bytes(send, error.status, error.body() if body is None else body, headers)
+
+
+async def send_edge_error(scope: Scope, send: Send, error: GatewayError) -> None:
+    """Answer an error found before any handler ran (a 431 head), in the wire format of
+    the request's path, under a new request id."""
+    anthropic = speaks_anthropic(scope["path"])
+    headers = id_headers(new_request_id(), anthropic)
+    await send_error(send, error, headers, error.anthropic_body() if anthropic else None)

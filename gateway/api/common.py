@@ -25,7 +25,7 @@ from gateway.api.asgi import (
     send_error,
 )
 from gateway.auth import MISS, Principal, bearer_token
-from gateway.errors import GatewayError, model_not_found, unauthorized
+from gateway.errors import GatewayError, clip, model_not_found, unauthorized
 from gateway.limits import Admission, ask_for, rate_headers
 from gateway.metering import CallContext
 from gateway.service import DONE, StreamingCompletion
@@ -227,9 +227,13 @@ def header_value(text: str) -> bytes:
     return clean[:512].encode("latin-1")
 
 
-def method_not_allowed(method: str, path: str) -> GatewayError:
+def method_not_allowed(method: str, path: str, allowed: str = "POST") -> GatewayError:
+    """405 naming the method the path takes (also in `allow`, as RFC 9110 asks)."""
     return GatewayError(
-        405, f"Method {method} is not allowed on {path}.", code="method_not_allowed"
+        405,
+        f"Method {clip(method, 32)} is not allowed on {clip(path)}; use {allowed}.",
+        code="method_not_allowed",
+        headers=[(b"allow", allowed.encode())],
     )
 
 

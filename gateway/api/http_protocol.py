@@ -20,37 +20,68 @@ adds a counter and a flag; the only timer is one per connection (or per slow hea
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
+from http import HTTPStatus
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import GatewayError
+from gateway.api.asgi import new_request_id, speaks_anthropic
+from gateway.errors import GatewayError, clip
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 
-
-def _response(error: GatewayError, reason: str) -> bytes:
-    body = error.body()
-    return (
-        f"HTTP/1.1 {error.status} {reason}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    ).encode() + body
+log = logging.getLogger("farebox.api")
 
 
-HEAD_TOO_LARGE = _response(
-    GatewayError(
+def head_too_large() -> GatewayError:
+    return GatewayError(
         431,
         "The request line and headers are larger than this server accepts.",
         code="request_header_fields_too_large",
-    ),
-    "Request Header Fields Too Large",
-)
-HEAD_TIMEOUT = _response(
-    GatewayError(408, "The request headers did not arrive in time.", code="request_timeout"),
-    "Request Timeout",
-)
+    )
+
+
+def head_timeout() -> GatewayError:
+    return GatewayError(408, "The request headers did not arrive in time.", code="request_timeout")
+
+
+def malformed(reason: str | None) -> GatewayError:
+    detail = f" ({clip(reason, 200)})" if reason else ""
+    return GatewayError(
+        400,
+        f"The request is not valid HTTP/1.1{detail}: check the request line, the header "
+        "names and values, Content-Length and the chunked body encoding.",
+        code="malformed_http_request",
+    )
+
+
+def error_response(
+    error: GatewayError,
+    url: bytes | None,
+    request_id: str,
+    default_headers: list[tuple[bytes, bytes]] = [],  # noqa: B006 - read only
+) -> bytes:
+    """A complete HTTP/1.1 answer that closes the connection: JSON in the wire format the
+    request's path speaks (Anthropic's on /v1/messages*, when the path got parsed)."""
+    path = url.split(b"?", 1)[0].decode("latin-1") if url else ""
+    anthropic = speaks_anthropic(path)
+    body = error.anthropic_body() if anthropic else error.body()
+    raw_id = request_id.encode()
+    head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n".encode()]
+    for name, value in default_headers:
+        head += [name, b": ", value, b"\r\n"]
+    head += [
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-request-id: " + raw_id + b"\r\n",
+    ]
+    if anthropic:
+        head.append(b"request-id: " + raw_id + b"\r\n")
+    head.append(b"connection: close\r\n\r\n")
+    return b"".join(head) + body
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -63,6 +94,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        # True while `self.url` belongs to the message being parsed (not the last one).
+        self._url_live = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -76,11 +109,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._url_live = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._url_live = False
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -89,9 +127,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Still inside a head after this read: count it, and make sure it is timed.
         self._head_bytes += len(data)
         if self._head_bytes > self._max_head:
-            self._reject(HEAD_TOO_LARGE)
+            self._reject(head_too_large())
         elif self._head_timer is None:
             self._arm_head_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes llhttp cannot parse (a bad request line, header
+        characters, Content-Length or chunk framing) is a text/plain 400; ours is JSON.
+
+        uvicorn calls this inside its `except httptools.HttpParserError`, so the exception
+        in flight says what llhttp disliked.
+        """
+        exc = sys.exc_info()[1]
+        reason = str(exc) if isinstance(exc, httptools.HttpParserError) else None
+        self._reject(malformed(reason))
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self._head_timeout, self._head_expired)
@@ -105,11 +154,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
             if self._head_bytes:
-                self._reject(HEAD_TIMEOUT)
+                self._reject(head_timeout())
             else:  # nothing sent at all: just hang up, as on an idle keep-alive connection
                 self.transport.close()
 
-    def _reject(self, response: bytes) -> None:
+    def _reject(self, error: GatewayError) -> None:
+        """Answer `error` and close the connection, unless an answer is already under way."""
         self._cancel_head_timer()
-        self.transport.write(response)
+        cycle = self.cycle
+        in_body = self._url_live and not self._in_head  # `cycle` is this request's
+        if in_body and cycle is not None and cycle.response_complete:
+            # Answered already (a 401 before the body was read): nothing more to say.
+            self.transport.close()
+            return
+        if cycle is not None and not cycle.response_complete:
+            # The request's handler may still run (a bad chunk arrived while it read the
+            # body): from now on it sees a disconnect, and anything it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                # Part of its answer is out: a second status line would corrupt it.
+                self.transport.close()
+                return
+        request_id = new_request_id()
+        log.info("HTTP-level %d (request %s): %s", error.status, request_id, error.message)
+        url = self.url if self._url_live else None
+        default_headers = self.server_state.default_headers
+        self.transport.write(error_response(error, url, request_id, default_headers))
         self.transport.close()

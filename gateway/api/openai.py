@@ -69,7 +69,7 @@ class OpenAIEndpoints:
         route = GENERATION_ROUTES.get(path)
         if route is None:
             if scope["method"] != "GET":
-                raise method_not_allowed(scope["method"], path)
+                raise method_not_allowed(scope["method"], path, "GET")
             headers.append(JSON_TYPE)
             await send_bytes(send, 200, state.models_body, headers)
             return

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import GatewayError, bad_request, clip
 
 MESSAGE_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 ENCODINGS = frozenset({"float", "base64"})
@@ -46,7 +46,7 @@ def parse_object(body: bytes, limits: JsonLimits | None = None) -> dict[str, Any
             # orjson's own recursion cap (1024) is far above any configured one.
             depth = limits.max_json_depth if limits is not None else 1024
             raise _too_deep(depth, None) from None
-        reason = "is not valid UTF-8" if "UTF-8" in text else f"is not valid JSON ({exc})"
+        reason = "is not valid UTF-8" if "UTF-8" in text else f"is not valid JSON ({clip(text)})"
         raise bad_request(f"Request body {reason}.") from None
     if not isinstance(payload, dict):
         raise bad_request(f"Request body must be a JSON object, not {_kind(payload)}.")
@@ -91,16 +91,18 @@ def _walk(payload: dict[str, Any], max_depth: int, max_items: int, max_keys: int
         depth = 2  # the body itself is level 1
         while level:
             if depth > max_depth:
-                raise _too_deep(max_depth, field)
+                raise _too_deep(max_depth, clip(field))
             below: list[Any] = []
             for node in level:
                 if type(node) is list:
                     if len(node) > max_items:
-                        raise _too_wide(f"An array in '{field}'", "items", max_items, field)
+                        name = clip(field)
+                        raise _too_wide(f"An array in '{name}'", "items", max_items, name)
                     below += [c for c in node if type(c) in _CONTAINERS]
                 else:
                     if len(node) > max_keys:
-                        raise _too_wide(f"An object in '{field}'", "members", max_keys, field)
+                        name = clip(field)
+                        raise _too_wide(f"An object in '{name}'", "members", max_keys, name)
                     below += [c for c in node.values() if type(c) in _CONTAINERS]
             level = below
             depth += 1
