@@ -94,8 +94,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        # True while `self.url` belongs to the message being parsed (not the last one).
-        self._url_live = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -109,16 +107,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
-        self._url_live = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._url_live = False
-        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -162,7 +155,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answer `error` and close the connection, unless an answer is already under way."""
         self._cancel_head_timer()
         cycle = self.cycle
-        in_body = self._url_live and not self._in_head  # `cycle` is this request's
+        # Past the head, `cycle` is this request's: llhttp begins every message (even one
+        # that fails on its first byte) with on_message_begin, which resets the head state
+        # and `self.url`.
+        in_body = not self._in_head
         if in_body and cycle is not None and cycle.response_complete:
             # Answered already (a 401 before the body was read): nothing more to say.
             self.transport.close()
@@ -178,7 +174,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
         request_id = new_request_id()
         log.info("HTTP-level %d (request %s): %s", error.status, request_id, error.message)
-        url = self.url if self._url_live else None
+        url: bytes | None = getattr(self, "url", None)  # set by the first on_message_begin
         default_headers = self.server_state.default_headers
         self.transport.write(error_response(error, url, request_id, default_headers))
         self.transport.close()
