@@ -1,8 +1,8 @@
 """What per-key limits say to a client, and what a request asks of them.
 
-The `x-ratelimit-*` headers, the 429 / 400 / 503 errors a refusal becomes, and `ask_for`:
-the tokens and worst-case cost a request reserves. Split from gateway/limits.py, which
-holds the limiter itself.
+A key's limits (`limits_of`), the `x-ratelimit-*` headers, the 429 / 400 / 503 errors a
+refusal becomes, and `ask_for`: the tokens and worst-case cost a request reserves. Split
+from gateway/limits.py, which holds the limiter itself.
 """
 
 from __future__ import annotations
@@ -15,7 +15,29 @@ from gateway.errors import GatewayError
 from gateway.ledger.pricing import PriceBook
 from routing import quota
 from routing.model import Plan
-from routing.quota import BUDGET, RPM, TPM, Ask, Limits, Verdict
+from routing.quota import BUDGET, CONCURRENCY, RPM, TPM, Ask, Limits, Verdict
+
+
+def limits_of(principal: Principal) -> Limits:
+    return Limits(
+        rpm=principal.rpm,
+        tpm=principal.tpm,
+        max_concurrency=principal.max_concurrency,
+        budget_nano=None if principal.budget_usd is None else quota.to_nano(principal.budget_usd),
+    )
+
+
+def enabled_checks(limits: Limits) -> frozenset[str]:
+    on = []
+    if limits.rpm is not None:
+        on.append(RPM)
+    if limits.tpm is not None:
+        on.append(TPM)
+    if limits.max_concurrency is not None:
+        on.append(CONCURRENCY)
+    if limits.budget_nano is not None:
+        on.append(BUDGET)
+    return frozenset(on)
 
 
 def rate_headers(limits: Limits, verdict: Verdict) -> list[tuple[bytes, bytes]]:

@@ -36,17 +36,19 @@ from gateway.auth import Principal
 from gateway.ledger.events import RequestRow
 from gateway.limit_answers import (
     ask_for,
+    enabled_checks,
+    limits_of,
     limits_unavailable,
     rate_headers,
     refusal,
     too_large,
 )
-from gateway.limits_lua import ADD_SPEND, BATCH, SEED, limit_keys
+from gateway.limits_lua import ADD_SPEND, BATCH, SEED, batch_item, limit_keys, verdict_of
 from gateway.limits_reconcile import Reconciler, SpendSource, month_of, month_start
 from gateway.redis_batch import RedisBatch
 from gateway.redis_health import REDIS_ERRORS, RedisHealth
 from routing import quota
-from routing.quota import BUDGET, CHECKS, CONCURRENCY, RPM, TPM, Ask, KeyState, Limits, Verdict
+from routing.quota import BUDGET, CHECKS, TPM, Ask, KeyState, Limits, Verdict
 
 # Re-exported: the API edge imports these from here.
 __all__ = ["Admission", "Limiter", "ask_for", "limits_unavailable", "rate_headers", "refusal"]
@@ -84,16 +86,6 @@ _DEFAULT_HOLD_MS = 15 * 60 * 1000
 _BUDGET_TTL_S = 40 * 24 * 3600
 _LEASE_PREFIX = os.urandom(4).hex()
 _LEASE_IDS = itertools.count(1)
-_REFUSED_CODES = {1: RPM, 2: TPM, 3: CONCURRENCY, 4: BUDGET}
-
-
-def limits_of(principal: Principal) -> Limits:
-    return Limits(
-        rpm=principal.rpm,
-        tpm=principal.tpm,
-        max_concurrency=principal.max_concurrency,
-        budget_nano=None if principal.budget_usd is None else quota.to_nano(principal.budget_usd),
-    )
 
 
 @dataclass(slots=True)
@@ -223,7 +215,7 @@ class Limiter:
         now = datetime.fromtimestamp(self._clock(), UTC)
         month = month_of(now)
         lease = f"{_LEASE_PREFIX}-{next(_LEASE_IDS)}"
-        enabled = _enabled(limits)
+        enabled = enabled_checks(limits)
         local: frozenset[str] = frozenset()
         verdict: Verdict | None = None
         if self._redis is not None and self.redis_up:
@@ -268,7 +260,7 @@ class Limiter:
         if out.startswith(b"0,5,"):
             await self._seed(principal.key_name, month, keys[3])
             out = await self._admit_batched(principal, limits, ask, lease, month, keys, args)
-        return _verdict(out)
+        return verdict_of(out)
 
     async def _seed(self, key_name: str, month: str, budget_key: str) -> None:
         """One ledger read and seed per key and month, however many requests ask at once
@@ -298,11 +290,11 @@ class Limiter:
     ) -> asyncio.Future[bytes]:
         def orphaned(out: bytes) -> None:
             # The request was cancelled while its admission ran: hand the reservation back.
-            verdict = _verdict(out)
+            verdict = verdict_of(out)
             if verdict.allowed:
                 Admission(self, principal, limits, ask, lease, month, verdict).settle(None)
 
-        return self._batch.call(keys, _item("A", args), on_orphan=orphaned)
+        return self._batch.call(keys, batch_item("A", args), on_orphan=orphaned)
 
     async def _admit_local(
         self,
@@ -371,7 +363,7 @@ class Limiter:
             if BUDGET in admission.local and cost_nano > 0:
                 owed = (key, admission.month)
                 self._owed[owed] = self._owed.get(owed, 0) + cost_nano
-        if self._redis is None or admission.local == _enabled(admission.limits):
+        if self._redis is None or admission.local == enabled_checks(admission.limits):
             return
         self._settle_redis(admission, used_tokens, cost_nano)
 
@@ -404,7 +396,7 @@ class Limiter:
 
         # No task per request, and no round trip of its own under load: it rides along with
         # the next admission (or goes within 10 ms).
-        self._batch.call(keys, _item("S", args), urgent=False).add_done_callback(settled)
+        self._batch.call(keys, batch_item("S", args), urgent=False).add_done_callback(settled)
 
     # -- Redis health -------------------------------------------------------------------
 
@@ -444,39 +436,3 @@ class Limiter:
             month,
             principal.budget_usd,
         )
-
-
-def _enabled(limits: Limits) -> frozenset[str]:
-    on = []
-    if limits.rpm is not None:
-        on.append(RPM)
-    if limits.tpm is not None:
-        on.append(TPM)
-    if limits.max_concurrency is not None:
-        on.append(CONCURRENCY)
-    if limits.budget_nano is not None:
-        on.append(BUDGET)
-    return frozenset(on)
-
-
-def _item(op: str, args: list[str | int]) -> str:
-    return op + "," + ",".join(map(str, args))
-
-
-def _verdict(out: bytes) -> Verdict:
-    values = [int(v) for v in out.split(b",")]
-
-    def opt(v: int) -> int | None:
-        return None if v < 0 else v
-
-    return Verdict(
-        allowed=values[0] == 1,
-        refused_by=_REFUSED_CODES.get(values[1]),
-        retry_after_ms=values[2],
-        remaining_requests=opt(values[3]),
-        reset_requests_ms=opt(values[4]),
-        remaining_tokens=opt(values[5]),
-        reset_tokens_ms=opt(values[6]),
-        budget_left_nano=opt(values[7]),
-        spent_nano=opt(values[8]),
-    )

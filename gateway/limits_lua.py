@@ -22,6 +22,11 @@ Keys, all under one hash tag so a Redis Cluster keeps them on one slot:
 
 from __future__ import annotations
 
+from routing.quota import BUDGET, CONCURRENCY, RPM, TPM, Verdict
+
+# The `refused` codes of an admission's answer.
+REFUSED_CODES = {1: RPM, 2: TPM, 3: CONCURRENCY, 4: BUDGET}
+
 
 def limit_keys(prefix: str, key_name: str, month: str) -> tuple[str, ...]:
     """The Redis keys of one API key's limits, in the order the batch script reads them."""
@@ -296,3 +301,27 @@ if holder == false or holder == ARGV[1] then
 end
 return 0
 """
+
+
+def batch_item(op: str, args: list[str | int]) -> str:
+    return op + "," + ",".join(map(str, args))
+
+
+def verdict_of(out: bytes) -> Verdict:
+    """An admission's answer from the batch script (its format is described above BATCH)."""
+    values = [int(v) for v in out.split(b",")]
+
+    def opt(v: int) -> int | None:
+        return None if v < 0 else v
+
+    return Verdict(
+        allowed=values[0] == 1,
+        refused_by=REFUSED_CODES.get(values[1]),
+        retry_after_ms=values[2],
+        remaining_requests=opt(values[3]),
+        reset_requests_ms=opt(values[4]),
+        remaining_tokens=opt(values[5]),
+        reset_tokens_ms=opt(values[6]),
+        budget_left_nano=opt(values[7]),
+        spent_nano=opt(values[8]),
+    )
