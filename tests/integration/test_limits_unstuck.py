@@ -4,7 +4,7 @@ Postgres ledger and Redis limits, driven through the OpenAI SDK:
 - a request naming more tokens than its key's whole TPM limit gets a 400 that names the
   limit, and leaves the bucket usable (it used to be admitted and drive it to −1e23);
 - the background reconciler sets a key's month spend in Redis back to the ledger's after a
-  lost or doubled settlement;
+  lost or doubled settlement, one replica at a time;
 - with Postgres frozen (SIGSTOP), a virtual key whose cache entry went stale is still
   served without waiting on the database; a revocation still wins; an unknown key gets a
   503 within the lookup timeout.
@@ -14,11 +14,13 @@ The kill -9 acceptance test for expiring reservations is tests/e2e/test_limits_c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +34,9 @@ import orjson
 import pytest
 import redis
 from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
+from gateway.limits import Limiter
 from gateway.settings import Settings
 from tests.conftest import SIM_KEY
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
@@ -246,3 +250,42 @@ def test_stale_keys_are_served_while_postgres_is_frozen(env: Env, postgres: Post
         with pytest.raises(openai.APIStatusError) as err:
             chat(env.client("fbx-never-issued", timeout=10))
         assert err.value.status_code == 503 and time.monotonic() - started < 4.5
+
+
+def test_one_replica_reconciles_at_a_time(redis_server: RedisServer) -> None:
+    """Two replicas' reconcilers on one Redis: only the lock holder corrects; when it goes
+    away (its lock expires) the other takes over. The ledger here is the seed/spend
+    function the limiter is given (a Postgres query in production)."""
+
+    async def ledger(key_name: str, since: datetime) -> Decimal:
+        return Decimal("0.25")
+
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        a = Limiter(redis_server.url, key_prefix=prefix, spend_source=ledger)
+        b = Limiter(redis_server.url, key_prefix=prefix, spend_source=ledger)
+        store = Redis.from_url(redis_server.url)
+        month = datetime.now(UTC).strftime("%Y-%m")
+        budget = f"{{{prefix}:lim:k1}}:budget:{month}"
+        await store.hset(budget, mapping={"spent": 200_000_000, "reserved": 7})
+        try:
+            ra, rb = a._reconciler, b._reconciler
+            assert ra is not None and rb is not None
+            assert await ra.run_once() == 0  # first look: records the $0.05 shortfall
+            assert await rb.run_once() == 0  # not the lock holder
+            assert await ra.run_once() == 1  # persisted: corrected
+            assert await store.hget(budget, "spent") == b"250000000"
+            assert await store.hget(budget, "reserved") == b"0"  # no reservation holds it
+            await store.hincrby(budget, "spent", -1_000_000)
+            assert await rb.run_once() == 0
+            await store.delete(f"{prefix}:lim-reconcile")  # the holder died
+            assert await rb.run_once() == 0  # b takes over, first look
+            assert await rb.run_once() == 1
+            assert await ra.run_once() == 0
+            assert await store.hget(budget, "spent") == b"250000000"
+        finally:
+            await store.aclose()
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
