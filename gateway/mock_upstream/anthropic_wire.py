@@ -48,24 +48,31 @@ def _answers_tool(messages: Any) -> bool:
     )
 
 
-def _pick_tool(call: Call) -> tuple[str, Any] | None:
+def _pick_tools(call: Call) -> list[tuple[str, Any]]:
+    """``(name, input_schema)`` per ``tool_use`` block to answer with (``tool_calls=N`` of
+    them unless ``disable_parallel_tool_use``), or none for a text answer."""
     tools = call.body.get("tools")
     choice = call.body.get("tool_choice")
     kind = choice.get("type") if isinstance(choice, dict) else "auto"
     if not isinstance(tools, list) or not tools or kind == "none":
-        return None
+        return []
     if kind == "auto" and _answers_tool(call.body.get("messages")):
-        return None  # a model given its tool's result answers rather than calling again
+        return []  # a model given its tool's result answers rather than calling again
     named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     if not named:
-        return None
+        return []
+    candidates = named
     if kind == "tool" and isinstance(choice, dict):
         wanted = choice.get("name")
-        for tool in named:
-            if tool["name"] == wanted:
-                return str(wanted), tool.get("input_schema")
-        raise call.error(400, f"tool_choice.name: no tool named {wanted!r} in tools")
-    return str(named[0]["name"]), named[0].get("input_schema")
+        candidates = [tool for tool in named if tool["name"] == wanted]
+        if not candidates:
+            raise call.error(400, f"tool_choice.name: no tool named {wanted!r} in tools")
+    serial = isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
+    count = 1 if serial else call.behaviour.tool_calls
+    return [
+        (str(tool["name"]), tool.get("input_schema"))
+        for tool in (candidates[i % len(candidates)] for i in range(count))
+    ]
 
 
 def _validate(call: Call) -> tuple[int, list[Any]]:
@@ -87,28 +94,34 @@ async def messages(request: web.Request) -> web.StreamResponse:
     call = await begin(request, "messages", "anthropic")
     max_tokens, msgs = _validate(call)
     prompt = anthropic_prompt_tokens(call.body.get("system"), msgs)
-    tool = _pick_tool(call)
+    tools = _pick_tools(call)
     await gate(call, prompt)
     b = call.behaviour
     prefix = anthropic_prefix(call.body.get("system")) if b.prompt_cache else None
     cache_read, cache_creation = call.prompt_cache(prompt, prefix, bills_writes=True)
     input_tokens = prompt - cache_read - cache_creation
-    block: dict[str, Any]
+    # The answer's blocks with the streamed pieces of each (several tool_use blocks are
+    # parallel tool calls).
+    answer: list[tuple[dict[str, Any], list[str]]]
     if b.content_filter:
-        pieces, output, stop_reason = [], b.reasoning, "refusal"
-        block = {"type": "text", "text": ""}
-    elif tool is not None:
-        document = schema_instance(tool[1])
-        pieces = fragments(orjson.dumps(document).decode())
-        output = len(pieces) + b.reasoning
+        answer, output, stop_reason = [({"type": "text", "text": ""}, [])], b.reasoning, "refusal"
+    elif tools:
+        answer = []
+        for variant, (name, schema) in enumerate(tools):
+            document = schema_instance(schema, variant)
+            block = {"type": "tool_use", "id": new_id("toolu_"), "name": name, "input": document}
+            answer.append((block, fragments(orjson.dumps(document).decode())))
+        output = sum(len(p) for _, p in answer) + b.reasoning
         stop_reason = "tool_use"
-        block = {"type": "tool_use", "id": new_id("toolu_"), "name": tool[0], "input": document}
     else:
-        plan = plan_tokens(b, max_tokens)
-        pieces = [word(i) for i in range(plan.visible)]
+        # max_tokens is mandatory here (litellm sends 4096 when its caller set none), so it
+        # caps the answer rather than setting its length.
+        plan = plan_tokens(b, max_tokens, limit_is_cap=True)
+        text = {"type": "text", "text": words(plan.visible)}
+        answer = [(text, [word(i) for i in range(plan.visible)])]
         output = plan.completion
         stop_reason = "max_tokens" if plan.truncated else "end_turn"
-        block = {"type": "text", "text": words(plan.visible)}
+    pieces = [piece for _, block_pieces in answer for piece in block_pieces]
     usage: dict[str, Any] = {
         "input_tokens": input_tokens,
         "cache_creation_input_tokens": cache_creation,
@@ -117,7 +130,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     }
     reasoning = output - len(pieces)
     thinking = reasoning > 0 and _thinking(call.body)
-    blocks = [block]
+    blocks = [block for block, _ in answer]
     if thinking:
         usage["output_tokens_details"] = {"thinking_tokens": reasoning}
         thought = f"Simulated reasoning ({reasoning} tokens)."
@@ -135,12 +148,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
     message_id = new_id("msg_")
     if call.stream:
-        if block["type"] == "tool_use":
-            start_block = {**block, "input": {}}
-            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
-        else:
-            start_block = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": p} for p in pieces]
         start_message: dict[str, Any] = {
             "id": message_id,
             "type": "message",
@@ -152,25 +159,18 @@ async def messages(request: web.Request) -> web.StreamResponse:
             # Like the real API, message_start reports one output token so far.
             "usage": {**usage, "output_tokens": 1},
         }
-        index = len(blocks) - 1
         head = _event("message_start", {"type": "message_start", "message": start_message})
         if thinking:
             head += _thinking_events(blocks[0])
-        head += _event(
-            "content_block_start",
-            {"type": "content_block_start", "index": index, "content_block": start_block},
-        ) + _event("ping", {"type": "ping"})
-        body = [
-            _event(
-                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
-            )
-            for d in deltas
-        ]
+        first = 1 if thinking else 0
+        body = _block_events(answer, first)
+        head += body.pop(0) + _event("ping", {"type": "ping"})
         final_usage = {
             k: v for k, v in usage.items() if k in ("output_tokens", "output_tokens_details")
         }
+        last = first + len(answer) - 1
         tail = (
-            _event("content_block_stop", {"type": "content_block_stop", "index": index})
+            _event("content_block_stop", {"type": "content_block_stop", "index": last})
             + _event(
                 "message_delta",
                 {
@@ -208,6 +208,40 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return malformed_json(call, orjson.dumps(payload))
     record()
     return call.json(payload)
+
+
+def _block_events(answer: list[tuple[dict[str, Any], list[str]]], first: int) -> list[bytes]:
+    """Stream steps of the answer's blocks from index ``first``: each block's start (the
+    one before it stopped first), then one step per delta. The last block's stop is the
+    caller's, in the tail."""
+    steps: list[bytes] = []
+    for offset, (block, pieces) in enumerate(answer):
+        index = first + offset
+        if block["type"] == "tool_use":
+            start = {**block, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+        else:
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in pieces]
+        opening = b""
+        if offset:
+            opening = _event(
+                "content_block_stop", {"type": "content_block_stop", "index": index - 1}
+            )
+        steps.append(
+            opening
+            + _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+        )
+        steps += [
+            _event(
+                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
+            )
+            for d in deltas
+        ]
+    return steps
 
 
 def _thinking_events(block: dict[str, Any]) -> bytes:

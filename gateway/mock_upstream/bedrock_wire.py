@@ -57,28 +57,34 @@ def _answers_tool(messages: Any) -> bool:
     )
 
 
-def _pick_tool(call: Call) -> tuple[str, Any] | None:
+def _pick_tools(call: Call) -> list[tuple[str, Any]]:
+    """``(name, schema)`` per ``toolUse`` block to answer with (``tool_calls=N`` of them),
+    or none for a text answer."""
     config = call.body.get("toolConfig")
     if not isinstance(config, dict) or not isinstance(config.get("tools"), list):
-        return None
+        return []
     specs = [
         t["toolSpec"]
         for t in config["tools"]
         if isinstance(t, dict) and isinstance(t.get("toolSpec"), dict) and t["toolSpec"].get("name")
     ]
     if not specs:
-        return None
+        return []
     choice = config.get("toolChoice")
     forced = isinstance(choice, dict) and ("any" in choice or "tool" in choice)
     if not forced and _answers_tool(call.body.get("messages")):
-        return None  # a model given its tool's result answers rather than calling again
+        return []  # a model given its tool's result answers rather than calling again
     named = choice.get("tool") if isinstance(choice, dict) else None
     wanted = named.get("name") if isinstance(named, dict) else None
-    for spec in specs:
-        if wanted is None or spec["name"] == wanted:
-            schema = spec.get("inputSchema")
-            return str(spec["name"]), schema.get("json") if isinstance(schema, dict) else None
-    raise call.error(400, f"The tool {wanted!r} in toolChoice is not in toolConfig.tools.")
+    candidates = [spec for spec in specs if wanted is None or spec["name"] == wanted]
+    if not candidates:
+        raise call.error(400, f"The tool {wanted!r} in toolChoice is not in toolConfig.tools.")
+    out = []
+    for i in range(call.behaviour.tool_calls):
+        spec = candidates[i % len(candidates)]
+        schema = spec.get("inputSchema")
+        out.append((str(spec["name"]), schema.get("json") if isinstance(schema, dict) else None))
+    return out
 
 
 def _thinking(call: Call) -> bool:
@@ -108,52 +114,67 @@ def _limit(call: Call) -> int | None:
 
 @dataclass(slots=True)
 class _Answer:
-    block: dict[str, Any]
-    pieces: list[str]
+    #: Content blocks with the streamed pieces of each (several toolUse blocks are
+    #: parallel tool calls).
+    blocks: list[tuple[dict[str, Any], list[str]]]
     visible: int
     reasoning: int
     stop: str
 
 
-def _answer(call: Call, tool: tuple[str, Any] | None, limit: int | None) -> _Answer:
+def _answer(call: Call, tools: list[tuple[str, Any]], limit: int | None) -> _Answer:
     b = call.behaviour
     if b.content_filter:
-        return _Answer({"text": ""}, [], 0, b.reasoning, "content_filtered")
-    if tool is not None:
-        document = schema_instance(tool[1])
-        pieces = fragments(orjson.dumps(document).decode())
-        block = {"toolUse": {"toolUseId": new_id("tooluse_"), "name": tool[0], "input": document}}
-        return _Answer(block, pieces, len(pieces), b.reasoning, "tool_use")
+        return _Answer([({"text": ""}, [])], 0, b.reasoning, "content_filtered")
+    if tools:
+        blocks = []
+        for variant, (name, schema) in enumerate(tools):
+            document = schema_instance(schema, variant)
+            use = {"toolUseId": new_id("tooluse_"), "name": name, "input": document}
+            blocks.append(({"toolUse": use}, fragments(orjson.dumps(document).decode())))
+        visible = sum(len(pieces) for _, pieces in blocks)
+        return _Answer(blocks, visible, b.reasoning, "tool_use")
     plan = plan_tokens(b, limit)
     pieces = [word(i) for i in range(plan.visible)]
     stop = "max_tokens" if plan.truncated else "end_turn"
-    return _Answer({"text": words(plan.visible)}, pieces, plan.visible, plan.reasoning, stop)
+    return _Answer([({"text": words(plan.visible)}, pieces)], plan.visible, plan.reasoning, stop)
 
 
 def _frames(
     answer: _Answer, thought: str | None, stop: dict[str, Any], metadata: dict[str, Any]
 ) -> tuple[bytes, list[bytes], bytes]:
     """``(head, one delta per token, tail)`` event-stream messages of a ConverseStream."""
-    index = 0 if thought is None else 1
+    first = 0 if thought is None else 1
     head = event("messageStart", _padded({"role": "assistant"}))
     if thought is not None:
         for reasoning in ({"text": thought}, {"signature": _SIGNATURE}):
             delta = {"contentBlockIndex": 0, "delta": {"reasoningContent": reasoning}}
             head += event("contentBlockDelta", _padded(delta))
         head += event("contentBlockStop", _padded({"contentBlockIndex": 0}))
-    if "toolUse" in answer.block:
-        start = {k: answer.block["toolUse"][k] for k in ("toolUseId", "name")}
-        head += event(
-            "contentBlockStart",
-            _padded({"contentBlockIndex": index, "start": {"toolUse": start}}),
-        )
-        deltas: list[dict[str, Any]] = [{"toolUse": {"input": p}} for p in answer.pieces]
-    else:
-        deltas = [{"text": piece} for piece in answer.pieces]
-    body = [
-        event("contentBlockDelta", _padded({"contentBlockIndex": index, "delta": d}))
-        for d in deltas
-    ]
+    body: list[bytes] = []
+    index = first
+    for offset, (block, pieces) in enumerate(answer.blocks):
+        index = first + offset
+        opening = b""
+        if offset:  # the previous block ends where this one starts
+            opening = event("contentBlockStop", _padded({"contentBlockIndex": index - 1}))
+        if "toolUse" in block:
+            start = {k: block["toolUse"][k] for k in ("toolUseId", "name")}
+            opening += event(
+                "contentBlockStart",
+                _padded({"contentBlockIndex": index, "start": {"toolUse": start}}),
+            )
+            deltas: list[dict[str, Any]] = [{"toolUse": {"input": p}} for p in pieces]
+        else:
+            deltas = [{"text": piece} for piece in pieces]
+        if offset:
+            body.append(opening)
+        else:
+            head += opening
+        body += [
+            event("contentBlockDelta", _padded({"contentBlockIndex": index, "delta": d}))
+            for d in deltas
+        ]
     # A block that never streamed anything (a filtered answer) is never opened or closed.
     tail = event("contentBlockStop", _padded({"contentBlockIndex": index})) if body else b""
     tail += event("messageStop", _padded(stop))
@@ -185,10 +206,10 @@ async def _converse(request: web.Request, *, stream: bool) -> web.StreamResponse
     limit = _limit(call)
     system = call.body.get("system")
     prompt = converse_prompt_tokens(system, messages)
-    tool = _pick_tool(call)
+    tools = _pick_tools(call)
     await gate(call, prompt)
     b = call.behaviour
-    answer = _answer(call, tool, limit)
+    answer = _answer(call, tools, limit)
     prefix = converse_prefix(system) if b.prompt_cache else None
     cached, cache_write = call.prompt_cache(prompt, prefix, bills_writes=True)
     output = answer.visible + answer.reasoning
@@ -242,7 +263,7 @@ async def _converse(request: web.Request, *, stream: bool) -> web.StreamResponse
         content.append(
             {"reasoningContent": {"reasoningText": {"text": thought, "signature": _SIGNATURE}}}
         )
-    content.append(answer.block)
+    content += [block for block, _ in answer.blocks]
     payload: dict[str, Any] = {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": answer.stop,

@@ -70,6 +70,13 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   call; one token per 4 characters.  ``tool=NAME``: a tool call picks the request's
   function ``NAME`` rather than the first one (unless ``tool_choice`` names another).
   Different deployments of one route can so give different answers (consensus tests).
+* ``tool_calls=N``: a tool-calling answer makes ``N`` calls in one message (parallel tool
+  calls), cycling through the offered functions (only the named one when ``tool_choice`` or
+  ``tool=`` names it); string arguments differ per call (``tok``, ``tok1``, …).  Every wire
+  that has parallel calls: OpenAI/Azure ``tool_calls`` (streamed with ``index``),
+  Anthropic ``tool_use`` blocks, Gemini ``functionCall`` parts, Bedrock ``toolUse`` blocks.
+  A request that turns parallel calls off (OpenAI ``parallel_tool_calls: false``,
+  Anthropic ``tool_choice.disable_parallel_tool_use``) gets one call.
 
 A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.  ``prompt_cache_ttl`` and
 ``prompt_cache_min`` without ``prompt_cache`` (on or off) are an error, not a no-op.
@@ -154,6 +161,7 @@ class Behaviour:
     invalid_json_rate: float | None = None
     reply: str | None = None
     tool: str | None = None
+    tool_calls: int = 1
     #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
     canonical: str = ""
 
@@ -268,6 +276,7 @@ _PARSERS: dict[str, Any] = {
     "invalid_json_rate": _probability,
     "reply": _text,
     "tool": _text,
+    "tool_calls": _limit,
 }
 _FLAGS = frozenset(
     {"hang", "malformed", "context_length", "content_filter", "prompt_cache", "echo_key"}
@@ -341,18 +350,23 @@ class TokenPlan:
         return self.visible + self.reasoning
 
 
-def plan_tokens(behaviour: Behaviour, request_max: int | None) -> TokenPlan:
+def plan_tokens(
+    behaviour: Behaviour, request_max: int | None, *, limit_is_cap: bool = False
+) -> TokenPlan:
     """Decide how many tokens to produce.
 
     Wanted visible tokens are ``tokens=N`` if given, else the request's max-tokens limit
     (capped at :data:`MAX_GENERATED_TOKENS`), else :data:`DEFAULT_COMPLETION_TOKENS`.
+    With ``limit_is_cap`` the request's limit only caps the answer, as on wires where it is
+    mandatory (Anthropic: clients such as litellm send 4096 when their caller set nothing,
+    and a real model still answers briefly).
     Reasoning tokens come on top (they are *inside* ``completion_tokens``).  As with real
     providers the request limit bounds visible + reasoning together; reaching it marks the
     answer truncated (finish_reason ``length`` / stop_reason ``max_tokens``).
     """
     if behaviour.tokens is not None:
         wanted = min(behaviour.tokens, MAX_GENERATED_TOKENS)
-    elif request_max is not None:
+    elif request_max is not None and not limit_is_cap:
         wanted = min(request_max, MAX_GENERATED_TOKENS)
     else:
         wanted = DEFAULT_COMPLETION_TOKENS

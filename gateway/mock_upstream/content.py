@@ -235,11 +235,18 @@ _FORMATS: dict[str, str] = {
 
 
 def resolve_ref(ref: str, root: dict[str, Any]) -> Any:
-    """A local ``#/…`` reference inside ``root`` (``{}`` when it leads nowhere)."""
-    if not ref.startswith("#/"):
+    """A local ``#/…`` reference inside ``root`` (``{}`` when it leads nowhere).
+
+    ``/…`` is read the same way: litellm rewrites pydantic's ``#/$defs/X`` so in the tool
+    it sends Anthropic for ``response_format``, and a model still follows it."""
+    if ref.startswith("#/"):
+        path = ref[2:]
+    elif ref.startswith("/"):
+        path = ref[1:]
+    else:
         return {}
     node: Any = root
-    for part in ref[2:].split("/"):
+    for part in path.split("/"):
         if not isinstance(node, dict):
             return {}
         node = node.get(part.replace("~1", "/").replace("~0", "~"), {})
@@ -265,12 +272,12 @@ def _number(schema: dict[str, Any], integer: bool) -> int | float:
     return float(value)
 
 
-def _string(schema: dict[str, Any]) -> str:
+def _string(schema: dict[str, Any], variant: int) -> str:
     fmt = schema.get("format")
     if isinstance(fmt, str) and fmt in _FORMATS:
         return _FORMATS[fmt]
     min_len = schema.get("minLength")
-    text = "tok"
+    text = f"tok{variant}" if variant else "tok"
     if isinstance(min_len, int) and min_len > len(text):
         text = (text * (min_len // 3 + 1))[:min_len]
     max_len = schema.get("maxLength")
@@ -279,11 +286,11 @@ def _string(schema: dict[str, Any]) -> str:
     return text
 
 
-def _instance(schema: Any, root: dict[str, Any], depth: int) -> Any:
+def _instance(schema: Any, root: dict[str, Any], depth: int, variant: int) -> Any:
     if not isinstance(schema, dict) or depth > 32:
         return None
     if "$ref" in schema:
-        return _instance(resolve_ref(str(schema["$ref"]), root), root, depth + 1)
+        return _instance(resolve_ref(str(schema["$ref"]), root), root, depth + 1, variant)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
@@ -293,14 +300,14 @@ def _instance(schema: Any, root: dict[str, Any], depth: int) -> Any:
         options = schema.get(combinator)
         if isinstance(options, list) and options:
             non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return _instance((non_null or options)[0], root, depth + 1)
+            return _instance((non_null or options)[0], root, depth + 1, variant)
     all_of = schema.get("allOf")
     if isinstance(all_of, list) and all_of:
         merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
         for part in all_of:
             if isinstance(part, dict):
                 merged.update(part)
-        return _instance(merged, root, depth + 1)
+        return _instance(merged, root, depth + 1, variant)
     kind = schema.get("type")
     if isinstance(kind, list):
         kinds = [k for k in kind if k != "null"]
@@ -317,19 +324,19 @@ def _instance(schema: Any, root: dict[str, Any], depth: int) -> Any:
         props = props if isinstance(props, dict) else {}
         required = schema.get("required")
         names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else []
-        return {name: _instance(props.get(name, {}), root, depth + 1) for name in names}
+        return {name: _instance(props.get(name, {}), root, depth + 1, variant) for name in names}
     if kind == "array":
         prefix = schema.get("prefixItems")
         if isinstance(prefix, list) and prefix:
-            return [_instance(item, root, depth + 1) for item in prefix]
+            return [_instance(item, root, depth + 1, variant) for item in prefix]
         min_items = schema.get("minItems")
         max_items = schema.get("maxItems")
         count = min_items if isinstance(min_items, int) and min_items > 1 else 1
         if isinstance(max_items, int) and max_items < count:
             count = max_items
-        return [_instance(schema.get("items", {}), root, depth + 1) for _ in range(count)]
+        return [_instance(schema.get("items", {}), root, depth + 1, variant) for _ in range(count)]
     if kind == "string":
-        return _string(schema)
+        return _string(schema, variant)
     if kind == "integer":
         return _number(schema, integer=True)
     if kind == "number":
@@ -339,9 +346,10 @@ def _instance(schema: Any, root: dict[str, Any], depth: int) -> Any:
     return None
 
 
-def schema_instance(schema: Any) -> Any:
+def schema_instance(schema: Any, variant: int = 0) -> Any:
     """A small JSON value satisfying ``schema`` (required properties only, first enum
-    value, lower numeric bounds, first ``anyOf`` branch, local ``$ref``s)."""
+    value, lower numeric bounds, first ``anyOf`` branch, local ``$ref``s).  A non-zero
+    ``variant`` makes free strings ``tok<variant>``, so parallel tool calls differ."""
     if not isinstance(schema, dict):
         return {}
-    return _instance(schema, schema, 0)
+    return _instance(schema, schema, 0, variant)

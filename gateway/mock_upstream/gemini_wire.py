@@ -18,8 +18,9 @@ Gemini counts it; a miss reports nothing, like implicit caching); ``reasoning=N`
 plus a ``thought`` part when ``thinkingConfig.includeThoughts`` is set; ``cache_write``
 has no Gemini field and is ignored.  Declared functions → a ``functionCall`` part (first
 declaration, or the first ``allowedFunctionNames`` entry; ``mode: NONE`` disables it);
-``responseMimeType: application/json`` → a JSON instance of ``responseSchema`` /
-``responseJsonSchema``.
+``tool_calls=N`` → ``N`` ``functionCall`` parts (parallel calls); ``responseMimeType:
+application/json`` → a JSON instance of ``responseSchema`` / ``responseJsonSchema``, or
+without one of the JSON schema the prompt spells out (``{"result": "ok"}`` if none).
 Field names are accepted in camelCase and snake_case, as Google's JSON parser does.
 """
 
@@ -33,11 +34,19 @@ import orjson
 from aiohttp import web
 
 from .behaviour import plan_tokens
-from .content import fragments, gemini_prompt_tokens, schema_instance, word, words
+from .content import (
+    fragments,
+    gemini_prompt_tokens,
+    schema_instance,
+    text_segments,
+    word,
+    words,
+)
 from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import google_error_body
 from .prompt_cache import gemini_prefix
 from .runtime import JSON_TYPE, STATE, Call, Flavor, begin, gate, handler, new_id
+from .structured import prompt_schema
 
 __all__ = ["gemini_generate", "oauth_token", "vertex_generate"]
 
@@ -91,7 +100,9 @@ def _answers_function(contents: Any) -> bool:
     )
 
 
-def _pick_tool(call: Call) -> tuple[str, Any] | None:
+def _pick_tools(call: Call) -> list[tuple[str, Any]]:
+    """``(name, schema)`` per ``functionCall`` part to answer with (``tool_calls=N`` of
+    them: Gemini calls functions in parallel with no switch to stop it), or none."""
     config = _get(
         _get(call.body, "toolConfig", "tool_config"),
         "functionCallingConfig",
@@ -105,18 +116,22 @@ def _pick_tool(call: Call) -> tuple[str, Any] | None:
         if isinstance(found, list):
             declarations += [d for d in found if isinstance(d, dict) and d.get("name")]
     if not declarations or mode == "NONE":
-        return None
+        return []
     if mode == "AUTO" and _answers_function(call.body.get("contents")):
-        return None  # a model given its function's result answers rather than calling again
+        return []  # a model given its function's result answers rather than calling again
     allowed = _get(config, "allowedFunctionNames", "allowed_function_names")
     wanted = allowed[0] if isinstance(allowed, list) and allowed and mode == "ANY" else None
-    for declaration in declarations:
-        if wanted is None or declaration["name"] == wanted:
-            schema = _get(declaration, "parametersJsonSchema", "parameters_json_schema")
-            if schema is None:
-                schema = _lower_types(declaration.get("parameters"))
-            return str(declaration["name"]), schema
-    raise call.error(400, f"Function {wanted!r} in allowed_function_names is not declared.")
+    candidates = [d for d in declarations if wanted is None or d["name"] == wanted]
+    if not candidates:
+        raise call.error(400, f"Function {wanted!r} in allowed_function_names is not declared.")
+    out = []
+    for i in range(call.behaviour.tool_calls):
+        declaration = candidates[i % len(candidates)]
+        schema = _get(declaration, "parametersJsonSchema", "parameters_json_schema")
+        if schema is None:
+            schema = _lower_types(declaration.get("parameters"))
+        out.append((str(declaration["name"]), schema))
+    return out
 
 
 def _count(call: Call, config: Any, camel: str, snake: str, low: int, high: int) -> int | None:
@@ -130,19 +145,34 @@ def _count(call: Call, config: Any, camel: str, snake: str, low: int, high: int)
     return value
 
 
-def _answer(call: Call, config: Any, tool: tuple[str, Any] | None, limit: int | None) -> _Answer:
+def _prompt_texts(call: Call) -> list[str]:
+    system = _get(call.body, "systemInstruction", "system_instruction")
+    texts = text_segments(system.get("parts")) if isinstance(system, dict) else []
+    contents = call.body.get("contents")
+    for content in contents if isinstance(contents, list) else ():
+        if isinstance(content, dict):
+            texts += text_segments(content.get("parts"))
+    return texts
+
+
+def _answer(call: Call, config: Any, tools: list[tuple[str, Any]], limit: int | None) -> _Answer:
     b = call.behaviour
     if b.content_filter:
         return _Answer([], [], 0, b.reasoning, "SAFETY")
-    if tool is not None:
-        args = schema_instance(tool[1])
-        part = {"functionCall": {"name": tool[0], "args": args}}
-        visible = len(fragments(orjson.dumps(args).decode()))
-        answer = _Answer([part], [], visible, b.reasoning, "STOP")
+    if tools:
+        parts = []
+        visible = 0
+        for variant, (name, schema) in enumerate(tools):
+            args = schema_instance(schema, variant)
+            parts.append({"functionCall": {"name": name, "args": args}})
+            visible += len(fragments(orjson.dumps(args).decode()))
+        answer = _Answer(parts, [], visible, b.reasoning, "STOP")
     elif _get(config, "responseMimeType", "response_mime_type") == "application/json":
         schema = _get(config, "responseJsonSchema", "response_json_schema")
         if schema is None:
             schema = _lower_types(_get(config, "responseSchema", "response_schema"))
+        if schema is None:  # JSON mode: follow the schema the prompt spells out, if any
+            schema = prompt_schema(_prompt_texts(call))
         document = schema_instance(schema) if schema is not None else {"result": "ok"}
         text = orjson.dumps(document).decode()
         pieces = fragments(text)
@@ -217,9 +247,9 @@ async def _generate(request: web.Request, endpoint: str, flavor: Flavor) -> web.
     n = _count(call, config, "candidateCount", "candidate_count", 1, _MAX_CANDIDATES) or 1
     system = _get(call.body, "systemInstruction", "system_instruction")
     prompt = gemini_prompt_tokens(system, contents)
-    tool = _pick_tool(call)
+    tools = _pick_tools(call)
     await gate(call, prompt)
-    answer = _answer(call, config, tool, limit)
+    answer = _answer(call, config, tools, limit)
     prefix = gemini_prefix(system) if call.behaviour.prompt_cache else None
     # Implicit caching: hits are discounted, writes are free and have no usage field.
     cached, _ = call.prompt_cache(prompt, prefix, bills_writes=False)

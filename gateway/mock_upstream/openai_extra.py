@@ -22,6 +22,7 @@ from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import openai_error_body
 from .openai_wire import FINGERPRINT, choice_count, request_limit, sse_error, usage_block
 from .runtime import STATE, Call, begin, gate, handler, new_id, now
+from .structured import MAX_COMPLETION_LOGPROBS, completion_logprobs
 
 __all__ = ["MODELS", "completions", "embeddings", "list_models", "retrieve_model"]
 
@@ -45,6 +46,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     n = choice_count(call)
     # Legacy completions default max_tokens to 16 upstream, which plan_tokens mirrors.
     request_max = request_limit(call, "max_tokens")
+    top = _logprobs(call)
     await gate(call, prompt)
     b = call.behaviour
     plan = plan_tokens(b, request_max)
@@ -83,14 +85,23 @@ async def completions(request: web.Request) -> web.StreamResponse:
         )
         suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
 
-        def chunk(text: str, finish: str | None) -> bytes:
+        def chunk(text: str, finish: str | None, position: int = 0, offset: int = 0) -> bytes:
+            logprobs = None
+            if top is not None and text:
+                logprobs = completion_logprobs([text], top, position, offset)
             parts = [
-                orjson.dumps({"text": text, "index": i, "logprobs": None, "finish_reason": finish})
+                orjson.dumps(
+                    {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
+                )
                 for i in range(choices)
             ]
             return prefix + b",".join(parts) + suffix
 
-        body = [chunk(word(i), None) for i in range(plan.visible)]
+        body = []
+        offset = 0
+        for position in range(plan.visible):
+            body.append(chunk(word(position), None, position, offset))
+            offset += len(word(position))
         tail = chunk("", finish)
         if include_usage:
             tail += prefix + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
@@ -108,6 +119,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             pre_content_tokens=plan.reasoning,
         )
     text = words(plan.visible)
+    logprobs = None
+    if top is not None:
+        logprobs = completion_logprobs([word(i) for i in range(plan.visible)], top, 0, 0)
     payload = {
         "id": cid,
         "object": "text_completion",
@@ -115,12 +129,30 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "model": call.model,
         "system_fingerprint": FINGERPRINT,
         "choices": [
-            {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+            {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
             for i in range(choices)
         ],
         "usage": usage,
     }
     return await _finish_json(call, payload, plan.completion, record)
+
+
+def _logprobs(call: Call) -> int | None:
+    """Legacy ``logprobs``: how many alternatives per token (0-5), or None."""
+    value = call.body.get("logprobs")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_COMPLETION_LOGPROBS
+    ):
+        raise call.error(
+            400,
+            f"Invalid 'logprobs': must be an integer in [0, {MAX_COMPLETION_LOGPROBS}].",
+            param="logprobs",
+        )
+    return value
 
 
 async def _finish_json(

@@ -10,7 +10,7 @@ too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,9 +20,11 @@ from .behaviour import Behaviour, plan_tokens
 from .content import chat_prompt_tokens, fragments, schema_instance, word, words
 from .delivery import malformed_json, pace_non_stream, pump, truncated_json
 from .errors import openai_error_body
+from .openai_tools import pick_tools, prompt_texts, requested_logprobs, tool_deltas
 from .prompt_cache import chat_prefix
 from .runtime import Call, begin, gate, handler, new_id, now
 from .spoil import spoil
+from .structured import chat_logprobs, prompt_schema, token_logprob
 
 __all__ = [
     "FINGERPRINT",
@@ -94,50 +96,16 @@ class _Answer:
 
     kind: str  # "text" | "json" | "tool"
     text: str
+    #: Generated tokens: the content's, or every tool call's arguments in order.
     pieces: list[str]
     reasoning: int
     finish: str
-    tool_name: str = ""
+    #: Tool answers: ``(function name, JSON arguments)`` per call, in order.
+    calls: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def completion(self) -> int:
         return len(self.pieces) + self.reasoning
-
-
-def _last_role(messages: Any) -> Any:
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        return messages[-1].get("role")
-    return None
-
-
-def _pick_tool(call: Call) -> tuple[str, Any] | None:
-    tools = call.body.get("tools")
-    choice = call.body.get("tool_choice", "auto")
-    if not isinstance(tools, list) or not tools or choice == "none":
-        return None
-    if choice == "auto" and _last_role(call.body.get("messages")) == "tool":
-        return None  # a model given its tool's result answers rather than calling again
-    functions = [
-        t["function"]
-        for t in tools
-        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
-    ]
-    if not functions:
-        return None
-    wanted = None
-    if isinstance(choice, dict):
-        named = choice.get("function")
-        wanted = named.get("name") if isinstance(named, dict) else None
-    if wanted is None:
-        wanted = call.behaviour.tool  # the `tool=NAME` directive
-    if wanted is None:
-        return str(functions[0]["name"]), functions[0].get("parameters")
-    for fn in functions:
-        if fn["name"] == wanted:
-            return str(wanted), fn.get("parameters")
-    raise call.error(
-        400, f"Invalid 'tool_choice': no function named {wanted!r} in 'tools'.", param="tool_choice"
-    )
 
 
 def _structured(call: Call, document: Any, schema: Any) -> str:
@@ -154,23 +122,28 @@ def _structured(call: Call, document: Any, schema: Any) -> str:
 def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
     if b.content_filter:
         return _Answer("text", "", [], b.reasoning, "content_filter")
-    tool = _pick_tool(call)
-    if tool is not None:
-        arguments = (
-            b.reply if b.reply is not None else _structured(call, schema_instance(tool[1]), tool[1])
-        )
-        return _Answer(
-            "tool", arguments, fragments(arguments), b.reasoning, "tool_calls", tool_name=tool[0]
-        )
+    tools = pick_tools(call)
+    if tools:
+        calls = [
+            (
+                name,
+                b.reply
+                if b.reply is not None
+                else _structured(call, schema_instance(params, variant), params),
+            )
+            for variant, (name, params) in enumerate(tools)
+        ]
+        pieces = [piece for _, arguments in calls for piece in fragments(arguments)]
+        return _Answer("tool", calls[0][1], pieces, b.reasoning, "tool_calls", calls)
     fmt = call.body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"):
         spec = fmt.get("json_schema")
         schema: Any = None
         if fmt["type"] == "json_schema" and isinstance(spec, dict):
             schema = spec.get("schema", {})
-            document = schema_instance(schema)
-        else:
-            document = {"result": "ok"}
+        else:  # JSON mode: follow the schema the prompt spells out, if it has one
+            schema = prompt_schema(prompt_texts(call.body.get("messages")))
+        document = schema_instance(schema) if schema is not None else {"result": "ok"}
         text = b.reply if b.reply is not None else _structured(call, document, schema)
         return _Answer("json", text, fragments(text), b.reasoning, "stop")
     if b.reply is not None:
@@ -183,7 +156,6 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
 
 def _message(answer: _Answer) -> dict[str, Any]:
     if answer.kind == "tool":
-        call_id = new_id("call_")
         return {
             "role": "assistant",
             "content": None,
@@ -191,10 +163,11 @@ def _message(answer: _Answer) -> dict[str, Any]:
             "annotations": [],
             "tool_calls": [
                 {
-                    "id": call_id,
+                    "id": new_id("call_"),
                     "type": "function",
-                    "function": {"name": answer.tool_name, "arguments": answer.text},
+                    "function": {"name": name, "arguments": arguments},
                 }
+                for name, arguments in answer.calls
             ],
         }
     return {"role": "assistant", "content": answer.text, "refusal": None, "annotations": []}
@@ -222,6 +195,7 @@ async def _chat(call: Call) -> web.StreamResponse:
         raise call.error(400, "'messages' must be a non-empty array.", param="messages")
     n = choice_count(call)
     request_max = request_limit(call, "max_completion_tokens", "max_tokens")
+    top = requested_logprobs(call)
     prompt = chat_prompt_tokens(messages)
     await gate(call, prompt)
     b = call.behaviour
@@ -233,7 +207,10 @@ async def _chat(call: Call) -> web.StreamResponse:
     reasoning = answer.reasoning * n
     usage = usage_block(prompt, cached, cache_write, completion, reasoning)
     if call.stream:
-        return await _stream(call, answer, n, usage, (prompt, cached, cache_write))
+        return await _stream(call, answer, n, usage, (prompt, cached, cache_write), top)
+    # Log probabilities are the content's; a tool call's arguments have none.
+    wants_logprobs = top is not None and answer.kind != "tool"
+    logprobs = chat_logprobs(answer.pieces, top or 0) if wants_logprobs else None
     payload = {
         "id": new_id("chatcmpl-"),
         "object": "chat.completion",
@@ -243,7 +220,7 @@ async def _chat(call: Call) -> web.StreamResponse:
             {
                 "index": i,
                 "message": _message(answer),
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": answer.finish,
             }
             for i in range(n)
@@ -274,6 +251,7 @@ async def _stream(
     n: int,
     usage: dict[str, Any],
     prompt_parts: tuple[int, int, int],
+    top: int | None,
 ) -> web.StreamResponse:
     options = call.body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -300,49 +278,23 @@ async def _stream(
         return orjson.dumps({"index": i, "delta": body, "logprobs": None, "finish_reason": finish})
 
     if answer.kind == "tool":
-        call_ids = [new_id("call_") for _ in indexes]
-        head = chunk(
-            [
-                delta(
-                    i,
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "refusal": None,
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": call_ids[i],
-                                "type": "function",
-                                "function": {"name": answer.tool_name, "arguments": ""},
-                            }
-                        ],
-                    },
-                )
-                for i in indexes
-            ]
-        )
-        body = [
-            chunk(
-                [
-                    delta(i, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-                    for i in indexes
-                ]
-            )
-            for piece in answer.pieces
-        ]
+        head, body = tool_deltas(answer.calls, indexes, chunk, delta)
     else:
         head = chunk(
             [delta(i, {"role": "assistant", "content": "", "refusal": None}) for i in indexes]
         )
         body = []
-        for piece in answer.pieces:
+        for position, piece in enumerate(answer.pieces):
             encoded = orjson.dumps(piece)
+            logprobs = b"null"
+            if top is not None:
+                entry = token_logprob(piece, position, top)
+                logprobs = orjson.dumps({"content": [entry], "refusal": None})
             body.append(
                 chunk(
                     [
-                        b'{"index":%d,"delta":{"content":%b},"logprobs":null,"finish_reason":null}'
-                        % (i, encoded)
+                        b'{"index":%d,"delta":{"content":%b},"logprobs":%b,"finish_reason":null}'
+                        % (i, encoded, logprobs)
                         for i in indexes
                     ]
                 )

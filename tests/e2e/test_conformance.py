@@ -152,6 +152,7 @@ ROWS = [
 PRICE = "{input: 3, output: 15, cached_input: 0.3, cache_write: 3.75}"
 CASES = {
     "plain": "tokens=6",
+    "parallel": "tool_calls=2,tokens=6",
     "cached": "cached=40,cache_write=24,tokens=5,reasoning=3",
     "thinking": "reasoning=3,tokens=5",
     "limited": "status=429,retry_after=7",

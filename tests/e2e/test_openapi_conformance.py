@@ -42,25 +42,43 @@ TIME_TOOL: Any = {
         },
     },
 }
-# Structured-output asks a client may make; each must come back as spec-shaped bodies.
-REQUESTS: dict[str, dict[str, Any]] = {
-    "plain": {"messages": HELLO},
-    "tools": {
-        "messages": [{"role": "user", "content": "Weather in Oslo for 3 days?"}],
-        "tools": [WEATHER_TOOL],
-        "tool_choice": "required",
-    },
-    "json_schema": {
-        "messages": [{"role": "user", "content": "Invent a person."}],
-        "response_format": PERSON_FORMAT,
-    },
-    "json_object": {
-        "messages": [
-            {"role": "system", "content": "Answer in JSON."},
-            {"role": "user", "content": "Invent a person, as JSON."},
-        ],
-        "response_format": {"type": "json_object"},
-    },
+# Structured-output asks a client may make (route case, body); each must come back as
+# spec-shaped bodies.
+REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "plain": ("plain", {"messages": HELLO}),
+    "logprobs": ("plain", {"messages": HELLO, "logprobs": True, "top_logprobs": 2}),
+    "parallel_tools": (
+        "parallel",
+        {
+            "messages": [{"role": "user", "content": "Weather and time in Oslo?"}],
+            "tools": [WEATHER_TOOL, TIME_TOOL],
+        },
+    ),
+    "tools": (
+        "plain",
+        {
+            "messages": [{"role": "user", "content": "Weather in Oslo for 3 days?"}],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": "required",
+        },
+    ),
+    "json_schema": (
+        "plain",
+        {
+            "messages": [{"role": "user", "content": "Invent a person."}],
+            "response_format": PERSON_FORMAT,
+        },
+    ),
+    "json_object": (
+        "plain",
+        {
+            "messages": [
+                {"role": "system", "content": "Answer in JSON."},
+                {"role": "user", "content": "Invent a person, as JSON."},
+            ],
+            "response_format": {"type": "json_object"},
+        },
+    ),
 }
 
 
@@ -111,7 +129,8 @@ def stream(http: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
 
 @pytest.mark.parametrize("kind", list(REQUESTS))
 def test_chat_answer_matches_the_spec(http: httpx.Client, row: Row, kind: str) -> None:
-    status, body = post(http, "/chat/completions", {"model": f"{row.name}-plain", **REQUESTS[kind]})
+    case, request = REQUESTS[kind]
+    status, body = post(http, "/chat/completions", {"model": f"{row.name}-{case}", **request})
     assert status == 200, body
     check(CHAT, body, f"{row.name} {kind}")
 
@@ -121,7 +140,8 @@ def test_chat_answer_matches_the_spec(http: httpx.Client, row: Row, kind: str) -
 def test_chat_stream_chunks_match_the_spec(
     http: httpx.Client, row: Row, kind: str, usage: bool
 ) -> None:
-    body: dict[str, Any] = {"model": f"{row.name}-plain", **REQUESTS[kind]}
+    case, request = REQUESTS[kind]
+    body: dict[str, Any] = {"model": f"{row.name}-{case}", **request}
     if usage:
         body["stream_options"] = {"include_usage": True}
     chunks = stream(http, "/chat/completions", body)
