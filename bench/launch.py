@@ -102,6 +102,8 @@ def farebox(
         "FAREBOX_DATABASE_URL": target.ledger_url,
         "FAREBOX_SPOOL_DIR": str(target.spool_dir),
         "FAREBOX_LEDGER_ENABLED": "false" if ledger == "off" else "true",
+        # No metrics listener: targets run side by side and nothing scrapes them.
+        "FAREBOX_METRICS_PORT": "0",
     }
     argv = [exe, "serve", "--config", str(BENCH / "farebox.yaml")]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

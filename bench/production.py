@@ -153,6 +153,10 @@ def farebox_prod(
         "FAREBOX_LEDGER_ENABLED": "true",
         "FAREBOX_REQUEST_LOG": "true",
         "FAREBOX_METRICS_ENABLED": "true",
+        # Scraped on the API port (as before the metrics listener existed), so parallel
+        # targets do not compete for the metrics port; the scrape costs the same there.
+        "FAREBOX_METRICS_PORT": "0",
+        "FAREBOX_METRICS_ON_API_PORT": "open",
         "PROMETHEUS_MULTIPROC_DIR": str(data / "metrics"),
     }
     if (err := ledger_db.migrate(launch.python(), target.ledger_url, fb_env)) is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from gateway import metrics, request_log, telemetry
+from gateway import metrics, request_log, shutdown, telemetry
 from gateway.api.admin import admin_router
 from gateway.api.admin_drills import admin_drills_router
 from gateway.api.admin_keys import admin_keys_router
@@ -29,9 +29,10 @@ from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.app_errors import install_error_handlers
 from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
 from gateway.api.openai import OpenAIEndpoints
-from gateway.api.ops import ops_router
+from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
 from gateway.api.status_page import status_router
 from gateway.config_schema import GatewayConfig, load_config
+from gateway.db_probe import DatabaseProbe
 from gateway.reload import (
     Reloader,
     ignore_sighup_until_ready,
@@ -75,6 +76,11 @@ class HotPath:
         self.endpoints: OpenAIEndpoints = app.state.endpoints
         self.anthropic: AnthropicEndpoints = app.state.anthropic
         self.holder: StateHolder = app.state.holder
+        # From SIGTERM on (gateway/server.py), new /v1 work gets a 503.
+        self.drain: shutdown.Drain = app.state.drain
+        # Requests that came in on the metrics listener (see gateway/api/ops.py).
+        self.metrics_port: int = app.state.metrics_port
+        self.metrics = MetricsListener()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
@@ -101,10 +107,19 @@ class HotPath:
                     await send_edge_error(scope, send, error)
                     return
             path = scope["path"]
+            if self.metrics_port and local_port(scope) == self.metrics_port:
+                await self.metrics(scope, receive, send)
+                return
             if self.endpoints.handles(path):
+                if self.drain.active:
+                    await refuse_draining(send, anthropic=False)
+                    return
                 await self.endpoints(scope, receive, send)
                 return
             if self.anthropic.handles(path):
+                if self.drain.active:
+                    await refuse_draining(send, anthropic=True)
+                    return
                 await self.anthropic(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -115,6 +130,8 @@ def create_app(
 ) -> FastAPI:
     """`config_path`: the file `config` came from; SIGHUP reloads it (without, no reload)."""
     holder = StateHolder()
+    drain = shutdown.Drain()
+    probe = DatabaseProbe(settings.db_ping_interval_s, settings.db_ping_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +143,10 @@ def create_app(
         state = build_state(settings, config)
         await start_components(state)
         holder.state = state
+        shutdown.register(drain)
+        if state.repository is not None:
+            # The repository is carried over by reloads: one for the process's life.
+            probe.start(state.repository.ping)
         reloader = None
         if config_path is not None:
             reloader = Reloader(settings, config_path, holder, drain_s=settings.graceful_shutdown_s)
@@ -144,6 +165,10 @@ def create_app(
         try:
             yield
         finally:
+            # uvicorn runs this once every request has ended: gateway/server.py cut those
+            # that outlived the grace period, so their ledger rows are queued by now and
+            # the close below flushes them.
+            await probe.close()
             await warming
             if reloader is not None:
                 await reloader.close()
@@ -153,6 +178,7 @@ def create_app(
             request_log.close()
             flusher.stop()
             metrics.worker_exited()
+            shutdown.unregister(drain)
 
     app = FastAPI(
         title="Farebox",
@@ -164,7 +190,7 @@ def create_app(
         # per-request work.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.include_router(ops_router(holder.get))
+    app.include_router(ops_router(holder.get, settings, drain, probe))
     app.include_router(admin_router(holder.get, settings.master_key))
     app.include_router(admin_keys_router(holder.get, settings.master_key))
     app.include_router(admin_drills_router(holder.get, settings.master_key))
@@ -174,6 +200,8 @@ def create_app(
     install_error_handlers(app)
 
     app.state.holder = holder
+    app.state.drain = drain
+    app.state.metrics_port = settings.metrics_port
     app.state.endpoints = OpenAIEndpoints(holder.require)
     app.state.anthropic = AnthropicEndpoints(holder.require)
     return app

@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, upstream_failed
 from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import TIMEOUT, UpstreamError
 from gateway.service_ports import BreakerBoard, Tracker
-from gateway.streaming import CLIENT_CANCELLED, STATUS_CLIENT_CLOSED
+from gateway.shutdown import CLIENT_CANCELLED, SHUTDOWN, cancel_outcome
 from gateway.upstream_errors import client_error, outcome_of
 from routing.failover import (
     Action,
@@ -97,7 +97,7 @@ class AttemptLoop:
                     return result
                 index = result
         except asyncio.CancelledError:
-            self._finish_failed(run, STATUS_CLIENT_CLOSED, CLIENT_CANCELLED)
+            self._finish_failed(run, *cancel_outcome())  # a hang-up, or the shutdown cut
             raise
         raise self._give_up(run)
 
@@ -195,7 +195,7 @@ class AttemptLoop:
                 self.meter.failed(
                     run.ctx,
                     attempt,
-                    CLIENT_CANCELLED,
+                    cancel_outcome()[1],
                     http_status=None,
                     provider_request_id=None,
                     started=started,
@@ -285,7 +285,7 @@ class AttemptLoop:
         run.reasons.append(decision.reason)
 
     def _finish_failed(self, run: Run[Any], status: int, error: str) -> None:
-        if run.finish or status == STATUS_CLIENT_CLOSED:  # a hang-up ends the request anyway
+        if run.finish or error in (CLIENT_CANCELLED, SHUTDOWN):  # these end the request anyway
             self.meter.finish(run.ctx, run.plan, status, error, None)
 
     def _fail_now(self, run: Run[Any], failure: UpstreamError) -> GatewayError:

@@ -223,6 +223,7 @@ def _serve(
         "timeout_keep_alive": 30,
         "backlog": 4096,
     }
+    metrics_sockets = _metrics_listener(settings, host, port)
     if workers > 1:
         from gateway.reload import serve_workers
 
@@ -235,15 +236,50 @@ def _serve(
             # uvicorn's supervisor, except that SIGHUP reloads each worker's config in place.
             factory = "gateway.app:asgi_from_env"
             serve_workers(
-                uvicorn.Config(factory, factory=True, workers=workers, **options)  # type: ignore[arg-type]
+                uvicorn.Config(factory, factory=True, workers=workers, **options),  # type: ignore[arg-type]
+                metrics_sockets,
             )
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     from gateway.app import create_asgi
+    from gateway.server import GatewayServer
 
     # The path too: SIGHUP re-reads it.
-    uvicorn.run(create_asgi(settings, config, path), **options)  # type: ignore[arg-type]
+    uv_config = uvicorn.Config(create_asgi(settings, config, path), **options)  # type: ignore[arg-type]
+    gateway_server = GatewayServer(uv_config)
+    try:
+        gateway_server.run(sockets=[uv_config.bind_socket(), *metrics_sockets])
+    finally:
+        for sock in metrics_sockets:
+            sock.close()
+    if not gateway_server.started:
+        raise typer.Exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
+
+
+def _metrics_listener(settings: Settings, host: str, port: int) -> list[socket.socket]:
+    """The metrics port's listening socket (none when FAREBOX_METRICS_PORT=0); every
+    worker serves it, and any worker's answer merges all workers' values."""
+    if not settings.metrics_port:
+        return []
+    if settings.metrics_port == port:
+        typer.echo(
+            f"error: FAREBOX_METRICS_PORT ({port}) is the API port; pick another (0: none)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from gateway.server import bind_socket
+
+    metrics_host = settings.metrics_host or host
+    try:
+        return [bind_socket(metrics_host, settings.metrics_port)]
+    except OSError as exc:
+        typer.echo(
+            f"error: cannot listen for /metrics on {metrics_host}:{settings.metrics_port} "
+            f"({exc.strerror or exc}); set FAREBOX_METRICS_PORT (0: no metrics listener)",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
 
 def _fresh_metrics_dir() -> str:

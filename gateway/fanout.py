@@ -32,7 +32,7 @@ from gateway.errors import GatewayError, bad_request, upstream_failed, upstream_
 from gateway.ledger.events import AttemptRow
 from gateway.metering import CallContext, error_class
 from gateway.providers.base import TIMEOUT, UpstreamError, UpstreamReply
-from gateway.streaming import CLIENT_CANCELLED, STATUS_CLIENT_CLOSED
+from gateway.shutdown import cancel_outcome
 from gateway.upstream_errors import client_error, outcome_of
 from routing.failover import Action, backoff_s, classify, fits_deadline, order_targets
 from routing.fanout import cancelled_output_tokens
@@ -260,9 +260,10 @@ class Fanout(Generic[R]):
 
     def hung_up(self) -> None:
         """The client went away: stop everything and close the request as 499."""
-        self.cancel_rest(CLIENT_CANCELLED)
+        status, why = cancel_outcome()  # or the process stopping (gateway.shutdown)
+        self.cancel_rest(why)
         self.running.clear()
-        self.service.meter.finish(self.ctx, self.plan, STATUS_CLIENT_CLOSED, CLIENT_CANCELLED, None)
+        self.service.meter.finish(self.ctx, self.plan, status, why, None)
 
     def give_up(self, timed_out: bool) -> GatewayError:
         """No usable answer: the client's error; the request row is written."""

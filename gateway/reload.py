@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -35,11 +36,12 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
 from uvicorn import Config as UvicornConfig
-from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors import Multiprocess, multiprocess
 
 from gateway.background import Background
 from gateway.config_schema import GatewayConfig, parse_config
 from gateway.config_yaml import ConfigError, ConfigIssue
+from gateway.server import GatewayProcess
 from gateway.settings import Settings
 from gateway.state import GatewayState, build_state, warm_up
 
@@ -248,6 +250,22 @@ def ignore_sighup_until_ready() -> None:
 
 
 class _ForwardingSupervisor(Multiprocess):
+    def handle_term(self) -> None:
+        self._stop_listening()
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self._stop_listening()
+        super().handle_int()
+
+    def _stop_listening(self) -> None:
+        """The supervisor's copy of each listening socket, closed before the workers are
+        told to stop: each worker closes its own, and a socket still open here would keep
+        accepting connections into a backlog nobody reads — clients would hang for the
+        whole drain instead of being refused and going to another replica."""
+        for sock in self.sockets:
+            sock.close()
+
     def handle_hup(self) -> None:
         pids = [p.pid for p in self.processes if p.pid is not None and p.process.is_alive()]
         log.warning("SIGHUP: asking %d worker(s) to reload the config", len(pids))
@@ -256,12 +274,21 @@ class _ForwardingSupervisor(Multiprocess):
                 os.kill(pid, signal.SIGHUP)
 
 
-def serve_workers(config: UvicornConfig) -> None:
-    """uvicorn's multi-worker supervisor, with SIGHUP meaning "reload" in every worker."""
-    sock = config.bind_socket()
+def serve_workers(config: UvicornConfig, extra: list[socket.socket] | None = None) -> None:
+    """uvicorn's multi-worker supervisor, with SIGHUP meaning "reload" in every worker and
+    SIGTERM draining each (gateway/server.py). `extra`: more listening sockets every worker
+    serves (the metrics listener)."""
+    sockets = [config.bind_socket(), *(extra or [])]
+    # Every worker the supervisor starts (at first, and to replace one that died) must be
+    # one whose server drains as gateway/server.py says; uvicorn names its Process class at
+    # each of those places, and this process runs nothing else.
+    original = multiprocess.Process
+    multiprocess.Process = GatewayProcess  # type: ignore[misc]
     try:
-        _ForwardingSupervisor(config, sockets=[sock]).run()
+        _ForwardingSupervisor(config, sockets=sockets).run()
     except KeyboardInterrupt:
         pass
     finally:
-        sock.close()
+        multiprocess.Process = original  # type: ignore[misc]
+        for sock in sockets:
+            sock.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,8 +17,24 @@ class Settings(BaseSettings):
     port: int = 8080
     workers: int = 1
     log_level: str = "info"
-    # Seconds uvicorn waits for in-flight requests after SIGTERM.
+    # After SIGTERM: how long requests in flight (streams included) get to finish. What is
+    # still running then is ended with an error (ledger error class `shutdown`) and the
+    # ledger is flushed; with nothing in flight the process exits at once (gateway/server.py).
     graceful_shutdown_s: float = 30.0
+    # /metrics has its own listener, so the API port never shows spend and traffic to
+    # whoever can reach it. 9464 is the port Prometheus' port registry gives the
+    # OpenTelemetry Prometheus exporter: the usual "application metrics" port, clear of the
+    # API (8080), Prometheus itself (9090) and the node exporter (9100). 0: no listener.
+    metrics_port: int = 9464
+    # Bind address of the metrics listener (default: FAREBOX_HOST).
+    metrics_host: str | None = None
+    # Whether the API port serves /metrics as well: off (404), admin (FAREBOX_MASTER_KEY as
+    # a bearer token) or open (anyone who reaches the port; the old behaviour).
+    metrics_on_api_port: Literal["off", "admin", "open"] = "off"
+    # /readyz pings the ledger database in the background this often, each ping bounded by
+    # the timeout: a probe reads the last result and never waits on the database.
+    db_ping_interval_s: float = 5.0
+    db_ping_timeout_s: float = 2.0
     # SQLite is the zero-setup default; production points this at Postgres (postgresql+asyncpg://).
     database_url: str = "sqlite+aiosqlite:///var/farebox.db"
     # Shared state across replicas (circuit breakers); in-process when unset.

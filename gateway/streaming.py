@@ -6,6 +6,7 @@ read that holds `[DONE]`, an error event or the usage chunk is decoded.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -17,12 +18,17 @@ from gateway.metering import CallContext, Meter, error_class
 from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
 from gateway.providers.sse import SSEDecoder
 from gateway.redact import UPSTREAM_SECRETS, scrub
+from gateway.shutdown import (
+    CLIENT_CANCELLED,
+    SHUTDOWN,
+    STATUS_CLIENT_CLOSED,
+    was_cut,
+)
 from routing.model import Plan, PlannedAttempt
 
+__all__ = ["CLIENT_CANCELLED", "DONE", "STATUS_CLIENT_CLOSED", "Relay"]
+
 DONE = b"data: [DONE]\n\n"
-CLIENT_CANCELLED = "client_cancelled"
-# nginx's "client closed request": the request row's status when the client left first.
-STATUS_CLIENT_CLOSED = 499
 
 
 class Relay:
@@ -123,6 +129,16 @@ class Relay:
         except UpstreamError as exc:
             outcome = error_class(exc)
             yield stream_error_event(scrub(exc.message), code="upstream_stream_interrupted")
+        except asyncio.CancelledError:
+            if not was_cut():
+                raise  # the client hung up: nobody to tell
+            # The process is stopping and the grace period is over: say so in the stream,
+            # then end it as an SDK expects, rather than cutting the connection.
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            outcome = SHUTDOWN
+            yield shutdown_event()
         finally:
             await self.upstream.close()
             self._finish(outcome, usage is not None, events_seen)
@@ -146,6 +162,9 @@ class Relay:
         return orjson.dumps(chunk)
 
     def _finish(self, outcome: str | None, metered: bool, events_seen: int) -> None:
+        if outcome == CLIENT_CANCELLED and was_cut():
+            # Cut while handing a block to a client that was not reading: still the shutdown.
+            outcome = SHUTDOWN
         if not metered:
             # Cut, errored or abandoned before usage arrived: providers still bill input.
             self.meter.failed(
@@ -161,12 +180,27 @@ class Relay:
             )
         elif outcome is not None and self.ctx.attempts:
             self.ctx.attempts[-1].error_class = outcome
-        if self.on_outcome is not None and outcome != CLIENT_CANCELLED:
+        if self.on_outcome is not None and outcome not in (CLIENT_CANCELLED, SHUTDOWN):
+            # Neither a hang-up nor our own shutdown says anything about the deployment.
             self.on_outcome(outcome is None)
         status = STATUS_CLIENT_CLOSED if outcome == CLIENT_CANCELLED else 200
         self.meter.finish(self.ctx, self.plan, status, outcome, self.attempt.deployment.id)
         if self.on_end is not None:
             self.on_end()
+
+
+def shutdown_event() -> bytes:
+    """The end of a stream cut by shutdown: an error event (the OpenAI SDKs raise APIError
+    on it; the Anthropic translation turns it into `event: error`), then `[DONE]` for
+    clients that read to the end marker."""
+    return (
+        stream_error_event(
+            "The gateway is shutting down and ended this stream before it was complete; "
+            "retry the request.",
+            code="gateway_shutting_down",
+        )
+        + DONE
+    )
 
 
 def stream_error_event(message: str, *, code: str) -> bytes:

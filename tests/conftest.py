@@ -76,6 +76,9 @@ def sqlite_settings(directory: Path, **overrides: Any) -> Settings:
     """Settings for a gateway whose ledger is a fresh, migrated SQLite file."""
     url = f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
     upgrade(url)
+    # In-process gateways have no metrics listener (`farebox serve` opens it): /metrics on
+    # the API port, as FAREBOX_METRICS_ON_API_PORT=open serves it.
+    overrides.setdefault("metrics_on_api_port", "open")
     return Settings(
         database_url=url, spool_dir=str(directory / "spool"), master_key=None, **overrides
     )

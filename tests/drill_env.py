@@ -99,6 +99,7 @@ def drill_env(
         redis_url=redis_url,
         spool_dir=str(tmp_path / "spool"),
         ledger_max_delay_ms=50,
+        metrics_on_api_port="open",  # in-process: no metrics listener
         **overrides,
     )
     with running_gateway(load_config(config_file), settings) as gw:

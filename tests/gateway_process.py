@@ -23,6 +23,12 @@ class GatewayProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    # The metrics listener (FAREBOX_METRICS_PORT): /metrics is not on `port`.
+    metrics_port: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def base_url(self) -> str:
@@ -44,6 +50,9 @@ def gateway_process(
     config.write_text(config_text)
     port = free_port()
     log = tmp / "gateway.log"
+    # Never the default 9464: gateways of parallel tests would fight over it.
+    env = {"FAREBOX_METRICS_PORT": str(free_port()), **env}
+    metrics_port = int(env["FAREBOX_METRICS_PORT"])
     # Each gateway its own spool and journal: a killed one's journal is recovered by the
     # next gateway started on the same directory, never by another test's.
     full_env = {**os.environ, "FAREBOX_SPOOL_DIR": str(tmp / "spool"), **env}
@@ -66,7 +75,7 @@ def gateway_process(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    running = GatewayProcess(proc, port, log)
+    running = GatewayProcess(proc, port, log, metrics_port)
     try:
         _wait_healthy(running)
         yield running

@@ -70,7 +70,12 @@ routes:
 def hardened_settings(directory: Path) -> Settings:
     url = f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
     upgrade(url)
-    return Settings(database_url=url, spool_dir=str(directory / "spool"), master_key=MASTER_KEY)
+    return Settings(
+        database_url=url,
+        spool_dir=str(directory / "spool"),
+        master_key=MASTER_KEY,
+        metrics_on_api_port="open",  # in-process: no metrics listener
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ how they parse the request and render answers and errors.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from gateway.errors import GatewayError, clip, model_not_found, unauthorized
 from gateway.limits import Admission, ask_for, rate_headers
 from gateway.metering import CallContext
 from gateway.service import DONE, StreamingCompletion
+from gateway.shutdown import shutting_down, was_cut
 from gateway.state import GatewayState
 from routing.fanout import widen
 from routing.model import DYNAMIC_STRATEGIES, Plan
@@ -62,6 +65,18 @@ async def guarded(
         await send_error(send, exc, headers, render(exc))
     except ClientGone:
         return
+    except asyncio.CancelledError:
+        if not was_cut():
+            raise  # the client hung up
+        # The process is stopping and the grace period is over (gateway/shutdown.py): the
+        # call is metered as `shutdown`; its client gets a JSON 503 it can retry elsewhere.
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        error = shutting_down(cut_off=True)
+        # A stream's 200 is already out (its relay sent the error event): nothing to add.
+        with contextlib.suppress(RuntimeError, OSError):
+            await send_error(send, error, headers, render(error))
     except Exception:
         log.exception("unhandled error serving %s (request %s)", path, request_id)
         error = internal_error(request_id)

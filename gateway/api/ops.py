@@ -1,4 +1,10 @@
-"""Operational endpoints: liveness and readiness probes."""
+"""Operational endpoints: liveness and readiness probes, and Prometheus metrics.
+
+/metrics shows spend and traffic, so it is not on the API port: `farebox serve` opens a
+second listener (FAREBOX_METRICS_PORT, default 9464) that serves only /metrics and /healthz
+(`MetricsListener`, picked by HotPath from the port a request came in on). The API port
+serves /metrics only if FAREBOX_METRICS_ON_API_PORT says so: `admin` (master key) or `open`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway import metrics as prometheus
+from gateway.api.admin import authorize_admin
+from gateway.api.anthropic_translate import error_body as anthropic_error_body
+from gateway.api.asgi import Receive, Scope, Send, new_request_id, send_error
+from gateway.db_probe import DatabaseProbe
+from gateway.errors import GatewayError, error_body
+from gateway.settings import Settings
+from gateway.shutdown import Drain, shutting_down
 from gateway.state import GatewayState
 
 
@@ -17,8 +30,23 @@ def _json(data: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def ops_router(state: Callable[[], GatewayState | None]) -> APIRouter:
+def _not_found() -> Response:
+    return Response(
+        error_body("Unknown path.", "invalid_request_error", "not_found"),
+        status_code=404,
+        media_type="application/json",
+    )
+
+
+def ops_router(
+    state: Callable[[], GatewayState | None],
+    settings: Settings | None = None,
+    drain: Drain | None = None,
+    probe: DatabaseProbe | None = None,
+) -> APIRouter:
     router = APIRouter()
+    settings = settings or Settings(master_key=None)
+    api_metrics = settings.metrics_on_api_port
 
     @router.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -29,7 +57,7 @@ def ops_router(state: Callable[[], GatewayState | None]) -> APIRouter:
         current = state()
         if current is None:
             return _json({"status": "starting"}, 503)
-        if current.draining:
+        if current.draining or (drain is not None and drain.active):
             return _json({"status": "draining"}, 503)
         body: dict[str, Any] = {
             "status": "ready",
@@ -39,19 +67,82 @@ def ops_router(state: Callable[[], GatewayState | None]) -> APIRouter:
         writer = current.writer
         if writer is not None:
             # A database outage degrades the ledger to the disk spool; it does not make the
-            # gateway unready, since no request is lost or refused because of it.
-            body["ledger"] = {
+            # pod unready: every replica shares the database, so an unready verdict would
+            # take the whole service down for an outage that loses no row and refuses no
+            # request. It is reported as `degraded`, with what the last ping saw.
+            ledger: dict[str, Any] = {
                 "database": "down" if writer.db_down else "up",
+                "writes_failing": writer.db_down,
                 "queued_rows": writer.queued_rows,
                 "rows_written": writer.rows_written,
                 "rows_spooled": writer.rows_spooled,
             }
+            if probe is not None:
+                ledger.update(probe.report())
+                if probe.up is False:
+                    ledger["database"] = "down"
+                elif probe.up is None and not writer.db_down:
+                    ledger["database"] = "unknown"  # the first ping has not answered yet
+            if ledger["database"] == "down":
+                body["status"] = "degraded"
+            body["ledger"] = ledger
         return _json(body)
 
     @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        # With several workers, every worker's values merged (prometheus multiprocess mode).
+    async def metrics(request: Request) -> Response:
+        # The metrics listener never gets here (HotPath answers it); this is the API port.
+        if api_metrics == "off":
+            return _not_found()
+        if api_metrics == "admin":
+            current = state()
+            if current is None:
+                return _json({"status": "starting"}, 503)
+            try:
+                await authorize_admin(request, current, settings.master_key)
+            except GatewayError as exc:
+                return Response(exc.body(), status_code=exc.status, media_type="application/json")
         body, content_type = prometheus.scrape()
         return Response(body, media_type=content_type)
 
     return router
+
+
+class MetricsListener:
+    """The metrics port: GET /metrics (every worker's values merged in multiprocess mode)
+    and /healthz; nothing else, whatever the path."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        headers = [(b"x-request-id", new_request_id().encode())]
+        if path == "/metrics" and method in ("GET", "HEAD"):
+            body, content_type = prometheus.scrape()
+            status = 200
+            headers.append((b"content-type", content_type.encode()))
+        elif path == "/healthz" and method in ("GET", "HEAD"):
+            body, status = b'{"status":"ok"}', 200
+            headers.append((b"content-type", b"application/json"))
+        else:
+            error = GatewayError(404, "This port serves /metrics only.", code="not_found")
+            await send_error(send, error, headers)
+            return
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+def local_port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return server[1] if server is not None else None
+
+
+async def refuse_draining(send: Send, *, anthropic: bool) -> None:
+    """503 + retry-after + connection: close for a request that arrives while the process
+    drains (on a connection opened before; new connections are refused)."""
+    request_id = new_request_id().encode()
+    headers = [(b"x-request-id", request_id)]
+    error = shutting_down()
+    if anthropic:
+        headers.append((b"request-id", request_id))
+        await send_error(send, error, headers, anthropic_error_body(error))
+    else:
+        await send_error(send, error, headers)

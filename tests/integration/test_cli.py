@@ -100,6 +100,7 @@ def test_serve_with_two_workers_and_master_key(simulator: str, tmp_path: Path) -
         "SIM_URL": simulator,
         "SIM_KEY": SIM_KEY,
         "FAREBOX_MASTER_KEY": "sk-master-key-1",
+        "FAREBOX_METRICS_PORT": "0",  # not the shared default: tests run in parallel
     }
     proc = subprocess.Popen(
         [*FAREBOX, "serve", "--config", str(cfg), "--port", str(port), "--workers", "2"],
@@ -158,6 +159,7 @@ def test_migrate_then_usage_reads_the_ledger(tmp_path: Path, simulator: str) -> 
             "SIM_URL": simulator,
             "SIM_KEY": SIM_KEY,
             "FAREBOX_SPOOL_DIR": str(tmp_path / "spool"),
+            "FAREBOX_METRICS_PORT": "0",
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -193,6 +195,7 @@ def test_serve_warns_when_the_ledger_is_not_migrated(tmp_path: Path) -> None:
         **os.environ,
         "FAREBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}",
         "FAREBOX_SPOOL_DIR": str(tmp_path / "spool"),
+        "FAREBOX_METRICS_PORT": "0",
     }
     proc = subprocess.Popen(
         [*FAREBOX, "serve", "--config", str(cfg), "--port", str(port)],

@@ -129,7 +129,7 @@ def test_drills_across_two_replicas(tmp_path: Path, pg_url: str, redis_server: A
             client.publish("farebox:drills", b"changed")
             client.close()
             for gw in (a, b):
-                _wait_active(gw.port, len(DRILLS))
+                _wait_active(gw.metrics_port, len(DRILLS))
             seen = run(load([a.base_url, b.base_url], LOAD_S))
             final = _wait_for_verdicts(pg_url)
     finally:

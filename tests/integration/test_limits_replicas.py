@@ -208,7 +208,7 @@ def test_rpm_holds_within_one_percent_across_three_replicas(
 
 
 def _metric(gw: GatewayProcess, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(gw.metrics_url, timeout=5) as resp:
         text = resp.read().decode()
     total = 0.0
     for line in text.splitlines():

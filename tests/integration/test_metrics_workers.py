@@ -73,7 +73,7 @@ Series = dict[tuple[tuple[str, str], ...], float]
 
 
 def _scrape(gw: GatewayProcess) -> dict[str, Series]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=10) as resp:
+    with urllib.request.urlopen(gw.metrics_url, timeout=10) as resp:
         text = resp.read().decode()
     out: dict[str, Series] = {}
     for family in text_string_to_metric_families(text):

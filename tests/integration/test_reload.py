@@ -61,7 +61,7 @@ def replace_file(path: Path, text: str) -> None:
 
 
 def metric(gw: GatewayProcess, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(gw.metrics_url, timeout=5) as resp:
         text = resp.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
