@@ -220,6 +220,18 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _logprobs(value: Any) -> dict[str, Any] | None:
+    """A choice's log probabilities with both keys the spec requires (litellm's from
+    Gemini / Vertex AI have no `refusal`)."""
+    if not isinstance(value, Mapping):
+        return None
+    content, refusal = value.get("content"), value.get("refusal")
+    return {
+        "content": content if isinstance(content, list) else None,
+        "refusal": refusal if isinstance(refusal, list) else None,
+    }
+
+
 def _fingerprint(raw: Mapping[str, Any], out: dict[str, Any]) -> None:
     """`system_fingerprint` only when the provider sent one: the spec types it `string`,
     and litellm reports `None` for every provider that has no such thing."""
@@ -253,7 +265,7 @@ def response(raw: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "index": index if type(index) is int else position,
                 "message": out_message,
-                "logprobs": choice.get("logprobs"),
+                "logprobs": _logprobs(choice.get("logprobs")),
                 "finish_reason": finish_reason(choice.get("finish_reason"), bool(calls)) or "stop",
             }
         )
@@ -313,7 +325,7 @@ def chunks(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "index": index if type(index) is int else position,
                 "delta": out_delta,
-                "logprobs": choice.get("logprobs"),
+                "logprobs": _logprobs(choice.get("logprobs")),
                 "finish_reason": reason,
             }
         )
