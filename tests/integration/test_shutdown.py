@@ -194,11 +194,13 @@ class Clients:
             self.outcomes[name] = exc
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_ends_long_streams_and_hung_calls_with_errors_and_meters_them(
-    simulator: str, pg_url: str, tmp_path: Path
+    simulator: str, pg_url: str, tmp_path: Path, workers: int
 ) -> None:
+    """With 2 workers the supervisor gets the signal and forwards it to each worker."""
     env = {"FAREBOX_DATABASE_URL": pg_url, "FAREBOX_GRACEFUL_SHUTDOWN_S": str(GRACE_S)}
-    with gateway_process(CONFIG % {"sim": simulator}, tmp_path, env) as gw:
+    with gateway_process(CONFIG % {"sim": simulator}, tmp_path, env, workers) as gw:
         # Connections a client (or a proxy) holds open in its pool before the drain.
         pooled = [RawConnection(gw.port) for _ in range(3)]
         for conn in pooled:

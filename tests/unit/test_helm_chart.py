@@ -81,8 +81,10 @@ def check_service_monitor(doc: dict[str, Any]) -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     spec = doc["spec"]
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/name"] == "farebox"
+    # The metrics Service only (its own port), never the API Service.
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "metrics"
     (endpoint,) = spec["endpoints"]
-    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
 
 
@@ -140,6 +142,61 @@ def test_the_deployment_probes_drains_spreads_and_runs_locked_down(which: str) -
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     metric_types = [m["type"] for m in hpa["metrics"]]
     assert metric_types == (["Resource", "Pods"] if which == "production" else ["Resource"])
+
+
+@pytest.mark.parametrize("which", VALUE_SETS)
+def test_metrics_are_served_on_their_own_port_service_and_policy(which: str) -> None:
+    values = VALUE_SETS[which] or {}
+    docs = manifests(values or None)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    api, metrics = services["fb-farebox"], services["fb-farebox-metrics"]
+    # The API Service (possibly a LoadBalancer) never carries the metrics port.
+    assert [p["targetPort"] for p in api["spec"]["ports"]] == ["http"]
+    assert metrics["spec"]["type"] == "ClusterIP"
+    assert [p["targetPort"] for p in metrics["spec"]["ports"]] == ["metrics"]
+    assert metrics["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"
+    assert "app.kubernetes.io/component" not in api["metadata"]["labels"]
+    (gateway,) = containers(by_kind(docs)["Deployment"])
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert ports == {"http": 8080, "metrics": 9464}
+    assert env["FAREBOX_METRICS_PORT"] == "9464"
+    assert metrics["spec"]["ports"][0]["port"] == ports["metrics"]
+    if which == "production":
+        policy = by_kind(docs)["NetworkPolicy"]["spec"]
+        rules = {rule["ports"][0]["port"]: rule["from"] for rule in policy["ingress"]}
+        assert set(rules) == {"http", "metrics"}
+        # Not the API's clients: by default Prometheus pods only.
+        assert rules["metrics"] == [
+            {
+                "namespaceSelector": {},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }
+        ]
+        assert rules["metrics"] != rules["http"]
+    with pytest.raises(helm.HelmValuesError):
+        render({"metrics": {"port": 8080}})  # the API's own port
+
+
+def test_the_termination_grace_period_covers_the_whole_drain() -> None:
+    """preStop sleep + drain (the longest stream that should finish) + ledger flush: the
+    kubelet counts the preStop in the grace period, and kills at its end."""
+    for values in ({}, PRODUCTION, {"drain": {"seconds": 600}}):
+        pod = by_kind(manifests(values or None))["Deployment"]["spec"]["template"]["spec"]
+        drain = {**yaml.safe_load((CHART / "values.yaml").read_text())["drain"]}
+        drain.update((values or {}).get("drain", {}))
+        needed = drain["preStopSleepSeconds"] + drain["seconds"] + drain["ledgerFlushSeconds"]
+        assert pod["terminationGracePeriodSeconds"] >= needed
+    default = by_kind(manifests())["Deployment"]["spec"]["template"]["spec"]
+    assert default["terminationGracePeriodSeconds"] == 5 + 120 + 15
+    assert (
+        by_kind(manifests({"terminationGracePeriodSeconds": 300}))["Deployment"]["spec"][
+            "template"
+        ]["spec"]["terminationGracePeriodSeconds"]
+        == 300
+    )
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render({"terminationGracePeriodSeconds": 60})
 
 
 def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook() -> None:

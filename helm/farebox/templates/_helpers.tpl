@@ -49,10 +49,14 @@ app.kubernetes.io/part-of: farebox
 {{/* Seconds Kubernetes waits after SIGTERM: the preStop pause, uvicorn's drain, then the
 ledger writer's final flush. Always longer than the drain, so a pod is never killed mid-drain. */}}
 {{- define "farebox.terminationGracePeriod" -}}
+{{- $needed := ceil (addf .Values.drain.preStopSleepSeconds .Values.drain.seconds .Values.drain.ledgerFlushSeconds) | int }}
 {{- if .Values.terminationGracePeriodSeconds }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least drain.preStopSleepSeconds + drain.seconds + drain.ledgerFlushSeconds (%d): the kubelet would kill pods mid-stream or mid-flush" .Values.terminationGracePeriodSeconds $needed) }}
+{{- end }}
 {{- .Values.terminationGracePeriodSeconds }}
 {{- else }}
-{{- add .Values.drain.preStopSleepSeconds .Values.drain.seconds .Values.drain.ledgerFlushSeconds }}
+{{- $needed }}
 {{- end }}
 {{- end }}
 
