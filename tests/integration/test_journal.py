@@ -20,60 +20,21 @@ from gateway.ledger.journal import CRASHED, Journal
 from gateway.ledger.spool import Spool
 from gateway.ledger.writer import LedgerWriter
 from gateway.metering import new_attempt_id
+from tests import ledger_rows as rows
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def request_row(request_id: str, attempts: int = 1) -> RequestRow:
-    return RequestRow(
-        id=request_id,
-        received_at=NOW,
-        key_id="k",
-        route="chat",
-        requested_model="chat",
-        endpoint="chat/completions",
-        workload=None,
-        stream=False,
-        final_status=200,
-        error_class=None,
-        final_deployment="small@sim",
-        attempts=attempts,
-        input_uncached_tokens=10,
-        cached_read_tokens=0,
-        cache_write_tokens=0,
-        output_tokens=5,
-        reasoning_tokens=0,
-        cost_usd=Decimal("0.0000020000"),
-        latency_ms=12.5,
-        ttft_ms=None,
+def request_row(request_id: str) -> RequestRow:
+    return rows.request_row(
+        request_id, received_at=NOW, cost_usd=Decimal("0.0000020000"), output_tokens=5
     )
 
 
 def attempt_row(attempt_id: str, request_id: str) -> AttemptRow:
-    return AttemptRow(
-        id=attempt_id,
-        request_id=request_id,
-        attempt_no=1,
-        role="primary",
-        deployment="small@sim",
-        provider="sim",
-        provider_kind="serverless",
-        upstream_model="sim-small",
-        provider_request_id="req_up",
-        started_at=NOW,
-        ttft_ms=None,
-        latency_ms=10.0,
-        http_status=200,
-        error_class=None,
-        input_uncached_tokens=10,
-        cached_read_tokens=0,
-        cache_write_tokens=0,
-        output_tokens=5,
-        reasoning_tokens=0,
-        token_source="provider",
-        cost_usd=Decimal("0.0000020000"),
-        price_version="test",
+    return rows.attempt_row(
+        attempt_id, request_id, started_at=NOW, cost_usd=Decimal("0.0000020000")
     )
 
 

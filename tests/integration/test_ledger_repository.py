@@ -17,14 +17,14 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.ledger.events import ESTIMATED, PROVIDER, AttemptRow, RequestRow
+from gateway.ledger.events import ESTIMATED, AttemptRow, RequestRow
 from gateway.ledger.migrate import current, downgrade, upgrade
 from gateway.ledger.models import Base, attempts_table, requests_table
 from gateway.ledger.repository import LedgerRepository, UsageLine
+from tests.ledger_rows import T0, attempt_row, request_row
 from tests.services import PostgresServer
 
 T = TypeVar("T")
-T0 = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 SINCE = T0 - timedelta(hours=1)
 
 
@@ -57,57 +57,11 @@ def on_connection(url: str, fn: Callable[[Connection], T]) -> T:
 
 
 def req(id: str, **kw: Any) -> RequestRow:
-    base = RequestRow(
-        id=id,
-        received_at=T0,
-        key_id="k1",
-        route="chat",
-        requested_model="chat",
-        endpoint="chat/completions",
-        workload=None,
-        stream=False,
-        final_status=200,
-        error_class=None,
-        final_deployment="fast@sim",
-        attempts=1,
-        input_uncached_tokens=0,
-        cached_read_tokens=0,
-        cache_write_tokens=0,
-        output_tokens=0,
-        reasoning_tokens=0,
-        cost_usd=None,
-        latency_ms=10.0,
-        ttft_ms=None,
-    )
-    return dataclasses.replace(base, **kw)
+    return request_row(id, **kw)
 
 
 def att(id: str, request_id: str, **kw: Any) -> AttemptRow:
-    base = AttemptRow(
-        id=id,
-        request_id=request_id,
-        attempt_no=1,
-        role="primary",
-        deployment="fast@sim",
-        provider="sim",
-        provider_kind="serverless",
-        upstream_model="m-fast",
-        provider_request_id=None,
-        started_at=T0,
-        ttft_ms=None,
-        latency_ms=10.0,
-        http_status=200,
-        error_class=None,
-        input_uncached_tokens=0,
-        cached_read_tokens=0,
-        cache_write_tokens=0,
-        output_tokens=0,
-        reasoning_tokens=0,
-        token_source=PROVIDER,
-        cost_usd=None,
-        price_version=None,
-    )
-    return dataclasses.replace(base, **kw)
+    return attempt_row(id, request_id, **kw)
 
 
 def tokens(*counts: int) -> dict[str, Any]:
