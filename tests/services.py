@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
@@ -169,6 +169,15 @@ class PostgresServer:
         for pid in self._pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Frozen for the block, thawed on the way out whatever happens."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         args = ["-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", dbname]

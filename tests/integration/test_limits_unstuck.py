@@ -15,10 +15,7 @@ The kill -9 acceptance test for expiring reservations is tests/e2e/test_limits_c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -186,45 +183,13 @@ def test_the_reconciler_sets_redis_spend_back_to_the_ledger(env: Env) -> None:
 # -- item 6: a frozen key database does not stall known keys -------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-@contextlib.contextmanager
-def frozen(postgres: PostgresServer) -> Iterator[None]:
-    """SIGSTOP the postmaster, then every backend and helper it forked (each backend leads
-    its own process group, so signalling the postmaster's group is not enough); SIGCONT
-    on the way out, whatever happens. A stopped postmaster forks no new backends."""
-    postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    stopped = [postmaster]
-    try:
-        os.kill(postmaster, signal.SIGSTOP)
-        for pid in _children(postmaster):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-        yield
-    finally:
-        for pid in reversed(stopped):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
 def test_stale_keys_are_served_while_postgres_is_frozen(env: Env, postgres: PostgresServer) -> None:
     _, secret = env.key()
     _, other_secret = env.key()
     client, other = env.client(secret), env.client(other_secret)
     chat(client)
     chat(other)
-    with frozen(postgres):
+    with postgres.frozen():
         cached_until = time.monotonic() + KEY_CACHE_TTL_S
         wait_for("the cache entries to go stale", lambda: time.monotonic() > cached_until)
         slowest = 0.0
