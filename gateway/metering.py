@@ -135,29 +135,29 @@ class Meter:
         principal = ctx.principal
         journal.intent(
             attempt_id,
-            {
-                "request_id": ctx.request_id,
-                "attempt_no": len(ctx.attempts) + len(intents),
-                "role": attempt.role,
-                "deployment": dep.id,
-                "provider": dep.provider,
-                "provider_kind": dep.provider_kind,
-                "upstream_model": dep.upstream_model,
-                "started_at": time.time(),
-                "body_bytes": ctx.body_bytes,
-                "received_at": ctx.received_at,
-                "route": ctx.route,
-                "requested_model": ctx.requested_model,
-                "endpoint": ctx.endpoint,
-                "stream": ctx.stream,
-                "key_id": ctx.key_id,
-                "workload": ctx.workload,
-                "team": principal.team if principal is not None else None,
-                "segment": principal.tags.get("segment")
-                if principal is not None and principal.tags
-                else None,
-                "drill_id": ctx.drill_id,
-            },
+            (  # "i", the id, then gateway.ledger.journal.INTENT_FIELDS in order
+                "i",
+                attempt_id,
+                ctx.request_id,
+                len(ctx.attempts) + len(intents),
+                attempt.role,
+                dep.id,
+                dep.provider,
+                dep.provider_kind,
+                dep.upstream_model,
+                time.time(),
+                ctx.body_bytes,
+                ctx.received_at,
+                ctx.route,
+                ctx.requested_model,
+                ctx.endpoint,
+                ctx.stream,
+                ctx.key_id,
+                ctx.workload,
+                principal.team if principal is not None else None,
+                principal.tags.get("segment") if principal is not None and principal.tags else None,
+                ctx.drill_id,
+            ),
         )
 
     def _price(

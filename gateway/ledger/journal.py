@@ -63,7 +63,31 @@ _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRow))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))
 _request_values = operator.attrgetter(*_REQUEST_FIELDS)
 _attempt_values = operator.attrgetter(*_ATTEMPT_FIELDS)
-_HEADER = orjson.dumps({"h": {"r": _REQUEST_FIELDS, "a": _ATTEMPT_FIELDS}}) + b"\n"
+# An intent line is ["i", attempt id, *these], in this order (Meter.intent builds it).
+INTENT_FIELDS = (
+    "request_id",
+    "attempt_no",
+    "role",
+    "deployment",
+    "provider",
+    "provider_kind",
+    "upstream_model",
+    "started_at",  # epoch seconds
+    "body_bytes",
+    "received_at",
+    "route",
+    "requested_model",
+    "endpoint",
+    "stream",
+    "key_id",
+    "workload",
+    "team",
+    "segment",
+    "drill_id",
+)
+_HEADER = (
+    orjson.dumps({"h": {"r": _REQUEST_FIELDS, "a": _ATTEMPT_FIELDS, "i": INTENT_FIELDS}}) + b"\n"
+)
 # (deployment, upstream model, provider kind, when, input tokens) -> (cost, price version)
 Pricer = Callable[[str, str, str, datetime, int], tuple[Decimal | None, str | None]]
 
@@ -110,8 +134,9 @@ class Journal:
 
     # -- hot path -----------------------------------------------------------------------
 
-    def intent(self, attempt_id: str, fields: dict[str, Any]) -> None:
-        line = orjson.dumps({"i": attempt_id, **fields}) + b"\n"
+    def intent(self, attempt_id: str, record: tuple[Any, ...]) -> None:
+        """`record`: ("i", attempt_id, *values in INTENT_FIELDS order)."""
+        line = orjson.dumps(record) + b"\n"
         self._open[attempt_id] = line
         self._append(line)
 
@@ -307,9 +332,9 @@ def open_calls(directory: str | os.PathLike[str]) -> set[str]:
     started: set[str] = set()
     finished: set[str] = set()
     for line in _lines(sorted(Path(directory).glob("journal-*.jsonl"))):
-        if line.startswith(b'{"i":'):
-            started.add(orjson.loads(line)["i"])
-        elif line.startswith(b"["):
+        if line.startswith(b'["i",'):
+            started.add(orjson.loads(line)[1])
+        elif line.startswith(b"[["):
             finished.update(a[_ATTEMPT_FIELDS.index("id")] for a in orjson.loads(line)[1])
     return started - finished
 
@@ -327,12 +352,19 @@ def _rebuild(segments: list[Path], pricer: Pricer) -> list[Batch]:
     intents: dict[str, dict[str, Any]] = {}
     finished: set[str] = set()
     recorded_requests: set[str] = set()
-    header: dict[str, list[str]] = {"r": list(_REQUEST_FIELDS), "a": list(_ATTEMPT_FIELDS)}
+    header: dict[str, list[str]] = {
+        "r": list(_REQUEST_FIELDS),
+        "a": list(_ATTEMPT_FIELDS),
+        "i": list(INTENT_FIELDS),
+    }
     for line in _lines(segments):
         try:
-            if line.startswith(b'{"i":'):
-                data = orjson.loads(line)
-                intents[data["i"]] = data
+            if line.startswith(b'["i",'):
+                values = orjson.loads(line)
+                intents[values[1]] = {
+                    "i": values[1],
+                    **dict(zip(header["i"], values[2:], strict=True)),
+                }
                 continue
             if line.startswith(b'{"h":'):
                 header = orjson.loads(line)["h"]

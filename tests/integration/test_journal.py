@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ledger.events import AttemptRow, RequestRow
-from gateway.ledger.journal import CRASHED, Journal
+from gateway.ledger.journal import CRASHED, INTENT_FIELDS, Journal
 from gateway.ledger.spool import Spool
 from gateway.ledger.writer import LedgerWriter
 from gateway.metering import new_attempt_id
@@ -38,8 +38,9 @@ def attempt_row(attempt_id: str, request_id: str) -> AttemptRow:
     )
 
 
-def intent_fields(request_id: str, body_bytes: int = 400) -> dict[str, object]:
-    return {
+def intent(attempt_id: str, request_id: str, body_bytes: int = 400) -> tuple[object, ...]:
+    """An intent record as Meter.intent builds it: "i", the id, then INTENT_FIELDS."""
+    fields = {
         "request_id": request_id,
         "attempt_no": 1,
         "role": "primary",
@@ -60,6 +61,7 @@ def intent_fields(request_id: str, body_bytes: int = 400) -> dict[str, object]:
         "segment": None,
         "drill_id": None,
     }
+    return ("i", attempt_id, *(fields[name] for name in INTENT_FIELDS))
 
 
 def price(
@@ -72,11 +74,11 @@ CRASHING_PROCESS = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {root!r})
-    from tests.integration.test_journal import attempt_row, intent_fields, request_row
+    from tests.integration.test_journal import attempt_row, intent, request_row
     from gateway.ledger.journal import Journal
     journal = Journal({directory!r}, fsync_ms=0)
-    journal.intent("att_done", intent_fields("req_done"))
-    journal.intent("att_open", intent_fields("req_open", body_bytes=401))
+    journal.intent("att_done", intent("att_done", "req_done"))
+    journal.intent("att_open", intent("att_open", "req_open", body_bytes=401))
     journal.outcome(request_row("req_done"), [attempt_row("att_done", "req_done")])
     os.kill(os.getpid(), signal.SIGKILL)
     """
@@ -116,7 +118,7 @@ def test_a_killed_process_leaves_rows_and_a_crashed_attempt(tmp_path: Path) -> N
 
 def test_a_live_process_journal_is_left_alone(tmp_path: Path) -> None:
     alive = Journal(tmp_path, fsync_ms=0)
-    alive.intent("att_1", intent_fields("req_1"))
+    alive.intent("att_1", intent("att_1", "req_1"))
     other = Journal(tmp_path, fsync_ms=0)
     assert other.recover(price) == []  # its owner still holds the lock
     other.close(durable_upto=0)
@@ -125,10 +127,10 @@ def test_a_live_process_journal_is_left_alone(tmp_path: Path) -> None:
 
 def test_segments_are_dropped_once_durable_and_open_intents_carried_over(tmp_path: Path) -> None:
     journal = Journal(tmp_path, fsync_ms=5, rotate_s=0)
-    journal.intent("att_long", intent_fields("req_long"))  # a long stream, still open
+    journal.intent("att_long", intent("att_long", "req_long"))  # a long stream, still open
     seq = 0
     for n in range(3):
-        journal.intent(f"att_{n}", intent_fields(f"req_{n}"))
+        journal.intent(f"att_{n}", intent(f"att_{n}", f"req_{n}"))
         seq = journal.outcome(request_row(f"req_{n}"), [attempt_row(f"att_{n}", f"req_{n}")])
         journal.maintain(durable_upto=seq - 1)  # the writer is one request behind
     assert seq == 3
@@ -147,7 +149,7 @@ def test_segments_are_dropped_once_durable_and_open_intents_carried_over(tmp_pat
 
 def test_a_clean_close_leaves_nothing_behind(tmp_path: Path) -> None:
     journal = Journal(tmp_path, fsync_ms=1)
-    journal.intent("att_1", intent_fields("req_1"))
+    journal.intent("att_1", intent("att_1", "req_1"))
     journal.outcome(request_row("req_1"), [attempt_row("att_1", "req_1")])
     journal.close(durable_upto=1)
     assert list(tmp_path.iterdir()) == []
