@@ -58,7 +58,7 @@ ENV PATH=/opt/farebox/bin:$PATH \
 VOLUME ["/var/lib/farebox"]
 # Numeric, so Kubernetes can check runAsNonRoot without reading /etc/passwd.
 USER ${FAREBOX_UID}:${FAREBOX_UID}
-EXPOSE 8080
+EXPOSE 8080 9464
 # Liveness only (the process answers); readiness is /readyz, for the load balancer.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('FAREBOX_PORT', '8080')}/healthz\", timeout=2)"]

@@ -52,8 +52,10 @@ class Settings(BaseSettings):
     journal_enabled: bool = True
     journal_dir: str | None = None
     # How often the journal is fsync'd (a lost machine); 0 = never (a killed process is
-    # still covered: write() reaches the kernel).
-    journal_fsync_ms: float = 10.0
+    # still covered: the mapped pages are the kernel's). Every second by default: on this
+    # machine's disk an fsync every 10-50 ms stalled the hot path (pages under writeback)
+    # and cost a fifth of the throughput; bench/JOURNAL.md has the figures.
+    journal_fsync_ms: float = 1000.0
     # At shutdown, how long the ledger may spend writing what is queued to the database;
     # what is left then (a hung database) goes to the spool. Helm's grace period covers it.
     ledger_close_timeout_s: float = 10.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ledger.events import AttemptRow, RequestRow
-from gateway.ledger.journal import CRASHED, INTENT_FIELDS, Journal
+from gateway.ledger.journal import CRASHED, INTENT_FIELDS, Journal, open_calls
 from gateway.ledger.spool import Spool
 from gateway.ledger.writer import LedgerWriter
 from gateway.metering import new_attempt_id
@@ -209,3 +209,22 @@ def test_attempt_ids_differ_in_a_forked_child() -> None:
     os.close(read)
     parent = new_attempt_id()
     assert child[:16] != parent[:16], (child, parent)
+
+
+def test_a_half_copied_line_and_the_unused_tail_are_skipped(tmp_path: Path) -> None:
+    """A process killed mid-copy can leave a line with NULs in it or no newline; the rest
+    of a mapped segment reads as NULs. Readers take every complete line and nothing else."""
+    journal = Journal(tmp_path, fsync_ms=0)
+    journal.intent("att_1", intent("att_1", "req_1"))
+    journal.intent("att_2", intent("att_2", "req_2"))
+    journal.close(durable_upto=0)  # kept: two intents open
+    segment = next(tmp_path.glob("journal-*.jsonl"))
+    data = bytearray(segment.read_bytes())
+    end = data.index(b"\x00")
+    torn = b'["i","att_3","req_3"\x00\x00,1]\n'  # a copy that stopped half-way through
+    data[end : end + len(torn)] = torn
+    data[end + len(torn) : end + len(torn) + 9] = b'["i","att'  # no newline: cut short
+    segment.write_bytes(bytes(data))
+    assert open_calls(tmp_path) == {"att_1", "att_2"}
+    batches = Journal(tmp_path, fsync_ms=0).recover(price)
+    assert sorted(a.id for _, attempts in batches for a in attempts) == ["att_1", "att_2"]
