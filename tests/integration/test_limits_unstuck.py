@@ -172,12 +172,14 @@ def test_the_reconciler_sets_redis_spend_back_to_the_ledger(env: Env) -> None:
     # A settlement lost to a frozen Redis: Redis is behind the ledger.
     env.redis.hincrby(budget_key, "spent", -truth)
     wait_for("Redis raised to the ledger", lambda: redis_nano() == truth)
-    assert corrections("up") == up + 1
+    # The counters are per process, not per key: other keys of this module's shared gateway
+    # may be corrected in the same passes, so "at least this one".
+    assert corrections("up") > up
 
     # One counted twice (a timeout that did reach Redis): Redis is ahead; the key is idle.
     env.redis.hincrby(budget_key, "spent", 5_000_000)
     wait_for("Redis lowered to the ledger", lambda: redis_nano() == truth)
-    assert corrections("down") == down + 1
+    assert corrections("down") > down
 
 
 # -- item 6: a frozen key database does not stall known keys -------------------------------
