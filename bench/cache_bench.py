@@ -114,7 +114,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     sim = Proc(
         "simulator",
-        [python(), "-c", f"from gateway.mock_upstream import run; run('127.0.0.1', {sim_port})"],
+        [python(), "-c", f"from simulator import run; run('127.0.0.1', {sim_port})"],
         env,
         WORK / "simulator.log",
         {1},

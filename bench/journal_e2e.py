@@ -49,7 +49,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="journal-e2e-"))
     (work / "post.lua").write_text(LUA)
     sim_port = free_port()
-    code = f"from gateway.mock_upstream import run; run('127.0.0.1', {sim_port})"
+    code = f"from simulator import run; run('127.0.0.1', {sim_port})"
     procs = [subprocess.Popen(["taskset", "-c", "1", PY, "-c", code], cwd=ROOT)]
     gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:

@@ -53,9 +53,9 @@ def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None]:
 def simulator(
     port: int, env: dict[str, str], cpus: set[int] | None, name: str = "simulator"
 ) -> tuple[Proc, str]:
-    """The project's simulator, `gateway.mock_upstream.run(host, port)`, as its own process."""
+    """The project's simulator, `simulator.run(host, port)`, as its own process."""
     probe = subprocess.run(
-        [python(), "-c", "from gateway.mock_upstream import run"],
+        [python(), "-c", "from simulator import run"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -63,9 +63,9 @@ def simulator(
     )
     if probe.returncode != 0:
         raise SystemExit(f"bench: cannot import the simulator: {probe.stderr.strip()[-400:]}")
-    code = f"from gateway.mock_upstream import run; run('127.0.0.1', {port})"
+    code = f"from simulator import run; run('127.0.0.1', {port})"
     argv = [python(), "-c", code]
-    return Proc(name, argv, env, WORK / f"{name}.log", cpus), "gateway.mock_upstream.run"
+    return Proc(name, argv, env, WORK / f"{name}.log", cpus), "simulator.run"
 
 
 def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:

@@ -35,9 +35,9 @@ N = 50_000
 
 
 def _measure() -> dict[str, float]:
-    from gateway import metrics, request_log, telemetry
+    from gateway.core.metering import CallContext, Meter, NullLedger
     from gateway.ledger.pricing import LitellmPriceMap, PriceBook
-    from gateway.metering import CallContext, Meter, NullLedger
+    from gateway.observability import metrics, request_log, telemetry
     from routing.cost import TokenPrice
     from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts
 

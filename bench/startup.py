@@ -103,7 +103,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     sim_port = free_port()
-    code = f"from gateway.mock_upstream import run; run('127.0.0.1', {sim_port})"
+    code = f"from simulator import run; run('127.0.0.1', {sim_port})"
     sim = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "python"), "-c", code],
         cwd=ROOT,

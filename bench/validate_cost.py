@@ -24,10 +24,10 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import payload_log
 from gateway.api.asgi import headers_too_large, read_body
 from gateway.api.validate import check_chat, check_embedding, parse_object
-from gateway.config_schema import Route, ServerConfig
+from gateway.config.schema import Route, ServerConfig
+from gateway.observability import payload_log
 
 SERVER = ServerConfig()
 

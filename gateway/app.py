@@ -21,7 +21,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from gateway import metrics, request_log, shutdown, telemetry
 from gateway.api.admin import admin_router
 from gateway.api.admin_drills import admin_drills_router
 from gateway.api.admin_keys import admin_keys_router
@@ -31,9 +30,11 @@ from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_er
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
 from gateway.api.status_page import status_router
-from gateway.config_schema import GatewayConfig, load_config
-from gateway.db_probe import DatabaseProbe
-from gateway.reload import (
+from gateway.config.schema import GatewayConfig, load_config
+from gateway.observability import metrics, request_log, telemetry
+from gateway.serving import shutdown
+from gateway.serving.db_probe import DatabaseProbe
+from gateway.serving.reload import (
     Reloader,
     ignore_sighup_until_ready,
     mark_file_loaded,
@@ -76,7 +77,7 @@ class HotPath:
         self.endpoints: OpenAIEndpoints = app.state.endpoints
         self.anthropic: AnthropicEndpoints = app.state.anthropic
         self.holder: StateHolder = app.state.holder
-        # From SIGTERM on (gateway/server.py), new /v1 work gets a 503.
+        # From SIGTERM on (gateway/serving/server.py), new /v1 work gets a 503.
         self.drain: shutdown.Drain = app.state.drain
         # Requests that came in on the metrics listener (see gateway/api/ops.py).
         self.metrics_port: int = app.state.metrics_port
@@ -165,7 +166,7 @@ def create_app(
         try:
             yield
         finally:
-            # uvicorn runs this once every request has ended: gateway/server.py cut those
+            # uvicorn runs this once every request has ended: gateway/serving/server.py cut those
             # that outlived the grace period, so their ledger rows are queued by now and
             # the close below flushes them.
             await probe.close()

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # After SIGTERM: how long requests in flight (streams included) get to finish. What is
     # still running then is ended with an error (ledger error class `shutdown`) and the
-    # ledger is flushed; with nothing in flight the process exits at once (gateway/server.py).
+    # ledger is flushed; with nothing in flight the process exits at once
+    # (gateway/serving/server.py).
     graceful_shutdown_s: float = 30.0
     # /metrics has its own listener, so the API port never shows spend and traffic to
     # whoever can reach it. 9464 is the port Prometheus' port registry gives the

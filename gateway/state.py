@@ -15,15 +15,18 @@ from typing import Protocol
 
 import orjson
 
-from gateway.auth import KeyStore, Principal
-from gateway.breakers import Breakers
-from gateway.cache import ResponseCache
-from gateway.config_schema import GatewayConfig
-from gateway.drill_schedule import DrillScheduler
-from gateway.drills import DrillBoard
-from gateway.inflight_sync import InFlightSync
-from gateway.key_admin import KeyAdmin
-from gateway.key_sync import KeySync, virtual_keys
+from gateway.cache.response import ResponseCache
+from gateway.config.schema import GatewayConfig
+from gateway.core.breakers import Breakers
+from gateway.core.live_routing import LiveRouting, Scorer
+from gateway.core.metering import Ledger, Meter, NullLedger
+from gateway.core.quality_live import QualityLive
+from gateway.core.service import Service
+from gateway.drills.board import DrillBoard
+from gateway.drills.schedule import DrillScheduler
+from gateway.keys.admin import KeyAdmin
+from gateway.keys.auth import KeyStore, Principal
+from gateway.keys.sync import KeySync, virtual_keys
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
@@ -31,14 +34,11 @@ from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
-from gateway.limits import Limiter
-from gateway.live_routing import LiveRouting, Scorer
-from gateway.metering import Ledger, Meter, NullLedger
+from gateway.limits.inflight_sync import InFlightSync
+from gateway.limits.limiter import Limiter
 from gateway.providers.base import Adapter
 from gateway.providers.dispatch import ProtocolDispatch
 from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
-from gateway.quality_live import QualityLive
-from gateway.service import Service
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
@@ -75,7 +75,7 @@ class GatewayState:
     drills: DrillBoard | None = None
     # Starts the YAML's scheduled drills (only with a ledger and a `drills:` list).
     drill_scheduler: DrillScheduler | None = None
-    # The response cache (gateway/cache.py); None unless some route has `cache:`.
+    # The response cache (gateway/cache/response.py); None unless some route has `cache:`.
     cache: ResponseCache | None = None
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
@@ -155,7 +155,7 @@ def build_scorers(config: GatewayConfig) -> dict[str, Scorer]:
     routes = {n: r for n, r in config.routes.items() if r.strategy == "quality"}
     if not routes:
         return {}
-    from gateway.router_scoring import load_scorer
+    from gateway.router.scoring import load_scorer
 
     return {name: load_scorer(route.router_model) for name, route in routes.items()}
 

@@ -2,7 +2,7 @@
 
 Every function takes the current state and `now` and returns a new state; nothing here reads a
 clock or keeps anything between calls, so the same machine runs in-process, under a replica that
-shares trips through Redis (gateway/breakers.py) and under hypothesis with a fake clock. `now`
+shares trips through Redis (gateway/core/breakers.py) and under hypothesis with a fake clock. `now`
 may be any monotonic seconds value as long as one state only ever sees one clock.
 
 closed ──(N consecutive failures, or error rate ≥ threshold over ≥ min_requests in the window)──►

@@ -1,6 +1,6 @@
 """Response-cache keys: which requests may be cached, and the hash that names their answer.
 
-Pure: the gateway (gateway/cache.py) reads headers and stores; this module only decides.
+Pure: the gateway (gateway/cache/response.py) reads headers and stores; this module only decides.
 
 A key is the SHA-256 of a canonical form of the request (sorted-key JSON of every field
 that can change the answer) under a namespace that names the route's configuration and

@@ -1,6 +1,6 @@
 """Pure decisions behind the attempt loop: classify a failure, back off, pick the next target.
 
-The loop itself (I/O, sleeping, cancellation) lives in `gateway/service.py`; everything here is
+The loop itself (I/O, sleeping, cancellation) lives in `gateway/core/service.py`; everything here is
 a plain function of its arguments so the fault matrix can be tested without a network, a clock or
 a random generator. Times are passed in as seconds, random values as floats in [0, 1).
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# `candidate`: a consensus / speculative fan-out call beyond the first (gateway.fanout).
+# `candidate`: a consensus / speculative fan-out call beyond the first (gateway.strategies.fanout).
 ROLES = (
     "primary",
     "retry",

@@ -1,12 +1,12 @@
 """The quality router's model: from the prompt alone, how likely the strong model is needed.
 
 A linear model over routing.quality_features (hashed words and bigrams, structural cues and
-products of pairs of those cues), trained by gateway.router_train to predict strong-correct
+products of pairs of those cues), trained by gateway.router.train to predict strong-correct
 minus weak-correct, then squashed by a fitted logistic (Platt) curve into P(weak model wrong
 and strong model right). Higher score = send to the strong model. The squashing is monotone,
 so the ranking — all that APGR and a share-of-strong-calls policy use — is the regression's.
 
-Pure: built from a plain dict (gateway.router_model_io reads the file), no I/O here.
+Pure: built from a plain dict (gateway.router.model_io reads the file), no I/O here.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class QualityModel:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QualityModel:
-        """Build from the JSON document gateway.router_model_io reads; ValueError if malformed."""
+        """Build from the JSON document gateway.router.model_io reads; ValueError if malformed."""
         if data.get("format") != FORMAT:
             raise ValueError(f"not a quality router model (format is not {FORMAT!r})")
         if data.get("version") != VERSION:

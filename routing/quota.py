@@ -1,7 +1,7 @@
 """Per-key limits as arithmetic: token buckets, concurrency leases, budget reservations.
 
 Pure: the clock is passed in. The in-process limiter runs these functions directly; the Redis
-limiter runs the same rules in one Lua script per check (gateway/limits_lua.py), so both
+limiter runs the same rules in one Lua script per check (gateway/limits/lua.py), so both
 answer alike. Amounts of money are integer nano-dollars (Lua numbers are doubles: exact to
 2^53 nano-USD ≈ $9M, far above any key's monthly budget), tokens and requests are floats
 inside a bucket so partial refill is exact.

@@ -136,7 +136,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def every_upstream_call_is_metered() -> Iterator[None]:
     """Attempts equal upstream calls, always: an in-process gateway that started a call
     (journalled its intent) and never metered it fails whichever test made it happen."""
-    from gateway import metrics
+    from gateway.observability import metrics
 
     before = metrics.UNMETERED_CALLS._value.get()
     yield

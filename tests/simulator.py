@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.mock_upstream import create_app
+from simulator import create_app
 
 __all__ = ["start_simulator"]
 
@@ -124,7 +124,7 @@ def simulator_process(seed: int = 0) -> Iterator[str]:
     from tests.services import free_port
 
     port = free_port()
-    code = f"from gateway.mock_upstream.server import run; run('127.0.0.1', {port})"
+    code = f"from simulator.server import run; run('127.0.0.1', {port})"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

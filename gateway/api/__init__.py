@@ -1,1 +1,1 @@
-"""Thin HTTP handlers: parse, authenticate, hand over to gateway.service, answer."""
+"""Thin HTTP handlers: parse, authenticate, hand over to gateway.core.service, answer."""

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api.asgi import new_request_id
-from gateway.auth import bearer_token, digest
+from gateway.config.explain import explain_route, parse_chat_request, unknown_route_message
 from gateway.errors import GatewayError, bad_request, clip, too_large, unauthorized
-from gateway.explain import explain_route, parse_chat_request, unknown_route_message
+from gateway.keys.auth import bearer_token, digest
 from gateway.state import GatewayState
 
 

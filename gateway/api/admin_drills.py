@@ -21,12 +21,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from gateway import drill_admin
 from gateway.api.admin import authorize_admin, read_limited
 from gateway.api.admin_keys import _json, _schema
 from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
-from gateway.drill_config import DrillStart
+from gateway.drills import admin as drill_admin
+from gateway.drills.config import DrillStart
 from gateway.errors import GatewayError, bad_request, clip
 from gateway.ledger.drills_repository import RUNNING, STOPPING, DrillsRepository
 

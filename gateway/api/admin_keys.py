@@ -22,7 +22,7 @@ from gateway.api.admin import authorize_admin, forbidden, read_limited
 from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
 from gateway.errors import GatewayError, bad_request, clip
-from gateway.key_admin import (
+from gateway.keys.admin import (
     KeyAdmin,
     KeyDatabaseError,
     KeyNotFound,
@@ -30,7 +30,7 @@ from gateway.key_admin import (
     audit_view,
     key_view,
 )
-from gateway.key_models import KeyCreate, KeyUpdate
+from gateway.keys.models import KeyCreate, KeyUpdate
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState

@@ -35,8 +35,8 @@ from gateway.api.common import (
     send_stream,
 )
 from gateway.api.validate import parse_object
+from gateway.core.metering import CallContext
 from gateway.errors import GatewayError
-from gateway.metering import CallContext
 from gateway.state import GatewayState
 
 # Bare path for clients whose base URL already ends in /v1.

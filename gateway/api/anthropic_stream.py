@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from gateway.api.anthropic_reply import message_id, stop_reason, tool_id, usage
-from gateway.streaming import decode_events
+from gateway.core.streaming import decode_events
 
 # OpenAI error types that are also Anthropic ones; anything else is an `api_error`.
 _SHARED_ERROR_TYPES = frozenset(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import payload_log
 from gateway.api.asgi import Headers, Scope
 from gateway.api.common import admit, apply_drill, observe_answer, plan_for, start_trace
-from gateway.auth import Principal
-from gateway.cache import Lookup
-from gateway.metering import CallContext
-from gateway.service import Completion, StreamingCompletion
+from gateway.cache.response import Lookup
+from gateway.core.metering import CallContext
+from gateway.core.service import Completion, StreamingCompletion
+from gateway.keys.auth import Principal
+from gateway.observability import payload_log
 from gateway.state import GatewayState
 from routing.model import Plan
 
@@ -58,7 +58,7 @@ class Call:
         start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
         ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
-        # Routes without `cache:` pay this one check (gateway/cache.py).
+        # Routes without `cache:` pay this one check (gateway/cache/response.py).
         cached = (
             None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
         )

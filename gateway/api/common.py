@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from gateway import telemetry
 from gateway.api.asgi import (
     SSE_HEADERS,
     ClientGone,
@@ -26,12 +25,13 @@ from gateway.api.asgi import (
     header,
     send_error,
 )
-from gateway.auth import MISS, Principal, bearer_token
+from gateway.core.metering import CallContext
+from gateway.core.service import DONE, StreamingCompletion
 from gateway.errors import GatewayError, clip, model_not_found, unauthorized
-from gateway.limits import Admission, ask_for, rate_headers
-from gateway.metering import CallContext
-from gateway.service import DONE, StreamingCompletion
-from gateway.shutdown import shutting_down, was_cut
+from gateway.keys.auth import MISS, Principal, bearer_token
+from gateway.limits.limiter import Admission, ask_for, rate_headers
+from gateway.observability import telemetry
+from gateway.serving.shutdown import shutting_down, was_cut
 from gateway.state import GatewayState
 from routing.fanout import widen
 from routing.model import DYNAMIC_STRATEGIES, Plan
@@ -68,7 +68,7 @@ async def guarded(
     except asyncio.CancelledError:
         if not was_cut():
             raise  # the client hung up
-        # The process is stopping and the grace period is over (gateway/shutdown.py): the
+        # The process is stopping and the grace period is over (gateway/serving/shutdown.py): the
         # call is metered as `shutdown`; its client gets a JSON 503 it can retry elsewhere.
         task = asyncio.current_task()
         assert task is not None

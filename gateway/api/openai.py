@@ -25,7 +25,7 @@ from gateway.api.common import (
     send_stream,
 )
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_object
-from gateway.metering import CallContext
+from gateway.core.metering import CallContext
 from gateway.state import GatewayState
 
 Checker = Callable[[dict[str, Any]], tuple[str, bool, bool]]

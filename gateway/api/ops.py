@@ -15,14 +15,14 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway import metrics as prometheus
 from gateway.api.admin import authorize_admin
 from gateway.api.anthropic_translate import error_body as anthropic_error_body
 from gateway.api.asgi import Receive, Scope, Send, new_request_id, send_error
-from gateway.db_probe import DatabaseProbe
 from gateway.errors import GatewayError, error_body
+from gateway.observability import metrics as prometheus
+from gateway.serving.db_probe import DatabaseProbe
+from gateway.serving.shutdown import Drain, shutting_down
 from gateway.settings import Settings
-from gateway.shutdown import Drain, shutting_down
 from gateway.state import GatewayState
 
 

@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config_schema import GatewayConfig, Price
-from gateway.config_yaml import ConfigError, ConfigIssue, LocatedDocument, load_yaml
+from gateway.config.schema import GatewayConfig, Price
+from gateway.config.yaml_loader import ConfigError, ConfigIssue, LocatedDocument, load_yaml
 from routing.cost import MILLION, TokenPrice
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from gateway import metrics
 from gateway.ledger.journal import CRASHED, Journal
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.spool import Spool
+from gateway.observability import metrics
 from routing.cost import Usage, attempt_cost
 
 

@@ -44,7 +44,7 @@ from gateway.ledger.models import attempts_table, requests_table
 
 SUCCESS_STATUS = 200
 GATE_PASS = "pass"
-# The attempt error class of a stream that ended cleanly without usage (gateway/streaming.py).
+# The attempt error class of a stream that ended cleanly without usage (gateway/core/streaming.py).
 NO_USAGE = "no_usage"
 #: The rule in words, for the reports to print next to the numbers.
 DEFINITION = (

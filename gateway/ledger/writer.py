@@ -20,10 +20,10 @@ from collections import deque
 from pathlib import Path
 from typing import Protocol
 
-from gateway import metrics
 from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.journal import Journal
 from gateway.ledger.spool import Spool
+from gateway.observability import metrics
 
 log = logging.getLogger("farebox.ledger")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from gateway.observability.redact import register_credentials, scrub
 from gateway.providers import normalize
 from gateway.providers.base import (
     CONNECT,
@@ -32,7 +33,6 @@ from gateway.providers.base import (
     UpstreamReply,
     unsupported_message,
 )
-from gateway.redact import register_credentials, scrub
 from routing.model import DeploymentSpec, Timeouts
 
 log = logging.getLogger(__name__)

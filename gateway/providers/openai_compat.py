@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.observability.redact import UPSTREAM_SECRETS, register_credentials
+from gateway.observability.telemetry import upstream_headers
 from gateway.providers.base import (
     CONNECT,
     CUT,
@@ -23,8 +25,6 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
-from gateway.redact import UPSTREAM_SECRETS, register_credentials
-from gateway.telemetry import upstream_headers
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"

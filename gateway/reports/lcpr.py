@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from gateway.config_schema import GatewayConfig
+from gateway.config.schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
 from gateway.reports.consensus import consensus_lines, line_dict
 from gateway.reports.reconcile import month_window

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from gateway.config_schema import GatewayConfig
+from gateway.config.schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
 from gateway.reports.consensus import consensus_lines
 from gateway.reports.importers import ImportedFile

@@ -23,7 +23,7 @@ from gateway.ledger.models import COST, attempts_table, requests_table
 from gateway.ledger.success import SUCCESS_FLAG, gate_passed
 
 SEGMENTS = ("model", "route", "workload", "key")
-# The attempt role of an answer served from the response cache (gateway/cache.py).
+# The attempt role of an answer served from the response cache (gateway/cache/response.py).
 CACHE_HIT = "cache_hit"
 # Attempts start after their request arrives and end within its timeouts.
 _SLACK = timedelta(days=1)

@@ -13,7 +13,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from routing.json_schema import validate
 from tests.conftest import sqlite_settings
 from tests.gateway_harness import config_from_yaml, running_gateway

@@ -15,7 +15,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from tests.conftest import sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.ledger_reads import ledger_url, sql_rows, wait_for_rows

@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 
-from gateway.limits import ask_for
+from gateway.limits.limiter import ask_for
 from routing import quota
 from routing.fanout import widen
 from tests.conftest import sqlite_settings

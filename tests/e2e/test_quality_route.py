@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway.router_model_io import default_model
+from gateway.router.model_io import default_model
 from tests.conftest import sqlite_settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway

@@ -15,7 +15,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from gateway.mock_upstream.behaviour import DEFAULT_COMPLETION_TOKENS
+from simulator.behaviour import DEFAULT_COMPLETION_TOKENS
 from tests.e2e.test_conformance import ROWS, WEATHER_TOOL, Row, matrix_yaml
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.simulator import start_simulator

@@ -26,7 +26,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows

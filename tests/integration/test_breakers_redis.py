@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.breakers import Breakers
+from gateway.core.breakers import Breakers
 from routing.breaker import BreakerPolicy
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import pytest
 import redis
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
+from gateway.cli.main import app
 from tests.conftest import SIM_KEY
 from tests.drill_env import DrillEnv, drill_env
 from tests.ledger_reads import sql_rows

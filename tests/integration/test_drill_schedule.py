@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.drill_config import DrillSchedule
-from gateway.drill_schedule import LOCK_KEY, DrillScheduler
+from gateway.drills.config import DrillSchedule
+from gateway.drills.schedule import LOCK_KEY, DrillScheduler
 from gateway.ledger.drills_repository import DrillsRepository
 from tests.drill_env import drill_env
 from tests.ledger_reads import sql_rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.inflight_sync import InFlightSync
+from gateway.limits.inflight_sync import InFlightSync
 from routing.live import DeploymentLoad
 from routing.model import DeploymentSpec, RouteSpec, Timeouts
 from routing.planner import LiveView, decide

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth import Principal
 from gateway.errors import GatewayError
+from gateway.keys.auth import Principal
 from gateway.ledger.events import RequestRow
-from gateway.limits import FAIL_CLOSED, Limiter
+from gateway.limits.limiter import FAIL_CLOSED, Limiter
 from routing import quota
 from routing.quota import Ask
 

@@ -33,7 +33,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from gateway.limits import Limiter
+from gateway.limits.limiter import Limiter
 from gateway.settings import Settings
 from tests.conftest import SIM_KEY
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ledger.migrate import upgrade
-from gateway.metrics import FLUSH_S
+from gateway.observability.metrics import FLUSH_S
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator

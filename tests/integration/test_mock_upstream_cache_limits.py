@@ -1,6 +1,6 @@
 """The simulator's ``prompt_cache`` and ``rpm``/``tpm`` directives, over real HTTP.
 
-Prompt arithmetic (see ``gateway/mock_upstream/content.py``): ``ceil(chars / 4) + 3`` per
+Prompt arithmetic (see ``simulator/content.py``): ``ceil(chars / 4) + 3`` per
 message; the cacheable prefix (leading system/developer messages, or the separate system
 prompt) is counted the same way on its own.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from gateway.mock_upstream.behaviour import resolve
-from gateway.mock_upstream.content import _text_chars, text_segments
-from gateway.mock_upstream.prompt_cache import PromptCaches, anthropic_prefix, chat_prefix
-from gateway.mock_upstream.ratelimit import RateLimits, openai_duration, rfc3339
+from simulator.behaviour import resolve
+from simulator.content import _text_chars, text_segments
+from simulator.prompt_cache import PromptCaches, anthropic_prefix, chat_prefix
+from simulator.ratelimit import RateLimits, openai_duration, rfc3339
 from tests.simulator import reset_simulator, simulator_stats, start_simulator
 
 # ceil(9 / 4) + 3 = 6 tokens

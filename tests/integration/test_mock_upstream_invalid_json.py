@@ -16,8 +16,8 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.mock_upstream.spoil import spoil
 from routing.gates import GateSpec, check
+from simulator.spoil import spoil
 from tests.simulator import reset_simulator, simulator_stats, start_simulator
 
 USER: list[Any] = [{"role": "user", "content": "Extract the person"}]

@@ -27,7 +27,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from litellm.exceptions import MidStreamFallbackError
 
-from gateway.mock_upstream.eventstream import event, exception
+from simulator.eventstream import event, exception
 from tests.simulator import start_simulator
 
 KEY = "sim-provider-key"

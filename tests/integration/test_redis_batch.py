@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth import Principal
 from gateway.errors import GatewayError
-from gateway.limits import Limiter
-from gateway.limits_lua import BATCH
-from gateway.redis_batch import RedisBatch
+from gateway.keys.auth import Principal
+from gateway.limits.limiter import Limiter
+from gateway.limits.lua import BATCH
+from gateway.limits.redis_batch import RedisBatch
 from routing import quota
 from routing.quota import Ask
 

@@ -23,9 +23,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config_schema import parse_config
+from gateway.config.schema import parse_config
 from gateway.ledger.drills_repository import DrillsRepository
-from gateway.reload import start_components
+from gateway.serving.reload import start_components
 from gateway.state import build_state
 from tests.conftest import sqlite_settings
 from tests.gateway_process import GatewayProcess, gateway_process

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.repository import LedgerRepository
 from tests.integration.test_ledger_repository import att, req, with_repo

@@ -14,7 +14,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 
 CONFIG = """
 auth: none

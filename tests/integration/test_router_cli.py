@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.router_dataset import DEFAULT_STRONG, DEFAULT_WEAK
-from gateway.router_model_io import DEFAULT_MODEL, load_model
+from gateway.cli.main import app
+from gateway.router.dataset import DEFAULT_STRONG, DEFAULT_WEAK
+from gateway.router.model_io import DEFAULT_MODEL, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "router" / "mmlu"

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway import telemetry
+from gateway.observability import telemetry
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 

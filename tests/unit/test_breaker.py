@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gateway.breakers import Breakers
+from gateway.core.breakers import Breakers
 from routing.breaker import (
     CLOSED,
     HALF_OPEN,

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cache import Entry, ResponseCache
-from gateway.cache_store import LocalStore
-from gateway.config_schema import parse_config
+from gateway.cache.response import Entry, ResponseCache
+from gateway.cache.store import LocalStore
+from gateway.config.schema import parse_config
 from routing import cache_key
 from routing.cache_key import KeyPolicy
 from routing.cost import Usage
@@ -165,11 +165,11 @@ def test_entries_round_trip_and_stale_formats_are_misses() -> None:
 def test_exact_mode_never_imports_the_embedding_model() -> None:
     code = (
         "import sys\n"
-        "from gateway.cache import ResponseCache\n"
-        "from gateway.config_schema import parse_config\n"
+        "from gateway.cache.response import ResponseCache\n"
+        "from gateway.config.schema import parse_config\n"
         f"config = parse_config({CONFIG!r} % {{'model': 'm', 'ttl': 5}}, 't.yaml', {{}})\n"
         "assert ResponseCache.build(config, None) is not None\n"
-        "print('wordllama' in sys.modules, 'gateway.cache_semantic' in sys.modules)\n"
+        "print('wordllama' in sys.modules, 'gateway.cache.semantic' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config_schema import load_config, parse_config
-from gateway.config_yaml import ConfigError
+from gateway.config.schema import load_config, parse_config
+from gateway.config.yaml_loader import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config_schema import parse_config
-from gateway.config_yaml import ConfigError
-from gateway.mock_upstream.behaviour import DirectiveError, resolve
+from gateway.config.schema import parse_config
+from gateway.config.yaml_loader import ConfigError
 from routing.consensus import (
     AGREE,
     DISAGREE,
@@ -27,6 +26,7 @@ from routing.fanout import cancelled_output_tokens, widen, width
 from routing.lcpr import ConsensusTotals, consensus_line
 from routing.quota import Ask
 from routing.resolve import describe_plan
+from simulator.behaviour import DirectiveError, resolve
 
 
 def text(content: str) -> dict[str, Any]:

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway import cache, drills, limits, metrics
+from gateway.cache import response as cache
+from gateway.drills import board as drills
+from gateway.limits import limiter as limits
+from gateway.observability import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "farebox" / "dashboards" / "farebox.json"

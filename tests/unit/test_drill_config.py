@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gateway.config_schema import parse_config
-from gateway.config_yaml import ConfigError
-from gateway.drill_admin import problems
-from gateway.drill_config import DrillSchedule, DrillStart, parse_every
+from gateway.config.schema import parse_config
+from gateway.config.yaml_loader import ConfigError
+from gateway.drills.admin import problems
+from gateway.drills.config import DrillSchedule, DrillStart, parse_every
 
 BASE = """\
 providers:

@@ -10,9 +10,10 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from gateway import cli
 from gateway.api.http_protocol import BoundedHttpToolsProtocol
-from gateway.config_schema import parse_config
+from gateway.cli import main as cli
+from gateway.config.schema import parse_config
+from gateway.serving import server as server_module
 from gateway.settings import Settings
 
 YAML = """
@@ -29,13 +30,28 @@ routes:
 
 
 def test_serve_uses_the_bounded_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    seen: dict[str, uvicorn.Config] = {}
+
+    class NotServing:
+        """Stands in for the server: records the uvicorn config `_serve` built."""
+
+        started = True
+
+        def __init__(self, config: uvicorn.Config) -> None:
+            seen["config"] = config
+
+        def run(self, sockets: Any = None) -> None:
+            for sock in sockets or ():
+                sock.close()
+
+    monkeypatch.setattr(server_module, "GatewayServer", NotServing)
     config = parse_config(YAML, "t.yaml", {})
-    cli._serve(Settings(master_key=None), config, Path("t.yaml"), "127.0.0.1", 0, 1)
-    assert seen["http"] is BoundedHttpToolsProtocol
-    assert seen["h11_max_incomplete_event_size"] == 10000 + 16 * 1024
-    assert seen["timeout_keep_alive"] == 30
+    settings = Settings(master_key=None, metrics_port=0)
+    cli._serve(settings, config, Path("t.yaml"), "127.0.0.1", 0, 1)
+    built = seen["config"]
+    assert built.http is BoundedHttpToolsProtocol
+    assert built.h11_max_incomplete_event_size == 10000 + 16 * 1024
+    assert built.timeout_keep_alive == 30
 
 
 def test_config_check_names_routes_that_log_payloads(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.auth import MISS, KeyStore, Principal
 from gateway.errors import GatewayError
+from gateway.keys.auth import MISS, KeyStore, Principal
 
 SECRET = b"fbx-known-secret"
 KNOWN = hashlib.sha256(SECRET).hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.auth import MISS
+from gateway.keys.auth import MISS
 from tests.unit.test_key_cache import KNOWN, SECRET, Clock, Source, run, settled, store
 
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from gateway.auth import Principal
+from gateway.keys.auth import Principal
 from gateway.ledger.pricing import PriceBook
-from gateway.limit_answers import ask_for, too_large
-from gateway.limits_reconcile import correction
+from gateway.limits.answers import ask_for, too_large
+from gateway.limits.reconcile import correction
 from routing import quota
 from routing.cost import TokenPrice
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts

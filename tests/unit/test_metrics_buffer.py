@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway import metrics
+from gateway.observability import metrics
 
 
 def test_buffered_histogram_and_counter_match_direct_updates() -> None:

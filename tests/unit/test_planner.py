@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.live_routing import LiveRouting
 from gateway.ledger.pricing import LitellmPriceMap, PriceBook, parse_prices
-from gateway.live_routing import LiveRouting
 from routing.live import DeploymentLoad, RouteStats
 from routing.model import (
     DeploymentSpec,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.redact import (
+from gateway.observability.redact import (
     CARD,
     EMAIL,
     PHONE,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway import request_log
+from gateway.core.metering import CallContext, Meter
 from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.pricing import LitellmPriceMap, PriceBook
-from gateway.metering import CallContext, Meter
+from gateway.observability import request_log
 from gateway.providers.base import STATUS, UpstreamError
 from gateway.settings import Settings
 from routing.cost import TokenPrice

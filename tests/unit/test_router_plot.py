@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from gateway.router_plot import PALETTE, Canvas, Series, pgr_chart
+from gateway.router.plot import PALETTE, Canvas, Series, pgr_chart
 
 
 def chunks(png: bytes) -> list[tuple[bytes, bytes]]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.live_routing import LiveRouting, _duration_s
+from gateway.core.live_routing import LiveRouting, _duration_s
 from routing.live import (
     BYTES_PER_TOKEN,
     EWMA_ALPHA,

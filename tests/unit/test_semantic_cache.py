@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cache_semantic import SemanticIndex
+from gateway.cache.semantic import SemanticIndex
 from routing import cache_key
 
 # (cached question, later question, 1 = same question)

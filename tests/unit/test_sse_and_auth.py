@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth import KeyStore
+from gateway.keys.auth import KeyStore
 from gateway.providers.sse import SSEDecoder
 from routing.model import DeploymentSpec, RouteSpec, Timeouts
 from routing.resolve import ModelIndex, describe_plan

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from gateway.api.validate import parse_object
-from gateway.config_schema import ServerConfig
+from gateway.config.schema import ServerConfig
 from gateway.errors import GatewayError
 
 

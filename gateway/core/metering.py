@@ -1,0 +1,408 @@
+"""Turn upstream outcomes into priced ledger rows.
+
+Everything here runs on the hot path, so it does arithmetic and dict lookups only; the
+database write happens later in the ledger writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from gateway.keys.auth import Principal
+from gateway.ledger.events import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow
+from gateway.ledger.journal import Journal
+from gateway.ledger.pricing import PriceBook
+from gateway.ledger.tokens import estimate_input_tokens
+from gateway.observability import metrics, request_log, telemetry
+from gateway.providers.base import CONNECT, STATUS, UpstreamError
+from routing.cost import Usage, attempt_cost, usage_from_openai
+from routing.model import Plan, PlannedAttempt
+from routing.shape import RequestShape
+
+# Failures after which the provider has (or may have) run the model over the prompt, and
+# so bills the input tokens. Rejections before inference (4xx, connect errors) are free.
+_BILLABLE_FAILURE_MIN_STATUS = 500
+
+log = logging.getLogger("farebox.ledger")
+
+_ATTEMPT_PREFIX = "att_" + os.urandom(6).hex()
+_ATTEMPT_COUNTER = itertools.count(1)
+
+
+def _reseed_attempt_ids() -> None:
+    """A forked child gets its own prefix: ids are primary keys, and the ledger's
+    `ON CONFLICT DO NOTHING` would silently drop a row whose id another process used."""
+    global _ATTEMPT_PREFIX, _ATTEMPT_COUNTER
+    _ATTEMPT_PREFIX = "att_" + os.urandom(6).hex()
+    _ATTEMPT_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_attempt_ids)
+
+
+def new_attempt_id() -> str:
+    return f"{_ATTEMPT_PREFIX}{next(_ATTEMPT_COUNTER):010x}"
+
+
+class Ledger(Protocol):
+    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None: ...
+
+
+class Settles(Protocol):
+    def settle(self, row: RequestRow | None) -> None: ...
+
+
+class DrillObserver(Protocol):
+    def observe(self, drill_id: str, attempts: list[AttemptRow]) -> None: ...
+
+
+class NullLedger:
+    """Used when the ledger is switched off (FAREBOX_LEDGER_ENABLED=false)."""
+
+    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One client call as it moves through the service."""
+
+    request_id: str
+    key_id: str | None
+    endpoint: str
+    requested_model: str
+    stream: bool
+    payload: dict[str, Any]
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    t0: float = field(default_factory=time.perf_counter)
+    attempts: list[AttemptRow] = field(default_factory=list)
+    ttft_ms: float | None = None
+    input_estimate: int | None = None
+    # The authenticated caller (None when auth is off); its team and tags go to the ledger.
+    principal: Principal | None = None
+    # The key's limit reservation (gateway.limits.limiter), settled with this call's real usage.
+    admission: Settles | None = None
+    # Set when the request is in a running drill's cohort (gateway.drills.board).
+    drill_id: str | None = None
+    # Set for balancing routes: what the planner measured of the request.
+    shape: RequestShape | None = None
+    # Span ids when tracing is on (gateway.observability.telemetry); None otherwise.
+    trace: telemetry.RequestTrace | None = None
+    # The route and workload the call was planned on, and its body size: what the journal
+    # needs to rebuild the request if the process dies mid-call.
+    route: str = ""
+    workload: str | None = None
+    body_bytes: int = 0
+    # Upstream calls journalled but not metered yet: id(PlannedAttempt) -> attempt id.
+    intents: dict[int, str] = field(default_factory=dict)
+
+
+def error_class(exc: UpstreamError) -> str:
+    if exc.kind == STATUS and exc.status is not None:
+        return f"http_{exc.status}"
+    return exc.kind
+
+
+class Meter:
+    def __init__(self, prices: PriceBook, ledger: Ledger, journal: Journal | None = None) -> None:
+        self._prices = prices
+        self.ledger = ledger
+        # Drill outcomes are counted from the same rows the ledger gets.
+        self.drills: DrillObserver | None = None
+        # The crash-safe journal (gateway/ledger/journal.py): an intent per upstream call.
+        self.journal = journal
+
+    def intent(self, ctx: CallContext, attempt: PlannedAttempt) -> None:
+        """Journal an upstream call about to start; call it right before the call.
+
+        The attempt's ledger row, when it is metered, takes the id written here, so a crash
+        in between leaves an intent that start-up recovery bills as `gateway_crashed`."""
+        journal = self.journal
+        if journal is None:
+            return
+        attempt_id = new_attempt_id()
+        telemetry.sending_attempt(attempt_id)
+        intents = ctx.intents
+        intents[id(attempt)] = attempt_id
+        dep = attempt.deployment
+        principal = ctx.principal
+        journal.intent(
+            attempt_id,
+            (  # "i", the id, then gateway.ledger.journal.INTENT_FIELDS in order
+                "i",
+                attempt_id,
+                ctx.request_id,
+                len(ctx.attempts) + len(intents),
+                attempt.role,
+                dep.id,
+                dep.provider,
+                dep.provider_kind,
+                dep.upstream_model,
+                time.time(),
+                ctx.body_bytes,
+                ctx.received_at,
+                ctx.route,
+                ctx.requested_model,
+                ctx.endpoint,
+                ctx.stream,
+                ctx.key_id,
+                ctx.workload,
+                principal.team if principal is not None else None,
+                principal.tags.get("segment") if principal is not None and principal.tags else None,
+                ctx.drill_id,
+            ),
+        )
+
+    def _price(
+        self, attempt: PlannedAttempt, at: datetime, usage: Usage
+    ) -> tuple[Decimal | None, str | None]:
+        dep = attempt.deployment
+        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        cost = attempt_cost(usage, price, dep.provider_kind == "dedicated")
+        if cost is None:
+            metrics.UNPRICED_ATTEMPTS.labels(dep.id).inc()
+        return cost, price.version if price is not None else None
+
+    def output_price(self, attempt: PlannedAttempt, at: datetime) -> Decimal | None:
+        """USD per 1M output tokens of the attempt's deployment (consensus `strongest`)."""
+        dep = attempt.deployment
+        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        return None if price is None else price.output
+
+    def succeeded(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        usage_data: Any,
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None = None,
+        http_status: int = 200,
+    ) -> AttemptRow:
+        """Record an attempt that delivered an answer (usage from the provider if it sent any)."""
+        if isinstance(usage_data, dict):
+            usage, source = usage_from_openai(usage_data), PROVIDER
+        else:
+            usage, source = Usage(self._estimate(ctx, attempt), 0, 0, 0, 0), ESTIMATED
+        return self._add(
+            ctx, attempt, usage, source, provider_request_id, started, ttft_ms, http_status, None
+        )
+
+    def cache_hit(
+        self, ctx: CallContext, attempt: PlannedAttempt, usage: Usage, started: float
+    ) -> AttemptRow:
+        """Record an answer served from the response cache (gateway/cache/response.py): no upstream
+        call, so it costs nothing; what it would have cost at today's price for the cached
+        answer's tokens is recorded as the saving."""
+        row = self._add(ctx, attempt, usage, CACHE, None, started, None, 200, None)
+        row.saved_usd, row.cost_usd = row.cost_usd, Decimal(0)
+        return row
+
+    def failed(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        error: str,
+        *,
+        http_status: int | None,
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None = None,
+        output_tokens_seen: int = 0,
+        billable: bool | None = None,
+    ) -> AttemptRow:
+        """Record a failed attempt with estimated tokens where the provider bills them."""
+        if billable is None:
+            billable = http_status is None or http_status >= _BILLABLE_FAILURE_MIN_STATUS
+        input_tokens = self._estimate(ctx, attempt) if billable else 0
+        usage = Usage(input_tokens, 0, 0, output_tokens_seen, 0)
+        return self._add(
+            ctx,
+            attempt,
+            usage,
+            ESTIMATED,
+            provider_request_id,
+            started,
+            ttft_ms,
+            http_status,
+            error,
+        )
+
+    def failed_upstream(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        exc: UpstreamError,
+        started: float,
+        error: str | None = None,
+    ) -> AttemptRow:
+        return self.failed(
+            ctx,
+            attempt,
+            error or error_class(exc),
+            http_status=exc.upstream_status,
+            provider_request_id=exc.request_id,
+            started=started,
+            billable=False if exc.kind == CONNECT else None,
+        )
+
+    def _estimate(self, ctx: CallContext, attempt: PlannedAttempt) -> int:
+        if ctx.input_estimate is None:
+            ctx.input_estimate = estimate_input_tokens(
+                ctx.endpoint, ctx.payload, attempt.deployment.upstream_model
+            )
+        return ctx.input_estimate
+
+    def _add(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        usage: Usage,
+        source: str,
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None,
+        http_status: int | None,
+        error: str | None,
+    ) -> AttemptRow:
+        now = time.perf_counter()
+        started_at = ctx.received_at + timedelta(seconds=started - ctx.t0)
+        cost, version = self._price(attempt, started_at, usage)
+        dep = attempt.deployment
+        journalled = ctx.intents.pop(id(attempt), None) if ctx.intents else None
+        row = AttemptRow(
+            id=journalled or new_attempt_id(),
+            request_id=ctx.request_id,
+            attempt_no=len(ctx.attempts) + 1,
+            role=attempt.role,
+            deployment=dep.id,
+            provider=dep.provider,
+            provider_kind=dep.provider_kind,
+            upstream_model=dep.upstream_model,
+            provider_request_id=provider_request_id,
+            started_at=started_at,
+            ttft_ms=ttft_ms,
+            latency_ms=(now - started) * 1000,
+            http_status=http_status,
+            error_class=error,
+            input_uncached_tokens=usage.input_uncached,
+            cached_read_tokens=usage.cached_read,
+            cache_write_tokens=usage.cache_write,
+            output_tokens=usage.output,
+            reasoning_tokens=usage.reasoning,
+            token_source=source,
+            cost_usd=cost,
+            price_version=version,
+            drill_id=ctx.drill_id,
+        )
+        ctx.attempts.append(row)
+        if ctx.trace is not None:
+            telemetry.attempt_recorded(ctx.trace)
+        return row
+
+    def finish(
+        self,
+        ctx: CallContext,
+        plan: Plan,
+        status: int,
+        error: str | None,
+        deployment: str | None,
+        gate_outcome: str | None = None,
+        consensus: str | None = None,
+    ) -> RequestRow:
+        """Close the call: build its request row and hand everything to the ledger."""
+        attempts = ctx.attempts
+        if len(attempts) == 1:  # the common case: skip the generic sums
+            only = attempts[0]
+            total = only.cost_usd
+            tokens = (
+                only.input_uncached_tokens,
+                only.cached_read_tokens,
+                only.cache_write_tokens,
+                only.output_tokens,
+                only.reasoning_tokens,
+            )
+        else:
+            costs = [a.cost_usd for a in attempts]
+            total = None
+            if attempts and all(c is not None for c in costs):
+                total = sum((c for c in costs if c is not None), Decimal(0))
+            tokens = (
+                sum(a.input_uncached_tokens for a in attempts),
+                sum(a.cached_read_tokens for a in attempts),
+                sum(a.cache_write_tokens for a in attempts),
+                sum(a.output_tokens for a in attempts),
+                sum(a.reasoning_tokens for a in attempts),
+            )
+        principal = ctx.principal
+        workload = plan.workload
+        team = segment = None
+        if principal is not None:
+            team = principal.team
+            if principal.tags:
+                segment = principal.tags.get("segment")
+                workload = workload or principal.tags.get("workload")
+        row = RequestRow(
+            id=ctx.request_id,
+            received_at=ctx.received_at,
+            key_id=ctx.key_id,
+            route=plan.route,
+            requested_model=ctx.requested_model,
+            endpoint=ctx.endpoint,
+            workload=workload,
+            stream=ctx.stream,
+            final_status=status,
+            error_class=error,
+            final_deployment=deployment,
+            attempts=len(attempts),
+            input_uncached_tokens=tokens[0],
+            cached_read_tokens=tokens[1],
+            cache_write_tokens=tokens[2],
+            output_tokens=tokens[3],
+            reasoning_tokens=tokens[4],
+            cost_usd=total,
+            latency_ms=(time.perf_counter() - ctx.t0) * 1000,
+            ttft_ms=ctx.ttft_ms,
+            decision=plan.reason,
+            gate_outcome=gate_outcome,
+            team=team,
+            segment=segment,
+            consensus=consensus,
+        )
+        if ctx.intents:
+            self._unmetered(ctx)
+        self.ledger.record(row, attempts)
+        if ctx.admission is not None:
+            ctx.admission.settle(row)
+        if ctx.drill_id is not None and self.drills is not None:
+            self.drills.observe(ctx.drill_id, attempts)
+        # Metrics, the request log and spans come from the rows the ledger just got.
+        overhead = metrics.overhead_s(row, attempts)
+        if metrics.ENABLED:
+            metrics.observe_request(row, attempts, overhead)
+        if request_log.ENABLED:
+            request_log.write(row, attempts, overhead)
+        if ctx.trace is not None:
+            telemetry.record(ctx.trace, row, attempts)
+        return row
+
+    def _unmetered(self, ctx: CallContext) -> None:
+        """Upstream calls that started but were never metered: attempts must equal upstream
+        calls, so this is a bug wherever it happens. Say so loudly, and close the intents
+        (they would otherwise be billed as crashed calls after the next restart)."""
+        log.error(
+            "request %s finished with %d upstream call(s) not metered",
+            ctx.request_id,
+            len(ctx.intents),
+        )
+        metrics.UNMETERED_CALLS.inc(len(ctx.intents))
+        if self.journal is not None:
+            self.journal.forget(list(ctx.intents.values()))
+        ctx.intents.clear()
