@@ -15,15 +15,16 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from routing.model import DeploymentSpec, PlannedAttempt
-
-# Mirrors gateway.providers.base; routing may not import gateway, and the strings are the contract.
-OK = "ok"
-CONNECT = "connect"
-TIMEOUT = "timeout"
-STATUS = "status"
-MALFORMED = "malformed"
-CUT = "cut"
-STREAM_ERROR = "stream_error"
+from routing.outcomes import (
+    CONNECT,
+    CUT,
+    MALFORMED,
+    OK,
+    STATUS,
+    STREAM_ERROR,
+    TIMEOUT,
+    OutcomeKind,
+)
 
 # Only the machine-readable code is trusted: matching provider message text ("prompt is too
 # long", "maximum context length") is brittle across providers and languages, so adapters are
@@ -34,7 +35,7 @@ CONTEXT_LENGTH_CODES = frozenset({"context_length_exceeded"})
 _MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
 
 # Non-status failures: (error_class, human label). All are the upstream's fault.
-_KIND_LABELS = {
+_KIND_LABELS: dict[str, str] = {
     CONNECT: "connect error",
     TIMEOUT: "timeout",
     MALFORMED: "malformed upstream body",
@@ -47,7 +48,7 @@ _KIND_LABELS = {
 class Outcome:
     """What one attempt ended with, as seen by the attempt loop."""
 
-    kind: str
+    kind: OutcomeKind
     status: int | None = None
     code: str | None = None
     retry_after_s: float | None = None

@@ -37,6 +37,7 @@ from gateway.core.upstream_errors import client_error
 from gateway.errors import GatewayError
 from gateway.ledger.events import AttemptRow
 from gateway.providers.base import (
+    CUT,
     TIMEOUT,
     Adapter,
     UpstreamError,
@@ -223,7 +224,7 @@ class Service:
             except StopAsyncIteration:
                 assert upstream is not None
                 await upstream.close()
-                raise UpstreamError("cut", f"{dep.id} ended the stream before any data") from None
+                raise UpstreamError(CUT, f"{dep.id} ended the stream before any data") from None
             except BaseException:
                 if upstream is not None:
                     await upstream.close()

@@ -8,19 +8,30 @@ from typing import Any, Protocol
 
 from routing.model import DeploymentSpec, Timeouts
 
-# Why an upstream call failed, before any routing decision is made about it.
-CONNECT = "connect"
-TIMEOUT = "timeout"
-STATUS = "status"
-MALFORMED = "malformed"
-CUT = "cut"
-STREAM_ERROR = "stream_error"
+# Why an upstream call failed, before any routing decision is made about it: defined once in
+# routing (pure, importable from both sides) and re-exported here for the adapters.
+from routing.outcomes import CONNECT, CUT, MALFORMED, STATUS, STREAM_ERROR, TIMEOUT, OutcomeKind
+
+__all__ = [
+    "CONNECT",
+    "CUT",
+    "MALFORMED",
+    "STATUS",
+    "STREAM_ERROR",
+    "TIMEOUT",
+    "Adapter",
+    "OutcomeKind",
+    "UpstreamError",
+    "UpstreamReply",
+    "UpstreamStream",
+    "unsupported_message",
+]
 
 
 class UpstreamError(Exception):
     def __init__(
         self,
-        kind: str,
+        kind: OutcomeKind,
         message: str,
         *,
         status: int | None = None,
