@@ -2,6 +2,7 @@
 consensus, speculative execution, and the fan-out loop they share.
 
 Called by the core's service; they reach upstreams through the service's attempt runner
-(`Service.caller`, the meter, the breakers). May import: routing, core (ports, metering,
-attempts, streaming), providers' types, observability, errors.
+(gateway.core.ports.AttemptRunner: `caller`, `walk`, the meter, the breakers), which the
+service passes in; they never import gateway.core.service. May import: routing, core (ports,
+metering, upstream_errors), providers' types, ledger rows, observability, errors.
 """

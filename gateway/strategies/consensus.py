@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from gateway.core.metering import CallContext, error_class
-from gateway.core.ports import Completion
+from gateway.core.ports import AttemptRunner, Completion
 from gateway.errors import GatewayError
 from gateway.ledger.events import AttemptRow
 from gateway.providers.base import UpstreamReply
 from gateway.strategies.fanout import Fanout, Slot
 from routing.consensus import DISAGREE, Ballot, Verdict, candidates_body, decide
 from routing.model import Plan, PlannedAttempt
-
-if TYPE_CHECKING:
-    from gateway.core.service import Service
 
 DISAGREEMENT = "consensus_disagreement"
 
@@ -65,7 +62,7 @@ class ConsensusDisagreement(GatewayError):
         )
 
 
-async def complete_consensus(service: Service, ctx: CallContext, plan: Plan) -> Completion:
+async def complete_consensus(service: AttemptRunner, ctx: CallContext, plan: Plan) -> Completion:
     policy = plan.fanout
     assert policy is not None
 
@@ -119,7 +116,7 @@ async def complete_consensus(service: Service, ctx: CallContext, plan: Plan) -> 
 
 
 def _ballots(
-    service: Service, ctx: CallContext, answers: list[Slot[UpstreamReply]]
+    service: AttemptRunner, ctx: CallContext, answers: list[Slot[UpstreamReply]]
 ) -> list[Ballot]:
     out = []
     for slot in answers:

@@ -25,9 +25,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from gateway.core.metering import CallContext, error_class
+from gateway.core.ports import AttemptRunner
 from gateway.core.upstream_errors import client_error, outcome_of
 from gateway.errors import GatewayError, bad_request, upstream_failed, upstream_timeout
 from gateway.ledger.events import AttemptRow
@@ -37,9 +38,6 @@ from gateway.serving.shutdown import cancel_outcome
 from routing.failover import Action, backoff_s, classify, fits_deadline, order_targets
 from routing.fanout import cancelled_output_tokens
 from routing.model import Plan, PlannedAttempt, Timeouts
-
-if TYPE_CHECKING:
-    from gateway.core.service import Service
 
 R = TypeVar("R")
 CANCELLED = "cancelled"
@@ -73,7 +71,7 @@ OnReply = Callable[[PlannedAttempt, UpstreamReply, float], tuple[R, AttemptRow]]
 
 class Fanout(Generic[R]):
     def __init__(
-        self, service: Service, ctx: CallContext, plan: Plan, on_reply: OnReply[R]
+        self, service: AttemptRunner, ctx: CallContext, plan: Plan, on_reply: OnReply[R]
     ) -> None:
         self.service, self.ctx, self.plan = service, ctx, plan
         self._on_reply = on_reply

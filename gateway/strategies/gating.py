@@ -18,20 +18,17 @@ strategy (gateway.strategies.speculative), which gates answers that arrive in pa
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from gateway.core.metering import CallContext
-from gateway.core.ports import Completion
+from gateway.core.ports import AttemptRunner, Completion
 from gateway.errors import GatewayError
 from gateway.ledger.events import AttemptRow
 from gateway.providers.base import UpstreamReply
 from routing.gates import GateResult, check, repair_message
 from routing.model import NO_RETRY, Plan, PlannedAttempt
-
-if TYPE_CHECKING:
-    from gateway.core.service import Service
 
 PASS = "pass"
 
@@ -46,7 +43,7 @@ class Answer:
     row: AttemptRow
 
 
-async def complete_gated(service: Service, ctx: CallContext, plan: Plan) -> Completion:
+async def complete_gated(service: AttemptRunner, ctx: CallContext, plan: Plan) -> Completion:
     policy = plan.gate
     assert policy is not None
     remaining = list(plan.attempts)
@@ -86,7 +83,7 @@ async def complete_gated(service: Service, ctx: CallContext, plan: Plan) -> Comp
 
 
 def judge(
-    service: Service,
+    service: AttemptRunner,
     ctx: CallContext,
     plan: Plan,
     attempt: PlannedAttempt,
@@ -105,7 +102,9 @@ def judge(
     return Answer(attempt, reply, result, row)
 
 
-async def _repair(service: Service, ctx: CallContext, plan: Plan, failed: Answer) -> Answer | None:
+async def _repair(
+    service: AttemptRunner, ctx: CallContext, plan: Plan, failed: Answer
+) -> Answer | None:
     """Re-prompt the same deployment once with what was wrong; None if it did not answer."""
     original = ctx.payload
     ctx.payload = _repair_payload(original, failed)
@@ -142,7 +141,7 @@ def _repair_payload(payload: dict[str, Any], failed: Answer) -> dict[str, Any]:
 
 
 def finish_gated(
-    service: Service,
+    service: AttemptRunner,
     ctx: CallContext,
     plan: Plan,
     answer: Answer,

@@ -15,21 +15,17 @@ route's quality gate, cancel the rest.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from gateway.core.metering import CallContext
-from gateway.core.ports import Completion
+from gateway.core.ports import AttemptRunner, Completion
 from gateway.ledger.events import AttemptRow
 from gateway.providers.base import UpstreamReply
 from gateway.strategies.fanout import CANCELLED, Fanout
 from gateway.strategies.gating import Answer, finish_gated, judge
 from routing.model import Plan, PlannedAttempt
 
-if TYPE_CHECKING:
-    from gateway.core.service import Service
 
-
-async def complete_speculative(service: Service, ctx: CallContext, plan: Plan) -> Completion:
+async def complete_speculative(service: AttemptRunner, ctx: CallContext, plan: Plan) -> Completion:
     policy = plan.fanout
     assert policy is not None and plan.gate is not None
 
