@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gateway import extras
 from routing import cache_key
 
 _MODEL: Any = None
@@ -38,6 +39,9 @@ def embedder() -> Any:
     global _MODEL
     with _MODEL_LOCK:
         if _MODEL is None:
+            # Config load reports this first (gateway/config/extras.py); this covers callers
+            # that build an index without a checked config.
+            extras.require("semantic-cache")
             import wordllama  # type: ignore[import-untyped]
 
             # wordllama's own lookup of its bundled tokenizer looks in the wrong directory

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway import extras
+
 # Rows are typed loosely: the upstream adapters import this module (for traceparent), and
 # they may not depend on gateway.ledger, even for types (an import-linter contract).
 RequestRow = Any
@@ -82,6 +84,8 @@ def configure(endpoint: str | None, exporter: Any = None, service_name: str = "f
     global ENABLED, _tracer, _provider, _ids
     if exporter is None and not endpoint:
         return
+    # At startup, before anything is served: name the extra, not a deep ImportError.
+    extras.require("otel")
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
