@@ -26,34 +26,16 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
-    MetaData,
-    Numeric,
     String,
     Table,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-# Stable constraint names so Alembic revisions and autogenerate agree across dialects.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-# Ten decimal places keep sub-micro-dollar per-token prices exact; 18 digits hold any realistic
-# month of spend.
-COST = Numeric(18, 10)
-ID = String(128)
-NAME = String(255)
-TAG = String(64)
-# Budgets are set by people in dollars and cents; six places leave room for sub-cent limits.
-USD = Numeric(18, 6)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+# Re-exported: importers of the tables also take the shared column types and Base from here.
+from gateway.ledger.base import COST as COST
+from gateway.ledger.base import ID, NAME, TAG, USD
+from gateway.ledger.base import NAMING_CONVENTION as NAMING_CONVENTION
+from gateway.ledger.base import Base as Base
 
 
 class RequestRecord(Base):

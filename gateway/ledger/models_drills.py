@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.ledger.models import ID, NAME, TAG, Base
+from gateway.ledger.base import ID, NAME, TAG, Base
 
 
 class DrillRecord(Base):

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Index, Numeric, String, Table
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.ledger.models import COST, ID, NAME, TAG, Base
+from gateway.ledger.base import COST, ID, NAME, TAG, Base
 
 # Hours on a GPU bill are fractional; token counts fit with room to spare.
 QUANTITY = Numeric(24, 4)
