@@ -26,9 +26,14 @@ $(VENV)/.installed: pyproject.toml uv.lock
 run: install
 	$(BIN)/farebox demo
 
+# Two workers (each starts its own Postgres, Redis and simulator), one test file per worker
+# at a time so module fixtures start once; then the `serial` tests alone. Both phases always
+# run; the first failing status is the result.
 test: install
 	./scripts/ensure-services.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not serial'; a=$$?; \
+	$(BIN)/python -m pytest -m serial; b=$$?; \
+	if [ $$a -ne 0 ]; then exit $$a; fi; exit $$b
 
 lint: install
 	$(BIN)/ruff check .

@@ -226,6 +226,7 @@ def test_failed_candidate_is_replaced_and_billed(gw: RunningGateway, client: ope
     assert by_dep["c"].role == "fallback"
 
 
+@pytest.mark.serial  # CPU timing: not beside another test worker
 def test_deadline_cancels_the_slow_candidate_and_bills_it(
     gw: RunningGateway, client: openai.OpenAI
 ) -> None:

@@ -127,6 +127,7 @@ def _head(length: int) -> bytes:
     ).encode()
 
 
+@pytest.mark.serial  # CPU timing: not beside another test worker
 @pytest.mark.parametrize("sent", [b"", b'{"model": "chat", '])
 def test_a_body_that_trickles_in_is_cut_with_408(hardened: RunningGateway, sent: bytes) -> None:
     started = time.monotonic()

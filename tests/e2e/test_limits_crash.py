@@ -19,11 +19,15 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 import redis
 
 from tests.conftest import SIM_KEY
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.services import RedisServer
+
+# Run alone (make test's serial phase): kills a gateway and times reservation expiry.
+pytestmark = pytest.mark.serial
 
 MASTER = "master-key-for-crash-tests"
 BUDGET_USD = "0.05"

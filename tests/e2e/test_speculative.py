@@ -155,6 +155,7 @@ def test_nothing_passes_returns_the_last_failed_answer_flagged(client: openai.Op
     assert raw.headers["x-farebox-speculative-cancelled"] == "0"
 
 
+@pytest.mark.serial  # CPU timing: not beside another test worker
 def test_deadline_cancels_and_bills_the_slow_candidate(
     gw: RunningGateway, client: openai.OpenAI
 ) -> None:

@@ -27,6 +27,9 @@ from tests.ledger_reads import sql_rows
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
 
+# Run alone (make test's serial phase): kills gateways under load, freezes Postgres.
+pytestmark = pytest.mark.serial
+
 KEY = "sk-crash-ledger-1"
 CONFIG = """
 auth: {keys: [{name: crash, key: KEY}]}

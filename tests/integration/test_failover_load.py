@@ -17,6 +17,9 @@ from tests.services import RedisServer
 from tests.simulator import running_simulator
 from tests.simulator import simulator_stats as stats
 
+# Run alone (make test's serial phase): load and latency (soak, hedging tail).
+pytestmark = pytest.mark.serial
+
 KEY = "sk-failover-load-1"
 
 CONFIG = """

@@ -154,6 +154,7 @@ def test_bad_inputs_are_errors_not_tracebacks(data_dir: Path, tmp_path: Path) ->
     assert code == 2 and "cannot make 9 folds" in stderr
 
 
+@pytest.mark.serial  # CPU timing: not beside another test worker
 def test_shipped_default_model_scores_under_a_millisecond() -> None:
     model = load_model(DEFAULT_MODEL)
     assert model.meta["examples"] > 7000

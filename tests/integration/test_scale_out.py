@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import pytest
 import redis
 from aiohttp import web
 
@@ -34,6 +35,9 @@ from gateway.ledger.drills_repository import DrillsRepository
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator
+
+# Run alone (make test's serial phase): three gateway processes under load.
+pytestmark = pytest.mark.serial
 
 MASTER = "master-key-scale-out-0001"
 LOAD_KEY = "sk-scale-load-0001"

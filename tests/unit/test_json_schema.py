@@ -428,6 +428,7 @@ def test_large_unique_array_is_linear_enough() -> None:
     assert validate(values, {"uniqueItems": True}) == []
 
 
+@pytest.mark.serial  # CPU timing: not beside another test worker
 def test_nested_unions_over_recursive_refs_stay_linear() -> None:
     # Every level holds an anyOf whose branches recurse to the root: without memoising
     # branch results (and clipping branch summaries) this takes 3**depth steps.

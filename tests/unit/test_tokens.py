@@ -132,6 +132,7 @@ def test_never_below_one() -> None:
     assert estimate_input_tokens(CHAT, {"messages": "nope"}, None) == 1  # type: ignore[arg-type]
 
 
+@pytest.mark.serial  # CPU timing: not beside another test worker
 def test_long_texts_are_fast_and_close_to_exact() -> None:
     enc = tokens._encoding("o200k_base")
     assert enc is not None
