@@ -7,12 +7,13 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install run test lint fmt bench bench-soak
+.PHONY: help install run test lint fmt docs bench bench-soak
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
 	@echo "make test   - install, start PostgreSQL/Redis when needed, run the whole suite"
 	@echo "make lint   - ruff, mypy, import-linter, hadolint (Dockerfile)"
+	@echo "make docs   - regenerate the config and CLI references, build the manual (strict) into site/"
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 
@@ -41,6 +42,14 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+
+# The reference pages are generated from the code (committed, so they read on GitHub too);
+# tests/unit/test_docs_reference.py fails when a committed one is stale. No network: the theme's
+# web fonts are off and no plugin downloads anything.
+docs: install
+	$(BIN)/python docs/gen_config_reference.py
+	$(BIN)/python docs/gen_cli_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 fmt: install
 	$(BIN)/ruff format .
