@@ -3,7 +3,6 @@ OpenAI's codes, no SDK retries against an exhausted budget, route allow-lists (4
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +13,8 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.simulator import simulator_stats
+from tests.waiting import wait_until
 
 CONFIG = """
 auth:
@@ -72,7 +73,9 @@ def test_rpm_headers_count_down_then_rate_limit_error(gw: RunningGateway) -> Non
     assert err.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_tpm_reserves_the_request_cap_and_settles_to_usage(gw: RunningGateway) -> None:
+def test_tpm_reserves_the_request_cap_and_settles_to_usage(
+    gw: RunningGateway, simulator: str
+) -> None:
     c = client(gw, "sk-tokens-00001")
     raw = ask(c, max_tokens=600)
     first = int(raw.headers["x-ratelimit-remaining-tokens"])  # type: ignore[attr-defined]
@@ -82,9 +85,13 @@ def test_tpm_reserves_the_request_cap_and_settles_to_usage(gw: RunningGateway) -
     second = int(raw.headers["x-ratelimit-remaining-tokens"])  # type: ignore[attr-defined]
     assert first - 40 < second < first
     # While a 900-token reservation is in flight, a second one does not fit.
+    chats = simulator_stats(simulator)["endpoints"]["chat"]
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(ask, c, "slow", 900)
-        time.sleep(0.3)
+        # Upstream has it (600 ms of simulated latency to go): its reservation is held.
+        wait_until(
+            lambda: simulator_stats(simulator)["endpoints"]["chat"] > chats, "the slow request"
+        )
         with pytest.raises(openai.RateLimitError) as caught:
             ask(c, max_tokens=600)
         slow.result()

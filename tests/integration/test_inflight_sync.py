@@ -10,6 +10,7 @@ from routing.model import DeploymentSpec, RouteSpec, Timeouts
 from routing.planner import LiveView, decide
 from routing.shape import request_shape
 from tests.services import RedisServer
+from tests.waiting import until
 
 GPU = DeploymentSpec("gpu", "gpu", "dedicated", "openai", "llama", max_concurrency=8)
 CLOUD = DeploymentSpec("cloud", "cloud", "serverless", "openai", "llama")
@@ -54,8 +55,7 @@ def test_redis_outage_falls_back_to_local_counts(redis_server: RedisServer) -> N
         sync = InFlightSync("redis://127.0.0.1:9/0", loads, ["gpu"], interval_s=0.05)
         loads["gpu"].remote_in_flight = 6  # stale from before the outage
         await sync.start()
-        await asyncio.sleep(0.3)
-        assert loads["gpu"].remote_in_flight == 0
+        await until(lambda: loads["gpu"].remote_in_flight == 0, "the fall back to local counts")
         assert sync.rounds == 0
         await sync.close()
 

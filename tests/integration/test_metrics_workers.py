@@ -11,7 +11,6 @@ tokens by type and cost.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -27,6 +26,7 @@ from gateway.observability.metrics import FLUSH_S
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator
+from tests.waiting import wait_until
 
 # Breakers that never open keep the traffic's attempts deterministic.
 CONFIG = """
@@ -111,9 +111,14 @@ def test_two_workers_metrics_add_up_to_the_ledger(tmp_path: Path) -> None:
             with ThreadPoolExecutor(8) as pool:
                 statuses = list(pool.map(lambda t: _send(gw, *t), TRAFFIC))
             assert Counter(statuses) == {200: 115, 502: 10}, Counter(statuses)
+
             # A worker hands its numbers to prometheus_client every FLUSH_S (a scrape flushes
-            # only the worker that answers it).
-            time.sleep(FLUSH_S + 0.5)
+            # only the worker that answers it): wait until both flushes show all the traffic.
+            def all_counted() -> bool:
+                counted = _scrape(gw).get("farebox_requests_total", {})
+                return sum(counted.values()) == len(TRAFFIC)
+
+            wait_until(all_counted, "both workers' metrics flush", within_s=FLUSH_S + 10)
             scrapes = [_scrape(gw) for _ in range(6)]
             # Both workers served traffic: each wrote its own counter file.
             (run_dir,) = (p for p in metrics_parent.iterdir() if p.is_dir())
