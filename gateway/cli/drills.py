@@ -14,18 +14,29 @@ unreachable, 3 FAIL (`report`, `stop --wait`), like `farebox reconcile`'s flagge
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import orjson
 import typer
+
+from gateway.cli import drill_views
+from gateway.cli.common import (
+    ConfigOption,
+    DatabaseOption,
+    JsonOption,
+    database_url,
+    dump,
+    exit_with_issues,
+    fail,
+    run_database,
+    user,
+)
 
 if TYPE_CHECKING:
     from gateway.config.schema import GatewayConfig
@@ -41,32 +52,7 @@ drill_app = typer.Typer(
 EXIT_FAIL = 3
 _T = TypeVar("_T")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-DatabaseOption = Annotated[
-    str | None, typer.Option("--database-url", help="Default: $FAREBOX_DATABASE_URL.")
-]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Routing YAML (default: $FAREBOX_CONFIG)."),
-]
 DrillId = Annotated[str, typer.Argument(help="The drill's id (drill_…).", metavar="ID")]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (some containers): still say who, roughly
-        return "unknown"
 
 
 _UNSET_VAR = re.compile(r"environment variable (\w+) is not set")
@@ -101,59 +87,33 @@ def _load_config(path: Path | None) -> GatewayConfig:
     loaded = _config_or_issues(path or Path(Settings().config))
     if not isinstance(loaded, list):
         return loaded
-    for issue in loaded:
-        typer.echo(f"error: {issue}", err=True)
-    raise typer.Exit(1)
+    raise exit_with_issues(loaded)
 
 
-def _run(
-    database_url: str | None,
-    work: Callable[[DrillsRepository], Awaitable[_T]],
-) -> _T:
-    """Run `work` against the drills table, turning every database problem into one clear
-    line and exit 1 (never a traceback)."""
-    from sqlalchemy import inspect
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+def _run(given: str | None, work: Callable[[DrillsRepository], Awaitable[_T]]) -> _T:
+    """Run `work` against the drills table; any error on the way (not only the driver's) is
+    one line and exit 1, never a traceback."""
     from gateway.ledger.drills_repository import DrillsRepository
-    from gateway.settings import Settings
 
-    url = database_url or Settings().database_url
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        raise _fail("the database URL is not a valid SQLAlchemy URL") from None
+    return run_database(
+        database_url(given),
+        "drill database",
+        DrillsRepository.create,
+        _drills_table,
+        work,
+        database_error=lambda exc: True,
+    )
+
+
+async def _drills_table(repository: DrillsRepository) -> str | None:
+    from sqlalchemy import inspect
 
     def has_table(sync_conn: Any) -> bool:
         return bool(inspect(sync_conn).has_table("drills"))
 
-    async def ready(repository: DrillsRepository) -> bool:
-        async with repository.engine.connect() as conn:
-            return await conn.run_sync(has_table)
-
-    async def main() -> _T:
-        try:
-            repository = DrillsRepository.create(url)
-        except Exception as exc:  # unknown driver, bad URL options
-            raise _fail(f"cannot use the database {shown}: {_reason(exc)}") from None
-        try:
-            try:
-                found = await asyncio.wait_for(ready(repository), 10)
-            except Exception as exc:  # any driver or network error: say which database
-                raise _fail(f"cannot reach the drill database {shown}: {_reason(exc)}") from None
-            if not found:
-                raise _fail(f"{shown} has no drills table: run `farebox migrate` first")
-            try:
-                return await work(repository)
-            except typer.Exit:
-                raise
-            except Exception as exc:  # the database went away mid-command
-                raise _fail(f"drill database {shown}: {_reason(exc)}") from None
-        finally:
-            await repository.close()
-
-    return asyncio.run(main())
+    async with repository.engine.connect() as conn:
+        found = await conn.run_sync(has_table)
+    return None if found else "drills table"
 
 
 async def _announce(redis_url: str | None) -> None:
@@ -161,11 +121,10 @@ async def _announce(redis_url: str | None) -> None:
     change is committed, and the replicas' poll sees it within about a second)."""
     if not redis_url:
         return
-    from redis.asyncio import Redis
-
     from gateway.drills.board import CHANNEL
+    from gateway.runtime.redis import redis_client
 
-    client = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client(redis_url)
     try:
         await client.publish(CHANNEL, b"changed")
     except Exception:  # any Redis failure: say what happens instead
@@ -184,27 +143,7 @@ async def _audit(repository: DrillsRepository, action: str, row: DrillRow) -> No
 
     # The same admin_audit rows as the admin API, on the drill repository's engine.
     keys = KeysRepository(repository.engine)
-    await audit(keys, action, row, actor=f"cli:{_user()}", client=socket.gethostname())
-
-
-def _dump(data: Any) -> None:
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _num(value: Any, pattern: str = "{:.1f}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-def _errors(errors: Mapping[str, Any] | None) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted((errors or {}).items())) or "none"
+    await audit(keys, action, row, actor=f"cli:{user()}", client=socket.gethostname())
 
 
 @drill_app.command("start")
@@ -270,22 +209,22 @@ def start(
                 simulate_outage=request.simulate_outage,
                 abort_after_errors=request.abort_after_errors,
                 abort_error_rate=request.abort_error_rate,
-                created_by=f"cli:{_user()}",
+                created_by=f"cli:{user()}",
             )
         except ValueError as exc:  # the route already has a drill running
-            raise _fail(f"{exc}: stop it first (`farebox drill stop ID`)") from None
+            raise fail(f"{exc}: stop it first (`farebox drill stop ID`)") from None
         await _announce(Settings().redis_url)
         await _audit(repository, "drill.start", row)
         return row
 
     row = _run(database_url, work)
     if as_json:
-        _dump(row.as_dict())
+        dump(row.as_dict())
         return
     outage = ", with the primary treated as down" if row.simulate_outage else ""
     typer.echo(
         f"started {row.id}: {row.percent:g} % of route {row.route} to {row.target}{outage}, "
-        f"for {request.minutes:g} min (until {_when(row.ends_at)})\n"
+        f"for {request.minutes:g} min (until {drill_views.when(row.ends_at)})\n"
         f"  watch: farebox drill status {row.id}\n"
         f"  end it early: farebox drill stop {row.id}"
     )
@@ -310,14 +249,14 @@ def status(
         async def one(repository: DrillsRepository) -> dict[str, Any]:
             row = await repository.get(drill_id)
             if row is None:
-                raise _fail(f"no drill with id {drill_id}")
+                raise fail(f"no drill with id {drill_id}")
             return await drill_admin.view_with_progress(repository, row)
 
         data = _run(database_url, one)
         if as_json:
-            _dump(data)
+            dump(data)
         else:
-            _print_drill(data)
+            drill_views.print_drill(data)
         return
 
     schedules = _schedules(config)
@@ -340,9 +279,9 @@ def status(
 
     data = _run(database_url, overview)
     if as_json:
-        _dump(data)
+        dump(data)
         return
-    _print_overview(data)
+    drill_views.print_overview(data)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -361,162 +300,6 @@ def _schedules(path: Path | None) -> list[DrillSchedule]:
         typer.echo(f"warning: schedules not shown: {loaded[0]}", err=True)
         return []
     return list(loaded.drills)
-
-
-def _print_overview(data: Mapping[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=160)
-    unfinished = [d for d in data["data"] if "progress" in d]
-    if unfinished:
-        table = Table(
-            "id",
-            "route",
-            "to",
-            "%",
-            "status",
-            "ends",
-            "attempts",
-            "success",
-            "errors",
-            "by",
-            title="Running drills",
-        )
-        for d in unfinished:
-            p = d["progress"]
-            table.add_row(
-                d["id"],
-                d["route"],
-                d["target"] + (" (outage)" if d["simulate_outage"] else ""),
-                f"{d['percent']:g}",
-                d["status"],
-                _short_time(d["ends_at"]),
-                str(p["attempts"]),
-                _pct(p["success_rate"]),
-                _errors(p["errors"]),
-                d["created_by"] or "-",
-            )
-        console.print(table)
-    else:
-        typer.echo("no drill running")
-    verdicts = data["last_verdicts"]
-    if verdicts:
-        table = Table("route", "result", "drill", "to", "finished", "why", title="Last verdicts")
-        for route, v in sorted(verdicts.items()):
-            table.add_row(
-                route,
-                v["result"] + ("" if v["status"] == "completed" else f" ({v['status']})"),
-                v["drill_id"],
-                v["target"],
-                _short_time(v["finished_at"]),
-                "; ".join(v["reasons"]) or "-",
-            )
-        console.print(table)
-    else:
-        typer.echo("no finished drill yet")
-    if data.get("schedules"):
-        table = Table(
-            "schedule", "route", "to", "%", "minutes", "every", "last started", title="Schedules"
-        )
-        for s in data["schedules"]:
-            table.add_row(
-                s["name"],
-                s["route"],
-                s["to"],
-                f"{s['percent']:g}",
-                f"{s['minutes']:g}",
-                s["every"],
-                _short_time(s["last_started"]) if s["last_started"] else "never",
-            )
-        console.print(table)
-
-
-def _short_time(iso: str | None) -> str:
-    if not iso:
-        return "-"
-    return _when(datetime.fromisoformat(iso))
-
-
-def _print_drill(data: Mapping[str, Any]) -> None:
-    outage = " (primary treated as down)" if data["simulate_outage"] else ""
-    lines = [
-        ("drill", data["id"]),
-        ("route", data["route"]),
-        ("to", data["target"] + outage),
-        ("percent", f"{data['percent']:g}"),
-        ("status", data["status"] + (f" — {data['result']}" if data["result"] else "")),
-        ("started", _short_time(data["started_at"])),
-        ("ends", _short_time(data["ends_at"])),
-        ("finished", _short_time(data["finished_at"])),
-        ("by", data["created_by"] or "-"),
-        ("schedule", data["schedule"] or "-"),
-        (
-            "aborts after",
-            f"{data['abort_after_errors']} errors at >= {data['abort_error_rate']:.0%}",
-        ),
-    ]
-    progress = data.get("progress")
-    if progress is not None:
-        lines += [
-            ("attempts", str(progress["attempts"])),
-            ("success", _pct(progress["success_rate"])),
-            ("p95 ms", _num(progress["p95_ms"])),
-            ("errors", _errors(progress["errors"])),
-        ]
-    width = max(len(k) for k, _ in lines)
-    for name, value in lines:
-        typer.echo(f"{name:<{width}}  {value}")
-    if data.get("verdict"):
-        typer.echo("")
-        _print_verdict(data["verdict"])
-
-
-def _print_verdict(verdict: Mapping[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    d = verdict.get("drill_side") or {}
-    p = verdict.get("primary_side") or {}
-    table = Table(
-        "",
-        f"drill target {verdict.get('target', '')}",
-        f"primary {verdict.get('primary') or ''}",
-        title=f"Drill {verdict.get('drill_id', '')}: {verdict.get('result', '?')}",
-    )
-
-    def rate(side: Mapping[str, Any], part: str, whole: str) -> str:
-        return f"{side[part] / side[whole]:.1%}" if side.get(whole) else "-"
-
-    table.add_row("attempts", str(d.get("attempts", 0)), str(p.get("attempts", 0)))
-    table.add_row(
-        "success rate", rate(d, "successes", "attempts"), rate(p, "successes", "attempts")
-    )
-    table.add_row("latency p50 ms", _num(d.get("p50_ms")), _num(p.get("p50_ms")))
-    table.add_row("latency p95 ms", _num(d.get("p95_ms")), _num(p.get("p95_ms")))
-    table.add_row(
-        "cost per success USD",
-        _num(d.get("cost_per_success"), "{:.6f}"),
-        _num(p.get("cost_per_success"), "{:.6f}"),
-    )
-    table.add_row(
-        "gate pass rate",
-        rate(d, "gate_passed", "gate_checked"),
-        rate(p, "gate_passed", "gate_checked"),
-    )
-    table.add_row("errors", _errors(d.get("errors")), _errors(p.get("errors")))
-    Console(width=160).print(table)
-    typer.echo(
-        f"schema conformance: {_pct(verdict.get('conformance'))} of "
-        f"{verdict.get('conformance_checked', 0)} answers checked; "
-        f"p95 latency ratio: {_num(verdict.get('latency_ratio_p95'), '{:.2f}')}; "
-        f"cost delta per request: {_num(verdict.get('cost_delta_per_request'), '{:+.6f}')} USD"
-    )
-    reasons = verdict.get("reasons") or []
-    if reasons:
-        typer.echo("why it failed:")
-        for reason in reasons:
-            typer.echo(f"  - {reason}")
 
 
 def _verdict_exit(row: DrillRow) -> typer.Exit:
@@ -542,7 +325,7 @@ def stop(
     async def work(repository: DrillsRepository) -> DrillRow:
         row = await repository.get(drill_id)
         if row is None:
-            raise _fail(f"no drill with id {drill_id}")
+            raise fail(f"no drill with id {drill_id}")
         if row.status == RUNNING and await repository.move(row.id, (RUNNING,), STOPPING):
             await _announce(Settings().redis_url)
             row = await repository.get(row.id) or row
@@ -553,18 +336,18 @@ def stop(
             row = await repository.get(row.id) or row
             if row.status in FINAL:
                 shown = f" ({row.result})" if row.result else ""
-                raise _fail(
+                raise fail(
                     f"{row.id} has already finished: {row.status}{shown}; "
                     f"see `farebox drill report {row.id}`"
                 )
             if not wait:
-                raise _fail(f"{row.id} is already {row.status}; its verdict is being written")
+                raise fail(f"{row.id} is already {row.status}; its verdict is being written")
         if not wait:
             return row
         deadline = time.monotonic() + timeout
         while row.status not in FINAL:
             if time.monotonic() > deadline:
-                raise _fail(
+                raise fail(
                     f"no verdict for {row.id} after {timeout:g} s: verdicts are written by a "
                     "running gateway; is one serving against this database?"
                 )
@@ -574,15 +357,15 @@ def stop(
 
     row = _run(database_url, work)
     if as_json:
-        _dump(row.as_dict())
+        dump(row.as_dict())
     if not wait:
         if not as_json:
             typer.echo(f"  then: farebox drill report {row.id}")
         return
     if row.verdict is None:
-        raise _fail(f"{row.id} ended ({row.status}) without a verdict: see the gateway's log")
+        raise fail(f"{row.id} ended ({row.status}) without a verdict: see the gateway's log")
     if not as_json:
-        _print_verdict(row.verdict)
+        drill_views.print_verdict(row.verdict)
     raise _verdict_exit(row)
 
 
@@ -601,7 +384,7 @@ def report(
     async def work(repository: DrillsRepository) -> DrillRow:
         row = await repository.get(drill_id)
         if row is None:
-            raise _fail(f"no drill with id {drill_id}")
+            raise fail(f"no drill with id {drill_id}")
         return row
 
     row = _run(database_url, work)
@@ -609,17 +392,17 @@ def report(
         from gateway.drills.admin import UNFINISHED
 
         if row.status in UNFINISHED:
-            raise _fail(f"{row.id} has no verdict yet (status {row.status})")
-        raise _fail(f"{row.id} ended ({row.status}) without a verdict: see the gateway's log")
+            raise fail(f"{row.id} has no verdict yet (status {row.status})")
+        raise fail(f"{row.id} ended ({row.status}) without a verdict: see the gateway's log")
     if as_json:
-        _dump(row.verdict)
+        dump(row.verdict)
     else:
-        _print_verdict(row.verdict)
+        drill_views.print_verdict(row.verdict)
     if out is not None:
         try:
             out.write_text(row.report, encoding="utf-8")
         except OSError as exc:
-            raise _fail(f"cannot write {out}: {exc.strerror or exc}") from None
+            raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
         if not as_json:
             typer.echo(f"wrote {out}")
     raise _verdict_exit(row)

@@ -8,15 +8,23 @@ second by polling. Secrets are printed once, on create and rotate.
 
 from __future__ import annotations
 
-import asyncio
-import getpass
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
+
+from gateway.cli.common import (
+    DatabaseOption,
+    JsonOption,
+    client,
+    database_url,
+    fail,
+    run_database,
+    shown_url,
+    user,
+)
 
 if TYPE_CHECKING:
     from gateway.keys.admin import KeyAdmin, VirtualKey
@@ -25,10 +33,6 @@ keys_app = typer.Typer(no_args_is_help=True, help="Manage virtual API keys.")
 
 _T = TypeVar("_T")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-DatabaseOption = Annotated[
-    str | None, typer.Option("--database-url", help="Default: $FAREBOX_DATABASE_URL.")
-]
 TeamOption = Annotated[str | None, typer.Option(help="Team the key's spend is reported under.")]
 RouteOption = Annotated[
     list[str] | None,
@@ -53,11 +57,6 @@ TagOption = Annotated[
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
-
-
 def _expiry(value: str) -> datetime:
     unit, amount = value[-1:], value[:-1]
     if unit in _UNITS and amount.replace(".", "", 1).isdigit() and float(amount) > 0:
@@ -65,7 +64,7 @@ def _expiry(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise _fail(f"--expires {value!r}: use an ISO 8601 time or a duration (12h, 30d)") from None
+        raise fail(f"--expires {value!r}: use an ISO 8601 time or a duration (12h, 30d)") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
@@ -74,7 +73,7 @@ def _tags(values: Sequence[str]) -> dict[str, str]:
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise _fail(f"--tag {item!r}: use KEY=VALUE")
+            raise fail(f"--tag {item!r}: use KEY=VALUE")
         tags[name] = value
     return tags
 
@@ -127,61 +126,45 @@ class _CliNotifier:
 
 
 def _run(
-    database_url: str | None,
+    given: str | None,
     work: Callable[[KeyAdmin], Awaitable[_T]],
     *,
     changes: bool = False,
 ) -> _T:
-    from sqlalchemy.engine import make_url
-
+    """Run `work` with a KeyAdmin on the key database; `changes`: announce them on Redis."""
     from gateway.keys.admin import KeyAdmin, KeyDatabaseError, KeyNotFound, KeyRevoked
     from gateway.ledger.keys_repository import KeysRepository
     from gateway.settings import Settings
 
     settings = Settings()
-    url = database_url or settings.database_url
-    shown = make_url(url).render_as_string(hide_password=True)
+    url = database_url(given)
 
-    async def main() -> _T:
-        repository = KeysRepository.connect(url)
+    async def api_keys_table(repository: KeysRepository) -> str | None:
+        return None if await repository.ready() else "api_keys table"
+
+    async def with_admin(repository: KeysRepository) -> _T:
         notifier = _CliNotifier(settings.redis_url if changes else None)
         try:
-            try:
-                ready = await asyncio.wait_for(repository.ready(), 10)
-            except Exception as exc:  # any driver or network error: say which database
-                raise _fail(f"cannot reach the key database {shown}: {_reason(exc)}") from None
-            if not ready:
-                raise _fail(f"{shown} has no api_keys table: run `farebox migrate` first")
             await notifier.connect()
-            admin = KeyAdmin(repository, notifier, actor=f"cli:{_user()}")
-            return await work(admin)
+            return await work(KeyAdmin(repository, notifier, actor=f"cli:{user()}"))
         except KeyNotFound as exc:
-            raise _fail(f"no API key with id {exc}") from None
+            raise fail(f"no API key with id {exc}") from None
         except KeyRevoked as exc:
-            raise _fail(f"API key {exc} is revoked") from None
+            raise fail(f"API key {exc} is revoked") from None
         except KeyDatabaseError as exc:
-            raise _fail(f"key database {shown}: {exc}") from None
+            raise fail(f"key database {shown_url(url)}: {exc}") from None
         finally:
             await notifier.close()
-            await repository.close()
 
-    return asyncio.run(main())
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (some containers): still say who, roughly
-        return "unknown"
-
-
-def _client() -> str:
-    return socket.gethostname()
+    # Other errors in `work` propagate, as before: KeyAdmin wraps the database's own.
+    return run_database(
+        url,
+        "key database",
+        KeysRepository.connect,
+        api_keys_table,
+        with_admin,
+        database_error=lambda exc: False,
+    )
 
 
 def _print_key(key: VirtualKey, as_json: bool, secret: str | None = None) -> None:
@@ -252,8 +235,8 @@ def create(
     fields = _validated("KeyCreate", {"name": name, **fields})
     expires_at = fields.get("expires_at")
     if expires_at is not None and expires_at <= datetime.now(UTC):
-        raise _fail("--expires is in the past")
-    key, secret = _run(database_url, lambda admin: admin.create(fields, _client()), changes=True)
+        raise fail("--expires is in the past")
+    key, secret = _run(database_url, lambda admin: admin.create(fields, client()), changes=True)
     _print_key(key, as_json, secret)
 
 
@@ -335,9 +318,9 @@ def update(
     if no_expiry:
         changes["expires_at"] = None
     if not changes:
-        raise _fail("nothing to change: give at least one option")
+        raise fail("nothing to change: give at least one option")
     changes = _validated("KeyUpdate", changes)
-    key = _run(database_url, lambda admin: admin.update(key_id, changes, _client()), changes=True)
+    key = _run(database_url, lambda admin: admin.update(key_id, changes, client()), changes=True)
     _print_key(key, as_json)
 
 
@@ -348,7 +331,7 @@ def revoke(
     database_url: DatabaseOption = None,
 ) -> None:
     """Revoke a key: every replica refuses it within about a second. Cannot be undone."""
-    key = _run(database_url, lambda admin: admin.revoke(key_id, _client()), changes=True)
+    key = _run(database_url, lambda admin: admin.revoke(key_id, client()), changes=True)
     if as_json:
         _print_key(key, True)
     else:
@@ -362,7 +345,7 @@ def rotate(
     database_url: DatabaseOption = None,
 ) -> None:
     """New secret, same key (limits and budget kept); the old secret stops working at once."""
-    key, secret = _run(database_url, lambda admin: admin.rotate(key_id, _client()), changes=True)
+    key, secret = _run(database_url, lambda admin: admin.rotate(key_id, client()), changes=True)
     _print_key(key, as_json, secret)
 
 
