@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -16,10 +17,12 @@ import httpx
 import openai
 import pytest
 
+from gateway.cache.store import LocalStore
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.ledger_reads import ledger_url, sql_rows, wait_for_rows
 from tests.simulator import simulator_stats
+from tests.waiting import wait_until
 
 ALICE, BOB, CAROL = "sk-cache-alice-01", "sk-cache-bob-0001", "sk-cache-carol-01"
 
@@ -83,16 +86,26 @@ def ask(c: openai.OpenAI, model: str, messages: Any, **extra: Any) -> tuple[str,
     return raw.headers["x-farebox-cache"], raw.headers["x-request-id"], raw.parse()
 
 
-def wait_stored() -> None:
-    """Stores run in the background after the answer went out."""
-    time.sleep(0.05)
+def entries(gw: RunningGateway, route: str) -> int:
+    store = gw.state.cache.routes[route].store if gw.state.cache else None
+    assert isinstance(store, LocalStore)
+    return len(store)
+
+
+@contextmanager
+def storing(gw: RunningGateway, route: str) -> Iterator[None]:
+    """The block's answer gets stored: a stream's entry is written after its last chunk
+    went out, so the next request could otherwise race it."""
+    before = entries(gw, route)
+    yield
+    wait_until(lambda: entries(gw, route) > before, f"an entry stored for {route}")
 
 
 def test_a_repeated_request_hits_without_an_upstream_call(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
     before = upstream_calls(gw, "sim-cache-exact")
-    first_state, _, first = ask(c, "exact", messages)
-    wait_stored()
+    with storing(gw, "exact"):
+        first_state, _, first = ask(c, "exact", messages)
     second_state, hit_id, second = ask(c, "exact", messages)
     assert (first_state, second_state) == ("MISS", "HIT")
     assert upstream_calls(gw, "sim-cache-exact") == before + 1
@@ -123,8 +136,8 @@ def test_a_repeated_request_hits_without_an_upstream_call(gw: RunningGateway) ->
 
 def test_hit_headers_say_it_cost_nothing(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
-    ask(c, "exact", messages)
-    wait_stored()
+    with storing(gw, "exact"):
+        ask(c, "exact", messages)
     raw = c.chat.completions.with_raw_response.create(
         model="exact", messages=messages, temperature=0
     )
@@ -136,21 +149,21 @@ def test_hit_headers_say_it_cost_nothing(gw: RunningGateway) -> None:
 
 def test_keys_do_not_share_entries_unless_the_route_scopes_by_team(gw: RunningGateway) -> None:
     messages = question()
-    ask(client(gw, ALICE), "exact", messages)
-    wait_stored()
+    with storing(gw, "exact"):
+        ask(client(gw, ALICE), "exact", messages)
     assert ask(client(gw, BOB), "exact", messages)[0] == "MISS"  # scope: key (default)
 
     messages = question()
-    ask(client(gw, ALICE), "team", messages)
-    wait_stored()
+    with storing(gw, "team"):
+        ask(client(gw, ALICE), "team", messages)
     assert ask(client(gw, BOB), "team", messages)[0] == "HIT"  # same team
     assert ask(client(gw, CAROL), "team", messages)[0] == "MISS"  # another team
 
 
 def test_cache_control_no_cache_and_no_store(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
-    ask(c, "exact", messages)
-    wait_stored()
+    with storing(gw, "exact"):
+        ask(c, "exact", messages)
     before = upstream_calls(gw, "sim-cache-exact")
     state, _, _ = ask(c, "exact", messages, extra_headers={"Cache-Control": "no-cache"})
     assert state == "BYPASS"
@@ -159,12 +172,12 @@ def test_cache_control_no_cache_and_no_store(gw: RunningGateway) -> None:
     messages = question()
     state, _, _ = ask(c, "exact", messages, extra_headers={"Cache-Control": "no-store"})
     assert state == "BYPASS"
-    wait_stored()
+    # Nothing to wait for: a non-stream answer is stored before its response is sent.
     assert ask(c, "exact", messages)[0] == "MISS"  # no-store stored nothing
 
     messages = question()
-    ask(c, "exact", messages, extra_headers={"Cache-Control": "no-cache"})
-    wait_stored()
+    with storing(gw, "exact"):
+        ask(c, "exact", messages, extra_headers={"Cache-Control": "no-cache"})
     assert ask(c, "exact", messages)[0] == "HIT"  # no-cache still stores the fresh answer
 
 
@@ -178,8 +191,8 @@ def test_sampled_requests_bypass_unless_the_route_allows_them(gw: RunningGateway
         model="exact", messages=messages, temperature=0, n=2
     )
     assert raw.headers["x-farebox-cache"] == "BYPASS"
-    c.chat.completions.create(model="sampled", messages=messages, temperature=0.7)
-    wait_stored()
+    with storing(gw, "sampled"):
+        c.chat.completions.create(model="sampled", messages=messages, temperature=0.7)
     raw = c.chat.completions.with_raw_response.create(
         model="sampled", messages=messages, temperature=0.7
     )
@@ -198,8 +211,8 @@ def collect(c: openai.OpenAI, model: str, messages: Any, **extra: Any) -> tuple[
 def test_a_stream_hit_replays_the_stream_identically(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
     before = upstream_calls(gw, "sim-cache-exact")
-    first_state, first = collect(c, "exact", messages)
-    wait_stored()
+    with storing(gw, "exact"):
+        first_state, first = collect(c, "exact", messages)
     second_state, second = collect(c, "exact", messages)
     assert (first_state, second_state) == ("MISS", "HIT")
     assert upstream_calls(gw, "sim-cache-exact") == before + 1
@@ -214,8 +227,8 @@ def test_a_stream_hit_replays_the_stream_identically(gw: RunningGateway) -> None
 def test_stream_usage_chunk_of_a_hit_costs_nothing(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
     options = {"stream_options": {"include_usage": True}}
-    _, first = collect(c, "exact", messages, **options)
-    wait_stored()
+    with storing(gw, "exact"):
+        _, first = collect(c, "exact", messages, **options)
     state, second = collect(c, "exact", messages, **options)
     assert state == "HIT"
     assert first[-1]["usage"]["cost_usd"] > 0
@@ -225,7 +238,7 @@ def test_stream_usage_chunk_of_a_hit_costs_nothing(gw: RunningGateway) -> None:
 
 def test_cut_streams_and_failed_gates_are_never_cached(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
-    before = upstream_calls(gw, "sim-cache-cut")
+    before, stored = upstream_calls(gw, "sim-cache-cut"), entries(gw, "cut")
     for _ in range(2):
         response = httpx.post(
             f"{gw.base_url}/chat/completions",
@@ -234,7 +247,9 @@ def test_cut_streams_and_failed_gates_are_never_cached(gw: RunningGateway) -> No
         )
         assert response.headers["x-farebox-cache"] == "MISS"
         assert b"upstream_stream_interrupted" in response.content  # the cut, as an error event
-        wait_stored()
+        # httpx read the body to its end, and the relay ends it only after the cache's tap
+        # (where a store would happen) has finished: nothing can still be on its way.
+        assert entries(gw, "cut") == stored
     assert upstream_calls(gw, "sim-cache-cut") == before + 2
 
     messages = question()
@@ -245,16 +260,16 @@ def test_cut_streams_and_failed_gates_are_never_cached(gw: RunningGateway) -> No
         )
         assert raw.headers["x-farebox-cache"] == "MISS"
         assert raw.headers["x-farebox-gate"].startswith("fail")
-        wait_stored()
+        # Non-stream: a store would have happened before the response was sent.
     assert upstream_calls(gw, "sim-cache-gated") == before + 2
 
 
 def test_entries_do_not_outlive_their_ttl(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
-    ask(c, "brief", messages)
-    wait_stored()
+    with storing(gw, "brief"):
+        ask(c, "brief", messages)
     assert ask(c, "brief", messages)[0] == "HIT"
-    time.sleep(1.1)
+    time.sleep(1.1)  # real time must pass the 1 s TTL: there is no clock to move
     assert ask(c, "brief", messages)[0] == "MISS"
 
 
@@ -268,21 +283,21 @@ def test_routes_without_cache_say_nothing(gw: RunningGateway) -> None:
 def test_the_anthropic_endpoint_is_cached_too(gw: RunningGateway) -> None:
     c = anthropic.Anthropic(base_url=gw.root, api_key=ALICE, max_retries=0)
     messages = question()
-    answers = []
+    answers, stored = [], entries(gw, "exact")
     for expected in ("MISS", "HIT"):
         raw = c.messages.with_raw_response.create(
             model="exact", max_tokens=50, messages=messages, extra_body={"temperature": 0}
         )
         assert raw.headers["x-farebox-cache"] == expected
         answers.append(raw.parse())
-        wait_stored()
+        wait_until(lambda: entries(gw, "exact") > stored, "the Anthropic answer's entry")
     assert answers[0].content == answers[1].content
 
 
 def test_metrics_count_hits_and_savings(gw: RunningGateway) -> None:
     c, messages = client(gw), question()
-    ask(c, "exact", messages)
-    wait_stored()
+    with storing(gw, "exact"):
+        ask(c, "exact", messages)
     ask(c, "exact", messages)
     text = httpx.get(f"{gw.root}/metrics").text
     hits = [
@@ -305,8 +320,8 @@ def test_semantic_route_serves_paraphrases_only(gw: RunningGateway) -> None:
     topic = uuid.uuid4().hex[:8]
     before = upstream_calls(gw, "sim-cache-semantic")
     asked: Any = [{"role": "user", "content": f"How do I reset my password for account {topic}?"}]
-    assert ask(c, "semantic", asked)[0] == "MISS"
-    wait_stored()
+    with storing(gw, "semantic"):
+        assert ask(c, "semantic", asked)[0] == "MISS"
     paraphrase: Any = [
         {"role": "user", "content": f"How can I reset my password for account {topic}"}
     ]
