@@ -12,12 +12,14 @@ from typing import Any
 
 import openai
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.services import RedisServer
 from tests.simulator import simulator_stats
+from tests.waiting import wait_until
 
 KEY = "sk-cache-redis-01"
 CONFIG = """
@@ -64,18 +66,28 @@ def question() -> Any:
     return [{"role": "user", "content": f"Tell me about {uuid.uuid4().hex}"}]
 
 
+def entries(redis_server: RedisServer) -> int:
+    with redis.Redis.from_url(redis_server.url) as r:
+        return len(r.keys("farebox:cache:*"))
+
+
+def stored(redis_server: RedisServer, before: int) -> None:
+    """The store is a background task after the answer went out: wait until it landed."""
+    wait_until(lambda: entries(redis_server) > before, "the entry to reach Redis")
+
+
 def errors() -> float:
     return REGISTRY.get_sample_value("farebox_cache_redis_errors_total") or 0.0
 
 
 def test_replicas_share_entries_through_redis(
-    replicas: tuple[RunningGateway, RunningGateway], simulator: str
+    replicas: tuple[RunningGateway, RunningGateway], redis_server: RedisServer, simulator: str
 ) -> None:
     a, b = replicas
     messages = question()
-    before = upstream(simulator)
+    before, kept = upstream(simulator), entries(redis_server)
     assert ask(a, messages) == "MISS"
-    time.sleep(0.1)  # the store is a background task
+    stored(redis_server, kept)
     assert ask(b, messages) == "HIT"
     assert upstream(simulator) == before + 1
 
@@ -85,8 +97,9 @@ def test_redis_down_bypasses_the_cache_then_recovers(
 ) -> None:
     a, _ = replicas
     messages = question()
+    kept = entries(redis_server)
     assert ask(a, messages) == "MISS"
-    time.sleep(0.1)
+    stored(redis_server, kept)
     assert ask(a, messages) == "HIT"
 
     failed_before = errors()
@@ -106,11 +119,10 @@ def test_redis_down_bypasses_the_cache_then_recovers(
     finally:
         redis_server.start()
 
-    deadline = time.monotonic() + 10
-    while REGISTRY.get_sample_value("farebox_cache_redis_up") != 1:
-        assert time.monotonic() < deadline, "the probe never found Redis again"
-        time.sleep(0.1)
+    wait_until(
+        lambda: REGISTRY.get_sample_value("farebox_cache_redis_up") == 1, "the probe to find Redis"
+    )
     # Redis restarted empty (no persistence in the test server): a miss, then a hit again.
     assert ask(a, messages) == "MISS"
-    time.sleep(0.1)
+    stored(redis_server, 0)
     assert ask(a, messages) == "HIT"
