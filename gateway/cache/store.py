@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 
+from gateway.runtime.redis import redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS, RedisHealth
 
 log = logging.getLogger("farebox.cache")
@@ -91,12 +91,7 @@ class RedisStore:
         probe_interval_s: float = 0.5,
     ) -> None:
         # A cache read must be quick to give up: a miss is cheaper than a stalled request.
-        redis = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-        )
+        redis = redis_client(url, timeout_s=timeout_s)
         self._redis = redis
         self._prefix = prefix
         self.health = RedisHealth(

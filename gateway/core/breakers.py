@@ -33,11 +33,10 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway.observability import metrics
 from gateway.runtime.background import Background, within
+from gateway.runtime.redis import redis_client
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -174,12 +173,7 @@ class Breakers:
         """Connect if configured; returns after the first attempt whether or not it worked."""
         if self._redis_url is None or self._redis is not None:
             return
-        self._redis = Redis.from_url(
-            self._redis_url,
-            socket_timeout=self._op_timeout_s,
-            socket_connect_timeout=self._op_timeout_s,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry on a fresh connection
-        )
+        self._redis = redis_client(self._redis_url, timeout_s=self._op_timeout_s, retry_once=True)
         self._spawn(self._supervise())
         self._spawn(self._publish_loop())
         with contextlib.suppress(TimeoutError):

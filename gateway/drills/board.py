@@ -25,7 +25,6 @@ from typing import Any
 import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.ledger.drills_repository import (
@@ -38,6 +37,7 @@ from gateway.ledger.drills_repository import (
 )
 from gateway.ledger.events import AttemptRow
 from gateway.runtime.background import Background
+from gateway.runtime.redis import redis_client
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
 from routing.model import DeploymentSpec, Plan
@@ -128,7 +128,7 @@ class DrillBoard:
         self._listen_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._healthy = True
-        self._redis = Redis.from_url(redis_url, socket_timeout=2.0) if redis_url else None
+        self._redis = redis_client(redis_url) if redis_url else None
 
     @property
     def repository(self) -> DrillsRepository | None:

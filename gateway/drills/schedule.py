@@ -24,11 +24,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.drills.config import DrillSchedule
 from gateway.ledger.drills_repository import DrillRow, DrillsRepository
+from gateway.runtime.redis import redis_client
 
 log = logging.getLogger("farebox.drills")
 
@@ -75,11 +75,7 @@ class DrillScheduler:
         self._lock_ttl_ms = int(lock_ttl_s * 1000)
         self._clock = clock
         self._token = uuid.uuid4().hex
-        self._redis = (
-            Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-            if redis_url
-            else None
-        )
+        self._redis = redis_client(redis_url) if redis_url else None
         self._task: asyncio.Task[None] | None = None
         self._holding = False
         self._warned = False

@@ -30,14 +30,13 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.ledger.keys_repository import KeysRepository, VirtualKey
 from gateway.runtime.background import Background, within
+from gateway.runtime.redis import redis_client
 
 log = logging.getLogger("farebox.keys")
 
@@ -85,7 +84,7 @@ class Publisher:
     the announcement leaves the moment the change commits rather than after a connect."""
 
     def __init__(self, redis_url: str, *, prefix: str = "farebox") -> None:
-        self._redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = redis_client(redis_url)
         self._channel = f"{prefix}:keys"
         self.reachable = False
 
@@ -150,12 +149,7 @@ class KeySync:
         self._spawn(self._poll_loop())
         if self._redis_url is None:
             return
-        self._redis = Redis.from_url(
-            self._redis_url,
-            socket_timeout=self._op_timeout_s,
-            socket_connect_timeout=self._op_timeout_s,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._redis = redis_client(self._redis_url, timeout_s=self._op_timeout_s, retry_once=True)
         self._spawn(self._supervise())
         with contextlib.suppress(TimeoutError):
             await self._within(self._first_attempt.wait(), 3 * self._op_timeout_s)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from gateway.runtime.redis import redis_client
 from routing.live import DeploymentLoad
 
 log = logging.getLogger("farebox.inflight")
@@ -57,9 +58,7 @@ class InFlightSync:
         """Create the client (connections are made lazily); `start` also syncs forever."""
         if self._redis is None:
             timeout = max(self._interval_s, 0.5)
-            self._redis = Redis.from_url(
-                self._url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            self._redis = redis_client(self._url, timeout_s=timeout)
 
     async def start(self) -> None:
         if self._task is not None or not self._deployments:

@@ -46,6 +46,7 @@ from gateway.limits.answers import (
 from gateway.limits.lua import ADD_SPEND, BATCH, SEED, batch_item, limit_keys, verdict_of
 from gateway.limits.reconcile import Reconciler, SpendSource, month_of, month_start
 from gateway.limits.redis_batch import RedisBatch
+from gateway.runtime.redis import redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS, RedisHealth
 from routing import quota
 from routing.quota import BUDGET, CHECKS, TPM, Ask, KeyState, Limits, Verdict
@@ -153,12 +154,7 @@ class Limiter:
         self._redis: Redis | None = None
         self._health: RedisHealth | None = None
         if redis_url:
-            self._redis = Redis.from_url(
-                redis_url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry_on_timeout=False,
-            )
+            self._redis = redis_client(redis_url, timeout_s=timeout_s)
             self._seed_script = self._redis.register_script(SEED)
             self._add_script = self._redis.register_script(ADD_SPEND)
             # Admissions and settlements of concurrent requests share round trips.

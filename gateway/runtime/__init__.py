@@ -1,5 +1,5 @@
-"""Helpers every domain shares: the background task set with one bounded wait, and Redis
-health (down on first failure, background PING probe).
+"""Helpers every domain shares: the background task set with one bounded wait, the one Redis
+client factory (one timeout policy), and Redis health (down on first failure, PING probe).
 
 Imports nothing from other gateway domains.
 """
