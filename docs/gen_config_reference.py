@@ -29,7 +29,19 @@ from pydantic.fields import FieldInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "reference" / "config.md"
+EXAMPLE = ROOT / "config" / "gateway.example.yaml"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs"))
+
+# Comments in the example file that describe that one entry (why this route has these targets)
+# or run on from the line above, so they would mislead as the meaning of the option.
+EXAMPLE_SKIP = {
+    ("Route", "strategy"),
+    ("Route", "targets"),
+    ("Route", "gate"),
+    ("GateConfig", "on_fail"),
+    ("Provider", "tpm"),
+}
 
 HEADER = """\
 # Configuration reference
@@ -40,8 +52,9 @@ HEADER = """\
 Every key the routing YAML accepts, section by section, as `farebox config check` validates it.
 Unknown keys are errors. "required" means the key must be written; a dash means unset. Numbers
 are written as in YAML; `${VAR}` and `${VAR:-default}` may stand for any string value. The
-[configuration guide](../configuration.md) explains how the pieces fit together, and
-`config/gateway.example.yaml` is an annotated example.
+meanings come from the comments in the schema's source and, where it has none, from the
+annotated example `config/gateway.example.yaml`. The [configuration
+guide](../configuration.md) explains how the pieces fit together.
 """
 
 
@@ -61,6 +74,7 @@ def _comments(cls: type) -> dict[str, str]:
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
+        name = stmt.target.id
         above: list[str] = []
         row = stmt.lineno - 1  # 1-based line just above the field
         while row >= 1 and lines[row - 1].strip().startswith("#"):
@@ -70,7 +84,7 @@ def _comments(cls: type) -> dict[str, str]:
         if stmt.lineno in inline:
             parts.append(inline[stmt.lineno])
         if parts:
-            found[stmt.target.id] = " ".join(parts)
+            found[name] = " ".join(parts)
     return found
 
 
@@ -96,9 +110,7 @@ def _constraints(metadata: list[Any]) -> str:
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
-        return f"{value:_}"
-    return str(value)
+    return str(value)  # as it would be written in the YAML
 
 
 def _type(tp: Any, models: list[type[BaseModel]]) -> str:
@@ -150,9 +162,60 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+Pattern = tuple[str, ...]  # a key path in the YAML; "*" stands for any name in a map
+
+
+def _nested(tp: Any) -> list[tuple[type[BaseModel], bool]]:
+    """The models a field's type holds, each with whether it sits under a map of names."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [(tp, False)]
+    if origin is dict:
+        return [(m, True) for m, _ in _nested(args[1])]
+    if origin in (list, typing.Annotated, typing.Union, types.UnionType):
+        return [found for arg in args for found in _nested(arg)]
+    return []
+
+
+def _patterns(model: type[BaseModel], at: Pattern, out: dict[type, list[Pattern]]) -> None:
+    out.setdefault(model, []).append(at)
+    for name, info in model.model_fields.items():
+        for nested, in_map in _nested(info.annotation):
+            key = info.alias or name
+            _patterns(nested, (*at, key, "*") if in_map else (*at, key), out)
+
+
+def _example(comments: dict[Pattern, str], patterns: list[Pattern], key: str) -> str | None:
+    for path, text in comments.items():  # file order: the first entry that documents it
+        for pattern in patterns:
+            want = (*pattern, key)
+            if len(path) == len(want) and all(
+                w in ("*", p) for w, p in zip(want, path, strict=True)
+            ):
+                return text
+    return None
+
+
+def _choices(model: type[BaseModel], name: str) -> str | None:
+    """Fields typed `str` but checked against a list in the schema: show the list."""
+    from gateway.config import schema
+
+    lists = {("Route", "strategy"): "STRATEGIES", ("Provider", "protocol"): "PROTOCOLS"}
+    attr = lists.get((model.__name__, name))
+    if attr is None:
+        return None
+    return " \\| ".join(f'`"{value}"`' for value in getattr(schema, attr))
+
+
 def render() -> str:
+    import example_comments
+
     from gateway.config.schema import GatewayConfig
 
+    comments = example_comments.read(EXAMPLE)
+    patterns: dict[type, list[Pattern]] = {}
+    _patterns(GatewayConfig, (), patterns)
     models: list[type[BaseModel]] = [GatewayConfig]
     sections: list[str] = []
     i = 0
@@ -173,9 +236,11 @@ def render() -> str:
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
             key = info.alias or name
-            tp = _type(_annotated(info), models)
-            note = info.description or notes.get(name, "")
-            lines.append(f"| `{key}` | {tp} | {_default(info)} | {_cell(note)} |")
+            tp = _choices(model, name) or _type(_annotated(info), models)
+            note = info.description or notes.get(name)
+            if note is None and (model.__name__, name) not in EXAMPLE_SKIP:
+                note = _example(comments, patterns.get(model, []), key)
+            lines.append(f"| `{key}` | {tp} | {_default(info)} | {_cell(note or '')} |")
         sections.append("\n".join(lines))
     return HEADER + "\n" + "\n\n".join(sections) + "\n"
 
