@@ -15,7 +15,16 @@ from fastapi.responses import Response
 
 from gateway.api.asgi import new_request_id
 from gateway.config.explain import explain_route, parse_chat_request, unknown_route_message
-from gateway.errors import GatewayError, bad_request, clip, too_large, unauthorized
+from gateway.errors import (
+    GatewayError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    bad_request,
+    clip,
+    too_large,
+    unauthorized,
+)
 from gateway.keys.auth import bearer_token, digest
 from gateway.state import GatewayState
 
@@ -34,8 +43,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def forbidden(message: str, code: str) -> GatewayError:
-    return GatewayError(403, message, error_type="permission_error", code=code)
+def forbidden(message: str, code: str) -> PermissionDenied:
+    return PermissionDenied(message, code=code)
 
 
 def _authorize(request: Request, state: GatewayState, master_key: str | None) -> None:
@@ -95,7 +104,7 @@ def admin_router(state: Callable[[], GatewayState | None], master_key: str | Non
         try:
             current = state()
             if current is None or current.live is None:
-                raise GatewayError(503, "The gateway is still starting.", error_type="server_error")
+                raise Unavailable("The gateway is still starting.")
             _authorize(request, current, master_key)
             if pinned is not None:
                 if not (0 < len(pinned) <= 200 and pinned.isascii() and pinned.isprintable()):
@@ -106,7 +115,7 @@ def admin_router(state: Callable[[], GatewayState | None], master_key: str | Non
                 message = unknown_route_message(
                     clip(route), current.config.routes, current.config.deployments
                 )
-                raise GatewayError(404, message, code="route_not_found")
+                raise NotFound(message, code="route_not_found")
             body = await read_limited(request, current.max_body_bytes)
             payload = parse_chat_request(body, route)
             data = explain_route(

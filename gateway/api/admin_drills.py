@@ -27,7 +27,7 @@ from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
 from gateway.drills import admin as drill_admin
 from gateway.drills.config import DrillStart
-from gateway.errors import GatewayError, bad_request, clip
+from gateway.errors import Conflict, GatewayError, NotFound, Unavailable, bad_request, clip
 from gateway.ledger.drills_repository import RUNNING, STOPPING, DrillsRepository
 
 if TYPE_CHECKING:
@@ -56,9 +56,9 @@ def _parse_start(body: bytes) -> DrillStart:
         raise bad_request(f"Invalid request body: {message}", param=where) from None
 
 
-def _not_found(drill_id: str) -> GatewayError:
+def _not_found(drill_id: str) -> NotFound:
     shown = drill_id[:80].encode("unicode_escape").decode()
-    return GatewayError(404, f"No drill with id {shown}.", code="drill_not_found")
+    return NotFound(f"No drill with id {shown}.", code="drill_not_found")
 
 
 def admin_drills_router(
@@ -69,15 +69,13 @@ def admin_drills_router(
     async def authorized(request: Request) -> tuple[GatewayState, DrillsRepository]:
         current = state()
         if current is None:
-            raise GatewayError(503, "The gateway is still starting.", error_type="server_error")
+            raise Unavailable("The gateway is still starting.")
         await authorize_admin(request, current, master_key)
         board = current.drills
         if board is None or board.repository is None:
-            raise GatewayError(
-                503,
+            raise Unavailable(
                 "Drills need the ledger database; this gateway runs without one "
                 "(FAREBOX_LEDGER_ENABLED=false).",
-                error_type="server_error",
                 code="drills_disabled",
             )
         return current, board.repository
@@ -97,10 +95,8 @@ def admin_drills_router(
             try:
                 response = await work()
             except _DatabaseDown:
-                raise GatewayError(
-                    503,
+                raise Unavailable(
                     "The drill database is unreachable; nothing was changed. Retry shortly.",
-                    error_type="server_error",
                     code="drill_store_unavailable",
                 ) from None
         except GatewayError as exc:
@@ -149,9 +145,7 @@ def admin_drills_router(
                     )
                 )
             except ValueError as exc:
-                raise GatewayError(
-                    409, f"{clip(str(exc))}; stop it first.", code="drill_running"
-                ) from None
+                raise Conflict(f"{clip(str(exc))}; stop it first.", code="drill_running") from None
             assert current.drills is not None
             await current.drills.announce()
             keys = current.key_admin.repository if current.key_admin is not None else None
@@ -197,8 +191,7 @@ def admin_drills_router(
             row = await load(repository, drill_id)
             if row.status != RUNNING or not await db(repository.move(row.id, (RUNNING,), STOPPING)):
                 latest = await db(repository.get(row.id)) or row
-                raise GatewayError(
-                    409,
+                raise Conflict(
                     f"Drill {row.id} is not running (status {latest.status}).",
                     code="drill_not_running",
                 )
@@ -225,8 +218,7 @@ def admin_drills_router(
             _, repository = await authorized(request)
             row = await load(repository, drill_id)
             if row.report is None:
-                raise GatewayError(
-                    409,
+                raise Conflict(
                     f"Drill {row.id} has no verdict yet (status {row.status}).",
                     code="drill_not_finished",
                 )

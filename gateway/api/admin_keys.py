@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.api.admin import authorize_admin, forbidden, read_limited
 from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
-from gateway.errors import GatewayError, bad_request, clip
+from gateway.errors import Conflict, GatewayError, NotFound, Unavailable, bad_request, clip
 from gateway.keys.admin import (
     KeyAdmin,
     KeyDatabaseError,
@@ -84,7 +84,7 @@ def admin_keys_router(
     async def authorized(request: Request) -> KeyAdmin:
         current = state()
         if current is None:
-            raise GatewayError(503, "The gateway is still starting.", error_type="server_error")
+            raise Unavailable("The gateway is still starting.")
         await authorize_admin(request, current, master_key)
         if current.key_admin is None:
             # 4xx, like a disabled admin API: a configuration, not an outage to retry.
@@ -104,16 +104,12 @@ def admin_keys_router(
                 admin = await authorized(request)
                 data, status = await work(admin)
             except KeyNotFound as exc:
-                raise GatewayError(
-                    404, f"No API key with id {exc}.", code="key_not_found"
-                ) from None
+                raise NotFound(f"No API key with id {exc}.", code="key_not_found") from None
             except KeyRevoked as exc:
-                raise GatewayError(409, f"API key {exc} is revoked.", code="key_revoked") from None
+                raise Conflict(f"API key {exc} is revoked.", code="key_revoked") from None
             except KeyDatabaseError:
-                raise GatewayError(
-                    503,
+                raise Unavailable(
                     "The key database is unreachable; nothing was changed. Retry shortly.",
-                    error_type="server_error",
                     code="key_store_unavailable",
                 ) from None
         except GatewayError as exc:

@@ -36,7 +36,7 @@ from gateway.api.common import (
 )
 from gateway.api.validate import parse_object
 from gateway.core.metering import CallContext
-from gateway.errors import GatewayError
+from gateway.errors import UpstreamMalformed
 from gateway.state import GatewayState
 
 # Bare path for clients whose base URL already ends in /v1.
@@ -86,11 +86,8 @@ class AnthropicEndpoints:
                 try:
                     completion = orjson.loads(result.body)
                 except orjson.JSONDecodeError:
-                    raise GatewayError(
-                        502,
-                        f"Upstream {result.deployment} sent an answer that is not JSON.",
-                        error_type="server_error",
-                        code="upstream_malformed",
+                    raise UpstreamMalformed(
+                        f"Upstream {result.deployment} sent an answer that is not JSON."
                     ) from None
                 message = to_anthropic(completion, model, request_id)
                 headers.append(JSON_TYPE)

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError
+from gateway.errors import UpstreamMalformed
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -65,12 +65,7 @@ def to_anthropic(completion: Any, model: str, fallback_id: str) -> dict[str, Any
         or not isinstance(first, dict)
         or not isinstance(message, dict)
     ):
-        raise GatewayError(
-            502,
-            "The upstream answer has no message to translate.",
-            error_type="server_error",
-            code="upstream_malformed",
-        )
+        raise UpstreamMalformed("The upstream answer has no message to translate.")
     content: list[dict[str, Any]] = _thinking(message)
     text = message.get("content")
     if isinstance(text, list):  # some servers answer in parts

@@ -17,7 +17,14 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.api.asgi import id_headers, new_request_id, speaks_anthropic
-from gateway.errors import GatewayError, clip
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    clip,
+)
 
 log = logging.getLogger("farebox.api")
 
@@ -53,12 +60,13 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     status = exc.status_code
     where = f"{clip(request.method, 32)} {clip(request.scope['path'])}"
     if status == 404:
-        error = GatewayError(404, f"Unknown path: {where}.", code="not_found")
+        error: GatewayError = NotFound(f"Unknown path: {where}.")
     elif status == 405:
         allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
         use = f"; use {allowed}" if allowed else ""
-        error = GatewayError(405, f"Method not allowed: {where}{use}.", code="method_not_allowed")
+        error = MethodNotAllowed(f"Method not allowed: {where}{use}.")
     else:
+        # Starlette's own HTTP errors can carry any status: the one place the bare class is used.
         error = GatewayError(
             status,
             clip(str(exc.detail)),
@@ -71,7 +79,7 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     """A readable 400 naming the field: "query.limit: Input should be a valid integer"."""
     errors = exc.errors()
     message, param, code = describe(errors)
-    return error_response(request, GatewayError(400, message, param=param, code=code))
+    return error_response(request, InvalidRequest(message, param=param, code=code))
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -82,11 +90,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
         clip(request.scope["path"]),
         request_id,
     )
-    error = GatewayError(
-        500,
-        f"Internal error in Farebox; quote request id {request_id} to the operator.",
-        error_type="server_error",
-        code="internal_error",
+    error = InternalError(
+        f"Internal error in Farebox; quote request id {request_id} to the operator."
     )
     return error_response(request, error, request_id=request_id)
 

@@ -10,7 +10,13 @@ import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import GatewayError, bad_request, too_large
+from gateway.errors import (
+    GatewayError,
+    HeadersTooLarge,
+    RequestTimeout,
+    bad_request,
+    too_large,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -103,11 +109,9 @@ def body_too_large(limit: int) -> GatewayError:
     return error
 
 
-def body_timeout(timeout_s: float) -> GatewayError:
-    return GatewayError(
-        408,
+def body_timeout(timeout_s: float) -> RequestTimeout:
+    return RequestTimeout(
         f"The request body did not arrive within {timeout_s:g} s.",
-        code="request_timeout",
         headers=[CLOSE],
     )
 
@@ -119,17 +123,13 @@ def headers_too_large(scope: Scope, max_count: int, max_bytes: int) -> GatewayEr
     """
     headers = scope["headers"]
     if len(headers) > max_count:
-        return GatewayError(
-            431,
+        return HeadersTooLarge(
             f"The request has {len(headers)} header lines; this gateway allows {max_count}.",
-            code="request_header_fields_too_large",
             headers=[CLOSE],
         )
     if sum(len(k) + len(v) for k, v in headers) > max_bytes:
-        return GatewayError(
-            431,
+        return HeadersTooLarge(
             f"The request headers are larger than this gateway's limit of {max_bytes} bytes.",
-            code="request_header_fields_too_large",
             headers=[CLOSE],
         )
     return None

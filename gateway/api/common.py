@@ -27,7 +27,15 @@ from gateway.api.asgi import (
 )
 from gateway.core.metering import CallContext
 from gateway.core.service import DONE, StreamingCompletion
-from gateway.errors import GatewayError, clip, model_not_found, unauthorized
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    PermissionDenied,
+    clip,
+    model_not_found,
+    unauthorized,
+)
 from gateway.keys.auth import MISS, Principal, bearer_token
 from gateway.limits.limiter import Admission, ask_for, rate_headers
 from gateway.observability import telemetry
@@ -73,7 +81,7 @@ async def guarded(
         task = asyncio.current_task()
         assert task is not None
         task.uncancel()
-        error = shutting_down(cut_off=True)
+        error: GatewayError = shutting_down(cut_off=True)
         # A stream's 200 is already out (its relay sent the error event): nothing to add.
         with contextlib.suppress(RuntimeError, OSError):
             await send_error(send, error, headers, render(error))
@@ -83,12 +91,9 @@ async def guarded(
         await send_error(send, error, headers, render(error))
 
 
-def internal_error(request_id: str) -> GatewayError:
-    return GatewayError(
-        500,
-        f"Internal error in Farebox; quote request id {request_id} to the operator.",
-        error_type="server_error",
-        code="internal_error",
+def internal_error(request_id: str) -> InternalError:
+    return InternalError(
+        f"Internal error in Farebox; quote request id {request_id} to the operator."
     )
 
 
@@ -166,11 +171,9 @@ async def admit(
     if principal is None:
         return None
     if principal.routes is not None and plan.route not in principal.routes:
-        raise GatewayError(
-            403,
+        raise PermissionDenied(
             f"This API key may not use {plan.route!r}; its routes are: "
             + (", ".join(sorted(principal.routes)) or "none"),
-            error_type="permission_error",
             code="route_not_allowed",
             param="model",
         )
@@ -242,12 +245,10 @@ def header_value(text: str) -> bytes:
     return clean[:512].encode("latin-1")
 
 
-def method_not_allowed(method: str, path: str, allowed: str = "POST") -> GatewayError:
+def method_not_allowed(method: str, path: str, allowed: str = "POST") -> MethodNotAllowed:
     """405 naming the method the path takes (also in `allow`, as RFC 9110 asks)."""
-    return GatewayError(
-        405,
+    return MethodNotAllowed(
         f"Method {clip(method, 32)} is not allowed on {clip(path)}; use {allowed}.",
-        code="method_not_allowed",
         headers=[(b"allow", allowed.encode())],
     )
 

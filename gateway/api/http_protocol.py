@@ -29,29 +29,24 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.api.asgi import new_request_id, speaks_anthropic
-from gateway.errors import GatewayError, clip
+from gateway.errors import GatewayError, HeadersTooLarge, InvalidRequest, RequestTimeout, clip
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 
 log = logging.getLogger("farebox.api")
 
 
-def head_too_large() -> GatewayError:
-    return GatewayError(
-        431,
-        "The request line and headers are larger than this server accepts.",
-        code="request_header_fields_too_large",
-    )
+def head_too_large() -> HeadersTooLarge:
+    return HeadersTooLarge("The request line and headers are larger than this server accepts.")
 
 
-def head_timeout() -> GatewayError:
-    return GatewayError(408, "The request headers did not arrive in time.", code="request_timeout")
+def head_timeout() -> RequestTimeout:
+    return RequestTimeout("The request headers did not arrive in time.")
 
 
-def malformed(reason: str | None) -> GatewayError:
+def malformed(reason: str | None) -> InvalidRequest:
     detail = f" ({clip(reason, 200)})" if reason else ""
-    return GatewayError(
-        400,
+    return InvalidRequest(
         f"The request is not valid HTTP/1.1{detail}: check the request line, the header "
         "names and values, Content-Length and the chunked body encoding.",
         code="malformed_http_request",

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from gateway.api.admin import authorize_admin
 from gateway.api.anthropic_translate import error_body as anthropic_error_body
 from gateway.api.asgi import Receive, Scope, Send, new_request_id, send_error
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError, NotFound, error_body
 from gateway.observability import metrics as prometheus
 from gateway.serving.db_probe import DatabaseProbe
 from gateway.serving.shutdown import Drain, shutting_down
@@ -122,7 +122,7 @@ class MetricsListener:
             body, status = b'{"status":"ok"}', 200
             headers.append((b"content-type", b"application/json"))
         else:
-            error = GatewayError(404, "This port serves /metrics only.", code="not_found")
+            error = NotFound("This port serves /metrics only.")
             await send_error(send, error, headers)
             return
         headers.append((b"content-length", str(len(body)).encode()))

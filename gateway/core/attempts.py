@@ -296,7 +296,7 @@ class AttemptLoop:
     def _give_up(self, run: Run[Any]) -> GatewayError:
         if run.last_error is None:
             # Every target was skipped before a single try (deadline or breakers).
-            error = upstream_failed(
+            error: GatewayError = upstream_failed(
                 f"No deployment of {run.plan.route!r} could be tried "
                 "(circuit breakers open or no time left).",
                 code="no_deployment_available",

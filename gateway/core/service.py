@@ -34,7 +34,7 @@ from gateway.core.streaming import (
     replay_as_stream,
 )
 from gateway.core.upstream_errors import client_error
-from gateway.errors import GatewayError
+from gateway.errors import UnsupportedEndpoint
 from gateway.ledger.events import AttemptRow
 from gateway.providers.base import (
     CUT,
@@ -140,7 +140,7 @@ class Service:
         if not kept:
             message = unsupported_message(plan.attempts[0].deployment, ctx.endpoint)
             self.meter.finish(ctx, plan, 400, "unsupported_endpoint", None)
-            raise GatewayError(400, message, code="unsupported_endpoint")
+            raise UnsupportedEndpoint(message)
         return dataclasses.replace(plan, attempts=kept)
 
     async def complete(self, ctx: CallContext, plan: Plan) -> Completion:

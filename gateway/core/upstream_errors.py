@@ -5,9 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.errors import GatewayError, upstream_failed, upstream_timeout
+from gateway.errors import (
+    GatewayError,
+    RateLimited,
+    StreamCut,
+    UpstreamRejected,
+    UpstreamUnreachable,
+    upstream_failed,
+    upstream_timeout,
+)
 from gateway.observability.redact import scrub
-from gateway.providers.base import CONNECT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
+from gateway.providers.base import CONNECT, CUT, STATUS, STREAM_ERROR, TIMEOUT, UpstreamError
 from routing.failover import Outcome, parse_retry_after
 
 
@@ -29,9 +37,7 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
     if exc.kind == TIMEOUT:
         return upstream_timeout(f"Upstream {deployment} timed out.")
     if exc.kind == CONNECT:
-        return upstream_failed(
-            f"Upstream {deployment} is unreachable.", code="upstream_unreachable"
-        )
+        return UpstreamUnreachable(f"Upstream {deployment} is unreachable.")
     detail = _error_field(exc.body, "message")
     if detail is not None:
         # Adapters scrub at the source; this is the last stop before a client sees it.
@@ -44,15 +50,14 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
                 for k, v in exc.headers.items()
                 if k.startswith("retry-after")
             ]
-            return GatewayError(
-                429,
+            return RateLimited(
                 detail or f"Upstream {deployment} is rate limiting requests.",
                 error_type="rate_limit_error",
                 code=_error_field(exc.body, "code") or "rate_limit_exceeded",
                 headers=retry,
             )
         if status in (400, 413, 422):
-            return GatewayError(
+            return UpstreamRejected(
                 status,
                 detail or f"Upstream {deployment} rejected the request (HTTP {status}).",
                 code=_error_field(exc.body, "code"),
@@ -67,6 +72,8 @@ def client_error(exc: UpstreamError, deployment: str) -> GatewayError:
         return upstream_failed(f"Upstream {deployment} failed (HTTP {status}).")
     if exc.kind == STREAM_ERROR:
         return upstream_failed(f"Upstream {deployment} reported an error: {detail or 'unknown'}")
+    if exc.kind == CUT:
+        return StreamCut(f"Upstream {deployment} sent an unusable response ({exc.kind}).")
     return upstream_failed(f"Upstream {deployment} sent an unusable response ({exc.kind}).")
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, Protocol
 
-from gateway.errors import GatewayError
+from gateway.errors import AuthenticationFailed, Unavailable
 
 log = logging.getLogger("farebox.auth")
 
@@ -113,26 +113,22 @@ class KeySource(Protocol):
     async def principal(self, key_hash: str) -> Principal | None: ...
 
 
-def key_expired() -> GatewayError:
-    return GatewayError(401, "This API key has expired.", code="key_expired")
+def key_expired() -> AuthenticationFailed:
+    return AuthenticationFailed("This API key has expired.", code="key_expired")
 
 
-def keys_unavailable() -> GatewayError:
-    return GatewayError(
-        503,
+def keys_unavailable() -> Unavailable:
+    return Unavailable(
         "API keys cannot be checked right now (the key database is unreachable); "
         "retry shortly. Keys used recently keep working.",
-        error_type="server_error",
         code="key_store_unavailable",
         headers=[(b"retry-after", b"1")],
     )
 
 
-def keys_busy() -> GatewayError:
-    return GatewayError(
-        503,
+def keys_busy() -> Unavailable:
+    return Unavailable(
         "Too many unrecognised API keys are being checked at once; retry shortly.",
-        error_type="server_error",
         code="key_store_busy",
         headers=[(b"retry-after", b"1")],
     )

@@ -10,7 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    QuotaExceeded,
+    RateLimited,
+    Unavailable,
+)
 from gateway.keys.auth import Principal
 from gateway.ledger.pricing import PriceBook
 from routing import quota
@@ -75,13 +81,7 @@ def refusal(principal: Principal, limits: Limits, ask: Ask, verdict: Verdict) ->
         )
         # The OpenAI SDKs retry 429s unless told not to: a budget does not refill in seconds.
         headers.append((b"x-should-retry", b"false"))
-        return GatewayError(
-            429,
-            message,
-            error_type="insufficient_quota",
-            code="insufficient_quota",
-            headers=headers,
-        )
+        return QuotaExceeded(message, headers=headers)
     wait_s = max(verdict.retry_after_ms, 1) / 1000
     headers.append((b"retry-after-ms", str(max(verdict.retry_after_ms, 1)).encode()))
     headers.append((b"retry-after", str(max(1, round(wait_s + 0.499))).encode()))
@@ -95,23 +95,19 @@ def refusal(principal: Principal, limits: Limits, ask: Ask, verdict: Verdict) ->
         f"Rate limit reached for key {principal.key_name!r} on {what}. "
         f"Please try again in {quota.duration_header(max(verdict.retry_after_ms, 1))}."
     )
-    return GatewayError(
-        429, message, error_type=check or "requests", code="rate_limit_exceeded", headers=headers
-    )
+    return RateLimited(message, error_type=check or "requests", headers=headers)
 
 
-def limits_unavailable(checks: list[str]) -> GatewayError:
-    return GatewayError(
-        503,
+def limits_unavailable(checks: list[str]) -> Unavailable:
+    return Unavailable(
         "Rate and budget limits cannot be checked right now (the shared limit store is "
         f"unreachable) and this gateway fails closed for {', '.join(checks)}. Retry shortly.",
-        error_type="server_error",
         code="limits_unavailable",
         headers=[(b"retry-after", b"1")],
     )
 
 
-def too_large(principal: Principal, limits: Limits, ask: Ask) -> GatewayError:
+def too_large(principal: Principal, limits: Limits, ask: Ask) -> InvalidRequest:
     """A request that names more tokens than the key's whole TPM limit can never fit.
 
     400, not 429: the OpenAI and Anthropic SDKs raise BadRequestError and never retry it,
@@ -119,13 +115,11 @@ def too_large(principal: Principal, limits: Limits, ask: Ask) -> GatewayError:
     LangChain), which would otherwise spin on a request that no amount of waiting admits.
     """
     firm = ask.tokens - ask.default_tokens
-    return GatewayError(
-        400,
+    return InvalidRequest(
         f"This request could use up to {firm} tokens (prompt estimate plus max_tokens × n), "
         f"more than key {principal.key_name!r} may use in a minute: tokens per min (TPM): "
         f"Limit {limits.tpm}, Requested {firm}. It can never be admitted as it is: lower "
         "max_tokens or n, or shorten the prompt.",
-        error_type="invalid_request_error",
         code="tokens_exceed_limit",
         param="max_tokens",
     )

@@ -29,7 +29,7 @@ import time
 import weakref
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import ShuttingDown
 
 log = logging.getLogger("farebox")
 
@@ -68,18 +68,15 @@ def cancel_outcome() -> tuple[int, str]:
     return STATUS_CLIENT_CLOSED, CLIENT_CANCELLED
 
 
-def shutting_down(*, cut_off: bool = False) -> GatewayError:
+def shutting_down(*, cut_off: bool = False) -> ShuttingDown:
     """The 503 for work this process will not (or no longer) do; any replica can retry it."""
     message = (
         "The gateway stopped before this request finished (it is shutting down); retry it."
         if cut_off
         else "This gateway replica is shutting down and takes no new requests; retry it."
     )
-    return GatewayError(
-        STATUS_SHUTDOWN,
+    return ShuttingDown(
         message,
-        error_type="server_error",
-        code="gateway_shutting_down",
         headers=[(b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close")],
     )
 
