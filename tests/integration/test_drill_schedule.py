@@ -18,6 +18,7 @@ from gateway.ledger.drills_repository import DrillsRepository
 from tests.drill_env import drill_env
 from tests.ledger_reads import sql_rows
 from tests.services import RedisServer
+from tests.waiting import until
 
 WEEKLY = DrillSchedule(route="chat", to="alt@sim", every="7d", percent=10, minutes=15)
 
@@ -124,10 +125,13 @@ def test_the_lease_passes_on_expiry_or_release(pg_url: str, redis_url: str) -> N
             assert a.leader
             await b.tick()
             assert not b.leader
+
             # `a` stops checking (a replica that died): its lease lapses and `b` takes over.
-            await asyncio.sleep(0.8)
-            await b.tick()
-            assert b.leader
+            async def b_leads() -> bool:
+                await b.tick()
+                return b.leader
+
+            await until(b_leads, "b to take over the lapsed lease", within_s=5)
             # `a` comes back: it cannot renew a lease that is now b's.
             await a.tick()
             assert not a.leader and b.leader

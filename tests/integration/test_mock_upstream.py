@@ -17,6 +17,7 @@ import pytest
 from multidict import CIMultiDict
 
 from tests.simulator import start_simulator
+from tests.waiting import wait_until
 
 USER = [{"role": "user", "content": "Say hello"}]  # 9 chars -> ceil(9/4) + 3 = 6 tokens
 USER_TOKENS = 6
@@ -451,7 +452,8 @@ def test_hang_times_out_without_blocking_others(client: openai.OpenAI, base_url:
 
     thread = threading.Thread(target=hang)
     thread.start()
-    time.sleep(0.1)
+    # The simulator holds the hanging request (counted on arrival) before the second call.
+    wait_until(lambda: stats(base_url)["faults"]["hang"] == 1, "the hanging request upstream")
     started = time.monotonic()
     ok = client.chat.completions.create(model="sim-small::tokens=1", messages=USER)
     assert ok.choices[0].message.content == "tok0"

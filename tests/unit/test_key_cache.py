@@ -11,6 +11,7 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.keys.auth import MISS, KeyStore, Principal
+from tests.waiting import until
 
 SECRET = b"fbx-known-secret"
 KNOWN = hashlib.sha256(SECRET).hexdigest()
@@ -128,7 +129,7 @@ def test_concurrent_misses_share_one_lookup_and_lookups_are_bounded() -> None:
         keys = store(source, clock, lookup_concurrency=2)
         same = [asyncio.ensure_future(keys.resolve(SECRET)) for _ in range(50)]
         others = [asyncio.ensure_future(keys.resolve(f"fbx-x{i}".encode())) for i in range(10)]
-        await asyncio.sleep(0.01)
+        await until(lambda: source.concurrent == 2, "two lookups at the database")
         assert source.max_concurrent <= 2
         source.gate.set()
         results = await asyncio.gather(*same)
@@ -146,7 +147,7 @@ def test_too_many_distinct_pending_lookups_get_a_503_not_a_queue() -> None:
         source.gate = asyncio.Event()
         keys = store(source, clock, max_pending=5)
         waiting = [asyncio.ensure_future(keys.resolve(f"fbx-p{i}".encode())) for i in range(5)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the five lookups start and become pending
         with pytest.raises(GatewayError) as err:
             await keys.resolve(b"fbx-one-too-many")
         assert err.value.status == 503
@@ -163,7 +164,7 @@ def test_a_cancelled_caller_does_not_cancel_the_shared_lookup() -> None:
         keys = store(source, clock)
         first = asyncio.ensure_future(keys.resolve(SECRET))
         second = asyncio.ensure_future(keys.resolve(SECRET))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: both start, the second joins the first's lookup
         first.cancel()
         source.gate.set()
         assert (await second) is not None

@@ -7,6 +7,7 @@ import asyncio
 
 from gateway.keys.auth import MISS
 from tests.unit.test_key_cache import KNOWN, SECRET, Clock, Source, run, settled, store
+from tests.waiting import until
 
 
 def test_a_stale_entry_answers_at_once_while_one_refresh_hangs() -> None:
@@ -18,7 +19,7 @@ def test_a_stale_entry_answers_at_once_while_one_refresh_hangs() -> None:
         clock.now += 31
         for _ in range(1000):
             assert keys.cached(SECRET) == principal
-        await asyncio.sleep(0.01)
+        await until(lambda: source.calls == 2, "the refresh at the database")
         assert source.calls == 2 and source.concurrent == 1  # one refresh, not one per request
         source.gate.set()
         await settled(keys)
@@ -36,7 +37,7 @@ def test_a_revoked_key_is_never_served_stale() -> None:
         source.gate = asyncio.Event()
         clock.now += 31
         assert keys.cached(SECRET) is not MISS  # stale, refresh started (it reads the old row)
-        await asyncio.sleep(0.01)
+        await until(lambda: source.calls == 2, "the refresh at the database")
         del source.keys[KNOWN]
         keys.invalidate(KNOWN)  # the revocation arrives (pub/sub or the poll)
         assert keys.cached(SECRET) is MISS
