@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cli.common import fail
 from gateway.router.dataset import DEFAULT_STRONG, DEFAULT_WEAK, DataError, Example, load
 from gateway.router.model_io import DEFAULT_MODEL, ModelFileError, load_model, save_model
 from gateway.router.train import (
@@ -53,16 +54,11 @@ ModelOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _load_data(data: list[Path], weak: str, strong: str, prompt: str) -> list[Example]:
     try:
         examples, dropped = load(data, weak, strong, prompt)
     except DataError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     groups = len({e.group for e in examples})
     note = f", {dropped} contaminated rows dropped" if dropped else ""
     typer.echo(f"{len(examples)} prompts in {groups} groups{note}", err=True)
@@ -73,7 +69,7 @@ def _load_model(path: Path) -> QualityModel:
     try:
         return load_model(path)
     except ModelFileError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
 
 
 def _pct(value: float | None) -> str:
@@ -102,7 +98,7 @@ def train_command(
             meta={"weak": weak_column, "strong": strong_column, "data": [p.name for p in data]},
         )
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     size = save_model(model, out)
     typer.echo(
         f"wrote {out} ({size / 1024:.0f} KiB, {len(model.lexical)} lexical and "
@@ -189,7 +185,7 @@ def _write_plot(path: Path, reports: list[tuple[str, RouterReport]], title: str)
     try:
         path.write_bytes(pgr_chart(series, title))
     except OSError as exc:
-        raise _fail(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {path}")
 
 
@@ -221,7 +217,7 @@ def cv_command(
     try:
         result = cross_validate(examples, folds, seed, TrainOptions(l2=l2, label=label), show)
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     summary = _summary(result)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

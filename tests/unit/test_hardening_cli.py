@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from gateway.api.http_protocol import BoundedHttpToolsProtocol
 from gateway.cli import main as cli
+from gateway.cli import serve as serving
 from gateway.config.schema import parse_config
 from gateway.serving import server as server_module
 from gateway.settings import Settings
@@ -47,7 +48,7 @@ def test_serve_uses_the_bounded_protocol(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(server_module, "GatewayServer", NotServing)
     config = parse_config(YAML, "t.yaml", {})
     settings = Settings(master_key=None, metrics_port=0)
-    cli._serve(settings, config, Path("t.yaml"), "127.0.0.1", 0, 1)
+    serving._serve(settings, config, Path("t.yaml"), "127.0.0.1", 0, 1)
     built = seen["config"]
     assert built.http is BoundedHttpToolsProtocol
     assert built.h11_max_incomplete_event_size == 10000 + 16 * 1024
