@@ -19,15 +19,13 @@ routes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config.yaml_loader import ConfigIssue, LocatedDocument
 from routing.model import FanoutPolicy
-
-if TYPE_CHECKING:
-    from gateway.config.schema import Route
 
 FANOUT_STRATEGIES = ("consensus", "speculative")
 
@@ -53,6 +51,33 @@ class SpeculativeConfig(_Strict):
     """Start `n` targets at once; the first answer that passes the route's gate wins."""
 
     n: Annotated[int, Field(ge=2)] | None = None
+
+
+class _Gate(Protocol):
+    @property
+    def on_fail(self) -> str: ...
+    @property
+    def buffer_streams(self) -> bool: ...
+
+
+class Route(Protocol):
+    """What these checks read of a route (gateway.config.routes.Route): the route model
+    imports this module for its fan-out blocks, so this module must not import it back."""
+
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def targets(self) -> Sequence[str]: ...
+    @property
+    def consensus(self) -> ConsensusConfig | None: ...
+    @property
+    def speculative(self) -> SpeculativeConfig | None: ...
+    @property
+    def streaming(self) -> Literal["buffer", "refuse"] | None: ...
+    @property
+    def hedge_after_ms(self) -> int | None: ...
+    @property
+    def gate(self) -> _Gate | None: ...
 
 
 def fanout_policy(route: Route) -> FanoutPolicy | None:
