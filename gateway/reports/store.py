@@ -16,50 +16,23 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
-    Date,
     and_,
     case,
-    cast,
     delete,
     func,
-    inspect,
-    literal,
     select,
-    text,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_reports import invoice_lines_table, reconciliations_table
-from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.success import SUCCESS_FLAG
 from gateway.reports.importers import ImportedFile
-from gateway.reports.segments import CACHE_HIT, SEGMENTS, segment_query
-from routing.lcpr import SegmentTotals
-from routing.red_flags import DailyRates
+from gateway.reports.segments import CACHE_HIT, SEGMENTS
+from gateway.reports.store_base import day_of, dec, opt_dec, utc_bound
+from gateway.reports.store_segments import SegmentQueries
 
 # SEGMENTS and CACHE_HIT are re-exported: callers have always imported them from here.
 __all__ = ["CACHE_HIT", "SEGMENTS", "AnsweredBy", "LedgerDay", "ReportStore"]
-_ZERO = Decimal(0)
-
-
-def _dec(value: Any) -> Decimal:
-    if value is None:
-        return _ZERO
-    return value if isinstance(value, Decimal) else Decimal(str(value))
-
-
-def _opt_dec(value: Any) -> Decimal | None:
-    return None if value is None else _dec(value)
-
-
-def _day(value: Any) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])  # SQLite's date() is text
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,34 +86,9 @@ class AnsweredBy:
     successful: int
 
 
-class ReportStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._pg = engine.dialect.name == "postgresql"
-
-    @classmethod
-    def create(cls, url: str) -> ReportStore:
-        # Same engine settings (SQLite pragmas, pool timeouts) as the gateway's ledger.
-        return cls(LedgerRepository.create(url, pool_size=2).engine)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-    def _utc_day(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
-        if self._pg:
-            # date() of a timestamptz follows the session time zone; pin it to UTC.
-            return cast(func.timezone("UTC", column), Date)
-        return func.date(column)  # SQLite stores UTC text already
-
-    async def missing_tables(self) -> list[str]:
-        names = ("requests", "attempts", "invoice_lines", "reconciliations")
-
-        def check(sync_conn: Any) -> list[str]:
-            inspector = inspect(sync_conn)
-            return [n for n in names if not inspector.has_table(n)]
-
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(check)
+class ReportStore(SegmentQueries):
+    """Invoices, ledger aggregates and reconciliation runs; the LCPR segment queries are
+    in store_segments.py, the engine and shared helpers in store_base.py."""
 
     # --- invoices ----------------------------------------------------------------------------
 
@@ -198,8 +146,8 @@ class ReportStore:
             )
             .where(
                 i.import_id.in_(list(import_ids)),
-                i.period_start >= _utc(start, self._pg),
-                i.period_start < _utc(end, self._pg),
+                i.period_start >= utc_bound(start, self._pg),
+                i.period_start < utc_bound(end, self._pg),
             )
             .group_by(i.provider, i.model, day, i.token_type)
         )
@@ -209,10 +157,10 @@ class ReportStore:
             InvoiceDay(
                 provider=p,
                 model=m,
-                day=_day(d),
+                day=day_of(d),
                 token_type=tt,
-                tokens=_opt_dec(tok),
-                amount_usd=_opt_dec(usd),
+                tokens=opt_dec(tok),
+                amount_usd=opt_dec(usd),
                 requests=None if req is None else int(req),
             )
             for p, m, d, tt, tok, usd, req in rows
@@ -224,8 +172,8 @@ class ReportStore:
         i = invoice_lines_table.c
         window = and_(
             i.token_type == "gpu_hours",
-            i.period_start >= _utc(start, self._pg),
-            i.period_start < _utc(end, self._pg),
+            i.period_start >= utc_bound(start, self._pg),
+            i.period_start < utc_bound(end, self._pg),
         )
         latest = (
             select(i.provider, i.import_id, func.max(i.imported_at).label("at"))
@@ -247,7 +195,7 @@ class ReportStore:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return {p: _dec(h) for p, h in rows}
+        return {p: dec(h) for p, h in rows}
 
     # --- ledger ------------------------------------------------------------------------------
 
@@ -279,8 +227,8 @@ class ReportStore:
             # Response-cache hits carry their answer's tokens, but no provider served (or
             # bills) them: the metered side of reconciliation leaves them out.
             .where(
-                a.started_at >= _utc(start, self._pg),
-                a.started_at < _utc(end, self._pg),
+                a.started_at >= utc_bound(start, self._pg),
+                a.started_at < utc_bound(end, self._pg),
                 a.role != CACHE_HIT,
             )
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
@@ -293,20 +241,20 @@ class ReportStore:
                 provider_kind=r[1],
                 deployment=r[2],
                 upstream_model=r[3],
-                day=_day(r[4]),
+                day=day_of(r[4]),
                 attempts=int(r[5] or 0),
                 failed=int(r[6] or 0),
                 input_uncached=int(r[7] or 0),
                 cached_read=int(r[8] or 0),
                 cache_write=int(r[9] or 0),
                 output=int(r[10] or 0),
-                cost_usd=_dec(r[11]),
+                cost_usd=dec(r[11]),
                 unpriced=int(r[12] or 0),
                 retries=int(r[13] or 0),
                 fallbacks=int(r[14] or 0),
                 gated=int(r[15] or 0),
                 gate_passed=int(r[16] or 0),
-                busy_seconds=_dec(r[17]) / 1000,
+                busy_seconds=dec(r[17]) / 1000,
             )
             for r in rows
         ]
@@ -319,8 +267,8 @@ class ReportStore:
         stmt = (
             select(a.provider, a.role, func.count(), func.sum(a.cost_usd))
             .where(
-                a.started_at >= _utc(start, self._pg),
-                a.started_at < _utc(end, self._pg),
+                a.started_at >= utc_bound(start, self._pg),
+                a.started_at < utc_bound(end, self._pg),
                 a.role != CACHE_HIT,
             )
             .group_by(a.provider, a.role)
@@ -328,7 +276,7 @@ class ReportStore:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [(p, role, int(n), _dec(usd)) for p, role, n, usd in rows]
+        return [(p, role, int(n), dec(usd)) for p, role, n, usd in rows]
 
     async def price_versions(
         self, start: datetime, end: datetime
@@ -338,8 +286,8 @@ class ReportStore:
         stmt = (
             select(a.provider, a.deployment, a.price_version, func.min(a.started_at))
             .where(
-                a.started_at >= _utc(start, self._pg),
-                a.started_at < _utc(end, self._pg),
+                a.started_at >= utc_bound(start, self._pg),
+                a.started_at < utc_bound(end, self._pg),
                 a.price_version.is_not(None),
             )
             .group_by(a.provider, a.deployment, a.price_version)
@@ -367,14 +315,14 @@ class ReportStore:
             .where(
                 a.provider_kind == "dedicated",
                 a.role != CACHE_HIT,
-                a.started_at >= _utc(start, self._pg),
-                a.started_at < _utc(end, self._pg),
+                a.started_at >= utc_bound(start, self._pg),
+                a.started_at < utc_bound(end, self._pg),
             )
             .group_by(a.provider)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [DedicatedUse(p, _dec(ms) / 1000, int(tok or 0)) for p, ms, tok in rows]
+        return [DedicatedUse(p, dec(ms) / 1000, int(tok or 0)) for p, ms, tok in rows]
 
     async def answered_requests(self, start: datetime, end: datetime) -> list[AnsweredBy]:
         """Requests received in the window per final deployment (None: none answered), with
@@ -383,108 +331,16 @@ class ReportStore:
         r = requests_table.c
         stmt = (
             select(r.final_deployment, func.count(), func.sum(SUCCESS_FLAG))
-            .where(r.received_at >= _utc(start, self._pg), r.received_at < _utc(end, self._pg))
+            .where(
+                r.received_at >= utc_bound(start, self._pg),
+                r.received_at < utc_bound(end, self._pg),
+            )
             .group_by(r.final_deployment)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         found = [AnsweredBy(dep, int(n or 0), int(ok or 0)) for dep, n, ok in rows]
         return sorted(found, key=lambda x: (x.deployment is None, x.deployment or ""))
-
-    # --- LCPR --------------------------------------------------------------------------------
-
-    async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
-        async with self.engine.begin() as conn:
-            if self._pg:
-                await _report_session(conn)
-            query = segment_query(by, _utc(start, self._pg), _utc(end, self._pg), self._utc_day)
-            return list((await conn.execute(query)).all())
-
-    async def segment_report(
-        self, by: str, start: datetime, end: datetime
-    ) -> tuple[list[SegmentTotals], list[DailyRates]]:
-        """Month totals per segment and the same counts per UTC day (for trend flags), from
-        one aggregate query (segments × days rows)."""
-        rows = await self._segment_days(by, start, end)
-        dedicated = await self._dedicated_by_segment(by, start, end)
-        daily = []
-        counts: dict[str, list[int]] = {}
-        money: dict[str, list[Decimal]] = {}
-        hits: dict[str, list[Any]] = {}
-        for row in rows:
-            seg = str(row[0])
-            # requests, successful, attempts, retries, fallback, gated, passed, input, cached,
-            # output, clean attempts, clean tokens; then token cost and clean-attempt cost
-            n = [int(v or 0) for v in (*row[2:12], row[13], row[15])]
-            usd = [_dec(row[12]), _dec(row[14])]
-            acc = counts.setdefault(seg, [0] * len(n))
-            for i, v in enumerate(n):
-                acc[i] += v
-            dollars = money.setdefault(seg, [_ZERO, _ZERO])
-            dollars[0] += usd[0]
-            dollars[1] += usd[1]
-            cached = hits.setdefault(seg, [0, _ZERO])  # response-cache hits, their savings
-            cached[0] += int(row[16] or 0)
-            cached[1] += _dec(row[17])
-            daily.append(DailyRates(seg, _day(row[1]), n[0], n[3], n[5], n[6], n[7], n[8]))
-        totals = [
-            SegmentTotals(
-                segment=seg,
-                requests=v[0],
-                successful=v[1],
-                attempts=v[2],
-                retries=v[3],
-                fallback_requests=v[4],
-                gated=v[5],
-                gate_passed=v[6],
-                input_tokens=v[7],
-                cached_tokens=v[8],
-                output_tokens=v[9],
-                token_cost_usd=money[seg][0],
-                clean_attempts=v[10],
-                clean_attempt_cost_usd=money[seg][1],
-                clean_attempt_tokens=v[11],
-                dedicated_tokens=dedicated.get(seg, {}),
-                cache_hits=hits[seg][0],
-                saved_usd=hits[seg][1],
-            )
-            for seg, v in counts.items()
-        ]
-        return totals, daily
-
-    async def _dedicated_by_segment(
-        self, by: str, start: datetime, end: datetime
-    ) -> dict[str, dict[str, int]]:
-        a, r = attempts_table.c, requests_table.c
-        tokens = (
-            a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens + a.output_tokens
-        )
-        if by == "model":
-            segment: ColumnElement[Any] = a.deployment
-            source: Any = attempts_table
-            when = a.started_at
-        else:
-            column = {"route": r.route, "workload": r.workload, "key": r.key_id}[by]
-            segment = func.coalesce(column, literal("-"))
-            source = requests_table.join(attempts_table, a.request_id == r.id)
-            when = r.received_at
-        stmt = (
-            select(segment, a.provider, func.sum(tokens))
-            .select_from(source)
-            .where(
-                a.provider_kind == "dedicated",
-                a.role != CACHE_HIT,
-                when >= _utc(start, self._pg),
-                when < _utc(end, self._pg),
-            )
-            .group_by(segment, a.provider)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        out: dict[str, dict[str, int]] = {}
-        for seg, provider, n in rows:
-            out.setdefault(str(seg), {})[provider] = int(n or 0)
-        return out
 
     # --- reconciliation runs -----------------------------------------------------------------
 
@@ -505,23 +361,3 @@ class ReportStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return None if row is None else dict(row)
-
-
-async def _report_session(conn: Any) -> None:
-    """Settings for one report transaction on Postgres (SET LOCAL: gone at commit).
-
-    Measured on a 1M-attempt month: the default 4 MB work_mem makes the per-request
-    aggregation sort on disk, and JIT compilation alone cost ~2 s of a 5 s query; with these
-    the planner hashes in memory instead. A report is one batch query, so a larger work_mem
-    for its few sort/hash nodes is safe where it would not be for the hot path.
-    """
-    await conn.execute(text("SET LOCAL work_mem = '128MB'"))
-    await conn.execute(text("SET LOCAL jit = off"))
-
-
-def _utc(when: datetime, pg: bool) -> datetime:
-    if when.tzinfo is None:
-        raise ValueError("report windows must be timezone-aware")
-    when = when.astimezone(UTC)
-    # SQLite compares offset-less UTC text; Postgres compares instants.
-    return when if pg else when.replace(tzinfo=None)

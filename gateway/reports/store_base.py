@@ -1,0 +1,92 @@
+"""The report store's engine and the helpers its queries share: UTC day buckets on both
+dialects, window bounds, Decimal conversion and the Postgres report session settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, Self
+
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    cast,
+    func,
+    inspect,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ledger.repository import LedgerRepository
+
+ZERO = Decimal(0)
+
+
+def dec(value: Any) -> Decimal:
+    if value is None:
+        return ZERO
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def opt_dec(value: Any) -> Decimal | None:
+    return None if value is None else dec(value)
+
+
+def day_of(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])  # SQLite's date() is text
+
+
+def utc_bound(when: datetime, pg: bool) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError("report windows must be timezone-aware")
+    when = when.astimezone(UTC)
+    # SQLite compares offset-less UTC text; Postgres compares instants.
+    return when if pg else when.replace(tzinfo=None)
+
+
+async def report_session(conn: Any) -> None:
+    """Settings for one report transaction on Postgres (SET LOCAL: gone at commit).
+
+    Measured on a 1M-attempt month: the default 4 MB work_mem makes the per-request
+    aggregation sort on disk, and JIT compilation alone cost ~2 s of a 5 s query; with these
+    the planner hashes in memory instead. A report is one batch query, so a larger work_mem
+    for its few sort/hash nodes is safe where it would not be for the hot path.
+    """
+    await conn.execute(text("SET LOCAL work_mem = '128MB'"))
+    await conn.execute(text("SET LOCAL jit = off"))
+
+
+class StoreBase:
+    """An engine on the ledger database, opened with the gateway's own engine settings."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def create(cls, url: str) -> Self:
+        # Same engine settings (SQLite pragmas, pool timeouts) as the gateway's ledger.
+        return cls(LedgerRepository.create(url, pool_size=2).engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _utc_day(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        if self._pg:
+            # date() of a timestamptz follows the session time zone; pin it to UTC.
+            return cast(func.timezone("UTC", column), Date)
+        return func.date(column)  # SQLite stores UTC text already
+
+    async def missing_tables(self) -> list[str]:
+        names = ("requests", "attempts", "invoice_lines", "reconciliations")
+
+        def check(sync_conn: Any) -> list[str]:
+            inspector = inspect(sync_conn)
+            return [n for n in names if not inspector.has_table(n)]
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(check)
