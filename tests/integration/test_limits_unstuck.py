@@ -144,7 +144,19 @@ def corrections(direction: str) -> float:
     return value or 0.0
 
 
-def test_the_reconciler_sets_redis_spend_back_to_the_ledger(env: Env) -> None:
+def corrected(caplog: pytest.LogCaptureFixture, key_id: str, where: str) -> int:
+    """This key's corrections, from the reconciler's log line (which names the key)."""
+    return sum(
+        1
+        for r in caplog.records
+        if r.getMessage().startswith(f"key {key_id}: ")
+        and r.getMessage().endswith(f"{where} the ledger; corrected")
+    )
+
+
+def test_the_reconciler_sets_redis_spend_back_to_the_ledger(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     key_id, secret = env.key(budget_usd="1.00")
     client = env.client(secret)
     for _ in range(3):
@@ -172,13 +184,15 @@ def test_the_reconciler_sets_redis_spend_back_to_the_ledger(env: Env) -> None:
     # A settlement lost to a frozen Redis: Redis is behind the ledger.
     env.redis.hincrby(budget_key, "spent", -truth)
     wait_for("Redis raised to the ledger", lambda: redis_nano() == truth)
-    # The counters are per process, not per key: other keys of this module's shared gateway
-    # may be corrected in the same passes, so "at least this one".
+    # Exactly one correction of this key. The counters are per process, not per key: the
+    # session's Redis holds other tests' keys, which this gateway's ledger does not know.
+    assert corrected(caplog, key_id, "below") == 1
     assert corrections("up") > up
 
     # One counted twice (a timeout that did reach Redis): Redis is ahead; the key is idle.
     env.redis.hincrby(budget_key, "spent", 5_000_000)
     wait_for("Redis lowered to the ledger", lambda: redis_nano() == truth)
+    assert corrected(caplog, key_id, "above") == 1
     assert corrections("down") > down
 
 
