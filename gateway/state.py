@@ -320,7 +320,7 @@ async def check_ledger(state: GatewayState, settings: Settings) -> None:
         return
     try:
         missing = await state.repository.missing_tables()
-    except Exception as exc:
+    except Exception as exc:  # start-up probe: any driver/network error means "spool for now"
         log.error(
             "ledger database unreachable (%s); rows go to the spool in %s until it is back",
             type(exc).__name__,

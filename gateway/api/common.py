@@ -85,7 +85,7 @@ async def guarded(
         # A stream's 200 is already out (its relay sent the error event): nothing to add.
         with contextlib.suppress(RuntimeError, OSError):
             await send_error(send, error, headers, render(error))
-    except Exception:
+    except Exception:  # the ASGI guard: any bug is a logged 500, not a dropped socket
         log.exception("unhandled error serving %s (request %s)", path, request_id)
         error = internal_error(request_id)
         await send_error(send, error, headers, render(error))

@@ -266,7 +266,7 @@ async def _drills(state: GatewayState) -> str:
     if board.repository is not None:
         try:
             recent = await board.repository.recent(limit=20)
-        except Exception as exc:
+        except Exception as exc:  # the page still shows live state with the database down
             log.info("status page: drills unreadable: %s", exc)
             recent = []
         for row in [r for r in recent if r.result is not None][:5]:

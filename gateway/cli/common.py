@@ -142,7 +142,7 @@ def run_database(
                 return await work(db)
             except typer.Exit:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # re-raised unless database_error() says so
                 if not database_error(exc):
                     raise
                 raise fail(f"{what} {shown}: {reason(exc)}") from None  # went away mid-command

@@ -360,7 +360,7 @@ class DrillBoard:
             await self._repo.finish(spec.id, final, result["result"], result, render(spec, result))
             VERDICT.labels(spec.route).set(1 if result["result"] == "PASS" else 0)
             log.warning("drill %s on %s: %s", spec.id, spec.route, result["result"])
-        except Exception:
+        except Exception:  # the drill must still move on to its final status
             log.exception("could not write the verdict of drill %s", spec.id)
             await self._repo.move(spec.id, (FINISHING,), final)
         await self.announce()

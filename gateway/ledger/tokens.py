@@ -75,12 +75,12 @@ def estimate_input_tokens(endpoint: str, payload: Mapping[str, Any], upstream_mo
         if isinstance(upstream_model, str):
             encoding = _encoding_for_model(upstream_model)
         return _estimate(endpoint, payload, encoding)
-    except Exception:
+    except Exception:  # an estimate must never fail the request it is for
         if encoding is None:
             return 1
     try:  # tiktoken rejected the text (e.g. lone surrogates): fall back to bytes / 4
         return _estimate(endpoint, payload, None)
-    except Exception:
+    except Exception:  # as above: an estimate of 1 beats a 500
         return 1
 
 
@@ -129,7 +129,7 @@ def _load_offline(name: str) -> tiktoken.Encoding | None:
         os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
     try:
         return tiktoken.get_encoding(name)
-    except Exception:
+    except (OSError, ValueError):  # unreadable or corrupt vocabulary file: estimate by bytes
         return None
 
 

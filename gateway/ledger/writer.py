@@ -192,7 +192,7 @@ class LedgerWriter:
             return
         try:
             await self._sink.write_batch(requests, attempts)
-        except Exception as exc:
+        except Exception as exc:  # background writer: any driver or network error spools
             metrics.LEDGER_WRITE_ERRORS.inc()
             log.warning("ledger write failed, spooling to disk: %s", _brief(exc))
             self.db_down = True
@@ -227,7 +227,7 @@ class LedgerWriter:
                 return
             try:
                 await self._sink.ping()
-            except Exception:
+            except Exception:  # probe of a background loop: still down
                 self._next_probe = time.monotonic() + self._probe_interval
                 return
             log.info("database is back; replaying the ledger spool")
@@ -250,7 +250,7 @@ class LedgerWriter:
                 await self._sink.write_batch(requests, attempts)
                 self._count_written(requests, attempts)
                 await asyncio.sleep(0)  # let the hot path breathe between batches
-        except Exception as exc:
+        except Exception as exc:  # background replay: any error means retry later
             metrics.LEDGER_WRITE_ERRORS.inc()
             log.warning("spool replay of %s failed, will retry: %s", segment.name, _brief(exc))
             self.db_down = True

@@ -201,5 +201,5 @@ def _fresh(exc: BaseException) -> BaseException:
     """One exception object per waiter: tracebacks attach to the instance."""
     try:
         return type(exc)(*exc.args)
-    except Exception:
+    except TypeError:  # its constructor takes other arguments: share the one instance
         return exc

@@ -184,11 +184,11 @@ class LitellmAdapter:
             response = await self._litellm.acompletion(**kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # litellm raises its own, openai and httpx errors: all mapped
             raise upstream_error(exc, deployment.id) from None
         try:
             data = normalize.response(response.model_dump())
-        except Exception:
+        except Exception:  # any surprise in litellm's object: a malformed answer
             log.exception("litellm answer from %s could not be normalized", deployment.id)
             raise UpstreamError(MALFORMED, f"{deployment.id} sent an unusable answer") from None
         return UpstreamReply(
@@ -207,7 +207,7 @@ class LitellmAdapter:
             wrapper = await self._litellm.acompletion(**kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # litellm raises its own, openai and httpx errors: all mapped
             raise upstream_error(exc, deployment.id) from None
         stream = LitellmStream(deployment.id, wrapper, _request_id(wrapper), timeouts.idle_ms)
         stream.limits = _limits(wrapper)
@@ -243,7 +243,7 @@ class LitellmStream:
                 raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # as above: upstream_error() maps them
                 if not sent:
                     raise upstream_error(exc, self._deployment) from None
                 raise _stream_failure(exc, self._deployment) from None

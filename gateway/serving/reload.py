@@ -169,13 +169,13 @@ class Reloader:
                 new = build_state(self.settings, config, previous=old)
             except ConfigError as exc:
                 return self._refused(exc.issues)
-            except Exception as exc:
+            except Exception as exc:  # a bad reload must leave the old config serving
                 log.exception("config reload failed building the new state; keeping the old one")
                 return self._refused([ConfigIssue(str(self.path), None, "", repr(exc))])
             try:
                 await start_components(new, previous=old)
                 await asyncio.get_running_loop().run_in_executor(None, warm_up, new)
-            except Exception as exc:
+            except Exception as exc:  # as above
                 log.exception("config reload failed starting the new state; keeping the old one")
                 await new.close(keep=[old])
                 return self._refused([ConfigIssue(str(self.path), None, "", repr(exc))])
@@ -227,7 +227,7 @@ class Reloader:
         keep = [s for s in (self.holder.state, *self._retiring.values()) if s is not None]
         try:
             await old.close(keep=keep)
-        except Exception:
+        except Exception:  # best-effort close of the replaced state
             log.exception("closing the replaced config's state failed")
 
     async def close(self) -> None:
