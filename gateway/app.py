@@ -32,8 +32,8 @@ from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_drai
 from gateway.api.status_page import status_router
 from gateway.config.schema import GatewayConfig, load_config
 from gateway.observability import metrics, request_log, telemetry
-from gateway.serving import shutdown
-from gateway.serving.db_probe import DatabaseProbe
+from gateway.runtime import shutdown
+from gateway.runtime.db_probe import DatabaseProbe
 from gateway.serving.reload import (
     Reloader,
     ignore_sighup_until_ready,

@@ -39,7 +39,7 @@ from gateway.errors import (
 from gateway.keys.auth import MISS, Principal, bearer_token
 from gateway.limits.limiter import Admission, ask_for, rate_headers
 from gateway.observability import telemetry
-from gateway.serving.shutdown import shutting_down, was_cut
+from gateway.runtime.shutdown import shutting_down, was_cut
 from gateway.state import GatewayState
 from routing.fanout import widen
 from routing.model import DYNAMIC_STRATEGIES, Plan
@@ -76,7 +76,7 @@ async def guarded(
     except asyncio.CancelledError:
         if not was_cut():
             raise  # the client hung up
-        # The process is stopping and the grace period is over (gateway/serving/shutdown.py): the
+        # The process is stopping and the grace period is over (gateway/runtime/shutdown.py): the
         # call is metered as `shutdown`; its client gets a JSON 503 it can retry elsewhere.
         task = asyncio.current_task()
         assert task is not None

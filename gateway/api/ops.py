@@ -20,8 +20,8 @@ from gateway.api.anthropic_translate import error_body as anthropic_error_body
 from gateway.api.asgi import Receive, Scope, Send, new_request_id, send_error
 from gateway.errors import GatewayError, NotFound, error_body
 from gateway.observability import metrics as prometheus
-from gateway.serving.db_probe import DatabaseProbe
-from gateway.serving.shutdown import Drain, shutting_down
+from gateway.runtime.db_probe import DatabaseProbe
+from gateway.runtime.shutdown import Drain, shutting_down
 from gateway.settings import Settings
 from gateway.state import GatewayState
 

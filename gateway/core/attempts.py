@@ -23,7 +23,7 @@ from gateway.core.upstream_errors import client_error, outcome_of
 from gateway.errors import GatewayError, upstream_failed
 from gateway.observability import metrics, telemetry
 from gateway.providers.base import TIMEOUT, UpstreamError
-from gateway.serving.shutdown import CLIENT_CANCELLED, SHUTDOWN, cancel_outcome
+from gateway.runtime.shutdown import CLIENT_CANCELLED, SHUTDOWN, cancel_outcome
 from routing.failover import (
     Action,
     backoff_s,

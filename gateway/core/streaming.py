@@ -18,7 +18,7 @@ from gateway.ledger.events import AttemptRow
 from gateway.observability.redact import UPSTREAM_SECRETS, scrub
 from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
 from gateway.providers.sse import SSEDecoder
-from gateway.serving.shutdown import (
+from gateway.runtime.shutdown import (
     CLIENT_CANCELLED,
     SHUTDOWN,
     STATUS_CLIENT_CLOSED,

@@ -1,4 +1,4 @@
-"""uvicorn's Server with Farebox's shutdown (see gateway/serving/shutdown.py for what clients see).
+"""uvicorn's Server with Farebox's shutdown (see gateway/runtime/shutdown.py for what clients see).
 
 uvicorn's own shutdown closes the listeners and idle connections, waits up to
 `timeout_graceful_shutdown` for every request, then cancels what is left — a stream is cut
@@ -9,7 +9,7 @@ without an error event, a hung call gets a text/plain 500 and the ledger calls b
 2. closes the listeners, but leaves open connections open: a request on one is answered
    503 + `connection: close` rather than reset;
 3. waits for the requests in flight until the grace period minus CUT_MARGIN_S;
-4. cuts what is left (gateway.serving.shutdown.cut): streams end with an error event, calls with a
+4. cuts what is left (gateway.runtime.shutdown.cut): streams end with an error event, calls with a
    JSON 503, the ledger says `shutdown`; waits (bounded) for them to finish;
 5. closes every connection, then runs the application's shutdown (the ledger flush).
 
@@ -30,7 +30,7 @@ from uvicorn import Config
 from uvicorn import Server as UvicornServer
 from uvicorn.supervisors.multiprocess import Process
 
-from gateway.serving import shutdown
+from gateway.runtime import shutdown
 
 log = logging.getLogger("farebox")
 

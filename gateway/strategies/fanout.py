@@ -34,7 +34,7 @@ from gateway.errors import GatewayError, bad_request, upstream_failed, upstream_
 from gateway.ledger.events import AttemptRow
 from gateway.observability import telemetry
 from gateway.providers.base import TIMEOUT, UpstreamError, UpstreamReply
-from gateway.serving.shutdown import cancel_outcome
+from gateway.runtime.shutdown import cancel_outcome
 from routing.failover import Action, backoff_s, classify, fits_deadline, order_targets
 from routing.fanout import cancelled_output_tokens
 from routing.model import Plan, PlannedAttempt, Timeouts
@@ -258,7 +258,7 @@ class Fanout(Generic[R]):
 
     def hung_up(self) -> None:
         """The client went away: stop everything and close the request as 499."""
-        status, why = cancel_outcome()  # or the process stopping (gateway.serving.shutdown)
+        status, why = cancel_outcome()  # or the process stopping (gateway.runtime.shutdown)
         self.cancel_rest(why)
         self.running.clear()
         self.service.meter.finish(self.ctx, self.plan, status, why, None)
