@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from gateway.cli.main import app
 from gateway.settings import Settings
+from tests import waiting
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
 from tests.simulator import running_simulator
@@ -113,10 +114,7 @@ def _stream(client: openai.OpenAI, route: str) -> bool:
 
 
 def _wait_until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    waiting.wait_until(check, what, within_s=timeout)
 
 
 def _cli(*args: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from gateway.ledger.journal import open_calls
+from tests import waiting
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.ledger_reads import sql_rows
 from tests.services import PostgresServer
@@ -50,10 +51,7 @@ def received_ids(sim: str) -> list[str]:
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    waiting.wait_until(predicate, what, within_s=timeout)
 
 
 class Load:

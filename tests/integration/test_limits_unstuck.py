@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 
 from gateway.limits.limiter import Limiter
 from gateway.settings import Settings
+from tests import waiting
 from tests.conftest import SIM_KEY
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
@@ -98,11 +99,7 @@ def env(simulator: str, pg_url: str, redis_server: RedisServer, tmp_path: Path) 
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
+    waiting.wait_until(check, what, within_s=timeout)
 
 
 def chat(client: openai.OpenAI, **kw: Any) -> Any:

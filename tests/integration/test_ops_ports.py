@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.settings import Settings
+from tests import waiting
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.gateway_process import gateway_process
 from tests.services import PostgresServer
@@ -81,11 +81,7 @@ def requests_total(text: str) -> float:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    waiting.wait_until(condition, what, within_s=timeout)
 
 
 def test_metrics_are_on_their_own_port_and_merge_two_workers(

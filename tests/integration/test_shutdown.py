@@ -31,6 +31,7 @@ import httpx
 import openai
 import pytest
 
+from tests import waiting
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator
@@ -64,11 +65,7 @@ def simulator() -> Iterator[str]:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    waiting.wait_until(condition, what, within_s=timeout)
 
 
 def refused(port: int) -> bool:
