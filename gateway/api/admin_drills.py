@@ -28,6 +28,7 @@ from gateway.api.asgi import new_request_id
 from gateway.drills import admin as drill_admin
 from gateway.drills.config import DrillStart
 from gateway.errors import Conflict, GatewayError, NotFound, Unavailable, bad_request, clip
+from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import RUNNING, STOPPING, DrillsRepository
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def admin_drills_router(
             return await work
         except ValueError:
             raise  # the repository's "route already has a drill running"
-        except Exception as exc:  # driver, pool or SQL error: a clean 503, not a 500
+        except DATABASE_ERRORS as exc:  # driver, pool or SQL error: a clean 503, not a 500
             log.warning("drill database error (%s: %s)", type(exc).__name__, exc)
             raise _DatabaseDown from exc
 

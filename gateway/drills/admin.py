@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.drills.config import DrillStart, target_problems
+from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import FINAL, RUNNING, DrillRow, DrillsRepository
 from routing.drills import DRILL
 
@@ -129,5 +130,5 @@ async def audit(
     }
     try:
         await keys.audit(action, row.id, payload, actor=actor, client=client)
-    except Exception as exc:  # any database error: say so, the drill change stands
+    except DATABASE_ERRORS as exc:  # any database error: say so, the drill change stands
         log.warning("could not write the audit row for %s %s (%s)", action, row.id, exc)

@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Final, Protocol
 
 from gateway.errors import AuthenticationFailed, Unavailable
+from gateway.ledger.db_errors import DATABASE_ERRORS
 
 log = logging.getLogger("farebox.auth")
 
@@ -87,6 +88,10 @@ _DOWN_S = 1.0
 
 class _RecentlyDown(Exception):
     pass
+
+
+# Why a key lookup can fail without it being a bug: stale-if-error, or 503.
+_LOOKUP_FAILURES: tuple[type[Exception], ...] = (_RecentlyDown, *DATABASE_ERRORS)
 
 
 def digest(key: str | bytes) -> bytes:
@@ -319,7 +324,7 @@ class KeyStore:
                     # key behind a connect timeout.
                     raise _RecentlyDown
                 principal = await self._source.principal(d.hex())
-        except Exception as exc:  # any database failure: stale-if-error, else 503
+        except _LOOKUP_FAILURES as exc:  # database trouble: stale-if-error, else 503
             if not isinstance(exc, _RecentlyDown):
                 log.warning("key lookup failed (%s: %s)", type(exc).__name__, exc)
                 self._down_until = self._clock() + _DOWN_S
