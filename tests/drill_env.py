@@ -68,7 +68,7 @@ class DrillEnv:
             data: dict[str, Any] = self.admin("GET", f"/admin/drills/{drill_id}").json()
             if data.get("status") in statuses or time.monotonic() > deadline:
                 return data
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll: a condition wait
 
     def wait_attempts(self, drill_id: str, at_least: int, timeout: float = 10) -> dict[str, Any]:
         """The drill once the ledger shows `at_least` attempts on its target."""
@@ -78,7 +78,7 @@ class DrillEnv:
             done = data.get("progress", {}).get("attempts", 0) >= at_least
             if done or time.monotonic() > deadline:
                 return data
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll: a condition wait
 
 
 def write_config(directory: Path, simulator: str, extra: str = "") -> Path:

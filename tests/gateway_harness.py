@@ -62,7 +62,7 @@ def running_gateway(
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("gateway did not start")
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll: a condition wait
     root = f"http://127.0.0.1:{port}"
     try:
         yield RunningGateway(base_url=f"{root}/v1", root=root, config=config, app=app)

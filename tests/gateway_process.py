@@ -99,5 +99,5 @@ def _wait_healthy(gw: GatewayProcess, timeout: float = 30) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/healthz", timeout=1):
                 return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll: a condition wait
     raise RuntimeError(f"gateway not healthy in {timeout} s:\n{gw.output()}")

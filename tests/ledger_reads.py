@@ -41,4 +41,4 @@ def wait_for_rows(
         rows = sql_rows(url, sql, params)
         if rows or time.monotonic() > deadline:
             return rows
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait

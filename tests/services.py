@@ -47,7 +47,7 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = READY_TIMEO
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 

@@ -138,7 +138,7 @@ def simulator_process(seed: int = 0) -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("simulator process did not start") from None
-                time.sleep(0.05)
+                time.sleep(0.05)  # poll: a condition wait
         yield url
     finally:
         proc.terminate()

@@ -15,7 +15,7 @@ def wait_until(predicate: Callable[[], bool], what: str, within_s: float = 10.0)
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s:g}s waiting for {what}")
-        time.sleep(POLL_S)
+        time.sleep(POLL_S)  # the poll interval
 
 
 async def until(
@@ -30,4 +30,4 @@ async def until(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s:g}s waiting for {what}")
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(POLL_S)  # the poll interval

@@ -206,7 +206,7 @@ def test_a_busy_dedicated_deployment_overflows_while_in_flight(gw: RunningGatewa
             busy = ok(explain(gw, "gpu"))
             if busy["soft_skipped"] or time.monotonic() > deadline:
                 break
-            time.sleep(0.02)
+            time.sleep(0.02)  # poll: a condition wait
         assert [e["deployment"] for e in busy["plan"]] == ["b@sim", "slow@simgpu"]
         assert busy["soft_skipped"] == [
             {"position": 2, "deployment": "slow@simgpu", "reason": "at capacity (1/1 in flight)"}

@@ -60,7 +60,7 @@ def _sample_in_flight(gw: RunningGateway, stop: threading.Event, out: list[int])
     load = gw.state.live.loads["gpu@gpu"]
     while not stop.is_set():
         out.append(load.in_flight)
-        time.sleep(0.01)
+        time.sleep(0.01)  # sampling interval
 
 
 def _run(gw: RunningGateway, seconds: float) -> tuple[list[tuple[int, str, str]], list[int]]:

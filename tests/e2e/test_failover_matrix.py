@@ -240,7 +240,7 @@ def test_client_disconnect_cancels_the_upstream_call(
         deadline = time.monotonic() + 10
         while _cancelled_requests(gw) == before:
             assert time.monotonic() < deadline, "the cancelled request never reached the ledger"
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll: a condition wait
     # The upstream would have taken 3 s (or 10 s for the stream): the gateway let go early.
     assert time.monotonic() - started < 2.5
 

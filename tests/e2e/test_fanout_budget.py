@@ -94,7 +94,7 @@ def _spent(gw: RunningGateway, key: str, served: int) -> Decimal:
     rows: list[Any] = sql_rows(url, sql, {"key": key})
     deadline = time.monotonic() + 10
     while rows[0][0] < served and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait
         rows = sql_rows(url, sql, {"key": key})
     assert rows[0][0] == served
     return Decimal(str(rows[0][1] or 0))

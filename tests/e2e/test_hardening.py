@@ -211,7 +211,7 @@ def _payload_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[st
         lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "farebox.payloads"]
         if len(lines) >= count or time.monotonic() > deadline:
             return lines
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll: a condition wait
 
 
 def test_opted_in_route_logs_one_redacted_line_per_request(
@@ -344,7 +344,7 @@ def bounded_server() -> Iterator[tuple[str, int]]:
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll: a condition wait
     try:
         yield sock.getsockname()
     finally:
@@ -360,7 +360,7 @@ def _exchange(address: tuple[str, int], parts: list[bytes], pause_s: float = 0) 
                 s.sendall(part)
             except (BrokenPipeError, ConnectionResetError):
                 break  # the server has answered and closed: read what it said
-            time.sleep(pause_s)
+            time.sleep(pause_s)  # the slow sender's pace between parts
         received = b""
         try:
             while chunk := s.recv(65536):

@@ -57,7 +57,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
     while time.monotonic() - started < timeout:
         if check():
             return time.monotonic() - started
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait
     raise AssertionError(f"not within {timeout} s: {what}")
 
 

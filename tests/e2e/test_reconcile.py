@@ -196,7 +196,7 @@ def _wait_for_attempts(db: str, n: int, timeout: float = 20) -> None:
         if count >= n or time.monotonic() > deadline:
             assert count == n, f"ledger has {count} attempts, expected {n}"
             return
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait
 
 
 def _invoices(w: World, out: Path, drift: str = "") -> list[str]:

@@ -44,7 +44,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     while not await check():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not within {DEADLINE_S}s: {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # poll: a condition wait
 
 
 class Replica:
@@ -208,7 +208,7 @@ def test_half_open_probe_runs_on_one_replica_and_its_outcome_reaches_both(
         until = loop.time() + 1.0
         while loop.time() < until:
             await somebody_probes()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pace of the repeated asking
         assert len(grants) == 1, grants
         return grants[0]
 

@@ -83,7 +83,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll: a condition wait
     pytest.fail(f"nothing listening on {port}")
 
 

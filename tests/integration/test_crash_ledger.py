@@ -121,7 +121,7 @@ def kill_when_every_open_call_reached_the_upstream(gw: GatewayProcess, sim: str,
             gw.proc.wait(10)
             return len(pending)
         os.kill(gw.proc.pid, signal.SIGCONT)
-        time.sleep(0.005)
+        time.sleep(0.005)  # let the gateway run a moment before the next try
     raise AssertionError("never found a moment to kill the gateway")
 
 

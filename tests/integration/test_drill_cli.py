@@ -172,7 +172,7 @@ def test_start_without_redis_still_reaches_the_gateway(env: DrillEnv) -> None:
     while time.monotonic() < deadline:
         if env.chat(1)[0].headers.get("x-farebox-drill") == drill_id:
             break
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll: a condition wait
     else:
         pytest.fail("the gateway did not pick the drill up by polling")
     stopped = drill(env, "stop", drill_id, FAREBOX_REDIS_URL="")

@@ -201,14 +201,14 @@ def test_the_gateway_runs_its_schedules(
     ) as env:
         deadline = time.monotonic() + 10
         while not drills(pg_url) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll: a condition wait
         ((drill_id, name, by),) = drills(pg_url)
         assert (name, by) == ("monthly-chat", "scheduler")
         # The scheduler announced it: the board applies it.
         deadline = time.monotonic() + 5
         while env.chat(1)[0].headers.get("x-farebox-drill") != drill_id:
             assert time.monotonic() < deadline, "the scheduled drill was never applied"
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll: a condition wait
         time.sleep(0.5)  # a few more checks: still one drill
         assert len(drills(pg_url)) == 1
         assert redis.Redis.from_url(redis_url).exists(LOCK_KEY)

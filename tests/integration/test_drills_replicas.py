@@ -219,7 +219,7 @@ def _wait_active(port: int, expected: int) -> None:
         if f"farebox_drills_active {float(expected)}" in text:
             return
         assert time.monotonic() < deadline, "replica never picked up the drills"
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait
 
 
 def _spool(env: dict[str, str], tmp: Path, name: str) -> dict[str, str]:
@@ -240,4 +240,4 @@ def _wait_for_verdicts(pg_url: str) -> dict[str, DrillRow]:
         if all(r.status in ("completed", "aborted") for r in rows.values()):
             return rows
         assert time.monotonic() < deadline, {r: row.status for r, row in rows.items()}
-        time.sleep(0.5)
+        time.sleep(0.5)  # poll: a condition wait

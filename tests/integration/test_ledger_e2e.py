@@ -246,9 +246,9 @@ def test_postgres_outage_mid_load_loses_nothing(
 
 
 def _outage(postgres: PostgresServer) -> None:
-    time.sleep(0.8)
+    time.sleep(0.8)  # load runs a while before the outage
     postgres.stop()
-    time.sleep(2.5)
+    time.sleep(2.5)  # the outage lasts 2.5 s under load
     postgres.start()
 
 
@@ -264,7 +264,7 @@ def test_sigterm_mid_load_records_every_accepted_request(
     with gateway_process(CONFIG, tmp_path, env) as gw:
 
         def stop_soon() -> None:
-            time.sleep(1.5)
+            time.sleep(1.5)  # SIGTERM while jobs are in flight
             gw.proc.send_signal(__import__("signal").SIGTERM)
 
         stopper = threading.Thread(target=stop_soon)

@@ -177,7 +177,7 @@ def test_redis_outage_fails_open_or_closed_and_recovers(redis_server: Any) -> No
             back = time.monotonic()
             while not (open_.redis_up and closed.redis_up):
                 assert time.monotonic() - back < 5, "enforcement back within 5 s"
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll: a condition wait
             admission = await closed.admit(with_budget, Ask(1, 0))
             assert admission.local == frozenset()
             client = Redis.from_url(redis_server.url)

@@ -122,7 +122,7 @@ def ledger_spend(pg_url: str, key: str, expected_rows: int) -> Decimal:
         if count >= expected_rows or time.monotonic() > deadline:
             assert count == expected_rows, f"{count} ledger rows for {expected_rows} answers"
             return Decimal(str(total))
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll: a condition wait
 
 
 def test_three_replicas_hold_a_one_dollar_budget(
@@ -243,14 +243,14 @@ def test_redis_outage_mid_load_follows_the_policy_and_recovers(
 
         async def scenario() -> tuple[list[tuple[int, str]], float]:
             load = asyncio.create_task(_steady(gw.base_url, OPEN_KEY, 4.0))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # load runs a while before the outage
             redis_server.stop()
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.5)  # the outage lasts 1.5 s under load
             redis_server.start()
             back = time.monotonic()
             while await asyncio.to_thread(_metric, gw, "farebox_limits_redis_up") != 1:
                 assert time.monotonic() - back < 5, "limits back on Redis within 5 s"
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll: a condition wait
             recovered = time.monotonic() - back
             return await load, recovered
 

@@ -220,7 +220,7 @@ def test_stale_keys_are_served_while_postgres_is_frozen(env: Env, postgres: Post
         with pytest.raises(openai.APIStatusError) as err:
             for _ in range(100):  # until the message has arrived
                 chat(env.client(other_secret, timeout=10))
-                time.sleep(0.02)
+                time.sleep(0.02)  # poll: a condition wait
         assert err.value.status_code == 503
 
         # A key nobody has seen gets a clear answer in bounded time, not a hang.

@@ -183,11 +183,11 @@ def test_openai_stream_usage_reports_the_hit(base_url: str) -> None:
 def test_ttl_expiry_and_refresh_on_use(base_url: str) -> None:
     model = "sim-t::prompt_cache,prompt_cache_ttl=1"
     assert cached_tokens(chat(base_url, model, system(LONG))) == 0
-    time.sleep(0.6)
+    time.sleep(0.6)  # real time towards the 1 s cache TTL
     assert cached_tokens(chat(base_url, model, system(LONG))) == LONG_TOKENS
     time.sleep(0.6)  # past the first expiry, but the hit refreshed it
     assert cached_tokens(chat(base_url, model, system(LONG))) == LONG_TOKENS
-    time.sleep(1.2)
+    time.sleep(1.2)  # real time past the TTL since the last hit
     assert cached_tokens(chat(base_url, model, system(LONG))) == 0
     assert cached_tokens(chat(base_url, model, system(LONG))) == LONG_TOKENS
 

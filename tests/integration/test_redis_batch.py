@@ -101,7 +101,7 @@ def test_hundreds_of_concurrent_admissions_never_run_out_of_connections(
 
             async def one() -> None:
                 admission = await limiter.admit(who, Ask(10, quota.to_nano(Decimal("0.001"))))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # one loop turn while the admission is held
                 admission.settle(None)
 
             await asyncio.gather(*(one() for _ in range(600)))

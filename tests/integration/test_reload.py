@@ -77,7 +77,7 @@ def wait_log(gw: GatewayProcess, pattern: str, count: int = 1, timeout: float = 
         if len(re.findall(pattern, out)) >= count:
             return out
         assert time.monotonic() < deadline, f"no {count}× {pattern!r} in the log:\n{out}"
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll: a condition wait
 
 
 async def load(url: str, seconds: float, concurrency: int) -> list[tuple[float, int, str]]:
@@ -120,7 +120,7 @@ def _switch_under_load_then_refuse_bad_files(gw: GatewayProcess, tmp_path: Path)
 
     async def scenario() -> tuple[list[tuple[float, int, str]], float]:
         task = asyncio.create_task(load(gw.base_url, 4.0, 16))
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # load runs a while before the switch
         replace_file(path, config("b@sim"))
         sent = time.monotonic()
         gw.proc.send_signal(signal.SIGHUP)

@@ -82,7 +82,7 @@ class FlakyProvider:
 
     async def _chat(self, request: web.Request) -> web.Response:
         await request.read()
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # simulated upstream latency
         if self.failing:
             self.calls["failed"] += 1
             body = {"error": {"message": "boom", "type": "server_error", "code": None}}
@@ -245,13 +245,13 @@ async def run_load(
             i += 1
 
     async def events() -> None:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the scenario's timeline under steady load
         tl.drill_id = await start_drill(pg_url, redis_url)
         tl.drill_at = time.monotonic()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the scenario's timeline under steady load
         flaky.failing = True
         tl.fail_at = time.monotonic()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the scenario's timeline under steady load
         tl.failed_after_1s = flaky.calls["failed"]
         async with httpx.AsyncClient(timeout=10) as client:
             resp = await client.post(

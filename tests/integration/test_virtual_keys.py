@@ -268,7 +268,7 @@ def test_cli_create_list_rotate_revoke(env: Env) -> None:
             env.chat(secret)
         except openai.AuthenticationError:
             break
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll: a condition wait
     refused(env, secret)
     env.chat(new_secret)
 
@@ -281,7 +281,7 @@ def test_cli_create_list_rotate_revoke(env: Env) -> None:
             env.chat(new_secret)
         except openai.AuthenticationError:
             break
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll: a condition wait
     refused(env, new_secret)
 
     audit = env.admin("GET", "/admin/audit").json()["data"]
@@ -341,7 +341,7 @@ def test_database_down_cached_keys_work_unseen_keys_get_503(
             break
         except openai.InternalServerError:
             assert time.monotonic() < deadline
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll: a condition wait
     env.chat(key["secret"])
 
 

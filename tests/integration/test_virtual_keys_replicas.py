@@ -94,7 +94,7 @@ def refusal_times(gws: list[GatewayProcess], secret: str, timeout: float) -> lis
             except openai.AuthenticationError:
                 found[i] = time.time()
                 return
-            time.sleep(0.005)
+            time.sleep(0.005)  # poll: a condition wait
 
     threads = [threading.Thread(target=watch, args=(i,)) for i in range(len(gws))]
     for thread in threads:

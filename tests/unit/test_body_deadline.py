@@ -18,7 +18,7 @@ SCOPE: dict[str, Any] = {"headers": []}
 def test_a_body_that_never_arrives_is_408() -> None:
     async def main() -> float:
         async def receive() -> dict[str, Any]:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # a body that never arrives
             raise AssertionError("unreachable")
 
         started = time.monotonic()
@@ -27,7 +27,7 @@ def test_a_body_that_never_arrives_is_408() -> None:
         assert info.value.status == 408 and info.value.code == "request_timeout"
         assert (b"connection", b"close") in info.value.extra_headers
         # The handler's task is not left cancelled: it can still answer.
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # raises CancelledError if the task were left cancelled
         return time.monotonic() - started
 
     assert 0.09 <= asyncio.run(main()) < 1.0
@@ -38,7 +38,7 @@ def test_a_body_in_parts_within_the_deadline_is_read() -> None:
 
     async def main() -> bytes:
         async def receive() -> dict[str, Any]:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # simulated gap between body parts
             chunk = parts.pop(0)
             return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
 
