@@ -32,6 +32,7 @@ from fastapi.responses import Response
 
 from gateway.api.admin import authorize_admin
 from gateway.errors import GatewayError
+from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.state import GatewayState
 from routing.resolve import describe_plan
 
@@ -128,7 +129,7 @@ async def _ledger_figures(state: GatewayState) -> _LedgerFigures:
         today = await repo.usage(day, "route")
         this_month = await repo.usage(month, "route")
         recent = await repo.usage(now - ERROR_WINDOW, "deployment")
-    except Exception as exc:  # the page still shows live state with the database down
+    except DATABASE_ERRORS as exc:  # the page still shows live state with the database down
         log.warning("status page: ledger unreadable: %s", exc)
         empty.problem = f"ledger unreadable: {type(exc).__name__}"
         return empty
@@ -159,7 +160,7 @@ async def _last_reconciliation(state: GatewayState, now: datetime) -> dict[str, 
             found = await store.latest_reconciliation(month)
             if found is not None:
                 return found
-    except Exception as exc:  # no report tables yet, or the database is down
+    except DATABASE_ERRORS as exc:  # no report tables yet, or the database is down
         log.info("status page: no reconciliation: %s", exc)
     return None
 
@@ -266,7 +267,7 @@ async def _drills(state: GatewayState) -> str:
     if board.repository is not None:
         try:
             recent = await board.repository.recent(limit=20)
-        except Exception as exc:  # the page still shows live state with the database down
+        except DATABASE_ERRORS as exc:  # the page still shows live state with the database down
             log.info("status page: drills unreadable: %s", exc)
             recent = []
         for row in [r for r in recent if r.result is not None][:5]:
