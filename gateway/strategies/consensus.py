@@ -25,7 +25,7 @@ import orjson
 
 from gateway.core.metering import CallContext, error_class
 from gateway.core.ports import AttemptRunner, Completion
-from gateway.errors import GatewayError
+from gateway.errors import Conflict
 from gateway.ledger.events import AttemptRow
 from gateway.providers.base import UpstreamReply
 from gateway.strategies.fanout import Fanout, Slot
@@ -35,7 +35,7 @@ from routing.model import Plan, PlannedAttempt
 DISAGREEMENT = "consensus_disagreement"
 
 
-class ConsensusDisagreement(GatewayError):
+class ConsensusDisagreement(Conflict):
     """409 in the OpenAI error format, with every candidate's answer in `candidates`."""
 
     __slots__ = ("candidates",)
@@ -43,9 +43,7 @@ class ConsensusDisagreement(GatewayError):
     def __init__(
         self, message: str, candidates: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]
     ) -> None:
-        super().__init__(
-            409, message, error_type="invalid_request_error", code=DISAGREEMENT, headers=headers
-        )
+        super().__init__(message, code=DISAGREEMENT, headers=headers)
         self.candidates = candidates
 
     def body(self) -> bytes:
