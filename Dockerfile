@@ -18,10 +18,11 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/opt/farebox
 WORKDIR /src
-# Dependencies first, in their own layer: it is rebuilt only when the lock changes.
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes. The image
+# carries every optional extra (vertex, semantic-cache, otel), so any config runs on it.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-dev --all-extras --no-install-project
 COPY gateway/ gateway/
 COPY routing/ routing/
 COPY migrations/ migrations/
@@ -29,7 +30,7 @@ COPY alembic.ini ./
 # Not editable: the venv must not point back at /src, which the runtime stage does not have.
 # The wheel carries migrations/ and alembic.ini into /opt/farebox/share/farebox.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --all-extras --no-editable
 
 # --- run: slim Python, the venv, the shipped config; no compiler, no uv, no source tree ---
 FROM python:${PYTHON_VERSION}-slim-bookworm AS run
