@@ -27,6 +27,7 @@ from gateway.drills.schedule import DrillScheduler
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
+from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
@@ -320,7 +321,7 @@ async def check_ledger(state: GatewayState, settings: Settings) -> None:
         return
     try:
         missing = await state.repository.missing_tables()
-    except Exception as exc:  # start-up probe: any driver/network error means "spool for now"
+    except DATABASE_ERRORS as exc:  # unreachable at start-up: spool for now, say so
         log.error(
             "ledger database unreachable (%s); rows go to the spool in %s until it is back",
             type(exc).__name__,
