@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
@@ -36,7 +35,7 @@ from redis.asyncio import Redis
 
 from gateway.observability import metrics
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import redis_client
+from gateway.runtime.redis import Sharing, redis_client
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -96,7 +95,7 @@ class Breakers:
         self.replica_id = uuid.uuid4().hex
         self._redis_url = redis_url
         self._clock, self._wall = clock, wall_clock
-        self._heartbeat_s, self._reconnect_max_s = heartbeat_s, reconnect_max_s
+        self._heartbeat_s = heartbeat_s
         self._op_timeout_s = op_timeout_s
         self._key = f"{key_prefix}:breaker:"
         self._lock_key = f"{key_prefix}:breaker-probe:"
@@ -104,8 +103,12 @@ class Breakers:
         self._states: dict[str, BreakerState] = {}
         self._open_view = _LiveView(self._states, lambda s: breaker.is_open(s, clock()))
         self._failure_view = _LiveView(self._states, lambda s: s.last_failure_at)
-        self._shared_ok = False
-        self._reported_ok: bool | None = None
+        self._sharing = Sharing(
+            log,
+            up="circuit breakers shared through Redis",
+            down="Redis unreachable (%s); breakers use local state, reconnecting",
+            reconnect_max_s=reconnect_max_s,
+        )
         self._permits: dict[str, float] = {}  # deployment -> when our probe lock runs out
         self._lock_wait: dict[str, float] = {}  # deployment -> don't ask for the lock before
         self._acquiring: set[str] = set()
@@ -113,9 +116,7 @@ class Breakers:
         self._redis: Redis | None = None
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTBOX_SIZE)
         self._broken = asyncio.Event()
-        self._first_attempt = asyncio.Event()
         self._tasks = Background()
-        self._connected = False
 
     def allow(self, deployment: str) -> bool:
         state = self._states.get(deployment)
@@ -125,7 +126,7 @@ class Breakers:
         ok, probing = breaker.allow(state, now, self.policy)
         if probing is state:
             return ok
-        if self._shared_ok:
+        if self._sharing.ok:
             # The probe is single across replicas: only the holder of the Redis lock sends it.
             # Taking the lock is a round trip, so it happens in the background and this caller
             # moves on to the next target; a later call finds the permit.
@@ -154,7 +155,7 @@ class Breakers:
     @property
     def shared_ok(self) -> bool:
         """True while trips and recoveries are being shared through Redis."""
-        return self._shared_ok
+        return self._sharing.ok
 
     def open_map(self) -> Mapping[str, bool]:
         return self._open_view
@@ -174,17 +175,17 @@ class Breakers:
         if self._redis_url is None or self._redis is not None:
             return
         self._redis = redis_client(self._redis_url, timeout_s=self._op_timeout_s, retry_once=True)
-        self._spawn(self._supervise())
+        self._spawn(self._sharing.supervise(self._follow, self._lost))
         self._spawn(self._publish_loop())
         with contextlib.suppress(TimeoutError):
-            await self._within(self._first_attempt.wait(), 3 * self._op_timeout_s)
+            await self._within(self._sharing.attempted.wait(), 3 * self._op_timeout_s)
 
     async def close(self) -> None:
-        if self._shared_ok:  # let the last trips and recoveries out, briefly
+        if self._sharing.ok:  # let the last trips and recoveries out, briefly
             with contextlib.suppress(TimeoutError):
                 await self._within(self._outbox.join())
         await self._tasks.cancel()
-        self._shared_ok = False
+        self._sharing.ok = False
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -205,7 +206,7 @@ class Breakers:
     def _emit(self, deployment: str, state: BreakerState, kind: str, release: bool) -> None:
         if self._redis_url is None:
             return
-        if not self._shared_ok:
+        if not self._sharing.ok:
             if kind == "open":
                 self._unsynced.add(deployment)
             return
@@ -300,23 +301,6 @@ class Breakers:
         )
         metrics.breaker_changed(deployment, True)
 
-    async def _supervise(self) -> None:
-        failures = 0
-        while True:
-            self._connected = False
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # anything Redis throws means: degrade and retry
-                self._lost(exc)
-            self._first_attempt.set()
-            failures = 0 if self._connected else failures + 1
-            # Exponential backoff with equal jitter, so replicas that lost Redis together do
-            # not reconnect in lockstep, and capped low so sharing resumes within seconds.
-            ceiling = min(self._reconnect_max_s, 0.1 * 2 ** min(failures, 10))
-            await asyncio.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
-
     async def _follow(self) -> None:
         """Subscribe, catch up on open breakers, then relay messages until Redis fails."""
         assert self._redis is not None
@@ -326,9 +310,9 @@ class Breakers:
             self._broken.clear()
             await self._within(pubsub.subscribe(self._channel))
             await self._within(self._sync(), 5 * self._op_timeout_s)
-            self._connected = True
-            self._set_shared(True, None)
-            self._first_attempt.set()
+            self._sharing.connected = True
+            self._sharing.set(True)
+            self._sharing.attempted.set()
             next_ping = self._clock() + self._heartbeat_s
             while not self._broken.is_set():
                 message = await pubsub.get_message(
@@ -369,18 +353,7 @@ class Breakers:
     def _lost(self, exc: BaseException) -> None:
         self._broken.set()
         self._permits.clear()
-        self._set_shared(False, exc)
-
-    def _set_shared(self, ok: bool, exc: BaseException | None) -> None:
-        self._shared_ok = ok
-        if self._reported_ok == ok:
-            return
-        self._reported_ok = ok
-        if ok:
-            log.info("circuit breakers shared through Redis")
-        else:
-            reason = f"{type(exc).__name__}: {exc}" if exc is not None else "?"
-            log.warning("Redis unreachable (%s); breakers use local state, reconnecting", reason)
+        self._sharing.set(False, exc)
 
     async def _within(self, awaitable: Awaitable[_V], seconds: float | None = None) -> _V:
         return await within(awaitable, self._op_timeout_s if seconds is None else seconds)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -36,7 +35,7 @@ from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.ledger.keys_repository import KeysRepository, VirtualKey
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import redis_client
+from gateway.runtime.redis import Sharing, redis_client
 
 log = logging.getLogger("farebox.keys")
 
@@ -126,38 +125,41 @@ class KeySync:
         self._redis_url = redis_url
         self._channel = f"{prefix}:keys"
         self._poll_s, self._overlap = poll_s, timedelta(seconds=overlap_s)
-        self._op_timeout_s, self._reconnect_max_s = op_timeout_s, reconnect_max_s
+        self._op_timeout_s = op_timeout_s
         self._heartbeat_s = heartbeat_s
         self._wall = wall_clock
         self.replica_id = uuid.uuid4().hex
         self._redis: Redis | None = None
         self._tasks = Background()
-        self._first_attempt = asyncio.Event()
         self._watermark: datetime | None = None
         self._handled: dict[str, datetime] = {}  # key id -> the updated_at last invalidated
-        self._shared_ok = False
+        self._sharing = Sharing(
+            log,
+            up="key revocations shared through Redis",
+            down="Redis unreachable for key changes (%s); polling the database",
+            reconnect_max_s=reconnect_max_s,
+        )
         self._closing = False
-        self._shared_reported: bool | None = None
         self._poll_ok: bool | None = None
 
     @property
     def shared_ok(self) -> bool:
         """True while subscribed to key changes through Redis."""
-        return self._shared_ok
+        return self._sharing.ok
 
     async def start(self) -> None:
         self._spawn(self._poll_loop())
         if self._redis_url is None:
             return
         self._redis = redis_client(self._redis_url, timeout_s=self._op_timeout_s, retry_once=True)
-        self._spawn(self._supervise())
+        self._spawn(self._sharing.supervise(self._follow, self._sharing.lost))
         with contextlib.suppress(TimeoutError):
-            await self._within(self._first_attempt.wait(), 3 * self._op_timeout_s)
+            await self._within(self._sharing.attempted.wait(), 3 * self._op_timeout_s)
 
     async def close(self) -> None:
         self._closing = True
         await self._tasks.cancel()
-        self._shared_ok = False
+        self._sharing.ok = False
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
@@ -241,31 +243,15 @@ class KeySync:
 
     # --- Redis --------------------------------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        failures = 0
-        while True:
-            connected = False
-            try:
-                connected = await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # anything Redis throws means: degrade and retry
-                self._set_shared(False, exc)
-            self._first_attempt.set()
-            failures = 0 if connected else failures + 1
-            # Jittered so replicas that lost Redis together do not reconnect in lockstep.
-            ceiling = min(self._reconnect_max_s, 0.1 * 2 ** min(failures, 10))
-            await asyncio.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
-
-    async def _follow(self) -> bool:
+    async def _follow(self) -> None:
         assert self._redis is not None
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         connected = False
         try:
             await self._within(pubsub.subscribe(self._channel))
-            connected = True
-            self._set_shared(True, None)
-            self._first_attempt.set()
+            connected = self._sharing.connected = True
+            self._sharing.set(True)
+            self._sharing.attempted.set()
             next_ping = time.monotonic() + self._heartbeat_s
             while True:
                 message = await self._within(
@@ -285,7 +271,7 @@ class KeySync:
                 closing = pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
                 await self._within(closing)
             if connected and not self._closing:
-                self._set_shared(False, ConnectionError("subscription ended"))
+                self._sharing.set(False, ConnectionError("subscription ended"))
 
     def _on_message(self, data: bytes) -> None:
         try:
@@ -296,17 +282,6 @@ class KeySync:
             log.debug("ignoring malformed key message %r: %s", data, exc)
             return
         self._forget(key_id, hashes)
-
-    def _set_shared(self, ok: bool, exc: BaseException | None) -> None:
-        self._shared_ok = ok
-        if self._shared_reported == ok:
-            return
-        self._shared_reported = ok
-        if ok:
-            log.info("key revocations shared through Redis")
-        else:
-            reason = f"{type(exc).__name__}: {exc}" if exc is not None else "?"
-            log.warning("Redis unreachable for key changes (%s); polling the database", reason)
 
     async def _within(self, awaitable: Awaitable[_V], seconds: float | None = None) -> _V:
         return await within(awaitable, self._op_timeout_s if seconds is None else seconds)

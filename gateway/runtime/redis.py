@@ -12,11 +12,17 @@ sync, drill board, drill schedule, CLI announcements):
   (breakers, key sync) whose pooled connection may have been dropped while idle.
 
 Health follows one rule too: the first failure marks Redis down and callers fall back (the
-in-process limiter, a cache miss, the database poll) until it answers again; see
-gateway.runtime.redis_health.RedisHealth for the clients that requests depend on.
+in-process limiter, a cache miss, local breakers, the database poll) until it answers again:
+gateway.runtime.redis_health.RedisHealth for the clients that requests depend on, `Sharing`
+below for the pub/sub subscribers (breakers, key sync).
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -37,3 +43,53 @@ def redis_client(
         retry_on_timeout=False,
         retry=Retry(NoBackoff(), 1) if retry_once else None,
     )
+
+
+class Sharing:
+    """Whether a component shares its state through a Redis subscription right now, and the
+    loop that keeps that subscription up (gateway.core.breakers, gateway.keys.sync).
+
+    `follow` subscribes, sets `connected` once it is in, and relays messages until Redis
+    fails; the loop then reconnects with exponential backoff and equal jitter, so replicas that
+    lost Redis together do not reconnect in lockstep, capped low so sharing resumes within
+    seconds. A change of state is logged once, not on every failed reconnect.
+    """
+
+    def __init__(self, log: logging.Logger, *, up: str, down: str, reconnect_max_s: float) -> None:
+        self.ok = False
+        self.connected = False  # this round's `follow` got its subscription
+        self.attempted = asyncio.Event()  # set after the first round, whatever its outcome
+        self._log, self._up, self._down = log, up, down
+        self._reported: bool | None = None
+        self._reconnect_max_s = reconnect_max_s
+
+    def set(self, ok: bool, exc: BaseException | None = None) -> None:
+        self.ok = ok
+        if self._reported == ok:
+            return
+        self._reported = ok
+        if ok:
+            self._log.info("%s", self._up)
+        else:
+            reason = f"{type(exc).__name__}: {exc}" if exc is not None else "?"
+            self._log.warning(self._down, reason)
+
+    def lost(self, exc: BaseException) -> None:
+        self.set(False, exc)
+
+    async def supervise(
+        self, follow: Callable[[], Awaitable[object]], lost: Callable[[BaseException], None]
+    ) -> None:
+        failures = 0
+        while True:
+            self.connected = False
+            try:
+                await follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # anything Redis throws means: degrade and retry
+                lost(exc)
+            self.attempted.set()
+            failures = 0 if self.connected else failures + 1
+            ceiling = min(self._reconnect_max_s, 0.1 * 2 ** min(failures, 10))
+            await asyncio.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
