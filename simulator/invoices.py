@@ -47,7 +47,7 @@ FORMATS = (
     "generic",
 )
 _MILLION = Decimal(1_000_000)
-_PRICES_FILE = Path(__file__).resolve().parents[2] / "config" / "prices.yaml"
+_PRICES_FILE = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 
 
 class InvoiceError(ValueError):
