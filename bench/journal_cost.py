@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.core.metering import CallContext, Meter, NullLedger, new_attempt_id
-from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.journal import Journal
 from gateway.ledger.pricing import PriceBook
+from gateway.ledger_rows import AttemptRow, RequestRow
 from routing.model import DeploymentSpec, PlannedAttempt
 
 BATCH = 2_000

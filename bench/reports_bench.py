@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.pricing import load_price_book
 from gateway.reports.importers import parse_bytes

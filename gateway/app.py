@@ -30,7 +30,8 @@ from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_er
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
 from gateway.api.status_page import status_router
-from gateway.config.schema import GatewayConfig, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import GatewayConfig
 from gateway.observability import metrics, request_log, telemetry
 from gateway.runtime import shutdown
 from gateway.runtime.db_probe import DatabaseProbe

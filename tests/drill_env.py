@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from gateway.config.schema import load_config
+from gateway.config.loading import load_config
 from gateway.settings import Settings
 from tests.conftest import SIM_KEY
 from tests.gateway_harness import RunningGateway, running_gateway

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from gateway.app import HotPath, create_asgi
-from gateway.config.schema import GatewayConfig, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import GatewayConfig
 from gateway.settings import Settings
 from gateway.state import GatewayState
 

@@ -6,7 +6,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.ledger.events import PROVIDER, AttemptRow, RequestRow
+from gateway.ledger_rows import PROVIDER, AttemptRow, RequestRow
 
 T0 = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 

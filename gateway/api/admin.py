@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api.asgi import new_request_id
-from gateway.config.explain import explain_route, parse_chat_request, unknown_route_message
+from gateway.api.explain import explain_route, parse_chat_request, unknown_route_message
 from gateway.errors import (
     GatewayError,
     NotFound,

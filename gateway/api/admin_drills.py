@@ -25,8 +25,8 @@ from gateway.api.admin import authorize_admin, read_limited
 from gateway.api.admin_keys import _json, _schema
 from gateway.api.app_errors import field_path
 from gateway.api.asgi import new_request_id
+from gateway.config.drills import DrillStart
 from gateway.drills import admin as drill_admin
-from gateway.drills.config import DrillStart
 from gateway.errors import Conflict, GatewayError, NotFound, Unavailable, bad_request, clip
 from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import RUNNING, STOPPING, DrillsRepository

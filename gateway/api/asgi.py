@@ -17,12 +17,13 @@ from gateway.errors import (
     bad_request,
     too_large,
 )
+from gateway.runtime.asgi_types import Headers as Headers
+from gateway.runtime.asgi_types import Scope as Scope
+from gateway.runtime.asgi_types import header as header
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 JSON_TYPE = (b"content-type", b"application/json")
 # Sent with errors that leave a request unread (too large, too slow): the connection
@@ -94,13 +95,6 @@ def reseed_request_ids() -> None:
     """Give a forked worker its own prefix."""
     global _ID_PREFIX
     _ID_PREFIX = "req_" + os.urandom(6).hex()
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
 
 
 def body_too_large(limit: int) -> GatewayError:

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from prometheus_client import Counter
 
-from gateway.api.asgi import Headers, Scope, header
 from gateway.cache.store import LocalStore, RedisStore, Unavailable
 from gateway.config.schema import CacheConfig, GatewayConfig
 from gateway.core.metering import CallContext
 from gateway.core.ports import Completion, StreamingCompletion
 from gateway.core.service import DONE, Service
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
+from gateway.runtime.asgi_types import Headers, Scope, header
 from routing import cache_key
 from routing.cost import Usage
 from routing.model import DeploymentSpec, Plan, PlannedAttempt

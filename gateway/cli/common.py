@@ -16,7 +16,7 @@ import typer
 
 if TYPE_CHECKING:
     from gateway.config.schema import GatewayConfig
-    from gateway.config.yaml_loader import ConfigIssue
+    from gateway.runtime.yaml_loader import ConfigIssue
 
 _T = TypeVar("_T")
 
@@ -69,8 +69,8 @@ def exit_with_issues(issues: Sequence[ConfigIssue]) -> typer.Exit:
 
 def load_config_or_exit(path: Path) -> GatewayConfig:
     """The config at `path`, or each of its problems on stderr and exit 1."""
-    from gateway.config.schema import load_config
-    from gateway.config.yaml_loader import ConfigError
+    from gateway.config.loading import load_config
+    from gateway.runtime.yaml_loader import ConfigError
 
     try:
         return load_config(path)

@@ -39,10 +39,10 @@ from gateway.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from gateway.config.drills import DrillSchedule
     from gateway.config.schema import GatewayConfig
-    from gateway.config.yaml_loader import ConfigIssue
-    from gateway.drills.config import DrillSchedule
     from gateway.ledger.drills_repository import DrillRow, DrillsRepository
+    from gateway.runtime.yaml_loader import ConfigIssue
 
 drill_app = typer.Typer(
     no_args_is_help=True,
@@ -62,8 +62,8 @@ _PLACEHOLDER = "http://unset.invalid"
 
 
 def _config_or_issues(file: Path) -> GatewayConfig | list[ConfigIssue]:
-    from gateway.config.schema import load_config
-    from gateway.config.yaml_loader import ConfigError
+    from gateway.config.loading import load_config
+    from gateway.runtime.yaml_loader import ConfigError
 
     try:
         return load_config(file)
@@ -173,8 +173,8 @@ def start(
     """Start a drill on ROUTE: --percent of its requests go to DEPLOYMENT first."""
     from pydantic import ValidationError
 
+    from gateway.config.drills import DrillStart
     from gateway.drills.admin import problems
-    from gateway.drills.config import DrillStart
     from gateway.settings import Settings
 
     try:

@@ -15,7 +15,7 @@ from gateway.cli.keys import keys_app
 from gateway.cli.lcpr import lcpr_app
 from gateway.cli.reconcile import reconcile_command
 from gateway.cli.router import router_app
-from gateway.config.yaml_loader import ConfigError
+from gateway.runtime.yaml_loader import ConfigError
 from gateway.settings import Settings
 from routing.resolve import describe_plan
 
@@ -92,7 +92,7 @@ def route_explain(
     import orjson
 
     from gateway.api.asgi import new_request_id
-    from gateway.config.explain import (
+    from gateway.api.explain import (
         explain_route,
         parse_chat_request,
         print_explanation,

@@ -30,9 +30,9 @@ DatabaseOption = Annotated[
 
 
 def config_and_prices(config: Path | None, prices: Path | None) -> tuple[GatewayConfig, PriceBook]:
-    from gateway.config.schema import load_config
-    from gateway.config.yaml_loader import ConfigError
+    from gateway.config.loading import load_config
     from gateway.ledger.pricing import load_price_book
+    from gateway.runtime.yaml_loader import ConfigError
     from gateway.settings import Settings
 
     settings = Settings()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config.fanout import fanout_issues
 from gateway.config.schema import GatewayConfig, _suggest
-from gateway.config.yaml_loader import ConfigIssue, LocatedDocument, Path
+from gateway.runtime.yaml_loader import ConfigIssue, LocatedDocument, Path
 from routing.gates import GateSpec
 from routing.model import GatePolicy
 from routing.value_maps import load_value_map

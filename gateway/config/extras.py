@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.config.yaml_loader import ConfigIssue, LocatedDocument
 from gateway.extras import MissingExtra, installed
+from gateway.runtime.yaml_loader import ConfigIssue, LocatedDocument
 
 if TYPE_CHECKING:
     from gateway.config.schema import GatewayConfig

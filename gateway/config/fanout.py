@@ -24,7 +24,7 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.config.yaml_loader import ConfigIssue, LocatedDocument
+from gateway.runtime.yaml_loader import ConfigIssue, LocatedDocument
 from routing.model import FanoutPolicy
 
 FANOUT_STRATEGIES = ("consensus", "speculative")

@@ -7,20 +7,17 @@ Every problem is reported with file, line and key path, and unknown names get a
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from decimal import Decimal
-from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
 )
 
+from gateway.config.drills import DrillSchedule
 from gateway.config.fanout import fanout_policy
 from gateway.config.routes import (
     _DEFAULT_BASE as _DEFAULT_BASE,
@@ -79,8 +76,6 @@ from gateway.config.routes import (
 from gateway.config.routes import (
     _suggest as _suggest,
 )
-from gateway.config.yaml_loader import ConfigError, ConfigIssue, load_yaml
-from gateway.drills.config import DrillSchedule
 from gateway.keys.auth import Principal
 from routing.model import (
     DeploymentSpec,
@@ -304,39 +299,3 @@ def _retry(r: RetryConfig) -> RetryPolicy:
     return RetryPolicy(
         attempts=r.attempts, backoff_ms=r.backoff_ms, max_backoff_ms=r.max_backoff_ms
     )
-
-
-def load_config(
-    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
-) -> GatewayConfig:
-    """Read, interpolate, validate and cross-check a config file; raise ConfigError."""
-    file = str(path)
-    try:
-        text = FsPath(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue(file, None, "", f"cannot read config: {exc}")]) from None
-    return parse_config(text, file, os.environ if env is None else env)
-
-
-def parse_config(text: str, file: str, env: Mapping[str, str]) -> GatewayConfig:
-    # They need the models above.
-    from gateway.config.checks import build_gates, cross_check, explain, resolve_router_models
-    from gateway.config.extras import extra_issues
-
-    doc = load_yaml(text, file, env)
-    if not isinstance(doc.data, dict):
-        raise ConfigError([doc.issue((), "the top level must be a mapping")])
-    try:
-        config = GatewayConfig.model_validate(doc.data)
-    except ValidationError as exc:
-        raise ConfigError(explain(exc, doc)) from None
-    issues = cross_check(config, doc) + extra_issues(config, doc)
-    gates, gate_issues = build_gates(config, doc, FsPath(file).parent)
-    issues += gate_issues
-    models, model_issues = resolve_router_models(config, doc, FsPath(file).parent)
-    issues += model_issues
-    if issues:
-        raise ConfigError(issues)
-    config._gates.update(gates)
-    config._router_models.update(models)
-    return config

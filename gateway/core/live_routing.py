@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.core.quality_live import QualityLive
-from gateway.ledger.events import AttemptRow
 from gateway.ledger.pricing import PriceBook
+from gateway.ledger_rows import AttemptRow
 from gateway.observability import metrics
 from gateway.providers.base import UpstreamError
 from routing.failover import parse_retry_after

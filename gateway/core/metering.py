@@ -16,10 +16,10 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from gateway.keys.auth import Principal
-from gateway.ledger.events import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow
 from gateway.ledger.journal import Journal
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.tokens import estimate_input_tokens
+from gateway.ledger_rows import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow
 from gateway.observability import metrics, request_log, telemetry
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from routing.cost import Usage, attempt_cost, usage_from_openai

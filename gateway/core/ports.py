@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from gateway.core.metering import CallContext, Meter
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import UpstreamError, UpstreamReply
 from routing.model import Plan, PlannedAttempt, Timeouts
 from routing.shape import RequestShape

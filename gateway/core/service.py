@@ -35,7 +35,7 @@ from gateway.core.streaming import (
 )
 from gateway.core.upstream_errors import client_error
 from gateway.errors import UnsupportedEndpoint
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import (
     CUT,
     TIMEOUT,

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.core.metering import CallContext, Meter, error_class
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.observability.redact import UPSTREAM_SECRETS, scrub
 from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
 from gateway.providers.sse import SSEDecoder

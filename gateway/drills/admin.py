@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.drills.config import DrillStart, target_problems
+from gateway.config.drills import DrillStart, target_problems
 from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import FINAL, RUNNING, DrillRow, DrillsRepository
 from routing.drills import DRILL

@@ -36,7 +36,7 @@ from gateway.ledger.drills_repository import (
     DrillRow,
     DrillsRepository,
 )
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
 from gateway.runtime.redis import redis_client
 from routing import drills

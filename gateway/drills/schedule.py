@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
-from gateway.drills.config import DrillSchedule
+from gateway.config.drills import DrillSchedule
 from gateway.ledger.drills_repository import DrillRow, DrillsRepository
 from gateway.runtime.redis import redis_client
 

@@ -47,7 +47,6 @@ from typing import Any
 
 import orjson
 
-from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.journal_replay import (
     ATTEMPT_FIELDS,
     REQUEST_FIELDS,
@@ -64,6 +63,7 @@ from gateway.ledger.journal_replay import CRASHED_STATUS as CRASHED_STATUS
 from gateway.ledger.journal_replay import INTENT_FIELDS as INTENT_FIELDS
 from gateway.ledger.journal_replay import open_calls as open_calls
 from gateway.ledger.spool import encode_default
+from gateway.ledger_rows import AttemptRow, RequestRow
 
 log = logging.getLogger("farebox.ledger")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from gateway.ledger.events import ESTIMATED, AttemptRow, RequestRow
 from gateway.ledger.spool import decode_row
+from gateway.ledger_rows import ESTIMATED, AttemptRow, RequestRow
 
 log = logging.getLogger("farebox.ledger")
 

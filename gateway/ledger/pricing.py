@@ -25,14 +25,53 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config.schema import GatewayConfig, Price
-from gateway.config.yaml_loader import ConfigError, ConfigIssue, LocatedDocument, load_yaml
+from gateway.runtime.yaml_loader import ConfigError, ConfigIssue, LocatedDocument, load_yaml
 from routing.cost import MILLION, TokenPrice
+
+
+class _PriceFields(Protocol):
+    """A deployment's `price:` in the routing YAML (gateway.config.routes.Price): read by
+    shape, so the ledger needs nothing from the config package above it."""
+
+    @property
+    def input(self) -> float: ...
+    @property
+    def output(self) -> float: ...
+    @property
+    def cached_input(self) -> float | None: ...
+    @property
+    def cache_write(self) -> float | None: ...
+
+
+class _DeploymentFields(Protocol):
+    @property
+    def provider(self) -> str: ...
+    @property
+    def price(self) -> _PriceFields | None: ...
+
+
+class _ProviderFields(Protocol):
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def api_base(self) -> str | None: ...
+    @property
+    def hourly_usd(self) -> float | None: ...
+
+
+class PricedConfig(Protocol):
+    """What the price book reads of a loaded config (gateway.config.schema.GatewayConfig)."""
+
+    @property
+    def deployments(self) -> Mapping[str, _DeploymentFields]: ...
+    @property
+    def providers(self) -> Mapping[str, _ProviderFields]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +328,7 @@ class PriceBook:
 
     @classmethod
     def from_config(
-        cls, config: GatewayConfig, table: PriceTable, litellm: LitellmPriceMap | None = None
+        cls, config: PricedConfig, table: PriceTable, litellm: LitellmPriceMap | None = None
     ) -> PriceBook:
         overrides: dict[str, TokenPrice] = {}
         deployments: dict[str, _Deployment] = {}
@@ -358,7 +397,7 @@ class PriceBook:
         return TokenPrice.of(input=_ZERO, output=_ZERO, hourly_usd=hourly, version=version)
 
 
-def _price(version: str, row: _Row | Price) -> TokenPrice:
+def _price(version: str, row: _Row | _PriceFields) -> TokenPrice:
     return TokenPrice.of(
         input=_dec(row.input),
         output=_dec(row.output),
@@ -377,7 +416,7 @@ def _utc_day(at: datetime) -> date:
 
 
 def load_price_book(
-    config: GatewayConfig,
+    config: PricedConfig,
     prices_path: Path | None = None,
     litellm: LitellmPriceMap | None = None,
 ) -> PriceBook:

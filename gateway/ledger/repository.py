@@ -29,9 +29,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.ledger.events import PROVIDER, AttemptRow, RequestRow
 from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.usage import UsageLine, decimal_of, usage_line, usage_query
+from gateway.ledger_rows import PROVIDER, AttemptRow, RequestRow
 
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRow))
 _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.ledger.events import AttemptRow, RequestRow
+from gateway.ledger_rows import AttemptRow, RequestRow
 
 Batch = tuple[list[RequestRow], list[AttemptRow]]
 

@@ -39,8 +39,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, or_
 
-from gateway.ledger.events import RequestRow
 from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger_rows import RequestRow
 
 SUCCESS_STATUS = 200
 GATE_PASS = "pass"

@@ -20,9 +20,9 @@ from collections import deque
 from pathlib import Path
 from typing import Protocol
 
-from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.journal import Journal
 from gateway.ledger.spool import Spool
+from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.observability import metrics
 
 log = logging.getLogger("farebox.ledger")

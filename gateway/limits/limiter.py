@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 
 from gateway.keys.auth import Principal
 from gateway.ledger.db_errors import DATABASE_ERRORS
-from gateway.ledger.events import RequestRow
+from gateway.ledger_rows import RequestRow
 from gateway.limits.answers import (
     ask_for,
     enabled_checks,

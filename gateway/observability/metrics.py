@@ -32,7 +32,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from gateway.ledger.events import AttemptRow, RequestRow
+from gateway.ledger_rows import AttemptRow, RequestRow
 
 # prometheus_client reads this variable itself when it is imported; /metrics must agree.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

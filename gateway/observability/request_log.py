@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.ledger.events import AttemptRow, RequestRow
+from gateway.ledger_rows import AttemptRow, RequestRow
 
 LOGGER_NAME = "farebox.requests"
 log = logging.getLogger(LOGGER_NAME)

@@ -38,9 +38,10 @@ from prometheus_client import Counter, Gauge
 from uvicorn import Config as UvicornConfig
 from uvicorn.supervisors import Multiprocess, multiprocess
 
-from gateway.config.schema import GatewayConfig, parse_config
-from gateway.config.yaml_loader import ConfigError, ConfigIssue
+from gateway.config.loading import parse_config
+from gateway.config.schema import GatewayConfig
 from gateway.runtime.background import Background
+from gateway.runtime.yaml_loader import ConfigError, ConfigIssue
 from gateway.serving.server import GatewayProcess
 from gateway.settings import Settings
 from gateway.state import GatewayState, build_state, warm_up

@@ -26,7 +26,7 @@ import orjson
 from gateway.core.metering import CallContext, error_class
 from gateway.core.ports import AttemptRunner, Completion
 from gateway.errors import Conflict
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import UpstreamReply
 from gateway.strategies.fanout import Fanout, Slot
 from routing.consensus import DISAGREE, Ballot, Verdict, candidates_body, decide

@@ -31,7 +31,7 @@ from gateway.core.metering import CallContext, error_class
 from gateway.core.ports import AttemptRunner
 from gateway.core.upstream_errors import client_error, outcome_of
 from gateway.errors import GatewayError, bad_request, upstream_failed, upstream_timeout
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.observability import telemetry
 from gateway.providers.base import TIMEOUT, UpstreamError, UpstreamReply
 from gateway.runtime.shutdown import cancel_outcome

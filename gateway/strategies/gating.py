@@ -25,7 +25,7 @@ import orjson
 from gateway.core.metering import CallContext
 from gateway.core.ports import AttemptRunner, Completion
 from gateway.errors import GatewayError
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import UpstreamReply
 from routing.gates import GateResult, check, repair_message
 from routing.model import NO_RETRY, Plan, PlannedAttempt

@@ -18,7 +18,7 @@ import asyncio
 
 from gateway.core.metering import CallContext
 from gateway.core.ports import AttemptRunner, Completion
-from gateway.ledger.events import AttemptRow
+from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import UpstreamReply
 from gateway.strategies.fanout import CANCELLED, Fanout
 from gateway.strategies.gating import Answer, finish_gated, judge

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.drills.config import DrillSchedule
+from gateway.config.drills import DrillSchedule
 from gateway.drills.schedule import LOCK_KEY, DrillScheduler
 from gateway.ledger.drills_repository import DrillsRepository
 from tests.drill_env import drill_env

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from gateway.core.metering import new_attempt_id
-from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.journal import CRASHED, INTENT_FIELDS, Journal, open_calls
 from gateway.ledger.spool import Spool
 from gateway.ledger.writer import LedgerWriter
+from gateway.ledger_rows import AttemptRow, RequestRow
 from tests import ledger_rows as rows
 
 ROOT = Path(__file__).resolve().parents[2]

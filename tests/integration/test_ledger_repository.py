@@ -17,10 +17,10 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.ledger.events import ESTIMATED, AttemptRow, RequestRow
 from gateway.ledger.migrate import current, downgrade, upgrade
 from gateway.ledger.models import Base, attempts_table, requests_table
 from gateway.ledger.repository import LedgerRepository, UsageLine
+from gateway.ledger_rows import ESTIMATED, AttemptRow, RequestRow
 from tests.ledger_rows import T0, attempt_row, request_row
 from tests.services import PostgresServer
 

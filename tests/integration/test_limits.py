@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.errors import GatewayError
 from gateway.keys.auth import Principal
-from gateway.ledger.events import RequestRow
+from gateway.ledger_rows import RequestRow
 from gateway.limits.limiter import FAIL_CLOSED, Limiter
 from routing import quota
 from routing.quota import Ask

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.serving.reload import start_components
 from gateway.state import build_state

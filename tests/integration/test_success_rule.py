@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from gateway.ledger.drills_repository import DrillsRepository
-from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.success import is_successful, request_succeeded
+from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.reports.store import SEGMENTS, ReportStore
 from tests.integration.test_ledger_repository import T0, att, req, with_repo
 

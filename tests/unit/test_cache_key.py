@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.cache.response import Entry, ResponseCache
 from gateway.cache.store import LocalStore
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from routing import cache_key
 from routing.cache_key import KeyPolicy
 from routing.cost import Usage
@@ -166,7 +166,7 @@ def test_exact_mode_never_imports_the_embedding_model() -> None:
     code = (
         "import sys\n"
         "from gateway.cache.response import ResponseCache\n"
-        "from gateway.config.schema import parse_config\n"
+        "from gateway.config.loading import parse_config\n"
         f"config = parse_config({CONFIG!r} % {{'model': 'm', 'ttl': 5}}, 't.yaml', {{}})\n"
         "assert ResponseCache.build(config, None) is not None\n"
         "print('wordllama' in sys.modules, 'gateway.cache.semantic' in sys.modules)\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import load_config, parse_config
-from gateway.config.yaml_loader import ConfigError
+from gateway.config.loading import load_config, parse_config
+from gateway.runtime.yaml_loader import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config.schema import parse_config
-from gateway.config.yaml_loader import ConfigError
+from gateway.config.loading import parse_config
+from gateway.runtime.yaml_loader import ConfigError
 from routing.consensus import (
     AGREE,
     DISAGREE,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gateway.config.schema import parse_config
-from gateway.config.yaml_loader import ConfigError
+from gateway.config.drills import DrillSchedule, DrillStart, parse_every
+from gateway.config.loading import parse_config
 from gateway.drills.admin import problems
-from gateway.drills.config import DrillSchedule, DrillStart, parse_every
+from gateway.runtime.yaml_loader import ConfigError
 
 BASE = """\
 providers:

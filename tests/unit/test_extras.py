@@ -46,8 +46,8 @@ def test_config_names_the_missing_extra(blocked: str, extra: str, where: str) ->
     done = _run(
         blocked,
         f"""
-        from gateway.config.schema import parse_config
-        from gateway.config.yaml_loader import ConfigError
+        from gateway.config.loading import parse_config
+        from gateway.runtime.yaml_loader import ConfigError
         try:
             parse_config({CONFIG!r}, "gw.yaml", {{}})
         except ConfigError as exc:
@@ -64,7 +64,7 @@ def test_config_names_the_missing_extra(blocked: str, extra: str, where: str) ->
 
 
 def test_config_passes_with_every_extra() -> None:
-    from gateway.config.schema import parse_config
+    from gateway.config.loading import parse_config
 
     config = parse_config(CONFIG, "gw.yaml", {})
     assert set(config.routes) == {"chat", "gem"}

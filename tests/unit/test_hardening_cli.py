@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from gateway.api.http_protocol import BoundedHttpToolsProtocol
 from gateway.cli import main as cli
 from gateway.cli import serve as serving
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.serving import server as server_module
 from gateway.settings import Settings
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "farebox"

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import load_config, parse_config
-from gateway.config.yaml_loader import ConfigError
+from gateway.config.loading import load_config, parse_config
 from gateway.ledger.pricing import (
     LitellmPriceMap,
     PriceBook,
@@ -19,6 +18,7 @@ from gateway.ledger.pricing import (
     load_prices,
     parse_prices,
 )
+from gateway.runtime.yaml_loader import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)

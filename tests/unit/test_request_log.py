@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from gateway.core.metering import CallContext, Meter
-from gateway.ledger.events import AttemptRow, RequestRow
 from gateway.ledger.pricing import LitellmPriceMap, PriceBook
+from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.observability import request_log
 from gateway.providers.base import STATUS, UpstreamError
 from gateway.settings import Settings
