@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gen_output import write_or_check
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "reference" / "cli.md"
 sys.path.insert(0, str(ROOT))
@@ -86,15 +88,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(ROOT)} is stale: run `make docs`", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    return 0
+    return write_or_check(OUT, ROOT, render(), argv)
 
 
 if __name__ == "__main__":

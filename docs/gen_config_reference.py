@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
+from gen_output import write_or_check
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
@@ -253,15 +254,7 @@ def _annotated(info: FieldInfo) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(ROOT)} is stale: run `make docs`", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    return 0
+    return write_or_check(OUT, ROOT, render(), argv)
 
 
 if __name__ == "__main__":
