@@ -115,6 +115,7 @@ async def load(urls: list[str], seconds: float) -> list[tuple[str, int, str, str
     return seen
 
 
+@pytest.mark.timeout(240)  # ~60-70 s: drills on a wall clock, then waits for every verdict
 def test_drills_across_two_replicas(tmp_path: Path, pg_url: str, redis_server: Any) -> None:
     sim_url, stop_sim = start_simulator(require_key=SIM_KEY)
     env = {

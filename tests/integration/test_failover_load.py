@@ -117,6 +117,7 @@ def p(values: list[float], q: float) -> float:
     )
 
 
+@pytest.mark.timeout(240)  # a 60 s soak, then a direct run to compare against
 def test_soak_with_a_primary_failing_30_percent(sim: str, tmp_path: Path) -> None:
     """60 s at concurrency 50: every request served (by the fallback when the primary
     fails), none hung. Reports p99 added latency against the upstream's own."""
