@@ -97,6 +97,10 @@ def reseed_request_ids() -> None:
     _ID_PREFIX = "req_" + os.urandom(6).hex()
 
 
+# Request ids are the ledger's primary keys too: a child forked by any server gets its own.
+os.register_at_fork(after_in_child=reseed_request_ids)
+
+
 def body_too_large(limit: int) -> GatewayError:
     error = too_large(limit)
     error.extra_headers.append(CLOSE)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.api.asgi import new_request_id
 from gateway.core.metering import new_attempt_id
 from gateway.ledger.journal import CRASHED, INTENT_FIELDS, Journal, open_calls
 from gateway.ledger.spool import Spool
@@ -200,15 +201,16 @@ def test_closing_while_the_database_hangs_spools_the_batch_being_written(tmp_pat
 def test_attempt_ids_differ_in_a_forked_child() -> None:
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report its next id and leave at once
-        os.write(write, new_attempt_id().encode())
+    if pid == 0:  # the child: report its next ids and leave at once
+        os.write(write, f"{new_attempt_id()} {new_request_id()}".encode())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
-    child = os.read(read, 100).decode()
+    child_attempt, child_request = os.read(read, 200).decode().split()
     os.close(read)
-    parent = new_attempt_id()
-    assert child[:16] != parent[:16], (child, parent)
+    parent_attempt, parent_request = new_attempt_id(), new_request_id()
+    assert child_attempt[:16] != parent_attempt[:16], (child_attempt, parent_attempt)
+    assert child_request[:16] != parent_request[:16], (child_request, parent_request)
 
 
 def test_a_half_copied_line_and_the_unused_tail_are_skipped(tmp_path: Path) -> None:
