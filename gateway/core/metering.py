@@ -404,5 +404,5 @@ class Meter:
         )
         metrics.UNMETERED_CALLS.inc(len(ctx.intents))
         if self.journal is not None:
-            self.journal.forget(list(ctx.intents.values()))
+            self.journal.forget(ctx.intents.values())
         ctx.intents.clear()

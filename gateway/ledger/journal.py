@@ -40,7 +40,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,7 @@ class Journal:
         self.outcomes += 1
         return self.outcomes
 
-    def forget(self, attempt_ids: Iterator[str] | list[str]) -> None:
+    def forget(self, attempt_ids: Iterable[str]) -> None:
         """Close intents that will never get an outcome line (a bug upstream of here)."""
         for attempt_id in attempt_ids:
             self._open.pop(attempt_id, None)
@@ -198,12 +198,6 @@ class Journal:
             segment = self._sealed.pop(0)
             with contextlib.suppress(FileNotFoundError):
                 segment.path.unlink()
-
-    def open_intents(self) -> int:
-        return len(self._open)
-
-    def segments(self) -> int:
-        return len(self._sealed) + 1
 
     def _new_segment(self, at_least: int = 0) -> None:
         self._seq += 1
