@@ -76,3 +76,6 @@ class RequestRow:
     segment: str | None = None
     # Consensus routes only: agree | majority | disagree (routing/consensus.py).
     consensus: str | None = None
+    # Calls chained by previous_response_id or tagged by the client (x-farebox-workflow,
+    # metadata.workflow_id): one agent workflow.
+    workflow_id: str | None = None

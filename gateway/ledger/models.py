@@ -66,9 +66,11 @@ class RequestRecord(Base):
     team: Mapped[str | None] = mapped_column(NAME)
     segment: Mapped[str | None] = mapped_column(NAME)
     consensus: Mapped[str | None] = mapped_column(TAG)
+    workflow_id: Mapped[str | None] = mapped_column(ID)
 
     __table_args__ = (
         Index("ix_requests_received_at", "received_at"),
+        Index("ix_requests_workflow_id_received_at", "workflow_id", "received_at"),
         Index("ix_requests_key_id_received_at", "key_id", "received_at"),
         Index("ix_requests_route_received_at", "route", "received_at"),
     )
@@ -162,3 +164,4 @@ admin_audit_table: Table = Base.metadata.tables["admin_audit"]
 # Report and drill tables (invoice lines, reconciliations, drills) register on the same metadata.
 from gateway.ledger import models_drills as _drills  # noqa: E402, F401
 from gateway.ledger import models_reports as _reports  # noqa: E402, F401
+from gateway.ledger import models_responses as _responses  # noqa: E402, F401

@@ -84,7 +84,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -101,7 +101,9 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
             "ix_requests_received_at",
             "ix_requests_key_id_received_at",
             "ix_requests_route_received_at",
+            "ix_requests_workflow_id_received_at",
         },
+        "responses": {"ix_responses_expires_at"},
         "attempts": {
             "ix_attempts_request_id",
             "ix_attempts_started_at",
@@ -117,6 +119,16 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     keys_indexes = {"ix_api_keys_key_hash", "ix_api_keys_updated_at"}
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
+
+    assert "workflow_id" in on_connection(db_url, _request_columns)
+    downgrade(db_url, "0007")  # one step: stored responses and the workflow column go
+    assert current(db_url) == "0007"
+    assert "workflow_id" not in on_connection(db_url, _request_columns)
+    assert "responses" not in set(on_connection(db_url, _schema))
+    at_head = expected
+    expected = {t: set(v) for t, v in at_head.items() if t != "responses"}
+    expected["requests"].discard("ix_requests_workflow_id_received_at")
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
     assert "consensus" in on_connection(db_url, _request_columns)
     downgrade(db_url, "0006")  # one step: the consensus outcome column goes, nothing else
@@ -158,7 +170,7 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert current(db_url) is None
 
     upgrade(db_url)
-    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
+    assert {t: on_connection(db_url, _schema)[t] for t in at_head} == at_head
     assert current(db_url) == HEAD
 
 
