@@ -102,6 +102,8 @@ class CallContext:
     body_bytes: int = 0
     # Upstream calls journalled but not metered yet: id(PlannedAttempt) -> attempt id.
     intents: dict[int, str] = field(default_factory=dict)
+    # The agent workflow this call belongs to (client tag, or the previous_response_id chain).
+    workflow_id: str | None = None
 
 
 def error_class(exc: UpstreamError) -> str:
@@ -375,6 +377,7 @@ class Meter:
             team=team,
             segment=segment,
             consensus=consensus,
+            workflow_id=ctx.workflow_id,
         )
         if ctx.intents:
             self._unmetered(ctx)
