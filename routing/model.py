@@ -44,6 +44,9 @@ class DeploymentSpec:
     # Provider limits as configured (requests / tokens per minute).
     rpm: int | None = None
     tpm: int | None = None
+    # Serves the Responses API natively, and the built-in Responses tools it runs.
+    responses_native: bool = False
+    builtin_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ metered).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -160,11 +161,28 @@ class OpenAICompatAdapter:
             finally:
                 resp.release()
             raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
-        return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers))
+        ends = responses_stream_ends if endpoint == "responses" else _chat_stream_ends
+        return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers), ends)
+
+
+def _chat_stream_ends(block: bytes) -> bool:
+    return b"[DONE]" in block
+
+
+# A Responses stream has no [DONE]: it ends with its terminal event (or an `error` event).
+_RESPONSES_END = re.compile(
+    rb"(?:^|\n)(?:event:[ \t]*(?:response\.(?:completed|incomplete|failed)|error)[ \t]*\n"
+    rb'|data:[ \t]*\{"type":[ \t]*"(?:response\.(?:completed|incomplete|failed)|error)")'
+)
+
+
+def responses_stream_ends(block: bytes) -> bool:
+    """Whether `block` (whole SSE events) holds a Responses stream's terminal event."""
+    return _RESPONSES_END.search(block) is not None
 
 
 class OpenAIStream:
-    __slots__ = ("_deployment", "_resp", "limits", "request_id")
+    __slots__ = ("_deployment", "_ends", "_resp", "limits", "request_id")
 
     def __init__(
         self,
@@ -172,18 +190,22 @@ class OpenAIStream:
         resp: aiohttp.ClientResponse,
         request_id: str | None,
         limits: Mapping[str, str] | None = None,
+        ends: Callable[[bytes], bool] = _chat_stream_ends,
     ):
         self._deployment = deployment
         self._resp = resp
         self.request_id = request_id
         self.limits = limits
+        self._ends = ends
 
     async def blocks(self) -> AsyncIterator[bytes]:
-        """Complete SSE events, raw, grouped by network read; ends after `[DONE]`.
+        """Complete SSE events, raw, grouped by network read; ends after `[DONE]` (chat) or
+        the terminal event (Responses).
 
         Raw blocks let the relay forward most reads without decoding a single event.
-        Raises UpstreamError if the stream breaks or ends without `[DONE]`.
+        Raises UpstreamError if the stream breaks or ends before its end marker.
         """
+        ends = self._ends
         pending = b""
         try:
             async for chunk in self._resp.content.iter_any():
@@ -196,11 +218,11 @@ class OpenAIStream:
                     continue
                 block, pending = data[: cut + 2], data[cut + 2 :]
                 yield block
-                if b"[DONE]" in block:
+                if ends(block):
                     return
             if pending.strip():
                 yield pending + b"\n\n"
-                if b"[DONE]" in pending:
+                if ends(pending):
                     return
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
@@ -208,7 +230,7 @@ class OpenAIStream:
             raise UpstreamError(
                 CUT, f"{self._deployment} stream broke: {type(exc).__name__}"
             ) from None
-        raise UpstreamError(CUT, f"{self._deployment} ended the stream without [DONE]")
+        raise UpstreamError(CUT, f"{self._deployment} ended the stream before its end")
 
     async def close(self) -> None:
         self._resp.close()
