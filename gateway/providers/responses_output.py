@@ -1,0 +1,325 @@
+"""Chat answers → Response objects, and Response objects read back as chat answers.
+
+`response_from_chat` (a whole chat answer) and `responses_stream.StreamTranslator` (chunk by
+chunk) build their output items, the echoed request fields and the usage with the same
+helpers here, so a streamed answer ends in exactly the Response the same answer gets
+unstreamed (ids aside). `chat_view` is the way back, for code that reads chat bodies
+(quality gates, consensus, drill shape checks). Pure, no I/O; `responses_translate`
+re-exports the public functions.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+
+# The spec's `ResponseErrorCode` enum: an upstream code outside it is sent as server_error.
+ERROR_CODES = frozenset(
+    {
+        "server_error",
+        "rate_limit_exceeded",
+        "invalid_prompt",
+        "data_residency_mismatch",
+        "bio_policy",
+        "vector_store_timeout",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "image_content_policy_violation",
+        "invalid_image_mode",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "failed_to_download_image",
+        "image_file_not_found",
+    }
+)
+
+# Chat finish reasons that end a Response as `incomplete`, with the spec's reason.
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id with OpenAI's prefix for its kind (resp_, msg_, fc_, rs_, call_)."""
+    return prefix + secrets.token_hex(16)
+
+
+def error_code(code: Any) -> str:
+    return code if isinstance(code, str) and code in ERROR_CODES else "server_error"
+
+
+def status_for(finish_reason: Any) -> tuple[str, dict[str, str] | None]:
+    """(status, incomplete_details) of a Response whose chat answer ended so."""
+    reason = _INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def reasoning_text(message: dict[str, Any]) -> str:
+    """The reasoning of a chat message or delta: vLLM and SGLang send `reasoning_content`
+    (newer vLLM `reasoning`, sometimes both with the same text), litellm `reasoning_content`."""
+    text = message.get("reasoning_content")
+    if not isinstance(text, str) or not text:
+        text = message.get("reasoning")
+    return text if isinstance(text, str) else ""
+
+
+def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
+    summary = [{"type": "summary_text", "text": text}] if text else []
+    return {"id": item_id, "type": "reasoning", "summary": summary}
+
+
+def content_part(kind: str, text: str) -> dict[str, Any]:
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, parts: list[tuple[str, str]], status: str) -> dict[str, Any]:
+    """An assistant message; `parts` are (output_text | refusal, text) pairs."""
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [content_part(kind, text) for kind, text in parts],
+    }
+
+
+def function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def _echo_tool(tool: Any) -> Any:
+    # The Response schema requires `parameters` and `strict` on a function tool (null allowed).
+    if isinstance(tool, dict) and tool.get("type") == "function":
+        return {"parameters": None, "strict": None, **tool}
+    return tool
+
+
+def _number(value: Any) -> float | int | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def response_skeleton(
+    request: dict[str, Any], *, response_id: str, created_at: int, model: Any
+) -> dict[str, Any]:
+    """An in-progress Response with no output yet, echoing the request's settings."""
+    tools = request.get("tools")
+    text = request.get("text")
+    text = dict(text) if isinstance(text, dict) else {}
+    if not isinstance(text.get("format"), dict):
+        text["format"] = {"type": "text"}
+    instructions = request.get("instructions")
+    metadata = request.get("metadata")
+    parallel = request.get("parallel_tool_calls")
+    maximum = request.get("max_output_tokens")
+    reasoning = request.get("reasoning")
+    previous = request.get("previous_response_id")
+    response: dict[str, Any] = {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": instructions if isinstance(instructions, str | list) else None,
+        "max_output_tokens": maximum if isinstance(maximum, int) else None,
+        "model": model if isinstance(model, str) else str(request.get("model") or ""),
+        "output": [],
+        "parallel_tool_calls": parallel if isinstance(parallel, bool) else True,
+        "previous_response_id": previous if isinstance(previous, str) else None,
+        "reasoning": reasoning if isinstance(reasoning, dict) else None,
+        "store": request.get("store") is not False,
+        "temperature": _number(request.get("temperature")),
+        "text": text,
+        "tool_choice": request.get("tool_choice") or "auto",
+        "tools": [_echo_tool(tool) for tool in tools] if isinstance(tools, list) else [],
+        "top_p": _number(request.get("top_p")),
+        "truncation": request.get("truncation")
+        if request.get("truncation") == "auto"
+        else "disabled",
+        "metadata": metadata if isinstance(metadata, dict) else {},
+    }
+    if isinstance(request.get("user"), str):
+        response["user"] = request["user"]
+    return response
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def responses_usage(chat_usage: Any) -> dict[str, Any] | None:
+    """Chat usage (prompt/completion tokens) under the Responses names."""
+    if not isinstance(chat_usage, dict):
+        return None
+    inputs = chat_usage.get("prompt_tokens_details")
+    inputs = inputs if isinstance(inputs, dict) else {}
+    outputs = chat_usage.get("completion_tokens_details")
+    outputs = outputs if isinstance(outputs, dict) else {}
+    prompt = _count(chat_usage.get("prompt_tokens"))
+    completion = _count(chat_usage.get("completion_tokens"))
+    total = chat_usage.get("total_tokens")
+    usage: dict[str, Any] = {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": _count(inputs.get("cached_tokens")),
+            "cache_write_tokens": _count(inputs.get("cache_write_tokens")),
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": _count(outputs.get("reasoning_tokens"))},
+        "total_tokens": total if _count(total) else prompt + completion,
+    }
+    if "cost_usd" in chat_usage:
+        usage["cost_usd"] = chat_usage["cost_usd"]  # Farebox's own member, kept
+    return usage
+
+
+# -- whole answers ------------------------------------------------------------------
+
+
+def response_from_chat(
+    chat: dict[str, Any],
+    request: dict[str, Any],
+    *,
+    response_id: str,
+    created_at: int,
+    completed_at: int | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion` as a Response object (`object: "response"`)."""
+    choices = chat.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    message = message if isinstance(message, dict) else {}
+    output: list[dict[str, Any]] = []
+    thought = reasoning_text(message)
+    if thought:
+        output.append(reasoning_item(new_id("rs_"), thought))
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
+    refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else ""
+    calls = message.get("tool_calls")
+    calls = [call for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
+    if text or refusal or not (calls or output):
+        parts: list[tuple[str, str]] = []
+        if text or not refusal:
+            parts.append(("output_text", text))
+        if refusal:
+            parts.append(("refusal", refusal))
+        output.append(message_item(new_id("msg_"), parts, "completed"))
+    for call in calls:
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+        output.append(
+            function_call_item(
+                new_id("fc_"),
+                str(call.get("id") or new_id("call_")),
+                str(function.get("name") or ""),
+                arguments,
+                "completed",
+            )
+        )
+    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+    model = chat.get("model") if isinstance(chat.get("model"), str) else request.get("model")
+    response = response_skeleton(
+        request, response_id=response_id, created_at=created_at, model=model
+    )
+    status, details = status_for(finish)
+    if status == "incomplete" and output and "status" in output[-1]:
+        output[-1]["status"] = "incomplete"  # the item being written when it was cut
+    response["status"] = status
+    response["incomplete_details"] = details
+    response["output"] = output
+    if status == "completed" and completed_at is not None:
+        response["completed_at"] = completed_at
+    usage = responses_usage(chat.get("usage"))
+    if usage is not None:
+        response["usage"] = usage
+    return response
+
+
+def chat_view(response: dict[str, Any]) -> dict[str, Any]:
+    """A Response object seen as a `chat.completion` (for code that reads chat bodies)."""
+    texts: list[str] = []
+    refusals: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    output = response.get("output")
+    for item in output if isinstance(output, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "message":
+            for part in item.get("content") or ():
+                if part.get("type") == "output_text":
+                    texts.append(part.get("text") or "")
+                elif part.get("type") == "refusal":
+                    refusals.append(part.get("refusal") or "")
+        elif kind == "reasoning":
+            thoughts.extend(s.get("text") or "" for s in item.get("summary") or ())
+        elif kind == "function_call":
+            calls.append(
+                {
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+                }
+            )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": "".join(refusals) if refusals else None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    if thoughts:
+        message["reasoning_content"] = "".join(thoughts)
+    details = response.get("incomplete_details")
+    reason = details.get("reason") if isinstance(details, dict) else None
+    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(
+        str(reason), "tool_calls" if calls else "stop"
+    )
+    chat: dict[str, Any] = {
+        "id": response.get("id"),
+        "object": "chat.completion",
+        "created": int(response.get("created_at") or 0),
+        "model": response.get("model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+    }
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        chat["usage"] = _chat_usage(usage)
+    return chat
+
+
+def _chat_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    inputs = usage.get("input_tokens_details") or {}
+    outputs = usage.get("output_tokens_details") or {}
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.get("input_tokens", 0),
+        "completion_tokens": usage.get("output_tokens", 0),
+        "total_tokens": usage.get("total_tokens", 0),
+        "prompt_tokens_details": {"cached_tokens": inputs.get("cached_tokens", 0)},
+        "completion_tokens_details": {"reasoning_tokens": outputs.get("reasoning_tokens", 0)},
+    }
+    if inputs.get("cache_write_tokens"):
+        out["prompt_tokens_details"]["cache_write_tokens"] = inputs["cache_write_tokens"]
+    if "cost_usd" in usage:
+        out["cost_usd"] = usage["cost_usd"]
+    return out

@@ -1,0 +1,387 @@
+"""Chat completion chunks (SSE) → the Responses API's typed stream events, and replays.
+
+Pure, no I/O, on the hot path (one `feed` per upstream read): orjson, no pydantic, event
+bytes built directly. Every event is `event: <type>\\ndata: <json>\\n\\n`, its data carries
+the same `type` and a `sequence_number` counting from 0; there is no `[DONE]`.
+
+Items are opened in the order their first delta arrives (reasoning, message, function calls
+in a chat stream) and a reasoning or message item is closed when the next item starts.
+Function call items stay open until the answer ends: a server that interleaves the argument
+pieces of parallel calls (OpenAI does not, a few others may) still gets every piece into its
+own item, and the end follows the last call at once anyway. The closing `response.completed`
+(or `.incomplete`) must carry usage, which comes in a chunk after the finish reason, so it is
+sent when the usage chunk or `[DONE]` arrives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.providers.responses_output import (
+    content_part,
+    error_code,
+    function_call_item,
+    message_item,
+    new_id,
+    reasoning_item,
+    reasoning_text,
+    response_skeleton,
+    responses_usage,
+    status_for,
+)
+from gateway.providers.responses_replay import event_bytes, failed_event, replay_events
+from gateway.providers.sse import SSEDecoder
+
+# The replay and event helpers live beside, in responses_replay; importable from here too.
+__all__ = ["StreamTranslator", "event_bytes", "failed_event", "replay_events"]
+
+_TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete"}
+
+
+class _Item:
+    """An output item being streamed: its text so far as pieces, joined when rendered."""
+
+    __slots__ = ("call_id", "id", "index", "kind", "name", "parts", "pieces", "status")
+
+    def __init__(self, kind: str, item_id: str, index: int) -> None:
+        self.kind = kind
+        self.id = item_id
+        self.index = index
+        self.status = "in_progress"
+        self.pieces: list[str] = []  # reasoning text or function arguments
+        self.parts: list[tuple[str, list[str]]] = []  # message parts: (kind, pieces)
+        self.call_id = ""
+        self.name = ""
+
+    def render(self) -> dict[str, Any]:
+        if self.kind == "reasoning":
+            return reasoning_item(self.id, "".join(self.pieces))
+        if self.kind == "message":
+            parts = [(kind, "".join(pieces)) for kind, pieces in self.parts]
+            return message_item(self.id, parts, self.status)
+        return function_call_item(
+            self.id, self.call_id, self.name, "".join(self.pieces), self.status
+        )
+
+
+class StreamTranslator:
+    """Chat `chat.completion.chunk` SSE bytes in, Responses SSE event bytes out."""
+
+    __slots__ = (
+        "_calls",
+        "_current",
+        "_decoder",
+        "_final",
+        "_finish",
+        "_finished",
+        "_items",
+        "_last_call",
+        "_saw_done",
+        "_seq",
+        "_skeleton",
+        "_started",
+        "_usage",
+    )
+
+    def __init__(self, request: dict[str, Any], *, response_id: str, created_at: int) -> None:
+        self._skeleton = response_skeleton(
+            request, response_id=response_id, created_at=created_at, model=None
+        )
+        self._seq = 0
+        self._decoder = SSEDecoder()
+        self._started = False
+        self._final: dict[str, Any] | None = None  # the terminal Response, once sent
+        self._finish: Any = None
+        self._finished = False  # a finish_reason was seen
+        self._saw_done = False
+        self._usage: Any = None
+        self._items: list[_Item] = []
+        self._current: _Item | None = None  # the open reasoning or message item
+        self._calls: dict[Any, _Item] = {}  # chat tool call index → its item
+        self._last_call: Any = None
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once a terminal event (completed, incomplete or failed) was emitted."""
+        return self._final is not None
+
+    @property
+    def sequence_number(self) -> int:
+        """The next sequence number to use (for an event the caller adds, e.g. failed)."""
+        return self._seq
+
+    @property
+    def response(self) -> dict[str, Any]:
+        """The Response so far (status in_progress until a terminal event was sent)."""
+        if self._final is not None:
+            return self._final
+        response = dict(self._skeleton)
+        response["output"] = [item.render() for item in self._items]
+        if self._usage is not None:
+            response["usage"] = responses_usage(self._usage)
+        return response
+
+    def feed(self, block: bytes) -> bytes:
+        if self._final is not None:
+            return b""
+        out: list[bytes] = []
+        self._handle(self._decoder.feed(block), out)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The upstream ended: close normally if it completed (`[DONE]`, or at least a
+        finish reason), else b"" and the caller reports the cut (`failed_event`)."""
+        if self._final is not None:
+            return b""
+        out: list[bytes] = []
+        self._handle(self._decoder.finish(), out)
+        if self._final is None and self._started and (self._saw_done or self._finished):
+            self._close(out)
+        return b"".join(out)
+
+    # -- chunks -------------------------------------------------------------------------
+
+    def _handle(self, payloads: list[bytes], out: list[bytes]) -> None:
+        chunks: list[Any] = []
+        for payload in payloads:
+            if payload.strip() == b"[DONE]":
+                chunks.append(None)
+                continue
+            try:
+                chunks.append(orjson.loads(payload))
+            except orjson.JSONDecodeError:
+                chunks.append(_NOT_JSON)
+        if not self._started:
+            self._start(chunks, out)
+        for chunk in chunks:
+            if chunk is None:
+                self._saw_done = True
+                self._close(out)
+            elif not isinstance(chunk, dict):
+                self._fail(out, "The upstream sent a stream event that is not a JSON object.")
+            else:
+                self._on_chunk(chunk, out)
+            if self._final is not None:
+                return
+
+    def _start(self, chunks: list[Any], out: list[bytes]) -> None:
+        self._started = True
+        for chunk in chunks:
+            if isinstance(chunk, dict) and isinstance(chunk.get("model"), str):
+                self._skeleton["model"] = chunk["model"]
+                break
+        for kind in ("response.created", "response.in_progress"):
+            self._emit(out, kind, {"response": self._skeleton})
+
+    def _on_chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
+        error = chunk.get("error")
+        if error is not None:
+            error = error if isinstance(error, dict) else {"message": str(error)}
+            message = error.get("message")
+            self._fail(
+                out,
+                message if isinstance(message, str) and message else "The upstream failed.",
+                error_code(error.get("code")),
+            )
+            return
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._on_delta(delta, out)
+            if choice.get("finish_reason") and not self._finished:
+                self._finished = True
+                self._finish = choice["finish_reason"]
+                self._close_items(out)
+        if self._finished and self._usage is not None:
+            self._close(out)
+
+    def _on_delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+        thought = reasoning_text(delta)
+        if thought:
+            item = self._open("reasoning", out)
+            if not item.pieces:
+                part = {"type": "summary_text", "text": ""}
+                self._emit(out, "response.reasoning_summary_part.added", _summary(item, part))
+            item.pieces.append(thought)
+            self._emit(out, "response.reasoning_summary_text.delta", _summary(item, delta=thought))
+        for field, kind in (("content", "output_text"), ("refusal", "refusal")):
+            text = delta.get(field)
+            if isinstance(text, str) and text:
+                self._text(kind, text, out)
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict):
+                self._call(call, out)
+
+    def _text(self, kind: str, text: str, out: list[bytes]) -> None:
+        item = self._open("message", out)
+        if not item.parts or item.parts[-1][0] != kind:
+            if item.parts:
+                self._close_part(item, out)
+            item.parts.append((kind, []))
+            fields = _part(item, len(item.parts) - 1)
+            self._emit(out, "response.content_part.added", fields)
+        index = len(item.parts) - 1
+        item.parts[index][1].append(text)
+        event = "response.output_text.delta" if kind == "output_text" else "response.refusal.delta"
+        fields = {"item_id": item.id, "output_index": item.index, "content_index": index}
+        fields["delta"] = text
+        if kind == "output_text":
+            fields["logprobs"] = []
+        self._emit(out, event, fields)
+
+    def _call(self, call: dict[str, Any], out: list[bytes]) -> None:
+        key = call.get("index")
+        if not isinstance(key, int):
+            # Servers that omit the index: a new id starts a new call, else the last one.
+            call_id = call.get("id")
+            key = call_id if isinstance(call_id, str) and call_id else self._last_call
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        item = self._calls.get(key)
+        if item is None:
+            self._close_current(out)
+            item = self._new("function_call", "fc_")
+            call_id = call.get("id")
+            item.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call_")
+            name = function.get("name")
+            item.name = name if isinstance(name, str) else ""
+            self._calls[key] = item
+            self._emit(out, "response.output_item.added", _added(item))
+        elif not item.name and isinstance(function.get("name"), str):
+            item.name = function["name"]
+        self._last_call = key
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            item.pieces.append(arguments)
+            fields = {"item_id": item.id, "output_index": item.index, "delta": arguments}
+            self._emit(out, "response.function_call_arguments.delta", fields)
+
+    # -- items --------------------------------------------------------------------------
+
+    def _new(self, kind: str, prefix: str) -> _Item:
+        item = _Item(kind, new_id(prefix), len(self._items))
+        self._items.append(item)
+        return item
+
+    def _open(self, kind: str, out: list[bytes]) -> _Item:
+        """The open item of this kind, or a new one (closing the other kind first)."""
+        current = self._current
+        if current is not None and current.kind == kind:
+            return current
+        self._close_current(out)
+        item = self._current = self._new(kind, "rs_" if kind == "reasoning" else "msg_")
+        self._emit(out, "response.output_item.added", _added(item))
+        return item
+
+    def _close_current(self, out: list[bytes]) -> None:
+        if self._current is not None:
+            self._close_item(self._current, out)
+            self._current = None
+
+    def _close_items(self, out: list[bytes]) -> None:
+        """Close every open item; the last one was cut if the answer is incomplete."""
+        if not self._items:
+            # An answer with no output at all is still one (empty) message, as unstreamed.
+            self._text_open_empty(out)
+        status, _ = status_for(self._finish)
+        last = self._items[-1]
+        for item in self._items:
+            if item.status == "in_progress":
+                cut = status == "incomplete" and item is last and item.kind != "reasoning"
+                self._close_item(item, out, "incomplete" if cut else "completed")
+        self._current = None
+
+    def _text_open_empty(self, out: list[bytes]) -> None:
+        item = self._open("message", out)
+        item.parts.append(("output_text", []))
+        self._emit(out, "response.content_part.added", _part(item, 0))
+
+    def _close_item(self, item: _Item, out: list[bytes], status: str = "completed") -> None:
+        if item.status != "in_progress":
+            return
+        if item.kind == "reasoning":
+            text = "".join(item.pieces)
+            if text:
+                self._emit(out, "response.reasoning_summary_text.done", _summary(item, text=text))
+                part = {"type": "summary_text", "text": text}
+                self._emit(out, "response.reasoning_summary_part.done", _summary(item, part))
+        elif item.kind == "message":
+            self._close_part(item, out)
+        else:
+            fields = {"item_id": item.id, "output_index": item.index, "name": item.name}
+            fields["arguments"] = "".join(item.pieces)
+            self._emit(out, "response.function_call_arguments.done", fields)
+        item.status = status
+        fields = {"output_index": item.index, "item": item.render()}
+        self._emit(out, "response.output_item.done", fields)
+
+    def _close_part(self, item: _Item, out: list[bytes]) -> None:
+        index = len(item.parts) - 1
+        kind, pieces = item.parts[index]
+        text = "".join(pieces)
+        fields: dict[str, Any] = {"item_id": item.id, "output_index": item.index}
+        fields["content_index"] = index
+        if kind == "output_text":
+            self._emit(out, "response.output_text.done", {**fields, "text": text, "logprobs": []})
+        else:
+            self._emit(out, "response.refusal.done", {**fields, "refusal": text})
+        fields["part"] = content_part(kind, text)
+        self._emit(out, "response.content_part.done", fields)
+
+    # -- ends ---------------------------------------------------------------------------
+
+    def _close(self, out: list[bytes]) -> None:
+        """The answer is complete: close what is open and send completed / incomplete."""
+        if self._final is not None:
+            return
+        if not self._finished:
+            self._finished = True  # [DONE] without a finish reason: a normal stop
+            self._close_items(out)
+        status, details = status_for(self._finish)
+        response = self.response
+        response["status"] = status
+        response["incomplete_details"] = details
+        self._final = response
+        self._emit(out, _TERMINAL[status], {"response": response})
+
+    def _fail(self, out: list[bytes], message: str, code: str = "server_error") -> None:
+        response = self.response
+        out.append(failed_event(response, message=message, code=code, sequence_number=self._seq))
+        self._seq += 1
+        self._final = {**response, "status": "failed", "error": {"code": code, "message": message}}
+
+    def _emit(self, out: list[bytes], event_type: str, fields: dict[str, Any]) -> None:
+        fields["type"] = event_type
+        fields["sequence_number"] = self._seq
+        self._seq += 1
+        out.append(event_bytes(event_type, fields))
+
+
+_NOT_JSON = object()
+
+
+def _added(item: _Item) -> dict[str, Any]:
+    return {"output_index": item.index, "item": item.render()}
+
+
+def _part(item: _Item, index: int) -> dict[str, Any]:
+    kind = item.parts[index][0]
+    part = content_part(kind, "")
+    return {"item_id": item.id, "output_index": item.index, "content_index": index, "part": part}
+
+
+def _summary(item: _Item, part: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    out = {"item_id": item.id, "output_index": item.index, "summary_index": 0, **fields}
+    if part is not None:
+        out["part"] = part
+    return out
