@@ -1,4 +1,4 @@
-"""Anthropic Messages ingress (`POST /v1/messages`), as plain ASGI.
+"""Anthropic Messages ingress (`POST /v1/messages`, `/v1/messages/count_tokens`), as plain ASGI.
 
 An Anthropic SDK pointed at Farebox is served like any OpenAI chat client: the body is
 translated to a chat payload, routed, failed over, metered and written to the ledger as
@@ -9,6 +9,7 @@ Anthropic's body shape with the same statuses, so the SDK raises the same except
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -30,17 +31,22 @@ from gateway.api.call import Call
 from gateway.api.common import (
     add_result_headers,
     authenticate,
+    check_route_allowed,
     guarded,
     method_not_allowed,
     send_stream,
+    workflow_tag,
 )
 from gateway.api.validate import parse_object
 from gateway.core.metering import CallContext
-from gateway.errors import UpstreamMalformed
+from gateway.errors import UpstreamMalformed, model_not_found
+from gateway.keys.auth import Principal
+from gateway.ledger.tokens import estimate_input_tokens
 from gateway.state import GatewayState
 
 # Bare path for clients whose base URL already ends in /v1.
 MESSAGE_PATHS = frozenset({"/v1/messages", "/messages"})
+COUNT_PATHS = frozenset({"/v1/messages/count_tokens", "/messages/count_tokens"})
 
 
 class AnthropicEndpoints:
@@ -48,7 +54,7 @@ class AnthropicEndpoints:
         self._state = state
 
     def handles(self, path: str) -> bool:
-        return path in MESSAGE_PATHS
+        return path in MESSAGE_PATHS or path in COUNT_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
@@ -68,10 +74,17 @@ class AnthropicEndpoints:
             raise method_not_allowed(scope["method"], scope["path"])
         server = state.config.server
         body = await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
-        payload = to_openai(parse_object(body, server))
+        request = parse_object(body, server)
+        if scope["path"] in COUNT_PATHS:
+            headers.append(JSON_TYPE)
+            await send_bytes(send, 200, count_tokens(state, principal, request, headers), headers)
+            return
+        payload = to_openai(request)
         model: str = payload["model"]
         stream = payload.get("stream") is True
         ctx = CallContext(request_id, key_id, "chat/completions", model, stream, payload)
+        # The translated payload keeps only metadata.user_id: read the tag from the request.
+        ctx.workflow_id = workflow_tag(scope, request)
         call = await Call.begin(state, scope, headers, principal, ctx, len(body), "messages")
         try:
             with DisconnectWatch(receive) as watch:
@@ -102,3 +115,21 @@ class AnthropicEndpoints:
                 await send_bytes(send, 200, orjson.dumps(message), headers)
         finally:
             call.settle_leftover()
+
+
+def count_tokens(
+    state: GatewayState, principal: Principal | None, request: dict[str, Any], headers: Headers
+) -> bytes:
+    """`POST /v1/messages/count_tokens`: `{"input_tokens": N}` for a Messages body (no
+    max_tokens needed), by the ledger's estimator over the translated chat payload and the
+    upstream model of the route's first target. No upstream call, so no ledger row and no
+    share of the key's limits; a model the key may not use is still refused (403)."""
+    payload = to_openai(request, need_max_tokens=False)
+    model: str = payload["model"]
+    plan = state.index.plan(model)
+    if plan is None:
+        raise model_not_found(model, state.index.routable_names())
+    check_route_allowed(principal, plan.route)
+    headers.append((b"x-farebox-route", plan.route.encode()))
+    upstream = plan.attempts[0].deployment.upstream_model if plan.attempts else model
+    return orjson.dumps({"input_tokens": estimate_input_tokens("messages", payload, upstream)})

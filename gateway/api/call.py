@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.api.asgi import Headers, Scope
-from gateway.api.common import admit, apply_drill, observe_answer, plan_for, start_trace
+from gateway.api.common import (
+    admit,
+    apply_drill,
+    observe_answer,
+    plan_for,
+    start_trace,
+    workflow_tag,
+)
 from gateway.cache.response import Lookup
 from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
@@ -51,7 +58,12 @@ class Call:
         log_endpoint: str,
     ) -> Call:
         """Plan the call (naming the route in a header), then apply a running drill, take
-        the key's limits and ask the cache. Raises the client's 4xx/429/503."""
+        the key's limits and ask the cache. Raises the client's 4xx/429/503.
+
+        A workflow id the handler set already (the Anthropic body's tag, a Responses chain)
+        stays; otherwise the client's tag, checked before anything is planned or counted."""
+        if ctx.workflow_id is None:
+            ctx.workflow_id = workflow_tag(scope, ctx.payload)
         plan, ctx.shape = plan_for(state, ctx.requested_model, headers, ctx.payload, scope)
         ctx.principal = principal
         ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, body_bytes

@@ -32,6 +32,7 @@ from gateway.errors import (
     InternalError,
     MethodNotAllowed,
     PermissionDenied,
+    bad_request,
     clip,
     model_not_found,
     unauthorized,
@@ -122,6 +123,42 @@ async def authenticate(scope: Scope, state: GatewayState) -> Principal | None:
     return principal  # type: ignore[return-value]
 
 
+WORKFLOW_HEADER = b"x-farebox-workflow"
+WORKFLOW_FIELD = "metadata.workflow_id"
+WORKFLOW_MAX = 128
+
+
+def workflow_tag(scope: Scope, payload: dict[str, Any]) -> str | None:
+    """The client's workflow tag: header `x-farebox-workflow`, else body
+    `metadata.workflow_id` (the header wins, and the body is then not read). None without
+    one; a 400 naming where it came from unless it is 1..128 printable ASCII characters.
+
+    The payload is left as it is: `metadata` is forwarded upstream with the rest of the body.
+    """
+    raw = header(scope, WORKFLOW_HEADER)
+    if raw is not None:
+        return _checked_tag(raw.decode("latin-1"), "x-farebox-workflow header")
+    metadata = payload.get("metadata")
+    if type(metadata) is not dict or "workflow_id" not in metadata:
+        return None
+    return _checked_tag(metadata["workflow_id"], WORKFLOW_FIELD)
+
+
+def _checked_tag(value: object, where: str) -> str:
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= WORKFLOW_MAX
+        and value.isascii()
+        and value.isprintable()
+    ):
+        return value
+    raise bad_request(
+        f"{where}: expected a workflow id of 1 to {WORKFLOW_MAX} printable ASCII characters.",
+        param=WORKFLOW_FIELD if where == WORKFLOW_FIELD else "x-farebox-workflow",
+        code="invalid_value",
+    )
+
+
 def plan_for(
     state: GatewayState,
     model: str,
@@ -170,13 +207,7 @@ async def admit(
     """
     if principal is None:
         return None
-    if principal.routes is not None and plan.route not in principal.routes:
-        raise PermissionDenied(
-            f"This API key may not use {plan.route!r}; its routes are: "
-            + (", ".join(sorted(principal.routes)) or "none"),
-            code="route_not_allowed",
-            param="model",
-        )
+    check_route_allowed(principal, plan.route)
     limiter = state.limiter
     if limiter is None or not principal.limited:
         return None
@@ -193,6 +224,17 @@ async def admit(
     admission = await limiter.admit(principal, ask)
     headers.extend(rate_headers(admission.limits, admission.verdict))
     return admission
+
+
+def check_route_allowed(principal: Principal | None, route: str) -> None:
+    """403 `route_not_allowed` when the key is limited to routes and `route` is not one."""
+    if principal is not None and principal.routes is not None and route not in principal.routes:
+        raise PermissionDenied(
+            f"This API key may not use {route!r}; its routes are: "
+            + (", ".join(sorted(principal.routes)) or "none"),
+            code="route_not_allowed",
+            param="model",
+        )
 
 
 def apply_drill(state: GatewayState, plan: Plan, ctx: CallContext, headers: Headers) -> Plan:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from gateway.api.asgi import (
     JSON_TYPE,
     DisconnectWatch,
@@ -26,6 +28,7 @@ from gateway.api.common import (
 )
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_object
 from gateway.core.metering import CallContext
+from gateway.errors import model_not_found
 from gateway.state import GatewayState
 
 Checker = Callable[[dict[str, Any]], tuple[str, bool, bool]]
@@ -42,6 +45,9 @@ for _prefix in ("/v1", ""):
     GENERATION_ROUTES[f"{_prefix}/completions"] = ("completions", check_completion)
     GENERATION_ROUTES[f"{_prefix}/embeddings"] = ("embeddings", _embedding)
 MODEL_ROUTES = frozenset({"/v1/models", "/models"})
+# GET /v1/models/{id}: the id is the rest of the path, since model ids may hold `/`
+# (`openai/gpt-oss-120b`; the SDKs send it as %2F, which the server has decoded).
+MODEL_PREFIXES = ("/v1/models/", "/models/")
 
 
 class OpenAIEndpoints:
@@ -51,7 +57,7 @@ class OpenAIEndpoints:
         self._state = state
 
     def handles(self, path: str) -> bool:
-        return path in GENERATION_ROUTES or path in MODEL_ROUTES
+        return path in GENERATION_ROUTES or path in MODEL_ROUTES or path.startswith(MODEL_PREFIXES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
@@ -71,7 +77,8 @@ class OpenAIEndpoints:
             if scope["method"] != "GET":
                 raise method_not_allowed(scope["method"], path, "GET")
             headers.append(JSON_TYPE)
-            await send_bytes(send, 200, state.models_body, headers)
+            body = state.models_body if path in MODEL_ROUTES else model_body(state, path)
+            await send_bytes(send, 200, body, headers)
             return
         if scope["method"] != "POST":
             raise method_not_allowed(scope["method"], path)
@@ -103,3 +110,14 @@ class OpenAIEndpoints:
                 await send_bytes(send, 200, result.body, headers)
         finally:
             call.settle_leftover()
+
+
+def model_body(state: GatewayState, path: str) -> bytes:
+    """One entry of GET /v1/models, or the OpenAI 404 (`model_not_found`) for any other id.
+    Not the hot path: the list is parsed per call rather than kept twice in the state."""
+    model = path.split("/models/", 1)[1]
+    models: list[dict[str, Any]] = orjson.loads(state.models_body)["data"]
+    for entry in models:
+        if entry["id"] == model:
+            return orjson.dumps(entry)
+    raise model_not_found(model, [entry["id"] for entry in models])

@@ -159,6 +159,7 @@ class Meter:
                 principal.team if principal is not None else None,
                 principal.tags.get("segment") if principal is not None and principal.tags else None,
                 ctx.drill_id,
+                ctx.workflow_id,
             ),
         )
 

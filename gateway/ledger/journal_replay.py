@@ -57,6 +57,8 @@ INTENT_FIELDS = (
     "team",
     "segment",
     "drill_id",
+    # Last, so a journal written before it decodes by its header (the field is then absent).
+    "workflow_id",
 )
 # (deployment, upstream model, provider kind, when, input tokens) -> (cost, price version)
 Pricer = Callable[[str, str, str, datetime, int], tuple[Decimal | None, str | None]]
@@ -235,4 +237,5 @@ def _crashed_request(intents: dict[str, dict[str, Any]], attempts: list[AttemptR
         ttft_ms=None,
         team=first.get("team"),
         segment=first.get("segment"),
+        workflow_id=first.get("workflow_id"),
     )

@@ -335,6 +335,52 @@ def test_mid_stream_failure_raises_not_a_clean_end(client: anthropic.Anthropic) 
     assert info.value.body["error"]["type"] == "api_error"
 
 
+# -- count_tokens -----------------------------------------------------------------------
+
+
+def test_count_tokens_matches_what_the_call_is_billed(client: anthropic.Anthropic) -> None:
+    """The estimate for a non-OpenAI model is the simulator's own formula, so the count
+    equals the input tokens the same body is then billed for."""
+    messages: Any = [{"role": "user", "content": HELLO}]
+    counted = client.messages.count_tokens(model="chat", system="Be brief.", messages=messages)
+    assert counted.input_tokens == prompt_tokens("Be brief.", HELLO)
+    sent = client.messages.create(model="chat", max_tokens=5, system="Be brief.", messages=messages)
+    assert sent.usage.input_tokens == counted.input_tokens
+    tools: Any = [WEATHER]
+    with_tools = client.messages.count_tokens(model="chat", messages=messages, tools=tools)
+    assert with_tools.input_tokens > prompt_tokens(HELLO)
+
+
+def test_count_tokens_errors_are_anthropic_shaped(gw: RunningGateway) -> None:
+    client = anthropic.Anthropic(base_url=gw.root, api_key=KEY, max_retries=0, timeout=10)
+    hi: Any = [{"role": "user", "content": "hi"}]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.count_tokens(model="no-such-route", messages=hi)
+    assert missing.value.type == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.count_tokens(model="chat", messages=[])
+    assert bad.value.type == "invalid_request_error"
+    stranger = anthropic.Anthropic(base_url=gw.root, api_key="sk-nope", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        stranger.messages.count_tokens(model="chat", messages=hi)
+    with httpx.Client(base_url=gw.root, headers={"x-api-key": KEY}, timeout=10) as http:
+        assert http.get("/v1/messages/count_tokens").status_code == 405
+        bare = http.post("/messages/count_tokens", json={"model": "chat", "messages": hi})
+        assert bare.status_code == 200 and bare.json() == {"input_tokens": prompt_tokens("hi")}
+
+
+def test_count_tokens_writes_no_ledger_row(client: anthropic.Anthropic, gw: RunningGateway) -> None:
+    hi: Any = [{"role": "user", "content": "count me"}]
+    counted = client.messages.with_raw_response.count_tokens(model="chat", messages=hi)
+    counted_id = counted.headers["request-id"]
+    after = client.messages.with_raw_response.create(model="chat", max_tokens=2, messages=hi)
+    ledger_row(gw, after.headers["request-id"])  # the writer has flushed past the count
+    rows = wait_for_rows(
+        ledger_url(gw), "SELECT id FROM requests WHERE id = :id", {"id": counted_id}, timeout=0
+    )
+    assert rows == []
+
+
 # -- ledger and metrics -----------------------------------------------------------------
 
 

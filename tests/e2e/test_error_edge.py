@@ -216,7 +216,7 @@ CASES: list[tuple[str, bytes, int, Any, str | None]] = [
     # (name, request, status, shape, `allow` header expected)
     ("unknown /v1 path", head("GET", "/v1/nothing-here", AUTH), 404, openai_error, None),
     ("unknown root path", head("POST", "/nothing", "Content-Length: 0"), 404, openai_error, None),
-    ("count_tokens", head("POST", "/v1/messages/count_tokens"), 404, anthropic_error, None),
+    ("count_tokens, no key", head("POST", "/v1/messages/count_tokens"), 401, anthropic_error, None),
     ("message batches", head("GET", "/v1/messages/batches"), 404, anthropic_error, None),
     ("bare messages sub-path", head("GET", "/messages/x"), 404, anthropic_error, None),
     ("wrong method, ops", head("DELETE", "/healthz"), 405, openai_error, "GET"),
@@ -323,7 +323,7 @@ def test_anthropic_sdk_unknown_sub_paths_are_not_found_errors(edge: GatewayProce
         base_url=f"http://127.0.0.1:{edge.port}", api_key=KEY, max_retries=0, timeout=30
     )
     with pytest.raises(anthropic.NotFoundError) as info:
-        client.messages.count_tokens(model="chat", messages=HELLO)  # type: ignore[arg-type]
+        client.messages.batches.list()
     assert info.value.type == "not_found_error" and info.value.request_id is not None
     with pytest.raises(anthropic.NotFoundError) as info:
         client.post("/v1/messages/no-such-thing", cast_to=object, body={})

@@ -197,6 +197,15 @@ def test_models_list_has_routes_and_deployments(
     assert set(gateway.config.deployments) <= set(ids)
 
 
+def test_models_retrieve_answers_each_listed_id_and_404s_the_rest(client: openai.OpenAI) -> None:
+    listed = list(client.models.list())
+    for entry in listed[:3]:
+        assert client.models.retrieve(entry.id) == entry
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert info.value.code == "model_not_found"
+
+
 def test_model_keyed_routing_by_deployment_id_and_upstream_name(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="small@sim", messages=HELLO)
     assert raw.headers["x-farebox-deployment"] == "small@sim"

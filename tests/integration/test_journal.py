@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.api.asgi import new_request_id
@@ -39,7 +40,9 @@ def attempt_row(attempt_id: str, request_id: str) -> AttemptRow:
     )
 
 
-def intent(attempt_id: str, request_id: str, body_bytes: int = 400) -> tuple[object, ...]:
+def intent(
+    attempt_id: str, request_id: str, body_bytes: int = 400, workflow_id: str | None = None
+) -> tuple[object, ...]:
     """An intent record as Meter.intent builds it: "i", the id, then INTENT_FIELDS."""
     fields = {
         "request_id": request_id,
@@ -61,6 +64,7 @@ def intent(attempt_id: str, request_id: str, body_bytes: int = 400) -> tuple[obj
         "team": "a-team",
         "segment": None,
         "drill_id": None,
+        "workflow_id": workflow_id,
     }
     return ("i", attempt_id, *(fields[name] for name in INTENT_FIELDS))
 
@@ -114,6 +118,58 @@ def test_a_killed_process_leaves_rows_and_a_crashed_attempt(tmp_path: Path) -> N
         p.name.startswith(f"journal-{os.getpid()}-") for p in directory.glob("journal-*")
     )
     assert Journal(directory, fsync_ms=0).recover(price) == []
+    survivor.close(durable_upto=0)
+
+
+WORKFLOW_PROCESS = textwrap.dedent(
+    """
+    import dataclasses, os, signal, sys
+    sys.path.insert(0, {root!r})
+    from tests.integration.test_journal import attempt_row, intent, request_row
+    from gateway.ledger.journal import Journal
+    journal = Journal({directory!r}, fsync_ms=0)
+    journal.intent("att_step1", intent("att_step1", "req_step1", workflow_id="wf-crash"))
+    journal.intent("att_step2", intent("att_step2", "req_step2", workflow_id="wf-crash"))
+    done = dataclasses.replace(request_row("req_step1"), workflow_id="wf-crash")
+    journal.outcome(done, [attempt_row("att_step1", "req_step1")])
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_killed_process_keeps_the_workflow_of_its_calls(tmp_path: Path) -> None:
+    """Step 2 of a workflow was in flight when the process died: its rebuilt request row
+    is still in the workflow (so the workflow report sees its last call failed), and the
+    finished step 1 keeps its tag through the outcome line."""
+    directory = tmp_path / "journal"
+    script = WORKFLOW_PROCESS.format(root=str(ROOT), directory=str(directory))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=False)
+    assert done.returncode == -signal.SIGKILL
+
+    survivor = Journal(directory, fsync_ms=0)
+    requests = {r.id: r for b in survivor.recover(price) for r in b[0]}
+    assert requests["req_step2"].error_class == CRASHED
+    assert requests["req_step2"].workflow_id == "wf-crash"
+    assert requests["req_step1"].workflow_id == "wf-crash"
+    assert requests["req_step1"].final_status == 200
+    survivor.finish_recovery()
+    survivor.close(durable_upto=0)
+
+
+def test_a_journal_written_before_workflows_still_rebuilds(tmp_path: Path) -> None:
+    """Segments name their intent fields in a header: one from a version without
+    workflow_id decodes by name, and its crashed request simply has no workflow."""
+    old_fields = [name for name in INTENT_FIELDS if name != "workflow_id"]
+    values = dict(zip(INTENT_FIELDS, intent("att_old", "req_old")[2:], strict=True))
+    header = {"h": {"r": [], "a": [], "i": old_fields}}
+    line = ["i", "att_old", *(values[name] for name in old_fields)]
+    segment = tmp_path / "journal-999999-1.jsonl"
+    segment.write_bytes(orjson.dumps(header) + b"\n" + orjson.dumps(line) + b"\n")
+    (tmp_path / "owner-999999.lock").write_bytes(b"")  # its process is gone: no one holds it
+    survivor = Journal(tmp_path, fsync_ms=0)
+    requests = [r for b in survivor.recover(price) for r in b[0]]
+    assert [(r.id, r.error_class, r.workflow_id) for r in requests] == [("req_old", CRASHED, None)]
+    survivor.finish_recovery()
     survivor.close(durable_upto=0)
 
 
