@@ -6,6 +6,7 @@ UV_VERSION := 0.13.8
 UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
+NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: help install run test lint fmt docs bench bench-soak
 
@@ -17,12 +18,21 @@ help:
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(NODE_STAMP)
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen
 	@touch $@
+
+# The Node openai SDK for tests/e2e/test_node_sdk.py, from the lock file. Without node the
+# stamp is not written (so the next install tries again) and that test fails saying why.
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/node --no-audit --no-fund && touch $@; \
+	else \
+		echo "node/npm not found: tests/node is not installed (tests/e2e/test_node_sdk.py will fail)"; \
+	fi
 
 run: install
 	$(BIN)/farebox demo
