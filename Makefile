@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: help install run test lint fmt docs bench bench-soak
+.PHONY: help install run test lint fmt docs bench bench-soak bench-responses
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint   - ruff, mypy, import-linter, hadolint (Dockerfile)"
 	@echo "make docs   - regenerate the config and CLI references, build the manual (strict) into site/"
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
+	@echo "make bench-responses - the Responses API (native, translated) beside chat: req/s, CPU"
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 
 install: $(VENV)/.installed $(NODE_STAMP)
@@ -67,6 +68,10 @@ fmt: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/responses_bench.py
+
+bench-responses: install
+	$(BIN)/python bench/responses_bench.py
 
 bench-soak: install
 	$(BIN)/python bench/soak.py

@@ -1,0 +1,291 @@
+"""RESPONSES.md / responses.json for `responses_bench.py`: medians over the rounds, the ratios
+to chat, the CPU budget lines (issue 23: translation adds ≤ 15 % CPU per request), the
+simulator-vs-gateway count check and the micro-benchmark table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+from typing import Any
+
+import report_meta
+import responses_micro
+
+Row = dict[str, Any]
+BUDGET = 1.15  # translated ÷ chat, gateway CPU per request
+MODES = {"non-stream": "", "stream": "-stream"}
+ROUTES = ("chat", "resp-native", "resp-translated")
+_KEYS = (
+    "ok_rps",
+    "p50_ms",
+    "p99_ms",
+    "cpu_us_per_req",
+    "sim_cpu_us_per_req",
+    "gateway_cores",
+    "other_cores",
+)
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _summary(rows: list[Row]) -> Row:
+    out: Row = {k: _median([r[k] for r in rows if r.get(k) is not None]) for k in _KEYS}
+    out["requests"] = sum(r["requests"] for r in rows)
+    out["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in rows)
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _paired(rounds: dict[str, list[Row]], key: str, base: str, field: str) -> float | None:
+    """The median over rounds of (key's figure ÷ base's figure in the same round)."""
+    by_round = {r["round"]: r[field] for r in rounds.get(base, [])}
+    ratios = [
+        r[field] / by_round[r["round"]] for r in rounds.get(key, []) if by_round.get(r["round"])
+    ]
+    return _median(ratios)
+
+
+def _ratios(rounds: dict[str, list[Row]], summary: dict[str, Row]) -> dict[str, Row]:
+    out: dict[str, Row] = {}
+    for suffix in MODES.values():
+        chat = summary.get("chat" + suffix)
+        for route in ROUTES[1:]:
+            key = route + suffix
+            mine = summary.get(key)
+            if chat is None or mine is None:
+                continue
+            out[key] = {
+                "rps_vs_chat": _ratio(mine["ok_rps"], chat["ok_rps"]),
+                "cpu_vs_chat": _ratio(mine["cpu_us_per_req"], chat["cpu_us_per_req"]),
+                "cpu_vs_chat_paired": _paired(rounds, key, "chat" + suffix, "cpu_us_per_req"),
+                "rps_vs_chat_paired": _paired(rounds, key, "chat" + suffix, "ok_rps"),
+                "cpu_added_us": round(mine["cpu_us_per_req"] - chat["cpu_us_per_req"], 1)
+                if mine["cpu_us_per_req"] is not None and chat["cpu_us_per_req"] is not None
+                else None,
+            }
+    return out
+
+
+def _budgets(ratios: dict[str, Row]) -> list[Row]:
+    out = []
+    for mode, suffix in MODES.items():
+        r = ratios.get("resp-translated" + suffix, {})
+        value = r.get("cpu_vs_chat")
+        verdict = "n/a" if value is None else "PASS" if value <= BUDGET else "MISS"
+        out.append(
+            {
+                "mode": mode,
+                "ratio": value,
+                "paired": r.get("cpu_vs_chat_paired"),
+                "budget": BUDGET,
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
+def _counts_check(counts: Row) -> Row:
+    """Each route: the simulator received at least what the gateway completed, and at most
+    that plus what wrk abandoned in flight; and each route reached the wire it should."""
+    routes = {}
+    for route in ROUTES:
+        received, served = counts["received"][route], counts["served"][route]
+        extra = received - served
+        routes[route] = {
+            "received": received,
+            "served": served,
+            "extra": extra,
+            "ok": 0 <= extra <= counts["abandoned_max"][route],
+        }
+    ep = counts["endpoints"]
+    rec = counts["received"]
+    wires_ok = ep["responses"] == rec["resp-native"] and ep["chat"] == (
+        rec["chat"] + rec["resp-translated"]
+    )
+    ok = wires_ok and all(r["ok"] for r in routes.values())
+    return {"routes": routes, "endpoints": ep, "wires_ok": wires_ok, "ok": ok}
+
+
+def build(
+    args: argparse.Namespace,
+    argv: list[str],
+    rounds: dict[str, list[Row]],
+    unavailable: dict[str, str],
+    counts: Row,
+    micro: list[Row] | str,
+    pinning: tuple[set[int] | None, set[int] | None],
+    seconds: float,
+) -> Row:
+    summary = {key: _summary(rows) for key, rows in rounds.items() if rows}
+    ratios = _ratios(rounds, summary)
+    sim_cpus, gw_cpus = pinning
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([".venv/bin/python", "bench/responses_bench.py", *argv[1:]]),
+        "smoke": bool(args.quick),
+        "machine": report_meta.machine(),
+        "versions": report_meta.versions(),
+        "config": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "warmup_s": args.warmup,
+            "connections": args.connections,
+            "max_tokens": args.max_tokens,
+            "simulator_cpus": sorted(sim_cpus) if sim_cpus else "unpinned",
+            "gateway_cpus": sorted(gw_cpus) if gw_cpus else "unpinned",
+        },
+        "bench_s": round(seconds, 1),
+        "unavailable": unavailable,
+        "summary": summary,
+        "ratios": ratios,
+        "budgets": _budgets(ratios),
+        "counts": {**counts, "check": _counts_check(counts)},
+        "micro": micro,
+        "rounds": rounds,
+    }
+
+
+def problems(results: Row) -> list[str]:
+    out = [f"{key} unavailable: {why}" for key, why in results["unavailable"].items()]
+    out += [
+        f"{key}: {s['errors']} failed requests"
+        for key, s in results["summary"].items()
+        if s["errors"]
+    ]
+    out += [
+        f"CPU budget {b['mode']}: {b['verdict']}"
+        for b in results["budgets"]
+        if b["verdict"] != "PASS"
+    ]
+    if not results["counts"]["check"]["ok"]:
+        out.append("simulator counts differ from the gateway's")
+    if isinstance(results["micro"], str):
+        out.append(results["micro"])
+    return out
+
+
+def _f(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _table(results: Row) -> list[str]:
+    lines = [
+        "| scenario | req/s | vs chat | p50 ms | p99 ms | gateway CPU µs/req | vs chat "
+        "| (paired) | gateway cores | simulator CPU µs/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for suffix in MODES.values():
+        for route in ROUTES:
+            key = route + suffix
+            s = results["summary"].get(key)
+            if s is None:
+                why = results["unavailable"].get(key, "not measured")
+                lines.append(f"| {key} | unavailable: {why[:120]} |" + " |" * 9)
+                continue
+            r = results["ratios"].get(key, {})
+            base = "1.00" if route == "chat" else _f(r.get("rps_vs_chat"), "{:.2f}")
+            cpu = "1.00" if route == "chat" else _f(r.get("cpu_vs_chat"), "{:.2f}")
+            paired = "" if route == "chat" else _f(r.get("cpu_vs_chat_paired"), "{:.2f}")
+            lines.append(
+                f"| {key} | {_f(s['ok_rps'])} | {base} | {_f(s['p50_ms'], '{:.2f}')} "
+                f"| {_f(s['p99_ms'], '{:.2f}')} | {_f(s['cpu_us_per_req'])} | {cpu} | {paired} "
+                f"| {_f(s['gateway_cores'], '{:.2f}')} | {_f(s['sim_cpu_us_per_req'])} "
+                f"| {s['errors']} |"
+            )
+    return lines
+
+
+def _budget_lines(results: Row) -> list[str]:
+    lines = []
+    for b in results["budgets"]:
+        if b["verdict"] == "n/a":
+            lines.append(f"- **n/a** {b['mode']}: resp-translated or chat was not measured")
+            continue
+        paired = _f(b["paired"], "{:.2f}")
+        lines.append(
+            f"- **{b['verdict']}** {b['mode']}: gateway CPU per request, resp-translated ÷ chat "
+            f"= {b['ratio']:.2f} (paired by round: {paired}); budget ≤ {b['budget']:.2f}"
+        )
+    for key, r in results["ratios"].items():
+        if key.startswith("resp-native") and r["cpu_vs_chat"] is not None:
+            lines.append(
+                f"- (for reference) {key} ÷ chat: CPU {r['cpu_vs_chat']:.2f}, "
+                f"req/s {_f(r['rps_vs_chat'], '{:.2f}')}"
+            )
+    return lines
+
+
+def _count_lines(results: Row) -> list[str]:
+    check = results["counts"]["check"]
+    lines = []
+    for route, c in check["routes"].items():
+        verdict = "ok" if c["ok"] else "**MISMATCH**"
+        lines.append(
+            f"- {route}: simulator received {c['received']:,}, gateway completed "
+            f"{c['served']:,} (+{c['extra']} in flight when wrk stopped): {verdict}"
+        )
+    ep = check["endpoints"]
+    verdict = "ok" if check["wires_ok"] else "**MISMATCH**"
+    lines.append(
+        f"- wires: simulator `/v1/responses` {ep['responses']:,} (= resp-native), "
+        f"`/v1/chat/completions` {ep['chat']:,} (= chat + resp-translated): {verdict}"
+    )
+    return lines
+
+
+def markdown(results: Row) -> str:
+    cfg, m, v = results["config"], results["machine"], results["versions"]
+    head = ["# Responses API beside chat (issue 23)", ""]
+    if results["smoke"]:
+        head += [
+            "> **SMOKE RUN** (`--quick`: one short round on a busy machine). The figures "
+            "only show that the harness works; they are not a measurement.",
+            "",
+        ]
+    head += [
+        f"- **Date:** {results['date']}; `{results['command']}` ({results['bench_s']:.0f} s)",
+        f"- **Machine:** {m['cpu']}, {m['logical_cpus']} CPUs, load at the end "
+        f"{m['loadavg_end']}; Python {v['python']}, farebox {v['farebox']}, wrk {v['wrk']}",
+        f"- **Setup:** one simulator (CPUs {cfg['simulator_cpus']}) and one Farebox worker "
+        f"(CPUs {cfg['gateway_cpus']}, ledger off, `bench/farebox-responses.yaml`); wrk at "
+        f"c{cfg['connections']}, {cfg['rounds']} interleaved rounds of {cfg['duration_s']:g} s "
+        f"after {cfg['warmup_s']:g} s of warm-up per scenario; one user message, 16 tokens "
+        f"answered (cap {cfg['max_tokens']}), Responses with `store: false`. Medians over rounds.",
+        "- **Routes:** `chat` → simulator chat; `resp-native` → a `responses_api: true` "
+        "provider, relayed from the simulator's `/v1/responses`; `resp-translated` → "
+        "translated to chat and back (`gateway/providers/responses_bridge.py`).",
+        "",
+        "## Throughput and gateway CPU per request",
+        "",
+        *_table(results),
+        "",
+        "Gateway CPU µs/req: user+sys of the gateway's process tree over each run ÷ requests "
+        "completed. `gateway cores` near 1.0 means the one worker was the bottleneck.",
+        "",
+        "## Budget: translation adds ≤ 15 % CPU per request over chat",
+        "",
+        *_budget_lines(results),
+        "",
+        "## Simulator received vs gateway completed",
+        "",
+        *_count_lines(results),
+        "",
+        "## The translation functions alone (`bench/responses_micro.py`)",
+        "",
+    ]
+    micro = results["micro"]
+    head += [f"unavailable: {micro}"] if isinstance(micro, str) else responses_micro.markdown(micro)
+    noise = [s["other_cores"] for s in results["summary"].values() if s["other_cores"] is not None]
+    if noise:
+        head += [
+            "",
+            f"Noise: other processes on the machine used a median of "
+            f"{statistics.median(noise):.2f} cores during the runs.",
+        ]
+    return "\n".join(head) + "\n"
