@@ -56,15 +56,16 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
 * ``content_filter``: a 200 whose answer the provider's safety filter stopped: no visible
   output, finish ``content_filter`` (OpenAI/Azure), stop_reason ``refusal`` (Anthropic),
   finishReason ``SAFETY`` (Gemini), stopReason ``content_filtered`` (Bedrock).
-* ``invalid_json_rate=P``: OpenAI/Azure chat only (other wires ignore it).  When the answer
-  is structured (``response_format`` ``json_object``/``json_schema``, or a tool call), with
+* ``invalid_json_rate=P``: OpenAI/Azure chat and Responses only (other wires ignore it).
+  When the answer is structured (``response_format`` / Responses ``text.format``
+  ``json_object``/``json_schema``, or a tool call), with
   probability ``P`` (seeded RNG) its content / tool arguments are wrong while the answer is
   otherwise a normal 200 with finish ``stop`` / ``tool_calls``.  Spoiled answers alternate,
   counting from the last ``/_reset``: the 1st, 3rd, … are truncated JSON text; the 2nd,
   4th, … are valid JSON that breaks the schema (the first required property dropped, or,
   without one, the object wrapped in an array).  Each counts once (per request, whatever
   ``n``) as fault ``invalid_json``.  Details in :mod:`.spoil`.
-* ``reply=TEXT``: OpenAI/Azure chat only.  The answer is exactly ``TEXT``
+* ``reply=TEXT``: OpenAI/Azure chat and Responses only.  The answer is exactly ``TEXT``
   (percent-decoded, so ``%2C`` is a comma and ``%25`` a percent sign): the message
   content, the JSON document of a ``response_format`` answer, or the arguments of a tool
   call; one token per 4 characters.  ``tool=NAME``: a tool call picks the request's
@@ -77,6 +78,9 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   Anthropic ``tool_use`` blocks, Gemini ``functionCall`` parts, Bedrock ``toolUse`` blocks.
   A request that turns parallel calls off (OpenAI ``parallel_tool_calls: false``,
   Anthropic ``tool_choice.disable_parallel_tool_use``) gets one call.
+* ``builtin=web_search``: OpenAI Responses only.  Enables the built-in ``web_search`` /
+  ``web_search_preview`` tool; without it a request offering a built-in tool gets a 400
+  naming the tool.  See :mod:`.responses_wire`.
 
 A flag also accepts ``=1/true/yes/on`` or ``=0/false/no/off``.  ``prompt_cache_ttl`` and
 ``prompt_cache_min`` without ``prompt_cache`` (on or off) are an error, not a no-op.
@@ -162,6 +166,7 @@ class Behaviour:
     reply: str | None = None
     tool: str | None = None
     tool_calls: int = 1
+    builtin: str | None = None
     #: Normalised (sorted) directive text; ``fail_first`` counters are keyed on it.
     canonical: str = ""
 
@@ -236,6 +241,12 @@ def _text(key: str, raw: str) -> str:
     return value
 
 
+def _builtin(key: str, raw: str) -> str:
+    if raw != "web_search":  # the only built-in tool the simulator plays
+        raise DirectiveError(key, f"{key} supports only 'web_search', got {raw!r}")
+    return raw
+
+
 def _flag(key: str, raw: str) -> bool:
     low = raw.lower()
     if low in _TRUE:
@@ -277,6 +288,7 @@ _PARSERS: dict[str, Any] = {
     "reply": _text,
     "tool": _text,
     "tool_calls": _limit,
+    "builtin": _builtin,
 }
 _FLAGS = frozenset(
     {"hang", "malformed", "context_length", "content_filter", "prompt_cache", "echo_key"}

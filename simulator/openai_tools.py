@@ -10,7 +10,7 @@ from .content import fragments, text_segments
 from .runtime import Call, new_id
 from .structured import MAX_TOP_LOGPROBS
 
-__all__ = ["pick_tools", "prompt_texts", "requested_logprobs", "tool_deltas"]
+__all__ = ["choose_calls", "pick_tools", "prompt_texts", "requested_logprobs", "tool_deltas"]
 
 
 def requested_logprobs(call: Call) -> int | None:
@@ -63,6 +63,15 @@ def pick_tools(call: Call) -> list[tuple[str, Any]]:
     if isinstance(choice, dict):
         named = choice.get("function")
         wanted = named.get("name") if isinstance(named, dict) else None
+    return choose_calls(call, functions, wanted)
+
+
+def choose_calls(
+    call: Call, functions: list[dict[str, Any]], wanted: str | None
+) -> list[tuple[str, Any]]:
+    """``(name, parameters)`` per call among ``functions`` (each with a ``name``): the one
+    ``wanted`` (named by ``tool_choice``) or the ``tool=NAME`` directive's, else cycling
+    through all; ``tool_calls=N`` of them unless ``parallel_tool_calls`` is false."""
     if wanted is None:
         wanted = call.behaviour.tool  # the `tool=NAME` directive
     candidates = functions if wanted is None else [f for f in functions if f["name"] == wanted]

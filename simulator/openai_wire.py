@@ -33,6 +33,7 @@ __all__ = [
     "chat_completions",
     "request_limit",
     "sse_error",
+    "structured_text",
     "usage_block",
 ]
 
@@ -108,7 +109,7 @@ class _Answer:
         return len(self.pieces) + self.reasoning
 
 
-def _structured(call: Call, document: Any, schema: Any) -> str:
+def structured_text(call: Call, document: Any, schema: Any) -> str:
     """Serialized structured output, spoiled per ``invalid_json_rate`` (see :mod:`.spoil`)."""
     rate = call.behaviour.invalid_json_rate
     if rate is not None and call.state.rng.random() < rate:
@@ -129,7 +130,7 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
                 name,
                 b.reply
                 if b.reply is not None
-                else _structured(call, schema_instance(params, variant), params),
+                else structured_text(call, schema_instance(params, variant), params),
             )
             for variant, (name, params) in enumerate(tools)
         ]
@@ -144,7 +145,7 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
         else:  # JSON mode: follow the schema the prompt spells out, if it has one
             schema = prompt_schema(prompt_texts(call.body.get("messages")))
         document = schema_instance(schema) if schema is not None else {"result": "ok"}
-        text = b.reply if b.reply is not None else _structured(call, document, schema)
+        text = b.reply if b.reply is not None else structured_text(call, document, schema)
         return _Answer("json", text, fragments(text), b.reasoning, "stop")
     if b.reply is not None:
         return _Answer("text", b.reply, fragments(b.reply), b.reasoning, "stop")

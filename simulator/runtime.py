@@ -365,6 +365,14 @@ async def gate(call: Call, prompt_tokens: int) -> None:
         )
     if call.flavor == "bedrock":
         raise call.error(400, "Input is too long for requested model.")
+    if call.endpoint.endswith("responses"):
+        raise call.error(
+            400,
+            "Your input exceeds the context window of this model. "
+            "Please adjust your input and try again.",
+            code="context_length_exceeded",
+            param="input",
+        )
     raise call.error(
         400,
         f"This model's maximum context length is {window} tokens. "

@@ -13,6 +13,7 @@ from .gemini_wire import gemini_generate, oauth_token, vertex_generate
 from .invoices import clock, invoice
 from .openai_extra import completions, embeddings, list_models, retrieve_model
 from .openai_wire import azure_chat_completions, azure_v1_chat_completions, chat_completions
+from .responses_wire import azure_responses, responses
 from .runtime import STATE, SimState, new_id
 
 __all__ = ["create_app", "run"]
@@ -50,8 +51,10 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     :mod:`.runtime`); ``seed`` fixes the RNG behind ``jitter`` and ``fail_rate`` so runs
     are reproducible.
 
-    Routes: OpenAI ``/v1/...``; Anthropic ``/v1/messages``; Azure
-    ``/openai/deployments/{deployment}/chat/completions`` and ``/openai/v1/chat/completions``;
+    Routes: OpenAI ``/v1/...`` (chat, ``/v1/responses``, completions, embeddings,
+    models); Anthropic ``/v1/messages``; Azure
+    ``/openai/deployments/{deployment}/chat/completions``, ``/openai/v1/chat/completions``
+    and ``/openai/v1/responses`` (also ``/openai/responses?api-version=…``);
     Gemini
     ``/{v1beta|v1|v1alpha}/models/{model}:generateContent|streamGenerateContent``; Vertex AI
     ``/{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{model}:...`` and its
@@ -61,6 +64,7 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app[STATE] = SimState(require_key, seed)
     app.on_response_prepare.append(_stamp_request_id)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
@@ -68,6 +72,8 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", azure_chat_completions)
     app.router.add_post("/openai/v1/chat/completions", azure_v1_chat_completions)
+    app.router.add_post("/openai/v1/responses", azure_responses)
+    app.router.add_post("/openai/responses", azure_responses)
     app.router.add_post("/{version:v1beta|v1|v1alpha}/models/{target}", gemini_generate)
     app.router.add_post(
         "/{version:v1|v1beta1}/projects/{project}/locations/{location}"

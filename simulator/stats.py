@@ -7,7 +7,8 @@ Shape of :meth:`Stats.snapshot` (served as ``GET /_stats``)::
      "tokens": {"<base model>": {"prompt": 0, "cached": 0, "cache_write": 0,
                                   "completion": 0, "reasoning": 0}},
      "endpoints": {"chat": 10, "completions": 0, "embeddings": 1, "messages": 1,
-                   "azure_chat": 0, "gemini": 0, "vertex": 0, "converse": 0},
+                   "azure_chat": 0, "gemini": 0, "vertex": 0, "converse": 0,
+                   "responses": 0, "azure_responses": 0},
      "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0,
                 "invalid_json": 0}}
 
@@ -15,7 +16,8 @@ Shape of :meth:`Stats.snapshot` (served as ``GET /_stats``)::
 and is recorded under the key ``"hang"`` so that ``total == sum(by_status.values())``.
 ``stream`` counts requests that asked for a stream, whatever their outcome.  Tokens are
 added only when usage reached the client (a non-stream success, the OpenAI usage chunk,
-or Anthropic's ``message_delta``); for Anthropic and Bedrock ``prompt`` is the
+the Responses API's ``response.completed`` / ``response.incomplete`` event, or
+Anthropic's ``message_delta``); for Anthropic and Bedrock ``prompt`` is the
 OpenAI-equivalent total (input + cache creation + cache read); ``cached`` / ``cache_write``
 are what the answer reported, whether from directives or the ``prompt_cache`` simulation.
 A 429 from the ``rpm``/``tpm`` limiter shows under ``by_status``.  ``reasoning`` counts only
@@ -29,7 +31,8 @@ when the answer is built, so a spoiled answer that ``cut_after`` then breaks cou
 ``endpoints`` is per wire: ``chat`` (``/v1/chat/completions``), ``azure_chat`` (Azure's
 ``/openai/deployments/{d}/chat/completions``), ``messages`` (Anthropic), ``gemini``
 (AI Studio ``generateContent`` / ``streamGenerateContent``), ``vertex`` (the same on the
-Vertex AI path) and ``converse`` (Bedrock ``converse`` / ``converse-stream``).  Gemini
+Vertex AI path), ``converse`` (Bedrock ``converse`` / ``converse-stream``), ``responses``
+(``/v1/responses``) and ``azure_responses`` (Azure's ``/openai/v1/responses``).  Gemini
 and Bedrock report usage in their final stream event, which is when tokens are added.
 
 The same token counts are also kept per model and UTC *billing day* (:meth:`Stats.daily`),
@@ -54,6 +57,8 @@ ENDPOINTS = (
     "gemini",
     "vertex",
     "converse",
+    "responses",
+    "azure_responses",
 )
 FAULTS = ("hang", "cut", "midstream_error", "malformed", "invalid_json")
 #: Model key for requests whose body could not be read far enough to find a model.

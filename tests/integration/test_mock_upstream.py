@@ -655,6 +655,8 @@ def test_stats_match_what_was_served(client: openai.OpenAI, base_url: str) -> No
             "gemini": 0,
             "vertex": 0,
             "converse": 0,
+            "responses": 0,
+            "azure_responses": 0,
         },
         "faults": {"hang": 0, "cut": 0, "midstream_error": 0, "malformed": 0, "invalid_json": 0},
     }
