@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
+from routing.workflows import compounded_failure
+
 WINDOW_DAYS = 14
 RETRY_RISE_POINTS = Decimal(5)
 CACHE_DROP_POINTS = Decimal(10)
@@ -19,6 +21,8 @@ GATE_DROP_POINTS = Decimal(5)
 FALLBACK_SHARE_LIMIT = Decimal("0.20")
 UTILIZATION_FLOOR = Decimal("0.40")
 INVOICE_VARIANCE_LIMIT_PCT = Decimal(10)
+# Workflows may fail this much (as a share) more often than independent calls would make them.
+WORKFLOW_EXCESS_POINTS = Decimal("0.05")
 _ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
 
@@ -103,6 +107,29 @@ def fallback_flag(segment: str, share: Decimal | None) -> list[RedFlag]:
             segment,
             f"fallback share {_points(share)} (> {_points(FALLBACK_SHARE_LIMIT)}): the primary "
             "is failing often enough that fallbacks are carrying the route",
+        )
+    ]
+
+
+def workflow_failure_flag(
+    group: str, failure_rate: Decimal, call_success_rate: Decimal, mean_calls: Decimal
+) -> list[RedFlag]:
+    """Workflows fail more than their calls explain: failure rate > 1 − pⁿ + 5 points, for
+    per-call success p over n calls on average (routing/workflows.py). Failures that
+    cluster in the same workflows (an agent that gives up after one error, a step that
+    fails whatever it is retried with) show up here, where per-call numbers look fine."""
+    expected = compounded_failure(call_success_rate, mean_calls)
+    limit = expected + WORKFLOW_EXCESS_POINTS
+    if failure_rate <= limit:
+        return []
+    return [
+        RedFlag(
+            "workflow_failure_high",
+            group,
+            f"workflow failure rate {_points(failure_rate)} > {_points(limit)}: per-call "
+            f"success {_points(call_success_rate)} compounded over {mean_calls:.2f} calls per "
+            f"workflow fails 1 − {call_success_rate:.3f}^{mean_calls:.2f} = {_points(expected)} "
+            f"of workflows, + {WORKFLOW_EXCESS_POINTS * _HUNDRED:.0f} points",
         )
     ]
 

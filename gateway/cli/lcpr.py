@@ -27,21 +27,36 @@ def lcpr_command(
     month: Annotated[
         str | None, typer.Option(help="Month, YYYY-MM (UTC; default: this month).")
     ] = None,
-    by: Annotated[str, typer.Option(help="model | route | workload | key")] = "model",
+    by: Annotated[str, typer.Option(help="model | route | workload | key | workflow")] = "model",
+    workflows_by: Annotated[
+        str,
+        typer.Option(
+            help="With --by workflow: group workflows by the route or the workload of "
+            "their first call (route | workload)."
+        ),
+    ] = "route",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOption = None,
     prices: PricesOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """LCPR per segment for a month from the ledger, with red flags."""
+    """LCPR per segment for a month from the ledger, with red flags.
+
+    `--by workflow` reports agent workflows instead (requests sharing a workflow id):
+    calls per workflow, workflow success rate, cost per successful workflow, retry
+    cascades and per-call success, flagging groups whose workflows fail more often than
+    their per-call failures compound to."""
     if ctx.invoked_subcommand is not None:
+        return
+    if by == "workflow":
+        _workflows(month, workflows_by, as_json, database_url)
         return
     from gateway.ledger.success import DEFINITION as SUCCESS_DEFINITION
     from gateway.reports.lcpr import lcpr_report, report_dict
     from gateway.reports.store import SEGMENTS
 
     if by not in SEGMENTS:
-        raise typer.BadParameter(f"--by must be one of {', '.join(SEGMENTS)}")
+        raise typer.BadParameter(f"--by must be one of {', '.join((*SEGMENTS, 'workflow'))}")
     month = month_of(month)
     loaded, book = config_and_prices(config, prices)
     url = database_url_of(database_url)
@@ -123,6 +138,80 @@ def lcpr_command(
         console.print("no red flags")
     for note in report.notes:
         console.print(f"note: {note}")
+
+
+def _workflows(month: str | None, group_by: str, as_json: bool, database_url: str | None) -> None:
+    from gateway.ledger.success import DEFINITION as SUCCESS_DEFINITION
+    from gateway.reports.store_workflows import WORKFLOW_GROUPS
+    from gateway.reports.workflows import DEFINITION, line_dict, report_dict, workflow_report
+
+    if group_by not in WORKFLOW_GROUPS:
+        raise typer.BadParameter(f"--workflows-by must be one of {', '.join(WORKFLOW_GROUPS)}")
+    month = month_of(month)
+    url = database_url_of(database_url)
+
+    async def work(store: Any) -> Any:
+        return await workflow_report(store, month, group_by)
+
+    report = run_ledger(url, work)
+    if as_json:
+        typer.echo(orjson.dumps(report_dict(report), option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console(width=170)
+    total = report.total
+    if total is None:
+        console.print(f"Workflows {month}: none (no request carried a workflow id)")
+        return
+    per = total.cost_per_success
+    console.print(
+        f"Workflows {month} by {group_by} of the first call: {total.workflows:,} workflows, "
+        f"{total.calls:,} calls, success {total.success_rate * 100:.1f} %, "
+        + ("no successful workflow" if per is None else f"${per:.6f} per successful workflow")
+        + f" ({report.elapsed_s:.2f} s)"
+    )
+    table = Table()
+    columns = (
+        group_by,
+        "workflows",
+        "calls mean",
+        "p50",
+        "max",
+        "success",
+        "$ / successful",
+        "retries / wf",
+        "wf with retries",
+        "call success",
+        "compounded fail",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == group_by else "right")
+    for line in [*report.lines, total]:
+        d = line_dict(line)
+        calls = d["calls_per_workflow"]
+        table.add_row(
+            line.group,
+            f"{line.workflows:,}",
+            f"{line.calls_mean:.2f}",
+            str(calls["p50"]),
+            str(calls["max"]),
+            f"{line.success_rate * 100:.1f} %",
+            _usd(line.cost_per_success),
+            f"{line.retries_mean:.2f}",
+            f"{line.retry_share * 100:.1f} %",
+            f"{line.call_success_rate * 100:.1f} %",
+            f"{line.compounded_failure_rate * 100:.1f} %",
+        )
+    console.print(table)
+    console.print(DEFINITION)
+    console.print(SUCCESS_DEFINITION)
+    for f in report.red_flags:
+        console.print(f"[red]red flag[/] {f.code} {f.subject}: {f.message}")
+    if not report.red_flags:
+        console.print("no red flags")
+
+
+def _usd(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value:,.6f}"
 
 
 def _print_consensus(console: Console, lines: Any) -> None:

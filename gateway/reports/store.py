@@ -30,6 +30,7 @@ from gateway.reports.importers import ImportedFile
 from gateway.reports.segments import CACHE_HIT, SEGMENTS
 from gateway.reports.store_base import day_of, dec, opt_dec, utc_bound
 from gateway.reports.store_segments import SegmentQueries
+from gateway.reports.store_workflows import WorkflowQueries
 
 # SEGMENTS and CACHE_HIT are re-exported: callers have always imported them from here.
 __all__ = ["CACHE_HIT", "SEGMENTS", "AnsweredBy", "LedgerDay", "ReportStore"]
@@ -86,9 +87,10 @@ class AnsweredBy:
     successful: int
 
 
-class ReportStore(SegmentQueries):
+class ReportStore(SegmentQueries, WorkflowQueries):
     """Invoices, ledger aggregates and reconciliation runs; the LCPR segment queries are
-    in store_segments.py, the engine and shared helpers in store_base.py."""
+    in store_segments.py, the workflow histogram in store_workflows.py, the engine and
+    shared helpers in store_base.py."""
 
     # --- invoices ----------------------------------------------------------------------------
 
