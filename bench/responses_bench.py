@@ -35,10 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import launch
+import ledger_db
 import production
 import responses_report
 import wrk
-from targets import Proc, children_cpu_seconds, free_port, machine_busy_seconds
+from targets import (
+    Proc,
+    children_cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    tree_cpu_seconds,
+    wait_tree_idle,
+)
 
 BENCH = launch.BENCH
 WORK = launch.WORK / "responses"
@@ -65,15 +73,17 @@ class Scenario:
     def path(self) -> str:
         return "/v1/chat/completions" if self.route == "chat" else "/v1/responses"
 
-    def body(self, max_tokens: int) -> str:
+    def body(self, max_tokens: int, store: bool = False) -> str:
         message = [{"role": "user", "content": "hello"}]
         payload: dict[str, Any] = {"model": self.route}
         if self.route == "chat":
             payload |= {"messages": message, "max_tokens": max_tokens}
         else:
-            # store: false — the translation is measured, not the conversation store
-            # (which needs the ledger database; the bare profile runs without one).
-            payload |= {"input": message, "max_output_tokens": max_tokens, "store": False}
+            # store: false by default — the translation is measured, not the conversation
+            # store (which needs the ledger database); --store leaves the API's default.
+            payload |= {"input": message, "max_output_tokens": max_tokens}
+            if not store:
+                payload["store"] = False
         if self.stream:
             payload["stream"] = True
         return json.dumps(payload, separators=(",", ":"))
@@ -96,6 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="auto: simulator on the last CPU, the gateway on the others",
     )
+    p.add_argument(
+        "--ledger",
+        choices=["off", "postgres"],
+        default="off",
+        help="off: as run.py's farebox-off; postgres: the ledger in a PostgreSQL started\n"
+        "here (durable settings, on the simulator's CPU), its CPU reported per request",
+    )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="Responses stored (the API's default, no `store: false`); needs --ledger postgres",
+    )
     p.add_argument("--micro-seconds", type=float, default=0.2, help="per micro-benchmark repeat")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1 round, 1 s warm-up")
     p.add_argument(
@@ -110,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="exit 1: a scenario unavailable, a request failed, a budget missed",
     )
     args = p.parse_args(argv)
+    if args.store and args.ledger != "postgres":
+        p.error("--store needs --ledger postgres (responses are stored in the ledger database)")
     if args.quick:
         args.duration, args.rounds, args.warmup, args.micro_seconds = 2.0, 1, 1.0, 0.05
     if args.out is None:
@@ -130,9 +154,9 @@ def _request(port: int, method: str, path: str, body: str | None = None) -> tupl
         conn.close()
 
 
-def check(port: int, sc: Scenario, max_tokens: int) -> str | None:
+def check(port: int, sc: Scenario, body: str) -> str | None:
     """One request in the scenario's shape: None if its answer looks right, else why not."""
-    status, body = _request(port, "POST", sc.path, sc.body(max_tokens))
+    status, answer = _request(port, "POST", sc.path, body)
     if sc.route == "chat":
         want = [b"[DONE]"] if sc.stream else [b'"choices"']
     elif sc.stream:
@@ -143,16 +167,16 @@ def check(port: int, sc: Scenario, max_tokens: int) -> str | None:
         ]
     else:
         want = [b'"object":"response"', b'"status":"completed"', b'"output_text"']
-    missing = [w.decode() for w in want if w not in body]
+    missing = [w.decode() for w in want if w not in answer]
     if status != 200 or missing:
-        print(f"bench-responses: {sc.key}: HTTP {status}: {body[:300]!r}", flush=True)
+        print(f"bench-responses: {sc.key}: HTTP {status}: {answer[:300]!r}", flush=True)
         return f"HTTP {status}" if status != 200 else f"the answer lacks {', '.join(missing)}"
     return None
 
 
-def gateway(sim_port: int, cpus: set[int] | None) -> tuple[Proc, int]:
-    """`farebox serve` on farebox-responses.yaml, 1 worker, ledger off (as run.py's
-    farebox-off), its spool and SQLite URL under bench/.work/responses/."""
+def gateway(sim_port: int, cpus: set[int] | None, pg_url: str | None) -> tuple[Proc, int]:
+    """`farebox serve` on farebox-responses.yaml, 1 worker; ledger off (as run.py's
+    farebox-off) or in Postgres at pg_url; its spool under bench/.work/responses/."""
     port = free_port()
     data = WORK / "farebox"
     shutil.rmtree(data, ignore_errors=True)
@@ -160,9 +184,9 @@ def gateway(sim_port: int, cpus: set[int] | None) -> tuple[Proc, int]:
     env = {
         **production.env_base(),
         "SIM_PORT": str(sim_port),
-        "FAREBOX_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'ledger.db'}",
+        "FAREBOX_DATABASE_URL": pg_url or f"sqlite+aiosqlite:///{data / 'ledger.db'}",
         "FAREBOX_SPOOL_DIR": str(data / "spool"),
-        "FAREBOX_LEDGER_ENABLED": "false",
+        "FAREBOX_LEDGER_ENABLED": "true" if pg_url else "false",
         "FAREBOX_METRICS_PORT": "0",
     }
     argv = [str(launch.ROOT / ".venv" / "bin" / "farebox"), "serve", "--config", str(CONFIG)]
@@ -185,8 +209,10 @@ def micro(cpus: set[int] | None, seconds: float) -> list[Row] | str:
 class Run:
     """The gateway, the simulator, and what each scenario measured."""
 
-    def __init__(self, args: argparse.Namespace, gw: Proc, gw_port: int, sim: Proc) -> None:
-        self.args, self.gw, self.gw_port, self.sim = args, gw, gw_port, sim
+    def __init__(
+        self, args: argparse.Namespace, gw: tuple[Proc, int], sim: Proc, db_pid: int | None
+    ) -> None:
+        self.args, (self.gw, self.gw_port), self.sim, self.db_pid = args, gw, sim, db_pid
         self.scripts: dict[str, Path] = {}
         self.rounds: dict[str, list[Row]] = {sc.key: [] for sc in SCENARIOS}
         self.unavailable: dict[str, str] = {}
@@ -196,11 +222,10 @@ class Run:
     def prepare(self) -> None:
         for sc in SCENARIOS:
             lua = WORK / f"{sc.key}.lua"
-            lua.write_text(
-                wrk._LUA.format(api_key=launch.FAREBOX_KEY, body=sc.body(self.args.max_tokens))
-            )
+            body = sc.body(self.args.max_tokens, self.args.store)
+            lua.write_text(wrk._LUA.format(api_key=launch.FAREBOX_KEY, body=body))
             self.scripts[sc.key] = lua
-            if (why := check(self.gw_port, sc, self.args.max_tokens)) is not None:
+            if (why := check(self.gw_port, sc, body)) is not None:
                 self.unavailable[sc.key] = why
                 print(f"bench-responses: {sc.key} unavailable: {why}", flush=True)
             else:
@@ -217,14 +242,15 @@ class Run:
                 self.sim.cpu_seconds(),
                 children_cpu_seconds(),
                 machine_busy_seconds(),
+                tree_cpu_seconds(self.db_pid) if self.db_pid else 0.0,
             )
 
         url = f"http://127.0.0.1:{self.gw_port}{sc.path}"
-        t0, gw0, sim0, wrk0, busy0 = sample()
+        t0, gw0, sim0, wrk0, busy0, db0 = sample()
         res = wrk.run_wrk(
             url, self.scripts[sc.key], self.args.connections, seconds, log=WORK / "wrk.log"
         )
-        t1, gw1, sim1, wrk1, busy1 = sample()
+        t1, gw1, sim1, wrk1, busy1, db1 = sample()
         if not self.gw.alive():
             raise RuntimeError(f"the gateway died during {sc.key}: {self.gw.log_tail()}")
         self.served[sc.route] += res.requests - res.non2xx
@@ -233,11 +259,13 @@ class Run:
         row: Row = res.to_dict()
         row["cpu_us_per_req"] = round((gw1 - gw0) / n * 1e6, 1)
         row["sim_cpu_us_per_req"] = round((sim1 - sim0) / n * 1e6, 1)
+        row["db_cpu_us_per_req"] = round((db1 - db0) / n * 1e6, 1) if self.db_pid else None
         row["gateway_cores"] = round((gw1 - gw0) / wall, 2)
-        ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0)
+        ours = (gw1 - gw0) + (sim1 - sim0) + (wrk1 - wrk0) + (db1 - db0)
         row["other_cores"] = round(max(0.0, (busy1 - busy0) - ours) / wall, 2)
         # In-flight requests wrk abandoned finish now, off the next run's clock.
-        row["drain_s"] = round(self.gw.wait_idle() + self.sim.wait_idle(), 2)
+        drain = self.gw.wait_idle() + self.sim.wait_idle()
+        row["drain_s"] = round(drain + (wait_tree_idle(self.db_pid) if self.db_pid else 0.0), 2)
         return row
 
     def scenarios(self) -> None:
@@ -300,21 +328,33 @@ def main(argv: list[str] | None = None) -> int:
     micro_rows = micro(gw_cpus, args.micro_seconds)
     sim_port = free_port()
     sim, _ = launch.simulator(sim_port, production.env_base(), sim_cpus, name="simulator-responses")
-    gw, gw_port = gateway(sim_port, gw_cpus)
+    pg: ledger_db.Postgres | None = None
+    gw: Proc | None = None
     try:
+        if args.ledger == "postgres":
+            print("bench-responses: starting PostgreSQL for the ledger", flush=True)
+            pg = ledger_db.start(WORK / "postgres", sim_cpus, durable=True)
+            if (
+                err := ledger_db.migrate(launch.python(), pg.url, production.env_base())
+            ) is not None:
+                raise SystemExit(f"bench-responses: ledger migration failed: {err}")
+        gw, gw_port = gateway(sim_port, gw_cpus, pg.url if pg else None)
         sim.start()
         sim.wait_ready(sim_port, "GET", "/_stats", None, 60)
         gw.start()
         startup = gw.wait_ready(gw_port, "GET", "/healthz", None, 60)
         print(f"bench-responses: gateway up in {startup:.1f} s", flush=True)
-        run = Run(args, gw, gw_port, sim)
+        run = Run(args, (gw, gw_port), sim, pg.postmaster_pid if pg else None)
         run.prepare()
         run.scenarios()
         sim.wait_idle()
         counts = run.simulator_counts(sim_port)
     finally:
-        gw.stop()
+        if gw is not None:
+            gw.stop()
         sim.stop()
+        if pg is not None:
+            pg.close()
     results = responses_report.build(
         args,
         sys.argv,

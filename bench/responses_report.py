@@ -22,6 +22,7 @@ _KEYS = (
     "p99_ms",
     "cpu_us_per_req",
     "sim_cpu_us_per_req",
+    "db_cpu_us_per_req",
     "gateway_cores",
     "other_cores",
 )
@@ -137,6 +138,8 @@ def build(
             "warmup_s": args.warmup,
             "connections": args.connections,
             "max_tokens": args.max_tokens,
+            "ledger": args.ledger,
+            "store": args.store,
             "simulator_cpus": sorted(sim_cpus) if sim_cpus else "unpinned",
             "gateway_cpus": sorted(gw_cpus) if gw_cpus else "unpinned",
         },
@@ -174,11 +177,20 @@ def _f(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def _ledger(cfg: Row) -> str:
+    if cfg["ledger"] == "off":
+        return "ledger off"
+    return "ledger in PostgreSQL (durable, on the simulator's CPU)"
+
+
 def _table(results: Row) -> list[str]:
+    db = results["config"]["ledger"] != "off"
     lines = [
         "| scenario | req/s | vs chat | p50 ms | p99 ms | gateway CPU µs/req | vs chat "
-        "| (paired) | gateway cores | simulator CPU µs/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| (paired) | gateway cores | simulator CPU µs/req |"
+        + (" Postgres CPU µs/req |" if db else "")
+        + " errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if db else "") + "---:|",
     ]
     for suffix in MODES.values():
         for route in ROUTES:
@@ -186,7 +198,7 @@ def _table(results: Row) -> list[str]:
             s = results["summary"].get(key)
             if s is None:
                 why = results["unavailable"].get(key, "not measured")
-                lines.append(f"| {key} | unavailable: {why[:120]} |" + " |" * 9)
+                lines.append(f"| {key} | unavailable: {why[:120]} |" + " |" * (10 if db else 9))
                 continue
             r = results["ratios"].get(key, {})
             base = "1.00" if route == "chat" else _f(r.get("rps_vs_chat"), "{:.2f}")
@@ -196,7 +208,8 @@ def _table(results: Row) -> list[str]:
                 f"| {key} | {_f(s['ok_rps'])} | {base} | {_f(s['p50_ms'], '{:.2f}')} "
                 f"| {_f(s['p99_ms'], '{:.2f}')} | {_f(s['cpu_us_per_req'])} | {cpu} | {paired} "
                 f"| {_f(s['gateway_cores'], '{:.2f}')} | {_f(s['sim_cpu_us_per_req'])} "
-                f"| {s['errors']} |"
+                + (f"| {_f(s['db_cpu_us_per_req'])} " if db else "")
+                + f"| {s['errors']} |"
             )
     return lines
 
@@ -253,10 +266,12 @@ def markdown(results: Row) -> str:
         f"- **Machine:** {m['cpu']}, {m['logical_cpus']} CPUs, load at the end "
         f"{m['loadavg_end']}; Python {v['python']}, farebox {v['farebox']}, wrk {v['wrk']}",
         f"- **Setup:** one simulator (CPUs {cfg['simulator_cpus']}) and one Farebox worker "
-        f"(CPUs {cfg['gateway_cpus']}, ledger off, `bench/farebox-responses.yaml`); wrk at "
+        f"(CPUs {cfg['gateway_cpus']}, {_ledger(cfg)}, `bench/farebox-responses.yaml`); wrk at "
         f"c{cfg['connections']}, {cfg['rounds']} interleaved rounds of {cfg['duration_s']:g} s "
         f"after {cfg['warmup_s']:g} s of warm-up per scenario; one user message, 16 tokens "
-        f"answered (cap {cfg['max_tokens']}), Responses with `store: false`. Medians over rounds.",
+        f"answered (cap {cfg['max_tokens']}), Responses "
+        f"{'stored (the default)' if cfg['store'] else 'with `store: false`'}. "
+        "Medians over rounds.",
         "- **Routes:** `chat` → simulator chat; `resp-native` → a `responses_api: true` "
         "provider, relayed from the simulator's `/v1/responses`; `resp-translated` → "
         "translated to chat and back (`gateway/providers/responses_bridge.py`).",
