@@ -1,6 +1,8 @@
 """Reading an OpenAI Responses API request: ``input`` items, ``instructions``, ``tools`` and
 ``tool_choice``, validated as OpenAI validates them (a 400 naming the field), so that a
 gateway forwarding a malformed or chat-shaped body to a Responses upstream fails its tests.
+As OpenAI does without stored state, every ``function_call`` in ``input`` needs its
+``function_call_output`` after it, and every output a call before it.
 
 Prompt tokens follow the chat formula ``ceil(C / 4) + 3 * M`` (at least 1), where ``M``
 counts ``instructions`` (one message) and every input item except ``reasoning`` and
@@ -30,7 +32,9 @@ _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _INPUT_PARTS = frozenset({"input_text", "input_image", "input_file", "input_audio"})
 _OUTPUT_PARTS = frozenset({"output_text", "refusal"})
 #: Item types accepted in ``input``; ``item_reference`` needs stored state, so it is refused.
-_ITEMS = frozenset({"message", "function_call", "function_call_output", "reasoning"})
+_ITEMS = frozenset(
+    {"message", "function_call", "function_call_output", "reasoning", "web_search_call"}
+)
 _UNCOUNTED = frozenset({"reasoning", "web_search_call"})
 WEB_SEARCH = frozenset(
     {"web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11"}
@@ -108,6 +112,7 @@ def read_input(call: Call) -> Conversation:
     messages = 1 if instructions else 0
     last = query = ""
     calls: set[str] = set()
+    answered: set[str] = set()
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -149,6 +154,7 @@ def read_input(call: Call) -> Conversation:
                     f"No tool call found for function call output with call_id {call_id}.",
                     "input",
                 )
+            answered.add(call_id)
             output = item.get("output")
             if not isinstance(output, str | list):
                 raise _bad(
@@ -168,6 +174,10 @@ def read_input(call: Call) -> Conversation:
             raise _bad(call, message, f"{where}.type")
         messages += 1
         texts += pieces
+    unanswered = sorted(calls - answered)
+    if unanswered:
+        # OpenAI's answer to a call whose output was dropped from the history.
+        raise _bad(call, f"No tool output found for function call {unanswered[0]}.", "input")
     chars = sum(len(text) for text in texts)
     tokens = max(1, message_tokens(chars, messages))
     return Conversation(tokens, texts, last, query[:_QUERY_CHARS], prefix)

@@ -249,6 +249,8 @@ def test_structured_output_logprobs_and_web_search(base_url: str) -> None:
     assert search["type"] == "web_search_call" and search["status"] == "completed"
     assert search["action"] == {"type": "search", "query": "Rain in Oslo?"}
     assert message["type"] == "message"
+    replied = ok(base_url, {"model": "m::reply=hi%2C there", "input": "x"})["output"][0]
+    assert replied["content"][0]["text"] == "hi, there"
     choice = {"type": "web_search_preview"}  # forced: no function call though one is offered
     forced = {"model": "m::builtin=web_search", "input": "x", "tools": [WEATHER, *tools]}
     output = ok(base_url, {**forced, "tool_choice": choice})["output"]
@@ -288,6 +290,10 @@ def test_stateless_and_wrong_shapes_are_400(base_url: str) -> None:
         ),
         ({"input": [{"role": "tool", "content": "x", "tool_call_id": "c"}]}, "input[0].role"),
         ({"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]}, "input"),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": ""}]},
+            "input",
+        ),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
