@@ -1,0 +1,128 @@
+"""bench/responses_bench.py: what it sends is valid by the spec, its micro-benchmark stream is a
+real chat stream, and its report turns rounds into the right ratios and PASS / MISS lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.providers.responses_stream import StreamTranslator
+from tests.openapi import CHUNK, check
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.append(str(BENCH))  # appended: never shadows an installed module
+
+import responses_bench  # noqa: E402
+import responses_micro  # noqa: E402
+import responses_report  # noqa: E402
+
+
+@pytest.mark.parametrize("store", [False, True])
+@pytest.mark.parametrize("sc", responses_bench.SCENARIOS, ids=lambda sc: sc.key)
+def test_bodies_follow_the_spec(sc: responses_bench.Scenario, store: bool) -> None:
+    body = json.loads(sc.body(64, store))
+    if sc.route == "chat":
+        check("CreateChatCompletionRequest", body)
+        assert body["max_tokens"] == 64
+    else:
+        check("CreateResponse", body)
+        assert body["max_output_tokens"] == 64
+        assert ("store" in body) is not store
+    assert body.get("stream", False) is sc.stream
+    assert body["model"] == sc.route
+
+
+def test_micro_stream_is_a_chat_stream_the_translator_completes() -> None:
+    blocks = responses_micro.chat_stream_blocks()
+    assert len(blocks) == responses_micro.STREAM_CHUNKS + 1  # + [DONE]
+    for block in blocks[:-1]:
+        check(CHUNK, orjson.loads(block.removeprefix(b"data: ")))
+    translator = StreamTranslator(responses_micro.SIMPLE, response_id="resp_1", created_at=1)
+    out = b"".join(translator.feed(b) for b in blocks) + translator.finish()
+    assert translator.done
+    assert out.count(b"event: response.output_text.delta\n") == responses_micro.STREAM_CHUNKS - 3
+    assert translator.response["status"] == "completed"
+
+
+def _row(rnd: int, rps: float, cpu: float) -> dict[str, Any]:
+    return {"round": rnd, "ok_rps": rps, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_us_per_req": cpu,
+            "sim_cpu_us_per_req": 50.0, "db_cpu_us_per_req": None, "gateway_cores": 1.0,
+            "other_cores": 0.1, "requests": 1000, "non2xx": 0, "socket_errors": 0}  # fmt: skip
+
+
+def _results(translated_cpu: float, counts: dict[str, Any] | None = None) -> dict[str, Any]:
+    rounds = {
+        "chat": [_row(1, 2000, 300), _row(2, 2200, 320)],
+        "resp-native": [_row(1, 1800, 330), _row(2, 1900, 340)],
+        "resp-translated": [_row(1, 1700, translated_cpu), _row(2, 1750, translated_cpu)],
+        "chat-stream": [_row(1, 1500, 400), _row(2, 1500, 400)],
+        "resp-translated-stream": [_row(1, 1100, 600), _row(2, 1100, 600)],
+    }
+    args = argparse.Namespace(quick=True, duration=2.0, rounds=2, warmup=1.0, connections=64,
+                              max_tokens=64, ledger="off", store=False)  # fmt: skip
+    routes = responses_report.ROUTES
+    counts = counts or {
+        "received": {"chat": 4100, "resp-native": 2000, "resp-translated": 2010},
+        "served": {"chat": 4000, "resp-native": 2000, "resp-translated": 2000},
+        "abandoned_max": dict.fromkeys(routes, 128),
+        "endpoints": {"chat": 6110, "responses": 2000},
+    }
+    unavailable = {"resp-native-stream": "HTTP 404"}
+    return responses_report.build(
+        args,
+        ["bench/responses_bench.py", "--quick"],
+        rounds,
+        unavailable,
+        counts,
+        [],
+        (None, None),
+        1.0,
+    )
+
+
+def test_report_ratios_and_budget_lines() -> None:
+    passing = _results(translated_cpu=341.0)  # ÷ median chat 310 = 1.10
+    ratios = passing["ratios"]["resp-translated"]
+    assert ratios["cpu_vs_chat"] == pytest.approx(1.1, abs=1e-3)
+    assert ratios["cpu_vs_chat_paired"] == pytest.approx((341 / 300 + 341 / 320) / 2, abs=1e-3)
+    assert ratios["rps_vs_chat"] == pytest.approx(1725 / 2100, abs=1e-3)
+    budgets = {b["mode"]: b["verdict"] for b in passing["budgets"]}
+    assert budgets == {"non-stream": "PASS", "stream": "MISS"}  # 600 ÷ 400 = 1.5
+    text = responses_report.markdown(passing)
+    assert "SMOKE RUN" in text
+    assert "**PASS** non-stream" in text and "**MISS** stream" in text
+    assert "resp-native-stream | unavailable: HTTP 404" in text
+    assert passing["counts"]["check"]["ok"]
+    problems = responses_report.problems(passing)
+    assert "CPU budget stream: MISS" in problems
+    assert "resp-native-stream unavailable: HTTP 404" in problems
+
+    missing = _results(translated_cpu=357.0)  # 1.152
+    assert missing["budgets"][0]["verdict"] == "MISS"
+
+
+def test_counts_check_catches_a_lost_request_and_a_wrong_wire() -> None:
+    routes = responses_report.ROUTES
+    lost = {
+        "received": {"chat": 3999, "resp-native": 2000, "resp-translated": 2000},
+        "served": {"chat": 4000, "resp-native": 2000, "resp-translated": 2000},
+        "abandoned_max": dict.fromkeys(routes, 128),
+        "endpoints": {"chat": 5999, "responses": 2000},
+    }
+    check_ = _results(341.0, lost)["counts"]["check"]
+    assert not check_["routes"]["chat"]["ok"] and check_["wires_ok"] and not check_["ok"]
+
+    translated_natively = {**lost, "received": dict.fromkeys(routes, 2000)}
+    translated_natively["served"] = dict.fromkeys(routes, 2000)
+    translated_natively["endpoints"] = {"chat": 2000, "responses": 4000}
+    check_ = _results(341.0, translated_natively)["counts"]["check"]
+    assert all(r["ok"] for r in check_["routes"].values()) and not check_["wires_ok"]
+    assert "simulator counts differ" in " ".join(
+        responses_report.problems(_results(341.0, translated_natively))
+    )
