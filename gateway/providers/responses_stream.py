@@ -78,6 +78,7 @@ class StreamTranslator:
         "_finished",
         "_items",
         "_last_call",
+        "_model_seen",
         "_saw_done",
         "_seq",
         "_skeleton",
@@ -92,6 +93,7 @@ class StreamTranslator:
         self._seq = 0
         self._decoder = SSEDecoder()
         self._started = False
+        self._model_seen = False  # the response names the chat's model once a chunk has one
         self._final: dict[str, Any] | None = None  # the terminal Response, once sent
         self._finish: Any = None
         self._finished = False  # a finish_reason was seen
@@ -135,17 +137,18 @@ class StreamTranslator:
     def finish(self) -> bytes:
         """The upstream ended: close normally if it completed (`[DONE]`, or at least a
         finish reason), else b"" and the caller reports the cut (`failed_event`)."""
-        if self._final is not None:
+        if self._final is not None or not self._started:
             return b""
         out: list[bytes] = []
-        self._handle(self._decoder.finish(), out)
-        if self._final is None and self._started and (self._saw_done or self._finished):
+        # A last event without its blank line still counts; half an event is the cut itself.
+        self._handle(self._decoder.finish(), out, cut=True)
+        if self._final is None and (self._saw_done or self._finished):
             self._close(out)
         return b"".join(out)
 
     # -- chunks -------------------------------------------------------------------------
 
-    def _handle(self, payloads: list[bytes], out: list[bytes]) -> None:
+    def _handle(self, payloads: list[bytes], out: list[bytes], *, cut: bool = False) -> None:
         chunks: list[Any] = []
         for payload in payloads:
             if payload.strip() == b"[DONE]":
@@ -154,7 +157,8 @@ class StreamTranslator:
             try:
                 chunks.append(orjson.loads(payload))
             except orjson.JSONDecodeError:
-                chunks.append(_NOT_JSON)
+                if not cut:
+                    chunks.append(_NOT_JSON)
         if not self._started:
             self._start(chunks, out)
         for chunk in chunks:
@@ -173,6 +177,7 @@ class StreamTranslator:
         for chunk in chunks:
             if isinstance(chunk, dict) and isinstance(chunk.get("model"), str):
                 self._skeleton["model"] = chunk["model"]
+                self._model_seen = True
                 break
         for kind in ("response.created", "response.in_progress"):
             self._emit(out, kind, {"response": self._skeleton})
@@ -188,6 +193,10 @@ class StreamTranslator:
                 error_code(error.get("code")),
             )
             return
+        if not self._model_seen and isinstance(chunk.get("model"), str):
+            # The first read held no whole chunk: created named the requested model.
+            self._skeleton["model"] = chunk["model"]
+            self._model_seen = True
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
         choices = chunk.get("choices")

@@ -706,12 +706,12 @@ def test_usage_names_details_cost_and_absence() -> None:
         "total_tokens": 140,
         "cost_usd": 0.0012,
     }
-    assert (
-        responses_usage(
-            {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": None}
-        )["total_tokens"]
-        == 7
+    partial = responses_usage(
+        {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": None}
     )
+    assert partial is not None
+    assert partial["total_tokens"] == 7
+    assert partial["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
     chat = chat_body({"content": "x"})
     del chat["usage"]
     assert "usage" not in as_response(chat)
