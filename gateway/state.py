@@ -17,6 +17,7 @@ import orjson
 
 from gateway.cache.response import ResponseCache
 from gateway.config.schema import GatewayConfig
+from gateway.conversations.store import ResponseStore
 from gateway.core.breakers import Breakers
 from gateway.core.live_routing import LiveRouting, Scorer
 from gateway.core.metering import Ledger, Meter, NullLedger
@@ -32,6 +33,7 @@ from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
 from gateway.ledger.repository import LedgerRepository
+from gateway.ledger.responses_repository import ResponsesRepository
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
@@ -78,6 +80,9 @@ class GatewayState:
     drill_scheduler: DrillScheduler | None = None
     # The response cache (gateway/cache/response.py); None unless some route has `cache:`.
     cache: ResponseCache | None = None
+    # Stored Responses (gateway/conversations/store.py), on the ledger's engine; None when the
+    # gateway has no database (then nothing is stored and nothing can be chained).
+    responses: ResponseStore | None = None
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
     # closed once this reaches zero.
@@ -104,6 +109,7 @@ class GatewayState:
             self.drill_scheduler,
             self.drills,
             self.cache,
+            self.responses,
             self.key_sync,
             self.writer,
             self.repository,
@@ -293,8 +299,16 @@ def build_state(
     cache = ResponseCache.build(
         config, settings.redis_url, previous.cache if previous is not None else None
     )
+    # Rebuilt on every reload (its settings are the YAML's), on the engine the ledger
+    # repository owns and carries over: a reload opens no engine.
+    responses = (
+        ResponseStore(ResponsesRepository(repository.engine), config.responses)
+        if repository is not None
+        else None
+    )
     return GatewayState(
         cache=cache,
+        responses=responses,
         config=config,
         index=index,
         keys=keys,

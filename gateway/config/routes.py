@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.config.fanout import ConsensusConfig, SpeculativeConfig
+from gateway.config.responses import RouteResponses
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -233,6 +234,9 @@ class Route(_Strict):
     consensus: ConsensusConfig | None = None
     speculative: SpeculativeConfig | None = None
     streaming: Literal["buffer", "refuse"] | None = None
+    # Stored Responses on this route (gateway/config/responses.py): `{store: false}` keeps
+    # nothing, whatever the client sends.
+    responses: RouteResponses | None = None
 
     @field_validator("strategy")
     @classmethod

@@ -19,6 +19,7 @@ from pydantic import (
 
 from gateway.config.drills import DrillSchedule
 from gateway.config.fanout import fanout_policy
+from gateway.config.responses import ResponsesConfig
 from gateway.config.routes import (
     _DEFAULT_BASE as _DEFAULT_BASE,
 )
@@ -193,6 +194,8 @@ class GatewayConfig(_Strict):
     lcpr: LcprConfig = Field(default_factory=LcprConfig)
     # Failover drills run on a schedule (gateway/drills/schedule.py).
     drills: list[DrillSchedule] = Field(default_factory=list)
+    # Stored Responses: retention, purge and save bounds (gateway/conversations/store.py).
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
     @field_validator("auth", mode="before")
     @classmethod

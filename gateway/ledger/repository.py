@@ -73,14 +73,18 @@ class LedgerRepository:
 
     @classmethod
     def create(cls, url: str, *, pool_size: int = 5) -> LedgerRepository:
+        # hide_parameters: statement parameters appear in neither SQLAlchemy's log lines (a
+        # root logger at DEBUG turns them on) nor its exception messages. This engine also
+        # writes stored Responses, whose parameters are the conversations themselves.
         if make_url(url).get_backend_name() == "sqlite":
             ensure_sqlite_directory(url)
-            engine = create_async_engine(url, pool_pre_ping=True)
+            engine = create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(
                 url,
                 pool_pre_ping=True,
+                hide_parameters=True,
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 # Recycle before typical load-balancer / pgbouncer idle cuts.

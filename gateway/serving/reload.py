@@ -127,6 +127,8 @@ async def start_components(state: GatewayState, previous: GatewayState | None = 
         await state.drill_scheduler.start()
     if state.key_sync is not None and new(state.key_sync):
         await state.key_sync.start()
+    if state.responses is not None and new(state.responses):
+        state.responses.start()  # the purge of expired stored responses
     if state.quality is not None and any(r.gate for r in state.config.routes.values()):
         await state.quality.start()  # idempotent: a carried-over refresher keeps running
 
