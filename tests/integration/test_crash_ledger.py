@@ -92,7 +92,8 @@ class Load:
                 async with session.post(
                     f"{self.base_url}/chat/completions",
                     json=body,
-                    headers={"Authorization": f"Bearer {KEY}"},
+                    # One workflow per client: rows rebuilt after the kill must keep it.
+                    headers={"Authorization": f"Bearer {KEY}", "x-farebox-workflow": f"wf-{n}"},
                 ) as resp:
                     payload = await resp.read()
                     whole = resp.status == 200 and (not body["stream"] or b"[DONE]" in payload)
@@ -165,6 +166,12 @@ def test_kill_9_at_concurrency_16_loses_and_invents_no_attempt(
     )
     assert len(crashed) == in_flight
     assert all(r[0] == "estimated" and r[1] > 0 and r[2] > 0 for r in crashed)
+    # Request rows rebuilt from the journal (and all the others) keep the client's workflow.
+    untagged = sql_rows(
+        pg_url,
+        "SELECT count(*) FROM requests WHERE workflow_id IS NULL OR workflow_id NOT LIKE 'wf-%'",
+    )
+    assert untagged[0][0] == 0
     # Every attempt has its request row, and every answered request is in the ledger.
     orphans = sql_rows(
         pg_url,
