@@ -26,7 +26,6 @@ from gateway.providers.responses_output import (
     message_item,
     new_id,
     reasoning_item,
-    reasoning_text,
     response_skeleton,
     responses_usage,
     status_for,
@@ -43,7 +42,7 @@ _TERMINAL = {"completed": "response.completed", "incomplete": "response.incomple
 class _Item:
     """An output item being streamed: its text so far as pieces, joined when rendered."""
 
-    __slots__ = ("call_id", "id", "index", "kind", "name", "parts", "pieces", "status")
+    __slots__ = ("call_id", "delta", "id", "index", "kind", "name", "parts", "pieces", "status")
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -54,6 +53,7 @@ class _Item:
         self.parts: list[tuple[str, list[str]]] = []  # message parts: (kind, pieces)
         self.call_id = ""
         self.name = ""
+        self.delta = (b"", b"")  # the bytes around a delta event's text (see `_delta_frame`)
 
     def render(self) -> dict[str, Any]:
         if self.kind == "reasoning":
@@ -214,39 +214,44 @@ class StreamTranslator:
             self._close(out)
 
     def _on_delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
-        thought = reasoning_text(delta)
-        if thought:
+        # The hot path: most chunks carry one piece of content and nothing else.
+        thought = delta.get("reasoning_content") or delta.get("reasoning")
+        if thought and isinstance(thought, str):
             item = self._open("reasoning", out)
             if not item.pieces:
                 part = {"type": "summary_text", "text": ""}
                 self._emit(out, "response.reasoning_summary_part.added", _summary(item, part))
+                item.delta = _delta_frame("response.reasoning_summary_text.delta", _summary(item))
             item.pieces.append(thought)
-            self._emit(out, "response.reasoning_summary_text.delta", _summary(item, delta=thought))
-        for field, kind in (("content", "output_text"), ("refusal", "refusal")):
-            text = delta.get(field)
-            if isinstance(text, str) and text:
-                self._text(kind, text, out)
+            self._delta(item, thought, out)
+        content = delta.get("content")
+        if content and isinstance(content, str):
+            self._text("output_text", content, out)
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):
+            self._text("refusal", refusal, out)
         calls = delta.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            if isinstance(call, dict):
-                self._call(call, out)
+        if calls and isinstance(calls, list):
+            for call in calls:
+                if isinstance(call, dict):
+                    self._call(call, out)
 
     def _text(self, kind: str, text: str, out: list[bytes]) -> None:
-        item = self._open("message", out)
-        if not item.parts or item.parts[-1][0] != kind:
+        item = self._current
+        if item is None or item.kind != "message" or item.parts[-1][0] != kind:
+            item = self._open("message", out)
             if item.parts:
                 self._close_part(item, out)
             item.parts.append((kind, []))
-            fields = _part(item, len(item.parts) - 1)
-            self._emit(out, "response.content_part.added", fields)
-        index = len(item.parts) - 1
-        item.parts[index][1].append(text)
-        event = "response.output_text.delta" if kind == "output_text" else "response.refusal.delta"
-        fields = {"item_id": item.id, "output_index": item.index, "content_index": index}
-        fields["delta"] = text
-        if kind == "output_text":
-            fields["logprobs"] = []
-        self._emit(out, event, fields)
+            index = len(item.parts) - 1
+            self._emit(out, "response.content_part.added", _part(item, index))
+            event = (
+                "response.output_text.delta" if kind == "output_text" else "response.refusal.delta"
+            )
+            fields = {"item_id": item.id, "output_index": item.index, "content_index": index}
+            item.delta = _delta_frame(event, fields, logprobs=kind == "output_text")
+        item.parts[-1][1].append(text)
+        self._delta(item, text, out)
 
     def _call(self, call: dict[str, Any], out: list[bytes]) -> None:
         key = call.get("index")
@@ -266,14 +271,15 @@ class StreamTranslator:
             item.name = name if isinstance(name, str) else ""
             self._calls[key] = item
             self._emit(out, "response.output_item.added", _added(item))
+            fields = {"item_id": item.id, "output_index": item.index}
+            item.delta = _delta_frame("response.function_call_arguments.delta", fields)
         elif not item.name and isinstance(function.get("name"), str):
             item.name = function["name"]
         self._last_call = key
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item.pieces.append(arguments)
-            fields = {"item_id": item.id, "output_index": item.index, "delta": arguments}
-            self._emit(out, "response.function_call_arguments.delta", fields)
+            self._delta(item, arguments, out)
 
     # -- items --------------------------------------------------------------------------
 
@@ -369,6 +375,11 @@ class StreamTranslator:
         self._seq += 1
         self._final = {**response, "status": "failed", "error": {"code": code, "message": message}}
 
+    def _delta(self, item: _Item, text: str, out: list[bytes]) -> None:
+        head, tail = item.delta
+        out.append(head + orjson.dumps(text) + tail + b"%d}\n\n" % self._seq)
+        self._seq += 1
+
     def _emit(self, out: list[bytes], event_type: str, fields: dict[str, Any]) -> None:
         fields["type"] = event_type
         fields["sequence_number"] = self._seq
@@ -377,6 +388,17 @@ class StreamTranslator:
 
 
 _NOT_JSON = object()
+
+
+def _delta_frame(
+    event_type: str, fields: dict[str, Any], *, logprobs: bool = False
+) -> tuple[bytes, bytes]:
+    """The bytes of a delta event before and after its text, built once per item or part:
+    the event per chunk is then two concatenations and one small orjson call."""
+    body = orjson.dumps({"type": event_type, **fields})[:-1]
+    head = b"event: " + event_type.encode() + b"\ndata: " + body + b',"delta":'
+    tail = b',"logprobs":[],"sequence_number":' if logprobs else b',"sequence_number":'
+    return head, tail
 
 
 def _added(item: _Item) -> dict[str, Any]:
