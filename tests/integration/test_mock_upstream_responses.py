@@ -261,9 +261,9 @@ def test_directive_faults(base_url: str) -> None:
     limited = post(base_url, {"model": "m::status=429,retry_after=2", "input": "x"})
     error(limited, 429, None)
     assert limited.headers["retry-after"] == "2"
-    admitted = post(base_url, {"model": "m::rpm=1", "input": "x"})
+    admitted = post(base_url, {"model": "rl::rpm=1", "input": "x"})
     assert admitted.headers["x-ratelimit-limit-requests"] == "1"
-    over = error(post(base_url, {"model": "m::rpm=1", "input": "x"}), 429, None)
+    over = error(post(base_url, {"model": "rl::rpm=1", "input": "x"}), 429, None)
     assert "requests per min (RPM)" in over
     long = post(base_url, {"model": "m::context_window=3", "input": "Say hello"})
     assert "context window" in error(long, 400, "input")
