@@ -27,11 +27,13 @@ import orjson
 from prometheus_client import Counter
 
 from gateway.config.responses import ResponsesConfig
-from gateway.conversations.items import stored_items
+from gateway.conversations.items import page_input_items, stored_items
 from gateway.errors import Unavailable
 from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.responses_repository import ResponsesRepository
 from gateway.runtime.background import Background
+
+__all__ = ["FAILURES", "PURGED", "ResponseStore", "StoredResponse", "page_input_items"]
 
 log = logging.getLogger("farebox.responses")
 
