@@ -76,8 +76,9 @@ class AnthropicEndpoints:
         body = await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
         request = parse_object(body, server)
         if scope["path"] in COUNT_PATHS:
-            headers.append(JSON_TYPE)
-            await send_bytes(send, 200, count_tokens(state, principal, request, headers), headers)
+            counted = count_tokens(state, principal, request, headers)
+            headers.append(JSON_TYPE)  # after the count: an error adds its own
+            await send_bytes(send, 200, counted, headers)
             return
         payload = to_openai(request)
         model: str = payload["model"]

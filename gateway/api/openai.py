@@ -76,8 +76,8 @@ class OpenAIEndpoints:
         if route is None:
             if scope["method"] != "GET":
                 raise method_not_allowed(scope["method"], path, "GET")
-            headers.append(JSON_TYPE)
             body = state.models_body if path in MODEL_ROUTES else model_body(state, path)
+            headers.append(JSON_TYPE)  # after the lookup: an error adds its own
             await send_bytes(send, 200, body, headers)
             return
         if scope["method"] != "POST":

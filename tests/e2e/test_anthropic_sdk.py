@@ -357,6 +357,7 @@ def test_count_tokens_errors_are_anthropic_shaped(gw: RunningGateway) -> None:
     with pytest.raises(anthropic.NotFoundError) as missing:
         client.messages.count_tokens(model="no-such-route", messages=hi)
     assert missing.value.type == "not_found_error"
+    assert missing.value.response.headers.get_list("content-type") == ["application/json"]
     with pytest.raises(anthropic.BadRequestError) as bad:
         client.messages.count_tokens(model="chat", messages=[])
     assert bad.value.type == "invalid_request_error"

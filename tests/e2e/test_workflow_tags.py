@@ -169,3 +169,4 @@ def test_models_retrieve_takes_ids_with_a_slash(client: openai.OpenAI) -> None:
         client.models.retrieve("openai/no-such-model")
     assert info.value.code == "model_not_found" and info.value.param == "model"
     assert "openai/no-such-model" in info.value.message
+    assert info.value.response.headers.get_list("content-type") == ["application/json"]
