@@ -143,9 +143,9 @@ class ResponseStore:
 
     async def get(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         """The stored response, or None when there is none, it has expired, or another key
-        stored it (whether it exists is never told across keys). `key_id`: the caller's
-        virtual key id (None: stored without one). Unavailable (503) when the database
-        cannot be read within the timeout."""
+        stored it (whether it exists is never told across keys). `key_id`: the caller's key
+        as the ledger records it (Principal.key_name; None matches only rows stored with
+        None). Unavailable (503) when the database cannot be read within the timeout."""
         now = datetime.now(UTC)
         try:
             row = await self._bounded(
