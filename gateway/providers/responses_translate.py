@@ -77,6 +77,8 @@ def chat_request(payload: dict[str, Any]) -> dict[str, Any]:
     elif instructions is not None:
         raise InvalidRequest("`instructions` must be a string.", param="instructions")
     _input_messages(payload.get("input"), messages)
+    if not messages:
+        raise InvalidRequest("`input` holds no message to answer.", param="input")
     chat: dict[str, Any] = {"model": model, "messages": messages}
     _tools_into(payload, chat)
     _text_format_into(payload.get("text"), chat)

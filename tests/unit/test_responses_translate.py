@@ -57,7 +57,14 @@ def test_a_whole_agent_turn_becomes_the_chat_request_expected() -> None:
                 "role": "assistant",
                 "id": "msg_1",
                 "status": "completed",
-                "content": [{"type": "output_text", "text": "Looking it up.", "annotations": []}],
+                "content": [
+                    {
+                        "type": "output_text",
+                        "text": "Looking it up.",
+                        "annotations": [],
+                        "logprobs": [],
+                    }
+                ],
             },
             {
                 "type": "function_call",
@@ -117,7 +124,9 @@ def test_a_whole_agent_turn_becomes_the_chat_request_expected() -> None:
         "stream": True,
     }
     original = copy.deepcopy(payload)
-    assert chat_request(payload) == {
+    body = chat_request(payload)
+    check("CreateChatCompletionRequest", body)
+    assert body == {
         "model": "agent-model",
         "messages": [
             {"role": "system", "content": "You are terse."},
@@ -268,6 +277,7 @@ def test_images_files_and_details() -> None:
             ]
         )
     )
+    check("CreateChatCompletionRequest", body)
     assert body["messages"][0]["content"] == [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "high"}},
         {"type": "image_url", "image_url": {"url": "https://x.test/b.png", "detail": "auto"}},
@@ -433,6 +443,8 @@ def test_built_in_tools_of_plain_requests() -> None:
         ),
         (request(input=["text"]), "input[0]"),
         (request(input=None), "input"),
+        (request(input=[]), "input"),
+        (request(input=[{"type": "reasoning", "summary": []}]), "input"),
         (request(input=3), "input"),
         (request(model=None), "model"),
         (request(instructions=["x"]), "instructions"),
