@@ -204,7 +204,7 @@ class StreamTranslator:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
-            if isinstance(delta, dict):
+            if isinstance(delta, dict) and not self._finished:  # nothing after the finish
                 self._on_delta(delta, out)
             if choice.get("finish_reason") and not self._finished:
                 self._finished = True

@@ -414,6 +414,7 @@ def test_the_completed_event_waits_for_the_usage_that_follows_the_finish_reason(
     parsed = events(raw)
     assert types(parsed)[-1] == "output_item.done"  # items closed at once, the response not yet
     assert not translator.done
+    assert translator.feed(sse(delta(content="late"))) == b""  # nothing after the finish
     tail = events(translator.feed(sse(usage_chunk())), first=len(parsed))
     assert types(tail) == ["completed"]
     assert tail[0]["response"]["usage"]["total_tokens"] == 21
