@@ -29,6 +29,7 @@ from gateway.api.app_errors import install_error_handlers
 from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
+from gateway.api.responses import ResponsesEndpoints
 from gateway.api.status_page import status_router
 from gateway.config.loading import load_config
 from gateway.config.schema import GatewayConfig
@@ -77,6 +78,7 @@ class HotPath:
         self.app = app
         self.endpoints: OpenAIEndpoints = app.state.endpoints
         self.anthropic: AnthropicEndpoints = app.state.anthropic
+        self.responses: ResponsesEndpoints = app.state.responses
         self.holder: StateHolder = app.state.holder
         # From SIGTERM on (gateway/serving/server.py), new /v1 work gets a 503.
         self.drain: shutdown.Drain = app.state.drain
@@ -123,6 +125,12 @@ class HotPath:
                     await refuse_draining(send, anthropic=True)
                     return
                 await self.anthropic(scope, receive, send)
+                return
+            if self.responses.handles(path):
+                if self.drain.active:
+                    await refuse_draining(send, anthropic=False)
+                    return
+                await self.responses(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -206,6 +214,7 @@ def create_app(
     app.state.metrics_port = settings.metrics_port
     app.state.endpoints = OpenAIEndpoints(holder.require)
     app.state.anthropic = AnthropicEndpoints(holder.require)
+    app.state.responses = ResponsesEndpoints(holder.require)
     return app
 
 

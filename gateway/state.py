@@ -42,6 +42,7 @@ from gateway.limits.limiter import Limiter
 from gateway.providers.base import Adapter
 from gateway.providers.dispatch import ProtocolDispatch
 from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoint
+from gateway.providers.responses_bridge import ResponsesBridge
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
@@ -294,7 +295,7 @@ def build_state(
                 interval_s=settings.drill_schedule_interval_s,
                 lock_ttl_s=max(60.0, 2 * settings.drill_schedule_interval_s),
             )
-    service = Service(build_adapter(config), meter, breakers, live)
+    service = Service(ResponsesBridge(build_adapter(config)), meter, breakers, live)
     service.quality = quality
     cache = ResponseCache.build(
         config, settings.redis_url, previous.cache if previous is not None else None

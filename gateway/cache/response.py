@@ -55,7 +55,7 @@ SAVED = Counter(
 )
 
 _JSON, _SSE = "json", "sse"
-_GENERATION = frozenset({"chat/completions", "completions"})
+_GENERATION = frozenset({"chat/completions", "completions", "responses"})
 
 
 @dataclass(frozen=True, slots=True)

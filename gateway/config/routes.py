@@ -76,6 +76,12 @@ class Provider(_Strict):
     # The account's limits, requests and tokens per minute (deployments may override).
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
+    # The upstream serves POST /v1/responses itself (OpenAI protocol only): Responses calls
+    # are passed through natively; otherwise Farebox translates them to Chat Completions.
+    responses_api: bool = False
+    # Built-in Responses tools the native upstream runs (web_search, file_search…): a request
+    # using one is only planned onto providers that list it.
+    builtin_tools: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
     @field_validator("api_base")
     @classmethod
@@ -100,6 +106,12 @@ class Provider(_Strict):
     def _protocol_fields(self) -> Provider:
         if self.options and self.protocol == "openai":
             raise ValueError("options are only for litellm protocols (not openai)")
+        if self.responses_api and self.protocol != "openai":
+            raise ValueError("responses_api is only for the openai protocol")
+        if self.builtin_tools and not self.responses_api:
+            raise ValueError(
+                "builtin_tools needs responses_api: true (only native upstreams run them)"
+            )
         return self
 
     @property

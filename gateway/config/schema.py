@@ -230,6 +230,8 @@ class GatewayConfig(_Strict):
                 zero_retention=provider.zero_retention,
                 rpm=dep.rpm or provider.rpm,
                 tpm=dep.tpm or provider.tpm,
+                responses_native=provider.responses_api,
+                builtin_tools=frozenset(provider.builtin_tools),
             )
         return specs
 

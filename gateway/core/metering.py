@@ -104,6 +104,8 @@ class CallContext:
     intents: dict[int, str] = field(default_factory=dict)
     # The agent workflow this call belongs to (client tag, or the previous_response_id chain).
     workflow_id: str | None = None
+    # Responses streams: the terminal Response object, for the conversation store.
+    final_response: dict[str, Any] | None = None
 
 
 def error_class(exc: UpstreamError) -> str:

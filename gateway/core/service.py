@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.core.attempts import NO_DEADLINE, AttemptLoop, Run
 from gateway.core.metering import CallContext, Meter
 from gateway.core.ports import (
@@ -27,6 +29,7 @@ from gateway.core.ports import (
     Tracker,
 )
 from gateway.core.quality_live import QualityLive
+from gateway.core.responses_relay import ResponsesRelay, responses_first_read_state
 from gateway.core.streaming import (
     DONE,
     Relay,
@@ -45,6 +48,8 @@ from gateway.providers.base import (
     UpstreamStream,
     unsupported_message,
 )
+from gateway.providers.responses_bridge import RESPONSES
+from gateway.providers.responses_replay import replay_events
 from gateway.strategies.consensus import complete_consensus
 from gateway.strategies.fanout import stream_refused
 from gateway.strategies.gating import complete_gated
@@ -180,8 +185,11 @@ class Service:
             return await self._buffered(ctx, plan, client_wants_usage)
         if plan.gate is not None and plan.gate.buffer_streams:
             return await self._buffered(ctx, plan, client_wants_usage)
-        options = ctx.payload.get("stream_options")
-        ctx.payload["stream_options"] = {**(options or {}), "include_usage": True}
+        responses = ctx.endpoint == RESPONSES
+        if not responses:  # a Responses stream always ends with its usage
+            options = ctx.payload.get("stream_options")
+            ctx.payload["stream_options"] = {**(options or {}), "include_usage": True}
+        first_state = responses_first_read_state if responses else first_read_state
 
         tracker = self.tracker
 
@@ -213,10 +221,10 @@ class Service:
                     )
                     blocks = upstream.blocks()
                     first = await anext(blocks)
-                    ready, problem = first_read_state(first, dep.id)
+                    ready, problem = first_state(first, dep.id)
                     while not ready:
                         first += await anext(blocks)
-                        ready, problem = first_read_state(first, dep.id)
+                        ready, problem = first_state(first, dep.id)
             except TimeoutError:
                 if upstream is not None:
                     await upstream.close()
@@ -245,7 +253,7 @@ class Service:
         )
         ctx.ttft_ms = (time.perf_counter() - ctx.t0) * 1000
         dep_id = attempt.deployment.id
-        relay = Relay(
+        relay = (ResponsesRelay if responses else Relay)(
             self.meter,
             ctx,
             plan,
@@ -275,7 +283,10 @@ class Service:
         done = await self.complete(ctx, plan)
 
         async def replay() -> AsyncIterator[bytes]:
-            yield replay_as_stream(done.body, client_wants_usage)
+            if ctx.endpoint == RESPONSES:
+                yield replay_events(orjson.loads(done.body))
+            else:
+                yield replay_as_stream(done.body, client_wants_usage)
 
         return StreamingCompletion(
             deployment=done.deployment,

@@ -29,6 +29,7 @@ from gateway.errors import Conflict
 from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import UpstreamReply
 from gateway.strategies.fanout import Fanout, Slot
+from gateway.strategies.responses_view import answer_view
 from routing.consensus import DISAGREE, Ballot, Verdict, candidates_body, decide
 from routing.model import Plan, PlannedAttempt
 
@@ -126,7 +127,7 @@ def _ballots(
             Ballot(
                 order=slot.order,
                 deployment=slot.attempt.deployment.id,
-                data=slot.result.data,
+                data=answer_view(ctx.endpoint, slot.result.data),
                 cost_usd=None if cost is None else float(cost),
                 strength=None if strength is None else float(strength),
             )

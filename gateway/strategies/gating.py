@@ -27,6 +27,12 @@ from gateway.core.ports import AttemptRunner, Completion
 from gateway.errors import GatewayError
 from gateway.ledger_rows import AttemptRow
 from gateway.providers.base import UpstreamReply
+from gateway.strategies.responses_view import (
+    RESPONSES,
+    answer_view,
+    chat_views,
+    responses_repair,
+)
 from routing.gates import GateResult, check, repair_message
 from routing.model import NO_RETRY, Plan, PlannedAttempt
 
@@ -93,7 +99,7 @@ def judge(
     """Meter an upstream answer and check it against the plan's gate (the outcome goes on
     its attempt row and into the live pass rates)."""
     assert plan.gate is not None
-    result = check(plan.gate.spec, ctx.payload, reply.data)
+    result = check(plan.gate.spec, *chat_views(ctx.endpoint, ctx.payload, reply.data))
     row = service.record_success(ctx, plan, attempt, reply, started)
     row.gate_outcome = result.outcome
     if service.quality is not None:
@@ -124,8 +130,21 @@ async def _repair(
 
 
 def _repair_payload(payload: dict[str, Any], failed: Answer) -> dict[str, Any]:
+    if "messages" not in payload and "input" in payload:  # a Responses request
+        said = said_of(answer_view(RESPONSES, failed.reply.data))
+        return responses_repair(payload, said, failed.result)
     messages = list(payload.get("messages") or [])
-    choices = failed.reply.data.get("choices")
+    said = said_of(failed.reply.data)
+    # The failed answer goes back as plain assistant text: a tool-call message would have
+    # to be followed by tool results, which we do not have.
+    messages.append({"role": "assistant", "content": said or "(no answer)"})
+    messages.append({"role": "user", "content": repair_message(failed.result)})
+    return {**payload, "messages": messages}
+
+
+def said_of(data: dict[str, Any]) -> str:
+    """What a chat answer said, tool calls included, as plain text."""
+    choices = data.get("choices")
     message = choices[0].get("message") if isinstance(choices, list) and choices else None
     said = ""
     if isinstance(message, dict):
@@ -133,11 +152,7 @@ def _repair_payload(payload: dict[str, Any], failed: Answer) -> dict[str, Any]:
         for call in message.get("tool_calls") or ():
             function = call.get("function", {}) if isinstance(call, dict) else {}
             said += f"\n[tool call {function.get('name')}: {function.get('arguments')}]"
-    # The failed answer goes back as plain assistant text: a tool-call message would have
-    # to be followed by tool results, which we do not have.
-    messages.append({"role": "assistant", "content": said.strip() or "(no answer)"})
-    messages.append({"role": "user", "content": repair_message(failed.result)})
-    return {**payload, "messages": messages}
+    return said.strip()
 
 
 def finish_gated(
@@ -154,7 +169,9 @@ def finish_gated(
         verdict = f"{PASS}; after {role}" if role in ("repair", "escalation") else PASS
     else:
         verdict = f"fail; {result.outcome}: {result.failures[0] if result.failures else ''}"
-    body = answer.reply.raw if result.body is None else orjson.dumps(result.body)
+    # A gate's normalized body is chat-shaped: a Responses client gets the answer as it came.
+    rewritten = result.body is not None and ctx.endpoint != RESPONSES
+    body = orjson.dumps(result.body) if rewritten else answer.reply.raw
     request = service.meter.finish(
         ctx, plan, 200, None, answer.attempt.deployment.id, gate_outcome=result.outcome
     )

@@ -1,0 +1,176 @@
+"""Every deployment serves `/v1/responses`: natively where the upstream speaks it, by
+translation to Chat Completions everywhere else.
+
+The service hands the adapter a Responses request whose `input` is already the whole
+conversation (Farebox owns conversation state, gateway/conversations), so any deployment
+can answer any turn. This wrapper sits in front of the protocol adapters and decides per
+deployment, per attempt — a failover from a native upstream to a translated one (or back)
+changes nothing for the client:
+
+- native (`responses_api: true` on an OpenAI-protocol provider): the body goes to the
+  upstream's `/responses` with `store: false` (the upstream never holds our state) and
+  without item ids another provider minted;
+- translated: `chat_request` turns it into a chat body, the protocol adapter (aiohttp or
+  litellm) serves it as any chat call, and the answer or stream comes back as a Response
+  object or the Responses event sequence.
+
+Other endpoints pass straight through.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.providers.base import CUT, Adapter, UpstreamError, UpstreamReply, UpstreamStream
+from gateway.providers.responses_stream import StreamTranslator
+from gateway.providers.responses_translate import chat_request, response_from_chat
+from routing.model import DeploymentSpec, Timeouts
+
+RESPONSES = "responses"
+_CHAT = "chat/completions"
+
+
+def new_response_id() -> str:
+    return "resp_" + secrets.token_hex(16)
+
+
+def native_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The request as a native upstream gets it: never stored there, no chain reference
+    (the input already holds the whole conversation), and no item ids another provider
+    (or an earlier attempt) minted — an upstream rejects ids it does not know. Reasoning
+    items travel only with their encrypted content; a bare summary means nothing to
+    another upstream."""
+    body = {k: v for k, v in payload.items() if k not in ("previous_response_id", "store")}
+    body["store"] = False
+    items = payload.get("input")
+    if isinstance(items, list):
+        kept: list[Any] = []
+        for item in items:
+            if not isinstance(item, dict):
+                kept.append(item)
+                continue
+            if item.get("type") == "reasoning" and not item.get("encrypted_content"):
+                continue
+            kept.append(
+                {k: v for k, v in item.items() if k != "id" or item.get("type") == "reasoning"}
+            )
+        body["input"] = kept
+    return body
+
+
+# Items a built-in tool left in the conversation (a search, a code run…): only the upstream
+# that ran it can read them; what they found is in the assistant's message that follows.
+_BUILT_IN_CALLS = frozenset(
+    {
+        "web_search_call",
+        "file_search_call",
+        "computer_call",
+        "computer_call_output",
+        "code_interpreter_call",
+        "image_generation_call",
+        "local_shell_call",
+        "local_shell_call_output",
+        "mcp_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+    }
+)
+
+
+def translatable(payload: dict[str, Any]) -> dict[str, Any]:
+    """The request without built-in tool call items, which chat has no place for."""
+    items = payload.get("input")
+    if not isinstance(items, list) or not any(
+        isinstance(i, dict) and i.get("type") in _BUILT_IN_CALLS for i in items
+    ):
+        return payload
+    kept = [i for i in items if not (isinstance(i, dict) and i.get("type") in _BUILT_IN_CALLS)]
+    return {**payload, "input": kept}
+
+
+class ResponsesBridge:
+    """An Adapter that adds the Responses endpoint to the one it wraps."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Adapter) -> None:
+        self._inner = inner
+
+    def supports(self, deployment: DeploymentSpec, endpoint: str) -> bool:
+        if endpoint == RESPONSES:
+            return deployment.responses_native or self._inner.supports(deployment, _CHAT)
+        return self._inner.supports(deployment, endpoint)
+
+    async def call(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
+    ) -> UpstreamReply:
+        if endpoint != RESPONSES:
+            return await self._inner.call(deployment, endpoint, payload, timeouts)
+        if deployment.responses_native:
+            return await self._inner.call(deployment, RESPONSES, native_payload(payload), timeouts)
+        reply = await self._inner.call(
+            deployment, _CHAT, chat_request(translatable(payload)), timeouts
+        )
+        response = response_from_chat(
+            reply.data, payload, response_id=new_response_id(), created_at=int(time.time())
+        )
+        return UpstreamReply(
+            reply.status, orjson.dumps(response), response, reply.request_id, reply.limits
+        )
+
+    async def open_stream(
+        self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
+    ) -> UpstreamStream:
+        if endpoint != RESPONSES:
+            return await self._inner.open_stream(deployment, endpoint, payload, timeouts)
+        if deployment.responses_native:
+            return await self._inner.open_stream(
+                deployment, RESPONSES, native_payload(payload), timeouts
+            )
+        chat = chat_request(translatable(payload))
+        upstream = await self._inner.open_stream(deployment, _CHAT, chat, timeouts)
+        translator = StreamTranslator(
+            payload, response_id=new_response_id(), created_at=int(time.time())
+        )
+        return TranslatedStream(deployment.id, upstream, translator)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class TranslatedStream:
+    """A chat stream read as a Responses event stream."""
+
+    __slots__ = ("_deployment", "_translator", "_upstream", "limits", "request_id")
+
+    def __init__(
+        self, deployment: str, upstream: UpstreamStream, translator: StreamTranslator
+    ) -> None:
+        self._deployment = deployment
+        self._upstream = upstream
+        self._translator = translator
+        self.request_id: str | None = upstream.request_id
+        self.limits: Mapping[str, str] | None = upstream.limits
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        translator = self._translator
+        async for block in self._upstream.blocks():
+            out = translator.feed(block)
+            if out:
+                yield out
+            if translator.done:
+                return
+        tail = translator.finish()
+        if tail:
+            yield tail
+        if not translator.done:
+            raise UpstreamError(CUT, f"{self._deployment} ended the stream before its end")
+
+    async def close(self) -> None:
+        await self._upstream.close()
