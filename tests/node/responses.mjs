@@ -35,7 +35,16 @@ async function step(name, body) {
   }
 }
 
-const textOf = (response) => response.output_text ?? "";
+// `output_text` is the SDK's convenience on create()/retrieve(); a Response inside a stream
+// event is the raw object, so read its message items.
+const textOf = (response) =>
+  response.output_text ??
+  response.output
+    .filter((item) => item.type === "message")
+    .flatMap((item) => item.content)
+    .filter((part) => part.type === "output_text")
+    .map((part) => part.text)
+    .join("");
 
 await step("chat", async () => {
   const reply = await client.chat.completions.create({
