@@ -157,7 +157,10 @@ def test_two_turn_agent_with_a_tool(
     assert workflows == {expected}
 
 
-def test_streamed_agent_run(served: tuple[RunningGateway, str], recorder: WireRecorder) -> None:
+@pytest.mark.parametrize("target", ["native", "translated", "anthropic", "failover"])
+def test_streamed_agent_run(
+    served: tuple[RunningGateway, str], recorder: WireRecorder, target: str
+) -> None:
     """Runner.run_streamed: the SDK consumes Farebox's Responses SSE for both model calls."""
     gw, _ = served
 
@@ -169,7 +172,7 @@ def test_streamed_agent_run(served: tuple[RunningGateway, str], recorder: WireRe
         agents.set_default_openai_client(client, use_for_tracing=False)
         weather = Weather()
         try:
-            result = Runner.run_streamed(agent_for("translated", weather), "Weather in Oslo?")
+            result = Runner.run_streamed(agent_for(target, weather), "Weather in Oslo?")
             kinds: list[Any] = [event.type async for event in result.stream_events()]
         finally:
             await http.aclose()

@@ -1,7 +1,8 @@
 """The real Node `openai` SDK (tests/node, pinned in its package-lock.json) against Farebox:
-tests/node/responses.mjs runs chat, Responses JSON and SSE, a function-tool round trip
-chained by previous_response_id, retrieve, input items, input tokens and delete on each
-of the four targets (tests/responses_targets.py), and prints one JSON object of results.
+tests/node/responses.mjs runs chat, Responses JSON and SSE (text and a function call), a
+function-tool round trip chained by previous_response_id whose second turn moves to another
+target, retrieve, input items, input tokens and delete on each of the four targets
+(tests/responses_targets.py), and prints one JSON object of results.
 
 Needs `node` and `npm ci --prefix tests/node` (`make install` runs it): without them these
 tests fail saying so; they never skip.
@@ -22,6 +23,7 @@ import pytest
 from tests.gateway_harness import RunningGateway
 from tests.responses_targets import (
     KEY,
+    SERVED_BY,
     TARGETS,
     TEXT,
     assert_ledger_matches_upstream,
@@ -34,6 +36,7 @@ STEPS = (
     "chat",
     "create",
     "stream",
+    "stream_tool",
     "tool_round_trip",
     "retrieve",
     "input_items",
@@ -60,8 +63,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGa
         yield pair
 
 
-def run_script(gw: RunningGateway, model: str) -> dict[str, Any]:
-    env = {**os.environ, "BASE_URL": gw.base_url, "API_KEY": KEY, "MODEL": model}
+def run_script(gw: RunningGateway, model: str, next_model: str) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "BASE_URL": gw.base_url,
+        "API_KEY": KEY,
+        "MODEL": model,
+        "NEXT_MODEL": next_model,
+    }
     done = subprocess.run(
         [node_binary(), str(SCRIPT)],
         cwd=NODE_DIR,
@@ -77,10 +86,16 @@ def run_script(gw: RunningGateway, model: str) -> dict[str, Any]:
     return results
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_node_sdk_unchanged(served: tuple[RunningGateway, str], target: str) -> None:
+#: Each target serves the whole script; the tool round trip's second turn moves to the next.
+MOVES = [(target, TARGETS[(n + 1) % len(TARGETS)]) for n, target in enumerate(TARGETS)]
+
+
+@pytest.mark.parametrize(("target", "next_target"), MOVES)
+def test_node_sdk_unchanged(
+    served: tuple[RunningGateway, str], target: str, next_target: str
+) -> None:
     gw, _ = served
-    results = run_script(gw, target)
+    results = run_script(gw, target, next_target)
     assert results["chat"]["object"] == "chat.completion" and results["chat"]["text"]
     create = results["create"]
     assert create["object"] == "response" and create["status"] == "completed"
@@ -95,10 +110,17 @@ def test_node_sdk_unchanged(served: tuple[RunningGateway, str], target: str) -> 
     assert stream["sequence"] == list(range(len(stream["types"])))
     assert stream["text"] == stream["final_text"] == TEXT
 
+    streamed_tool = results["stream_tool"]
+    assert "response.function_call_arguments.delta" in streamed_tool["types"]
+    assert streamed_tool["types"][-1] == "response.completed"
+    assert isinstance(streamed_tool["arguments"]["city"], str)
+    assert streamed_tool["final_types"] == ["function_call"]
+
     tool = results["tool_round_trip"]
     assert tool["call_name"] == "get_weather"
     assert isinstance(tool["call_arguments"]["city"], str)
     assert tool["second_output_types"] == ["message"] and tool["second_text"] == TEXT
+    assert tool["second_deployment"] == SERVED_BY[next_target]  # moved mid-conversation
 
     assert results["retrieve"]["id"] == create["id"]
     assert results["retrieve"]["text"] == TEXT

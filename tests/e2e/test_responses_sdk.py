@@ -240,6 +240,18 @@ def test_function_tool_round_trip(client: openai.OpenAI, target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_streamed_function_call(client: openai.OpenAI, target: str) -> None:
+    with client.responses.stream(model=target, input="Weather in Oslo?", tools=[WEATHER]) as s:
+        pieces = [e.delta for e in s if e.type == "response.function_call_arguments.delta"]
+        final = s.get_final_response()
+    assert [item.type for item in final.output] == ["function_call"]
+    call = final.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert pieces and "".join(pieces) == call.arguments
+    assert isinstance(json.loads(call.arguments)["city"], str)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_store_false_cannot_be_continued(client: openai.OpenAI, target: str) -> None:
     first = client.responses.create(model=target, input="Forget this", store=False)
     assert getattr(first, "store", None) is False

@@ -1,11 +1,13 @@
 // The real Node `openai` SDK against Farebox, unchanged: chat, Responses (JSON, SSE, a
 // function-tool round trip chained by previous_response_id), retrieve, input items, input
-// token count, delete. Reads BASE_URL (ends in /v1), API_KEY and MODEL (a Farebox route)
-// from the environment and prints ONE JSON object on stdout: one entry per step, each
+// token count, delete. Reads BASE_URL (ends in /v1), API_KEY, MODEL (a Farebox route) and
+// optionally NEXT_MODEL (the route that answers the tool round trip's second turn; default
+// MODEL) from the environment and prints ONE JSON object on stdout: one entry per step, each
 // {ok: true, ...facts} or {ok: false, error, status}. tests/e2e/test_node_sdk.py asserts on it.
 import OpenAI from "openai";
 
 const { BASE_URL, API_KEY, MODEL } = process.env;
+const NEXT_MODEL = process.env.NEXT_MODEL || MODEL;
 if (!BASE_URL || !API_KEY || !MODEL) {
   console.error("responses.mjs needs BASE_URL, API_KEY and MODEL in the environment");
   process.exit(2);
@@ -92,6 +94,28 @@ await step("stream", async () => {
   return { types, sequence, text, final_id: final?.id ?? null, final_text: final ? textOf(final) : null };
 });
 
+await step("stream_tool", async () => {
+  const stream = await client.responses.create({
+    model: MODEL,
+    input: "Weather in Oslo, streamed?",
+    tools: [WEATHER],
+    stream: true,
+  });
+  const types = [];
+  let args = "";
+  let final = null;
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === "response.function_call_arguments.delta") args += event.delta;
+    if (event.type === "response.completed") final = event.response;
+  }
+  return {
+    types,
+    arguments: JSON.parse(args),
+    final_types: final ? final.output.map((item) => item.type) : null,
+  };
+});
+
 let toolTurns = null;
 await step("tool_round_trip", async () => {
   const first = await client.responses.create({
@@ -101,12 +125,14 @@ await step("tool_round_trip", async () => {
   });
   const call = first.output.find((item) => item.type === "function_call");
   if (!call) throw new Error(`no function_call in ${JSON.stringify(first.output)}`);
-  const second = await client.responses.create({
-    model: MODEL,
-    previous_response_id: first.id,
-    input: [{ type: "function_call_output", call_id: call.call_id, output: "Sunny, 21 C" }],
-    tools: [WEATHER],
-  });
+  const { data: second, response: raw } = await client.responses
+    .create({
+      model: NEXT_MODEL,
+      previous_response_id: first.id,
+      input: [{ type: "function_call_output", call_id: call.call_id, output: "Sunny, 21 C" }],
+      tools: [WEATHER],
+    })
+    .withResponse();
   toolTurns = { first: first.id, second: second.id };
   return {
     first_id: first.id,
@@ -116,6 +142,7 @@ await step("tool_round_trip", async () => {
     second_previous: second.previous_response_id ?? null,
     second_output_types: second.output.map((item) => item.type),
     second_text: textOf(second),
+    second_deployment: raw.headers.get("x-farebox-deployment"),
   };
 });
 
