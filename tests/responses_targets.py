@@ -7,7 +7,8 @@ against, each behind its own route of one Farebox in front of its own simulator:
   Farebox translates Responses ⇄ Chat;
 * ``anthropic``: an Anthropic provider through litellm to the simulator's ``/v1/messages``;
 * ``failover``: a native target that answers 500, then the translated one (one try each);
-* ``cut-native`` / ``cut-translated``: streams the upstream drops after two deltas.
+* ``cut-native`` / ``cut-translated``: streams the upstream drops after two deltas;
+* ``broken``: its only target answers 500.
 
 A module-scoped simulator of its own makes the ledger check exact: every attempt row in the
 gateway's database is one request the simulator received, and nothing else reached it.
@@ -71,6 +72,7 @@ routes:
   # Streams the upstream drops after two deltas: the client must see them fail.
   cut-native: {targets: [cut@simr], retry: {attempts: 1}}
   cut-translated: {targets: [cutchat@sim], retry: {attempts: 1}}
+  broken: {targets: [broken@simr], retry: {attempts: 1}}
 """.replace("CLIENT_KEY", KEY)
 
 

@@ -271,6 +271,41 @@ def test_stream_cut_by_the_client_is_metered(client: openai.OpenAI, target: str)
     # What it cost is in the ledger: the last test compares attempts with the simulator.
 
 
+def test_input_items_paginate(client: openai.OpenAI) -> None:
+    turns: Any = [user("One"), {"role": "assistant", "content": "Two"}, user("Three")]
+    created = client.responses.create(model="native", input=turns)
+    first_page = client.responses.input_items.list(created.id, limit=1, order="asc")
+    assert len(first_page.data) == 1 and first_page.has_more
+    every = list(client.responses.input_items.list(created.id, limit=1, order="asc"))
+    assert [getattr(item, "role", None) for item in every] == ["user", "assistant", "user"]
+    newest_first = list(client.responses.input_items.list(created.id, limit=2))
+    assert [item.id for item in newest_first] == [item.id for item in reversed(every)]
+
+
+def test_errors_are_the_sdks_typed_errors(gw: RunningGateway, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as tool:
+        client.responses.create(model="translated", input="News?", tools=[{"type": "web_search"}])
+    assert tool.value.param == "tools" and "web_search" in tool.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-route", input="hi")
+    with pytest.raises(openai.BadRequestError) as missing:
+        client.responses.create(model="native", input="hi", previous_response_id="resp_nope")
+    assert missing.value.code == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_nope")
+    stranger = openai.OpenAI(base_url=gw.base_url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.responses.create(model="native", input="hi")
+    # Every target failed before the first event: an error status, not a stream.
+    with (
+        pytest.raises(openai.InternalServerError),
+        client.responses.stream(model="broken", input="hi") as stream,
+    ):
+        list(stream)
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model="broken", input="hi")
+
+
 # -- a conversation across targets ------------------------------------------------------
 
 PAIRS = [
