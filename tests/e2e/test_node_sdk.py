@@ -29,6 +29,7 @@ from tests.responses_targets import (
     assert_ledger_matches_upstream,
     responses_gateway,
 )
+from tests.wire_recorder import Exchange, validate_exchange
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 SCRIPT = NODE_DIR / "responses.mjs"
@@ -36,6 +37,7 @@ STEPS = (
     "chat",
     "create",
     "stream",
+    "stream_helper",
     "stream_tool",
     "tool_round_trip",
     "retrieve",
@@ -83,6 +85,11 @@ def run_script(gw: RunningGateway, model: str, next_model: str) -> dict[str, Any
     results: dict[str, Any] = orjson.loads(done.stdout)
     failed = {name: results[name] for name in STEPS if not results[name]["ok"]}
     assert not failed, f"steps failed on {model}: {failed}"
+    # Every body the Node SDK received, against OpenAI's spec.
+    for sent in results["wire"]:
+        body = bytearray(sent.pop("body").encode())
+        validate_exchange(Exchange(**sent, body=body, complete=True))
+    assert len(results["wire"]) >= 12
     return results
 
 
@@ -109,6 +116,9 @@ def test_node_sdk_unchanged(
     assert "response.output_text.delta" in stream["types"]
     assert stream["sequence"] == list(range(len(stream["types"])))
     assert stream["text"] == stream["final_text"] == TEXT
+
+    helper = results["stream_helper"]
+    assert helper["text"] == helper["final_text"] == TEXT and helper["status"] == "completed"
 
     streamed_tool = results["stream_tool"]
     assert "response.function_call_arguments.delta" in streamed_tool["types"]

@@ -13,7 +13,30 @@ if (!BASE_URL || !API_KEY || !MODEL) {
   process.exit(2);
 }
 
-const client = new OpenAI({ baseURL: BASE_URL, apiKey: API_KEY, maxRetries: 0, timeout: 15000 });
+// Every HTTP exchange the SDK makes, body included (read from a clone, so the SDK's own
+// reading is untouched): the Python test validates each against OpenAI's spec.
+const wire = [];
+async function recordingFetch(url, init) {
+  const response = await fetch(url, init);
+  const exchange = {
+    method: init?.method ?? "GET",
+    path: new URL(url).pathname,
+    status: response.status,
+    content_type: response.headers.get("content-type") ?? "",
+    request_id: response.headers.get("x-request-id"),
+  };
+  exchange.body = response.clone().text();
+  wire.push(exchange);
+  return response;
+}
+
+const client = new OpenAI({
+  baseURL: BASE_URL,
+  apiKey: API_KEY,
+  maxRetries: 0,
+  timeout: 15000,
+  fetch: recordingFetch,
+});
 const WEATHER = {
   type: "function",
   name: "get_weather",
@@ -92,6 +115,18 @@ await step("stream", async () => {
     if (event.type === "response.completed") final = event.response;
   }
   return { types, sequence, text, final_id: final?.id ?? null, final_text: final ? textOf(final) : null };
+});
+
+// The SDK's stream helper rebuilds the Response from the events (it throws on events that
+// do not fit its snapshot), then hands back the final one.
+await step("stream_helper", async () => {
+  const stream = client.responses.stream({ model: MODEL, input: "Stream with the helper" });
+  let text = "";
+  stream.on("response.output_text.delta", (event) => {
+    text += event.delta;
+  });
+  const final = await stream.finalResponse();
+  return { text, final_text: final.output_text, status: final.status };
 });
 
 await step("stream_tool", async () => {
@@ -176,4 +211,6 @@ await step("delete", async () => {
   return { returned: deleted ?? null, retrieve_after: after };
 });
 
+for (const exchange of wire) exchange.body = await exchange.body;
+results.wire = wire;
 process.stdout.write(JSON.stringify(results) + "\n");
