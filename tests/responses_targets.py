@@ -8,7 +8,8 @@ against, each behind its own route of one Farebox in front of its own simulator:
 * ``anthropic``: an Anthropic provider through litellm to the simulator's ``/v1/messages``;
 * ``failover``: a native target that answers 500, then the translated one (one try each);
 * ``cut-native`` / ``cut-translated``: streams the upstream drops after two deltas;
-* ``broken``: its only target answers 500.
+* ``broken``: its only target answers 500;
+* ``slow-native`` / ``slow-translated``: 40 deltas at 40 a second, for clients that hang up.
 
 A module-scoped simulator of its own makes the ledger check exact: every attempt row in the
 gateway's database is one request the simulator received, and nothing else reached it.
@@ -60,6 +61,8 @@ deployments:
   claude@claude: {provider: claude, model: "claude-sim::tokens=5"}
   cut@simr: {provider: simr, model: "sim-cut::cut_after=2,tokens=10"}
   cutchat@sim: {provider: sim, model: "sim-cutchat::cut_after=2,tokens=10"}
+  slow@simr: {provider: simr, model: "sim-slow::tokens=40,tps=40"}
+  slowchat@sim: {provider: sim, model: "sim-slowchat::tokens=40,tps=40"}
 routes:
   native: {targets: [native@simr]}
   translated: {targets: [open@sim]}
@@ -73,6 +76,9 @@ routes:
   cut-native: {targets: [cut@simr], retry: {attempts: 1}}
   cut-translated: {targets: [cutchat@sim], retry: {attempts: 1}}
   broken: {targets: [broken@simr], retry: {attempts: 1}}
+  # A second's worth of deltas: time for a client to hang up mid-answer.
+  slow-native: {targets: [slow@simr]}
+  slow-translated: {targets: [slowchat@sim]}
 """.replace("CLIENT_KEY", KEY)
 
 

@@ -262,13 +262,20 @@ def test_store_false_cannot_be_continued(client: openai.OpenAI, target: str) -> 
         client.responses.retrieve(first.id)
 
 
-@pytest.mark.parametrize("target", ["native", "translated"])
-def test_stream_cut_by_the_client_is_metered(client: openai.OpenAI, target: str) -> None:
-    with client.responses.stream(model=target, input="Start, then stop") as stream:
+@pytest.mark.parametrize("route", ["slow-native", "slow-translated"])
+def test_stream_cut_by_the_client_is_metered(
+    client: openai.OpenAI, gw: RunningGateway, recorder: WireRecorder, route: str
+) -> None:
+    with client.responses.stream(model=route, input="Start, then stop") as stream:
         for event in stream:
             if event.type == "response.output_text.delta":
                 break  # the client walks away mid-answer
-    # What it cost is in the ledger: the last test compares attempts with the simulator.
+    request_id = recorder.exchanges[-1].request_id
+    assert request_id is not None
+    row = request_rows(gw, [request_id])[request_id]
+    assert row["final_status"] == 499, row  # the client closed it
+    assert 0 < row["output_tokens"] < 40  # what was generated before the hang-up
+    # The last test compares all attempts with the simulator's requests.
 
 
 def test_input_items_paginate(client: openai.OpenAI) -> None:
@@ -427,17 +434,20 @@ def test_stream_cut_by_the_upstream_fails_not_completes(client: openai.OpenAI, r
 def test_ledger_attempts_equal_upstream_requests(
     served: tuple[RunningGateway, str], client: openai.OpenAI
 ) -> None:
-    """Runs last (file order): every call above, chat among them, streams cut by the
-    client, failovers, plus a stream the upstream cuts."""
+    """Runs last (file order): every call above plus a mix of its own — chat, a failover,
+    a stream the upstream cuts, one the client cuts — one attempt row per upstream request."""
     gw, sim = served
     chat = client.chat.completions.create(
         model="translated", messages=[{"role": "user", "content": "chat too"}]
     )
     assert chat.choices[0].message.content == TEXT
+    assert client.responses.create(model="failover", input="Fail over").output_text == TEXT
+    list(client.responses.create(model="cut-translated", input="Cut", stream=True))
+    with client.responses.stream(model="slow-native", input="Hang up") as stream:
+        next(iter(stream))
     calls = assert_ledger_matches_upstream(gw, sim)
-    assert calls > 50
     url = ledger_url(gw)
     failed = sql_rows(url, "SELECT count(*) FROM attempts WHERE deployment = 'broken@simr'")
-    assert failed[0][0] > 0
+    assert 0 < failed[0][0] < calls
     endpoints = dict(sql_rows(url, "SELECT endpoint, count(*) FROM requests GROUP BY endpoint"))
-    assert endpoints["responses"] > 50 and endpoints["chat/completions"] >= 1
+    assert endpoints["responses"] >= 3 and endpoints["chat/completions"] >= 1
