@@ -14,6 +14,7 @@ import responses_micro
 
 Row = dict[str, Any]
 BUDGET = 1.15  # translated ÷ chat, gateway CPU per request
+NOISY_CORES = 0.25  # other processes' median CPU use above which the header warns
 MODES = {"non-stream": "", "stream": "-stream"}
 ROUTES = ("chat", "resp-native", "resp-translated")
 _KEYS = (
@@ -126,10 +127,12 @@ def build(
     summary = {key: _summary(rows) for key, rows in rounds.items() if rows}
     ratios = _ratios(rounds, summary)
     sim_cpus, gw_cpus = pinning
+    noise = [s["other_cores"] for s in summary.values() if s["other_cores"] is not None]
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/responses_bench.py", *argv[1:]]),
         "smoke": bool(args.quick),
+        "other_cores": _median(noise),
         "machine": report_meta.machine(),
         "versions": report_meta.versions(),
         "config": {
@@ -257,8 +260,16 @@ def markdown(results: Row) -> str:
     head = ["# Responses API beside chat (issue 23)", ""]
     if results["smoke"]:
         head += [
-            "> **SMOKE RUN** (`--quick`: one short round on a busy machine). The figures "
-            "only show that the harness works; they are not a measurement.",
+            "> **SMOKE RUN** (`--quick`: one short round). The figures only show that the "
+            "harness works; they are not a measurement.",
+            "",
+        ]
+    noise = results["other_cores"]
+    if noise is not None and noise > NOISY_CORES:
+        head += [
+            f"> **NOISY MACHINE**: other processes used a median of {noise:.2f} cores during "
+            "the runs, so the gateway got less than its CPU and the figures move a lot between "
+            "runs. Re-run on a quiet machine before reading the ratios as a measurement.",
             "",
         ]
     head += [
@@ -296,11 +307,10 @@ def markdown(results: Row) -> str:
     ]
     micro = results["micro"]
     head += [f"unavailable: {micro}"] if isinstance(micro, str) else responses_micro.markdown(micro)
-    noise = [s["other_cores"] for s in results["summary"].values() if s["other_cores"] is not None]
-    if noise:
+    if noise is not None:
         head += [
             "",
-            f"Noise: other processes on the machine used a median of "
-            f"{statistics.median(noise):.2f} cores during the runs.",
+            f"Noise: other processes on the machine used a median of {noise:.2f} cores "
+            "during the runs (CPU busy time from /proc/stat minus the gateway, simulator and wrk).",
         ]
     return "\n".join(head) + "\n"

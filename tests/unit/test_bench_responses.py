@@ -50,6 +50,10 @@ def test_micro_stream_is_a_chat_stream_the_translator_completes() -> None:
     assert translator.response["status"] == "completed"
 
 
+_ARGS = argparse.Namespace(quick=True, duration=2.0, rounds=2, warmup=1.0, connections=64,
+                           max_tokens=64, ledger="off", store=False)  # fmt: skip
+
+
 def _row(rnd: int, rps: float, cpu: float) -> dict[str, Any]:
     return {"round": rnd, "ok_rps": rps, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_us_per_req": cpu,
             "sim_cpu_us_per_req": 50.0, "db_cpu_us_per_req": None, "gateway_cores": 1.0,
@@ -64,8 +68,7 @@ def _results(translated_cpu: float, counts: dict[str, Any] | None = None) -> dic
         "chat-stream": [_row(1, 1500, 400), _row(2, 1500, 400)],
         "resp-translated-stream": [_row(1, 1100, 600), _row(2, 1100, 600)],
     }
-    args = argparse.Namespace(quick=True, duration=2.0, rounds=2, warmup=1.0, connections=64,
-                              max_tokens=64, ledger="off", store=False)  # fmt: skip
+    args = _ARGS
     routes = responses_report.ROUTES
     counts = counts or {
         "received": {"chat": 4100, "resp-native": 2000, "resp-translated": 2010},
@@ -103,8 +106,20 @@ def test_report_ratios_and_budget_lines() -> None:
     assert "CPU budget stream: MISS" in problems
     assert "resp-native-stream unavailable: HTTP 404" in problems
 
+    assert "NOISY MACHINE" not in text  # others used 0.1 cores
+
     missing = _results(translated_cpu=357.0)  # 1.152
     assert missing["budgets"][0]["verdict"] == "MISS"
+    for rows in missing["rounds"].values():
+        for row in rows:
+            row["other_cores"] = 0.6
+    missing = responses_report.build(
+        argparse.Namespace(**{**vars(_ARGS), "quick": False}), ["x"], missing["rounds"],
+        {}, missing["counts"], [], (None, None), 1.0,
+    )  # fmt: skip
+    assert missing["other_cores"] == 0.6
+    text = responses_report.markdown(missing)
+    assert "NOISY MACHINE" in text and "SMOKE RUN" not in text
 
 
 def test_counts_check_catches_a_lost_request_and_a_wrong_wire() -> None:
