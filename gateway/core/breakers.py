@@ -105,6 +105,7 @@ class Breakers:
         self._failure_view = _LiveView(self._states, lambda s: s.last_failure_at)
         self._sharing = Sharing(
             log,
+            component="breakers",
             up="circuit breakers shared through Redis",
             down="Redis unreachable (%s); breakers use local state, reconnecting",
             reconnect_max_s=reconnect_max_s,

@@ -25,7 +25,6 @@ from typing import Any
 import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
-from redis.exceptions import RedisError
 
 from gateway.drills.verdict_report import render, side_dict
 from gateway.ledger.drills_repository import (
@@ -38,7 +37,8 @@ from gateway.ledger.drills_repository import (
 )
 from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
-from gateway.runtime.redis import redis_client
+from gateway.runtime.redis import Sharing, redis_client
+from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
 from routing.model import DeploymentSpec, Plan
@@ -128,8 +128,16 @@ class DrillBoard:
         self._loop_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._healthy = True
+        self._healthy = True  # the database poll (Redis has `_sharing`)
         self._redis = redis_client(redis_url) if redis_url else None
+        # Redis down means: counts stay in process, the database poll finds changes.
+        self._sharing = Sharing(
+            log,
+            component="drills",
+            up="drills shared through Redis",
+            down="Redis unreachable for drills (%s); counting in process, polling the database",
+            reconnect_max_s=1.0,
+        )
 
     @property
     def repository(self) -> DrillsRepository | None:
@@ -227,7 +235,10 @@ class DrillBoard:
         await self.restore_verdicts()
         self._loop_task = asyncio.create_task(self._run(), name="farebox-drills")
         if self._redis is not None:
-            self._listen_task = asyncio.create_task(self._listen(), name="farebox-drills-listen")
+            self._listen_task = asyncio.create_task(
+                self._sharing.supervise(self._follow, self._sharing.lost),
+                name="farebox-drills-listen",
+            )
 
     async def restore_verdicts(self) -> None:
         """Set `farebox_drill_last_verdict` from the database at start-up, so a restarted
@@ -262,8 +273,10 @@ class DrillBoard:
         """Tell every replica to re-read the drills now (after a start, stop or abort)."""
         self._wake.set()
         if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._redis.publish(CHANNEL, b"changed")
+            except REDIS_ERRORS as exc:  # the other replicas' poll finds the change
+                self._sharing.lost(exc)
 
     async def _run(self) -> None:
         while True:
@@ -284,19 +297,16 @@ class DrillBoard:
         else:
             self._healthy = True
 
-    async def _listen(self) -> None:
+    async def _follow(self) -> None:
+        """Wake the poll on every announcement until Redis fails (the poll carries on)."""
         assert self._redis is not None
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis away: the database poll carries on meanwhile
-                await asyncio.sleep(1.0)
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(CHANNEL)
+            self._sharing.connected = True
+            self._sharing.set(True)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self._wake.set()
 
     async def _sync(self) -> None:
         assert self._repo is not None
@@ -329,13 +339,15 @@ class DrillBoard:
                 pipe.expire(key, 7 * 24 * 3600)
                 pipe.hmget(key, ["attempts", "errors"])
                 results = await pipe.execute()
-        except (RedisError, OSError):
+        except REDIS_ERRORS as exc:
+            self._sharing.lost(exc)
             tally = self._tallies.get(spec.id)
             if tally is not None and drills.should_abort(
                 spec, tally.attempts, sum(tally.errors.values())
             ):
                 await self._abort(spec, _TOO_MANY_ERRORS)
             return
+        self._sharing.set(True)
         attempts, errors = (int(v or 0) for v in results[-1])
         if drills.should_abort(spec, attempts, errors):
             await self._abort(spec, _TOO_MANY_ERRORS)
@@ -416,7 +428,8 @@ class DrillBoard:
             checked, conforming = await self._redis.hmget(
                 f"farebox:drill:{spec.id}", ["checked", "conforming"]
             )
-        except (RedisError, OSError):
+        except REDIS_ERRORS as exc:
+            self._sharing.lost(exc)
             return tally.checked, tally.conforming, mismatches
         return int(checked or 0), int(conforming or 0), mismatches
 

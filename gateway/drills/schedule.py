@@ -24,11 +24,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from redis.exceptions import RedisError
-
 from gateway.config.drills import DrillSchedule
 from gateway.ledger.drills_repository import DrillRow, DrillsRepository
-from gateway.runtime.redis import redis_client
+from gateway.runtime.redis import RedisState, redis_client
+from gateway.runtime.redis_health import REDIS_ERRORS
 
 log = logging.getLogger("farebox.drills")
 
@@ -78,7 +77,13 @@ class DrillScheduler:
         self._redis = redis_client(redis_url) if redis_url else None
         self._task: asyncio.Task[None] | None = None
         self._holding = False
-        self._warned = False
+        self._warned = False  # the last check failed (the database, or Redis mid-check)
+        self._state = RedisState(
+            log,
+            component="drill_scheduler",
+            up="drill scheduler: Redis reachable, competing for the lock",
+            down="drill scheduler: Redis unreachable (%s); starting no drills",
+        )
 
     @property
     def leader(self) -> bool:
@@ -97,7 +102,7 @@ class DrillScheduler:
         if self._redis is not None:
             if self._holding:
                 # Hand the lease over now rather than after it expires.
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await self._redis.eval(_RELEASE, 1, LOCK_KEY, self._token)
                 self._holding = False
             await self._redis.aclose()
@@ -142,14 +147,11 @@ class DrillScheduler:
             self._holding = bool(
                 await self._redis.set(LOCK_KEY, self._token, nx=True, px=self._lock_ttl_ms)
             )
-        except (RedisError, OSError) as exc:
-            if self._holding or not self._warned:
-                log.warning(
-                    "drill scheduler: Redis unreachable (%s); starting no drills",
-                    type(exc).__name__,
-                )
+        except REDIS_ERRORS as exc:
+            self._state.lost(exc)
             self._holding = False
-            self._warned = True
+            return False
+        self._state.set(True)
         return self._holding
 
     async def _start_if_due(self, schedule: DrillSchedule) -> DrillRow | None:

@@ -135,6 +135,7 @@ class KeySync:
         self._handled: dict[str, datetime] = {}  # key id -> the updated_at last invalidated
         self._sharing = Sharing(
             log,
+            component="key_sync",
             up="key revocations shared through Redis",
             down="Redis unreachable for key changes (%s); polling the database",
             reconnect_max_s=reconnect_max_s,

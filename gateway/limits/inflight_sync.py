@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-from gateway.runtime.redis import redis_client
+from gateway.runtime.redis import RedisState, redis_client
 from routing.live import DeploymentLoad
 
 log = logging.getLogger("farebox.inflight")
@@ -51,7 +51,13 @@ class InFlightSync:
         self._key = PREFIX + self.replica
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
-        self._healthy = True
+        self._state = RedisState(
+            log,
+            component="inflight_sync",
+            up="in-flight sharing through Redis is up",
+            down="in-flight sharing through Redis failed (%s); using this replica's counts "
+            "only until it is back",
+        )
         self.rounds = 0
 
     def connect(self) -> None:
@@ -82,19 +88,11 @@ class InFlightSync:
         while True:
             try:
                 await self.sync_once()
-                if not self._healthy:
-                    log.warning("in-flight sharing through Redis is back")
-                self._healthy = True
+                self._state.set(True)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # anything Redis throws: use local counts only
-                if self._healthy:
-                    log.warning(
-                        "in-flight sharing through Redis failed (%s); using this replica's "
-                        "counts only until it is back",
-                        type(exc).__name__,
-                    )
-                self._healthy = False
+            except Exception as exc:  # a background loop that must survive: local counts only
+                self._state.lost(exc)
                 for dep in self._deployments:
                     load = self._loads[dep]
                     load.remote_in_flight = load.remote_requests = load.remote_tokens = 0

@@ -12,9 +12,12 @@ sync, drill board, drill schedule, CLI announcements):
   (breakers, key sync) whose pooled connection may have been dropped while idle.
 
 Health follows one rule too: the first failure marks Redis down and callers fall back (the
-in-process limiter, a cache miss, local breakers, the database poll) until it answers again:
-gateway.runtime.redis_health.RedisHealth for the clients that requests depend on, `Sharing`
-below for the pub/sub subscribers (breakers, key sync).
+in-process limiter, a cache miss, local breakers, local drill counts, local in-flight counts,
+the database poll, no scheduled drill) until it answers again, and each change is logged once:
+gateway.runtime.redis_health.RedisHealth for the clients that requests depend on (it probes),
+`Sharing` below for the pub/sub subscribers (breakers, key sync, drill board), `RedisState`
+for background work that simply tries again on its own schedule (in-flight sync, drill
+schedule). `farebox_redis_up{component}` exports the last two.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -45,29 +49,31 @@ def redis_client(
     )
 
 
-class Sharing:
-    """Whether a component shares its state through a Redis subscription right now, and the
-    loop that keeps that subscription up (gateway.core.breakers, gateway.keys.sync).
+UP = Gauge(
+    "farebox_redis_up",
+    "1 while the component's last Redis operation got through (background users of Redis)",
+    ["component"],
+    multiprocess_mode="livemin",  # one worker cut off from Redis is worth seeing
+)
 
-    `follow` subscribes, sets `connected` once it is in, and relays messages until Redis
-    fails; the loop then reconnects with exponential backoff and equal jitter, so replicas that
-    lost Redis together do not reconnect in lockstep, capped low so sharing resumes within
-    seconds. A change of state is logged once, not on every failed reconnect.
-    """
 
-    def __init__(self, log: logging.Logger, *, up: str, down: str, reconnect_max_s: float) -> None:
+class RedisState:
+    """Whether a background user of Redis got through last time: `set` after each try, and a
+    change of state is logged once (and exported as `farebox_redis_up{component}`), not on
+    every failed try. `down` is a format string taking the reason."""
+
+    def __init__(self, log: logging.Logger, *, component: str, up: str, down: str) -> None:
         self.ok = False
-        self.connected = False  # this round's `follow` got its subscription
-        self.attempted = asyncio.Event()  # set after the first round, whatever its outcome
         self._log, self._up, self._down = log, up, down
         self._reported: bool | None = None
-        self._reconnect_max_s = reconnect_max_s
+        self._gauge = UP.labels(component)
 
     def set(self, ok: bool, exc: BaseException | None = None) -> None:
         self.ok = ok
         if self._reported == ok:
             return
         self._reported = ok
+        self._gauge.set(1 if ok else 0)
         if ok:
             self._log.info("%s", self._up)
         else:
@@ -76,6 +82,26 @@ class Sharing:
 
     def lost(self, exc: BaseException) -> None:
         self.set(False, exc)
+
+
+class Sharing(RedisState):
+    """Whether a component shares its state through a Redis subscription right now, and the
+    loop that keeps that subscription up (gateway.core.breakers, gateway.keys.sync,
+    gateway.drills.board).
+
+    `follow` subscribes, sets `connected` once it is in, and relays messages until Redis
+    fails; the loop then reconnects with exponential backoff and equal jitter, so replicas that
+    lost Redis together do not reconnect in lockstep, capped low so sharing resumes within
+    seconds. A change of state is logged once, not on every failed reconnect.
+    """
+
+    def __init__(
+        self, log: logging.Logger, *, component: str, up: str, down: str, reconnect_max_s: float
+    ) -> None:
+        super().__init__(log, component=component, up=up, down=down)
+        self.connected = False  # this round's `follow` got its subscription
+        self.attempted = asyncio.Event()  # set after the first round, whatever its outcome
+        self._reconnect_max_s = reconnect_max_s
 
     async def supervise(
         self, follow: Callable[[], Awaitable[object]], lost: Callable[[BaseException], None]
