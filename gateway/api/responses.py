@@ -201,9 +201,9 @@ class _Create:
             ]
         else:
             items = as_items(payload.get("input"))
-        upstream_payload = {
-            k: v for k, v in payload.items() if k not in ("previous_response_id", "input")
-        }
+        # The whole conversation is the input; previous_response_id stays only to be echoed
+        # (no upstream is sent it: gateway/providers/responses_bridge.py).
+        upstream_payload = {k: v for k, v in payload.items() if k != "input"}
         upstream_payload["input"] = items
         ctx = CallContext(self.request_id, key_id, ENDPOINT, model, stream, upstream_payload)
         ctx.workflow_id = (
@@ -214,6 +214,7 @@ class _Create:
         call = await Call.begin(state, self.scope, headers, principal, ctx, body_bytes, ENDPOINT)
         try:
             keep = self._keeps(payload, call.plan, previous is not None)
+            ctx.payload["store"] = keep  # what the answer says about itself
             call.plan = self._with_built_in_tools(ctx, call.plan, payload)
             record = _Record(state, ctx, previous_id, items) if keep else None
             with DisconnectWatch(self.receive) as watch:
@@ -227,12 +228,8 @@ class _Create:
                 watch.stop()
                 call.answered(result)
                 body = result.body
-                if record is not None:
-                    response = orjson.loads(body)
-                    response["store"] = True
-                    body = orjson.dumps(response)
-                    if not await record.save(response):
-                        headers.append((b"x-farebox-stored", b"false"))
+                if record is not None and not await record.save(orjson.loads(body)):
+                    headers.append((b"x-farebox-stored", b"false"))
                 headers.append(JSON_TYPE)
                 add_result_headers(
                     headers,
@@ -340,7 +337,7 @@ class _Record:
             final = self.ctx.final_response
             if final is not None and not saved:
                 saved = True
-                await self.save({**final, "store": True})
+                await self.save(final)
             yield chunk
 
 

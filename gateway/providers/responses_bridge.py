@@ -19,6 +19,7 @@ Other endpoints pass straight through.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -113,7 +114,12 @@ class ResponsesBridge:
         if endpoint != RESPONSES:
             return await self._inner.call(deployment, endpoint, payload, timeouts)
         if deployment.responses_native:
-            return await self._inner.call(deployment, RESPONSES, native_payload(payload), timeouts)
+            reply = await self._inner.call(deployment, RESPONSES, native_payload(payload), timeouts)
+            echo = _echo(payload)
+            if echo:
+                reply.data.update(echo)
+                reply.raw = orjson.dumps(reply.data)
+            return reply
         reply = await self._inner.call(
             deployment, _CHAT, chat_request(translatable(payload)), timeouts
         )
@@ -130,9 +136,11 @@ class ResponsesBridge:
         if endpoint != RESPONSES:
             return await self._inner.open_stream(deployment, endpoint, payload, timeouts)
         if deployment.responses_native:
-            return await self._inner.open_stream(
+            stream = await self._inner.open_stream(
                 deployment, RESPONSES, native_payload(payload), timeouts
             )
+            echo = _echo(payload)
+            return EchoedStream(stream, echo) if echo else stream
         chat = chat_request(translatable(payload))
         upstream = await self._inner.open_stream(deployment, _CHAT, chat, timeouts)
         translator = StreamTranslator(
@@ -142,6 +150,52 @@ class ResponsesBridge:
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def _echo(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a native upstream's Response must say about the client's request that the
+    upstream never saw: the chain it continues and whether Farebox stores it (the upstream
+    was sent neither, and answers null / false)."""
+    echo: dict[str, Any] = {}
+    previous = payload.get("previous_response_id")
+    if isinstance(previous, str):
+        echo["previous_response_id"] = previous
+    if payload.get("store") is True:
+        echo["store"] = True
+    return echo
+
+
+_PREVIOUS_NULL = re.compile(rb'"previous_response_id":\s*null')
+_STORE_FALSE = re.compile(rb'"store":\s*false')
+
+
+class EchoedStream:
+    """A native event stream whose Response objects echo `_echo`'s fields. Only the
+    Response object has these keys, and a JSON string cannot hold them unescaped, so a
+    byte substitution on each read is exact."""
+
+    __slots__ = ("_previous", "_store", "_upstream", "limits", "request_id")
+
+    def __init__(self, upstream: UpstreamStream, echo: dict[str, Any]) -> None:
+        self._upstream = upstream
+        previous = echo.get("previous_response_id")
+        self._previous = (
+            b'"previous_response_id":' + orjson.dumps(previous) if previous is not None else None
+        )
+        self._store = echo.get("store") is True
+        self.request_id: str | None = upstream.request_id
+        self.limits: Mapping[str, str] | None = upstream.limits
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        async for block in self._upstream.blocks():
+            if self._previous is not None and b'"previous_response_id"' in block:
+                block = _PREVIOUS_NULL.sub(self._previous, block)
+            if self._store and b'"store"' in block:
+                block = _STORE_FALSE.sub(b'"store":true', block)
+            yield block
+
+    async def close(self) -> None:
+        await self._upstream.close()
 
 
 class TranslatedStream:
