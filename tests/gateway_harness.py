@@ -42,7 +42,10 @@ def running_gateway(
     config: GatewayConfig, settings: Settings | None = None
 ) -> Iterator[RunningGateway]:
     app = create_asgi(settings or Settings(master_key=None), config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
+    # (an accepted socket inherits the listener's 0 otherwise), and without it every answer
+    # waits ~40 ms for the client's delayed ACK (Nagle) before its body leaves.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
