@@ -206,6 +206,14 @@ def micro(cpus: set[int] | None, seconds: float) -> list[Row] | str:
     return rows
 
 
+def stored(pg: ledger_db.Postgres, served: int) -> Row:
+    """After the gateway stopped: rows in the `responses` table against the Responses
+    requests it completed, and the saves its log says failed (a timeout, say)."""
+    rows = int(pg.server.psql("SELECT count(*) FROM responses", ledger_db.DB_NAME).strip())
+    log = (WORK / "farebox.log").read_text(errors="replace")
+    return {"rows": rows, "served": served, "save_failures": log.count(": save failed (")}
+
+
 class Run:
     """The gateway, the simulator, and what each scenario measured."""
 
@@ -349,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         run.scenarios()
         sim.wait_idle()
         counts = run.simulator_counts(sim_port)
+        gw.stop()
+        if pg is not None and args.store:
+            served = run.served["resp-native"] + run.served["resp-translated"]
+            counts["store"] = stored(pg, served)
     finally:
         if gw is not None:
             gw.stop()

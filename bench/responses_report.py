@@ -10,7 +10,6 @@ import statistics
 from typing import Any
 
 import report_meta
-import responses_micro
 
 Row = dict[str, Any]
 BUDGET = 1.15  # translated ÷ chat, gateway CPU per request
@@ -171,6 +170,8 @@ def problems(results: Row) -> list[str]:
     ]
     if not results["counts"]["check"]["ok"]:
         out.append("simulator counts differ from the gateway's")
+    if (store := results["counts"].get("store")) is not None and not _store_ok(store):
+        out.append(f"{store['save_failures']} saves failed, {store['rows']} rows stored")
     if isinstance(results["micro"], str):
         out.append(results["micro"])
     return out
@@ -252,6 +253,25 @@ def _count_lines(results: Row) -> list[str]:
         f"- wires: simulator `/v1/responses` {ep['responses']:,} (= resp-native), "
         f"`/v1/chat/completions` {ep['chat']:,} (= chat + resp-translated): {verdict}"
     )
+    if (store := results["counts"].get("store")) is not None:
+        verdict = "ok" if _store_ok(store) else "**NOT ALL STORED**"
+        lines.append(
+            f"- stored: {store['rows']:,} rows in `responses` for {store['served']:,} Responses "
+            f"requests completed; {store['save_failures']} saves failed (gateway log): {verdict}"
+        )
+    return lines
+
+
+def _store_ok(store: Row) -> bool:
+    return bool(store["save_failures"] == 0 and store["rows"] >= store["served"])
+
+
+def micro_table(rows: list[Row]) -> list[str]:
+    """responses_micro.py's rows as a Markdown table."""
+    lines = ["| function | µs per call | µs per chunk |", "|---|---:|---:|"]
+    for r in rows:
+        chunk = f"{r['us_per_chunk']:.2f}" if r["us_per_chunk"] is not None else ""
+        lines.append(f"| {r['name']} | {r['us_per_call']:.1f} | {chunk} |")
     return lines
 
 
@@ -306,7 +326,7 @@ def markdown(results: Row) -> str:
         "",
     ]
     micro = results["micro"]
-    head += [f"unavailable: {micro}"] if isinstance(micro, str) else responses_micro.markdown(micro)
+    head += [f"unavailable: {micro}"] if isinstance(micro, str) else micro_table(micro)
     if noise is not None:
         head += [
             "",

@@ -141,3 +141,14 @@ def test_counts_check_catches_a_lost_request_and_a_wrong_wire() -> None:
     assert "simulator counts differ" in " ".join(
         responses_report.problems(_results(341.0, translated_natively))
     )
+
+
+def test_store_line_flags_failed_saves() -> None:
+    counts = _results(341.0)["counts"]
+    counts = {k: v for k, v in counts.items() if k != "check"}
+    good = _results(341.0, {**counts, "store": {"rows": 4010, "served": 4000, "save_failures": 0}})
+    assert "- stored: 4,010 rows in `responses` for 4,000" in responses_report.markdown(good)
+    assert not any("saves failed" in p for p in responses_report.problems(good))
+    bad = _results(341.0, {**counts, "store": {"rows": 3992, "served": 4000, "save_failures": 8}})
+    assert "**NOT ALL STORED**" in responses_report.markdown(bad)
+    assert "8 saves failed, 3992 rows stored" in responses_report.problems(bad)
