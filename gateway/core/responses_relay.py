@@ -26,10 +26,14 @@ from gateway.providers.responses_output import response_skeleton
 from gateway.providers.responses_replay import failed_event
 from gateway.runtime.shutdown import CLIENT_CANCELLED, SHUTDOWN, was_cut
 
-# Events that need decoding: the created / terminal ones and errors.
-_LIFECYCLE = re.compile(rb'"type":\s*"(?:response\.(?:created|completed|incomplete|failed)|error)"')
-_TERMINAL_OK = ("response.completed", "response.incomplete")
+_CREATED = b'"response.created"'
+_TERMINAL = re.compile(rb'"type":\s*"(response\.(?:completed|incomplete|failed)|error)"')
+_TERMINAL_OK_BYTES = (b"response.completed", b"response.incomplete")
+# An event's type (event types all start `response.`, or are `error`; nested objects'
+# types — message, output_text, function… — never do).
+_EVENT_TYPE = re.compile(rb'"type":\s*"(response\.[a-z_.]+|error)"')
 _TERMINAL_FAILED = ("response.failed", "error")
+_FAILED_BYTES = (b"response.failed", b"error")
 # Structure without content: failover stays open while only these have arrived.
 _NOT_YET_CONTENT = frozenset(
     {
@@ -50,54 +54,47 @@ class ResponsesRelay(Relay):
     __slots__ = ()
 
     async def run(self, blocks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
+        """One client write per upstream read, forwarded as it came. Only the terminal
+        event's data is parsed (usage, the final Response); `response.created`'s is kept
+        unparsed in case a failure has to be reported on it. Event-level keys are found
+        by byte search: inside a JSON string a quote is escaped and a newline is `\\n`,
+        so neither `"type":"…"` nor a line starting `data:` can occur there."""
         metered = False
         deltas = 0
         sequence = 0
         outcome: str | None = CLIENT_CANCELLED
-        so_far: dict[str, Any] | None = None
+        created: bytes | None = None
         block = first
         try:
             while True:
-                events = block.count(b"data:")
-                if _LIFECYCLE.search(block) is None:
-                    deltas += block.count(b'.delta"')
-                    sequence += events
+                sequence += block.count(b"\ndata:") + block.startswith(b"data:")
+                deltas += block.count(b'.delta"')
+                if created is None and (at := block.find(_CREATED)) >= 0:
+                    created = _event_data(block, at)
+                end = _TERMINAL.search(block)
+                if end is None:
                     yield block
-                else:
-                    out: list[bytes] = []
-                    for data in decode_events(block):
-                        sequence += 1
-                        event = _object(data)
-                        kind = event.get("type") if event is not None else None
-                        if kind == "response.created":
-                            so_far = _response_of(event)
-                        elif kind in _TERMINAL_OK:
-                            response = _response_of(event)
-                            self._meter_success(response.get("usage") if response else None)
-                            metered = True
-                            self.ctx.final_response = response
-                            outcome = None
-                        elif kind in _TERMINAL_FAILED:
-                            out.append(_sse(kind, UPSTREAM_SECRETS.raw(data)))
-                            outcome = STREAM_ERROR
-                            yield b"".join(out)
-                            return
-                        elif kind is not None and kind.endswith(".delta"):
-                            deltas += 1
-                        out.append(_sse(kind, data))
-                    yield b"".join(out)
-                    if outcome is None:
-                        return
+                elif end.group(1) in _TERMINAL_OK_BYTES:
+                    event = _object(_event_data(block, end.start()))
+                    response = _response_of(event)
+                    self._meter_success(response.get("usage") if response else None)
+                    metered = True
+                    self.ctx.final_response = response
+                    outcome = None
+                    yield block
+                    return
+                else:  # the upstream's own error or failed response, relayed scrubbed
+                    outcome = STREAM_ERROR
+                    yield UPSTREAM_SECRETS.raw(block)
+                    return
                 try:
                     block = await anext(blocks)
                 except StopAsyncIteration:
-                    if outcome == CLIENT_CANCELLED:
-                        raise UpstreamError(CUT, "the stream ended before its end") from None
-                    return
+                    raise UpstreamError(CUT, "the stream ended before its end") from None
         except UpstreamError as exc:
             outcome = error_class(exc)
             yield failed_event(
-                so_far or self._skeleton(),
+                self._so_far(created),
                 message=scrub(exc.message),
                 code="upstream_stream_interrupted",
                 sequence_number=sequence,
@@ -110,7 +107,7 @@ class ResponsesRelay(Relay):
             task.uncancel()
             outcome = SHUTDOWN
             yield failed_event(
-                so_far or self._skeleton(),
+                self._so_far(created),
                 message="The gateway is shutting down and ended this stream before it was "
                 "complete; retry the request.",
                 code="gateway_shutting_down",
@@ -119,6 +116,10 @@ class ResponsesRelay(Relay):
         finally:
             await self.upstream.close()
             self._finish(outcome, metered, deltas + 1)
+
+    def _so_far(self, created: bytes | None) -> dict[str, Any]:
+        response = _response_of(_object(created)) if created is not None else None
+        return response if response is not None else self._skeleton()
 
     def _skeleton(self) -> dict[str, Any]:
         """The Response a failure is reported on when the upstream never sent one."""
@@ -130,12 +131,16 @@ class ResponsesRelay(Relay):
         )
 
 
-def _sse(kind: str | None, data: bytes) -> bytes:
-    head = b"event: " + kind.encode() + b"\n" if kind else b""
-    return head + b"data: " + data + b"\n\n"
+def _event_data(block: bytes, at: int) -> bytes:
+    """The data of the event whose JSON holds offset `at` (one `data:` line: compact JSON)."""
+    start = block.rfind(b"data:", 0, at)
+    end = block.find(b"\n", at)
+    return block[start + 5 : end if end >= 0 else len(block)].strip()
 
 
-def _object(data: bytes) -> dict[str, Any] | None:
+def _object(data: bytes | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -152,6 +157,12 @@ def responses_first_read_state(block: bytes, deployment: str) -> tuple[bool, Ups
     """Whether a Responses stream's opening bytes hold its first content event (then the
     stream is committed to), and why they are unusable if they are: an error or a failed
     response before any content still fails over."""
+    for match in _EVENT_TYPE.finditer(block):
+        kind = match.group(1)
+        if kind in _FAILED_BYTES:
+            break  # decode it below, to say what went wrong
+        if kind.decode() not in _NOT_YET_CONTENT:
+            return True, None
     for data in _events(block):
         event = _object(data)
         if event is None:
