@@ -217,8 +217,7 @@ class ResponseCache:
                 lookup.entry = await self._find(route, lookup, keyed)
             except Unavailable:
                 return self._result(route, headers, BYPASS, None)
-            except Exception:
-                # The cache is an optimisation: whatever breaks in it, the request is served.
+            except Exception:  # an optional component's edge: whatever breaks, serve uncached
                 log.exception("response cache lookup failed on route %s; bypassing", route.name)
                 return self._result(route, headers, BYPASS, None)
         if lookup.entry is not None:

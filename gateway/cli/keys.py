@@ -111,9 +111,11 @@ class _CliNotifier:
     async def key_changed(self, key_id: str, hashes: Sequence[str]) -> None:
         if self._publisher is None:
             return
+        from gateway.runtime.redis_health import REDIS_ERRORS
+
         try:
             await self._publisher.key_changed(key_id, hashes)
-        except Exception:  # any Redis failure: say what happens instead
+        except REDIS_ERRORS:  # Redis away or too slow: say what happens instead
             typer.echo(
                 "warning: Redis unreachable; replicas pick the change up within ~1 s by "
                 "polling the database",

@@ -36,6 +36,7 @@ from gateway.keys.auth import KeyStore, Principal
 from gateway.ledger.keys_repository import KeysRepository, VirtualKey
 from gateway.runtime.background import Background, within
 from gateway.runtime.redis import Sharing, redis_client
+from gateway.runtime.redis_health import REDIS_ERRORS
 
 log = logging.getLogger("farebox.keys")
 
@@ -91,7 +92,7 @@ class Publisher:
         try:
             await self._redis.ping()
             self.reachable = True
-        except Exception as exc:  # any Redis failure: the replicas' poll is the fallback
+        except REDIS_ERRORS as exc:  # Redis away (a timeout is an OSError): replicas poll
             log.debug("Redis unreachable for key changes (%s: %s)", type(exc).__name__, exc)
         return self.reachable
 
@@ -176,7 +177,7 @@ class KeySync:
             await self._within(
                 self._redis.publish(self._channel, _message(key_id, hashes, self.replica_id))
             )
-        except Exception as exc:  # any Redis failure: the poll is the fallback
+        except REDIS_ERRORS as exc:  # Redis away or slower than its timeout: replicas poll
             log.warning("key change not published (%s: %s); replicas poll", type(exc).__name__, exc)
 
     def _forget(self, key_id: str, hashes: Sequence[str]) -> None:
