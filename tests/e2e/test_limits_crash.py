@@ -19,15 +19,14 @@ from pathlib import Path
 
 import httpx
 import openai
-import pytest
 import redis
 
 from tests.conftest import SIM_KEY
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.services import RedisServer
 
-# Run alone (make test's serial phase): kills a gateway and times reservation expiry.
-pytestmark = pytest.mark.serial
+# Runs beside other tests: the gateway it kills is its own, and the reservation TTL is waited
+# on as a condition (the budget usable again within 30 s), not timed.
 
 MASTER = "master-key-for-crash-tests"
 BUDGET_USD = "0.05"

@@ -28,8 +28,8 @@ from tests.ledger_reads import sql_rows
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
 
-# Run alone (make test's serial phase): kills gateways under load, freezes Postgres.
-pytestmark = pytest.mark.serial
+# Runs beside other tests: the gateways it kills and the Postgres it freezes are its own
+# (each test worker has its own server), and it waits on conditions, never on timing.
 
 KEY = "sk-crash-ledger-1"
 CONFIG = """

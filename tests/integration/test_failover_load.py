@@ -18,8 +18,8 @@ from tests.services import RedisServer
 from tests.simulator import running_simulator
 from tests.simulator import simulator_stats as stats
 
-# Run alone (make test's serial phase): load and latency (soak, hedging tail).
-pytestmark = pytest.mark.serial
+# The soak and the hedging tail run alone (make test's serial phase): load, and latency
+# percentiles. The shared breaker waits on a condition and runs beside other tests.
 
 KEY = "sk-failover-load-1"
 # The soak's length: 15 s in `make test` (~13,000 requests on a quiet machine, ~4,000 of them
@@ -122,6 +122,7 @@ def p(values: list[float], q: float) -> float:
     )
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(60 + 3 * SOAK_S)  # the soak, then a direct run to compare against
 def test_soak_with_a_primary_failing_30_percent(sim: str, tmp_path: Path) -> None:
     """SOAK_S at concurrency 50: every request served (by the fallback when the primary
@@ -187,6 +188,7 @@ def test_two_gateways_share_one_breaker_through_redis(
         )
 
 
+@pytest.mark.serial
 def test_hedging_cuts_the_slow_tail(sim: str, tmp_path: Path) -> None:
     env = {"SIM_URL": sim, "FAREBOX_LEDGER_ENABLED": "false"}
     with gateway_process(CONFIG, tmp_path, env) as gw:
