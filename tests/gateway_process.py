@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,28 @@ class GatewayProcess:
 def gateway_process(
     config_text: str, tmp: Path, env: Mapping[str, str], workers: int = 1
 ) -> Iterator[GatewayProcess]:
+    with gateway_processes([(config_text, tmp, env)], workers) as (running,):
+        yield running
+
+
+@contextmanager
+def gateway_processes(
+    specs: Sequence[tuple[str, Path, Mapping[str, str]]], workers: int = 1
+) -> Iterator[list[GatewayProcess]]:
+    """Several gateways (config text, home directory, env each), started side by side: all
+    are spawned before the first is waited for, so replicas boot in parallel."""
+    started: list[GatewayProcess] = []
+    try:
+        for config_text, tmp, env in specs:
+            started.append(_spawn(config_text, tmp, env, workers))
+        for running in started:
+            _wait_healthy(running)
+        yield started
+    finally:
+        _stop([running.proc for running in reversed(started)])
+
+
+def _spawn(config_text: str, tmp: Path, env: Mapping[str, str], workers: int) -> GatewayProcess:
     config = tmp / "gateway.yaml"
     config.write_text(config_text)
     port = free_port()
@@ -75,19 +97,21 @@ def gateway_process(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    running = GatewayProcess(proc, port, log, metrics_port)
-    try:
-        _wait_healthy(running)
-        yield running
-    finally:
-        if proc.poll() is None:
-            # SIGTERM first: a multi-worker master killed outright leaves its workers behind.
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    return GatewayProcess(proc, port, log, metrics_port)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every one still running (side by side, they drain together), then wait."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        # SIGTERM first: a multi-worker master killed outright leaves its workers behind.
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _wait_healthy(gw: GatewayProcess, timeout: float = 30) -> None:

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from gateway.ledger.drills_repository import DrillRow, DrillsRepository
-from tests.gateway_process import gateway_process
+from tests.gateway_process import gateway_processes
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator
 
@@ -133,10 +133,8 @@ def test_drills_across_two_replicas(tmp_path: Path, pg_url: str, redis_server: A
     }
     text = CONFIG % {"key": SIM_KEY}
     try:
-        with (
-            gateway_process(text, _home(tmp_path, "a"), _spool(env, tmp_path, "a")) as a,
-            gateway_process(text, _home(tmp_path, "b"), _spool(env, tmp_path, "b")) as b,
-        ):
+        replicas = [(text, _home(tmp_path, n), _spool(env, tmp_path, n)) for n in ("a", "b")]
+        with gateway_processes(replicas) as (a, b):
             started = run(start_drills(pg_url))
             client = redis.Redis.from_url(redis_server.url)
             client.publish("farebox:drills", b"changed")

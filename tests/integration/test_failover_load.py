@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.gateway_process import gateway_process
+from tests.gateway_process import gateway_process, gateway_processes
 from tests.services import RedisServer
 from tests.simulator import running_simulator
 from tests.simulator import simulator_stats as stats
@@ -162,10 +162,8 @@ def test_two_gateways_share_one_breaker_through_redis(
     env = {"SIM_URL": sim, "FAREBOX_REDIS_URL": redis_server.url, "FAREBOX_LEDGER_ENABLED": "false"}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with (
-        gateway_process(CONFIG, tmp_path / "a", env) as gw_a,
-        gateway_process(CONFIG, tmp_path / "b", env) as gw_b,
-    ):
+    pair = [(CONFIG, tmp_path / "a", env), (CONFIG, tmp_path / "b", env)]
+    with gateway_processes(pair) as (gw_a, gw_b):
         # Trip the breaker through A: each request fails twice on dead@sim (first try and
         # one retry) before the fallback serves it; 3 consecutive failures open it.
         for _ in range(2):

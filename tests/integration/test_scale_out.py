@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +32,7 @@ import redis
 from aiohttp import web
 
 from gateway.ledger.drills_repository import DrillsRepository
-from tests.gateway_process import GatewayProcess, gateway_process
+from tests.gateway_process import GatewayProcess, gateway_processes
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator
 
@@ -172,13 +172,12 @@ def cluster(tmp: Path, pg_url: str, redis_url: str, env: dict[str, str]) -> Iter
         "FAREBOX_MASTER_KEY": MASTER,
         "FAREBOX_LEDGER_MAX_DELAY_MS": "50",
     }
-    with ExitStack() as stack:
-        gws = []
-        for i in range(3):
-            home = tmp / f"replica{i}"
-            home.mkdir()
-            gw_env = {**base, "FAREBOX_SPOOL_DIR": str(home / "spool")}
-            gws.append(stack.enter_context(gateway_process(text, home, gw_env)))
+    specs = []
+    for i in range(3):
+        home = tmp / f"replica{i}"
+        home.mkdir()
+        specs.append((text, home, {**base, "FAREBOX_SPOOL_DIR": str(home / "spool")}))
+    with gateway_processes(specs) as gws:
         yield gws
 
 
