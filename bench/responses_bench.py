@@ -58,6 +58,7 @@ UPSTREAM_MODEL = {
     "resp-translated": "sim-translated",
 }
 Row = dict[str, Any]
+SKIPPED = "skipped (--only)"
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Responses stored (the API's default, no `store: false`); needs --ledger postgres",
     )
-    p.add_argument("--micro-seconds", type=float, default=0.2, help="per micro-benchmark repeat")
+    p.add_argument(
+        "--micro-seconds", type=float, default=None, help="per micro repeat (0.2; 0: skip it)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1 round, 1 s warm-up")
+    p.add_argument(
+        "--only",
+        type=lambda v: [k.strip() for k in v.split(",") if k.strip()],
+        default=None,
+        help="comma-separated scenarios to run (e.g. chat-stream,resp-translated-stream),\n"
+        "to iterate on one path; the others are reported as skipped",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -132,10 +142,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="exit 1: a scenario unavailable, a request failed, a budget missed",
     )
     args = p.parse_args(argv)
+    keys = [sc.key for sc in SCENARIOS]
+    if args.only and (unknown := sorted(set(args.only) - set(keys))):
+        p.error(f"--only: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(keys)}")
     if args.store and args.ledger != "postgres":
         p.error("--store needs --ledger postgres (responses are stored in the ledger database)")
     if args.quick:
-        args.duration, args.rounds, args.warmup, args.micro_seconds = 2.0, 1, 1.0, 0.05
+        args.duration, args.rounds, args.warmup = 2.0, 1, 1.0
+    if args.micro_seconds is None:
+        args.micro_seconds = 0.05 if args.quick else 0.2
     if args.out is None:
         args.out = launch.WORK / "responses-quick" if args.quick else BENCH
     return args
@@ -196,6 +211,8 @@ def gateway(sim_port: int, cpus: set[int] | None, pg_url: str | None) -> tuple[P
 
 def micro(cpus: set[int] | None, seconds: float) -> list[Row] | str:
     """responses_micro.py in its own process on the gateway's CPUs: its rows, or why not."""
+    if seconds <= 0:
+        return "skipped (--micro-seconds 0)"
     argv = [launch.python(), str(BENCH / "responses_micro.py"), "--json", "--seconds", str(seconds)]
     if cpus:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
@@ -229,6 +246,9 @@ class Run:
 
     def prepare(self) -> None:
         for sc in SCENARIOS:
+            if self.args.only and sc.key not in self.args.only:
+                self.unavailable[sc.key] = SKIPPED
+                continue
             lua = WORK / f"{sc.key}.lua"
             body = sc.body(self.args.max_tokens, self.args.store)
             lua.write_text(wrk._LUA.format(api_key=launch.FAREBOX_KEY, body=body))

@@ -157,22 +157,26 @@ def build(
 
 
 def problems(results: Row) -> list[str]:
-    out = [f"{key} unavailable: {why}" for key, why in results["unavailable"].items()]
+    out = [
+        f"{key} unavailable: {why}"
+        for key, why in results["unavailable"].items()
+        if not why.startswith("skipped")
+    ]
     out += [
         f"{key}: {s['errors']} failed requests"
         for key, s in results["summary"].items()
         if s["errors"]
     ]
-    out += [
-        f"CPU budget {b['mode']}: {b['verdict']}"
-        for b in results["budgets"]
-        if b["verdict"] != "PASS"
-    ]
+    skipped = {k for k, why in results["unavailable"].items() if why.startswith("skipped")}
+    for b in results["budgets"]:
+        pair = {"chat" + MODES[b["mode"]], "resp-translated" + MODES[b["mode"]]}
+        if b["verdict"] == "MISS" or (b["verdict"] == "n/a" and not pair & skipped):
+            out.append(f"CPU budget {b['mode']}: {b['verdict']}")
     if not results["counts"]["check"]["ok"]:
         out.append("simulator counts differ from the gateway's")
     if (store := results["counts"].get("store")) is not None and not _store_ok(store):
         out.append(f"{store['save_failures']} saves failed, {store['rows']} rows stored")
-    if isinstance(results["micro"], str):
+    if isinstance(results["micro"], str) and not results["micro"].startswith("skipped"):
         out.append(results["micro"])
     return out
 
@@ -202,7 +206,8 @@ def _table(results: Row) -> list[str]:
             s = results["summary"].get(key)
             if s is None:
                 why = results["unavailable"].get(key, "not measured")
-                lines.append(f"| {key} | unavailable: {why[:120]} |" + " |" * (10 if db else 9))
+                label = why if why.startswith("skipped") else f"unavailable: {why[:120]}"
+                lines.append(f"| {key} | {label} |" + " |" * (10 if db else 9))
                 continue
             r = results["ratios"].get(key, {})
             base = "1.00" if route == "chat" else _f(r.get("rps_vs_chat"), "{:.2f}")
@@ -326,7 +331,10 @@ def markdown(results: Row) -> str:
         "",
     ]
     micro = results["micro"]
-    head += [f"unavailable: {micro}"] if isinstance(micro, str) else micro_table(micro)
+    if isinstance(micro, str):
+        head.append(micro if micro.startswith("skipped") else f"unavailable: {micro}")
+    else:
+        head += micro_table(micro)
     if noise is not None:
         head += [
             "",

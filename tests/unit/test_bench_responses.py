@@ -152,3 +152,27 @@ def test_store_line_flags_failed_saves() -> None:
     bad = _results(341.0, {**counts, "store": {"rows": 3992, "served": 4000, "save_failures": 8}})
     assert "**NOT ALL STORED**" in responses_report.markdown(bad)
     assert "8 saves failed, 3992 rows stored" in responses_report.problems(bad)
+
+
+def test_only_skips_scenarios_without_failing_strict() -> None:
+    results = _results(341.0)
+    results["unavailable"] = {
+        "chat-stream": "skipped (--only)",
+        "resp-native-stream": "skipped (--only)",
+    }
+    results["rounds"].pop("chat-stream")
+    results["rounds"].pop("resp-translated-stream")
+    rebuilt = responses_report.build(
+        _ARGS, ["x"], results["rounds"], results["unavailable"],
+        {k: v for k, v in results["counts"].items() if k != "check"},
+        "skipped (--micro-seconds 0)", (None, None), 1.0,
+    )  # fmt: skip
+    assert [b["verdict"] for b in rebuilt["budgets"]] == ["PASS", "n/a"]
+    assert responses_report.problems(rebuilt) == []
+    text = responses_report.markdown(rebuilt)
+    assert "| chat-stream | skipped (--only) |" in text
+    assert "\nskipped (--micro-seconds 0)\n" in text
+    with pytest.raises(SystemExit):
+        responses_bench.parse_args(["--only", "chat,resp-bogus"])
+    assert responses_bench.parse_args(["--quick"]).micro_seconds == 0.05
+    assert responses_bench.parse_args(["--quick", "--micro-seconds", "0"]).micro_seconds == 0
