@@ -226,9 +226,13 @@ def micro(cpus: set[int] | None, seconds: float) -> list[Row] | str:
 def stored(pg: ledger_db.Postgres, served: int) -> Row:
     """After the gateway stopped: rows in the `responses` table against the Responses
     requests it completed, and the saves its log says failed (a timeout, say)."""
-    rows = int(pg.server.psql("SELECT count(*) FROM responses", ledger_db.DB_NAME).strip())
+    sql = "SELECT (SELECT count(*) FROM responses), sessions FROM pg_stat_database"
+    out = pg.server.psql(f"{sql} WHERE datname = current_database()", ledger_db.DB_NAME)
+    rows, sessions = (int(v) for v in out.strip().split("|"))
     log = (WORK / "farebox.log").read_text(errors="replace")
-    return {"rows": rows, "served": served, "save_failures": log.count(": save failed (")}
+    failures = log.count(": save failed (")
+    # sessions: connections the gateway opened to the ledger database over the whole run.
+    return {"rows": rows, "served": served, "save_failures": failures, "sessions": sessions}
 
 
 class Run:

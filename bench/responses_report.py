@@ -264,6 +264,11 @@ def _count_lines(results: Row) -> list[str]:
             f"- stored: {store['rows']:,} rows in `responses` for {store['served']:,} Responses "
             f"requests completed; {store['save_failures']} saves failed (gateway log): {verdict}"
         )
+        if store.get("sessions") is not None:
+            lines.append(
+                f"- connections opened to the ledger database during the run: "
+                f"{store['sessions']:,} (`pg_stat_database.sessions`)"
+            )
     return lines
 
 
