@@ -7,11 +7,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import report_meta
 
 Row = dict[str, Any]
+ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 1.15  # translated ÷ chat, gateway CPU per request
 NOISY_CORES = 0.25  # other processes' median CPU use above which the header warns
 MODES = {"non-stream": "", "stream": "-stream"}
@@ -113,6 +116,19 @@ def _counts_check(counts: Row) -> Row:
     return {"routes": routes, "endpoints": ep, "wires_ok": wires_ok, "ok": ok}
 
 
+def revision() -> str:
+    """HEAD's short hash, and whether gateway/ or routing/ differ from it (a run measures the
+    working tree, which other work may be editing)."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "gateway", "routing")
+    return f"{head} + uncommitted changes in gateway/ or routing/" if dirty else head
+
+
 def build(
     args: argparse.Namespace,
     argv: list[str],
@@ -131,6 +147,7 @@ def build(
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/responses_bench.py", *argv[1:]]),
         "smoke": bool(args.quick),
+        "revision": revision(),
         "other_cores": _median(noise),
         "machine": report_meta.machine(),
         "versions": report_meta.versions(),
@@ -303,7 +320,8 @@ def markdown(results: Row) -> str:
             "",
         ]
     head += [
-        f"- **Date:** {results['date']}; `{results['command']}` ({results['bench_s']:.0f} s)",
+        f"- **Date:** {results['date']}; `{results['command']}` ({results['bench_s']:.0f} s), "
+        f"at {results.get('revision', 'unknown')}",
         f"- **Machine:** {m['cpu']}, {m['logical_cpus']} CPUs, load at the end "
         f"{m['loadavg_end']}; Python {v['python']}, farebox {v['farebox']}, wrk {v['wrk']}",
         f"- **Setup:** one simulator (CPUs {cfg['simulator_cpus']}) and one Farebox worker "
