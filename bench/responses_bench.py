@@ -18,6 +18,9 @@ MISS line each, from the medians; the same ratio paired round by round beside it
 simulator's received counts (per route: each has its own upstream model) against what the
 gateway completed, and `responses_micro.py` (the translation functions alone, µs per call),
 run first while nothing else of ours is running.
+
+`--ledger postgres [--store]`: the ledger (and with --store the stored Responses) in a durable
+PostgreSQL on the simulator's CPU; `--only KEY,…`: a subset of the scenarios. See --help.
 """
 
 from __future__ import annotations
