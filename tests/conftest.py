@@ -16,6 +16,7 @@ from tests.services import PostgresServer, RedisServer, start_postgres, start_re
 from tests.simulator import start_simulator
 
 SIM_KEY = "sim-secret-key"
+MIGRATED = "farebox_head"  # the session's template database, at the newest migration
 CLIENT_KEY = "sk-test-client-0001"
 
 # One deployment per upstream behaviour the tests need; the simulator reads the directive
@@ -102,6 +103,10 @@ def gateway(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    # Migrated once: each test's database is a copy of this one (see pg_url).
+    server.create_database(MIGRATED)
+    upgrade(server.url(MIGRATED))
+    server.make_template(MIGRATED)
     try:
         yield server
     finally:
@@ -110,11 +115,10 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 @pytest.fixture
 def pg_url(postgres: PostgresServer) -> Iterator[str]:
-    """A fresh database per test, migrated to head."""
+    """A fresh database per test, migrated to head (a copy of the session's migrated one)."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    postgres.create_database(name)
+    postgres.create_database(name, template=MIGRATED)
     url = postgres.url(name)
-    upgrade(url)
     try:
         yield url
     finally:

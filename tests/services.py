@@ -190,8 +190,17 @@ class PostgresServer:
         result = self._run("psql", *args, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql)
         return result.stdout
 
-    def create_database(self, name: str) -> None:
-        self.psql(f"CREATE DATABASE {_identifier(name)}")
+    def create_database(self, name: str, template: str | None = None) -> None:
+        """A new database; a copy of `template` (a file copy, no migrations to run) if given."""
+        copy = f" TEMPLATE {_identifier(template)}" if template else ""
+        self.psql(f"CREATE DATABASE {_identifier(name)}{copy}")
+
+    def make_template(self, name: str) -> None:
+        """Freeze database `name` as a template: nobody connects to it again (a connection,
+        even autovacuum's, would make the next copy fail)."""
+        self.psql(
+            f"ALTER DATABASE {_identifier(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+        )
 
     def drop_database(self, name: str) -> None:
         self.psql(f"DROP DATABASE IF EXISTS {_identifier(name)} WITH (FORCE)")
