@@ -6,6 +6,10 @@ own task and the caller stops waiting when the bound passes: a frozen database (
 open, queries hanging) must not hold a request, and a cancelled query's own cleanup (a
 rollback on a server that does not answer) would otherwise wait as long as the freeze.
 
+Saves are group-committed (gateway/conversations/group_commit.py): concurrent saves go to the
+database together, one statement and one transaction per batch, written by one task per store;
+each caller still waits, bounded, for its own row's commit.
+
 A failed save costs the client nothing but the chain (False, a log line, a counter); a read
 that cannot reach the database is a 503, never a 404 that would tell the client its
 conversation is gone. Stored content is never logged: log lines carry the response id and
@@ -24,16 +28,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from gateway.config.responses import ResponsesConfig
+from gateway.conversations.group_commit import Closed, GroupCommit
 from gateway.conversations.items import page_input_items, stored_items
 from gateway.errors import Unavailable
 from gateway.ledger.db_errors import DATABASE_ERRORS
-from gateway.ledger.responses_repository import ResponsesRepository
+from gateway.ledger.responses_repository import ResponsesRepository, row_error
 from gateway.runtime.background import Background
 
-__all__ = ["FAILURES", "PURGED", "ResponseStore", "StoredResponse", "page_input_items"]
+__all__ = [
+    "BATCH_ROWS",
+    "FAILURES",
+    "PURGED",
+    "ResponseStore",
+    "StoredResponse",
+    "page_input_items",
+]
 
 log = logging.getLogger("farebox.responses")
 
@@ -50,10 +62,15 @@ FIRST_PURGE_WITHIN_S = 60.0
 FAILURES = Counter(
     "farebox_responses_store_failures_total",
     "Stored-response operations that failed, by operation (save, get, delete, purge) and "
-    "reason (timeout, database, error)",
+    "reason (timeout, database, error, closed: the gateway stopped before the save was written)",
     ["operation", "reason"],
 )
 PURGED = Counter("farebox_responses_purged_total", "Expired stored responses deleted by the purge")
+BATCH_ROWS = Histogram(
+    "farebox_responses_store_batch_rows",
+    "Stored responses written per transaction (the saves group-committed together)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
 
 
 @dataclass(slots=True)
@@ -77,6 +94,8 @@ class StoredResponse:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):  # before DATABASE_ERRORS: it is an OSError
         return "timeout"
+    if isinstance(exc, Closed):
+        return "closed"
     return "database" if isinstance(exc, DATABASE_ERRORS) else "error"
 
 
@@ -115,6 +134,13 @@ class ResponseStore:
         self.config = config
         self._tasks = Background()
         self._purger: asyncio.Task[None] | None = None
+        self._saves: GroupCommit[dict[str, Any]] = GroupCommit(
+            repository.insert_many,
+            timeout_s=config.save_timeout_s,
+            tasks=self._tasks,
+            on_batch=BATCH_ROWS.observe,
+            split_on=row_error,
+        )
 
     @property
     def timeout_s(self) -> float:
@@ -132,12 +158,20 @@ class ResponseStore:
 
         Every input item without an id gets one: `record.input_items` is replaced by the
         stored items (see gateway/conversations/items.py), the caller's dicts are not changed.
+
+        Written with the other saves queued meanwhile, in one transaction (group commit): True
+        only once that transaction has committed; if it fails, every save in it is False
+        (one refused for a row's own values is written again row by row, see row_error).
         """
         try:
             record.input_items = stored_items(record.input_items)
-            await self._bounded(self.repository.insert(to_row(record)), self.timeout_s)
+            row = to_row(record)
         except Exception as exc:  # a save never fails the request it stores
             self._failed("save", record.id, exc)
+            return False
+        failed = await self._saves.put(row, len(row["input_items"]) + len(row["response"]))
+        if failed is not None:
+            self._failed("save", record.id, failed)
             return False
         return True
 
@@ -188,14 +222,18 @@ class ResponseStore:
                 return total
 
     def start(self) -> None:
-        """Start the background purge (once; every `purge_interval_s`)."""
+        """Start the saves' writer and the background purge (once; every
+        `purge_interval_s`). A save starts the writer by itself when it is not running."""
+        self._saves.start()
         if self._purger is None:
             self._purger = self._tasks.spawn(self._purge_forever())
 
     async def close(self) -> None:
-        """Stop the purge and any database call still running. The engine is the ledger's:
-        it is disposed with the ledger repository, not here."""
+        """Stop the writer (saves still waiting get False), the purge and any database call
+        still running. The engine is the ledger's: it is disposed with the ledger repository,
+        not here."""
         self._purger = None
+        await self._saves.close()
         await self._tasks.cancel()
 
     async def _purge_forever(self) -> None:

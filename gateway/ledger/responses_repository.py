@@ -3,6 +3,12 @@
 Runs on the ledger's own engine (Postgres in production, SQLite in the demo): the store in
 gateway/conversations adds the timeouts, the never-raise save and the id rules on top.
 
+Saves come in batches (the store's group commit, gateway/conversations/group_commit.py): one
+statement per batch, built once. On Postgres with asyncpg it is a single `INSERT … SELECT FROM
+unnest($1::text[], …)`: one fixed text whatever the batch size, so the driver prepares it once
+per connection and the server runs one statement per batch. Other dialects execute one prebuilt
+Core insert over the rows (`executemany`). Either way SQLAlchemy compiles nothing per save.
+
 The two JSON columns are written and read as text the caller has already encoded (orjson):
 a conversation can be hundreds of kilobytes, and the stdlib encoder SQLAlchemy would use is
 several times slower on the event loop. Timestamps go in as UTC, because SQLite keeps them
@@ -16,23 +22,25 @@ per-statement debug lines, which print them, are turned off.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     ColumnElement,
+    DateTime,
     Insert,
     Text,
+    bindparam,
     cast,
     delete,
     insert,
     select,
-    type_coerce,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.models_responses import responses_table
@@ -62,39 +70,106 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def row_error(exc: BaseException) -> bool:
+    """Whether a failed insert failed on a row's own values (SQLSTATE class 22, a data
+    exception such as a value too long for its column, or 23, an integrity violation), not on
+    the database or the connection: a batch that fails so is worth writing again row by row."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    # asyncpg's errors reach SQLAlchemy as its generic DBAPI Error, carrying the SQLSTATE.
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(code, str) and code[:2] in ("22", "23")
+
+
+def _core_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _COLUMNS:
+        value = row[name]
+        if name in _JSON_COLUMNS:
+            out[f"{name}_text"] = value
+        else:
+            out[f"{name}_value"] = _utc(value) if name in _TIME_COLUMNS else value
+    return out
+
+
+def _unnest_insert() -> str:
+    """The asyncpg batch insert: one array parameter per column, every row in one statement.
+    Built from the table, so a column added to the model is not silently left out."""
+    names, arrays, values = [], [], []
+    for n, col in enumerate(_c, start=1):
+        names.append(col.name)
+        if isinstance(col.type, DateTime):
+            arrays.append(f"${n}::timestamptz[]")
+        else:  # strings, and the JSON columns as their text
+            arrays.append(f"${n}::text[]")
+        values.append(f"{col.name}::json" if col.name in _JSON_COLUMNS else col.name)
+    columns = ", ".join(names)
+    return (
+        f"INSERT INTO {responses_table.name} ({columns}) "
+        f"SELECT {', '.join(values)} FROM unnest({', '.join(arrays)}) AS r({columns}) "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
+def _core_insert(dialect: str) -> Insert:
+    """The other dialects' batch insert, one bind parameter per column, executed over the rows.
+    The JSON columns' parameters are text (SQLAlchemy's JSON type would encode it again);
+    Postgres will not put a text parameter in a json column unless told to, and SQLite's JSON
+    is text already (a CAST to an unknown type there would make it a number)."""
+    values: dict[str, ColumnElement[Any]] = {}
+    for col in _c:
+        if col.name in _JSON_COLUMNS:
+            text = bindparam(f"{col.name}_text", type_=Text)
+            values[col.name] = cast(text, JSON) if dialect == "postgresql" else text
+        else:
+            values[col.name] = bindparam(f"{col.name}_value", type_=col.type)
+    if dialect == "postgresql":
+        return pg_insert(responses_table).values(values).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite_insert(responses_table).values(values).on_conflict_do_nothing()
+    return insert(responses_table).values(values)  # a replay then fails on the primary key
+
+
+_UNNEST_INSERT = _unnest_insert()
+_COLUMNS = tuple(col.name for col in _c)
+
+
 class ResponsesRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         # Shared with the ledger: disposed by its owner (LedgerRepository.close), not here.
         self.engine = engine
-        dialect = engine.dialect.name
-        postgres = dialect == "postgresql"
-        if dialect == "sqlite":
+        dialect = engine.dialect
+        if dialect.name == "sqlite":
             quiet_aiosqlite()
-        self._insert = pg_insert if postgres else sqlite_insert if dialect == "sqlite" else None
-        # Postgres will not put a text parameter in a json column unless told to; SQLite's
-        # JSON is text already (and a CAST to an unknown type there would make it a number).
-        self._json: Callable[[str], ColumnElement[Any]] = (
-            (lambda value: cast(type_coerce(value, Text), JSON))
-            if postgres
-            else (lambda value: type_coerce(value, Text))
-        )
+        self._unnest = dialect.name == "postgresql" and dialect.driver == "asyncpg"
+        self._insert = _core_insert(dialect.name)
 
     async def insert(self, row: Mapping[str, Any]) -> bool:
         """One row; `input_items` and `response` are JSON text. False when the id exists
         (a replayed save), which leaves the stored row as it was."""
-        values = dict(row)
-        for name in _JSON_COLUMNS:
-            values[name] = self._json(values[name])
-        for name in _TIME_COLUMNS:
-            values[name] = _utc(values[name])
-        stmt: Insert
-        if self._insert is not None:
-            stmt = self._insert(responses_table).values(values).on_conflict_do_nothing()
-        else:  # another dialect: a plain insert (a replay then fails on the primary key)
-            stmt = insert(responses_table).values(values)
+        return await self.insert_many((row,)) == 1
+
+    async def insert_many(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Every row in one statement and one transaction (all or none of them); the JSON
+        columns are text. A row whose id exists is skipped, the stored row left as it was
+        (also a second row with the same id in `rows`). How many rows were inserted, where
+        the driver says (asyncpg, SQLite); -1 where it does not."""
+        if not rows:
+            return 0
         async with self.engine.begin() as conn:
-            result = await conn.execute(stmt)
-        return bool(result.rowcount)
+            if self._unnest:
+                arrays = tuple(
+                    [_utc(row[name]) for row in rows]
+                    if name in _TIME_COLUMNS
+                    else [row[name] for row in rows]
+                    for name in _COLUMNS
+                )
+                result = await conn.exec_driver_sql(_UNNEST_INSERT, arrays)
+            else:
+                params = [_core_params(row) for row in rows]
+                # One row: a plain execute, whose rowcount every driver reports.
+                result = await conn.execute(self._insert, params[0] if len(params) == 1 else params)
+        return int(result.rowcount)
 
     async def fetch(
         self, response_id: str, key_id: str | None, now: datetime
