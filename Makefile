@@ -43,7 +43,7 @@ run: install
 # run; the first failing status is the result.
 test: install
 	./scripts/ensure-services.sh
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not serial'; a=$$?; \
+	$(BIN)/python -m pytest -n 3 --dist loadfile -m 'not serial'; a=$$?; \
 	$(BIN)/python -m pytest -m serial; b=$$?; \
 	if [ $$a -ne 0 ]; then exit $$a; fi; exit $$b
 
