@@ -17,6 +17,7 @@ cancelled) is dropped from the queue, not written behind the caller's back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from gateway.runtime.background import Background
 __all__ = ["MAX_BYTES", "MAX_ROWS", "Closed", "GroupCommit"]
 
 _I = TypeVar("_I")
+
+log = logging.getLogger("farebox.group_commit")
 
 # One batch: at most this many items, and no more than about this many bytes of them (a
 # conversation can be hundreds of kilobytes; one item larger than this goes alone).
@@ -53,6 +56,15 @@ class _Pending(Generic[_I]):
 def _expire(outcome: asyncio.Future[BaseException | None]) -> None:
     if not outcome.done():
         outcome.set_result(TimeoutError())
+
+
+def _ended(task: asyncio.Task[Any]) -> None:
+    # The writer only ends when closed; anything else is a bug, told by type (the message
+    # may hold an item), and the next put starts a new writer.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(
+            "the group-commit writer stopped (%s); restarting on the next save", type(exc).__name__
+        )
 
 
 def _quiet(task: asyncio.Task[Any]) -> None:
@@ -98,7 +110,8 @@ class GroupCommit(Generic[_I]):
         exception, Closed). Starts the writer if it is not running."""
         if self._closed:
             return Closed()
-        if self._runner is None:
+        runner = self._runner
+        if runner is None or runner.done():
             self.start()
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[BaseException | None] = loop.create_future()
@@ -114,9 +127,12 @@ class GroupCommit(Generic[_I]):
             timer.cancel()
 
     def start(self) -> None:
-        """Start the writer (once; `put` starts it when it is not running)."""
-        if self._runner is None and not self._closed:
+        """Start the writer (once; `put` starts it when it is not running, also after a
+        bug ended it, so saves would not all wait out their timeout)."""
+        runner = self._runner
+        if (runner is None or runner.done()) and not self._closed:
             self._runner = self._tasks.spawn(self._run())
+            self._runner.add_done_callback(_ended)
 
     async def close(self) -> None:
         """Stop the writer; every caller still waiting gets Closed (the batch being written

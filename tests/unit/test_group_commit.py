@@ -216,3 +216,25 @@ def test_close_fails_pending_saves_and_refuses_new_ones() -> None:
         assert db.committed == [] and db.batches == [["writing"]]
 
     asyncio.run(run())
+
+
+def test_a_writer_ended_by_a_bug_is_restarted_by_the_next_save(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> None:
+        db = FakeDatabase()
+        calls: list[int] = []
+
+        def on_batch(n: int) -> None:
+            calls.append(n)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+
+        group = writer(db, timeout_s=0.2, on_batch=on_batch)
+        assert isinstance(await group.put("lost", 1), TimeoutError)
+        assert await group.put("after", 1) is None
+        assert db.committed == ["after"]
+        await group.close()
+
+    asyncio.run(run())
+    assert "group-commit writer stopped (RuntimeError)" in caplog.text
