@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 import redis
 
-from tests.gateway_process import ROOT, GatewayProcess, gateway_process
+from tests.gateway_process import ROOT, GatewayProcess, gateway_processes
 from tests.ledger_reads import sql_rows
 from tests.simulator import start_simulator
 
@@ -82,16 +82,16 @@ def replicas(
         "SIM_URL": sim_url,
         "FAREBOX_DATABASE_URL": pg_url,
         "FAREBOX_REDIS_URL": redis_url,
-        "FAREBOX_SPOOL_DIR": str(tmp / "spool"),
         "FAREBOX_LEDGER_MAX_DELAY_MS": "50",
     }
+    specs = []
+    for i in range(n):
+        home = tmp / f"replica{i}"
+        home.mkdir()
+        # Each its own spool and journal (they start side by side).
+        specs.append((text, home, {**env, "FAREBOX_SPOOL_DIR": str(home / "spool")}))
     try:
-        with ExitStack() as stack:
-            gws = []
-            for i in range(n):
-                home = tmp / f"replica{i}"
-                home.mkdir()
-                gws.append(stack.enter_context(gateway_process(text, home, env)))
+        with gateway_processes(specs) as gws:
             yield gws
     finally:
         stop_sim()

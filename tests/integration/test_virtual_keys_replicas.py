@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import httpx
 import openai
 
 from tests.conftest import SIM_KEY
-from tests.gateway_process import GatewayProcess, gateway_process
+from tests.gateway_process import GatewayProcess, gateway_processes
 from tests.integration.test_virtual_keys import KEYS_YAML, MASTER
 from tests.ledger_reads import sql_rows
 from tests.services import RedisServer, start_redis
@@ -42,13 +42,12 @@ def replicas(
         "FAREBOX_REDIS_URL": redis_url,
         "FAREBOX_MASTER_KEY": MASTER,
     }
-    with ExitStack() as stack:
-        gws = []
-        for i in range(REPLICAS):
-            home = tmp_path / f"replica{i}"
-            home.mkdir()
-            gw_env = {**env, "FAREBOX_SPOOL_DIR": str(home / "spool")}
-            gws.append(stack.enter_context(gateway_process(KEYS_YAML, home, gw_env)))
+    specs = []
+    for i in range(REPLICAS):
+        home = tmp_path / f"replica{i}"
+        home.mkdir()
+        specs.append((KEYS_YAML, home, {**env, "FAREBOX_SPOOL_DIR": str(home / "spool")}))
+    with gateway_processes(specs) as gws:
         yield gws
 
 
