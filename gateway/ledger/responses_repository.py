@@ -53,6 +53,15 @@ _c = responses_table.c
 _SELECT = select(
     *(cast(col, Text).label(col.name) if col.name in _JSON_COLUMNS else col for col in _c)
 )
+# The row a key may see: built once with bind parameters, so a lookup compiles nothing (the
+# chain's lookup is on the request path of every `previous_response_id`).
+_VISIBLE = (
+    _c.id == bindparam("response_id"),
+    _c.key_id.is_not_distinct_from(bindparam("key_id")),
+    _c.expires_at > bindparam("now"),
+)
+_FETCH = _SELECT.where(*_VISIBLE)
+_DELETE = delete(responses_table).where(*_VISIBLE)
 
 
 def quiet_aiosqlite() -> None:
@@ -176,13 +185,9 @@ class ResponsesRepository:
     ) -> dict[str, Any] | None:
         """The row (JSON columns as text) if it exists, belongs to `key_id` (None matches only
         rows stored without a key) and has not expired."""
-        stmt = _SELECT.where(
-            _c.id == response_id,
-            _c.key_id.is_not_distinct_from(key_id),
-            _c.expires_at > _utc(now),
-        )
+        params = {"response_id": response_id, "key_id": key_id, "now": _utc(now)}
         async with self.engine.connect() as conn:
-            found = (await conn.execute(stmt)).mappings().first()
+            found = (await conn.execute(_FETCH, params)).mappings().first()
         if found is None:
             return None
         out = dict(found)
@@ -192,13 +197,9 @@ class ResponsesRepository:
 
     async def delete(self, response_id: str, key_id: str | None, now: datetime) -> bool:
         """Delete the row if `fetch` would have returned it; whether one was deleted."""
-        stmt = delete(responses_table).where(
-            _c.id == response_id,
-            _c.key_id.is_not_distinct_from(key_id),
-            _c.expires_at > _utc(now),
-        )
+        params = {"response_id": response_id, "key_id": key_id, "now": _utc(now)}
         async with self.engine.begin() as conn:
-            result = await conn.execute(stmt)
+            result = await conn.execute(_DELETE, params)
         return bool(result.rowcount)
 
     async def purge_batch(self, now: datetime, limit: int) -> int:
