@@ -20,7 +20,6 @@ Other endpoints pass straight through.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import orjson
 
 from gateway.providers.base import CUT, Adapter, UpstreamError, UpstreamReply, UpstreamStream
+from gateway.providers.responses_output import new_id
 from gateway.providers.responses_stream import StreamTranslator
 from gateway.providers.responses_translate import chat_request, response_from_chat
 from routing.model import DeploymentSpec, Timeouts
@@ -37,7 +37,7 @@ _CHAT = "chat/completions"
 
 
 def new_response_id() -> str:
-    return "resp_" + secrets.token_hex(16)
+    return new_id("resp_")
 
 
 def native_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ re-exports the public functions.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 from typing import Any
 
@@ -46,8 +48,21 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 
 
 def new_id(prefix: str) -> str:
-    """A fresh id with OpenAI's prefix for its kind (resp_, msg_, fc_, rs_, call_)."""
-    return prefix + secrets.token_hex(16)
+    """A fresh id with OpenAI's prefix for its kind (resp_, msg_, fc_, rs_, call_): a
+    random per-process part and a counter, so unique without a system call per id (ids
+    are names, not secrets: a stored response is only ever served to the key that made it)."""
+    return f"{prefix}{_ID_SALT}{next(_ID_COUNTER):012x}"
+
+
+def _reseed_ids() -> None:
+    global _ID_SALT
+    _ID_SALT = secrets.token_hex(10)
+
+
+_ID_SALT = secrets.token_hex(10)
+_ID_COUNTER = itertools.count(1)
+# A forked worker must not mint its parent's ids.
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def error_code(code: Any) -> str:

@@ -31,7 +31,7 @@ from gateway.providers.responses_output import (
     status_for,
 )
 from gateway.providers.responses_replay import event_bytes, failed_event, replay_events
-from gateway.providers.sse import SSEDecoder
+from gateway.providers.sse import SSEDecoder, event_data
 
 # The replay and event helpers live beside, in responses_replay; importable from here too.
 __all__ = ["StreamTranslator", "event_bytes", "failed_event", "replay_events"]
@@ -42,7 +42,18 @@ _TERMINAL = {"completed": "response.completed", "incomplete": "response.incomple
 class _Item:
     """An output item being streamed: its text so far as pieces, joined when rendered."""
 
-    __slots__ = ("call_id", "delta", "id", "index", "kind", "name", "parts", "pieces", "status")
+    __slots__ = (
+        "call_id",
+        "delta",
+        "id",
+        "index",
+        "kind",
+        "name",
+        "parts",
+        "pieces",
+        "raw",
+        "status",
+    )
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -51,6 +62,7 @@ class _Item:
         self.status = "in_progress"
         self.pieces: list[str] = []  # reasoning text or function arguments
         self.parts: list[tuple[str, list[str]]] = []  # message parts: (kind, pieces)
+        self.raw: list[bytes] = []  # escaped text not decoded yet (the fast path's pieces)
         self.call_id = ""
         self.name = ""
         self.delta = (b"", b"")  # the bytes around a delta event's text (see `_delta_frame`)
@@ -73,6 +85,7 @@ class StreamTranslator:
         "_calls",
         "_current",
         "_decoder",
+        "_fast",
         "_final",
         "_finish",
         "_finished",
@@ -98,6 +111,8 @@ class StreamTranslator:
         self._finish: Any = None
         self._finished = False  # a finish_reason was seen
         self._saw_done = False
+        # A plain chunk of text can take the fast path (`_set_fast`).
+        self._fast = False
         self._usage: Any = None
         self._items: list[_Item] = []
         self._current: _Item | None = None  # the open reasoning or message item
@@ -121,6 +136,7 @@ class StreamTranslator:
         """The Response so far (status in_progress until a terminal event was sent)."""
         if self._final is not None:
             return self._final
+        self._fold()
         response = dict(self._skeleton)
         response["output"] = [item.render() for item in self._items]
         if self._usage is not None:
@@ -130,8 +146,39 @@ class StreamTranslator:
     def feed(self, block: bytes) -> bytes:
         if self._final is not None:
             return b""
+        if self._fast and block.find(b"\n\n") == len(block) - 2 and not self._decoder.pending:
+            # The most common read of all: one chunk of more text.
+            piece = _text_in(block, 0, len(block) - 2)
+            if piece is not None:
+                return self._delta_bytes(piece)
         out: list[bytes] = []
-        self._handle(self._decoder.feed(block), out)
+        if self._decoder.pending or b"\r" in block:
+            self._handle(self._decoder.feed(block), out)  # split events, CRLF: the long way
+            return b"".join(out)
+        # The usual read: whole `data: {chunk}` events. Runs of chunks that only add text
+        # are cut out of the bytes and go out as one delta, never parsed (`_text_at`).
+        pieces: list[bytes] = []
+        at, size = 0, len(block)
+        while at < size:
+            end = block.find(b"\n\n", at)
+            if end < 0:  # the start of an event the next read completes
+                self._handle(self._decoder.feed(block[at:]), out)
+                break
+            piece = _text_in(block, at, end) if self._fast else None
+            if piece is not None:
+                pieces.append(piece)
+            else:
+                if pieces:
+                    self._text_delta(pieces, out)
+                    pieces = []
+                payload = event_data(block[at:end])
+                if payload is not None:
+                    self._handle([payload], out)
+                    if self._final is not None:
+                        return b"".join(out)
+            at = end + 2
+        if pieces:
+            self._text_delta(pieces, out)
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -149,28 +196,92 @@ class StreamTranslator:
     # -- chunks -------------------------------------------------------------------------
 
     def _handle(self, payloads: list[bytes], out: list[bytes], *, cut: bool = False) -> None:
-        chunks: list[Any] = []
-        for payload in payloads:
-            if payload.strip() == b"[DONE]":
-                chunks.append(None)
-                continue
-            try:
-                chunks.append(orjson.loads(payload))
-            except orjson.JSONDecodeError:
-                if not cut:
-                    chunks.append(_NOT_JSON)
+        rest = payloads
         if not self._started:
+            # Decoded up to the first chunk that names the model (created names it).
+            chunks: list[Any] = []
+            count = 0
+            for count, payload in enumerate(payloads, 1):  # noqa: B007 (used after)
+                chunk = _decoded(payload, cut)
+                if chunk is not _SKIP:
+                    chunks.append(chunk)
+                if isinstance(chunk, dict) and isinstance(chunk.get("model"), str):
+                    break
+            rest = payloads[count:] if payloads else []
             self._start(chunks, out)
-        for chunk in chunks:
-            if chunk is None:
-                self._saw_done = True
-                self._close(out)
-            elif not isinstance(chunk, dict):
-                self._fail(out, "The upstream sent a stream event that is not a JSON object.")
-            else:
-                self._on_chunk(chunk, out)
-            if self._final is not None:
+            for chunk in chunks:
+                if self._on(chunk, out):
+                    return
+        # Text pieces that arrived in one read go out as one delta: the client gets them in
+        # one write anyway, and each event costs a frame, bytes and a sequence number.
+        pieces: list[bytes] = []
+        for payload in rest:
+            piece = self._plain_text(payload)
+            if piece is not None:
+                pieces.append(piece)
+                continue
+            if pieces:
+                self._text_delta(pieces, out)
+                pieces = []
+            chunk = _decoded(payload, cut)
+            if chunk is not _SKIP and self._on(chunk, out):
                 return
+        if pieces:
+            self._text_delta(pieces, out)
+
+    def _set_fast(self) -> None:
+        """Recompute `_fast` after a chunk took the long way (state may have changed)."""
+        item = self._current
+        self._fast = (
+            item is not None
+            and item.kind == "message"
+            and self._model_seen
+            and not self._finished
+            and self._final is None
+            and bool(item.parts)
+            and item.parts[-1][0] == "output_text"
+        )
+
+    def _delta_bytes(self, piece: bytes) -> bytes:
+        """The delta event for `piece`, escaped text as it came; decoded later, all of a
+        part's pieces at once (`_fold`)."""
+        item = self._current
+        assert item is not None
+        item.raw.append(piece)
+        seq = self._seq
+        self._seq = seq + 1
+        head, tail = item.delta
+        return b'%s"%s"%s%d}\n\n' % (head, piece, tail, seq)
+
+    def _fold(self) -> None:
+        """Decode the escaped text pieces of the open item into its text (one JSON string:
+        each piece is a whole string's inside)."""
+        item = self._current
+        if item is not None and item.raw:
+            item.parts[-1][1].append(orjson.loads(b'"' + b"".join(item.raw) + b'"'))
+            item.raw.clear()
+
+    def _plain_text(self, payload: bytes) -> bytes | None:
+        """`_text_at` for one event's data."""
+        return _text_in(b"data: " + payload, 0, len(payload) + 6) if self._fast else None
+
+    def _text_delta(self, pieces: list[bytes], out: list[bytes]) -> None:
+        """One delta event for escaped text pieces: each is a whole JSON string's inside,
+        so joined they are one valid JSON string, decoded once for the text."""
+        out.append(self._delta_bytes(b"".join(pieces)))
+
+    def _on(self, chunk: Any, out: list[bytes]) -> bool:
+        """Handle one decoded chunk; whether the stream has ended."""
+        self._fold()
+        if chunk is None:
+            self._saw_done = True
+            self._close(out)
+        elif not isinstance(chunk, dict):
+            self._fail(out, "The upstream sent a stream event that is not a JSON object.")
+        else:
+            self._on_chunk(chunk, out)
+        self._set_fast()
+        return self._final is not None
 
     def _start(self, chunks: list[Any], out: list[bytes]) -> None:
         self._started = True
@@ -179,8 +290,13 @@ class StreamTranslator:
                 self._skeleton["model"] = chunk["model"]
                 self._model_seen = True
                 break
-        for kind in ("response.created", "response.in_progress"):
-            self._emit(out, kind, {"response": self._skeleton})
+        skeleton = orjson.dumps(self._skeleton)  # once for both events
+        for kind in (b"response.created", b"response.in_progress"):
+            out.append(
+                b'event: %s\ndata: {"type":"%s","sequence_number":%d,"response":%s}\n\n'
+                % (kind, kind, self._seq, skeleton)
+            )
+            self._seq += 1
 
     def _on_chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         error = chunk.get("error")
@@ -388,6 +504,50 @@ class StreamTranslator:
 
 
 _NOT_JSON = object()
+_SKIP = object()  # half an event at the end of a cut stream: the cut itself, not an event
+_CONTENT = b'{"content":"'
+_CHOICE = b'"choices":[{"index":0,"delta":'
+_TEXT_TAILS = (b'"},"logprobs":null,"finish_reason":null}]', b'"},"finish_reason":null}]')
+_BACKSLASH = 92
+
+
+def _text_in(block: bytes, at: int, end: int) -> bytes | None:
+    """The escaped text (a JSON string's inside) of the event `block[at:end]` when it is a
+    chunk whose only news is more text — one choice, a delta of non-empty `content` alone,
+    no finish reason, no usage — as OpenAI, vLLM and SGLang send most chunks; else None.
+
+    Short searches and fixed-place comparisons only: the chunk is not parsed. The text
+    ends at the first `"}` after it starts unless that quote is escaped, and a text that
+    ends in a backslash takes the long way rather than be told apart from one."""
+    if not block.startswith(b"data: {", at):
+        return None
+    head = block.rfind(_CONTENT, at, end)
+    if head < 0 or not block.startswith(_CHOICE, head - len(_CHOICE)):
+        return None
+    start = head + len(_CONTENT)
+    stop = block.find(b'"}', start, end)
+    if stop <= start or block[stop - 1] == _BACKSLASH:
+        return None
+    for tail in _TEXT_TAILS:
+        if block.startswith(tail, stop):
+            rest = stop + len(tail)
+            break
+    else:
+        return None
+    if end - rest > 1 and block.find(b'"usage":{', rest, end) >= 0:
+        return None
+    return block[start:stop]
+
+
+def _decoded(payload: bytes, cut: bool) -> Any:
+    """A payload as a chunk: None for `[DONE]`, `_NOT_JSON` for garbage, `_SKIP` for the
+    unfinished last event of a cut stream."""
+    if payload.strip() == b"[DONE]":
+        return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _SKIP if cut else _NOT_JSON
 
 
 def _delta_frame(

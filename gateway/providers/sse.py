@@ -24,19 +24,25 @@ class SSEDecoder:
         self._buffer = blocks.pop()
         out = []
         for block in blocks:
-            data = _event_data(block)
+            data = event_data(block)
             if data is not None:
                 out.append(data)
         return out
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of an event is waiting for the rest."""
+        return bool(self._buffer)
+
     def finish(self) -> list[bytes]:
         """Events left in the buffer when the stream ended without a blank line."""
         rest, self._buffer = self._buffer, b""
-        data = _event_data(rest) if rest.strip() else None
+        data = event_data(rest) if rest.strip() else None
         return [data] if data is not None else []
 
 
-def _event_data(block: bytes) -> bytes | None:
+def event_data(block: bytes) -> bytes | None:
+    """The data of one event (its lines joined), None for a comment-only event."""
     if block.startswith(b"data:") and b"\n" not in block:
         return block[6:] if block[5:6] == b" " else block[5:]
     parts = []
