@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
@@ -128,12 +129,27 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = start_redis(tmp_path_factory.mktemp("redis"))
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def redis_server(redis_session: RedisServer) -> RedisServer:
+    """The worker's Redis, without the breakers earlier tests left open in it: a gateway
+    adopts those at start-up (a test tripping broken@sim's would otherwise change what the
+    next test on this worker sees of its own broken@sim)."""
+    redis_session.start()  # a test may have left it stopped (outage tests restart it)
+    client = redis.Redis.from_url(redis_session.url)
+    try:
+        for key in client.scan_iter(match="farebox:breaker*"):
+            client.delete(key)
+    finally:
+        client.close()
+    return redis_session
 
 
 @pytest.fixture(autouse=True)

@@ -315,7 +315,11 @@ class DrillBoard:
         active: dict[str, DrillSpec] = {}
         for row in rows:
             spec = spec_of(row)
-            if row.status == RUNNING and now < spec.ends_at and spec.id not in self._aborting:
+            if row.status == RUNNING and now < spec.ends_at:
+                if spec.id in self._aborting:
+                    # Our abort is finishing it: finishing it as "completed" here would race
+                    # that abort for the row (and won, now and then, under load).
+                    continue
                 if spec.target not in self._deployments:
                     log.warning("drill %s targets unknown deployment %s", spec.id, spec.target)
                     continue

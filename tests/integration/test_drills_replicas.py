@@ -117,13 +117,6 @@ async def load(urls: list[str], seconds: float) -> list[tuple[str, int, str, str
 
 
 def test_drills_across_two_replicas(tmp_path: Path, pg_url: str, redis_server: Any) -> None:
-    # A breaker left open in this Redis by an earlier test (test_drill_admin's failing drill
-    # can trip broken@sim's) would be adopted at start-up and abort the broken drill before
-    # its first attempt.
-    client = redis.Redis.from_url(redis_server.url)
-    for key in client.scan_iter(match="farebox:breaker*"):
-        client.delete(key)
-    client.close()
     sim_url, stop_sim = start_simulator(require_key=SIM_KEY)
     env = {
         "SIM_URL": sim_url,
