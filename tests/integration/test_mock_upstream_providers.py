@@ -22,13 +22,24 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import aiohttp
-import litellm
 import pytest
 from botocore.eventstream import EventStreamBuffer
-from litellm.exceptions import MidStreamFallbackError
 
 from simulator.eventstream import event, exception
 from tests.simulator import start_simulator
+
+
+class _Litellm:
+    """litellm, imported on first use: the import takes ~3 s, which every test worker would
+    otherwise pay while collecting this module, whether or not it runs these tests."""
+
+    def __getattr__(self, name: str) -> Any:
+        import litellm
+
+        return getattr(litellm, name)
+
+
+litellm: Any = _Litellm()
 
 KEY = "sim-provider-key"
 USER = [{"role": "user", "content": "Say hello"}]  # ceil(9 / 4) + 3 = 6 prompt tokens
@@ -223,7 +234,7 @@ def test_gemini_errors(base_url: str, loop: asyncio.AbstractEventLoop) -> None:
         complete(loop, model=f"{GEMINI}::context_length", **gemini(base_url))
     with pytest.raises(litellm.AuthenticationError):
         complete(loop, model=GEMINI, api_base=f"{base_url}/v1beta", api_key="wrong")
-    with pytest.raises(MidStreamFallbackError):
+    with pytest.raises(litellm.exceptions.MidStreamFallbackError):
         complete(loop, model=f"{GEMINI}::midstream_error=2", **gemini(base_url), **STREAM_USAGE)
     assert stats(loop, base_url)["requests"]["gemini-2.5-flash"]["by_status"] == {
         "429": 1,
@@ -421,7 +432,7 @@ def test_bedrock_errors(base_url: str, loop: asyncio.AbstractEventLoop) -> None:
         complete(loop, model=f"{BEDROCK}::context_length", **bedrock(base_url))
     with pytest.raises(litellm.AuthenticationError):
         complete(loop, model=BEDROCK, **bedrock(base_url, access_key="AKIDWRONG"))
-    with pytest.raises(MidStreamFallbackError) as broken:
+    with pytest.raises(litellm.exceptions.MidStreamFallbackError) as broken:
         complete(loop, model=f"{BEDROCK}::midstream_error=2", **bedrock(base_url), **STREAM_USAGE)
     assert "serviceUnavailableException" in str(broken.value)
 
