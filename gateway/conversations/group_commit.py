@@ -11,7 +11,9 @@ opened and closed as the load comes and goes.
 Each caller waits for its own item's outcome, bounded by `timeout_s` from the moment it
 queued: None only once the batch holding its item has committed. A batch that fails or
 outlasts the bound fails every caller in it. An item whose caller has given up (timed out,
-cancelled) is dropped from the queue, not written behind the caller's back.
+cancelled) before its batch was taken is dropped from the queue, never written later; a batch
+abandoned mid-write is cancelled, though its COMMIT may already be on its way (a commit given
+up on is in doubt, as a single save's always was).
 """
 
 from __future__ import annotations

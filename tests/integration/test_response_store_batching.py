@@ -137,9 +137,11 @@ def test_a_frozen_database_fails_every_save_in_the_batch_within_the_timeout(
             assert failures("save", "timeout") == timeouts + 20
         await until(lambda: store.save(record("resp_after")), "a save after the thaw", 15)
         assert await store.get("resp_after", "key_a") is not None
-        async with store.repository.engine.connect() as conn:
-            ids = set((await conn.scalars(select(responses_table.c.id))).all())
-        assert not any(i.startswith("resp_frozen") for i in ids), ids
+        # Whether the abandoned batch's rows are there is not asserted: a transaction given up
+        # on is in doubt (its COMMIT may already be on its way), as a single save's always was;
+        # its callers were told False, which is all the store promises. That an abandoned
+        # write is cancelled, and that a caller who gave up is never queued for a later batch,
+        # is tested on a fake database in tests/unit/test_group_commit.py.
 
     caplog.set_level(logging.DEBUG)
     with_store(pg_url, run, save_timeout_s=timeout_s)
