@@ -62,7 +62,9 @@ def running_gateway(
     )
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    # As long as a `farebox serve` process gets (tests/gateway_process.py): a start-up that
+    # imports litellm takes several seconds alone, and more beside other test workers.
+    deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("gateway did not start")
