@@ -126,25 +126,29 @@ def _echo_tool(tool: Any) -> Any:
     return tool
 
 
-def _number(value: Any) -> float | int | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+_NUMBERS = (int, float)
 
 
 def response_skeleton(
     request: dict[str, Any], *, response_id: str, created_at: int, model: Any
 ) -> dict[str, Any]:
-    """An in-progress Response with no output yet, echoing the request's settings."""
-    tools = request.get("tools")
-    text = request.get("text")
-    text = dict(text) if isinstance(text, dict) else {}
-    if not isinstance(text.get("format"), dict):
+    """An in-progress Response with no output yet, echoing the request's settings. Once
+    per Responses request: types are told by `__class__` (a parsed body's are exact),
+    which costs no call."""
+    get = request.get
+    tools = get("tools")
+    text = get("text")
+    text = dict(text) if text.__class__ is dict else {}
+    if text.get("format").__class__ is not dict:
         text["format"] = {"type": "text"}
-    instructions = request.get("instructions")
-    metadata = request.get("metadata")
-    parallel = request.get("parallel_tool_calls")
-    maximum = request.get("max_output_tokens")
-    reasoning = request.get("reasoning")
-    previous = request.get("previous_response_id")
+    instructions = get("instructions")
+    metadata = get("metadata")
+    parallel = get("parallel_tool_calls")
+    maximum = get("max_output_tokens")
+    reasoning = get("reasoning")
+    previous = get("previous_response_id")
+    temperature = get("temperature")
+    top_p = get("top_p")
     response: dict[str, Any] = {
         "id": response_id,
         "object": "response",
@@ -152,53 +156,60 @@ def response_skeleton(
         "status": "in_progress",
         "error": None,
         "incomplete_details": None,
-        "instructions": instructions if isinstance(instructions, str | list) else None,
-        "max_output_tokens": maximum if isinstance(maximum, int) else None,
-        "model": model if isinstance(model, str) else str(request.get("model") or ""),
+        "instructions": instructions if instructions.__class__ in (str, list) else None,
+        "max_output_tokens": maximum if maximum.__class__ in (int, bool) else None,
+        "model": model if model.__class__ is str else str(get("model") or ""),
         "output": [],
-        "parallel_tool_calls": parallel if isinstance(parallel, bool) else True,
-        "previous_response_id": previous if isinstance(previous, str) else None,
-        "reasoning": reasoning if isinstance(reasoning, dict) else None,
-        "store": request.get("store") is not False,
-        "temperature": _number(request.get("temperature")),
+        "parallel_tool_calls": parallel if parallel.__class__ is bool else True,
+        "previous_response_id": previous if previous.__class__ is str else None,
+        "reasoning": reasoning if reasoning.__class__ is dict else None,
+        "store": get("store") is not False,
+        "temperature": temperature if temperature.__class__ in _NUMBERS else None,
         "text": text,
-        "tool_choice": request.get("tool_choice") or "auto",
-        "tools": [_echo_tool(tool) for tool in tools] if isinstance(tools, list) else [],
-        "top_p": _number(request.get("top_p")),
-        "truncation": request.get("truncation")
-        if request.get("truncation") == "auto"
-        else "disabled",
-        "metadata": metadata if isinstance(metadata, dict) else {},
+        "tool_choice": get("tool_choice") or "auto",
+        "tools": [_echo_tool(tool) for tool in tools] if tools.__class__ is list else [],
+        "top_p": top_p if top_p.__class__ in _NUMBERS else None,
+        "truncation": "auto" if get("truncation") == "auto" else "disabled",
+        "metadata": metadata if metadata.__class__ is dict else {},
     }
-    if isinstance(request.get("user"), str):
-        response["user"] = request["user"]
+    user = get("user")
+    if user.__class__ is str:
+        response["user"] = user
     return response
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+_NO_DETAILS: dict[str, Any] = {}
 
 
 def responses_usage(chat_usage: Any) -> dict[str, Any] | None:
-    """Chat usage (prompt/completion tokens) under the Responses names."""
+    """Chat usage (prompt/completion tokens) under the Responses names. Once per streamed
+    answer, so written with few calls (`__class__ is int`: no bool, no call)."""
     if not isinstance(chat_usage, dict):
         return None
-    inputs = chat_usage.get("prompt_tokens_details")
-    inputs = inputs if isinstance(inputs, dict) else {}
-    outputs = chat_usage.get("completion_tokens_details")
-    outputs = outputs if isinstance(outputs, dict) else {}
-    prompt = _count(chat_usage.get("prompt_tokens"))
-    completion = _count(chat_usage.get("completion_tokens"))
-    total = chat_usage.get("total_tokens")
+    get = chat_usage.get
+    inputs = get("prompt_tokens_details")
+    if inputs.__class__ is not dict:
+        inputs = _NO_DETAILS
+    outputs = get("completion_tokens_details")
+    reasoning = outputs.get("reasoning_tokens") if outputs.__class__ is dict else 0
+    cached = inputs.get("cached_tokens")
+    written = inputs.get("cache_write_tokens")
+    prompt = get("prompt_tokens")
+    completion = get("completion_tokens")
+    total = get("total_tokens")
+    prompt = prompt if prompt.__class__ is int and prompt > 0 else 0
+    completion = completion if completion.__class__ is int and completion > 0 else 0
     usage: dict[str, Any] = {
         "input_tokens": prompt,
         "input_tokens_details": {
-            "cached_tokens": _count(inputs.get("cached_tokens")),
-            "cache_write_tokens": _count(inputs.get("cache_write_tokens")),
+            "cached_tokens": cached if cached.__class__ is int and cached > 0 else 0,
+            "cache_write_tokens": written if written.__class__ is int and written > 0 else 0,
         },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": _count(outputs.get("reasoning_tokens"))},
-        "total_tokens": total if _count(total) else prompt + completion,
+        "output_tokens_details": {
+            "reasoning_tokens": reasoning if reasoning.__class__ is int and reasoning > 0 else 0
+        },
+        "total_tokens": total if total.__class__ is int and total > 0 else prompt + completion,
     }
     if "cost_usd" in chat_usage:
         usage["cost_usd"] = chat_usage["cost_usd"]  # Farebox's own member, kept

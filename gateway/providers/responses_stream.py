@@ -15,6 +15,8 @@ sent when the usage chunk or `[DONE]` arrives.
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_
 from typing import Any
 
 import orjson
@@ -36,7 +38,15 @@ from gateway.providers.sse import SSEDecoder, event_data
 # The replay and event helpers live beside, in responses_replay; importable from here too.
 __all__ = ["StreamTranslator", "event_bytes", "failed_event", "replay_events"]
 
-_TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete"}
+_TERMINAL = {"completed": b"response.completed", "incomplete": b"response.incomplete"}
+_STARTED = (
+    b'event: response.created\ndata: {"type":"response.created","sequence_number":%d,'
+    b'"response":%s}\n\n'
+    b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":%d,'
+    b'"response":%s}\n\n'
+)
+_TERMINAL_EVENT = b'event: %s\ndata: {"type":"%s","sequence_number":%d,"response":%s}\n\n'
+_LATER: dict[str, Any] = {}  # `_final` of a completed response until `response` is asked
 
 
 class _Item:
@@ -45,8 +55,10 @@ class _Item:
     __slots__ = (
         "call_id",
         "delta",
+        "done_parts",
         "id",
         "index",
+        "json",
         "kind",
         "name",
         "parts",
@@ -66,6 +78,8 @@ class _Item:
         self.call_id = ""
         self.name = ""
         self.delta = (b"", b"")  # the bytes around a delta event's text (see `_delta_frame`)
+        self.done_parts: list[bytes] = []  # a message's closed parts as JSON
+        self.json = b""  # the item as JSON once done
 
     def render(self) -> dict[str, Any]:
         if self.kind == "reasoning":
@@ -92,6 +106,7 @@ class StreamTranslator:
         "_items",
         "_last_call",
         "_model_seen",
+        "_partial",
         "_saw_done",
         "_seq",
         "_skeleton",
@@ -105,14 +120,15 @@ class StreamTranslator:
         )
         self._seq = 0
         self._decoder = SSEDecoder()
+        self._partial = False  # the decoder holds part of an event (its `pending`)
         self._started = False
         self._model_seen = False  # the response names the chat's model once a chunk has one
         self._final: dict[str, Any] | None = None  # the terminal Response, once sent
         self._finish: Any = None
         self._finished = False  # a finish_reason was seen
         self._saw_done = False
-        # A plain chunk of text can take the fast path (`_set_fast`).
-        self._fast = False
+        # What a plain chunk of text does now, if it can take the fast path (`_set_fast`).
+        self._fast = _NO
         self._usage: Any = None
         self._items: list[_Item] = []
         self._current: _Item | None = None  # the open reasoning or message item
@@ -134,10 +150,25 @@ class StreamTranslator:
     @property
     def response(self) -> dict[str, Any]:
         """The Response so far (status in_progress until a terminal event was sent)."""
-        if self._final is not None:
-            return self._final
+        final = self._final
+        if final is _LATER:
+            # Completed: the event was built from the items' JSON, the dict only now.
+            final = self._final = self._whole()
+        if final is not None:
+            return final
         self._fold()
         response = dict(self._skeleton)
+        response["output"] = [item.render() for item in self._items]
+        if self._usage is not None:
+            response["usage"] = responses_usage(self._usage)
+        return response
+
+    def _whole(self) -> dict[str, Any]:
+        """The completed (or incomplete) Response."""
+        status, details = status_for(self._finish)
+        response = dict(self._skeleton)
+        response["status"] = status
+        response["incomplete_details"] = details
         response["output"] = [item.render() for item in self._items]
         if self._usage is not None:
             response["usage"] = responses_usage(self._usage)
@@ -146,39 +177,69 @@ class StreamTranslator:
     def feed(self, block: bytes) -> bytes:
         if self._final is not None:
             return b""
-        if self._fast and block.find(b"\n\n") == len(block) - 2 and not self._decoder.pending:
+        if self._fast == _APPEND and block.find(b"\n\n") == len(block) - 2 and not self._partial:
             # The most common read of all: one chunk of more text.
-            piece = _text_in(block, 0, len(block) - 2)
-            if piece is not None:
-                return self._delta_bytes(piece)
+            span = _text_span(block, 0, len(block) - 2)
+            if span is not None:
+                return self._delta_bytes(block[span[0] : span[1]])
         out: list[bytes] = []
-        if self._decoder.pending or b"\r" in block:
+        if self._partial or b"\r" in block:
             self._handle(self._decoder.feed(block), out)  # split events, CRLF: the long way
+            self._partial = self._decoder.pending
             return b"".join(out)
         # The usual read: whole `data: {chunk}` events. Runs of chunks that only add text
-        # are cut out of the bytes and go out as one delta, never parsed (`_text_at`).
+        # are cut out of the bytes and go out as one delta, never parsed (`_text_span`).
         pieces: list[bytes] = []
         at, size = 0, len(block)
+        runs = True
         while at < size:
             end = block.find(b"\n\n", at)
             if end < 0:  # the start of an event the next read completes
-                self._handle(self._decoder.feed(block[at:]), out)
-                break
-            piece = _text_in(block, at, end) if self._fast else None
-            if piece is not None:
-                pieces.append(piece)
-            else:
                 if pieces:
                     self._text_delta(pieces, out)
                     pieces = []
-                payload = event_data(block[at:end])
-                if payload is not None:
-                    self._handle([payload], out)
-                    if self._final is not None:
-                        return b"".join(out)
+                self._handle(self._decoder.feed(block[at:]), out)
+                self._partial = self._decoder.pending
+                break
+            span = _text_span(block, at, end) if self._fast else None
+            if span is not None:
+                start, stop = span
+                if self._fast == _OPEN:
+                    self._open_text(out)
+                pieces.append(block[start:stop])
+                after = end + 2
+                if runs:
+                    # The chunks after it, as long as they are the same bytes around other
+                    # text, are one split (`_run`).
+                    after = _run(block, after, block[at:start], block[stop:after], pieces)
+                    if after < 0:
+                        runs, after = False, end + 2
+                at = after
+                continue
+            if pieces:
+                self._text_delta(pieces, out)
+                pieces = []
+            if not self._started and self._start_fast(block, at, end, out):
+                at = end + 2
+                continue
+            if self._fast and self._finish_fast(block, at, end, out):
+                if self._final is not None:
+                    return b"".join(out)
+                at = end + 2
+                continue
+            if self._finished and self._usage_fast(block, at, end, out):
+                return b"".join(out)
+            payload = event_data(block[at:end])
+            if payload is not None:
+                self._handle([payload], out)
+                if self._final is not None:
+                    return b"".join(out)
             at = end + 2
         if pieces:
-            self._text_delta(pieces, out)
+            delta = self._delta_bytes(b"".join(pieces))
+            if not out:
+                return delta  # a read of text alone
+            out.append(delta)
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -188,6 +249,7 @@ class StreamTranslator:
             return b""
         out: list[bytes] = []
         # A last event without its blank line still counts; half an event is the cut itself.
+        self._partial = False
         self._handle(self._decoder.finish(), out, cut=True)
         if self._final is None and (self._saw_done or self._finished):
             self._close(out)
@@ -231,16 +293,65 @@ class StreamTranslator:
 
     def _set_fast(self) -> None:
         """Recompute `_fast` after a chunk took the long way (state may have changed)."""
+        if not self._model_seen or self._finished or self._final is not None:
+            self._fast = _NO
+            return
         item = self._current
-        self._fast = (
-            item is not None
-            and item.kind == "message"
-            and self._model_seen
-            and not self._finished
-            and self._final is None
-            and bool(item.parts)
-            and item.parts[-1][0] == "output_text"
-        )
+        if item is None:
+            self._fast = _OPEN
+        elif item.kind == "message" and item.parts and item.parts[-1][0] == "output_text":
+            self._fast = _APPEND
+        else:
+            self._fast = _NO
+
+    def _start_fast(self, block: bytes, at: int, end: int, out: list[bytes]) -> bool:
+        """The first chunk when it only says who answers (a role, empty content): the
+        response starts under the model it names, nothing else happens. Not parsed."""
+        model = _role_model(block, at, end)
+        if model is None:
+            return False
+        self._skeleton["model"] = model
+        self._model_seen = True
+        self._start([], out)
+        self._set_fast()
+        return True
+
+    def _finish_fast(self, block: bytes, at: int, end: int, out: list[bytes]) -> bool:
+        """A chunk with an empty delta and a finish reason (`_on_chunk` for it)."""
+        reason = _finish_reason(block, at, end)
+        if reason is None:
+            return False
+        self._finished = True
+        self._finish = reason
+        self._close_items(out)
+        if self._usage is not None:
+            self._close(out)
+        self._set_fast()
+        return True
+
+    def _usage_fast(self, block: bytes, at: int, end: int, out: list[bytes]) -> bool:
+        """The usage chunk after the finish reason (no choices): the response completes.
+        Only the usage object is parsed."""
+        usage = _usage_of(block, at, end)
+        if usage is None:
+            return False
+        self._usage = usage
+        self._close(out)
+        return True
+
+    def _open_text(self, out: list[bytes]) -> None:
+        """`_text` opening a message for a plain chunk's text: the same events, from
+        templates."""
+        item = self._current = _Item("message", new_id("msg_"), len(self._items))
+        self._items.append(item)
+        item.parts.append(("output_text", []))
+        seq = self._seq
+        self._seq = seq + 2
+        ident = item.id.encode()
+        index = item.index
+        out.append(_MESSAGE_OPENED % (index, ident, seq, ident, index, seq + 1))
+        item.delta = (_TEXT_DELTA_HEAD % (ident, index), _TEXT_DELTA_TAIL)
+        self._fast = _APPEND
 
     def _delta_bytes(self, piece: bytes) -> bytes:
         """The delta event for `piece`, escaped text as it came; decoded later, all of a
@@ -262,8 +373,12 @@ class StreamTranslator:
             item.raw.clear()
 
     def _plain_text(self, payload: bytes) -> bytes | None:
-        """`_text_at` for one event's data."""
-        return _text_in(b"data: " + payload, 0, len(payload) + 6) if self._fast else None
+        """`_text_span`'s text for one event's data, when it can be appended as it is."""
+        if self._fast != _APPEND:
+            return None
+        event = b"data: " + payload
+        span = _text_span(event, 0, len(event))
+        return None if span is None else event[span[0] : span[1]]
 
     def _text_delta(self, pieces: list[bytes], out: list[bytes]) -> None:
         """One delta event for escaped text pieces: each is a whole JSON string's inside,
@@ -291,12 +406,9 @@ class StreamTranslator:
                 self._model_seen = True
                 break
         skeleton = orjson.dumps(self._skeleton)  # once for both events
-        for kind in (b"response.created", b"response.in_progress"):
-            out.append(
-                b'event: %s\ndata: {"type":"%s","sequence_number":%d,"response":%s}\n\n'
-                % (kind, kind, self._seq, skeleton)
-            )
-            self._seq += 1
+        seq = self._seq
+        self._seq = seq + 2
+        out.append(_STARTED % (seq, skeleton, seq + 1, skeleton))
 
     def _on_chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         error = chunk.get("error")
@@ -421,6 +533,7 @@ class StreamTranslator:
 
     def _close_items(self, out: list[bytes]) -> None:
         """Close every open item; the last one was cut if the answer is incomplete."""
+        self._fold()
         if not self._items:
             # An answer with no output at all is still one (empty) message, as unstreamed.
             self._text_open_empty(out)
@@ -447,27 +560,55 @@ class StreamTranslator:
                 part = {"type": "summary_text", "text": text}
                 self._emit(out, "response.reasoning_summary_part.done", _summary(item, part))
         elif item.kind == "message":
-            self._close_part(item, out)
+            self._close_message(item, out, status)
+            return
         else:
             fields = {"item_id": item.id, "output_index": item.index, "name": item.name}
             fields["arguments"] = "".join(item.pieces)
             self._emit(out, "response.function_call_arguments.done", fields)
         item.status = status
-        fields = {"output_index": item.index, "item": item.render()}
+        item.json = orjson.dumps(item.render())
+        fields = {"output_index": item.index, "item": orjson.Fragment(item.json)}
         self._emit(out, "response.output_item.done", fields)
 
-    def _close_part(self, item: _Item, out: list[bytes]) -> None:
+    def _close_message(self, item: _Item, out: list[bytes], status: str) -> None:
+        """The done events of a message: of its last part, then of the item (templates)."""
         index = len(item.parts) - 1
         kind, pieces = item.parts[index]
-        text = "".join(pieces)
-        fields: dict[str, Any] = {"item_id": item.id, "output_index": item.index}
-        fields["content_index"] = index
-        if kind == "output_text":
-            self._emit(out, "response.output_text.done", {**fields, "text": text, "logprobs": []})
+        if kind != "output_text":
+            self._close_part(item, out)
+            seq = self._seq
         else:
-            self._emit(out, "response.refusal.done", {**fields, "refusal": text})
-        fields["part"] = content_part(kind, text)
-        self._emit(out, "response.content_part.done", fields)
+            # `_close_part` inline: the usual end of a streamed answer.
+            text = orjson.dumps("".join(pieces))
+            ident = item.id.encode()
+            seq = self._seq
+            part = _TEXT_PART % text
+            item.done_parts.append(part)
+            out.append(_TEXT_DONE % (ident, item.index, index, text, seq))
+            out.append(_PART_DONE % (ident, item.index, index, part, seq + 1))
+            seq += 2
+        item.status = status
+        item.json = _MESSAGE % (item.id.encode(), status.encode(), b",".join(item.done_parts))
+        out.append(_MESSAGE_DONE % (item.index, item.json, seq))
+        self._seq = seq + 1
+
+    def _close_part(self, item: _Item, out: list[bytes]) -> None:
+        """The done events of a message's last part, from templates: its text dumped once."""
+        index = len(item.parts) - 1
+        kind, pieces = item.parts[index]
+        text = orjson.dumps("".join(pieces))
+        ident = item.id.encode()
+        seq = self._seq
+        self._seq = seq + 2
+        if kind == "output_text":
+            part = _TEXT_PART % text
+            out.append(_TEXT_DONE % (ident, item.index, index, text, seq))
+        else:
+            part = _REFUSAL_PART % text
+            out.append(_REFUSAL_DONE % (ident, item.index, index, text, seq))
+        out.append(_PART_DONE % (ident, item.index, index, part, seq + 1))
+        item.done_parts.append(part)
 
     # -- ends ---------------------------------------------------------------------------
 
@@ -479,11 +620,17 @@ class StreamTranslator:
             self._finished = True  # [DONE] without a finish reason: a normal stop
             self._close_items(out)
         status, details = status_for(self._finish)
-        response = self.response
+        # The event from the items' JSON (`_close_item`); `response` makes the dict if asked.
+        response = dict(self._skeleton)
         response["status"] = status
         response["incomplete_details"] = details
-        self._final = response
-        self._emit(out, _TERMINAL[status], {"response": response})
+        response["output"] = [orjson.Fragment(item.json) for item in self._items]
+        if self._usage is not None:
+            response["usage"] = responses_usage(self._usage)
+        kind = _TERMINAL[status]
+        out.append(_TERMINAL_EVENT % (kind, kind, self._seq, orjson.dumps(response)))
+        self._seq += 1
+        self._final = _LATER
 
     def _fail(self, out: list[bytes], message: str, code: str = "server_error") -> None:
         response = self.response
@@ -509,12 +656,77 @@ _CONTENT = b'{"content":"'
 _CHOICE = b'"choices":[{"index":0,"delta":'
 _TEXT_TAILS = (b'"},"logprobs":null,"finish_reason":null}]', b'"},"finish_reason":null}]')
 _BACKSLASH = 92
+_BRACE = 125
+_USAGE = b'"choices":[],"usage":{'
+# `_fast`: a plain chunk of text cannot take the fast path, appends to the open part, or
+# opens a message (no item open).
+_NO, _APPEND, _OPEN = 0, 1, 2
+_ROLE = b'"choices":[{"index":0,"delta":{"role":"assistant","content":""'
+_CHOICE_ENDS = (
+    b',"logprobs":null,"finish_reason":%s}]',
+    b',"finish_reason":%s}]',
+    b',"finish_reason":%s,"logprobs":null}]',
+)
+_CHUNK_ENDS = (b"}", b',"usage":null}')
+_ROLE_TAILS = frozenset(
+    delta + choice % b"null" + chunk
+    for delta in (b"}", b',"refusal":null}')
+    for choice in _CHOICE_ENDS
+    for chunk in _CHUNK_ENDS
+)
+_FINISH_TAILS = {
+    b"{}" + choice % b'"%s"' % reason.encode() + chunk: reason
+    for reason in ("stop", "length", "tool_calls", "content_filter")
+    for choice in _CHOICE_ENDS
+    for chunk in _CHUNK_ENDS
+}
+# Event templates for the message's structural events (the same JSON `_emit` would make).
+_MESSAGE_OPENED = (
+    b"event: response.output_item.added\n"
+    b'data: {"type":"response.output_item.added","output_index":%d,"item":{"id":"%s",'
+    b'"type":"message","role":"assistant","status":"in_progress","content":[]},'
+    b'"sequence_number":%d}\n\n'
+    b"event: response.content_part.added\n"
+    b'data: {"type":"response.content_part.added","item_id":"%s","output_index":%d,'
+    b'"content_index":0,"part":{"type":"output_text","text":"","annotations":[],'
+    b'"logprobs":[]},"sequence_number":%d}\n\n'
+)
+_TEXT_DELTA_HEAD = (
+    b"event: response.output_text.delta\n"
+    b'data: {"type":"response.output_text.delta","item_id":"%s","output_index":%d,'
+    b'"content_index":0,"delta":'
+)
+_TEXT_DELTA_TAIL = b',"logprobs":[],"sequence_number":'
+_TEXT_PART = b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}'
+_REFUSAL_PART = b'{"type":"refusal","refusal":%s}'
+_TEXT_DONE = (
+    b"event: response.output_text.done\n"
+    b'data: {"type":"response.output_text.done","item_id":"%s","output_index":%d,'
+    b'"content_index":%d,"text":%s,"logprobs":[],"sequence_number":%d}\n\n'
+)
+_REFUSAL_DONE = (
+    b"event: response.refusal.done\n"
+    b'data: {"type":"response.refusal.done","item_id":"%s","output_index":%d,'
+    b'"content_index":%d,"refusal":%s,"sequence_number":%d}\n\n'
+)
+_PART_DONE = (
+    b"event: response.content_part.done\n"
+    b'data: {"type":"response.content_part.done","item_id":"%s","output_index":%d,'
+    b'"content_index":%d,"part":%s,"sequence_number":%d}\n\n'
+)
+_MESSAGE = b'{"id":"%s","type":"message","role":"assistant","status":"%s","content":[%s]}'
+_MESSAGE_DONE = (
+    b"event: response.output_item.done\n"
+    b'data: {"type":"response.output_item.done","output_index":%d,"item":%s,'
+    b'"sequence_number":%d}\n\n'
+)
 
 
-def _text_in(block: bytes, at: int, end: int) -> bytes | None:
-    """The escaped text (a JSON string's inside) of the event `block[at:end]` when it is a
-    chunk whose only news is more text — one choice, a delta of non-empty `content` alone,
-    no finish reason, no usage — as OpenAI, vLLM and SGLang send most chunks; else None.
+def _text_span(block: bytes, at: int, end: int) -> tuple[int, int] | None:
+    """Where the escaped text (a JSON string's inside) is in the event `block[at:end]` when
+    it is a chunk whose only news is more text — one choice, a delta of non-empty `content`
+    alone, no finish reason, no usage — as OpenAI, vLLM and SGLang send most chunks; else
+    None.
 
     Short searches and fixed-place comparisons only: the chunk is not parsed. The text
     ends at the first `"}` after it starts unless that quote is escaped, and a text that
@@ -536,7 +748,113 @@ def _text_in(block: bytes, at: int, end: int) -> bytes | None:
         return None
     if end - rest > 1 and block.find(b'"usage":{', rest, end) >= 0:
         return None
-    return block[start:stop]
+    return start, stop
+
+
+def _run(block: bytes, at: int, prefix: bytes, suffix: bytes, pieces: list[bytes]) -> int:
+    """The texts of the plain chunks from `at` on that are the chunk `_text_span` just
+    read with other text (`prefix` text `suffix`: one stream's chunks differ in their text
+    alone), added to `pieces`; where the events after them start, or -1 when the run
+    cannot be told apart in one go (the caller reads event by event).
+
+    One split of the bytes at `{"content":"`, which ends the prefix and cannot occur in a
+    JSON string (its quotes would be escaped): each piece then ends with the suffix and
+    the prefix's start if the next chunk is another plain one. A piece is a whole chunk's
+    text if it holds no newline (no event boundary), no quote that ends a string, and no
+    backslash at its end (one escaping the suffix's quote). C loops only (`map`): every
+    Python operation per chunk would cost about what the whole run does."""
+    if not block.startswith(prefix, at):
+        return at
+    base = at + len(prefix)
+    joint = suffix + prefix[: -len(_CONTENT)]
+    segments = block[base:].split(_CONTENT)
+    texts = list(map(bytes.removesuffix, segments, repeat(joint)))
+    kept = list(map(is_, texts, segments))  # True: not a text followed by another chunk
+    count = kept.index(True) if True in kept else len(kept)
+    del texts[count:]
+    # Where the piece after the run starts (the text of a chunk with the same prefix).
+    start = base + sum(map(len, segments[:count])) + count * len(_CONTENT)
+    resume = start - len(prefix)
+    if count < len(segments):
+        # Its text ends with the suffix too if it is the last plain chunk before others.
+        last = segments[count]
+        stop = last.find(suffix)
+        if stop >= 0 and b"\n" not in last[:stop]:
+            texts.append(last[:stop])
+            resume = start + stop + len(suffix)
+    if not texts:
+        return at
+    joined = b"".join(texts)
+    if b"\n" in joined or not _no_end_quote(joined):
+        return -1
+    if b"\\" in joined and any(map(bytes.endswith, texts, repeat(b"\\"))):
+        return -1
+    pieces.append(joined)
+    return resume
+
+
+def _no_end_quote(text: bytes) -> bool:
+    """Whether every quote in escaped text is escaped (the pairs `\\\\` escape nothing)."""
+    if b'"' not in text:
+        return True
+    bare = text.replace(b"\\\\", b"")
+    return bare.count(b'"') == bare.count(b'\\"')
+
+
+def _role_model(block: bytes, at: int, end: int) -> str | None:
+    """The model of the event `block[at:end]` when it is a chunk that only gives the
+    assistant role with empty content (the usual first chunk); else None."""
+    if not block.startswith(b"data: {", at):
+        return None
+    choice = block.find(_ROLE, at, end)
+    if choice < 0 or block[choice + len(_ROLE) : end] not in _ROLE_TAILS:
+        return None
+    name = block.find(b'"model":"', at, choice)
+    if name < 0 or _other_news(block, at, choice):
+        return None
+    name += 9
+    close = block.find(b'"', name, choice)
+    model = block[name:close]
+    if close < 0 or b"\\" in model:
+        return None
+    try:
+        return model.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _finish_reason(block: bytes, at: int, end: int) -> str | None:
+    """The finish reason of the event `block[at:end]` when it is a chunk with an empty
+    delta and a finish reason only; else None."""
+    if not block.startswith(b"data: {", at):
+        return None
+    choice = block.rfind(_CHOICE, at, end)
+    if choice < 0:
+        return None
+    reason = _FINISH_TAILS.get(block[choice + len(_CHOICE) : end])
+    if reason is None or _other_news(block, at, choice):
+        return None
+    return reason
+
+
+def _usage_of(block: bytes, at: int, end: int) -> dict[str, Any] | None:
+    """The usage of the event `block[at:end]` when it is a chunk with no choices and
+    usage as its last member (the usual last chunk); else None."""
+    start = block.find(_USAGE, at, end)
+    if start < 0 or block[end - 1] != _BRACE or not block.startswith(b"data: {", at):
+        return None
+    if block.find(b'"error"', at, start) >= 0:
+        return None
+    try:
+        usage = orjson.loads(block[start + len(_USAGE) - 1 : end - 1])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _other_news(block: bytes, at: int, end: int) -> bool:
+    """Whether the members before a chunk's choices hold usage or an error."""
+    return block.find(b'"usage":{', at, end) >= 0 or block.find(b'"error"', at, end) >= 0
 
 
 def _decoded(payload: bytes, cut: bool) -> Any:
