@@ -81,7 +81,15 @@ class _Item:
         self.done_parts: list[bytes] = []  # a message's closed parts as JSON
         self.json = b""  # the item as JSON once done
 
+    def fold(self) -> None:
+        """Decode the escaped text pieces (the fast path's) into the last part's text: each
+        is a whole JSON string's inside, so joined they are one."""
+        if self.raw:
+            self.parts[-1][1].append(orjson.loads(b'"' + b"".join(self.raw) + b'"'))
+            self.raw.clear()
+
     def render(self) -> dict[str, Any]:
+        self.fold()
         if self.kind == "reasoning":
             return reasoning_item(self.id, "".join(self.pieces))
         if self.kind == "message":
@@ -369,8 +377,7 @@ class StreamTranslator:
         each piece is a whole string's inside)."""
         item = self._current
         if item is not None and item.raw:
-            item.parts[-1][1].append(orjson.loads(b'"' + b"".join(item.raw) + b'"'))
-            item.raw.clear()
+            item.fold()
 
     def _plain_text(self, payload: bytes) -> bytes | None:
         """`_text_span`'s text for one event's data, when it can be appended as it is."""
@@ -533,7 +540,6 @@ class StreamTranslator:
 
     def _close_items(self, out: list[bytes]) -> None:
         """Close every open item; the last one was cut if the answer is incomplete."""
-        self._fold()
         if not self._items:
             # An answer with no output at all is still one (empty) message, as unstreamed.
             self._text_open_empty(out)
@@ -579,8 +585,13 @@ class StreamTranslator:
             self._close_part(item, out)
             seq = self._seq
         else:
-            # `_close_part` inline: the usual end of a streamed answer.
-            text = orjson.dumps("".join(pieces))
+            # `_close_part` inline: the usual end of a streamed answer. Text that came
+            # only by the fast path is already JSON (escaped as the upstream sent it).
+            if pieces or not item.raw:
+                item.fold()
+                text = orjson.dumps("".join(pieces))
+            else:
+                text = b'"' + b"".join(item.raw) + b'"'
             ident = item.id.encode()
             seq = self._seq
             part = _TEXT_PART % text
@@ -656,7 +667,6 @@ _CONTENT = b'{"content":"'
 _CHOICE = b'"choices":[{"index":0,"delta":'
 _TEXT_TAILS = (b'"},"logprobs":null,"finish_reason":null}]', b'"},"finish_reason":null}]')
 _BACKSLASH = 92
-_BRACE = 125
 _USAGE = b'"choices":[],"usage":{'
 # `_fast`: a plain chunk of text cannot take the fast path, appends to the open part, or
 # opens a message (no item open).
@@ -841,15 +851,14 @@ def _usage_of(block: bytes, at: int, end: int) -> dict[str, Any] | None:
     """The usage of the event `block[at:end]` when it is a chunk with no choices and
     usage as its last member (the usual last chunk); else None."""
     start = block.find(_USAGE, at, end)
-    if start < 0 or block[end - 1] != _BRACE or not block.startswith(b"data: {", at):
-        return None
-    if block.find(b'"error"', at, start) >= 0:
+    if start < 0 or not block.startswith(b"data: {", at) or block.find(b'"error"', at, start) >= 0:
         return None
     try:
-        usage = orjson.loads(block[start + len(_USAGE) - 1 : end - 1])
+        # The object, then the chunk's closing brace: a JSON object or no parse at all.
+        usage: dict[str, Any] = orjson.loads(block[start + len(_USAGE) - 1 : end - 1])
     except orjson.JSONDecodeError:
         return None
-    return usage if isinstance(usage, dict) else None
+    return usage
 
 
 def _other_news(block: bytes, at: int, end: int) -> bool:

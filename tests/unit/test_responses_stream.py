@@ -692,3 +692,70 @@ def test_any_text_comes_out_whole_fast_path_or_not(texts: list[str]) -> None:
         assert deltas == "".join(texts)
         output = parsed[-1]["response"]["output"][0]["content"][0]["text"]
         assert output == "".join(texts)
+
+
+def _openai(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    """A chunk as OpenAI sends it, member for member (the shape the fast paths read)."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    body = {
+        "id": "chatcmpl-9",
+        "object": "chat.completion.chunk",
+        "created": 7,
+        "model": "gpt-x",
+        "service_tier": "default",
+        "system_fingerprint": "fp_1",
+        "choices": [choice],
+        "usage": None,
+        **extra,
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+OPENAI_STREAM = [
+    _openai({"role": "assistant", "content": "", "refusal": None}),
+    *(_openai({"content": t}) for t in ["Hi", " the", 're "', "\\", "re\n", "!"]),
+    _openai({"content": "", "refusal": None, "tool_calls": None}),  # not plain: the long way
+    _openai({"content": " end"}),
+    _openai({}, "length"),
+    b'data: {"id":"chatcmpl-9","object":"chat.completion.chunk","created":7,"model":"gpt-x",'
+    b'"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":8,"total_tokens":11}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest.mark.parametrize("reads", ["one read", "chunk per read", "pairs", "crlf"])
+def test_the_fast_paths_give_what_the_long_way_gives(reads: str) -> None:
+    """Role, text runs, finish and usage chunks read without parsing end in the events
+    and the Response that parsing every chunk (CRLF: the long way) gives."""
+    whole = b"".join(OPENAI_STREAM)
+    blocks = {
+        "one read": [whole],
+        "chunk per read": OPENAI_STREAM,
+        "pairs": [b"".join(OPENAI_STREAM[i : i + 2]) for i in range(0, len(OPENAI_STREAM), 2)],
+        "crlf": [whole.replace(b"\n", b"\r\n")],
+    }[reads]
+    translator, parsed = run(blocks)
+    assert types(parsed) == [
+        "created",
+        "in_progress",
+        "output_item.added",
+        "content_part.added",
+        "output_text.delta",
+        "output_text.done",
+        "content_part.done",
+        "output_item.done",
+        "incomplete",
+    ]
+    assert parsed[0]["response"]["model"] == "gpt-x"
+    final = parsed[-1]["response"]
+    assert final == translator.response
+    text = 'Hi there "\\re\n! end'
+    assert final["output"][0]["content"][0]["text"] == text
+    assert final["output"][0]["status"] == "incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["usage"]["total_tokens"] == 11
+    deltas = "".join(e["delta"] for e in parsed if e["type"] == "response.output_text.delta")
+    assert deltas == text
+    done = [e for e in parsed if e["type"] == "response.output_text.done"]
+    assert done[0]["text"] == text
+    assert sdk_texts(parsed) == (text, None)
