@@ -775,23 +775,18 @@ def _run(block: bytes, at: int, prefix: bytes, suffix: bytes, pieces: list[bytes
     Python operation per chunk would cost about what the whole run does."""
     if not block.startswith(prefix, at):
         return at
-    base = at + len(prefix)
     joint = suffix + prefix[: -len(_CONTENT)]
-    segments = block[base:].split(_CONTENT)
+    segments = block[at + len(prefix) :].split(_CONTENT)
     texts = list(map(bytes.removesuffix, segments, repeat(joint)))
     kept = list(map(is_, texts, segments))  # True: not a text followed by another chunk
-    count = kept.index(True) if True in kept else len(kept)
-    del texts[count:]
-    # Where the piece after the run starts (the text of a chunk with the same prefix).
-    start = base + sum(map(len, segments[:count])) + count * len(_CONTENT)
-    resume = start - len(prefix)
-    if count < len(segments):
+    if True in kept:
+        count = kept.index(True)
+        del texts[count:]
         # Its text ends with the suffix too if it is the last plain chunk before others.
         last = segments[count]
         stop = last.find(suffix)
         if stop >= 0 and b"\n" not in last[:stop]:
             texts.append(last[:stop])
-            resume = start + stop + len(suffix)
     if not texts:
         return at
     joined = b"".join(texts)
@@ -800,7 +795,8 @@ def _run(block: bytes, at: int, prefix: bytes, suffix: bytes, pieces: list[bytes
     if b"\\" in joined and any(map(bytes.endswith, texts, repeat(b"\\"))):
         return -1
     pieces.append(joined)
-    return resume
+    # Each text was one whole event: its prefix, the text, its suffix.
+    return at + len(texts) * (len(prefix) + len(suffix)) + len(joined)
 
 
 def _no_end_quote(text: bytes) -> bool:
@@ -820,7 +816,8 @@ def _role_model(block: bytes, at: int, end: int) -> str | None:
     if choice < 0 or block[choice + len(_ROLE) : end] not in _ROLE_TAILS:
         return None
     name = block.find(b'"model":"', at, choice)
-    if name < 0 or _other_news(block, at, choice):
+    before = block[at:choice]
+    if name < 0 or b'"usage":{' in before or b'"error"' in before:
         return None
     name += 9
     close = block.find(b'"', name, choice)
@@ -842,7 +839,8 @@ def _finish_reason(block: bytes, at: int, end: int) -> str | None:
     if choice < 0:
         return None
     reason = _FINISH_TAILS.get(block[choice + len(_CHOICE) : end])
-    if reason is None or _other_news(block, at, choice):
+    before = block[at:choice]
+    if reason is None or b'"usage":{' in before or b'"error"' in before:
         return None
     return reason
 
@@ -859,11 +857,6 @@ def _usage_of(block: bytes, at: int, end: int) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return usage
-
-
-def _other_news(block: bytes, at: int, end: int) -> bool:
-    """Whether the members before a chunk's choices hold usage or an error."""
-    return block.find(b'"usage":{', at, end) >= 0 or block.find(b'"error"', at, end) >= 0
 
 
 def _decoded(payload: bytes, cut: bool) -> Any:
