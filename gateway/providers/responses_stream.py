@@ -223,6 +223,11 @@ class StreamTranslator:
         pieces: list[bytes] = []
         at, size = 0, len(block)
         runs = True
+        if self._fast == _APPEND and self._frame is not _NO_FRAME:
+            # Plain chunks like the last one read: the run from the start (`_run`).
+            at = _run(block, 0, self._frame[0], self._frame[1], pieces)
+            if at < 0:
+                runs, at = False, 0
         while at < size:
             end = block.find(b"\n\n", at)
             if end < 0:  # the start of an event the next read completes
