@@ -23,7 +23,7 @@ install: $(VENV)/.installed $(NODE_STAMP)
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 # The Node openai SDK for tests/e2e/test_node_sdk.py, from the lock file. Without node the
@@ -45,8 +45,12 @@ run: install
 # again would cost ~10 s of imports.
 SERIAL_FILES = $(shell grep -rlE --include='test_*.py' 'mark\.serial' tests)
 
+# Bytecode for the repo's packages up front: the suite starts ~200 Python processes
+# (gateways, CLI calls), and where PYTHONDONTWRITEBYTECODE is set each would compile the
+# whole package again (`uv sync --compile-bytecode` does the same for the dependencies).
 test: install
 	./scripts/ensure-services.sh
+	$(BIN)/python -m compileall -q -j 0 gateway routing simulator
 	$(BIN)/python -m pytest -n 3 --dist loadfile -m 'not serial'; a=$$?; \
 	$(BIN)/python -m pytest -m serial $(SERIAL_FILES); b=$$?; \
 	if [ $$a -ne 0 ]; then exit $$a; fi; exit $$b

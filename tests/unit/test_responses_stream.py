@@ -679,7 +679,7 @@ def test_text_pieces_of_one_read_go_out_as_one_delta_escapes_intact() -> None:
     assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(alphabet='ab "\\}{\n\u00e9\u2028/', min_size=1, max_size=8), max_size=8))
 def test_any_text_comes_out_whole_fast_path_or_not(texts: list[str]) -> None:
     """Quotes, backslashes, braces: whatever the text, the fast path (bytes cut out of
