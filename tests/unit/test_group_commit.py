@@ -80,7 +80,7 @@ def test_a_batch_is_bounded_in_rows_and_bytes() -> None:
         small = [asyncio.ensure_future(group.put(f"s{n}", 10)) for n in range(5)]
         big = [asyncio.ensure_future(group.put(f"b{n}", 60)) for n in range(2)]
         huge = asyncio.ensure_future(group.put("huge", 500))  # over the bound: goes alone
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn so the puts above enqueue: a yield, not a wait
         db.gate.set()
         assert await asyncio.gather(head, *small, *big, huge) == [None] * 9
         assert db.batches == [
@@ -127,7 +127,7 @@ def test_a_row_level_failure_is_retried_row_by_row() -> None:
         head = asyncio.ensure_future(group.put("head", 1))
         await until(lambda: db.waiting == 1, "the first batch in flight")
         saves = [asyncio.ensure_future(group.put(item, 1)) for item in ("a", "bad", "b")]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn so the puts above enqueue: a yield, not a wait
         db.gate.set()
         assert await head is None
         outcomes = await asyncio.gather(*saves)
@@ -141,7 +141,7 @@ def test_a_row_level_failure_is_retried_row_by_row() -> None:
         first = asyncio.ensure_future(group.put("c", 1))
         await until(lambda: db.waiting == 1, "a batch in flight")
         more = [asyncio.ensure_future(group.put(item, 1)) for item in ("d", "e")]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn so the puts above enqueue: a yield, not a wait
         db.gate.set()
         outcomes = await asyncio.gather(first, *more)
         assert all(isinstance(o, ConnectionResetError) for o in outcomes)
@@ -186,7 +186,7 @@ def test_a_cancelled_caller_is_not_written() -> None:
         await until(lambda: db.waiting == 1, "the first batch in flight")
         gone = asyncio.ensure_future(group.put("gone", 1))
         kept = asyncio.ensure_future(group.put("kept", 1))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn so the puts above enqueue: a yield, not a wait
         gone.cancel()
         db.gate.set()
         assert await head is None and await kept is None
@@ -206,7 +206,7 @@ def test_close_fails_pending_saves_and_refuses_new_ones() -> None:
         writing = asyncio.ensure_future(group.put("writing", 1))
         await until(lambda: db.waiting == 1, "a batch in flight")
         queued = [asyncio.ensure_future(group.put(f"q{n}", 1)) for n in range(3)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn so the puts above enqueue: a yield, not a wait
         started = time.monotonic()
         await group.close()
         outcomes = await asyncio.gather(writing, *queued)
