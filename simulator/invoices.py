@@ -17,6 +17,12 @@
 Tokens are counted per model and UTC billing day by :class:`.stats.Stats`, only for answers
 whose usage reached the client — what a provider bills. Days are those the simulator was
 serving on, or the day pinned with ``POST /_clock?day=YYYY-MM-DD``.
+
+Batch lines (:mod:`.batch_wire`) are billed as separate line items after the live ones, at
+:data:`BATCH_DISCOUNT` of the price: ``token_type`` ``batch_<type>`` in the generic CSV,
+``"batch": true`` in ``openai_usage``, ``"<model>, batch <label>"`` in ``openai_costs``,
+``service_tier`` ``batch`` in the Anthropic reports, ``usage_type``
+``BATCH_INFERENCE_USAGE`` for Fireworks, ``…-batch-input-tokens`` usage types in the CUR.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from aiohttp import web
 
 from .runtime import STATE
 
-__all__ = ["FORMATS", "DayUsage", "InvoiceError", "clock", "invoice", "render"]
+__all__ = ["BATCH_DISCOUNT", "FORMATS", "DayUsage", "InvoiceError", "clock", "invoice", "render"]
 
 FORMATS = (
     "openai_usage",
@@ -47,6 +53,8 @@ FORMATS = (
     "generic",
 )
 _MILLION = Decimal(1_000_000)
+#: Batch lines cost this fraction of the live price (OpenAI's and Anthropic's 50 %).
+BATCH_DISCOUNT = Decimal("0.5")
 _PRICES_FILE = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
 
 
@@ -63,6 +71,7 @@ class DayUsage:
     cached: int
     cache_write: int
     output: int
+    batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +82,12 @@ class Rates:
     cache_write: Decimal
 
     def cost(self, u: DayUsage) -> dict[str, Decimal]:
+        scale = _MILLION / BATCH_DISCOUNT if u.batch else _MILLION
         return {
-            "uncached": u.uncached * self.input / _MILLION,
-            "cached": u.cached * self.cached / _MILLION,
-            "cache_write": u.cache_write * self.cache_write / _MILLION,
-            "output": u.output * self.output / _MILLION,
+            "uncached": u.uncached * self.input / scale,
+            "cached": u.cached * self.cached / scale,
+            "cache_write": u.cache_write * self.cache_write / scale,
+            "output": u.output * self.output / scale,
         }
 
 
@@ -93,6 +103,7 @@ def usage_days(
     models: set[str] | None,
     drift: Mapping[str, Decimal],
     month: str | None,
+    batch: bool = False,
 ) -> list[DayUsage]:
     out = []
     for model, day, requests, t in daily:
@@ -111,6 +122,7 @@ def usage_days(
                 cached=_drifted(cached, d),
                 cache_write=_drifted(write, d),
                 output=_drifted(t["completion"], d),
+                batch=batch,
             )
         )
     return out
@@ -166,7 +178,7 @@ def render(
                             "user_id": None,
                             "api_key_id": None,
                             "model": u.model,
-                            "batch": None,
+                            "batch": True if u.batch else None,
                         }
                     )
                 elif fmt == "openai_costs":
@@ -179,7 +191,7 @@ def render(
                             {
                                 "object": "organization.costs.result",
                                 "amount": {"value": float(c[key]), "currency": "usd"},
-                                "line_item": f"{u.model}, {label}",
+                                "line_item": f"{u.model}, {'batch ' if u.batch else ''}{label}",
                                 "project_id": None,
                                 "organization_id": "org-sim",
                             }
@@ -198,7 +210,7 @@ def render(
                             "api_key_id": None,
                             "workspace_id": None,
                             "model": u.model,
-                            "service_tier": "standard",
+                            "service_tier": "batch" if u.batch else "standard",
                             "context_window": "0-200k",
                         }
                     )
@@ -218,7 +230,7 @@ def render(
                                 "cost_type": "tokens",
                                 "context_window": "0-200k",
                                 "model": u.model,
-                                "service_tier": "standard",
+                                "service_tier": "batch" if u.batch else "standard",
                                 "token_type": kind,
                             }
                         )
@@ -260,7 +272,8 @@ def render(
             ):
                 if n or token_type in ("input_uncached", "output"):
                     amount = _money(c[key]) if u.model in rates else ""
-                    writer.writerow((provider, u.day.isoformat(), u.model, token_type, n, amount))
+                    kind = f"batch_{token_type}" if u.batch else token_type
+                    writer.writerow((provider, u.day.isoformat(), u.model, kind, n, amount))
     elif fmt == "fireworks":
         writer.writerow(
             (
@@ -277,7 +290,7 @@ def render(
                 (
                     _iso(u.day),
                     _iso(u.day + timedelta(days=1)),
-                    "TEXT_COMPLETION_INFERENCE_USAGE",
+                    "BATCH_INFERENCE_USAGE" if u.batch else "TEXT_COMPLETION_INFERENCE_USAGE",
                     u.model,
                     u.uncached + u.cached + u.cache_write,
                     u.output,
@@ -323,8 +336,8 @@ def render(
                         _iso(u.day),
                         _iso(u.day + timedelta(days=1)),
                         "AmazonBedrock",
-                        f"USE1-{u.model}-{suffix}",
-                        "InvokeModelInference",
+                        f"USE1-{u.model}-{'batch-' if u.batch else ''}{suffix}",
+                        "InvokeModelBatchInference" if u.batch else "InvokeModelInference",
                         arn,
                         tokens,
                         _money(rate),
@@ -392,6 +405,7 @@ async def invoice(request: web.Request) -> web.Response:
         drift = _parse_drift(q.get("drift", ""))
         month = q.get("month") or None
         usage = usage_days(state.stats.daily(), models, drift, month)
+        usage += usage_days(state.stats.batch_daily(), models, drift, month, batch=True)
         rates = _yaml_rates({u.model for u in usage})
         for raw in q.getall("price", []):
             model, r = _parse_price(raw)

@@ -8,9 +8,11 @@ import orjson
 from aiohttp import web
 
 from .anthropic_wire import messages
+from .batch_wire import BATCHES, batch_routes
 from .bedrock_wire import converse, converse_stream
+from .files_wire import FILES, files_routes
 from .gemini_wire import gemini_generate, oauth_token, vertex_generate
-from .invoices import clock, invoice
+from .invoices import invoice
 from .openai_extra import completions, embeddings, list_models, retrieve_model
 from .openai_wire import azure_chat_completions, azure_v1_chat_completions, chat_completions
 from .responses_wire import azure_responses, responses
@@ -32,6 +34,8 @@ async def _received_ids(request: web.Request) -> web.Response:
 
 async def _reset(request: web.Request) -> web.Response:
     request.app[STATE].reset()
+    request.app[FILES].clear()
+    request.app[BATCHES].clear()
     return web.Response(body=b'{"ok":true}', content_type="application/json")
 
 
@@ -58,7 +62,8 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     Gemini
     ``/{v1beta|v1|v1alpha}/models/{model}:generateContent|streamGenerateContent``; Vertex AI
     ``/{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{model}:...`` and its
-    OAuth ``/token``; Bedrock ``/model/{modelId}/converse`` and ``/converse-stream``.
+    OAuth ``/token``; Bedrock ``/model/{modelId}/converse`` and ``/converse-stream``;
+    OpenAI Files and Batch (``/v1/files``, ``/v1/batches``; :mod:`.batch_wire`).
     """
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE] = SimState(require_key, seed)
@@ -87,7 +92,8 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app.router.add_get("/_received_ids", _received_ids)
     app.router.add_post("/_reset", _reset)
     app.router.add_get("/_invoice", invoice)
-    app.router.add_post("/_clock", clock)
+    files_routes(app)
+    batch_routes(app)  # also POST /_clock (batch clock + billing day)
     return app
 
 

@@ -38,6 +38,11 @@ and Bedrock report usage in their final stream event, which is when tokens are a
 The same token counts are also kept per model and UTC *billing day* (:meth:`Stats.daily`),
 from which ``GET /_invoice`` renders provider invoices (:mod:`.invoices`); the billing day is
 the real date unless pinned with ``POST /_clock?day=YYYY-MM-DD`` (``day=`` unpins it).
+
+Batch lines (:mod:`.batch_wire`) count like live requests in ``requests`` and ``tokens``,
+under the endpoints ``batch_chat`` / ``batch_responses`` / ``batch_embeddings`` (present in
+``endpoints`` only once a batch line ran), and per billing day apart from live traffic
+(:meth:`Stats.batch_daily`) so that invoices bill them as separate, discounted line items.
 """
 
 from __future__ import annotations
@@ -98,6 +103,8 @@ class Stats:
         # is today's unless a test pins it (``POST /_clock?day=``) to simulate other days.
         self._daily_tokens: dict[tuple[str, date], _ModelTokens] = {}
         self._daily_requests: dict[tuple[str, date], int] = {}
+        self._batch_tokens: dict[tuple[str, date], _ModelTokens] = {}
+        self._batch_requests: dict[tuple[str, date], int] = {}
         self.billing_day: date | None = None
         self._endpoints = dict.fromkeys(ENDPOINTS, 0)
         self._faults = dict.fromkeys(FAULTS, 0)
@@ -106,11 +113,12 @@ class Stats:
         self.client_ids: deque[str] = deque(maxlen=200_000)
 
     def endpoint(self, name: str, client_id: str | None = None) -> None:
-        self._endpoints[name] += 1
+        # Batch endpoints appear on first use, so live-only snapshots keep their shape.
+        self._endpoints[name] = self._endpoints.get(name, 0) + 1
         if client_id is not None:
             self.client_ids.append(client_id)
 
-    def served(self, model: str, status: int | str, stream: bool) -> None:
+    def served(self, model: str, status: int | str, stream: bool, batch: bool = False) -> None:
         entry = self._requests.get(model)
         if entry is None:
             entry = self._requests[model] = _ModelRequests()
@@ -121,7 +129,8 @@ class Stats:
         entry.by_status[key] = entry.by_status.get(key, 0) + 1
         if status == 200:
             slot = (model, self.today())
-            self._daily_requests[slot] = self._daily_requests.get(slot, 0) + 1
+            daily = self._batch_requests if batch else self._daily_requests
+            daily[slot] = daily.get(slot, 0) + 1
 
     def today(self) -> date:
         return self.billing_day or datetime.now(UTC).date()
@@ -141,6 +150,7 @@ class Stats:
         cache_write: int = 0,
         completion: int = 0,
         reasoning: int = 0,
+        batch: bool = False,
     ) -> None:
         entry = self._tokens.get(model)
         if entry is None:
@@ -151,9 +161,10 @@ class Stats:
         entry.completion += completion
         entry.reasoning += reasoning
         slot = (model, self.today())
-        day = self._daily_tokens.get(slot)
+        days = self._batch_tokens if batch else self._daily_tokens
+        day = days.get(slot)
         if day is None:
-            day = self._daily_tokens[slot] = _ModelTokens()
+            day = days[slot] = _ModelTokens()
         day.prompt += prompt
         day.cached += cached
         day.cache_write += cache_write
@@ -162,22 +173,12 @@ class Stats:
 
     def daily(self) -> list[tuple[str, date, int, dict[str, int]]]:
         """(model, UTC day, 200s served, token counts as in :meth:`snapshot`) per model-day
-        that reported usage, sorted."""
-        return [
-            (
-                model,
-                day,
-                self._daily_requests.get((model, day), 0),
-                {
-                    "prompt": t.prompt,
-                    "cached": t.cached,
-                    "cache_write": t.cache_write,
-                    "completion": t.completion,
-                    "reasoning": t.reasoning,
-                },
-            )
-            for (model, day), t in sorted(self._daily_tokens.items())
-        ]
+        that reported usage, sorted; live traffic only (batch lines: :meth:`batch_daily`)."""
+        return _days(self._daily_tokens, self._daily_requests)
+
+    def batch_daily(self) -> list[tuple[str, date, int, dict[str, int]]]:
+        """As :meth:`daily`, for batch lines only."""
+        return _days(self._batch_tokens, self._batch_requests)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -198,3 +199,23 @@ class Stats:
             "endpoints": dict(self._endpoints),
             "faults": dict(self._faults),
         }
+
+
+def _days(
+    tokens: dict[tuple[str, date], _ModelTokens], requests: dict[tuple[str, date], int]
+) -> list[tuple[str, date, int, dict[str, int]]]:
+    return [
+        (
+            model,
+            day,
+            requests.get((model, day), 0),
+            {
+                "prompt": t.prompt,
+                "cached": t.cached,
+                "cache_write": t.cache_write,
+                "completion": t.completion,
+                "reasoning": t.reasoning,
+            },
+        )
+        for (model, day), t in sorted(tokens.items())
+    ]
