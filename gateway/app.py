@@ -27,6 +27,7 @@ from gateway.api.admin_keys import admin_keys_router
 from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.app_errors import install_error_handlers
 from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
+from gateway.api.files import files_router
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
 from gateway.api.responses import ResponsesEndpoints
@@ -205,6 +206,7 @@ def create_app(
     app.include_router(admin_keys_router(holder.get, settings.master_key))
     app.include_router(admin_drills_router(holder.get, settings.master_key))
     app.include_router(status_router(holder.get, settings.master_key))
+    app.include_router(files_router(holder.get))
 
     # 404 / 405 / validation / unhandled: the hot path's error shapes and x-request-id.
     install_error_handlers(app)

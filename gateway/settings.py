@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # Ledger batches that could not be written are appended here and replayed on recovery.
     spool_dir: str = "var/spool"
+    # Uploaded files' bytes (`/v1/files`, gateway/files/storage.py); default: a `files`
+    # directory beside spool_dir (var/files). Their metadata is in the ledger database.
+    files_dir: str | None = None
+    # Largest file one upload may hold (a 413 past it), and for purpose `batch` the most
+    # requests (lines) a file may hold (a 400 past it).
+    files_max_bytes: int = 200 * 1024 * 1024
+    files_max_lines: int = 50_000
     # Off only for benchmarks comparing the ledger's cost; production always meters.
     ledger_enabled: bool = True
     ledger_batch_rows: int = 500

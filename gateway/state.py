@@ -25,11 +25,14 @@ from gateway.core.quality_live import QualityLive
 from gateway.core.service import Service
 from gateway.drills.board import DrillBoard
 from gateway.drills.schedule import DrillScheduler
+from gateway.files.storage import LocalDirectory
+from gateway.files.store import FileStore
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
 from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import DrillsRepository
+from gateway.ledger.files_repository import FilesRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
 from gateway.ledger.repository import LedgerRepository
@@ -84,6 +87,8 @@ class GatewayState:
     # Stored Responses (gateway/conversations/store.py), on the ledger's engine; None when the
     # gateway has no database (then nothing is stored and nothing can be chained).
     responses: ResponseStore | None = None
+    # Uploaded files (gateway/files/store.py), on the ledger's engine; None without a database.
+    files: FileStore | None = None
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
     # closed once this reaches zero.
@@ -166,6 +171,18 @@ def build_scorers(config: GatewayConfig) -> dict[str, Scorer]:
     from gateway.router.scoring import load_scorer
 
     return {name: load_scorer(route.router_model) for name, route in routes.items()}
+
+
+def build_files(settings: Settings, repository: LedgerRepository) -> FileStore:
+    """The files store on the ledger's engine, its bytes in FAREBOX_FILES_DIR (default: a
+    `files` directory beside the spool)."""
+    directory = settings.files_dir or str(Path(settings.spool_dir).parent / "files")
+    return FileStore(
+        FilesRepository(repository.engine),
+        LocalDirectory(directory),
+        max_bytes=settings.files_max_bytes,
+        max_lines=settings.files_max_lines,
+    )
 
 
 def build_state(
@@ -307,9 +324,11 @@ def build_state(
         if repository is not None
         else None
     )
+    files = build_files(settings, repository) if repository is not None else None
     return GatewayState(
         cache=cache,
         responses=responses,
+        files=files,
         config=config,
         index=index,
         keys=keys,

@@ -84,7 +84,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0008"
+HEAD = "0009"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -104,6 +104,7 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
             "ix_requests_workflow_id_received_at",
         },
         "responses": {"ix_responses_expires_at"},
+        "files": {"ix_files_key_id_created_at"},
         "attempts": {
             "ix_attempts_request_id",
             "ix_attempts_started_at",
@@ -120,13 +121,19 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
 
+    downgrade(db_url, "0008")  # one step: the files table goes, nothing else
+    assert current(db_url) == "0008"
+    assert "files" not in set(on_connection(db_url, _schema))
+    at_head = expected
+    expected = {t: set(v) for t, v in at_head.items() if t != "files"}
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
+
     assert "workflow_id" in on_connection(db_url, _request_columns)
     downgrade(db_url, "0007")  # one step: stored responses and the workflow column go
     assert current(db_url) == "0007"
     assert "workflow_id" not in on_connection(db_url, _request_columns)
     assert "responses" not in set(on_connection(db_url, _schema))
-    at_head = expected
-    expected = {t: set(v) for t, v in at_head.items() if t != "responses"}
+    expected = {t: set(v) for t, v in expected.items() if t != "responses"}
     expected["requests"].discard("ix_requests_workflow_id_received_at")
     assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
