@@ -134,6 +134,13 @@ class FileStore:
             raise
         return file_object(row)
 
+    async def create(
+        self, key_id: str | None, filename: str, purpose: str, chunks: AsyncIterator[bytes]
+    ) -> dict[str, Any]:
+        """Stage and commit in one call: for files the gateway writes itself (the Batch API's
+        output and error files, purpose `batch_output`), which no client form carries."""
+        return await self.commit(await self.stage(filename, purpose, chunks), key_id, purpose)
+
     async def discard(self, staged: Staged) -> None:
         await self.storage.delete(staged.file_id)
 
