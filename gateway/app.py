@@ -206,7 +206,7 @@ def create_app(
     app.include_router(admin_keys_router(holder.get, settings.master_key))
     app.include_router(admin_drills_router(holder.get, settings.master_key))
     app.include_router(status_router(holder.get, settings.master_key))
-    app.include_router(files_router(holder.get))
+    app.include_router(files_router(holder.get, drain))
 
     # 404 / 405 / validation / unhandled: the hot path's error shapes and x-request-id.
     install_error_handlers(app)

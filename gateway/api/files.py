@@ -22,6 +22,8 @@ from gateway.api.common import authenticate
 from gateway.api.files_form import StreamingForm, boundary_of
 from gateway.errors import GatewayError, PayloadTooLarge, Unavailable, bad_request
 from gateway.files.store import FileStore, Staged, check_purpose, file_object
+from gateway.runtime import shutdown
+from gateway.runtime.shutdown import shutting_down
 from gateway.state import GatewayState
 
 # Room for the form's boundaries, part headers and the purpose field around the file.
@@ -30,13 +32,19 @@ FORM_OVERHEAD = 64 * 1024
 Handler = Callable[[FileStore, str | None], Awaitable[Response]]
 
 
-def files_router(state: Callable[[], GatewayState | None]) -> APIRouter:
+def files_router(
+    state: Callable[[], GatewayState | None], drain: shutdown.Drain | None = None
+) -> APIRouter:
+    """`drain`: from SIGTERM on, new requests get the hot path's 503 (another replica can
+    take them); one already running finishes."""
     router = APIRouter()
 
     async def serve(request: Request, handler: Handler) -> Response:
         request_id = new_request_id()
         try:
             current = state()
+            if drain is not None and drain.active:
+                raise shutting_down()
             if current is None:
                 raise Unavailable("The gateway is still starting.")
             principal = await authenticate(request.scope, current)

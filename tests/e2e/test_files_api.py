@@ -233,3 +233,17 @@ def test_rows_are_in_the_ledger_database(gw: RunningGateway) -> None:
         ledger_url(gw), "SELECT key_id, purpose, bytes FROM files WHERE id = :id", {"id": made.id}
     )
     assert [tuple(r) for r in rows] == [("alice", "batch", len(batch_line(7)))]
+
+
+def test_a_draining_gateway_takes_no_new_file_requests(gw: RunningGateway) -> None:
+    made = client(gw).files.create(file=("d.jsonl", batch_line(1)), purpose="batch")
+    assert gw.app is not None
+    drain = gw.app.app.state.drain
+    drain.active = True  # as from SIGTERM on (gateway/serving/server.py)
+    try:
+        refused = raw(gw, "GET", f"/v1/files/{made.id}")
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert refused.json()["error"]["code"] == "gateway_shutting_down"
+    finally:
+        drain.active = False
+    assert raw(gw, "GET", f"/v1/files/{made.id}").status_code == 200
