@@ -81,10 +81,13 @@ class ResponsesRelay(Relay):
                     metered = True
                     self.ctx.final_response = response
                     outcome = None
+                    # In the ledger before the client can see the end (see Relay.run).
+                    self._finish(outcome, metered, deltas + 1)
                     yield block
                     return
                 else:  # the upstream's own error or failed response, relayed scrubbed
                     outcome = STREAM_ERROR
+                    self._finish(outcome, metered, deltas + 1)
                     yield UPSTREAM_SECRETS.raw(block)
                     return
                 try:
@@ -93,6 +96,7 @@ class ResponsesRelay(Relay):
                     raise UpstreamError(CUT, "the stream ended before its end") from None
         except UpstreamError as exc:
             outcome = error_class(exc)
+            self._finish(outcome, metered, deltas + 1)
             yield failed_event(
                 self._so_far(created),
                 message=scrub(exc.message),
@@ -106,6 +110,7 @@ class ResponsesRelay(Relay):
             assert task is not None
             task.uncancel()
             outcome = SHUTDOWN
+            self._finish(outcome, metered, deltas + 1)
             yield failed_event(
                 self._so_far(created),
                 message="The gateway is shutting down and ended this stream before it was "

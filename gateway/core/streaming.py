@@ -37,6 +37,7 @@ class Relay:
     __slots__ = (
         "attempt",
         "ctx",
+        "finished",
         "meter",
         "on_end",
         "on_metered",
@@ -71,6 +72,7 @@ class Relay:
         # on_metered: the attempt's row once usage arrived; on_end: always, last.
         self.on_metered = on_metered
         self.on_end = on_end
+        self.finished = False
 
     async def run(self, blocks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
         """One client write per upstream read.
@@ -103,6 +105,9 @@ class Relay:
                         if data == b"[DONE]":
                             out.append(DONE)
                             outcome = None
+                            # Metered before the client can see the end: a crash after
+                            # the client has its whole answer must not leave it unrecorded.
+                            self._finish(outcome, usage is not None, events_seen)
                             yield b"".join(out)
                             return
                         if _carries_usage(data) and (chunk := _usage_chunk(data)) is not None:
@@ -115,6 +120,7 @@ class Relay:
                             # The upstream's own error event, relayed: scrub it first.
                             out.append(b"data: " + UPSTREAM_SECRETS.raw(data) + b"\n\n")
                             outcome = STREAM_ERROR
+                            self._finish(outcome, usage is not None, events_seen)
                             yield b"".join(out)
                             return
                         events_seen += 1
@@ -128,6 +134,7 @@ class Relay:
                     return
         except UpstreamError as exc:
             outcome = error_class(exc)
+            self._finish(outcome, usage is not None, events_seen)
             yield stream_error_event(scrub(exc.message), code="upstream_stream_interrupted")
         except asyncio.CancelledError:
             if not was_cut():
@@ -138,6 +145,7 @@ class Relay:
             assert task is not None
             task.uncancel()
             outcome = SHUTDOWN
+            self._finish(outcome, usage is not None, events_seen)
             yield shutdown_event()
         finally:
             await self.upstream.close()
@@ -162,6 +170,11 @@ class Relay:
         return orjson.dumps(chunk)
 
     def _finish(self, outcome: str | None, metered: bool, events_seen: int) -> None:
+        """Close the call in the ledger, once (before the last bytes go out where there are
+        last bytes to send, else when the relay ends)."""
+        if self.finished:
+            return
+        self.finished = True
         if outcome == CLIENT_CANCELLED and was_cut():
             # Cut while handing a block to a client that was not reading: still the shutdown.
             outcome = SHUTDOWN
