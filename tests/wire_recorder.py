@@ -22,33 +22,8 @@ from typing import Any
 
 import httpx
 
-from tests.openapi import CHAT, CHUNK, ERROR, check
+from tests.openapi import CHAT, CHUNK, ERROR, RESPONSE_EVENTS, check
 
-#: The spec component of each Responses stream event type.
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent",
-    "response.in_progress": "ResponseInProgressEvent",
-    "response.completed": "ResponseCompletedEvent",
-    "response.incomplete": "ResponseIncompleteEvent",
-    "response.failed": "ResponseFailedEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent",
-    "response.output_text.done": "ResponseTextDoneEvent",
-    "response.refusal.delta": "ResponseRefusalDeltaEvent",
-    "response.refusal.done": "ResponseRefusalDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.reasoning_summary_part.added": "ResponseReasoningSummaryPartAddedEvent",
-    "response.reasoning_summary_part.done": "ResponseReasoningSummaryPartDoneEvent",
-    "response.reasoning_summary_text.delta": "ResponseReasoningSummaryTextDeltaEvent",
-    "response.reasoning_summary_text.done": "ResponseReasoningSummaryTextDoneEvent",
-    "response.reasoning_text.delta": "ResponseReasoningTextDeltaEvent",
-    "response.reasoning_text.done": "ResponseReasoningTextDoneEvent",
-    "error": "ResponseErrorEvent",
-}
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 _ONE = re.compile(r"/v1/responses/[^/]+$")
@@ -99,8 +74,8 @@ def check_response_events(events: list[dict[str, Any]], context: str = "") -> No
         kind = event.get("type")
         where = f"{context} {kind}"
         check("ResponseStreamEvent", event, where)
-        assert kind in EVENT_SCHEMAS, f"unexpected event type {kind!r} ({context})"
-        check(EVENT_SCHEMAS[kind], event, where)
+        assert kind in RESPONSE_EVENTS, f"unexpected event type {kind!r} ({context})"
+        check(RESPONSE_EVENTS[kind], event, where)
     assert [e["sequence_number"] for e in events] == list(range(len(events))), context
     ends = [e["type"] for e in events if e["type"] in TERMINAL_EVENTS or e["type"] == "error"]
     assert len(ends) == 1 and events[-1]["type"] == ends[0], f"{context}: ends {ends}"

@@ -20,6 +20,7 @@ from tests.ledger_reads import ledger_url, sql_rows
 from tests.openapi import check
 from tests.simulator import running_simulator, simulator_stats
 from tests.waiting import wait_until
+from tests.wire_recorder import sse_events
 
 KEY = "sk-responses-gateway-01"
 CONFIG = """
@@ -121,15 +122,6 @@ def _attempts(gw: RunningGateway, request_id: str) -> list[Any]:
     )
 
 
-def _events(raw: bytes) -> list[dict[str, Any]]:
-    out = []
-    for block in raw.split(b"\n\n"):
-        for line in block.split(b"\n"):
-            if line.startswith(b"data:"):
-                out.append(orjson.loads(line[5:]))
-    return out
-
-
 def test_built_in_tool_goes_only_to_a_native_target_that_runs_it(
     client: openai.OpenAI, farebox: tuple[RunningGateway, str]
 ) -> None:
@@ -214,7 +206,7 @@ def test_stream_fails_over_until_its_first_content_event(
     ) as raw:
         body = b"".join(raw.iter_bytes())
         headers = raw.headers
-    events = _events(body)
+    events = sse_events(body)
     for event in events:
         check("ResponseStreamEvent", event)
     assert events[-1]["type"] == "response.completed"
@@ -233,7 +225,7 @@ def test_failure_after_content_ends_with_a_failed_response(
     gw, _ = farebox
     with _http(gw) as http:
         reply = http.post("/responses", json={"model": "late", "input": "Hi", "stream": True})
-    events = _events(reply.content)
+    events = sse_events(reply.content)
     types = [e["type"] for e in events]
     assert "response.output_text.delta" in types
     assert types[-1] in ("error", "response.failed")
@@ -399,7 +391,7 @@ def test_streams_validate_against_the_spec_on_both_paths(
                     "reasoning": {"effort": "low"},
                 },
             )
-            events = _events(reply.content)
+            events = sse_events(reply.content)
             assert events[-1]["type"] == "response.completed", model
             for event in events:
                 check("ResponseStreamEvent", event)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.openapi import check
+from tests.openapi import RESPONSE_EVENTS, check
 from tests.simulator import start_simulator
 
 USER_TOKENS = 6  # "Say hello": ceil(9 / 4) + 3, as chat counts one user message
@@ -28,29 +28,6 @@ WEATHER = {
         "additionalProperties": False,
     },
     "strict": True,
-}
-#: The spec component of each event type the simulator sends.
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent",
-    "response.in_progress": "ResponseInProgressEvent",
-    "response.completed": "ResponseCompletedEvent",
-    "response.incomplete": "ResponseIncompleteEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent",
-    "response.output_text.done": "ResponseTextDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.reasoning_summary_part.added": "ResponseReasoningSummaryPartAddedEvent",
-    "response.reasoning_summary_part.done": "ResponseReasoningSummaryPartDoneEvent",
-    "response.reasoning_summary_text.delta": "ResponseReasoningSummaryTextDeltaEvent",
-    "response.reasoning_summary_text.done": "ResponseReasoningSummaryTextDoneEvent",
-    "response.web_search_call.in_progress": "ResponseWebSearchCallInProgressEvent",
-    "response.web_search_call.searching": "ResponseWebSearchCallSearchingEvent",
-    "response.web_search_call.completed": "ResponseWebSearchCallCompletedEvent",
-    "error": "ResponseErrorEvent",
 }
 
 
@@ -90,7 +67,7 @@ def events(raw: str) -> list[dict[str, Any]]:
         event = json.loads(data[len("data: ") :])
         assert event["type"] == head[len("event: ") :]
         check("ResponseStreamEvent", event, event["type"])
-        check(EVENT_SCHEMAS[event["type"]], event, event["type"])
+        check(RESPONSE_EVENTS[event["type"]], event, event["type"])
         out.append(event)
     assert [e["sequence_number"] for e in out] == list(range(len(out)))
     return out

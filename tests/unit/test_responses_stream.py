@@ -25,7 +25,7 @@ from gateway.providers.responses_stream import (
     replay_events,
 )
 from gateway.providers.responses_translate import response_from_chat
-from tests.openapi import check
+from tests.openapi import RESPONSE_EVENTS, check
 
 REQUEST: dict[str, Any] = {
     "model": "chat",
@@ -43,31 +43,6 @@ USAGE = {
 }
 SDK_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
-# Each event type we send → its own component in the spec.
-SCHEMAS = {
-    "response.created": "ResponseCreatedEvent",
-    "response.in_progress": "ResponseInProgressEvent",
-    "response.completed": "ResponseCompletedEvent",
-    "response.incomplete": "ResponseIncompleteEvent",
-    "response.failed": "ResponseFailedEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent",
-    "response.output_text.done": "ResponseTextDoneEvent",
-    "response.refusal.delta": "ResponseRefusalDeltaEvent",
-    "response.refusal.done": "ResponseRefusalDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.reasoning_summary_part.added": "ResponseReasoningSummaryPartAddedEvent",
-    "response.reasoning_summary_part.done": "ResponseReasoningSummaryPartDoneEvent",
-    "response.reasoning_summary_text.delta": "ResponseReasoningSummaryTextDeltaEvent",
-    "response.reasoning_summary_text.done": "ResponseReasoningSummaryTextDoneEvent",
-    "response.reasoning_text.delta": "ResponseReasoningTextDeltaEvent",
-    "response.reasoning_text.done": "ResponseReasoningTextDoneEvent",
-}
-
 
 def events(raw: bytes, first: int = 0, *, spec: bool = True) -> list[dict[str, Any]]:
     """Parse Responses SSE bytes, checking the framing, the spec and the sequence numbers."""
@@ -80,7 +55,7 @@ def events(raw: bytes, first: int = 0, *, spec: bool = True) -> list[dict[str, A
         data = orjson.loads(data_line[6:])
         assert data["type"] == name_line[7:].decode()
         if spec:
-            check(SCHEMAS[data["type"]], data, data["type"])
+            check(RESPONSE_EVENTS[data["type"]], data, data["type"])
             check("ResponseStreamEvent", data, data["type"])
             SDK_EVENT.validate_python(data)
         parsed.append(data)
