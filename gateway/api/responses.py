@@ -43,7 +43,6 @@ from gateway.api.common import (
 from gateway.api.responses_input import (
     as_items,
     bad,
-    built_in_tools,
     check_responses,
 )
 from gateway.api.validate import parse_object
@@ -56,6 +55,7 @@ from gateway.keys.auth import Principal
 from gateway.ledger.tokens import estimate_input_tokens
 from gateway.state import GatewayState
 from routing.model import Plan
+from routing.responses_tools import built_in_tools, runs_tools
 
 ENDPOINT = "responses"
 _CREATE = frozenset({"/v1/responses", "/responses"})
@@ -271,11 +271,7 @@ class _Create:
         needed = built_in_tools(payload)
         if not needed:
             return plan
-        kept = tuple(
-            a
-            for a in plan.attempts
-            if a.deployment.responses_native and needed <= a.deployment.builtin_tools
-        )
+        kept = tuple(a for a in plan.attempts if runs_tools(a.deployment, needed))
         if len(kept) == len(plan.attempts):
             return plan
         if not kept:

@@ -93,16 +93,3 @@ def as_items(given: Any) -> list[dict[str, Any]]:
     if isinstance(given, str):
         return [{"type": "message", "role": "user", "content": given}]
     return [item for item in given if isinstance(item, dict)]
-
-
-def built_in_tools(payload: dict[str, Any]) -> frozenset[str]:
-    """Built-in (non-function) tools a request asks for: only a native upstream that runs
-    them can serve it."""
-    tools = payload.get("tools")
-    if not isinstance(tools, list):
-        return frozenset()
-    return frozenset(
-        str(tool.get("type"))
-        for tool in tools
-        if isinstance(tool, dict) and tool.get("type") not in ("function", "custom", None)
-    )

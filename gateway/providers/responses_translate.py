@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.providers.responses_output import chat_view, response_from_chat, responses_usage
+from routing.responses_tools import built_in_tools
 
 __all__ = [
     "built_in_tools",
@@ -33,20 +34,6 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 _TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 # Chat's image `detail` enum; Responses adds `original` (no downscaling): `high` is closest.
 _DETAILS = {"auto": "auto", "low": "low", "high": "high", "original": "high"}
-
-
-def built_in_tools(payload: dict[str, Any]) -> frozenset[str]:
-    """The non-function tool types a Responses request uses (web_search, mcp, …)."""
-    tools = payload.get("tools")
-    if not isinstance(tools, list):
-        return frozenset()
-    return frozenset(
-        kind
-        for tool in tools
-        if isinstance(tool, dict)
-        and isinstance(kind := tool.get("type"), str)
-        and kind != "function"
-    )
 
 
 # -- request ------------------------------------------------------------------------------
