@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -168,7 +168,7 @@ def responses_first_read_state(block: bytes, deployment: str) -> tuple[bool, Ups
             break  # decode it below, to say what went wrong
         if kind.decode() not in _NOT_YET_CONTENT:
             return True, None
-    for data in _events(block):
+    for data in decode_events(block):
         event = _object(data)
         if event is None:
             return True, UpstreamError(
@@ -188,7 +188,3 @@ def responses_first_read_state(block: bytes, deployment: str) -> tuple[bool, Ups
         if kind not in _NOT_YET_CONTENT:
             return True, None
     return False, None
-
-
-def _events(block: bytes) -> Iterator[bytes]:
-    yield from decode_events(block)
