@@ -21,7 +21,7 @@ class AttemptRow:
     id: str
     request_id: str
     attempt_no: int  # 1-based, in the order attempts started
-    role: str  # primary|retry|fallback|hedge|escalation|repair|drill|cache_hit
+    role: str  # primary|retry|fallback|hedge|escalation|repair|drill|cache_hit|batch
     deployment: str
     provider: str
     provider_kind: str  # serverless|dedicated|closed_api
@@ -44,6 +44,9 @@ class AttemptRow:
     drill_id: str | None = None
     # Role cache_hit only: what the answer would have cost upstream (cost_usd is 0).
     saved_usd: Decimal | None = None
+    # Endpoints billed per unit (images, audio seconds, search units): how many, and which.
+    units: Decimal | None = None
+    unit: str | None = None
 
 
 @dataclass(slots=True)
@@ -79,3 +82,5 @@ class RequestRow:
     # Calls chained by previous_response_id or tagged by the client (x-farebox-workflow,
     # metadata.workflow_id): one agent workflow.
     workflow_id: str | None = None
+    # A line of a Batch API batch (gateway/batch/): the batch's id.
+    batch_id: str | None = None

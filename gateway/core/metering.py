@@ -106,6 +106,8 @@ class CallContext:
     workflow_id: str | None = None
     # Responses streams: the terminal Response object, for the conversation store.
     final_response: dict[str, Any] | None = None
+    # A line of a Batch API batch: the batch's id (gateway/batch/).
+    batch_id: str | None = None
 
 
 def error_class(exc: UpstreamError) -> str:
@@ -162,6 +164,7 @@ class Meter:
                 principal.tags.get("segment") if principal is not None and principal.tags else None,
                 ctx.drill_id,
                 ctx.workflow_id,
+                ctx.batch_id,
             ),
         )
 
@@ -381,6 +384,7 @@ class Meter:
             segment=segment,
             consensus=consensus,
             workflow_id=ctx.workflow_id,
+            batch_id=ctx.batch_id,
         )
         if ctx.intents:
             self._unmetered(ctx)

@@ -59,6 +59,7 @@ INTENT_FIELDS = (
     "drill_id",
     # Last, so a journal written before it decodes by its header (the field is then absent).
     "workflow_id",
+    "batch_id",
 )
 # (deployment, upstream model, provider kind, when, input tokens) -> (cost, price version)
 Pricer = Callable[[str, str, str, datetime, int], tuple[Decimal | None, str | None]]
@@ -238,4 +239,5 @@ def _crashed_request(intents: dict[str, dict[str, Any]], attempts: list[AttemptR
         team=first.get("team"),
         segment=first.get("segment"),
         workflow_id=first.get("workflow_id"),
+        batch_id=first.get("batch_id"),
     )

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    Numeric,
     String,
     Table,
 )
@@ -67,9 +68,11 @@ class RequestRecord(Base):
     segment: Mapped[str | None] = mapped_column(NAME)
     consensus: Mapped[str | None] = mapped_column(TAG)
     workflow_id: Mapped[str | None] = mapped_column(ID)
+    batch_id: Mapped[str | None] = mapped_column(ID)
 
     __table_args__ = (
         Index("ix_requests_received_at", "received_at"),
+        Index("ix_requests_batch_id", "batch_id"),
         Index("ix_requests_workflow_id_received_at", "workflow_id", "received_at"),
         Index("ix_requests_key_id_received_at", "key_id", "received_at"),
         Index("ix_requests_route_received_at", "route", "received_at"),
@@ -104,6 +107,9 @@ class AttemptRecord(Base):
     gate_outcome: Mapped[str | None] = mapped_column(TAG)
     drill_id: Mapped[str | None] = mapped_column(ID)
     saved_usd: Mapped[Decimal | None] = mapped_column(COST)
+    # Billed per unit rather than per token (images, audio seconds, search units).
+    units: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    unit: Mapped[str | None] = mapped_column(TAG)
 
     __table_args__ = (
         Index("ix_attempts_request_id", "request_id"),
@@ -166,3 +172,4 @@ from gateway.ledger import models_drills as _drills  # noqa: E402, F401
 from gateway.ledger import models_files as _files  # noqa: E402, F401
 from gateway.ledger import models_reports as _reports  # noqa: E402, F401
 from gateway.ledger import models_responses as _responses  # noqa: E402, F401
+from gateway.ledger import models_batches as _batches  # noqa: E402, F401

@@ -24,8 +24,12 @@ class FileRecord(Base):
     status: Mapped[str] = mapped_column(TAG)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     storage_key: Mapped[str] = mapped_column(String(512))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_files_key_id_created_at", "key_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_files_key_id_created_at", "key_id", "created_at"),
+        Index("ix_files_expires_at", "expires_at"),
+    )
 
 
 files_table: Table = Base.metadata.tables["files"]

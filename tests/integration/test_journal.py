@@ -41,7 +41,11 @@ def attempt_row(attempt_id: str, request_id: str) -> AttemptRow:
 
 
 def intent(
-    attempt_id: str, request_id: str, body_bytes: int = 400, workflow_id: str | None = None
+    attempt_id: str,
+    request_id: str,
+    body_bytes: int = 400,
+    workflow_id: str | None = None,
+    batch_id: str | None = None,
 ) -> tuple[object, ...]:
     """An intent record as Meter.intent builds it: "i", the id, then INTENT_FIELDS."""
     fields = {
@@ -65,6 +69,7 @@ def intent(
         "segment": None,
         "drill_id": None,
         "workflow_id": workflow_id,
+        "batch_id": batch_id,
     }
     return ("i", attempt_id, *(fields[name] for name in INTENT_FIELDS))
 
@@ -129,7 +134,9 @@ WORKFLOW_PROCESS = textwrap.dedent(
     from gateway.ledger.journal import Journal
     journal = Journal({directory!r}, fsync_ms=0)
     journal.intent("att_step1", intent("att_step1", "req_step1", workflow_id="wf-crash"))
-    journal.intent("att_step2", intent("att_step2", "req_step2", workflow_id="wf-crash"))
+    journal.intent(
+        "att_step2", intent("att_step2", "req_step2", workflow_id="wf-crash", batch_id="batch_x")
+    )
     done = dataclasses.replace(request_row("req_step1"), workflow_id="wf-crash")
     journal.outcome(done, [attempt_row("att_step1", "req_step1")])
     os.kill(os.getpid(), signal.SIGKILL)
@@ -150,6 +157,7 @@ def test_a_killed_process_keeps_the_workflow_of_its_calls(tmp_path: Path) -> Non
     requests = {r.id: r for b in survivor.recover(price) for r in b[0]}
     assert requests["req_step2"].error_class == CRASHED
     assert requests["req_step2"].workflow_id == "wf-crash"
+    assert requests["req_step2"].batch_id == "batch_x"  # a crashed batch line stays its batch's
     assert requests["req_step1"].workflow_id == "wf-crash"
     assert requests["req_step1"].final_status == 200
     survivor.finish_recovery()

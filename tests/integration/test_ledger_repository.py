@@ -84,7 +84,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0009"
+HEAD = "0010"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -102,9 +102,12 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
             "ix_requests_key_id_received_at",
             "ix_requests_route_received_at",
             "ix_requests_workflow_id_received_at",
+            "ix_requests_batch_id",
         },
         "responses": {"ix_responses_expires_at"},
-        "files": {"ix_files_key_id_created_at"},
+        "files": {"ix_files_key_id_created_at", "ix_files_expires_at"},
+        "batches": {"ix_batches_key_id_created_at", "ix_batches_status"},
+        "batch_lines": set(),
         "attempts": {
             "ix_attempts_request_id",
             "ix_attempts_started_at",
@@ -121,11 +124,23 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
 
+    assert {"batch_id"} <= on_connection(db_url, _request_columns)
+    assert {"units", "unit"} <= on_connection(db_url, _attempt_columns)
+    downgrade(db_url, "0009")  # one step: batches and their columns go, nothing else
+    assert current(db_url) == "0009"
+    assert not {"batches", "batch_lines"} & set(on_connection(db_url, _schema))
+    assert "batch_id" not in on_connection(db_url, _request_columns)
+    assert not {"units", "unit"} & on_connection(db_url, _attempt_columns)
+    at_head = expected
+    expected = {t: set(v) for t, v in at_head.items() if t not in ("batches", "batch_lines")}
+    expected["requests"].discard("ix_requests_batch_id")
+    expected["files"].discard("ix_files_expires_at")
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
+
     downgrade(db_url, "0008")  # one step: the files table goes, nothing else
     assert current(db_url) == "0008"
     assert "files" not in set(on_connection(db_url, _schema))
-    at_head = expected
-    expected = {t: set(v) for t, v in at_head.items() if t != "files"}
+    expected = {t: set(v) for t, v in expected.items() if t != "files"}
     assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 
     assert "workflow_id" in on_connection(db_url, _request_columns)
