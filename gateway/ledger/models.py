@@ -168,8 +168,8 @@ api_keys_table: Table = Base.metadata.tables["api_keys"]
 admin_audit_table: Table = Base.metadata.tables["admin_audit"]
 
 # Report and drill tables (invoice lines, reconciliations, drills) register on the same metadata.
+from gateway.ledger import models_batches as _batches  # noqa: E402, F401
 from gateway.ledger import models_drills as _drills  # noqa: E402, F401
 from gateway.ledger import models_files as _files  # noqa: E402, F401
 from gateway.ledger import models_reports as _reports  # noqa: E402, F401
 from gateway.ledger import models_responses as _responses  # noqa: E402, F401
-from gateway.ledger import models_batches as _batches  # noqa: E402, F401
