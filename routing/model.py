@@ -47,6 +47,8 @@ class DeploymentSpec:
     # Serves the Responses API natively, and the built-in Responses tools it runs.
     responses_native: bool = False
     builtin_tools: frozenset[str] = frozenset()
+    # The provider runs batches through its own Batch API (its batch price applies).
+    batch_api: bool = False
 
 
 @dataclass(frozen=True, slots=True)

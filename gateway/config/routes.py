@@ -82,6 +82,9 @@ class Provider(_Strict):
     # Built-in Responses tools the native upstream runs (web_search, file_search…): a request
     # using one is only planned onto providers that list it.
     builtin_tools: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # The provider has OpenAI's Files + Batch API (`/files`, `/batches` under api_base): batch
+    # jobs routed here can run as a provider batch, at its batch price (openai protocol only).
+    batch_api: bool = False
 
     @field_validator("api_base")
     @classmethod
@@ -108,6 +111,10 @@ class Provider(_Strict):
             raise ValueError("options are only for litellm protocols (not openai)")
         if self.responses_api and self.protocol != "openai":
             raise ValueError("responses_api is only for the openai protocol")
+        if self.batch_api and self.protocol != "openai":
+            # litellm 1.106 only reads Anthropic message batches (retrieve, results): it
+            # cannot create one, so no other protocol can run a provider batch yet.
+            raise ValueError("batch_api is only for the openai protocol")
         if self.builtin_tools and not self.responses_api:
             raise ValueError(
                 "builtin_tools needs responses_api: true (only native upstreams run them)"

@@ -232,6 +232,7 @@ class GatewayConfig(_Strict):
                 tpm=dep.tpm or provider.tpm,
                 responses_native=provider.responses_api,
                 builtin_tools=frozenset(provider.builtin_tools),
+                batch_api=provider.batch_api,
             )
         return specs
 

@@ -1,0 +1,1 @@
+"""The Batch API: batches, their runner and the three ways a batch runs."""
