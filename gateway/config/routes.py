@@ -49,6 +49,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BatchPrice(_Strict):
+    """USD per 1M tokens through the provider's batch API (unset cache rates: `input`)."""
+
+    input: NonNegativeFloat
+    output: NonNegativeFloat
+    cached_input: NonNegativeFloat | None = None
+    cache_write: NonNegativeFloat | None = None
+
+
 class Price(_Strict):
     """USD per 1M tokens."""
 
@@ -56,6 +65,9 @@ class Price(_Strict):
     output: NonNegativeFloat
     cached_input: NonNegativeFloat | None = None
     cache_write: NonNegativeFloat | None = None
+    # Rates of the provider's batch API for this deployment (beats the provider's
+    # batch_discount and litellm's batch rates; gateway/ledger/pricing.py).
+    batch: BatchPrice | None = None
 
 
 class Provider(_Strict):
@@ -69,6 +81,9 @@ class Provider(_Strict):
     # only for litellm protocols.
     options: dict[str, OptionValue] = Field(default_factory=dict)
     hourly_usd: NonNegativeFloat | None = None
+    # Fraction off the live token price on the provider's batch API (0.5: half price), for
+    # deployments without an explicit `price: {batch: …}`.
+    batch_discount: Annotated[float, Field(ge=0, lt=1)] | None = None
     max_concurrency: PositiveInt | None = None
     # Where it processes data and whether it keeps none (for route `require:`).
     region: str | None = None

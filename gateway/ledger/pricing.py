@@ -8,6 +8,17 @@ Precedence for token-priced (serverless, closed_api) deployments:
    start later contributes nothing and the search goes on;
 3. litellm's bundled price map (see :class:`LitellmPriceMap` for the matching rules).
 
+Batch rates (:meth:`PriceBook.batch_price_for`, for lines billed through a provider's batch
+API), first found wins:
+
+1. explicit rates beside the live price that applies: the deployment's `price: {batch: …}`,
+   or the `batch:` of the prices.yaml entry the live price came from;
+2. the provider's `batch_discount` (fraction off) applied to the live price;
+3. litellm's `*_cost_per_token_batches` fields of the entry the live price would come from.
+
+A batch price's `version` is the live one's with a `+batch…` suffix, so a ledger row shows
+which rate it was charged.
+
 Dedicated deployments get zero token prices: their GPU hours are charged in the reports, at
 the provider's `hourly_usd` or else that of the prices.yaml entry for the deployment id.
 """
@@ -30,6 +41,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.ledger.unit_prices import UnitRateFields, litellm_unit_prices, unit_prices
 from gateway.runtime.yaml_loader import ConfigError, ConfigIssue, LocatedDocument, load_yaml
 from routing.cost import MILLION, TokenPrice
 
@@ -46,6 +58,9 @@ class _PriceFields(Protocol):
     def cached_input(self) -> float | None: ...
     @property
     def cache_write(self) -> float | None: ...
+
+    # Optional `batch:` (gateway.config.routes.BatchPrice) is read with getattr: not every
+    # caller's config has it.
 
 
 class _DeploymentFields(Protocol):
@@ -89,13 +104,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Row(_Strict):
+class _BatchRow(_Strict):
+    input: Rate
+    output: Rate
+    cached_input: Rate | None = None
+    cache_write: Rate | None = None
+
+
+class _Row(UnitRateFields, _Strict):
     effective_from: date
     input: Rate
     output: Rate
     cached_input: Rate | None = None
     cache_write: Rate | None = None
     hourly_usd: Rate | None = None
+    batch: _BatchRow | None = None
 
 
 class _PricesFile(_Strict):
@@ -106,6 +129,7 @@ class _PricesFile(_Strict):
 class DatedPrice:
     effective_from: date
     price: TokenPrice
+    batch: TokenPrice | None = None  # the entry's `batch:` rates, if it states them
 
 
 PriceTable = Mapping[str, tuple[DatedPrice, ...]]
@@ -143,7 +167,13 @@ def parse_prices(text: str, file: str) -> dict[str, tuple[DatedPrice, ...]]:
                 where = ("models", key, i, "effective_from")
                 issues.append(doc.issue(where, f"{problem}: {here} after {before}"))
         table[key] = tuple(
-            DatedPrice(row.effective_from, _price(f"{name}:{key}:{row.effective_from}", row))
+            DatedPrice(
+                row.effective_from,
+                _price(f"{name}:{key}:{row.effective_from}", row),
+                None
+                if row.batch is None
+                else _price(f"{name}:{key}:{row.effective_from}+batch", row.batch),
+            )
             for row in rows
         )
     if issues:
@@ -249,6 +279,20 @@ class LitellmPriceMap:
             return entries
 
     def lookup(self, model: str, prefix: str | None = None) -> TokenPrice | None:
+        found = self._find(model, prefix)
+        return None if found is None else found[1]
+
+    def lookup_batch(self, model: str, prefix: str | None = None) -> TokenPrice | None:
+        """The batch rates (`*_cost_per_token_batches`) of the entry :meth:`lookup` answers
+        from; None when that entry states none (another key's are never borrowed)."""
+        found = self._find(model, prefix)
+        if found is None:
+            return None
+        key = found[0]
+        entries = self._entries or {}
+        return self._price(key, entries[key], suffix="_batches")
+
+    def _find(self, model: str, prefix: str | None) -> tuple[str, TokenPrice] | None:
         entries = self._entries if self._entries is not None else self._load()
         for name in dict.fromkeys((model, model.partition("::")[0])):
             for key in self._candidates(name, prefix):
@@ -258,7 +302,7 @@ class LitellmPriceMap:
                     found = entries[key]
                 price = self._price(key, found) if found is not None else None
                 if price is not None:
-                    return price
+                    return key, price
         return None
 
     def _candidates(self, model: str, prefix: str | None) -> list[str]:
@@ -271,9 +315,9 @@ class LitellmPriceMap:
             out.append(rest)
         return out
 
-    def _price(self, key: str, entry: Mapping[str, Any]) -> TokenPrice | None:
+    def _price(self, key: str, entry: Mapping[str, Any], suffix: str = "") -> TokenPrice | None:
         def per_million(field: str) -> Decimal | None:
-            value = entry.get(field)
+            value = entry.get(field + suffix)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 return None
             return (Decimal(repr(value)) * MILLION).normalize()
@@ -282,6 +326,10 @@ class LitellmPriceMap:
         output_rate = per_million("output_cost_per_token")
         if output_rate is None and entry.get("mode") in ("embedding", "rerank"):
             output_rate = _ZERO
+        units = None if suffix else litellm_unit_prices(entry)
+        if units is not None:  # whisper-1, tts-1, rerank-english-v3.0: priced per unit only
+            input_rate = _ZERO if input_rate is None else input_rate
+            output_rate = _ZERO if output_rate is None else output_rate
         if input_rate is None or output_rate is None:
             return None
         return TokenPrice.of(
@@ -289,7 +337,8 @@ class LitellmPriceMap:
             output=output_rate,
             cached_input=per_million("cache_read_input_token_cost"),
             cache_write=per_million("cache_creation_input_token_cost"),
-            version=f"litellm:{self._version}:{key}",
+            units=units,
+            version=f"litellm:{self._version}:{key}{'+batch' if suffix else ''}",
         )
 
 
@@ -306,6 +355,7 @@ class _Deployment:
     provider: str
     hourly_usd: Decimal | None
     litellm_prefix: str | None
+    batch_discount: Decimal | None = None  # the provider's, a fraction off the live price
 
 
 class PriceBook:
@@ -318,8 +368,11 @@ class PriceBook:
         table: PriceTable | None = None,
         deployments: Mapping[str, _Deployment] | None = None,
         litellm: LitellmPriceMap | None = None,
+        batch_overrides: Mapping[str, TokenPrice] | None = None,
     ) -> None:
         self._overrides = dict(overrides or {})
+        self._batch_overrides = dict(batch_overrides or {})
+        self._batch_memo: dict[tuple[str, str, date], TokenPrice | None] = {}
         self._table = dict(table or {})
         self._dates = {k: [e.effective_from for e in v] for k, v in self._table.items()}
         self._deployments = dict(deployments or {})
@@ -331,10 +384,14 @@ class PriceBook:
         cls, config: PricedConfig, table: PriceTable, litellm: LitellmPriceMap | None = None
     ) -> PriceBook:
         overrides: dict[str, TokenPrice] = {}
+        batch_overrides: dict[str, TokenPrice] = {}
         deployments: dict[str, _Deployment] = {}
         for dep_id, dep in config.deployments.items():
             if dep.price is not None:
                 overrides[dep_id] = _price(f"deployment-override:{dep_id}", dep.price)
+                batch = getattr(dep.price, "batch", None)
+                if batch is not None:
+                    batch_overrides[dep_id] = _price(f"deployment-override:{dep_id}+batch", batch)
             provider = config.providers.get(dep.provider)
             if provider is None:
                 continue
@@ -342,8 +399,15 @@ class PriceBook:
                 provider=dep.provider,
                 hourly_usd=_opt(provider.hourly_usd),
                 litellm_prefix=litellm_prefix(dep.provider, provider.protocol, provider.api_base),
+                batch_discount=_opt(getattr(provider, "batch_discount", None)),
             )
-        return cls(overrides=overrides, table=table, deployments=deployments, litellm=litellm)
+        return cls(
+            overrides=overrides,
+            table=table,
+            deployments=deployments,
+            litellm=litellm,
+            batch_overrides=batch_overrides,
+        )
 
     def price_for(
         self, deployment_id: str, upstream_model: str, provider_kind: str, at: datetime
@@ -363,6 +427,62 @@ class PriceBook:
             self._memo.clear()
         self._memo[key] = price
         return price
+
+    def batch_price_for(
+        self, deployment_id: str, upstream_model: str, provider_kind: str, at: datetime
+    ) -> TokenPrice | None:
+        """The rate of the provider's batch API for an attempt, or None when no batch rate is
+        known (the caller then charges :meth:`price_for`). Dedicated deployments: None (their
+        tokens cost nothing either way)."""
+        if provider_kind == "dedicated":
+            return None
+        day = _utc_day(at)
+        key = (deployment_id, upstream_model, day)
+        try:
+            return self._batch_memo[key]
+        except KeyError:
+            pass
+        price = self._batch_price(deployment_id, upstream_model, provider_kind, day)
+        if len(self._batch_memo) >= _MEMO_LIMIT:
+            self._batch_memo.clear()
+        self._batch_memo[key] = price
+        return price
+
+    def _batch_price(
+        self, deployment_id: str, upstream_model: str, provider_kind: str, day: date
+    ) -> TokenPrice | None:
+        # 1. Explicit rates beside the live price that applies (never from a source below it:
+        # a batch rate is only meaningful next to the live rate it discounts).
+        if deployment_id in self._overrides:
+            explicit = self._batch_overrides.get(deployment_id)
+        else:
+            row = self._dated_row_for(deployment_id, upstream_model, day)
+            explicit = None if row is None else row.batch
+        if explicit is not None:
+            return explicit
+        dep = self._deployments.get(deployment_id)
+        # 2. The provider's discount off the live price.
+        if dep is not None and dep.batch_discount is not None:
+            at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            live = self.price_for(deployment_id, upstream_model, provider_kind, at)
+            if live is None:
+                return None
+            return _discounted(live, dep.batch_discount)
+        # 3. litellm's batch rates.
+        return self._litellm.lookup_batch(upstream_model, dep.litellm_prefix if dep else None)
+
+    def _dated_row_for(
+        self, deployment_id: str, upstream_model: str, day: date
+    ) -> DatedPrice | None:
+        for key in dict.fromkeys(
+            (deployment_id, upstream_model, upstream_model.partition("::")[0])
+        ):
+            dates = self._dates.get(key)
+            if dates:
+                i = bisect.bisect_right(dates, day) - 1
+                if i >= 0:
+                    return self._table[key][i]
+        return None
 
     def _token_price(self, deployment_id: str, upstream_model: str, day: date) -> TokenPrice | None:
         override = self._overrides.get(deployment_id)
@@ -397,7 +517,20 @@ class PriceBook:
         return TokenPrice.of(input=_ZERO, output=_ZERO, hourly_usd=hourly, version=version)
 
 
-def _price(version: str, row: _Row | _PriceFields) -> TokenPrice:
+def _discounted(live: TokenPrice, discount: Decimal) -> TokenPrice:
+    keep = 1 - discount
+    return TokenPrice(
+        input=live.input * keep,
+        output=live.output * keep,
+        cached_input=live.cached_input * keep,
+        cache_write=live.cache_write * keep,
+        # "+batch-50%": short, as price_version is a 64-character column.
+        version=f"{live.version}+batch-{(discount * 100).normalize():f}%",
+        hourly_usd=live.hourly_usd,
+    )
+
+
+def _price(version: str, row: _Row | _BatchRow | _PriceFields) -> TokenPrice:
     return TokenPrice.of(
         input=_dec(row.input),
         output=_dec(row.output),
@@ -405,6 +538,7 @@ def _price(version: str, row: _Row | _PriceFields) -> TokenPrice:
         cache_write=_opt(row.cache_write),
         hourly_usd=_opt(row.hourly_usd) if isinstance(row, _Row) else None,
         version=version,
+        units=unit_prices(row),
     )
 
 
