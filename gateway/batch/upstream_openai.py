@@ -47,7 +47,6 @@ CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 TRANSFER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
 
 _CHUNK = 64 * 1024
-_LIST_PAGE = "100"
 
 
 class JsonlPayload(Payload):
@@ -103,18 +102,20 @@ class OpenAIBatches:
         *,
         control_timeout: aiohttp.ClientTimeout = CONTROL_TIMEOUT,
         transfer_timeout: aiohttp.ClientTimeout = TRANSFER_TIMEOUT,
+        page_size: int = 100,
     ):
         self._deployment = deployment
         self._endpoint = endpoint
         self._session = session
         self._control = control_timeout
         self._transfer = transfer_timeout
+        self._page = str(page_size)
 
     async def find(self, farebox_batch_id: str, *, not_before: int | None = None) -> str | None:
         """The newest upstream batch whose metadata names `farebox_batch_id`; pages through
         the provider's list (newest first), stopping at batches created before `not_before`
         (unix seconds) when given."""
-        params = {"limit": _LIST_PAGE}
+        params = {"limit": self._page}
         while True:
             page = await self._json("GET", "batches", params=params)
             data = page.get("data")
