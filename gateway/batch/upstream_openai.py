@@ -30,7 +30,7 @@ from gateway.batch.upstream_types import (
     UpstreamState,
 )
 from gateway.observability.telemetry import upstream_headers
-from gateway.providers.base import CONNECT, CUT, MALFORMED, TIMEOUT, UpstreamError
+from gateway.providers.base import CONNECT, CUT, MALFORMED, STATUS, TIMEOUT, UpstreamError
 from gateway.providers.openai_compat import ProviderEndpoint, _status_error
 from routing.model import DeploymentSpec
 
@@ -141,16 +141,26 @@ class OpenAIBatches:
         if not lines:
             raise ValueError("a provider batch needs at least one line")
         file_id = await self._upload(farebox_batch_id, endpoint, lines)
-        created = await self._json(
-            "POST",
-            "batches",
-            body={
-                "input_file_id": file_id,
-                "endpoint": endpoint,
-                "completion_window": window,
-                "metadata": {FAREBOX_BATCH_ID: farebox_batch_id},
-            },
-        )
+        try:
+            created = await self._json(
+                "POST",
+                "batches",
+                body={
+                    "input_file_id": file_id,
+                    "endpoint": endpoint,
+                    "completion_window": window,
+                    "metadata": {FAREBOX_BATCH_ID: farebox_batch_id},
+                },
+            )
+        except UpstreamError as exc:
+            # An error status means no batch was made: the uploaded file would only sit at
+            # the provider. (After a timeout or a cut the batch may exist, so it stays.)
+            if exc.kind == STATUS:
+                try:
+                    await self._delete_file(file_id)
+                except UpstreamError as cleanup:  # best effort: the create error matters
+                    log.warning("%s: left file %s: %s", self._deployment.id, file_id, cleanup)
+            raise
         return _id(self._deployment, created)
 
     async def state(self, upstream_id: str) -> UpstreamState:
@@ -173,6 +183,21 @@ class OpenAIBatches:
             if exc.status not in (400, 409) or (await self.state(upstream_id)).status not in (
                 TERMINAL | {"cancelling"}
             ):
+                raise
+
+    async def discard(self, upstream_id: str) -> None:
+        batch = await self._json("GET", f"batches/{upstream_id}")
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            file_id = batch.get(key)
+            if isinstance(file_id, str) and file_id:
+                await self._delete_file(file_id)
+
+    async def _delete_file(self, file_id: str) -> None:
+        """Delete one provider file; one already gone is fine."""
+        try:
+            await self._json("DELETE", f"files/{file_id}")
+        except UpstreamError as exc:
+            if exc.status != 404:
                 raise
 
     async def _upload(

@@ -69,10 +69,11 @@ class ProviderBatches(Protocol):
     Every method raises :class:`gateway.providers.base.UpstreamError` when the provider
     cannot be reached or answers with an error status."""
 
-    async def find(self, farebox_batch_id: str) -> str | None:
+    async def find(self, farebox_batch_id: str, *, not_before: int | None = None) -> str | None:
         """The newest upstream batch already created for `farebox_batch_id` (by its
         metadata), if any: a gateway killed between `submit` and saving its answer must
-        not submit the same lines twice."""
+        not submit the same lines twice. `not_before` (unix seconds, e.g. the Farebox
+        batch's creation) stops the search at older upstream batches."""
         ...
 
     async def submit(
@@ -92,4 +93,9 @@ class ProviderBatches(Protocol):
 
     async def cancel(self, upstream_id: str) -> None:
         """Ask the provider to stop; a batch that has already ended is left as it is."""
+        ...
+
+    async def discard(self, upstream_id: str) -> None:
+        """Delete what the batch left at the provider (its input, output and error files)
+        once its results are safely kept; files already gone are fine."""
         ...

@@ -7,6 +7,7 @@ provider's errors as UpstreamError."""
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -165,9 +166,13 @@ def test_failing_lines_come_back_as_error_results(base: str) -> None:
         embed_id = await batches.submit("fbatch_embed", "/v1/embeddings", embed, "24h")
         chat_state = await settle(batches, chat_id)
         await settle(batches, embed_id)
-        return chat_state, await collect(batches, chat_id), await collect(batches, embed_id)
+        results = await collect(batches, chat_id), await collect(batches, embed_id)
+        chat = orjson.loads(_http("GET", f"{base}/v1/batches/{chat_id}"))
+        await batches.discard(chat_id)
+        await batches.discard(chat_id)  # already gone: fine
+        return chat_state, *results, chat
 
-    state, results, embedded = run(scenario)
+    state, results, embedded, chat = run(scenario)
     assert (state.status, state.completed, state.failed) == ("completed", 2, 2)
     assert {k: (r.http_status, r.error) for k, r in results.items()} == {
         "0": (200, None),
@@ -180,6 +185,10 @@ def test_failing_lines_come_back_as_error_results(base: str) -> None:
     assert results["2"].usage is not None and results["2"].usage["completion_tokens"] == 4
     assert embedded["e0"].ok and embedded["e0"].usage is not None
     assert embedded["e0"].body is not None and embedded["e0"].body["object"] == "list"
+    # Discarded: the chat batch's three files are gone at the provider, the other batch's kept.
+    left = {f["id"] for f in orjson.loads(_http("GET", f"{base}/v1/files"))["data"]}
+    chat_files = {chat["input_file_id"], chat["output_file_id"], chat["error_file_id"]}
+    assert len(chat_files) == 3 and not left & chat_files and len(left) == 2
     stats = simulator_stats(base)
     assert stats["requests"]["sim-bad"]["by_status"] == {"500": 1, "429": 1}
     assert stats["requests"]["sim-ok"]["by_status"] == {"200": 2}
@@ -195,13 +204,15 @@ def test_find_after_a_crash_returns_the_batch_already_made(base: str) -> None:
         # A new gateway process: another session, another client, nothing remembered.
         async with aiohttp.ClientSession() as fresh:
             again = OpenAIBatches(_deployment(), _endpoint(base), fresh, page_size=2)
-            found = [await again.find(f"fbatch_{n}") for n in range(5)]
+            found = [await again.find(f"fbatch_{n}", not_before=0) for n in range(5)]
             missing = await again.find("fbatch_never")
-        return made, found, missing
+            # Every upstream batch is older than this: the search stops at the first one.
+            too_old = await again.find("fbatch_0", not_before=int(time.time()) + 3600)
+        return made, found, missing, too_old
 
-    made, found, missing = run(scenario)
+    made, found, missing, too_old = run(scenario)
     assert found == made  # the oldest is on the third page of two
-    assert missing is None
+    assert missing is None and too_old is None
     assert simulator_stats(base)["requests"]["sim-find"]["total"] <= 5
 
 
@@ -289,6 +300,8 @@ def test_provider_errors_are_upstream_errors(base: str) -> None:
     assert KEY not in str(errors["key"].body) and "sk-wrong" not in str(errors["key"].body)
     assert (errors["window"].kind, errors["window"].status) == (STATUS, 400)
     assert errors["down"].kind == CONNECT
+    # The refused create left no uploaded file behind (the wrong key never uploaded one).
+    assert orjson.loads(_http("GET", f"{base}/v1/files"))["data"] == []
     assert simulator_stats(base)["endpoints"].get("batch_chat", 0) == 0
 
 
