@@ -132,6 +132,8 @@ def lcpr_command(
         )
     if report.consensus:
         _print_consensus(console, report.consensus)
+    if report.batch is not None:
+        _print_batch(console, report.batch)
     for f in report.red_flags:
         console.print(f"[red]red flag[/] {f.code} {f.subject}: {f.message}")
     if not report.red_flags:
@@ -237,6 +239,36 @@ def _print_consensus(console: Console, lines: Any) -> None:
             "-" if d["cost_multiple"] is None else f"{Decimal(d['cost_multiple']):.2f}×",
         )
     console.print(table)
+    console.print(DEFINITION)
+
+
+def _print_batch(console: Console, batch: Any) -> None:
+    """The batch tier: batch-eligible share per workload, dedicated utilization before and
+    after batch fill (nothing when no workload is deferrable and nothing ran as a batch)."""
+    from gateway.reports.batch_share import (
+        DEFINITION,
+        FILL_HEADER,
+        WORKLOAD_HEADER,
+        fill_cells,
+        workload_cells,
+    )
+
+    if not batch.workloads and not batch.dedicated:
+        return
+    if batch.workloads:
+        table = Table(title=f"batch-eligible share (batch rate: {batch.batch_rate})")
+        for column in WORKLOAD_HEADER:
+            table.add_column(column, justify="left" if column == "workload" else "right")
+        for line in [*batch.workloads, batch.total]:
+            table.add_row(*workload_cells(line))
+        console.print(table)
+    if batch.dedicated:
+        table = Table(title="dedicated utilization before/after batch fill")
+        for column in FILL_HEADER:
+            table.add_column(column, justify="left" if column == "dedicated" else "right")
+        for fill in batch.dedicated:
+            table.add_row(*fill_cells(fill))
+        console.print(table)
     console.print(DEFINITION)
 
 

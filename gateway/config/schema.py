@@ -176,6 +176,17 @@ class LcprConfig(_Strict):
     engineering_hours_per_month: NonNegativeFloat = 0.0
     hourly_rate_usd: NonNegativeFloat = 0.0
     repair_cost_usd: NonNegativeFloat = 0.0
+    # Workloads (a route's `workload:` or a key's `workload` tag) that could wait for the
+    # Batch API: their requests that ran live are the report's batch-eligible share.
+    deferrable_workloads: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @field_validator("deferrable_workloads")
+    @classmethod
+    def _unique_workloads(cls, value: list[str]) -> list[str]:
+        seen = [w for i, w in enumerate(value) if w in value[:i]]
+        if seen:
+            raise ValueError(f"workload {seen[0]!r} is listed twice")
+        return value
 
 
 class GatewayConfig(_Strict):

@@ -15,6 +15,8 @@ from typing import Any
 
 from gateway.config.schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
+from gateway.reports.batch_share import BatchReport, batch_report
+from gateway.reports.batch_share import report_dict as batch_dict
 from gateway.reports.consensus import consensus_lines, line_dict
 from gateway.reports.reconcile import month_window
 from gateway.reports.store import ReportStore
@@ -36,7 +38,6 @@ from routing.red_flags import (
     price_change_flags,
     trend_flags,
     utilization,
-    utilization_flag,
 )
 
 _ZERO = Decimal(0)
@@ -69,6 +70,8 @@ class LcprReport:
     notes: list[str] = field(default_factory=list)
     # Agreement rate and cost multiple per consensus route.
     consensus: list[ConsensusLine] = field(default_factory=list)
+    # Batch-eligible share per workload and dedicated utilization before/after batch fill.
+    batch: BatchReport | None = None
 
     @property
     def total_loaded_usd(self) -> Decimal:
@@ -155,8 +158,14 @@ async def lcpr_report(
     flags = trend_flags(daily, (period_end + timedelta(days=1)).date())
     for s in segments:
         flags += fallback_flag(s.segment, s.fallback_share)
-    for d in dedicated:
-        flags += utilization_flag(d.provider, d.utilization)
+    # The batch tier's flags: deferrable work run live, and each dedicated provider's
+    # utilization with batch fill (dedicated_underused, naming deferrable work that ran on
+    # paid deployments meanwhile).
+    batch = await batch_report(
+        store, config, book, start, end, {d.provider: (d.paid_hours, d.cost_usd) for d in dedicated}
+    )
+    flags += batch.red_flags
+    notes += batch.notes
     latest = await store.latest_reconciliation(month)
     if latest is not None:
         flags += invoice_variance_flag(
@@ -172,6 +181,7 @@ async def lcpr_report(
         engineering_usd=engineering,
         repair_cost_usd=repair,
         notes=notes,
+        batch=batch,
     )
     report.consensus = await consensus_lines(store, start, end)
     report.elapsed_s = time.perf_counter() - started
@@ -229,6 +239,7 @@ def report_dict(r: LcprReport) -> dict[str, Any]:
         ],
         "notes": r.notes,
         "consensus": [line_dict(line) for line in r.consensus],
+        "batch": None if r.batch is None else batch_dict(r.batch),
     }
 
 

@@ -29,6 +29,7 @@ from gateway.ledger.success import SUCCESS_FLAG
 from gateway.reports.importers import ImportedFile
 from gateway.reports.segments import CACHE_HIT, SEGMENTS
 from gateway.reports.store_base import day_of, dec, opt_dec, utc_bound
+from gateway.reports.store_batch import BatchQueries
 from gateway.reports.store_segments import SegmentQueries
 from gateway.reports.store_workflows import WorkflowQueries
 
@@ -87,10 +88,10 @@ class AnsweredBy:
     successful: int
 
 
-class ReportStore(SegmentQueries, WorkflowQueries):
+class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
     """Invoices, ledger aggregates and reconciliation runs; the LCPR segment queries are
-    in store_segments.py, the workflow histogram in store_workflows.py, the engine and
-    shared helpers in store_base.py."""
+    in store_segments.py, the workflow histogram in store_workflows.py, the batch tier's
+    in store_batch.py, the engine and shared helpers in store_base.py."""
 
     # --- invoices ----------------------------------------------------------------------------
 
