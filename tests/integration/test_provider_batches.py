@@ -81,7 +81,10 @@ def client(base: str, session: aiohttp.ClientSession, **headers: str) -> Provide
 
 def chat_lines(models: list[str]) -> list[UpstreamLine]:
     return [
-        UpstreamLine(str(n), {"model": model, "messages": [{"role": "user", "content": f"n{n}"}]})
+        # Multi-byte text: the upload's length is counted in bytes, not characters.
+        UpstreamLine(
+            str(n), {"model": model, "messages": [{"role": "user", "content": f"n{n} ✓é"}]}
+        )
         for n, model in enumerate(models)
     ]
 
