@@ -15,6 +15,9 @@ simulator clock forward; a batch still running when the clock passes its ``expir
 (``completion_window`` 24h) ends ``expired``; a cancelled one goes ``cancelling`` then
 ``cancelled``.  Both keep the lines already answered, and write the rest to the error file
 with error code ``batch_expired`` / ``batch_cancelled``.
+
+Billing: metadata ``sim_bill_live: "true"`` makes the invoices bill the batch's lines at the
+live price, still as batch line items (:mod:`.batch_billing`).
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
 
+from .batch_billing import LIVE_BILLED, BillLiveState, LiveBilled, wants_live_billing
 from .batch_lines import ENDPOINT_HANDLERS, LineResult, run_line
 from .errors import openai_error_body
 from .files_wire import FILES
 from .invoices import clock as billing_clock
-from .runtime import STATE, new_id
+from .runtime import STATE, SimState, new_id
 
 __all__ = ["BATCHES", "BatchStore", "batch_routes"]
 
@@ -111,6 +115,7 @@ class BatchStore:
         self.batches: dict[str, _Batch] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.offset = 0.0
+        self.live_billed = LiveBilled()
 
     def now(self) -> int:
         return int(time.time() + self.offset)
@@ -128,6 +133,7 @@ class BatchStore:
         self.tasks.clear()
         self.batches.clear()
         self.offset = 0.0
+        self.live_billed.clear()
 
 
 BATCHES: web.AppKey[BatchStore] = web.AppKey("sim_batches", BatchStore)
@@ -220,6 +226,9 @@ async def _run(app: web.Application, batch: _Batch) -> None:
     batch.stamps["in_progress"] = store.now()
     out: list[bytes] = []
     err: list[bytes] = []
+    state = app[STATE]
+    if wants_live_billing(batch.metadata):
+        state = cast(SimState, BillLiveState(state, store.live_billed))
     pause = batch.delay / len(lines)
     for i, line in enumerate(lines):
         if pause > 0 and not batch.stop.is_set():
@@ -231,7 +240,7 @@ async def _run(app: web.Application, batch: _Batch) -> None:
                 err.append(_unrun(rest, f"batch_{batch.stop_as}"))
             batch.counts["failed"] += len(lines) - i
             break
-        result = await run_line(app[STATE], batch.endpoint, line["body"], batch.headers)
+        result = await run_line(state, batch.endpoint, line["body"], batch.headers)
         record = _record(line, result)
         if result.ok:
             out.append(record)
@@ -419,6 +428,7 @@ async def clock(request: web.Request) -> web.Response:
 def batch_routes(app: web.Application) -> None:
     """Register the Batch routes, the app's :class:`BatchStore` and ``POST /_clock``."""
     app[BATCHES] = BatchStore()
+    app[LIVE_BILLED] = app[BATCHES].live_billed
     app.router.add_post("/v1/batches", create_batch)
     app.router.add_get("/v1/batches", list_batches)
     app.router.add_get("/v1/batches/{batch_id}", retrieve_batch)

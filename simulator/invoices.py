@@ -23,6 +23,8 @@ Batch lines (:mod:`.batch_wire`) are billed as separate line items after the liv
 ``"batch": true`` in ``openai_usage``, ``"<model>, batch <label>"`` in ``openai_costs``,
 ``service_tier`` ``batch`` in the Anthropic reports, ``usage_type``
 ``BATCH_INFERENCE_USAGE`` for Fireworks, ``…-batch-input-tokens`` usage types in the CUR.
+Lines of a batch created with metadata ``sim_bill_live: "true"`` are batch line items billed
+at the full live price (:mod:`.batch_billing`), as a provider that forgot the discount would.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .batch_billing import LIVE_BILLED
 from .runtime import STATE
 
 __all__ = ["BATCH_DISCOUNT", "FORMATS", "DayUsage", "InvoiceError", "clock", "invoice", "render"]
@@ -72,6 +75,7 @@ class DayUsage:
     cache_write: int
     output: int
     batch: bool = False
+    live_rate: bool = False  # a batch line billed at the live price (sim_bill_live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,7 @@ class Rates:
     cache_write: Decimal
 
     def cost(self, u: DayUsage) -> dict[str, Decimal]:
-        scale = _MILLION / BATCH_DISCOUNT if u.batch else _MILLION
+        scale = _MILLION / BATCH_DISCOUNT if u.batch and not u.live_rate else _MILLION
         return {
             "uncached": u.uncached * self.input / scale,
             "cached": u.cached * self.cached / scale,
@@ -104,6 +108,7 @@ def usage_days(
     drift: Mapping[str, Decimal],
     month: str | None,
     batch: bool = False,
+    live_rate: bool = False,
 ) -> list[DayUsage]:
     out = []
     for model, day, requests, t in daily:
@@ -123,6 +128,7 @@ def usage_days(
                 cache_write=_drifted(write, d),
                 output=_drifted(t["completion"], d),
                 batch=batch,
+                live_rate=live_rate,
             )
         )
     return out
@@ -405,7 +411,13 @@ async def invoice(request: web.Request) -> web.Response:
         drift = _parse_drift(q.get("drift", ""))
         month = q.get("month") or None
         usage = usage_days(state.stats.daily(), models, drift, month)
-        usage += usage_days(state.stats.batch_daily(), models, drift, month, batch=True)
+        billed = request.app.get(LIVE_BILLED)
+        batch = state.stats.batch_daily()
+        live: list[tuple[str, date, int, dict[str, int]]] = []
+        if billed is not None:
+            batch, live = billed.split(batch)
+        usage += usage_days(batch, models, drift, month, batch=True)
+        usage += usage_days(live, models, drift, month, batch=True, live_rate=True)
         rates = _yaml_rates({u.model for u in usage})
         for raw in q.getall("price", []):
             model, r = _parse_price(raw)

@@ -38,6 +38,14 @@ nothing; its error names the file, the row (CSV line number, or JSON path) and t
     ``token_type`` one of ``input_uncached|input_cached|cache_write|output`` (also ``input``
     for undivided prompt tokens and ``gpu_hours`` for dedicated bills, tokens = hours),
     ``amount_usd`` may be empty when unknown. For Together, GPU bills and anything else.
+
+Batch line items (billed through the provider's batch API, at its batch price) keep their
+token type with a ``batch_`` prefix (``batch_input_uncached``, ``batch_output``…), stored so
+in ``invoice_lines.token_type``: ``"batch": true`` results in ``openai_usage``; line items
+``"<model>, batch input"`` or ``"<model>, input (batch)"`` in ``openai_costs``;
+``service_tier: "batch"`` in both Anthropic reports; usage types with ``-batch-`` (or ending
+``-batch``, or a batch operation) in the CUR; ``usage_type`` ``BATCH_…`` for Fireworks; and
+``batch_<type>`` written out in the generic CSV (not for ``gpu_hours``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from gateway.reports.invoice_lines import (
     InvoiceLine,
     Parsed,
     Where,
+    batch_type,
     show,
 )
 from routing.reconcile_rules import (
@@ -105,6 +106,18 @@ _BEDROCK_USAGE = {"Usage", "DiscountedUsage", "SavingsPlanCoveredUsage"}
 _BEDROCK_EXCLUDED = {"Credit", "Tax", "Refund"}
 
 
+def _bedrock_batch(usage_type: str, operation: str) -> tuple[str, bool]:
+    """(the usage type without its batch marker, whether it is batch inference):
+    `USE1-Claude3Haiku-batch-input-tokens`, `…-input-tokens-batch`, or the batch operation."""
+    for marker, cut in (("-batch-", "-"), ("-Batch-", "-")):
+        if marker in usage_type:
+            return usage_type.replace(marker, cut, 1), True
+    for suffix in ("-batch", "-Batch"):
+        if usage_type.endswith(suffix):
+            return usage_type.removesuffix(suffix), True
+    return usage_type, "batch" in operation.lower()
+
+
 def bedrock_cur(provider: str, data: bytes, where: Where) -> Parsed:
     required = (
         "line_item_usage_type",
@@ -121,7 +134,8 @@ def bedrock_cur(provider: str, data: bytes, where: Where) -> Parsed:
         if line_type in _BEDROCK_EXCLUDED:
             excluded += 1
             continue
-        usage_type = row["line_item_usage_type"].strip()
+        label = row["line_item_usage_type"].strip()
+        usage_type, batch = _bedrock_batch(label, row.get("line_item_operation", ""))
         token_type = next((tt for suf, tt in _BEDROCK_SUFFIXES if usage_type.endswith(suf)), None)
         if (
             product not in ("AmazonBedrock", "")
@@ -138,9 +152,8 @@ def bedrock_cur(provider: str, data: bytes, where: Where) -> Parsed:
             raise where.fail("line_item_usage_type", f"no model in {usage_type!r}")
         tokens = where.count(row["line_item_usage_amount"], "line_item_usage_amount")
         amount = where.number(row["line_item_unblended_cost"], "line_item_unblended_cost")
-        lines.append(
-            InvoiceLine(provider, start, end, model, token_type, tokens, amount, usage_type)
-        )
+        kind = batch_type(token_type, batch)
+        lines.append(InvoiceLine(provider, start, end, model, kind, tokens, amount, label))
     notes = []
     if excluded:
         notes.append(f"{excluded} credit/tax/refund line(s) excluded")
@@ -170,8 +183,11 @@ def fireworks(provider: str, data: bytes, where: Where) -> Parsed:
         end_raw = row.get("end_time", "").strip()
         end = where.timestamp(end_raw, "end_time") if end_raw else start + DAY
         model = where.text(row["base_model_name"], "base_model_name")
-        label = f"{model} {row.get('usage_type', '').strip() or 'usage'}"
+        usage = row.get("usage_type", "").strip()
+        label = f"{model} {usage or 'usage'}"
+        batch = usage.upper().startswith("BATCH")  # BATCH_INFERENCE_USAGE
         for token_type, column in ((INPUT, "prompt_tokens"), (OUTPUT, "completion_tokens")):
             tokens = where.count(row[column], column)
-            lines.append(InvoiceLine(provider, start, end, model, token_type, tokens, None, label))
+            kind = batch_type(token_type, batch)
+            lines.append(InvoiceLine(provider, start, end, model, kind, tokens, None, label))
     return lines, 0, []

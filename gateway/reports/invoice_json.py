@@ -17,6 +17,7 @@ from gateway.reports.invoice_lines import (
     InvoiceLine,
     Parsed,
     Where,
+    batch_type,
     show,
 )
 from routing.reconcile_rules import (
@@ -92,7 +93,8 @@ def openai_usage(provider: str, data: bytes, where: Where) -> Parsed:
                 )
         output = where.count(r.get("output_tokens"), "output_tokens")
         requests = where.count(r.get("num_model_requests", 0), "num_model_requests")
-        label = f"{model} usage"
+        batch = _flag(r.get("batch"), where, "batch")  # set when grouped by batch
+        label = f"{model} {'batch ' if batch else ''}usage"
         for i, (token_type, tokens) in enumerate(
             (
                 (INPUT_UNCACHED, uncached),
@@ -109,7 +111,7 @@ def openai_usage(provider: str, data: bytes, where: Where) -> Parsed:
                     start,
                     end,
                     model,
-                    token_type,
+                    batch_type(token_type, batch),
                     tokens,
                     None,
                     label,
@@ -128,6 +130,21 @@ _OPENAI_LINE_TYPES = {
     "cached write": CACHE_WRITE,
     "output": OUTPUT,
 }
+
+
+def _flag(raw: Any, where: Where, column: str) -> bool:
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    raise where.fail(column, f"expected true, false or null, got {show(raw)}")
+
+
+def _openai_batch_kind(kind: str) -> tuple[str, bool]:
+    """`batch input` / `input (batch)` → (`input`, True)."""
+    if kind.startswith("batch "):
+        return kind.removeprefix("batch ").strip(), True
+    if kind.endswith("(batch)"):
+        return kind.removesuffix("(batch)").strip(), True
+    return kind, False
 
 
 def openai_costs(provider: str, data: bytes, where: Where) -> Parsed:
@@ -151,9 +168,11 @@ def openai_costs(provider: str, data: bytes, where: Where) -> Parsed:
             )
         label = where.text(item, "line_item")
         model, sep, kind = label.rpartition(",")
-        token_type = _OPENAI_LINE_TYPES.get(kind.strip().lower()) if sep else None
+        kind, batch = _openai_batch_kind(kind.strip().lower())
+        token_type = _OPENAI_LINE_TYPES.get(kind) if sep else None
         if token_type is None:
             model, token_type = label, OTHER
+        token_type = batch_type(token_type, batch)
         lines.append(
             InvoiceLine(provider, start, end, model.strip(), token_type, None, value, label)
         )
@@ -179,10 +198,11 @@ def anthropic_usage(provider: str, data: bytes, where: Where) -> Parsed:
             (CACHE_WRITE, write),
             (OUTPUT, where.count(r.get("output_tokens"), "output_tokens")),
         )
+        batch = _anthropic_batch(r, where)
+        label = f"{model} {'batch ' if batch else ''}usage"
         for token_type, tokens in values:
-            lines.append(
-                InvoiceLine(provider, start, end, model, token_type, tokens, None, f"{model} usage")
-            )
+            kind = batch_type(token_type, batch)
+            lines.append(InvoiceLine(provider, start, end, model, kind, tokens, None, label))
     return lines, 0, []
 
 
@@ -193,6 +213,14 @@ _ANTHROPIC_TOKEN_TYPES = {
     "cache_creation.ephemeral_1h_input_tokens": CACHE_WRITE,
     "output_tokens": OUTPUT,
 }
+
+
+def _anthropic_batch(r: dict[str, Any], where: Where) -> bool:
+    """`service_tier` (set when the report is grouped by it): `batch` for Message Batches."""
+    tier = r.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise where.fail("service_tier", f"expected a string, got {show(tier)}")
+    return tier == "batch"
 
 
 def anthropic_cost(provider: str, data: bytes, where: Where) -> Parsed:
@@ -223,7 +251,7 @@ def anthropic_cost(provider: str, data: bytes, where: Where) -> Parsed:
                 start,
                 end,
                 str(model or cost_type),
-                token_type,
+                batch_type(token_type, _anthropic_batch(r, where)),
                 None,
                 cents / CENT,
                 label,

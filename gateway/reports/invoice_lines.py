@@ -27,10 +27,28 @@ FORMATS = (
     "generic",
 )
 GENERIC_COLUMNS = ("provider", "date", "model", "token_type", "tokens", "amount_usd")
-GENERIC_TOKEN_TYPES = (INPUT_UNCACHED, INPUT_CACHED, CACHE_WRITE, OUTPUT, INPUT, GPU_HOURS)
+# A line billed through the provider's batch API keeps its token type with this prefix
+# (`batch_output`…), in `invoice_lines.token_type` too: reconciliation compares batch lines
+# with the ledger's provider-batch attempts, apart from live ones.
+BATCH_PREFIX = "batch_"
+_BATCHABLE = (INPUT_UNCACHED, INPUT_CACHED, CACHE_WRITE, OUTPUT, INPUT)
+GENERIC_TOKEN_TYPES = (*_BATCHABLE, GPU_HOURS, *(BATCH_PREFIX + t for t in _BATCHABLE))
 ZERO = Decimal(0)
 CENT = Decimal(100)
 DAY = timedelta(days=1)
+
+
+def batch_type(token_type: str, batch: bool = True) -> str:
+    """`output` → `batch_output` for a batch line (token types that are not per token, such
+    as `gpu_hours` and `other`, stay as they are)."""
+    return BATCH_PREFIX + token_type if batch and token_type in _BATCHABLE else token_type
+
+
+def split_batch(token_type: str) -> tuple[str, bool]:
+    """(the plain token type, whether it is a batch line)."""
+    if token_type.startswith(BATCH_PREFIX):
+        return token_type[len(BATCH_PREFIX) :], True
+    return token_type, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +66,10 @@ class InvoiceLine:
     @property
     def day(self) -> date:
         return self.period_start.date()
+
+    @property
+    def batch(self) -> bool:
+        return self.token_type.startswith(BATCH_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
