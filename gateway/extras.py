@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "vertex": ("google.auth", "a provider with protocol vertex_ai"),
     "semantic-cache": ("wordllama", "a route with cache mode semantic"),
     "otel": ("opentelemetry.sdk.trace", "tracing (an OTLP endpoint is set)"),
+    "s3": ("boto3", "the S3 files backend (FAREBOX_FILES_BACKEND=s3)"),
 }
 
 

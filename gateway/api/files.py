@@ -21,7 +21,13 @@ from gateway.api.asgi import new_request_id
 from gateway.api.common import authenticate
 from gateway.api.files_form import StreamingForm, boundary_of
 from gateway.errors import GatewayError, PayloadTooLarge, Unavailable, bad_request
-from gateway.files.store import FileStore, Staged, check_purpose, file_object
+from gateway.files.store import (
+    FileStore,
+    Staged,
+    check_expires_after,
+    check_purpose,
+    file_object,
+)
 from gateway.runtime import shutdown
 from gateway.runtime.shutdown import shutting_down
 from gateway.state import GatewayState
@@ -30,6 +36,8 @@ from gateway.state import GatewayState
 FORM_OVERHEAD = 64 * 1024
 
 Handler = Callable[[FileStore, str | None], Awaitable[Response]]
+
+EXPIRES_AFTER_FIELDS = {"expires_after[anchor]": "anchor", "expires_after[seconds]": "seconds"}
 
 
 def files_router(
@@ -137,11 +145,15 @@ async def _upload(request: Request, files: FileStore, key_id: str | None) -> dic
         )
     form = StreamingForm(request.stream(), boundary)
     purpose: str | None = None
+    # `expires_after[anchor]` and `expires_after[seconds]`, as the SDKs send the object.
+    expiry: dict[str, str] = {}
     staged: Staged | None = None
     try:
         while (part := await form.next_part()) is not None:
             if part.name == "purpose" and part.filename is None:
                 purpose = check_purpose(await form.field("purpose"))
+            elif part.name in EXPIRES_AFTER_FIELDS and part.filename is None:
+                expiry[EXPIRES_AFTER_FIELDS[part.name]] = await form.field(part.name)
             elif part.name == "file" and part.filename is not None:
                 if staged is not None:
                     raise bad_request("Send one 'file' per upload.", param="file")
@@ -156,11 +168,12 @@ async def _upload(request: Request, files: FileStore, key_id: str | None) -> dic
             raise bad_request(
                 "Missing the 'purpose' field.", param="purpose", code="missing_required_parameter"
             )
+        expires_after_s = check_expires_after(expiry.get("anchor"), expiry.get("seconds"))
     except BaseException:
         if staged is not None:
             await files.discard(staged)
         raise
-    return await files.commit(staged, key_id, purpose)
+    return await files.commit(staged, key_id, purpose, expires_after_s=expires_after_s)
 
 
 def _int(value: str | None, default: int, name: str) -> int:

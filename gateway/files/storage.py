@@ -1,5 +1,5 @@
 """Where uploaded files' bytes live: the backend interface, and the local-directory backend
-(`FAREBOX_FILES_DIR`, the default).
+(`FAREBOX_FILES_DIR`, the default; gateway/files/storage_s3.py has the S3 one).
 
 An upload is streamed into the backend chunk by chunk and never held whole in memory; the
 local backend writes to a temporary name and renames it into place when the stream ends, so a
@@ -18,9 +18,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Protocol
 
+from gateway.errors import Unavailable
+
 # Read back in chunks of this size (the content endpoint's writes).
 READ_CHUNK = 256 * 1024
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
+def safe_key(key: str) -> str:
+    """`key` if it is a plain name; ValueError otherwise. Keys are made by the store (file
+    ids), never by clients: a bad one is a bug, and must not reach a path or an object key."""
+    if not _SAFE_KEY.match(key) or key.startswith("."):
+        raise ValueError(f"unsafe storage key {key!r}")
+    return key
 
 
 class FileStorage(Protocol):
@@ -37,6 +47,19 @@ class FileStorage(Protocol):
         """Remove `key`'s bytes; nothing happens if there are none."""
         ...
 
+    async def check(self) -> None:
+        """Raise (Unavailable, saying what is wrong) unless files can be stored: run at
+        start-up, so a misconfigured backend is a log line, not a surprise at the first upload."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; the backend is not used after this."""
+        ...
+
+    def describe(self) -> str:
+        """Where the bytes go, for logs."""
+        ...
+
 
 class LocalDirectory:
     """Files as plain files in one directory, named by their storage key."""
@@ -45,10 +68,7 @@ class LocalDirectory:
         self.directory = Path(directory)
 
     def _path(self, key: str) -> Path:
-        # Keys are made by the store (file ids), never by clients: a bad one is a bug.
-        if not _SAFE_KEY.match(key) or key.startswith("."):
-            raise ValueError(f"unsafe storage key {key!r}")
-        return self.directory / key
+        return self.directory / safe_key(key)
 
     async def put(self, key: str, stream: AsyncIterator[bytes]) -> tuple[int, str]:
         final = self._path(key)
@@ -84,6 +104,25 @@ class LocalDirectory:
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self._path(key).unlink)
+
+    async def check(self) -> None:
+        try:
+            await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Unavailable(
+                f"The files directory {self.directory} cannot be created: {exc}",
+                code="files_unavailable",
+            ) from exc
+        if not await asyncio.to_thread(os.access, self.directory, os.W_OK | os.X_OK):
+            raise Unavailable(
+                f"The files directory {self.directory} is not writable.", code="files_unavailable"
+            )
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return f"directory {self.directory}"
 
 
 def _close_synced(out: IO[bytes]) -> None:

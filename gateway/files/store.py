@@ -5,14 +5,23 @@ A file belongs to the key that uploaded it (its `key_name`; None on a gateway wi
 another key gets the same 404 as for a file that never existed. The bytes go to storage first
 and the metadata row after, so a row always has its bytes; a row that cannot be written takes
 its bytes with it.
+
+A file may expire (`expires_after` on upload, `expires_at` for files the gateway writes): past
+that it is a 404 at once, and the background purge (`start`) deletes its bytes, then its row.
+Bytes first: a purge cut short leaves a row that is already invisible and is picked up again
+next time, never bytes no row points to. Replicas may purge side by side: every delete is
+idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.errors import NotFound, PayloadTooLarge, Unavailable, bad_request, clip
@@ -20,10 +29,24 @@ from gateway.files.batch_lines import BatchLines
 from gateway.files.storage import FileStorage
 from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.files_repository import FilesRepository
+from gateway.runtime.background import Background, within
+
+log = logging.getLogger("farebox.files")
 
 PURPOSES = ("assistants", "batch", "evals", "fine-tune", "user_data", "vision")
 LIST_LIMIT_MAX = 10_000
 FILENAME_MAX = 255
+# `expires_after[seconds]`: OpenAI's bounds, one hour to thirty days.
+EXPIRES_AFTER_MIN_S = 3600
+EXPIRES_AFTER_MAX_S = 2_592_000
+# Files purged per round trip, and how long one round may take on a database (or bucket)
+# that does not answer before the purge gives up until next time.
+PURGE_BATCH = 500
+PURGE_BATCH_TIMEOUT_S = 120.0
+# The first purge comes within this long of start-up (spread across workers and replicas).
+FIRST_PURGE_WITHIN_S = 60.0
+# The start-up check of the storage backend (credentials may take a while to resolve).
+CHECK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +70,43 @@ def check_purpose(purpose: str) -> str:
     return purpose
 
 
+def check_expires_after(anchor: str | None, seconds: str | None) -> int | None:
+    """The upload's `expires_after[anchor]` and `expires_after[seconds]` form fields as a
+    number of seconds after creation; None when neither was sent."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor is None or seconds is None:
+        missing = "anchor" if anchor is None else "seconds"
+        raise bad_request(
+            f"expires_after needs both 'anchor' and 'seconds': 'expires_after[{missing}]' "
+            "is missing.",
+            param=f"expires_after.{missing}",
+            code="missing_required_parameter",
+        )
+    if anchor != "created_at":
+        raise bad_request(
+            f"Invalid expires_after anchor {clip(anchor, 64)!r}: the only anchor is 'created_at'.",
+            param="expires_after.anchor",
+            code="invalid_value",
+        )
+    try:
+        value = int(seconds.strip())
+    except ValueError:
+        value = 0
+    if not EXPIRES_AFTER_MIN_S <= value <= EXPIRES_AFTER_MAX_S:
+        raise bad_request(
+            f"expires_after seconds must be an integer between {EXPIRES_AFTER_MIN_S} (1 hour) "
+            f"and {EXPIRES_AFTER_MAX_S} (30 days), not {clip(seconds, 32)!r}.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return value
+
+
 def file_object(row: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAI FileObject. `expires_at` is left out: files do not expire (yet), and the
-    spec types it as an integer, not null; the SDKs read the missing field as None."""
-    return {
+    """The OpenAI FileObject. `expires_at` is left out for a file that does not expire: the
+    spec types it as an integer, not null, and the SDKs read the missing field as None."""
+    body = {
         "id": row["id"],
         "object": "file",
         "bytes": row["bytes"],
@@ -59,6 +115,9 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
         "purpose": row["purpose"],
         "status": row["status"],
     }
+    if row.get("expires_at") is not None:
+        body["expires_at"] = int(row["expires_at"].timestamp())
+    return body
 
 
 class FileStore:
@@ -69,11 +128,15 @@ class FileStore:
         *,
         max_bytes: int,
         max_lines: int,
+        purge_interval_s: float = 300.0,
     ) -> None:
         self.repository = repository
         self.storage = storage
         self.max_bytes = max_bytes
         self.max_lines = max_lines
+        self.purge_interval_s = purge_interval_s
+        self._tasks = Background()
+        self._purger: asyncio.Task[None] | None = None
 
     async def stage(
         self, filename: str, purpose: str | None, chunks: AsyncIterator[bytes]
@@ -105,15 +168,27 @@ class FileStore:
         if lines is not None:
             lines.finish()
 
-    async def commit(self, staged: Staged, key_id: str | None, purpose: str) -> dict[str, Any]:
+    async def commit(
+        self,
+        staged: Staged,
+        key_id: str | None,
+        purpose: str,
+        *,
+        expires_after_s: int | None = None,
+        expires_at: datetime | None = None,
+    ) -> dict[str, Any]:
         """Make the staged bytes a file of `key_id`'s; its FileObject. A `batch` file staged
-        before its purpose was known is checked now, read back from storage."""
+        before its purpose was known is checked now, read back from storage. The file expires
+        `expires_after_s` seconds after its creation, or at `expires_at`; neither: never."""
         try:
             if purpose == "batch" and not staged.checked_as_batch:
                 lines = BatchLines(self.max_lines)
                 async for chunk in self.storage.open(staged.file_id):
                     lines.feed(chunk)
                 lines.finish()
+            created_at = datetime.now(UTC)
+            if expires_after_s is not None:
+                expires_at = created_at + timedelta(seconds=expires_after_s)
             row = {
                 "id": staged.file_id,
                 "key_id": key_id,
@@ -122,8 +197,9 @@ class FileStore:
                 "bytes": staged.size,
                 "sha256": staged.sha256,
                 "status": "processed",
-                "created_at": datetime.now(UTC),
+                "created_at": created_at,
                 "storage_key": staged.file_id,
+                "expires_at": expires_at,
             }
             try:
                 await self.repository.insert(row)
@@ -135,11 +211,19 @@ class FileStore:
         return file_object(row)
 
     async def create(
-        self, key_id: str | None, filename: str, purpose: str, chunks: AsyncIterator[bytes]
+        self,
+        key_id: str | None,
+        filename: str,
+        purpose: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        expires_at: datetime | None = None,
     ) -> dict[str, Any]:
         """Stage and commit in one call: for files the gateway writes itself (the Batch API's
-        output and error files, purpose `batch_output`), which no client form carries."""
-        return await self.commit(await self.stage(filename, purpose, chunks), key_id, purpose)
+        output and error files, purpose `batch_output`), which no client form carries.
+        `expires_at`: when the file is purged (None: kept until deleted)."""
+        staged = await self.stage(filename, purpose, chunks)
+        return await self.commit(staged, key_id, purpose, expires_at=expires_at)
 
     async def discard(self, staged: Staged) -> None:
         await self.storage.delete(staged.file_id)
@@ -199,6 +283,63 @@ class FileStore:
             "last_id": data[-1]["id"] if data else None,
             "has_more": len(rows) > limit,
         }
+
+    async def purge(self, now: datetime) -> int:
+        """Delete every file expired at `now`, bytes then row, PURGE_BATCH at a time; how
+        many rows were deleted. Raises what the database or storage raises."""
+        total = 0
+        while True:
+            async with asyncio.timeout(PURGE_BATCH_TIMEOUT_S):
+                expired = await self.repository.expired(now, PURGE_BATCH)
+                for row in expired:
+                    await self.storage.delete(row["storage_key"])
+                total += await self.repository.delete_expired([r["id"] for r in expired], now)
+            if len(expired) < PURGE_BATCH:
+                return total
+
+    def start(self) -> None:
+        """Check the storage backend (a log line at start-up if it cannot be used) and
+        start the background purge of expired files (once; every `purge_interval_s`)."""
+        if self._purger is None:
+            self._purger = self._tasks.spawn(self._purge_forever())
+
+    async def close(self) -> None:
+        """Stop the purge and release the storage backend. The engine is the ledger's: it
+        is disposed with the ledger repository, not here."""
+        self._purger = None
+        await self._tasks.cancel()
+        await self.storage.close()
+
+    async def _check(self) -> None:
+        where = self.storage.describe()
+        try:
+            await within(self.storage.check(), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            log.error("files storage %s did not answer within %ss", where, CHECK_TIMEOUT_S)
+        except Exception as exc:  # reported, not fatal: the rest of the gateway serves on
+            log.error(
+                "files storage %s cannot be used (/v1/files answers 503 until it can): %s",
+                where,
+                exc,
+            )
+        else:
+            log.info("files stored in %s", where)
+
+    async def _purge_forever(self) -> None:
+        await self._check()
+        interval = self.purge_interval_s
+        # Soon after start (a gateway restarted more often than the interval still purges),
+        # at a random moment so workers and replicas do not all purge at once.
+        await asyncio.sleep(random.uniform(0, min(interval, FIRST_PURGE_WITHIN_S)))
+        while True:
+            try:
+                deleted = await self.purge(datetime.now(UTC))
+            except Exception as exc:  # logged; the next round tries again
+                log.warning("purging expired files failed (retrying in %ss): %r", interval, exc)
+            else:
+                if deleted:
+                    log.info("purged %d expired files", deleted)
+            await asyncio.sleep(interval)
 
 
 def _unavailable() -> Unavailable:

@@ -129,6 +129,8 @@ async def start_components(state: GatewayState, previous: GatewayState | None = 
         await state.key_sync.start()
     if state.responses is not None and new(state.responses):
         state.responses.start()  # the purge of expired stored responses
+    if state.files is not None and new(state.files):
+        state.files.start()  # the storage check and the purge of expired files
     if state.quality is not None and any(r.gate for r in state.config.routes.values()):
         await state.quality.start()  # idempotent: a carried-over refresher keeps running
 
