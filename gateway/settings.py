@@ -49,6 +49,23 @@ class Settings(BaseSettings):
     # requests (lines) a file may hold (a 400 past it).
     files_max_bytes: int = 200 * 1024 * 1024
     files_max_lines: int = 50_000
+    # Where the bytes go: `local` (files_dir) or `s3`, any S3-compatible object storage (AWS
+    # S3, MinIO, R2, ...; needs the `s3` extra). Credentials come from the standard AWS chain
+    # (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role).
+    files_backend: Literal["local", "s3"] = "local"
+    files_s3_bucket: str | None = None
+    # Prepended to every object key ("farebox/files/" → farebox/files/file-…).
+    files_s3_prefix: str = ""
+    # For storage other than AWS (MinIO, R2, a test server); unset: AWS S3 itself.
+    files_s3_endpoint_url: str | None = None
+    # Unset: the AWS chain's region (AWS_REGION, AWS_DEFAULT_REGION, the profile's).
+    files_s3_region: str | None = None
+    # An upload goes to S3 in parts of this size (S3's minimum is 5 MiB): the most a stream
+    # holds in memory at once.
+    files_s3_part_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # How often expired files (`expires_after`) lose their bytes and rows; an expired file
+    # is a 404 at once, whether purged yet or not.
+    files_purge_interval_s: float = 300.0
     # Off only for benchmarks comparing the ledger's cost; production always meters.
     ledger_enabled: bool = True
     ledger_batch_rows: int = 500

@@ -25,7 +25,8 @@ from gateway.core.quality_live import QualityLive
 from gateway.core.service import Service
 from gateway.drills.board import DrillBoard
 from gateway.drills.schedule import DrillScheduler
-from gateway.files.storage import LocalDirectory
+from gateway.extras import require
+from gateway.files.storage import FileStorage, LocalDirectory
 from gateway.files.store import FileStore
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
@@ -116,6 +117,7 @@ class GatewayState:
             self.drills,
             self.cache,
             self.responses,
+            self.files,
             self.key_sync,
             self.writer,
             self.repository,
@@ -175,13 +177,31 @@ def build_scorers(config: GatewayConfig) -> dict[str, Scorer]:
 
 def build_files(settings: Settings, repository: LedgerRepository) -> FileStore:
     """The files store on the ledger's engine, its bytes in FAREBOX_FILES_DIR (default: a
-    `files` directory beside the spool)."""
-    directory = settings.files_dir or str(Path(settings.spool_dir).parent / "files")
+    `files` directory beside the spool) or, with FAREBOX_FILES_BACKEND=s3, in a bucket."""
+    storage: FileStorage
+    if settings.files_backend == "s3":
+        require("s3")  # before the import: a missing extra says what to install
+        from gateway.files.storage_s3 import S3Storage
+
+        if not settings.files_s3_bucket:
+            raise ValueError("FAREBOX_FILES_BACKEND=s3 needs FAREBOX_FILES_S3_BUCKET")
+        storage = S3Storage(
+            settings.files_s3_bucket,
+            prefix=settings.files_s3_prefix,
+            endpoint_url=settings.files_s3_endpoint_url,
+            region=settings.files_s3_region,
+            part_bytes=settings.files_s3_part_bytes,
+        )
+    else:
+        storage = LocalDirectory(
+            settings.files_dir or str(Path(settings.spool_dir).parent / "files")
+        )
     return FileStore(
         FilesRepository(repository.engine),
-        LocalDirectory(directory),
+        storage,
         max_bytes=settings.files_max_bytes,
         max_lines=settings.files_max_lines,
+        purge_interval_s=settings.files_purge_interval_s,
     )
 
 
@@ -324,7 +344,11 @@ def build_state(
         if repository is not None
         else None
     )
-    files = build_files(settings, repository) if repository is not None else None
+    # Carried over by a reload (its settings are the process's, not the YAML's): the purge
+    # and the storage backend's connections run on.
+    files = previous.files if previous is not None and previous.files is not None else None
+    if files is None and repository is not None:
+        files = build_files(settings, repository)
     return GatewayState(
         cache=cache,
         responses=responses,
