@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -36,6 +37,13 @@ def lcpr_command(
         ),
     ] = "route",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write lcpr.md, lcpr.html, lcpr.csv (and batch_share.csv, "
+            "consensus.csv when they have rows) to this directory."
+        ),
+    ] = None,
     config: ConfigOption = None,
     prices: PricesOption = None,
     database_url: DatabaseOption = None,
@@ -65,6 +73,10 @@ def lcpr_command(
         return await lcpr_report(store, month, by, loaded, book)
 
     report = run_ledger(url, work)
+    if out is not None:
+        from gateway.reports.render_lcpr import write_reports
+
+        written = write_reports(report, out)
     if as_json:
         typer.echo(orjson.dumps(report_dict(report), option=orjson.OPT_INDENT_2).decode())
         return
@@ -140,6 +152,8 @@ def lcpr_command(
         console.print("no red flags")
     for note in report.notes:
         console.print(f"note: {note}")
+    if out is not None:
+        console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 def _workflows(month: str | None, group_by: str, as_json: bool, database_url: str | None) -> None:

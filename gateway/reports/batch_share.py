@@ -232,7 +232,8 @@ def _paid_elsewhere(
 
 
 def _s(value: Decimal | None, places: int) -> str | None:
-    return None if value is None else str(round(value, places))
+    # Fixed-point ("0.00000000", never "0E-8"): JSON and CSV readers parse it as is.
+    return None if value is None else format(round(value, places), "f")
 
 
 def workload_dict(line: WorkloadBatch) -> dict[str, Any]:

@@ -24,6 +24,7 @@ enrich request against 9 batch lines (10 %): no batch_eligible_live_high.
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -275,3 +276,44 @@ def test_without_a_batch_rate_the_live_price_stands(db: str, tmp_path: Path) -> 
     assert enrich.saving_usd == 0 and enrich.live_share == D("0.8")
     assert "batch_eligible_live_high" not in {f.code for f in report.red_flags}
     assert any("no batch rate known for fast@sim" in n for n in report.notes)
+
+
+def test_out_writes_markdown_html_and_csv(db: str, config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    args = ("lcpr", "--month", "2025-11", "--by", "workload", "--out", str(out))
+    code, output = _run(*args, "--config", str(config), "--database-url", db)
+    assert code == 0, output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "batch_share.csv",
+        "lcpr.csv",
+        "lcpr.html",
+        "lcpr.md",
+    ]
+    assert "wrote " in output
+    md = (out / "lcpr.md").read_text()
+    assert "## Batch tier" in md and "### Dedicated utilization before/after batch fill" in md
+    row = next(x for x in md.splitlines() if x.startswith("| nightly-enrich | yes"))
+    assert row == (
+        "| nightly-enrich | yes | 4 | $0.1100 | $0.0550 | $0.0550 | 1 | $0.0000 | 80.0 % |"
+    )
+    assert "| gpu | 4 | 720.0 | $1,440.00 | 0.1 % | 0.2 % | $720.000000 | $480.000000 |" in md
+    assert "- `batch_eligible_live_high` nightly-enrich:" in md
+    assert "- `dedicated_underused` gpu:" in md
+    page = (out / "lcpr.html").read_text()
+    assert "<h2>Batch tier</h2>" in page and "<td>nightly-enrich</td>" in page
+    assert "<code>batch_eligible_live_high</code>" in page
+    assert '<td class="n">$480.000000</td>' in page
+    with (out / "batch_share.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    enrich = next(x for x in rows if x["workload"] == "nightly-enrich")
+    assert (enrich["kind"], enrich["live_requests"], D(enrich["saving_usd"])) == (
+        "workload",
+        "4",
+        D("0.055"),
+    )
+    (gpu,) = [x for x in rows if x["kind"] == "dedicated_fill"]
+    assert (gpu["provider"], D(gpu["cost_per_success_with_batch_usd"])) == ("gpu", 480)
+    with (out / "lcpr.csv").open() as f:
+        segments = {x["segment"]: x for x in csv.DictReader(f)}
+    assert set(segments) == {"nightly-enrich", "reindex", "support"}
+    assert D(segments["nightly-enrich"]["token_cost_usd"]) == D("0.11")
