@@ -4,6 +4,10 @@ Flow: parse every invoice file (nothing is stored if any is bad) → store them 
 transaction → aggregate both sides in SQL per provider × model × UTC day → price the metered
 tokens per token type with the same dated price book the gateway charged with → hand the cells
 to the pure rules (routing.reconcile_rules) → store the run.
+
+Batch line items (token types `batch_…`) are compared with the attempts billed through the
+provider's batch API, at its batch rate, as the model `<model> (batch)`; see
+gateway/reports/reconcile_batch.py.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from gateway.config.schema import GatewayConfig
 from gateway.ledger.pricing import PriceBook
 from gateway.reports.consensus import consensus_lines
 from gateway.reports.importers import ImportedFile
+from gateway.reports.invoice_lines import split_batch
+from gateway.reports.reconcile_batch import (
+    batch_model,
+    batch_price_causes,
+    provider_batch_days,
+    split_ledger,
+    split_versions,
+)
 from gateway.reports.reconcile_result import ReconcileResult as ReconcileResult
 from gateway.reports.reconcile_result import run_row
 from gateway.reports.reconcile_result import verdict_dict as verdict_dict
@@ -95,13 +107,13 @@ def _tokens(d: LedgerDay) -> dict[str, int]:
     }
 
 
-def _rates(book: PriceBook, d: LedgerDay) -> dict[str, Decimal] | None:
-    price = book.price_for(
-        d.deployment,
-        d.upstream_model,
-        d.provider_kind,
-        datetime(d.day.year, d.day.month, d.day.day, tzinfo=UTC),
+def _rates(book: PriceBook, d: LedgerDay, batch: bool = False) -> dict[str, Decimal] | None:
+    at = datetime(d.day.year, d.day.month, d.day.day, tzinfo=UTC)
+    price = (
+        book.batch_price_for(d.deployment, d.upstream_model, d.provider_kind, at) if batch else None
     )
+    if price is None:  # live, or no batch rate known (the gateway charged the live one)
+        price = book.price_for(d.deployment, d.upstream_model, d.provider_kind, at)
     if d.provider_kind == "dedicated":
         return dict.fromkeys((INPUT_UNCACHED, INPUT_CACHED, CACHE_WRITE, OUTPUT), _ZERO)
     if price is None:
@@ -122,42 +134,58 @@ def build_cells(
     config: GatewayConfig,
     start: datetime,
     end: datetime,
+    batch: Sequence[LedgerDay] = (),
+    live_usd: dict[tuple[str, str, date, str], Decimal] | None = None,
 ) -> tuple[list[Cell], dict[tuple[str, str], Counts], int]:
     """Join both sides per provider × model × day × token type (on small, pre-aggregated
-    rows). Returns the cells, request counts per model and the unpriced-attempt count."""
+    rows). Returns the cells, request counts per model and the unpriced-attempt count.
+
+    `ledger` is the live side; `batch` the attempts billed through a provider's batch API,
+    compared with the invoice's `batch_…` lines as `<model> (batch)` at the batch rate. When
+    given, `live_usd` receives what each batch cell's tokens cost at the live rate."""
     metered: dict[tuple[str, str, date, str], list[Decimal | None]] = {}
     attempts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     ledger_models: dict[str, set[str]] = defaultdict(set)
     unpriced = 0
-    for d in ledger:
+    sides = [(d, False) for d in ledger] + [(d, True) for d in batch]
+    for d, billed_batch in sides:
         if d.provider not in providers:
             continue
         model = base_model(d.upstream_model)
         ledger_models[d.provider].add(model)
+        if billed_batch:
+            model = batch_model(model)
         unpriced += d.unpriced
         seen = attempts[(d.provider, model)]
         seen[0] += d.attempts
         seen[1] += d.failed
         if d.provider_kind == "dedicated":
             continue  # a GPU is billed by the hour: its tokens are not on the bill
-        rates = _rates(book, d)
+        rates = _rates(book, d, billed_batch)
+        live = _rates(book, d) if billed_batch and live_usd is not None else None
         for token_type, n in _tokens(d).items():
-            slot = metered.setdefault((d.provider, model, d.day, token_type), [_ZERO, _ZERO])
+            key = (d.provider, model, d.day, token_type)
+            slot = metered.setdefault(key, [_ZERO, _ZERO])
             slot[0] = (slot[0] or _ZERO) + n
             usd = None if rates is None else Decimal(n) * rates[token_type] / MILLION
             slot[1] = None if usd is None or slot[1] is None else slot[1] + usd
+            if live is not None and live_usd is not None:
+                live_usd[key] = live_usd.get(key, _ZERO) + Decimal(n) * live[token_type] / MILLION
 
     billed: dict[tuple[str, str, date, str], list[Decimal | None]] = {}
     requests: dict[tuple[str, str], int] = {}
     undivided: set[tuple[str, str]] = set()
     for line in invoice:
-        if line.token_type == GPU_HOURS:
+        token_type, billed_batch = split_batch(line.token_type)
+        if token_type == GPU_HOURS:
             model, day = GPU_MODEL, start.date()  # hours are compared for the whole month
         else:
             model, day = match_model(line.model, ledger_models[line.provider]), line.day
-        if line.token_type == INPUT:
+            if billed_batch:
+                model = batch_model(model)
+        if token_type == INPUT:
             undivided.add((line.provider, model))
-        slot = billed.setdefault((line.provider, model, day, line.token_type), [None, None])
+        slot = billed.setdefault((line.provider, model, day, token_type), [None, None])
         if line.tokens is not None:
             slot[0] = (slot[0] or _ZERO) + line.tokens
         if line.amount_usd is not None:
@@ -178,6 +206,10 @@ def build_cells(
             slot = metered.setdefault((provider, model, day, INPUT), [_ZERO, _ZERO])
             slot[0] = (slot[0] or _ZERO) + (tok or _ZERO)
             slot[1] = None if usd is None or slot[1] is None else slot[1] + usd
+            if live_usd is not None and (provider, model, day, token_type) in live_usd:
+                moved = live_usd.pop((provider, model, day, token_type))
+                whole = (provider, model, day, INPUT)
+                live_usd[whole] = live_usd.get(whole, _ZERO) + moved
 
     _dedicated_hours(config, providers, metered, start, end)
 
@@ -239,12 +271,18 @@ async def reconcile(
     providers = {f.provider for f in files}
     import_ids = sorted({f.import_id for f in files})
     ledger = await store.ledger_days(start, end)
+    live_side, batch_side = split_ledger(ledger, await provider_batch_days(store, start, end))
     invoice = await store.invoice_days(import_ids, start, end)
     notes = []
     if not invoice:
         notes.append(f"no invoice line falls inside {month} (UTC); check the files' periods")
-    cells, counts, unpriced = build_cells(ledger, invoice, providers, book, config, start, end)
+    live_usd: dict[tuple[str, str, date, str], Decimal] = {}
+    cells, counts, unpriced = build_cells(
+        live_side, invoice, providers, book, config, start, end, batch_side, live_usd
+    )
     verdicts = judge(cells, counts, thresholds)
+    batch_price_causes(verdicts, cells, live_usd)
+    verdicts.sort(key=lambda v: (not v.flagged, v.provider, v.model))
     token_var, cost_var = overall_variance(cells)
     priced = dollar_cells(cells)
     invoiced_usd = sum((c.invoiced_usd or _ZERO for c in priced), _ZERO) if priced else None
@@ -261,7 +299,9 @@ async def reconcile(
     for v in verdicts:
         flags += invoice_variance_flag(f"{v.provider} {v.model}", v.cost_variance_pct)
     versions = await store.price_versions(start, end)
-    flags += price_change_flags([(p, d, vs) for p, d, vs in versions if p in providers])
+    flags += price_change_flags(
+        [(p, d, vs) for p, d, vs in split_versions(versions) if p in providers]
+    )
     if unpriced:
         notes.append(
             f"{unpriced:,} attempt(s) had no known price: their tokens are compared, their "
