@@ -27,7 +27,9 @@ from gateway.api.admin_keys import admin_keys_router
 from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.app_errors import install_error_handlers
 from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
+from gateway.api.batches import batches_router
 from gateway.api.files import files_router
+from gateway.batch.runner import BatchRunner
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
 from gateway.api.responses import ResponsesEndpoints
@@ -163,6 +165,9 @@ def create_app(
             reloader = Reloader(settings, config_path, holder, drain_s=settings.graceful_shutdown_s)
             reloader.install_signal_handler()
             mark_file_loaded(config_path)
+        runner = BatchRunner(holder.get) if settings.batch_runner else None
+        if runner is not None:
+            runner.start()
         # Start-up objects (config, price maps, modules) live for the whole process: keep
         # them out of every future collection, and collect young objects less often — the
         # hot path allocates many short-lived ones and rarely makes cycles.
@@ -187,6 +192,9 @@ def create_app(
             await holder.require().close()
             telemetry.shutdown()
             request_log.close()
+            if runner is not None:
+                # Lines in flight finish and are saved; the batch resumes on the next claim.
+                await runner.close(settings.graceful_shutdown_s)
             flusher.stop()
             metrics.worker_exited()
             shutdown.unregister(drain)
@@ -215,6 +223,7 @@ def create_app(
     app.state.drain = drain
     app.state.metrics_port = settings.metrics_port
     app.state.endpoints = OpenAIEndpoints(holder.require)
+    app.include_router(batches_router(holder.get, drain))
     app.state.anthropic = AnthropicEndpoints(holder.require)
     app.state.responses = ResponsesEndpoints(holder.require)
     return app

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import orjson
 
+from gateway.batch.store import BatchStore
 from gateway.cache.response import ResponseCache
 from gateway.config.schema import GatewayConfig
 from gateway.conversations.store import ResponseStore
@@ -32,6 +33,7 @@ from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
 from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.batches_repository import BatchesRepository
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.files_repository import FilesRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
@@ -364,7 +366,13 @@ def build_state(
         inflight_sync=inflight_sync,
         breakers=breakers,
         limiter=limiter,
+    batches = (
+        BatchStore(BatchesRepository(repository), files)
+        if repository is not None and files is not None
+        else None
+    )
         drills=drill_board,
+        batches=batches,
         drill_scheduler=drill_scheduler,
         models_body=orjson.dumps(models),
         writer=writer,

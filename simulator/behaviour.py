@@ -37,6 +37,11 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   name; over the limit → 429 with ``retry-after``; successes carry rate-limit headers
   (OpenAI/Azure ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``).  Details in
   :mod:`.ratelimit`.
+* ``slots=N``: the model runs on a dedicated GPU with ``N`` slots, one per *base* model.
+  A request holds a slot for its service time (``latency`` + ``jitter`` + ``ttft`` +
+  output tokens at ``tps``, until the answer is out); beyond ``N`` requests wait FIFO, so
+  an over-filled GPU raises latency.  ``/_stats`` reports each GPU under ``gpus``
+  (utilization, peak in use, queue wait).  Details in :mod:`.gpu`.
 * ``status=CODE``: answer with that status and a wire-format error body (``200`` means
   succeed).  ``retry_after=S``: ``retry-after`` and ``retry-after-ms`` on any answer.
 * ``fail_first=N``: the first ``N`` requests with this base model and directive text fail
@@ -150,6 +155,7 @@ class Behaviour:
     prompt_cache_min: int = DEFAULT_PROMPT_CACHE_MIN
     rpm: int | None = None
     tpm: int | None = None
+    slots: int | None = None
     status: int | None = None
     retry_after: float | None = None
     fail_first: int | None = None
@@ -272,6 +278,7 @@ _PARSERS: dict[str, Any] = {
     "prompt_cache_min": _count,
     "rpm": _limit,
     "tpm": _limit,
+    "slots": _limit,
     "status": _status,
     "retry_after": _ms,
     "fail_first": _count,

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .behaviour import Behaviour, DirectiveError, resolve, split_model
 from .errors import anthropic_error_body, bedrock_error, google_error_body, openai_error_body
+from .gpu import Gpus, holding
 from .prompt_cache import Prefix, PromptCaches
 from .ratelimit import Admission, RateLimits
 from .stats import UNKNOWN_MODEL, Stats
@@ -70,6 +71,7 @@ class SimState:
         self.issued_tokens: set[str] = set()
         self.prompt_caches = PromptCaches()
         self.rate_limits = RateLimits()
+        self.gpus = Gpus()
 
     def reset(self) -> None:
         self.stats.reset()
@@ -77,6 +79,7 @@ class SimState:
         self.issued_tokens.clear()
         self.prompt_caches.clear()
         self.rate_limits.clear()
+        self.gpus.reset()
         self.rng.seed(self.seed)
 
 
@@ -335,6 +338,9 @@ async def gate(call: Call, prompt_tokens: int) -> None:
             call.model, call.flavor, b.rpm, b.tpm, prompt_tokens
         )
         call.headers.update(admission.headers)
+    if b.slots is not None and (admission is None or admission.admitted):
+        # Held until the handler returns (see `handler`): the whole service time.
+        await call.state.gpus.acquire(call.base, b.slots)
     delay = b.latency
     if b.jitter:
         delay += call.state.rng.uniform(0.0, b.jitter)
@@ -403,13 +409,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def handler(func: Handler) -> Handler:
-    """Turn :class:`Reply` escapes into responses."""
+    """Turn :class:`Reply` escapes into responses; release the GPU slot (``slots=``) the
+    request held, however it ended."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await func(request)
-        except Reply as reply:
-            return reply.response
+        with holding():
+            try:
+                return await func(request)
+            except Reply as reply:
+                return reply.response
 
     wrapped.__name__ = func.__name__
     wrapped.__doc__ = func.__doc__

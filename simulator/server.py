@@ -22,7 +22,11 @@ __all__ = ["create_app", "run"]
 
 
 async def _stats(request: web.Request) -> web.Response:
-    snapshot = request.app[STATE].stats.snapshot()
+    state = request.app[STATE]
+    snapshot = state.stats.snapshot()
+    gpus = state.gpus.snapshot()
+    if gpus:  # `slots=` models only (simulator/gpu.py), so other snapshots keep their shape
+        snapshot["gpus"] = gpus
     return web.Response(body=orjson.dumps(snapshot), content_type="application/json")
 
 

@@ -39,6 +39,9 @@ The same token counts are also kept per model and UTC *billing day* (:meth:`Stat
 from which ``GET /_invoice`` renders provider invoices (:mod:`.invoices`); the billing day is
 the real date unless pinned with ``POST /_clock?day=YYYY-MM-DD`` (``day=`` unpins it).
 
+``GET /_stats`` adds ``gpus`` (per base model: slots, utilization, peak in use, queue wait)
+once a model with the ``slots=N`` directive served; those counters are :mod:`.gpu`'s.
+
 Batch lines (:mod:`.batch_wire`) count like live requests in ``requests`` and ``tokens``,
 under the endpoints ``batch_chat`` / ``batch_responses`` / ``batch_embeddings`` (present in
 ``endpoints`` only once a batch line ran), and per billing day apart from live traffic
