@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # How often expired files (`expires_after`) lose their bytes and rows; an expired file
     # is a 404 at once, whether purged yet or not.
     files_purge_interval_s: float = 300.0
+    # Whether this process runs batches (gateway/batch/runner.py). Any number of replicas
+    # may: each claims batches from the database. Off for serving-only replicas.
+    batch_runner: bool = True
     # Off only for benchmarks comparing the ledger's cost; production always meters.
     ledger_enabled: bool = True
     ledger_batch_rows: int = 500

@@ -92,6 +92,8 @@ class GatewayState:
     responses: ResponseStore | None = None
     # Uploaded files (gateway/files/store.py), on the ledger's engine; None without a database.
     files: FileStore | None = None
+    # Batches (gateway/batch/store.py), on the ledger's engine; None without a database.
+    batches: BatchStore | None = None
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
     # closed once this reaches zero.

@@ -20,6 +20,7 @@ ROLES = (
     "drill",
     "cache_hit",
     "candidate",
+    "batch",
 )
 
 

@@ -19,6 +19,7 @@ from pydantic import (
 
 from gateway.config.drills import DrillSchedule
 from gateway.config.fanout import fanout_policy
+from gateway.config.batch import BatchConfig
 from gateway.config.responses import ResponsesConfig
 from gateway.config.routes import (
     _DEFAULT_BASE as _DEFAULT_BASE,
@@ -207,6 +208,7 @@ class GatewayConfig(_Strict):
     drills: list[DrillSchedule] = Field(default_factory=list)
     # Stored Responses: retention, purge and save bounds (gateway/conversations/store.py).
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @field_validator("auth", mode="before")
     @classmethod

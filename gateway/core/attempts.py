@@ -124,7 +124,7 @@ class AttemptLoop:
             remaining = run.deadline - time.perf_counter()
             if remaining < MIN_ATTEMPT_S:
                 return len(targets)  # out of time: stop walking
-            attempt = planned if number == 1 else PlannedAttempt(dep, "retry")
+            attempt = planned if number == 1 else PlannedAttempt(dep, _retry_role(planned))
             started = time.perf_counter()
             bounded = _bounded(plan.timeouts, stream)
             # The first try starts with the plan's whole budget, and its own timeouts end
@@ -327,3 +327,8 @@ def _capped(t: Timeouts) -> Timeouts:
         ttft_ms=min(t.ttft_ms, t.attempt_ms),
         total_ms=t.attempt_ms,
     )
+
+
+def _retry_role(planned: PlannedAttempt) -> str:
+    """A batch line's retries stay `batch` attempts (its ledger rows are all the batch's)."""
+    return planned.role if planned.role == "batch" else "retry"

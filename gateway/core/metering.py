@@ -119,9 +119,9 @@ def error_class(exc: UpstreamError) -> str:
 class Meter:
     def __init__(self, prices: PriceBook, ledger: Ledger, journal: Journal | None = None) -> None:
         self._prices = prices
-        self.ledger = ledger
         self.prices = prices  # the batch runner meters its lines on the same book
         # Drill outcomes are counted from the same rows the ledger gets.
+        self.ledger = ledger
         self.drills: DrillObserver | None = None
         # The crash-safe journal (gateway/ledger/journal.py): an intent per upstream call.
         self.journal = journal

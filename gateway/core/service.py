@@ -88,6 +88,13 @@ class Service:
     async def close(self) -> None:
         await self._adapter.close()
 
+    def with_meter(self, meter: Meter, tracker: Tracker | None = None) -> Service:
+        """This service's adapter and breakers with another meter (and tracker): the batch
+        runner meters its lines into its own transaction and counts its own load."""
+        clone = Service(self._adapter, meter, self.breakers, tracker)
+        clone.quality = self.quality
+        return clone
+
     # -- non-stream ---------------------------------------------------------------------
 
     def caller(self, ctx: CallContext) -> Callable[[PlannedAttempt, Timeouts], Awaitable[Any]]:

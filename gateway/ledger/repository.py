@@ -183,6 +183,23 @@ class LedgerRepository:
                 )
             )
 
+    async def insert_on(
+        self,
+        conn: AsyncConnection,
+        requests: Sequence[RequestRow],
+        attempts: Sequence[AttemptRow],
+    ) -> None:
+        """Insert ledger rows inside the caller's transaction (rows whose id exists are
+        skipped): for writes that must commit together with other state, such as a batch
+        line's rows and the line's answer (gateway/ledger/batches_repository.py)."""
+        for table, fields, items in (
+            (requests_table, _REQUEST_FIELDS, requests),
+            (attempts_table, _ATTEMPT_FIELDS, attempts),
+        ):
+            if items:
+                rows = [_row(item, fields) for item in items]
+                await conn.execute(self._insert_ignore(table).on_conflict_do_nothing(), rows)
+
     async def counts(self) -> tuple[int, int]:
         async with self.engine.connect() as conn:
             n_requests = await conn.scalar(select(func.count()).select_from(requests_table))
