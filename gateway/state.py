@@ -353,6 +353,11 @@ def build_state(
     files = previous.files if previous is not None and previous.files is not None else None
     if files is None and repository is not None:
         files = build_files(settings, repository)
+    batches = (
+        BatchStore(BatchesRepository(repository), files)
+        if repository is not None and files is not None
+        else None
+    )
     return GatewayState(
         cache=cache,
         responses=responses,
@@ -368,11 +373,6 @@ def build_state(
         inflight_sync=inflight_sync,
         breakers=breakers,
         limiter=limiter,
-    batches = (
-        BatchStore(BatchesRepository(repository), files)
-        if repository is not None and files is not None
-        else None
-    )
         drills=drill_board,
         batches=batches,
         drill_scheduler=drill_scheduler,
