@@ -312,7 +312,7 @@ def test_out_writes_markdown_html_and_csv(db: str, config: Path, tmp_path: Path)
         D("0.055"),
     )
     (gpu,) = [x for x in rows if x["kind"] == "dedicated_fill"]
-    assert (gpu["provider"], D(gpu["cost_per_success_with_batch_usd"])) == ("gpu", 480)
+    assert (gpu["provider"], D(gpu["cost_per_success_with_batch_usd"])) == ("gpu", D(480))
     with (out / "lcpr.csv").open() as f:
         segments = {x["segment"]: x for x in csv.DictReader(f)}
     assert set(segments) == {"nightly-enrich", "reindex", "support"}
