@@ -206,10 +206,15 @@ def _message(model: str, days: list[tuple[date, Decimal, list[Decimal]]]) -> str
         bits.append(f"partly billed at the live price ({shares} of the tokens)")
     name = model.removesuffix(BATCH_MODEL_SUFFIX)
     return (
-        f"{name} batch line items {' and '.join(bits)}: invoiced ${invoiced:,.4f} where the "
-        f"batch rate gives ${at_batch:,.4f} (the live rate ${at_live:,.4f}); the provider did "
+        f"{name} batch line items {' and '.join(bits)}: invoiced {_usd(invoiced)} where the "
+        f"batch rate gives {_usd(at_batch)} (the live rate {_usd(at_live)}); the provider did "
         "not apply its batch discount (ask for a credit) or the batch ran on a live endpoint"
     )
+
+
+def _usd(value: Decimal) -> str:
+    # Cents hide a small month's figures: below a cent, 8 places.
+    return f"${value:,.4f}" if abs(value) >= Decimal("0.01") else f"${value:.8f}"
 
 
 def _days(days: list[date]) -> str:

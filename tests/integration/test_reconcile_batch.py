@@ -39,6 +39,7 @@ from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.reports.importers import ImportedFile, parse_bytes
 from gateway.reports.reconcile import ReconcileResult, reconcile
 from gateway.reports.reconcile_batch import BATCH_PRICE_NOT_APPLIED
+from gateway.reports.render import csv_text, html_report, markdown
 from gateway.reports.store import ReportStore
 from routing.cost import MILLION
 from tests.ledger_rows import attempt_row, request_row
@@ -321,3 +322,8 @@ def test_batch_billed_at_the_live_price_is_flagged(sim: str, pg_url: str) -> Non
     for model, v in verdicts.items():
         if model != "gpt-4o-mini (batch)":
             assert not v.flagged, (model, v.causes)
+    # The report names the cause and its explanation like the others'.
+    assert "batch_price_not_applied" in markdown(result)
+    assert message.split(":")[0] in html_report(result)
+    rows = [line for line in csv_text(result).splitlines() if "gpt-4o-mini (batch)" in line]
+    assert rows and all("batch_price_not_applied" in line for line in rows)
