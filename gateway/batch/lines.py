@@ -4,9 +4,9 @@ breakers, gates), with its ledger rows kept back for the batch's own transaction
 The line's call runs on a copy of the gateway's Service that shares the adapter and the
 breakers but has its own Meter, whose ledger is `HeldRows`: `finish` hands the rows there
 instead of to the ledger writer, and `Committer` writes them together with the line's
-answer (gateway/ledger/batches_repository.py `finish_lines`). Each upstream call is still
-journalled before it starts, so a crash mid-call is billed as `gateway_crashed` at the next
-start-up, and the line (which has no row) runs again.
+answer (gateway/ledger/batches_repository.py `finish_lines`), then journals their outcome.
+Each upstream call is still journalled before it starts, so a crash mid-call is billed as
+`gateway_crashed` at the next start-up, and the line (which has no row) runs again.
 """
 
 from __future__ import annotations
@@ -188,6 +188,10 @@ class Committer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.journal is not None:
-            # Their attempts are in the ledger now: close the intents journalled for them.
-            self.journal.forget(a.id for line in group for a in line.attempts)
+        journal = self.journal
+        if journal is not None:
+            # Their rows are in the ledger now: journal the outcomes, which closes the intents
+            # of their calls (a replay of them after a crash is a no-op: ids are keys).
+            for line in group:
+                if line.request is not None:
+                    journal.outcome(line.request, list(line.attempts))
