@@ -32,6 +32,7 @@ from gateway.api.files import files_router
 from gateway.batch.runner import BatchRunner
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
+from gateway.api.passthrough import PassthroughEndpoints
 from gateway.api.responses import ResponsesEndpoints
 from gateway.api.status_page import status_router
 from gateway.config.loading import load_config
@@ -82,6 +83,7 @@ class HotPath:
         self.endpoints: OpenAIEndpoints = app.state.endpoints
         self.anthropic: AnthropicEndpoints = app.state.anthropic
         self.responses: ResponsesEndpoints = app.state.responses
+        self.passthrough: PassthroughEndpoints = app.state.passthrough
         self.holder: StateHolder = app.state.holder
         # From SIGTERM on (gateway/serving/server.py), new /v1 work gets a 503.
         self.drain: shutdown.Drain = app.state.drain
@@ -134,6 +136,12 @@ class HotPath:
                     await refuse_draining(send, anthropic=False)
                     return
                 await self.responses(scope, receive, send)
+                return
+            if self.passthrough.handles(path):  # after chat: no new work on its path
+                if self.drain.active:
+                    await refuse_draining(send, anthropic=False)
+                    return
+                await self.passthrough(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -226,6 +234,7 @@ def create_app(
     app.include_router(batches_router(holder.get, drain))
     app.state.anthropic = AnthropicEndpoints(holder.require)
     app.state.responses = ResponsesEndpoints(holder.require)
+    app.state.passthrough = PassthroughEndpoints(holder.require)
     return app
 
 

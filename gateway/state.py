@@ -22,6 +22,7 @@ from gateway.conversations.store import ResponseStore
 from gateway.core.breakers import Breakers
 from gateway.core.live_routing import LiveRouting, Scorer
 from gateway.core.metering import Ledger, Meter, NullLedger
+from gateway.core.passthrough import Passthrough
 from gateway.core.quality_live import QualityLive
 from gateway.core.service import Service
 from gateway.drills.board import DrillBoard
@@ -92,6 +93,8 @@ class GatewayState:
     responses: ResponseStore | None = None
     # Uploaded files (gateway/files/store.py), on the ledger's engine; None without a database.
     files: FileStore | None = None
+    # The pass-through endpoints (gateway/core/passthrough.py); always built by build_state.
+    passthrough: Passthrough | None = None
     # Batches (gateway/batch/store.py), on the ledger's engine; None without a database.
     batches: BatchStore | None = None
     draining: bool = False
@@ -144,16 +147,22 @@ def build_keys(settings: Settings, config: GatewayConfig) -> KeyStore:
     return KeyStore(keys, disabled=config.auth_disabled, ttl_s=config.auth.key_cache_ttl_s)
 
 
-def build_adapter(config: GatewayConfig) -> Adapter:
-    """The OpenAI adapter, plus litellm's for other protocols when (only when) any is
-    configured: importing litellm costs seconds and hundreds of MB."""
-    native = OpenAICompatAdapter.create(
+def build_native(config: GatewayConfig) -> OpenAICompatAdapter:
+    """The OpenAI-protocol adapter: one aiohttp session for every native provider."""
+    return OpenAICompatAdapter.create(
         {
             name: ProviderEndpoint(name, p.api_base, p.api_key, p.headers)
             for name, p in config.providers.items()
             if not p.via_litellm and p.api_base is not None
         }
     )
+
+
+def build_adapter(config: GatewayConfig, native: OpenAICompatAdapter | None = None) -> Adapter:
+    """The OpenAI adapter (`native`, else a new one), plus litellm's for other protocols
+    when (only when) any is configured: importing litellm costs seconds and hundreds of MB."""
+    if native is None:
+        native = build_native(config)
     translated = {name: p for name, p in config.providers.items() if p.via_litellm}
     if not translated:
         return native
@@ -336,7 +345,11 @@ def build_state(
                 interval_s=settings.drill_schedule_interval_s,
                 lock_ttl_s=max(60.0, 2 * settings.drill_schedule_interval_s),
             )
-    service = Service(ResponsesBridge(build_adapter(config)), meter, breakers, live)
+    native = build_native(config)
+    service = Service(ResponsesBridge(build_adapter(config, native)), meter, breakers, live)
+    # Moderations, images, audio, rerank: the same session, meter, breakers and tracker
+    # (closed with the service's adapter).
+    passthrough = Passthrough(native, meter, breakers, live)
     service.quality = quality
     cache = ResponseCache.build(
         config, settings.redis_url, previous.cache if previous is not None else None
@@ -368,6 +381,7 @@ def build_state(
         key_sync=key_sync,
         key_admin=key_admin,
         service=service,
+        passthrough=passthrough,
         quality=quality,
         live=live,
         inflight_sync=inflight_sync,

@@ -25,6 +25,20 @@ _ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
+class UnitPrices:
+    """USD per unit for endpoints billed per unit rather than per token (routing/units.py):
+    an image (optionally per `quality/size` or `size` variant), a second of transcribed
+    audio, a character of speech input, a rerank search unit."""
+
+    image: Decimal | None = None
+    audio_second: Decimal | None = None
+    character: Decimal | None = None
+    search_unit: Decimal | None = None
+    # ("hd/1024x1792", rate), ("1024x1024", rate): tried before `image`.
+    image_variants: tuple[tuple[str, Decimal], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TokenPrice:
     """USD per 1M tokens for one deployment at one point in time.
 
@@ -40,6 +54,8 @@ class TokenPrice:
     cache_write: Decimal
     version: str
     hourly_usd: Decimal | None = None
+    # Per-unit rates (images, audio seconds, characters, search units); None for most models.
+    units: UnitPrices | None = None
 
     @classmethod
     def of(
@@ -51,6 +67,7 @@ class TokenPrice:
         cached_input: Decimal | None = None,
         cache_write: Decimal | None = None,
         hourly_usd: Decimal | None = None,
+        units: UnitPrices | None = None,
     ) -> TokenPrice:
         return cls(
             input=input,
@@ -59,6 +76,7 @@ class TokenPrice:
             cache_write=input if cache_write is None else cache_write,
             version=version,
             hourly_usd=hourly_usd,
+            units=units,
         )
 
 

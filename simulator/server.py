@@ -10,6 +10,7 @@ from aiohttp import web
 from .anthropic_wire import messages
 from .batch_wire import BATCHES, batch_routes
 from .bedrock_wire import converse, converse_stream
+from .extra_wire import images, moderations, rerank, speech, transcriptions, uploads
 from .files_wire import FILES, files_routes
 from .gemini_wire import gemini_generate, oauth_token, vertex_generate
 from .invoices import invoice
@@ -67,7 +68,8 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     ``/{v1beta|v1|v1alpha}/models/{model}:generateContent|streamGenerateContent``; Vertex AI
     ``/{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{model}:...`` and its
     OAuth ``/token``; Bedrock ``/model/{modelId}/converse`` and ``/converse-stream``;
-    OpenAI Files and Batch (``/v1/files``, ``/v1/batches``; :mod:`.batch_wire`).
+    OpenAI Files and Batch (``/v1/files``, ``/v1/batches``; :mod:`.batch_wire`); moderations,
+    images, audio transcriptions and speech, and rerank (:mod:`.extra_wire`).
     """
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE] = SimState(require_key, seed)
@@ -76,6 +78,12 @@ def create_app(require_key: str | None = None, seed: int = 0) -> web.Application
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/moderations", moderations)
+    app.router.add_post("/v1/images/generations", images)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_post("/v1/rerank", rerank)
+    app.router.add_get("/_uploads", uploads)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_post("/v1/messages", messages)

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.config.fanout import ConsensusConfig, SpeculativeConfig
 from gateway.config.responses import RouteResponses
+from gateway.ledger.unit_prices import UnitRateFields
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -58,8 +59,9 @@ class BatchPrice(_Strict):
     cache_write: NonNegativeFloat | None = None
 
 
-class Price(_Strict):
-    """USD per 1M tokens."""
+class Price(UnitRateFields, _Strict):
+    """USD per 1M tokens; per-unit rates (per_image, per_audio_second, per_1k_characters,
+    per_search_unit) from gateway/ledger/unit_prices.py."""
 
     input: NonNegativeFloat
     output: NonNegativeFloat

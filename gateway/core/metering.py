@@ -25,6 +25,7 @@ from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from routing.cost import Usage, attempt_cost, usage_from_openai
 from routing.model import Plan, PlannedAttempt
 from routing.shape import RequestShape
+from routing.units import unit_attempt_cost
 
 # Failures after which the provider has (or may have) run the model over the prompt, and
 # so bills the input tokens. Rejections before inference (4xx, connect errors) are free.
@@ -203,6 +204,46 @@ class Meter:
         return self._add(
             ctx, attempt, usage, source, provider_request_id, started, ttft_ms, http_status, None
         )
+
+    def metered_units(
+        self,
+        ctx: CallContext,
+        attempt: PlannedAttempt,
+        usage_data: Any,
+        counted: tuple[Decimal | None, str | None, str | None],
+        provider_request_id: str | None,
+        started: float,
+        ttft_ms: float | None = None,
+        error: str | None = None,
+    ) -> AttemptRow:
+        """Record an attempt of a per-unit endpoint that the provider served and bills
+        (gateway/core/passthrough.py): an answer, or with `error` one that broke mid-body.
+        Tokens as the provider reported them (none: 0, not estimated), `counted` = (units,
+        unit, image variant), priced by routing/units.py rather than per token."""
+        units, unit, variant = counted
+        reported = isinstance(usage_data, dict)
+        usage = usage_from_openai(usage_data) if reported else Usage()
+        row = self._add(
+            ctx,
+            attempt,
+            usage,
+            PROVIDER if reported else ESTIMATED,
+            provider_request_id,
+            started,
+            ttft_ms,
+            200,
+            error,
+        )
+        dep = attempt.deployment
+        at = row.started_at
+        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        row.units, row.unit = units, unit
+        row.cost_usd = unit_attempt_cost(
+            usage, reported, units, unit, price, dep.provider_kind == "dedicated", variant
+        )
+        if row.cost_usd is None and price is not None:  # priced per token, but not per unit
+            metrics.UNPRICED_ATTEMPTS.labels(dep.id).inc()
+        return row
 
     def cache_hit(
         self, ctx: CallContext, attempt: PlannedAttempt, usage: Usage, started: float

@@ -47,7 +47,7 @@ def _row(cls: type[Any], data: dict[str, Any]) -> Any:
         value = data.get(field.name)
         if value is None:
             continue
-        if field.name in ("cost_usd", "saved_usd"):
+        if field.name in ("cost_usd", "saved_usd", "units"):
             data[field.name] = Decimal(value)
         elif field.name in ("started_at", "received_at"):
             data[field.name] = datetime.fromisoformat(value)

@@ -9,7 +9,7 @@ metered).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,7 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
+from gateway.providers.passthrough import RawResponse
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"
@@ -163,6 +164,46 @@ class OpenAICompatAdapter:
             raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
         ends = responses_stream_ends if endpoint == "responses" else _chat_stream_ends
         return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers), ends)
+
+    async def open_raw(
+        self,
+        deployment: DeploymentSpec,
+        endpoint: str,
+        body: bytes | AsyncIterable[bytes],
+        content_type: str,
+        timeouts: Timeouts,
+        *,
+        stream: bool = False,
+    ) -> RawResponse:
+        """POST `body` as it is — bytes, or chunks sent as they come (chunked transfer
+        encoding: a multipart upload is never held whole) — and return once the status
+        line is in: a 200 to read or relay (gateway/providers/passthrough.py), anything
+        else an UpstreamError. `stream`: the answer is relayed, so reads get the idle bound."""
+        provider = self._providers[deployment.provider]
+        headers = {**provider.headers, "Content-Type": content_type, "Accept": "*/*"}
+        try:
+            resp = await self._session.post(
+                f"{provider.base}/{endpoint}",
+                data=body,
+                headers=upstream_headers(headers),
+                timeout=self._timeout(timeouts, stream),
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError(TIMEOUT, f"{deployment.id} sent no answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
+            ) from None
+        request_id = resp.headers.get("x-request-id")
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                resp.release()
+            raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
+        return RawResponse(deployment.id, resp, request_id, _limits(resp.headers))
 
 
 def _chat_stream_ends(block: bytes) -> bool:
