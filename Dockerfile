@@ -19,7 +19,7 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/opt/farebox
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when the lock changes. The image
-# carries every optional extra (vertex, semantic-cache, otel), so any config runs on it.
+# carries every optional extra (vertex, semantic-cache, otel, s3), so any config runs on it.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --all-extras --no-install-project
