@@ -60,8 +60,9 @@ class BatchPrice(_Strict):
 
 
 class Price(UnitRateFields, _Strict):
-    """USD per 1M tokens; per-unit rates (per_image, per_audio_second, per_1k_characters,
-    per_search_unit) from gateway/ledger/unit_prices.py."""
+    """USD per 1M tokens, and per unit for the pass-through endpoints (per_image,
+    per_audio_second, per_1k_characters, per_search_unit; gateway/ledger/unit_prices.py).
+    With a per-unit rate, `input` and `output` may be left out (they are then 0)."""
 
     input: NonNegativeFloat
     output: NonNegativeFloat

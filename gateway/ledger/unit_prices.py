@@ -42,10 +42,21 @@ _LITELLM = {
 class UnitRateFields(BaseModel):
     """Mixed into a price entry's schema (before its strict base, which forbids extras)."""
 
-    per_image: Rate | dict[str, Rate] | None = None
-    per_audio_second: Rate | None = None
-    per_1k_characters: Rate | None = None
-    per_search_unit: Rate | None = None
+    per_image: Rate | dict[str, Rate] | None = Field(
+        default=None,
+        description="USD per generated image; or a map by `quality/size` or `size` "
+        "(e.g. `hd/1024x1792`) with an optional `default`.",
+    )
+    per_audio_second: Rate | None = Field(
+        default=None, description="USD per second of audio transcribed."
+    )
+    per_1k_characters: Rate | None = Field(
+        default=None, description="USD per 1,000 characters of speech input."
+    )
+    per_search_unit: Rate | None = Field(
+        default=None,
+        description="USD per rerank search unit (one query over up to 100 documents).",
+    )
 
     @model_validator(mode="before")
     @classmethod
