@@ -292,6 +292,8 @@ def test_a_new_state_carries_over_what_the_yaml_does_not_own(tmp_path: Path) -> 
         assert new.writer is old.writer and new.repository is old.repository
         assert new.breakers is old.breakers and new.quality is old.quality
         assert new.limiter is old.limiter, "limits: unchanged"
+        # The files store: its storage backend and purge are the process's, not the YAML's.
+        assert new.files is not None and new.files is old.files
         for part in ("service", "keys", "live", "drills", "key_sync", "index"):
             assert getattr(new, part) is not getattr(old, part), part
         changed = config("b@sim") + "limits: {probe_interval_ms: 900}\n"
@@ -304,7 +306,11 @@ def test_a_new_state_carries_over_what_the_yaml_does_not_own(tmp_path: Path) -> 
         await new.close(keep=[third])
         writer = third.writer
         assert writer is not None and writer._task is not None and not writer._task.done()
+        files = third.files
+        assert files is old.files and files is not None
+        assert files._purger is not None and not files._purger.done()
         await third.close()
         assert writer._task is None
+        assert files._purger is None
 
     asyncio.run(scenario())
