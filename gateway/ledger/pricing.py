@@ -172,7 +172,7 @@ def parse_prices(text: str, file: str) -> dict[str, tuple[DatedPrice, ...]]:
                 _price(f"{name}:{key}:{row.effective_from}", row),
                 None
                 if row.batch is None
-                else _price(f"{name}:{key}:{row.effective_from}+batch", row.batch),
+                else _price(_suffixed(f"{name}:{key}:{row.effective_from}", "+batch"), row.batch),
             )
             for row in rows
         )
@@ -338,7 +338,7 @@ class LitellmPriceMap:
             cached_input=per_million("cache_read_input_token_cost"),
             cache_write=per_million("cache_creation_input_token_cost"),
             units=units,
-            version=f"litellm:{self._version}:{key}{'+batch' if suffix else ''}",
+            version=_suffixed(f"litellm:{self._version}:{key}", "+batch" if suffix else ""),
         )
 
 
@@ -391,7 +391,8 @@ class PriceBook:
                 overrides[dep_id] = _price(f"deployment-override:{dep_id}", dep.price)
                 batch = getattr(dep.price, "batch", None)
                 if batch is not None:
-                    batch_overrides[dep_id] = _price(f"deployment-override:{dep_id}+batch", batch)
+                    version = _suffixed(f"deployment-override:{dep_id}", "+batch")
+                    batch_overrides[dep_id] = _price(version, batch)
             provider = config.providers.get(dep.provider)
             if provider is None:
                 continue
@@ -517,6 +518,17 @@ class PriceBook:
         return TokenPrice.of(input=_ZERO, output=_ZERO, hourly_usd=hourly, version=version)
 
 
+# attempts.price_version is a 64-character column: a batch version keeps its suffix whole and
+# gives up the end of a long base (a litellm key under a provider prefix can be 60+ chars).
+_VERSION_MAX = 64
+
+
+def _suffixed(version: str, suffix: str) -> str:
+    if not suffix:
+        return version
+    return version[: _VERSION_MAX - len(suffix)] + suffix
+
+
 def _discounted(live: TokenPrice, discount: Decimal) -> TokenPrice:
     keep = 1 - discount
     return TokenPrice(
@@ -524,8 +536,7 @@ def _discounted(live: TokenPrice, discount: Decimal) -> TokenPrice:
         output=live.output * keep,
         cached_input=live.cached_input * keep,
         cache_write=live.cache_write * keep,
-        # "+batch-50%": short, as price_version is a 64-character column.
-        version=f"{live.version}+batch-{(discount * 100).normalize():f}%",
+        version=_suffixed(live.version, f"+batch-{(discount * 100).normalize():f}%"),
         hourly_usd=live.hourly_usd,
     )
 

@@ -209,3 +209,17 @@ def test_prices_yaml_batch_entry_is_strict() -> None:
     with pytest.raises(ConfigError) as err:
         parse_prices(bad, "prices.yaml")
     assert "inptu" in str(err.value) and "prices.yaml:" in str(err.value)
+
+
+def test_batch_versions_fit_the_ledger_column_and_keep_their_suffix() -> None:
+    # attempts.price_version is 64 characters; a long litellm key must not overflow it.
+    config = parse_config(
+        CONFIG + "  long@together: {provider: together, model: " + "x" * 80 + "}\n",
+        "gw.yaml",
+        {},
+    )
+    prices = "models: {" + "x" * 80 + ": [{effective_from: 2025-01-01, input: 1, output: 1}]}"
+    b = PriceBook.from_config(config, parse_prices(prices, "prices.yaml"))
+    price = b.batch_price_for("long@together", "x" * 80, "serverless", NOW)
+    assert price is not None and len(price.version) == 64
+    assert price.version.endswith("+batch-40%") and price.version.startswith("prices.yaml:xxx")
