@@ -18,9 +18,10 @@ from fastapi.responses import Response
 
 from gateway.api.app_errors import error_response
 from gateway.api.asgi import new_request_id
-from gateway.api.common import authenticate
+from gateway.api.common import authenticate, check_route_allowed
 from gateway.batch.budget import check_budget
 from gateway.batch.objects import batch_object
+from gateway.batch.principal import dump
 from gateway.batch.store import BatchStore, Planned
 from gateway.errors import GatewayError, Unavailable, bad_request
 from gateway.keys.auth import Principal
@@ -67,7 +68,8 @@ def batches_router(
         ) -> dict[str, Any]:
             body = await _json_body(request)
 
-            async def admit(worst: Decimal | None) -> None:
+            async def admit(route: str, worst: Decimal | None) -> None:
+                check_route_allowed(principal, route)
                 assert current.repository is not None
                 await check_budget(current.repository, batches.repository, principal, worst)
 
@@ -76,6 +78,7 @@ def batches_router(
                 current.prices,
                 current.config.batch.default_max_tokens,
                 admit,
+                dump(principal),
             )
             return await batches.create(_key(principal), body, planned)
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.batch.objects import line_error
-from gateway.core.metering import CallContext
+from gateway.core.metering import CallContext, Settles
 from gateway.core.service import Service
 from gateway.errors import GatewayError
 from gateway.ledger.batches_repository import BatchesRepository, FinishedLine
@@ -82,14 +82,17 @@ async def call_line(
     endpoint: str,
     plan: Plan,
     line: Line,
+    admission: Settles | None = None,
 ) -> FinishedLine:
-    """Run one line; its outcome with its ledger rows (never raises a gateway error)."""
+    """Run one line; its outcome with its ledger rows (never raises a gateway error).
+    `admission`: the line's share of its key's limits, settled by its request row."""
     request_id = new_request_id()
     ctx = CallContext(
         request_id, key_id, endpoint, str(line.body.get("model")), False, dict(line.body)
     )
     ctx.batch_id = batch_id
     ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, line.size
+    ctx.admission = admission
     try:
         completion = await service.complete(ctx, plan)
     except GatewayError as exc:
@@ -115,6 +118,20 @@ async def call_line(
         output_line(line.custom_id, request_id, 200, body),
         request,
         attempts,
+    )
+
+
+def refused_line(line: Line, exc: GatewayError) -> FinishedLine:
+    """A line its key's limits refused (a spent budget): no upstream call, no ledger rows."""
+    return FinishedLine(
+        line.line_no,
+        line.custom_id,
+        "failed",
+        None,
+        exc.status,
+        output_line(line.custom_id, None, exc.status, orjson.loads(exc.body())),
+        None,
+        [],
     )
 
 

@@ -21,14 +21,17 @@ from typing import Any
 
 import orjson
 
+from gateway.batch.admission import admit_line
 from gateway.batch.finalize import finalize
 from gateway.batch.guard import Guard, Stop
-from gateway.batch.lines import Committer, HeldRows, Line, call_line, unrun_line
+from gateway.batch.lines import Committer, HeldRows, Line, call_line, refused_line, unrun_line
 from gateway.batch.objects import ENDPOINTS
+from gateway.batch.principal import load
 from gateway.batch.provider_path import run_provider_batch
 from gateway.batch.slots import BatchTracker, FillSlots, FixedSlots, Slots
 from gateway.batch.store import scan_lines
 from gateway.core.metering import Meter
+from gateway.errors import GatewayError
 from gateway.runtime.background import Background
 from gateway.state import GatewayState
 from routing.batch_paths import DEDICATED_FILL, PROVIDER_BATCH, batch_plan
@@ -152,7 +155,8 @@ class BatchRunner:
         files = state.files
         done = await state.batches.repository.done_lines(row["id"])
         held = HeldRows()
-        meter = Meter(state.service.meter.prices, held, committer.journal)
+        files_prices = state.service.meter.prices
+        meter = Meter(files_prices, held, committer.journal)
         service = state.service.with_meter(meter, self.tracker)
         slots = self._slots(state, row, plan)
         endpoint = ENDPOINTS[row["endpoint"]]
@@ -162,7 +166,36 @@ class BatchRunner:
         line_no = 0
         pending: list[tuple[int, str]] = []
 
+        principal = load(row.get("principal"))
+        limiter = state.limiter
+        reserve = state.config.limits.reserve_output_tokens
+
         async def one(line: Line) -> None:
+            try:
+                admission = await admit_line(
+                    limiter,
+                    principal,
+                    plan,
+                    line.body,
+                    line.size,
+                    files_prices,
+                    reserve,
+                    guard.check,
+                )
+            except Stop as stop:
+                if stop.reason in _UNRUN:
+                    committer.add(
+                        unrun_line(
+                            line.line_no,
+                            line.custom_id,
+                            f"batch_{stop.reason}",
+                            _UNRUN[stop.reason],
+                        )
+                    )
+                return
+            except GatewayError as exc:  # the key's budget is spent
+                committer.add(refused_line(line, exc))
+                return
             finished = await call_line(
                 service,
                 held,
@@ -171,6 +204,7 @@ class BatchRunner:
                 endpoint=endpoint,
                 plan=plan,
                 line=line,
+                admission=admission,
             )
             committer.add(finished)
 

@@ -35,12 +35,15 @@ _BYTES_PER_TOKEN = 3
 @dataclass(frozen=True, slots=True)
 class Planned:
     """What `create` needs from the live configuration and the caller's key: `admit` gets
-    the batch's worst-case cost and raises when the key cannot hold it."""
+    the batch's route and worst-case cost, and raises when the key may not use the route or
+    cannot hold the cost."""
 
     plan_for: Callable[[str], Plan | None]
     prices: PriceBook | None
     default_max_tokens: int
-    admit: Callable[[Decimal | None], Awaitable[None]] | None = None
+    admit: Callable[[str, Decimal | None], Awaitable[None]] | None = None
+    # The creating key's limits, kept with the batch (gateway/batch/principal.py).
+    principal: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -101,7 +104,7 @@ class BatchStore:
         chosen = _path(plan, planned.prices, metadata.get("farebox_path"), now)
         worst = _worst_case(scan, chosen.deployment, planned.prices, now)
         if planned.admit is not None:
-            await planned.admit(worst)
+            await planned.admit(plan.route, worst)
         batch_id = "batch_" + secrets.token_hex(12)
         metadata.update(
             {
@@ -128,6 +131,7 @@ class BatchStore:
             "completed": 0,
             "failed": 0,
             "reserved_usd": worst,
+            "principal": planned.principal,
         }
         try:
             await self.repository.insert(row)

@@ -51,6 +51,9 @@ class BatchRecord(Base):
     failed: Mapped[int] = mapped_column(Integer)
     # The key budget held for the whole batch at submission, released as lines settle.
     reserved_usd: Mapped[Decimal | None] = mapped_column(COST)
+    # The creating key's limits as they were (gateway/batch/principal.py): each line is
+    # admitted and settled against them, whichever replica runs it and whenever.
+    principal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The replica running it and until when its claim holds (renewed while it runs).
     owner: Mapped[str | None] = mapped_column(NAME)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

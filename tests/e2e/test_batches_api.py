@@ -48,17 +48,23 @@ providers:
         hourly_usd: 2.0, max_concurrency: 32}}
   bulk: {{kind: serverless, protocol: openai, api_base: "${{SIM_URL}}/v1", api_key: "${{SIM_KEY}}",
          batch_api: true}}
-  cloud: {{kind: serverless, protocol: openai, api_base: "${{SIM_URL}}/v1", api_key: "${{SIM_KEY}}"}}
+  cloud: {{kind: serverless, protocol: openai, api_base: "${{SIM_URL}}/v1",
+          api_key: "${{SIM_KEY}}"}}
 deployments:
   llama@gpu: {{provider: gpu, model: "sim-large::tokens=4,fail_rate=0.03"}}
   bulk@bulk: {{provider: bulk, model: "sim-medium::tokens=4",
               price: {{input: 2.0, output: 8.0, batch: {{input: 1.0, output: 4.0}}}}}}
   cloud@cloud: {{provider: cloud, model: "sim-small::tokens=4,fail_rate=0.03",
                 price: {{input: 1.0, output: 2.0}}}}
+  slow@cloud: {{provider: cloud, model: "sim-reasoning::tokens=4,latency=200",
+               price: {{input: 1.0, output: 2.0}}}}
+  embed@cloud: {{provider: cloud, model: "sim-embed", price: {{input: 0.1, output: 0}}}}
 routes:
   gpu-route: {{targets: [llama@gpu], retry: {{attempts: 4, backoff_ms: 0}}}}
   bulk-route: {{targets: [bulk@bulk]}}
   cloud-route: {{targets: [cloud@cloud], retry: {{attempts: 4, backoff_ms: 0}}}}
+  slow-route: {{targets: [slow@cloud]}}
+  embed-route: {{targets: [embed@cloud]}}
 """
 
 
@@ -83,15 +89,17 @@ def client(gw: RunningGateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
 
 
-def batch_file(model: str, lines: int, first: int = 1) -> bytes:
+def batch_file(model: str, lines: int, first: int = 1, url: str = "/v1/chat/completions") -> bytes:
     out = io.BytesIO()
     for n in range(first, first + lines):
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": f"question {n}"}],
-            "max_tokens": 16,
-        }
-        line = {"custom_id": f"q-{n}", "method": "POST", "url": "/v1/chat/completions"}
+        body: dict[str, Any] = {"model": model}
+        if url == "/v1/chat/completions":
+            body |= {"messages": [{"role": "user", "content": f"question {n}"}], "max_tokens": 16}
+        elif url == "/v1/responses":
+            body |= {"input": f"question {n}", "max_output_tokens": 16}
+        else:
+            body |= {"input": f"text {n}"}
+        line = {"custom_id": f"q-{n}", "method": "POST", "url": url}
         out.write(orjson.dumps({**line, "body": body}) + b"\n")
     return out.getvalue()
 
@@ -100,15 +108,33 @@ def sim_stats(simulator: str) -> dict[str, Any]:
     return httpx.get(f"{simulator}/_stats", timeout=10).json()  # type: ignore[no-any-return]
 
 
-def run_batch(gw: RunningGateway, model: str, lines: int, **extra: Any) -> Any:
+def start_batch(
+    gw: RunningGateway,
+    model: str,
+    lines: int,
+    url: str = "/v1/chat/completions",
+    window: str = "24h",
+) -> Any:
     sdk = client(gw)
-    uploaded = sdk.files.create(file=("in.jsonl", batch_file(model, lines)), purpose="batch")
-    batch = sdk.batches.create(
-        input_file_id=uploaded.id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        **extra,
+    uploaded = sdk.files.create(
+        file=("in.jsonl", batch_file(model, lines, url=url)), purpose="batch"
     )
+    return sdk.batches.create(
+        input_file_id=uploaded.id,
+        endpoint=url,  # type: ignore[arg-type]
+        completion_window=window,  # type: ignore[arg-type]
+    )
+
+
+def run_batch(
+    gw: RunningGateway,
+    model: str,
+    lines: int,
+    url: str = "/v1/chat/completions",
+    window: str = "24h",
+) -> Any:
+    sdk = client(gw)
+    batch = start_batch(gw, model, lines, url, window)
     check("Batch", batch.model_dump(mode="json", exclude_unset=True))
     assert batch.status == "validating"
 
@@ -220,3 +246,73 @@ def test_listing_and_errors(gw: RunningGateway) -> None:
         timeout=10,
     )
     assert response.status_code == 400 and response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("url", "route", "schema"),
+    [
+        ("/v1/responses", "cloud-route", "Response"),
+        ("/v1/embeddings", "embed-route", "CreateEmbeddingResponse"),
+    ],
+)
+def test_responses_and_embeddings_lines(
+    gw: RunningGateway, url: str, route: str, schema: str
+) -> None:
+    batch = run_batch(gw, route, 20, url=url)
+    assert batch.status == "completed" and batch.request_counts.completed == 20
+    answers = output_lines(gw, batch.output_file_id)
+    assert len(answers) == 20
+    for answer in answers:
+        check(schema, answer["response"]["body"])
+    endpoints = {
+        r.endpoint
+        for r in sql_rows(
+            ledger_url(gw), "SELECT endpoint FROM requests WHERE batch_id = :b", {"b": batch.id}
+        )
+    }
+    assert endpoints == {url.removeprefix("/v1/")}
+
+
+def test_the_completion_window_ends_a_batch_with_what_it_has(gw: RunningGateway) -> None:
+    # 300 lines of 200 ms, 16 at a time: ~4 s of work in a 2 s window.
+    batch = run_batch(gw, "slow-route", 300, window="2s")
+    assert batch.status == "expired"
+    counts = batch.request_counts
+    assert 0 < counts.completed < 300 and counts.completed + counts.failed == 300
+    answered = output_lines(gw, batch.output_file_id)
+    unrun = output_lines(gw, batch.error_file_id)
+    assert len(answered) == counts.completed and len(unrun) == counts.failed
+    assert {u["error"]["code"] for u in unrun} == {"batch_expired"}
+    assert sorted(a["custom_id"] for a in answered + unrun) == sorted(
+        f"q-{n}" for n in range(1, 301)
+    )
+    rows = attempts_of(gw, batch.id)
+    assert sum(1 for a in rows if a.http_status == 200) == counts.completed
+
+
+def test_cancel_keeps_the_answers_and_runs_nothing_more(gw: RunningGateway, simulator: str) -> None:
+    sdk = client(gw)
+    batch = start_batch(gw, "slow-route", 300)
+    wait_until(
+        lambda: sdk.batches.retrieve(batch.id).request_counts.completed >= 16,  # type: ignore[union-attr]
+        "some lines to finish",
+        within_s=60,
+    )
+    cancelling = sdk.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+
+    def done() -> bool:
+        nonlocal batch
+        batch = sdk.batches.retrieve(batch.id)
+        return batch.status == "cancelled"
+
+    wait_until(done, "the batch to be cancelled", within_s=60)
+    counts = batch.request_counts
+    assert counts.completed + counts.failed == 300 and counts.completed < 300
+    unrun = output_lines(gw, batch.error_file_id)
+    assert {u["error"]["code"] for u in unrun} == {"batch_cancelled"}
+    calls_at_end = sim_stats(simulator)["requests"]["sim-reasoning"]["total"]
+    assert sum(1 for a in attempts_of(gw, batch.id) if a.http_status == 200) == counts.completed
+    with pytest.raises(openai.BadRequestError):
+        sdk.batches.cancel(batch.id)  # a finished batch cannot be cancelled
+    assert sim_stats(simulator)["requests"]["sim-reasoning"]["total"] == calls_at_end
