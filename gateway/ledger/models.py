@@ -103,7 +103,7 @@ class AttemptRecord(Base):
     reasoning_tokens: Mapped[int] = mapped_column(Integer)
     token_source: Mapped[str] = mapped_column(String(16))
     cost_usd: Mapped[Decimal | None] = mapped_column(COST)
-    price_version: Mapped[str | None] = mapped_column(TAG)
+    price_version: Mapped[str | None] = mapped_column(NAME)
     gate_outcome: Mapped[str | None] = mapped_column(TAG)
     drill_id: Mapped[str | None] = mapped_column(ID)
     saved_usd: Mapped[Decimal | None] = mapped_column(COST)

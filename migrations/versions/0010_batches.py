@@ -79,6 +79,12 @@ def upgrade() -> None:
     # Attempts billed per unit (images, audio seconds, search units) rather than per token.
     op.add_column("attempts", sa.Column("units", sa.Numeric(20, 6), nullable=True))
     op.add_column("attempts", sa.Column("unit", sa.String(64), nullable=True))
+    # Price versions name their source, and a litellm one ("litellm:<version>:<provider>/
+    # <model>") can pass 64 characters, which Postgres would refuse.
+    with op.batch_alter_table("attempts") as batch:
+        batch.alter_column(
+            "price_version", type_=sa.String(255), existing_type=sa.String(64)
+        )
     op.add_column("files", _at("expires_at"))
     op.create_index("ix_files_expires_at", "files", ["expires_at"])
 
@@ -90,6 +96,9 @@ def downgrade() -> None:
     with op.batch_alter_table("attempts") as batch:
         batch.drop_column("unit")
         batch.drop_column("units")
+        batch.alter_column(
+            "price_version", type_=sa.String(64), existing_type=sa.String(255)
+        )
     op.drop_index("ix_requests_batch_id", table_name="requests")
     with op.batch_alter_table("requests") as batch:
         batch.drop_column("batch_id")
