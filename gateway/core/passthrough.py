@@ -181,7 +181,7 @@ class Passthrough:
             return await self._adapter.open_raw(
                 dep, ctx.endpoint, body, upload.content_type, t, stream=stream
             )
-        except UpstreamError as exc:
+        except Exception as exc:  # the HTTP client may wrap the body's own error, or not
             failed = upload.failure()
             if failed is None:
                 raise
@@ -190,7 +190,7 @@ class Passthrough:
                 attempt,
                 "client_body",
                 http_status=None,
-                provider_request_id=exc.request_id,
+                provider_request_id=getattr(exc, "request_id", None),
                 started=started,
                 billable=False,
             )

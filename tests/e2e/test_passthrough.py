@@ -32,12 +32,15 @@ from tests.simulator import start_simulator
 pytestmark = pytest.mark.e2e
 
 KEY = "sk-passthrough-01"
+LIMITED = "sk-passthrough-02"  # may call `moderation` only, twice a minute
 AUDIO_BYTES = 6 * 1024 * 1024  # 196.608 s at the simulator's 32,000 bytes a second
 SPEECH_TEXT = "Hello from Farebox, " * 20  # 400 characters: four 8 KiB chunks of audio
 
 CONFIG = """
 auth:
-  keys: [{name: alice, key: %(key)s}]
+  keys:
+    - {name: alice, key: %(key)s}
+    - {name: bob, key: %(limited)s, routes: [moderation], rpm: 2}
 providers:
   sim: {kind: closed_api, protocol: openai, api_base: "%(sim)s/v1", api_key: k}
 deployments:
@@ -105,7 +108,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     settings = sqlite_settings(directory)
     seen: dict[str, Any] = {}
     try:
-        config = config_from_yaml(CONFIG % {"sim": sim, "key": KEY}, {})
+        config = config_from_yaml(CONFIG % {"sim": sim, "key": KEY, "limited": LIMITED}, {})
         with running_gateway(config, settings) as gw:
             client = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
             _calls(client, gw.base_url, seen)
@@ -159,6 +162,10 @@ def _calls(client: openai.OpenAI, base: str, seen: dict[str, Any]) -> None:
         model="speak", voice="alloy", input=SPEECH_TEXT
     ) as speech:
         seen["speech"] = (speech.headers, b"".join(speech.iter_bytes()))
+    whole = client.audio.speech.with_raw_response.create(
+        model="speak", voice="alloy", input="Hi there", response_format="wav"
+    )
+    seen["speech_whole"] = (whole.headers, whole.parse().content)
     try:
         with client.audio.speech.with_streaming_response.create(
             model="speak-cut", voice="alloy", input=SPEECH_TEXT
@@ -180,6 +187,39 @@ def _calls(client: openai.OpenAI, base: str, seen: dict[str, Any]) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     rerank = httpx.post(f"{base}/rerank", json=body, headers=auth)
     seen["rerank"] = rerank
+
+    # The file before the model (curl -F file=@... -F model=...): spooled whole, then routed;
+    # the upstream gets the deployment's model name.
+    boundary = "xyz"
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="late.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n".encode()
+        + b"\x00" * 96_000
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+        f"transcribe-plain\r\n--{boundary}--\r\n".encode()
+    )
+    form_type = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    seen["model_last"] = httpx.post(f"{base}/audio/transcriptions", content=form, headers=form_type)
+
+    def cut_upload() -> Iterator[bytes]:
+        # The client's body ends in the middle of the file, after the upstream call began.
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+            f"transcribe-plain\r\n--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="cut.wav"\r\n\r\n'
+        ).encode()
+        yield b"\x00" * 200_000
+
+    seen["cut_upload"] = httpx.post(
+        f"{base}/audio/transcriptions", content=cut_upload(), headers=form_type
+    )
+    limited = {"Authorization": f"Bearer {LIMITED}"}
+    image_body = {"model": "image", "prompt": "x"}
+    moderation_body = {"model": "moderation", "input": "x"}
+    seen["limited"] = [
+        httpx.post(f"{base}/images/generations", json=image_body, headers=limited),
+        *(httpx.post(f"{base}/moderations", json=moderation_body, headers=limited) for _ in "abc"),
+    ]
 
     seen["errors"] = {
         "bad_json": httpx.post(
@@ -341,10 +381,11 @@ def test_rerank(run: dict[str, Any]) -> None:
 
 def test_simulator_counted_every_call(run: dict[str, Any]) -> None:
     endpoints = run["stats"]["endpoints"]
-    assert endpoints["moderations"] == 1
+    assert endpoints["moderations"] == 3  # alice's, bob's two admitted (not his 429)
     assert endpoints["images"] == 4  # the failed try, the fallback, gpt-image, unpriced
-    assert endpoints["audio_transcriptions"] == 4  # failed, fallback, verbose, text
-    assert endpoints["audio_speech"] == 3  # failed, fallback, cut
+    # failed, fallback, verbose, text, model last, the cut upload's begun call
+    assert endpoints["audio_transcriptions"] == 6
+    assert endpoints["audio_speech"] == 4  # failed, fallback, whole, cut
     assert endpoints["rerank"] == 2
 
 
@@ -366,3 +407,39 @@ def test_errors_are_openai_shaped(run: dict[str, Any], name: str, status: int, p
     body = orjson.loads(response.content)
     check(ERROR, body)
     assert body["error"]["param"] == param
+
+
+def test_speech_create_reads_the_whole_audio(run: dict[str, Any]) -> None:
+    headers, audio = run["speech_whole"]
+    assert headers["content-type"] == "audio/wav" and len(audio) == len("Hi there") * 64
+
+
+def test_model_after_the_file_is_routed_once_the_file_is_spooled(run: dict[str, Any]) -> None:
+    response: httpx.Response = run["model_last"]
+    assert response.status_code == 200, response.text
+    check("CreateTranscriptionResponseJson", response.json())
+    [attempt] = _attempts(run["db"], response.headers["x-request-id"])
+    assert (attempt.deployment, _dec(attempt.units)) == ("whisper@sim", Decimal(3))
+    assert {"model": "whisper-1", "bytes": 96_000} in [
+        {k: u[k] for k in ("model", "bytes")} for u in run["uploads"]
+    ]
+
+
+def test_an_upload_cut_mid_file_is_the_clients_400(run: dict[str, Any]) -> None:
+    response: httpx.Response = run["cut_upload"]
+    assert response.status_code == 400, response.text
+    check(ERROR, response.json())
+    assert response.json()["error"]["code"] == "invalid_multipart"
+    request_id = response.headers["x-request-id"]
+    # The upstream call had begun (streaming the file): one free attempt, the client's fault.
+    [attempt] = _attempts(run["db"], request_id)
+    assert (attempt.error_class, _dec(attempt.cost_usd)) == ("client_body", Decimal(0))
+    row = _request(run["db"], request_id)
+    assert (row.final_status, row.error_class) == (400, "client_body")
+
+
+def test_key_routes_and_rate_limits_apply(run: dict[str, Any]) -> None:
+    image, *moderations = run["limited"]
+    assert image.status_code == 403 and image.json()["error"]["code"] == "route_not_allowed"
+    assert [r.status_code for r in moderations] == [200, 200, 429]
+    check(ERROR, moderations[-1].json())
