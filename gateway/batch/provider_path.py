@@ -75,7 +75,10 @@ async def run_provider_batch(
                     UpstreamLine(str(line.line_no), {**line.body, "model": dep.upstream_model})
                     for line in lines
                 ],
-                row["completion_window"],
+                # The provider's window (OpenAI takes only 24h); Farebox keeps the batch's own
+                # window by cancelling the upstream batch when it ends.
+                "24h",
+                _client_metadata(row.get("metadata")),
             )
             await repository.update(row["id"], {"upstream_batch_id": upstream_id})
         submitted = time.time()
@@ -161,6 +164,16 @@ async def _live(
             )
 
     await asyncio.gather(*(one(line) for line in lines))
+
+
+# OpenAI takes at most 16 metadata pairs; Farebox adds its batch id.
+_UPSTREAM_METADATA_MAX = 15
+
+
+def _client_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    """The client's batch metadata, without Farebox's own keys, for the upstream batch."""
+    own = {k: v for k, v in (metadata or {}).items() if not k.startswith("farebox_")}
+    return dict(list(own.items())[:_UPSTREAM_METADATA_MAX])
 
 
 def _without_first(plan: Plan) -> Plan:

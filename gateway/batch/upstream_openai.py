@@ -134,7 +134,12 @@ class OpenAIBatches:
             params["after"] = str(batches[-1]["id"])
 
     async def submit(
-        self, farebox_batch_id: str, endpoint: str, lines: Sequence[UpstreamLine], window: str
+        self,
+        farebox_batch_id: str,
+        endpoint: str,
+        lines: Sequence[UpstreamLine],
+        window: str,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"no provider batch for {endpoint!r}: one of {sorted(ENDPOINTS)}")
@@ -149,7 +154,7 @@ class OpenAIBatches:
                     "input_file_id": file_id,
                     "endpoint": endpoint,
                     "completion_window": window,
-                    "metadata": {FAREBOX_BATCH_ID: farebox_batch_id},
+                    "metadata": {**(metadata or {}), FAREBOX_BATCH_ID: farebox_batch_id},
                 },
             )
         except UpstreamError as exc:

@@ -7,7 +7,7 @@ clients can import these types without an import cycle.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,10 +77,16 @@ class ProviderBatches(Protocol):
         ...
 
     async def submit(
-        self, farebox_batch_id: str, endpoint: str, lines: Sequence[UpstreamLine], window: str
+        self,
+        farebox_batch_id: str,
+        endpoint: str,
+        lines: Sequence[UpstreamLine],
+        window: str,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Upload the lines and create the upstream batch; its upstream id. `endpoint` is the
-        OpenAI batch endpoint ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")."""
+        OpenAI batch endpoint ("/v1/chat/completions", "/v1/responses", "/v1/embeddings");
+        `metadata`: the client's own batch metadata, passed on (Farebox adds its batch id)."""
         ...
 
     async def state(self, upstream_id: str) -> UpstreamState: ...
