@@ -112,7 +112,7 @@ def _batch(gw: RunningGateway, lines: int, day: int, **metadata: str) -> Any:
         return batch.status == "completed"
 
     wait_until(done, f"batch {batch.id}", within_s=60)
-    assert batch.metadata["farebox_path"] == "provider_batch"
+    assert batch.metadata is not None and batch.metadata["farebox_path"] == "provider_batch"
     return batch
 
 
