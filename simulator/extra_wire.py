@@ -12,7 +12,7 @@ chat (model suffix ``::status=500,fail_first=1`` or the ``x-mock-behavior`` head
   or vtt. Each upload is kept in :data:`UPLOADS` (bytes, body reads, chunked or not), served
   at ``GET /_uploads``, so a test can see that a gateway streamed it.
 * ``POST /v1/audio/speech``: audio bytes streamed in 8 KiB chunks, 64 bytes per input
-  character; ``cut_after=N`` aborts after N chunks.
+  character; ``cut_after=N`` aborts after N chunks; ``tps=N`` sends N chunks a second.
 * ``POST /v1/rerank``: ``results`` sorted by relevance (query word overlap), ``top_n``,
   ``return_documents``; ``meta.billed_units.search_units`` = one per 100 documents.
 
@@ -23,6 +23,7 @@ seconds, characters, search units) per model and day in :data:`UNITS`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import re
@@ -258,6 +259,8 @@ async def speech(request: web.Request) -> web.StreamResponse:
             assert request.transport is not None
             request.transport.abort()
             return response
+        if sent and call.behaviour.tps:  # paced: one chunk per 1/tps seconds
+            await asyncio.sleep(1 / call.behaviour.tps)
         await response.write(audio[start : start + SPEECH_CHUNK])
     await response.write_eof()
     call.state.stats.served(call.base, 200, False)

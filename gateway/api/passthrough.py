@@ -196,9 +196,9 @@ class PassthroughEndpoints:
                 add_result_headers(
                     headers, streaming.deployment, streaming.attempts, streaming.fallback_reason
                 )
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 chunks = streaming.chunks
                 try:
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                     async for chunk in chunks:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     watch.stop()  # uvicorn reports a disconnect once the response is done
@@ -209,7 +209,7 @@ class PassthroughEndpoints:
                 except OSError as exc:
                     log.info("client left mid-stream (%s): %s", ctx.request_id, exc)
                 finally:
-                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await streaming.close()
             return
         if upload.content_type == "application/json":
             with DisconnectWatch(receive) as watch:

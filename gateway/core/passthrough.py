@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -118,6 +118,8 @@ class RawStream:
     attempts: int
     chunks: AsyncIterator[bytes]
     fallback_reason: str | None
+    # Always awaited by the caller when done with `chunks`, iterated or not: ends the call.
+    close: Callable[[], Awaitable[None]]
 
 
 class RawAdapter(Protocol):
@@ -258,7 +260,7 @@ class Passthrough:
 
         async def open_first(
             attempt: PlannedAttempt, t: Timeouts
-        ) -> tuple[RawResponse, AsyncIterator[bytes], bytes]:
+        ) -> tuple[RawResponse, AsyncIterator[bytes], bytes, str]:
             dep_id = attempt.deployment.id
             tracker.started(dep_id, ctx.shape)
             resp: RawResponse | None = None
@@ -278,67 +280,96 @@ class Passthrough:
                 if isinstance(exc, StopAsyncIteration):
                     raise UpstreamError(CUT, f"{dep_id} answered an empty body") from None
                 raise
-            return resp, chunks, first
+            return resp, chunks, first, dep_id
 
-        async def discard(opened: tuple[RawResponse, AsyncIterator[bytes], bytes]) -> None:
+        async def discard(opened: tuple[RawResponse, AsyncIterator[bytes], bytes, str]) -> None:
+            tracker.ended(opened[3])  # a hedge that lost
             await opened[0].close()
 
-        attempt, (resp, chunks, first), started, reasons = await self._walk(
+        attempt, (resp, chunks, first, _), started, reasons = await self._walk(
             ctx, plan, open_first, stream=True, discard=discard
         )
         ctx.ttft_ms = (time.perf_counter() - ctx.t0) * 1000
+        relay = _Relay(self, ctx, plan, attempt, endpoint, resp, started)
         return RawStream(
             content_type=resp.content_type,
             deployment=attempt.deployment.id,
             attempts=len(ctx.attempts) + 1,
-            chunks=self._relay(ctx, plan, attempt, endpoint, resp, chunks, first, started),
+            chunks=relay.chunks(chunks, first),
             fallback_reason="; ".join(reasons) or None,
+            close=relay.close,
         )
 
-    async def _relay(
+
+class _Relay:
+    """One relayed body: its chunks, and its end in the ledger, once, however it ends (the
+    last chunk, a break, the client gone, or never iterated at all)."""
+
+    def __init__(
         self,
+        service: Passthrough,
         ctx: CallContext,
         plan: Plan,
         attempt: PlannedAttempt,
         endpoint: Endpoint,
         resp: RawResponse,
-        chunks: AsyncIterator[bytes],
-        first: bytes,
         started: float,
-    ) -> AsyncIterator[bytes]:
-        dep_id = attempt.deployment.id
+    ) -> None:
+        self._service, self._ctx, self._plan, self._attempt = service, ctx, plan, attempt
+        self._endpoint, self._resp, self._started = endpoint, resp, started
+        self._ended = False
+        self._gen: AsyncGenerator[bytes, None] | None = None
+
+    def chunks(self, upstream: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
+        self._gen = self._run(upstream, first)
+        return self._gen
+
+    async def _run(self, upstream: AsyncIterator[bytes], first: bytes) -> AsyncGenerator[bytes]:
         outcome: str | None = CLIENT_CANCELLED  # until the body ends or breaks
-        status = STATUS_CLIENT_CLOSED
         try:
             yield first
             try:
-                async for chunk in chunks:
+                async for chunk in upstream:
                     yield chunk
             except UpstreamError as exc:
-                outcome, status = error_class(exc), 200
+                outcome = error_class(exc)
                 raise StreamBroken(exc.message) from None
-            outcome, status = None, 200
+            outcome = None
         finally:
-            await resp.close()
-            self.tracker.ended(dep_id)
-            # Broken or abandoned mid-body, the audio was still made from the whole input:
-            # billed by its characters like a whole answer, with the outcome as its error.
-            usage, units, unit, variant = endpoint.count(ctx.payload, None)
-            row = self.meter.metered_units(
-                ctx,
-                attempt,
-                usage,
-                (units, unit, variant),
-                resp.request_id,
-                started,
-                ttft_ms=ctx.ttft_ms,
-                error=outcome,
-            )
-            if outcome is None:
-                self.tracker.succeeded(plan, ctx.shape, row, resp.limits)
-            if outcome != CLIENT_CANCELLED:
-                self.breakers.record(dep_id, outcome is None)
-            self.meter.finish(ctx, plan, status, outcome, dep_id)
+            await self._end(outcome)
+
+    async def close(self) -> None:
+        if self._gen is not None:
+            await self._gen.aclose()
+        await self._end(CLIENT_CANCELLED)  # never iterated: the client left first
+
+    async def _end(self, outcome: str | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        service, ctx, attempt, resp = self._service, self._ctx, self._attempt, self._resp
+        dep_id = attempt.deployment.id
+        await resp.close()
+        service.tracker.ended(dep_id)
+        # Broken or abandoned mid-body, the audio was still made from the whole input:
+        # billed by its characters like a whole answer, with the outcome as its error.
+        usage, units, unit, variant = self._endpoint.count(ctx.payload, None)
+        row = service.meter.metered_units(
+            ctx,
+            attempt,
+            usage,
+            (units, unit, variant),
+            resp.request_id,
+            self._started,
+            ttft_ms=ctx.ttft_ms,
+            error=outcome,
+        )
+        if outcome is None:
+            service.tracker.succeeded(self._plan, ctx.shape, row, resp.limits)
+        if outcome != CLIENT_CANCELLED:
+            service.breakers.record(dep_id, outcome is None)
+        status = STATUS_CLIENT_CLOSED if outcome == CLIENT_CANCELLED else 200
+        service.meter.finish(ctx, self._plan, status, outcome, dep_id)
 
 
 def _answer(dep_id: str, resp: RawResponse, raw: bytes, json_answer: bool) -> dict[str, Any] | None:

@@ -60,6 +60,7 @@ deployments:
     {provider: sim, model: "tts-1::fail_first=1,status=502", price: {per_1k_characters: 0.015}}
   tts@sim: {provider: sim, model: tts-1, price: {per_1k_characters: 0.015}}
   tts-cut@sim: {provider: sim, model: "tts-1::cut_after=1", price: {per_1k_characters: 0.015}}
+  tts-slow@sim: {provider: sim, model: "tts-1::tps=4", price: {per_1k_characters: 0.015}}
   rerank-flaky@sim:
     {provider: sim, model: "rerank-v3::fail_first=1,status=500", price: {per_search_unit: 0.002}}
   rerank@sim: {provider: sim, model: rerank-v3, price: {per_search_unit: 0.002}}
@@ -72,6 +73,7 @@ routes:
   transcribe-plain: {targets: [whisper@sim]}
   speak: {strategy: failover, targets: [tts-flaky@sim, tts@sim], retry: {attempts: 1}}
   speak-cut: {targets: [tts-cut@sim]}
+  speak-slow: {targets: [tts-slow@sim]}
   rerank: {strategy: failover, targets: [rerank-flaky@sim, rerank@sim], retry: {attempts: 1}}
 """
 
@@ -175,6 +177,13 @@ def _calls(client: openai.OpenAI, base: str, seen: dict[str, Any]) -> None:
         seen["speech_cut_error"] = None
     except (httpx.HTTPError, openai.APIError) as exc:
         seen["speech_cut_error"] = exc
+
+    # The client takes the first chunk and leaves (a chunk every 250 ms upstream).
+    with client.audio.speech.with_streaming_response.create(
+        model="speak-slow", voice="alloy", input=SPEECH_TEXT
+    ) as slow:
+        seen["speech_left_id"] = slow.headers["x-request-id"]
+        next(slow.iter_bytes())
 
     documents = ["the cat sat", "dogs bark loudly", "a cat and a dog"]
     body = {
@@ -385,7 +394,7 @@ def test_simulator_counted_every_call(run: dict[str, Any]) -> None:
     assert endpoints["images"] == 4  # the failed try, the fallback, gpt-image, unpriced
     # failed, fallback, verbose, text, model last, the cut upload's begun call
     assert endpoints["audio_transcriptions"] == 6
-    assert endpoints["audio_speech"] == 4  # failed, fallback, whole, cut
+    assert endpoints["audio_speech"] == 5  # failed, fallback, whole, cut, left
     assert endpoints["rerank"] == 2
 
 
@@ -443,3 +452,12 @@ def test_key_routes_and_rate_limits_apply(run: dict[str, Any]) -> None:
     assert image.status_code == 403 and image.json()["error"]["code"] == "route_not_allowed"
     assert [r.status_code for r in moderations] == [200, 200, 429]
     check(ERROR, moderations[-1].json())
+
+
+def test_speech_client_leaving_mid_body_is_a_499(run: dict[str, Any]) -> None:
+    request_id = run["speech_left_id"]
+    [attempt] = _attempts(run["db"], request_id)
+    assert attempt.error_class == "client_cancelled"
+    assert _dec(attempt.units) == len(SPEECH_TEXT)  # billed: the audio was being made
+    row = _request(run["db"], request_id)
+    assert (row.final_status, row.error_class) == (499, "client_cancelled")
