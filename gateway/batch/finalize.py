@@ -8,7 +8,7 @@ batch output shape. The files belong to the batch's key, with purpose `batch_out
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -84,7 +84,11 @@ async def _write(state: GatewayState, row: dict[str, Any], *, ok: bool) -> str |
                 yield page
 
     name = f"{batch_id}_{'output' if ok else 'error'}.jsonl"
-    created = await state.files.create(row["key_id"], name, "batch_output", chunks())
+    after = row.get("output_expires_after_s")
+    expires_at = None if after is None else datetime.now(UTC) + timedelta(seconds=after)
+    created = await state.files.create(
+        row["key_id"], name, "batch_output", chunks(), expires_at=expires_at
+    )
     return str(created["id"])
 
 

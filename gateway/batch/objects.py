@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.errors import bad_request, clip
+from gateway.files.store import check_expires_after
 
 # The Batch API endpoint a batch names -> the service endpoint its lines call.
 ENDPOINTS = {
@@ -38,6 +39,25 @@ def completion_window(value: Any) -> timedelta:
             code="invalid_value",
         )
     return window
+
+
+def output_expiry(body: dict[str, Any]) -> int | None:
+    """`output_expires_after` ({"anchor": "created_at", "seconds": N}) in seconds, checked
+    as the Files API checks an upload's `expires_after`; None when absent."""
+    value = body.get("output_expires_after")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request(
+            "'output_expires_after' must be an object {anchor, seconds}.",
+            param="output_expires_after",
+            code="invalid_value",
+        )
+    seconds = value.get("seconds")
+    return check_expires_after(
+        None if value.get("anchor") is None else str(value.get("anchor")),
+        None if seconds is None else str(seconds),
+    )
 
 
 def check_create(body: Any) -> tuple[str, str, str, dict[str, str]]:

@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from gateway.batch.objects import ENDPOINTS, batch_object, check_create, completion_window
+from gateway.batch.objects import (
+    ENDPOINTS,
+    batch_object,
+    check_create,
+    completion_window,
+    output_expiry,
+)
 from gateway.errors import NotFound, Unavailable, bad_request, clip
 from gateway.files.store import FileStore
 from gateway.ledger.batches_repository import ACTIVE, BatchesRepository
@@ -82,6 +88,7 @@ class BatchStore:
         self, key_id: str | None, body: Any, planned: Planned, now: datetime | None = None
     ) -> dict[str, Any]:
         file_id, endpoint, window, metadata = check_create(body)
+        output_expires_after_s = output_expiry(body)
         now = now or datetime.now(UTC)
         source = await self.files.get(file_id, key_id)
         if source["purpose"] != "batch":
@@ -132,6 +139,7 @@ class BatchStore:
             "failed": 0,
             "reserved_usd": worst,
             "principal": planned.principal,
+            "output_expires_after_s": output_expires_after_s,
         }
         try:
             await self.repository.insert(row)

@@ -54,6 +54,9 @@ class BatchRecord(Base):
     # The creating key's limits as they were (gateway/batch/principal.py): each line is
     # admitted and settled against them, whichever replica runs it and whenever.
     principal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # `output_expires_after.seconds`: the output and error files expire that long after
+    # they are written (None: they are kept until deleted).
+    output_expires_after_s: Mapped[int | None] = mapped_column(Integer)
     # The replica running it and until when its claim holds (renewed while it runs).
     owner: Mapped[str | None] = mapped_column(NAME)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

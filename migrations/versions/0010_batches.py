@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("failed", sa.Integer(), nullable=False),
         sa.Column("reserved_usd", sa.Numeric(18, 10), nullable=True),
         sa.Column("principal", sa.JSON(), nullable=True),
+        sa.Column("output_expires_after_s", sa.Integer(), nullable=True),
         sa.Column("owner", sa.String(255), nullable=True),
         _at("lease_until"),
         sa.PrimaryKeyConstraint("id", name="pk_batches"),

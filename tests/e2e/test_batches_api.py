@@ -316,3 +316,33 @@ def test_cancel_keeps_the_answers_and_runs_nothing_more(gw: RunningGateway, simu
     with pytest.raises(openai.BadRequestError):
         sdk.batches.cancel(batch.id)  # a finished batch cannot be cancelled
     assert sim_stats(simulator)["requests"]["sim-reasoning"]["total"] == calls_at_end
+
+
+def test_output_files_expire_as_asked(gw: RunningGateway) -> None:
+    sdk = client(gw)
+    uploaded = sdk.files.create(file=("e.jsonl", batch_file("cloud-route", 3)), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+
+    def done() -> bool:
+        nonlocal batch
+        batch = sdk.batches.retrieve(batch.id)
+        return batch.status == "completed"
+
+    wait_until(done, "the batch to complete", within_s=60)
+    assert batch.output_file_id is not None
+    output = sdk.files.retrieve(batch.output_file_id)
+    assert output.purpose == "batch_output"
+    assert output.expires_at is not None
+    assert 7100 <= output.expires_at - output.created_at <= 7300
+    with pytest.raises(openai.BadRequestError):
+        sdk.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 5},
+        )
