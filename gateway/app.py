@@ -165,6 +165,9 @@ def create_app(
         await start_components(state)
         holder.state = state
         shutdown.register(drain)
+        runner = BatchRunner(holder.get) if settings.batch_runner else None
+        if runner is not None:
+            runner.start()
         if state.repository is not None:
             # The repository is carried over by reloads: one for the process's life.
             probe.start(state.repository.ping)
@@ -173,9 +176,6 @@ def create_app(
             reloader = Reloader(settings, config_path, holder, drain_s=settings.graceful_shutdown_s)
             reloader.install_signal_handler()
             mark_file_loaded(config_path)
-        runner = BatchRunner(holder.get) if settings.batch_runner else None
-        if runner is not None:
-            runner.start()
         # Start-up objects (config, price maps, modules) live for the whole process: keep
         # them out of every future collection, and collect young objects less often — the
         # hot path allocates many short-lived ones and rarely makes cycles.
@@ -192,6 +192,9 @@ def create_app(
             # uvicorn runs this once every request has ended: gateway/serving/server.py cut those
             # that outlived the grace period, so their ledger rows are queued by now and
             # the close below flushes them.
+            if runner is not None:
+                # Lines in flight finish and are saved; the batch resumes on the next claim.
+                await runner.close(settings.graceful_shutdown_s)
             await probe.close()
             await warming
             if reloader is not None:
@@ -200,9 +203,6 @@ def create_app(
             await holder.require().close()
             telemetry.shutdown()
             request_log.close()
-            if runner is not None:
-                # Lines in flight finish and are saved; the batch resumes on the next claim.
-                await runner.close(settings.graceful_shutdown_s)
             flusher.stop()
             metrics.worker_exited()
             shutdown.unregister(drain)
@@ -223,6 +223,7 @@ def create_app(
     app.include_router(admin_drills_router(holder.get, settings.master_key))
     app.include_router(status_router(holder.get, settings.master_key))
     app.include_router(files_router(holder.get, drain))
+    app.include_router(batches_router(holder.get, drain))
 
     # 404 / 405 / validation / unhandled: the hot path's error shapes and x-request-id.
     install_error_handlers(app)
@@ -231,7 +232,6 @@ def create_app(
     app.state.drain = drain
     app.state.metrics_port = settings.metrics_port
     app.state.endpoints = OpenAIEndpoints(holder.require)
-    app.include_router(batches_router(holder.get, drain))
     app.state.anthropic = AnthropicEndpoints(holder.require)
     app.state.responses = ResponsesEndpoints(holder.require)
     app.state.passthrough = PassthroughEndpoints(holder.require)

@@ -33,8 +33,8 @@ from gateway.files.store import FileStore
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
-from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.batches_repository import BatchesRepository
+from gateway.ledger.db_errors import DATABASE_ERRORS
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.files_repository import FilesRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
@@ -372,6 +372,7 @@ def build_state(
         else None
     )
     return GatewayState(
+        batches=batches,
         cache=cache,
         responses=responses,
         files=files,
@@ -388,7 +389,6 @@ def build_state(
         breakers=breakers,
         limiter=limiter,
         drills=drill_board,
-        batches=batches,
         drill_scheduler=drill_scheduler,
         models_body=orjson.dumps(models),
         writer=writer,

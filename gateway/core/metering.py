@@ -121,8 +121,8 @@ class Meter:
     def __init__(self, prices: PriceBook, ledger: Ledger, journal: Journal | None = None) -> None:
         self._prices = prices
         self.prices = prices  # the batch runner meters its lines on the same book
-        # Drill outcomes are counted from the same rows the ledger gets.
         self.ledger = ledger
+        # Drill outcomes are counted from the same rows the ledger gets.
         self.drills: DrillObserver | None = None
         # The crash-safe journal (gateway/ledger/journal.py): an intent per upstream call.
         self.journal = journal
