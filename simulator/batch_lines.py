@@ -6,6 +6,9 @@ its answer, its faults (``::status=500`` in the line's model…) and its token c
 exactly the live endpoint's.  The handler sees a minimal stand-in request and a view of the
 app state whose :class:`BatchStats` counts the line under ``batch_<endpoint>`` and its
 usage as batch usage (:meth:`.stats.Stats.batch_daily`), billed apart on invoices.
+
+Also the file formats around the lines: the input file's checks (:func:`read_lines`, each
+problem naming its line) and the output and error files' records.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from .responses_wire import responses
 from .runtime import STATE, SimState, new_id
 from .stats import Stats
 
-__all__ = ["ENDPOINT_HANDLERS", "BatchStats", "LineResult", "run_line"]
+__all__ = [
+    "ENDPOINT_HANDLERS",
+    "BatchStats",
+    "LineResult",
+    "output_record",
+    "read_lines",
+    "run_line",
+    "unrun_record",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The batch ``endpoint`` values served, and the live handler each line goes through.
@@ -129,3 +140,71 @@ async def run_line(
     if parsed is None:  # malformed answers: what a batch would report as a server error
         return LineResult(500, rid, openai_error_body(500))
     return LineResult(response.status, rid, parsed)
+
+
+# -- the input and output files' lines ---------------------------------------------
+
+
+def read_lines(raw: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(lines, validation errors), each error naming its 1-based line."""
+    lines: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for number, text in enumerate(raw.splitlines(), start=1):
+        if not text.strip():
+            continue
+
+        def bad(code: str, message: str, param: str | None = None, n: int = number) -> None:
+            errors.append({"code": code, "message": message, "param": param, "line": n})
+
+        try:
+            line = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            bad("invalid_json_line", f"Line {number} is not valid JSON.")
+            continue
+        if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+            bad("missing_required_parameter", "Missing 'custom_id'.", "custom_id")
+        elif line["custom_id"] in seen:
+            bad("duplicate_custom_id", f"Duplicate custom_id {line['custom_id']!r}.", "custom_id")
+        elif line.get("method") != "POST":
+            bad("invalid_method", "Only POST is supported.", "method")
+        elif line.get("url") != endpoint:
+            bad("mismatched_endpoint", f"The url must be the batch's endpoint {endpoint}.", "url")
+        elif not isinstance(line.get("body"), dict):
+            bad("missing_required_parameter", "Missing 'body'.", "body")
+        else:
+            seen.add(line["custom_id"])
+            lines.append(line)
+    if not lines and not errors:
+        errors.append({"code": "empty_file", "message": "The input file has no lines."})
+    return lines, errors
+
+
+def output_record(line: dict[str, Any], result: LineResult) -> bytes:
+    return (
+        orjson.dumps(
+            {
+                "id": new_id("batch_req_"),
+                "custom_id": line["custom_id"],
+                "response": {
+                    "status_code": result.status,
+                    "request_id": result.request_id,
+                    "body": result.body,
+                },
+                "error": None,
+            }
+        )
+        + b"\n"
+    )
+
+
+def unrun_record(line: dict[str, Any], code: str) -> bytes:
+    why = "expired" if code == "batch_expired" else "was cancelled"
+    message = f"This line was not executed because the batch {why}."
+    entry = {
+        "id": new_id("batch_req_"),
+        "custom_id": line["custom_id"],
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+    return orjson.dumps(entry) + b"\n"

@@ -32,7 +32,13 @@ import orjson
 from aiohttp import web
 
 from .batch_billing import LIVE_BILLED, BillLiveState, LiveBilled, wants_live_billing
-from .batch_lines import ENDPOINT_HANDLERS, LineResult, run_line
+from .batch_lines import (
+    ENDPOINT_HANDLERS,
+    output_record,
+    read_lines,
+    run_line,
+    unrun_record,
+)
 from .errors import openai_error_body
 from .files_wire import FILES
 from .invoices import clock as billing_clock
@@ -156,41 +162,6 @@ def _denied(request: web.Request) -> web.Response | None:
     return _error(401, "Incorrect API key provided.")
 
 
-def _read_lines(raw: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(lines, validation errors), each error naming its 1-based line."""
-    lines: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for number, text in enumerate(raw.splitlines(), start=1):
-        if not text.strip():
-            continue
-
-        def bad(code: str, message: str, param: str | None = None, n: int = number) -> None:
-            errors.append({"code": code, "message": message, "param": param, "line": n})
-
-        try:
-            line = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            bad("invalid_json_line", f"Line {number} is not valid JSON.")
-            continue
-        if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
-            bad("missing_required_parameter", "Missing 'custom_id'.", "custom_id")
-        elif line["custom_id"] in seen:
-            bad("duplicate_custom_id", f"Duplicate custom_id {line['custom_id']!r}.", "custom_id")
-        elif line.get("method") != "POST":
-            bad("invalid_method", "Only POST is supported.", "method")
-        elif line.get("url") != endpoint:
-            bad("mismatched_endpoint", f"The url must be the batch's endpoint {endpoint}.", "url")
-        elif not isinstance(line.get("body"), dict):
-            bad("missing_required_parameter", "Missing 'body'.", "body")
-        else:
-            seen.add(line["custom_id"])
-            lines.append(line)
-    if not lines and not errors:
-        errors.append({"code": "empty_file", "message": "The input file has no lines."})
-    return lines, errors
-
-
 def _add_usage(batch: _Batch, body: Any) -> None:
     found = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(found, dict):
@@ -213,7 +184,7 @@ async def _run(app: web.Application, batch: _Batch) -> None:
     store, files = app[BATCHES], app[FILES]
     await asyncio.sleep(0)  # the create call answers `validating` first
     source = files.files.get(batch.input_file_id)
-    lines, errors = _read_lines(source.data if source else b"", batch.endpoint)
+    lines, errors = read_lines(source.data if source else b"", batch.endpoint)
     if errors:
         batch.errors = errors
         batch.status = "failed"
@@ -237,11 +208,11 @@ async def _run(app: web.Application, batch: _Batch) -> None:
         store.check_expiry()
         if batch.stop.is_set():
             for rest in lines[i:]:
-                err.append(_unrun(rest, f"batch_{batch.stop_as}"))
+                err.append(unrun_record(rest, f"batch_{batch.stop_as}"))
             batch.counts["failed"] += len(lines) - i
             break
         result = await run_line(state, batch.endpoint, line["body"], batch.headers)
-        record = _record(line, result)
+        record = output_record(line, result)
         if result.ok:
             out.append(record)
             batch.counts["completed"] += 1
@@ -261,36 +232,6 @@ async def _run(app: web.Application, batch: _Batch) -> None:
         batch.error_file_id = files.add(f"{name}_error.jsonl", "batch_output", b"".join(err)).id
     batch.status = final
     batch.stamps[final] = store.now()
-
-
-def _record(line: dict[str, Any], result: LineResult) -> bytes:
-    return (
-        orjson.dumps(
-            {
-                "id": new_id("batch_req_"),
-                "custom_id": line["custom_id"],
-                "response": {
-                    "status_code": result.status,
-                    "request_id": result.request_id,
-                    "body": result.body,
-                },
-                "error": None,
-            }
-        )
-        + b"\n"
-    )
-
-
-def _unrun(line: dict[str, Any], code: str) -> bytes:
-    why = "expired" if code == "batch_expired" else "was cancelled"
-    message = f"This line was not executed because the batch {why}."
-    entry = {
-        "id": new_id("batch_req_"),
-        "custom_id": line["custom_id"],
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
-    return orjson.dumps(entry) + b"\n"
 
 
 def _delay(request: web.Request, metadata: dict[str, str] | None) -> float | None:
