@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: help install run test lint fmt docs bench bench-soak bench-responses
+.PHONY: help install run test lint fmt docs bench bench-soak bench-responses bench-batch
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
 	@echo "make bench-responses - the Responses API (native, translated) beside chat: req/s, CPU"
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
+	@echo "make bench-batch - a 5,000-line batch filling a dedicated GPU beside 70 % live load"
 
 install: $(VENV)/.installed $(NODE_STAMP)
 
@@ -77,9 +78,13 @@ fmt: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/responses_bench.py
+	$(BIN)/python bench/batch_fill_bench.py
 
 bench-responses: install
 	$(BIN)/python bench/responses_bench.py
+
+bench-batch: install
+	$(BIN)/python bench/batch_fill_bench.py
 
 bench-soak: install
 	$(BIN)/python bench/soak.py

@@ -330,6 +330,10 @@ def markdown(res: dict[str, Any]) -> str:
         "utime+stime (+ reaped children) of "
         "the gateway's process tree from /proc/<pid>/stat over the run ÷ requests completed. "
         "RSS = VmRSS summed over the tree; idle = 2 s after startup, before any request.",
+        "- **Other benchmarks:** [RESPONSES.md](RESPONSES.md) (the Responses API beside chat), "
+        "[BATCH.md](BATCH.md) (a 5,000-line batch filling a dedicated GPU beside 70 % live "
+        "load: live p99 with / without, utilization, the batch's ledger cost), "
+        "[SOAK.md](SOAK.md) (15 minutes of steady load).",
         "",
         *(["## Production profile", "", *report_prod.lines(res)] if prod else []),
         *(["## Bare profile", ""] if prod and bare else []),
