@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live-only", action="store_true", help="no batch: windows 1, 2 and 4")
     p.add_argument("--quick", action="store_true", help="500 lines, 5 s windows, to .work/")
     p.add_argument("--strict", action="store_true", help="exit 1 when a verdict is a MISS")
+    p.add_argument("--render", action="store_true", help="only rewrite BATCH.md from batch.json")
     args = p.parse_args(argv)
     if args.quick:
         args.lines, args.window, args.warmup = min(args.lines, 500), 5.0, 1.0
@@ -293,6 +294,10 @@ def run_windows(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        result = json.loads((BENCH / "batch.json").read_text())
+        (BENCH / "BATCH.md").write_text(batch_fill_report.render(result))
+        return 0
     work = launch.WORK / ("batch-quick" if args.quick else "batch")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

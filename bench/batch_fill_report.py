@@ -142,10 +142,13 @@ def render(result: dict[str, Any]) -> str:
         "Reading it: the batch only runs on slots live traffic leaves free (max_concurrency "
         "minus live in flight minus the headroom, re-read before each line), so with live at "
         f"{cfg['load']:.0%} it gets the rest of the GPU minus the headroom and the utilization "
-        "rises by that share; no request waiting for a slot at the simulator means the GPU "
-        "never had more work than slots, which is what keeps live latency where it was. The "
-        "batch's attempts cost $0 because a dedicated GPU is paid by the hour "
-        "(`hourly_usd`, charged in the reports whether busy or idle).",
+        "rises by that share. No request waiting for a slot at the simulator means the GPU "
+        "never had more work than slots, which is what keeps live latency where it was; when "
+        "some did wait, the batch held slots that live requests needed back: a line keeps its "
+        "slot for a whole service time, so it must not start in a momentary dip of live "
+        "in-flight (closed-loop clients are between two requests for a few ms each). The "
+        "batch's attempts cost $0 because a dedicated GPU is paid by the hour (`hourly_usd`, "
+        "charged in the reports whether busy or idle).",
         "",
     ]
     return "\n".join(out)
