@@ -255,6 +255,7 @@ class BatchRunner:
                 settings.fill_headroom,
                 load,
                 lambda: self.tracker.in_flight.get(dep.id, 0),
+                hold_s=settings.fill_hold_s,
             )
         return FixedSlots(settings.serverless_concurrency)
 

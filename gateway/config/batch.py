@@ -3,7 +3,8 @@
 ```yaml
 batch:                          # every key optional
   serverless_concurrency: 4     # lines in flight at once on a paid serverless deployment
-  fill_headroom: 0.1            # share of a dedicated GPU's max_concurrency kept free for live bursts
+  fill_headroom: 0.1            # share of a GPU's max_concurrency kept free for live bursts
+  fill_hold_s: 1.0              # live load counts at its peak of this long (gaps between requests)
   max_running: 2                # batches one replica runs at the same time
   poll_interval_s: 0.5          # how often an idle replica looks for batches to run
   provider_poll_interval_s: 10  # how often a provider's own batch is asked for its status
@@ -28,6 +29,10 @@ class BatchConfig(BaseModel):
     # Dedicated fill takes a slot only while in-flight live requests plus batch lines stay
     # below max_concurrency minus this share, so a live burst finds free slots at once.
     fill_headroom: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # Live in-flight requests count at their highest of this window: a line started in the
+    # gap between two live requests would hold, for its whole generation, the slot the next
+    # one needs.
+    fill_hold_s: Annotated[float, Field(ge=0, le=60)] = 1.0
     max_running: Annotated[int, Field(ge=1, le=64)] = 2
     poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     provider_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
