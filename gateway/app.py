@@ -29,12 +29,12 @@ from gateway.api.app_errors import install_error_handlers
 from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
 from gateway.api.batches import batches_router
 from gateway.api.files import files_router
-from gateway.batch.runner import BatchRunner
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
 from gateway.api.passthrough import PassthroughEndpoints
 from gateway.api.responses import ResponsesEndpoints
 from gateway.api.status_page import status_router
+from gateway.batch.runner import BatchRunner
 from gateway.config.loading import load_config
 from gateway.config.schema import GatewayConfig
 from gateway.observability import metrics, request_log, telemetry

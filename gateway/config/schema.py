@@ -17,9 +17,9 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.config.batch import BatchConfig
 from gateway.config.drills import DrillSchedule
 from gateway.config.fanout import fanout_policy
-from gateway.config.batch import BatchConfig
 from gateway.config.responses import ResponsesConfig
 from gateway.config.routes import (
     _DEFAULT_BASE as _DEFAULT_BASE,

@@ -83,9 +83,7 @@ def upgrade() -> None:
     # Price versions name their source, and a litellm one ("litellm:<version>:<provider>/
     # <model>") can pass 64 characters, which Postgres would refuse.
     with op.batch_alter_table("attempts") as batch:
-        batch.alter_column(
-            "price_version", type_=sa.String(255), existing_type=sa.String(64)
-        )
+        batch.alter_column("price_version", type_=sa.String(255), existing_type=sa.String(64))
     op.add_column("files", _at("expires_at"))
     op.create_index("ix_files_expires_at", "files", ["expires_at"])
 
@@ -97,9 +95,7 @@ def downgrade() -> None:
     with op.batch_alter_table("attempts") as batch:
         batch.drop_column("unit")
         batch.drop_column("units")
-        batch.alter_column(
-            "price_version", type_=sa.String(64), existing_type=sa.String(255)
-        )
+        batch.alter_column("price_version", type_=sa.String(64), existing_type=sa.String(255))
     op.drop_index("ix_requests_batch_id", table_name="requests")
     with op.batch_alter_table("requests") as batch:
         batch.drop_column("batch_id")

@@ -144,7 +144,9 @@ def test_one_gpu_per_base_model_across_endpoints_and_directives(base_url: str) -
     body = {"model": "sim-gpu::slots=2,latency=400,tokens=3", "input": "hi"}
     bg.send("responses", "/v1/responses", body)
     wait_until(lambda: gpu(base_url).get("in_use") == 2, "responses on the GPU")
-    bg.send("embeddings", "/v1/embeddings", {"model": "sim-gpu::slots=2,latency=200", "input": "hi"})
+    bg.send(
+        "embeddings", "/v1/embeddings", {"model": "sim-gpu::slots=2,latency=200", "input": "hi"}
+    )
     wait_until(lambda: gpu(base_url).get("waiting") == 1, "embeddings queued")
     bg.send("other", "/v1/chat/completions", chat_body("sim-other::slots=2,latency=10"))
     bg.join()
