@@ -227,11 +227,14 @@ class Service:
                         dep, ctx.endpoint, ctx.payload, timeouts
                     )
                     blocks = upstream.blocks()
+                    # A stream that knows its own state (Responses translated from chat)
+                    # says it; others are read.
+                    check = getattr(upstream, "first_read_state", first_state)
                     first = await anext(blocks)
-                    ready, problem = first_state(first, dep.id)
+                    ready, problem = check(first, dep.id)
                     while not ready:
                         first += await anext(blocks)
-                        ready, problem = first_state(first, dep.id)
+                        ready, problem = check(first, dep.id)
             except TimeoutError:
                 if upstream is not None:
                     await upstream.close()

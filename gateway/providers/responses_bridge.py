@@ -26,7 +26,14 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import CUT, Adapter, UpstreamError, UpstreamReply, UpstreamStream
+from gateway.providers.base import (
+    CUT,
+    STREAM_ERROR,
+    Adapter,
+    UpstreamError,
+    UpstreamReply,
+    UpstreamStream,
+)
 from gateway.providers.responses_output import new_id
 from gateway.providers.responses_stream import StreamTranslator
 from gateway.providers.responses_translate import chat_request, response_from_chat
@@ -211,6 +218,17 @@ class TranslatedStream:
         self._translator = translator
         self.request_id: str | None = upstream.request_id
         self.limits: Mapping[str, str] | None = upstream.limits
+
+    def first_read_state(self, block: bytes, deployment: str) -> tuple[bool, UpstreamError | None]:
+        """The first-read check (gateway.core.responses_relay.responses_first_read_state)
+        from the translator's own state: these events are Farebox's, so they are not
+        scanned again."""
+        ready, error = self._translator.opening()
+        if error is None:
+            return ready, None
+        return True, UpstreamError(
+            STREAM_ERROR, f"{deployment} reported an error", body={"error": error}
+        )
 
     async def blocks(self) -> AsyncIterator[bytes]:
         translator = self._translator

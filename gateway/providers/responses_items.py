@@ -93,6 +93,17 @@ class ItemStream:
         self._calls: dict[Any, Item] = {}  # chat tool call index → its item
         self._last_call: Any = None
 
+    def opening(self) -> tuple[bool, dict[str, Any] | None]:
+        """What the events written so far commit to, known without reading them back:
+        (whether content or an end was written, the error of a response that failed
+        before any content — the caller may still fail over)."""
+        final = self._final
+        if self._items:
+            return True, None  # content went out first: a failure after it is relayed
+        if final is not None and final is not LATER and final.get("status") == "failed":
+            return True, final.get("error") or {}
+        return final is not None, None
+
     @property
     def response(self) -> dict[str, Any]:
         """The Response so far (status in_progress until a terminal event was sent)."""
