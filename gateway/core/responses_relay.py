@@ -64,6 +64,8 @@ class ResponsesRelay(Relay):
         sequence = 0
         outcome: str | None = CLIENT_CANCELLED
         created: bytes | None = None
+        # A stream that knows its usage (Responses translated from chat) says it.
+        own_usage = getattr(self.upstream, "final_usage", None)
         block = first
         try:
             while True:
@@ -75,11 +77,14 @@ class ResponsesRelay(Relay):
                 if end is None:
                     yield block
                 elif end.group(1) in _TERMINAL_OK_BYTES:
-                    event = _object(_event_data(block, end.start()))
-                    response = _response_of(event)
-                    self._meter_success(response.get("usage") if response else None)
+                    if own_usage is not None and self.ctx.payload.get("store") is not True:
+                        # Translated and not stored: the translator's figures, no parse.
+                        self._meter_success(own_usage())
+                    else:
+                        response = _response_of(_object(_event_data(block, end.start())))
+                        self._meter_success(response.get("usage") if response else None)
+                        self.ctx.final_response = response
                     metered = True
-                    self.ctx.final_response = response
                     outcome = None
                     # In the ledger before the client can see the end (see Relay.run).
                     self._finish(outcome, metered, deltas + 1)

@@ -219,6 +219,10 @@ class TranslatedStream:
         self.request_id: str | None = upstream.request_id
         self.limits: Mapping[str, str] | None = upstream.limits
 
+    def final_usage(self) -> dict[str, Any] | None:
+        """The usage of the completed response, from the translator (nothing parsed)."""
+        return self._translator.final_usage()
+
     def first_read_state(self, block: bytes, deployment: str) -> tuple[bool, UpstreamError | None]:
         """The first-read check (gateway.core.responses_relay.responses_first_read_state)
         from the translator's own state: these events are Farebox's, so they are not

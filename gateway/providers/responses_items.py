@@ -67,6 +67,7 @@ class ItemStream:
         "_seq",
         "_skeleton",
         "_started",
+        "_tail",
         "_usage",
     )
 
@@ -77,6 +78,7 @@ class ItemStream:
         self._seq = 0
         self._decoder = SSEDecoder()
         self._partial = False  # the decoder holds part of an event (its `pending`)
+        self._tail = b""  # the start of an event the last read ended in (the fast way)
         self._started = False
         self._model_seen = False  # the response names the chat's model once a chunk has one
         self._final: dict[str, Any] | None = None  # the terminal Response, once sent
@@ -92,6 +94,11 @@ class ItemStream:
         self._current: Item | None = None  # the open reasoning or message item
         self._calls: dict[Any, Item] = {}  # chat tool call index → its item
         self._last_call: Any = None
+
+    def final_usage(self) -> dict[str, Any] | None:
+        """The usage the terminal event reports (Responses names), without building the
+        Response."""
+        return responses_usage(self._usage) if self._usage is not None else None
 
     def opening(self) -> tuple[bool, dict[str, Any] | None]:
         """What the events written so far commit to, known without reading them back:
