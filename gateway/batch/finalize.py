@@ -13,14 +13,14 @@ from typing import Any
 
 import orjson
 
-from gateway.state import GatewayState
+from gateway.batch.ports import BatchState
 
 _PAGE = 1_000
 # Why a run stopped -> the batch's last status.
 _FINAL = {None: "completed", "cancelled": "cancelled", "expired": "expired"}
 
 
-async def finalize(state: GatewayState, row: dict[str, Any], reason: str | None) -> None:
+async def finalize(state: BatchState, row: dict[str, Any], reason: str | None) -> None:
     """Write the files and set the final status. A run stopped by shutdown (or whose claim
     another replica took) is not final: the batch stays active for the next claim."""
     assert state.batches is not None and state.files is not None
@@ -67,7 +67,7 @@ async def finalize(state: GatewayState, row: dict[str, Any], reason: str | None)
     )
 
 
-async def _write(state: GatewayState, row: dict[str, Any], *, ok: bool) -> str | None:
+async def _write(state: BatchState, row: dict[str, Any], *, ok: bool) -> str | None:
     """The file of answered (`ok`) or failed lines; None when there are none."""
     assert state.batches is not None and state.files is not None
     counted = await state.batches.repository.fetch(row["id"], any_key=True)
@@ -93,7 +93,7 @@ async def _write(state: GatewayState, row: dict[str, Any], *, ok: bool) -> str |
 
 
 async def _page(
-    state: GatewayState, batch_id: str, after: int, wanted: str
+    state: BatchState, batch_id: str, after: int, wanted: str
 ) -> tuple[bytes, int | None]:
     """The JSONL of `wanted` lines among the next page after line `after`, and the last line
     number read (None: no more lines)."""

@@ -23,13 +23,13 @@ import orjson
 from gateway.batch.guard import Guard, Stop
 from gateway.batch.lines import Committer, HeldRows, Line, call_line, output_line, unrun_line
 from gateway.batch.objects import ENDPOINTS
+from gateway.batch.ports import BatchState
 from gateway.batch.store import scan_lines
 from gateway.batch.upstream import UpstreamLine, UpstreamResult, provider_batches
 from gateway.core.metering import Meter, new_attempt_id
 from gateway.ledger.batches_repository import FinishedLine
 from gateway.ledger_rows import ESTIMATED, PROVIDER, AttemptRow, RequestRow
 from gateway.providers.openai_compat import ProviderEndpoint
-from gateway.state import GatewayState
 from routing.batch_paths import BATCH_ROLE
 from routing.cost import Usage, attempt_cost, usage_from_openai
 from routing.model import DeploymentSpec, Plan
@@ -38,7 +38,7 @@ log = logging.getLogger("farebox.batch")
 
 
 async def run_provider_batch(
-    state: GatewayState,
+    state: BatchState,
     row: dict[str, Any],
     plan: Plan,
     committer: Committer,
@@ -122,7 +122,7 @@ async def run_provider_batch(
     return stopped
 
 
-async def _pending(state: GatewayState, row: dict[str, Any], done: set[int]) -> list[Line]:
+async def _pending(state: BatchState, row: dict[str, Any], done: set[int]) -> list[Line]:
     assert state.files is not None
     source = await state.files.get(row["input_file_id"], row["key_id"])
     lines: list[Line] = []
@@ -137,7 +137,7 @@ async def _pending(state: GatewayState, row: dict[str, Any], done: set[int]) -> 
 
 
 async def _live(
-    state: GatewayState,
+    state: BatchState,
     row: dict[str, Any],
     plan: Plan,
     committer: Committer,
@@ -183,7 +183,7 @@ def _without_first(plan: Plan) -> Plan:
 
 
 def _answered(
-    state: GatewayState,
+    state: BatchState,
     row: dict[str, Any],
     dep: DeploymentSpec,
     line: Line,

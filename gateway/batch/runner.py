@@ -26,6 +26,7 @@ from gateway.batch.finalize import finalize
 from gateway.batch.guard import Guard, Stop
 from gateway.batch.lines import Committer, HeldRows, Line, call_line, refused_line, unrun_line
 from gateway.batch.objects import ENDPOINTS
+from gateway.batch.ports import BatchState
 from gateway.batch.principal import load
 from gateway.batch.provider_path import run_provider_batch
 from gateway.batch.slots import BatchTracker, FillSlots, FixedSlots, Slots
@@ -33,7 +34,6 @@ from gateway.batch.store import scan_lines
 from gateway.core.metering import Meter
 from gateway.errors import GatewayError
 from gateway.runtime.background import Background
-from gateway.state import GatewayState
 from routing.batch_paths import DEDICATED_FILL, PROVIDER_BATCH, batch_plan
 from routing.model import Plan
 
@@ -44,7 +44,7 @@ _SLOT_WAIT_S = 0.02
 
 
 class BatchRunner:
-    def __init__(self, state: Callable[[], GatewayState | None], owner: str | None = None) -> None:
+    def __init__(self, state: Callable[[], BatchState | None], owner: str | None = None) -> None:
         self.state = state
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
         self._background = Background()
@@ -81,7 +81,7 @@ class BatchRunner:
                     log.warning("batch runner could not claim work (%s)", type(exc).__name__)
             await asyncio.sleep(interval)
 
-    async def _claim(self, state: GatewayState) -> None:
+    async def _claim(self, state: BatchState) -> None:
         assert state.batches is not None
         settings = state.config.batch
         while len(self._running) < settings.max_running and not self.closing:
@@ -113,7 +113,7 @@ class BatchRunner:
             with contextlib.suppress(Exception):
                 await repository.release(batch_id, self.owner)
 
-    async def _lines(self, state: GatewayState, row: dict[str, Any]) -> str | None:
+    async def _lines(self, state: BatchState, row: dict[str, Any]) -> str | None:
         """Run what is left of the batch; the reason it stopped early (None: all lines ran)."""
         assert state.batches is not None and state.files is not None
         repository = state.batches.repository
@@ -145,7 +145,7 @@ class BatchRunner:
 
     async def _run_lines(
         self,
-        state: GatewayState,
+        state: BatchState,
         row: dict[str, Any],
         plan: Plan,
         committer: Committer,
@@ -241,7 +241,7 @@ class BatchRunner:
                 committer.add(unrun_line(number, custom_id, f"batch_{stopped}", _UNRUN[stopped]))
         return stopped
 
-    def _slots(self, state: GatewayState, row: dict[str, Any], plan: Plan) -> Slots:
+    def _slots(self, state: BatchState, row: dict[str, Any], plan: Plan) -> Slots:
         settings = state.config.batch
         dep = plan.attempts[0].deployment
         if row["path"] == DEDICATED_FILL and dep.max_concurrency:
@@ -275,7 +275,7 @@ def _forget(
     return done
 
 
-def _plan(state: GatewayState, row: dict[str, Any]) -> Plan | None:
+def _plan(state: BatchState, row: dict[str, Any]) -> Plan | None:
     """The batch's plan on today's configuration: its route's plan with the chosen
     deployment first (in role batch). None when the route or deployment is gone."""
     plan = state.index.plan(row["model"])

@@ -10,12 +10,15 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from gateway.keys.auth import Principal
+from gateway.core.call_context import CallContext as CallContext
+from gateway.core.call_context import DrillObserver as DrillObserver
+from gateway.core.call_context import Ledger as Ledger
+from gateway.core.call_context import NullLedger as NullLedger
+from gateway.core.call_context import Settles as Settles
 from gateway.ledger.journal import Journal
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.tokens import estimate_input_tokens
@@ -24,7 +27,6 @@ from gateway.observability import metrics, request_log, telemetry
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from routing.cost import Usage, attempt_cost, usage_from_openai
 from routing.model import Plan, PlannedAttempt
-from routing.shape import RequestShape
 from routing.units import unit_attempt_cost
 
 # Failures after which the provider has (or may have) run the model over the prompt, and
@@ -50,65 +52,6 @@ os.register_at_fork(after_in_child=_reseed_attempt_ids)
 
 def new_attempt_id() -> str:
     return f"{_ATTEMPT_PREFIX}{next(_ATTEMPT_COUNTER):010x}"
-
-
-class Ledger(Protocol):
-    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None: ...
-
-
-class Settles(Protocol):
-    def settle(self, row: RequestRow | None) -> None: ...
-
-
-class DrillObserver(Protocol):
-    def observe(self, drill_id: str, attempts: list[AttemptRow]) -> None: ...
-
-
-class NullLedger:
-    """Used when the ledger is switched off (FAREBOX_LEDGER_ENABLED=false)."""
-
-    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
-        return None
-
-
-@dataclass(slots=True)
-class CallContext:
-    """One client call as it moves through the service."""
-
-    request_id: str
-    key_id: str | None
-    endpoint: str
-    requested_model: str
-    stream: bool
-    payload: dict[str, Any]
-    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    t0: float = field(default_factory=time.perf_counter)
-    attempts: list[AttemptRow] = field(default_factory=list)
-    ttft_ms: float | None = None
-    input_estimate: int | None = None
-    # The authenticated caller (None when auth is off); its team and tags go to the ledger.
-    principal: Principal | None = None
-    # The key's limit reservation (gateway.limits.limiter), settled with this call's real usage.
-    admission: Settles | None = None
-    # Set when the request is in a running drill's cohort (gateway.drills.board).
-    drill_id: str | None = None
-    # Set for balancing routes: what the planner measured of the request.
-    shape: RequestShape | None = None
-    # Span ids when tracing is on (gateway.observability.telemetry); None otherwise.
-    trace: telemetry.RequestTrace | None = None
-    # The route and workload the call was planned on, and its body size: what the journal
-    # needs to rebuild the request if the process dies mid-call.
-    route: str = ""
-    workload: str | None = None
-    body_bytes: int = 0
-    # Upstream calls journalled but not metered yet: id(PlannedAttempt) -> attempt id.
-    intents: dict[int, str] = field(default_factory=dict)
-    # The agent workflow this call belongs to (client tag, or the previous_response_id chain).
-    workflow_id: str | None = None
-    # Responses streams: the terminal Response object, for the conversation store.
-    final_response: dict[str, Any] | None = None
-    # A line of a Batch API batch: the batch's id (gateway/batch/).
-    batch_id: str | None = None
 
 
 def error_class(exc: UpstreamError) -> str:

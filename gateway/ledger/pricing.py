@@ -26,24 +26,23 @@ the provider's `hourly_usd` or else that of the prices.yaml entry for the deploy
 from __future__ import annotations
 
 import bisect
-import importlib.metadata
-import importlib.util
-import json
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Protocol
-from urllib.parse import urlsplit
+from typing import Annotated, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.ledger.unit_prices import UnitRateFields, litellm_unit_prices, unit_prices
+from gateway.ledger.litellm_prices import LitellmPriceMap as LitellmPriceMap
+from gateway.ledger.litellm_prices import bundled_litellm_price_map as bundled_litellm_price_map
+from gateway.ledger.litellm_prices import litellm_prefix as litellm_prefix
+from gateway.ledger.litellm_prices import suffixed
+from gateway.ledger.unit_prices import UnitRateFields, unit_prices
 from gateway.runtime.yaml_loader import ConfigError, ConfigIssue, LocatedDocument, load_yaml
-from routing.cost import MILLION, TokenPrice
+from routing.cost import TokenPrice
 
 
 class _PriceFields(Protocol):
@@ -172,7 +171,7 @@ def parse_prices(text: str, file: str) -> dict[str, tuple[DatedPrice, ...]]:
                 _price(f"{name}:{key}:{row.effective_from}", row),
                 None
                 if row.batch is None
-                else _price(_suffixed(f"{name}:{key}:{row.effective_from}", "+batch"), row.batch),
+                else _price(suffixed(f"{name}:{key}:{row.effective_from}", "+batch"), row.batch),
             )
             for row in rows
         )
@@ -212,144 +211,6 @@ def load_prices(path: Path) -> dict[str, tuple[DatedPrice, ...]]:
 
 # Substrings of an api_base host or provider name → litellm's provider prefix; first match wins
 # (so "azure" comes before "openai" for *.openai.azure.com).
-_SAME_NAME = "deepinfra groq mistral deepseek nebius hyperbolic cerebras sambanova novita"
-_HOST_PREFIXES = {"together": "together_ai", "fireworks": "fireworks_ai", "x.ai": "xai"} | {
-    name: name
-    for name in (*_SAME_NAME.split(), "openrouter", "perplexity", "anthropic", "azure", "openai")
-}
-
-
-def litellm_prefix(provider_name: str, protocol: str, api_base: str | None) -> str | None:
-    """The litellm provider a deployment's prices are filed under, if we can tell."""
-    if protocol != "openai":
-        return protocol  # non-OpenAI protocols are named by their litellm provider already
-    host = (urlsplit(api_base or "").hostname or "").lower()
-    for hint in (host, provider_name.lower()):
-        for needle, prefix in _HOST_PREFIXES.items():
-            if needle in hint:
-                return prefix
-    return None
-
-
-class LitellmPriceMap:
-    """litellm's bundled `model_prices_and_context_window_backup.json`, read without litellm.
-
-    Importing litellm costs seconds and hundreds of MB, so the JSON is read directly, once, on
-    the first lookup. Candidate keys, each tried exactly and then case-insensitively:
-
-    1. `<prefix>/<model>` where the prefix comes from the deployment's provider (protocol, or
-       a known api_base host such as api.together.xyz → `together_ai`);
-    2. `<model>` as is (first-party names like `gpt-4o-mini`, `claude-…`);
-    3. `<model>` without a leading litellm provider prefix (`openai/gpt-4o` → `gpt-4o`).
-
-    An org/model name on an unknown host (`deepseek-ai/DeepSeek-V3` at some private endpoint)
-    is deliberately NOT matched to another host's entry: hosts price the same weights
-    differently, and an unknown price (None) is honest where a borrowed one is not. If no
-    candidate matches and the name carries a simulator `::directives` suffix, the base name
-    is tried. Entries without a numeric `input_cost_per_token` are skipped.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._entries: dict[str, Mapping[str, Any]] | None = None
-        self._lower: dict[str, str] = {}
-        self._providers: frozenset[str] = frozenset()
-        self._version = "unknown"
-
-    def _load(self) -> dict[str, Mapping[str, Any]]:
-        with self._lock:
-            if self._entries is not None:
-                return self._entries
-            entries: dict[str, Mapping[str, Any]] = {}
-            path = self._path or bundled_litellm_price_map()
-            try:
-                if path is not None:
-                    raw = json.loads(path.read_bytes())
-                    entries = {k: v for k, v in raw.items() if isinstance(v, Mapping)}
-                self._version = importlib.metadata.version("litellm")
-            except (OSError, ValueError, importlib.metadata.PackageNotFoundError) as exc:
-                log.warning("litellm price map unavailable (%s): %s", path, exc)
-            entries.pop("sample_spec", None)
-            self._lower = {k.lower(): k for k in entries}
-            self._providers = frozenset(
-                str(v["litellm_provider"]) for v in entries.values() if "litellm_provider" in v
-            )
-            self._entries = entries
-            return entries
-
-    def lookup(self, model: str, prefix: str | None = None) -> TokenPrice | None:
-        found = self._find(model, prefix)
-        return None if found is None else found[1]
-
-    def lookup_batch(self, model: str, prefix: str | None = None) -> TokenPrice | None:
-        """The batch rates (`*_cost_per_token_batches`) of the entry :meth:`lookup` answers
-        from; None when that entry states none (another key's are never borrowed)."""
-        found = self._find(model, prefix)
-        if found is None:
-            return None
-        key = found[0]
-        entries = self._entries or {}
-        return self._price(key, entries[key], suffix="_batches")
-
-    def _find(self, model: str, prefix: str | None) -> tuple[str, TokenPrice] | None:
-        entries = self._entries if self._entries is not None else self._load()
-        for name in dict.fromkeys((model, model.partition("::")[0])):
-            for key in self._candidates(name, prefix):
-                found = entries.get(key)
-                if found is None and key.lower() in self._lower:
-                    key = self._lower[key.lower()]
-                    found = entries[key]
-                price = self._price(key, found) if found is not None else None
-                if price is not None:
-                    return key, price
-        return None
-
-    def _candidates(self, model: str, prefix: str | None) -> list[str]:
-        out = []
-        if prefix and not model.startswith(prefix + "/"):
-            out.append(f"{prefix}/{model}")
-        out.append(model)
-        head, sep, rest = model.partition("/")
-        if sep and rest and head in self._providers:
-            out.append(rest)
-        return out
-
-    def _price(self, key: str, entry: Mapping[str, Any], suffix: str = "") -> TokenPrice | None:
-        def per_million(field: str) -> Decimal | None:
-            value = entry.get(field + suffix)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                return None
-            return (Decimal(repr(value)) * MILLION).normalize()
-
-        input_rate = per_million("input_cost_per_token")
-        output_rate = per_million("output_cost_per_token")
-        if output_rate is None and entry.get("mode") in ("embedding", "rerank"):
-            output_rate = _ZERO
-        units = None if suffix else litellm_unit_prices(entry)
-        if units is not None:  # whisper-1, tts-1, rerank-english-v3.0: priced per unit only
-            input_rate = _ZERO if input_rate is None else input_rate
-            output_rate = _ZERO if output_rate is None else output_rate
-        if input_rate is None or output_rate is None:
-            return None
-        return TokenPrice.of(
-            input=input_rate,
-            output=output_rate,
-            cached_input=per_million("cache_read_input_token_cost"),
-            cache_write=per_million("cache_creation_input_token_cost"),
-            units=units,
-            version=_suffixed(f"litellm:{self._version}:{key}", "+batch" if suffix else ""),
-        )
-
-
-def bundled_litellm_price_map() -> Path | None:
-    spec = importlib.util.find_spec("litellm")  # locates the package without importing it
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
-    return path if path.is_file() else None
-
-
 @dataclass(frozen=True, slots=True)
 class _Deployment:
     provider: str
@@ -391,7 +252,7 @@ class PriceBook:
                 overrides[dep_id] = _price(f"deployment-override:{dep_id}", dep.price)
                 batch = getattr(dep.price, "batch", None)
                 if batch is not None:
-                    version = _suffixed(f"deployment-override:{dep_id}", "+batch")
+                    version = suffixed(f"deployment-override:{dep_id}", "+batch")
                     batch_overrides[dep_id] = _price(version, batch)
             provider = config.providers.get(dep.provider)
             if provider is None:
@@ -520,15 +381,6 @@ class PriceBook:
 
 # attempts.price_version is a 64-character column: a batch version keeps its suffix whole and
 # gives up the end of a long base (a litellm key under a provider prefix can be 60+ chars).
-_VERSION_MAX = 64
-
-
-def _suffixed(version: str, suffix: str) -> str:
-    if not suffix:
-        return version
-    return version[: _VERSION_MAX - len(suffix)] + suffix
-
-
 def _discounted(live: TokenPrice, discount: Decimal) -> TokenPrice:
     keep = 1 - discount
     return TokenPrice(
@@ -536,7 +388,7 @@ def _discounted(live: TokenPrice, discount: Decimal) -> TokenPrice:
         output=live.output * keep,
         cached_input=live.cached_input * keep,
         cache_write=live.cache_write * keep,
-        version=_suffixed(live.version, f"+batch-{(discount * 100).normalize():f}%"),
+        version=suffixed(live.version, f"+batch-{(discount * 100).normalize():f}%"),
         hourly_usd=live.hourly_usd,
     )
 
