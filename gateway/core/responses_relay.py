@@ -13,7 +13,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -33,6 +33,23 @@ _TERMINAL_OK_BYTES = (b"response.completed", b"response.incomplete")
 # types — message, output_text, function… — never do).
 _EVENT_TYPE = re.compile(rb'"type":\s*"(response\.[a-z_.]+|error)"')
 _TERMINAL_FAILED = ("response.failed", "error")
+# A stream of Farebox's own events that ended: answered (True) or failed (False).
+_OWN_KINDS = {True: b"response.completed", False: b"response.failed"}
+
+
+class _OwnEvents(Protocol):
+    """A Responses stream whose events Farebox wrote (gateway/providers/responses_bridge.py
+    TranslatedStream): it knows its state, so the relay need not read its bytes."""
+
+    request_id: str | None
+
+    def ended(self) -> bool | None: ...
+    def final_usage(self) -> dict[str, Any] | None: ...
+    def response_so_far(self) -> dict[str, Any]: ...
+    @property
+    def sequence_number(self) -> int: ...
+
+
 _FAILED_BYTES = (b"response.failed", b"error")
 # Structure without content: failover stays open while only these have arrived.
 _NOT_YET_CONTENT = frozenset(
@@ -64,26 +81,27 @@ class ResponsesRelay(Relay):
         sequence = 0
         outcome: str | None = CLIENT_CANCELLED
         created: bytes | None = None
-        # A stream that knows its usage (Responses translated from chat) says it.
-        own_usage = getattr(self.upstream, "final_usage", None)
+        # A stream of Farebox's own events (Responses translated from chat) says where it
+        # stands and what it used: its bytes are not searched or parsed again.
+        own = cast(_OwnEvents, self.upstream) if hasattr(self.upstream, "ended") else None
         block = first
         try:
             while True:
-                sequence += block.count(b"\ndata:") + block.startswith(b"data:")
                 deltas += block.count(b'.delta"')
-                if created is None and (at := block.find(_CREATED)) >= 0:
-                    created = _event_data(block, at)
-                end = _TERMINAL.search(block)
-                if end is None:
+                kind: bytes | None
+                if own is not None:
+                    ended = own.ended()
+                    kind = None if ended is None else _OWN_KINDS[ended]
+                else:
+                    sequence += block.count(b"\ndata:") + block.startswith(b"data:")
+                    if created is None and (at := block.find(_CREATED)) >= 0:
+                        created = _event_data(block, at)
+                    end = _TERMINAL.search(block)
+                    kind = None if end is None else end.group(1)
+                if kind is None:
                     yield block
-                elif end.group(1) in _TERMINAL_OK_BYTES:
-                    if own_usage is not None and self.ctx.payload.get("store") is not True:
-                        # Translated and not stored: the translator's figures, no parse.
-                        self._meter_success(own_usage())
-                    else:
-                        response = _response_of(_object(_event_data(block, end.start())))
-                        self._meter_success(response.get("usage") if response else None)
-                        self.ctx.final_response = response
+                elif kind in _TERMINAL_OK_BYTES:
+                    self._meter_end(own, block)
                     metered = True
                     outcome = None
                     # In the ledger before the client can see the end (see Relay.run).
@@ -103,10 +121,10 @@ class ResponsesRelay(Relay):
             outcome = error_class(exc)
             self._finish(outcome, metered, deltas + 1)
             yield failed_event(
-                self._so_far(created),
+                own.response_so_far() if own is not None else self._so_far(created),
                 message=scrub(exc.message),
                 code="upstream_stream_interrupted",
-                sequence_number=sequence,
+                sequence_number=own.sequence_number if own is not None else sequence,
             )
         except asyncio.CancelledError:
             if not was_cut():
@@ -117,15 +135,27 @@ class ResponsesRelay(Relay):
             outcome = SHUTDOWN
             self._finish(outcome, metered, deltas + 1)
             yield failed_event(
-                self._so_far(created),
+                own.response_so_far() if own is not None else self._so_far(created),
                 message="The gateway is shutting down and ended this stream before it was "
                 "complete; retry the request.",
                 code="gateway_shutting_down",
-                sequence_number=sequence,
+                sequence_number=own.sequence_number if own is not None else sequence,
             )
         finally:
             await self.upstream.close()
             self._finish(outcome, metered, deltas + 1)
+
+    def _meter_end(self, own: _OwnEvents | None, block: bytes) -> None:
+        """Meter the answered stream from its terminal event in `block`, and keep the final
+        Response for the conversation store. A translated stream that is not stored is
+        metered from the translator's own figures, nothing parsed."""
+        if own is not None and self.ctx.payload.get("store") is not True:
+            self._meter_success(own.final_usage())
+            return
+        end = _TERMINAL.search(block)
+        response = _response_of(_object(_event_data(block, end.start()))) if end else None
+        self._meter_success(response.get("usage") if response else None)
+        self.ctx.final_response = response
 
     def _so_far(self, created: bytes | None) -> dict[str, Any]:
         response = _response_of(_object(created)) if created is not None else None

@@ -219,6 +219,19 @@ class TranslatedStream:
         self.request_id: str | None = upstream.request_id
         self.limits: Mapping[str, str] | None = upstream.limits
 
+    def ended(self) -> bool | None:
+        """None while the stream runs, True once it answered, False once it failed: the
+        relay asks this instead of searching Farebox's own events for the terminal one."""
+        return self._translator.ended()
+
+    @property
+    def sequence_number(self) -> int:
+        return self._translator.sequence_number
+
+    def response_so_far(self) -> dict[str, Any]:
+        """The Response as written so far (for a `response.failed` the relay adds)."""
+        return self._translator.response
+
     def final_usage(self) -> dict[str, Any] | None:
         """The usage of the completed response, from the translator (nothing parsed)."""
         return self._translator.final_usage()

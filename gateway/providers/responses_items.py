@@ -95,6 +95,14 @@ class ItemStream:
         self._calls: dict[Any, Item] = {}  # chat tool call index → its item
         self._last_call: Any = None
 
+    def ended(self) -> bool | None:
+        """None while the stream runs; once a terminal event is written, True for an answer
+        (completed or incomplete), False for a failed response."""
+        final = self._final
+        if final is None:
+            return None
+        return final is LATER or final.get("status") != "failed"
+
     def final_usage(self) -> dict[str, Any] | None:
         """The usage the terminal event reports (Responses names), without building the
         Response."""
