@@ -16,17 +16,15 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.app_errors import error_response
-from gateway.api.asgi import new_request_id
-from gateway.api.common import authenticate, check_route_allowed
+from gateway.api.common import check_route_allowed
+from gateway.api.rest_edge import needs_database, serve_rest
 from gateway.batch.budget import check_budget
 from gateway.batch.objects import batch_object
 from gateway.batch.principal import dump
 from gateway.batch.store import BatchStore, Planned
-from gateway.errors import GatewayError, Unavailable, bad_request
+from gateway.errors import bad_request
 from gateway.keys.auth import Principal
 from gateway.runtime import shutdown
-from gateway.runtime.shutdown import shutting_down
 from gateway.state import GatewayState
 
 Handler = Callable[[GatewayState, BatchStore, Principal | None], Awaitable[dict[str, Any]]]
@@ -39,27 +37,13 @@ def batches_router(
     router = APIRouter()
 
     async def serve(request: Request, handler: Handler) -> Response:
-        request_id = new_request_id()
-        try:
-            current = state()
-            if drain is not None and drain.active:
-                raise shutting_down()
-            if current is None:
-                raise Unavailable("The gateway is still starting.")
-            principal = await authenticate(request.scope, current)
+        async def on_batches(current: GatewayState, principal: Principal | None) -> Response:
             if current.batches is None:
-                raise Unavailable(
-                    "The Batch API needs the ledger database (FAREBOX_DATABASE_URL).",
-                    code="batches_unavailable",
-                )
+                raise needs_database("Batch API", "batches_unavailable")
             body = await handler(current, current.batches, principal)
-        except GatewayError as exc:
-            return error_response(request, exc, request_id=request_id)
-        return Response(
-            orjson.dumps(body),
-            media_type="application/json",
-            headers={"x-request-id": request_id},
-        )
+            return Response(orjson.dumps(body), media_type="application/json")
+
+        return await serve_rest(request, state, drain, on_batches)
 
     @router.post("/v1/batches", include_in_schema=False)
     async def create(request: Request) -> Response:

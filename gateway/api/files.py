@@ -16,11 +16,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from gateway.api.app_errors import error_response
-from gateway.api.asgi import new_request_id
-from gateway.api.common import authenticate
 from gateway.api.files_form import StreamingForm, boundary_of
-from gateway.errors import GatewayError, PayloadTooLarge, Unavailable, bad_request
+from gateway.api.rest_edge import needs_database, serve_rest
+from gateway.errors import PayloadTooLarge, Unavailable, bad_request
 from gateway.files.store import (
     FileStore,
     Staged,
@@ -28,8 +26,8 @@ from gateway.files.store import (
     check_purpose,
     file_object,
 )
+from gateway.keys.auth import Principal
 from gateway.runtime import shutdown
-from gateway.runtime.shutdown import shutting_down
 from gateway.state import GatewayState
 
 # Room for the form's boundaries, part headers and the purpose field around the file.
@@ -48,25 +46,12 @@ def files_router(
     router = APIRouter()
 
     async def serve(request: Request, handler: Handler) -> Response:
-        request_id = new_request_id()
-        try:
-            current = state()
-            if drain is not None and drain.active:
-                raise shutting_down()
-            if current is None:
-                raise Unavailable("The gateway is still starting.")
-            principal = await authenticate(request.scope, current)
+        async def on_files(current: GatewayState, principal: Principal | None) -> Response:
             if current.files is None:
-                raise Unavailable(
-                    "The Files API needs the ledger database (FAREBOX_DATABASE_URL).",
-                    code="files_unavailable",
-                )
-            key_id = principal.key_name if principal is not None else None
-            response = await handler(current.files, key_id)
-        except GatewayError as exc:
-            return error_response(request, exc, request_id=request_id)
-        response.headers["x-request-id"] = request_id
-        return response
+                raise needs_database("Files API", "files_unavailable")
+            return await handler(current.files, principal.key_name if principal else None)
+
+        return await serve_rest(request, state, drain, on_files)
 
     @router.post("/v1/files", include_in_schema=False)
     async def upload(request: Request) -> Response:

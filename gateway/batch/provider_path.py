@@ -26,13 +26,12 @@ from gateway.batch.objects import ENDPOINTS
 from gateway.batch.ports import BatchState
 from gateway.batch.store import scan_lines
 from gateway.batch.upstream import UpstreamLine, UpstreamResult, provider_batches
-from gateway.core.metering import Meter, new_attempt_id
+from gateway.core.metering import CallContext, Meter
 from gateway.ledger.batches_repository import FinishedLine
-from gateway.ledger_rows import ESTIMATED, PROVIDER, AttemptRow, RequestRow
 from gateway.providers.openai_compat import ProviderEndpoint
 from routing.batch_paths import BATCH_ROLE
-from routing.cost import Usage, attempt_cost, usage_from_openai
-from routing.model import DeploymentSpec, Plan
+from routing.cost import Usage, attempt_cost
+from routing.model import Plan, PlannedAttempt
 
 log = logging.getLogger("farebox.batch")
 
@@ -56,6 +55,8 @@ async def run_provider_batch(
     lines = await _pending(state, row, done)
     if not lines:
         return None
+    held = HeldRows()
+    meter = _BatchRateMeter(state.service.meter.prices, held)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         client = provider_batches(dep, session, endpoints)
         if client is None:
@@ -103,7 +104,7 @@ async def run_provider_batch(
             if line is None:
                 continue
             if result.ok:
-                committer.add(_answered(state, row, dep, line, result, submitted))
+                committer.add(_answered(meter, held, row, plan, line, result, submitted))
             elif result.http_status is None:
                 code = result.error or "batch_expired"
                 committer.add(
@@ -182,70 +183,41 @@ def _without_first(plan: Plan) -> Plan:
     return replace(plan, attempts=plan.attempts[1:])
 
 
+class _BatchRateMeter(Meter):
+    """A meter that prices at the provider's batch rate (its live price when no batch rate
+    is known): what a line answered through the provider's Batch API was charged."""
+
+    def _price(
+        self, attempt: PlannedAttempt, at: datetime, usage: Usage
+    ) -> tuple[Decimal | None, str | None]:
+        dep = attempt.deployment
+        price = self.prices.batch_price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        if price is None:
+            return super()._price(attempt, at, usage)
+        return attempt_cost(usage, price, False), price.version
+
+
 def _answered(
-    state: BatchState,
+    meter: _BatchRateMeter,
+    held: HeldRows,
     row: dict[str, Any],
-    dep: DeploymentSpec,
+    plan: Plan,
     line: Line,
     result: UpstreamResult,
     submitted: float,
 ) -> FinishedLine:
-    """A line the provider answered: one `batch` attempt at the provider's batch price."""
+    """A line the provider answered: one `batch` attempt, metered like any other, at the
+    provider's batch price, started when the batch was submitted."""
     request_id = f"req_{row['id'][6:]}_{line.line_no}"
-    started = datetime.fromtimestamp(submitted, UTC)
-    usage = usage_from_openai(result.usage) if result.usage else Usage(0, 0, 0, 0, 0)
-    prices = state.service.meter.prices
-    price = prices.batch_price_for(dep.id, dep.upstream_model, dep.provider_kind, started)
-    if price is None:
-        price = prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, started)
-    cost: Decimal | None = None if price is None else attempt_cost(usage, price, False)
-    attempt = AttemptRow(
-        id=new_attempt_id(),
-        request_id=request_id,
-        attempt_no=1,
-        role=BATCH_ROLE,
-        deployment=dep.id,
-        provider=dep.provider,
-        provider_kind=dep.provider_kind,
-        upstream_model=dep.upstream_model,
-        provider_request_id=result.provider_request_id,
-        started_at=started,
-        ttft_ms=None,
-        latency_ms=(time.time() - submitted) * 1000,
-        http_status=result.http_status,
-        error_class=None,
-        input_uncached_tokens=usage.input_uncached,
-        cached_read_tokens=usage.cached_read,
-        cache_write_tokens=usage.cache_write,
-        output_tokens=usage.output,
-        reasoning_tokens=usage.reasoning,
-        token_source=PROVIDER if result.usage else ESTIMATED,
-        cost_usd=cost,
-        price_version=None if price is None else price.version,
-    )
-    request = RequestRow(
-        id=request_id,
-        received_at=started,
-        key_id=row["key_id"],
-        route=row["route"] or "",
-        requested_model=row["model"] or "",
-        endpoint=ENDPOINTS[row["endpoint"]],
-        workload=None,
-        stream=False,
-        final_status=200,
-        error_class=None,
-        final_deployment=dep.id,
-        attempts=1,
-        input_uncached_tokens=usage.input_uncached,
-        cached_read_tokens=usage.cached_read,
-        cache_write_tokens=usage.cache_write,
-        output_tokens=usage.output,
-        reasoning_tokens=usage.reasoning,
-        cost_usd=cost,
-        latency_ms=attempt.latency_ms,
-        ttft_ms=None,
-        batch_id=row["id"],
-    )
+    endpoint = ENDPOINTS[row["endpoint"]]
+    ctx = CallContext(request_id, row["key_id"], endpoint, row["model"] or "", False, line.body)
+    ctx.batch_id, ctx.route, ctx.workload = row["id"], plan.route, plan.workload
+    ctx.received_at = datetime.fromtimestamp(submitted, UTC)
+    ctx.t0 = time.perf_counter() - (time.time() - submitted)
+    attempt = PlannedAttempt(plan.attempts[0].deployment, BATCH_ROLE)
+    meter.succeeded(ctx, attempt, result.usage, result.provider_request_id, ctx.t0, http_status=200)
+    meter.finish(ctx, plan, 200, None, attempt.deployment.id)
+    request, attempts = held.take(request_id)
     return FinishedLine(
         line.line_no,
         line.custom_id,
@@ -254,5 +226,5 @@ def _answered(
         200,
         output_line(line.custom_id, request_id, 200, result.body),
         request,
-        [attempt],
+        attempts,
     )

@@ -138,30 +138,14 @@ class OpenAICompatAdapter:
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> OpenAIStream:
         provider, url, body = self._prepare(deployment, endpoint, payload)
-        try:
-            resp = await self._session.post(
-                url,
-                data=body,
-                headers=upstream_headers(provider.headers),
-                timeout=self._timeout(timeouts, True),
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamError(
-                TIMEOUT, f"{deployment.id} sent no response headers in time"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
-            ) from None
-        request_id = resp.headers.get("x-request-id")
-        if resp.status != 200:
-            try:
-                raw = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
-                raw = b""
-            finally:
-                resp.release()
-            raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
+        resp, request_id = await self._opened(
+            deployment,
+            url,
+            body,
+            upstream_headers(provider.headers),
+            self._timeout(timeouts, True),
+            "sent no response headers in time",
+        )
         ends = responses_stream_ends if endpoint == "responses" else _chat_stream_ends
         return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers), ends)
 
@@ -181,15 +165,31 @@ class OpenAICompatAdapter:
         else an UpstreamError. `stream`: the answer is relayed, so reads get the idle bound."""
         provider = self._providers[deployment.provider]
         headers = {**provider.headers, "Content-Type": content_type, "Accept": "*/*"}
+        resp, request_id = await self._opened(
+            deployment,
+            f"{provider.base}/{endpoint}",
+            body,
+            upstream_headers(headers),
+            self._timeout(timeouts, stream),
+            "sent no answer in time",
+        )
+        return RawResponse(deployment.id, resp, request_id, _limits(resp.headers))
+
+    async def _opened(
+        self,
+        deployment: DeploymentSpec,
+        url: str,
+        body: Any,
+        headers: Mapping[str, str],
+        bounds: aiohttp.ClientTimeout,
+        no_answer: str,
+    ) -> tuple[aiohttp.ClientResponse, str | None]:
+        """POST and wait for the status line: a 200's open response (and the upstream's
+        request id), anything else an UpstreamError; `no_answer` says what a timeout was."""
         try:
-            resp = await self._session.post(
-                f"{provider.base}/{endpoint}",
-                data=body,
-                headers=upstream_headers(headers),
-                timeout=self._timeout(timeouts, stream),
-            )
+            resp = await self._session.post(url, data=body, headers=headers, timeout=bounds)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamError(TIMEOUT, f"{deployment.id} sent no answer in time") from None
+            raise UpstreamError(TIMEOUT, f"{deployment.id} {no_answer}") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(
                 CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
@@ -203,7 +203,7 @@ class OpenAICompatAdapter:
             finally:
                 resp.release()
             raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
-        return RawResponse(deployment.id, resp, request_id, _limits(resp.headers))
+        return resp, request_id
 
 
 def _chat_stream_ends(block: bytes) -> bool:

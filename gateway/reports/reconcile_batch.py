@@ -18,12 +18,7 @@ from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import case, func, select
-
-from gateway.ledger.models import attempts_table, requests_table
-from gateway.ledger.models_batches import batches_table
-from gateway.reports.store import LedgerDay
-from gateway.reports.store_base import StoreBase, day_of, dec, utc_bound
+from gateway.reports.store import LedgerDay, ReportStore
 from routing.reconcile_rules import PRICE_TABLE_MISMATCH, Cause, Cell, ModelVerdict
 
 BATCH_ROLE = "batch"
@@ -50,60 +45,12 @@ def is_batch_model(model: str) -> bool:
     return model.endswith(BATCH_MODEL_SUFFIX)
 
 
-async def provider_batch_days(store: StoreBase, start: datetime, end: datetime) -> list[LedgerDay]:
+async def provider_batch_days(
+    store: ReportStore, start: datetime, end: datetime
+) -> list[LedgerDay]:
     """Attempts billed through a provider's batch API, per deployment and UTC day (the same
     grouping and sums as ReportStore.ledger_days, of which they are a subset)."""
-    a, r, b = attempts_table.c, requests_table.c, batches_table.c
-    day = store._utc_day(a.started_at)
-    stmt = (
-        select(
-            a.provider,
-            a.provider_kind,
-            a.deployment,
-            a.upstream_model,
-            day,
-            func.count(),
-            func.sum(case((a.error_class.is_not(None), 1), else_=0)),
-            func.sum(a.input_uncached_tokens),
-            func.sum(a.cached_read_tokens),
-            func.sum(a.cache_write_tokens),
-            func.sum(a.output_tokens),
-            func.sum(a.cost_usd),
-            func.sum(case((a.cost_usd.is_(None), 1), else_=0)),
-        )
-        .select_from(
-            attempts_table.join(requests_table, r.id == a.request_id).join(
-                batches_table, b.id == r.batch_id
-            )
-        )
-        .where(
-            a.started_at >= utc_bound(start, store._pg),
-            a.started_at < utc_bound(end, store._pg),
-            a.role == BATCH_ROLE,
-            b.path == PROVIDER_BATCH,
-        )
-        .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
-    )
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return [
-        LedgerDay(
-            provider=row[0],
-            provider_kind=row[1],
-            deployment=row[2],
-            upstream_model=row[3],
-            day=day_of(row[4]),
-            attempts=int(row[5] or 0),
-            failed=int(row[6] or 0),
-            input_uncached=int(row[7] or 0),
-            cached_read=int(row[8] or 0),
-            cache_write=int(row[9] or 0),
-            output=int(row[10] or 0),
-            cost_usd=dec(row[11]),
-            unpriced=int(row[12] or 0),
-        )
-        for row in rows
-    ]
+    return await store.ledger_days(start, end, provider_batch=True)
 
 
 def split_ledger(

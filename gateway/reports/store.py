@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 
 from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.models_batches import batches_table
 from gateway.ledger.models_reports import invoice_lines_table, reconciliations_table
 from gateway.ledger.success import SUCCESS_FLAG
 from gateway.reports.importers import ImportedFile
@@ -32,6 +33,7 @@ from gateway.reports.store_base import day_of, dec, opt_dec, utc_bound
 from gateway.reports.store_batch import BatchQueries
 from gateway.reports.store_segments import SegmentQueries
 from gateway.reports.store_workflows import WorkflowQueries
+from routing.batch_paths import BATCH_ROLE, PROVIDER_BATCH
 
 # SEGMENTS and CACHE_HIT are re-exported: callers have always imported them from here.
 __all__ = ["CACHE_HIT", "SEGMENTS", "AnsweredBy", "LedgerDay", "ReportStore"]
@@ -202,9 +204,23 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
 
     # --- ledger ------------------------------------------------------------------------------
 
-    async def ledger_days(self, start: datetime, end: datetime) -> list[LedgerDay]:
+    async def ledger_days(
+        self, start: datetime, end: datetime, *, provider_batch: bool = False
+    ) -> list[LedgerDay]:
+        """Attempts per deployment and UTC day; with `provider_batch`, only those billed
+        through a provider's batch API (role batch, their batch's path provider_batch)."""
         a = attempts_table.c
         day = self._utc_day(a.started_at)
+        source: Any = attempts_table
+        # Response-cache hits carry their answer's tokens, but no provider served (or
+        # bills) them: the metered side of reconciliation leaves them out.
+        only = [a.role != CACHE_HIT]
+        if provider_batch:
+            r, b = requests_table.c, batches_table.c
+            source = attempts_table.join(requests_table, r.id == a.request_id).join(
+                batches_table, b.id == r.batch_id
+            )
+            only = [a.role == BATCH_ROLE, b.path == PROVIDER_BATCH]
         stmt = (
             select(
                 a.provider,
@@ -227,12 +243,11 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
                 func.sum(case((a.gate_outcome == "pass", 1), else_=0)),
                 func.sum(a.latency_ms),
             )
-            # Response-cache hits carry their answer's tokens, but no provider served (or
-            # bills) them: the metered side of reconciliation leaves them out.
+            .select_from(source)
             .where(
                 a.started_at >= utc_bound(start, self._pg),
                 a.started_at < utc_bound(end, self._pg),
-                a.role != CACHE_HIT,
+                *only,
             )
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
         )

@@ -14,7 +14,6 @@ invoice format each account's bill arrives in.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.request
@@ -27,8 +26,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
@@ -36,6 +33,7 @@ from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
+from tests.reconcile_helpers import flagged_models, post, sql_execute
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
 
@@ -105,24 +103,6 @@ class World:
     attempts: int
 
 
-def _execute(url: str, sql: str, params: dict[str, object] | None = None) -> None:
-    """One committed write (tests.ledger_reads only reads)."""
-
-    async def run() -> None:
-        engine = create_async_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(sql), params or {})
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
-def _post(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, method="POST")).read()
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url) as resp:
         return bytes(resp.read())
@@ -155,7 +135,7 @@ def world(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
             with running_gateway(config_from_yaml(text, {}), settings) as gw:
                 client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
                 for d, day in enumerate(DAYS):
-                    _post(f"{sim}/_clock?day={day.isoformat()}")
+                    post(f"{sim}/_clock?day={day.isoformat()}")
                     for route in ROUTES:
                         for i in range(4 + d):
                             messages = [{"role": "user", "content": _prompt(i, d)}]
@@ -174,12 +154,12 @@ def world(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
                     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
                     # Only this batch is still at real time; earlier ones were moved already.
                     cut = datetime(2026, 1, 1, tzinfo=UTC)
-                    _execute(
+                    sql_execute(
                         db,
                         "UPDATE attempts SET started_at = :t WHERE started_at > :c",
                         {"t": noon, "c": cut},
                     )
-                    _execute(
+                    sql_execute(
                         db,
                         "UPDATE requests SET received_at = :t WHERE received_at > :c",
                         {"t": noon, "c": cut},
@@ -238,19 +218,6 @@ def _reconcile(w: World, invoice_args: list[str], out: Path) -> tuple[int, str, 
     return result.exit_code, result.output, elapsed
 
 
-def _csv_models(out: Path) -> dict[tuple[str, str], set[str]]:
-    import csv
-
-    flagged: dict[tuple[str, str], set[str]] = {}
-    with (out / "reconciliation.csv").open() as fh:
-        for row in csv.DictReader(fh):
-            if row["model_flagged"] == "yes":
-                flagged[(row["provider"], row["model"])] = set(
-                    filter(None, row["causes"].split(";"))
-                )
-    return flagged
-
-
 def test_no_drift_reconciles_within_half_a_percent(world: World) -> None:
     out = world.tmp / "clean"
     code, output, elapsed = _reconcile(world, _invoices(world, out / "in"), out)
@@ -273,7 +240,7 @@ def test_no_drift_reconciles_within_half_a_percent(world: World) -> None:
         "GROUP BY provider ORDER BY provider",
     )
     assert [(p, n) for p, n in days] == [(p, 3) for p in sorted(INVOICES)]
-    assert _csv_models(out) == {}
+    assert flagged_models(out) == {}
     for name in ("reconciliation.md", "reconciliation.html", "reconciliation.csv"):
         assert (out / name).stat().st_size > 500
     print(
@@ -293,7 +260,7 @@ def test_drift_on_one_model_flags_only_that_model_as_tokenizer_drift(world: Worl
     out = world.tmp / "drift"
     code, output, _ = _reconcile(world, _invoices(world, out / "in", f"{LLAMA}:0.044"), out)
     assert code == 3, output
-    assert _csv_models(out) == {("together", LLAMA): {"tokenizer_drift"}}
+    assert flagged_models(out) == {("together", LLAMA): {"tokenizer_drift"}}
     md = (out / "reconciliation.md").read_text()
     assert "tokenizer drift concentrated in meta-llama/Llama-3.3-70B-Instruct-Turbo" in md
     rows = sql_rows(world.db, "SELECT summary FROM reconciliations WHERE status = 'flagged'")
@@ -334,7 +301,7 @@ def test_lcpr_from_the_ledger(world: World) -> None:
 
 def test_cache_tokens_dropped_from_the_ledger_name_the_cache_cause(world: World) -> None:
     # What an adapter that loses `cached_tokens` records: the whole prompt as uncached.
-    _execute(
+    sql_execute(
         world.db,
         "UPDATE attempts SET input_uncached_tokens = input_uncached_tokens + cached_read_tokens,"
         " cached_read_tokens = 0 WHERE upstream_model LIKE 'gpt-4o-mini%'",
@@ -342,7 +309,7 @@ def test_cache_tokens_dropped_from_the_ledger_name_the_cache_cause(world: World)
     out = world.tmp / "cache"
     code, output, _ = _reconcile(world, _invoices(world, out / "in"), out)
     assert code == 3, output
-    flagged = _csv_models(out)
+    flagged = flagged_models(out)
     assert list(flagged) == [("openai", "gpt-4o-mini")]
     assert "cache_billed_not_metered" in flagged[("openai", "gpt-4o-mini")]
     assert "cache tokens billed but not metered" in output

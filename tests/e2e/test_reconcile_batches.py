@@ -11,8 +11,6 @@ batch with the client's other metadata): that day is flagged `batch_price_not_ap
 
 from __future__ import annotations
 
-import asyncio
-import csv
 import io
 import urllib.request
 import uuid
@@ -26,8 +24,6 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
@@ -35,6 +31,7 @@ from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
+from tests.reconcile_helpers import flagged_models, post, sql_execute
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
 from tests.waiting import wait_until
@@ -64,28 +61,14 @@ class World:
     gw: RunningGateway
 
 
-def _execute(url: str, sql: str, params: dict[str, Any]) -> None:
-    async def run() -> None:
-        engine = create_async_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(sql), params)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
-def _post(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, method="POST")).read()
-
-
 def _move_to(db: str, day: date) -> None:
     """Rows still at real time (this day's traffic) go to noon of the simulator's day."""
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     cut = datetime(2026, 1, 1, tzinfo=UTC)
-    _execute(db, "UPDATE attempts SET started_at = :t WHERE started_at > :c", {"t": noon, "c": cut})
-    _execute(
+    sql_execute(
+        db, "UPDATE attempts SET started_at = :t WHERE started_at > :c", {"t": noon, "c": cut}
+    )
+    sql_execute(
         db, "UPDATE requests SET received_at = :t WHERE received_at > :c", {"t": noon, "c": cut}
     )
 
@@ -150,7 +133,7 @@ def world(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
                 ledger_max_delay_ms=20,
             )
             with running_gateway(config_from_yaml(text_config, {}), settings) as gw:
-                _post(f"{sim}/_clock?day={DAY_1.isoformat()}")
+                post(f"{sim}/_clock?day={DAY_1.isoformat()}")
                 _live(gw, 30, 1)
                 _batch(gw, 120, 1)
                 _wait_for_rows(db, 150)
@@ -183,14 +166,7 @@ def _reconcile(w: World, out: Path) -> tuple[int, str, dict[tuple[str, str], set
         ],
     )
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    flagged: dict[tuple[str, str], set[str]] = {}
-    with (out / "reconciliation.csv").open() as fh:
-        for row in csv.DictReader(fh):
-            if row["model_flagged"] == "yes":
-                flagged[(row["provider"], row["model"])] = set(
-                    filter(None, row["causes"].split(";"))
-                )
-    return result.exit_code, result.output, flagged
+    return result.exit_code, result.output, flagged_models(out)
 
 
 def test_live_and_batch_reconcile_within_half_a_percent(world: World) -> None:
@@ -218,7 +194,7 @@ def test_live_and_batch_reconcile_within_half_a_percent(world: World) -> None:
 
 
 def test_a_batch_billed_at_the_live_price_is_flagged(world: World) -> None:
-    _post(f"{world.sim}/_clock?day={DAY_2.isoformat()}")
+    post(f"{world.sim}/_clock?day={DAY_2.isoformat()}")
     before = sql_rows(world.db, "SELECT count(*) FROM attempts")[0][0]
     _batch(world.gw, 80, 2, sim_bill_live="true")
     _wait_for_rows(world.db, before + 80)
