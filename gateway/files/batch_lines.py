@@ -14,6 +14,7 @@ import orjson
 from gateway.errors import InvalidRequest, bad_request, clip
 
 BATCH_URLS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+CUSTOM_ID_MAX = 512
 
 
 class BatchLines:
@@ -65,6 +66,9 @@ class BatchLines:
         custom_id = line.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             return "'custom_id' must be a non-empty string"
+        if len(custom_id) > CUSTOM_ID_MAX:
+            # The batch's line records keep it (batch_lines.custom_id is 512 characters).
+            return f"'custom_id' is longer than {CUSTOM_ID_MAX} characters"
         if custom_id in self._ids:
             return f"'custom_id' {clip(custom_id, 64)!r} is used by an earlier line"
         if line.get("method") != "POST":

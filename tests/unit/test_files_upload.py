@@ -46,6 +46,14 @@ def test_batch_lines_names_the_physical_line(size: int) -> None:
         lines.finish()
 
 
+def test_batch_lines_refuse_a_custom_id_the_batch_cannot_keep() -> None:
+    lines = BatchLines(max_lines=10)
+    long_id = {"custom_id": "x" * 513, "method": "POST", "url": "/v1/embeddings", "body": {}}
+    lines.feed(line(1) + b"\n")
+    with pytest.raises(InvalidRequest, match=r"^Line 2 of the batch file: 'custom_id' is longer"):
+        lines.feed(orjson.dumps(long_id) + b"\n")
+
+
 def test_batch_lines_limits() -> None:
     lines = BatchLines(max_lines=2)
     lines.feed(line(1) + b"\n" + line(2) + b"\n")
