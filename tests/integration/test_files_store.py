@@ -156,9 +156,15 @@ def test_the_purge_runs_in_the_background(tmp_path: Path) -> None:
                 None, "a.jsonl", "batch_output", chunks(b"a"), expires_at=datetime.now(UTC)
             )
             store.start()
-            await until(lambda: not (tmp_path / "files" / made["id"]).exists(), "the purge")
-            rows = await store.repository.expired(datetime.now(UTC) + timedelta(1), 10)
-            assert rows == []
+
+            async def purged() -> bool:
+                # Bytes first, then the row: both must go (waited on, not raced).
+                if (tmp_path / "files" / made["id"]).exists():
+                    return False
+                later = datetime.now(UTC) + timedelta(1)
+                return await store.repository.expired(later, 10) == []
+
+            await until(purged, "the purge of the file's bytes and row")
         finally:
             await store.close()
             await engine.dispose()
