@@ -34,7 +34,7 @@ from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
 from gateway.ledger.batches_repository import BatchesRepository
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.db_errors import database_errors
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.files_repository import FilesRepository
 from gateway.ledger.pricing import PriceBook, load_price_book
@@ -403,7 +403,7 @@ async def check_ledger(state: GatewayState, settings: Settings) -> None:
         return
     try:
         missing = await state.repository.missing_tables()
-    except DATABASE_ERRORS as exc:  # unreachable at start-up: spool for now, say so
+    except database_errors() as exc:  # unreachable at start-up: spool for now, say so
         log.error(
             "ledger database unreachable (%s); rows go to the spool in %s until it is back",
             type(exc).__name__,

@@ -34,7 +34,7 @@ from gateway.config.responses import ResponsesConfig
 from gateway.conversations.group_commit import Closed, GroupCommit
 from gateway.conversations.items import page_input_items, stored_items
 from gateway.errors import Unavailable
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.db_errors import database_errors
 from gateway.ledger.responses_repository import ResponsesRepository, row_error
 from gateway.runtime.background import Background
 
@@ -96,7 +96,7 @@ def _reason(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, Closed):
         return "closed"
-    return "database" if isinstance(exc, DATABASE_ERRORS) else "error"
+    return "database" if isinstance(exc, database_errors()) else "error"
 
 
 def _quiet(task: asyncio.Task[Any]) -> None:
@@ -185,7 +185,7 @@ class ResponseStore:
             row = await self._bounded(
                 self.repository.fetch(response_id, key_id, now), self.timeout_s
             )
-        except DATABASE_ERRORS as exc:  # TimeoutError included (an OSError)
+        except database_errors() as exc:  # TimeoutError included (an OSError)
             self._failed("get", response_id, exc)
             raise Unavailable(
                 "stored responses cannot be read right now; retry shortly",
@@ -201,7 +201,7 @@ class ResponseStore:
             return await self._bounded(
                 self.repository.delete(response_id, key_id, now), self.timeout_s
             )
-        except DATABASE_ERRORS as exc:  # TimeoutError included (an OSError)
+        except database_errors() as exc:  # TimeoutError included (an OSError)
             self._failed("delete", response_id, exc)
             raise Unavailable(
                 "stored responses cannot be deleted right now; retry shortly",

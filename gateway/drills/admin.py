@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.drills import DrillStart, target_problems
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.db_errors import database_errors
 from gateway.ledger.drills_repository import FINAL, RUNNING, DrillRow, DrillsRepository
 from routing.drills import DRILL
 
@@ -130,5 +130,5 @@ async def audit(
     }
     try:
         await keys.audit(action, row.id, payload, actor=actor, client=client)
-    except DATABASE_ERRORS as exc:  # any database error: say so, the drill change stands
+    except database_errors() as exc:  # any database error: say so, the drill change stands
         log.warning("could not write the audit row for %s %s (%s)", action, row.id, exc)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.db_errors import database_errors
 from gateway.ledger.keys_repository import (
     AuditEntry,
     KeyNotFound,
@@ -107,7 +107,7 @@ class KeyAdmin:
             return await work
         except (KeyNotFound, KeyRevoked, ValueError):
             raise
-        except DATABASE_ERRORS as exc:  # driver, pool or SQL error: the caller reports it cleanly
+        except database_errors() as exc:  # driver, pool or SQL error: the caller reports it cleanly
             log.warning("key database error (%s: %s)", type(exc).__name__, exc)
             raise KeyDatabaseError(f"{type(exc).__name__}: {exc}") from exc
 

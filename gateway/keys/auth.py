@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Final, Protocol
 
 from gateway.errors import AuthenticationFailed, Unavailable
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.db_errors import database_errors
 
 log = logging.getLogger("farebox.auth")
 
@@ -90,8 +90,9 @@ class _RecentlyDown(Exception):
     pass
 
 
-# Why a key lookup can fail without it being a bug: stale-if-error, or 503.
-_LOOKUP_FAILURES: tuple[type[Exception], ...] = (_RecentlyDown, *DATABASE_ERRORS)
+def _lookup_failures() -> tuple[type[Exception], ...]:
+    """Why a key lookup can fail without it being a bug: stale-if-error, or 503."""
+    return (_RecentlyDown, *database_errors())
 
 
 def digest(key: str | bytes) -> bytes:
@@ -324,7 +325,7 @@ class KeyStore:
                     # key behind a connect timeout.
                     raise _RecentlyDown
                 principal = await self._source.principal(d.hex())
-        except _LOOKUP_FAILURES as exc:  # database trouble: stale-if-error, else 503
+        except _lookup_failures() as exc:  # database trouble: stale-if-error, else 503
             if not isinstance(exc, _RecentlyDown):
                 log.warning("key lookup failed (%s: %s)", type(exc).__name__, exc)
                 self._down_until = self._clock() + _DOWN_S

@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
 from gateway.keys.auth import Principal
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.db_errors import database_errors
 from gateway.ledger_rows import RequestRow
 from gateway.limits.answers import (
     ask_for,
@@ -334,7 +334,7 @@ class Limiter:
             return 0
         try:
             return quota.to_nano(await self._spend(key_name, month_start(month)))
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             # Budgets must not lock everyone out while the database is away; the ledger
             # spools meanwhile and the Redis counter carries the month once seeded.
             log.warning("could not read this month's spend for a key (%s)", type(exc).__name__)
