@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import orjson
 
@@ -37,10 +37,13 @@ from gateway.ledger.batches_repository import BatchesRepository
 from gateway.ledger.db_errors import database_errors
 from gateway.ledger.drills_repository import DrillsRepository
 from gateway.ledger.files_repository import FilesRepository
+from gateway.ledger.keys_reads import PgKeyReads
+from gateway.ledger.pg import PgPool, is_postgres
+from gateway.ledger.pg_sink import writer_sink
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
-from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.responses_repository import ResponsesRepository
+from gateway.ledger.serving_ledger import ServingLedger
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
@@ -53,6 +56,10 @@ from gateway.providers.responses_bridge import ResponsesBridge
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
+
+if TYPE_CHECKING:
+    from gateway.ledger.keys_repository import KeysRepository
+    from gateway.ledger.repository import LedgerRepository
 
 log = logging.getLogger("farebox")
 
@@ -218,6 +225,38 @@ def build_files(settings: Settings, repository: LedgerRepository) -> FileStore:
     )
 
 
+def open_ledger(url: str) -> LedgerRepository:
+    """The ledger repository. On Postgres a ServingLedger: asyncpg for what a serving worker
+    reads, SQLAlchemy's repository only on first use of anything else (issue #25)."""
+    if is_postgres(url):
+        return cast("LedgerRepository", ServingLedger(url, PgPool(url)))
+    from gateway.ledger.repository import LedgerRepository
+
+    return LedgerRepository.create(url)
+
+
+def build_virtual_keys(
+    keys: KeyStore, repository: LedgerRepository | None, redis_url: str | None
+) -> tuple[KeySync | None, KeyAdmin | None]:
+    """Key lookups and the change poll on the ledger's asyncpg pool (Postgres) or its engine;
+    the admin API's SQLAlchemy repository on first use."""
+    from_ledger = cast("ServingLedger | LedgerRepository | None", repository)
+    if isinstance(from_ledger, ServingLedger):
+        ledger = from_ledger
+
+        def open_admin() -> KeysRepository:
+            from gateway.ledger.keys_repository import KeysRepository
+
+            return KeysRepository(ledger.sqlalchemy.engine)
+
+        return virtual_keys(keys, PgKeyReads(ledger.pool), redis_url, open_admin=open_admin)
+    if from_ledger is None:
+        return None, None
+    from gateway.ledger.keys_repository import KeysRepository
+
+    return virtual_keys(keys, KeysRepository(from_ledger.engine), redis_url)
+
+
 def build_state(
     settings: Settings, config: GatewayConfig, previous: GatewayState | None = None
 ) -> GatewayState:
@@ -237,7 +276,7 @@ def build_state(
         writer, repository = previous.writer, previous.repository
         ledger = writer
     elif settings.ledger_enabled:
-        repository = LedgerRepository.create(settings.database_url)
+        repository = open_ledger(settings.database_url)
         spool = Spool(settings.spool_dir)
         journal = None
         if settings.journal_enabled:
@@ -248,14 +287,16 @@ def build_state(
                 prices,
                 fsync_ms=settings.journal_fsync_ms,
             )
+        sink, owns_sink = writer_sink(settings.database_url, repository)
         writer = LedgerWriter(
-            repository,
+            sink,
             spool,
             batch_rows=settings.ledger_batch_rows,
             max_delay_s=settings.ledger_max_delay_ms / 1000,
             max_queue_rows=settings.ledger_max_queue_rows,
             journal=journal,
             close_timeout_s=settings.ledger_close_timeout_s,
+            owns_sink=owns_sink,
         )
         writer.start()
         ledger = writer
@@ -318,10 +359,10 @@ def build_state(
             timeout_s=limits.redis_timeout_ms / 1000,
             reservation_ttl_s=limits.reservation_ttl_s,
             reconcile_interval_s=limits.reconcile_interval_s,
+            **limits.lease_settings(),
         )
     keys = build_keys(settings, config)
-    engine = repository.engine if repository is not None else None
-    key_sync, key_admin = virtual_keys(keys, engine, settings.redis_url)
+    key_sync, key_admin = build_virtual_keys(keys, repository, settings.redis_url)
     drill_board = None
     drill_scheduler = None
     if settings.ledger_enabled:

@@ -14,9 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from gateway.ledger.repository import LedgerRepository
 from routing.quality_stats import BAND_EDGES, BAND_NAMES, Posterior, QualityStats, band_of
+
+if TYPE_CHECKING:  # SQLAlchemy: a serving worker on Postgres passes ServingLedger
+    from gateway.ledger.repository import LedgerRepository
 
 log = logging.getLogger("farebox.quality")
 

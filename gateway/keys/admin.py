@@ -9,18 +9,15 @@ announcement is lost, the replicas' poll of `api_keys.updated_at` still catches 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.ledger.db_errors import database_errors
-from gateway.ledger.keys_repository import (
-    AuditEntry,
-    KeyNotFound,
-    KeyRevoked,
-    KeysRepository,
-    VirtualKey,
-)
+from gateway.ledger.keys_records import AuditEntry, KeyNotFound, KeyRevoked, VirtualKey
+
+if TYPE_CHECKING:
+    from gateway.ledger.keys_repository import KeysRepository
 
 log = logging.getLogger("farebox.keys")
 _T = TypeVar("_T")
@@ -48,11 +45,28 @@ class Notifier(Protocol):
 
 class KeyAdmin:
     def __init__(
-        self, repository: KeysRepository, notifier: Notifier | None, *, actor: str
+        self,
+        repository: KeysRepository | None,
+        notifier: Notifier | None,
+        *,
+        actor: str,
+        open_repository: Callable[[], KeysRepository] | None = None,
     ) -> None:
-        self.repository = repository
+        """`repository`, or (None) `open_repository` to make it on first use: a serving
+        worker on Postgres imports SQLAlchemy only when the admin API is first used."""
+        if repository is None and open_repository is None:
+            raise ValueError("KeyAdmin needs a repository or a way to open one")
+        self._repository = repository
+        self._open_repository = open_repository
         self._notifier = notifier
         self.actor = actor
+
+    @property
+    def repository(self) -> KeysRepository:
+        if self._repository is None:
+            assert self._open_repository is not None
+            self._repository = self._open_repository()
+        return self._repository
 
     async def create(
         self, fields: Mapping[str, Any], client: str | None = None

@@ -25,18 +25,21 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
-from gateway.ledger.keys_repository import KeysRepository, VirtualKey
+from gateway.ledger.keys_reads import KeyReads
+from gateway.ledger.keys_records import VirtualKey
 from gateway.runtime.background import Background, within
 from gateway.runtime.redis import Sharing, redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS
+
+if TYPE_CHECKING:
+    from gateway.ledger.keys_repository import KeysRepository
 
 log = logging.getLogger("farebox.keys")
 
@@ -65,7 +68,7 @@ def principal_of(key: VirtualKey) -> Principal:
 class RepositoryKeySource:
     """The KeyStore's view of the `api_keys` table: revoked keys do not exist."""
 
-    def __init__(self, repository: KeysRepository) -> None:
+    def __init__(self, repository: KeyReads) -> None:
         self._repository = repository
 
     async def principal(self, key_hash: str) -> Principal | None:
@@ -109,7 +112,7 @@ class KeySync:
     def __init__(
         self,
         store: KeyStore,
-        repository: KeysRepository,
+        repository: KeyReads,
         redis_url: str | None,
         *,
         prefix: str = "farebox",
@@ -293,14 +296,25 @@ class KeySync:
 
 
 def virtual_keys(
-    store: KeyStore, engine: AsyncEngine | None, redis_url: str | None, *, actor: str = "admin-api"
+    store: KeyStore,
+    reads: KeyReads | None,
+    redis_url: str | None,
+    *,
+    open_admin: Callable[[], KeysRepository] | None = None,
+    actor: str = "admin-api",
 ) -> tuple[KeySync | None, KeyAdmin | None]:
-    """Wire virtual keys into a gateway sharing the ledger's engine; (None, None) without a
-    database (FAREBOX_LEDGER_ENABLED=false), where only static keys exist."""
-    if engine is None:
+    """Wire virtual keys into a gateway; (None, None) without a database
+    (FAREBOX_LEDGER_ENABLED=false), where only static keys exist.
+
+    `reads` serve the lookups and the change poll (asyncpg on a Postgres ledger); the admin
+    API's SQLAlchemy repository comes from `open_admin`, called on the first admin call
+    (None: `reads` is that repository already, as on SQLite)."""
+    if reads is None:
         return None, None
-    repository = KeysRepository(engine)
-    sync = KeySync(store, repository, redis_url)
+    sync = KeySync(store, reads, redis_url)
     # Attached now, not at the first poll: a key created a moment ago must work at once.
-    store.attach(RepositoryKeySource(repository))
-    return sync, KeyAdmin(repository, sync, actor=actor)
+    store.attach(RepositoryKeySource(reads))
+    if open_admin is None:
+        admin_repository = cast("KeysRepository", reads)
+        return sync, KeyAdmin(admin_repository, sync, actor=actor)
+    return sync, KeyAdmin(None, sync, actor=actor, open_repository=open_admin)
