@@ -1,9 +1,9 @@
-"""OpenAI-protocol upstreams over one shared aiohttp session.
+"""OpenAI-protocol upstreams: JSON calls and SSE streams over Farebox's lean HTTP/1.1
+client (gateway/providers/http1.py: ~4x less CPU per call than aiohttp here), raw
+pass-through bodies (multipart, streamed uploads) over one aiohttp session, made on first use.
 
-aiohttp rather than httpx: on this machine httpx served ~20x fewer requests/s at
-concurrency 64. Bodies are forwarded as the client sent them except for `model` (rewritten
-to the upstream name) and `stream_options` (we always ask for usage so every stream is
-metered).
+Bodies are forwarded as the client sent them except for `model` (rewritten to the upstream
+name) and `stream_options` (we always ask for usage so every stream is metered).
 """
 
 from __future__ import annotations
@@ -26,16 +26,21 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
+from gateway.providers.http1 import Client, Response, Target, UpstreamClosed
 from gateway.providers.passthrough import RawResponse
 from routing.model import DeploymentSpec, Timeouts
 
 _JSON = "application/json"
+_NO_HEADERS: dict[str, str] = {}
+# Identity: an SSE relay forwards bytes as they come, and loopback or in-VPC upstreams gain
+# nothing from compression (a server that compresses anyway is decoded: http1.Response).
+_FIXED_HEAD = b"Accept-Encoding: identity\r\nUser-Agent: farebox\r\n"
 
 
 class ProviderEndpoint:
     """Where and how to reach one provider: base URL and ready-made headers."""
 
-    __slots__ = ("base", "headers", "name")
+    __slots__ = ("base", "head", "headers", "name")
 
     def __init__(self, name: str, api_base: str, api_key: str | None, extra: Mapping[str, str]):
         self.name = name
@@ -45,32 +50,53 @@ class ProviderEndpoint:
             headers["Authorization"] = f"Bearer {api_key}"
         headers.update({k: v for k, v in extra.items() if v})  # unset ${VAR:-} means omit
         self.headers = headers
+        # The same headers as request-head lines, built once (the lean client's form).
+        self.head = _FIXED_HEAD + _head_lines(headers)
         register_credentials(api_key, headers)
 
 
+def _head_lines(headers: Mapping[str, str]) -> bytes:
+    return b"".join(
+        b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+    )
+
+
+def _upstream_head(provider: ProviderEndpoint) -> bytes:
+    """The provider's head lines plus this attempt's (ledger id, traceparent)."""
+    extra = upstream_headers(_NO_HEADERS)
+    return provider.head + _head_lines(extra) if extra else provider.head
+
+
 class OpenAICompatAdapter:
-    def __init__(self, providers: Mapping[str, ProviderEndpoint], session: aiohttp.ClientSession):
+    def __init__(self, providers: Mapping[str, ProviderEndpoint]):
         self._providers = dict(providers)
-        self._session = session
+        self._client = Client()
+        self._session_made: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[Timeouts, bool], aiohttp.ClientTimeout] = {}
+        self._targets: dict[tuple[str, str], Target] = {}
 
     @classmethod
     def create(cls, providers: Mapping[str, ProviderEndpoint]) -> OpenAICompatAdapter:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # concurrency caps are a routing decision, not a socket-pool accident
-            ttl_dns_cache=300,
-            keepalive_timeout=60,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-            auto_decompress=True,
-            raise_for_status=False,
-        )
-        return cls(providers, session)
+        return cls(providers)
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        """For raw pass-through bodies only (multipart, streamed uploads)."""
+        if self._session_made is None:
+            connector = aiohttp.TCPConnector(
+                limit=0,  # concurrency caps are a routing decision, not a socket-pool accident
+                ttl_dns_cache=300,
+                keepalive_timeout=60,
+            )
+            self._session_made = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, raise_for_status=False
+            )
+        return self._session_made
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
+        if self._session_made is not None:
+            await self._session_made.close()
 
     def supports(self, deployment: DeploymentSpec, endpoint: str) -> bool:
         return True  # the OpenAI protocol serves every endpoint Farebox forwards
@@ -91,34 +117,58 @@ class OpenAICompatAdapter:
 
     def _prepare(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any]
-    ) -> tuple[ProviderEndpoint, str, bytes]:
+    ) -> tuple[ProviderEndpoint, Target, bytes]:
         provider = self._providers[deployment.provider]
         payload["model"] = deployment.upstream_model
-        return provider, f"{provider.base}/{endpoint}", orjson.dumps(payload)
+        target = self._targets.get((provider.name, endpoint))
+        if target is None:
+            target = self._client.target(f"{provider.base}/{endpoint}")
+            self._targets[(provider.name, endpoint)] = target
+        return provider, target, orjson.dumps(payload)
+
+    async def _post(
+        self,
+        deployment: DeploymentSpec,
+        provider: ProviderEndpoint,
+        target: Target,
+        body: bytes,
+        timeouts: Timeouts,
+        stream: bool,
+    ) -> Response:
+        """The lean client's POST, its failures as UpstreamErrors (as aiohttp's were)."""
+        try:
+            return await self._client.request(
+                target,
+                _upstream_head(provider),
+                body,
+                connect_s=timeouts.connect_ms / 1000,
+                total_s=timeouts.total_ms / 1000,
+                read_s=max(timeouts.idle_ms, timeouts.ttft_ms) / 1000 if stream else None,
+                stream=stream,
+            )
+        except TimeoutError:
+            what = "sent no response headers in time" if stream else "timed out"
+            raise UpstreamError(TIMEOUT, f"{deployment.id} {what}") from None
+        except UpstreamClosed as exc:
+            if exc.before_status:
+                raise UpstreamError(
+                    CONNECT, f"{deployment.id} unreachable: ServerDisconnectedError"
+                ) from None
+            raise UpstreamError(CUT, f"{deployment.id} closed the connection mid-body") from None
+        except (OSError, ValueError) as exc:
+            raise UpstreamError(
+                CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
+            ) from None
 
     async def call(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> UpstreamReply:
-        provider, url, body = self._prepare(deployment, endpoint, payload)
-        try:
-            async with self._session.post(
-                url,
-                data=body,
-                headers=upstream_headers(provider.headers),
-                timeout=self._timeout(timeouts, False),
-            ) as resp:
-                raw = await resp.read()
-                request_id = resp.headers.get("x-request-id")
-                status = resp.status
-                headers = resp.headers
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamError(TIMEOUT, f"{deployment.id} timed out: {exc!s}") from None
-        except aiohttp.ClientPayloadError:
-            raise UpstreamError(CUT, f"{deployment.id} closed the connection mid-body") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                CONNECT, f"{deployment.id} unreachable: {type(exc).__name__}"
-            ) from None
+        provider, target, body = self._prepare(deployment, endpoint, payload)
+        resp = await self._post(deployment, provider, target, body, timeouts, False)
+        raw = resp.body
+        headers = resp.headers
+        request_id = headers.get("x-request-id")
+        status = resp.status
         if status != 200:
             raise _status_error(deployment, status, raw, headers, request_id)
         try:
@@ -137,17 +187,22 @@ class OpenAICompatAdapter:
     async def open_stream(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts
     ) -> OpenAIStream:
-        provider, url, body = self._prepare(deployment, endpoint, payload)
-        resp, request_id = await self._opened(
-            deployment,
-            url,
-            body,
-            upstream_headers(provider.headers),
-            self._timeout(timeouts, True),
-            "sent no response headers in time",
-        )
+        provider, target, body = self._prepare(deployment, endpoint, payload)
+        resp = await self._post(deployment, provider, target, body, timeouts, True)
+        request_id = resp.headers.get("x-request-id")
+        if resp.status != 200:
+            raw = b""
+            try:
+                async for piece in resp.iter(timeouts.total_ms / 1000):
+                    raw += piece
+            except (TimeoutError, UpstreamClosed):
+                pass
+            finally:
+                resp.close()
+            raise _status_error(deployment, resp.status, raw, resp.headers, request_id)
         ends = responses_stream_ends if endpoint == "responses" else _chat_stream_ends
-        return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers), ends)
+        read_s = max(timeouts.idle_ms, timeouts.ttft_ms) / 1000
+        return OpenAIStream(deployment.id, resp, request_id, _limits(resp.headers), ends, read_s)
 
     async def open_raw(
         self,
@@ -223,21 +278,24 @@ def responses_stream_ends(block: bytes) -> bool:
 
 
 class OpenAIStream:
-    __slots__ = ("_deployment", "_ends", "_resp", "limits", "request_id")
+    __slots__ = ("_deployment", "_ended", "_ends", "_read_s", "_resp", "limits", "request_id")
 
     def __init__(
         self,
         deployment: str,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         request_id: str | None,
         limits: Mapping[str, str] | None = None,
         ends: Callable[[bytes], bool] = _chat_stream_ends,
+        read_s: float | None = None,
     ):
         self._deployment = deployment
         self._resp = resp
         self.request_id = request_id
         self.limits = limits
         self._ends = ends
+        self._read_s = read_s
+        self._ended = False
 
     async def blocks(self) -> AsyncIterator[bytes]:
         """Complete SSE events, raw, grouped by network read; ends after `[DONE]` (chat) or
@@ -249,7 +307,7 @@ class OpenAIStream:
         ends = self._ends
         pending = b""
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._resp.iter(self._read_s):
                 if b"\r" in chunk:
                     chunk = chunk.replace(b"\r\n", b"\n")
                 data = pending + chunk if pending else chunk
@@ -258,23 +316,29 @@ class OpenAIStream:
                     pending = data
                     continue
                 block, pending = data[: cut + 2], data[cut + 2 :]
-                yield block
                 if ends(block):
+                    self._ended = True
+                    yield block
                     return
+                yield block
             if pending.strip():
+                self._ended = ends(pending)
                 yield pending + b"\n\n"
-                if ends(pending):
+                if self._ended:
                     return
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except TimeoutError:
             raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
-        except aiohttp.ClientError as exc:
+        except UpstreamClosed:
             raise UpstreamError(
-                CUT, f"{self._deployment} stream broke: {type(exc).__name__}"
+                CUT, f"{self._deployment} stream broke: ClientPayloadError"
             ) from None
         raise UpstreamError(CUT, f"{self._deployment} ended the stream before its end")
 
     async def close(self) -> None:
-        self._resp.close()
+        if self._ended:
+            self._resp.release()  # whole: the connection can serve the next call
+        else:
+            self._resp.close()  # cut short: closing tells the upstream to stop
 
 
 _LIMIT_HEADERS = (
