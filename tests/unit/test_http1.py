@@ -38,7 +38,7 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
 
 
 def _run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 20))
 
 
 def test_keep_alive_reuses_one_connection_and_sends_head_and_body() -> None:
