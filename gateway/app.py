@@ -1,10 +1,15 @@
-"""Application factory: create_app(settings, config) → FastAPI, and the ASGI front door.
+"""The ASGI front door: create_asgi(settings, config) → HotPath, and the process's lifespan.
 
-The OpenAI endpoints and the Anthropic Messages ingress are served by a pure-ASGI layer
-(`HotPath`) in front of FastAPI, so the hot path skips FastAPI's per-request telemetry
-checks, routing, dependency injection and response-model validation; FastAPI keeps the
-lifespan, the ops endpoints and the admin API (/admin/*). Serve `create_asgi(...)`, which is
-`HotPath(create_app(...))`.
+`HotPath` answers the OpenAI endpoints, the Anthropic Messages ingress, the Responses API,
+the passthrough and the probes (/healthz, /readyz) itself, in pure ASGI: no per-request
+telemetry checks, routing, dependency injection or response-model validation. It also runs
+the application's lifespan (start-up and shutdown of the state, the ledger, the reloader).
+Everything else — the admin API (/admin/*), the status page, files, batches, /metrics on the
+API port, unknown paths — goes to a FastAPI app built on the first request that needs it,
+so a serving worker that only ever answers /v1 never imports FastAPI or Starlette.
+
+`LeanHttpProtocol` (gateway/serving/protocol.py) asks `HotPath.serves_lean` which requests
+skip uvicorn's ASGI request cycle.
 """
 
 from __future__ import annotations
@@ -13,27 +18,26 @@ import asyncio
 import contextlib
 import gc
 import logging
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
-
-from gateway.api.admin import admin_router
-from gateway.api.admin_drills import admin_drills_router
-from gateway.api.admin_keys import admin_keys_router
 from gateway.api.anthropic import AnthropicEndpoints
-from gateway.api.app_errors import install_error_handlers
-from gateway.api.asgi import headers_too_large, reseed_request_ids, send_edge_error
-from gateway.api.batches import batches_router
-from gateway.api.files import files_router
+from gateway.api.asgi import (
+    Receive,
+    Scope,
+    Send,
+    headers_too_large,
+    reseed_request_ids,
+    send_edge_error,
+)
 from gateway.api.openai import OpenAIEndpoints
-from gateway.api.ops import MetricsListener, local_port, ops_router, refuse_draining
+from gateway.api.ops import PROBE_PATHS, MetricsListener, Probes, local_port, refuse_draining
 from gateway.api.passthrough import PassthroughEndpoints
 from gateway.api.responses import ResponsesEndpoints
-from gateway.api.status_page import status_router
 from gateway.batch.runner import BatchRunner
 from gateway.config.loading import load_config
 from gateway.config.schema import GatewayConfig
@@ -48,6 +52,9 @@ from gateway.serving.reload import (
 )
 from gateway.settings import Settings
 from gateway.state import GatewayState, build_state, check_ledger, warm_up
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("farebox")
 
@@ -76,24 +83,55 @@ class StateHolder:
 
 
 class HotPath:
-    """Pure ASGI: answer /v1/* ourselves, hand everything else to FastAPI."""
+    """Pure ASGI: answer /v1/* and the probes ourselves, run the lifespan, hand everything
+    else to the FastAPI app (built on first use)."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.endpoints: OpenAIEndpoints = app.state.endpoints
-        self.anthropic: AnthropicEndpoints = app.state.anthropic
-        self.responses: ResponsesEndpoints = app.state.responses
-        self.passthrough: PassthroughEndpoints = app.state.passthrough
-        self.holder: StateHolder = app.state.holder
+    def __init__(
+        self, settings: Settings, config: GatewayConfig, config_path: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.config_path = config_path
+        self.holder = StateHolder()
         # From SIGTERM on (gateway/serving/server.py), new /v1 work gets a 503.
-        self.drain: shutdown.Drain = app.state.drain
+        self.drain = shutdown.Drain()
+        self.probe = DatabaseProbe(settings.db_ping_interval_s, settings.db_ping_timeout_s)
+        self.endpoints = OpenAIEndpoints(self.holder.require)
+        self.anthropic = AnthropicEndpoints(self.holder.require)
+        self.responses = ResponsesEndpoints(self.holder.require)
+        self.passthrough = PassthroughEndpoints(self.holder.require)
+        self.probes = Probes(self.holder.get, self.drain, self.probe)
         # Requests that came in on the metrics listener (see gateway/api/ops.py).
-        self.metrics_port: int = app.state.metrics_port
+        self.metrics_port: int = settings.metrics_port
         self.metrics = MetricsListener()
+        self._admin: FastAPI | None = None
+
+    @property
+    def app(self) -> FastAPI:
+        """The FastAPI app for everything HotPath does not answer, built on first use."""
+        if self._admin is None:
+            self._admin = admin_app(self)
+        return self._admin
+
+    def serves_lean(self, scope: Scope) -> bool:
+        """True for the requests HotPath answers itself (LeanHttpProtocol serves them
+        without uvicorn's ASGI cycle)."""
+        path = scope["path"]
+        return (
+            self.endpoints.handles(path)
+            or self.anthropic.handles(path)
+            or self.responses.handles(path)
+            or self.passthrough.handles(path)
+            or (path in PROBE_PATHS and scope["method"] == "GET")
+            or (bool(self.metrics_port) and local_port(scope) == self.metrics_port)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
         if scope["type"] != "http" or state is None:
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+                return
             await self._serve(state, scope, receive, send)
             return
         # Counted so a reload closes the replaced state only after its last request.
@@ -143,73 +181,104 @@ class HotPath:
                     return
                 await self.passthrough(scope, receive, send)
                 return
+            if path in PROBE_PATHS and scope["method"] == "GET":
+                await self.probes(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-
-def create_app(
-    settings: Settings, config: GatewayConfig, config_path: Path | None = None
-) -> FastAPI:
-    """`config_path`: the file `config` came from; SIGHUP reloads it (without, no reload)."""
-    holder = StateHolder()
-    drain = shutdown.Drain()
-    probe = DatabaseProbe(settings.db_ping_interval_s, settings.db_ping_timeout_s)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Per process: each worker has its own request-log thread and span exporter.
-        request_log.configure(settings.request_log)
-        metrics.ENABLED = settings.metrics_enabled
-        flusher = metrics.Flusher()
-        telemetry.configure(settings.otel_endpoint, service_name=settings.otel_service_name)
-        state = build_state(settings, config)
-        await start_components(state)
-        holder.state = state
-        shutdown.register(drain)
-        runner = BatchRunner(holder.get) if settings.batch_runner else None
-        if runner is not None:
-            runner.start()
-        if state.repository is not None:
-            # The repository is carried over by reloads: one for the process's life.
-            probe.start(state.repository.ping)
-        reloader = None
-        if config_path is not None:
-            reloader = Reloader(settings, config_path, holder, drain_s=settings.graceful_shutdown_s)
-            reloader.install_signal_handler()
-            mark_file_loaded(config_path)
-        # Start-up objects (config, price maps, modules) live for the whole process: keep
-        # them out of every future collection, and collect young objects less often — the
-        # hot path allocates many short-lived ones and rarely makes cycles.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-        warming = asyncio.get_running_loop().run_in_executor(None, warm_up, state)
-        # Awaited (bounded) so "startup complete" means the operator has been told.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(check_ledger(state, settings), 3)
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol, as Starlette runs it (a failed start-up is reported
+        as `lifespan.startup.failed`, which makes uvicorn exit)."""
+        started = False
+        await receive()  # lifespan.startup
         try:
-            yield
-        finally:
-            # uvicorn runs this once every request has ended: gateway/serving/server.py cut those
-            # that outlived the grace period, so their ledger rows are queued by now and
-            # the close below flushes them.
-            if runner is not None:
-                # Lines in flight finish and are saved; the batch resumes on the next claim.
-                await runner.close(settings.graceful_shutdown_s)
-            await probe.close()
-            await warming
-            if reloader is not None:
-                await reloader.close()
-            # The latest state: reloads may have replaced the one built above.
-            await holder.require().close()
-            telemetry.shutdown()
-            request_log.close()
-            flusher.stop()
-            metrics.worker_exited()
-            shutdown.unregister(drain)
+            async with lifespan(self):
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException:
+            text = traceback.format_exc()
+            kind = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": kind, "message": text})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
+
+@asynccontextmanager
+async def lifespan(hot: HotPath) -> AsyncIterator[None]:
+    """The process's start-up and shutdown around serving."""
+    settings, holder, drain, probe = hot.settings, hot.holder, hot.drain, hot.probe
+    config_path = hot.config_path
+    # Per process: each worker has its own request-log thread and span exporter.
+    request_log.configure(settings.request_log)
+    metrics.ENABLED = settings.metrics_enabled
+    flusher = metrics.Flusher()
+    telemetry.configure(settings.otel_endpoint, service_name=settings.otel_service_name)
+    state = build_state(settings, hot.config)
+    await start_components(state)
+    holder.state = state
+    shutdown.register(drain)
+    runner = BatchRunner(holder.get) if settings.batch_runner else None
+    if runner is not None:
+        runner.start()
+    if state.repository is not None:
+        # The repository is carried over by reloads: one for the process's life.
+        probe.start(state.repository.ping)
+    reloader = None
+    if config_path is not None:
+        reloader = Reloader(settings, config_path, holder, drain_s=settings.graceful_shutdown_s)
+        reloader.install_signal_handler()
+        mark_file_loaded(config_path)
+    # Start-up objects (config, price maps, modules) live for the whole process: keep
+    # them out of every future collection, and collect young objects less often — the
+    # hot path allocates many short-lived ones and rarely makes cycles.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    warming = asyncio.get_running_loop().run_in_executor(None, warm_up, state)
+    # Awaited (bounded) so "startup complete" means the operator has been told.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(check_ledger(state, settings), 3)
+    try:
+        yield
+    finally:
+        # uvicorn runs this once every request has ended: gateway/serving/server.py cut those
+        # that outlived the grace period, so their ledger rows are queued by now and
+        # the close below flushes them.
+        if runner is not None:
+            # Lines in flight finish and are saved; the batch resumes on the next claim.
+            await runner.close(settings.graceful_shutdown_s)
+        await probe.close()
+        await warming
+        if reloader is not None:
+            await reloader.close()
+        # The latest state: reloads may have replaced the one built above.
+        await holder.require().close()
+        telemetry.shutdown()
+        request_log.close()
+        flusher.stop()
+        metrics.worker_exited()
+        shutdown.unregister(drain)
+
+
+def admin_app(hot: HotPath) -> FastAPI:
+    """The FastAPI app: ops' /metrics, the admin API, the status page, files, batches,
+    and the error answers for unknown paths and wrong methods. Imported and built on the
+    first request that needs it (the lifespan is HotPath's)."""
+    from fastapi import FastAPI
+
+    from gateway.api.admin import admin_router
+    from gateway.api.admin_drills import admin_drills_router
+    from gateway.api.admin_keys import admin_keys_router
+    from gateway.api.app_errors import install_error_handlers
+    from gateway.api.batches import batches_router
+    from gateway.api.files import files_router
+    from gateway.api.ops_routes import ops_router
+    from gateway.api.status_page import status_router
+
+    holder, settings = hot.holder, hot.settings
     app = FastAPI(
         title="Farebox",
-        lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -217,32 +286,28 @@ def create_app(
         # per-request work.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.include_router(ops_router(holder.get, settings, drain, probe))
+    app.include_router(ops_router(holder.get, settings, hot.drain, hot.probe))
     app.include_router(admin_router(holder.get, settings.master_key))
     app.include_router(admin_keys_router(holder.get, settings.master_key))
     app.include_router(admin_drills_router(holder.get, settings.master_key))
     app.include_router(status_router(holder.get, settings.master_key))
-    app.include_router(files_router(holder.get, drain))
-    app.include_router(batches_router(holder.get, drain))
+    app.include_router(files_router(holder.get, hot.drain))
+    app.include_router(batches_router(holder.get, hot.drain))
 
     # 404 / 405 / validation / unhandled: the hot path's error shapes and x-request-id.
     install_error_handlers(app)
 
     app.state.holder = holder
-    app.state.drain = drain
-    app.state.metrics_port = settings.metrics_port
-    app.state.endpoints = OpenAIEndpoints(holder.require)
-    app.state.anthropic = AnthropicEndpoints(holder.require)
-    app.state.responses = ResponsesEndpoints(holder.require)
-    app.state.passthrough = PassthroughEndpoints(holder.require)
+    app.state.drain = hot.drain
     return app
 
 
 def create_asgi(
     settings: Settings, config: GatewayConfig, config_path: Path | None = None
 ) -> HotPath:
-    """What uvicorn serves: the hot path in front of the FastAPI app."""
-    return HotPath(create_app(settings, config, config_path))
+    """What uvicorn serves. `config_path`: the file `config` came from; SIGHUP reloads it
+    (without, no reload)."""
+    return HotPath(settings, config, config_path)
 
 
 def asgi_from_env() -> HotPath:

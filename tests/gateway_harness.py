@@ -1,4 +1,4 @@
-"""Run a real Farebox (uvicorn + uvloop + httptools) in a background thread for tests."""
+"""Run a real Farebox (uvicorn + uvloop + LeanHttpProtocol) in a background thread for tests."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import uvicorn
 from gateway.app import HotPath, create_asgi
 from gateway.config.loading import parse_config
 from gateway.config.schema import GatewayConfig
+from gateway.serving.protocol import LeanHttpProtocol
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -53,7 +54,8 @@ def running_gateway(
         uvicorn.Config(
             app,
             loop="uvloop",
-            http="httptools",
+            # `farebox serve`'s protocol: /v1/* on the lean request cycle.
+            http=LeanHttpProtocol,
             access_log=False,
             proxy_headers=False,
             log_level="warning",

@@ -3,7 +3,9 @@
 /metrics shows spend and traffic, so it is not on the API port: `farebox serve` opens a
 second listener (FAREBOX_METRICS_PORT, default 9464) that serves only /metrics and /healthz
 (`MetricsListener`, picked by HotPath from the port a request came in on). The API port
-serves /metrics only if FAREBOX_METRICS_ON_API_PORT says so: `admin` (master key) or `open`.
+serves /metrics only if FAREBOX_METRICS_ON_API_PORT says so: `admin` (master key) or `open`
+(gateway/api/ops_routes.py, on the FastAPI app). GET /healthz and /readyz are answered here
+(`Probes`), without FastAPI.
 """
 
 from __future__ import annotations
@@ -12,99 +14,83 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 
-from gateway.api.admin import authorize_admin
 from gateway.api.anthropic_translate import error_body as anthropic_error_body
 from gateway.api.asgi import Receive, Scope, Send, new_request_id, send_error
-from gateway.errors import GatewayError, NotFound, error_body
+from gateway.errors import NotFound
 from gateway.observability import metrics as prometheus
 from gateway.runtime.db_probe import DatabaseProbe
 from gateway.runtime.shutdown import Drain, shutting_down
-from gateway.settings import Settings
 from gateway.state import GatewayState
 
-
-def _json(data: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _not_found() -> Response:
-    return Response(
-        error_body("Unknown path.", "invalid_request_error", "not_found"),
-        status_code=404,
-        media_type="application/json",
-    )
+# Answered by `Probes` on the hot path (GET only: other methods get FastAPI's 405).
+PROBE_PATHS = frozenset(("/healthz", "/readyz"))
 
 
-def ops_router(
-    state: Callable[[], GatewayState | None],
-    settings: Settings | None = None,
-    drain: Drain | None = None,
-    probe: DatabaseProbe | None = None,
-) -> APIRouter:
-    router = APIRouter()
-    settings = settings or Settings(master_key=None)
-    api_metrics = settings.metrics_on_api_port
-
-    @router.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
-        return _json({"status": "ok"})
-
-    @router.get("/readyz", include_in_schema=False)
-    async def readyz() -> Response:
-        current = state()
-        if current is None:
-            return _json({"status": "starting"}, 503)
-        if current.draining or (drain is not None and drain.active):
-            return _json({"status": "draining"}, 503)
-        body: dict[str, Any] = {
-            "status": "ready",
-            "routes": len(current.config.routes),
-            "deployments": len(current.config.deployments),
+def readiness(
+    current: GatewayState | None, drain: Drain | None, probe: DatabaseProbe | None
+) -> tuple[int, dict[str, Any]]:
+    """/readyz: (status, body)."""
+    if current is None:
+        return 503, {"status": "starting"}
+    if current.draining or (drain is not None and drain.active):
+        return 503, {"status": "draining"}
+    body: dict[str, Any] = {
+        "status": "ready",
+        "routes": len(current.config.routes),
+        "deployments": len(current.config.deployments),
+    }
+    writer = current.writer
+    if writer is not None:
+        # A database outage degrades the ledger to the disk spool; it does not make the
+        # pod unready: every replica shares the database, so an unready verdict would
+        # take the whole service down for an outage that loses no row and refuses no
+        # request. It is reported as `degraded`, with what the last ping saw.
+        ledger: dict[str, Any] = {
+            "database": "down" if writer.db_down else "up",
+            "writes_failing": writer.db_down,
+            "queued_rows": writer.queued_rows,
+            "rows_written": writer.rows_written,
+            "rows_spooled": writer.rows_spooled,
         }
-        writer = current.writer
-        if writer is not None:
-            # A database outage degrades the ledger to the disk spool; it does not make the
-            # pod unready: every replica shares the database, so an unready verdict would
-            # take the whole service down for an outage that loses no row and refuses no
-            # request. It is reported as `degraded`, with what the last ping saw.
-            ledger: dict[str, Any] = {
-                "database": "down" if writer.db_down else "up",
-                "writes_failing": writer.db_down,
-                "queued_rows": writer.queued_rows,
-                "rows_written": writer.rows_written,
-                "rows_spooled": writer.rows_spooled,
-            }
-            if probe is not None:
-                ledger.update(probe.report())
-                if probe.up is False:
-                    ledger["database"] = "down"
-                elif probe.up is None and not writer.db_down:
-                    ledger["database"] = "unknown"  # the first ping has not answered yet
-            if ledger["database"] == "down":
-                body["status"] = "degraded"
-            body["ledger"] = ledger
-        return _json(body)
+        if probe is not None:
+            ledger.update(probe.report())
+            if probe.up is False:
+                ledger["database"] = "down"
+            elif probe.up is None and not writer.db_down:
+                ledger["database"] = "unknown"  # the first ping has not answered yet
+        if ledger["database"] == "down":
+            body["status"] = "degraded"
+        body["ledger"] = ledger
+    return 200, body
 
-    @router.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        # The metrics listener never gets here (HotPath answers it); this is the API port.
-        if api_metrics == "off":
-            return _not_found()
-        if api_metrics == "admin":
-            current = state()
-            if current is None:
-                return _json({"status": "starting"}, 503)
-            try:
-                await authorize_admin(request, current, settings.master_key)
-            except GatewayError as exc:
-                return Response(exc.body(), status_code=exc.status, media_type="application/json")
-        body, content_type = prometheus.scrape()
-        return Response(body, media_type=content_type)
 
-    return router
+class Probes:
+    """GET /healthz and /readyz, answered without FastAPI (an idle worker never loads it)."""
+
+    def __init__(
+        self,
+        state: Callable[[], GatewayState | None],
+        drain: Drain | None = None,
+        probe: DatabaseProbe | None = None,
+    ) -> None:
+        self.state = state
+        self.drain = drain
+        self.probe = probe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/healthz":
+            status, body = 200, b'{"status":"ok"}'
+        else:
+            code, data = readiness(self.state(), self.drain, self.probe)
+            status, body = code, orjson.dumps(data)
+        headers = [
+            (b"x-request-id", new_request_id().encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class MetricsListener:

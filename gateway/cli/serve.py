@@ -52,15 +52,16 @@ def _serve(
 ) -> None:
     import uvicorn
 
-    from gateway.api.http_protocol import BoundedHttpToolsProtocol
+    from gateway.serving.protocol import LeanHttpProtocol
 
     server = config.server
     options: dict[str, object] = {
         "host": host,
         "port": port,
         "loop": "uvloop",
-        # httptools with a bounded, timed request head (httptools itself bounds neither).
-        "http": BoundedHttpToolsProtocol,
+        # httptools with a bounded, timed request head (httptools itself bounds neither), and
+        # Farebox's own request cycle for the paths HotPath answers (gateway/serving/protocol.py).
+        "http": LeanHttpProtocol,
         # The head's byte cap at the protocol: above the front door's exact 431 limit (which
         # counts names and values only), with room for a long request line.
         "h11_max_incomplete_event_size": server.max_header_bytes + 16 * 1024,
@@ -70,7 +71,7 @@ def _serve(
         "proxy_headers": False,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
-        # Idle keep-alive connections, and (BoundedHttpToolsProtocol) heads still arriving.
+        # Idle keep-alive connections, and (LeanHttpProtocol) heads still arriving.
         "timeout_keep_alive": 30,
         "backlog": 4096,
     }

@@ -24,7 +24,7 @@ import orjson
 import pytest
 import uvicorn
 
-from gateway.api.http_protocol import BoundedHttpToolsProtocol
+from gateway.serving.protocol import LeanHttpProtocol
 from tests.conftest import SIM_KEY
 from tests.gateway_harness import RunningGateway
 from tests.hardened_gateway import (
@@ -328,6 +328,9 @@ def bounded_server() -> Iterator[tuple[str, int]]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
+    # Every request on the lean cycle, as /v1/* is under `farebox serve`.
+    app.serves_lean = lambda scope: True  # type: ignore[attr-defined]
+
     # IPPROTO_TCP: asyncio sets TCP_NODELAY only then (see tests/gateway_harness.py).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
@@ -335,7 +338,7 @@ def bounded_server() -> Iterator[tuple[str, int]]:
         uvicorn.Config(
             app,
             loop="uvloop",
-            http=BoundedHttpToolsProtocol,
+            http=LeanHttpProtocol,
             h11_max_incomplete_event_size=HEAD_CAP,
             timeout_keep_alive=HEAD_TIMEOUT_S,
             log_level="warning",

@@ -10,11 +10,11 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from gateway.api.http_protocol import BoundedHttpToolsProtocol
 from gateway.cli import main as cli
 from gateway.cli import serve as serving
 from gateway.config.loading import parse_config
 from gateway.serving import server as server_module
+from gateway.serving.protocol import LeanHttpProtocol
 from gateway.settings import Settings
 
 YAML = """
@@ -50,7 +50,7 @@ def test_serve_uses_the_bounded_protocol(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = Settings(master_key=None, metrics_port=0)
     serving._serve(settings, config, Path("t.yaml"), "127.0.0.1", 0, 1)
     built = seen["config"]
-    assert built.http is BoundedHttpToolsProtocol
+    assert built.http is LeanHttpProtocol
     assert built.h11_max_incomplete_event_size == 10000 + 16 * 1024
     assert built.timeout_keep_alive == 30
 
