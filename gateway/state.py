@@ -35,14 +35,14 @@ from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
 from gateway.ledger.batches_repository import BatchesRepository
 from gateway.ledger.db_errors import database_errors
-from gateway.ledger.drills_repository import DrillsRepository
+from gateway.ledger.drills_serving import ServingDrills
 from gateway.ledger.files_repository import FilesRepository
 from gateway.ledger.keys_reads import PgKeyReads
 from gateway.ledger.pg import PgPool, is_postgres
 from gateway.ledger.pg_sink import writer_sink
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
-from gateway.ledger.responses_repository import ResponsesRepository
+from gateway.ledger.responses_pg import PgResponsesRepository
 from gateway.ledger.serving_ledger import ServingLedger
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
@@ -58,8 +58,10 @@ from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:
+    from gateway.ledger.drills_repository import DrillsRepository
     from gateway.ledger.keys_repository import KeysRepository
     from gateway.ledger.repository import LedgerRepository
+    from gateway.ledger.responses_repository import ResponsesRepository
 
 log = logging.getLogger("farebox")
 
@@ -235,6 +237,27 @@ def open_ledger(url: str) -> LedgerRepository:
     return LedgerRepository.create(url)
 
 
+def open_drills(url: str, repository: LedgerRepository | None) -> DrillsRepository:
+    """The drills repository: on Postgres the board's poll and the scheduler's reads go to
+    the ledger's asyncpg pool, drill changes to SQLAlchemy on first use (ServingDrills)."""
+    ledger = cast("ServingLedger | LedgerRepository | None", repository)
+    if isinstance(ledger, ServingLedger):
+        return cast("DrillsRepository", ServingDrills(url, ledger.pool))
+    from gateway.ledger.drills_repository import DrillsRepository
+
+    return DrillsRepository.create(url)
+
+
+def open_responses(repository: LedgerRepository) -> ResponsesRepository | PgResponsesRepository:
+    """Stored Responses on the ledger's asyncpg pool (Postgres) or its engine (SQLite)."""
+    ledger = cast("ServingLedger | LedgerRepository", repository)
+    if isinstance(ledger, ServingLedger):
+        return PgResponsesRepository(ledger.pool)
+    from gateway.ledger.responses_repository import ResponsesRepository
+
+    return ResponsesRepository(ledger.engine)
+
+
 def build_virtual_keys(
     keys: KeyStore, repository: LedgerRepository | None, redis_url: str | None
 ) -> tuple[KeySync | None, KeyAdmin | None]:
@@ -370,7 +393,7 @@ def build_state(
             name: route.targets[0] for name, route in config.routes.items() if route.targets
         }
         drill_board = DrillBoard(
-            DrillsRepository.create(settings.database_url),
+            open_drills(settings.database_url, repository),
             settings.redis_url,
             specs,
             primaries,
@@ -398,7 +421,7 @@ def build_state(
     # Rebuilt on every reload (its settings are the YAML's), on the engine the ledger
     # repository owns and carries over: a reload opens no engine.
     responses = (
-        ResponseStore(ResponsesRepository(repository.engine), config.responses)
+        ResponseStore(open_responses(repository), config.responses)
         if repository is not None
         else None
     )

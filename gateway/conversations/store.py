@@ -25,7 +25,7 @@ import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from prometheus_client import Counter, Histogram
@@ -35,7 +35,7 @@ from gateway.conversations.group_commit import Closed, GroupCommit
 from gateway.conversations.items import page_input_items, stored_items
 from gateway.errors import Unavailable
 from gateway.ledger.db_errors import database_errors
-from gateway.ledger.responses_repository import ResponsesRepository, row_error
+from gateway.ledger.responses_pg import PgResponsesRepository, row_error
 from gateway.runtime.background import Background
 
 __all__ = [
@@ -46,6 +46,9 @@ __all__ = [
     "StoredResponse",
     "page_input_items",
 ]
+
+if TYPE_CHECKING:  # SQLAlchemy (SQLite ledgers); a serving worker on Postgres uses asyncpg
+    from gateway.ledger.responses_repository import ResponsesRepository
 
 log = logging.getLogger("farebox.responses")
 
@@ -129,7 +132,9 @@ def _record(row: dict[str, Any]) -> StoredResponse:
 
 
 class ResponseStore:
-    def __init__(self, repository: ResponsesRepository, config: ResponsesConfig) -> None:
+    def __init__(
+        self, repository: ResponsesRepository | PgResponsesRepository, config: ResponsesConfig
+    ) -> None:
         self.repository = repository
         self.config = config
         self._tasks = Background()

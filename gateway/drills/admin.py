@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config.drills import DrillStart, target_problems
 from gateway.ledger.db_errors import database_errors
-from gateway.ledger.drills_repository import FINAL, RUNNING, DrillRow, DrillsRepository
+from gateway.ledger.drills_records import FINAL, RUNNING, DrillRow
 from routing.drills import DRILL
 
 if TYPE_CHECKING:
     from gateway.config.schema import GatewayConfig
     from gateway.ledger.keys_repository import KeysRepository
+
+
+if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingDrills
+    from gateway.ledger.drills_repository import DrillsRepository
 
 log = logging.getLogger("farebox.drills")
 

@@ -20,21 +20,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from gateway.drills.verdict_report import render, side_dict
-from gateway.ledger.drills_repository import (
-    FINAL,
-    FINISHING,
-    RUNNING,
-    STOPPING,
-    DrillRow,
-    DrillsRepository,
-)
+from gateway.ledger.drills_records import FINAL, FINISHING, RUNNING, STOPPING, DrillRow
 from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
 from gateway.runtime.redis import Sharing, redis_client
@@ -42,6 +35,9 @@ from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
 from routing.model import DeploymentSpec, Plan
+
+if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingDrills
+    from gateway.ledger.drills_repository import DrillsRepository
 
 log = logging.getLogger("farebox.drills")
 

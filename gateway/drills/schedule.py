@@ -23,11 +23,15 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from gateway.config.drills import DrillSchedule
-from gateway.ledger.drills_repository import DrillRow, DrillsRepository
+from gateway.ledger.drills_records import DrillRow
 from gateway.runtime.redis import RedisState, redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS
+
+if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingDrills
+    from gateway.ledger.drills_repository import DrillsRepository
 
 log = logging.getLogger("farebox.drills")
 

@@ -9,70 +9,44 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from gateway.ledger.drills_records import (
+    EARLIER,
+    FINAL,
+    FINISHING,
+    GATE_FAILED,
+    NOT_DELIVERED,
+    RUNNING,
+    STOPPING,
+    DrillRow,
+    aware_utc,
+    row_of,
+)
 from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_drills import drills_table
 from gateway.ledger.success import ANSWERED_CLIENT, gate_passed
 from routing.drills import Side
 
-RUNNING = "running"
-STOPPING = "stopping"
-FINISHING = "finishing"
-FINAL = ("completed", "stopped", "aborted")
-# How long before a drill's window a request that has attempts in it may have arrived.
-_EARLIER = timedelta(hours=1)
-# Errors-by-class entries for attempts that failed without an error class of their own.
-GATE_FAILED = "gate_failed"
-NOT_DELIVERED = "not_delivered"
-
-
-@dataclass(frozen=True, slots=True)
-class DrillRow:
-    id: str
-    route: str
-    target: str
-    percent: float
-    simulate_outage: bool
-    started_at: datetime
-    ends_at: datetime
-    status: str
-    abort_after_errors: int
-    abort_error_rate: float
-    created_by: str | None
-    schedule: str | None
-    finished_at: datetime | None
-    result: str | None
-    verdict: dict[str, Any] | None
-    report: str | None
-    updated_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__}
-        for name in ("started_at", "ends_at", "finished_at", "updated_at"):
-            value = out[name]
-            out[name] = value.isoformat() if value is not None else None
-        return out
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+__all__ = [
+    "FINAL",
+    "FINISHING",
+    "GATE_FAILED",
+    "NOT_DELIVERED",
+    "RUNNING",
+    "STOPPING",
+    "DrillRow",
+    "DrillsRepository",
+]
 
 
 def _row(raw: Any) -> DrillRow:
-    data = dict(raw._mapping)
-    for name in ("started_at", "ends_at", "finished_at", "updated_at"):
-        data[name] = _utc(data[name])
-    return DrillRow(**data)
+    return row_of(raw._mapping)
 
 
 class DrillsRepository:
@@ -191,7 +165,7 @@ class DrillsRepository:
         d = drills_table.c
         async with self.engine.connect() as conn:
             value = await conn.scalar(select(func.max(d.started_at)).where(d.schedule == schedule))
-        return _utc(value)
+        return aware_utc(value)
 
     async def side(
         self,
@@ -216,7 +190,7 @@ class DrillsRepository:
         where = [a.role == role, a.started_at >= since, a.started_at <= until]
         if route is not None:
             # A request is received before its attempts start: bound it by time too.
-            where += [r.route == route, r.received_at >= since - _EARLIER]
+            where += [r.route == route, r.received_at >= since - EARLIER]
         if drill_id is not None:
             where.append(a.drill_id == drill_id)
         else:

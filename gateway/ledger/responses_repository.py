@@ -40,10 +40,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.models_responses import responses_table
+from gateway.ledger.responses_pg import row_error
+
+__all__ = ["ResponsesRepository", "quiet_aiosqlite", "row_error"]
 
 _JSON_COLUMNS = ("input_items", "response")
 _TIME_COLUMNS = ("created_at", "expires_at")
@@ -77,17 +79,6 @@ def quiet_aiosqlite() -> None:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def row_error(exc: BaseException) -> bool:
-    """Whether a failed insert failed on a row's own values (SQLSTATE class 22, a data
-    exception such as a value too long for its column, or 23, an integrity violation), not on
-    the database or the connection: a batch that fails so is worth writing again row by row."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    # asyncpg's errors reach SQLAlchemy as its generic DBAPI Error, carrying the SQLSTATE.
-    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(code, str) and code[:2] in ("22", "23")
 
 
 def _core_params(row: Mapping[str, Any]) -> dict[str, Any]:
