@@ -7,6 +7,7 @@ start and end; the planner only reads them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 # Weight of the newest sample in the moving averages: ~the last 20 samples matter.
@@ -16,7 +17,10 @@ EWMA_ALPHA = 0.1
 BYTES_PER_TOKEN = {"openai": 4.0, "claude": 3.6, "gemini": 4.0, "llama": 3.8, "default": 3.8}
 
 
+@functools.cache
 def family_of(upstream_model: str) -> str:
+    """The model family (BPE vocabulary) of an upstream model name; memoized: the names
+    are the config's few deployments, asked about on every routing decision."""
     name = upstream_model.lower()
     if name.startswith(("gpt-", "o1", "o3", "o4", "text-embedding", "chatgpt")):
         return "openai"

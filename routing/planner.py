@@ -179,11 +179,28 @@ def decide(
     soft.sort(key=_cost_key)
     fallbacks = [candidate(route, deployments[f], shape, live, output) for f in route.fallbacks]
     chosen = [*ordered, *soft, *(c for c in fallbacks if not c.hard)]
+    left_out = [c for c in (*targets, *fallbacks) if c.hard]
+    return Decision(_plan(route, chosen, reason), (*chosen, *left_out), reason)
+
+
+# Plans are immutable and most requests of a route get one of a few orders: built once per
+# (route, order, reason) rather than per request. Keyed by the RouteSpec object's identity
+# (hashing a whole frozen spec per request would cost what the cache saves); the entry holds
+# the spec, so its id cannot be reused while the entry exists, and a reloaded route (a new
+# spec) never gets an old plan.
+_PLANS: dict[tuple[int, tuple[str, ...], str], tuple[RouteSpec, Plan]] = {}
+_PLANS_MAX = 4096
+
+
+def _plan(route: RouteSpec, chosen: list[Candidate], reason: str) -> Plan:
+    key = (id(route), tuple([c.deployment.id for c in chosen]), reason)
+    found = _PLANS.get(key)
+    if found is not None and found[0] is route:
+        return found[1]
     attempts = tuple(
         PlannedAttempt(c.deployment, "primary" if i == 0 else "fallback")
         for i, c in enumerate(chosen)
     )
-    left_out = [c for c in (*targets, *fallbacks) if c.hard]
     plan = Plan(
         route=route.name,
         strategy=route.strategy,
@@ -196,7 +213,10 @@ def decide(
         gate=route.gate,
         fanout=route.fanout,
     )
-    return Decision(plan, (*chosen, *left_out), reason)
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()  # many distinct orders (weighted, latency): start over
+    _PLANS[key] = (route, plan)
+    return plan
 
 
 def _cost_key(c: Candidate) -> tuple[float, int]:

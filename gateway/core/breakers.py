@@ -71,6 +71,15 @@ class _LiveView(Mapping[str, _V]):
             raise KeyError(deployment)
         return value
 
+    def get(self, deployment: str, default: Any = None) -> Any:
+        # Mapping.get goes through __getitem__ and a KeyError for every deployment that
+        # never failed; the planner asks once per candidate per request.
+        state = self._states.get(deployment)
+        if state is None:
+            return default
+        value = self._of(state)
+        return default if value is None else value
+
     def __iter__(self) -> Iterator[str]:
         return (d for d, s in self._states.items() if self._of(s) is not None)
 

@@ -84,6 +84,7 @@ class LiveRouting:
         self.affinity: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._rates: dict[str, Rates | None] = {}
         self._rates_day: str | None = None
+        self._rates_span = (0.0, 0.0)  # the UTC day (epoch seconds) _rates are for
         self._busy_since: dict[str, float] = {}
         for dep in deployments.values():
             if dep.provider_kind == "dedicated" and dep.max_concurrency:
@@ -141,8 +142,14 @@ class LiveRouting:
         )
 
     def _rates_for(self, now: float) -> Mapping[str, Rates | None]:
+        since, until = self._rates_span
+        if since <= now < until:
+            return self._rates  # the common case: no date arithmetic per request
         day = datetime.fromtimestamp(now, UTC)
         key = day.strftime("%Y-%m-%d")
+        # The clock is epoch seconds: this UTC day is [midnight, next midnight).
+        start = now // 86_400 * 86_400
+        self._rates_span = (start, start + 86_400)
         if key != self._rates_day:
             # Prices change by effective date: resolve them once per UTC day.
             rates: dict[str, Rates | None] = {}
