@@ -79,6 +79,7 @@ from gateway.config.routes import (
     _suggest as _suggest,
 )
 from gateway.keys.auth import Principal
+from routing.lease import Sizing
 from routing.model import (
     DeploymentSpec,
     GatePolicy,
@@ -135,6 +136,31 @@ def _fail_open() -> dict[LimitCheck, FailurePolicy]:
     return {"default": "fail_open"}
 
 
+LimitsMode = Literal["lease", "exact"]
+Share = Annotated[float, Field(gt=0, le=1)]
+
+
+class LeaseConfig(_Strict):
+    """Lease mode's slices (docs/keys-and-limits.md): how large, how long they are kept."""
+
+    # A slice aims to hold this many seconds of the replica's recent demand on the key.
+    target_s: Annotated[float, Field(gt=0)] = 1.5
+    # The most a slice holds of each of the key's limits (its RPM, TPM, concurrency, budget)
+    # beyond the requests waiting for it: one request's ask always fits.
+    max_share: Share = 0.1
+    # A key unused this long on a replica (nothing in flight) has its slice returned.
+    idle_return_s: Annotated[float, Field(gt=0)] = 5.0
+
+
+class KeyLimitsMode(_Strict):
+    """One key's (or team's) enforcement, overriding `limits.mode` / `limits.lease`."""
+
+    # Unset: `limits.mode`.
+    mode: LimitsMode | None = None
+    # Unset: `limits.lease.max_share`.
+    max_share: Share | None = None
+
+
 class LimitsConfig(_Strict):
     """Per-key limits (the limits themselves are on the keys): how they are enforced."""
 
@@ -152,6 +178,27 @@ class LimitsConfig(_Strict):
     reservation_ttl_s: Annotated[float, Field(gt=0)] | None = None
     # How often one replica sets each key's month spend in Redis back to the ledger's.
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    # `lease`: each replica admits in process against a slice of each key's limits taken
+    # from Redis ahead of time (overspend bound: the slices outstanding); `exact`: one Redis
+    # check per request (overspend bound: the reservations in flight).
+    mode: LimitsMode = "lease"
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    # Per key name, virtual key id or team: mode and slice cap overrides.
+    keys: dict[str, KeyLimitsMode] = Field(default_factory=dict)
+
+    def lease_settings(self) -> dict[str, Any]:
+        """`mode`, `lease` and the per-key overrides as the Limiter takes them."""
+        base = Sizing(target_s=self.lease.target_s, max_share=self.lease.max_share)
+        key_modes = {
+            name: (over.mode or self.mode, Sizing(base.target_s, over.max_share or base.max_share))
+            for name, over in self.keys.items()
+        }
+        return {
+            "mode": self.mode,
+            "lease_sizing": base,
+            "lease_idle_s": self.lease.idle_return_s,
+            "key_modes": key_modes,
+        }
 
 
 class ServerConfig(_Strict):

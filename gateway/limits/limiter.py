@@ -11,6 +11,11 @@ counts in process (and says so in a metric), `fail_closed` answers 503. While Re
 no request waits on it: a probe re-checks it every `probe_interval_ms` and enforcement moves
 back as soon as it answers; spend settled meanwhile is added to Redis then.
 
+In lease mode (`limits.mode: lease`, the default; gateway/limits/lease.py) a request is
+admitted in process against this replica's slice of its key's limits, synced with Redis in
+the background; `exact` keeps one Redis check per request. Per key (by name, id or team),
+`key_modes` overrides the mode and the slice cap.
+
 Nothing stays taken when a request never settles (a killed replica, a frozen Redis): its
 concurrency lease and budget reservation expire after `hold_ms` (see `_hold_ms`), and a
 background reconciler (gateway/limits/reconcile.py) brings each key's spend in Redis back
@@ -44,12 +49,14 @@ from gateway.limits.answers import (
     refusal,
     too_large,
 )
+from gateway.limits.lease import Leases
 from gateway.limits.lua import ADD_SPEND, BATCH, SEED, batch_item, limit_keys, verdict_of
 from gateway.limits.reconcile import Reconciler, SpendSource, month_of, month_start
 from gateway.limits.redis_batch import RedisBatch
 from gateway.runtime.redis import redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS, RedisHealth
 from routing import quota
+from routing.lease import Sizing, Slice
 from routing.quota import BUDGET, CHECKS, TPM, Ask, KeyState, Limits, Verdict
 
 # Re-exported: the API edge imports these from here.
@@ -59,6 +66,8 @@ log = logging.getLogger("farebox.limits")
 
 FAIL_OPEN = "fail_open"
 FAIL_CLOSED = "fail_closed"
+LEASE = "lease"
+EXACT = "exact"
 
 # The least healthy worker's view (multiprocess mode with several workers).
 REDIS_UP = Gauge(
@@ -84,6 +93,9 @@ _HOLD_GRACE_MS = 60_000
 _HOLD_MIN_GRACE_MS = 1_000
 # For an ask that names no deadline.
 _DEFAULT_HOLD_MS = 15 * 60 * 1000
+# A lease slice's deadline in Redis (re-armed at a third of it while the replica lives)
+# unless `limits.reservation_ttl_s` says otherwise.
+_LEASE_TTL_MS = 15_000
 # Budget counters live a little longer than their month.
 _BUDGET_TTL_S = 40 * 24 * 3600
 _LEASE_PREFIX = os.urandom(4).hex()
@@ -103,6 +115,8 @@ class Admission:
     verdict: Verdict
     # Checks admitted in process (Redis was away for them); the rest went through Redis.
     local: frozenset[str] = field(default_factory=frozenset)
+    # Lease mode: the slice it was admitted against (settles there, not in Redis).
+    slice: Slice | None = None
     settled: bool = False
 
     def settle(self, row: RequestRow | None) -> None:
@@ -134,6 +148,10 @@ class Limiter:
         timeout_s: float = 1.0,
         reservation_ttl_s: float | None = None,
         reconcile_interval_s: float = 60.0,
+        mode: str = EXACT,
+        lease_sizing: Sizing | None = None,
+        lease_idle_s: float = 5.0,
+        key_modes: dict[str, tuple[str, Sizing]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         policies = dict(policies or {})
@@ -154,6 +172,11 @@ class Limiter:
         self._seeding: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._redis: Redis | None = None
         self._health: RedisHealth | None = None
+        self._leases: Leases | None = None
+        self._mode = mode
+        self._sizing = lease_sizing or Sizing()
+        # key name, id or team -> (mode, sizing), looked up in that order.
+        self._key_modes = dict(key_modes or {})
         if redis_url:
             self._redis = redis_client(redis_url, timeout_s=timeout_s)
             self._seed_script = self._redis.register_script(SEED)
@@ -176,6 +199,23 @@ class Limiter:
                     interval_s=reconcile_interval_s,
                     clock=clock,
                 )
+            if mode == LEASE or any(m == LEASE for m, _ in self._key_modes.values()):
+                ttl_ms = (
+                    _LEASE_TTL_MS
+                    if reservation_ttl_s is None
+                    else max(1000, int(reservation_ttl_s * 1000))
+                )
+                self._leases = Leases(
+                    self._redis,
+                    prefix=key_prefix,
+                    seed=self._seed,
+                    ttl_ms=ttl_ms,
+                    idle_s=lease_idle_s,
+                    budget_ttl_s=_BUDGET_TTL_S,
+                    clock_ms=self._now_ms,
+                    on_redis_error=self._went_down,
+                    redis_up=lambda: self.redis_up,
+                )
         else:
             REDIS_UP.set(0)
 
@@ -192,6 +232,8 @@ class Limiter:
     async def close(self) -> None:
         if self._reconciler is not None:
             await self._reconciler.close()
+        if self._leases is not None:
+            await self._leases.close()
         if self._health is not None:
             await self._batch.drain()
             await self._health.close()
@@ -215,7 +257,19 @@ class Limiter:
         enabled = enabled_checks(limits)
         local: frozenset[str] = frozenset()
         verdict: Verdict | None = None
-        if self._redis is not None and self.redis_up:
+        sizing = self._lease_sizing(principal) if self._leases is not None else None
+        if sizing is not None:
+            assert self._leases is not None
+            held = self._leases.slice_for(principal.key_name, limits, month, sizing)
+            verdict = self._leases.take(held, ask)
+            if verdict is None and self.redis_up:
+                try:
+                    verdict = await self._leases.take_after_sync(held, ask)
+                except REDIS_ERRORS as exc:
+                    self._went_down(exc)
+            if verdict is not None:
+                return self._admitted(principal, limits, ask, "", month, verdict, local, held)
+        elif self._redis is not None and self.redis_up:
             try:
                 verdict = await self._admit_redis(principal, limits, ask, lease, month)
             except REDIS_ERRORS as exc:
@@ -229,13 +283,35 @@ class Limiter:
                     DEGRADED.labels(check).inc()
             local = enabled
             verdict = await self._admit_local(principal, limits, ask, lease, month, enabled)
+        return self._admitted(principal, limits, ask, lease, month, verdict, local, None)
+
+    def _admitted(
+        self,
+        principal: Principal,
+        limits: Limits,
+        ask: Ask,
+        lease: str,
+        month: str,
+        verdict: Verdict,
+        local: frozenset[str],
+        held: Slice | None,
+    ) -> Admission:
         if not verdict.allowed:
             assert verdict.refused_by is not None
             REFUSED.labels(verdict.refused_by).inc()
             raise refusal(principal, limits, ask, verdict)
-        admission = Admission(self, principal, limits, ask, lease, month, verdict, local)
+        admission = Admission(self, principal, limits, ask, lease, month, verdict, local, held)
         self._check_soft_budget(principal, limits, verdict, month)
         return admission
+
+    def _lease_sizing(self, principal: Principal) -> Sizing | None:
+        """The slice sizing of a key in lease mode; None when it is admitted exactly."""
+        if self._key_modes:
+            for name in (principal.key_name, principal.key_id, principal.team):
+                found = self._key_modes.get(name) if name is not None else None
+                if found is not None:
+                    return found[1] if found[0] == LEASE else None
+        return self._sizing if self._mode == LEASE else None
 
     async def _admit_redis(
         self, principal: Principal, limits: Limits, ask: Ask, lease: str, month: str
@@ -344,6 +420,12 @@ class Limiter:
 
     def settle(self, admission: Admission, used_tokens: int, cost_nano: int) -> None:
         """Never awaited by a request: Redis work runs in the background."""
+        if admission.slice is not None:
+            assert self._leases is not None
+            self._leases.settle(
+                admission.slice, admission.limits, admission.ask, used_tokens, cost_nano
+            )
+            return
         key = admission.principal.key_name
         state = self._local.get(key)
         if admission.local and state is not None:
