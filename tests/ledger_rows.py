@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +33,7 @@ def request_row(id: str, **fields: Any) -> RequestRow:
         latency_ms=10.0,
         ttft_ms=None,
     )
-    return dataclasses.replace(base, **fields)
+    return base._replace(**fields)
 
 
 def attempt_row(id: str, request_id: str, **fields: Any) -> AttemptRow:
@@ -62,4 +61,4 @@ def attempt_row(id: str, request_id: str, **fields: Any) -> AttemptRow:
         cost_usd=None,
         price_version=None,
     )
-    return dataclasses.replace(base, **fields)
+    return base._replace(**fields)

@@ -22,7 +22,7 @@ from gateway.core.call_context import Settles as Settles
 from gateway.ledger.journal import Journal
 from gateway.ledger.pricing import PriceBook
 from gateway.ledger.tokens import estimate_input_tokens
-from gateway.ledger_rows import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow
+from gateway.ledger_rows import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow, new_row
 from gateway.observability import metrics, request_log, telemetry
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from routing.cost import Usage, attempt_cost, usage_from_openai
@@ -32,6 +32,7 @@ from routing.units import unit_attempt_cost
 # Failures after which the provider has (or may have) run the model over the prompt, and
 # so bills the input tokens. Rejections before inference (4xx, connect errors) are free.
 _BILLABLE_FAILURE_MIN_STATUS = 500
+_ZERO = Decimal(0)
 
 log = logging.getLogger("farebox.ledger")
 
@@ -163,30 +164,19 @@ class Meter:
         (gateway/core/passthrough.py): an answer, or with `error` one that broke mid-body.
         Tokens as the provider reported them (none: 0, not estimated), `counted` = (units,
         unit, image variant), priced by routing/units.py rather than per token."""
-        units, unit, variant = counted
         reported = isinstance(usage_data, dict)
-        usage = usage_from_openai(usage_data) if reported else Usage()
-        row = self._add(
+        return self._add(
             ctx,
             attempt,
-            usage,
+            usage_from_openai(usage_data) if reported else Usage(),
             PROVIDER if reported else ESTIMATED,
             provider_request_id,
             started,
             ttft_ms,
             200,
             error,
+            counted,
         )
-        dep = attempt.deployment
-        at = row.started_at
-        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
-        row.units, row.unit = units, unit
-        row.cost_usd = unit_attempt_cost(
-            usage, reported, units, unit, price, dep.provider_kind == "dedicated", variant
-        )
-        if row.cost_usd is None and price is not None:  # priced per token, but not per unit
-            metrics.UNPRICED_ATTEMPTS.labels(dep.id).inc()
-        return row
 
     def cache_hit(
         self, ctx: CallContext, attempt: PlannedAttempt, usage: Usage, started: float
@@ -194,9 +184,7 @@ class Meter:
         """Record an answer served from the response cache (gateway/cache/response.py): no upstream
         call, so it costs nothing; what it would have cost at today's price for the cached
         answer's tokens is recorded as the saving."""
-        row = self._add(ctx, attempt, usage, CACHE, None, started, None, 200, None)
-        row.saved_usd, row.cost_usd = row.cost_usd, Decimal(0)
-        return row
+        return self._add(ctx, attempt, usage, CACHE, None, started, None, 200, None)
 
     def failed(
         self,
@@ -264,41 +252,89 @@ class Meter:
         ttft_ms: float | None,
         http_status: int | None,
         error: str | None,
+        counted: tuple[Decimal | None, str | None, str | None] | None = None,
     ) -> AttemptRow:
         now = time.perf_counter()
         started_at = ctx.received_at + timedelta(seconds=started - ctx.t0)
-        cost, version = self._price(attempt, started_at, usage)
         dep = attempt.deployment
+        saved = units = unit = None
+        if counted is None:
+            cost, version = self._price(attempt, started_at, usage)
+            if source == CACHE:  # no upstream call: free, and what it would have cost saved
+                saved, cost = cost, _ZERO
+        else:
+            cost, version, units, unit = self._unit_price(
+                attempt, started_at, usage, source == PROVIDER, counted
+            )
         journalled = ctx.intents.pop(id(attempt), None) if ctx.intents else None
-        row = AttemptRow(
-            id=journalled or new_attempt_id(),
-            request_id=ctx.request_id,
-            attempt_no=len(ctx.attempts) + 1,
-            role=attempt.role,
-            deployment=dep.id,
-            provider=dep.provider,
-            provider_kind=dep.provider_kind,
-            upstream_model=dep.upstream_model,
-            provider_request_id=provider_request_id,
-            started_at=started_at,
-            ttft_ms=ttft_ms,
-            latency_ms=(now - started) * 1000,
-            http_status=http_status,
-            error_class=error,
-            input_uncached_tokens=usage.input_uncached,
-            cached_read_tokens=usage.cached_read,
-            cache_write_tokens=usage.cache_write,
-            output_tokens=usage.output,
-            reasoning_tokens=usage.reasoning,
-            token_source=source,
-            cost_usd=cost,
-            price_version=version,
-            drill_id=ctx.drill_id,
+        attempts = ctx.attempts
+        # Positional, in AttemptRow's field order (= the attempts table's columns).
+        row: AttemptRow = new_row(
+            AttemptRow,
+            (
+                journalled or new_attempt_id(),
+                ctx.request_id,
+                len(attempts) + 1,
+                attempt.role,
+                dep.id,
+                dep.provider,
+                dep.provider_kind,
+                dep.upstream_model,
+                provider_request_id,
+                started_at,
+                ttft_ms,
+                (now - started) * 1000,
+                http_status,
+                error,
+                usage.input_uncached,
+                usage.cached_read,
+                usage.cache_write,
+                usage.output,
+                usage.reasoning,
+                source,
+                cost,
+                version,
+                None,  # gate_outcome: set by the gate (strategies/gating.py) with `_replace`
+                ctx.drill_id,
+                saved,
+                units,
+                unit,
+            ),
         )
-        ctx.attempts.append(row)
+        attempts.append(row)
         if ctx.trace is not None:
             telemetry.attempt_recorded(ctx.trace)
         return row
+
+    def _unit_price(
+        self,
+        attempt: PlannedAttempt,
+        at: datetime,
+        usage: Usage,
+        reported: bool,
+        counted: tuple[Decimal | None, str | None, str | None],
+    ) -> tuple[Decimal | None, str | None, Decimal | None, str | None]:
+        """(cost, price version, units, unit) of a per-unit endpoint's attempt."""
+        units, unit, variant = counted
+        dep = attempt.deployment
+        price = self._prices.price_for(dep.id, dep.upstream_model, dep.provider_kind, at)
+        cost = unit_attempt_cost(
+            usage, reported, units, unit, price, dep.provider_kind == "dedicated", variant
+        )
+        if cost is None:  # no price, or priced per token but not per unit
+            metrics.UNPRICED_ATTEMPTS.labels(dep.id).inc()
+        return cost, price.version if price is not None else None, units, unit
+
+    def replace_attempt(self, ctx: CallContext, row: AttemptRow, **changes: Any) -> AttemptRow:
+        """A metered attempt with a later fact added (rows are immutable tuples): the new row
+        takes the old one's place in the call's attempts, which is what the ledger gets."""
+        new = row._replace(**changes)
+        attempts = ctx.attempts
+        for index in range(len(attempts) - 1, -1, -1):
+            if attempts[index] is row:
+                attempts[index] = new
+                break
+        return new
 
     def finish(
         self,
@@ -342,34 +378,34 @@ class Meter:
             if principal.tags:
                 segment = principal.tags.get("segment")
                 workload = workload or principal.tags.get("workload")
-        row = RequestRow(
-            id=ctx.request_id,
-            received_at=ctx.received_at,
-            key_id=ctx.key_id,
-            route=plan.route,
-            requested_model=ctx.requested_model,
-            endpoint=ctx.endpoint,
-            workload=workload,
-            stream=ctx.stream,
-            final_status=status,
-            error_class=error,
-            final_deployment=deployment,
-            attempts=len(attempts),
-            input_uncached_tokens=tokens[0],
-            cached_read_tokens=tokens[1],
-            cache_write_tokens=tokens[2],
-            output_tokens=tokens[3],
-            reasoning_tokens=tokens[4],
-            cost_usd=total,
-            latency_ms=(time.perf_counter() - ctx.t0) * 1000,
-            ttft_ms=ctx.ttft_ms,
-            decision=plan.reason,
-            gate_outcome=gate_outcome,
-            team=team,
-            segment=segment,
-            consensus=consensus,
-            workflow_id=ctx.workflow_id,
-            batch_id=ctx.batch_id,
+        # Positional, in RequestRow's field order (= the requests table's columns).
+        row: RequestRow = new_row(
+            RequestRow,
+            (
+                ctx.request_id,
+                ctx.received_at,
+                ctx.key_id,
+                plan.route,
+                ctx.requested_model,
+                ctx.endpoint,
+                workload,
+                ctx.stream,
+                status,
+                error,
+                deployment,
+                len(attempts),
+                *tokens,
+                total,
+                (time.perf_counter() - ctx.t0) * 1000,
+                ctx.ttft_ms,
+                gate_outcome,
+                plan.reason,
+                team,
+                segment,
+                consensus,
+                ctx.workflow_id,
+                ctx.batch_id,
+            ),
         )
         if ctx.intents:
             self._unmetered(ctx)

@@ -36,7 +36,6 @@ import contextlib
 import fcntl
 import logging
 import mmap
-import operator
 import os
 import threading
 import time
@@ -67,8 +66,6 @@ from gateway.ledger_rows import AttemptRow, RequestRow
 
 log = logging.getLogger("farebox.ledger")
 
-_request_values = operator.attrgetter(*REQUEST_FIELDS)
-_attempt_values = operator.attrgetter(*ATTEMPT_FIELDS)
 _HEADER = (
     orjson.dumps({"h": {"r": REQUEST_FIELDS, "a": ATTEMPT_FIELDS, "i": INTENT_FIELDS}}) + b"\n"
 )
@@ -152,8 +149,10 @@ class Journal:
 
     def outcome(self, request: RequestRow, attempts: list[AttemptRow]) -> int:
         """Journal a finished request; returns its sequence number (1, 2, …)."""
+        # The rows are tuples in field order already; `tuple()` makes them plain tuples,
+        # which orjson writes as arrays natively (it does not take tuple subclasses).
         line = orjson.dumps(
-            (_request_values(request), [_attempt_values(a) for a in attempts]),
+            (tuple(request), list(map(tuple, attempts))),
             default=encode_default,
         )
         self._append(line + b"\n")

@@ -5,7 +5,6 @@ an intent with no outcome becomes a `gateway_crashed` attempt. Never on the hot 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -18,7 +17,9 @@ from typing import Any
 import orjson
 
 from gateway.ledger.spool import decode_row
+from gateway.ledger_rows import ATTEMPT_FIELDS as ATTEMPT_FIELDS
 from gateway.ledger_rows import ESTIMATED, AttemptRow, RequestRow
+from gateway.ledger_rows import REQUEST_FIELDS as REQUEST_FIELDS
 
 log = logging.getLogger("farebox.ledger")
 
@@ -31,11 +32,9 @@ BYTES_PER_TOKEN = 4
 
 Batch = tuple[list[RequestRow], list[AttemptRow]]
 
-# Outcome lines hold rows as arrays of field values (attrgetter + orjson: a third of the cost
-# of serializing slotted dataclasses); each segment starts with a header naming the fields,
-# so a journal written by another version still decodes by name.
-REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRow))
-ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))
+# Outcome lines hold rows as arrays of field values (the rows are tuples in field order:
+# gateway/ledger_rows.py); each segment starts with a header naming the fields, so a journal
+# written by another version still decodes by name.
 # An intent line is ["i", attempt id, *these], in this order (Meter.intent builds it).
 INTENT_FIELDS = (
     "request_id",

@@ -9,7 +9,6 @@ re-inserts.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -32,25 +31,37 @@ def encode_default(value: Any) -> Any:
 
 
 def encode_batch(requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> bytes:
-    # orjson writes dataclasses and aware datetimes natively.
-    return orjson.dumps({"r": list(requests), "a": list(attempts)}, default=encode_default) + b"\n"
+    # Rows as objects keyed by field name (the format spools have always had, so a spool
+    # left by an older version replays); orjson writes aware datetimes natively. Off the
+    # hot path: a spool is written only while the database is away, or at shutdown.
+    return (
+        orjson.dumps(
+            {"r": [r._asdict() for r in requests], "a": [a._asdict() for a in attempts]},
+            default=encode_default,
+        )
+        + b"\n"
+    )
+
+
+_DECIMALS = ("cost_usd", "saved_usd", "units")
+_TIMESTAMPS = ("started_at", "received_at")
 
 
 def decode_row(cls: type[Any], data: dict[str, Any]) -> Any:
     """A RequestRow or AttemptRow from its JSON fields (names it no longer has are ignored)."""
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = cls._fields
     return _row(cls, {k: v for k, v in data.items() if k in known})
 
 
 def _row(cls: type[Any], data: dict[str, Any]) -> Any:
-    for field in dataclasses.fields(cls):
-        value = data.get(field.name)
-        if value is None:
-            continue
-        if field.name in ("cost_usd", "saved_usd", "units"):
-            data[field.name] = Decimal(value)
-        elif field.name in ("started_at", "received_at"):
-            data[field.name] = datetime.fromisoformat(value)
+    for name in _DECIMALS:
+        value = data.get(name)
+        if value is not None:
+            data[name] = Decimal(value)
+    for name in _TIMESTAMPS:
+        value = data.get(name)
+        if value is not None:
+            data[name] = datetime.fromisoformat(value)
     return cls(**data)
 
 

@@ -33,6 +33,8 @@ class LedgerSink(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def close(self) -> None: ...
+
 
 class LedgerWriter:
     def __init__(
@@ -46,8 +48,12 @@ class LedgerWriter:
         probe_interval_s: float = 1.0,
         journal: Journal | None = None,
         close_timeout_s: float = 10.0,
+        owns_sink: bool = False,
     ) -> None:
         self._sink = sink
+        # A sink only the writer uses (gateway/ledger/pg_sink.py) is closed with it; a shared
+        # one (the SQLite repository) is closed by its owner.
+        self._owns_sink = owns_sink
         self._spool = spool
         self._batch_rows = batch_rows
         self._max_delay = max_delay_s
@@ -121,6 +127,9 @@ class LedgerWriter:
             self._spool.seal()
             if self.journal is not None:
                 self.journal.close(self.durable_upto())
+            if self._owns_sink:
+                with contextlib.suppress(Exception):  # everything is durable by now
+                    await asyncio.wait_for(self._sink.close(), 5.0)
 
     @property
     def queued_rows(self) -> int:

@@ -101,7 +101,8 @@ def judge(
     assert plan.gate is not None
     result = check(plan.gate.spec, *chat_views(ctx.endpoint, ctx.payload, reply.data))
     row = service.record_success(ctx, plan, attempt, reply, started)
-    row.gate_outcome = result.outcome
+    # Rows are immutable tuples: the verdict replaces the metered row in ctx.attempts.
+    row = service.meter.replace_attempt(ctx, row, gate_outcome=result.outcome)
     if service.quality is not None:
         tokens = row.input_uncached_tokens + row.cached_read_tokens + row.cache_write_tokens
         service.quality.observe(plan.route, attempt.deployment.id, tokens, result.passed)

@@ -128,7 +128,7 @@ def test_a_killed_process_leaves_rows_and_a_crashed_attempt(tmp_path: Path) -> N
 
 WORKFLOW_PROCESS = textwrap.dedent(
     """
-    import dataclasses, os, signal, sys
+    import os, signal, sys
     sys.path.insert(0, {root!r})
     from tests.integration.test_journal import attempt_row, intent, request_row
     from gateway.ledger.journal import Journal
@@ -137,7 +137,7 @@ WORKFLOW_PROCESS = textwrap.dedent(
     journal.intent(
         "att_step2", intent("att_step2", "req_step2", workflow_id="wf-crash", batch_id="batch_x")
     )
-    done = dataclasses.replace(request_row("req_step1"), workflow_id="wf-crash")
+    done = request_row("req_step1")._replace(workflow_id="wf-crash")
     journal.outcome(done, [attempt_row("att_step1", "req_step1")])
     os.kill(os.getpid(), signal.SIGKILL)
     """

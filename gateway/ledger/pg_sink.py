@@ -1,0 +1,123 @@
+"""The ledger writer's Postgres sink: COPY on one raw asyncpg connection, no SQLAlchemy.
+
+`LedgerWriter` (gateway/ledger/writer.py) hands it batches of rows that are already tuples
+in the tables' column order (gateway/ledger_rows.py), so a batch goes to `COPY` as it is:
+no per-row conversion, no ORM, no pool checkout. Each batch is one transaction: COPY into a
+per-connection temporary staging table, then one `INSERT … SELECT … ON CONFLICT (id) DO
+NOTHING`, so replaying a batch (the spool, journal recovery) is harmless. The staging tables
+are created once per connection and emptied on commit (no catalog churn per batch); the
+explicit column lists keep a stale staging table harmless after a migration adds columns.
+
+The writer calls it from one task, one batch at a time, so one connection is enough. It is
+opened on first use and dropped on any error (a COPY cut by a dying server can leave the
+protocol mid-stream): the writer then spools and probes with `ping`, which reconnects.
+
+SQLite ledgers keep `LedgerRepository.write_batch` (gateway/ledger/repository.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from gateway.ledger.pg import asyncpg_dsn, is_postgres
+from gateway.ledger_rows import ATTEMPT_FIELDS, REQUEST_FIELDS, AttemptRow, RequestRow
+
+# (table, its staging table, columns) in the order a batch writes them.
+_TABLES = (
+    ("requests", "farebox_stage_requests", list(REQUEST_FIELDS)),
+    ("attempts", "farebox_stage_attempts", list(ATTEMPT_FIELDS)),
+)
+_CREATE_STAGING = ";".join(
+    f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS"
+    for table, stage, _ in _TABLES
+)
+
+
+def _merge(table: str, stage: str, columns: list[str]) -> str:
+    names = ", ".join(columns)
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT (id) DO NOTHING"
+
+
+_MERGE = {table: _merge(table, stage, columns) for table, stage, columns in _TABLES}
+
+
+class PgLedgerSink:
+    """`LedgerSink` for a PostgreSQL ledger (see the module docstring)."""
+
+    def __init__(
+        self, url: str, *, connect_timeout_s: float = 5.0, command_timeout_s: float = 60.0
+    ) -> None:
+        self.dsn = asyncpg_dsn(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._conn: Any = None
+        self._staged = False  # the staging tables exist on self._conn
+
+    async def _connection(self) -> Any:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            self._staged = False
+            conn = self._conn = await asyncpg.connect(
+                self.dsn, timeout=self._connect_timeout_s, command_timeout=self._command_timeout_s
+            )
+        return conn
+
+    async def write_batch(
+        self, requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]
+    ) -> None:
+        """Insert both kinds of rows in one transaction; rows whose id exists are skipped."""
+        if not requests and not attempts:
+            return
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                if not self._staged:
+                    await conn.execute(_CREATE_STAGING)
+                merges = []
+                for (table, stage, columns), rows in zip(
+                    _TABLES, (requests, attempts), strict=True
+                ):
+                    if rows:
+                        await conn.copy_records_to_table(stage, records=rows, columns=columns)
+                        merges.append(_MERGE[table])
+                await conn.execute(";".join(merges))
+            self._staged = True  # committed: the CREATE (if any) stuck
+        except BaseException:
+            await self._drop()
+            raise
+
+    async def ping(self) -> None:
+        try:
+            conn = await self._connection()
+            await conn.fetchval("SELECT 1")
+        except BaseException:
+            await self._drop()
+            raise
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._staged = self._conn, None, False
+        if conn is not None:
+            # Not a polite close: the connection may be mid-COPY or the server gone.
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn, self._staged = self._conn, None, False
+        if conn is not None:
+            try:
+                await conn.close(timeout=5)
+            except Exception:  # closing at shutdown: a dead server just means terminate
+                conn.terminate()
+
+
+def writer_sink(url: str, repository: Any) -> tuple[Any, bool]:
+    """The ledger writer's sink for the database at `url`, and whether the writer owns it:
+    a Postgres ledger gets its own `PgLedgerSink`; SQLite keeps the repository's
+    `write_batch` (shared, so closed by its owner)."""
+    if is_postgres(url):
+        return PgLedgerSink(url), True
+    return repository, False
