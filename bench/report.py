@@ -268,7 +268,12 @@ def markdown(res: dict[str, Any]) -> str:
         pg_layout = pg_layout.replace(")", "; Redis)")
     prod = report_prod.present(targets)
     bare = any(n in targets for n in FAREBOX) or not prod
-    two = " (Farebox production, 2 workers: both CPUs)" if "farebox-prod-2w" in targets else ""
+    two = (
+        " (Farebox production, 2 workers: both CPUs, shared with the simulator, its Postgres "
+        "and Redis, and wrk: on 2 cores nothing can be kept off a 2-worker gateway's CPUs)"
+        if "farebox-prod-2w" in targets
+        else ""
+    )
     pg_notes = []
     if pg:
         durability = (
@@ -323,8 +328,12 @@ def markdown(res: dict[str, Any]) -> str:
         "latency; medians shown. Added latency = target − direct percentile of the same round.",
         "- **CPU layout:** the 2 cores are shared by simulator, gateway and wrk: simulator"
         f"{pg_layout} pinned to CPU {pin['simulator']}, gateways to CPU {pin['gateways']}{two}, "
-        "wrk floating. "
-        "All gateways stay up for the whole run (idle while another is measured). "
+        + (
+            "wrk floating. "
+            if pin.get("wrk", "unpinned") == "unpinned"
+            else f"wrk pinned to CPU {pin['wrk']} with the simulator. "
+        )
+        + "All gateways stay up for the whole run (idle while another is measured). "
         f"Simulator: `{m['simulator']['kind']}`, one process.",
         f"- **Accounting:** 1 worker per gateway{two.replace('both CPUs', '2')}. CPU = "
         "utime+stime (+ reaped children) of "

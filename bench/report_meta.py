@@ -99,7 +99,7 @@ def meta(
             "simulator": sorted(sim_cpus) if sim_cpus else "unpinned",
             "gateways": sorted(gw_cpus) if gw_cpus else "unpinned",
             "postgres": sorted(sim_cpus) if sim_cpus else "unpinned",
-            "wrk": "unpinned",
+            "wrk": sorted(sim_cpus) if sim_cpus else "unpinned",
         },
         "simulator": {
             "kind": sim["kind"],
