@@ -1,4 +1,4 @@
-"""Ledger tables: one column per field of the RequestRow / AttemptRow dataclasses, same names.
+"""Ledger tables: one column per field of the RequestRow / AttemptRow tuples, in their order.
 
 Ids are gateway-generated strings and the primary keys, so a replayed spool batch is a no-op.
 `attempts.request_id` is indexed but deliberately NOT a foreign key: the batch writer may flush

@@ -5,8 +5,9 @@ deployment, attempts, status, tokens, cost, latency, Farebox's own overhead and 
 (the key's name, never its secret). Never a prompt or a completion: those go to
 `farebox.payloads`, and only for routes that opt in (`log_payloads`).
 
-Cost on the hot path is one orjson call and a deque append; a thread writes the lines to
-stdout in batches every FLUSH_S, so the event loop never waits on a pipe or a disk. An
+Cost on the hot path is one orjson call and a deque append of its bytes; a thread joins and
+writes the lines to stdout's binary buffer in batches every FLUSH_S (no decode and re-encode
+per line), so the event loop never waits on a pipe or a disk. An
 operator who configures handlers for `farebox.requests` (a logging config) gets the same
 records through them instead. FAREBOX_REQUEST_LOG=false turns the log off.
 """
@@ -45,21 +46,23 @@ class _LineWriter(logging.Handler):
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(_INFO)
         self._stream = stream
-        self._lines: deque[str] = deque()
+        # The text stream's binary buffer when it has one (stdout does; a StringIO not).
+        self._binary: IO[bytes] | None = getattr(stream, "buffer", None)
+        self._lines: deque[bytes] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="farebox-request-log", daemon=True)
         self._thread.start()
 
-    def add(self, line: str) -> None:
+    def add(self, line: bytes) -> None:
         self._lines.append(line)
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock and no formatting: the message is the finished JSON line.
-        self._lines.append(record.getMessage())
+        self._lines.append(record.getMessage().encode())
         return True
 
     def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() covers it
-        self._lines.append(record.getMessage())
+        self._lines.append(record.getMessage().encode())
 
     def _drain(self) -> None:
         while not self._stop.wait(FLUSH_S):
@@ -71,9 +74,15 @@ class _LineWriter(logging.Handler):
         batch = [lines.popleft() for _ in range(len(lines))]
         if not batch:
             return
+        data = b"\n".join(batch) + b"\n"
         try:
-            self._stream.write("\n".join(batch) + "\n")
-            self._stream.flush()
+            if self._binary is not None:
+                self._stream.flush()  # anything written to the text layer goes first
+                self._binary.write(data)
+                self._binary.flush()
+            else:
+                self._stream.write(data.decode())
+                self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout closed at exit: nothing left to tell
 
@@ -151,9 +160,10 @@ def line(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) -> 
         entry["gate"] = row.gate_outcome
     if len(attempts) > 1:  # the path only when there was one: retries, fallbacks, hedges
         entry["tried"] = [f"{a.deployment}:{a.role}:{a.error_class or 'ok'}" for a in attempts]
-    drill = next((a.drill_id for a in attempts if a.drill_id), None)
-    if drill is not None:
-        entry["drill_id"] = drill
+    for attempt in attempts:  # a loop, not next(generator): this runs per request
+        if attempt.drill_id:
+            entry["drill_id"] = attempt.drill_id
+            break
     return orjson.dumps(entry)
 
 
@@ -161,7 +171,7 @@ def write(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) ->
     writer = _writer
     if writer is not None and log.handlers == [writer] and not log.filters and log.level == _INFO:
         # Only our own writer would see the record: hand it the line, skip the LogRecord.
-        writer.add(line(row, attempts, overhead_s).decode())
+        writer.add(line(row, attempts, overhead_s))
         return
     if not log.isEnabledFor(_INFO):
         return

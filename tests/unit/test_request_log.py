@@ -141,3 +141,29 @@ def test_operator_handlers_get_the_records(meter: Meter) -> None:
         request_log.configure(False)
     (message,) = mine.messages
     assert json.loads(message)["request_id"] == "req_1"
+
+
+def test_stdout_gets_the_lines_as_bytes_after_what_was_written_before(meter: Meter) -> None:
+    """A real stdout has a binary buffer: the lines go there, after anything the text layer
+    still holds, each a whole line."""
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="utf-8", write_through=False)
+    saved = request_log.log.handlers[:]
+    for handler in saved:
+        request_log.log.removeHandler(handler)
+    request_log.close()
+    try:
+        request_log.configure(True, stream=stdout)
+        stdout.write("before\n")  # still in the text layer's buffer
+        meter.finish(_ctx(), PLAN, 503, "no_attempt", None)
+        ctx = CallContext("req_é", None, "chat/completions", "chat", False, {"model": "chat"})
+        meter.finish(ctx, PLAN, 503, "no_attempt", None)
+        request_log.close()
+        text = raw.getvalue().decode()
+    finally:
+        request_log.configure(False)
+        for handler in saved:
+            request_log.log.addHandler(handler)
+    before, *logged, tail = text.split("\n")
+    assert before == "before" and tail == ""
+    assert [json.loads(entry)["request_id"] for entry in logged] == ["req_1", "req_é"]
