@@ -33,10 +33,9 @@ from gateway.files.store import FileStore
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys
-from gateway.ledger.batches_repository import BatchesRepository
 from gateway.ledger.db_errors import database_errors
 from gateway.ledger.drills_serving import ServingDrills
-from gateway.ledger.files_repository import FilesRepository
+from gateway.ledger.files_batches_serving import ServingBatches, ServingFiles
 from gateway.ledger.keys_reads import PgKeyReads
 from gateway.ledger.pg import PgPool, is_postgres
 from gateway.ledger.pg_sink import writer_sink
@@ -58,7 +57,9 @@ from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:
+    from gateway.ledger.batches_repository import BatchesRepository
     from gateway.ledger.drills_repository import DrillsRepository
+    from gateway.ledger.files_repository import FilesRepository
     from gateway.ledger.keys_repository import KeysRepository
     from gateway.ledger.repository import LedgerRepository
     from gateway.ledger.responses_repository import ResponsesRepository
@@ -219,7 +220,7 @@ def build_files(settings: Settings, repository: LedgerRepository) -> FileStore:
             settings.files_dir or str(Path(settings.spool_dir).parent / "files")
         )
     return FileStore(
-        FilesRepository(repository.engine),
+        open_files(repository),
         storage,
         max_bytes=settings.files_max_bytes,
         max_lines=settings.files_max_lines,
@@ -256,6 +257,27 @@ def open_responses(repository: LedgerRepository) -> ResponsesRepository | PgResp
     from gateway.ledger.responses_repository import ResponsesRepository
 
     return ResponsesRepository(ledger.engine)
+
+
+def open_files(repository: LedgerRepository) -> FilesRepository:
+    """Files' rows: on Postgres the purge's idle look on asyncpg, SQLAlchemy once there is work."""
+    ledger = cast("ServingLedger | LedgerRepository", repository)
+    if isinstance(ledger, ServingLedger):
+        return cast("FilesRepository", ServingFiles(ledger))
+    from gateway.ledger.files_repository import FilesRepository
+
+    return FilesRepository(ledger.engine)
+
+
+def open_batches(repository: LedgerRepository) -> BatchesRepository:
+    """Batches' rows: on Postgres the runner's idle claim on asyncpg, SQLAlchemy once there
+    is a batch."""
+    ledger = cast("ServingLedger | LedgerRepository", repository)
+    if isinstance(ledger, ServingLedger):
+        return cast("BatchesRepository", ServingBatches(ledger))
+    from gateway.ledger.batches_repository import BatchesRepository
+
+    return BatchesRepository(ledger)
 
 
 def build_virtual_keys(
@@ -431,7 +453,7 @@ def build_state(
     if files is None and repository is not None:
         files = build_files(settings, repository)
     batches = (
-        BatchStore(BatchesRepository(repository), files)
+        BatchStore(open_batches(repository), files)
         if repository is not None and files is not None
         else None
     )

@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from gateway.ledger.batches_repository import BatchesRepository
+from typing import TYPE_CHECKING, Any
 
 # How often a running batch re-reads its row and renews its claim.
+
+if TYPE_CHECKING:  # SQLAlchemy, loaded once a batch runs
+    from gateway.ledger.batches_repository import BatchesRepository
+
 CHECK_S = 1.0
 
 

@@ -16,7 +16,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,10 +24,13 @@ from gateway.batch.objects import line_error
 from gateway.core.metering import CallContext, Settles
 from gateway.core.service import Service
 from gateway.errors import GatewayError
-from gateway.ledger.batches_repository import BatchesRepository, FinishedLine
+from gateway.ledger.batches_records import FinishedLine
 from gateway.ledger.journal import Journal
 from gateway.ledger_rows import AttemptRow, RequestRow
 from routing.model import Plan
+
+if TYPE_CHECKING:  # SQLAlchemy, loaded once a batch runs
+    from gateway.ledger.batches_repository import BatchesRepository
 
 log = logging.getLogger("farebox.batch")
 

@@ -27,7 +27,7 @@ from gateway.batch.ports import BatchState
 from gateway.batch.store import scan_lines
 from gateway.batch.upstream import UpstreamLine, UpstreamResult, provider_batches
 from gateway.core.metering import CallContext, Meter
-from gateway.ledger.batches_repository import FinishedLine
+from gateway.ledger.batches_records import FinishedLine
 from gateway.providers.openai_compat import ProviderEndpoint
 from routing.batch_paths import BATCH_ROLE
 from routing.cost import Usage, attempt_cost

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -26,11 +26,14 @@ from gateway.batch.objects import (
 )
 from gateway.errors import NotFound, Unavailable, bad_request, clip
 from gateway.files.store import FileStore
-from gateway.ledger.batches_repository import ACTIVE, BatchesRepository
-from gateway.ledger.db_errors import DATABASE_ERRORS
+from gateway.ledger.batches_records import ACTIVE
+from gateway.ledger.db_errors import database_errors
 from gateway.ledger.pricing import PriceBook
 from routing.batch_paths import BatchPath, choose_path
 from routing.model import DeploymentSpec, Plan
+
+if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingBatches
+    from gateway.ledger.batches_repository import BatchesRepository
 
 LIST_LIMIT_MAX = 100
 _PER_TOKEN = Decimal(1_000_000)
@@ -143,7 +146,7 @@ class BatchStore:
         }
         try:
             await self.repository.insert(row)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         return batch_object(row)
 
@@ -177,7 +180,7 @@ class BatchStore:
     async def get(self, batch_id: str, key_id: str | None) -> dict[str, Any]:
         try:
             row = await self.repository.fetch(batch_id, key_id)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         if row is None:
             raise NotFound(f"No such Batch object: {clip(batch_id, 128)}", param="batch_id")
@@ -192,7 +195,7 @@ class BatchStore:
             )
         try:
             rows = await self.repository.page(key_id, after=after, limit=limit + 1)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         page = [batch_object(r) for r in rows[:limit]]
         return {
@@ -214,7 +217,7 @@ class BatchStore:
                 {"status": "cancelling", "cancelling_at": now},
                 only_if=[s for s in ACTIVE if s != "cancelling"],
             )
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         if not changed and row["status"] != "cancelling":
             raise bad_request(

@@ -22,14 +22,16 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import NotFound, PayloadTooLarge, Unavailable, bad_request, clip
 from gateway.files.batch_lines import BatchLines
 from gateway.files.storage import FileStorage
-from gateway.ledger.db_errors import DATABASE_ERRORS
-from gateway.ledger.files_repository import FilesRepository
+from gateway.ledger.db_errors import database_errors
 from gateway.runtime.background import Background, within
+
+if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingFiles
+    from gateway.ledger.files_repository import FilesRepository
 
 log = logging.getLogger("farebox.files")
 
@@ -203,7 +205,7 @@ class FileStore:
             }
             try:
                 await self.repository.insert(row)
-            except DATABASE_ERRORS as exc:
+            except database_errors() as exc:
                 raise _unavailable() from exc
         except BaseException:
             await self.discard(staged)
@@ -232,7 +234,7 @@ class FileStore:
         """The file's row; 404 unless it exists and is `key_id`'s."""
         try:
             row = await self.repository.fetch(file_id, key_id)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         if row is None:
             raise NotFound(f"No such File object: {clip(file_id, 128)}", param="id")
@@ -245,7 +247,7 @@ class FileStore:
         row = await self.get(file_id, key_id)
         try:
             deleted = await self.repository.delete(file_id, key_id)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         if not deleted:  # deleted by a concurrent call between the two statements
             raise NotFound(f"No such File object: {clip(file_id, 128)}", param="id")
@@ -273,7 +275,7 @@ class FileStore:
             rows = await self.repository.page(
                 key_id, purpose=purpose, limit=limit + 1, after=after, descending=order == "desc"
             )
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise _unavailable() from exc
         data = [file_object(row) for row in rows[:limit]]
         return {

@@ -13,7 +13,6 @@ Timestamps go in as UTC (SQLite keeps them as offset-less text) and come back aw
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,14 +20,14 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from gateway.ledger.batches_records import ACTIVE, FinishedLine
 from gateway.ledger.models_batches import batch_lines_table, batches_table
 from gateway.ledger.repository import LedgerRepository
-from gateway.ledger_rows import AttemptRow, RequestRow
 
 _b = batches_table.c
+__all__ = ["ACTIVE", "BatchesRepository", "FinishedLine"]
 _l = batch_lines_table.c
 # Statuses a runner still has work in.
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 _TIMES = (
     "created_at",
     "in_progress_at",
@@ -62,20 +61,6 @@ def _values(row: Mapping[str, Any]) -> dict[str, Any]:
         if name in out:
             out[name] = _utc(out[name])
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class FinishedLine:
-    """One line's outcome with the ledger rows of the call that produced it."""
-
-    line_no: int
-    custom_id: str
-    status: str  # completed | failed
-    request_id: str | None
-    http_status: int | None
-    body: dict[str, Any] | None
-    request: RequestRow | None
-    attempts: Sequence[AttemptRow]
 
 
 class BatchesRepository:
