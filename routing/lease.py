@@ -72,6 +72,11 @@ class Slice:
     sizing: Sizing = Sizing()
     # The free amounts the last sync aimed for: below half of one, the slice is low.
     wanted: Wants = Wants()
+    # Syncs planned and the latest one answered (by plan order), and whether that answer
+    # fell short of what it asked for (Redis had no more): then a short slice is a refusal.
+    syncs_started: int = 0
+    syncs_done: int = 0
+    starved: bool = False
     # Last seen in Redis (at the last sync), for headers and refusals: the buckets' levels
     # after the grant, the budget others could still take, the month's spend.
     rpm_level: int = 0
@@ -126,6 +131,7 @@ class SyncPlan:
     push_nano: int
     keep_nano: int
     want_nano: int
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +291,21 @@ def plan_sync(s: Slice, limits: Limits, w: Wants) -> SyncPlan:
         # Locally the slice now holds what Redis keeps plus what is pushed meanwhile.
         s.held_nano = keep_n + push
         want_n = max(0, w.nano - s.free_nano)
-    return SyncPlan(give_r, want_r, give_t, want_t, keep_c, want_c, push, keep_n, want_n)
+    s.syncs_started += 1
+    return SyncPlan(
+        give_r, want_r, give_t, want_t, keep_c, want_c, push, keep_n, want_n, s.syncs_started
+    )
 
 
 def apply_grant(s: Slice, limits: Limits, plan: SyncPlan, grant: Grant) -> None:
     """Take a sync's answer into the slice (requests may have come and gone meanwhile)."""
+    s.syncs_done = max(s.syncs_done, plan.seq)
+    s.starved = (
+        grant.requests < plan.want_requests
+        or grant.tokens < plan.want_tokens
+        or grant.slots < plan.keep_slots + plan.want_slots
+        or grant.held_nano < plan.keep_nano + plan.want_nano
+    )
     if limits.rpm is not None:
         s.requests += grant.requests
         s.rpm_level = grant.rpm_level

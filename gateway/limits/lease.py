@@ -57,6 +57,8 @@ _KINDS = ("requests", "tokens", "concurrency", "budget_nano")
 # The background loop's period, and how long settled spend waits before it is pushed (the
 # settlements of that moment share one sync).
 _TICK_S = 0.2
+# Syncs a request short of its slice waits for before it is refused all the same.
+_MAX_SYNCS_WAITED = 4
 _PUSH_DELAY_S = 0.01
 # Unseeded month budget: seeded from the ledger, then the sync is sent once more.
 Seed = Callable[[str, str, str], Awaitable[None]]
@@ -120,24 +122,26 @@ class Leases:
         Raises Redis's errors (the caller applies `on_redis_failure`)."""
         limits = s.limits
         lease.add_pending(s, ask)
+        counted_from = s.syncs_started
         try:
-            # A sync already in flight may not have counted this request: at most one more.
-            for _ in range(2):
+            short: str | None = None
+            for _ in range(_MAX_SYNCS_WAITED):
                 flight = self._syncing.get(s.key_name)
-                if flight is None:
+                # Done but not yet forgotten (its callback runs on the next loop step):
+                # awaiting it would not yield, and the loop would spin on it.
+                if flight is None or flight.done():
                     flight = self._start_sync(s)
-                    await asyncio.shield(flight)
-                    short = lease.take(s, limits, ask, self._now_ms())
-                    if short is not None:
-                        return lease.refused_verdict(s, limits, ask, short)
-                    return lease.admitted_verdict(s, limits)
                 await asyncio.shield(flight)
-                if lease.take(s, limits, ask, self._now_ms()) is None:
+                short = lease.take(s, limits, ask, self._now_ms())
+                if short is None:
                     return lease.admitted_verdict(s, limits)
-            short = lease.take(s, limits, ask, self._now_ms())
-            if short is not None:
-                return lease.refused_verdict(s, limits, ask, short)
-            return lease.admitted_verdict(s, limits)
+                # Refused only once a sync that counted this request found Redis short:
+                # a sync started before it, or one whose grant others took first, is not
+                # an answer.
+                if s.syncs_done > counted_from and s.starved:
+                    break
+            assert short is not None
+            return lease.refused_verdict(s, limits, ask, short)
         finally:
             lease.drop_pending(s, ask)
 
@@ -258,9 +262,7 @@ class Leases:
                 elif s.pending_requests == 0:
                     del self._slices[key_name]
             elif (
-                now - s.synced_ms >= self._ttl_ms // 3
-                or s.unpushed_nano
-                or lease.low(s, s.limits)
+                now - s.synced_ms >= self._ttl_ms // 3 or s.unpushed_nano or lease.low(s, s.limits)
             ):
                 self._start_sync(s)
         for kind, total in zip(_KINDS, totals, strict=True):
