@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: help install run test lint fmt docs bench bench-soak bench-responses bench-batch
+.PHONY: help install run test lint fmt docs bench bench-soak bench-responses bench-batch bench-http
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-responses - the Responses API (native, translated) beside chat: req/s, CPU"
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 	@echo "make bench-batch - a 5,000-line batch filling a dedicated GPU beside 70 % live load"
+	@echo "make bench-http - the HTTP layer alone: uvicorn's ASGI cycle vs Farebox's lean cycle vs granian"
 
 install: $(VENV)/.installed $(NODE_STAMP)
 
@@ -94,3 +95,12 @@ bench-batch: install
 bench-soak: install
 	./scripts/ensure-services.sh
 	$(BIN)/python bench/soak.py
+
+# The HTTP layer alone (bench/HTTP_LAYER.md): the bare passthrough under uvicorn's ASGI cycle,
+# Farebox's lean cycle and granian. granian is not a Farebox dependency: it goes into a
+# throwaway venv under bench/.work.
+GRANIAN_VENV := bench/.work/granian-venv
+bench-http: install
+	@test -x $(GRANIAN_VENV)/bin/python || ($(UV) venv -q $(GRANIAN_VENV) -p $(BIN)/python && \
+		$(UV) pip install -q --python $(GRANIAN_VENV)/bin/python granian uvloop uvicorn aiohttp orjson)
+	$(BIN)/python bench/http_layer.py --granian $(GRANIAN_VENV)/bin/python
