@@ -1,15 +1,28 @@
-"""Process settings from the environment: the only reader of os.environ (FAREBOX_*)."""
+"""Process settings from the environment: the only reader of os.environ (FAREBOX_*).
+
+A pydantic model (pydantic is loaded for the YAML's schema anyway) filled from the
+environment by `_from_environment`, not pydantic-settings: that package and its imports cost
+every serving worker ~6 MB of resident memory (issue #25) for what is, here, a loop over
+os.environ. The behaviour is pydantic-settings' as this class used it: `FAREBOX_<FIELD>`
+(any case), a field's validation aliases as variable names of their own (the OTEL_* ones),
+keyword arguments over the environment over the defaults, unknown names ignored.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "FAREBOX_"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FAREBOX_", extra="ignore")
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_from_environment(set(values)), **values})
 
     config: str = "config/gateway.yaml"
     master_key: str | None = None
@@ -106,3 +119,24 @@ class Settings(BaseSettings):
     otel_service_name: str = Field(
         default="farebox", validation_alias=AliasChoices("OTEL_SERVICE_NAME", "otel_service_name")
     )
+
+
+def _from_environment(given: set[str]) -> dict[str, Any]:
+    """The environment's values by the name (or alias) the model validates them under, for
+    the fields not `given` as keyword arguments (by name or by any alias)."""
+    env = {name.lower(): value for name, value in os.environ.items()}
+    found: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else []
+        if name in given or any(choice in given for choice in choices):
+            continue
+        if isinstance(alias, AliasChoices):
+            # pydantic-settings: each choice is a variable name, without the prefix.
+            for choice in alias.choices:
+                if isinstance(choice, str) and choice.lower() in env:
+                    found[choice] = env[choice.lower()]
+                    break
+        elif (ENV_PREFIX + name).lower() in env:
+            found[name] = env[(ENV_PREFIX + name).lower()]
+    return found
