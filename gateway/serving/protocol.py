@@ -16,8 +16,9 @@ the body as it arrives and then waits for the disconnect (so DisconnectWatch and
 the response, HEAD answers carry no body, 100-continue is sent on the first `receive()` — but:
 
 - a response with a content-length goes out in ONE write (status line, headers and body);
-- a chunked response (a stream) writes its head at once, then one write per chunk with the
-  chunk framing in the same bytes object (the last chunk carries the terminator);
+- a chunked response (a stream) is one write per chunk, the chunk framing in the same bytes
+  object; the head goes with the first chunk when that is sent in the same event-loop pass
+  (else on the next pass, alone), and the last chunk carries the terminator;
 - the header names and values are validated with one regex search each over all of them.
 """
 
@@ -226,11 +227,20 @@ class LeanCycle:
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
-        if self.chunked or self.head_only:
-            # A stream's 200 goes out now (its first chunk may be seconds away).
+        if self.head_only:
             self.transport.write(head)
-        else:
-            self._head = head  # written with the body, in one write
+            return
+        self._head = head  # written with the body, in one write
+        if self.chunked:
+            # A stream's first chunk is usually sent in this same loop pass (the service
+            # has read it already, to keep failover open until then): it carries the head.
+            # If it is not, the head goes out on the next pass, alone.
+            asyncio.get_running_loop().call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        head, self._head = self._head, b""
+        if head and not self.disconnected:
+            self.transport.write(head)
 
     def _body(self, body: bytes, more_body: bool) -> None:
         head, self._head = self._head, b""
@@ -239,9 +249,10 @@ class LeanCycle:
             out = head
         elif self.chunked:
             if body:
-                out = b"%x\r\n%b\r\n%b" % (len(body), body, b"" if more_body else _LAST_CHUNK)
+                end = b"" if more_body else _LAST_CHUNK
+                out = b"%b%x\r\n%b\r\n%b" % (head, len(body), body, end)
             else:
-                out = b"" if more_body else _LAST_CHUNK
+                out = head if more_body else head + _LAST_CHUNK
         else:
             size = len(body)
             if size > self.remaining:

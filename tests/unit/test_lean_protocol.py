@@ -89,17 +89,30 @@ async def test_an_answer_with_a_length_is_one_write() -> None:
 
 
 @synchronous
-async def test_a_stream_is_its_head_then_one_write_per_chunk() -> None:
+async def test_a_stream_is_one_write_per_chunk_the_head_with_the_first() -> None:
     lean, transport, _ = cycle()
     await lean.send(start(200, [(b"content-type", b"text/event-stream")]))
-    await lean.send(body(b"data: 1\n\n", more=True))
+    await lean.send(body(b"data: 1\n\n", more=True))  # in the same loop pass
     await lean.send(body(b"", more=True))  # nothing to frame: no write
     await lean.send(body(b"data: [DONE]\n\n"))
-    head, first, last = transport.writes
-    assert head.endswith(b"transfer-encoding: chunked\r\n\r\n")
-    assert first == b"9\r\ndata: 1\n\n\r\n"
+    await asyncio.sleep(0)  # the head's flush, scheduled at start, finds nothing left
+    first, last = transport.writes
+    head, chunk = first.split(b"\r\n\r\n", 1)
+    assert head.endswith(b"transfer-encoding: chunked")
+    assert chunk == b"9\r\ndata: 1\n\n\r\n"
     assert last == b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"  # the terminator in the same write
     assert lean.response_complete
+
+
+@synchronous
+async def test_a_stream_whose_first_chunk_is_late_sends_its_head_alone() -> None:
+    lean, transport, _ = cycle()
+    await lean.send(start(200, [(b"content-type", b"text/event-stream")]))
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
+    assert transport.writes[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
+    await lean.send(body(b"x", more=True))
+    assert transport.writes[1] == b"1\r\nx\r\n"
 
 
 @synchronous
@@ -108,7 +121,8 @@ async def test_an_empty_last_chunk_is_the_terminator_alone() -> None:
     await lean.send(start(200, []))
     await lean.send(body(b"x", more=True))
     await lean.send(body(b""))
-    assert transport.writes[1:] == [b"1\r\nx\r\n", b"0\r\n\r\n"]
+    assert transport.writes[0].endswith(b"\r\n\r\n1\r\nx\r\n")
+    assert transport.writes[1:] == [b"0\r\n\r\n"]
 
 
 @synchronous
