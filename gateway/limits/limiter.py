@@ -177,6 +177,8 @@ class Limiter:
         self._sizing = lease_sizing or Sizing()
         # key name, id or team -> (mode, sizing), looked up in that order.
         self._key_modes = dict(key_modes or {})
+        self._month_now = ""
+        self._month_starts = self._month_ends = 0.0
         if redis_url:
             self._redis = redis_client(redis_url, timeout_s=timeout_s)
             self._seed_script = self._redis.register_script(SEED)
@@ -251,11 +253,7 @@ class Limiter:
             ask = fitted
         if self._reconciler is not None:
             self._reconciler.ensure_started()
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        month = month_of(now)
-        lease = f"{_LEASE_PREFIX}-{next(_LEASE_IDS)}"
-        enabled = enabled_checks(limits)
-        local: frozenset[str] = frozenset()
+        month = self._month()
         verdict: Verdict | None = None
         sizing = self._lease_sizing(principal) if self._leases is not None else None
         if sizing is not None:
@@ -268,8 +266,11 @@ class Limiter:
                 except REDIS_ERRORS as exc:
                     self._went_down(exc)
             if verdict is not None:
-                return self._admitted(principal, limits, ask, "", month, verdict, local, held)
-        elif self._redis is not None and self.redis_up:
+                return self._admitted(principal, limits, ask, "", month, verdict, frozenset(), held)
+        lease = f"{_LEASE_PREFIX}-{next(_LEASE_IDS)}"
+        enabled = enabled_checks(limits)
+        local: frozenset[str] = frozenset()
+        if sizing is None and self._redis is not None and self.redis_up:
             try:
                 verdict = await self._admit_redis(principal, limits, ask, lease, month)
             except REDIS_ERRORS as exc:
@@ -303,6 +304,18 @@ class Limiter:
         admission = Admission(self, principal, limits, ask, lease, month, verdict, local, held)
         self._check_soft_budget(principal, limits, verdict, month)
         return admission
+
+    def _month(self) -> str:
+        """This month (UTC), recomputed only when the clock leaves the one last computed."""
+        now = self._clock()
+        if not self._month_starts <= now < self._month_ends:
+            start = datetime.fromtimestamp(now, UTC)
+            self._month_now = month_of(start)
+            first = datetime(start.year, start.month, 1, tzinfo=UTC)
+            following = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+            self._month_starts = first.timestamp()
+            self._month_ends = datetime(*following, 1, tzinfo=UTC).timestamp()
+        return self._month_now
 
     def _lease_sizing(self, principal: Principal) -> Sizing | None:
         """The slice sizing of a key in lease mode; None when it is admitted exactly."""
