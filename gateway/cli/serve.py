@@ -47,6 +47,14 @@ def serve(
     )
 
 
+def serve_only(args: list[str]) -> None:
+    """`farebox serve ARGS` as the only command (gateway/cli/main.py: the other commands'
+    modules are not loaded in a serving process)."""
+    app = typer.Typer(add_completion=False)
+    app.command()(serve)
+    app(args=args, prog_name="farebox serve")
+
+
 def _serve(
     settings: Settings, config: GatewayConfig, path: Path, host: str, port: int, workers: int
 ) -> None:
