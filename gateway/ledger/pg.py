@@ -70,7 +70,10 @@ class PgPool:
         self,
         url: str,
         *,
-        max_size: int = 4,
+        # As many as the SQLAlchemy engine this replaces allowed (pool_size 5 + overflow 5):
+        # key lookups on a cache miss and stored-Responses reads are on the request path.
+        # min_size is 0, so an idle worker holds none open.
+        max_size: int = 10,
         connect_timeout_s: float = 5.0,
         command_timeout_s: float = 60.0,
     ) -> None:
