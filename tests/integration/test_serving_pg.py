@@ -16,8 +16,10 @@ from gateway.ledger.keys_reads import PgKeyReads
 from gateway.ledger.keys_repository import KeysRepository
 from gateway.ledger.models_responses import responses_table
 from gateway.ledger.pg import PgPool, asyncpg_dsn, is_postgres
+from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.responses_pg import COLUMNS, PgResponsesRepository
 from gateway.ledger.serving_ledger import ServingLedger
+from tests.ledger_rows import T0, attempt_row, request_row
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -144,5 +146,47 @@ def test_the_serving_ledger_reads_without_sqlalchemy(pg_url: str) -> None:
             assert not ledger.loaded
         finally:
             await ledger.close()
+
+    asyncio.run(main())
+
+
+def test_the_budget_seed_and_gate_history_match_the_repository(pg_url: str) -> None:
+    """Same rows, same answers: ServingLedger (asyncpg) against LedgerRepository (SQLAlchemy)."""
+    day = timedelta(days=1)
+    requests = [
+        request_row("r1", key_id="k1", cost_usd=Decimal("0.0000036000")),
+        request_row("r2", key_id="k1", cost_usd=Decimal("1.25"), received_at=T0 + day),
+        request_row("r3", key_id="k2", cost_usd=Decimal("7"), route="other"),
+        request_row("r4", key_id="k1", cost_usd=None, received_at=T0 - day),
+    ]
+    attempts = [
+        attempt_row("a1", "r1", gate_outcome="pass", input_uncached_tokens=50),
+        attempt_row("a2", "r2", gate_outcome="fail", cached_read_tokens=500, started_at=T0 + day),
+        attempt_row("a3", "r3", gate_outcome="pass", cache_write_tokens=5000, deployment="b@sim"),
+        attempt_row("a4", "r3", gate_outcome=None, attempt_no=2),
+        attempt_row("a5", "r4", gate_outcome="pass", started_at=T0 - day),
+    ]
+    edges, names = [100, 1000], ["short", "medium", "long"]
+
+    async def main() -> None:
+        sql = LedgerRepository.create(pg_url)
+        ledger = ServingLedger(pg_url, PgPool(pg_url))
+        try:
+            await sql.write_batch(requests, attempts)
+            for key, since in (("k1", T0), ("k1", T0 - day), ("k2", T0), ("k3", T0)):
+                spend = await ledger.key_spend_since(key, since)
+                assert spend == await sql.key_spend_since(key, since)
+            assert await ledger.key_spend_since("k1", T0) == Decimal("1.2500036")
+            got = sorted(await ledger.gate_history(T0, edges, names))
+            assert got == sorted(await sql.gate_history(T0, edges, names))
+            assert [(g[1], g[2], g[3]) for g in got] == [
+                ("fast@sim", "medium", False),  # route chat
+                ("fast@sim", "short", True),
+                ("b@sim", "long", True),  # route other
+            ]
+            assert not ledger.loaded
+        finally:
+            await ledger.close()
+            await sql.close()
 
     asyncio.run(main())
