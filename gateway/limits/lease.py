@@ -59,7 +59,7 @@ _KINDS = ("requests", "tokens", "concurrency", "budget_nano")
 _TICK_S = 0.2
 # Syncs a request short of its slice waits for before it is refused all the same.
 _MAX_SYNCS_WAITED = 4
-_PUSH_DELAY_S = 0.01
+_PUSH_DELAY_S = 0.05
 # Unseeded month budget: seeded from the ledger, then the sync is sent once more.
 Seed = Callable[[str, str, str], Awaitable[None]]
 
