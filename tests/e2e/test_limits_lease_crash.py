@@ -163,3 +163,37 @@ def test_a_killed_replicas_slice_expires_and_another_uses_the_whole_limit(
         wait_for("all 4 slots usable on B", four_at_once, 30)
         assert metric(b, "farebox_limits_lease_expired_total") >= 1
     store.close()
+
+
+def test_a_replica_shut_down_hands_its_slice_back(
+    simulator: str, pg_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGTERM (the app's shutdown): the replica returns its slots and budget entry at once
+    and its settled spend is in Redis — nothing is left to expire."""
+    env = {
+        "SIM_URL": simulator,
+        "SIM_KEY": SIM_KEY,
+        "FAREBOX_DATABASE_URL": pg_url,
+        "FAREBOX_REDIS_URL": redis_server.url,
+        "FAREBOX_SPOOL_DIR": str(tmp_path),
+    }
+    store = redis.Redis.from_url(redis_server.url)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    tag = "{farebox:lim:crashy}"
+    for stale in store.scan_iter(match=f"{tag}*"):
+        store.delete(stale)
+    budget = f"{tag}:budget:{month}"
+    with gateway_processes([(CONFIG % {"secret": SECRET}, tmp_path, env)]) as (gw,):
+        for _ in range(5):
+            client(gw).chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=10
+            )
+        # Idle return is a minute away here: the replica still holds its slice.
+        assert int(store.hget(budget, "reserved") or 0) > 0
+        assert store.zcard(f"{tag}:conc") > 0
+        assert gw.terminate() in (0, -15), gw.output()[-2000:]
+    assert int(store.hget(budget, "reserved") or -1) == 0
+    assert store.zcard(f"{tag}:conc") == 0
+    assert store.zcard(f"{tag}:resv:{month}") == 0
+    assert int(store.hget(budget, "spent") or 0) > 0, "the settled spend reached Redis"
+    store.close()
