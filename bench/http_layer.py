@@ -1,6 +1,7 @@
 """The HTTP layer, side by side: the same bare passthrough under three servers.
 
     python bench/http_layer.py [--rounds 4] [--seconds 4] [--granian /path/to/venv/bin/python]
+    python bench/http_layer.py --micro     # the protocols alone, in process (no sockets)
 
 The app is bench/passthrough.py's (raw ASGI + one aiohttp session + orjson, forwarding
 POST /v1/chat/completions to the simulator, streams chunk by chunk). Served by:
@@ -17,6 +18,12 @@ Each candidate runs as its own process on the same CPUs; rounds interleave them 
 order each round) with wrk -c64 for non-stream and stream requests; CPU is read from /proc
 for the server's process tree, as bench/targets.py does. The machine may be shared: compare
 the ratios within one run, not the absolute figures across runs.
+
+`--micro` takes the network, the upstream and the load generator out: it feeds an SDK-like
+request (14 headers, a small JSON body) into each protocol class on a recording transport,
+answered by a trivial app (7 headers and a 600-byte body), and reports CPU µs per request
+and transport writes per answer — uvicorn's HttpToolsProtocol, Farebox's head-bounded
+subclass of it, and LeanHttpProtocol. Far less noisy than the wrk runs on a shared machine.
 """
 
 from __future__ import annotations
@@ -73,17 +80,130 @@ def serve(server: str, port: int) -> None:
     )
 
 
+_MICRO_REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+    b"User-Agent: OpenAI/Python 1.99\r\nAccept: application/json\r\n"
+    b"Content-Type: application/json\r\nAuthorization: Bearer sk-0123456789abcdef\r\n"
+    b"X-Stainless-Lang: python\r\nX-Stainless-Package-Version: 1.99\r\n"
+    b"X-Stainless-OS: Linux\r\nX-Stainless-Arch: x64\r\nX-Stainless-Runtime: CPython\r\n"
+    b"X-Stainless-Runtime-Version: 3.11\r\nX-Stainless-Retry-Count: 0\r\n"
+    b"Content-Length: 68\r\n\r\n"
+    b'{"model":"sim-small","messages":[{"role":"user","content":"hello"}]}'
+)
+_MICRO_HEADERS = [
+    (b"x-request-id", b"req_0123456789ab0000000001"),
+    (b"x-farebox-route", b"bench"),
+    (b"x-ratelimit-limit-requests", b"100000"),
+    (b"x-ratelimit-remaining-requests", b"99999"),
+    (b"x-farebox-deployment", b"sim@sim"),
+    (b"x-farebox-attempts", b"1"),
+    (b"content-type", b"application/json"),
+]
+
+
+async def _micro_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    headers = [*_MICRO_HEADERS, (b"content-length", b"600")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"x" * 600})
+
+
+_micro_app.serves_lean = lambda scope: True  # type: ignore[attr-defined]
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def close(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+
+def micro(requests: int = 5000, rounds: int = 7) -> None:
+    import asyncio
+
+    import uvloop
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    sys.path.insert(0, str(BENCH.parent))
+    from gateway.api.http_protocol import BoundedHttpToolsProtocol
+    from gateway.serving.protocol import LeanHttpProtocol
+
+    async def one(cls: Any) -> tuple[float, float]:
+        config = Config(
+            _micro_app,
+            http=cls,
+            lifespan="off",
+            proxy_headers=False,
+            access_log=False,
+            server_header=False,
+            log_level="warning",
+        )
+        config.load()
+        state = ServerState()
+        protocol = cls(config=config, server_state=state, app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        started = time.process_time()
+        for _ in range(requests):
+            protocol.data_received(_MICRO_REQUEST)
+            while state.tasks:  # noqa: ASYNC110 - the request's task, run to its end
+                await asyncio.sleep(0)
+        used = time.process_time() - started
+        protocol.connection_lost(None)
+        return used / requests * 1e6, transport.writes / requests
+
+    async def all_rounds() -> None:
+        classes = (HttpToolsProtocol, BoundedHttpToolsProtocol, LeanHttpProtocol)
+        cpu: dict[str, list[float]] = {cls.__name__: [] for cls in classes}
+        writes: dict[str, float] = {}
+        for _ in range(rounds):
+            for cls in classes:
+                us, per = await one(cls)
+                cpu[cls.__name__].append(us)
+                writes[cls.__name__] = per
+        print(f"median of {rounds} rounds of {requests} requests, in process:")
+        for name, runs in cpu.items():
+            print(
+                f"{name:26} {statistics.median(runs):6.1f} us CPU/request  "
+                f"{writes[name]:.0f} write(s)/answer"
+            )
+
+    uvloop.run(all_rounds())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--granian", default=os.environ.get("GRANIAN_PYTHON", ""))
+    parser.add_argument("--micro", action="store_true", help="the protocols alone, in process")
     parser.add_argument("--serve", choices=("uvicorn", "lean"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
+        return
+    if args.micro:
+        micro()
         return
     run(args)
 

@@ -6,9 +6,10 @@ writes the status line and headers and the body in separate `transport.write` ca
 frames each stream chunk through a list join. `LeanHttpProtocol` keeps uvicorn's connection
 handling (it subclasses our head-bounded `BoundedHttpToolsProtocol`: keep-alive, pipelining,
 flow control, head limits and timeouts, and `server_state.tasks/connections`, which
-GatewayServer's drain relies on) and swaps only the per-request cycle, for requests the app
-says it serves itself (`LeanApp.serves_lean`): everything else (the admin API, the status
-page, files, batches) still goes through uvicorn's ASGI cycle.
+GatewayServer's drain relies on; the keep-alive timeout is a per-loop sweeper,
+gateway/serving/keepalive.py, not a timer per response) and swaps the per-request cycle,
+for requests the app says it serves itself (`LeanApp.serves_lean`): everything else (the
+admin API, the status page, files, batches) still goes through uvicorn's ASGI cycle.
 
 `LeanCycle` speaks the same ASGI messages with the same semantics — `receive()` hands out
 the body as it arrives and then waits for the disconnect (so DisconnectWatch and read_body's
@@ -36,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from gateway.api.http_protocol import BoundedHttpToolsProtocol
+from gateway.serving.keepalive import sweeper
 
 log = logging.getLogger("uvicorn.error")
 
@@ -280,6 +282,34 @@ class LeanHttpProtocol(BoundedHttpToolsProtocol):
         # Only an unwrapped app that asks for it (proxy-header or logging middleware
         # around it would be skipped by the lean cycle: then every request is uvicorn's).
         self._lean: LeanApp | None = app if callable(getattr(app, "serves_lean", None)) else None
+        # When this connection went idle after a response, for the keep-alive sweeper.
+        self.idle_deadline: float | None = None
+        self._sweeper = sweeper(self.loop)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._sweeper.add(self, self.timeout_keep_alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sweeper.discard(self)
+        super().connection_lost(exc)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this on every read and on connection loss: no timer to cancel.
+        self.idle_deadline = None
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timeout left to the sweeper (gateway/serving/
+        keepalive.py) instead of a timer armed per response."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle_deadline = self.loop.time() + self.timeout_keep_alive
 
     def on_headers_complete(self) -> None:
         lean = self._lean

@@ -401,3 +401,28 @@ def test_protocol_times_out_slow_and_silent_heads(bounded_server: tuple[str, int
     # After a served request, a slow second head on the same connection is timed too.
     reply = _exchange(bounded_server, [GET + b"\r\n", GET], pause_s=0.05)
     assert reply.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in reply
+
+
+def test_protocol_closes_idle_keep_alive_connections(bounded_server: tuple[str, int]) -> None:
+    """The keep-alive timeout (a per-loop sweeper, not a timer per response) closes an idle
+    connection after its timeout, and spares one that keeps sending requests."""
+
+    def answer(s: socket.socket) -> bytes:
+        received = b""
+        while not received.endswith(b"0\r\n\r\n"):  # the app's answers are chunked
+            chunk = s.recv(65536)
+            assert chunk, f"closed mid-answer: {received!r}"
+            received += chunk
+        return received
+
+    with socket.create_connection(bounded_server, timeout=HEAD_TIMEOUT_S * 4) as s:
+        for _ in range(3):  # each request within the timeout of the last answer
+            s.sendall(GET + b"\r\n")
+            assert answer(s).startswith(b"HTTP/1.1 200")
+            time.sleep(HEAD_TIMEOUT_S * 0.6)
+        s.sendall(GET + b"\r\n")
+        assert answer(s).startswith(b"HTTP/1.1 200")
+        idle_from = time.monotonic()
+        assert s.recv(65536) == b""  # closed by the server
+        idle_s = time.monotonic() - idle_from
+    assert HEAD_TIMEOUT_S * 0.9 <= idle_s < HEAD_TIMEOUT_S * 3, idle_s
