@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
@@ -32,17 +32,18 @@ from gateway.files.storage import FileStorage, LocalDirectory
 from gateway.files.store import FileStore
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
-from gateway.keys.sync import KeySync, virtual_keys
+from gateway.keys.sync import KeySync, virtual_keys_on
 from gateway.ledger.db_errors import database_errors
-from gateway.ledger.drills_serving import ServingDrills
-from gateway.ledger.files_batches_serving import ServingBatches, ServingFiles
-from gateway.ledger.keys_reads import PgKeyReads
-from gateway.ledger.pg import PgPool, is_postgres
 from gateway.ledger.pg_sink import writer_sink
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
-from gateway.ledger.responses_pg import PgResponsesRepository
-from gateway.ledger.serving_ledger import ServingLedger
+from gateway.ledger.serving_repositories import (
+    open_batches,
+    open_drills,
+    open_files,
+    open_ledger,
+    open_responses,
+)
 from gateway.ledger.spool import Spool
 from gateway.ledger.tokens import encoding_name_for, load_encoding
 from gateway.ledger.writer import LedgerWriter
@@ -57,12 +58,7 @@ from routing.breaker import BreakerPolicy
 from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:
-    from gateway.ledger.batches_repository import BatchesRepository
-    from gateway.ledger.drills_repository import DrillsRepository
-    from gateway.ledger.files_repository import FilesRepository
-    from gateway.ledger.keys_repository import KeysRepository
     from gateway.ledger.repository import LedgerRepository
-    from gateway.ledger.responses_repository import ResponsesRepository
 
 log = logging.getLogger("farebox")
 
@@ -228,80 +224,6 @@ def build_files(settings: Settings, repository: LedgerRepository) -> FileStore:
     )
 
 
-def open_ledger(url: str) -> LedgerRepository:
-    """The ledger repository. On Postgres a ServingLedger: asyncpg for what a serving worker
-    reads, SQLAlchemy's repository only on first use of anything else (issue #25)."""
-    if is_postgres(url):
-        return cast("LedgerRepository", ServingLedger(url, PgPool(url)))
-    from gateway.ledger.repository import LedgerRepository
-
-    return LedgerRepository.create(url)
-
-
-def open_drills(url: str, repository: LedgerRepository | None) -> DrillsRepository:
-    """The drills repository: on Postgres the board's poll and the scheduler's reads go to
-    the ledger's asyncpg pool, drill changes to SQLAlchemy on first use (ServingDrills)."""
-    ledger = cast("ServingLedger | LedgerRepository | None", repository)
-    if isinstance(ledger, ServingLedger):
-        return cast("DrillsRepository", ServingDrills(url, ledger.pool))
-    from gateway.ledger.drills_repository import DrillsRepository
-
-    return DrillsRepository.create(url)
-
-
-def open_responses(repository: LedgerRepository) -> ResponsesRepository | PgResponsesRepository:
-    """Stored Responses on the ledger's asyncpg pool (Postgres) or its engine (SQLite)."""
-    ledger = cast("ServingLedger | LedgerRepository", repository)
-    if isinstance(ledger, ServingLedger):
-        return PgResponsesRepository(ledger.pool)
-    from gateway.ledger.responses_repository import ResponsesRepository
-
-    return ResponsesRepository(ledger.engine)
-
-
-def open_files(repository: LedgerRepository) -> FilesRepository:
-    """Files' rows: on Postgres the purge's idle look on asyncpg, SQLAlchemy once there is work."""
-    ledger = cast("ServingLedger | LedgerRepository", repository)
-    if isinstance(ledger, ServingLedger):
-        return cast("FilesRepository", ServingFiles(ledger))
-    from gateway.ledger.files_repository import FilesRepository
-
-    return FilesRepository(ledger.engine)
-
-
-def open_batches(repository: LedgerRepository) -> BatchesRepository:
-    """Batches' rows: on Postgres the runner's idle claim on asyncpg, SQLAlchemy once there
-    is a batch."""
-    ledger = cast("ServingLedger | LedgerRepository", repository)
-    if isinstance(ledger, ServingLedger):
-        return cast("BatchesRepository", ServingBatches(ledger))
-    from gateway.ledger.batches_repository import BatchesRepository
-
-    return BatchesRepository(ledger)
-
-
-def build_virtual_keys(
-    keys: KeyStore, repository: LedgerRepository | None, redis_url: str | None
-) -> tuple[KeySync | None, KeyAdmin | None]:
-    """Key lookups and the change poll on the ledger's asyncpg pool (Postgres) or its engine;
-    the admin API's SQLAlchemy repository on first use."""
-    from_ledger = cast("ServingLedger | LedgerRepository | None", repository)
-    if isinstance(from_ledger, ServingLedger):
-        ledger = from_ledger
-
-        def open_admin() -> KeysRepository:
-            from gateway.ledger.keys_repository import KeysRepository
-
-            return KeysRepository(ledger.sqlalchemy.engine)
-
-        return virtual_keys(keys, PgKeyReads(ledger.pool), redis_url, open_admin=open_admin)
-    if from_ledger is None:
-        return None, None
-    from gateway.ledger.keys_repository import KeysRepository
-
-    return virtual_keys(keys, KeysRepository(from_ledger.engine), redis_url)
-
-
 def build_state(
     settings: Settings, config: GatewayConfig, previous: GatewayState | None = None
 ) -> GatewayState:
@@ -407,7 +329,7 @@ def build_state(
             **limits.lease_settings(),
         )
     keys = build_keys(settings, config)
-    key_sync, key_admin = build_virtual_keys(keys, repository, settings.redis_url)
+    key_sync, key_admin = virtual_keys_on(keys, repository, settings.redis_url)
     drill_board = None
     drill_scheduler = None
     if settings.ledger_enabled:

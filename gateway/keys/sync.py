@@ -32,14 +32,16 @@ from redis.asyncio import Redis
 
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
-from gateway.ledger.keys_reads import KeyReads
+from gateway.ledger.keys_reads import KeyReads, PgKeyReads
 from gateway.ledger.keys_records import VirtualKey
+from gateway.ledger.serving_ledger import ServingLedger
 from gateway.runtime.background import Background, within
 from gateway.runtime.redis import Sharing, redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from gateway.ledger.keys_repository import KeysRepository
+    from gateway.ledger.repository import LedgerRepository
 
 log = logging.getLogger("farebox.keys")
 
@@ -318,3 +320,26 @@ def virtual_keys(
         admin_repository = cast("KeysRepository", reads)
         return sync, KeyAdmin(admin_repository, sync, actor=actor)
     return sync, KeyAdmin(None, sync, actor=actor, open_repository=open_admin)
+
+
+def virtual_keys_on(
+    keys: KeyStore, repository: LedgerRepository | None, redis_url: str | None
+) -> tuple[KeySync | None, KeyAdmin | None]:
+    """virtual_keys on the ledger repository state.py opened: lookups and the change poll on
+    its asyncpg pool (Postgres, a ServingLedger) or its engine (SQLite); the admin API's
+    SQLAlchemy repository on first use."""
+    from_ledger = cast("ServingLedger | LedgerRepository | None", repository)
+    if isinstance(from_ledger, ServingLedger):
+        ledger = from_ledger
+
+        def open_admin() -> KeysRepository:
+            from gateway.ledger.keys_repository import KeysRepository
+
+            return KeysRepository(ledger.sqlalchemy.engine)
+
+        return virtual_keys(keys, PgKeyReads(ledger.pool), redis_url, open_admin=open_admin)
+    if from_ledger is None:
+        return None, None
+    from gateway.ledger.keys_repository import KeysRepository
+
+    return virtual_keys(keys, KeysRepository(from_ledger.engine), redis_url)
