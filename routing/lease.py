@@ -30,6 +30,8 @@ from routing.quota import BUDGET, CONCURRENCY, MINUTE_MS, RPM, TPM, Ask, Limits,
 _MIN_RATE_WINDOW_MS = 100
 # The fewest requests a slice aims to hold free, whatever the recent rate (share cap aside).
 _FLOOR_REQUESTS = 4
+# How long the smoothed rates and peak remember (an exponential time constant).
+_SMOOTHING_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class Slice:
     used_tokens: int = 0
     used_nano: int = 0
     peak_inflight: int = 0
+    peak_smoothed: float = 0.0
     rate_requests: float = 0.0
     rate_tokens: float = 0.0
     rate_nano: float = 0.0
@@ -241,10 +244,10 @@ def wants(s: Slice, limits: Limits, sizing: Sizing) -> Wants:
         cap = _share(limits.tpm, sizing)
         tokens = min(max(rate, 2 * s.max_ask_tokens), cap) + s.pending_tokens
     if limits.max_concurrency is not None:
-        # A quarter of the recent peak in flight, spare: slots held idle are slots another
-        # replica cannot use.
-        spare = max(1, math.ceil(s.peak_inflight / 4))
-        slots = min(spare, _share(limits.max_concurrency, sizing)) + s.pending_slots
+        # Slots for the recent peak in flight and a quarter more, as free slots beyond those
+        # in use: slots held idle are slots another replica cannot use.
+        total = min(math.ceil(s.peak_smoothed * 1.25) + 1, _share(limits.max_concurrency, sizing))
+        slots = max(total - s.inflight, 1) + s.pending_slots
     if limits.budget_nano is not None:
         rate = math.ceil(s.rate_nano * sizing.target_s)
         cap = _share(limits.budget_nano, sizing)
@@ -253,12 +256,18 @@ def wants(s: Slice, limits: Limits, sizing: Sizing) -> Wants:
 
 
 def update_rates(s: Slice, now_ms: int) -> None:
-    """Fold the demand since the last sync into the smoothed rates."""
+    """Fold the demand since the last sync into the smoothed rates and the recent peak in
+    flight. Time-weighted (`_SMOOTHING_S`), so frequent syncs don't make slices follow
+    every dip: a slice that shrinks is one more sync, and a request waiting for it."""
     if s.synced_ms:
         elapsed_s = max(now_ms - s.synced_ms, _MIN_RATE_WINDOW_MS) / 1000
-        s.rate_requests = (s.rate_requests + s.used_requests / elapsed_s) / 2
-        s.rate_tokens = (s.rate_tokens + s.used_tokens / elapsed_s) / 2
-        s.rate_nano = (s.rate_nano + s.used_nano / elapsed_s) / 2
+        weight = 1 - math.exp(-elapsed_s / _SMOOTHING_S)
+        s.rate_requests += (s.used_requests / elapsed_s - s.rate_requests) * weight
+        s.rate_tokens += (s.used_tokens / elapsed_s - s.rate_tokens) * weight
+        s.rate_nano += (s.used_nano / elapsed_s - s.rate_nano) * weight
+        s.peak_smoothed = max(float(s.peak_inflight), s.peak_smoothed * (1 - weight))
+    else:
+        s.peak_smoothed = float(s.peak_inflight)
     s.used_requests = s.used_tokens = s.used_nano = 0
     s.peak_inflight = s.inflight
     s.synced_ms = now_ms
@@ -269,23 +278,21 @@ def plan_sync(s: Slice, limits: Limits, w: Wants) -> SyncPlan:
     slice now, so nothing admitted during the round trip relies on it."""
     give_r = want_r = give_t = want_t = keep_c = want_c = push = keep_n = want_n = 0
     if limits.rpm is not None:
-        give_r = max(0, s.requests - w.requests)
+        give_r = _excess(s.requests, w.requests)
         s.requests -= give_r
         want_r = max(0, w.requests - s.requests)
     if limits.tpm is not None:
         # A debt (negative free tokens) is charged to the bucket in full.
-        give_t = s.tokens - w.tokens if s.tokens > w.tokens else min(s.tokens, 0)
+        give_t = _excess(s.tokens, w.tokens) if s.tokens > 0 else s.tokens
         s.tokens -= give_t
         want_t = max(0, w.tokens - s.tokens)
     if limits.max_concurrency is not None:
-        free = s.slots - s.inflight
-        give_c = max(0, free - w.slots)
+        give_c = _excess(s.slots - s.inflight, w.slots)
         s.slots -= give_c
         keep_c = s.slots
         want_c = max(0, w.slots - (s.slots - s.inflight))
     if limits.budget_nano is not None:
-        free = s.free_nano
-        give_n = max(0, free - w.nano)
+        give_n = _excess(s.free_nano, w.nano)
         push = s.unpushed_nano
         keep_n = max(0, s.held_nano - push - give_n)
         # Locally the slice now holds what Redis keeps plus what is pushed meanwhile.
@@ -295,6 +302,12 @@ def plan_sync(s: Slice, limits: Limits, w: Wants) -> SyncPlan:
     return SyncPlan(
         give_r, want_r, give_t, want_t, keep_c, want_c, push, keep_n, want_n, s.syncs_started
     )
+
+
+def _excess(free: int, wanted: int) -> int:
+    """What to give back: only beyond twice what is wanted (everything when nothing is), so a
+    slice does not shrink and grow back with every small swing in demand."""
+    return free - wanted if free > 2 * wanted else 0
 
 
 def apply_grant(s: Slice, limits: Limits, plan: SyncPlan, grant: Grant) -> None:

@@ -3,6 +3,8 @@ sizing, and syncs that never un-cover a request admitted while they are in fligh
 
 from __future__ import annotations
 
+import math
+
 from routing import lease
 from routing.lease import Grant, Sizing, Slice, Wants
 from routing.quota import BUDGET, CONCURRENCY, RPM, TPM, Ask, Limits
@@ -116,16 +118,43 @@ def test_slices_size_to_recent_demand_within_the_share_cap() -> None:
     assert s.pending_tokens == 0
 
 
-def test_rates_are_smoothed_over_syncs() -> None:
+def test_rates_and_the_peak_are_smoothed_over_time_not_syncs() -> None:
     s = Slice("k", ALL, "2026-12")
     lease.update_rates(s, NOW)
     s.used_requests = 10
     lease.update_rates(s, NOW + 1_000)
-    assert s.rate_requests == 5.0
-    s.used_requests = 10
-    lease.update_rates(s, NOW + 2_000)
-    assert s.rate_requests == 7.5
+    after_one_second = s.rate_requests
+    assert 3 < after_one_second < 5  # 10/s, weighted by 1 s of a 2 s time constant
+    # Ten syncs in 100 ms at the same rate move it about as far as one sync after 1 s.
+    t = NOW + 1_000
+    for _ in range(10):
+        s.used_requests = 1
+        t += 100
+        lease.update_rates(s, t)
+    assert abs(s.rate_requests - (10 - (10 - after_one_second) * 0.6065)) < 0.01
     assert s.used_requests == 0
+    # A dip in flight does not drop the slots the recent peak needed.
+    s.inflight = s.peak_inflight = 40
+    lease.update_rates(s, t + 100)
+    s.inflight = 10
+    lease.update_rates(s, t + 200)
+    assert s.peak_smoothed > 35
+    wide = Limits(max_concurrency=1_000)
+    assert (
+        lease.wants(s, wide, Sizing(max_share=1.0)).slots
+        == math.ceil(s.peak_smoothed * 1.25) + 1 - 10
+    )
+
+
+def test_a_sync_gives_back_only_beyond_twice_what_is_wanted() -> None:
+    s = full_slice()
+    plan = lease.plan_sync(s, ALL, Wants(requests=3, tokens=3_000, slots=2, nano=30_000_000))
+    assert (plan.give_requests, plan.give_tokens, plan.keep_slots, plan.keep_nano) == (
+        0,
+        0,
+        3,
+        50_000_000,
+    )
 
 
 def test_low_water_is_half_of_what_the_last_sync_aimed_for() -> None:
