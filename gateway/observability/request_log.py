@@ -128,36 +128,64 @@ def close() -> None:
 
 
 def line(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) -> bytes:
+    # One unpack of the row tuple (its fields in order, gateway/ledger_rows.py) instead of
+    # twenty attribute lookups: this runs for every request.
+    (
+        request_id,
+        received_at,
+        key_id,
+        route,
+        _requested_model,
+        endpoint,
+        workload,
+        stream,
+        status,
+        error_class,
+        deployment,
+        n_attempts,
+        uncached,
+        cached,
+        written,
+        output,
+        reasoning,
+        cost,
+        latency_ms,
+        ttft_ms,
+        gate,
+        _decision,
+        team,
+        *_,
+    ) = row
     entry: dict[str, Any] = {
-        "ts": row.received_at,
-        "request_id": row.id,
-        "route": row.route,
-        "deployment": row.final_deployment,
-        "attempts": row.attempts,
-        "status": row.final_status,
-        "error_class": row.error_class,
-        "stream": row.stream,
-        "endpoint": row.endpoint,
+        "ts": received_at,
+        "request_id": request_id,
+        "route": route,
+        "deployment": deployment,
+        "attempts": n_attempts,
+        "status": status,
+        "error_class": error_class,
+        "stream": stream,
+        "endpoint": endpoint,
         "tokens": {
-            "input_uncached": row.input_uncached_tokens,
-            "cached_read": row.cached_read_tokens,
-            "cache_write": row.cache_write_tokens,
-            "output": row.output_tokens,
-            "reasoning": row.reasoning_tokens,
+            "input_uncached": uncached,
+            "cached_read": cached,
+            "cache_write": written,
+            "output": output,
+            "reasoning": reasoning,
         },
         # A string keeps the ledger's exact decimal; null means unpriced, never $0.
-        "cost_usd": None if row.cost_usd is None else f"{row.cost_usd:f}",
-        "latency_ms": round(row.latency_ms, 3),
-        "ttft_ms": None if row.ttft_ms is None else round(row.ttft_ms, 3),
+        "cost_usd": None if cost is None else f"{cost:f}",
+        "latency_ms": round(latency_ms, 3),
+        "ttft_ms": None if ttft_ms is None else round(ttft_ms, 3),
         "overhead_ms": round(overhead_s * 1000, 3),
-        "client_id": row.key_id,
+        "client_id": key_id,
     }
-    if row.team is not None:
-        entry["team"] = row.team
-    if row.workload is not None:
-        entry["workload"] = row.workload
-    if row.gate_outcome is not None:
-        entry["gate"] = row.gate_outcome
+    if team is not None:
+        entry["team"] = team
+    if workload is not None:
+        entry["workload"] = workload
+    if gate is not None:
+        entry["gate"] = gate
     if len(attempts) > 1:  # the path only when there was one: retries, fallbacks, hedges
         entry["tried"] = [f"{a.deployment}:{a.role}:{a.error_class or 'ok'}" for a in attempts]
     for attempt in attempts:  # a loop, not next(generator): this runs per request
@@ -169,7 +197,14 @@ def line(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) -> 
 
 def write(row: RequestRow, attempts: Sequence[AttemptRow], overhead_s: float) -> None:
     writer = _writer
-    if writer is not None and log.handlers == [writer] and not log.filters and log.level == _INFO:
+    handlers = log.handlers
+    if (
+        writer is not None
+        and len(handlers) == 1
+        and handlers[0] is writer
+        and not log.filters
+        and log.level == _INFO
+    ):
         # Only our own writer would see the record: hand it the line, skip the LogRecord.
         writer.add(line(row, attempts, overhead_s))
         return

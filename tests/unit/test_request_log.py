@@ -19,6 +19,7 @@ from gateway.providers.base import STATUS, UpstreamError
 from gateway.settings import Settings
 from routing.cost import TokenPrice
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts
+from tests.ledger_rows import attempt_row, request_row
 
 A = DeploymentSpec("a@p", "p", "serverless", "openai", "m-a")
 B = DeploymentSpec("b@q", "q", "serverless", "openai", "m-b")
@@ -167,3 +168,60 @@ def test_stdout_gets_the_lines_as_bytes_after_what_was_written_before(meter: Met
     before, *logged, tail = text.split("\n")
     assert before == "before" and tail == ""
     assert [json.loads(entry)["request_id"] for entry in logged] == ["req_1", "req_é"]
+
+
+def test_each_figure_comes_from_its_own_field() -> None:
+    """Every value distinct, so a field read from the wrong place in the row shows."""
+    row = request_row(
+        "req_9",
+        key_id="key_9",
+        route="route_9",
+        requested_model="model_9",
+        endpoint="embeddings",
+        workload="wl_9",
+        stream=True,
+        final_status=201,
+        error_class="err_9",
+        final_deployment="dep_9",
+        attempts=3,
+        input_uncached_tokens=11,
+        cached_read_tokens=12,
+        cache_write_tokens=13,
+        output_tokens=14,
+        reasoning_tokens=15,
+        cost_usd=Decimal("0.0000000016"),
+        latency_ms=17.0004,
+        ttft_ms=18.0004,
+        gate_outcome="gate_9",
+        decision="decision_9",
+        team="team_9",
+        segment="segment_9",
+    )
+    entry = json.loads(request_log.line(row, [attempt_row("a", "req_9", drill_id="d_9")], 0.019))
+    assert entry == {
+        "ts": row.received_at.isoformat(),
+        "request_id": "req_9",
+        "route": "route_9",
+        "deployment": "dep_9",
+        "attempts": 3,
+        "status": 201,
+        "error_class": "err_9",
+        "stream": True,
+        "endpoint": "embeddings",
+        "tokens": {
+            "input_uncached": 11,
+            "cached_read": 12,
+            "cache_write": 13,
+            "output": 14,
+            "reasoning": 15,
+        },
+        "cost_usd": "0.0000000016",
+        "latency_ms": 17.0,
+        "ttft_ms": 18.0,
+        "overhead_ms": 19.0,
+        "client_id": "key_9",
+        "team": "team_9",
+        "workload": "wl_9",
+        "gate": "gate_9",
+        "drill_id": "d_9",
+    }
