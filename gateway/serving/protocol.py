@@ -45,7 +45,6 @@ Message = dict[str, Any]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class LeanApp(Protocol):
@@ -158,7 +157,7 @@ class LeanCycle:
                 await event.wait()
             event.clear()
         if self.disconnected or self.response_complete:
-            return _DISCONNECT
+            return {"type": "http.disconnect"}
         message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
         self.body = bytearray()
         return message
