@@ -350,20 +350,23 @@ def outstanding(s: Slice) -> tuple[int, int, int, int]:
 
 
 def admitted_verdict(s: Slice, limits: Limits) -> Verdict:
-    """The headers' view after a local admission: Redis's last-seen level plus this slice."""
-    requests = tokens = None
-    reset_r = reset_t = None
-    left = spent = None
-    if limits.rpm is not None:
+    """The headers' view after a local admission: Redis's last-seen level plus this slice.
+    Runs for every admitted request: plain integer arithmetic, no helper calls."""
+    requests = reset_r = tokens = reset_t = left = spent = None
+    rpm, tpm = limits.rpm, limits.tpm
+    if rpm is not None:
         level = s.rpm_level + s.requests
-        requests = max(0, level)
-        reset_r = _reset_ms(level, limits.rpm)
-    if limits.tpm is not None:
+        requests = level if level > 0 else 0
+        missing = rpm - level
+        reset_r = -(-missing * MINUTE_MS // rpm) if missing > 0 else 0
+    if tpm is not None:
         level = s.tpm_level + s.tokens
-        tokens = max(0, level)
-        reset_t = _reset_ms(level, limits.tpm)
+        tokens = level if level > 0 else 0
+        missing = tpm - level
+        reset_t = -(-missing * MINUTE_MS // tpm) if missing > 0 else 0
     if limits.budget_nano is not None:
-        left = max(0, s.budget_left_nano) + max(0, s.free_nano)
+        free = s.held_nano - s.reserved_nano - s.unpushed_nano
+        left = (s.budget_left_nano if s.budget_left_nano > 0 else 0) + (free if free > 0 else 0)
         spent = s.spent_nano + s.unpushed_nano
     return Verdict(True, None, 0, requests, reset_r, tokens, reset_t, left, spent)
 
@@ -404,4 +407,5 @@ def _wait_ms(level: int, capacity: int, amount: int) -> int:
 
 
 def _reset_ms(level: int, capacity: int) -> int:
-    return max(0, math.ceil((capacity - level) * MINUTE_MS / capacity))
+    missing = capacity - level
+    return -(-missing * MINUTE_MS // capacity) if missing > 0 else 0

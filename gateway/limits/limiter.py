@@ -98,6 +98,8 @@ _DEFAULT_HOLD_MS = 15 * 60 * 1000
 _LEASE_TTL_MS = 15_000
 # Budget counters live a little longer than their month.
 _BUDGET_TTL_S = 40 * 24 * 3600
+# Principals whose limits are remembered (cleared when full: keys change rarely).
+_LIMITS_SEEN_MAX = 10_000
 _LEASE_PREFIX = os.urandom(4).hex()
 _LEASE_IDS = itertools.count(1)
 
@@ -178,6 +180,9 @@ class Limiter:
         # key name, id or team -> (mode, sizing), looked up in that order.
         self._key_modes = dict(key_modes or {})
         self._month_now = ""
+        # id(principal) -> (that principal, its limits); the principal is kept so the id
+        # cannot be reused by another object while the entry lives.
+        self._limits_seen: dict[int, tuple[Principal, Limits]] = {}
         self._month_starts = self._month_ends = 0.0
         if redis_url:
             self._redis = redis_client(redis_url, timeout_s=timeout_s)
@@ -244,7 +249,7 @@ class Limiter:
 
     async def admit(self, principal: Principal, ask: Ask) -> Admission:
         """Take `ask` from the key's limits or raise the 429 / 503 the client should see."""
-        limits = limits_of(principal)
+        limits = self._limits_of(principal)
         if limits.tpm is not None:
             fitted = quota.fit_tpm(ask, limits.tpm)
             if fitted is None:
@@ -304,6 +309,18 @@ class Limiter:
         admission = Admission(self, principal, limits, ask, lease, month, verdict, local, held)
         self._check_soft_budget(principal, limits, verdict, month)
         return admission
+
+    def _limits_of(self, principal: Principal) -> Limits:
+        """The key's limits, built once per principal object (the key store hands out the
+        same one until the key changes) rather than a Decimal conversion per request."""
+        cached = self._limits_seen.get(id(principal))
+        if cached is not None and cached[0] is principal:
+            return cached[1]
+        if len(self._limits_seen) >= _LIMITS_SEEN_MAX:
+            self._limits_seen.clear()
+        limits = limits_of(principal)
+        self._limits_seen[id(principal)] = (principal, limits)
+        return limits
 
     def _month(self) -> str:
         """This month (UTC), recomputed only when the clock leaves the one last computed."""
