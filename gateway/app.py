@@ -1,12 +1,13 @@
 """The ASGI front door: create_asgi(settings, config) → HotPath, and the process's lifespan.
 
 `HotPath` answers the OpenAI endpoints, the Anthropic Messages ingress, the Responses API,
-the passthrough and the probes (/healthz, /readyz) itself, in pure ASGI: no per-request
-telemetry checks, routing, dependency injection or response-model validation. It also runs
-the application's lifespan (start-up and shutdown of the state, the ledger, the reloader).
-Everything else — the admin API (/admin/*), the status page, files, batches, /metrics on the
-API port, unknown paths — goes to a FastAPI app built on the first request that needs it,
-so a serving worker that only ever answers /v1 never imports FastAPI or Starlette.
+the passthrough, the probes (/healthz, /readyz) and the metrics scrape itself, in pure ASGI:
+no per-request telemetry checks, routing, dependency injection or response-model
+validation. It also runs the application's lifespan (start-up and shutdown of the state, the
+ledger, the reloader). Everything else — the admin API (/admin/*), the status page, files,
+batches, /metrics on the API port behind the master key, unknown paths — goes to a FastAPI
+app built on the first request that needs it, so a serving worker that only ever answers /v1
+never imports FastAPI or Starlette.
 
 `LeanHttpProtocol` (gateway/serving/protocol.py) asks `HotPath.serves_lean` which requests
 skip uvicorn's ASGI request cycle.
@@ -104,6 +105,9 @@ class HotPath:
         # Requests that came in on the metrics listener (see gateway/api/ops.py).
         self.metrics_port: int = settings.metrics_port
         self.metrics = MetricsListener()
+        # FAREBOX_METRICS_ON_API_PORT=open: GET /metrics on the API port answered here too
+        # (`admin` checks the master key on the FastAPI side).
+        self.open_metrics = settings.metrics_on_api_port == "open"
         self._admin: FastAPI | None = None
 
     @property
@@ -123,6 +127,7 @@ class HotPath:
             or self.responses.handles(path)
             or self.passthrough.handles(path)
             or (path in PROBE_PATHS and scope["method"] == "GET")
+            or (path == "/metrics" and self.open_metrics and scope["method"] == "GET")
             or (bool(self.metrics_port) and local_port(scope) == self.metrics_port)
         )
 
@@ -181,9 +186,13 @@ class HotPath:
                     return
                 await self.passthrough(scope, receive, send)
                 return
-            if path in PROBE_PATHS and scope["method"] == "GET":
-                await self.probes(scope, receive, send)
-                return
+            if scope["method"] == "GET":
+                if path in PROBE_PATHS:
+                    await self.probes(scope, receive, send)
+                    return
+                if path == "/metrics" and self.open_metrics:
+                    await self.metrics(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -3,9 +3,9 @@
 /metrics shows spend and traffic, so it is not on the API port: `farebox serve` opens a
 second listener (FAREBOX_METRICS_PORT, default 9464) that serves only /metrics and /healthz
 (`MetricsListener`, picked by HotPath from the port a request came in on). The API port
-serves /metrics only if FAREBOX_METRICS_ON_API_PORT says so: `admin` (master key) or `open`
-(gateway/api/ops_routes.py, on the FastAPI app). GET /healthz and /readyz are answered here
-(`Probes`), without FastAPI.
+serves /metrics only if FAREBOX_METRICS_ON_API_PORT says so: `open` (HotPath answers it with
+`MetricsListener`) or `admin` (master key: gateway/api/ops_routes.py, on the FastAPI app).
+GET /healthz and /readyz are answered here (`Probes`), without FastAPI.
 """
 
 from __future__ import annotations

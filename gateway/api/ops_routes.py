@@ -1,5 +1,6 @@
 """The ops endpoints that live on the FastAPI app: /metrics on the API port
-(FAREBOX_METRICS_ON_API_PORT), and the probes' non-GET answers. Loaded with the FastAPI app,
+(FAREBOX_METRICS_ON_API_PORT=admin or off; a GET under `open` is HotPath's), and the probes'
+answers to methods other than GET. Loaded with the FastAPI app,
 on first use (GET /healthz and /readyz are gateway/api/ops.py's `Probes`)."""
 
 from __future__ import annotations
