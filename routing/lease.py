@@ -256,16 +256,17 @@ def wants(s: Slice, limits: Limits, sizing: Sizing) -> Wants:
 
 
 def update_rates(s: Slice, now_ms: int) -> None:
-    """Fold the demand since the last sync into the smoothed rates and the recent peak in
-    flight. Time-weighted (`_SMOOTHING_S`), so frequent syncs don't make slices follow
-    every dip: a slice that shrinks is one more sync, and a request waiting for it."""
+    """Fold the demand since the last sync into the rates and the recent peak in flight:
+    a rise is followed at once (a slice too small makes requests wait), a fall decays over
+    `_SMOOTHING_S` (frequent syncs must not make a slice shrink with every dip: each shrink
+    is one more sync, and requests waiting for it)."""
     if s.synced_ms:
         elapsed_s = max(now_ms - s.synced_ms, _MIN_RATE_WINDOW_MS) / 1000
-        weight = 1 - math.exp(-elapsed_s / _SMOOTHING_S)
-        s.rate_requests += (s.used_requests / elapsed_s - s.rate_requests) * weight
-        s.rate_tokens += (s.used_tokens / elapsed_s - s.rate_tokens) * weight
-        s.rate_nano += (s.used_nano / elapsed_s - s.rate_nano) * weight
-        s.peak_smoothed = max(float(s.peak_inflight), s.peak_smoothed * (1 - weight))
+        keep = math.exp(-elapsed_s / _SMOOTHING_S)
+        s.rate_requests = max(s.used_requests / elapsed_s, s.rate_requests * keep)
+        s.rate_tokens = max(s.used_tokens / elapsed_s, s.rate_tokens * keep)
+        s.rate_nano = max(s.used_nano / elapsed_s, s.rate_nano * keep)
+        s.peak_smoothed = max(float(s.peak_inflight), s.peak_smoothed * keep)
     else:
         s.peak_smoothed = float(s.peak_inflight)
     s.used_requests = s.used_tokens = s.used_nano = 0

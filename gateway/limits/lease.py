@@ -48,6 +48,12 @@ SYNCS = Counter(
     "Lease slice syncs with Redis: top-ups, returns (idle or shutdown)",
     ["kind"],
 )
+WAITS = Counter(
+    "farebox_limits_lease_waits_total",
+    "Requests that found their slice short (of the limit named): they wait for a sync, or "
+    "meet the failure policy while Redis is away",
+    ["check"],
+)
 EXPIRED = Counter(
     "farebox_limits_lease_expired_total",
     "Slices of other replicas found expired in Redis (replicas that died holding them)",
@@ -111,7 +117,9 @@ class Leases:
 
     def take(self, s: Slice, ask: Ask) -> Verdict | None:
         """Admit in process, or None when the slice is short (then `take_after_sync`)."""
-        if lease.take(s, s.limits, ask, self._now_ms()) is not None:
+        short = lease.take(s, s.limits, ask, self._now_ms())
+        if short is not None:
+            WAITS.labels(short).inc()
             return None
         if s.key_name not in self._syncing and lease.low(s, s.limits) and self._redis_up():
             self._start_sync(s)
