@@ -16,7 +16,9 @@ import hashlib
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from routing.live import BYTES_PER_TOKEN, DeploymentLoad, RouteStats, family_of
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, RouteSpec
@@ -35,21 +37,24 @@ _UNKNOWN = math.inf
 _IDLE = DeploymentLoad()
 
 
-@dataclass(frozen=True, slots=True)
-class LiveView:
-    """Everything the planner reads that changes while the gateway runs."""
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class LiveView(NamedTuple):
+    """Everything the planner reads that changes while the gateway runs. (A named tuple,
+    as Candidate: built per request and per candidate, and a frozen dataclass costs a
+    `object.__setattr__` per field to build.)"""
 
     now: float
-    loads: Mapping[str, DeploymentLoad] = field(default_factory=dict)
-    rates: Mapping[str, Rates | None] = field(default_factory=dict)
-    breaker_open: Mapping[str, bool] = field(default_factory=dict)
+    loads: Mapping[str, DeploymentLoad] = _NOTHING
+    rates: Mapping[str, Rates | None] = _NOTHING
+    breaker_open: Mapping[str, bool] = _NOTHING
     # prompt prefix key → the deployments that served it lately, most recent first
-    affinity: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    affinity: Mapping[str, tuple[str, ...]] = _NOTHING
     route_stats: RouteStats | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     deployment: DeploymentSpec
     input_tokens: int
     cached_tokens: int

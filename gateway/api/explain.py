@@ -142,7 +142,7 @@ def _fixed(
     for i, attempt in enumerate(fixed.attempts, 1):
         dep_id = attempt.deployment.id
         skipped = BREAKER_OPEN if breaker_open.get(dep_id, False) else None
-        candidate = dataclasses.replace(by_id[dep_id], skipped=skipped, hard=False)
+        candidate = by_id[dep_id]._replace(skipped=skipped, hard=False)
         plan.append(_planned(i, attempt.role, candidate))
         if skipped is not None:
             reason = f"{BREAKER_OPEN} (not tried unless every target's breaker is open)"
