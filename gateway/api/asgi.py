@@ -45,22 +45,37 @@ class DisconnectWatch:
     hang-up, and there is no one left to answer.
     """
 
-    __slots__ = ("_task", "_waiter", "fired")
+    __slots__ = ("_task", "_waiter", "_watch", "fired")
 
     def __init__(self, receive: Receive) -> None:
         self.fired = False
         self._task = asyncio.current_task()
-        self._waiter = asyncio.ensure_future(receive())
-        self._waiter.add_done_callback(self._on_message)
+        # Farebox's own request cycle (gateway/serving/protocol.py) calls back on a hang-up;
+        # any other ASGI server is watched by a task parked in receive().
+        self._watch = getattr(getattr(receive, "__self__", None), "watch_disconnect", None)
+        if self._watch is not None:
+            self._waiter: asyncio.Future[Message] | None = None
+            self._watch(self._hung_up)
+        else:
+            self._waiter = asyncio.ensure_future(receive())
+            self._waiter.add_done_callback(self._on_message)
 
     def _on_message(self, waiter: asyncio.Future[Message]) -> None:
         if waiter.cancelled() or waiter.exception() is not None:
             return
-        if waiter.result().get("type") == "http.disconnect" and self._task is not None:
+        if waiter.result().get("type") == "http.disconnect":
+            self._hung_up()
+
+    def _hung_up(self) -> None:
+        if self._task is not None and not self.fired:
             self.fired = True
             self._task.cancel()
 
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch(None)
+            return
+        assert self._waiter is not None
         self._waiter.remove_done_callback(self._on_message)
         self._waiter.cancel()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -78,6 +79,7 @@ class LeanCycle:
         "keep_alive",
         "message_event",
         "more_body",
+        "on_disconnect",
         "on_response",
         "remaining",
         "response_complete",
@@ -100,6 +102,9 @@ class LeanCycle:
         self.on_response = protocol.on_response_complete
         self.message_event = asyncio.Event()
         self.disconnected = False
+        # Called once if the client goes away before the response is complete: the
+        # endpoints' DisconnectWatch registers here instead of parking a task in receive().
+        self.on_disconnect: Callable[[], None] | None = None
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = protocol.expect_100_continue
         self.head_only = scope["method"] == "HEAD"
@@ -145,6 +150,12 @@ class LeanCycle:
             }
         )
         await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
+
+    def watch_disconnect(self, callback: Callable[[], None] | None) -> None:
+        """`callback` (None: stop watching) runs when the client hangs up mid-request."""
+        self.on_disconnect = callback
+        if callback is not None and self.disconnected and not self.response_complete:
+            asyncio.get_running_loop().call_soon(callback)
 
     async def receive(self) -> Message:
         if self.waiting_for_100_continue and not self.transport.is_closing():
@@ -292,6 +303,11 @@ class LeanHttpProtocol(BoundedHttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._sweeper.discard(self)
         super().connection_lost(exc)
+        cycle = self.cycle
+        if isinstance(cycle, LeanCycle) and not cycle.response_complete:
+            callback, cycle.on_disconnect = cycle.on_disconnect, None
+            if callback is not None:
+                callback()
 
     def _unset_keepalive_if_required(self) -> None:
         # uvicorn calls this on every read and on connection loss: no timer to cancel.
