@@ -107,8 +107,18 @@ class PgPool:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         pool = await self.pool()
-        async with pool.acquire(timeout=10) as conn:
+        conn = await pool.acquire(timeout=10)
+        try:
             yield conn
+        except BaseException:
+            # A query cut short (a deadline, a cancelled request) leaves the connection in
+            # the middle of a command: asyncpg's release would reset it and wait for the
+            # server — which may be the very thing that hangs (a frozen database kept key
+            # lookups past their 3 s deadline). Dropped instead; the pool opens another.
+            conn.terminate()
+            raise
+        finally:
+            await pool.release(conn, timeout=5)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
