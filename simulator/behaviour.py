@@ -49,7 +49,9 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   probability ``P``.
 * ``hang``: accept, then never answer (until the client goes away).
 * ``cut_after=N``: stream: ``N`` content chunks then an aborted connection; non-stream:
-  half the body then an abort.  ``midstream_error=N``: stream only: an error event
+  half the body then an abort.  ``cut_before_done``: stream: the whole answer and its
+  usage chunk, then an aborted connection where ``[DONE]`` would be (OpenAI wires).
+  ``midstream_error=N``: stream only: an error event
   after ``N`` content chunks.  ``malformed``: 200 with truncated JSON / an invalid SSE
   data line.
 * ``echo_key``: error answers (``status``/``fail_*`` and ``midstream_error`` events) quote
@@ -162,6 +164,7 @@ class Behaviour:
     fail_rate: float | None = None
     hang: bool = False
     cut_after: int | None = None
+    cut_before_done: bool = False
     midstream_error: int | None = None
     malformed: bool = False
     context_length: bool = False
@@ -285,6 +288,7 @@ _PARSERS: dict[str, Any] = {
     "fail_rate": _probability,
     "hang": _flag,
     "cut_after": _count,
+    "cut_before_done": _flag,
     "midstream_error": _count,
     "malformed": _flag,
     "context_length": _flag,
@@ -298,7 +302,15 @@ _PARSERS: dict[str, Any] = {
     "builtin": _builtin,
 }
 _FLAGS = frozenset(
-    {"hang", "malformed", "context_length", "content_filter", "prompt_cache", "echo_key"}
+    {
+        "hang",
+        "malformed",
+        "context_length",
+        "content_filter",
+        "prompt_cache",
+        "echo_key",
+        "cut_before_done",
+    }
 )
 #: Tuning keys that mean nothing without their switch; alone they are probably a typo.
 _NEEDS = {"prompt_cache_ttl": "prompt_cache", "prompt_cache_min": "prompt_cache"}

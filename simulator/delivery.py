@@ -94,6 +94,13 @@ async def pump(
             await response.write(prefix + error_event)
             await response.write_eof()
             return response
+        if b.cut_before_done and tail.endswith(_DONE):
+            await response.write(prefix + tail[: -len(_DONE)])
+            stats.fault("cut")
+            transport = call.request.transport
+            if transport is not None:
+                transport.abort()  # usage delivered, the end marker never comes
+            return response
         await response.write(prefix + tail)
         if on_delivered is not None:
             on_delivered()
@@ -101,6 +108,9 @@ async def pump(
     except ConnectionResetError:
         pass
     return response
+
+
+_DONE = b"data: [DONE]\n\n"
 
 
 async def truncated_json(call: Call, payload: bytes) -> web.StreamResponse:

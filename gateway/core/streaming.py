@@ -192,7 +192,7 @@ class Relay:
                 billable=True,
             )
         elif outcome is not None and self.ctx.attempts:
-            self.ctx.attempts[-1].error_class = outcome
+            self.meter.replace_attempt(self.ctx, self.ctx.attempts[-1], error_class=outcome)
         if self.on_outcome is not None and outcome not in (CLIENT_CANCELLED, SHUTDOWN):
             # Neither a hang-up nor our own shutdown says anything about the deployment.
             self.on_outcome(outcome is None)

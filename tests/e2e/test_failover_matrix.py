@@ -75,9 +75,14 @@ def build_config(sim_url: str) -> str:
         "  good@sim: {provider: sim, model: sim-good, context_window: 200000}",
         '  slow@sim: {provider: sim, model: "sim-slow::latency=3000"}',
         '  slow-stream@sim: {provider: sim, model: "sim-slow-stream::tps=5,tokens=50"}',
+        '  done-cut@sim: {provider: sim, model: "sim-done-cut::cut_before_done,tokens=6"}',
         "  roomy@sim: {provider: sim, model: sim-roomy, context_window: 200000}",
     ]
-    routes = ["  slow: {targets: [slow@sim]}", "  slow-stream: {targets: [slow-stream@sim]}"]
+    routes = [
+        "  slow: {targets: [slow@sim]}",
+        "  slow-stream: {targets: [slow-stream@sim]}",
+        "  done-cut: {targets: [done-cut@sim]}",
+    ]
     for fault in FAULTS:
         for mode in ("json", "stream"):
             dep = f"{fault.name}-{mode}@{fault.provider}"
@@ -252,3 +257,30 @@ def _cancelled_requests(gw: RunningGateway) -> int:
         "AND error_class = 'client_cancelled' AND route = 'slow'",
     )
     return int(rows[0][0] or 0)
+
+
+def test_stream_cut_after_its_usage_is_metered_and_failed(gw: RunningGateway) -> None:
+    """The upstream sends the whole answer and its usage chunk, then drops the connection
+    where `[DONE]` belongs: the attempt keeps its usage and cost but is a `cut`, the client
+    gets an error event rather than a silent end, and the request is not a success."""
+    client = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=20)
+    text = ""
+    with client.chat.completions.with_streaming_response.create(
+        model="done-cut", messages=HELLO, stream=True
+    ) as raw:
+        request_id = raw.headers["x-request-id"]
+        with pytest.raises(openai.APIError):
+            for chunk in raw.parse():
+                text += "".join(c.delta.content or "" for c in chunk.choices)
+    assert text  # the answer arrived before the cut
+    request, attempts = ledger_rows(gw, request_id)
+    assert tuple(request) == (200, "cut", 1)
+    assert attempts == [("primary", "cut")]
+    metered = sql_rows(
+        ledger_url(gw),
+        "SELECT output_tokens, input_uncached_tokens, token_source FROM attempts "
+        "WHERE request_id = :id",
+        {"id": request_id},
+    )
+    # The usage chunk arrived: the attempt is metered as the provider reported it.
+    assert metered[0][0] == 6 and metered[0][1] > 0 and metered[0][2] == "provider"
