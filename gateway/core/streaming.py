@@ -17,7 +17,7 @@ from gateway.core.metering import CallContext, Meter, error_class
 from gateway.ledger_rows import AttemptRow
 from gateway.observability.redact import UPSTREAM_SECRETS, scrub
 from gateway.providers.base import MALFORMED, STREAM_ERROR, UpstreamError, UpstreamStream
-from gateway.providers.sse import SSEDecoder
+from gateway.providers.sse import SSEDecoder, event_data
 from gateway.runtime.shutdown import (
     CLIENT_CANCELLED,
     SHUTDOWN,
@@ -225,12 +225,15 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
 
 def _first_special(block: bytes) -> int:
-    """Offset of the first marker that needs decoding ([DONE], an error, usage), or -1."""
-    found = [i for i in (block.find(b"[DONE]"), block.find(b'"error"')) if i >= 0]
-    usage = _USAGE.search(block)
-    if usage is not None:
-        found.append(usage.start())
-    return min(found) if found else -1
+    """Offset of the first marker that needs decoding ([DONE], an error, usage), or -1.
+    Once per upstream read: plain finds first, the usage pattern only where it can be."""
+    first = block.find(b"[DONE]")
+    error = block.find(b'"error"')
+    if error >= 0 and (first < 0 or error < first):
+        first = error
+    # Every chunk has `"usage"` (null until the last): searched only before `first`.
+    usage = _USAGE.search(block, 0, first if first >= 0 else len(block))
+    return usage.start() if usage is not None else first
 
 
 def decode_events(block: bytes) -> list[bytes]:
@@ -304,14 +307,17 @@ def first_read_state(block: bytes, deployment: str) -> tuple[bool, UpstreamError
 
 
 def _iter_events(block: bytes) -> Iterator[bytes]:
-    """Events one by one, so the caller can stop at the first that matters."""
-    start = 0
-    while start < len(block):
+    """Events' data one by one, so the caller can stop at the first that matters."""
+    if b"\r" in block:
+        block = block.replace(b"\r\n", b"\n")
+    start, size = 0, len(block)
+    while start < size:
         end = block.find(b"\n\n", start)
         if end < 0:
-            end = len(block)
-        data = decode_events(block[start : end + 2])
-        yield from data
+            end = size
+        data = event_data(block[start:end])
+        if data is not None:
+            yield data
         start = end + 2
 
 
