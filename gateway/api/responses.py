@@ -73,8 +73,13 @@ class ResponsesEndpoints:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         headers: Headers = [(b"x-request-id", request_id.encode())]
-        work = self._handle(scope, receive, send, request_id, headers)
-        await guarded(send, headers, request_id, scope["path"], work)
+        path: str = scope["path"]
+        if scope["method"] == "POST" and path in _CREATE:
+            # The hot path, one coroutine like chat's (`_handle` serves everything else).
+            work = self._create(scope, receive, send, request_id, headers)
+        else:
+            work = self._handle(scope, receive, send, request_id, headers)
+        await guarded(send, headers, request_id, path, work)
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: Headers
@@ -92,10 +97,7 @@ class ResponsesEndpoints:
             if path in _COUNT:
                 await self._count(send, headers, state, principal, payload)
                 return
-            await _Create(state, scope, receive, send, request_id, headers).run(
-                principal, payload, len(body)
-            )
-            return
+            raise AssertionError("__call__ hands POST /v1/responses to _create")
         match = _ONE.match(path)
         assert match is not None
         response_id, tail = match.group(1), match.group(2)
@@ -128,6 +130,79 @@ class ResponsesEndpoints:
             await send_bytes(send, 200, orjson.dumps(deleted), headers)
             return
         raise method_not_allowed(method, path, "GET, DELETE")
+
+    async def _create(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        headers: Headers,
+    ) -> None:
+        """One `POST /v1/responses`."""
+        state = self._state()
+        principal = await authenticate(scope, state)
+        server = state.config.server
+        body = await read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
+        payload = parse_object(body, server)
+        model, stream = check_responses(payload)
+        key_id = principal.key_name if principal is not None else None
+        previous: StoredResponse | None = None
+        previous_id = payload.get("previous_response_id")
+        given = payload.get("input")
+        if isinstance(previous_id, str):
+            previous = await _found(
+                _store(state, previous_id, "previous_response_id"),
+                previous_id,
+                key_id,
+                "previous_response_id",
+            )
+            items = [*conversation(previous.input_items, previous.response), *as_items(given)]
+        else:
+            items = as_items(given)
+        # The whole conversation is the input; previous_response_id stays only to be echoed
+        # (no upstream is sent it: gateway/providers/responses_bridge.py). The body is ours
+        # (parsed here) and read no more as the client sent it: changed in place, not copied.
+        if items is not given:
+            payload["input"] = items
+        ctx = CallContext(request_id, key_id, ENDPOINT, model, stream, payload)
+        ctx.workflow_id = (
+            workflow_tag(scope, payload)
+            or (previous.workflow_id if previous is not None else None)
+            or request_id
+        )
+        call = await Call.begin(state, scope, headers, principal, ctx, len(body), ENDPOINT)
+        try:
+            keep = _keeps(state, payload, call.plan, previous is not None)
+            payload["store"] = keep  # what the answer says about itself
+            if "tools" in payload:
+                call.plan = _with_built_in_tools(state, ctx, call.plan, payload)
+            record = _Record(state, ctx, previous_id, items) if keep else None
+            with DisconnectWatch(receive) as watch:
+                if stream:
+                    streaming = await call.stream(True)
+                    if record is not None:
+                        streaming.chunks = record.after_stream(streaming.chunks)
+                    await send_stream(send, headers, streaming, watch, request_id)
+                    return
+                result = await call.complete()
+                watch.stop()
+                call.answered(result)
+                body = result.body
+                if record is not None and not await record.save(orjson.loads(body)):
+                    headers.append((b"x-farebox-stored", b"false"))
+                headers.append(JSON_TYPE)
+                add_result_headers(
+                    headers,
+                    result.deployment,
+                    result.attempts,
+                    result.fallback_reason,
+                    result.cost_usd,
+                    result.gate,
+                )
+                await send_bytes(send, 200, body, headers)
+        finally:
+            call.settle_leftover()
 
     async def _count(
         self,
@@ -163,128 +238,51 @@ class ResponsesEndpoints:
         await send_bytes(send, 200, orjson.dumps(body), headers)
 
 
-class _Create:
-    """One `POST /v1/responses`."""
-
-    __slots__ = ("headers", "receive", "request_id", "scope", "send", "state")
-
-    def __init__(
-        self,
-        state: GatewayState,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        request_id: str,
-        headers: Headers,
-    ) -> None:
-        self.state, self.scope, self.receive, self.send = state, scope, receive, send
-        self.request_id, self.headers = request_id, headers
-
-    async def run(
-        self, principal: Principal | None, payload: dict[str, Any], body_bytes: int
-    ) -> None:
-        state, headers = self.state, self.headers
-        model, stream = check_responses(payload)
-        key_id = principal.key_name if principal is not None else None
-        previous: StoredResponse | None = None
-        previous_id = payload.get("previous_response_id")
-        if isinstance(previous_id, str):
-            previous = await _found(
-                _store(state, previous_id, "previous_response_id"),
-                previous_id,
-                key_id,
-                "previous_response_id",
-            )
-            items = [
-                *conversation(previous.input_items, previous.response),
-                *as_items(payload.get("input")),
-            ]
-        else:
-            items = as_items(payload.get("input"))
-        # The whole conversation is the input; previous_response_id stays only to be echoed
-        # (no upstream is sent it: gateway/providers/responses_bridge.py).
-        upstream_payload = {k: v for k, v in payload.items() if k != "input"}
-        upstream_payload["input"] = items
-        ctx = CallContext(self.request_id, key_id, ENDPOINT, model, stream, upstream_payload)
-        ctx.workflow_id = (
-            workflow_tag(self.scope, payload)
-            or (previous.workflow_id if previous is not None else None)
-            or self.request_id
+def _keeps(state: GatewayState, payload: dict[str, Any], plan: Plan, continues: bool) -> bool:
+    """Whether this answer goes to the conversation store: the request's `store`
+    (default true), unless the gateway or the route keeps no responses."""
+    config = state.config
+    route = config.routes.get(plan.route)
+    route_policy = route.responses if route is not None else None
+    if route_policy is not None and route_policy.store is False and continues:
+        raise bad(
+            f"Route {plan.route!r} keeps no responses (responses: {{store: false}}), so "
+            "previous_response_id cannot be used on it; send the whole conversation "
+            "as input instead.",
+            "previous_response_id",
         )
-        call = await Call.begin(state, self.scope, headers, principal, ctx, body_bytes, ENDPOINT)
-        try:
-            keep = self._keeps(payload, call.plan, previous is not None)
-            ctx.payload["store"] = keep  # what the answer says about itself
-            call.plan = self._with_built_in_tools(ctx, call.plan, payload)
-            record = _Record(state, ctx, previous_id, items) if keep else None
-            with DisconnectWatch(self.receive) as watch:
-                if stream:
-                    streaming = await call.stream(True)
-                    if record is not None:
-                        streaming.chunks = record.after_stream(streaming.chunks)
-                    await send_stream(self.send, headers, streaming, watch, self.request_id)
-                    return
-                result = await call.complete()
-                watch.stop()
-                call.answered(result)
-                body = result.body
-                if record is not None and not await record.save(orjson.loads(body)):
-                    headers.append((b"x-farebox-stored", b"false"))
-                headers.append(JSON_TYPE)
-                add_result_headers(
-                    headers,
-                    result.deployment,
-                    result.attempts,
-                    result.fallback_reason,
-                    result.cost_usd,
-                    result.gate,
-                )
-                await send_bytes(self.send, 200, body, headers)
-        finally:
-            call.settle_leftover()
+    requested = payload.get("store")
+    return store_wanted(
+        requested if isinstance(requested, bool) else None,
+        route_policy,
+        config.responses,
+        available=state.responses is not None,
+    )
 
-    def _keeps(self, payload: dict[str, Any], plan: Plan, continues: bool) -> bool:
-        """Whether this answer goes to the conversation store: the request's `store`
-        (default true), unless the gateway or the route keeps no responses."""
-        config = self.state.config
-        route = config.routes.get(plan.route)
-        route_policy = route.responses if route is not None else None
-        if route_policy is not None and route_policy.store is False and continues:
-            raise bad(
-                f"Route {plan.route!r} keeps no responses (responses: {{store: false}}), so "
-                "previous_response_id cannot be used on it; send the whole conversation "
-                "as input instead.",
-                "previous_response_id",
-            )
-        requested = payload.get("store")
-        return store_wanted(
-            requested if isinstance(requested, bool) else None,
-            route_policy,
-            config.responses,
-            available=self.state.responses is not None,
+
+def _with_built_in_tools(
+    state: GatewayState, ctx: CallContext, plan: Plan, payload: dict[str, Any]
+) -> Plan:
+    """Only native deployments that run every built-in tool the request names can serve
+    it; when none is left the client gets a 400 naming the tools (and the ledger one
+    request row, no attempt) — never an answer that silently ignored them."""
+    needed = built_in_tools(payload)
+    if not needed:
+        return plan
+    kept = tuple(a for a in plan.attempts if runs_tools(a.deployment, needed))
+    if len(kept) == len(plan.attempts):
+        return plan
+    if not kept:
+        names = ", ".join(sorted(needed))
+        state.service.meter.finish(ctx, plan, 400, "unsupported_tool", None)
+        raise bad(
+            f"No deployment of route {plan.route!r} runs the built-in tool(s) {names}; "
+            "they are served only by providers with responses_api: true that list them "
+            "in builtin_tools.",
+            "tools",
+            "unsupported_tool",
         )
-
-    def _with_built_in_tools(self, ctx: CallContext, plan: Plan, payload: dict[str, Any]) -> Plan:
-        """Only native deployments that run every built-in tool the request names can serve
-        it; when none is left the client gets a 400 naming the tools (and the ledger one
-        request row, no attempt) — never an answer that silently ignored them."""
-        needed = built_in_tools(payload)
-        if not needed:
-            return plan
-        kept = tuple(a for a in plan.attempts if runs_tools(a.deployment, needed))
-        if len(kept) == len(plan.attempts):
-            return plan
-        if not kept:
-            names = ", ".join(sorted(needed))
-            self.state.service.meter.finish(ctx, plan, 400, "unsupported_tool", None)
-            raise bad(
-                f"No deployment of route {plan.route!r} runs the built-in tool(s) {names}; "
-                "they are served only by providers with responses_api: true that list them "
-                "in builtin_tools.",
-                "tools",
-                "unsupported_tool",
-            )
-        return dataclasses.replace(plan, attempts=kept)
+    return dataclasses.replace(plan, attempts=kept)
 
 
 class _Record:

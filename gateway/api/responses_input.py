@@ -39,8 +39,41 @@ def _type_error(field: str, expected: str, value: Any) -> InvalidRequest:
     )
 
 
+# The fields of the usual request whose values `_plain` checks by their exact class.
+_PLAIN_FIELDS = frozenset({"model", "input", "stream", "store", "max_output_tokens"})
+
+
+def _plain(payload: dict[str, Any]) -> bool:
+    """Whether the body is the usual request — a model, input as a string or a list of
+    objects, and at most stream / store / a positive max_output_tokens, every value of its
+    exact type — which `check_responses` would accept: its checks are then skipped. A
+    parsed body's classes are exact, so `__class__` tells them apart without calls."""
+    if not payload.keys() <= _PLAIN_FIELDS:
+        return False
+    get = payload.get
+    model = get("model")
+    given = get("input")
+    limit = get("max_output_tokens")
+    if (
+        model.__class__ is not str
+        or not model
+        or get("stream", False).__class__ is not bool
+        or get("store", False).__class__ is not bool
+        or (limit is not None and (limit.__class__ is not int or limit < 1))
+    ):
+        return False
+    if given.__class__ is list:
+        for item in given:  # noqa: SIM110 (a loop, not a generator: no frame per item)
+            if item.__class__ is not dict:
+                return False
+        return True
+    return given.__class__ is str
+
+
 def check_responses(payload: dict[str, Any]) -> tuple[str, bool]:
     """Validate a Responses create body; returns (model, stream)."""
+    if _plain(payload):
+        return payload["model"], payload.get("stream") is True
     model = require_model(payload)
     given = payload.get("input")
     previous = payload.get("previous_response_id")

@@ -94,9 +94,12 @@ _BUILT_IN_CALLS = frozenset(
 def translatable(payload: dict[str, Any]) -> dict[str, Any]:
     """The request without built-in tool call items, which chat has no place for."""
     items = payload.get("input")
-    if not isinstance(items, list) or not any(
-        isinstance(i, dict) and i.get("type") in _BUILT_IN_CALLS for i in items
-    ):
+    if not isinstance(items, list):
+        return payload
+    for item in items:  # a loop, not any(generator): no frame per request
+        if isinstance(item, dict) and item.get("type") in _BUILT_IN_CALLS:
+            break
+    else:
         return payload
     kept = [i for i in items if not (isinstance(i, dict) and i.get("type") in _BUILT_IN_CALLS)]
     return {**payload, "input": kept}

@@ -18,6 +18,8 @@ from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.providers.responses_output import chat_view, response_from_chat, responses_usage
+from gateway.providers.responses_plain import ROLES as _ROLES
+from gateway.providers.responses_plain import plain_chat_request
 from routing.responses_tools import built_in_tools
 
 __all__ = [
@@ -28,9 +30,6 @@ __all__ = [
     "responses_usage",
 ]
 
-# Chat has no `developer` role outside OpenAI's own API (vLLM's chat templates and litellm's
-# non-OpenAI providers only know `system`), and a translated target is never OpenAI itself.
-_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 # Chat's image `detail` enum; Responses adds `original` (no downscaling): `high` is closest.
 _DETAILS = {"auto": "auto", "low": "low", "high": "high", "original": "high"}
@@ -45,6 +44,9 @@ def chat_request(payload: dict[str, Any]) -> dict[str, Any]:
     `payload["input"]` must already be the whole conversation: the caller resolves
     `previous_response_id` first (the field itself is ignored here).
     """
+    plain = plain_chat_request(payload)
+    if plain is not None:
+        return plain
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = payload.get("model")

@@ -1,0 +1,168 @@
+"""The Responses fast paths give exactly what the general paths give.
+
+`plain_chat_request` (the usual request's chat body) and `check_responses`' plain-body
+shortcut (`_plain`) are each compared with the general path they skip, on requests they
+take and on requests they must hand back (which the general path then translates or
+refuses): same chat body key for key and in the same order, same (model, stream), same
+error.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.api import responses_input
+from gateway.api.responses_input import check_responses
+from gateway.errors import InvalidRequest
+from gateway.providers import responses_translate
+from gateway.providers.responses_plain import plain_chat_request
+from gateway.providers.responses_translate import chat_request
+
+HELLO = [{"role": "user", "content": "hello"}]
+TAKEN: list[dict[str, Any]] = [
+    {"model": "m", "input": "hello"},
+    {"model": "m", "input": HELLO, "max_output_tokens": 16, "store": False},
+    {"model": "m", "input": HELLO, "max_output_tokens": 16, "stream": True},
+    {"model": "m", "input": HELLO, "stream": False},
+    {"model": "m", "input": HELLO, "stream": None},
+    {
+        "model": "m",
+        "instructions": "Be brief.",
+        "input": [
+            {"type": "message", "role": "developer", "content": "Use metric units."},
+            {"role": "user", "content": "Weather?"},
+            {"type": "message", "role": "assistant", "content": "Where?", "id": "msg_1"},
+            {"role": "system", "content": ""},
+            {"role": "user", "content": 'Paris "FR"\n'},
+        ],
+        "temperature": 0.2,
+        "top_p": 1,
+        "user": "u-1",
+        "metadata": {"workflow_id": "wf"},
+        "previous_response_id": "resp_1",
+        "truncation": "auto",
+        "store": True,
+        "stream": True,
+    },
+    {"model": "m", "instructions": "", "input": "hi", "temperature": 0},
+]
+HANDED_BACK: list[dict[str, Any]] = [
+    {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}]}]},
+    {"model": "m", "input": HELLO, "tools": [{"type": "function", "name": "f"}]},
+    {"model": "m", "input": HELLO, "text": {"format": {"type": "json_object"}}},
+    {"model": "m", "input": HELLO, "reasoning": {"effort": "low"}},
+    {"model": "m", "input": HELLO, "seed": 3},
+    {"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
+    {"model": "m", "input": [{"role": "tool", "content": "x"}]},
+    {"model": "m", "input": [{"role": ["user"], "content": "x"}]},
+    {"model": "m", "input": ["hello"]},
+    {"model": "m", "input": []},
+    {"model": "m", "input": None},
+    {"model": "m", "input": HELLO, "max_output_tokens": True},
+    {"model": "m", "input": HELLO, "temperature": True},
+    {"model": "m", "input": HELLO, "temperature": "0.2"},
+    {"model": "m", "input": HELLO, "stream": "yes"},
+    {"model": "m", "input": HELLO, "user": 7},
+    {"model": "m", "input": HELLO, "instructions": ["x"]},
+    {"model": "", "input": HELLO},
+    {"model": 3, "input": HELLO},
+    {"input": HELLO},
+    {"model": "m", "input": HELLO, "prompt": {"id": "p"}},
+    {"model": "m", "input": HELLO, "background": True},
+]
+# Refused by check_responses, but translated as they are by chat_request (never sent it).
+CHECK_ONLY: list[dict[str, Any]] = [
+    {"model": "m", "input": HELLO, "max_output_tokens": 0},
+    {"model": "m", "input": HELLO, "max_output_tokens": -1, "stream": True},
+    {"model": "m", "input": HELLO, "store": 1},
+]
+
+
+def _general_chat(payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as patch:
+        patch.setattr(responses_translate, "plain_chat_request", lambda _payload: None)
+        return _outcome(chat_request, payload)
+
+
+def _general_check(payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as patch:
+        patch.setattr(responses_input, "_plain", lambda _payload: False)
+        return _outcome(check_responses, payload)
+
+
+def _outcome(fn: Any, payload: dict[str, Any]) -> Any:
+    """What `fn` gives, as bytes (key order counts), or the error it raises."""
+    try:
+        return orjson.dumps(fn(copy.deepcopy(payload)))
+    except InvalidRequest as error:
+        return (type(error), str(error), error.param)
+
+
+@pytest.mark.parametrize("payload", TAKEN)
+def test_plain_chat_request_is_the_general_translation(
+    payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert plain_chat_request(copy.deepcopy(payload)) is not None, "the fast path must take it"
+    assert _outcome(chat_request, payload) == _general_chat(payload, monkeypatch)
+
+
+@pytest.mark.parametrize("payload", HANDED_BACK)
+def test_plain_chat_request_hands_back_the_rest(
+    payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert plain_chat_request(copy.deepcopy(payload)) is None
+    assert _outcome(chat_request, payload) == _general_chat(payload, monkeypatch)
+
+
+@pytest.mark.parametrize("payload", TAKEN + HANDED_BACK + CHECK_ONLY)
+def test_check_responses_shortcut_agrees(
+    payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _outcome(check_responses, payload) == _general_check(payload, monkeypatch)
+
+
+def test_check_responses_shortcut_takes_the_usual_body() -> None:
+    assert responses_input._plain({"model": "m", "input": HELLO, "max_output_tokens": 16})
+    assert responses_input._plain({"model": "m", "input": "hi", "stream": True, "store": False})
+    assert not responses_input._plain({"model": "m", "input": HELLO, "temperature": 0.2})
+
+
+_TEXT = st.text(max_size=8)
+_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-2, 64), st.floats(0, 2), _TEXT)
+_ITEM = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "x"])},
+    optional={
+        "type": st.sampled_from(["message", "function_call", None]),
+        "content": st.one_of(_TEXT, st.none(), st.integers()),
+        "id": _TEXT,
+    },
+)
+_REQUEST = st.fixed_dictionaries(
+    {"model": st.one_of(st.just("m"), st.just(""), st.integers())},
+    optional={
+        "input": st.one_of(_TEXT, st.lists(_ITEM, max_size=3), st.none()),
+        "instructions": st.one_of(_TEXT, st.none(), st.integers()),
+        "stream": _SCALAR,
+        "store": _SCALAR,
+        "max_output_tokens": _SCALAR,
+        "temperature": _SCALAR,
+        "top_p": _SCALAR,
+        "user": _SCALAR,
+        "metadata": st.one_of(st.none(), st.just({"a": "b"})),
+        "seed": _SCALAR,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_REQUEST)
+def test_fast_paths_agree_on_any_request(payload: dict[str, Any]) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert _outcome(chat_request, payload) == _general_chat(payload, monkeypatch)
+        assert _outcome(check_responses, payload) == _general_check(payload, monkeypatch)
