@@ -1,11 +1,11 @@
-"""Chat answers → Response objects, and Response objects read back as chat answers.
+"""Chat answers → Response objects.
 
 `response_from_chat` (a whole chat answer) and `responses_stream.StreamTranslator` (chunk by
 chunk) build their output items, the echoed request fields and the usage with the same
 helpers here, so a streamed answer ends in exactly the Response the same answer gets
-unstreamed (ids aside). `chat_view` is the way back, for code that reads chat bodies
-(quality gates, consensus, drill shape checks). Pure, no I/O; `responses_translate`
-re-exports the public functions.
+unstreamed (ids aside). The usual request and answer (plain settings, text alone) take
+shorter paths that build the same dicts. The way back is `responses_chat_view.chat_view`.
+Pure, no I/O; `responses_translate` re-exports the public functions.
 """
 
 from __future__ import annotations
@@ -135,6 +135,8 @@ def response_skeleton(
     """An in-progress Response with no output yet, echoing the request's settings. Once
     per Responses request: types are told by `__class__` (a parsed body's are exact),
     which costs no call."""
+    if request.keys() <= _PLAIN_ECHO:
+        return _plain_skeleton(request, response_id, created_at, model)
     get = request.get
     tools = get("tools")
     text = get("text")
@@ -176,6 +178,42 @@ def response_skeleton(
     if user.__class__ is str:
         response["user"] = user
     return response
+
+
+# A request of these fields alone echoes the defaults for every other setting.
+_PLAIN_ECHO = frozenset({"model", "input", "stream", "store", "max_output_tokens"})
+
+
+def _plain_skeleton(
+    request: dict[str, Any], response_id: str, created_at: int, model: Any
+) -> dict[str, Any]:
+    """`response_skeleton` of a request with `_PLAIN_ECHO`'s fields only: the same dict
+    (tests/unit/test_responses_fast_paths.py), the absent settings written as constants."""
+    get = request.get
+    maximum = get("max_output_tokens")
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": maximum if maximum.__class__ in (int, bool) else None,
+        "model": model if model.__class__ is str else str(get("model") or ""),
+        "output": [],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": None,
+        "store": get("store") is not False,
+        "temperature": None,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": None,
+        "truncation": "disabled",
+        "metadata": {},
+    }
 
 
 _NO_DETAILS: dict[str, Any] = {}
@@ -232,6 +270,17 @@ def response_from_chat(
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") if isinstance(choice, dict) else None
     message = message if isinstance(message, dict) else {}
+    content = message.get("content")
+    if (
+        content.__class__ is str
+        and content
+        and message.get("refusal") is None
+        and not message.get("tool_calls")
+        and message.get("reasoning_content") in _NO_TEXT
+        and message.get("reasoning") in _NO_TEXT
+    ):
+        # The usual answer: text alone (vLLM's nulls and empty list count as absent).
+        return _text_response(chat, request, choice, content, response_id, created_at, completed_at)
     output: list[dict[str, Any]] = []
     thought = reasoning_text(message)
     if thought:
@@ -282,70 +331,42 @@ def response_from_chat(
     return response
 
 
-def chat_view(response: dict[str, Any]) -> dict[str, Any]:
-    """A Response object seen as a `chat.completion` (for code that reads chat bodies)."""
-    texts: list[str] = []
-    refusals: list[str] = []
-    thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    output = response.get("output")
-    for item in output if isinstance(output, list) else ():
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind == "message":
-            for part in item.get("content") or ():
-                if part.get("type") == "output_text":
-                    texts.append(part.get("text") or "")
-                elif part.get("type") == "refusal":
-                    refusals.append(part.get("refusal") or "")
-        elif kind == "reasoning":
-            thoughts.extend(s.get("text") or "" for s in item.get("summary") or ())
-        elif kind == "function_call":
-            calls.append(
-                {
-                    "id": item.get("call_id"),
-                    "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-                }
-            )
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts else None,
-        "refusal": "".join(refusals) if refusals else None,
-    }
-    if calls:
-        message["tool_calls"] = calls
-    if thoughts:
-        message["reasoning_content"] = "".join(thoughts)
-    details = response.get("incomplete_details")
-    reason = details.get("reason") if isinstance(details, dict) else None
-    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(
-        str(reason), "tool_calls" if calls else "stop"
+_NO_TEXT = (None, "")
+
+
+def _text_response(
+    chat: dict[str, Any],
+    request: dict[str, Any],
+    choice: dict[str, Any],
+    text: str,
+    response_id: str,
+    created_at: int,
+    completed_at: int | None,
+) -> dict[str, Any]:
+    """`response_from_chat` of an answer that is non-empty text alone: the same Response
+    (tests/unit/test_responses_fast_paths.py), without the branches for the other items."""
+    status, details = status_for(choice.get("finish_reason"))
+    model = chat.get("model")
+    response = response_skeleton(
+        request,
+        response_id=response_id,
+        created_at=created_at,
+        model=model if model.__class__ is str else request.get("model"),
     )
-    chat: dict[str, Any] = {
-        "id": response.get("id"),
-        "object": "chat.completion",
-        "created": int(response.get("created_at") or 0),
-        "model": response.get("model"),
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-    }
-    usage = response.get("usage")
-    if isinstance(usage, dict):
-        chat["usage"] = _chat_usage(usage)
-    return chat
-
-
-def _chat_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    inputs = usage.get("input_tokens_details") or {}
-    outputs = usage.get("output_tokens_details") or {}
-    out: dict[str, Any] = {
-        "prompt_tokens": usage.get("input_tokens", 0),
-        "completion_tokens": usage.get("output_tokens", 0),
-        "total_tokens": usage.get("total_tokens", 0),
-        "prompt_tokens_details": {"cached_tokens": inputs.get("cached_tokens", 0)},
-        "completion_tokens_details": {"reasoning_tokens": outputs.get("reasoning_tokens", 0)},
-    }
-    if inputs.get("cache_write_tokens"):
-        out["prompt_tokens_details"]["cache_write_tokens"] = inputs["cache_write_tokens"]
-    if "cost_usd" in usage:
-        out["cost_usd"] = usage["cost_usd"]
-    return out
+    response["status"] = status
+    response["incomplete_details"] = details
+    response["output"] = [
+        {
+            "id": new_id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "status": status,
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+    ]
+    if completed_at is not None and status == "completed":
+        response["completed_at"] = completed_at
+    usage = responses_usage(chat.get("usage"))
+    if usage is not None:
+        response["usage"] = usage
+    return response

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.providers.responses_output import chat_view, response_from_chat, responses_usage
+from gateway.providers.responses_chat_view import chat_view
+from gateway.providers.responses_output import response_from_chat, responses_usage
 from gateway.providers.responses_plain import ROLES as _ROLES
 from gateway.providers.responses_plain import plain_chat_request
 from routing.responses_tools import built_in_tools

@@ -1,10 +1,10 @@
 """The Responses fast paths give exactly what the general paths give.
 
-`plain_chat_request` (the usual request's chat body) and `check_responses`' plain-body
-shortcut (`_plain`) are each compared with the general path they skip, on requests they
-take and on requests they must hand back (which the general path then translates or
-refuses): same chat body key for key and in the same order, same (model, stream), same
-error.
+`plain_chat_request` (the usual request's chat body), `check_responses`' plain-body
+shortcut (`_plain`), `response_skeleton`'s plain request and `response_from_chat`'s
+text-alone answer are each compared with the general path they skip, on inputs they take
+and on inputs they must hand back: same body key for key and in the same order (compared
+as JSON bytes), same (model, stream), same error.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from hypothesis import strategies as st
 from gateway.api import responses_input
 from gateway.api.responses_input import check_responses
 from gateway.errors import InvalidRequest
-from gateway.providers import responses_translate
+from gateway.providers import responses_output, responses_translate
+from gateway.providers.responses_output import response_from_chat, response_skeleton
 from gateway.providers.responses_plain import plain_chat_request
 from gateway.providers.responses_translate import chat_request
+from tests.openapi import check
 
 HELLO = [{"role": "user", "content": "hello"}]
 TAKEN: list[dict[str, Any]] = [
@@ -166,3 +168,79 @@ def test_fast_paths_agree_on_any_request(payload: dict[str, Any]) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert _outcome(chat_request, payload) == _general_chat(payload, monkeypatch)
         assert _outcome(check_responses, payload) == _general_check(payload, monkeypatch)
+
+
+_MESSAGES: list[dict[str, Any]] = [
+    {"role": "assistant", "content": "Hello there."},
+    {"role": "assistant", "content": "Hi", "refusal": None, "tool_calls": []},
+    {"role": "assistant", "content": "Hi", "reasoning_content": None, "reasoning": ""},
+    {"role": "assistant", "content": "Hi", "reasoning_content": "thinking"},
+    {"role": "assistant", "content": "Hi", "reasoning": "thinking"},
+    {"role": "assistant", "content": "Hi", "refusal": "no"},
+    {"role": "assistant", "content": "", "refusal": None},
+    {"role": "assistant", "content": None},
+    {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    },
+]
+_REQUESTS: list[dict[str, Any]] = [
+    {"model": "m", "input": HELLO, "store": False, "max_output_tokens": 16},
+    {"model": "m", "input": "hi", "stream": True, "store": True},
+    {"model": "m", "input": HELLO, "max_output_tokens": None},
+    {"model": "m", "input": HELLO, "instructions": "Be brief.", "temperature": 0.5},
+    {"model": "m", "input": HELLO, "tools": [{"type": "function", "name": "f"}], "user": "u"},
+    {"model": "m", "input": HELLO, "text": {"verbosity": "low"}, "metadata": {"a": "b"}},
+]
+
+
+def _general_response(chat: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(responses_output, "_PLAIN_ECHO", frozenset())
+        patch.setattr(responses_output, "_NO_TEXT", ())  # `in ()`: never the text fast path
+        return _response(chat, request)
+
+
+def _response(chat: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(responses_output, "new_id", lambda prefix: prefix + "1")
+        return response_from_chat(
+            copy.deepcopy(chat),
+            copy.deepcopy(request),
+            response_id="resp_1",
+            created_at=7,
+            completed_at=9,
+        )
+
+
+@pytest.mark.parametrize("finish", ["stop", "length", "content_filter", None])
+@pytest.mark.parametrize("message", _MESSAGES)
+@pytest.mark.parametrize("request_body", _REQUESTS)
+def test_response_fast_paths_give_the_general_response(
+    finish: str | None, message: dict[str, Any], request_body: dict[str, Any]
+) -> None:
+    chat = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "served-model",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    fast = _response(chat, request_body)
+    assert orjson.dumps(fast) == orjson.dumps(_general_response(chat, request_body))
+    check("Response", fast)
+
+
+def test_plain_skeleton_is_the_general_skeleton() -> None:
+    for request_body in _REQUESTS:
+        fast = response_skeleton(request_body, response_id="resp_1", created_at=7, model=None)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(responses_output, "_PLAIN_ECHO", frozenset())
+            general = response_skeleton(
+                request_body, response_id="resp_1", created_at=7, model=None
+            )
+        assert orjson.dumps(fast) == orjson.dumps(general)
