@@ -39,6 +39,10 @@ from gateway.providers.responses_output import (
 from gateway.providers.responses_replay import event_bytes, failed_event
 from gateway.providers.sse import SSEDecoder
 
+# The opening Response's state and empty output, replaced in the terminal one (`_terminal`).
+_IN_PROGRESS = b',"status":"in_progress","error":null,"incomplete_details":null,'
+_NO_OUTPUT = b',"output":[],'
+_TERMINAL_RESPONSE = b'%s,"status":"%s","error":null,"incomplete_details":%s%s,"output":[%s]%s%s'
 LATER: dict[str, Any] = {}  # `_final` of a completed response until `response` is asked
 # `_fast`: a plain chunk of text cannot take the fast path, appends to the open part, or
 # opens a message (no item open).
@@ -56,12 +60,14 @@ class ItemStream:
         "_decoder",
         "_fast",
         "_final",
+        "_final_usage",
         "_finish",
         "_finished",
         "_frame",
         "_items",
         "_last_call",
         "_model_seen",
+        "_opening",
         "_partial",
         "_saw_done",
         "_seq",
@@ -90,6 +96,9 @@ class ItemStream:
         # The bytes around the text of the last plain chunk read, and where the text is.
         self._frame = NO_FRAME
         self._usage: Any = None
+        self._final_usage: dict[str, Any] | None = None  # `_usage` as the terminal event said
+        # The Response as `response.created` sent it, and the model it named (`_terminal`).
+        self._opening: tuple[bytes, Any] = (b"", None)
         self._items: list[Item] = []
         self._current: Item | None = None  # the open reasoning or message item
         self._calls: dict[Any, Item] = {}  # chat tool call index → its item
@@ -106,6 +115,8 @@ class ItemStream:
     def final_usage(self) -> dict[str, Any] | None:
         """The usage the terminal event reports (Responses names), without building the
         Response."""
+        if self._final_usage is not None:
+            return self._final_usage  # the terminal event's, made once
         return responses_usage(self._usage) if self._usage is not None else None
 
     def opening(self) -> tuple[bool, dict[str, Any] | None]:
@@ -393,17 +404,48 @@ class ItemStream:
             self._finished = True  # [DONE] without a finish reason: a normal stop
             self._close_items(out)
         status, details = status_for(self._finish)
-        # The event from the items' JSON (`_close_item`); `response` makes the dict if asked.
-        response = dict(self._skeleton)
-        response["status"] = status
-        response["incomplete_details"] = details
-        response["output"] = [orjson.Fragment(item.json) for item in self._items]
-        if self._usage is not None:
-            response["usage"] = responses_usage(self._usage)
+        usage = self._final_usage = (
+            responses_usage(self._usage) if self._usage is not None else None
+        )
         kind = TERMINAL[status]
-        out.append(TERMINAL_EVENT % (kind, kind, self._seq, orjson.dumps(response)))
+        out.append(TERMINAL_EVENT % (kind, kind, self._seq, self._terminal(status, details, usage)))
         self._seq += 1
         self._final = LATER
+
+    def _terminal(self, status: str, details: Any, usage: dict[str, Any] | None) -> bytes:
+        """The terminal Response's JSON, from the items' JSON (`_close_item`): `response`
+        makes the dict only if asked. Usually the opening Response's bytes with its status,
+        details and output replaced (no dict copied, the settings not dumped again): the
+        same bytes `orjson.dumps` gives (tests/unit/test_responses_fast_paths.py)."""
+        opening, model = self._opening
+        skeleton = self._skeleton
+        items = b",".join([item.json for item in self._items])
+        plain = skeleton["instructions"].__class__ is not list
+        if opening and plain and skeleton["model"] == model:
+            # Before the output come only the id, object, created_at, status, error, details,
+            # instructions (a string), max_output_tokens and model: no string can hold an
+            # unescaped quote, so the first matches are the Response's own members.
+            state = opening.find(_IN_PROGRESS)
+            output = opening.find(_NO_OUTPUT, state)
+            if state > 0 and output > 0:
+                done = b"null" if details is None else orjson.dumps(details)
+                tail = b',"usage":%s}' % orjson.dumps(usage) if usage is not None else b"}"
+                return _TERMINAL_RESPONSE % (
+                    opening[:state],
+                    status.encode(),
+                    done,
+                    opening[state + len(_IN_PROGRESS) - 1 : output],
+                    items,
+                    opening[output + len(_NO_OUTPUT) - 1 : -1],
+                    tail,
+                )
+        response = dict(skeleton)
+        response["status"] = status
+        response["incomplete_details"] = details
+        response["output"] = orjson.Fragment(b"[%s]" % items)
+        if usage is not None:
+            response["usage"] = usage
+        return orjson.dumps(response)
 
     def _fail(self, out: list[bytes], message: str, code: str = "server_error") -> None:
         response = self.response

@@ -300,7 +300,8 @@ class StreamTranslator(ItemStream):
                 self._skeleton["model"] = chunk["model"]
                 self._model_seen = True
                 break
-        skeleton = orjson.dumps(self._skeleton)  # once for both events
+        skeleton = orjson.dumps(self._skeleton)  # once for both events (and the end's)
+        self._opening = (skeleton, self._skeleton["model"])
         seq = self._seq
         self._seq = seq + 2
         out.append(STARTED % (seq, skeleton, seq + 1, skeleton))

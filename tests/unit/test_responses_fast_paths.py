@@ -1,8 +1,9 @@
 """The Responses fast paths give exactly what the general paths give.
 
 `plain_chat_request` (the usual request's chat body), `check_responses`' plain-body
-shortcut (`_plain`), `response_skeleton`'s plain request and `response_from_chat`'s
-text-alone answer are each compared with the general path they skip, on inputs they take
+shortcut (`_plain`), `response_skeleton`'s plain request, `response_from_chat`'s
+text-alone answer and the stream's terminal Response made from the opening one's bytes
+(`ItemStream._terminal`) are each compared with the general path they skip, on inputs they take
 and on inputs they must hand back: same body key for key and in the same order (compared
 as JSON bytes), same (model, stream), same error.
 """
@@ -20,9 +21,15 @@ from hypothesis import strategies as st
 from gateway.api import responses_input
 from gateway.api.responses_input import check_responses
 from gateway.errors import InvalidRequest
-from gateway.providers import responses_output, responses_translate
+from gateway.providers import (
+    responses_items,
+    responses_output,
+    responses_stream,
+    responses_translate,
+)
 from gateway.providers.responses_output import response_from_chat, response_skeleton
 from gateway.providers.responses_plain import plain_chat_request
+from gateway.providers.responses_stream import StreamTranslator
 from gateway.providers.responses_translate import chat_request
 from tests.openapi import check
 
@@ -244,3 +251,79 @@ def test_plain_skeleton_is_the_general_skeleton() -> None:
                 request_body, response_id="resp_1", created_at=7, model=None
             )
         assert orjson.dumps(fast) == orjson.dumps(general)
+
+
+def _chat_stream(finish: str, usage: bool, model: str = "served") -> list[bytes]:
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model}
+
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": piece}) for piece in ("Hel", 'lo "x"', ",\n", " there")]
+    events.append(chunk({}, finish))
+    if usage:
+        counts = {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
+        events.append({**head, "choices": [], "usage": counts})
+    return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+
+
+_TRICKY = 'a ,"output":[], and ,"status":"in_progress","error":null,"incomplete_details":null,'
+_STREAM_REQUESTS: list[dict[str, Any]] = [
+    {"model": "m", "input": HELLO, "store": False, "max_output_tokens": 16, "stream": True},
+    {
+        "model": "m",
+        "input": HELLO,
+        "instructions": _TRICKY,
+        "tools": [{"type": "function", "name": "f", "description": _TRICKY}],
+        "metadata": {"output": _TRICKY},
+        "user": _TRICKY,
+        "stream": True,
+    },
+    {"model": "m", "input": HELLO, "instructions": [{"role": "system", "content": _TRICKY}]},
+]
+
+
+def _terminal_bytes(request: dict[str, Any], blocks: list[bytes], *, general: bool) -> bytes:
+    translator = StreamTranslator(request, response_id="resp_1", created_at=7)
+    out = b""
+    for block in blocks:
+        out += translator.feed(block)
+        if general:
+            translator._opening = (b"", None)  # `_terminal`'s general way: a dict dumped
+    out += translator.finish()
+    assert translator.done
+    last = out.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    data = last.split(b"\ndata: ", 1)[1]
+    event = orjson.loads(data)
+    check("Response", event["response"])
+    return data
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("usage", [True, False])
+@pytest.mark.parametrize("finish", ["stop", "length"])
+@pytest.mark.parametrize("request_body", _STREAM_REQUESTS)
+def test_terminal_event_from_the_opening_bytes_is_the_dumped_response(
+    request_body: dict[str, Any], finish: str, usage: bool, split: bool
+) -> None:
+    blocks = _chat_stream(finish, usage)
+    if not split:
+        blocks = [b"".join(blocks)]  # one read: the fast path's runs
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (responses_stream, responses_items):
+            patch.setattr(module, "new_id", lambda prefix: prefix + "1")
+        fast = _terminal_bytes(request_body, blocks, general=False)
+        general = _terminal_bytes(request_body, blocks, general=True)
+    assert fast == general
+
+
+def test_terminal_event_after_the_model_changed() -> None:
+    """A model named only after the response started: the opening bytes are not reused."""
+    first = _chat_stream("stop", True, model="early")[:1]
+    rest = _chat_stream("stop", True, model="late")[1:]
+    translator = StreamTranslator(_STREAM_REQUESTS[0], response_id="resp_1", created_at=7)
+    out = b"".join(translator.feed(block) for block in first + rest) + translator.finish()
+    final = orjson.loads(out.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].split(b"\ndata: ", 1)[1])
+    assert final["response"]["model"] == translator.response["model"]
+    assert orjson.dumps(final["response"]) == orjson.dumps(translator.response)
