@@ -95,11 +95,15 @@ def start_targets(
                 fb.note = pg_error
         gateways.append(fb)
     svc, svc_error = services
-    for workers in (1, 2) if prod else ():
+    # 1 and 2 workers in lease mode (the default), and 1 worker in exact mode beside it.
+    for workers, mode in ((1, "lease"), (2, "lease"), (1, "exact")) if prod else ():
+        name = production.EXACT if mode == "exact" else production.NAMES[workers]
         if svc is not None:
-            gateways.append(production.farebox_prod(workers, env, cpus, svc))
+            gateways.append(
+                production.farebox_prod(workers, env, cpus, svc, name=name, limits_mode=mode)
+            )
         else:
-            down = Target(production.NAMES[workers], 0, "", "bench", "bench-slow")
+            down = Target(name, 0, "", "bench", "bench-slow")
             down.mark_unavailable(svc_error or pg_error)
             gateways.append(down)
     if not args.skip_litellm:

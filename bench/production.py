@@ -48,6 +48,7 @@ from tests.services import RedisServer, start_redis  # noqa: E402
 
 CONFIG = BENCH / "farebox-production.yaml"
 NAMES = {1: "farebox-prod", 2: "farebox-prod-2w"}
+EXACT = "farebox-prod-exact"  # 1 worker, `limits.mode: exact` (per-request Redis admission)
 # High enough never to throttle the benchmark (it peaks near 10^4 requests/s and 10^6
 # tokens/s), but real limits: the limiter counts every request against them in Redis.
 KEY_LIMITS = {
@@ -121,6 +122,7 @@ def farebox_prod(
     cpus: tuple[set[int] | None, set[int] | None],
     services: Services,
     name: str | None = None,
+    limits_mode: str = "lease",
 ) -> Target:
     """A production-profile Farebox target with its own simulator (started and ready here)
     and its own ledger database and virtual key. Not started: `launch.start` does that."""
@@ -179,12 +181,18 @@ def farebox_prod(
         target.mark_unavailable(f"its simulator did not start: {exc}")
         return target
     fb_env["SIM_PORT"] = str(target.sim_port)
-    argv = [str(ROOT / ".venv" / "bin" / "farebox"), "serve", "--config", str(CONFIG)]
+    config = CONFIG
+    if limits_mode != "lease":  # the same profile, the key's limits admitted another way
+        config = data / f"farebox-production-{limits_mode}.yaml"
+        text = CONFIG.read_text()
+        config.write_text(text.replace("\nlimits:\n", f"\nlimits:\n  mode: {limits_mode}\n", 1))
+    argv = [str(ROOT / ".venv" / "bin" / "farebox"), "serve", "--config", str(config)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     target.proc.argv, target.proc.env = argv, fb_env
     target.remark = (
-        f"{workers} worker(s), `bench/farebox-production.yaml`, virtual key from `farebox keys "
-        "create`, ledger → Postgres, limits in Redis, metrics and JSON request log on"
+        f"{workers} worker(s), `bench/farebox-production.yaml` (limits.mode: {limits_mode}), "
+        "virtual key from `farebox keys create`, ledger → Postgres, limits in Redis, metrics "
+        "and JSON request log on"
     )
     return target
 

@@ -20,6 +20,7 @@ ORDER = [
     "farebox-sqlite",
     "farebox-prod",
     "farebox-prod-2w",
+    "farebox-prod-exact",
     "litellm",
 ]
 BARE = ["direct", "passthrough", "farebox-off", "farebox-pg", "farebox-sqlite", "litellm"]

@@ -11,8 +11,8 @@ import production
 from report_table import LABEL, fmt, table
 
 BENCH = Path(__file__).resolve().parent
-PROD = ["direct", "passthrough", "farebox-prod", "farebox-prod-2w", "litellm"]
-ONE, TWO = "farebox-prod", "farebox-prod-2w"
+PROD = ["direct", "passthrough", "farebox-prod", "farebox-prod-2w", "farebox-prod-exact", "litellm"]
+ONE, TWO, EXACT = "farebox-prod", "farebox-prod-2w", "farebox-prod-exact"
 MB_PER_MIB = 1024 * 1024 / 1e6
 
 
@@ -68,6 +68,58 @@ def _procs(t: dict[str, Any]) -> str:
 
     parts = [f"{role(i, cmd)} {mib:.1f}" for i, (_, cmd, mib) in enumerate(procs)]
     return "; by process, MiB: " + ", ".join(parts)
+
+
+def lean_budgets(res: dict[str, Any]) -> list[tuple[bool | None, str]]:
+    """(passed, text) per budget of issue 25, with exact mode's latency reported beside."""
+    targets, r = res["targets"], res["ratios"]
+    out: list[tuple[bool | None, str]] = []
+
+    def check(value: float | None, ok: bool, text: str) -> None:
+        out.append((None if value is None else ok, text))
+
+    one = _summary(targets, ONE, "rps", "ok_rps")
+    v = r.get(f"{ONE}_vs_passthrough_rps")
+    check(
+        None if one is None or v is None else one,
+        (one or 0) >= 3000 and (v or 0) >= 0.60,
+        f"non-stream, c64: {fmt(one, ',.0f')} requests/s, {fmt(v, '.2f')}× the bare passthrough "
+        "(budget ≥ 3,000 and ≥ 0.60×)",
+    )
+    v = r.get(f"{ONE}_vs_litellm_rps")
+    check(v, (v or 0) >= 40, f"vs the LiteLLM proxy, non-stream: {fmt(v, '.1f')}× (budget ≥ 40×)")
+    v = r.get(f"{ONE}_vs_passthrough_rps_stream")
+    check(
+        v,
+        (v or 0) >= 0.55,
+        f"streams: {fmt(v, '.2f')}× the bare passthrough's streams/s (budget ≥ 0.55×)",
+    )
+    p50 = _summary(targets, ONE, "latency", "added_p50_ms")
+    p99 = _summary(targets, ONE, "latency", "added_p99_ms")
+    e50 = _summary(targets, EXACT, "latency", "added_p50_ms")
+    e99 = _summary(targets, EXACT, "latency", "added_p99_ms")
+    beside = f"; exact mode beside it: p50 {fmt(e50, '+.2f')} ms, p99 {fmt(e99, '+.2f')} ms"
+    check(
+        None if p50 is None or p99 is None else p50,
+        (p50 or 0) <= 1.0 and (p99 or 0) <= 3.0,
+        f"added latency, c10, 50 ms upstream: p50 {fmt(p50, '+.2f')} ms, p99 {fmt(p99, '+.2f')} ms "
+        f"(budget p50 ≤ 1.0, p99 ≤ 3 ms){beside}",
+    )
+    t = targets.get(ONE) or {}
+    rss = t.get("idle_rss_mib")
+    mb = None if rss is None else rss * MB_PER_MIB
+    check(
+        mb,
+        (mb or 0) <= 80,
+        f"idle RSS: {fmt(mb, '.1f')} MB = {fmt(rss, '.1f')} MiB (budget ≤ 80 MB)",
+    )
+    s = t.get("startup_s")
+    check(
+        s,
+        (s or 0) <= 1.0,
+        f"start-up, spawn → first 200 on /healthz: {fmt(s, '.2f')} s (budget ≤ 1.0 s)",
+    )
+    return out
 
 
 def budgets(res: dict[str, Any]) -> list[tuple[bool | None, str]]:
@@ -159,7 +211,7 @@ def budgets(res: dict[str, Any]) -> list[tuple[bool | None, str]]:
         )
         out.append((sv["fd_pass"], f"soak open fds: {sv['baseline']['fds']} → {sv['end']['fds']} "
                     f"(budget: no growth; {when})"))  # fmt: skip
-    for name in (ONE, TWO):
+    for name in (ONE, TWO, EXACT):
         c = (targets.get(name) or {}).get("ledger_check")
         if c is not None:
             out.append((bool(c.get("covered")), production.describe_check(LABEL[name], c)))
@@ -185,6 +237,10 @@ def lines(res: dict[str, Any]) -> list[str]:
             f"- 2 workers ÷ 1 worker: non-stream {x(f'{TWO}_vs_{ONE}_rps')}, stream "
             f"{x(f'{TWO}_vs_{ONE}_rps_stream')}."
         )
+    out += ["", "**Budgets (issue 25: the lean serving plane, 1 worker, limits.mode lease):**", ""]
+    for ok, text in lean_budgets(res):
+        verdict = "not measured" if ok is None else ("PASS" if ok else "MISS")
+        out.append(f"- **{verdict}** {text}")
     out += ["", "**Budgets (issue 13):**", ""]
     for ok, text in budgets(res):
         verdict = "not measured" if ok is None else ("PASS" if ok else "MISS")

@@ -13,6 +13,7 @@ LABEL = {
     "farebox-sqlite": "Farebox (ledger → SQLite)",
     "farebox-prod": "Farebox production, 1 worker",
     "farebox-prod-2w": "Farebox production, 2 workers",
+    "farebox-prod-exact": "Farebox production, 1 worker, exact limits",
     "litellm": "LiteLLM proxy",
 }
 
