@@ -7,7 +7,7 @@ from gateway/limits/limiter.py, which holds the limiter itself.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from gateway.errors import (
@@ -20,6 +20,7 @@ from gateway.errors import (
 from gateway.keys.auth import Principal
 from gateway.ledger.pricing import PriceBook
 from routing import quota
+from routing.cost import TokenPrice
 from routing.model import Plan
 from routing.quota import BUDGET, CONCURRENCY, RPM, TPM, Ask, Limits, Verdict
 
@@ -160,10 +161,35 @@ def ask_for(
     tokens = min(input_tokens + output, quota.MAX_ASK)
     default = 0 if asked is not None else output
     hold_ms = plan.timeouts.total_ms
-    deployments = [a.deployment for a in plan.attempts]
     if prices is None:
         return Ask(tokens, 0, default, hold_ms)
-    found = [prices.price_for(d.id, d.upstream_model, d.provider_kind, now) for d in deployments]
-    dedicated = [d.provider_kind == "dedicated" for d in deployments]
+    found, dedicated = _plan_prices(plan, prices, now)
     reserve = quota.worst_case_nano(input_tokens, output, found, dedicated)
     return Ask(tokens, min(reserve, quota.MAX_ASK), default, hold_ms)
+
+
+# The prices of a plan's deployments on a day, looked up once: plans are built once per
+# order and reused (routing/planner.py), so most requests of a route share one entry. Keyed
+# by the plan's and price book's identities (the entry holds both, so neither id can be
+# reused while it exists) and the UTC date; cleared when it grows past a bound.
+_PLAN_PRICES: dict[
+    tuple[int, int, date],
+    tuple[Plan, PriceBook, list[TokenPrice | None], list[bool]],
+] = {}
+_PLAN_PRICES_MAX = 4096
+
+
+def _plan_prices(
+    plan: Plan, prices: PriceBook, now: datetime
+) -> tuple[list[TokenPrice | None], list[bool]]:
+    key = (id(plan), id(prices), now.date())
+    entry = _PLAN_PRICES.get(key)
+    if entry is not None and entry[0] is plan and entry[1] is prices:
+        return entry[2], entry[3]
+    deployments = [a.deployment for a in plan.attempts]
+    found = [prices.price_for(d.id, d.upstream_model, d.provider_kind, now) for d in deployments]
+    dedicated = [d.provider_kind == "dedicated" for d in deployments]
+    if len(_PLAN_PRICES) >= _PLAN_PRICES_MAX:
+        _PLAN_PRICES.clear()
+    _PLAN_PRICES[key] = (plan, prices, found, dedicated)
+    return found, dedicated
