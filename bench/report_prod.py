@@ -209,8 +209,13 @@ def budgets(res: dict[str, Any]) -> list[tuple[bool | None, str]]:
                 f"→ end: {sv['rss_growth'] * 100:+.2f} % (budget ≤ +5 %; {when})",
             )
         )
-        out.append((sv["fd_pass"], f"soak open fds: {sv['baseline']['fds']} → {sv['end']['fds']} "
-                    f"(budget: no growth; {when})"))  # fmt: skip
+        level = (
+            f"level {sv['fd_level_base']:g} → {sv['fd_level_end']:g}, "
+            if "fd_level_end" in sv
+            else ""
+        )
+        fds = f"{level}{sv['baseline']['fds']} → {sv['end']['fds']}"
+        out.append((sv["fd_pass"], f"soak open fds: {fds} (budget: no growth; {when})"))
     for name in (ONE, TWO, EXACT):
         c = (targets.get(name) or {}).get("ledger_check")
         if c is not None:

@@ -98,8 +98,10 @@ class PgPool:
                     max_size=self._max_size,
                     timeout=self._connect_timeout_s,
                     command_timeout=self._command_timeout_s,
-                    # Recycle before typical load-balancer / pgbouncer idle cuts.
-                    max_inactive_connection_lifetime=1800,
+                    # A connection a rare overlap of background reads opened is closed after a
+                    # minute idle: a fleet of workers holds only what it uses (the 1 s polls
+                    # keep theirs), and well before load-balancer / pgbouncer idle cuts.
+                    max_inactive_connection_lifetime=60,
                     init=_init_connection,
                 )
         return self._pool
