@@ -149,11 +149,20 @@ class ResponsesRelay(Relay):
         """Meter the answered stream from its terminal event in `block`, and keep the final
         Response for the conversation store. A translated stream that is not stored is
         metered from the translator's own figures, nothing parsed."""
-        if own is not None and self.ctx.payload.get("store") is not True:
+        stored = self.ctx.payload.get("store") is True
+        if own is not None and not stored:
             self._meter_success(own.final_usage())
             return
         end = _TERMINAL.search(block)
-        response = _response_of(_object(_event_data(block, end.start()))) if end else None
+        data = _event_data(block, end.start()) if end else None
+        if data is not None and not stored:
+            # Only the usage is needed (no conversation store): parsed alone when it ends
+            # the Response, as OpenAI and the simulator send it.
+            usage = usage_at_end(data)
+            if usage is not None:
+                self._meter_success(usage)
+                return
+        response = _response_of(_object(data))
         self._meter_success(response.get("usage") if response else None)
         self.ctx.final_response = response
 
@@ -176,6 +185,34 @@ def _event_data(block: bytes, at: int) -> bytes:
     start = block.rfind(b"data:", 0, at)
     end = block.find(b"\n", at)
     return block[start + 5 : end if end >= 0 else len(block)].strip()
+
+
+_SEQUENCE = b',"sequence_number":'
+_USAGE = b'"usage":{'
+
+
+def usage_at_end(data: bytes) -> dict[str, Any] | None:
+    """The usage of a terminal event's Response when it is the Response's last member
+    (`…,"usage":{…}}` then the event's end, or its `"sequence_number":N` and end); else
+    None (the caller parses the event). The last `"usage":{` is a key (in a JSON string its
+    quote would be escaped), and an object that parses from there to the Response's closing
+    brace, with only the event's end after it, is the Response's own member."""
+    at = data.rfind(_USAGE)
+    if at < 0 or not data.endswith(b"}"):
+        return None
+    stop = len(data) - 1  # the event's closing brace
+    sequence = data.rfind(_SEQUENCE, at)
+    if sequence >= 0:
+        if not data[sequence + len(_SEQUENCE) : stop].isdigit():
+            return None
+        stop = sequence
+    if data[stop - 1 : stop] != b"}":
+        return None
+    try:
+        usage = orjson.loads(data[at + len(_USAGE) - 1 : stop - 1])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 def _object(data: bytes | None) -> dict[str, Any] | None:

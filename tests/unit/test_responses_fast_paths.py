@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from gateway.api import responses_input
 from gateway.api.responses_input import check_responses
+from gateway.core.responses_relay import usage_at_end
 from gateway.errors import InvalidRequest
 from gateway.providers import (
     responses_items,
@@ -327,3 +328,46 @@ def test_terminal_event_after_the_model_changed() -> None:
     final = orjson.loads(out.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].split(b"\ndata: ", 1)[1])
     assert final["response"]["model"] == translator.response["model"]
     assert orjson.dumps(final["response"]) == orjson.dumps(translator.response)
+
+
+_RESPONSE_USAGE = {
+    "input_tokens": 4,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 5,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 9,
+}
+_TOOLS = [{"type": "function", "name": "f", "parameters": {"properties": {"usage": {}}}}]
+
+
+def _terminal_data(response: dict[str, Any], sequence_first: bool) -> bytes:
+    kind = "response.completed"
+    if sequence_first:
+        return orjson.dumps({"type": kind, "sequence_number": 9, "response": response})
+    return orjson.dumps({"type": kind, "response": response, "sequence_number": 9})
+
+
+@pytest.mark.parametrize("sequence_first", [False, True])
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"id": "resp_1", "tools": _TOOLS, "usage": _RESPONSE_USAGE},
+        {"id": "resp_1", "usage": _RESPONSE_USAGE, "tools": _TOOLS},
+        {"id": "resp_1", "metadata": {"k": '"usage":{"x":1}}'}, "usage": _RESPONSE_USAGE},
+        {"id": "resp_1", "usage": None},
+        {"id": "resp_1", "text": {"format": {"type": "json_schema", "schema": {"usage": {}}}}},
+        {"id": "resp_1", "usage": {"nested": {"sequence_number": 3}}},
+    ],
+)
+def test_usage_at_end_is_the_parsed_responses_usage(
+    response: dict[str, Any], sequence_first: bool
+) -> None:
+    """The native relay's shortcut to a terminal event's usage: the parsed Response's, or
+    None when it cannot tell (the relay then parses the whole event)."""
+    data = _terminal_data(response, sequence_first)
+    found = usage_at_end(data)
+    if found is not None:
+        assert found == orjson.loads(data)["response"]["usage"]
+    last = list(response)[-1]
+    if last == "usage" and isinstance(response["usage"], dict):
+        assert found == response["usage"], "the usual event's usage is found without a parse"
