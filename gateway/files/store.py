@@ -293,6 +293,10 @@ class FileStore:
         while True:
             async with asyncio.timeout(PURGE_BATCH_TIMEOUT_S):
                 expired = await self.repository.expired(now, PURGE_BATCH)
+                if not expired:
+                    # The usual round: nothing to delete, and no second query (on a serving
+                    # worker that would also load the SQLAlchemy repository for nothing).
+                    return total
                 for row in expired:
                     await self.storage.delete(row["storage_key"])
                 total += await self.repository.delete_expired([r["id"] for r in expired], now)
