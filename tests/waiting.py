@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable
 POLL_S = 0.01
 
 
-def wait_until(predicate: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+def wait_until(
+    predicate: Callable[[], bool], what: str, within_s: float = 10.0, poll_s: float = POLL_S
+) -> None:
+    """`poll_s`: longer for a predicate that costs something each time (a request)."""
     deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s:g}s waiting for {what}")
-        time.sleep(POLL_S)  # the poll interval
+        time.sleep(poll_s)  # the poll interval
 
 
 async def until(

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import redis
 from tests.conftest import SIM_KEY
 from tests.gateway_process import GatewayProcess, gateway_process
 from tests.services import RedisServer
+from tests.waiting import wait_until
 
 # Runs beside other tests: the gateway it kills is its own, and the reservation TTL is waited
 # on as a condition (the budget usable again within 30 s), not timed.
@@ -50,15 +49,6 @@ routes:
   chat: {targets: [fast@sim]}
   hang: {targets: [hang@sim], timeouts: {ttft_ms: 3000, total_ms: 3000}}
 """
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)  # poll: a condition wait
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def client(gw: GatewayProcess, key: str, timeout: float = 10) -> openai.OpenAI:
@@ -108,7 +98,9 @@ def test_reservations_of_a_killed_gateway_expire(
             return int(store.hget(budget_key, "reserved") or 0)
 
         # All twenty admitted (each holds > $0.002), none settled: kill the gateway now.
-        wait_for("20 reservations", lambda: reserved_nano() >= IN_FLIGHT * 2_000_000, 10)
+        wait_until(
+            lambda: reserved_nano() >= IN_FLIGHT * 2_000_000, "20 reservations", 10, poll_s=0.05
+        )
         gw.proc.kill()
         gw.proc.wait(10)
         leaked = reserved_nano()
@@ -132,12 +124,17 @@ def test_reservations_of_a_killed_gateway_expire(
             return True
 
         # Within the reservation TTL (5 s) of the kill, plus start-up and a loaded machine.
-        wait_for("the key's budget to be usable again", full_budget_usable, 30)
+        wait_until(full_budget_usable, "the key's budget to be usable again", 30, poll_s=0.05)
         # The dead requests' reservations are gone from Redis, not just outweighed. Expired
         # ones leave the counter when the key is next touched in Redis or at the background
         # repair; on a loaded machine the probe may have been admitted by the in-process
         # fallback (a Redis call that timed out at start-up) and touched nothing, so the
         # repair (every second here) is what this waits for. The probe's own reservation
         # settles a moment after its answer.
-        wait_for("nothing reserved", lambda: int(store.hget(budget_key, "reserved") or 0) == 0, 15)
+        wait_until(
+            lambda: int(store.hget(budget_key, "reserved") or 0) == 0,
+            "nothing reserved",
+            15,
+            poll_s=0.05,
+        )
     store.close()

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +24,7 @@ import redis
 from tests.conftest import SIM_KEY
 from tests.gateway_process import GatewayProcess, gateway_processes
 from tests.services import RedisServer
+from tests.waiting import wait_until
 
 SECRET = "sk-crashy-key-0001"
 # Each hanging request reserves 1,000 output tokens at $10/M + its prompt ≈ $0.011: four of
@@ -53,15 +52,6 @@ routes:
   slow: {targets: [slow@sim]}
   hang: {targets: [hang@sim], timeouts: {ttft_ms: 20000, total_ms: 20000}}
 """
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)  # poll: a condition wait
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def client(gw: GatewayProcess, timeout: float = 10) -> openai.OpenAI:
@@ -118,11 +108,12 @@ def test_a_killed_replicas_slice_expires_and_another_uses_the_whole_limit(
             reserved = int(store.hget(f"{tag}:budget:{month}", "reserved") or 0)
             return len(slots) == 4 and reserved >= 4 * 10_000_000
 
-        wait_for("A's slice holding 4 slots and $0.04", held_by_a, 15)
-        wait_for(
-            "A's outstanding slots in /metrics",
+        wait_until(held_by_a, "A's slice holding 4 slots and $0.04", 15, poll_s=0.05)
+        wait_until(
             lambda: metric(a, 'farebox_limits_lease_outstanding{kind="concurrency"}') == 4,
+            "A's outstanding slots in /metrics",
             5,
+            poll_s=0.05,
         )
         a.proc.kill()
         a.proc.wait(10)
@@ -143,7 +134,7 @@ def test_a_killed_replicas_slice_expires_and_another_uses_the_whole_limit(
             return True
 
         # Within the slice's deadline (2 s) of the kill, plus a loaded machine.
-        wait_for("the whole budget usable on B", probe_admitted, 30)
+        wait_until(probe_admitted, "the whole budget usable on B", 30, poll_s=0.05)
 
         def four_at_once() -> bool:
             def one(_: int) -> int:
@@ -160,7 +151,7 @@ def test_a_killed_replicas_slice_expires_and_another_uses_the_whole_limit(
             with ThreadPoolExecutor(4) as pool:
                 return list(pool.map(one, range(4))) == [200] * 4
 
-        wait_for("all 4 slots usable on B", four_at_once, 30)
+        wait_until(four_at_once, "all 4 slots usable on B", 30, poll_s=0.05)
         assert metric(b, "farebox_limits_lease_expired_total") >= 1
     store.close()
 
