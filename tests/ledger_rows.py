@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+from gateway.core.metering import Meter
+from gateway.ledger.pricing import LitellmPriceMap, PriceBook
 from gateway.ledger_rows import PROVIDER, AttemptRow, RequestRow
+from routing.cost import TokenPrice
 
 T0 = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -62,3 +67,23 @@ def attempt_row(id: str, request_id: str, **fields: Any) -> AttemptRow:
         price_version=None,
     )
     return base._replace(**fields)
+
+
+class RecordingLedger:
+    """A ledger that keeps what the meter hands it, in order."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[RequestRow, list[AttemptRow]]] = []
+
+    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        self.rows.append((request, attempts))
+
+
+def priced_meter(tmp_path: Path, deployments: tuple[str, ...], version: str) -> Meter:
+    """A Meter over a RecordingLedger, every deployment priced $1 in / $2 out per 1M tokens
+    (no litellm prices: an empty map file in `tmp_path`)."""
+    empty = tmp_path / "litellm.json"
+    empty.write_text("{}")
+    price = TokenPrice.of(input=Decimal(1), output=Decimal(2), version=version)
+    book = PriceBook(overrides=dict.fromkeys(deployments, price), litellm=LitellmPriceMap(empty))
+    return Meter(book, RecordingLedger())

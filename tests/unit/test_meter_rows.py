@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.core.metering import CallContext, Meter
-from gateway.ledger.pricing import LitellmPriceMap, PriceBook
 from gateway.ledger_rows import CACHE, PROVIDER, AttemptRow, RequestRow
-from routing.cost import TokenPrice, Usage
+from routing.cost import Usage
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts
+from tests.ledger_rows import RecordingLedger, priced_meter
 
 A = DeploymentSpec("a@p", "p", "serverless", "openai", "m-a")
 PLAN = Plan(
@@ -25,20 +25,9 @@ PLAN = Plan(
 )
 
 
-class _Ledger:
-    def __init__(self) -> None:
-        self.rows: list[tuple[RequestRow, list[AttemptRow]]] = []
-
-    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
-        self.rows.append((request, attempts))
-
-
 @pytest.fixture
 def meter(tmp_path: Path) -> Meter:
-    empty = tmp_path / "litellm.json"
-    empty.write_text("{}")
-    price = TokenPrice.of(input=Decimal(1), output=Decimal(2), version="v1")
-    return Meter(PriceBook(overrides={"a@p": price}, litellm=LitellmPriceMap(empty)), _Ledger())
+    return priced_meter(tmp_path, ("a@p",), "v1")
 
 
 def _ctx() -> CallContext:
@@ -135,6 +124,6 @@ def test_a_replaced_row_is_the_one_the_ledger_gets(meter: Meter) -> None:
     assert gated.gate_outcome == "fail" and second.gate_outcome is None
     meter.finish(ctx, PLAN, 200, None, "a@p")
     ledger = meter.ledger
-    assert isinstance(ledger, _Ledger)
+    assert isinstance(ledger, RecordingLedger)
     (_, attempts), = ledger.rows  # fmt: skip
     assert attempts == [first, gated] and attempts[1] is gated

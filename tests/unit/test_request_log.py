@@ -12,14 +12,11 @@ from typing import Any
 import pytest
 
 from gateway.core.metering import CallContext, Meter
-from gateway.ledger.pricing import LitellmPriceMap, PriceBook
-from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.observability import request_log
 from gateway.providers.base import STATUS, UpstreamError
 from gateway.settings import Settings
-from routing.cost import TokenPrice
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts
-from tests.ledger_rows import attempt_row, request_row
+from tests.ledger_rows import attempt_row, priced_meter, request_row
 
 A = DeploymentSpec("a@p", "p", "serverless", "openai", "m-a")
 B = DeploymentSpec("b@q", "q", "serverless", "openai", "m-b")
@@ -33,21 +30,9 @@ SECRET_PROMPT = "my card number is 4111 1111 1111 1111"
 SECRET_ANSWER = "here is your card"
 
 
-class _Ledger:
-    def __init__(self) -> None:
-        self.rows: list[tuple[RequestRow, list[AttemptRow]]] = []
-
-    def record(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
-        self.rows.append((request, attempts))
-
-
 @pytest.fixture
 def meter(tmp_path: Path) -> Meter:
-    empty = tmp_path / "litellm.json"
-    empty.write_text("{}")
-    price = TokenPrice.of(input=Decimal(1), output=Decimal(2), version="test")
-    book = PriceBook(overrides={"a@p": price, "b@q": price}, litellm=LitellmPriceMap(empty))
-    return Meter(book, _Ledger())
+    return priced_meter(tmp_path, ("a@p", "b@q"), "test")
 
 
 @pytest.fixture
