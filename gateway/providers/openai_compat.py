@@ -26,7 +26,8 @@ from gateway.providers.base import (
     UpstreamError,
     UpstreamReply,
 )
-from gateway.providers.http1 import Client, Response, Target, UpstreamClosed
+from gateway.providers.http1 import Client, Target
+from gateway.providers.http1_response import Response, UpstreamClosed
 from gateway.providers.passthrough import RawResponse
 from routing.model import DeploymentSpec, Timeouts
 

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.providers.http1 import Client, UpstreamClosed
+from gateway.providers.http1 import Client
+from gateway.providers.http1_response import UpstreamClosed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
