@@ -44,10 +44,15 @@ from tests.services import PostgresServer, RedisServer
 MASTER = "master-key-for-unstuck-tests"
 KEY_CACHE_TTL_S = 0.5
 
+# exact: these tests drive Redis's spend by hand and count the reconciler's corrections;
+# in lease mode a sync whose reply times out after Redis applied it pushes its settled spend
+# again (seen once in a loaded CI run: Redis restored without a correction) — an open bug of
+# lease mode, to be fixed with idempotent pushes, not hidden by this setting alone.
 YAML = """
 auth:
   key_cache_ttl_s: %(ttl)s
 limits:
+  mode: exact
   reconcile_interval_s: 0.3
 providers:
   sim: {kind: serverless, protocol: openai, api_base: "${SIM_URL}/v1", api_key: "${SIM_KEY}"}
