@@ -11,6 +11,9 @@ replica took from the key's shared limits in Redis ahead of its requests:
 - `held_nano`: budget held in Redis as one reservation entry; out of it, `reserved_nano`
   is reserved by requests in flight and `unpushed_nano` was spent by settled requests and
   not yet added to Redis's `spent` (it goes with the next sync, until then the entry covers it).
+  Pushes are idempotent: a sync sends the month's cumulative pushed spend (`pushed_nano` plus
+  what it pushes), and Redis adds only what it has not applied for this slice yet, so a sync
+  retried after its reply was lost (Redis had applied it) does not count the spend twice.
 
 A sync (`plan_sync` → the Redis script → `apply_grant`) gives back what is beyond the wanted
 free amount, keeps the rest, and asks for what is missing. What it keeps is decided (and taken
@@ -67,8 +70,11 @@ class Slice:
     held_nano: int = 0
     reserved_nano: int = 0
     unpushed_nano: int = 0
-    # What Redis has under this slice's name: slot entries, and the amount its budget
-    # reservation entry names (0 = none there).
+    # This month's spend pushed to Redis and confirmed (cumulative): a sync sends it plus
+    # `unpushed_nano` as the total Redis must have applied for this slice.
+    pushed_nano: int = 0
+    # What Redis has under this slice's name: slot entries (at most; more after a sync whose
+    # answer was lost), and the amount its budget reservation entry names (0 = none there).
     member_slots: int = 0
     member_nano: int = 0
     sizing: Sizing = Sizing()
@@ -135,6 +141,10 @@ class SyncPlan:
     keep_nano: int
     want_nano: int
     seq: int = 0
+    # The month's spend pushed by this slice once this sync is applied (cumulative, including
+    # `push_nano`), and the month it is for.
+    push_total_nano: int = 0
+    month: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +311,18 @@ def plan_sync(s: Slice, limits: Limits, w: Wants) -> SyncPlan:
         want_n = max(0, w.nano - s.free_nano)
     s.syncs_started += 1
     return SyncPlan(
-        give_r, want_r, give_t, want_t, keep_c, want_c, push, keep_n, want_n, s.syncs_started
+        give_r,
+        want_r,
+        give_t,
+        want_t,
+        keep_c,
+        want_c,
+        push,
+        keep_n,
+        want_n,
+        s.syncs_started,
+        s.pushed_nano + push,
+        s.month,
     )
 
 
@@ -331,10 +352,20 @@ def apply_grant(s: Slice, limits: Limits, plan: SyncPlan, grant: Grant) -> None:
         s.member_slots = grant.slots
     if limits.budget_nano is not None:
         s.unpushed_nano -= plan.push_nano
+        if plan.month == s.month:  # else pushed to last month: this month starts from 0
+            s.pushed_nano += plan.push_nano
         s.held_nano = grant.held_nano
         s.member_nano = grant.held_nano
         s.spent_nano = grant.spent_nano
         s.budget_left_nano = grant.budget_left_nano
+
+
+def sync_lost(s: Slice, plan: SyncPlan) -> None:
+    """A sync failed without an answer: Redis may or may not have applied it. What it gave
+    back already left the slice, its spend stays unpushed (the next sync's total covers it,
+    and Redis adds only what it has not applied), and the slot entries it may have added are
+    removed by the next sync (the budget entry's amount Redis records itself)."""
+    s.member_slots = max(s.member_slots, plan.keep_slots + plan.want_slots)
 
 
 def forget_redis_part(s: Slice) -> None:
@@ -342,6 +373,7 @@ def forget_redis_part(s: Slice) -> None:
     requests in flight keep their reservations and must be covered by the next grant."""
     s.held_nano = s.reserved_nano + s.unpushed_nano
     s.member_nano = 0
+    s.pushed_nano = 0
 
 
 def outstanding(s: Slice) -> tuple[int, int, int, int]:
@@ -351,18 +383,19 @@ def outstanding(s: Slice) -> tuple[int, int, int, int]:
 
 
 def admitted_verdict(s: Slice, limits: Limits) -> Verdict:
-    """The headers' view after a local admission: Redis's last-seen level plus this slice.
-    Runs for every admitted request: plain integer arithmetic, no helper calls."""
+    """The headers' view after a local admission: Redis's last-seen level plus this slice,
+    never above the limit (the bucket refills while the slice holds its part, so the sum
+    can pass it). Runs for every admitted request: plain integer arithmetic, no helper calls."""
     requests = reset_r = tokens = reset_t = left = spent = None
     rpm, tpm = limits.rpm, limits.tpm
     if rpm is not None:
         level = s.rpm_level + s.requests
-        requests = level if level > 0 else 0
+        requests = rpm if level > rpm else level if level > 0 else 0
         missing = rpm - level
         reset_r = -(-missing * MINUTE_MS // rpm) if missing > 0 else 0
     if tpm is not None:
         level = s.tpm_level + s.tokens
-        tokens = level if level > 0 else 0
+        tokens = tpm if level > tpm else level if level > 0 else 0
         missing = tpm - level
         reset_t = -(-missing * MINUTE_MS // tpm) if missing > 0 else 0
     if limits.budget_nano is not None:
@@ -389,7 +422,7 @@ def refused_verdict(s: Slice, limits: Limits, ask: Ask, short: str) -> Verdict:
             False,
             TPM,
             _wait_ms(level, limits.tpm, ask.tokens),
-            remaining_tokens=max(0, level),
+            remaining_tokens=max(0, min(level, limits.tpm)),
             reset_tokens_ms=_reset_ms(level, limits.tpm),
         )
     if short == BUDGET:

@@ -8,6 +8,10 @@ their settled spend pushed to Redis within `_PUSH_DELAY_S`, and returned when th
 idle for `idle_s` and on shutdown. Only a request that finds its slice short waits for a sync
 (with what it needs added to the ask); if Redis has nothing more, it gets the usual refusal.
 
+Pushes are idempotent: a sync whose reply was lost after Redis applied it (a timeout, a
+reset connection) leaves its spend unpushed here, and the next sync sends it again inside the
+month's cumulative total, of which Redis adds only what it has not applied for this replica.
+
 A replica killed with a slice unreturned: its slots and budget entry expire in Redis after
 `ttl_ms`; its RPM/TPM tokens were taken and the buckets refill as usual. Spend it settled but
 had not pushed is missing from Redis's `spent` until the reconciler brings it back from the
@@ -230,11 +234,18 @@ class Leases:
             plan.push_nano,
             plan.keep_nano,
             plan.want_nano,
+            plan.push_total_nano,
         ]
-        out = await self._script(keys=list(keys), args=args)
-        if int(out[0]) == 0:
-            await self._seed(s.key_name, s.month, keys[3])
+        try:
             out = await self._script(keys=list(keys), args=args)
+            if int(out[0]) == 0:
+                await self._seed(s.key_name, s.month, keys[3])
+                out = await self._script(keys=list(keys), args=args)
+        except BaseException:
+            # No answer (a timeout may come after Redis applied it): the next sync re-sends
+            # the spend as part of its cumulative total, which Redis applies only once.
+            lease.sync_lost(s, plan)
+            raise
         values = [int(v) for v in out]
         if values[0] == 0:
             raise RuntimeError(f"the {s.month} budget of a key was not seeded")

@@ -14,10 +14,20 @@ the same rules, so a key can be switched between modes and the reconciler keeps 
   reconciler's repair and the expiry of a crashed replica's entries all treat it as any
   reservation. A sync adds the spend settled since the last one to `spent` and replaces
   the entry by the new amount.
+- Idempotent pushes: a sync names the month's cumulative spend its slice has pushed
+  (`push_total`, this sync's `push_nano` included), and the month's budget hash records, per
+  holder, the total applied (field `pushed:<holder>`, beside `spent`, so it lives and expires
+  with it): `spent` grows only by `push_total` minus that, never below 0. A sync retried
+  after its reply was lost (Redis had applied it) adds nothing twice, and one delivered late
+  after a newer one adds nothing. With no record (the holder's first push this month, or a
+  hash reseeded from the ledger, which counted what was pushed before) the base is what the
+  replica saw confirmed: `push_total - push_nano`. The holder's entry amount is recorded
+  too (`entry:<holder>`), so an entry made by a sync whose reply was lost is replaced, not
+  left to expire.
 
 ARGV: rpm, tpm, max_conc, budget_nano (0 / -1 = off), holder, ttl_ms, budget_ttl_s,
   give_requests, want_requests, give_tokens, want_tokens, old_slots, keep_slots, want_slots,
-  old_nano (the entry's amount, 0 = none), push_nano, keep_nano, want_nano.
+  old_nano (the entry's amount, 0 = none), push_nano, keep_nano, want_nano, push_total.
 Answer (integers): seeded (0 = the month's budget is not in Redis yet: nothing was done),
   requests granted, rpm level left, tokens granted, tpm level left, slots held, nano held,
   month spent, nano others could still take, slice entries found expired.
@@ -34,7 +44,7 @@ local holder, ttl, budget_ttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 
 local h = nil
 if cap >= 0 then
-  h = redis.call('HMGET', KEYS[4], 'spent', 'reserved')
+  h = redis.call('HMGET', KEYS[4], 'spent', 'reserved', 'pushed:' .. holder, 'entry:' .. holder)
   if not h[1] then return {0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
 end
 
@@ -96,11 +106,18 @@ if cap >= 0 then
   end
   if #gone > 0 then redis.call('ZREM', KEYS[5], unpack(gone)) end
   reserved = math.max(0, reserved)
-  local old = tonumber(ARGV[15])
-  if old > 0 and redis.call('ZREM', KEYS[5], holder .. ':' .. ARGV[15]) == 1 then
-    reserved = math.max(0, reserved - old)
+  -- The entry the replica names, and the one recorded here if a lost reply made them differ.
+  local function unreserve(amount)
+    local old = tonumber(amount)
+    if old and old > 0 and redis.call('ZREM', KEYS[5], holder .. ':' .. amount) == 1 then
+      reserved = math.max(0, reserved - old)
+    end
   end
-  local push = tonumber(ARGV[16])
+  unreserve(ARGV[15])
+  if h[4] and h[4] ~= ARGV[15] then unreserve(h[4]) end
+  local total = tonumber(ARGV[19])
+  local applied = tonumber(h[3] or '') or (total - tonumber(ARGV[16]))
+  local push = math.max(0, total - applied)
   local spent = tonumber(h[1]) + push
   local keep = tonumber(ARGV[17])
   local free = cap - spent - reserved - keep
@@ -115,6 +132,15 @@ if cap >= 0 then
     redis.call('HINCRBY', KEYS[4], 'reserved', string.format('%d', reserved - before))
   end
   if push ~= 0 then redis.call('HINCRBY', KEYS[4], 'spent', string.format('%d', push)) end
+  if total > applied then
+    redis.call('HSET', KEYS[4], 'pushed:' .. holder, string.format('%d', total))
+  end
+  if held > 0 then
+    local entry = string.format('%d', held)
+    if h[4] ~= entry then redis.call('HSET', KEYS[4], 'entry:' .. holder, entry) end
+  elseif h[4] then
+    redis.call('HDEL', KEYS[4], 'entry:' .. holder)
+  end
   redis.call('EXPIRE', KEYS[4], budget_ttl)
   out[7] = held
   out[8] = spent

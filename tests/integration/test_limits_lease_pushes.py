@@ -1,0 +1,162 @@
+"""Lease mode's spend pushes are idempotent, against real Redis: a sync whose reply is lost
+after Redis applied it (a timeout, a reset connection, a Redis that froze after running the
+script) must not make the next sync count the same spend again.
+
+The replica's side of it (cumulative totals in the slice) is tests/unit/test_lease_pushes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from gateway.limits.lease_lua import LEASE
+from gateway.limits.limiter import LEASE as LEASE_MODE
+from gateway.limits.limiter import Limiter
+from gateway.limits.lua import limit_keys
+from routing.quota import Ask
+from tests.integration.test_limits import principal, row
+from tests.waiting import until
+
+BUDGET_NANO = 5_000_000_000  # $5
+COST = "0.0005"  # what each request settles at: 500,000 nano-USD
+COST_NANO = 500_000
+
+
+def test_a_sync_whose_reply_is_lost_after_redis_applied_it_pushes_nothing_twice(
+    redis_server: Any,
+) -> None:
+    """The first sync that pushes spend runs in Redis, then its caller sees a timeout (the
+    reply lost). The slice keeps that spend unpushed; the retry after Redis is back sends it
+    again with what settled meanwhile, and Redis's `spent` ends equal to the settled spend."""
+
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        limiter = Limiter(
+            redis_server.url,
+            key_prefix=prefix,
+            mode=LEASE_MODE,
+            lease_idle_s=60.0,
+            probe_interval_s=0.1,
+        )
+        leases = limiter._leases
+        assert leases is not None
+        script = leases._script
+        lost: list[list[Any]] = []
+
+        async def reply_lost_once(*, keys: list[str], args: list[Any]) -> Any:
+            out = await script(keys=keys, args=args)  # applied in Redis
+            if not lost and int(args[15]) > 0:  # the first sync that pushes spend
+                lost.append(args)
+                raise RedisTimeout("Timeout reading from socket")
+            return out
+
+        leases._script = reply_lost_once  # type: ignore[assignment]
+        who = principal(rpm=600, budget_usd=Decimal("5"))
+        budget_key = limit_keys(prefix, who.key_name, datetime.now(UTC).strftime("%Y-%m"))[3]
+        client = Redis.from_url(redis_server.url)
+
+        async def spent() -> int:
+            return int(await client.hget(budget_key, "spent") or 0)
+
+        try:
+            first = await limiter.admit(who, Ask(10, 1_000_000))
+            held = first.slice
+            assert held is not None
+            first.settle(row(10, COST))
+            await until(lambda: bool(lost), "the first push (its reply then lost)")
+            assert await spent() == COST_NANO  # Redis did apply it
+            assert held.unpushed_nano == COST_NANO  # the replica cannot know that
+            # Marked down by the timeout; more spend settles in process meanwhile.
+            for _ in range(2):
+                admission = await limiter.admit(who, Ask(10, 1_000_000))
+                admission.settle(row(10, COST))
+            await until(
+                lambda: limiter.redis_up and held.unpushed_nano == 0,
+                "Redis back and every settled spend pushed and confirmed",
+            )
+            # Exactly the three settlements: the lost sync's spend is not counted twice.
+            assert await spent() == 3 * COST_NANO
+            assert held.pushed_nano == 3 * COST_NANO
+        finally:
+            await limiter.close()
+            await client.aclose()
+        # The shutdown's return pushed nothing more.
+        client = Redis.from_url(redis_server.url)
+        try:
+            assert int(await client.hget(budget_key, "spent") or 0) == 3 * COST_NANO
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_script_applies_a_push_once_whatever_order_its_retries_arrive_in(
+    redis_server: Any,
+) -> None:
+    """The script alone, called as retries would call it: the same sync twice, a stale one
+    after a newer one, a replica's first push, and a hash reseeded from the ledger."""
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_server.url)
+        script = client.register_script(LEASE)
+        keys = list(limit_keys(f"t{uuid.uuid4().hex[:8]}", "k", "2026-12"))
+        budget, reservations = keys[3], keys[4]
+        a, b = "slice-aaaa", "slice-bbbb"
+
+        async def sync(*args: Any) -> list[int]:
+            out = await script(keys=keys, args=args)
+            return [int(v) for v in out]
+
+        async def spent() -> int:
+            return int(await client.hget(budget, "spent") or 0)
+
+        async def entries(holder: str) -> list[str]:
+            members = await client.zrange(reservations, 0, -1)
+            names = [m.decode() for m in members if isinstance(m, bytes)]
+            return [m for m in names if m.startswith(holder + ":")]
+
+        try:
+            await client.hset(budget, mapping={"spent": 1_000, "reserved": 0})
+            # A's first push of the month: 300 (with nothing recorded, all of it).
+            first = await sync(*_argv(a, 0, 300, 0, 10_000, 300))
+            assert await spent() == 1_300 and first[6] == 10_000
+            # Its reply was lost: A sends it again, with 200 more settled since (and, not
+            # knowing its entry of 10,000, asks for a budget entry of 8,000).
+            await sync(*_argv(a, 0, 500, 0, 8_000, 500))
+            assert await spent() == 1_500
+            # One reservation entry for A: the one the lost reply made is replaced, not
+            # left holding budget until it expires.
+            assert await entries(a) == [f"{a}:8000"]
+            assert int(await client.hget(budget, "reserved") or 0) == 8_000
+            # The same sync delivered twice, and the older one arriving last: nothing added.
+            await sync(*_argv(a, 8_000, 500, 0, 8_000, 500))
+            await sync(*_argv(a, 8_000, 300, 0, 10_000, 300))
+            assert await spent() == 1_500
+            # Another replica's pushes are its own.
+            await sync(*_argv(b, 0, 50, 0, 0, 50))
+            assert await spent() == 1_550
+            # The month's hash reseeded from the ledger (which counted all the above): A's
+            # record is gone, so what A saw confirmed (500) is the base, not 0.
+            await client.delete(budget)
+            await client.hset(budget, mapping={"spent": 1_550, "reserved": 0})
+            await sync(*_argv(a, 10_000, 25, 0, 10_000, 525))
+            assert await spent() == 1_575
+            assert await entries(a) == [f"{a}:10000"]
+            assert int(await client.hget(budget, "reserved") or 0) == 10_000
+        finally:
+            await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def _argv(holder: str, old_nano: int, push: int, keep: int, want: int, total: int) -> list[Any]:
+    head: list[Any] = [0, 0, 0, BUDGET_NANO, holder, 30_000, 3_600]
+    return [*head, 0, 0, 0, 0, 0, 0, 0, old_nano, push, keep, want, total]
