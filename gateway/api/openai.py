@@ -97,7 +97,6 @@ class OpenAIEndpoints:
                     return
                 result = await call.complete()
                 watch.stop()
-                call.answered(result)
                 headers.append(JSON_TYPE)
                 add_result_headers(
                     headers,
@@ -108,6 +107,7 @@ class OpenAIEndpoints:
                     result.gate,
                 )
                 await send_bytes(send, 200, result.body, headers)
+                call.answered(result)  # drill checks and the payload log: after the answer
         finally:
             call.settle_leftover()
 

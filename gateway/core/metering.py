@@ -25,6 +25,7 @@ from gateway.ledger.tokens import estimate_input_tokens
 from gateway.ledger_rows import CACHE, ESTIMATED, PROVIDER, AttemptRow, RequestRow, new_row
 from gateway.observability import metrics, request_log, telemetry
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
+from gateway.runtime.after_answer import after_answer
 from routing.cost import Usage, attempt_cost, usage_from_openai
 from routing.model import Plan, PlannedAttempt
 from routing.units import unit_attempt_cost
@@ -409,12 +410,26 @@ class Meter:
         )
         if ctx.intents:
             self._unmetered(ctx)
-        self.ledger.record(row, attempts)
-        if ctx.admission is not None:
-            ctx.admission.settle(row)
+        self.ledger.record(row, attempts)  # journalled before the answer is written
+        # Taken off the context now, so the handler's `settle_leftover` cannot settle it
+        # with nothing before the deferred settlement below runs.
+        admission, ctx.admission = ctx.admission, None
+        after_answer(self._books, ctx, row, attempts, admission)
+        return row
+
+    def _books(
+        self,
+        ctx: CallContext,
+        row: RequestRow,
+        attempts: list[AttemptRow],
+        admission: Settles | None,
+    ) -> None:
+        """After the answer is written (gateway/runtime/after_answer.py): the key's limits,
+        drill counts, then metrics, the request log and spans from the rows the ledger got."""
+        if admission is not None:
+            admission.settle(row)
         if ctx.drill_id is not None and self.drills is not None:
             self.drills.observe(ctx.drill_id, attempts)
-        # Metrics, the request log and spans come from the rows the ledger just got.
         overhead = metrics.overhead_s(row, attempts)
         if metrics.ENABLED:
             metrics.observe_request(row, attempts, overhead)
@@ -422,7 +437,6 @@ class Meter:
             request_log.write(row, attempts, overhead)
         if ctx.trace is not None:
             telemetry.record(ctx.trace, row, attempts)
-        return row
 
     def _unmetered(self, ctx: CallContext) -> None:
         """Upstream calls that started but were never metered: attempts must equal upstream

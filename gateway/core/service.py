@@ -50,6 +50,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.responses_bridge import RESPONSES
 from gateway.providers.responses_replay import replay_events
+from gateway.runtime.after_answer import after_answer
 from gateway.strategies.consensus import complete_consensus
 from gateway.strategies.fanout import stream_refused
 from gateway.strategies.gating import complete_gated
@@ -138,7 +139,7 @@ class Service:
         started: float,
     ) -> AttemptRow:
         row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
-        self.tracker.succeeded(plan, ctx.shape, row, reply.limits)
+        after_answer(self.tracker.succeeded, plan, ctx.shape, row, reply.limits)
         return row
 
     def _servable(self, ctx: CallContext, plan: Plan) -> Plan:

@@ -163,8 +163,12 @@ def ask_for(
     hold_ms = plan.timeouts.total_ms
     if prices is None:
         return Ask(tokens, 0, default, hold_ms)
-    found, dedicated = _plan_prices(plan, prices, now)
-    reserve = quota.worst_case_nano(input_tokens, output, found, dedicated)
+    found, dedicated, rates = _plan_prices(plan, prices, now)
+    reserve = (
+        quota.worst_case_nano(input_tokens, output, found, dedicated)
+        if rates is None
+        else quota.worst_case_nano_from_rates(input_tokens, output, rates)
+    )
     return Ask(tokens, min(reserve, quota.MAX_ASK), default, hold_ms)
 
 
@@ -172,24 +176,22 @@ def ask_for(
 # order and reused (routing/planner.py), so most requests of a route share one entry. Keyed
 # by the plan's and price book's identities (the entry holds both, so neither id can be
 # reused while it exists) and the UTC date; cleared when it grows past a bound.
-_PLAN_PRICES: dict[
-    tuple[int, int, date],
-    tuple[Plan, PriceBook, list[TokenPrice | None], list[bool]],
-] = {}
+_PlanPrices = tuple[list[TokenPrice | None], list[bool], tuple[tuple[int, int], ...] | None]
+_PLAN_PRICES: dict[tuple[int, int, date], tuple[Plan, PriceBook, _PlanPrices]] = {}
 _PLAN_PRICES_MAX = 4096
 
 
-def _plan_prices(
-    plan: Plan, prices: PriceBook, now: datetime
-) -> tuple[list[TokenPrice | None], list[bool]]:
+def _plan_prices(plan: Plan, prices: PriceBook, now: datetime) -> _PlanPrices:
+    """(prices, dedicated flags, integer reserve rates or None) of the plan's deployments."""
     key = (id(plan), id(prices), now.date())
     entry = _PLAN_PRICES.get(key)
     if entry is not None and entry[0] is plan and entry[1] is prices:
-        return entry[2], entry[3]
+        return entry[2]
     deployments = [a.deployment for a in plan.attempts]
     found = [prices.price_for(d.id, d.upstream_model, d.provider_kind, now) for d in deployments]
     dedicated = [d.provider_kind == "dedicated" for d in deployments]
     if len(_PLAN_PRICES) >= _PLAN_PRICES_MAX:
         _PLAN_PRICES.clear()
-    _PLAN_PRICES[key] = (plan, prices, found, dedicated)
-    return found, dedicated
+    value = (found, dedicated, quota.reserve_rates(found, dedicated))
+    _PLAN_PRICES[key] = (plan, prices, value)
+    return value

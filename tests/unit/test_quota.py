@@ -144,3 +144,34 @@ def test_nano_conversions_and_reset_header_format() -> None:
     assert quota.duration_header(1_000) == "1s"
     assert quota.duration_header(6_500) == "6.5s"
     assert quota.duration_header(360_000) == "6m0s"
+
+
+def test_integer_reserve_rates_give_exactly_the_decimal_worst_case() -> None:
+    """The hot path's integer form equals the Decimal form for every mix of tokens and prices
+    with up to 6 decimals; a price with more falls back to Decimal (rates are None)."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(2_000):
+        prices: list[TokenPrice | None] = []
+        for _ in range(rng.randint(1, 5)):
+            if rng.random() < 0.15:
+                prices.append(None)
+                continue
+            cents = [Decimal(rng.randint(0, 40_000_000)) / Decimal(10 ** rng.randint(0, 6))]
+            cents += [Decimal(rng.randint(0, 90_000_000)) / Decimal(10 ** rng.randint(0, 6))]
+            write = Decimal(rng.randint(0, 50_000_000)) / Decimal(10 ** rng.randint(0, 6))
+            prices.append(
+                TokenPrice.of(input=cents[0], output=cents[1], cache_write=write, version="v")
+            )
+        dedicated = [rng.random() < 0.2 for _ in prices]
+        rates = quota.reserve_rates(prices, dedicated)
+        assert rates is not None
+        for _ in range(5):
+            tokens_in, tokens_out = rng.randint(0, 2_000_000), rng.randint(0, 200_000)
+            assert quota.worst_case_nano_from_rates(
+                tokens_in, tokens_out, rates
+            ) == quota.worst_case_nano(tokens_in, tokens_out, prices, dedicated)
+    finer = TokenPrice.of(input=Decimal("0.0000001"), output=Decimal("1"), version="v")
+    assert quota.reserve_rates([finer], [False]) is None
+    assert quota.reserve_rates([finer], [True]) == ()  # dedicated: never priced
