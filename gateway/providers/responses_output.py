@@ -188,32 +188,51 @@ def _plain_skeleton(
     request: dict[str, Any], response_id: str, created_at: int, model: Any
 ) -> dict[str, Any]:
     """`response_skeleton` of a request with `_PLAIN_ECHO`'s fields only: the same dict
-    (tests/unit/test_responses_fast_paths.py), the absent settings written as constants."""
+    (tests/unit/test_responses_fast_paths.py), a copy of `_PLAIN_BASE` (one C call; a dict
+    display of 21 computed members costs several times more) with the request's values and
+    fresh containers set in it (the copy is shallow: no two Responses share a list or dict)."""
     get = request.get
+    response = _PLAIN_BASE.copy()
+    response["id"] = response_id
+    response["created_at"] = created_at
     maximum = get("max_output_tokens")
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created_at,
-        "status": "in_progress",
-        "error": None,
-        "incomplete_details": None,
-        "instructions": None,
-        "max_output_tokens": maximum if maximum.__class__ in (int, bool) else None,
-        "model": model if model.__class__ is str else str(get("model") or ""),
-        "output": [],
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "reasoning": None,
-        "store": get("store") is not False,
-        "temperature": None,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": None,
-        "truncation": "disabled",
-        "metadata": {},
-    }
+    if maximum.__class__ in (int, bool):
+        response["max_output_tokens"] = maximum
+    response["model"] = model if model.__class__ is str else str(get("model") or "")
+    response["output"] = []
+    if get("store") is False:
+        response["store"] = False
+    response["text"] = {"format": {"type": "text"}}
+    response["tools"] = []
+    response["metadata"] = {}
+    return response
+
+
+# `_plain_skeleton`'s members in `response_skeleton`'s order; the None of output, text, tools
+# and metadata are replaced by fresh containers in every copy.
+_PLAIN_BASE: dict[str, Any] = {
+    "id": "",
+    "object": "response",
+    "created_at": 0,
+    "status": "in_progress",
+    "error": None,
+    "incomplete_details": None,
+    "instructions": None,
+    "max_output_tokens": None,
+    "model": "",
+    "output": None,
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "reasoning": None,
+    "store": True,
+    "temperature": None,
+    "text": None,
+    "tool_choice": "auto",
+    "tools": None,
+    "top_p": None,
+    "truncation": "disabled",
+    "metadata": None,
+}
 
 
 _NO_DETAILS: dict[str, Any] = {}

@@ -79,14 +79,15 @@ class StreamTranslator(ItemStream):
         if self._fast == FAST_APPEND and not self._partial:
             # The most common read of all: one chunk of more text, most often the same
             # bytes as the last plain chunk around other text (`_frame`): compared, not
-            # searched, and no call (each costs about what the whole check does).
+            # searched, and no call (each costs about what the whole check does); `find`, not
+            # `in` (see gateway/providers/responses_chunks.py).
             prefix, suffix, start, stop = self._frame
             text = block[start:stop]
             if (
                 block == prefix + text + suffix
                 and text
-                and b'"' not in text
-                and b"\n" not in text
+                and text.find(b'"') < 0
+                and text.find(b"\n") < 0
                 and text[-1:] != b"\\"
             ):
                 item = self._current
@@ -102,7 +103,7 @@ class StreamTranslator(ItemStream):
                     self._frame = (block[:start], block[stop:], start, stop - len(block))
                     return self._delta_bytes(block[start:stop])
         out: list[bytes] = []
-        if self._partial or b"\r" in block:
+        if self._partial or block.find(b"\r") >= 0:
             self._handle(self._decoder.feed(block), out)  # split events, CRLF: the long way
             self._partial = self._decoder.pending
             return b"".join(out)
