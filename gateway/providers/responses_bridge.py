@@ -250,19 +250,53 @@ class TranslatedStream:
             STREAM_ERROR, f"{deployment} reported an error", body={"error": error}
         )
 
-    async def blocks(self) -> AsyncIterator[bytes]:
-        translator = self._translator
-        async for block in self._upstream.blocks():
-            out = translator.feed(block)
-            if out:
-                yield out
-            if translator.done:
-                return
-        tail = translator.finish()
-        if tail:
-            yield tail
-        if not translator.done:
-            raise UpstreamError(CUT, f"{self._deployment} ended the stream before its end")
+    def blocks(self) -> AsyncIterator[bytes]:
+        return _TranslatedReads(self._upstream.blocks(), self._translator, self._deployment)
 
     async def close(self) -> None:
         await self._upstream.close()
+
+
+class _TranslatedReads:
+    """`TranslatedStream.blocks`: each upstream read translated, until the terminal event;
+    then the end, or, when the upstream ended first, its cut (UpstreamError).
+
+    An async iterator object rather than an async generator: the relay stops reading at the
+    terminal event, and an async generator left suspended there is closed by its finalizer,
+    which schedules a task on the event loop (and wakes it) per stream; this object is just
+    dropped."""
+
+    __slots__ = ("_deployment", "_reads", "_translator")
+
+    def __init__(
+        self, reads: AsyncIterator[bytes], translator: StreamTranslator, deployment: str
+    ) -> None:
+        self._reads: AsyncIterator[bytes] | None = reads
+        self._translator = translator
+        self._deployment = deployment
+
+    def __aiter__(self) -> _TranslatedReads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        translator = self._translator
+        reads = self._reads
+        while reads is not None and not translator.done:
+            try:
+                block = await anext(reads)
+            except StopAsyncIteration:
+                self._reads = reads = None
+                tail = translator.finish()
+                if tail:
+                    return tail
+                break
+            except BaseException:
+                self._reads = None  # the upstream failed: nothing more to read
+                raise
+            out = translator.feed(block)
+            if out:
+                return out
+        if translator.done:
+            raise StopAsyncIteration
+        self._reads = None
+        raise UpstreamError(CUT, f"{self._deployment} ended the stream before its end")

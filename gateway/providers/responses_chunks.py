@@ -165,6 +165,52 @@ def finish_reason(block: bytes, at: int, end: int) -> str | None:
     return reason
 
 
+# `chunk_heads` of a stream whose text chunks' heads are not known (or hold usage or an
+# error): matches no event (every event starts `data:`).
+NO_HEADS = (b"", b"-", b"-")
+
+
+def chunk_heads(prefix: bytes) -> tuple[bytes, bytes, bytes]:
+    """From a plain text chunk's bytes up to its text (`text_span`'s `data: {…"delta":
+    {"content":"`): (`prefix`, the bytes its stream's finish chunk starts with — up to
+    `"delta":` —, the bytes its usage chunk starts with — up to `"usage":{`). One stream's
+    chunks share their members before `choices` (id, object, created, model…), so those
+    chunks are then told by one comparison each (`finish_reason_after`, `usage_after`)."""
+    head = prefix[: -len(_CONTENT)]
+    base = head[: -len(_CHOICE)]
+    if (
+        not prefix.endswith(_CHOICE + _CONTENT)
+        or base.find(b'"usage":{') >= 0
+        or base.find(b'"error"') >= 0
+    ):
+        return (prefix, NO_HEADS[1], NO_HEADS[2])
+    return (prefix, head, base + _USAGE)
+
+
+def finish_reason_after(block: bytes, at: int, end: int, head: bytes) -> str | None:
+    """`finish_reason(block, at, end)`, first by comparing the event with `head` (a finish
+    chunk's start, `chunk_heads`): then only its tail is looked up. The same answer: the
+    head holds no usage or error, and the tail no other `"choices":[{"index":0,"delta":`."""
+    if block.startswith(head, at):
+        reason = _FINISH_TAILS.get(block[at + len(head) : end])
+        if reason is not None:
+            return reason
+    return finish_reason(block, at, end)
+
+
+def usage_after(block: bytes, at: int, end: int, head: bytes) -> dict[str, Any] | None:
+    """`usage_of(block, at, end)`, first by comparing the event with `head` (a usage chunk's
+    start up to its usage object, `chunk_heads`). The same answer: the head holds no error
+    and no other `"choices":[],"usage":{`, so the object parsed is the one `usage_of` parses."""
+    if not block.startswith(head, at):
+        return usage_of(block, at, end)
+    try:
+        usage: dict[str, Any] = orjson.loads(block[at + len(head) - 1 : end - 1])
+    except orjson.JSONDecodeError:
+        return None
+    return usage
+
+
 def usage_of(block: bytes, at: int, end: int) -> dict[str, Any] | None:
     """The usage of the event `block[at:end]` when it is a chunk with no choices and
     usage as its last member (the usual last chunk); else None."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway.providers.responses_chunks import NO_HEADS
 from gateway.providers.responses_frames import (
     MESSAGE,
     MESSAGE_DONE,
@@ -64,6 +65,7 @@ class ItemStream:
         "_finish",
         "_finished",
         "_frame",
+        "_heads",
         "_items",
         "_last_call",
         "_model_seen",
@@ -95,6 +97,8 @@ class ItemStream:
         self._fast = FAST_NO
         # The bytes around the text of the last plain chunk read, and where the text is.
         self._frame = NO_FRAME
+        # The heads of its finish and usage chunks, from the frame's prefix (`chunk_heads`).
+        self._heads = NO_HEADS
         self._usage: Any = None
         self._final_usage: dict[str, Any] | None = None  # `_usage` as the terminal event said
         # The Response as `response.created` sent it, and the model it named (`_terminal`).

@@ -26,12 +26,13 @@ import orjson
 
 from gateway.providers.responses_chunks import (
     SKIP,
+    chunk_heads,
     decoded,
-    finish_reason,
+    finish_reason_after,
     role_model,
     text_run,
     text_span,
-    usage_of,
+    usage_after,
 )
 from gateway.providers.responses_frames import (
     MESSAGE_OPENED,
@@ -234,8 +235,13 @@ class StreamTranslator(ItemStream):
         return True
 
     def _finish_fast(self, block: bytes, at: int, end: int, out: list[bytes]) -> bool:
-        """A chunk with an empty delta and a finish reason (`_on_chunk` for it)."""
-        reason = finish_reason(block, at, end)
+        """A chunk with an empty delta and a finish reason (`_on_chunk` for it). Told
+        by its head when it starts as the stream's text chunks do (`chunk_heads`)."""
+        prefix = self._frame[0]
+        heads = self._heads
+        if heads[0] is not prefix:
+            heads = self._heads = chunk_heads(prefix)
+        reason = finish_reason_after(block, at, end, heads[1])
         if reason is None:
             return False
         self._finished = True
@@ -249,7 +255,7 @@ class StreamTranslator(ItemStream):
     def _usage_fast(self, block: bytes, at: int, end: int, out: list[bytes]) -> bool:
         """The usage chunk after the finish reason (no choices): the response completes.
         Only the usage object is parsed."""
-        usage = usage_of(block, at, end)
+        usage = usage_after(block, at, end, self._heads[2])
         if usage is None:
             return False
         self._usage = usage

@@ -1,0 +1,258 @@
+"""The translated stream's shortcuts give exactly what the general ways give.
+
+A stream's finish and usage chunks told by the head its text chunks share
+(`responses_chunks.chunk_heads`, `finish_reason_after`, `usage_after`) against
+`finish_reason` / `usage_of`, event by event and as whole translated streams (the same
+bytes out, read in one piece or chunk by chunk); `TranslatedStream.blocks`' iterator object
+against the async generator it replaced (same reads, same end, same cut); and the plain
+Response skeleton's copies share no container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from itertools import product
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.providers import responses_items, responses_stream
+from gateway.providers.base import CUT, UpstreamError
+from gateway.providers.responses_bridge import TranslatedStream
+from gateway.providers.responses_chunks import (
+    NO_HEADS,
+    chunk_heads,
+    finish_reason,
+    finish_reason_after,
+    text_span,
+    usage_after,
+    usage_of,
+)
+from gateway.providers.responses_output import response_skeleton
+from gateway.providers.responses_stream import StreamTranslator
+
+REQUEST = {"model": "m", "input": "hi", "stream": True, "store": False, "max_output_tokens": 9}
+
+# Members before `choices`, as different servers write them (and two that must not be read
+# as a head: an error, usage).
+HEADS: list[dict[str, Any]] = [
+    {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"},
+    {
+        "id": "c2",
+        "object": "chat.completion.chunk",
+        "created": 7,
+        "model": "sim::tokens=16",
+        "service_tier": "default",
+        "system_fingerprint": "fp_1",
+    },
+    {"id": "c3", "object": "chat.completion.chunk", "model": 'q"uoted\\'},
+    {"id": "c4", "object": "chat.completion.chunk", "model": "m", "error": None},
+    {"id": "c5", "object": "chat.completion.chunk", "model": "m", "usage": {"x": 1}},
+]
+FINISHES = ["stop", "length", "tool_calls", "content_filter"]
+
+
+def _event(head: dict[str, Any], rest: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps({**head, **rest}) + b"\n\n"
+
+
+def _choice(delta: dict[str, Any], finish: str | None, logprobs: bool = True) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "delta": delta}
+    if logprobs:
+        choice["logprobs"] = None
+    choice["finish_reason"] = finish
+    return {"choices": [choice]}
+
+
+def _text(head: dict[str, Any], text: str) -> bytes:
+    rest = _choice({"content": text}, None)
+    if "usage" not in head:  # (a head with usage keeps it)
+        rest["usage"] = None
+    return _event(head, rest)
+
+
+def _events(head: dict[str, Any]) -> list[bytes]:
+    """Every kind of event one stream's head can start: text, role, finish chunks of every
+    reason and shape, usage chunks (usual, with more after the usage, not an object), an
+    error, [DONE]."""
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    out = [
+        _text(head, "hel"),
+        _event(head, _choice({"role": "assistant", "content": ""}, None)),
+        _event(head, {"choices": [], "usage": usage}),
+        _event(head, {"choices": [], "usage": usage, "obfuscation": "x"}),
+        _event(head, {"choices": [], "usage": None}),
+        _event(head, {"error": {"message": "boom"}}),
+        b"data: [DONE]\n\n",
+        b'data: {"choices":[],"usage":{"prompt_tokens":1}\n\n',  # cut JSON
+    ]
+    for finish, logprobs, usage_null in product(FINISHES, (True, False), (True, False)):
+        rest = _choice({}, finish, logprobs)
+        if usage_null:
+            rest["usage"] = None
+        out.append(_event(head, rest))
+    out.append(_event(head, _choice({"content": "x"}, "stop")))
+    return out
+
+
+def _heads_of(head: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    event = _text(head, "hel")
+    span = text_span(event, 0, len(event) - 2)
+    assert span is not None
+    return chunk_heads(event[: span[0]])
+
+
+@pytest.mark.parametrize("stream_head", HEADS)
+@pytest.mark.parametrize("event_head", HEADS)
+def test_finish_and_usage_by_head_are_the_general_answers(
+    stream_head: dict[str, Any], event_head: dict[str, Any]
+) -> None:
+    _, finish_head, usage_head = _heads_of(stream_head)
+    for event in _events(event_head):
+        end = len(event) - 2
+        assert finish_reason_after(event, 0, end, finish_head) == finish_reason(event, 0, end)
+        assert usage_after(event, 0, end, usage_head) == usage_of(event, 0, end)
+
+
+def test_heads_holding_an_error_or_usage_are_not_used() -> None:
+    for head in HEADS[3:]:
+        assert _heads_of(head)[1:] == NO_HEADS[1:]
+    assert _heads_of(HEADS[0])[1:] != NO_HEADS[1:]
+
+
+def _stream(head: dict[str, Any], finish: str, usage_first: bool = False) -> list[bytes]:
+    usage = {
+        "prompt_tokens": 4,
+        "completion_tokens": 3,
+        "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 1},
+    }
+    events = [_event(head, {**_choice({"role": "assistant", "content": ""}, None)})]
+    events += [_text(head, t) for t in ("Hel", 'lo "x"', " \\ there", "\n!")]
+    usage_event = _event(head, {"choices": [], "usage": usage})
+    finish_event = _event(head, {**_choice({}, finish), "usage": None})
+    events += [usage_event, finish_event] if usage_first else [finish_event, usage_event]
+    return [*events, b"data: [DONE]\n\n"]
+
+
+def _translated(blocks: list[bytes]) -> tuple[bytes, dict[str, Any] | None, dict[str, Any]]:
+    translator = StreamTranslator(REQUEST, response_id="resp_1", created_at=7)
+    out = b"".join(translator.feed(block) for block in blocks) + translator.finish()
+    return out, translator.final_usage(), translator.response
+
+
+@pytest.mark.parametrize("usage_first", [False, True])
+@pytest.mark.parametrize("finish", ["stop", "length"])
+@pytest.mark.parametrize("head", HEADS)
+def test_streams_end_the_same_with_or_without_the_heads(
+    head: dict[str, Any], finish: str, usage_first: bool
+) -> None:
+    events = _stream(head, finish, usage_first)
+    splits = {
+        "one read": [b"".join(events)],
+        "chunk per read": events,
+        "pairs": [b"".join(events[i : i + 2]) for i in range(0, len(events), 2)],
+    }
+    for blocks in splits.values():
+        with pytest.MonkeyPatch.context() as patch:
+            for module in (responses_stream, responses_items):
+                patch.setattr(module, "new_id", lambda prefix: prefix + "1")
+            fast = _translated(blocks)
+            patch.setattr(responses_stream, "chunk_heads", lambda prefix: (prefix, *NO_HEADS[1:]))
+            general = _translated(blocks)
+        assert fast == general
+        assert b"response.output_text.done" in fast[0]
+
+
+# -- TranslatedStream.blocks ------------------------------------------------------------
+
+
+class _Upstream:
+    def __init__(self, blocks: list[bytes], error: UpstreamError | None = None) -> None:
+        self._blocks, self._error = blocks, error
+        self.request_id: str | None = "req-up"
+        self.limits = None
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        for block in self._blocks:
+            yield block
+        if self._error is not None:
+            raise self._error
+
+    async def close(self) -> None:
+        return None
+
+
+async def _generator_reads(
+    upstream: _Upstream, translator: StreamTranslator
+) -> AsyncIterator[bytes]:
+    """The async generator `TranslatedStream.blocks` was, kept here as the reference."""
+    async for block in upstream.blocks():
+        out = translator.feed(block)
+        if out:
+            yield out
+        if translator.done:
+            return
+    tail = translator.finish()
+    if tail:
+        yield tail
+    if not translator.done:
+        raise UpstreamError(CUT, "dep ended the stream before its end")
+
+
+async def _collect(reads: AsyncIterator[bytes]) -> tuple[list[bytes], str | None]:
+    out: list[bytes] = []
+    try:
+        async for block in reads:
+            out.append(block)
+    except UpstreamError as exc:
+        return out, f"{exc.kind}: {exc.message}"
+    return out, None
+
+
+def _cases() -> list[tuple[list[bytes], UpstreamError | None]]:
+    events = _stream(HEADS[1], "stop")
+    broken = UpstreamError(CUT, "dep stream broke")
+    return [
+        (events, None),  # a whole stream, chunk per read
+        ([b"".join(events)], None),  # one read
+        (events[:-2], None),  # no usage, no [DONE]: closed by finish()
+        (events[:3], None),  # cut before the finish reason
+        ([*events[:3], events[3][:20]], None),  # cut mid-event
+        ([], None),  # nothing at all
+        (events[:3], broken),  # the upstream failed
+        (events, broken),  # failed after its end: never read
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_cases())))
+def test_translated_reads_are_the_generator_reads(case: int) -> None:
+    blocks, error = _cases()[case]
+
+    async def both() -> tuple[Any, Any]:
+        with pytest.MonkeyPatch.context() as patch:
+            for module in (responses_stream, responses_items):
+                patch.setattr(module, "new_id", lambda prefix: prefix + "1")
+            reference = StreamTranslator(REQUEST, response_id="resp_1", created_at=7)
+            expected = await _collect(_generator_reads(_Upstream(blocks, error), reference))
+            translator = StreamTranslator(REQUEST, response_id="resp_1", created_at=7)
+            stream = TranslatedStream("dep", _Upstream(blocks, error), translator)
+            reads = stream.blocks()
+            got = await _collect(reads)
+            with pytest.raises((StopAsyncIteration, UpstreamError)):
+                await anext(reads)  # and nothing after the end
+        return expected, got
+
+    expected, got = asyncio.run(both())
+    assert got == expected
+
+
+def test_plain_skeletons_share_no_container() -> None:
+    one = response_skeleton(REQUEST, response_id="resp_1", created_at=7, model="m")
+    two = response_skeleton(REQUEST, response_id="resp_2", created_at=7, model="m")
+    for key in ("output", "text", "tools", "metadata"):
+        assert one[key] == two[key]
+        assert one[key] is not two[key]
+    assert one["text"]["format"] is not two["text"]["format"]
