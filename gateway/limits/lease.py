@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from gateway.limits.lease_lua import LEASE
 from gateway.limits.lua import limit_keys
 from gateway.runtime.redis_health import REDIS_ERRORS
-from routing import lease
+from routing import lease, lease_headers
 from routing.lease import Grant, Sizing, Slice, Wants
 from routing.quota import Ask, Limits, Verdict
 
@@ -127,7 +127,7 @@ class Leases:
             return None
         if s.key_name not in self._syncing and lease.low(s, s.limits) and self._redis_up():
             self._start_sync(s)
-        return lease.admitted_verdict(s, s.limits)
+        return lease_headers.admitted_verdict(s, s.limits)
 
     async def take_after_sync(self, s: Slice, ask: Ask) -> Verdict:
         """Wait for a sync that asked for this request's share too, then admit or refuse.
@@ -146,14 +146,14 @@ class Leases:
                 await asyncio.shield(flight)
                 short = lease.take(s, limits, ask, self._now_ms())
                 if short is None:
-                    return lease.admitted_verdict(s, limits)
+                    return lease_headers.admitted_verdict(s, limits)
                 # Refused only once a sync that counted this request found Redis short:
                 # a sync started before it, or one whose grant others took first, is not
                 # an answer.
                 if s.syncs_done > counted_from and s.starved:
                     break
             assert short is not None
-            return lease.refused_verdict(s, limits, ask, short)
+            return lease_headers.refused_verdict(s, limits, ask, short)
         finally:
             lease.drop_pending(s, ask)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from routing import lease
+from routing import lease, lease_headers
 from routing.lease import Grant, Sizing, Slice, Wants
 from routing.quota import BUDGET, CONCURRENCY, RPM, TPM, Ask, Limits
 
@@ -175,13 +175,13 @@ def test_a_starved_grant_is_what_makes_a_short_slice_a_refusal() -> None:
 
 def test_refusals_carry_todays_shapes() -> None:
     s = Slice("k", ALL, "2026-12", rpm_level=0, tpm_level=500, budget_left_nano=7)
-    rpm = lease.refused_verdict(s, ALL, Ask(1, 0), RPM)
+    rpm = lease_headers.refused_verdict(s, ALL, Ask(1, 0), RPM)
     assert rpm.refused_by == RPM and rpm.retry_after_ms == 100 and rpm.remaining_requests == 0
-    tpm = lease.refused_verdict(s, ALL, Ask(1_500, 0), TPM)
+    tpm = lease_headers.refused_verdict(s, ALL, Ask(1_500, 0), TPM)
     assert tpm.retry_after_ms == 600 and tpm.remaining_tokens == 500
-    budget = lease.refused_verdict(s, ALL, Ask(1, 10), BUDGET)
+    budget = lease_headers.refused_verdict(s, ALL, Ask(1, 10), BUDGET)
     assert budget.refused_by == BUDGET and budget.budget_left_nano == 7
-    assert lease.refused_verdict(s, ALL, Ask(1, 0), CONCURRENCY).retry_after_ms == 1000
+    assert lease_headers.refused_verdict(s, ALL, Ask(1, 0), CONCURRENCY).retry_after_ms == 1000
 
 
 def test_outstanding_is_what_a_dead_replica_could_leave_unaccounted() -> None:

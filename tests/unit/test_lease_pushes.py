@@ -4,7 +4,7 @@ The Redis side of idempotent pushes is tests/integration/test_limits_lease_pushe
 
 from __future__ import annotations
 
-from routing import lease
+from routing import lease, lease_headers
 from routing.lease import Grant, Slice, Wants
 from routing.quota import MINUTE_MS, RPM, TPM, Ask, Limits
 
@@ -89,22 +89,22 @@ def test_admitted_headers_never_show_more_than_the_limit() -> None:
     # The bucket refilled while this slice held its part: Redis's level plus the slice's
     # requests is above the limit (seen: remaining 100000964 of 100000000).
     s = Slice("k", ALL, "2026-12", requests=40, tokens=9_000, rpm_level=590, tpm_level=99_000)
-    v = lease.admitted_verdict(s, ALL)
+    v = lease_headers.admitted_verdict(s, ALL)
     assert (v.remaining_requests, v.reset_requests_ms) == (600, 0)
     assert (v.remaining_tokens, v.reset_tokens_ms) == (100_000, 0)
     # Below the limit: the sum, and a reset of the time the missing part takes to refill.
     s = Slice("k", ALL, "2026-12", requests=10, tokens=1_000, rpm_level=290, tpm_level=49_000)
-    v = lease.admitted_verdict(s, ALL)
+    v = lease_headers.admitted_verdict(s, ALL)
     assert (v.remaining_requests, v.reset_requests_ms) == (300, MINUTE_MS // 2)
     assert (v.remaining_tokens, v.reset_tokens_ms) == (50_000, MINUTE_MS // 2)
     # A debt below zero shows 0 left.
     s = Slice("k", ALL, "2026-12", tokens=-2_000, tpm_level=1_000)
-    assert lease.admitted_verdict(s, ALL).remaining_tokens == 0
+    assert lease_headers.admitted_verdict(s, ALL).remaining_tokens == 0
 
 
 def test_refusal_headers_never_show_more_than_the_limit() -> None:
     s = Slice("k", ALL, "2026-12", requests=0, tokens=10, rpm_level=700, tpm_level=100_500)
-    rpm = lease.refused_verdict(s, ALL, Ask(1, 0), RPM)
+    rpm = lease_headers.refused_verdict(s, ALL, Ask(1, 0), RPM)
     assert (rpm.remaining_requests, rpm.reset_requests_ms) == (0, 0)
-    tpm = lease.refused_verdict(s, ALL, Ask(200_000, 0), TPM)
+    tpm = lease_headers.refused_verdict(s, ALL, Ask(200_000, 0), TPM)
     assert (tpm.remaining_tokens, tpm.reset_tokens_ms) == (100_000, 0)
