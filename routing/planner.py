@@ -185,7 +185,56 @@ def decide(
     fallbacks = [candidate(route, deployments[f], shape, live, output) for f in route.fallbacks]
     chosen = [*ordered, *soft, *(c for c in fallbacks if not c.hard)]
     left_out = [c for c in (*targets, *fallbacks) if c.hard]
-    return Decision(_plan(route, chosen, reason), (*chosen, *left_out), reason)
+    plan = _plan(route, [c.deployment for c in chosen], reason)
+    return Decision(plan, (*chosen, *left_out), reason)
+
+
+def plan_cost_route(
+    route: RouteSpec,
+    deployments: Mapping[str, DeploymentSpec],
+    shape: RequestShape,
+    live: LiveView,
+) -> tuple[Plan, str] | None:
+    """`decide`'s plan and reason for a cost route in the common case — every target
+    eligible and no prompt prefix this route has seen before — without building the
+    Candidates that only `route explain` reads; None when `decide` must answer (some target
+    is skipped, or prompt-cache affinity may apply). The request path calls this first."""
+    key = shape.prefix_key
+    if not route.targets or (route.affinity and key is not None and key in live.affinity):
+        return None
+    stats = live.route_stats
+    output = shape.max_output_tokens or (
+        round(stats.ewma_output_tokens)
+        if stats is not None and stats.ewma_output_tokens
+        else DEFAULT_OUTPUT_TOKENS
+    )
+    asked = shape.max_output_tokens or 0
+    loads, rates = live.loads, live.rates
+    scored = []
+    for index, name in enumerate(route.targets):
+        dep = deployments[name]
+        tokens = input_tokens(shape, dep, loads.get(dep.id, _IDLE))
+        if _skip(route, dep, shape, live, tokens + asked)[0] is not None:
+            return None
+        free = dep.provider_kind == "dedicated"
+        # The order _by_cost sorts in (stably: the index keeps the configured order on ties).
+        cost = expected_cost(rates.get(dep.id), tokens, 0, output, free)
+        scored.append((cost, 0 if free else 1, index, dep))
+    scored.sort()
+    first_cost, first_paid = scored[0][0], scored[0][1]
+    if first_cost == 0.0 and not first_paid:
+        reason = "dedicated capacity free"
+    elif first_cost == _UNKNOWN:
+        reason = "no price known for any eligible deployment"
+    else:
+        reason = "cheapest eligible"
+    chosen = [entry[3] for entry in scored]
+    for name in route.fallbacks:
+        dep = deployments[name]
+        tokens = input_tokens(shape, dep, loads.get(dep.id, _IDLE))
+        if not _skip(route, dep, shape, live, tokens + asked)[1]:
+            chosen.append(dep)
+    return _plan(route, chosen, reason), reason
 
 
 # Plans are immutable and most requests of a route get one of a few orders: built once per
@@ -197,14 +246,13 @@ _PLANS: dict[tuple[int, tuple[str, ...], str], tuple[RouteSpec, Plan]] = {}
 _PLANS_MAX = 4096
 
 
-def _plan(route: RouteSpec, chosen: list[Candidate], reason: str) -> Plan:
-    key = (id(route), tuple([c.deployment.id for c in chosen]), reason)
+def _plan(route: RouteSpec, chosen: list[DeploymentSpec], reason: str) -> Plan:
+    key = (id(route), tuple([d.id for d in chosen]), reason)
     found = _PLANS.get(key)
     if found is not None and found[0] is route:
         return found[1]
     attempts = tuple(
-        PlannedAttempt(c.deployment, "primary" if i == 0 else "fallback")
-        for i, c in enumerate(chosen)
+        PlannedAttempt(d, "primary" if i == 0 else "fallback") for i, d in enumerate(chosen)
     )
     plan = Plan(
         route=route.name,

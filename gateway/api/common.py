@@ -186,10 +186,10 @@ def plan_for(
         value = header(scope, name.encode())
         return value.decode("latin-1") if value is not None else None
 
-    decision, shape = state.live.decide(route, payload, request_id, lookup)
-    if decision.reason:
-        headers.append((b"x-farebox-route-reason", header_value(decision.reason)))
-    return decision.plan, shape
+    plan, reason, shape = state.live.plan(route, payload, request_id, lookup)
+    if reason:
+        headers.append((b"x-farebox-route-reason", header_value(reason)))
+    return plan, shape
 
 
 async def admit(

@@ -26,7 +26,7 @@ from gateway.providers.base import UpstreamError
 from routing.failover import parse_retry_after
 from routing.live import DeploymentLoad, RouteStats
 from routing.model import DYNAMIC_STRATEGIES, DeploymentSpec, Plan, RouteSpec
-from routing.planner import Decision, LiveView, Rates, decide, input_tokens
+from routing.planner import Decision, LiveView, Rates, decide, input_tokens, plan_cost_route
 from routing.quality_route import ScoreWindow, decide_quality
 from routing.quality_stats import Posterior, failure_estimate
 from routing.shape import PER_MESSAGE, RequestShape, request_shape
@@ -106,6 +106,28 @@ class LiveRouting:
         if route.strategy == "quality":
             return self._decide_quality(route, payload, shape), shape
         return decide(route, self._deployments, shape, self.view(route.name)), shape
+
+    def plan(
+        self, route: RouteSpec, payload: Mapping[str, Any], request_id: str, header: HeaderLookup
+    ) -> tuple[Plan, str, RequestShape]:
+        """The request path's (plan, reason, shape): `decide` without the candidates that
+        only `route explain` shows (a cost route's common case skips building them)."""
+        if route.strategy == "cost":
+            sticky = route.sticky
+            value = (
+                header(sticky.removeprefix("header:"))
+                if sticky and sticky[:7] == "header:"
+                else None
+            )
+            shape = request_shape(payload, request_id, sticky, value)
+            view = self.view(route.name)
+            quick = plan_cost_route(route, self._deployments, shape, view)
+            if quick is not None:
+                return quick[0], quick[1], shape
+            decision = decide(route, self._deployments, shape, view)
+            return decision.plan, decision.reason, shape
+        decision, shape = self.decide(route, payload, request_id, header)
+        return decision.plan, decision.reason, shape
 
     def _decide_quality(
         self, route: RouteSpec, payload: Mapping[str, Any], shape: RequestShape
