@@ -1,6 +1,9 @@
 """Lease mode's spend pushes are idempotent, against real Redis: a sync whose reply is lost
 after Redis applied it (a timeout, a reset connection, a Redis that froze after running the
-script) must not make the next sync count the same spend again.
+script) must not make the next sync count the same spend again. The reply is lost by a
+script call that raises after Redis ran it, and by a TCP proxy that drops Redis's replies
+(redis-py's own timeout); the script is also called alone as retries and late duplicates
+would call it. Each of these fails against the script before pushes were idempotent.
 
 The replica's side of it (cumulative totals in the slice) is tests/unit/test_lease_pushes.py.
 """
@@ -8,6 +11,7 @@ The replica's side of it (cumulative totals in the slice) is tests/unit/test_lea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -93,6 +97,107 @@ def test_a_sync_whose_reply_is_lost_after_redis_applied_it_pushes_nothing_twice(
             assert int(await client.hget(budget_key, "spent") or 0) == 3 * COST_NANO
         finally:
             await client.aclose()
+
+    asyncio.run(scenario())
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy in front of Redis that can drop Redis's replies: commands still reach
+    Redis and run, and the client times out waiting (a reply lost on the way, or a Redis that
+    froze right after applying the command)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self.dropping = False
+        self.dropped = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self._redis_port)
+        self._writers += [client_w, redis_w]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            while data := await src.read(65536):
+                if replies and self.dropping:
+                    self.dropped += 1
+                    continue
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(client_r, redis_w, False), pump(redis_r, client_w, True))
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def test_a_push_whose_reply_redis_never_sends_is_counted_once(redis_server: Any) -> None:
+    """The same over a real socket: Redis runs the sync that pushes spend, its reply never
+    comes back, redis-py times out and the limiter marks Redis down. Once replies flow again
+    the slice pushes again, and `spent` is still the settled spend."""
+
+    async def scenario() -> None:
+        proxy = ReplyDroppingProxy(redis_server.port)
+        limiter = Limiter(
+            await proxy.start(),
+            key_prefix=f"t{uuid.uuid4().hex[:8]}",
+            mode=LEASE_MODE,
+            lease_idle_s=60.0,
+            probe_interval_s=0.1,
+            timeout_s=0.3,
+        )
+        leases = limiter._leases
+        assert leases is not None
+        who = principal(budget_usd=Decimal("5"))
+        budget_key = limit_keys(limiter._prefix, who.key_name, datetime.now(UTC).strftime("%Y-%m"))[
+            3
+        ]
+        client = Redis.from_url(redis_server.url)  # straight to Redis, not through the proxy
+
+        async def spent() -> int:
+            return int(await client.hget(budget_key, "spent") or 0)
+
+        try:
+            first = await limiter.admit(who, Ask(10, 1_000_000))
+            held = first.slice
+            assert held is not None
+            first.settle(row(10, COST))
+            second = await limiter.admit(who, Ask(10, 1_000_000))
+            await until(
+                lambda: held.pushed_nano == COST_NANO and not leases._syncing,
+                "the first spend pushed, and no sync in flight",
+            )
+            proxy.dropping = True
+            second.settle(row(10, COST))
+            await until(lambda: not limiter.redis_up, "the push's reply timing out")
+
+            async def ran() -> bool:
+                return await spent() == 2 * COST_NANO
+
+            await until(ran, "Redis running the push all the same")
+            assert proxy.dropped >= 1 and held.unpushed_nano == COST_NANO
+            proxy.dropping = False
+            await until(
+                lambda: limiter.redis_up and held.unpushed_nano == 0,
+                "Redis back and the spend pushed again, and confirmed",
+            )
+            assert await spent() == 2 * COST_NANO
+            assert held.pushed_nano == 2 * COST_NANO
+        finally:
+            await limiter.close()
+            await client.aclose()
+            await proxy.close()
 
     asyncio.run(scenario())
 
