@@ -1,11 +1,12 @@
 """Bring each key's month spend in Redis back to the ledger's, in the background.
 
 Redis counts spend as requests settle; the ledger (Postgres) is the truth. They drift: a
-settlement lost to a frozen Redis, one counted twice after a timeout that did reach it, an
-attempt a killed replica never settled (it reaches the ledger at restart as a
-`gateway_crashed` row). Nothing on a request's path corrects that, so every
-`interval_s` one replica — whoever holds a Redis lock — compares, per budget counter of
-the month, the ledger's sum with Redis's `spent`, and adds the difference to Redis
+settlement lost to a frozen Redis, one counted twice after a timeout that did reach it (exact
+mode: lease-mode pushes are idempotent, gateway/limits/lease_lua.py), spend a killed replica
+settled in its slice but never pushed, an attempt a killed replica never settled (it reaches
+the ledger at restart as a `gateway_crashed` row). Nothing on a request's path corrects
+that, so every `interval_s` one replica — whoever holds a Redis lock — compares, per budget
+counter of the month, the ledger's sum with Redis's `spent`, and adds the difference to Redis
 (HINCRBY, so settlements that land meanwhile are not overwritten). The same pass sets each
 `reserved` to the sum of the reservations still held (expired ones dropped), which heals
 counters left by older versions.
