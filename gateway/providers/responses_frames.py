@@ -25,6 +25,9 @@ STARTED = (
     b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":%d,'
     b'"response":%s}\n\n'
 )
+# `STARTED` at sequence numbers 0 and 1 (every stream's start), cut where the Response goes:
+# joined around it, which costs a third of formatting the template.
+STARTED_AT_0 = (STARTED % (0, b"\0", 1, b"\0")).split(b"\0")
 TERMINAL_EVENT = b'event: %s\ndata: {"type":"%s","sequence_number":%d,"response":%s}\n\n'
 # Event templates for the message's structural events (the same JSON `ItemStream._emit` would make).
 MESSAGE_OPENED = (

@@ -33,6 +33,7 @@ from gateway.providers.responses_frames import (
 from gateway.providers.responses_output import (
     error_code,
     new_id,
+    plain_echo,
     response_skeleton,
     responses_usage,
     status_for,
@@ -57,6 +58,7 @@ class ItemStream:
 
     __slots__ = (
         "_calls",
+        "_created_at",
         "_current",
         "_decoder",
         "_fast",
@@ -68,9 +70,12 @@ class ItemStream:
         "_heads",
         "_items",
         "_last_call",
+        "_model",
         "_model_seen",
         "_opening",
         "_partial",
+        "_request",
+        "_response_id",
         "_saw_done",
         "_seq",
         "_skeleton",
@@ -80,8 +85,18 @@ class ItemStream:
     )
 
     def __init__(self, request: dict[str, Any], *, response_id: str, created_at: int) -> None:
-        self._skeleton = response_skeleton(
-            request, response_id=response_id, created_at=created_at, model=None
+        self._request = request
+        self._response_id = response_id
+        self._created_at = created_at
+        self._model: Any = None  # the model a chunk named (None: the requested one)
+        # The in-progress Response (`_base`); for the usual request made only if asked,
+        # the opening events' JSON coming from a template (`plain_opening`).
+        self._skeleton: dict[str, Any] | None = (
+            None
+            if plain_echo(request)
+            else response_skeleton(
+                request, response_id=response_id, created_at=created_at, model=None
+            )
         )
         self._seq = 0
         self._decoder = SSEDecoder()
@@ -144,7 +159,7 @@ class ItemStream:
         if final is not None:
             return final
         self._fold()
-        response = dict(self._skeleton)
+        response = dict(self._base())
         response["output"] = [item.render() for item in self._items]
         if self._usage is not None:
             response["usage"] = responses_usage(self._usage)
@@ -153,13 +168,39 @@ class ItemStream:
     def _whole(self) -> dict[str, Any]:
         """The completed (or incomplete) Response."""
         status, details = status_for(self._finish)
-        response = dict(self._skeleton)
+        response = dict(self._base())
         response["status"] = status
         response["incomplete_details"] = details
         response["output"] = [item.render() for item in self._items]
         if self._usage is not None:
             response["usage"] = responses_usage(self._usage)
         return response
+
+    def _base(self) -> dict[str, Any]:
+        """The in-progress Response with no output (made now if it was left to a template)."""
+        skeleton = self._skeleton
+        if skeleton is None:
+            skeleton = self._skeleton = response_skeleton(
+                self._request,
+                response_id=self._response_id,
+                created_at=self._created_at,
+                model=self._model,
+            )
+        return skeleton
+
+    def _name_model(self, model: str) -> None:
+        """The Response names the model a chunk named (the first one to name one)."""
+        self._model = model
+        self._model_seen = True
+        if self._skeleton is not None:
+            self._skeleton["model"] = model
+
+    def _current_model(self) -> Any:
+        """The model the Response names now."""
+        if self._skeleton is not None:
+            return self._skeleton["model"]
+        model = self._model
+        return model if model.__class__ is str else str(self._request.get("model") or "")
 
     def _set_fast(self) -> None:
         """Recompute `_fast` after a chunk took the long way (state may have changed)."""
@@ -207,8 +248,7 @@ class ItemStream:
             return
         if not self._model_seen and isinstance(chunk.get("model"), str):
             # The first read held no whole chunk: created named the requested model.
-            self._skeleton["model"] = chunk["model"]
-            self._model_seen = True
+            self._name_model(chunk["model"])
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -424,8 +464,8 @@ class ItemStream:
         opening, model = self._opening
         skeleton = self._skeleton
         items = b",".join([item.json for item in self._items])
-        plain = skeleton["instructions"].__class__ is not list
-        if opening and plain and skeleton["model"] == model:
+        plain = skeleton is None or skeleton["instructions"].__class__ is not list
+        if opening and plain and self._current_model() == model:
             # Before the output come only the id, object, created_at, status, error, details,
             # instructions (a string), max_output_tokens and model: no string can hold an
             # unescaped quote, so the first matches are the Response's own members.
@@ -443,7 +483,7 @@ class ItemStream:
                     opening[output + len(_NO_OUTPUT) - 1 : -1],
                     tail,
                 )
-        response = dict(skeleton)
+        response = dict(self._base())
         response["status"] = status
         response["incomplete_details"] = details
         response["output"] = orjson.Fragment(b"[%s]" % items)

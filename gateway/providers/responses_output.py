@@ -235,6 +235,57 @@ _PLAIN_BASE: dict[str, Any] = {
 }
 
 
+def plain_echo(request: dict[str, Any]) -> bool:
+    """Whether `response_skeleton` of `request` is `_plain_skeleton`'s (`plain_opening`)."""
+    return request.keys() <= _PLAIN_ECHO
+
+
+# `orjson.dumps(_plain_skeleton(…))` around its five values (`plain_opening`). Joined, not
+# `%`-formatted: bytes formatting scans its whole template for conversions on every call.
+_OPENING_ID = b'{"id":'
+_OPENING_CREATED = b',"object":"response","created_at":'
+_OPENING_LIMIT = (
+    b',"status":"in_progress","error":null,"incomplete_details":null,"instructions":null,'
+    b'"max_output_tokens":'
+)
+_OPENING_MODEL = b',"model":'
+_OPENING_STORE = (
+    b',"output":[],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":null,"store":'
+)
+_OPENING_END = (
+    b',"temperature":null,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],'
+    b'"top_p":null,"truncation":"disabled","metadata":{}}'
+)
+_JSON_BOOLS = {True: b"true", False: b"false"}
+
+
+def plain_opening(request: dict[str, Any], response_id: str, created_at: int, model: Any) -> bytes:
+    """`orjson.dumps(response_skeleton(request, …))` for a `plain_echo` request, without
+    the dict: the same bytes (tests/unit/test_responses_fast_paths_stream.py)."""
+    get = request.get
+    maximum = get("max_output_tokens")
+    if maximum.__class__ is int:
+        limit = b"%d" % maximum
+    else:
+        limit = _JSON_BOOLS[maximum] if maximum.__class__ is bool else b"null"
+    name = model if model.__class__ is str else str(get("model") or "")
+    return b"".join(
+        (
+            _OPENING_ID,
+            orjson.dumps(response_id),
+            _OPENING_CREATED,
+            b"%d" % created_at if created_at.__class__ is int else orjson.dumps(created_at),
+            _OPENING_LIMIT,
+            limit,
+            _OPENING_MODEL,
+            orjson.dumps(name),
+            _OPENING_STORE,
+            b"false" if get("store") is False else b"true",
+            _OPENING_END,
+        )
+    )
+
+
 _NO_DETAILS: dict[str, Any] = {}
 
 

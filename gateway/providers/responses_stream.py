@@ -37,12 +37,13 @@ from gateway.providers.responses_chunks import (
 from gateway.providers.responses_frames import (
     MESSAGE_OPENED,
     STARTED,
+    STARTED_AT_0,
     TEXT_DELTA_HEAD,
     TEXT_DELTA_TAIL,
     Item,
 )
 from gateway.providers.responses_items import FAST_APPEND, FAST_OPEN, NO_FRAME, ItemStream
-from gateway.providers.responses_output import new_id
+from gateway.providers.responses_output import new_id, plain_opening
 from gateway.providers.responses_replay import event_bytes, failed_event, replay_events
 from gateway.providers.sse import event_data
 
@@ -228,8 +229,7 @@ class StreamTranslator(ItemStream):
         model = role_model(block, at, end)
         if model is None:
             return False
-        self._skeleton["model"] = model
-        self._model_seen = True
+        self._name_model(model)
         self._start([], out)
         self._set_fast()
         return True
@@ -304,11 +304,20 @@ class StreamTranslator(ItemStream):
         self._started = True
         for chunk in chunks:
             if isinstance(chunk, dict) and isinstance(chunk.get("model"), str):
-                self._skeleton["model"] = chunk["model"]
-                self._model_seen = True
+                self._name_model(chunk["model"])
                 break
-        skeleton = orjson.dumps(self._skeleton)  # once for both events (and the end's)
-        self._opening = (skeleton, self._skeleton["model"])
+        # Once for both events (and the end's); the usual request's from a template.
+        if self._skeleton is None:
+            skeleton = plain_opening(
+                self._request, self._response_id, self._created_at, self._model
+            )
+        else:
+            skeleton = orjson.dumps(self._skeleton)
+        self._opening = (skeleton, self._current_model())
         seq = self._seq
         self._seq = seq + 2
-        out.append(STARTED % (seq, skeleton, seq + 1, skeleton))
+        if seq == 0:
+            head, middle, tail = STARTED_AT_0
+            out.append(b"".join((head, skeleton, middle, skeleton, tail)))
+        else:
+            out.append(STARTED % (seq, skeleton, seq + 1, skeleton))

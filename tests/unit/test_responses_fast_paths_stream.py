@@ -11,7 +11,7 @@ Response skeleton's copies share no container.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from itertools import product
 from typing import Any
 
@@ -30,7 +30,7 @@ from gateway.providers.responses_chunks import (
     usage_after,
     usage_of,
 )
-from gateway.providers.responses_output import response_skeleton
+from gateway.providers.responses_output import plain_echo, plain_opening, response_skeleton
 from gateway.providers.responses_stream import StreamTranslator
 
 REQUEST = {"model": "m", "input": "hi", "stream": True, "store": False, "max_output_tokens": 9}
@@ -173,7 +173,7 @@ class _Upstream:
     def __init__(self, blocks: list[bytes], error: UpstreamError | None = None) -> None:
         self._blocks, self._error = blocks, error
         self.request_id: str | None = "req-up"
-        self.limits = None
+        self.limits: Mapping[str, str] | None = None
 
     async def blocks(self) -> AsyncIterator[bytes]:
         for block in self._blocks:
@@ -256,3 +256,47 @@ def test_plain_skeletons_share_no_container() -> None:
         assert one[key] == two[key]
         assert one[key] is not two[key]
     assert one["text"]["format"] is not two["text"]["format"]
+
+
+_OPENING_REQUESTS: list[dict[str, Any]] = [
+    REQUEST,
+    {"model": "m", "input": "hi"},
+    {"model": "m", "input": "hi", "store": True, "max_output_tokens": True},
+    {"model": "m", "input": "hi", "store": None, "max_output_tokens": False},
+    {"model": "", "input": "hi", "max_output_tokens": None},
+    {"model": 'caf\u00e9 "x" \\ \n \u2028', "input": [], "stream": True},
+]
+
+
+@pytest.mark.parametrize("request_body", _OPENING_REQUESTS)
+@pytest.mark.parametrize("model", [None, "served", 'q"\\\u00e9\x01', 7])
+def test_plain_opening_is_the_dumped_skeleton(request_body: dict[str, Any], model: Any) -> None:
+    assert plain_echo(request_body)
+    created: list[Any] = [7, 0, 1.5]  # (a float only as the general way's check)
+    for response_id, created_at in zip(("resp_1", 'r"\u00e9', "resp_2"), created, strict=True):
+        dumped = orjson.dumps(
+            response_skeleton(
+                request_body, response_id=response_id, created_at=created_at, model=model
+            )
+        )
+        assert plain_opening(request_body, response_id, created_at, model) == dumped
+
+
+@pytest.mark.parametrize("request_body", _OPENING_REQUESTS)
+def test_a_plain_stream_is_the_stream_of_an_eager_skeleton(request_body: dict[str, Any]) -> None:
+    """The usual request's translator makes its skeleton dict only when asked: the same
+    events and Response as one that made it at the start (the general way)."""
+    blocks = _stream(HEADS[1], "length")
+    failing = [*blocks[:3], b"data: not json\n\n"]
+    whole = b"".join(blocks)
+    for reads in ([whole], blocks, failing, [whole[:40], whole[40:]]):
+        with pytest.MonkeyPatch.context() as patch:
+            for module in (responses_stream, responses_items):
+                patch.setattr(module, "new_id", lambda prefix: prefix + "1")
+            lazy = StreamTranslator(request_body, response_id="resp_1", created_at=7)
+            patch.setattr(responses_items, "plain_echo", lambda request: False)
+            eager = StreamTranslator(request_body, response_id="resp_1", created_at=7)
+            outs = [b"".join(t.feed(block) for block in reads) + t.finish() for t in (lazy, eager)]
+        assert outs[0] == outs[1]
+        assert lazy.response == eager.response
+        assert lazy.final_usage() == eager.final_usage()
