@@ -147,11 +147,16 @@ class Response:
     # -- read by the caller -----------------------------------------------------------
 
     async def iter(self, read_s: float | None) -> AsyncIterator[bytes]:
-        """The body as it arrives, each piece everything buffered since the last one;
-        a silence longer than `read_s` (or reaching the request's deadline) raises
-        TimeoutError, a cut UpstreamClosed."""
-        loop = asyncio.get_running_loop()
-        deadline = self.deadline
+        """The body as it arrives (see `next_piece`)."""
+        while (piece := await self.next_piece(read_s)) is not None:
+            yield piece
+
+    async def next_piece(self, read_s: float | None) -> bytes | None:
+        """The next piece of the body, everything buffered since the last one; None once
+        the body is complete. A silence longer than `read_s` (or reaching the request's
+        deadline) raises TimeoutError, a cut UpstreamClosed. (A coroutine rather than only
+        an async generator: a reader that stops at an end marker leaves no suspended
+        generator for the loop to finalize with a task of its own.)"""
         while True:
             if self._pieces:
                 pieces, self._pieces = self._pieces, []
@@ -159,16 +164,17 @@ class Response:
                 conn = self._conn
                 if conn is not None and conn.paused:
                     conn.resume()
-                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                continue
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
             if self.done.done():
                 if self._error is not None:
                     raise self._error
-                return
+                return None
             if self._error is not None:
                 raise self._error
+            loop = asyncio.get_running_loop()
             wake = self._wake = loop.create_future()
             wait = read_s
+            deadline = self.deadline
             if deadline is not None:
                 left = max(0.0, deadline - loop.time())
                 wait = left if wait is None else min(wait, left)

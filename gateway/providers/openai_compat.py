@@ -278,6 +278,69 @@ def responses_stream_ends(block: bytes) -> bool:
     return _RESPONSES_END.search(block) is not None
 
 
+# _Blocks states: reading; the body ended without its end marker after a last partial
+# block (handed out; the next read says the stream was cut); done.
+_READING, _CUT_NEXT, _DONE = 0, 1, 2
+
+
+class _Blocks:
+    """OpenAIStream.blocks as an async iterator object rather than an async generator: the
+    relay stops reading at the end marker, and an async generator left suspended there is
+    finalized by a task the loop schedules for it, one per stream."""
+
+    __slots__ = ("_pending", "_state", "_stream")
+
+    def __init__(self, stream: OpenAIStream) -> None:
+        self._stream = stream
+        self._pending = b""
+        self._state = _READING
+
+    def __aiter__(self) -> _Blocks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        stream = self._stream
+        if self._state != _READING:
+            if self._state == _CUT_NEXT:
+                self._state = _DONE
+                raise UpstreamError(CUT, f"{stream._deployment} ended the stream before its end")
+            raise StopAsyncIteration
+        ends, resp, read_s = stream._ends, stream._resp, stream._read_s
+        try:
+            while (chunk := await resp.next_piece(read_s)) is not None:
+                if b"\r" in chunk:
+                    chunk = chunk.replace(b"\r\n", b"\n")
+                pending = self._pending
+                data = pending + chunk if pending else chunk
+                cut = data.rfind(b"\n\n")
+                if cut < 0:
+                    self._pending = data
+                    continue
+                block, self._pending = data[: cut + 2], data[cut + 2 :]
+                if ends(block):
+                    stream._ended = True
+                    self._state = _DONE
+                return block
+        except TimeoutError:
+            self._state = _DONE
+            raise UpstreamError(TIMEOUT, f"{stream._deployment} went silent mid-stream") from None
+        except UpstreamClosed:
+            self._state = _DONE
+            raise UpstreamError(
+                CUT, f"{stream._deployment} stream broke: ClientPayloadError"
+            ) from None
+        pending = self._pending
+        if pending.strip():
+            stream._ended = ends(pending)
+            self._state = _DONE if stream._ended else _CUT_NEXT
+            return pending + b"\n\n"
+        self._state = _DONE
+        raise UpstreamError(CUT, f"{stream._deployment} ended the stream before its end")
+
+    async def aclose(self) -> None:
+        self._state = _DONE
+
+
 class OpenAIStream:
     __slots__ = ("_deployment", "_ended", "_ends", "_read_s", "_resp", "limits", "request_id")
 
@@ -298,42 +361,14 @@ class OpenAIStream:
         self._read_s = read_s
         self._ended = False
 
-    async def blocks(self) -> AsyncIterator[bytes]:
+    def blocks(self) -> AsyncIterator[bytes]:
         """Complete SSE events, raw, grouped by network read; ends after `[DONE]` (chat) or
         the terminal event (Responses).
 
         Raw blocks let the relay forward most reads without decoding a single event.
         Raises UpstreamError if the stream breaks or ends before its end marker.
         """
-        ends = self._ends
-        pending = b""
-        try:
-            async for chunk in self._resp.iter(self._read_s):
-                if b"\r" in chunk:
-                    chunk = chunk.replace(b"\r\n", b"\n")
-                data = pending + chunk if pending else chunk
-                cut = data.rfind(b"\n\n")
-                if cut < 0:
-                    pending = data
-                    continue
-                block, pending = data[: cut + 2], data[cut + 2 :]
-                if ends(block):
-                    self._ended = True
-                    yield block
-                    return
-                yield block
-            if pending.strip():
-                self._ended = ends(pending)
-                yield pending + b"\n\n"
-                if self._ended:
-                    return
-        except TimeoutError:
-            raise UpstreamError(TIMEOUT, f"{self._deployment} went silent mid-stream") from None
-        except UpstreamClosed:
-            raise UpstreamError(
-                CUT, f"{self._deployment} stream broke: ClientPayloadError"
-            ) from None
-        raise UpstreamError(CUT, f"{self._deployment} ended the stream before its end")
+        return _Blocks(self)
 
     async def close(self) -> None:
         if self._ended:
