@@ -173,7 +173,13 @@ class ResponsesEndpoints:
         )
         call = await Call.begin(state, scope, headers, principal, ctx, len(body), ENDPOINT)
         try:
-            keep = _keeps(state, payload, call.plan, previous is not None)
+            # Not stored when the client says so and continues nothing: whatever the gateway
+            # and the route allow, `store: false` has the last word (`store_wanted`).
+            keep = (
+                False
+                if previous is None and payload.get("store") is False
+                else _keeps(state, payload, call.plan, previous is not None)
+            )
             payload["store"] = keep  # what the answer says about itself
             if "tools" in payload:
                 call.plan = _with_built_in_tools(state, ctx, call.plan, payload)

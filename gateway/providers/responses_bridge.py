@@ -136,9 +136,10 @@ class ResponsesBridge:
         response = response_from_chat(
             reply.data, payload, response_id=new_response_id(), created_at=int(time.time())
         )
-        return UpstreamReply(
-            reply.status, orjson.dumps(response), response, reply.request_id, reply.limits
-        )
+        # The chat reply becomes the Response's (status, request id and limits kept).
+        reply.raw = orjson.dumps(response)
+        reply.data = response
+        return reply
 
     async def open_stream(
         self, deployment: DeploymentSpec, endpoint: str, payload: dict[str, Any], timeouts: Timeouts

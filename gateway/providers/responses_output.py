@@ -51,7 +51,7 @@ def new_id(prefix: str) -> str:
     """A fresh id with OpenAI's prefix for its kind (resp_, msg_, fc_, rs_, call_): a
     random per-process part and a counter, so unique without a system call per id (ids
     are names, not secrets: a stored response is only ever served to the key that made it)."""
-    return f"{prefix}{_ID_SALT}{next(_ID_COUNTER):012x}"
+    return f"{prefix}{_ID_SALT}{hex(next(_ID_COUNTER))[3:]}"
 
 
 def _reseed_ids() -> None:
@@ -60,7 +60,10 @@ def _reseed_ids() -> None:
 
 
 _ID_SALT = secrets.token_hex(10)
-_ID_COUNTER = itertools.count(1)
+# From 16**12 + 1: `hex` then writes "0x1" and the 12 digits `new_id` keeps (the counter's
+# part as `:012x` wrote it, a format spec costing a quarter of the call more), for the
+# first 16**12 (2.8e14) ids of a process.
+_ID_COUNTER = itertools.count(16**12 + 1)
 # A forked worker must not mint its parent's ids.
 os.register_at_fork(after_in_child=_reseed_ids)
 
