@@ -33,6 +33,8 @@ _PLAIN_FIELDS = frozenset(
         "truncation",
     }
 )
+# The fields of the most usual request of all (`plain_chat_request` skips the others').
+_CORE_FIELDS = frozenset({"model", "input", "stream", "store", "max_output_tokens"})
 _FLOATS = (int, float)
 
 
@@ -43,14 +45,19 @@ def plain_chat_request(payload: Any) -> dict[str, Any] | None:
     answers, or refuses it). The same chat body, key for key and in the same order
     (tests/unit/test_responses_fast_paths.py). Types are told by `__class__`: a parsed
     body's are exact, and a subclass just takes the general path."""
-    if payload.__class__ is not dict or not payload.keys() <= _PLAIN_FIELDS:
+    if payload.__class__ is not dict:
+        return None
+    keys = payload.keys()
+    # The core fields alone (the most usual request): the others' lookups are skipped.
+    core = keys <= _CORE_FIELDS
+    if not core and not keys <= _PLAIN_FIELDS:
         return None
     get = payload.get
     model = get("model")
     if model.__class__ is not str or not model:
         return None
     messages: list[dict[str, Any]] = []
-    instructions = get("instructions")
+    instructions = None if core else get("instructions")
     if instructions is not None:
         if instructions.__class__ is not str:
             return None
@@ -81,18 +88,19 @@ def plain_chat_request(payload: Any) -> dict[str, Any] | None:
     if not messages:
         return None
     chat: dict[str, Any] = {"model": model, "messages": messages}
-    for field in ("temperature", "top_p"):
-        value = get(field)
-        if value is not None:
-            if value.__class__ not in _FLOATS:
-                return None
-            chat[field] = value
+    if not core:
+        for field in ("temperature", "top_p"):
+            value = get(field)
+            if value is not None:
+                if value.__class__ not in _FLOATS:
+                    return None
+                chat[field] = value
     limit = get("max_output_tokens")
     if limit is not None:
         if limit.__class__ is not int:
             return None
         chat["max_tokens"] = limit
-    user = get("user")
+    user = None if core else get("user")
     if user is not None:
         if user.__class__ is not str:
             return None
