@@ -32,6 +32,7 @@ from gateway.providers.responses_frames import (
 )
 from gateway.providers.responses_output import (
     error_code,
+    joined_terminal,
     new_id,
     plain_echo,
     response_skeleton,
@@ -73,6 +74,7 @@ class ItemStream:
         "_model",
         "_model_seen",
         "_opening",
+        "_opening_values",
         "_partial",
         "_request",
         "_response_id",
@@ -118,6 +120,8 @@ class ItemStream:
         self._final_usage: dict[str, Any] | None = None  # `_usage` as the terminal event said
         # The Response as `response.created` sent it, and the model it named (`_terminal`).
         self._opening: tuple[bytes, Any] = (b"", None)
+        # The opening Response's own values when it came from the template (`plain_values`).
+        self._opening_values: tuple[bytes, bytes, bytes, bytes, bytes] | None = None
         self._items: list[Item] = []
         self._current: Item | None = None  # the open reasoning or message item
         self._calls: dict[Any, Item] = {}  # chat tool call index → its item
@@ -466,14 +470,17 @@ class ItemStream:
         items = b",".join([item.json for item in self._items])
         plain = skeleton is None or skeleton["instructions"].__class__ is not list
         if opening and plain and self._current_model() == model:
+            done = b"null" if details is None else orjson.dumps(details)
+            tail = b',"usage":%s}' % orjson.dumps(usage) if usage is not None else b"}"
+            values = self._opening_values
+            if values is not None:  # the usual request's: the template again
+                return joined_terminal(values, status.encode(), done, items, tail)
             # Before the output come only the id, object, created_at, status, error, details,
             # instructions (a string), max_output_tokens and model: no string can hold an
             # unescaped quote, so the first matches are the Response's own members.
             state = opening.find(_IN_PROGRESS)
             output = opening.find(_NO_OUTPUT, state)
             if state > 0 and output > 0:
-                done = b"null" if details is None else orjson.dumps(details)
-                tail = b',"usage":%s}' % orjson.dumps(usage) if usage is not None else b"}"
                 return _TERMINAL_RESPONSE % (
                     opening[:state],
                     status.encode(),

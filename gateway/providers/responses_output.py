@@ -265,6 +265,14 @@ _JSON_BOOLS = {True: b"true", False: b"false"}
 def plain_opening(request: dict[str, Any], response_id: str, created_at: int, model: Any) -> bytes:
     """`orjson.dumps(response_skeleton(request, …))` for a `plain_echo` request, without
     the dict: the same bytes (tests/unit/test_responses_fast_paths_stream.py)."""
+    return joined_opening(plain_values(request, response_id, created_at, model))
+
+
+def plain_values(
+    request: dict[str, Any], response_id: str, created_at: int, model: Any
+) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """The JSON of the five values a `plain_echo` request's Response has of its own: id,
+    created_at, max_output_tokens, model and store (`joined_opening`, `joined_terminal`)."""
     get = request.get
     maximum = get("max_output_tokens")
     if maximum.__class__ is int:
@@ -272,19 +280,77 @@ def plain_opening(request: dict[str, Any], response_id: str, created_at: int, mo
     else:
         limit = _JSON_BOOLS[maximum] if maximum.__class__ is bool else b"null"
     name = model if model.__class__ is str else str(get("model") or "")
+    return (
+        orjson.dumps(response_id),
+        b"%d" % created_at if created_at.__class__ is int else orjson.dumps(created_at),
+        limit,
+        orjson.dumps(name),
+        b"false" if get("store") is False else b"true",
+    )
+
+
+def joined_opening(values: tuple[bytes, bytes, bytes, bytes, bytes]) -> bytes:
+    """The in-progress Response of `plain_values`, as `orjson.dumps` writes it."""
+    ident, created, limit, name, store = values
     return b"".join(
         (
             _OPENING_ID,
-            orjson.dumps(response_id),
+            ident,
             _OPENING_CREATED,
-            b"%d" % created_at if created_at.__class__ is int else orjson.dumps(created_at),
+            created,
             _OPENING_LIMIT,
             limit,
             _OPENING_MODEL,
-            orjson.dumps(name),
+            name,
             _OPENING_STORE,
-            b"false" if get("store") is False else b"true",
+            store,
             _OPENING_END,
+        )
+    )
+
+
+# The terminal Response's bytes around the values and state (`joined_terminal`).
+_TERMINAL_STATUS = b',"status":"'
+_TERMINAL_DETAILS = b'","error":null,"incomplete_details":'
+_TERMINAL_LIMIT = b',"instructions":null,"max_output_tokens":'
+_TERMINAL_OUTPUT = b',"output":['
+_TERMINAL_STORE = (
+    b'],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":null,"store":'
+)
+_TERMINAL_END = _OPENING_END[:-1]
+
+
+def joined_terminal(
+    values: tuple[bytes, bytes, bytes, bytes, bytes],
+    status: bytes,
+    details: bytes,
+    items: bytes,
+    tail: bytes,
+) -> bytes:
+    """The Response of `plain_values` with its status, incomplete_details and output items
+    (JSON, joined by commas) set, then `tail` (its usage member and closing brace), as
+    `orjson.dumps` writes it (tests/unit/test_responses_fast_paths.py)."""
+    ident, created, limit, name, store = values
+    return b"".join(
+        (
+            _OPENING_ID,
+            ident,
+            _OPENING_CREATED,
+            created,
+            _TERMINAL_STATUS,
+            status,
+            _TERMINAL_DETAILS,
+            details,
+            _TERMINAL_LIMIT,
+            limit,
+            _OPENING_MODEL,
+            name,
+            _TERMINAL_OUTPUT,
+            items,
+            _TERMINAL_STORE,
+            store,
+            _TERMINAL_END,
+            tail,
         )
     )
 

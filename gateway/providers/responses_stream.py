@@ -43,7 +43,7 @@ from gateway.providers.responses_frames import (
     Item,
 )
 from gateway.providers.responses_items import FAST_APPEND, FAST_OPEN, NO_FRAME, ItemStream
-from gateway.providers.responses_output import new_id, plain_opening
+from gateway.providers.responses_output import joined_opening, new_id, plain_values
 from gateway.providers.responses_replay import event_bytes, failed_event, replay_events
 from gateway.providers.sse import event_data
 
@@ -308,9 +308,10 @@ class StreamTranslator(ItemStream):
                 break
         # Once for both events (and the end's); the usual request's from a template.
         if self._skeleton is None:
-            skeleton = plain_opening(
+            values = self._opening_values = plain_values(
                 self._request, self._response_id, self._created_at, self._model
             )
+            skeleton = joined_opening(values)
         else:
             skeleton = orjson.dumps(self._skeleton)
         self._opening = (skeleton, self._current_model())
