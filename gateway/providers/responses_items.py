@@ -30,11 +30,10 @@ from gateway.providers.responses_frames import (
     part_fields,
     summary,
 )
+from gateway.providers.responses_opening import joined_terminal, plain_echo
 from gateway.providers.responses_output import (
     error_code,
-    joined_terminal,
     new_id,
-    plain_echo,
     response_skeleton,
     responses_usage,
     status_for,

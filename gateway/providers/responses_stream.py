@@ -43,7 +43,8 @@ from gateway.providers.responses_frames import (
     Item,
 )
 from gateway.providers.responses_items import FAST_APPEND, FAST_OPEN, NO_FRAME, ItemStream
-from gateway.providers.responses_output import joined_opening, new_id, plain_values
+from gateway.providers.responses_opening import joined_opening, plain_values
+from gateway.providers.responses_output import new_id
 from gateway.providers.responses_replay import event_bytes, failed_event, replay_events
 from gateway.providers.sse import event_data
 

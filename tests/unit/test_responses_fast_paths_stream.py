@@ -30,7 +30,8 @@ from gateway.providers.responses_chunks import (
     usage_after,
     usage_of,
 )
-from gateway.providers.responses_output import plain_echo, plain_opening, response_skeleton
+from gateway.providers.responses_opening import plain_echo, plain_opening
+from gateway.providers.responses_output import response_skeleton
 from gateway.providers.responses_stream import StreamTranslator
 
 REQUEST = {"model": "m", "input": "hi", "stream": True, "store": False, "max_output_tokens": 9}
