@@ -100,7 +100,7 @@ class ItemStream:
             )
         )
         self._seq = 0
-        self._decoder = SSEDecoder()
+        self._decoder: SSEDecoder | None = None  # for the long way only (`_sse`)
         self._partial = False  # the decoder holds part of an event (its `pending`)
         self._tail = b""  # the start of an event the last read ended in (the fast way)
         self._started = False
@@ -123,7 +123,7 @@ class ItemStream:
         self._opening_values: tuple[bytes, bytes, bytes, bytes, bytes] | None = None
         self._items: list[Item] = []
         self._current: Item | None = None  # the open reasoning or message item
-        self._calls: dict[Any, Item] = {}  # chat tool call index → its item
+        self._calls: dict[Any, Item] | None = None  # chat tool call index → its item
         self._last_call: Any = None
 
     def ended(self) -> bool | None:
@@ -178,6 +178,14 @@ class ItemStream:
         if self._usage is not None:
             response["usage"] = responses_usage(self._usage)
         return response
+
+    def _sse(self) -> SSEDecoder:
+        """The SSE decoder of the long way, made when a read first takes it (most streams'
+        reads never do)."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = SSEDecoder()
+        return decoder
 
     def _base(self) -> dict[str, Any]:
         """The in-progress Response with no output (made now if it was left to a template)."""
@@ -316,7 +324,10 @@ class ItemStream:
             key = call_id if isinstance(call_id, str) and call_id else self._last_call
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
-        item = self._calls.get(key)
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = {}
+        item = calls.get(key)
         if item is None:
             self._close_current(out)
             item = self._new("function_call", "fc_")
@@ -324,7 +335,7 @@ class ItemStream:
             item.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call_")
             name = function.get("name")
             item.name = name if isinstance(name, str) else ""
-            self._calls[key] = item
+            calls[key] = item
             self._emit(out, "response.output_item.added", added(item))
             fields = {"item_id": item.id, "output_index": item.index}
             item.delta = delta_frame("response.function_call_arguments.delta", fields)

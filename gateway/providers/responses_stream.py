@@ -107,8 +107,9 @@ class StreamTranslator(ItemStream):
                     return self._delta_bytes(block[start:stop])
         out: list[bytes] = []
         if self._partial or block.find(b"\r") >= 0:
-            self._handle(self._decoder.feed(block), out)  # split events, CRLF: the long way
-            self._partial = self._decoder.pending
+            decoder = self._sse()
+            self._handle(decoder.feed(block), out)  # split events, CRLF: the long way
+            self._partial = decoder.pending
             return b"".join(out)
         # The usual read: whole `data: {chunk}` events. Runs of chunks that only add text
         # are cut out of the bytes and go out as one delta, never parsed (`text_span`).
@@ -181,9 +182,9 @@ class StreamTranslator(ItemStream):
         # A last event without its blank line still counts; half an event is the cut itself.
         self._partial = False
         if self._tail:
-            self._handle(self._decoder.feed(self._tail), out)
+            self._handle(self._sse().feed(self._tail), out)
             self._tail = b""
-        self._handle(self._decoder.finish(), out, cut=True)
+        self._handle(self._sse().finish(), out, cut=True)
         if self._final is None and (self._saw_done or self._finished):
             self._close(out)
         return b"".join(out)
