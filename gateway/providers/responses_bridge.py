@@ -35,6 +35,7 @@ from gateway.providers.base import (
     UpstreamStream,
 )
 from gateway.providers.responses_output import new_id
+from gateway.providers.responses_plain import plain_chat_request
 from gateway.providers.responses_stream import StreamTranslator
 from gateway.providers.responses_translate import chat_request, response_from_chat
 from routing.model import DeploymentSpec, Timeouts
@@ -105,6 +106,14 @@ def translatable(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "input": kept}
 
 
+def translated_request(payload: dict[str, Any]) -> dict[str, Any]:
+    """`chat_request(translatable(payload))`. The usual request (`plain_chat_request`: text
+    messages alone, so no built-in tool call item to drop) is translated without the scan
+    for those items first: the same chat body."""
+    chat = plain_chat_request(payload)
+    return chat if chat is not None else chat_request(translatable(payload))
+
+
 class ResponsesBridge:
     """An Adapter that adds the Responses endpoint to the one it wraps."""
 
@@ -130,9 +139,7 @@ class ResponsesBridge:
                 reply.data.update(echo)
                 reply.raw = orjson.dumps(reply.data)
             return reply
-        reply = await self._inner.call(
-            deployment, _CHAT, chat_request(translatable(payload)), timeouts
-        )
+        reply = await self._inner.call(deployment, _CHAT, translated_request(payload), timeouts)
         response = response_from_chat(
             reply.data, payload, response_id=new_response_id(), created_at=int(time.time())
         )
@@ -152,7 +159,7 @@ class ResponsesBridge:
             )
             echo = _echo(payload)
             return EchoedStream(stream, echo) if echo else stream
-        chat = chat_request(translatable(payload))
+        chat = translated_request(payload)
         upstream = await self._inner.open_stream(deployment, _CHAT, chat, timeouts)
         translator = StreamTranslator(
             payload, response_id=new_response_id(), created_at=int(time.time())

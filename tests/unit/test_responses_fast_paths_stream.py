@@ -11,6 +11,7 @@ Response skeleton's copies share no container.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Mapping
 from itertools import product
 from typing import Any
@@ -18,9 +19,14 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.errors import InvalidRequest
 from gateway.providers import responses_items, responses_stream
 from gateway.providers.base import CUT, UpstreamError
-from gateway.providers.responses_bridge import TranslatedStream
+from gateway.providers.responses_bridge import (
+    TranslatedStream,
+    translatable,
+    translated_request,
+)
 from gateway.providers.responses_chunks import (
     NO_HEADS,
     chunk_heads,
@@ -33,6 +39,7 @@ from gateway.providers.responses_chunks import (
 from gateway.providers.responses_opening import plain_echo, plain_opening
 from gateway.providers.responses_output import response_skeleton
 from gateway.providers.responses_stream import StreamTranslator
+from gateway.providers.responses_translate import chat_request
 
 REQUEST = {"model": "m", "input": "hi", "stream": True, "store": False, "max_output_tokens": 9}
 
@@ -301,3 +308,31 @@ def test_a_plain_stream_is_the_stream_of_an_eager_skeleton(request_body: dict[st
         assert outs[0] == outs[1]
         assert lazy.response == eager.response
         assert lazy.final_usage() == eager.final_usage()
+
+
+_BUILT_IN_CALL = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+_USER_A = {"type": "message", "role": "user", "content": "a"}
+_PARTS = {"role": "user", "content": [{"type": "input_text", "text": "a"}]}
+
+
+def _translation(translate: Any, request_body: dict[str, Any]) -> bytes | str:
+    try:
+        return orjson.dumps(translate(copy.deepcopy(request_body)))
+    except InvalidRequest as exc:
+        return f"refused: {exc}"
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        *_OPENING_REQUESTS,
+        {"model": "m", "input": [{"role": "user", "content": "hi"}, _BUILT_IN_CALL]},
+        {"model": "m", "input": [_BUILT_IN_CALL, _USER_A]},
+        {"model": "m", "input": [_PARTS]},
+        {"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f"}]},
+        {"model": "m", "input": "hi", "instructions": "Be brief.", "temperature": 0.5},
+    ],
+)
+def test_translated_request_is_the_general_translation(request_body: dict[str, Any]) -> None:
+    general = _translation(lambda body: chat_request(translatable(body)), request_body)
+    assert _translation(translated_request, request_body) == general
