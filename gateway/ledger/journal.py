@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import mmap
 import os
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ledger.journal_files import Spares, _MappedFile
 from gateway.ledger.journal_replay import (
     ATTEMPT_FIELDS,
     REQUEST_FIELDS,
@@ -75,33 +75,6 @@ _HEADER = (
 class _Segment:
     path: Path
     last_seq: int  # outcomes appended up to the moment it was sealed
-
-
-class _MappedFile:
-    """A segment file of fixed size, mapped shared: appends are memory copies."""
-
-    __slots__ = ("fd", "map", "size")
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        # Blocks reserved up front: a first write to a page then allocates nothing (on a
-        # sparse file every new page cost a filesystem transaction in the page fault).
-        try:
-            os.posix_fallocate(self.fd, 0, size)
-        except OSError:  # a filesystem without it (tmpfs has it; some network ones don't)
-            os.ftruncate(self.fd, size)
-        self.size = size
-        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    def sync(self) -> None:
-        # fdatasync writes the file's dirty pages, the mapped ones included, without the
-        # walk over the whole mapping that msync makes (measured: msync every 10 ms cost a
-        # fifth of the throughput, this a few per cent).
-        os.fdatasync(self.fd)
-
-    def close(self) -> None:
-        self.map.close()
-        os.close(self.fd)
 
 
 class Journal:
@@ -136,8 +109,15 @@ class Journal:
         self._syncer: _Syncer | None = None
         self._recovered: list[tuple[Path, int]] = []
         self._new_segment()
+        # Later segments come ready-made from a thread (gateway/ledger/journal_files.py).
+        self._spares: Spares | None = Spares(self.dir, self._ident, segment_bytes)
         if fsync_ms > 0:
             self._syncer = _Syncer(self, fsync_ms / 1000)
+
+    @property
+    def spare_ready(self) -> bool:
+        """Whether the next segment is ready-made (gateway/ledger/journal_files.py)."""
+        return self._spares is not None and self._spares.ready
 
     # -- hot path -----------------------------------------------------------------------
 
@@ -202,8 +182,12 @@ class Journal:
         self._seq += 1
         self._path = self.dir / f"journal-{self._ident}-{self._seq:06d}.jsonl"
         carried = b"".join(self._open.values())  # so the old segment is not their only copy
-        size = max(self._segment_bytes, 2 * (len(_HEADER) + len(carried) + at_least))
-        self._file = _MappedFile(self._path, size)
+        needed = 2 * (len(_HEADER) + len(carried) + at_least)
+        spares = getattr(self, "_spares", None)  # None while __init__ makes the first
+        file = spares.take(self._path, needed, self._bytes) if spares is not None else None
+        if file is None:
+            file = _MappedFile(self._path, max(self._segment_bytes, needed))
+        self._file = file
         self._pos = 0
         self._opened_at = time.monotonic()
         self._append(_HEADER + carried)
@@ -223,6 +207,9 @@ class Journal:
         """At shutdown: delete what is durable; keep the rest for the next start-up."""
         if self._syncer is not None:
             self._syncer.stop()
+        if self._spares is not None:
+            self._spares.close()
+            self._spares = None
         if self._file is not None:
             if self._syncer is not None:
                 self._file.sync()
@@ -271,6 +258,8 @@ class Journal:
             ident = lock.name[len("owner-") : -len(".lock")]
             for segment in self.dir.glob(f"journal-{ident}-*.jsonl"):
                 segment.unlink()
+            for spare in self.dir.glob(f"spare-{ident}-*.tmp"):  # never written to
+                spare.unlink()
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
             os.close(fd)

@@ -23,6 +23,7 @@ from gateway.ledger.spool import Spool
 from gateway.ledger.writer import LedgerWriter
 from gateway.ledger_rows import AttemptRow, RequestRow
 from tests import ledger_rows as rows
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -90,6 +91,10 @@ CRASHING_PROCESS = textwrap.dedent(
     journal.intent("att_done", intent("att_done", "req_done"))
     journal.intent("att_open", intent("att_open", "req_open", body_bytes=401))
     journal.outcome(request_row("req_done"), [attempt_row("att_done", "req_done")])
+    import glob, time
+    deadline = time.monotonic() + 10  # its spare segment made, so the kill leaves one too
+    while not glob.glob(os.path.join({directory!r}, "spare-*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
@@ -117,7 +122,10 @@ def test_a_killed_process_leaves_rows_and_a_crashed_attempt(tmp_path: Path) -> N
     assert requests["req_open"].team == "a-team"
     assert requests["req_open"].stream is True
     assert requests["req_done"].final_status == 200
+    dead_spares = [p for p in directory.glob("spare-*.tmp") if f"-{os.getpid()}-" not in p.name]
+    assert dead_spares  # the killed process had one ready
     survivor.finish_recovery()
+    assert not any(p.exists() for p in dead_spares)  # a dead process's spare goes with it
     # Taken over and gone: a second start-up recovers nothing again.
     assert not list(directory.glob("journal-*")) or all(
         p.name.startswith(f"journal-{os.getpid()}-") for p in directory.glob("journal-*")
@@ -210,6 +218,28 @@ def test_segments_are_dropped_once_durable_and_open_intents_carried_over(tmp_pat
     # Closed with an intent open: kept for the next start-up, which bills it as crashed.
     recovered = Journal(tmp_path, fsync_ms=0).recover(price)
     assert [a.id for _, attempts in recovered for a in attempts] == ["att_long"]
+
+
+def test_rotations_take_the_prepared_spare_segment(tmp_path: Path) -> None:
+    """A rotation renames the spare the journal's thread made ready (zeros written and
+    synced, so appends take no filesystem work) into the next segment; a new spare follows,
+    and close removes it."""
+    journal = Journal(tmp_path, fsync_ms=0, rotate_s=0, segment_bytes=1 << 20)
+    wait_until(lambda: journal.spare_ready, "a spare segment is ready")
+    spare = next(tmp_path.glob("spare-*.tmp"))
+    size = spare.stat().st_size
+    journal.intent("att_1", intent("att_1", "req_1"))
+    seq = journal.outcome(request_row("req_1"), [attempt_row("att_1", "req_1")])
+    journal.maintain(durable_upto=0)  # rotate_s=0: a rotation now
+    assert not spare.exists()
+    newest = sorted(tmp_path.glob("journal-*.jsonl"))[-1]
+    assert newest.stat().st_size == size  # the spare, renamed
+    assert newest.read_bytes().startswith(b'{"h":')  # the segment header, written in it
+    wait_until(lambda: journal.spare_ready, "the next spare is ready")
+    journal.intent("att_2", intent("att_2", "req_2"))
+    seq = journal.outcome(request_row("req_2"), [attempt_row("att_2", "req_2")])
+    journal.close(durable_upto=seq)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_clean_close_leaves_nothing_behind(tmp_path: Path) -> None:
