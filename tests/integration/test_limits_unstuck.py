@@ -217,8 +217,17 @@ def test_the_reconciler_sets_redis_spend_back_to_the_ledger(
 
 
 def test_stale_keys_are_served_while_postgres_is_frozen(env: Env, postgres: PostgresServer) -> None:
-    _, secret = env.key()
-    _, other_secret = env.key()
+    key_id, secret = env.key()
+    other_id, other_secret = env.key()
+    # The key sync's poll drops each new key's cache entry once, when it first sees its row:
+    # a poll landing between the requests below and the freeze (a loaded machine) would leave
+    # nothing stale to serve. Wait until it has seen both.
+    key_sync = env.gw.state.key_sync
+    assert key_sync is not None
+    wait_for(
+        "the key sync's poll to have seen both new keys",
+        lambda: {key_id, other_id} <= key_sync._handled.keys(),
+    )
     client, other = env.client(secret), env.client(other_secret)
     chat(client)
     chat(other)
