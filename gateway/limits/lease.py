@@ -99,6 +99,11 @@ class Leases:
         self._redis_up = redis_up
         self._holder = f"slice-{os.urandom(6).hex()}"
         self._slices: dict[str, Slice] = {}
+        # Idle keys' slices are dropped, but Redis keeps what this holder pushed for them
+        # this month (`pushed:<holder>`): a key's next slice goes on from that total, or its
+        # pushes would count nothing until they passed it. key name -> (month, total).
+        self._pushed_before: dict[str, tuple[str, int]] = {}
+        self._month = ""
         self._syncing: dict[str, asyncio.Future[None]] = {}
         self._push_due: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -110,6 +115,14 @@ class Leases:
         s = self._slices.get(key_name)
         if s is None:
             s = self._slices[key_name] = Slice(key_name, limits, month, sizing=sizing)
+            if month != self._month:  # earlier months' totals are of no use any more
+                self._month = month
+                self._pushed_before = {
+                    k: v for k, v in self._pushed_before.items() if v[0] == month
+                }
+            before = self._pushed_before.pop(key_name, None)
+            if before is not None and before[0] == month:
+                s.pushed_nano = before[1]
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._loop())
         elif s.limits != limits:
@@ -280,6 +293,8 @@ class Leases:
                     self._start_sync(s, Wants())
                 elif s.pending_requests == 0:
                     del self._slices[key_name]
+                    if s.pushed_nano:
+                        self._pushed_before[key_name] = (s.month, s.pushed_nano)
             elif (
                 now - s.synced_ms >= self._ttl_ms // 3 or s.unpushed_nano or lease.low(s, s.limits)
             ):

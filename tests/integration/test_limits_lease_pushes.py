@@ -202,6 +202,47 @@ def test_a_push_whose_reply_redis_never_sends_is_counted_once(redis_server: Any)
     asyncio.run(scenario())
 
 
+def test_a_key_idle_long_enough_to_drop_its_slice_still_has_its_next_spend_counted(
+    redis_server: Any,
+) -> None:
+    """Redis's record of what this replica pushed for a key outlives the key's slice (dropped
+    once idle and returned): the next slice goes on from that total, so its pushes count."""
+
+    async def scenario() -> None:
+        limiter = Limiter(
+            redis_server.url,
+            key_prefix=f"t{uuid.uuid4().hex[:8]}",
+            mode=LEASE_MODE,
+            lease_idle_s=0.3,
+        )
+        leases = limiter._leases
+        assert leases is not None
+        who = principal(budget_usd=Decimal("5"))
+        budget_key = limit_keys(limiter._prefix, who.key_name, datetime.now(UTC).strftime("%Y-%m"))[
+            3
+        ]
+        client = Redis.from_url(redis_server.url)
+
+        async def spent_is(nano: int) -> bool:
+            return int(await client.hget(budget_key, "spent") or 0) == nano
+
+        try:
+            first = await limiter.admit(who, Ask(10, 1_000_000))
+            first.settle(row(10, COST))
+            await until(lambda: spent_is(COST_NANO), "the first spend pushed")
+            await until(lambda: who.key_name not in leases._slices, "the idle key's slice dropped")
+            again = await limiter.admit(who, Ask(10, 1_000_000))
+            held = again.slice
+            assert held is not None and held.pushed_nano == COST_NANO
+            again.settle(row(10, COST))
+            await until(lambda: spent_is(2 * COST_NANO), "the second spend pushed")
+        finally:
+            await limiter.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_the_script_applies_a_push_once_whatever_order_its_retries_arrive_in(
     redis_server: Any,
 ) -> None:
