@@ -157,13 +157,22 @@ class ResponsesEndpoints:
                 key_id,
                 "previous_response_id",
             )
-            items = [*conversation(previous.input_items, previous.response), *as_items(given)]
+            items: list[dict[str, Any]] | None = [
+                *conversation(previous.input_items, previous.response),
+                *as_items(given),
+            ]
+        elif given.__class__ is list:
+            items = given  # objects only (check_responses): the conversation as it is
+        elif given.__class__ is str:
+            # One user message, as every upstream reads a string input: left as sent, and
+            # made an item only for the conversation store (`_Record`).
+            items = None
         else:
             items = as_items(given)
         # The whole conversation is the input; previous_response_id stays only to be echoed
         # (no upstream is sent it: gateway/providers/responses_bridge.py). The body is ours
         # (parsed here) and read no more as the client sent it: changed in place, not copied.
-        if items is not given:
+        if items is not None and items is not given:
             payload["input"] = items
         ctx = CallContext(request_id, key_id, ENDPOINT, model, stream, payload)
         ctx.workflow_id = (
@@ -183,7 +192,11 @@ class ResponsesEndpoints:
             payload["store"] = keep  # what the answer says about itself
             if "tools" in payload:
                 call.plan = _with_built_in_tools(state, ctx, call.plan, payload)
-            record = _Record(state, ctx, previous_id, items) if keep else None
+            record = (
+                _Record(state, ctx, previous_id, items if items is not None else as_items(given))
+                if keep
+                else None
+            )
             with DisconnectWatch(receive) as watch:
                 if stream:
                     streaming = await call.stream(True)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.api.responses_input import as_items
 from gateway.errors import InvalidRequest
 from gateway.providers import responses_items, responses_stream
 from gateway.providers.base import CUT, UpstreamError
@@ -336,3 +337,16 @@ def _translation(translate: Any, request_body: dict[str, Any]) -> bytes | str:
 def test_translated_request_is_the_general_translation(request_body: dict[str, Any]) -> None:
     general = _translation(lambda body: chat_request(translatable(body)), request_body)
     assert _translation(translated_request, request_body) == general
+
+
+@pytest.mark.parametrize("text", ["hi", "", 'caf\u00e9 "q" \\ \n'])
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"max_output_tokens": 9, "stream": True}, {"instructions": "Be brief.", "top_p": 1}],
+)
+def test_a_string_input_translates_as_its_one_message(text: str, fields: dict[str, Any]) -> None:
+    """POST /v1/responses leaves a string input as sent (gateway/api/responses.py): it must
+    translate exactly as the one user message it stands for."""
+    as_string = {"model": "m", "input": text, **fields}
+    as_item = {**as_string, "input": as_items(text)}
+    assert _translation(translated_request, as_string) == _translation(translated_request, as_item)
