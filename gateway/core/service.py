@@ -273,7 +273,9 @@ class Service:
             started,
             client_wants_usage,
             on_outcome=lambda ok: self.breakers.record(dep_id, ok),
-            on_metered=lambda row: tracker.succeeded(plan, ctx.shape, row, opened.stream.limits),
+            on_metered=lambda row: after_answer(
+                tracker.succeeded, plan, ctx.shape, row, opened.stream.limits
+            ),
             on_end=lambda: tracker.ended(dep_id),
         )
         return StreamingCompletion(
