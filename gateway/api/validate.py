@@ -231,20 +231,19 @@ def check_chat(payload: dict[str, Any]) -> tuple[str, bool, bool]:
             "'messages' must contain at least one message.", param="messages", code="empty_array"
         )
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise _type_error(where, "an object", message)
+            raise _type_error(f"messages[{i}]", "an object", message)
         role = message.get("role")
         if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise bad_request(
-                f"Invalid value for '{where}.role': expected one of "
+                f"Invalid value for 'messages[{i}].role': expected one of "
                 f"{', '.join(sorted(MESSAGE_ROLES))}.",
-                param=f"{where}.role",
+                param=f"messages[{i}].role",
                 code="invalid_value",
             )
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _type_error(f"{where}.content", "a string or an array of parts", content)
+            raise _type_error(f"messages[{i}].content", "a string or an array of parts", content)
     _optional_list(payload, "tools")
     tools = payload.get("tools")
     if tools is not None and not all(isinstance(t, dict) for t in tools):
