@@ -11,7 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 MILLION = Decimal(1_000_000)
 # Ten decimal places is below a millionth of a cent, so summing 50M attempts a month
@@ -80,12 +81,12 @@ class TokenPrice:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """One attempt's tokens, split the way they are billed.
 
     `output` includes `reasoning` (as OpenAI's completion_tokens does); `reasoning` is kept
-    for reporting only and is never priced on its own.
+    for reporting only and is never priced on its own. (A named tuple: one is built per
+    attempt, and a frozen dataclass pays an `object.__setattr__` per field.)
     """
 
     input_uncached: int = 0
@@ -121,9 +122,12 @@ def _count(value: Any) -> int:
 def _details(usage: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
     for name in names:
         value = usage.get(name)
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             return value
-    return {}
+    return _NO_DETAILS
+
+
+_NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
 
 
 def usage_from_openai(usage: object) -> Usage:
@@ -138,7 +142,8 @@ def usage_from_openai(usage: object) -> Usage:
     (`input_tokens`, `output_tokens`, `*_tokens_details`) are accepted too. Anthropic usage,
     whose `input_tokens` excludes cache, must be normalized before it gets here.
     """
-    if not isinstance(usage, Mapping):
+    # `type is dict` first: the JSON-decoded case, without an ABC isinstance check.
+    if not (type(usage) is dict or isinstance(usage, Mapping)):
         return Usage()
     try:
         prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))

@@ -116,7 +116,7 @@ class Relay:
                             if not self.wants_usage:
                                 continue
                             data = self._with_cost(chunk)
-                        elif b'"error"' in data and _error_of(data) is not None:
+                        elif data.find(b'"error"') >= 0 and _error_of(data) is not None:
                             # The upstream's own error event, relayed: scrub it first.
                             out.append(b"data: " + UPSTREAM_SECRETS.raw(data) + b"\n\n")
                             outcome = STREAM_ERROR
@@ -308,7 +308,7 @@ def first_read_state(block: bytes, deployment: str) -> tuple[bool, UpstreamError
 
 def _iter_events(block: bytes) -> Iterator[bytes]:
     """Events' data one by one, so the caller can stop at the first that matters."""
-    if b"\r" in block:
+    if block.find(b"\r") >= 0:
         block = block.replace(b"\r\n", b"\n")
     start, size = 0, len(block)
     while start < size:

@@ -263,7 +263,9 @@ class OpenAICompatAdapter:
 
 
 def _chat_stream_ends(block: bytes) -> bool:
-    return b"[DONE]" in block
+    # `find`, not `in`: bytes.__contains__ first tries its operand as an integer, raising and
+    # clearing a TypeError before it searches (~2.5x the cost; the hot path's byte tests).
+    return block.find(b"[DONE]") >= 0
 
 
 # A Responses stream has no [DONE]: it ends with its terminal event (or an `error` event).
@@ -308,7 +310,7 @@ class _Blocks:
         ends, resp, read_s = stream._ends, stream._resp, stream._read_s
         try:
             while (chunk := await resp.next_piece(read_s)) is not None:
-                if b"\r" in chunk:
+                if chunk.find(b"\r") >= 0:
                     chunk = chunk.replace(b"\r\n", b"\n")
                 pending = self._pending
                 data = pending + chunk if pending else chunk

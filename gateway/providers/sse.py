@@ -18,7 +18,7 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
+        if buffer.find(b"\r") >= 0:
             buffer = buffer.replace(b"\r\n", b"\n")
         blocks = buffer.split(b"\n\n")
         self._buffer = blocks.pop()
@@ -43,7 +43,7 @@ class SSEDecoder:
 
 def event_data(block: bytes) -> bytes | None:
     """The data of one event (its lines joined), None for a comment-only event."""
-    if block.startswith(b"data:") and b"\n" not in block:
+    if block.startswith(b"data:") and block.find(b"\n") < 0:
         return block[6:] if block[5:6] == b" " else block[5:]
     parts = []
     for line in block.split(b"\n"):

@@ -334,13 +334,13 @@ class LeanHttpProtocol(BoundedHttpToolsProtocol):
             or self.limit_concurrency is not None
             or self.parser.should_upgrade()
             or url[:1] != b"/"
-            or b"#" in url
+            or url.find(b"#") >= 0
         ):
             # Unusual requests (absolute URLs, upgrades): uvicorn's own handling.
             super().on_headers_complete()
             return
         raw_path, _, query = url.partition(b"?")
-        if b"%" in raw_path:  # escaped path: uvicorn unquotes it
+        if raw_path.find(b"%") >= 0:  # escaped path: uvicorn unquotes it
             super().on_headers_complete()
             return
         try:
