@@ -22,6 +22,9 @@ SIM_KEY = "sim-key"
 FAREBOX_KEY = "bench-key"
 FAST_MODEL = "sim-small"
 SLOW_MODEL = "sim-small::latency=50"
+# The latency scenario's realistic twin: 50 ms on average, uniform over 45–55 ms (see run.py).
+JITTER_MODEL = "sim-small::latency=45,jitter=10"
+JITTER_ROUTE = "bench-jitter"
 HEALTH = {"litellm": "/health/liveliness"}  # everything else: /healthz
 
 
@@ -70,7 +73,15 @@ def simulator(
 
 def passthrough(sim_port: int, env: dict[str, str], cpus: set[int] | None) -> Target:
     port = free_port()
-    target = Target("passthrough", port, SIM_KEY, FAST_MODEL, SLOW_MODEL, version="bench")
+    target = Target(
+        "passthrough",
+        port,
+        SIM_KEY,
+        FAST_MODEL,
+        SLOW_MODEL,
+        version="bench",
+        model_jitter=JITTER_MODEL,
+    )
     upstream = f"http://127.0.0.1:{sim_port}"
     argv = [python(), str(BENCH / "passthrough.py"), "--port", str(port), "--upstream", upstream]
     target.proc = Proc("passthrough", argv, env, WORK / "passthrough.log", cpus)
@@ -88,7 +99,9 @@ def farebox(
     name = FAREBOX_NAMES[ledger]
     port = free_port()
     version = report_meta.dist_version("farebox")
-    target = Target(name, port, FAREBOX_KEY, "bench", "bench-slow", version=version)
+    target = Target(
+        name, port, FAREBOX_KEY, "bench", "bench-slow", version=version, model_jitter=JITTER_ROUTE
+    )
     exe = str(ROOT / ".venv" / "bin" / "farebox")
     data = WORK / name
     shutil.rmtree(data, ignore_errors=True)
@@ -123,7 +136,15 @@ def farebox(
 
 def litellm(sim_port: int, env: dict[str, str], cpus: set[int] | None, version: str) -> Target:
     port = free_port()
-    target = Target("litellm", port, litellm_env.MASTER_KEY, "bench", "bench-slow", version)
+    target = Target(
+        "litellm",
+        port,
+        litellm_env.MASTER_KEY,
+        "bench",
+        "bench-slow",
+        version,
+        model_jitter=JITTER_ROUTE,
+    )
     config = litellm_env.write_config(WORK / "litellm.yaml", sim_port)
     argv, lt_env = litellm_env.argv(config, port), litellm_env.env(env)
     target.proc = Proc("litellm", argv, lt_env, WORK / "litellm.log", cpus)

@@ -80,7 +80,16 @@ def start_targets(
     targets: list[Target],
 ) -> None:
     """Fill `targets` (in place, so the caller can stop whatever started if interrupted)."""
-    targets.append(Target("direct", sim_port, launch.SIM_KEY, launch.FAST_MODEL, launch.SLOW_MODEL))
+    targets.append(
+        Target(
+            "direct",
+            sim_port,
+            launch.SIM_KEY,
+            launch.FAST_MODEL,
+            launch.SLOW_MODEL,
+            model_jitter=launch.JITTER_MODEL,
+        )
+    )
     gw_cpus = cpus[1]
     gateways = [launch.passthrough(sim_port, env, gw_cpus)]
     server, pg_error = pg

@@ -88,7 +88,12 @@ def lock() -> None:
 def write_config(path: Path, sim_port: int) -> Path:
     """model_list mirrors Farebox's routes: bench -> sim-small, bench-slow -> 50 ms upstream."""
     entries = []
-    for name, upstream in (("bench", "sim-small"), ("bench-slow", "sim-small::latency=50")):
+    routes = (
+        ("bench", "sim-small"),
+        ("bench-slow", "sim-small::latency=50"),
+        ("bench-jitter", "sim-small::latency=45,jitter=10"),
+    )
+    for name, upstream in routes:
         entries.append(
             f"  - model_name: {name}\n"
             "    litellm_params:\n"

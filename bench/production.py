@@ -132,7 +132,13 @@ def farebox_prod(
         gw_cpus = gw_cpus | (sim_cpus or set())  # every CPU: see the module docstring
     port = free_port()
     target = Target(
-        name, port, "", "bench", "bench-slow", version=report_meta.dist_version("farebox")
+        name,
+        port,
+        "",
+        "bench",
+        "bench-slow",
+        version=report_meta.dist_version("farebox"),
+        model_jitter=launch.JITTER_ROUTE,
     )
     target.workers = workers
     target.proc = Proc(name, [], {}, WORK / f"{name}.log", gw_cpus)

@@ -94,16 +94,28 @@ def lean_budgets(res: dict[str, Any]) -> list[tuple[bool | None, str]]:
         (v or 0) >= 0.55,
         f"streams: {fmt(v, '.2f')}× the bare passthrough's streams/s (budget ≥ 0.55×)",
     )
-    p50 = _summary(targets, ONE, "latency", "added_p50_ms")
-    p99 = _summary(targets, ONE, "latency", "added_p99_ms")
-    e50 = _summary(targets, EXACT, "latency", "added_p50_ms")
-    e99 = _summary(targets, EXACT, "latency", "added_p99_ms")
-    beside = f"; exact mode beside it: p50 {fmt(e50, '+.2f')} ms, p99 {fmt(e99, '+.2f')} ms"
+    # Judged on the 45-55 ms upstream (mean 50 ms); the fixed 50 ms one is reported beside it:
+    # there wrk's ten connections stay in lockstep and p50 measures ten requests' serial work
+    # at each hop (the bare passthrough adds more than 1 ms there, ~0.5 ms with the jitter).
+    p50 = _summary(targets, ONE, "latency_jitter", "added_p50_ms")
+    p99 = _summary(targets, ONE, "latency_jitter", "added_p99_ms")
+    e50 = _summary(targets, EXACT, "latency_jitter", "added_p50_ms")
+    e99 = _summary(targets, EXACT, "latency_jitter", "added_p99_ms")
+    f50 = _summary(targets, ONE, "latency", "added_p50_ms")
+    f99 = _summary(targets, ONE, "latency", "added_p99_ms")
+    pt50 = _summary(targets, "passthrough", "latency", "added_p50_ms")
+    pj50 = _summary(targets, "passthrough", "latency_jitter", "added_p50_ms")
+    beside = (
+        f"; exact mode beside it: p50 {fmt(e50, '+.2f')} ms, p99 {fmt(e99, '+.2f')} ms; "
+        f"with a fixed 50 ms upstream (lockstep): p50 {fmt(f50, '+.2f')} ms, p99 "
+        f"{fmt(f99, '+.2f')} ms; the bare passthrough p50 {fmt(pj50, '+.2f')} ms "
+        f"(fixed: {fmt(pt50, '+.2f')} ms)"
+    )
     check(
         None if p50 is None or p99 is None else p50,
         (p50 or 0) <= 1.0 and (p99 or 0) <= 3.0,
-        f"added latency, c10, 50 ms upstream: p50 {fmt(p50, '+.2f')} ms, p99 {fmt(p99, '+.2f')} ms "
-        f"(budget p50 ≤ 1.0, p99 ≤ 3 ms){beside}",
+        f"added latency, c10, 45–55 ms upstream (mean 50): p50 {fmt(p50, '+.2f')} ms, p99 "
+        f"{fmt(p99, '+.2f')} ms (budget p50 ≤ 1.0, p99 ≤ 3 ms){beside}",
     )
     t = targets.get(ONE) or {}
     rss = t.get("idle_rss_mib")

@@ -54,7 +54,7 @@ class Scenario:
     key: str
     title: str
     stream: bool
-    slow: bool
+    upstream: str  # which model of each target: "fast", "slow" (50 ms) or "jitter" (45-55 ms)
     connections: int
     duration: float
     rounds: int
@@ -151,12 +151,18 @@ def problems(results: dict[str, Any]) -> list[str]:
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     c, lc, d, r = args.connections, args.latency_connections, args.duration, args.rounds
     return [
-        Scenario("rps", f"req/s @c{c}", stream=False, slow=False, connections=c, duration=d,
+        Scenario("rps", f"req/s @c{c}", stream=False, upstream="fast", connections=c, duration=d,
                  rounds=r),
-        Scenario("rps_stream", f"req/s stream @c{c}", stream=True, slow=False, connections=c,
+        Scenario("rps_stream", f"req/s stream @c{c}", stream=True, upstream="fast", connections=c,
                  duration=d, rounds=r),
-        Scenario("latency", f"latency @c{lc}, 50 ms upstream", stream=False, slow=True,
+        Scenario("latency", f"latency @c{lc}, 50 ms upstream", stream=False, upstream="slow",
                  connections=lc, duration=args.latency_duration, rounds=args.latency_rounds),
+        # The same with 45-55 ms (mean 50): with a fixed latency, wrk's connections start
+        # together and stay in lockstep, so each round trip queues behind the other nine at
+        # every hop and p50 measures ten requests' serial work rather than one request's.
+        Scenario("latency_jitter", f"latency @c{lc}, 45-55 ms upstream", stream=False,
+                 upstream="jitter", connections=lc, duration=args.latency_duration,
+                 rounds=args.latency_rounds),
     ]  # fmt: skip
 
 
@@ -231,7 +237,9 @@ def run_scenarios(
     for sc in scenarios(args):
         scripts = {}
         for t in targets:
-            model = t.model_slow if sc.slow else t.model_fast
+            model = {"fast": t.model_fast, "slow": t.model_slow, "jitter": t.model_jitter}[
+                sc.upstream
+            ]
             lua = WORK / f"{t.name}-{sc.key}.lua"
             scripts[t.name] = wrk.write_script(lua, t.api_key, model, sc.stream)
         print(f"bench: {sc.title}: warm-up", flush=True)

@@ -237,6 +237,7 @@ class Target:
     model_fast: str
     model_slow: str
     version: str = ""
+    model_jitter: str = ""  # the latency scenario with a jittered 50 ms upstream
     proc: Proc | None = None  # None for "direct": the simulator is owned by the harness
     available: bool = True
     note: str = ""  # why it is unavailable
