@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.redis_topologies import RedisCluster, start_redis_cluster, sync_client
 from tests.services import PostgresServer, RedisServer, start_postgres, start_redis
 from tests.simulator import start_simulator
 
@@ -137,19 +137,43 @@ def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         server.close()
 
 
-@pytest.fixture
-def redis_server(redis_session: RedisServer) -> RedisServer:
-    """The worker's Redis, without the breakers earlier tests left open in it: a gateway
-    adopts those at start-up (a test tripping broken@sim's would otherwise change what the
-    next test on this worker sees of its own broken@sim)."""
-    redis_session.start()  # a test may have left it stopped (outage tests restart it)
-    client = redis.Redis.from_url(redis_session.url)
+@pytest.fixture(scope="session")
+def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A local 3-master Redis Cluster (tests/redis_topologies.py), started on first use."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
-        for key in client.scan_iter(match="farebox:breaker*"):
-            client.delete(key)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# `redis_server`'s topologies: a test runs on one node unless it asks for more with
+# REDIS_TOPOLOGIES (parametrize("redis_server", REDIS_TOPOLOGIES, indirect=True)), which
+# runs it once per topology with the same code: the proof that Farebox behaves the same on
+# a Redis Cluster as on one node.
+REDIS_TOPOLOGIES = ["node", "cluster"]
+
+
+@pytest.fixture
+def redis_server(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
+    """The worker's Redis (one node, or a cluster when parametrized so), without the breakers
+    earlier tests left open in it: a gateway adopts those at start-up (a test tripping
+    broken@sim's would otherwise change what the next test on this worker sees of its own
+    broken@sim)."""
+    topology = getattr(request, "param", "node")
+    fixture = {"node": "redis_session", "cluster": "redis_cluster_session"}[topology]
+    server: RedisServer | RedisCluster = request.getfixturevalue(fixture)
+    server.start()  # a test may have left it stopped (outage tests restart it)
+    client = sync_client(server.url)
+    try:
+        # Open breakers are `{prefix:breaker}:<deployment>` (hash-tagged for a cluster);
+        # `prefix:breaker:*` was their name before.
+        for pattern in ("{farebox:breaker}*", "farebox:breaker*"):
+            for key in client.scan_iter(match=pattern):
+                client.delete(key)
     finally:
         client.close()
-    return redis_session
+    return server
 
 
 @pytest.fixture(autouse=True)

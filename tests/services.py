@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
@@ -238,13 +238,14 @@ def start_postgres(tmp_dir: Path) -> PostgresServer:
 
 
 class RedisServer:
-    def __init__(self, base_dir: Path, port: int) -> None:
+    def __init__(self, base_dir: Path, port: int, extra_args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(f"redis-server not found; {ENSURE_HINT}")
         self.binary = binary
         self.base_dir = base_dir
         self.port = port
+        self.extra_args = list(extra_args)  # cluster mode, replicaof (tests/redis_topologies.py)
         self.log_file = base_dir / "redis.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
@@ -273,6 +274,7 @@ class RedisServer:
             str(self.base_dir),
             "--logfile",
             str(self.log_file),
+            *self.extra_args,
         ]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

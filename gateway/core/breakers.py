@@ -31,11 +31,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from redis.asyncio import Redis
 
 from gateway.observability import metrics
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import Sharing, redis_client
+from gateway.runtime.redis import RedisClient, Sharing, redis_client
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -106,7 +105,10 @@ class Breakers:
         self._clock, self._wall = clock, wall_clock
         self._heartbeat_s = heartbeat_s
         self._op_timeout_s = op_timeout_s
-        self._key = f"{key_prefix}:breaker:"
+        # Open breakers' records share one hash tag, so on a Redis Cluster they sit in one slot
+        # and a reconnecting replica reads them all with one MGET (a multi-key command must
+        # stay in a slot). The probe locks are single-key commands and need no tag.
+        self._key = f"{{{key_prefix}:breaker}}:"
         self._lock_key = f"{key_prefix}:breaker-probe:"
         self._channel = f"{key_prefix}:breakers"
         self._states: dict[str, BreakerState] = {}
@@ -123,7 +125,7 @@ class Breakers:
         self._lock_wait: dict[str, float] = {}  # deployment -> don't ask for the lock before
         self._acquiring: set[str] = set()
         self._unsynced: set[str] = set()  # opened while Redis was away: publish on reconnect
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTBOX_SIZE)
         self._broken = asyncio.Event()
         self._tasks = Background()
@@ -264,8 +266,12 @@ class Breakers:
                 pipe.delete(self._key + deployment)
             if release_lock:
                 pipe.eval(_RELEASE_LUA, 1, self._lock_key + deployment, self.replica_id)
-            pipe.publish(self._channel, message)
             await pipe.execute()
+        # Published after the record is stored, not in the pipeline: a cluster pipeline cannot
+        # carry PUBLISH (redis-py refuses it), and a replica that reconnects and reads the
+        # records after this message went by finds this one among them. A trip or recovery is
+        # rare, so the second round trip costs nothing that matters.
+        await self._redis.publish(self._channel, message)
 
     async def _acquire_probe_lock(self, deployment: str) -> None:
         assert self._redis is not None

@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
@@ -36,7 +35,7 @@ from gateway.ledger.keys_reads import KeyReads, PgKeyReads
 from gateway.ledger.keys_records import VirtualKey
 from gateway.ledger.serving_ledger import ServingLedger
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import Sharing, redis_client
+from gateway.runtime.redis import RedisClient, Sharing, redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ class KeySync:
         self._heartbeat_s = heartbeat_s
         self._wall = wall_clock
         self.replica_id = uuid.uuid4().hex
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._tasks = Background()
         self._watermark: datetime | None = None
         self._handled: dict[str, datetime] = {}  # key id -> the updated_at last invalidated

@@ -17,10 +17,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-from gateway.runtime.redis import RedisState, redis_client
+from gateway.runtime.redis import RedisClient, RedisState, redis_client
 from routing.live import DeploymentLoad
 
 log = logging.getLogger("farebox.inflight")
@@ -49,7 +48,7 @@ class InFlightSync:
         self._clock = clock
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
         self._key = PREFIX + self.replica
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._state = RedisState(
             log,

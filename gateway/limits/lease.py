@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 
 from gateway.limits.lease_lua import LEASE
 from gateway.limits.lua import limit_keys
+from gateway.runtime.redis import RedisClient
 from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import lease, lease_headers
 from routing.lease import Grant, Sizing, Slice, Wants
@@ -77,7 +77,7 @@ Seed = Callable[[str, str, str], Awaitable[None]]
 class Leases:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         seed: Seed,

@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 
 from gateway.keys.auth import Principal
 from gateway.ledger.db_errors import database_errors
@@ -53,7 +52,7 @@ from gateway.limits.lease import Leases
 from gateway.limits.lua import ADD_SPEND, BATCH, SEED, batch_item, limit_keys, verdict_of
 from gateway.limits.reconcile import Reconciler, SpendSource, month_of, month_start
 from gateway.limits.redis_batch import RedisBatch
-from gateway.runtime.redis import redis_client
+from gateway.runtime.redis import RedisClient, redis_client
 from gateway.runtime.redis_health import REDIS_ERRORS, RedisHealth
 from routing import quota
 from routing.lease import Sizing, Slice
@@ -172,7 +171,7 @@ class Limiter:
         # Spend settled in process while Redis was away, added to Redis once it is back.
         self._owed: dict[tuple[str, str], int] = {}
         self._seeding: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._health: RedisHealth | None = None
         self._leases: Leases | None = None
         self._mode = mode

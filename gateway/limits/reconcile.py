@@ -35,9 +35,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 
 from gateway.limits.lua import LOCK, REPAIR
+from gateway.runtime.redis import RedisClient
 from routing import quota
 
 log = logging.getLogger("farebox.limits")
@@ -84,7 +84,7 @@ def correction(now_nano: int, before_nano: int | None) -> int:
 class Reconciler:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         spend: SpendSource,
         *,
         prefix: str,

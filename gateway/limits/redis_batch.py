@@ -23,8 +23,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from gateway.runtime.redis import RedisClient
 
 Orphan = Callable[[bytes], None]
 
@@ -42,7 +43,7 @@ Groups = dict[tuple[str, ...], list[_Item]]
 class RedisBatch:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         script: str,
         *,
         max_items: int = 1024,

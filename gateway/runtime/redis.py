@@ -26,27 +26,109 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import Gauge
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+
+from gateway.runtime.redis_url import CLUSTER, SINGLE, RedisTarget, parse_redis_url
 
 # Drills, schedules, in-flight sync and CLI announcements: nothing a request waits on.
 BACKGROUND_TIMEOUT_S = 2.0
 
+# What `redis_client` returns. A Sentinel-found master is a plain `Redis` whose connections
+# ask the sentinels where the master is; a cluster client routes each command by its keys'
+# hash slot (every multi-key command and script of Farebox keeps its keys in one slot:
+# docs/redis.md).
+RedisClient = Redis | RedisCluster
+
 
 def redis_client(
     url: str, *, timeout_s: float = BACKGROUND_TIMEOUT_S, retry_once: bool = False
-) -> Redis:
-    """A client for `url` (connections are made lazily, on first use)."""
-    return Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
+) -> RedisClient:
+    """A client for `url` — one node, a cluster or a Sentinel-managed master, whichever the
+    scheme names (gateway/runtime/redis_url.py) — under the policy above. Connections are made
+    lazily, on first use; a URL Farebox cannot use raises ValueError here."""
+    target = parse_redis_url(url)
+    if target.kind == SINGLE:
+        return Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1) if retry_once else None,
+        )
+    if target.kind == CLUSTER:
+        return _cluster(target, timeout_s, retry_once)
+    return _sentinel_master(target, timeout_s, retry_once)
+
+
+def _connection_kwargs(target: RedisTarget, timeout_s: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "username": target.username,
+        "password": target.password,
+        **target.options,
+    }
+    if target.tls:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _cluster(target: RedisTarget, timeout_s: float, retry_once: bool) -> RedisCluster:
+    # The cluster client retries at its own level (a node's connection never does): on a
+    # connection error or timeout it refreshes the slot map and tries again. The same policy
+    # as one node — no retry, or exactly one for the subscribers — so a request never waits
+    # twice on a slow node; the refreshed map serves the next call, which is how a failover
+    # is followed. MOVED/ASK redirects (slots migrating) are not retries and always followed.
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+        retry=Retry(NoBackoff(), 1 if retry_once else 0),
+        **_connection_kwargs(target, timeout_s),
+    )
+
+
+class SentinelMaster(Redis):
+    """The master of a Sentinel service. Closing it closes its connections to the sentinels
+    too (redis-py leaves them to the `Sentinel` object, which nothing else here holds)."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def _sentinel_master(target: RedisTarget, timeout_s: float, retry_once: bool) -> Redis:
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
+    if target.sentinel_password is not None:
+        sentinel_kwargs["password"] = target.sentinel_password
+    if target.tls:
+        sentinel_kwargs["ssl"] = True
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+    # After a failover the old master's connections fail (or answer READONLY, which redis-py
+    # turns into a connection error); the next connection asks the sentinels again, so the
+    # health probe and retries already in place follow the promoted replica.
+    master = sentinel.master_for(
+        target.service,
+        redis_class=SentinelMaster,
+        db=target.db,
         retry_on_timeout=False,
         retry=Retry(NoBackoff(), 1) if retry_once else None,
+        **_connection_kwargs(target, timeout_s),
     )
+    assert isinstance(master, SentinelMaster)
+    master.sentinel = sentinel
+    return master
 
 
 UP = Gauge(

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from prometheus_client import Gauge
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.runtime.background import Background
+from gateway.runtime.redis import RedisClient
 
 log = logging.getLogger("farebox.redis")
 
@@ -29,7 +29,7 @@ REDIS_ERRORS = (RedisError, OSError)
 class RedisHealth:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         what: str,
         gauge: Gauge,
