@@ -51,7 +51,9 @@ class Settings(BaseModel):
     db_ping_timeout_s: float = 2.0
     # SQLite is the zero-setup default; production points this at Postgres (postgresql+asyncpg://).
     database_url: str = "sqlite+aiosqlite:///var/farebox.db"
-    # Shared state across replicas (circuit breakers); in-process when unset.
+    # Shared state across replicas (circuit breakers); in-process when unset. redis:// or
+    # rediss:// (one node), redis+cluster://h:p,h:p (Redis Cluster), redis+sentinel://h:p,h:p/
+    # service[/db] (Sentinel): gateway/runtime/redis_url.py.
     redis_url: str | None = None
     # Ledger batches that could not be written are appended here and replayed on recovery.
     spool_dir: str = "var/spool"

@@ -147,16 +147,10 @@ def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         cluster.close()
 
 
-# `redis_server`'s topologies: a test runs on one node unless it asks for more with
-# REDIS_TOPOLOGIES (parametrize("redis_server", REDIS_TOPOLOGIES, indirect=True)), which
-# runs it once per topology with the same code: the proof that Farebox behaves the same on
-# a Redis Cluster as on one node.
-REDIS_TOPOLOGIES = ["node", "cluster"]
-
-
 @pytest.fixture
 def redis_server(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
-    """The worker's Redis (one node, or a cluster when parametrized so), without the breakers
+    """The worker's Redis — one node, or a cluster for a test marked
+    tests.redis_topologies.on_every_topology — without the breakers
     earlier tests left open in it: a gateway adopts those at start-up (a test tripping
     broken@sim's would otherwise change what the next test on this worker sees of its own
     broken@sim)."""

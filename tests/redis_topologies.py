@@ -19,12 +19,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from gateway.runtime.redis_url import CLUSTER, SINGLE, parse_redis_url
 from tests.services import READY_TIMEOUT_S, RedisServer, _wait, free_port
 
 SERVICE = "farebox"  # the Sentinel service name the tests use
+
+# A test marked so runs once on one node and once on the cluster, the same code: the proof
+# that Farebox behaves the same on a Redis Cluster as on one node. Unmarked tests get one
+# node (tests/conftest.py's `redis_server`).
+on_every_topology = pytest.mark.parametrize("redis_server", ["node", "cluster"], indirect=True)
 
 
 def _info(port: int, section: str) -> dict[str, str]:

@@ -6,8 +6,9 @@ outcomes) are shared across replicas:
 
 - channel `<prefix>:breakers`                  JSON {event: open|close, deployment, opened_at
                                                (epoch), cooldown_s, trips, origin replica}
-- key   `<prefix>:breaker:<deployment>`        the last open event; PX = remaining cooldown +
+- key   `{<prefix>:breaker}:<deployment>`      the last open event; PX = remaining cooldown +
                                                probe timeout, so late (re)connects see the trip
+                                               (one hash tag: one Redis Cluster slot, one MGET)
 - key   `<prefix>:breaker-probe:<deployment>`  the half-open probe lock (SET NX PX probe timeout)
 
 Failure counting stays local. Sharing it would cost a Redis write per request (successes

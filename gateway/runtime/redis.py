@@ -1,5 +1,10 @@
 """The one place Farebox makes a Redis client, and the timeout policy every client shares.
 
+The URL's scheme picks the topology (gateway/runtime/redis_url.py): one node (`redis://`,
+`rediss://`), a Redis Cluster (`redis+cluster://`, a `RedisCluster` routing each command by
+its keys' hash slot) or a Sentinel-managed master (`redis+sentinel://`, a `Redis` whose
+connections ask the sentinels where the master is). The policy below holds for all three.
+
 Policy, the same for the eight users (limits, response cache, breakers, key sync, in-flight
 sync, drill board, drill schedule, CLI announcements):
 
@@ -43,7 +48,7 @@ BACKGROUND_TIMEOUT_S = 2.0
 # What `redis_client` returns. A Sentinel-found master is a plain `Redis` whose connections
 # ask the sentinels where the master is; a cluster client routes each command by its keys'
 # hash slot (every multi-key command and script of Farebox keeps its keys in one slot:
-# docs/redis.md).
+# docs/deploy.md, "Redis Cluster and Sentinel").
 RedisClient = Redis | RedisCluster
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from gateway.core.breakers import Breakers
+from gateway.runtime.redis import redis_client
 from routing.breaker import BreakerPolicy
+from tests.redis_topologies import on_every_topology
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = BreakerPolicy(
@@ -138,6 +139,7 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+@on_every_topology
 def test_a_trip_on_one_replica_stops_traffic_on_both(redis_server: Any) -> None:
     async def scenario() -> None:
         key_prefix = prefix()
@@ -162,15 +164,16 @@ def test_a_trip_on_one_replica_stops_traffic_on_both(redis_server: Any) -> None:
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_a_replica_starting_late_reads_the_open_breakers(redis_server: Any) -> None:
     async def scenario() -> None:
         key_prefix = prefix()
-        raw = Redis.from_url(redis_server.url)
-        await raw.set(f"{key_prefix}:breaker:junk@p", b"[not, a record")
-        await raw.set(f"{key_prefix}:breaker:list@p", b"[1, 2]")
+        raw = redis_client(redis_server.url)
+        await raw.set(f"{{{key_prefix}:breaker}}:junk@p", b"[not, a record")
+        await raw.set(f"{{{key_prefix}:breaker}}:list@p", b"[1, 2]")
         a = await started(make_breakers(redis_server.url, key_prefix, SLOW_POLICY))
         trip(a, "down@p")
-        key = f"{key_prefix}:breaker:down@p"
+        key = f"{{{key_prefix}:breaker}}:down@p"
         await eventually(lambda: _is(raw.exists(key), bool), "A stored the trip")
         assert 5000 < await raw.pttl(key) <= 7000  # cooldown + probe timeout
         await raw.aclose()
@@ -186,6 +189,7 @@ def test_a_replica_starting_late_reads_the_open_breakers(redis_server: Any) -> N
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_half_open_probe_runs_on_one_replica_and_its_outcome_reaches_both(
     redis_server: Any,
 ) -> None:

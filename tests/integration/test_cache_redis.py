@@ -12,11 +12,11 @@ from typing import Any
 
 import openai
 import pytest
-import redis
 from prometheus_client import REGISTRY
 
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
+from tests.redis_topologies import on_every_topology, sync_client
 from tests.services import RedisServer
 from tests.simulator import simulator_stats
 from tests.waiting import wait_until
@@ -67,8 +67,8 @@ def question() -> Any:
 
 
 def entries(redis_server: RedisServer) -> int:
-    with redis.Redis.from_url(redis_server.url) as r:
-        return len(r.keys("farebox:cache:*"))
+    with sync_client(redis_server.url) as r:
+        return len(list(r.scan_iter(match="farebox:cache:*")))
 
 
 def stored(redis_server: RedisServer, before: int) -> None:
@@ -80,6 +80,7 @@ def errors() -> float:
     return REGISTRY.get_sample_value("farebox_cache_redis_errors_total") or 0.0
 
 
+@on_every_topology
 def test_replicas_share_entries_through_redis(
     replicas: tuple[RunningGateway, RunningGateway], redis_server: RedisServer, simulator: str
 ) -> None:

@@ -9,6 +9,7 @@ from routing.live import DeploymentLoad
 from routing.model import DeploymentSpec, RouteSpec, Timeouts
 from routing.planner import LiveView, decide
 from routing.shape import request_shape
+from tests.redis_topologies import on_every_topology
 from tests.services import RedisServer
 from tests.waiting import until
 
@@ -17,6 +18,7 @@ CLOUD = DeploymentSpec("cloud", "cloud", "serverless", "openai", "llama")
 ROUTE = RouteSpec("r", "cost", ("gpu", "cloud"), Timeouts(1000, 1000, 1000))
 
 
+@on_every_topology
 def test_two_replicas_see_each_others_load(redis_server: RedisServer) -> None:
     async def run() -> None:
         a_loads = {"gpu": DeploymentLoad(), "cloud": DeploymentLoad()}

@@ -11,14 +11,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from gateway.errors import GatewayError
 from gateway.keys.auth import Principal
 from gateway.ledger_rows import RequestRow
 from gateway.limits.limiter import FAIL_CLOSED, Limiter
+from gateway.runtime.redis import redis_client
 from routing import quota
 from routing.quota import Ask
+from tests.redis_topologies import on_every_topology
 
 
 def principal(**limits: Any) -> Principal:
@@ -67,6 +68,7 @@ async def outcomes(limiter: Limiter, who: Principal, asks: list[Ask]) -> list[st
     return seen
 
 
+@on_every_topology
 def test_redis_and_in_process_limiters_agree(redis_server: Any) -> None:
     """Same key limits, same requests: the Lua scripts and routing/quota answer alike."""
 
@@ -93,6 +95,7 @@ def test_redis_and_in_process_limiters_agree(redis_server: Any) -> None:
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_concurrency_lease_is_freed_by_settle(redis_server: Any) -> None:
     async def scenario() -> None:
         limiter = Limiter(redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}")
@@ -113,6 +116,7 @@ def test_concurrency_lease_is_freed_by_settle(redis_server: Any) -> None:
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_budget_seeds_from_the_ledger_once_per_month(redis_server: Any) -> None:
     calls: list[str] = []
 
@@ -180,7 +184,7 @@ def test_redis_outage_fails_open_or_closed_and_recovers(redis_server: Any) -> No
                 await asyncio.sleep(0.05)  # poll: a condition wait
             admission = await closed.admit(with_budget, Ask(1, 0))
             assert admission.local == frozenset()
-            client = Redis.from_url(redis_server.url)
+            client = redis_client(redis_server.url)
             assert await client.exists(f"{{{prefix}:lim:{with_budget.key_name}}}:rpm")
             await client.aclose()
         finally:

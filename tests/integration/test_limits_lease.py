@@ -13,14 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from gateway.errors import GatewayError
 from gateway.limits import lease as lease_io
 from gateway.limits.limiter import FAIL_CLOSED, LEASE, Limiter
+from gateway.runtime.redis import redis_client
 from routing.lease import Sizing
 from routing.quota import Ask
 from tests.integration.test_limits import principal, row
+from tests.redis_topologies import on_every_topology
 
 
 def leased(url: str, prefix: str, **kwargs: Any) -> Limiter:
@@ -41,6 +42,7 @@ def budget_keys(prefix: str, key_name: str) -> tuple[str, str]:
     return f"{tag}:budget:{month}", f"{tag}:resv:{month}"
 
 
+@on_every_topology
 def test_requests_are_admitted_against_the_slice_without_a_round_trip(redis_server: Any) -> None:
     async def scenario() -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"
@@ -73,7 +75,7 @@ def test_requests_are_admitted_against_the_slice_without_a_round_trip(redis_serv
             first.settle(row(10, "0.0005"))
             # The spend settled locally reaches Redis with the next sync (within a second).
             budget, _ = budget_keys(prefix, who.key_name)
-            client = Redis.from_url(redis_server.url)
+            client = redis_client(redis_server.url)
 
             async def pushed() -> bool:
                 spent = int(await client.hget(budget, "spent") or 0)
@@ -88,6 +90,7 @@ def test_requests_are_admitted_against_the_slice_without_a_round_trip(redis_serv
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_two_replicas_never_exceed_an_rpm_bucket_and_refuse_like_exact_mode(
     redis_server: Any,
 ) -> None:
@@ -118,12 +121,13 @@ def test_two_replicas_never_exceed_an_rpm_bucket_and_refuse_like_exact_mode(
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_a_slice_is_returned_on_shutdown_and_on_idle(redis_server: Any) -> None:
     async def scenario() -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"
         who = principal(rpm=600, max_concurrency=8, budget_usd=Decimal("1"))
         budget, reservations = budget_keys(prefix, who.key_name)
-        client = Redis.from_url(redis_server.url)
+        client = redis_client(redis_server.url)
         conc = f"{{{prefix}:lim:{who.key_name}}}:conc"
         limiter = leased(redis_server.url, prefix)
         try:
@@ -157,6 +161,7 @@ def test_a_slice_is_returned_on_shutdown_and_on_idle(redis_server: Any) -> None:
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_a_dead_replicas_slice_expires_and_the_whole_budget_is_usable(
     redis_server: Any,
 ) -> None:

@@ -17,15 +17,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from gateway.limits.lease_lua import LEASE
 from gateway.limits.limiter import LEASE as LEASE_MODE
 from gateway.limits.limiter import Limiter
 from gateway.limits.lua import limit_keys
+from gateway.runtime.redis import redis_client
 from routing.quota import Ask
 from tests.integration.test_limits import principal, row
+from tests.redis_topologies import on_every_topology
 from tests.waiting import until
 
 BUDGET_NANO = 5_000_000_000  # $5
@@ -33,6 +34,7 @@ COST = "0.0005"  # what each request settles at: 500,000 nano-USD
 COST_NANO = 500_000
 
 
+@on_every_topology
 def test_a_sync_whose_reply_is_lost_after_redis_applied_it_pushes_nothing_twice(
     redis_server: Any,
 ) -> None:
@@ -64,7 +66,7 @@ def test_a_sync_whose_reply_is_lost_after_redis_applied_it_pushes_nothing_twice(
         leases._script = reply_lost_once  # type: ignore[assignment]
         who = principal(rpm=600, budget_usd=Decimal("5"))
         budget_key = limit_keys(prefix, who.key_name, datetime.now(UTC).strftime("%Y-%m"))[3]
-        client = Redis.from_url(redis_server.url)
+        client = redis_client(redis_server.url)
 
         async def spent() -> int:
             return int(await client.hget(budget_key, "spent") or 0)
@@ -92,7 +94,7 @@ def test_a_sync_whose_reply_is_lost_after_redis_applied_it_pushes_nothing_twice(
             await limiter.close()
             await client.aclose()
         # The shutdown's return pushed nothing more.
-        client = Redis.from_url(redis_server.url)
+        client = redis_client(redis_server.url)
         try:
             assert int(await client.hget(budget_key, "spent") or 0) == 3 * COST_NANO
         finally:
@@ -163,7 +165,7 @@ def test_a_push_whose_reply_redis_never_sends_is_counted_once(redis_server: Any)
         budget_key = limit_keys(limiter._prefix, who.key_name, datetime.now(UTC).strftime("%Y-%m"))[
             3
         ]
-        client = Redis.from_url(redis_server.url)  # straight to Redis, not through the proxy
+        client = redis_client(redis_server.url)  # straight to Redis, not through the proxy
 
         async def spent() -> int:
             return int(await client.hget(budget_key, "spent") or 0)
@@ -221,7 +223,7 @@ def test_a_key_idle_long_enough_to_drop_its_slice_still_has_its_next_spend_count
         budget_key = limit_keys(limiter._prefix, who.key_name, datetime.now(UTC).strftime("%Y-%m"))[
             3
         ]
-        client = Redis.from_url(redis_server.url)
+        client = redis_client(redis_server.url)
 
         async def spent_is(nano: int) -> bool:
             return int(await client.hget(budget_key, "spent") or 0) == nano
@@ -243,6 +245,7 @@ def test_a_key_idle_long_enough_to_drop_its_slice_still_has_its_next_spend_count
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_the_script_applies_a_push_once_whatever_order_its_retries_arrive_in(
     redis_server: Any,
 ) -> None:
@@ -250,7 +253,7 @@ def test_the_script_applies_a_push_once_whatever_order_its_retries_arrive_in(
     after a newer one, a replica's first push, and a hash reseeded from the ledger."""
 
     async def scenario() -> None:
-        client = Redis.from_url(redis_server.url)
+        client = redis_client(redis_server.url)
         script = client.register_script(LEASE)
         keys = list(limit_keys(f"t{uuid.uuid4().hex[:8]}", "k", "2026-12"))
         budget, reservations = keys[3], keys[4]

@@ -27,10 +27,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
 from tests.gateway_process import ROOT, GatewayProcess, gateway_processes
 from tests.ledger_reads import sql_rows
+from tests.redis_topologies import on_every_topology, sync_client
 from tests.simulator import start_simulator
 
 BUDGET_KEY = "sk-budget-key-0001"
@@ -66,7 +66,7 @@ BODY = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "ma
 
 def flush(redis_url: str) -> None:
     """Limit counters of earlier tests in this session's Redis must not leak in."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     client.flushall()
     client.close()
 
@@ -142,6 +142,7 @@ def ledger_spend(pg_url: str, key: str, expected_rows: int) -> Decimal:
 MODES = ["exact", "lease"]
 
 
+@on_every_topology
 @pytest.mark.parametrize("mode", MODES)
 def test_three_replicas_hold_a_one_dollar_budget(
     tmp_path: Path, pg_url: str, redis_server: Any, mode: str
@@ -201,6 +202,7 @@ def _load(url: str, key: str, seconds: float, concurrency: int) -> subprocess.Po
     )
 
 
+@on_every_topology
 @pytest.mark.parametrize("mode", MODES)
 def test_rpm_holds_within_one_percent_across_three_replicas(
     tmp_path: Path, pg_url: str, redis_server: Any, mode: str

@@ -33,14 +33,15 @@ import orjson
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
 from gateway.limits.limiter import Limiter
+from gateway.runtime.redis import redis_client
 from gateway.settings import Settings
 from tests import waiting
 from tests.conftest import SIM_KEY
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
+from tests.redis_topologies import on_every_topology, sync_client
 from tests.services import PostgresServer, RedisServer
 
 MASTER = "master-key-for-unstuck-tests"
@@ -104,7 +105,7 @@ def env(
         redis_url=redis_server.url,
         spool_dir=str(tmp_path / "spool"),
     )
-    store = redis.Redis.from_url(redis_server.url)
+    store = sync_client(redis_server.url)
     with running_gateway(config, settings) as gw:
         yield Env(gw, pg_url, store)
     store.close()
@@ -260,6 +261,7 @@ def test_stale_keys_are_served_while_postgres_is_frozen(env: Env, postgres: Post
         assert err.value.status_code == 503 and time.monotonic() - started < 4.5
 
 
+@on_every_topology
 def test_one_replica_reconciles_at_a_time(redis_server: RedisServer) -> None:
     """Two replicas' reconcilers on one Redis: only the lock holder corrects; when it goes
     away (its lock expires) the other takes over. The ledger here is the seed/spend
@@ -272,7 +274,7 @@ def test_one_replica_reconciles_at_a_time(redis_server: RedisServer) -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"
         a = Limiter(redis_server.url, key_prefix=prefix, spend_source=ledger)
         b = Limiter(redis_server.url, key_prefix=prefix, spend_source=ledger)
-        store = Redis.from_url(redis_server.url)
+        store = redis_client(redis_server.url)
         month = datetime.now(UTC).strftime("%Y-%m")
         budget = f"{{{prefix}:lim:k1}}:budget:{month}"
         await store.hset(budget, mapping={"spent": 200_000_000, "reserved": 7})

@@ -16,8 +16,10 @@ from gateway.keys.auth import Principal
 from gateway.limits.limiter import Limiter
 from gateway.limits.lua import BATCH
 from gateway.limits.redis_batch import RedisBatch
+from gateway.runtime.redis import redis_client
 from routing import quota
 from routing.quota import Ask
+from tests.redis_topologies import on_every_topology
 
 ECHO = """
 local out = {}
@@ -30,9 +32,10 @@ def principal(**limits: Any) -> Principal:
     return Principal(key_name=f"k{uuid.uuid4().hex[:10]}", **limits)
 
 
+@on_every_topology
 def test_concurrent_calls_share_round_trips_and_answer_in_order(redis_server: Any) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(redis_server.url)
+        redis = redis_client(redis_server.url)
         batch = RedisBatch(redis, ECHO, max_in_flight=2)
         sent: list[int] = []
         real = batch._pipeline
@@ -56,9 +59,10 @@ def test_concurrent_calls_share_round_trips_and_answer_in_order(redis_server: An
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_a_flushed_script_cache_is_reloaded(redis_server: Any) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(redis_server.url)
+        redis = redis_client(redis_server.url)
         batch = RedisBatch(redis, ECHO)
         try:
             assert await batch.call(("a",), "1") == b"a:1"
@@ -107,7 +111,7 @@ def test_hundreds_of_concurrent_admissions_never_run_out_of_connections(
             await asyncio.gather(*(one() for _ in range(600)))
             await limiter.flush()
             assert limiter.redis_up
-            redis = Redis.from_url(redis_server.url)
+            redis = redis_client(redis_server.url)
             tag = f"{{{prefix}:lim:{who.key_name}}}"
             assert await redis.zcard(f"{tag}:conc") == 0  # every lease handed back
             budget = next(k for k in await redis.keys(f"{tag}:budget:*"))
@@ -121,6 +125,7 @@ def test_hundreds_of_concurrent_admissions_never_run_out_of_connections(
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_budget_holds_exactly_under_batched_concurrency(redis_server: Any) -> None:
     """A $0.10 budget and 0.01 reservations: of 50 concurrent requests exactly 10 fit,
     whichever batch they travel in."""
@@ -167,7 +172,7 @@ def test_a_cancelled_admission_hands_its_reservation_back(redis_server: Any) -> 
 def test_the_batch_script_loads_under_redis_lua(redis_server: Any) -> None:
 
     async def scenario() -> None:
-        redis = Redis.from_url(redis_server.url)
+        redis = redis_client(redis_server.url)
         try:
             sha = await redis.script_load(BATCH)
             assert sha == RedisBatch(redis, BATCH)._sha

@@ -25,6 +25,7 @@ from tests.conftest import SIM_KEY
 from tests.gateway_process import GatewayProcess, gateway_processes
 from tests.integration.test_virtual_keys import KEYS_YAML, MASTER
 from tests.ledger_reads import sql_rows
+from tests.redis_topologies import on_every_topology
 from tests.services import RedisServer, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,7 @@ def revoked_at(pg_url: str, key_id: str) -> float:
     return stamp.timestamp()
 
 
+@on_every_topology
 def test_a_revoked_key_is_refused_by_every_replica_within_1s(
     simulator: str, pg_url: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
