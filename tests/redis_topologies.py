@@ -39,7 +39,8 @@ def _info(port: int, section: str) -> dict[str, str]:
     client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
     try:
         if section == "cluster-info":  # redis-py parses it into a dict
-            return {k: str(v) for k, v in client.execute_command("CLUSTER INFO").items()}
+            info: dict[str, Any] = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+            return {k: str(v) for k, v in info.items()}
         return {k: str(v) for k, v in client.info(section).items()}
     except (redis.RedisError, OSError):
         return {}
@@ -170,7 +171,7 @@ class SentinelSet:
         for sentinel in self.sentinels:
             client = redis.Redis(port=sentinel.port, socket_timeout=1)
             try:
-                state = client.sentinel_master(SERVICE)
+                state: Any = client.sentinel_master(SERVICE)
                 if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
                     return False
             except (redis.RedisError, OSError):
@@ -185,7 +186,8 @@ class SentinelSet:
             client = redis.Redis(port=sentinel.port, socket_timeout=1)
             try:
                 with contextlib.suppress(redis.RedisError, OSError, TypeError):
-                    _, port = client.sentinel_get_master_addr_by_name(SERVICE)
+                    address: Any = client.sentinel_get_master_addr_by_name(SERVICE)
+                    _, port = address
                     return int(port)
             finally:
                 client.close()
@@ -238,7 +240,7 @@ def sync_client(url: str) -> Any:
     if target.kind == SINGLE:
         return redis.Redis.from_url(url)
     if target.kind == CLUSTER:
-        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
         return redis.RedisCluster(startup_nodes=nodes)
-    sentinel = redis.Sentinel(list(target.hosts), socket_timeout=2)
-    return sentinel.master_for(target.service, db=target.db, socket_timeout=2)
+    sentinel = redis.Sentinel(list(target.hosts), socket_timeout=2)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(target.service, db=target.db, socket_timeout=2)  # type: ignore[no-untyped-call]

@@ -35,7 +35,7 @@ import orjson
 
 from gateway.observability import metrics
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import RedisClient, Sharing, redis_client
+from gateway.runtime.redis import RedisClient, Sharing, redis_client, subscriber
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -321,7 +321,7 @@ class Breakers:
     async def _follow(self) -> None:
         """Subscribe, catch up on open breakers, then relay messages until Redis fails."""
         assert self._redis is not None
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = await self._within(subscriber(self._redis, ignore_subscribe_messages=True))
         try:
             # Subscribe before reading the keys so no trip can fall between the two.
             self._broken.clear()

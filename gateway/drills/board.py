@@ -30,7 +30,7 @@ from gateway.drills.verdict_report import render, side_dict
 from gateway.ledger.drills_records import FINAL, FINISHING, RUNNING, STOPPING, DrillRow
 from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
-from gateway.runtime.redis import Sharing, redis_client
+from gateway.runtime.redis import Sharing, redis_client, subscriber
 from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
@@ -296,7 +296,7 @@ class DrillBoard:
     async def _follow(self) -> None:
         """Wake the poll on every announcement until Redis fails (the poll carries on)."""
         assert self._redis is not None
-        async with self._redis.pubsub() as pubsub:
+        async with await subscriber(self._redis) as pubsub:
             await pubsub.subscribe(CHANNEL)
             self._sharing.connected = True
             self._sharing.set(True)

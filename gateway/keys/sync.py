@@ -35,7 +35,7 @@ from gateway.ledger.keys_reads import KeyReads, PgKeyReads
 from gateway.ledger.keys_records import VirtualKey
 from gateway.ledger.serving_ledger import ServingLedger
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import RedisClient, Sharing, redis_client
+from gateway.runtime.redis import RedisClient, Sharing, redis_client, subscriber
 from gateway.runtime.redis_health import REDIS_ERRORS
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class KeySync:
 
     async def _follow(self) -> None:
         assert self._redis is not None
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = await self._within(subscriber(self._redis, ignore_subscribe_messages=True))
         connected = False
         try:
             await self._within(pubsub.subscribe(self._channel))

@@ -35,6 +35,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -102,12 +103,13 @@ class SentinelMaster(Redis):
     """The master of a Sentinel service. Closing it closes its connections to the sentinels
     too (redis-py leaves them to the `Sentinel` object, which nothing else here holds)."""
 
-    sentinel: Sentinel | None = None
+    # Not `sentinel`: that name is redis-py's SENTINEL command method.
+    sentinel_manager: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
+        if self.sentinel_manager is not None:
+            await self.sentinel_manager.aclose()
 
 
 def _sentinel_master(target: RedisTarget, timeout_s: float, retry_once: bool) -> Redis:
@@ -119,7 +121,9 @@ def _sentinel_master(target: RedisTarget, timeout_s: float, retry_once: bool) ->
         sentinel_kwargs["password"] = target.sentinel_password
     if target.tls:
         sentinel_kwargs["ssl"] = True
-    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # unannotated upstream
+        list(target.hosts), sentinel_kwargs=sentinel_kwargs
+    )
     # After a failover the old master's connections fail (or answer READONLY, which redis-py
     # turns into a connection error); the next connection asks the sentinels again, so the
     # health probe and retries already in place follow the promoted replica.
@@ -132,8 +136,19 @@ def _sentinel_master(target: RedisTarget, timeout_s: float, retry_once: bool) ->
         **_connection_kwargs(target, timeout_s),
     )
     assert isinstance(master, SentinelMaster)
-    master.sentinel = sentinel
+    master.sentinel_manager = sentinel
     return master
+
+
+async def subscriber(client: RedisClient, *, ignore_subscribe_messages: bool = False) -> PubSub:
+    """A pub/sub connection of `client` (not yet subscribed). A cluster client first loads its
+    slot map (a no-op once loaded, a refresh after a node failed): redis-py's cluster pub/sub
+    looks the channel's node up in that map and fails with a KeyError on a client that has
+    not run a command yet. Channels are classic (SUBSCRIBE/PUBLISH), which a cluster
+    delivers to subscribers on every node."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
 
 
 UP = Gauge(

@@ -61,12 +61,13 @@ def test_the_client_matches_the_topology_and_keeps_the_timeout_policy() -> None:
         cluster = redis_client("redis+cluster://127.0.0.1:1,127.0.0.1:2", timeout_s=0.25)
         assert isinstance(cluster, RedisCluster)
         assert cluster.retry.get_retries() == 0  # no retry: a request never waits twice
-        assert redis_client("redis+cluster://127.0.0.1:1", retry_once=True).retry.get_retries() == 1
+        subscriber = redis_client("redis+cluster://127.0.0.1:1", retry_once=True)
+        assert isinstance(subscriber, RedisCluster) and subscriber.retry.get_retries() == 1
         master = redis_client("redis+sentinel://127.0.0.1:1/svc/2", timeout_s=0.25)
         assert isinstance(master, SentinelMaster)
         kwargs = master.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] == 0.25 and kwargs["db"] == 2
-        for client in (single, cluster, master):
+        for client in (single, cluster, subscriber, master):
             await client.aclose()
 
     asyncio.run(made())
