@@ -315,10 +315,15 @@ async def send_stream(
     watch: DisconnectWatch,
     request_id: str,
     translator: StreamTranslator | None = None,
+    ended: Callable[[], bool] | None = None,
 ) -> None:
     """Send the 200 and relay the stream, one client write per service block.
 
-    Without a translator the OpenAI bytes go out untouched (the common, fast case).
+    Without a translator the OpenAI bytes go out untouched (the common, fast case). The
+    last block carries the end of the response in the same write: a chat stream's ends in
+    `[DONE]`, a translated one's when its translator says so, and a stream without a marker
+    of its own (Responses) says it through `ended`, true once its relay handed over its last
+    block (otherwise the end would cost a write of its own, and the client a read).
     """
     headers.extend(SSE_HEADERS)
     add_result_headers(
@@ -333,7 +338,7 @@ async def send_stream(
     try:
         async for chunk in chunks:
             if translator is None:
-                out, last = chunk, chunk.endswith(DONE)
+                out, last = chunk, chunk.endswith(DONE) if ended is None else ended()
             else:
                 out, last = translator.feed(chunk), translator.ended
             if last:

@@ -202,7 +202,9 @@ class ResponsesEndpoints:
                     streaming = await call.stream(True)
                     if record is not None:
                         streaming.chunks = record.after_stream(streaming.chunks)
-                    await send_stream(send, headers, streaming, watch, request_id)
+                    await send_stream(
+                        send, headers, streaming, watch, request_id, ended=ctx.stream_ended_now
+                    )
                     return
                 result = await call.complete()
                 watch.stop()
@@ -346,12 +348,18 @@ class _Record:
         terminal event reaches the client: once a client has seen `response.completed`,
         its id can be continued."""
         saved = False
-        async for chunk in chunks:
-            final = self.ctx.final_response
-            if final is not None and not saved:
-                saved = True
-                await self.save(final)
-            yield chunk
+        try:
+            async for chunk in chunks:
+                final = self.ctx.final_response
+                if final is not None and not saved:
+                    saved = True
+                    await self.save(final)
+                yield chunk
+        finally:
+            # The client write of the last block ends the relay early (send_stream stops
+            # reading): close the relay now, which returns its upstream connection, rather
+            # than whenever the abandoned generator is collected.
+            await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _store(state: GatewayState, response_id: str, param: str | None = None) -> ResponseStore:

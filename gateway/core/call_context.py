@@ -69,5 +69,13 @@ class CallContext:
     workflow_id: str | None = None
     # Responses streams: the terminal Response object, for the conversation store.
     final_response: dict[str, Any] | None = None
+    # Responses streams: set by the relay just before it hands over its last block, so that
+    # block goes out with the end of the response in one write (gateway/api/common.py).
+    stream_ended: bool = False
     # A line of a Batch API batch: the batch's id (gateway/batch/).
     batch_id: str | None = None
+
+    def stream_ended_now(self) -> bool:
+        """`stream_ended`, as the callable gateway.api.common.send_stream asks after each
+        block."""
+        return self.stream_ended

@@ -106,11 +106,13 @@ class ResponsesRelay(Relay):
                     outcome = None
                     # In the ledger before the client can see the end (see Relay.run).
                     self._finish(outcome, metered, deltas + 1)
+                    self.ctx.stream_ended = True
                     yield block
                     return
                 else:  # the upstream's own error or failed response, relayed scrubbed
                     outcome = STREAM_ERROR
                     self._finish(outcome, metered, deltas + 1)
+                    self.ctx.stream_ended = True
                     yield UPSTREAM_SECRETS.raw(block)
                     return
                 try:
@@ -120,6 +122,7 @@ class ResponsesRelay(Relay):
         except UpstreamError as exc:
             outcome = error_class(exc)
             self._finish(outcome, metered, deltas + 1)
+            self.ctx.stream_ended = True
             yield failed_event(
                 own.response_so_far() if own is not None else self._so_far(created),
                 message=scrub(exc.message),
@@ -134,6 +137,7 @@ class ResponsesRelay(Relay):
             task.uncancel()
             outcome = SHUTDOWN
             self._finish(outcome, metered, deltas + 1)
+            self.ctx.stream_ended = True
             yield failed_event(
                 own.response_so_far() if own is not None else self._so_far(created),
                 message="The gateway is shutting down and ended this stream before it was "
