@@ -173,3 +173,4 @@ from gateway.ledger import models_drills as _drills  # noqa: E402, F401
 from gateway.ledger import models_files as _files  # noqa: E402, F401
 from gateway.ledger import models_reports as _reports  # noqa: E402, F401
 from gateway.ledger import models_responses as _responses  # noqa: E402, F401
+from gateway.ledger import models_rollups as _rollups  # noqa: E402, F401

@@ -3,8 +3,11 @@
 `LedgerWriter` (gateway/ledger/writer.py) hands it batches of rows that are already tuples
 in the tables' column order (gateway/ledger_rows.py), so a batch goes to `COPY` as it is:
 no per-row conversion, no ORM, no pool checkout. Each batch is one transaction: COPY into a
-per-connection temporary staging table, then one `INSERT … SELECT … ON CONFLICT (id) DO
-NOTHING`, so replaying a batch (the spool, journal recovery) is harmless. The staging tables
+per-connection temporary staging table, then one statement that inserts the staged rows
+(`ON CONFLICT DO NOTHING`) and adds exactly the rows it inserted to the rollups
+(gateway/ledger/rollups_sql.pg_merge), so replaying a batch (the spool, journal recovery) is
+harmless and adds nothing. A deadlock between replicas upserting the same rollup rows retries
+the batch (gateway/ledger/rollups.retrying). The staging tables
 are created once per connection and emptied on commit (no catalog churn per batch); the
 explicit column lists keep a stale staging table harmless after a migration adds columns.
 
@@ -24,6 +27,8 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from gateway.ledger.pg import asyncpg_dsn, is_postgres
+from gateway.ledger.rollups import is_retryable, retrying
+from gateway.ledger.rollups_sql import pg_merge
 from gateway.ledger_rows import ATTEMPT_FIELDS, REQUEST_FIELDS, AttemptRow, RequestRow
 
 # (table, its staging table, columns) in the order a batch writes them.
@@ -37,12 +42,8 @@ _CREATE_STAGING = ";".join(
 )
 
 
-def _merge(table: str, stage: str, columns: list[str]) -> str:
-    names = ", ".join(columns)
-    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT (id) DO NOTHING"
-
-
-_MERGE = {table: _merge(table, stage, columns) for table, stage, columns in _TABLES}
+# Both staging tables are always read (an empty one adds nothing): one statement per batch.
+_MERGE = pg_merge(*_TABLES)
 
 
 class PgLedgerSink:
@@ -72,22 +73,23 @@ class PgLedgerSink:
         """Insert both kinds of rows in one transaction; rows whose id exists are skipped."""
         if not requests and not attempts:
             return
+        await retrying(lambda: self._write(requests, attempts))
+
+    async def _write(self, requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> None:
         try:
             conn = await self._connection()
             async with conn.transaction():
                 if not self._staged:
                     await conn.execute(_CREATE_STAGING)
-                merges = []
-                for (table, stage, columns), rows in zip(
-                    _TABLES, (requests, attempts), strict=True
-                ):
+                for (_, stage, columns), rows in zip(_TABLES, (requests, attempts), strict=True):
                     if rows:
                         await conn.copy_records_to_table(stage, records=rows, columns=columns)
-                        merges.append(_MERGE[table])
-                await conn.execute(";".join(merges))
+                await conn.execute(_MERGE)
             self._staged = True  # committed: the CREATE (if any) stuck
-        except BaseException:
-            await self._drop()
+        except BaseException as exc:
+            # A deadlock is a clean rollback on a sound connection: keep it for the retry.
+            if not is_retryable(exc):
+                await self._drop()
             raise
 
     async def ping(self) -> None:

@@ -28,6 +28,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.rollups import add_inserted, retrying
+from gateway.ledger.rollups_sql import pg_merge
+from gateway.ledger.rollups_usage import merged, next_hour, usage_rollup_query
 from gateway.ledger.usage import UsageLine, decimal_of, usage_line, usage_query
 from gateway.ledger_rows import ATTEMPT_FIELDS, PROVIDER, REQUEST_FIELDS, AttemptRow, RequestRow
 
@@ -124,12 +127,11 @@ class LedgerRepository:
             if items
         ]
         if self._copy:
-            await self._copy_batch(batches)
+            await retrying(lambda: self._copy_batch(batches))
             return
+        # One transaction: the rows, then the rollups of exactly the rows it inserted.
         async with self.engine.begin() as conn:
-            for table, fields, items in batches:
-                rows = [_row(item, fields) for item in items]
-                await conn.execute(self._insert_ignore(table).on_conflict_do_nothing(), rows)
+            await self._insert_counted(conn, batches)
 
     async def _copy_batch(
         self, batches: list[tuple[Table, tuple[str, ...], Sequence[Any]]]
@@ -161,19 +163,14 @@ class LedgerRepository:
                 ";".join(
                     f"CREATE TEMP TABLE IF NOT EXISTS {_stage(table)} "
                     f"(LIKE {table.name}) ON COMMIT DELETE ROWS"
-                    for table, _, _ in batches
+                    for table in (requests_table, attempts_table)
                 )
             )
             for table, fields, items in batches:
                 await raw.copy_records_to_table(_stage(table), records=items, columns=list(fields))
-            await raw.execute(
-                ";".join(
-                    f"INSERT INTO {table.name} ({', '.join(fields)}) "
-                    f"SELECT {', '.join(fields)} FROM {_stage(table)} "
-                    "ON CONFLICT (id) DO NOTHING"
-                    for table, fields, _ in batches
-                )
-            )
+            # Both staging tables exist and are read (an empty one adds nothing): one
+            # statement inserts the rows and adds what it inserted to the rollups.
+            await raw.execute(_PG_MERGE)
 
     async def insert_on(
         self,
@@ -183,14 +180,31 @@ class LedgerRepository:
     ) -> None:
         """Insert ledger rows inside the caller's transaction (rows whose id exists are
         skipped): for writes that must commit together with other state, such as a batch
-        line's rows and the line's answer (gateway/ledger/batches_repository.py)."""
-        for table, fields, items in (
-            (requests_table, _REQUEST_FIELDS, requests),
-            (attempts_table, _ATTEMPT_FIELDS, attempts),
-        ):
-            if items:
-                rows = [_row(item, fields) for item in items]
-                await conn.execute(self._insert_ignore(table).on_conflict_do_nothing(), rows)
+        line's rows and the line's answer (gateway/ledger/batches_repository.py). The rows
+        it inserted are added to the rollups in the same transaction."""
+        await self._insert_counted(
+            conn,
+            [
+                (table, fields, items)
+                for table, fields, items in (
+                    (requests_table, _REQUEST_FIELDS, requests),
+                    (attempts_table, _ATTEMPT_FIELDS, attempts),
+                )
+                if items
+            ],
+        )
+
+    async def _insert_counted(
+        self, conn: AsyncConnection, batches: list[tuple[Table, tuple[str, ...], Sequence[Any]]]
+    ) -> None:
+        """Insert (rows whose id exists skipped), then add to the rollups exactly the rows
+        the insert returned: a replayed row is not returned, so it adds nothing."""
+        inserted: dict[str, list[str]] = {"requests": [], "attempts": []}
+        for table, fields, items in batches:
+            rows = [_row(item, fields) for item in items]
+            stmt = self._insert_ignore(table).on_conflict_do_nothing().returning(table.c.id)
+            inserted[table.name] = [row[0] for row in await conn.execute(stmt, rows)]
+        await add_inserted(conn, inserted["requests"], inserted["attempts"])
 
     async def counts(self) -> tuple[int, int]:
         async with self.engine.connect() as conn:
@@ -273,19 +287,35 @@ class LedgerRepository:
             total = (await conn.execute(stmt)).scalar_one()
         return decimal_of(total)
 
-    async def usage(self, since: datetime, by: str) -> list[UsageLine]:
-        """Totals since `since`, grouped by route, key or deployment, most expensive first."""
+    async def usage(self, since: datetime, by: str, *, rollups: bool = True) -> list[UsageLine]:
+        """Totals since `since`, grouped by route, key or deployment, most expensive first:
+        the whole hours from the rollups, the ragged first one from the raw rows
+        (gateway/ledger/rollups_usage.py); `rollups=False` reads raw rows only."""
         if since.tzinfo is None:
             raise ValueError("since must be timezone-aware")
         # SQLite stores timestamps as text without an offset, so compare in UTC everywhere.
-        stmt = usage_query(since.astimezone(UTC), by)
+        since = since.astimezone(UTC)
+        if not rollups:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(usage_query(since, by))).all()
+            return [usage_line(row) for row in rows]
+        cut = next_hour(since)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [usage_line(row) for row in rows]
+            ragged = (await conn.execute(usage_query(since, by, until=cut))).all()
+            whole = (await conn.execute(usage_rollup_query(cut, by))).all()
+        return merged(usage_line(row) for row in (*ragged, *whole))
 
 
 def _stage(table: Table) -> str:
     return f"farebox_stage_{table.name}"
+
+
+_PG_MERGE = pg_merge(
+    *(
+        (table.name, _stage(table), list(fields))
+        for table, fields in ((requests_table, _REQUEST_FIELDS), (attempts_table, _ATTEMPT_FIELDS))
+    )
+)
 
 
 def _row(item: Any, fields: tuple[str, ...]) -> dict[str, Any]:

@@ -81,12 +81,12 @@ class UsageLine:
         return self.cost_usd / self.successful
 
 
-def usage_query(since: datetime, by: str) -> Select[Any]:
-    """The query for one grouping; `since` is a UTC instant."""
+def usage_query(since: datetime, by: str, until: datetime | None = None) -> Select[Any]:
+    """The query for one grouping; `since` (and `until`, excluded) are UTC instants."""
     if by in ("route", "key"):
-        return _usage_by_request(since, by)
+        return _usage_by_request(since, by, until)
     if by == "deployment":
-        return _usage_by_deployment(since)
+        return _usage_by_deployment(since, until)
     raise ValueError(f"by must be route, key or deployment, not {by!r}")
 
 
@@ -142,7 +142,7 @@ def _attempt_aggregates(
     return columns, func.coalesce(cost, 0).desc()
 
 
-def _usage_by_request(since: datetime, by: str) -> Select[Any]:
+def _usage_by_request(since: datetime, by: str, until: datetime | None) -> Select[Any]:
     r = requests_table.c
     group = r.route if by == "route" else r.key_id
     successful = func.count(func.distinct(case((SUCCESSFUL, r.id))))
@@ -151,13 +151,13 @@ def _usage_by_request(since: datetime, by: str) -> Select[Any]:
     return (
         select(*columns)
         .select_from(requests_table.outerjoin(attempts_table, attempts_table.c.request_id == r.id))
-        .where(r.received_at >= since)
+        .where(r.received_at >= since, *([r.received_at < until] if until else []))
         .group_by(group)
         .order_by(by_cost, group)
     )
 
 
-def _usage_by_deployment(since: datetime) -> Select[Any]:
+def _usage_by_deployment(since: datetime, until: datetime | None) -> Select[Any]:
     """Attempts, tokens and cost where they were spent (each attempt's deployment); requests
     and successes where they were answered (each request's final deployment, None when no
     deployment answered). So the requests and successes of every grouping add up to the same
@@ -176,7 +176,7 @@ def _usage_by_deployment(since: datetime) -> Select[Any]:
             func.sum(case((a.cost_usd.is_(None), 1), else_=0)).label("unpriced"),
             func.sum(case((a.error_class.is_not(None), 1), else_=0)).label("failed"),
         )
-        .where(a.started_at >= since)
+        .where(a.started_at >= since, *([a.started_at < until] if until else []))
         .group_by(a.deployment)
     )
     answered = (
@@ -190,7 +190,7 @@ def _usage_by_deployment(since: datetime) -> Select[Any]:
             zero.label("unpriced"),
             zero.label("failed"),
         )
-        .where(r.received_at >= since)
+        .where(r.received_at >= since, *([r.received_at < until] if until else []))
         .group_by(r.final_deployment)
     )
     u = union_all(spent, answered).subquery()

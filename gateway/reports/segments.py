@@ -43,7 +43,8 @@ def segment_query(
     `model` a request belongs to its final deployment (the one whose answer the client
     got; "-" when none answered), while the attempt measures (tokens, cost, retries…)
     belong to the deployment that spent them, per deployment × request and dated by the
-    first attempt there. Otherwise everything is per request, joined to `requests`.
+    first attempt there (all its attempts with it). Otherwise everything is per request,
+    joined to `requests`.
     Each request (or deployment × request) falls on exactly one day, so summing the days
     gives exact month totals.
     """
@@ -105,8 +106,12 @@ def segment_query(
             func.min(a.started_at).label("first"),
             *measures,
         )
-        .where(a.started_at >= lo, a.started_at < hi)
+        # A deployment × request belongs wholly to the hour of its first attempt there (as in
+        # the rollups, gateway/ledger/models_rollups.py), even when a retry on it crosses
+        # the window's end; the slack only keeps the scan on the started_at index.
+        .where(a.started_at >= lo - _SLACK, a.started_at < hi + _SLACK)
         .group_by(a.deployment, a.request_id)
+        .having(func.min(a.started_at) >= lo, func.min(a.started_at) < hi)
     ).subquery()
     spent_day = utc_day(per.c.first)
     zero: ColumnElement[Any] = literal_column("0")

@@ -27,6 +27,7 @@ from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_batches import batches_table
 from gateway.ledger.models_reports import invoice_lines_table, reconciliations_table
 from gateway.ledger.success import SUCCESS_FLAG
+from gateway.reports import rollup_queries
 from gateway.reports.importers import ImportedFile
 from gateway.reports.segments import CACHE_HIT, SEGMENTS
 from gateway.reports.store_base import day_of, dec, opt_dec, utc_bound
@@ -251,6 +252,10 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
         )
+        # The provider-batch slice needs each batch's path: raw rows only.
+        window = None if provider_batch else self._rollup_window(start, end)
+        if window is not None:
+            stmt = rollup_queries.ledger_days(*window, self._utc_day)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [
@@ -292,6 +297,8 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             .group_by(a.provider, a.role)
             .order_by(a.provider, a.role)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.spend_by_role(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [(p, role, int(n), dec(usd)) for p, role, n, usd in rows]
@@ -310,6 +317,8 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider, a.deployment, a.price_version)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.price_versions(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         grouped: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -338,6 +347,8 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.dedicated_use(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [DedicatedUse(p, dec(ms) / 1000, int(tok or 0)) for p, ms, tok in rows]
@@ -355,6 +366,8 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(r.final_deployment)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.answered_requests(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         found = [AnsweredBy(dep, int(n or 0), int(ok or 0)) for dep, n, ok in rows]

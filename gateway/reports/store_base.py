@@ -63,14 +63,27 @@ async def report_session(conn: Any) -> None:
 class StoreBase:
     """An engine on the ledger database, opened with the gateway's own engine settings."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, rollups: bool = True) -> None:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
+        # Read the hourly rollups (gateway/reports/rollup_queries.py) for hour-aligned
+        # windows; False reads the raw rows (drill-down, and the tests that compare both).
+        self.rollups = rollups
 
     @classmethod
-    def create(cls, url: str) -> Self:
+    def create(cls, url: str, *, rollups: bool = True) -> Self:
         # Same engine settings (SQLite pragmas, pool timeouts) as the gateway's ledger.
-        return cls(LedgerRepository.create(url, pool_size=2).engine)
+        return cls(LedgerRepository.create(url, pool_size=2).engine, rollups=rollups)
+
+    def _rollup_window(self, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+        """The window's bounds when the rollups can answer it (whole UTC hours), else None:
+        the raw rows answer a ragged window."""
+        if not self.rollups:
+            return None
+        lo, hi = utc_bound(start, self._pg), utc_bound(end, self._pg)
+        if any((t.minute, t.second, t.microsecond) != (0, 0, 0) for t in (lo, hi)):
+            return None
+        return lo, hi
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 
 from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.success import SUCCESS_FLAG
+from gateway.reports import rollup_queries
 from gateway.reports.segments import CACHE_HIT
 from gateway.reports.store_base import StoreBase, day_of, dec, report_session, utc_bound
 
@@ -96,6 +97,8 @@ class BatchQueries(StoreBase):
             )
             .group_by(workload, r.route, batch, r.final_deployment)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.request_groups(*window)
         async with self.engine.begin() as conn:
             if self._pg:
                 await report_session(conn)
@@ -183,6 +186,8 @@ class BatchQueries(StoreBase):
             )
             .group_by(a.provider, a.deployment, batch)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.dedicated_busy(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [

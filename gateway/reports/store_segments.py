@@ -15,7 +15,8 @@ from sqlalchemy import (
 )
 
 from gateway.ledger.models import attempts_table, requests_table
-from gateway.reports.segments import CACHE_HIT, segment_query
+from gateway.reports import rollup_queries
+from gateway.reports.segments import CACHE_HIT, SEGMENTS, segment_query
 from gateway.reports.store_base import ZERO, StoreBase, day_of, dec, report_session, utc_bound
 from routing.lcpr import SegmentTotals
 from routing.red_flags import DailyRates
@@ -23,12 +24,18 @@ from routing.red_flags import DailyRates
 
 class SegmentQueries(StoreBase):
     async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
-        async with self.engine.begin() as conn:
-            if self._pg:
-                await report_session(conn)
+        window = self._rollup_window(start, end)
+        if window is not None:
+            if by not in SEGMENTS:
+                raise ValueError(f"by must be one of {', '.join(SEGMENTS)}, not {by!r}")
+            query = rollup_queries.segment_days(by, *window, self._utc_day)
+        else:
             query = segment_query(
                 by, utc_bound(start, self._pg), utc_bound(end, self._pg), self._utc_day
             )
+        async with self.engine.begin() as conn:
+            if self._pg:
+                await report_session(conn)
             return list((await conn.execute(query)).all())
 
     async def segment_report(
@@ -86,6 +93,11 @@ class SegmentQueries(StoreBase):
     async def _dedicated_by_segment(
         self, by: str, start: datetime, end: datetime
     ) -> dict[str, dict[str, int]]:
+        window = self._rollup_window(start, end)
+        if window is not None:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(rollup_queries.dedicated_by_segment(by, *window))).all()
+            return _by_segment(found)
         a, r = attempts_table.c, requests_table.c
         tokens = (
             a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens + a.output_tokens
@@ -112,7 +124,11 @@ class SegmentQueries(StoreBase):
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        out: dict[str, dict[str, int]] = {}
-        for seg, provider, n in rows:
-            out.setdefault(str(seg), {})[provider] = int(n or 0)
-        return out
+        return _by_segment(rows)
+
+
+def _by_segment(rows: Any) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for seg, provider, n in rows:
+        out.setdefault(str(seg), {})[provider] = int(n or 0)
+    return out

@@ -1,0 +1,159 @@
+"""Rollup tables: the ledger summed per UTC hour, kept exact by the writer (gateway/ledger/
+rollups.py) so that reports read thousands of rows instead of a month of attempts.
+
+Four tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
+
+- `rollup_requests`: requests per hour of received_at × route × workload × key × final
+  deployment × batch line or live, with the sums of each request's attempts (every report
+  that groups by request: LCPR by route/workload/key, `farebox usage`, answered requests).
+- `rollup_deployments`: the attempts of each deployment × request, dated by the hour of the
+  first attempt there (LCPR by model, where the fallback measure is one per deployment ×
+  request, not a sum of attempts).
+- `rollup_attempts`: attempts per hour of started_at × provider × deployment × upstream
+  model × role × price version (reconciliation's ledger days, spend by role, dedicated use,
+  price versions with their first use).
+- `rollup_dedicated`: tokens served by dedicated providers, per request dims (hour of
+  received_at × route × workload × key × provider): LCPR's share of a GPU per segment.
+
+Nullable dimensions are stored as '' (never a valid route, workload, key, deployment or price
+version name), so each table's primary key is its dimensions on SQLite and on any Postgres.
+Money is NUMERIC exact (the ledger's COST); counts are BIGINT.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Integer, Numeric, Table
+
+from gateway.ledger.base import COST, NAME, TAG, Base
+
+#: Sums of latency milliseconds (unconstrained NUMERIC: no rounding of the float's digits).
+MILLIS = Numeric()
+#: The value a NULL dimension is stored as (see the module docstring).
+NONE = ""
+
+
+def _count(name: str) -> Column[object]:
+    return Column(name, BigInteger, nullable=False, server_default="0")
+
+
+def _money(name: str) -> Column[object]:
+    return Column(name, COST, nullable=False, server_default="0")
+
+
+def _dim(name: str, type_: object = NAME) -> Column[object]:
+    return Column(name, type_, primary_key=True)  # type: ignore[arg-type]
+
+
+def _hour() -> Column[object]:
+    return Column("hour", DateTime(timezone=True), primary_key=True)
+
+
+#: The attempt measures of LCPR (gateway/reports/segments.py), summed per request or per
+#: deployment × request, in segment_query's order. `fallback` counts groups with at least
+#: one fallback attempt; `cost`, `clean_cost` and `saved` are money.
+LCPR_MEASURES = (
+    "attempts",
+    "retries",
+    "fallback",
+    "gated",
+    "passed",
+    "input",
+    "cached",
+    "output",
+    "cost",
+    "clean",
+    "clean_cost",
+    "clean_tok",
+    "hits",
+    "saved",
+)
+MONEY = frozenset({"cost", "clean_cost", "saved"})
+#: Per request, beyond LCPR's: every attempt's tokens by type (response-cache hits
+#: included, as `farebox usage` counts them), unpriced and failed attempts.
+USAGE_MEASURES = (
+    "input_uncached",
+    "cached_read",
+    "cache_write",
+    "output_all",
+    "reasoning",
+    "unpriced",
+    "failed",
+)
+
+
+def _measures(names: tuple[str, ...]) -> list[Column[object]]:
+    return [_money(n) if n in MONEY else _count(n) for n in names]
+
+
+rollup_requests_table = Table(
+    "rollup_requests",
+    Base.metadata,
+    _hour(),
+    _dim("route"),
+    _dim("workload"),
+    _dim("key_id"),
+    _dim("final_deployment"),
+    _dim("batch", Integer),
+    _count("requests"),
+    _count("successful"),
+    *_measures(LCPR_MEASURES),
+    *_measures(USAGE_MEASURES),
+)
+
+rollup_deployments_table = Table(
+    "rollup_deployments",
+    Base.metadata,
+    _hour(),
+    _dim("deployment"),
+    *_measures(LCPR_MEASURES),
+)
+
+#: rollup_attempts' measures, per attempt.
+ATTEMPT_MEASURES = (
+    "attempts",
+    "failed",
+    "input_uncached",
+    "cached_read",
+    "cache_write",
+    "output",
+    "reasoning",
+    "cost",
+    "unpriced",
+    "gated",
+    "passed",
+    "saved",
+)
+
+rollup_attempts_table = Table(
+    "rollup_attempts",
+    Base.metadata,
+    _hour(),
+    _dim("provider"),
+    _dim("provider_kind", TAG),
+    _dim("deployment"),
+    _dim("upstream_model"),
+    _dim("role", TAG),
+    _dim("price_version"),
+    *_measures(ATTEMPT_MEASURES),
+    Column("busy_ms", MILLIS, nullable=False, server_default="0"),
+    # The earliest attempt in the row: a price version's first use in a window.
+    Column("first_at", DateTime(timezone=True), nullable=False),
+)
+
+rollup_dedicated_table = Table(
+    "rollup_dedicated",
+    Base.metadata,
+    _hour(),
+    _dim("route"),
+    _dim("workload"),
+    _dim("key_id"),
+    _dim("provider"),
+    _count("tokens"),
+)
+
+ROLLUP_TABLES = (
+    rollup_requests_table,
+    rollup_deployments_table,
+    rollup_attempts_table,
+    rollup_dedicated_table,
+)

@@ -1,0 +1,245 @@
+"""The rollups' SQL (text, both dialects): what one set of ledger rows adds to each rollup
+table (gateway/ledger/models_rollups.py), and the upsert that adds it.
+
+Every statement here is built once from the same measure definitions, whatever the rows are:
+the rows a batch just inserted (the Postgres writer's data-modifying CTE, or the ids an insert
+returned), or every raw row of a window (rebuild, the migration's backfill). So the
+incremental path and a rebuild cannot disagree: they are one query over different sources.
+
+The measures mirror the raw-row reports exactly: gateway/reports/segments.py (LCPR), the
+successful-request rule (gateway/ledger/success.py), gateway/ledger/usage.py and the
+ledger-day queries in gateway/reports/store.py.
+"""
+
+from __future__ import annotations
+
+from gateway.ledger.models_rollups import (
+    ATTEMPT_MEASURES,
+    LCPR_MEASURES,
+    NONE,
+    USAGE_MEASURES,
+    rollup_attempts_table,
+    rollup_dedicated_table,
+    rollup_deployments_table,
+    rollup_requests_table,
+)
+from gateway.ledger.success import GATE_PASS, SUCCESS_STATUS
+
+# Roles (gateway/reports/segments.py: CACHE_HIT; routing's attempt roles).
+_HIT = "a.role = 'cache_hit'"
+_INPUT = "(a.input_uncached_tokens + a.cached_read_tokens + a.cache_write_tokens)"
+_GATE_OK = f"(a.gate_outcome IS NULL OR a.gate_outcome = '{GATE_PASS}')"
+_ROLE_RETRY = "a.role = 'retry'"
+_ROLE_FALLBACK = "a.role = 'fallback'"
+_CLEAN = f"(a.role = 'primary' AND a.error_class IS NULL AND {_GATE_OK})"
+_SUCCESS = (
+    f"CASE WHEN r.final_status = {SUCCESS_STATUS} AND r.error_class IS NULL AND "
+    f"(r.gate_outcome IS NULL OR r.gate_outcome = '{GATE_PASS}') THEN 1 ELSE 0 END"
+)
+
+
+def _flag(cond: str) -> str:
+    return f"CASE WHEN {cond} THEN 1 ELSE 0 END"
+
+
+def _served(expr: str) -> str:
+    # A response-cache hit reached the client but no provider served its tokens.
+    return f"CASE WHEN {_HIT} THEN 0 ELSE {expr} END"
+
+
+#: Per group of attempts (a request, or a deployment × request): LCPR's measures.
+_LCPR = {
+    "attempts": "COUNT(*)",
+    "retries": f"SUM({_flag(_ROLE_RETRY)})",
+    # At most one per group: the count of requests (deployment × requests) that fell back.
+    "fallback": f"MAX({_flag(_ROLE_FALLBACK)})",
+    "gated": f"SUM({_flag('a.gate_outcome IS NOT NULL')})",
+    "passed": f"SUM({_flag(f'a.gate_outcome = {GATE_PASS!r}')})",
+    "input": f"SUM({_served(_INPUT)})",
+    "cached": f"SUM({_served('a.cached_read_tokens')})",
+    "output": f"SUM({_served('a.output_tokens')})",
+    "cost": "COALESCE(SUM(a.cost_usd), 0)",
+    "clean": f"SUM({_flag(_CLEAN)})",
+    "clean_cost": f"COALESCE(SUM(CASE WHEN {_CLEAN} THEN a.cost_usd END), 0)",
+    "clean_tok": f"SUM(CASE WHEN {_CLEAN} THEN {_INPUT} + a.output_tokens ELSE 0 END)",
+    "hits": f"SUM({_flag(_HIT)})",
+    "saved": "COALESCE(SUM(a.saved_usd), 0)",
+}
+#: Per request, for `farebox usage`: every attempt's tokens (cache hits too).
+_USAGE = {
+    "input_uncached": "SUM(a.input_uncached_tokens)",
+    "cached_read": "SUM(a.cached_read_tokens)",
+    "cache_write": "SUM(a.cache_write_tokens)",
+    "output_all": "SUM(a.output_tokens)",
+    "reasoning": "SUM(a.reasoning_tokens)",
+    "unpriced": f"SUM({_flag('a.cost_usd IS NULL')})",
+    "failed": f"SUM({_flag('a.error_class IS NOT NULL')})",
+}
+#: Per attempt row of rollup_attempts.
+_ATTEMPT = {
+    "attempts": "COUNT(*)",
+    "failed": _USAGE["failed"],
+    "input_uncached": "SUM(a.input_uncached_tokens)",
+    "cached_read": "SUM(a.cached_read_tokens)",
+    "cache_write": "SUM(a.cache_write_tokens)",
+    "output": "SUM(a.output_tokens)",
+    "reasoning": "SUM(a.reasoning_tokens)",
+    "cost": "COALESCE(SUM(a.cost_usd), 0)",
+    "unpriced": _USAGE["unpriced"],
+    "gated": _LCPR["gated"],
+    "passed": _LCPR["passed"],
+    "saved": "COALESCE(SUM(a.saved_usd), 0)",
+}
+assert tuple(_LCPR) == LCPR_MEASURES and tuple(_USAGE) == USAGE_MEASURES
+assert tuple(_ATTEMPT) == ATTEMPT_MEASURES
+
+
+def hour_of(dialect: str, column: str) -> str:
+    """The UTC hour a timestamp falls in, as each dialect stores timestamps."""
+    if dialect == "postgresql":
+        return f"date_trunc('hour', {column}, 'UTC')"
+    # SQLite keeps UTC text 'YYYY-MM-DD HH:MM:SS.ffffff' (SQLAlchemy's DateTime format).
+    return f"strftime('%Y-%m-%d %H:00:00.000000', {column})"
+
+
+def _dim(column: str) -> str:
+    return f"COALESCE({column}, '{NONE}')"
+
+
+def _sum(name: str, column: str) -> str:
+    # NULL sums (a request without attempts) are stored as 0: every report reads NULL money
+    # and counts as 0 (gateway/reports/store_base.py dec).
+    return f"COALESCE(SUM({column}), 0) AS {name}"
+
+
+def _positions(n: int) -> str:
+    return ", ".join(str(i) for i in range(1, n + 1))
+
+
+def requests_select(dialect: str, requests: str, attempts: str) -> str:
+    """rollup_requests' rows for the requests in `requests` and their attempts in `attempts`
+    (each a table name or a parenthesised SELECT of whole rows)."""
+    per = ", ".join(f"{expr} AS {name}" for name, expr in {**_LCPR, **_USAGE}.items())
+    sums = ", ".join(_sum(name, f"p.{name}") for name in (*LCPR_MEASURES, *USAGE_MEASURES))
+    return (
+        f"SELECT {hour_of(dialect, 'r.received_at')} AS hour, r.route AS route, "
+        f"{_dim('r.workload')} AS workload, {_dim('r.key_id')} AS key_id, "
+        f"{_dim('r.final_deployment')} AS final_deployment, "
+        f"CASE WHEN r.batch_id IS NULL THEN 0 ELSE 1 END AS batch, "
+        f"COUNT(*) AS requests, SUM({_SUCCESS}) AS successful, {sums} "
+        f"FROM {requests} r LEFT JOIN "
+        f"(SELECT a.request_id AS rid, {per} FROM {attempts} a GROUP BY a.request_id) p "
+        f"ON p.rid = r.id GROUP BY {_positions(6)} ORDER BY {_positions(6)}"
+    )
+
+
+def deployments_select(dialect: str, attempts: str, having: str = "") -> str:
+    """rollup_deployments' rows: each deployment × request of `attempts`, dated by the hour
+    of its first attempt (`having` may filter the groups, e.g. by that first attempt)."""
+    per = ", ".join(f"{expr} AS {name}" for name, expr in _LCPR.items())
+    sums = ", ".join(_sum(name, f"p.{name}") for name in LCPR_MEASURES)
+    return (
+        f"SELECT {hour_of(dialect, 'p.first')} AS hour, p.deployment AS deployment, {sums} "
+        f"FROM (SELECT a.deployment AS deployment, MIN(a.started_at) AS first, {per} "
+        f"FROM {attempts} a GROUP BY a.deployment, a.request_id {having}) p "
+        f"GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+
+
+def attempts_select(dialect: str, attempts: str) -> str:
+    """rollup_attempts' rows: `attempts` per hour of started_at and their dims."""
+    measures = ", ".join(f"{expr} AS {name}" for name, expr in _ATTEMPT.items())
+    return (
+        f"SELECT {hour_of(dialect, 'a.started_at')} AS hour, a.provider, a.provider_kind, "
+        f"a.deployment, a.upstream_model, a.role, {_dim('a.price_version')} AS price_version, "
+        f"{measures}, SUM(CAST(a.latency_ms AS NUMERIC)) AS busy_ms, "
+        f"MIN(a.started_at) AS first_at "
+        f"FROM {attempts} a GROUP BY {_positions(7)} ORDER BY {_positions(7)}"
+    )
+
+
+def dedicated_select(dialect: str, requests: str, attempts: str) -> str:
+    """rollup_dedicated's rows: tokens dedicated providers served (cache hits aside) for the
+    requests in `requests`, dated by the request's received_at."""
+    tokens = f"({_INPUT} + a.output_tokens)"
+    return (
+        f"SELECT {hour_of(dialect, 'r.received_at')} AS hour, r.route AS route, "
+        f"{_dim('r.workload')} AS workload, {_dim('r.key_id')} AS key_id, "
+        f"a.provider AS provider, SUM({tokens}) AS tokens "
+        f"FROM {requests} r JOIN {attempts} a ON a.request_id = r.id "
+        f"WHERE a.provider_kind = 'dedicated' AND NOT ({_HIT}) "
+        f"GROUP BY {_positions(5)} ORDER BY {_positions(5)}"
+    )
+
+
+_TABLES = {
+    t.name: t
+    for t in (
+        rollup_requests_table,
+        rollup_deployments_table,
+        rollup_attempts_table,
+        rollup_dedicated_table,
+    )
+}
+
+
+def columns(table: str) -> list[str]:
+    return [c.name for c in _TABLES[table].columns]
+
+
+def insert(dialect: str, table: str, select: str) -> str:
+    """INSERT the rows of `select` (in the table's column order) adding to existing rows.
+
+    Postgres: the SELECT's ORDER BY (the dimensions) is the order rows are locked in, so two
+    writers upserting overlapping rows wait for each other instead of deadlocking. SQLite
+    has one writer at a time; its upsert wants a WHERE on the SELECT (a parsing ambiguity
+    with a join's ON), hence the wrapper.
+    """
+    t = _TABLES[table]
+    names = columns(table)
+    dims = [c.name for c in t.primary_key.columns]
+    least = "LEAST" if dialect == "postgresql" else "MIN"
+    sets = ", ".join(
+        f"{n} = {least}({table}.{n}, EXCLUDED.{n})"
+        if n == "first_at"
+        else f"{n} = {table}.{n} + EXCLUDED.{n}"
+        for n in names
+        if n not in dims
+    )
+    source = select if dialect == "postgresql" else f"SELECT * FROM ({select}) WHERE true"
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) {source} "
+        f"ON CONFLICT ({', '.join(dims)}) DO UPDATE SET {sets}"
+    )
+
+
+def selects(dialect: str, requests: str, attempts: str) -> list[tuple[str, str]]:
+    """(table, SELECT) for every rollup table, over one set of whole requests and their
+    attempts, in the fixed order every writer upserts them."""
+    return [
+        ("rollup_requests", requests_select(dialect, requests, attempts)),
+        ("rollup_deployments", deployments_select(dialect, attempts)),
+        ("rollup_attempts", attempts_select(dialect, attempts)),
+        ("rollup_dedicated", dedicated_select(dialect, requests, attempts)),
+    ]
+
+
+def pg_merge(requests: tuple[str, str, list[str]], attempts: tuple[str, str, list[str]]) -> str:
+    """The Postgres writer's one statement per batch: insert the staged rows (rows whose id
+    exists skipped) and add exactly the rows it inserted to every rollup.
+
+    Each argument is (table, staging table, columns). A target-less ON CONFLICT DO NOTHING
+    holds whatever the raw tables' unique key is (partitioned: id plus the timestamp).
+    """
+    ctes = []
+    for name, (table, stage, cols) in (("ins_r", requests), ("ins_a", attempts)):
+        names = ", ".join(cols)
+        ctes.append(
+            f"{name} AS (INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
+            f"ON CONFLICT DO NOTHING RETURNING *)"
+        )
+    for table, select in selects("postgresql", "ins_r", "ins_a"):
+        ctes.append(f"up_{table} AS ({insert('postgresql', table, select)} RETURNING 1)")
+    return (
+        f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM ins_r), (SELECT count(*) FROM ins_a)"
+    )

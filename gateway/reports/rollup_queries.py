@@ -1,0 +1,215 @@
+"""The report queries over the rollups (gateway/ledger/models_rollups.py): each returns rows of
+exactly the shape its raw-row twin returns (in store.py, store_segments.py, store_batch.py), so
+the report code after the query is shared and the two can be compared cell by cell.
+
+A window reads whole hours: ReportStore uses these only for hour-aligned windows (a month, a
+day) and the raw rows otherwise. NULL dimensions are stored as '' and mapped back here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
+
+from gateway.ledger.models import COST
+from gateway.ledger.models_rollups import (
+    LCPR_MEASURES,
+    MONEY,
+    NONE,
+    rollup_attempts_table,
+    rollup_dedicated_table,
+    rollup_deployments_table,
+    rollup_requests_table,
+)
+
+CACHE_HIT = "cache_hit"
+BATCH_ROLE = "batch"
+DayOf = Callable[[ColumnElement[Any]], ColumnElement[Any]]
+
+_q = rollup_requests_table.c
+_d = rollup_deployments_table.c
+_t = rollup_attempts_table.c
+_g = rollup_dedicated_table.c
+
+
+def dash(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A NULL dimension as the raw reports print it (`coalesce(column, '-')`)."""
+    return case((column == NONE, literal("-")), else_=column)
+
+
+def nullable(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A NULL dimension back as NULL."""
+    return func.nullif(column, NONE)
+
+
+def _in(hour: ColumnElement[Any], lo: datetime, hi: datetime) -> list[ColumnElement[bool]]:
+    return [hour >= lo, hour < hi]
+
+
+def segment_days(by: str, lo: datetime, hi: datetime, utc_day: DayOf) -> Any:
+    """segment_query's rows (segments.py) from rollup_requests / rollup_deployments."""
+    sums = [func.coalesce(func.sum(_q[m]), 0) for m in LCPR_MEASURES]
+    if by != "model":
+        column = {"route": _q.route, "workload": _q.workload, "key": _q.key_id}[by]
+        segment, day = dash(column), utc_day(_q.hour)
+        return (
+            select(segment, day, func.sum(_q.requests), func.sum(_q.successful), *sums)
+            .where(*_in(_q.hour, lo, hi))
+            .group_by(segment, day)
+        )
+    zero: ColumnElement[Any] = literal_column("0")
+    spent_day = utc_day(_d.hour)
+    spent = (
+        select(
+            _d.deployment.label("segment"),
+            spent_day.label("day"),
+            zero.label("requests"),
+            zero.label("ok"),
+            *(func.sum(_d[m]).label(m) for m in LCPR_MEASURES),
+        )
+        .where(*_in(_d.hour, lo, hi))
+        .group_by(_d.deployment, spent_day)
+    )
+    answered_by, answered_day = dash(_q.final_deployment), utc_day(_q.hour)
+    answered = (
+        select(
+            answered_by.label("segment"),
+            answered_day.label("day"),
+            func.sum(_q.requests).label("requests"),
+            func.sum(_q.successful).label("ok"),
+            *((cast(null(), COST) if m in MONEY else zero).label(m) for m in LCPR_MEASURES),
+        )
+        .where(*_in(_q.hour, lo, hi))
+        .group_by(answered_by, answered_day)
+    )
+    u = union_all(spent, answered).subquery()
+    return select(
+        u.c.segment,
+        u.c.day,
+        *(func.sum(u.c[name]) for name in ("requests", "ok", *LCPR_MEASURES)),
+    ).group_by(u.c.segment, u.c.day)
+
+
+def dedicated_by_segment(by: str, lo: datetime, hi: datetime) -> Any:
+    """(segment, provider, tokens) of dedicated providers, as store_segments' raw query."""
+    if by == "model":
+        tokens = _t.input_uncached + _t.cached_read + _t.cache_write + _t.output
+        return (
+            select(_t.deployment, _t.provider, func.sum(tokens))
+            .where(_t.provider_kind == "dedicated", _t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
+            .group_by(_t.deployment, _t.provider)
+        )
+    column = {"route": _g.route, "workload": _g.workload, "key": _g.key_id}[by]
+    segment = dash(column)
+    return (
+        select(segment, _g.provider, func.sum(_g.tokens))
+        .where(*_in(_g.hour, lo, hi))
+        .group_by(segment, _g.provider)
+    )
+
+
+def _role_count(role: str) -> ColumnElement[Any]:
+    return func.sum(case((_t.role == role, _t.attempts), else_=0))
+
+
+def ledger_days(lo: datetime, hi: datetime, utc_day: DayOf) -> Any:
+    """ReportStore.ledger_days' rows (response-cache hits left out)."""
+    day = utc_day(_t.hour)
+    keys = (_t.provider, _t.provider_kind, _t.deployment, _t.upstream_model)
+    return (
+        select(
+            *keys,
+            day,
+            func.sum(_t.attempts),
+            func.sum(_t.failed),
+            func.sum(_t.input_uncached),
+            func.sum(_t.cached_read),
+            func.sum(_t.cache_write),
+            func.sum(_t.output),
+            func.sum(_t.cost),
+            func.sum(_t.unpriced),
+            _role_count("retry"),
+            _role_count("fallback"),
+            func.sum(_t.gated),
+            func.sum(_t.passed),
+            func.sum(_t.busy_ms),
+        )
+        .where(_t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
+        .group_by(*keys, day)
+    )
+
+
+def spend_by_role(lo: datetime, hi: datetime) -> Any:
+    return (
+        select(_t.provider, _t.role, func.sum(_t.attempts), func.sum(_t.cost))
+        .where(_t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
+        .group_by(_t.provider, _t.role)
+        .order_by(_t.provider, _t.role)
+    )
+
+
+def price_versions(lo: datetime, hi: datetime) -> Any:
+    return (
+        select(_t.provider, _t.deployment, _t.price_version, func.min(_t.first_at))
+        .where(_t.price_version != NONE, *_in(_t.hour, lo, hi))
+        .group_by(_t.provider, _t.deployment, _t.price_version)
+    )
+
+
+def dedicated_use(lo: datetime, hi: datetime) -> Any:
+    tokens = _t.input_uncached + _t.cached_read + _t.cache_write + _t.output
+    return (
+        select(_t.provider, func.sum(_t.busy_ms), func.sum(tokens))
+        .where(_t.provider_kind == "dedicated", _t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
+        .group_by(_t.provider)
+    )
+
+
+def answered_requests(lo: datetime, hi: datetime) -> Any:
+    deployment = nullable(_q.final_deployment)
+    return (
+        select(deployment, func.sum(_q.requests), func.sum(_q.successful))
+        .where(*_in(_q.hour, lo, hi))
+        .group_by(deployment)
+    )
+
+
+def request_groups(lo: datetime, hi: datetime) -> Any:
+    """BatchQueries.request_groups' rows."""
+    deployment = nullable(_q.final_deployment)
+    workload = dash(_q.workload)
+    return (
+        select(
+            workload,
+            _q.route,
+            _q.batch,
+            deployment,
+            func.sum(_q.requests),
+            func.sum(_q.successful),
+        )
+        .where(*_in(_q.hour, lo, hi))
+        .group_by(workload, _q.route, _q.batch, deployment)
+    )
+
+
+def dedicated_busy(lo: datetime, hi: datetime) -> Any:
+    """BatchQueries.dedicated_busy's rows."""
+    batch = case((_t.role == BATCH_ROLE, 1), else_=0)
+    return (
+        select(_t.provider, _t.deployment, batch, func.sum(_t.attempts), func.sum(_t.busy_ms))
+        .where(_t.provider_kind == "dedicated", _t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
+        .group_by(_t.provider, _t.deployment, batch)
+    )
