@@ -9,7 +9,7 @@ does for a stream that stops without saying so.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 from gateway.api.asgi import DisconnectWatch
@@ -32,8 +32,8 @@ async def _relay(ctx: CallContext, blocks: list[bytes], *, mark_end: bool) -> As
 async def _sent(chunks: AsyncIterator[bytes], ctx: CallContext | None) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        messages.append(dict(message))
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()  # the client never hangs up
