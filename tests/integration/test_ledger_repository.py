@@ -83,7 +83,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0010"
+HEAD = "0012"
 
 
 def _request_columns(conn: Connection) -> set[str]:
