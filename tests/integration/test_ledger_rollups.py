@@ -382,3 +382,42 @@ def test_migration_0012_backfills_rollups(
         assert n and n > 0
 
     with_repo(db, check)
+
+
+def test_cli_rebuild_repairs_a_window(url: str) -> None:
+    """`farebox ledger rollup --rebuild --from DAY --to DAY` puts back rollup rows spoiled by
+    hand (a day's costs changed, another day's rows deleted) and touches nothing else."""
+    from typer.testing import CliRunner
+
+    from gateway.cli.main import app
+
+    ledger = generate(600, _quantum(url), seed=5)
+
+    async def populate(repo: LedgerRepository) -> dict[str, list[Any]]:
+        await write(url, repo, ledger)
+        before = await snapshot(repo)
+        async with repo.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE rollup_attempts SET cost = cost + 1 WHERE hour >= :lo AND hour < :hi"),
+                {"lo": _bind(DAY[0], url), "hi": _bind(DAY[1], url)},
+            )
+            await conn.execute(
+                text("DELETE FROM rollup_requests WHERE hour >= :lo"),
+                {"lo": _bind(DAY[1], url)},
+            )
+        assert await snapshot(repo) != before
+        return before
+
+    before = with_repo(url, populate)
+    for days in (["--from", "2025-11-17", "--to", "2025-11-17"], ["--from", "2025-11-18"]):
+        result = CliRunner().invoke(
+            app, ["ledger", "rollup", "--rebuild", *days, "--database-url", url]
+        )
+        assert result.exit_code == 0, result.output
+        assert "rebuilt the rollups of 2025-11-1" in result.output
+    assert with_repo(url, snapshot) == before
+
+
+def _bind(when: datetime, url: str) -> Any:
+    # SQLite keeps timestamps as SQLAlchemy's offset-less text.
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f") if url.startswith("sqlite") else when
