@@ -34,6 +34,8 @@ from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyStore, Principal
 from gateway.keys.sync import KeySync, virtual_keys_on
 from gateway.ledger.db_errors import database_errors
+from gateway.ledger.partitions import PartitionKeeper
+from gateway.ledger.pg import is_postgres
 from gateway.ledger.pg_sink import writer_sink
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
@@ -80,6 +82,9 @@ class GatewayState:
     models_body: bytes
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
+    # Keeps a Postgres ledger's day partitions created ahead; beside the writer, carried
+    # over with it by a reload. None on SQLite.
+    partitions: PartitionKeeper | None = None
     prices: PriceBook | None = None
     breakers: Breakers | None = None
     live: LiveRouting | None = None
@@ -132,6 +137,7 @@ class GatewayState:
             self.responses,
             self.files,
             self.key_sync,
+            self.partitions,
             self.writer,
             self.repository,
         )
@@ -236,11 +242,13 @@ def build_state(
     index = config.model_index()
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
+    partitions: PartitionKeeper | None = None
     ledger: Ledger = NullLedger()
     prices = load_price_book(config, Path(settings.prices_file))
     if previous is not None and previous.writer is not None:
         # Settings (the database URL) do not change on reload, only the YAML does.
         writer, repository = previous.writer, previous.repository
+        partitions = previous.partitions
         ledger = writer
     elif settings.ledger_enabled:
         repository = open_ledger(settings.database_url)
@@ -267,6 +275,11 @@ def build_state(
         )
         writer.start()
         ledger = writer
+        if is_postgres(settings.database_url):
+            # Its first run is now, in the background: a database that is down is retried
+            # later and never holds up start-up or serving.
+            partitions = PartitionKeeper(settings.database_url)
+            partitions.start()
     meter = Meter(prices, ledger, writer.journal if writer is not None else None)
     b = config.server.breaker
     policy = BreakerPolicy(
@@ -401,6 +414,7 @@ def build_state(
         models_body=orjson.dumps(models),
         writer=writer,
         repository=repository,
+        partitions=partitions,
         prices=prices,
     )
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from gateway.ledger.models import Base
+from gateway.ledger.partitions import is_partition
 from gateway.ledger.repository import ensure_sqlite_directory
 from gateway.settings import Settings
 
@@ -35,9 +36,16 @@ def database_url() -> str:
     return str(url) if url else Settings().database_url
 
 
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Autogenerate compares the models with the parents only: a Postgres ledger's day
+    partitions (gateway/ledger/partitions.py) are not tables the models describe."""
+    return not (type_ == "table" and name is not None and is_partition(name))
+
+
 def configure_kwargs(dialect_name: str) -> dict[str, Any]:
     return {
         "target_metadata": target_metadata,
+        "include_name": include_name,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         "render_as_batch": dialect_name == "sqlite",
         "compare_type": True,

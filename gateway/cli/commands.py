@@ -14,6 +14,7 @@ from gateway.cli.common import ConfigOption, load_config_or_exit, shown_url
 from gateway.cli.drills import drill_app
 from gateway.cli.keys import keys_app
 from gateway.cli.lcpr import lcpr_app
+from gateway.cli.ledger import ledger_app
 from gateway.cli.reconcile import reconcile_command
 from gateway.cli.router import router_app
 from gateway.runtime.yaml_loader import ConfigError
@@ -30,6 +31,7 @@ app.command("reconcile")(reconcile_command)
 app.add_typer(lcpr_app, name="lcpr")
 app.add_typer(keys_app, name="keys")
 app.add_typer(drill_app, name="drill")
+app.add_typer(ledger_app, name="ledger")
 app.command()(serving.serve)
 
 

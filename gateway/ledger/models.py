@@ -5,12 +5,16 @@ Ids are gateway-generated strings and the primary keys, so a replayed spool batc
 an attempt before its request row (or a spool may replay them out of order), and an insert must
 never fail on ordering.
 
-Partitioning: at ~50M attempts a month, `attempts` is meant to become
-`PARTITION BY RANGE (started_at)` with one partition per month (a retention job then detaches
-old months instead of deleting rows). Postgres requires the partition key in every unique
-constraint, so the primary key will become (id, started_at) and the writer's conflict target
-follows it; that is safe because an attempt's started_at never changes between replays. Every
-report index below already leads with or ends in started_at so it carries over per partition.
+Partitioning (Postgres only, migration 0011; gateway/ledger/partitions.py): `requests` is
+`PARTITION BY RANGE (received_at)` and `attempts` `PARTITION BY RANGE (started_at)`, one
+partition per UTC day plus a DEFAULT partition, so a report scans only its days and retention
+drops whole days. Postgres requires the partition key in every unique constraint, so there the
+primary keys are (id, received_at) and (id, started_at), and the writers insert with a
+target-less `ON CONFLICT DO NOTHING`: a replayed row carries the same timestamp, so it still
+conflicts and is skipped. The models keep `id` alone as the primary key: that is the SQLite
+schema (plain tables), what the ORM needs, and what ids are in practice. The indexes below
+exist on every partition; the report ones carry the partition key, so a month's report prunes
+to its days, while a lookup by request_id or batch_id alone probes each day's index.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.ledger.migrate import current, downgrade, upgrade
 from gateway.ledger.models import Base, attempts_table, requests_table
+from gateway.ledger.partitions import is_partition
 from gateway.ledger.repository import LedgerRepository, UsageLine
 from gateway.ledger_rows import ESTIMATED, AttemptRow, RequestRow
 from tests.ledger_rows import T0, attempt_row, request_row
@@ -195,9 +196,16 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert current(db_url) == HEAD
 
 
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    return not (type_ == "table" and name is not None and is_partition(name))
+
+
 def test_models_match_migrations(db_url: str) -> None:
     def diff(conn: Connection) -> list[Any]:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        # A Postgres ledger's day partitions are not in the models (migrations/env.py
+        # leaves them out of autogenerate the same way).
+        opts = {"compare_type": True, "include_name": include_name}
+        context = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(context, Base.metadata))
 
     assert on_connection(db_url, diff) == []
