@@ -16,6 +16,11 @@ if command -v redis-server >/dev/null 2>&1; then
 else
   missing+=(redis-server)
 fi
+# redis-cli creates the tests' local Redis Cluster (tests/redis_topologies.py); Debian ships it
+# in redis-tools, which redis-server depends on, so this only matters where it was removed.
+if command -v redis-server >/dev/null 2>&1 && ! command -v redis-cli >/dev/null 2>&1; then
+  missing+=(redis-tools)
+fi
 # Headless Chromium renders the HTML reconciliation report in tests/integration/test_report_html.py.
 if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
   echo "ensure-services: Chromium present"

@@ -3,6 +3,8 @@
 Each server listens on a free 127.0.0.1 port, keeps its data in a temp directory and can be
 stopped and started again on the same port and data (tests kill the database mid-load).
 Everything started here is stopped at interpreter exit, even when a test run aborts.
+Redis beyond one node (a 3-master Redis Cluster, a Sentinel set) is built from RedisServer in
+tests/redis_topologies.py.
 
 initdb and postgres refuse to run as root, so under root the binaries run as the `postgres`
 user (runuser) on a directory that user owns; pytest's own tmp dirs are 0700 root, hence the
