@@ -15,6 +15,7 @@ from gateway.cli.drills import drill_app
 from gateway.cli.keys import keys_app
 from gateway.cli.lcpr import lcpr_app
 from gateway.cli.ledger import ledger_app
+from gateway.cli.ledger_rollups import rollup_command as _registers_ledger_rollup  # noqa: F401
 from gateway.cli.reconcile import reconcile_command
 from gateway.cli.router import router_app
 from gateway.runtime.yaml_loader import ConfigError
