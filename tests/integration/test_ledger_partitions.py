@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from inspect import signature
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -20,8 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
+from gateway.config.loading import parse_config
 from gateway.ledger.migrate import current, downgrade, upgrade
 from gateway.ledger.partitions import (
+    AHEAD_DAYS,
     PartitionKeeper,
     create_ahead,
     drop_before,
@@ -41,6 +44,8 @@ from gateway.ledger_rows import (
     RequestRow,
 )
 from gateway.reports.store import ReportStore
+from gateway.settings import Settings
+from gateway.state import build_state
 from tests.ledger_rows import attempt_row, request_row
 from tests.services import PostgresServer, free_port
 from tests.waiting import until
@@ -487,3 +492,52 @@ def test_cli_maintain_creates_and_lists(pg_url: str) -> None:
     again = runner.invoke(app, ["ledger", "maintain", "--days", "30", "--database-url", pg_url])
     assert again.exit_code == 0 and "created" not in again.output
     assert "attempts:" in again.output
+
+
+STATE_CONFIG = """
+auth: none
+providers:
+  sim: {kind: serverless, protocol: openai, api_base: "http://127.0.0.1:9/v1", api_key: sim}
+deployments:
+  a@sim: {provider: sim, model: sim-a}
+routes:
+  chat: {targets: [a@sim]}
+"""
+
+
+def test_the_gateway_keeps_partitions_created_ahead(pg_url: str, tmp_path: Path) -> None:
+    """The process that owns the ledger writer runs the keeper from start-up: a missing
+    partition of the coming week is back without anyone running `farebox ledger maintain`,
+    and a config reload carries the keeper over rather than starting a second one."""
+    ahead = datetime.now(UTC).date() + timedelta(days=AHEAD_DAYS)
+    names = {partition_name(t, ahead) for t in TABLES}
+
+    async def drop(conn: Any) -> None:
+        for name in names:
+            await conn.execute(f"DROP TABLE {name}")
+
+    run(drop, pg_url)
+
+    async def present(conn: Any) -> set[str]:
+        return {p.name for t in TABLES for p in await list_partitions(conn, t)} & names
+
+    settings = Settings(database_url=pg_url, spool_dir=str(tmp_path / "spool"), master_key=None)
+
+    async def scenario() -> None:
+        state = build_state(settings, parse_config(STATE_CONFIG, "v1.yaml", {}))
+        reloaded = None
+        try:
+            keeper = state.partitions
+            assert keeper is not None
+            await until(lambda: keeper.runs >= 1, "the keeper's first run at start-up")
+            reloaded = build_state(
+                settings, parse_config(STATE_CONFIG, "v2.yaml", {}), previous=state
+            )
+            assert reloaded.partitions is keeper
+        finally:
+            await state.close(keep=[reloaded] if reloaded is not None else [])
+            if reloaded is not None:
+                await reloaded.close()
+
+    asyncio.run(scenario())
+    assert run(present, pg_url) == names
