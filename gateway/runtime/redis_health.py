@@ -16,14 +16,17 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from prometheus_client import Gauge
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.runtime.background import Background
 from gateway.runtime.redis import RedisClient
 
 log = logging.getLogger("farebox.redis")
 
-REDIS_ERRORS = (RedisError, OSError)
+# What a Redis that is away or too slow raises. A cluster client adds its own family, which
+# redis-py does not derive from RedisError: "cannot be connected" when no start-up node
+# answers, SlotNotCoveredError while a slot has no live master.
+REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
 
 
 class RedisHealth:

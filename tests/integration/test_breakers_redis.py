@@ -256,6 +256,7 @@ def test_half_open_probe_runs_on_one_replica_and_its_outcome_reaches_both(
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_redis_outage_degrades_to_local_state_and_recovers_by_itself(redis_server: Any) -> None:
     async def scenario() -> None:
         key_prefix = prefix()

@@ -93,6 +93,7 @@ def test_replicas_share_entries_through_redis(
     assert upstream(simulator) == before + 1
 
 
+@on_every_topology
 def test_redis_down_bypasses_the_cache_then_recovers(
     replicas: tuple[RunningGateway, RunningGateway], redis_server: RedisServer, simulator: str
 ) -> None:

@@ -147,6 +147,7 @@ def test_budget_seeds_from_the_ledger_once_per_month(redis_server: Any) -> None:
     asyncio.run(scenario())
 
 
+@on_every_topology
 def test_redis_outage_fails_open_or_closed_and_recovers(redis_server: Any) -> None:
     async def scenario() -> None:
         prefix = f"t{uuid.uuid4().hex[:8]}"

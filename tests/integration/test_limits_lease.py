@@ -197,6 +197,7 @@ def test_a_dead_replicas_slice_expires_and_the_whole_budget_is_usable(
     asyncio.run(scenario())
 
 
+@on_every_topology
 @pytest.mark.parametrize("policy", ["fail_open", FAIL_CLOSED])
 def test_redis_down_in_lease_mode_serves_the_slice_then_follows_the_policy(
     redis_server: Any, policy: str
