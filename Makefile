@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: help install run test lint fmt docs bench bench-soak bench-responses bench-batch bench-http
+.PHONY: help install run test lint fmt docs bench bench-soak bench-responses bench-batch bench-http bench-ledger-scale
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 	@echo "make bench-batch - a 5,000-line batch filling a dedicated GPU beside 70 % live load"
 	@echo "make bench-http - the HTTP layer alone: uvicorn's ASGI cycle vs Farebox's lean cycle vs granian"
+	@echo "make bench-ledger-scale - 50M attempts in a month: every report timed, the writer rate, sizes"
 
 install: $(VENV)/.installed $(NODE_STAMP)
 
@@ -95,6 +96,11 @@ bench-batch: install
 bench-soak: install
 	./scripts/ensure-services.sh
 	$(BIN)/python bench/soak.py
+
+# 50M attempts in a month, every report timed, the writer's rate (bench/LEDGER_SCALE.md; ~1 h).
+bench-ledger-scale: install
+	./scripts/ensure-services.sh
+	$(BIN)/python bench/ledger_scale.py
 
 # The HTTP layer alone (bench/HTTP_LAYER.md): the bare passthrough under uvicorn's ASGI cycle,
 # Farebox's lean cycle and granian. granian is not a Farebox dependency: it goes into a

@@ -1,0 +1,86 @@
+"""LEDGER_SCALE.md from bench/ledger_scale.py's results: the budgets of issue 26 judged on
+the figures of one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REPORT_BUDGET_S = 3.0
+WRITER_BUDGET = 20_000  # attempts/s
+
+
+def _ok(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
+
+
+def verdicts(res: dict[str, Any]) -> list[str]:
+    lines = []
+    full = res["loaded"]["attempts"] >= 50_000_000
+    scale = "" if full else f" (at {res['loaded']['attempts']:,} attempts, not 50M: a try-out)"
+    for row in res["reports"]:
+        if "error" in row:
+            lines.append(
+                f"- **MISS** `{row['command']}`: failed (exit {row['exit']}): {row['error']}"
+            )
+            continue
+        ok = row["median_s"] <= REPORT_BUDGET_S
+        lines.append(
+            f"- **{_ok(ok)}** `farebox {row['report']}`: {row['median_s']:.2f} s median, "
+            f"{row['best_s']:.2f} s best (budget ≤ {REPORT_BUDGET_S:.0f} s){scale}"
+        )
+    writer = res["writer"]
+    if "error" in writer:
+        lines.append(f"- **MISS** writer: failed: {writer['error']}")
+    else:
+        ok = writer["attempts_per_s"] >= WRITER_BUDGET
+        lines.append(
+            f"- **{_ok(ok)}** writer: {writer['attempts_per_s']:,} attempts/s sustained over "
+            f"{writer['batches']:,} batches of 500 requests "
+            f"(batch p50 {writer['batch_ms_p50']} ms, "
+            f"max {writer['batch_ms_max']} ms; budget ≥ {WRITER_BUDGET:,}/s)"
+        )
+    return lines
+
+
+def markdown(res: dict[str, Any]) -> str:
+    loaded, rollup = res["loaded"], res["rollup"]
+    tuning = ", ".join(f"{k} {v.strip(chr(39))}" for k, v in res["postgres"]["tuning"].items())
+    out = [
+        "# The ledger at fleet scale (issue 26)",
+        "",
+        f"- **Date:** {res['date']}; `{res['command']}` ({res['seconds']:,} s)",
+        f"- **Machine:** {res['machine']}",
+        f"- **PostgreSQL:** {res['postgres']['version']}, durable, tuned: {tuning}",
+        f"- **Month:** {res['month']}: {loaded['requests']:,} requests, "
+        f"{loaded['attempts']:,} attempts generated in SQL in {loaded['load_s']:,} s "
+        f"(+ {loaded['analyze_s']} s VACUUM ANALYZE); the mix: bench/ledger_scale_sql.py",
+    ]
+    if rollup.get("available"):
+        out.append(
+            f"- **Rollups:** rebuilt for the month in {rollup.get('rebuild_s')} s "
+            f"(exit {rollup.get('exit')})"
+        )
+    else:
+        out.append("- **Rollups:** none in this schema; the reports read raw rows")
+    out += ["", "## Budgets", "", *verdicts(res), "", "## Reports", ""]
+    out += ["| report | median s | best s | exit |", "|---|---:|---:|---:|"]
+    for row in res["reports"]:
+        out.append(
+            f"| `farebox {row['report']}` | {row['median_s']} | {row['best_s']} | {row['exit']} |"
+        )
+    out += ["", "## Sizes", ""]
+    out += [
+        "| table | rows | table MB | index MB | table MB per M rows | index MB per M rows |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in res["sizes"]:
+        out.append(
+            f"| {row['table']} | {row['rows']:,} | {row['table_mb']:,} | {row['index_mb']:,} | "
+            f"{row['table_mb_per_m']} | {row['index_mb_per_m']} |"
+        )
+    out += [
+        "",
+        "Rollup tables' sizes are per million attempts; requests' per million requests.",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,122 @@
+"""The ledger writer's sustained insert rate (for bench/ledger_scale.py): batches of 500
+requests and their attempts through `PgLedgerSink.write_batch`, the call the gateway's
+writer makes, back to back for N seconds on one connection, as one writer does.
+
+    .venv/bin/python bench/ledger_scale_writer.py URL SECONDS    # prints one JSON line
+
+Rows are stamped now (the partitions the gateway keeps ahead take them) and shaped like the
+generated month's: 18 % of requests with a second or third attempt, prices and tokens set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.ledger.pg_sink import PgLedgerSink
+from gateway.ledger_rows import AttemptRow, RequestRow
+
+BATCH = 500
+
+
+def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
+    now = dt.datetime.now(dt.UTC)
+    requests, attempts = [], []
+    for k in range(BATCH):
+        rid = f"wr-{n}-{k}-{uuid.uuid4().hex[:8]}"
+        tries = 1 if k % 100 < 82 else (2 if k % 100 < 97 else 3)
+        cost = Decimal("0.0001234500")
+        for a in range(1, tries + 1):
+            last = a == tries
+            attempts.append(
+                AttemptRow(
+                    id=f"{rid}-{a}",
+                    request_id=rid,
+                    attempt_no=a,
+                    role="primary" if a == 1 else "fallback",
+                    deployment=f"dep-{(k + a) % 12}",
+                    provider="fireworks",
+                    provider_kind="serverless",
+                    upstream_model=f"model-{(k + a) % 12}",
+                    provider_request_id=None,
+                    started_at=now,
+                    ttft_ms=None,
+                    latency_ms=420.0 if last else 20.0,
+                    http_status=200 if last else 429,
+                    error_class=None if last else "http_429",
+                    input_uncached_tokens=800 if last else 0,
+                    cached_read_tokens=0,
+                    cache_write_tokens=0,
+                    output_tokens=200 if last else 0,
+                    reasoning_tokens=0,
+                    token_source="provider",
+                    cost_usd=cost if last else Decimal(0),
+                    price_version="p1-v1",
+                )
+            )
+        requests.append(
+            RequestRow(
+                id=rid,
+                received_at=now,
+                key_id=f"key-{k % 200}",
+                route=f"route-{k % 20}",
+                requested_model=f"route-{k % 20}",
+                endpoint="chat/completions",
+                workload=f"wl-{k % 8}",
+                stream=False,
+                final_status=200,
+                error_class=None,
+                final_deployment=f"dep-{(k + tries) % 12}",
+                attempts=tries,
+                input_uncached_tokens=800,
+                cached_read_tokens=0,
+                cache_write_tokens=0,
+                output_tokens=200,
+                reasoning_tokens=0,
+                cost_usd=cost,
+                latency_ms=440.0,
+                ttft_ms=None,
+                team=f"team-{k % 12}",
+            )
+        )
+    return requests, attempts
+
+
+async def run(url: str, seconds: float) -> dict[str, float]:
+    """Write fresh batches for `seconds` of time spent writing; the rate is attempts per
+    second of `write_batch` (the rows are built on the gateway's request path, not by the
+    writer, so building them here is left out of the clock)."""
+    sink = PgLedgerSink(url)
+    n, rows = 0, 0
+    times: list[float] = []
+    try:
+        await sink.write_batch(*batch(-1))  # connect and create the staging tables
+        while sum(times) < seconds:
+            requests, attempts = batch(n)
+            t = time.perf_counter()
+            await sink.write_batch(requests, attempts)
+            times.append(time.perf_counter() - t)
+            n += 1
+            rows += len(attempts)
+    finally:
+        await sink.close()
+    return {
+        "batches": n,
+        "attempts": rows,
+        "attempts_per_s": round(rows / sum(times)),
+        "batch_ms_p50": round(statistics.median(times) * 1e3, 1),
+        "batch_ms_max": round(max(times) * 1e3, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(run(sys.argv[1], float(sys.argv[2])))))
