@@ -17,6 +17,7 @@ import pytest
 from gateway.ledger.drills_repository import DrillsRepository
 from tests.drill_env import CLIENT, DrillEnv, drill_env
 from tests.ledger_reads import sql_rows
+from tests.redis_topologies import on_every_topology
 from tests.services import RedisServer
 
 
@@ -36,7 +37,8 @@ def error_of(response: httpx.Response) -> dict[str, object]:
     return error
 
 
-def test_drill_lifecycle_over_the_admin_api(env: DrillEnv) -> None:
+@on_every_topology
+def test_drill_lifecycle_over_the_admin_api(env: DrillEnv, redis_server: RedisServer) -> None:
     started = env.admin(
         "POST", "/admin/drills", json={"route": "chat", "to": "alt@sim", "percent": 100}
     )
