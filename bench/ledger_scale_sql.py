@@ -5,8 +5,9 @@ Python row objects. Every property of a request is a pure function of its number
 (through one multiplicative hash, `u`), so the requests and the attempts statements agree
 without a join, and a run is reproducible. The mix, per request:
 
-- 20 routes, 200 keys in 12 teams (5 % of requests without a key), 8 workloads (20 % none),
-  12 deployments on 6 providers (serverless, dedicated, closed API);
+- 20 routes, 200 keys in 12 teams (5 % of requests without a key); a key calls 3 of the
+  routes (as an application does), a route has its workload (8 workloads, 2 routes none);
+  12 deployments on 6 providers (serverless, dedicated, closed API), the route's own first;
 - 85 % one attempt, 12 % two (a retry on the same deployment or a fallback), 3 % three;
   earlier attempts fail with a 429 (no tokens, no cost); 3 % of requests fail at the end
   (a 500, no deployment answered); 5 % are response-cache hits (role cache_hit, no cost,
@@ -34,10 +35,8 @@ ATTEMPTS_PER_REQUEST = 1.18  # 0.85 × 1 + 0.12 × 2 + 0.03 × 3
 
 # Per request number i: the hash and the choices made from it (one row per request).
 _BASE = """
-SELECT i, u,
-  u % {routes} AS route_n,
-  CASE WHEN (u / 4000) % 20 = 0 THEN NULL ELSE (u / 20) % {keys} END AS key_n,
-  CASE WHEN (u / 80000) % 10 >= 8 THEN NULL ELSE (u / 80000) % 10 END AS wl_n,
+SELECT i, u, key_n, route_n,
+  CASE WHEN route_n % 10 >= 8 THEN NULL ELSE route_n % 10 END AS wl_n,
   CASE WHEN (u / 7) % 100 < 5 THEN 1
        WHEN (u / 800000) % 100 < 85 THEN 1
        WHEN (u / 800000) % 100 < 97 THEN 2 ELSE 3 END AS n_att,
@@ -46,18 +45,26 @@ SELECT i, u,
   CASE WHEN (u / 13) % 100 < 85 THEN 'chat/completions'
        WHEN (u / 13) % 100 < 93 THEN 'responses' ELSE 'embeddings' END AS endpoint,
   (u / 17) % 10 < 4 AND (u / 13) % 100 < 93 AS stream,
-  CASE WHEN u % {routes} % 3 <> 0 THEN NULL
+  CASE WHEN route_n % 3 <> 0 THEN NULL
        WHEN (u / 19) % 100 < 95 THEN 'pass' ELSE 'fail:json_schema' END AS gate,
   200 + (u / 23) % 1800 AS inp,
   CASE WHEN (u / 29) % 10 < 3 THEN (200 + (u / 23) % 1800) / 2 ELSE 0 END AS cached,
   50 + (u / 31) % 700 AS out,
-  CASE WHEN u % {routes} % 5 = 0 THEN (50 + (u / 31) % 700) / 5 ELSE 0 END AS reasoning,
+  CASE WHEN route_n % 5 = 0 THEN (50 + (u / 31) % 700) / 5 ELSE 0 END AS reasoning,
   (u / 37) % 2 = 0 AS retry,
   (u / 43) % 200 = 0 AS unpriced,
   300 + (u / 41) % 4000 AS latency,
   TIMESTAMPTZ '{start}' + ((i - {first}) * {step_us}) * INTERVAL '1 microsecond' AS at
-FROM (SELECT i, (i * 2654435761) % 4294967296 AS u
-      FROM generate_series({lo}::bigint, {hi}::bigint) AS i) AS g
+FROM (
+  SELECT i, u, key_n,
+    CASE WHEN key_n IS NULL THEN u % {routes}
+         ELSE (key_n * 7 + (u / 20000) % 3) % {routes} END AS route_n
+  FROM (
+    SELECT i, u, CASE WHEN (u / 4000) % 20 = 0 THEN NULL ELSE (u / 20) % {keys} END AS key_n
+    FROM (SELECT i, (i * 2654435761) % 4294967296 AS u
+          FROM generate_series({lo}::bigint, {hi}::bigint) AS i) AS g
+  ) AS k
+) AS r
 """
 
 # The deployment of attempt n: the route's own; a retry stays on it, a fallback moves on.
