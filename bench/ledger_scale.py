@@ -271,7 +271,8 @@ async def sizes(url: str, million_attempts: float, million_requests: float) -> l
             heap, index = await conn.fetchrow(
                 """SELECT COALESCE(SUM(pg_table_size(relid)), 0),
                           COALESCE(SUM(pg_indexes_size(relid)), 0)
-                   FROM pg_partition_tree($1::regclass)""",
+                   FROM (SELECT relid FROM pg_partition_tree($1::regclass)
+                         UNION SELECT $1::regclass) AS tree""",
                 name,
             )
             heap, index = int(heap), int(index)
@@ -317,9 +318,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ledger-scale: rollup rebuild {rollup}", flush=True)
         invoices = write_invoices(asyncio.run(invoice_rows(pg.url, start, end)), WORK / "inv")
         reports = time_reports(args, env, invoices)
+        # Sizes of the generated month, before the writer's rows are added.
+        table_sizes = asyncio.run(sizes(pg.url, loaded["attempts"] / 1e6, loaded["requests"] / 1e6))
         writer = writer_rate(pg.url, args.writer_seconds, env)
         print(f"ledger-scale: writer {writer}", flush=True)
-        table_sizes = asyncio.run(sizes(pg.url, loaded["attempts"] / 1e6, loaded["requests"] / 1e6))
         server = {"version": pg.version, "tuning": TUNING}
     finally:
         pg.close()
