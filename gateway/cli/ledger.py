@@ -64,7 +64,10 @@ def maintain_command(
         note = f" ({moved} rows moved from the default partition)" if moved else ""
         typer.echo(f"created {name}{note}")
     for table, partitions in listed.items():
-        days_held = [p.day.isoformat() for p in partitions if p.day is not None]
+        months = [f"{p.day:%Y-%m}" for p in partitions if p.day is not None and p.monthly]
+        if months:  # history the migration found older than last month
+            typer.echo(f"{table}: {len(months)} month partitions: {', '.join(months)}")
+        days_held = [p.day.isoformat() for p in partitions if p.day is not None and not p.monthly]
         default = [p for p in partitions if p.day is None]
         typer.echo(f"{table}: {len(days_held)} day partitions: {_ranges(days_held) or 'none'}")
         for part in default:

@@ -1,7 +1,7 @@
 """Rollup tables: the ledger summed per UTC hour, kept exact by the writer (gateway/ledger/
 rollups.py) so that reports read thousands of rows instead of a month of attempts.
 
-Four tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
+Five tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
 
 - `rollup_requests`: requests per hour of received_at × route × workload × key × final
   deployment × batch line or live, with the sums of each request's attempts (every report
@@ -14,6 +14,8 @@ Four tables, one per way the reports date and group rows (docs/ledger.md, "Rollu
   price versions with their first use).
 - `rollup_dedicated`: tokens served by dedicated providers, per request dims (hour of
   received_at × route × workload × key × provider): LCPR's share of a GPU per segment.
+- `rollup_workflows`: per workflow (key × workflow id) × hour of received_at, its calls and
+  its first and last call in the hour (`farebox lcpr --by workflow`).
 
 Nullable dimensions are stored as '' (never a valid route, workload, key, deployment or price
 version name), so each table's primary key is its dimensions on SQLite and on any Postgres.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, Integer, Numeric, Table
 
-from gateway.ledger.base import COST, NAME, TAG, Base
+from gateway.ledger.base import COST, ID, NAME, TAG, Base
 
 #: Sums of latency milliseconds (unconstrained NUMERIC: no rounding of the float's digits).
 MILLIS = Numeric()
@@ -151,9 +153,31 @@ rollup_dedicated_table = Table(
     _count("tokens"),
 )
 
+#: Per workflow × hour of received_at: its calls in the hour, and its first and last call
+#: (by received_at, then id) with what `farebox lcpr --by workflow` reads of them.
+rollup_workflows_table = Table(
+    "rollup_workflows",
+    Base.metadata,
+    _hour(),
+    _dim("key_id"),
+    _dim("workflow_id", ID),
+    _count("calls"),
+    _count("ok_calls"),
+    _count("retries"),
+    _money("cost"),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("first_id", ID, nullable=False),
+    Column("first_route", NAME, nullable=False),
+    Column("first_workload", NAME, nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    Column("last_id", ID, nullable=False),
+    Column("last_ok", Integer, nullable=False),
+)
+
 ROLLUP_TABLES = (
     rollup_requests_table,
     rollup_deployments_table,
     rollup_attempts_table,
     rollup_dedicated_table,
+    rollup_workflows_table,
 )

@@ -2,11 +2,13 @@
 
 Since migration 0011 `requests` is `PARTITION BY RANGE (received_at)` and `attempts` is
 `PARTITION BY RANGE (started_at)`, one partition per UTC day (`requests_p20261207` holds
-[2026-12-07 00:00 UTC, 2026-12-08 00:00 UTC)) plus a DEFAULT partition (`requests_default`)
+[2026-12-07 00:00 UTC, 2026-12-08 00:00 UTC)), plus a DEFAULT partition (`requests_default`)
 that catches a row for a day without a partition: clock skew, a journal replayed after
-retention dropped its day, or a gateway whose partitions ran out. This module owns those
-partitions; `farebox ledger maintain` and the `PartitionKeeper` (started beside the ledger
-writer in gateway/state.py) call it. SQLite ledgers have no partitions and never get here.
+retention dropped its day, or a gateway whose partitions ran out. History that was already
+older than last month when the migration ran got one partition per month instead
+(`requests_m202609`). This module owns those partitions; `farebox ledger maintain` and the
+`PartitionKeeper` (started beside the ledger writer in gateway/state.py) call it. SQLite
+ledgers have no partitions and never get here.
 
 Every change runs in one transaction under a transaction-scoped advisory lock, and skips a
 partition that already exists, so any number of replicas can run it at once. Each also sets
@@ -43,7 +45,9 @@ AHEAD_DAYS = 7
 # Any fixed 64-bit number no other part of the gateway uses: "fareboxP".
 _LOCK_KEY = 0x66617265626F7850
 _LOCK_TIMEOUT = "5s"
-_NAME = re.compile(r"^(requests|attempts)_(?:p(\d{8})|(default))$")
+# Day partitions, month partitions (migration 0011 gives history older than last month one
+# per month) and the DEFAULT one.
+_NAME = re.compile(r"^(requests|attempts)_(?:p(\d{8})|m(\d{6})|(default))$")
 
 
 def is_partition(name: str) -> bool:
@@ -54,6 +58,15 @@ def is_partition(name: str) -> bool:
 
 def partition_name(table: str, day: date) -> str:
     return f"{table}_p{day:%Y%m%d}"
+
+
+def month_name(table: str, day: date) -> str:
+    """The month partition that would hold `day` (only the migration makes them)."""
+    return f"{table}_m{day:%Y%m}"
+
+
+def _next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 def _bounds(day: date) -> str:
@@ -74,8 +87,13 @@ def today_utc() -> date:
 class Partition:
     table: str
     name: str
-    day: date | None  # None: the DEFAULT partition
+    day: date | None  # the first day it holds; None: the DEFAULT partition
+    end: date | None  # the day after its last (a month partition holds a month)
     rows: int  # the planner's estimate (pg_class.reltuples), exact for the DEFAULT one
+
+    @property
+    def monthly(self) -> bool:
+        return self.day is not None and self.end is not None and (self.end - self.day).days > 1
 
 
 async def is_partitioned(conn: Any, table: str) -> bool:
@@ -89,7 +107,7 @@ async def is_partitioned(conn: Any, table: str) -> bool:
 
 
 async def list_partitions(conn: Any, table: str) -> list[Partition]:
-    """`table`'s partitions, day partitions by day, then the DEFAULT one."""
+    """`table`'s partitions by first day (months and days), then the DEFAULT one."""
     found = await conn.fetch(
         "SELECT c.relname, greatest(c.reltuples, 0)::bigint AS rows FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1) "
@@ -102,13 +120,16 @@ async def list_partitions(conn: Any, table: str) -> list[Partition]:
         match = _NAME.match(name)
         if match is None or match.group(1) != table:
             continue  # attached by hand under another name: not ours to manage
-        if match.group(3):
+        if match.group(4):
             exact = await conn.fetchval(f"SELECT count(*) FROM {name}")
-            default.append(Partition(table, name, None, int(exact)))
+            default.append(Partition(table, name, None, None, int(exact)))
+        elif match.group(3):
+            month = datetime.strptime(match.group(3), "%Y%m").date()
+            days.append(Partition(table, name, month, _next_month(month), int(rows)))
         else:
             day = datetime.strptime(match.group(2), "%Y%m%d").date()
-            days.append(Partition(table, name, day, int(rows)))
-    return days + default
+            days.append(Partition(table, name, day, day + timedelta(days=1), int(rows)))
+    return sorted(days, key=lambda p: p.day or date.min) + default
 
 
 async def _begin(conn: Any) -> None:
@@ -121,8 +142,8 @@ async def _exists(conn: Any, name: str) -> bool:
 
 
 async def create_partition(conn: Any, table: str, day: date) -> int | None:
-    """Create `table`'s partition for `day` unless it exists. Returns None if it existed,
-    else how many rows it took over from the DEFAULT partition.
+    """Create `table`'s partition for `day` unless it exists (or a month partition holds the
+    day). Returns None if it existed, else how many rows it took over from DEFAULT.
 
     Postgres refuses to add a partition while the DEFAULT one holds rows of its range, so
     rows that landed there before the day had a partition must move. The new table is
@@ -139,7 +160,7 @@ async def create_partition(conn: Any, table: str, day: date) -> int | None:
     default = f"{table}_default"
     async with conn.transaction():
         await _begin(conn)
-        if await _exists(conn, name):
+        if await _exists(conn, name) or await _exists(conn, month_name(table, day)):
             return None
         # LIKE copies columns in the parent's order, NOT NULLs and defaults; ATTACH then
         # builds the parent's indexes (primary key included) on it.
@@ -197,15 +218,16 @@ async def create_ahead(
 
 
 async def drop_before(conn: Any, cutoff: date) -> list[str]:
-    """The retention primitive: drop every day partition for a day before `cutoff` and
-    delete the DEFAULT partition's rows from before it, so no raw row older than `cutoff`
-    is left. Returns the partitions dropped. The caller decides when that is allowed."""
+    """The retention primitive: drop every partition whose days are all before `cutoff` (a
+    month partition goes once its whole month is) and delete the DEFAULT partition's rows
+    from before it. Returns the partitions dropped. The caller decides when that is
+    allowed."""
     dropped: list[str] = []
     for table, key in TABLES.items():
         if not await is_partitioned(conn, table):
             continue
         for part in await list_partitions(conn, table):
-            if part.day is None or part.day >= cutoff:
+            if part.end is None or part.end > cutoff:
                 continue
             async with conn.transaction():
                 await _begin(conn)

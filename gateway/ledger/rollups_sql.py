@@ -22,6 +22,7 @@ from gateway.ledger.models_rollups import (
     rollup_dedicated_table,
     rollup_deployments_table,
     rollup_requests_table,
+    rollup_workflows_table,
 )
 from gateway.ledger.success import GATE_PASS, SUCCESS_STATUS
 
@@ -172,6 +173,40 @@ def dedicated_select(dialect: str, requests: str, attempts: str) -> str:
     )
 
 
+def workflows_select(dialect: str, requests: str, attempts: str) -> str:
+    """rollup_workflows' rows: the tagged calls of `requests` per workflow × hour, with the
+    first and last call of each (by received_at, then id: gateway/reports/store_workflows.py)
+    and each call's cost (every attempt's, unpriced ones adding nothing)."""
+    order = "r.received_at, r.id"
+    part = f"PARTITION BY {hour_of(dialect, 'r.received_at')}, r.key_id, r.workflow_id"
+    calls = (
+        f"SELECT r.*, {_SUCCESS} AS ok, c.cost AS call_cost, "
+        f"ROW_NUMBER() OVER ({part} ORDER BY {order}) AS nth, "
+        f"ROW_NUMBER() OVER ({part} ORDER BY r.received_at DESC, r.id DESC) AS from_end "
+        f"FROM {requests} r LEFT JOIN (SELECT a.request_id AS rid, SUM(a.cost_usd) AS cost "
+        f"FROM {attempts} a GROUP BY a.request_id) c ON c.rid = r.id "
+        "WHERE r.workflow_id IS NOT NULL"
+    )
+
+    def first(column: str) -> str:
+        return f"MAX(CASE WHEN w.nth = 1 THEN {column} END)"
+
+    def last(column: str) -> str:
+        return f"MAX(CASE WHEN w.from_end = 1 THEN {column} END)"
+
+    return (
+        f"SELECT {hour_of(dialect, 'w.received_at')} AS hour, {_dim('w.key_id')} AS key_id, "
+        "w.workflow_id AS workflow_id, COUNT(*) AS calls, SUM(w.ok) AS ok_calls, "
+        "SUM(CASE WHEN w.attempts > 1 THEN w.attempts - 1 ELSE 0 END) AS retries, "
+        "COALESCE(SUM(w.call_cost), 0) AS cost, "
+        f"{first('w.received_at')} AS first_at, {first('w.id')} AS first_id, "
+        f"{first('w.route')} AS first_route, {first(_dim('w.workload'))} AS first_workload, "
+        f"{last('w.received_at')} AS last_at, {last('w.id')} AS last_id, "
+        f"{last('w.ok')} AS last_ok "
+        f"FROM ({calls}) w GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
+
+
 _TABLES = {
     t.name: t
     for t in (
@@ -179,8 +214,13 @@ _TABLES = {
         rollup_deployments_table,
         rollup_attempts_table,
         rollup_dedicated_table,
+        rollup_workflows_table,
     )
 }
+# rollup_workflows: the columns of its first and of its last call, replaced (not added) when
+# the other row's call comes first (last).
+_FIRST = ("first_at", "first_id", "first_route", "first_workload")
+_LAST = ("last_at", "last_id", "last_ok")
 
 
 def columns(table: str) -> list[str]:
@@ -199,13 +239,22 @@ def insert(dialect: str, table: str, select: str) -> str:
     names = columns(table)
     dims = [c.name for c in t.primary_key.columns]
     least = "LEAST" if dialect == "postgresql" else "MIN"
-    sets = ", ".join(
-        f"{n} = {least}({table}.{n}, EXCLUDED.{n})"
-        if n == "first_at"
-        else f"{n} = {table}.{n} + EXCLUDED.{n}"
-        for n in names
-        if n not in dims
-    )
+
+    def merge(n: str) -> str:
+        if table == "rollup_workflows" and n in _FIRST + _LAST:
+            # Row comparison: (at, id) orders calls as the raw workflow query does.
+            which = "first" if n in _FIRST else "last"
+            cmp = "<" if which == "first" else ">"
+            new, old = (
+                f"(EXCLUDED.{which}_at, EXCLUDED.{which}_id)",
+                f"({table}.{which}_at, {table}.{which}_id)",
+            )
+            return f"{n} = CASE WHEN {new} {cmp} {old} THEN EXCLUDED.{n} ELSE {table}.{n} END"
+        if n == "first_at":
+            return f"{n} = {least}({table}.{n}, EXCLUDED.{n})"
+        return f"{n} = {table}.{n} + EXCLUDED.{n}"
+
+    sets = ", ".join(merge(n) for n in names if n not in dims)
     source = select if dialect == "postgresql" else f"SELECT * FROM ({select}) WHERE true"
     return (
         f"INSERT INTO {table} ({', '.join(names)}) {source} "
@@ -221,6 +270,7 @@ def selects(dialect: str, requests: str, attempts: str) -> list[tuple[str, str]]
         ("rollup_deployments", deployments_select(dialect, attempts)),
         ("rollup_attempts", attempts_select(dialect, attempts)),
         ("rollup_dedicated", dedicated_select(dialect, requests, attempts)),
+        ("rollup_workflows", workflows_select(dialect, requests, attempts)),
     ]
 
 

@@ -33,6 +33,7 @@ from gateway.ledger.models_rollups import (
     rollup_dedicated_table,
     rollup_deployments_table,
     rollup_requests_table,
+    rollup_workflows_table,
 )
 
 CACHE_HIT = "cache_hit"
@@ -212,4 +213,57 @@ def dedicated_busy(lo: datetime, hi: datetime) -> Any:
         select(_t.provider, _t.deployment, batch, func.sum(_t.attempts), func.sum(_t.busy_ms))
         .where(_t.provider_kind == "dedicated", _t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
         .group_by(_t.provider, _t.deployment, batch)
+    )
+
+
+def workflow_buckets(group_by: str, lo: datetime, hi: datetime) -> Any:
+    """store_workflows.workflow_query's rows from rollup_workflows: a workflow's hours in the
+    window add up its calls, its group is its first call's and it won when its last call in
+    the window succeeded (first and last by received_at, then id, as in the raw query)."""
+    w = rollup_workflows_table.c
+    column = {"route": w.first_route, "workload": dash(w.first_workload)}[group_by]
+    workflow = (w.key_id, w.workflow_id)
+    hours = (
+        select(
+            w.key_id,
+            w.workflow_id,
+            column.label("grp"),
+            w.calls,
+            w.ok_calls,
+            w.retries,
+            w.cost,
+            w.last_ok,
+            func.row_number()
+            .over(partition_by=workflow, order_by=(w.first_at, w.first_id))
+            .label("nth"),
+            func.row_number()
+            .over(partition_by=workflow, order_by=(w.last_at.desc(), w.last_id.desc()))
+            .label("from_end"),
+        ).where(*_in(w.hour, lo, hi))
+    ).subquery()
+    h = hours.c
+    per_workflow = (
+        select(
+            func.max(case((h.nth == 1, h.grp))).label("grp"),
+            func.sum(h.calls).label("calls"),
+            func.max(case((h.from_end == 1, h.last_ok), else_=0)).label("won"),
+            func.sum(h.ok_calls).label("ok_calls"),
+            func.sum(h.retries).label("retries"),
+            func.sum(h.cost).label("cost"),
+        ).group_by(h.key_id, h.workflow_id)
+    ).subquery()
+    p = per_workflow.c
+    return (
+        select(
+            p.grp,
+            p.calls,
+            func.count(),
+            func.sum(p.won),
+            func.sum(p.retries),
+            func.sum(case((p.retries > 0, 1), else_=0)),
+            func.sum(p.ok_calls),
+            func.sum(p.cost),
+        )
+        .group_by(p.grp, p.calls)
+        .order_by(p.grp, p.calls)
     )

@@ -16,6 +16,7 @@ from sqlalchemy import case, func, literal, select
 
 from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.success import SUCCESS_FLAG
+from gateway.reports import rollup_queries
 from gateway.reports.store_base import StoreBase, dec, report_session, utc_bound
 from routing.workflows import WorkflowBucket
 
@@ -83,6 +84,8 @@ class WorkflowQueries(StoreBase):
         self, group_by: str, start: datetime, end: datetime
     ) -> list[WorkflowBucket]:
         query = workflow_query(group_by, utc_bound(start, self._pg), utc_bound(end, self._pg))
+        if (window := self._rollup_window(start, end)) is not None:
+            query = rollup_queries.workflow_buckets(group_by, *window)
         async with self.engine.begin() as conn:
             if self._pg:
                 await report_session(conn)

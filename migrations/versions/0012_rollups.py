@@ -1,7 +1,7 @@
 """rollups: the ledger summed per UTC hour (gateway/ledger/models_rollups.py), filled here
 from the raw rows already in the ledger.
 
-Four plain tables on both dialects, primary key = their dimensions (NULL dimensions are
+Five plain tables on both dialects, primary key = their dimensions (NULL dimensions are
 stored as ''). The backfill is the same rebuild `farebox ledger rollup --rebuild` runs
 (gateway/ledger/rollups.rebuild_statements over all time): from this revision on, the writer
 keeps them in its own transaction.
@@ -126,6 +126,20 @@ def upgrade() -> None:
         *_dims(*dedicated_dims),
         *_measures(("tokens",)),
     )
+    _table(
+        "rollup_workflows",
+        ("key_id", "workflow_id"),
+        _hour(),
+        *_dims("key_id", "workflow_id", types={"workflow_id": sa.String(128)}),
+        *_measures(("calls", "ok_calls", "retries", "cost")),
+        sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("first_id", sa.String(128), nullable=False),
+        sa.Column("first_route", _NAME, nullable=False),
+        sa.Column("first_workload", _NAME, nullable=False),
+        sa.Column("last_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_id", sa.String(128), nullable=False),
+        sa.Column("last_ok", sa.Integer(), nullable=False),
+    )
     # Backfill from the raw rows: the rebuild's statements over all time.
     from gateway.ledger.rollups import rebuild_statements
 
@@ -135,5 +149,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("rollup_dedicated", "rollup_attempts", "rollup_deployments", "rollup_requests"):
+    for name in (
+        "rollup_workflows",
+        "rollup_dedicated",
+        "rollup_attempts",
+        "rollup_deployments",
+        "rollup_requests",
+    ):
         op.drop_table(name)

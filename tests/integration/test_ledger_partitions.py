@@ -52,7 +52,12 @@ from tests.waiting import until
 
 T = TypeVar("T")
 PLUS5 = timezone(timedelta(hours=5, minutes=30))
-MONTH = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+TODAY = datetime.now(UTC).date()
+# The migration makes day partitions from the first of last month, month partitions before.
+DAILY_FROM = (TODAY.replace(day=1) - timedelta(days=1)).replace(day=1)
+# The generated ledger's ~70 days always straddle DAILY_FROM (which is 28 to 61 days back).
+DATA_FROM = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) - timedelta(days=75)
+WINDOW = (DATA_FROM - timedelta(days=1), DATA_FROM + timedelta(days=71))
 FAR = [datetime(2019, 3, 1, 8, 0, tzinfo=UTC), datetime(2031, 6, 30, 23, 59, 59, tzinfo=UTC)]
 TABLES = ("requests", "attempts")
 
@@ -82,22 +87,22 @@ def fresh_url(postgres: PostgresServer) -> Iterator[str]:
 
 
 def ledger(n: int, seed: int = 7) -> tuple[list[RequestRow], list[AttemptRow]]:
-    """`n` requests over ~40 days around October 2026 (midnight edges included, some in
+    """`n` requests over ~70 days up to 5 days ago (midnight edges included, some in
     another time zone), a few far outside, with one to three attempts each: every column
     type, NULLs, exact Decimal costs and units."""
     rnd = random.Random(seed)
-    start = datetime(2026, 9, 25, tzinfo=UTC)
+    start = DATA_FROM
     requests: list[RequestRow] = []
     attempts: list[AttemptRow] = []
     for i in range(n):
         if i < len(FAR):
             at = FAR[i]
         elif i % 50 == 0:
-            at = start + timedelta(days=rnd.randrange(40), microseconds=-1)  # 23:59:59.999999
+            at = start + timedelta(days=rnd.randrange(70), microseconds=-1)  # 23:59:59.999999
         elif i % 50 == 1:
-            at = start + timedelta(days=rnd.randrange(40))  # exactly midnight
+            at = start + timedelta(days=rnd.randrange(70))  # exactly midnight
         else:
-            at = start + timedelta(seconds=rnd.randrange(40 * 86400), microseconds=i)
+            at = start + timedelta(seconds=rnd.randrange(70 * 86400), microseconds=i)
         if i % 7 == 0:
             at = at.astimezone(PLUS5)
         cost = None if i % 11 == 0 else Decimal(rnd.randrange(10**12)) / Decimal(10**10)
@@ -222,9 +227,9 @@ def reports(url: str) -> tuple[Any, ...]:
         raw = {"rollups": False} if "rollups" in signature(ReportStore.create).parameters else {}
         store = ReportStore.create(url, **raw)
         try:
-            days = await store.ledger_days(*MONTH)
-            segments = await store.segment_report("route", *MONTH)
-            keys = await store.segment_report("key", *MONTH)
+            days = await store.ledger_days(*WINDOW)
+            segments = await store.segment_report("route", *WINDOW)
+            keys = await store.segment_report("key", *WINDOW)
         finally:
             await store.close()
         # As sets of lines: the order of a GROUP BY's rows is the plan's, not the data's.
@@ -276,32 +281,53 @@ def test_migration_keeps_every_row_sum_and_report_and_downgrades(fresh_url: str)
 
     async def placement(conn: Any) -> dict[str, Any]:
         parts = {t: await list_partitions(conn, t) for t in TABLES}
-        # Every row sits in the partition named for its UTC day; none in DEFAULT.
-        misplaced = await conn.fetchval(
-            "SELECT count(*) FROM requests WHERE tableoid::regclass::text <> "
-            "'requests_p' || to_char(received_at AT TIME ZONE 'UTC', 'YYYYMMDD')"
-        )
-        misplaced += await conn.fetchval(
-            "SELECT count(*) FROM attempts WHERE tableoid::regclass::text <> "
-            "'attempts_p' || to_char(started_at AT TIME ZONE 'UTC', 'YYYYMMDD')"
+        # Every row sits in the partition named for its UTC day (its month before
+        # DAILY_FROM); none in DEFAULT.
+        misplaced = 0
+        for table, key in (("requests", "received_at"), ("attempts", "started_at")):
+            day = f"({key} AT TIME ZONE 'UTC')"
+            misplaced += await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE tableoid::regclass::text <> CASE "
+                f"WHEN {day}::date >= $1 THEN '{table}_p' || to_char({day}, 'YYYYMMDD') "
+                f"ELSE '{table}_m' || to_char({day}, 'YYYYMM') END",
+                DAILY_FROM,
+            )
+        days = await conn.fetch(
+            "SELECT DISTINCT (received_at AT TIME ZONE 'UTC')::date FROM requests UNION "
+            "SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date FROM attempts"
         )
         today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
-        return {"parts": parts, "misplaced": misplaced, "today": today}
+        return {
+            "parts": parts,
+            "misplaced": misplaced,
+            "days": [r[0] for r in days],
+            "today": today,
+        }
 
     placed = run(placement, url)
     assert placed["misplaced"] == 0
+    assert placed["today"] == TODAY  # the test does not straddle midnight
     for table in TABLES:
         parts = placed["parts"][table]
-        days = {p.day for p in parts if p.day is not None}
         assert parts[-1].name == f"{table}_default" and parts[-1].rows == 0
-        # The far-outside rows' days, every day of the data, and a week ahead.
-        assert {d.date() for d in FAR} <= days
-        assert {date(2026, 9, 24) + timedelta(days=n) for n in range(42)} <= days
-        today = placed["today"]
-        assert {today + timedelta(days=n) for n in range(8)} <= days
+        months = {p.day for p in parts if p.monthly}
+        days = {p.day for p in parts if p.day is not None and not p.monthly}
+        # (requests and attempts share their days here: an attempt starts ms after its
+        # request, and no request of the data sits within a second of a midnight's end.)
+        held = {d for d in placed["days"]}
+        # A month partition for each old month with rows (the 2019 one among them) ...
+        assert months == {d.replace(day=1) for d in held if d < DAILY_FROM}
+        assert date(2019, 3, 1) in months
+        # ... and a day for every day from DAILY_FROM through a week ahead, plus far days.
+        ahead = (TODAY - DAILY_FROM).days + 8
+        assert days == {DAILY_FROM + timedelta(days=n) for n in range(ahead)} | {
+            d for d in held if d >= DAILY_FROM
+        }
+        assert date(2031, 6, 30) in days
 
     # A row written after the migration lands in its day; replayed rows still conflict.
-    insert(url, [request_row("late", received_at=datetime(2026, 10, 5, 1, tzinfo=UTC))], [])
+    late = request_row("late", received_at=datetime.now(UTC))
+    insert(url, [late], [])
     insert(url, requests[:50], attempts[:50])  # a replay: nothing added
     assert run(lambda c: c.fetchval("SELECT count(*) FROM requests"), url) == 601
 
@@ -309,8 +335,7 @@ def test_migration_keeps_every_row_sum_and_report_and_downgrades(fresh_url: str)
     assert current(url) == "0010"
     assert run(shape, url) == {"requests": ("r", ["id"]), "attempts": ("r", ["id"])}
     after = run(snapshot, url)
-    late = tuple(request_row("late", received_at=datetime(2026, 10, 5, 1, tzinfo=UTC)))
-    assert sorted(after["requests"]) == sorted([*before["requests"], late])
+    assert sorted(after["requests"]) == sorted([*before["requests"], tuple(late)])
     assert {k: v for k, v in after.items() if k not in ("requests", "request sums")} == {
         k: v for k, v in before.items() if k not in ("requests", "request sums")
     }
@@ -326,6 +351,24 @@ def test_migration_keeps_every_row_sum_and_report_and_downgrades(fresh_url: str)
     upgrade(url, "0011")
     assert run(shape, url)["attempts"] == ("p", ["id", "started_at"])
     assert run(snapshot, url) == after
+
+    # Retention on the migrated history: a month partition goes only once its whole month
+    # is before the cutoff; the month just before DAILY_FROM ends at it, so it stays.
+    cutoff = DAILY_FROM - timedelta(days=1)
+    months = [p for p in run(lambda c: list_partitions(c, "requests"), url) if p.monthly]
+    dropped = run(lambda c: drop_before(c, cutoff), url)
+    assert sorted(dropped) == sorted(
+        p.name.replace("requests", t) for p in months[:-1] for t in TABLES
+    )
+    assert months[-1].end == DAILY_FROM
+    gone = [
+        r
+        for r in after["requests"]
+        if r[1] < datetime.combine(months[-1].day, datetime.min.time(), UTC)
+    ]
+    assert gone and run(lambda c: c.fetchval("SELECT count(*) FROM requests"), url) == len(
+        after["requests"]
+    ) - len(gone)
 
 
 def rows_for(days: list[datetime], prefix: str) -> tuple[list[RequestRow], list[AttemptRow]]:

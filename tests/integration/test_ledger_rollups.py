@@ -147,13 +147,23 @@ def _request(
         attempt(primary, "primary", error_class="stream_error")
         error = "stream_error"
     costs = [a.cost_usd for a in attempts if a.cost_usd is not None]
+    key = rng.choice((None, "k1", "k2", "k3"))
+    # Workflows: an agent's session of a few calls over three hours (so across hours, and
+    # several calls in one hour), or a long one that lasts the month.
+    tag = rng.random()
+    workflow = None
+    if tag < 0.3:
+        workflow = f"wf-{key}-{int(received.timestamp()) // 10800}"
+    elif tag < 0.4:
+        workflow = f"wf-long-{rng.randint(0, 19)}"
     request = request_row(
         rid,
         received_at=received,
         route=route,
         requested_model=route,
-        key_id=rng.choice((None, "k1", "k2", "k3")),
+        key_id=key,
         workload=rng.choice((None, "support", "etl")),
+        workflow_id=workflow,
         final_status=status,
         error_class=error,
         gate_outcome=gate,
@@ -168,13 +178,15 @@ def _request(
 def batches(
     ledger: list[tuple[RequestRow, list[AttemptRow]]], seed: int = 7
 ) -> list[tuple[list[RequestRow], list[AttemptRow]]]:
-    """Whole requests in batches of ~150, in a shuffled order (so many arrive hours after
-    their hour), a fifth of them written twice."""
+    """Whole requests in batches, in a shuffled order (so many arrive hours after their
+    hour), a fifth of them written twice. The first half of the month in consecutive runs
+    of 150 requests; the second half interleaved (request i in batch i mod 8), so every
+    hour's rollup rows are added to by several batches."""
     rng = random.Random(seed)
-    out = []
-    for lo in range(0, len(ledger), 150):
-        chunk = ledger[lo : lo + 150]
-        out.append(([r for r, _ in chunk], [a for _, atts in chunk for a in atts]))
+    half = len(ledger) // 2
+    chunks = [ledger[lo : min(lo + 150, half)] for lo in range(0, half, 150)]
+    chunks += [ledger[half:][j::8] for j in range(8)]
+    out = [([r for r, _ in c], [a for _, atts in c for a in atts]) for c in chunks]
     rng.shuffle(out)
     return out + [b for b in out if rng.random() < 0.2]
 
@@ -240,6 +252,8 @@ async def reports(store: ReportStore, window: tuple[datetime, datetime]) -> dict
     found["answered"] = _norm(await store.answered_requests(*window), sqlite)
     found["request groups"] = sorted(_norm(await store.request_groups(*window), sqlite), key=repr)
     found["dedicated busy"] = sorted(_norm(await store.dedicated_busy(*window), sqlite))
+    for group in ("route", "workload"):
+        found[f"workflows {group}"] = _norm(await store.workflow_buckets(group, *window), sqlite)
     return found
 
 
@@ -275,6 +289,7 @@ def test_rollup_reports_equal_raw_reports(url: str) -> None:
             for name in want:
                 assert got[name] == want[name], f"{name} over {window[0]:%Y-%m-%d}"
             assert want["lcpr model"] and want["ledger days"] and want["dedicated use"]
+            assert any(b[1] > 1 for b in want["workflows route"])  # multi-call workflows
         sqlite = not rolled._pg
         for since in (MONTH[0], DAY[0] + timedelta(minutes=37)):  # whole hours; a ragged one
             for by in ("route", "key", "deployment"):
