@@ -227,7 +227,8 @@ def time_reports(args: argparse.Namespace, env: dict[str, str], invoices: list[s
     for by in ("model", "route", "workload", "key", "workflow"):
         reports.append((f"lcpr --by {by}", ["lcpr", "--month", args.month, "--by", by], {0}))
     # Exit 3: the variance was flagged, as the skewed invoice means it to be.
-    reports.append(("reconcile", ["reconcile", "--month", args.month, *invoices], {0, 3}))
+    out = ["--out", str(WORK / "reconciliation")]  # not the current directory (the default)
+    reports.append(("reconcile", ["reconcile", "--month", args.month, *invoices, *out], {0, 3}))
     rows = []
     for name, argv, ok_codes in reports:
         runs = []
