@@ -41,8 +41,12 @@ def rollup_command(
 ) -> None:
     """Recompute the hourly rollups of [--from, --to] from the raw rows, in one transaction
     (delete, then insert): the writer keeps them exact, so this is for repair (rows edited
-    by hand, a restore of raw rows). Reports read the rollups for whole-hour windows."""
+    by hand, a restore of raw rows). Reports read the rollups for whole-hour windows.
+
+    Refuses, changing nothing, when an hour in the window has rollups but no raw rows left
+    (retention dropped them): its rollups are then its only record."""
     from gateway.ledger.repository import LedgerRepository
+    from gateway.ledger.rollups import RawRowsGone
     from gateway.ledger.rollups import rebuild as rebuild_rollups
 
     if not rebuild:
@@ -65,6 +69,8 @@ def rollup_command(
 
     try:
         asyncio.run(run())
+    except RawRowsGone as exc:
+        raise fail(f"ledger database {shown}: nothing rebuilt: {exc}") from None
     except Exception as exc:
         if not from_driver(exc):
             raise

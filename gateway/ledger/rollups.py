@@ -91,12 +91,47 @@ def _bound(when: datetime | None, dialect: str) -> datetime | None:
     return when if dialect == "postgresql" else when.replace(tzinfo=None)
 
 
+class RawRowsGone(Exception):
+    """A rebuild window holds hours whose rollups have requests but whose raw rows are gone
+    (retention dropped them): rebuilding would erase that history."""
+
+    def __init__(self, hours: list[Any]) -> None:
+        self.hours = hours
+        shown = ", ".join(str(h)[:13] for h in hours[:5]) + (" …" if len(hours) > 5 else "")
+        super().__init__(
+            f"{len(hours)} hours have rollups but no raw rows (dropped by retention?): "
+            f"{shown}; rebuild a window that leaves them out"
+        )
+
+
 async def rebuild(
     conn: AsyncConnection, start: datetime | None = None, end: datetime | None = None
 ) -> None:
     """Recompute every rollup row of the hours in [start, end) (all time when a bound is
-    None) from the raw rows, in the caller's transaction: delete, then insert."""
-    for stmt in rebuild_statements(conn.dialect.name, start, end):
+    None) from the raw rows, in the caller's transaction: delete, then insert.
+
+    Refuses (RawRowsGone) when an hour of the window has requests in its rollups but none
+    in `requests`: the rollups are then the only record of that hour."""
+    dialect = conn.dialect.name
+    lo, hi = _bound(start, dialect), _bound(end, dialect)
+    params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
+
+    def window(column: str) -> str:
+        parts = [f"{column} >= :lo" if lo is not None else "", f"{column} < :hi" if hi else ""]
+        return " AND ".join(p for p in parts if p) or "1 = 1"
+
+    gone = _bind(
+        text(
+            f"SELECT hour FROM rollup_requests WHERE {window('hour')} GROUP BY hour "
+            f"EXCEPT SELECT {rollups_sql.hour_of(dialect, 'received_at')} FROM requests "
+            f"WHERE {window('received_at')} ORDER BY 1"
+        ),
+        params,
+    )
+    hours = [row[0] for row in await conn.execute(gone)]
+    if hours:
+        raise RawRowsGone(hours)
+    for stmt in rebuild_statements(dialect, start, end):
         await conn.execute(stmt)
 
 

@@ -432,6 +432,27 @@ def test_cli_rebuild_repairs_a_window(url: str) -> None:
         assert "rebuilt the rollups of 2025-11-1" in result.output
     assert with_repo(url, snapshot) == before
 
+    # Retention drops a day of raw rows: its rollups are now its only record, so a rebuild
+    # over it refuses and changes nothing; one that leaves it out still runs.
+    async def drop_day(repo: LedgerRepository) -> None:
+        lo, hi = _bind(DAY[0], url), _bind(DAY[1], url)
+        async with repo.engine.begin() as conn:
+            for table, column in (("attempts", "started_at"), ("requests", "received_at")):
+                await conn.execute(
+                    text(f"DELETE FROM {table} WHERE {column} >= :lo AND {column} < :hi"),
+                    {"lo": lo, "hi": hi},
+                )
+
+    with_repo(url, drop_day)
+    refused = CliRunner().invoke(app, ["ledger", "rollup", "--rebuild", "--database-url", url])
+    assert refused.exit_code == 1
+    assert "nothing rebuilt" in refused.output and "2025-11-17 00" in refused.output
+    assert with_repo(url, snapshot) == before
+    result = CliRunner().invoke(
+        app, ["ledger", "rollup", "--rebuild", "--from", "2025-11-19", "--database-url", url]
+    )
+    assert result.exit_code == 0, result.output
+
 
 def _bind(when: datetime, url: str) -> Any:
     # SQLite keeps timestamps as SQLAlchemy's offset-less text.
