@@ -160,7 +160,15 @@ def rebuild_statements(
     )
     started = f"(SELECT * FROM attempts WHERE {window('started_at')})"
     if lo is None and hi is None:
-        touched, having = "attempts", ""
+        # All time (the migration's backfill): the whole tables. An attempt whose request
+        # is missing drops out of the request-grain joins as it does above.
+        requests, of_requests, started, touched, having = (
+            "requests",
+            "attempts",
+            "attempts",
+            "attempts",
+            "",
+        )
     else:
         touched = (
             "(SELECT * FROM attempts WHERE request_id IN "
