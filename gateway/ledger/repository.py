@@ -170,7 +170,7 @@ class LedgerRepository:
                 await raw.copy_records_to_table(_stage(table), records=items, columns=list(fields))
             # Both staging tables exist and are read (an empty one adds nothing): one
             # statement inserts the rows and adds what it inserted to the rollups.
-            await raw.execute(_PG_MERGE)
+            await raw.fetchrow(_PG_MERGE)  # prepared and cached (see pg_sink)
 
     async def insert_on(
         self,
