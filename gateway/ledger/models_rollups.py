@@ -10,8 +10,8 @@ Five tables, one per way the reports date and group rows (docs/ledger.md, "Rollu
   first attempt there (LCPR by model, where the fallback measure is one per deployment ×
   request, not a sum of attempts).
 - `rollup_attempts`: attempts per hour of started_at × provider × deployment × upstream
-  model × role × price version (reconciliation's ledger days, spend by role, dedicated use,
-  price versions with their first use).
+  model × role × price version × batch path (reconciliation's ledger days and their
+  provider-batch slice, spend by role, dedicated use, price versions with their first use).
 - `rollup_dedicated`: tokens served by dedicated providers, per request dims (hour of
   received_at × route × workload × key × provider): LCPR's share of a GPU per segment.
 - `rollup_workflows`: per workflow (key × workflow id) × hour of received_at, its calls and
@@ -136,6 +136,9 @@ rollup_attempts_table = Table(
     _dim("upstream_model"),
     _dim("role", TAG),
     _dim("price_version"),
+    # The path of a batch line's batch (role `batch` only; '' otherwise): reconciliation
+    # bills provider-batch attempts apart.
+    _dim("batch_path", TAG),
     *_measures(ATTEMPT_MEASURES),
     Column("busy_ms", MILLIS, nullable=False, server_default="0"),
     # The earliest attempt in the row: a price version's first use in a window.

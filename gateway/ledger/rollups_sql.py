@@ -25,6 +25,7 @@ from gateway.ledger.models_rollups import (
     rollup_workflows_table,
 )
 from gateway.ledger.success import GATE_PASS, SUCCESS_STATUS
+from routing.batch_paths import BATCH_ROLE
 
 # Roles (gateway/reports/segments.py: CACHE_HIT; routing's attempt roles).
 _HIT = "a.role = 'cache_hit'"
@@ -147,15 +148,32 @@ def deployments_select(dialect: str, attempts: str, having: str = "") -> str:
     )
 
 
-def attempts_select(dialect: str, attempts: str) -> str:
-    """rollup_attempts' rows: `attempts` per hour of started_at and their dims."""
+def attempts_select(dialect: str, attempts: str, requests: str | None = None) -> str:
+    """rollup_attempts' rows: `attempts` per hour of started_at and their dims.
+
+    A batch line's attempt carries its batch's path, found through its request: in
+    `requests` (the rows inserted with it) when given, else by id in the `requests` table
+    (a rebuild: looked up for role `batch` only)."""
     measures = ", ".join(f"{expr} AS {name}" for name, expr in _ATTEMPT.items())
+    if requests is not None:
+        path = "COALESCE(b.path, '')"
+        joins = (
+            f"LEFT JOIN {requests} r ON r.id = a.request_id AND a.role = '{BATCH_ROLE}' "
+            "LEFT JOIN batches b ON b.id = r.batch_id "
+        )
+    else:
+        path = (
+            f"CASE WHEN a.role = '{BATCH_ROLE}' THEN COALESCE((SELECT MAX(b.path) FROM "
+            "requests r JOIN batches b ON b.id = r.batch_id WHERE r.id = a.request_id), '') "
+            "ELSE '' END"
+        )
+        joins = ""
     return (
         f"SELECT {hour_of(dialect, 'a.started_at')} AS hour, a.provider, a.provider_kind, "
         f"a.deployment, a.upstream_model, a.role, {_dim('a.price_version')} AS price_version, "
-        f"{measures}, SUM(CAST(a.latency_ms AS NUMERIC)) AS busy_ms, "
+        f"{path} AS batch_path, {measures}, SUM(CAST(a.latency_ms AS NUMERIC)) AS busy_ms, "
         f"MIN(a.started_at) AS first_at "
-        f"FROM {attempts} a GROUP BY {_positions(7)} ORDER BY {_positions(7)}"
+        f"FROM {attempts} a {joins}GROUP BY {_positions(8)} ORDER BY {_positions(8)}"
     )
 
 
@@ -268,7 +286,7 @@ def selects(dialect: str, requests: str, attempts: str) -> list[tuple[str, str]]
     return [
         ("rollup_requests", requests_select(dialect, requests, attempts)),
         ("rollup_deployments", deployments_select(dialect, attempts)),
-        ("rollup_attempts", attempts_select(dialect, attempts)),
+        ("rollup_attempts", attempts_select(dialect, attempts, requests)),
         ("rollup_dedicated", dedicated_select(dialect, requests, attempts)),
         ("rollup_workflows", workflows_select(dialect, requests, attempts)),
     ]

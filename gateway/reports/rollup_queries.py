@@ -35,9 +35,9 @@ from gateway.ledger.models_rollups import (
     rollup_requests_table,
     rollup_workflows_table,
 )
+from routing.batch_paths import BATCH_ROLE, PROVIDER_BATCH
 
 CACHE_HIT = "cache_hit"
-BATCH_ROLE = "batch"
 DayOf = Callable[[ColumnElement[Any]], ColumnElement[Any]]
 
 _q = rollup_requests_table.c
@@ -126,9 +126,15 @@ def _role_count(role: str) -> ColumnElement[Any]:
     return func.sum(case((_t.role == role, _t.attempts), else_=0))
 
 
-def ledger_days(lo: datetime, hi: datetime, utc_day: DayOf) -> Any:
-    """ReportStore.ledger_days' rows (response-cache hits left out)."""
+def ledger_days(lo: datetime, hi: datetime, utc_day: DayOf, provider_batch: bool = False) -> Any:
+    """ReportStore.ledger_days' rows (response-cache hits left out); with `provider_batch`
+    only batch lines' attempts whose batch went through a provider's batch API."""
     day = utc_day(_t.hour)
+    only = (
+        [_t.role == BATCH_ROLE, _t.batch_path == PROVIDER_BATCH]
+        if provider_batch
+        else [_t.role != CACHE_HIT]
+    )
     keys = (_t.provider, _t.provider_kind, _t.deployment, _t.upstream_model)
     return (
         select(
@@ -148,7 +154,7 @@ def ledger_days(lo: datetime, hi: datetime, utc_day: DayOf) -> Any:
             func.sum(_t.passed),
             func.sum(_t.busy_ms),
         )
-        .where(_t.role != CACHE_HIT, *_in(_t.hour, lo, hi))
+        .where(*only, *_in(_t.hour, lo, hi))
         .group_by(*keys, day)
     )
 

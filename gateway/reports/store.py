@@ -252,10 +252,8 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
         )
-        # The provider-batch slice needs each batch's path: raw rows only.
-        window = None if provider_batch else self._rollup_window(start, end)
-        if window is not None:
-            stmt = rollup_queries.ledger_days(*window, self._utc_day)
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.ledger_days(*window, self._utc_day, provider_batch)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [

@@ -108,12 +108,13 @@ def upgrade() -> None:
         "upstream_model",
         "role",
         "price_version",
+        "batch_path",
     )
     _table(
         "rollup_attempts",
         attempt_dims,
         _hour(),
-        *_dims(*attempt_dims, types={"provider_kind": _TAG, "role": _TAG}),
+        *_dims(*attempt_dims, types={"provider_kind": _TAG, "role": _TAG, "batch_path": _TAG}),
         *_measures(_ATTEMPT),
         sa.Column("busy_ms", sa.Numeric(), nullable=False, server_default="0"),
         sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),

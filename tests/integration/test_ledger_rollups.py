@@ -19,6 +19,7 @@ from sqlalchemy import func, select, text
 
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.models_batches import batches_table
 from gateway.ledger.models_rollups import ROLLUP_TABLES
 from gateway.ledger.pg_sink import PgLedgerSink
 from gateway.ledger.repository import LedgerRepository
@@ -26,6 +27,7 @@ from gateway.ledger.rollups import rebuild
 from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.reports.segments import SEGMENTS
 from gateway.reports.store import ReportStore
+from routing.batch_paths import PATHS
 from tests.integration.test_ledger_repository import with_repo
 from tests.ledger_rows import attempt_row, request_row
 
@@ -174,6 +176,26 @@ def _request(
     return request, attempts
 
 
+def batch_rows() -> list[dict[str, Any]]:
+    """The batches the generated batch lines belong to, through every path: reconciliation
+    bills those through a provider's batch API apart."""
+    return [
+        {
+            "id": f"batch_{n}",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-x",
+            "completion_window": "24h",
+            "status": "completed",
+            "path": PATHS[n % len(PATHS)],
+            "created_at": MONTH[0],
+            "total": 0,
+            "completed": 0,
+            "failed": 0,
+        }
+        for n in range(7)
+    ]
+
+
 def batches(
     ledger: list[tuple[RequestRow, list[AttemptRow]]], seed: int = 7
 ) -> list[tuple[list[RequestRow], list[AttemptRow]]]:
@@ -204,6 +226,9 @@ async def write(url: str, repo: LedgerRepository, ledger: list[Any]) -> None:
     the repository's COPY path); the last batch's requests as batch lines, in a caller's
     transaction (LedgerRepository.insert_on)."""
     todo = batches(ledger)
+    # A batch exists before its lines are written (gateway/batch/store.py creates it).
+    async with repo.engine.begin() as conn:
+        await conn.execute(batches_table.insert(), batch_rows())
     sink = PgLedgerSink(url) if repo.engine.dialect.name == "postgresql" else None
     try:
         for n, (reqs, atts) in enumerate(todo[:-1]):
@@ -245,6 +270,9 @@ async def reports(store: ReportStore, window: tuple[datetime, datetime]) -> dict
         found[f"lcpr {by}"] = sorted(_norm(totals, sqlite))
         found[f"daily {by}"] = sorted(_norm(daily, sqlite))
     found["ledger days"] = sorted(_norm(await store.ledger_days(*window), sqlite))
+    found["provider batch days"] = sorted(
+        _norm(await store.ledger_days(*window, provider_batch=True), sqlite)
+    )
     found["spend by role"] = _norm(await store.spend_by_role(*window), sqlite)
     found["price versions"] = await store.price_versions(*window)
     found["dedicated use"] = sorted(_norm(await store.dedicated_use(*window), sqlite))
@@ -288,6 +316,7 @@ def test_rollup_reports_equal_raw_reports(url: str) -> None:
             for name in want:
                 assert got[name] == want[name], f"{name} over {window[0]:%Y-%m-%d}"
             assert want["lcpr model"] and want["ledger days"] and want["dedicated use"]
+            assert want["provider batch days"]
             assert any(b[1] > 1 for b in want["workflows route"])  # multi-call workflows
         sqlite = not rolled._pg
         for since in (MONTH[0], DAY[0] + timedelta(minutes=37)):  # whole hours; a ragged one

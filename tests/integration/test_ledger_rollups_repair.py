@@ -15,6 +15,7 @@ from sqlalchemy import inspect, text
 
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.models_batches import batches_table
 from gateway.ledger.repository import LedgerRepository
 from gateway.ledger_rows import ATTEMPT_FIELDS, REQUEST_FIELDS
 from gateway.reports.store import ReportStore
@@ -23,6 +24,7 @@ from tests.integration.test_ledger_rollups import (
     DAY,
     MONTH,
     _quantum,
+    batch_rows,
     generate,
     reports,
     snapshot,
@@ -76,6 +78,11 @@ def test_migration_0012_backfills_rollups(
             atts = [a for _, ats in ledger for a in ats]
             await conn.execute(requests_table.insert(), _plain_rows(reqs, REQUEST_FIELDS, sqlite))
             await conn.execute(attempts_table.insert(), _plain_rows(atts, ATTEMPT_FIELDS, sqlite))
+            batches = batch_rows()
+            if sqlite:
+                for row in batches:
+                    row["created_at"] = row["created_at"].replace(tzinfo=None)
+            await conn.execute(batches_table.insert(), batches)
             assert "rollup_requests" not in await conn.run_sync(
                 lambda c: inspect(c).get_table_names()
             )

@@ -157,9 +157,11 @@ class Ledger:
         async def run() -> None:
             repo = LedgerRepository.create(url)
             try:
-                await repo.write_batch(self.requests, self.attempts)
+                # Batches first, as the gateway creates a batch before writing its lines:
+                # the rollups record each line's batch path as it is written.
                 async with repo.engine.begin() as conn:
                     await conn.execute(batches_table.insert(), self.batches)
+                await repo.write_batch(self.requests, self.attempts)
             finally:
                 await repo.close()
 
