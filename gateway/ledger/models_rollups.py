@@ -1,7 +1,7 @@
 """Rollup tables: the ledger summed per UTC hour, kept exact by the writer (gateway/ledger/
 rollups.py) so that reports read thousands of rows instead of a month of attempts.
 
-Five tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
+Six tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
 
 - `rollup_requests`: requests per hour of received_at × route × workload × key × final
   deployment × batch line or live, with the sums of each request's attempts (every report
@@ -16,6 +16,8 @@ Five tables, one per way the reports date and group rows (docs/ledger.md, "Rollu
   received_at × route × workload × key × provider): LCPR's share of a GPU per segment.
 - `rollup_workflows`: per workflow (key × workflow id) × hour of received_at, its calls and
   its first and last call in the hour (`farebox lcpr --by workflow`).
+- `rollup_spend`: attempts per hour of their request's received_at × hour of their own
+  started_at × route × workload × batch line or live × deployment (the batch tier's spend).
 
 Nullable dimensions are stored as '' (never a valid route, workload, key, deployment or price
 version name), so each table's primary key is its dimensions on SQLite and on any Postgres.
@@ -156,6 +158,33 @@ rollup_dedicated_table = Table(
     _count("tokens"),
 )
 
+#: Attempts (response-cache hits aside) by their request's dims and their own, dated both
+#: ways: the window by the request's received_at, the day by the attempt's started_at.
+SPEND_MEASURES = (
+    "attempts",
+    "input_uncached",
+    "cached_read",
+    "cache_write",
+    "output",
+    "cost",
+    "unpriced",
+)
+
+rollup_spend_table = Table(
+    "rollup_spend",
+    Base.metadata,
+    _hour(),
+    Column("started_hour", DateTime(timezone=True), primary_key=True),
+    _dim("route"),
+    _dim("workload"),
+    _dim("batch", Integer),
+    _dim("deployment"),
+    _dim("provider"),
+    _dim("provider_kind", TAG),
+    _dim("upstream_model"),
+    *_measures(SPEND_MEASURES),
+)
+
 #: Per workflow × hour of received_at: its calls in the hour, and its first and last call
 #: (by received_at, then id) with what `farebox lcpr --by workflow` reads of them.
 rollup_workflows_table = Table(
@@ -183,4 +212,5 @@ ROLLUP_TABLES = (
     rollup_attempts_table,
     rollup_dedicated_table,
     rollup_workflows_table,
+    rollup_spend_table,
 )

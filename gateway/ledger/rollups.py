@@ -181,6 +181,7 @@ def rebuild_statements(
         ("rollup_attempts", rollups_sql.attempts_select(dialect, started)),
         ("rollup_dedicated", rollups_sql.dedicated_select(dialect, requests, of_requests)),
         ("rollup_workflows", rollups_sql.workflows_select(dialect, requests, of_requests)),
+        ("rollup_spend", rollups_sql.spend_select(dialect, requests, of_requests)),
     ]
     params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
     out = [

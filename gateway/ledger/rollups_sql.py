@@ -17,11 +17,13 @@ from gateway.ledger.models_rollups import (
     ATTEMPT_MEASURES,
     LCPR_MEASURES,
     NONE,
+    SPEND_MEASURES,
     USAGE_MEASURES,
     rollup_attempts_table,
     rollup_dedicated_table,
     rollup_deployments_table,
     rollup_requests_table,
+    rollup_spend_table,
     rollup_workflows_table,
 )
 from gateway.ledger.success import GATE_PASS, SUCCESS_STATUS
@@ -191,6 +193,21 @@ def dedicated_select(dialect: str, requests: str, attempts: str) -> str:
     )
 
 
+def spend_select(dialect: str, requests: str, attempts: str) -> str:
+    """rollup_spend's rows: the attempts of `requests` (response-cache hits aside) by
+    request dims (hour of received_at) and attempt dims (hour of started_at)."""
+    measures = ", ".join(f"{_ATTEMPT[name]} AS {name}" for name in SPEND_MEASURES)
+    return (
+        f"SELECT {hour_of(dialect, 'r.received_at')} AS hour, "
+        f"{hour_of(dialect, 'a.started_at')} AS started_hour, r.route AS route, "
+        f"{_dim('r.workload')} AS workload, "
+        "CASE WHEN r.batch_id IS NULL THEN 0 ELSE 1 END AS batch, a.deployment, a.provider, "
+        f"a.provider_kind, a.upstream_model, {measures} "
+        f"FROM {requests} r JOIN {attempts} a ON a.request_id = r.id WHERE NOT ({_HIT}) "
+        f"GROUP BY {_positions(9)} ORDER BY {_positions(9)}"
+    )
+
+
 def workflows_select(dialect: str, requests: str, attempts: str) -> str:
     """rollup_workflows' rows: the tagged calls of `requests` per workflow × hour, with the
     first and last call of each (by received_at, then id: gateway/reports/store_workflows.py)
@@ -233,6 +250,7 @@ _TABLES = {
         rollup_attempts_table,
         rollup_dedicated_table,
         rollup_workflows_table,
+        rollup_spend_table,
     )
 }
 # rollup_workflows: the columns of its first and of its last call, replaced (not added) when
@@ -289,6 +307,7 @@ def selects(dialect: str, requests: str, attempts: str) -> list[tuple[str, str]]
         ("rollup_attempts", attempts_select(dialect, attempts, requests)),
         ("rollup_dedicated", dedicated_select(dialect, requests, attempts)),
         ("rollup_workflows", workflows_select(dialect, requests, attempts)),
+        ("rollup_spend", spend_select(dialect, requests, attempts)),
     ]
 
 

@@ -8,18 +8,20 @@ day) and the raw rows otherwise. NULL dimensions are stored as '' and mapped bac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    and_,
     case,
     cast,
     func,
     literal,
     literal_column,
     null,
+    or_,
     select,
     union_all,
 )
@@ -33,6 +35,7 @@ from gateway.ledger.models_rollups import (
     rollup_dedicated_table,
     rollup_deployments_table,
     rollup_requests_table,
+    rollup_spend_table,
     rollup_workflows_table,
 )
 from routing.batch_paths import BATCH_ROLE, PROVIDER_BATCH
@@ -209,6 +212,33 @@ def request_groups(lo: datetime, hi: datetime) -> Any:
         )
         .where(*_in(_q.hour, lo, hi))
         .group_by(workload, _q.route, _q.batch, deployment)
+    )
+
+
+def spend_groups(lo: datetime, hi: datetime, deferrable: Sequence[str], utc_day: DayOf) -> Any:
+    """BatchQueries.spend_groups' rows: batch lines' attempts, and live requests' of the
+    deferrable workloads, by request dims (window) and the attempt's UTC day."""
+    s = rollup_spend_table.c
+    which: ColumnElement[bool] = s.batch == 1
+    if deferrable:
+        which = or_(which, and_(s.batch == 0, s.workload.in_(list(deferrable))))
+    keys = (dash(s.workload), s.route, s.batch, s.deployment, s.provider, s.provider_kind)
+    day = utc_day(s.started_hour)
+    return (
+        select(
+            *keys,
+            s.upstream_model,
+            day,
+            func.sum(s.attempts),
+            func.sum(s.input_uncached),
+            func.sum(s.cached_read),
+            func.sum(s.cache_write),
+            func.sum(s.output),
+            func.sum(s.cost),
+            func.sum(s.unpriced),
+        )
+        .where(which, *_in(s.hour, lo, hi))
+        .group_by(*keys, s.upstream_model, day)
     )
 
 

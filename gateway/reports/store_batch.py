@@ -147,6 +147,8 @@ class BatchQueries(StoreBase):
             )
             .group_by(*keys, a.upstream_model, day)
         )
+        if (window := self._rollup_window(start, end)) is not None:
+            stmt = rollup_queries.spend_groups(*window, deferrable, self._utc_day)
         async with self.engine.begin() as conn:
             if self._pg:
                 await report_session(conn)

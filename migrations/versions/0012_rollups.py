@@ -1,7 +1,7 @@
 """rollups: the ledger summed per UTC hour (gateway/ledger/models_rollups.py), filled here
 from the raw rows already in the ledger.
 
-Five plain tables on both dialects, primary key = their dimensions (NULL dimensions are
+Six plain tables on both dialects, primary key = their dimensions (NULL dimensions are
 stored as ''). The backfill is the same rebuild `farebox ledger rollup --rebuild` runs
 (gateway/ledger/rollups.rebuild_statements over all time): from this revision on, the writer
 keeps them in its own transaction.
@@ -141,6 +141,34 @@ def upgrade() -> None:
         sa.Column("last_id", sa.String(128), nullable=False),
         sa.Column("last_ok", sa.Integer(), nullable=False),
     )
+    spend_dims = (
+        "started_hour",
+        "route",
+        "workload",
+        "batch",
+        "deployment",
+        "provider",
+        "provider_kind",
+        "upstream_model",
+    )
+    _table(
+        "rollup_spend",
+        spend_dims,
+        _hour(),
+        sa.Column("started_hour", sa.DateTime(timezone=True), nullable=False),
+        *_dims(*spend_dims[1:], types={"batch": sa.Integer(), "provider_kind": _TAG}),
+        *_measures(
+            (
+                "attempts",
+                "input_uncached",
+                "cached_read",
+                "cache_write",
+                "output",
+                "cost",
+                "unpriced",
+            )
+        ),
+    )
     # Backfill from the raw rows: the rebuild's statements over all time.
     from gateway.ledger.rollups import rebuild_statements
 
@@ -151,6 +179,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for name in (
+        "rollup_spend",
         "rollup_workflows",
         "rollup_dedicated",
         "rollup_attempts",

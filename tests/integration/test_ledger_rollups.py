@@ -279,6 +279,9 @@ async def reports(store: ReportStore, window: tuple[datetime, datetime]) -> dict
     found["answered"] = _norm(await store.answered_requests(*window), sqlite)
     found["request groups"] = sorted(_norm(await store.request_groups(*window), sqlite), key=repr)
     found["dedicated busy"] = sorted(_norm(await store.dedicated_busy(*window), sqlite))
+    for deferrable in ([], ["support", "etl"]):
+        spend = await store.spend_groups(*window, deferrable)
+        found[f"spend groups {deferrable}"] = sorted(_norm(spend, sqlite), key=repr)
     for group in ("route", "workload"):
         found[f"workflows {group}"] = _norm(await store.workflow_buckets(group, *window), sqlite)
     return found
@@ -316,7 +319,7 @@ def test_rollup_reports_equal_raw_reports(url: str) -> None:
             for name in want:
                 assert got[name] == want[name], f"{name} over {window[0]:%Y-%m-%d}"
             assert want["lcpr model"] and want["ledger days"] and want["dedicated use"]
-            assert want["provider batch days"]
+            assert want["provider batch days"] and want["spend groups []"]
             assert any(b[1] > 1 for b in want["workflows route"])  # multi-call workflows
         sqlite = not rolled._pg
         for since in (MONTH[0], DAY[0] + timedelta(minutes=37)):  # whole hours; a ragged one
