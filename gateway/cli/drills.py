@@ -122,12 +122,12 @@ async def _announce(redis_url: str | None) -> None:
     if not redis_url:
         return
     from gateway.drills.board import CHANNEL
-    from gateway.runtime.redis import redis_client
+    from gateway.runtime.redis import publish, redis_client
     from gateway.runtime.redis_health import REDIS_ERRORS
 
     client = redis_client(redis_url)
     try:
-        await client.publish(CHANNEL, b"changed")
+        await publish(client, CHANNEL, b"changed")
     except REDIS_ERRORS:  # Redis away or too slow: say what happens instead
         typer.echo(
             "warning: Redis unreachable; replicas pick the change up within ~1 s by "

@@ -35,7 +35,7 @@ import orjson
 
 from gateway.observability import metrics
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import RedisClient, Sharing, redis_client, subscriber
+from gateway.runtime.redis import RedisClient, Sharing, publish, redis_client, subscriber
 from routing import breaker
 from routing.breaker import CLOSED, INITIAL, OPEN, BreakerPolicy, BreakerState, BreakerView
 
@@ -272,7 +272,7 @@ class Breakers:
         # carry PUBLISH (redis-py refuses it), and a replica that reconnects and reads the
         # records after this message went by finds this one among them. A trip or recovery is
         # rare, so the second round trip costs nothing that matters.
-        await self._redis.publish(self._channel, message)
+        await publish(self._redis, self._channel, message)
 
     async def _acquire_probe_lock(self, deployment: str) -> None:
         assert self._redis is not None
@@ -321,7 +321,9 @@ class Breakers:
     async def _follow(self) -> None:
         """Subscribe, catch up on open breakers, then relay messages until Redis fails."""
         assert self._redis is not None
-        pubsub = await self._within(subscriber(self._redis, ignore_subscribe_messages=True))
+        pubsub = await self._within(
+            subscriber(self._redis, self._channel, ignore_subscribe_messages=True)
+        )
         try:
             # Subscribe before reading the keys so no trip can fall between the two.
             self._broken.clear()

@@ -30,7 +30,7 @@ from gateway.drills.verdict_report import render, side_dict
 from gateway.ledger.drills_records import FINAL, FINISHING, RUNNING, STOPPING, DrillRow
 from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
-from gateway.runtime.redis import Sharing, redis_client, subscriber
+from gateway.runtime.redis import Sharing, publish, redis_client, subscriber
 from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
@@ -270,7 +270,7 @@ class DrillBoard:
         self._wake.set()
         if self._redis is not None:
             try:
-                await self._redis.publish(CHANNEL, b"changed")
+                await publish(self._redis, CHANNEL, b"changed")
             except REDIS_ERRORS as exc:  # the other replicas' poll finds the change
                 self._sharing.lost(exc)
 
@@ -296,7 +296,7 @@ class DrillBoard:
     async def _follow(self) -> None:
         """Wake the poll on every announcement until Redis fails (the poll carries on)."""
         assert self._redis is not None
-        async with await subscriber(self._redis) as pubsub:
+        async with await subscriber(self._redis, CHANNEL) as pubsub:
             await pubsub.subscribe(CHANNEL)
             self._sharing.connected = True
             self._sharing.set(True)

@@ -35,7 +35,7 @@ from gateway.ledger.keys_reads import KeyReads, PgKeyReads
 from gateway.ledger.keys_records import VirtualKey
 from gateway.ledger.serving_ledger import ServingLedger
 from gateway.runtime.background import Background, within
-from gateway.runtime.redis import RedisClient, Sharing, redis_client, subscriber
+from gateway.runtime.redis import RedisClient, Sharing, publish, redis_client, subscriber
 from gateway.runtime.redis_health import REDIS_ERRORS
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class Publisher:
 
     async def key_changed(self, key_id: str, hashes: Sequence[str]) -> None:
         """Raises when Redis could not be reached (the caller says so; replicas poll)."""
-        await self._redis.publish(self._channel, _message(key_id, hashes, "cli"))
+        await publish(self._redis, self._channel, _message(key_id, hashes, "cli"))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -179,7 +179,7 @@ class KeySync:
             return
         try:
             await self._within(
-                self._redis.publish(self._channel, _message(key_id, hashes, self.replica_id))
+                publish(self._redis, self._channel, _message(key_id, hashes, self.replica_id))
             )
         except REDIS_ERRORS as exc:  # Redis away or slower than its timeout: replicas poll
             log.warning("key change not published (%s: %s); replicas poll", type(exc).__name__, exc)
@@ -251,7 +251,9 @@ class KeySync:
 
     async def _follow(self) -> None:
         assert self._redis is not None
-        pubsub = await self._within(subscriber(self._redis, ignore_subscribe_messages=True))
+        pubsub = await self._within(
+            subscriber(self._redis, self._channel, ignore_subscribe_messages=True)
+        )
         connected = False
         try:
             await self._within(pubsub.subscribe(self._channel))

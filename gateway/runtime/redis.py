@@ -37,6 +37,7 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -140,15 +141,55 @@ def _sentinel_master(target: RedisTarget, timeout_s: float, retry_once: bool) ->
     return master
 
 
-async def subscriber(client: RedisClient, *, ignore_subscribe_messages: bool = False) -> PubSub:
-    """A pub/sub connection of `client` (not yet subscribed). A cluster client first loads its
-    slot map (a no-op once loaded, a refresh after a node failed): redis-py's cluster pub/sub
-    looks the channel's node up in that map and fails with a KeyError on a client that has
-    not run a command yet. Channels are classic (SUBSCRIBE/PUBLISH), which a cluster
-    delivers to subscribers on every node."""
+# Pub/sub on a cluster: channels are classic (SUBSCRIBE/PUBLISH), and publisher and
+# subscribers meet on the master that owns the channel's hash slot: `subscriber` connects there
+# and `publish` sends there, so a message does not depend on the cluster bus relaying it (a
+# node that just restarted drops what the bus relays until its links are back).
+#
+# The subscription has a connection pool of its own rather than redis-py's cluster pub/sub,
+# which borrows the node's pool: the cluster client marks every connection of a node for
+# reconnection when one command on it fails (a pooled connection that went stale across a
+# restart, say), and the pub/sub then reconnected and resubscribed silently, losing the
+# messages of that gap without the subscriber knowing to re-read the state. Here the
+# connection does not retry: a lost subscription raises, and the subscriber's own loop
+# (`Sharing`) resubscribes and catches up, as on one node after any failure.
+
+
+class _NodePubSub(PubSub):
+    """A subscription on one cluster node over its own pool, closed with it."""
+
+    async def aclose(self) -> None:
+        await super().aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
+        await self.connection_pool.disconnect()
+
+
+async def subscriber(
+    client: RedisClient, channel: str, *, ignore_subscribe_messages: bool = False
+) -> PubSub:
+    """A pub/sub connection for `channel` (not yet subscribed): `client`'s own on one node or
+    behind Sentinel; on a cluster, one to the master that owns `channel`'s slot, after
+    loading the slot map (a no-op once loaded, a refresh after a node failed)."""
+    if not isinstance(client, RedisCluster):
+        return client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+    await client.initialize()
+    node = client.get_node_from_key(channel)
+    assert node is not None  # initialize() raises unless every slot has a master
+    pool = ConnectionPool(
+        connection_class=node.connection_class,
+        **{**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)},
+    )
+    return _NodePubSub(pool, ignore_subscribe_messages=ignore_subscribe_messages)
+
+
+async def publish(client: RedisClient, channel: str, message: bytes) -> None:
+    """PUBLISH `message`; on a cluster, on the master that owns `channel`'s slot, where the
+    subscribers are (see `subscriber`)."""
     if isinstance(client, RedisCluster):
         await client.initialize()
-    return client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+        node = client.get_node_from_key(channel)
+        await client.publish(channel, message, target_nodes=node)
+    else:
+        await client.publish(channel, message)
 
 
 UP = Gauge(
