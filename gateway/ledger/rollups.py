@@ -159,6 +159,8 @@ def rebuild_statements(
         f"(SELECT id FROM requests WHERE {window('received_at')}))"
     )
     started = f"(SELECT * FROM attempts WHERE {window('started_at')})"
+    # A batch line's request, for its batch's path: on the batch_id index, whatever its day.
+    batch_lines = "(SELECT id, batch_id FROM requests WHERE batch_id IS NOT NULL)"
     if lo is None and hi is None:
         # All time (the migration's backfill): the whole tables. An attempt whose request
         # is missing drops out of the request-grain joins as it does above.
@@ -178,7 +180,7 @@ def rebuild_statements(
     selects = [
         ("rollup_requests", rollups_sql.requests_select(dialect, requests, of_requests)),
         ("rollup_deployments", rollups_sql.deployments_select(dialect, touched, having)),
-        ("rollup_attempts", rollups_sql.attempts_select(dialect, started)),
+        ("rollup_attempts", rollups_sql.attempts_select(dialect, started, batch_lines)),
         ("rollup_dedicated", rollups_sql.dedicated_select(dialect, requests, of_requests)),
         ("rollup_workflows", rollups_sql.workflows_select(dialect, requests, of_requests)),
         ("rollup_spend", rollups_sql.spend_select(dialect, requests, of_requests)),

@@ -150,26 +150,17 @@ def deployments_select(dialect: str, attempts: str, having: str = "") -> str:
     )
 
 
-def attempts_select(dialect: str, attempts: str, requests: str | None = None) -> str:
+def attempts_select(dialect: str, attempts: str, requests: str) -> str:
     """rollup_attempts' rows: `attempts` per hour of started_at and their dims.
 
-    A batch line's attempt carries its batch's path, found through its request: in
-    `requests` (the rows inserted with it) when given, else by id in the `requests` table
-    (a rebuild: looked up for role `batch` only)."""
+    A batch line's attempt carries its batch's path, found through its request in
+    `requests` (the rows inserted with it; for a rebuild, every request of a batch)."""
     measures = ", ".join(f"{expr} AS {name}" for name, expr in _ATTEMPT.items())
-    if requests is not None:
-        path = "COALESCE(b.path, '')"
-        joins = (
-            f"LEFT JOIN {requests} r ON r.id = a.request_id AND a.role = '{BATCH_ROLE}' "
-            "LEFT JOIN batches b ON b.id = r.batch_id "
-        )
-    else:
-        path = (
-            f"CASE WHEN a.role = '{BATCH_ROLE}' THEN COALESCE((SELECT MAX(b.path) FROM "
-            "requests r JOIN batches b ON b.id = r.batch_id WHERE r.id = a.request_id), '') "
-            "ELSE '' END"
-        )
-        joins = ""
+    path = "COALESCE(b.path, '')"
+    joins = (
+        f"LEFT JOIN {requests} r ON r.id = a.request_id AND a.role = '{BATCH_ROLE}' "
+        "LEFT JOIN batches b ON b.id = r.batch_id "
+    )
     return (
         f"SELECT {hour_of(dialect, 'a.started_at')} AS hour, a.provider, a.provider_kind, "
         f"a.deployment, a.upstream_model, a.role, {_dim('a.price_version')} AS price_version, "
