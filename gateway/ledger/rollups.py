@@ -153,9 +153,12 @@ def rebuild_statements(
         ]
         return " AND ".join(p for p in parts if p) or "1 = 1"
 
+    # An attempt starts after its request arrives, so the attempts of the window's requests
+    # start at or after its start: that bound lets Postgres skip the earlier partitions.
+    since = "started_at >= :lo AND " if lo is not None else ""
     requests = f"(SELECT * FROM requests WHERE {window('received_at')})"
     of_requests = (
-        "(SELECT * FROM attempts WHERE request_id IN "
+        f"(SELECT * FROM attempts WHERE {since}request_id IN "
         f"(SELECT id FROM requests WHERE {window('received_at')}))"
     )
     started = f"(SELECT * FROM attempts WHERE {window('started_at')})"
@@ -172,6 +175,8 @@ def rebuild_statements(
             "",
         )
     else:
+        # Every attempt of the requests concerned: a group that began before the window
+        # must keep its earlier attempts, or HAVING would take it for one that began inside.
         touched = (
             "(SELECT * FROM attempts WHERE request_id IN "
             f"(SELECT request_id FROM attempts WHERE {window('started_at')}))"
