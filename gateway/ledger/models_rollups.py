@@ -30,10 +30,16 @@ from sqlalchemy import BigInteger, Column, DateTime, Integer, Numeric, Table
 
 from gateway.ledger.base import COST, ID, NAME, TAG, Base
 
+# The measure names and NONE are the layout's (SQLAlchemy-free); re-exported from here.
+from gateway.ledger.rollup_layout import ATTEMPT_MEASURES as ATTEMPT_MEASURES
+from gateway.ledger.rollup_layout import LCPR_MEASURES as LCPR_MEASURES
+from gateway.ledger.rollup_layout import MONEY
+from gateway.ledger.rollup_layout import NONE as NONE
+from gateway.ledger.rollup_layout import SPEND_MEASURES as SPEND_MEASURES
+from gateway.ledger.rollup_layout import USAGE_MEASURES as USAGE_MEASURES
+
 #: Sums of latency milliseconds (unconstrained NUMERIC: no rounding of the float's digits).
 MILLIS = Numeric()
-#: The value a NULL dimension is stored as (see the module docstring).
-NONE = ""
 
 
 def _count(name: str) -> Column[object]:
@@ -50,39 +56,6 @@ def _dim(name: str, type_: object = NAME) -> Column[object]:
 
 def _hour() -> Column[object]:
     return Column("hour", DateTime(timezone=True), primary_key=True)
-
-
-#: The attempt measures of LCPR (gateway/reports/segments.py), summed per request or per
-#: deployment × request, in segment_query's order. `fallback` counts groups with at least
-#: one fallback attempt; `cost`, `clean_cost` and `saved` are money.
-LCPR_MEASURES = (
-    "attempts",
-    "retries",
-    "fallback",
-    "gated",
-    "passed",
-    "input",
-    "cached",
-    "output",
-    "cost",
-    "clean",
-    "clean_cost",
-    "clean_tok",
-    "hits",
-    "saved",
-)
-MONEY = frozenset({"cost", "clean_cost", "saved"})
-#: Per request, beyond LCPR's: every attempt's tokens by type (response-cache hits
-#: included, as `farebox usage` counts them), unpriced and failed attempts.
-USAGE_MEASURES = (
-    "input_uncached",
-    "cached_read",
-    "cache_write",
-    "output_all",
-    "reasoning",
-    "unpriced",
-    "failed",
-)
 
 
 def _measures(names: tuple[str, ...]) -> list[Column[object]]:
@@ -112,21 +85,6 @@ rollup_deployments_table = Table(
     *_measures(LCPR_MEASURES),
 )
 
-#: rollup_attempts' measures, per attempt.
-ATTEMPT_MEASURES = (
-    "attempts",
-    "failed",
-    "input_uncached",
-    "cached_read",
-    "cache_write",
-    "output",
-    "reasoning",
-    "cost",
-    "unpriced",
-    "gated",
-    "passed",
-    "saved",
-)
 
 rollup_attempts_table = Table(
     "rollup_attempts",
@@ -158,17 +116,6 @@ rollup_dedicated_table = Table(
     _count("tokens"),
 )
 
-#: Attempts (response-cache hits aside) by their request's dims and their own, dated both
-#: ways: the window by the request's received_at, the day by the attempt's started_at.
-SPEND_MEASURES = (
-    "attempts",
-    "input_uncached",
-    "cached_read",
-    "cache_write",
-    "output",
-    "cost",
-    "unpriced",
-)
 
 rollup_spend_table = Table(
     "rollup_spend",

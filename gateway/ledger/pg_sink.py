@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from gateway.ledger.pg import asyncpg_dsn, is_postgres
-from gateway.ledger.rollups import is_retryable, retrying
+from gateway.ledger.retry import is_retryable, retrying
 from gateway.ledger.rollups_sql import pg_merge
 from gateway.ledger_rows import ATTEMPT_FIELDS, REQUEST_FIELDS, AttemptRow, RequestRow
 

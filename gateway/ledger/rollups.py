@@ -14,47 +14,19 @@ spool and journal replays carry whole batches). The attempt-grain rollups need n
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.ledger import rollups_sql
 from gateway.ledger.models_rollups import ROLLUP_TABLES
-
-T = TypeVar("T")
-
-# SQLSTATEs a concurrent upsert can end in: retrying the whole batch is safe (its
-# transaction rolled back, nothing was written).
-_RETRYABLE = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
-_ATTEMPTS = 5
+from gateway.ledger.retry import is_retryable as is_retryable
+from gateway.ledger.retry import retrying as retrying
 
 _NEW = {"requests": "farebox_rollup_new_requests", "attempts": "farebox_rollup_new_attempts"}
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """A deadlock or serialization failure (asyncpg's or wrapped by SQLAlchemy)."""
-    for err in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
-        state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
-        if state in _RETRYABLE:
-            return True
-    return False
-
-
-async def retrying(run: Callable[[], Awaitable[T]]) -> T:
-    """Run one batch's transaction, again after a deadlock or serialization failure (two
-    replicas upserting the same rollup rows): each try is the whole transaction."""
-    for attempt in range(_ATTEMPTS):
-        try:
-            return await run()
-        except Exception as exc:
-            if attempt + 1 == _ATTEMPTS or not is_retryable(exc):
-                raise
-            await asyncio.sleep(0.01 * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 async def add_inserted(

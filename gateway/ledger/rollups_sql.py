@@ -13,20 +13,15 @@ ledger-day queries in gateway/reports/store.py.
 
 from __future__ import annotations
 
-from gateway.ledger.models_rollups import (
+from gateway.ledger.rollup_layout import (
     ATTEMPT_MEASURES,
+    LAYOUT,
     LCPR_MEASURES,
     NONE,
     SPEND_MEASURES,
     USAGE_MEASURES,
-    rollup_attempts_table,
-    rollup_dedicated_table,
-    rollup_deployments_table,
-    rollup_requests_table,
-    rollup_spend_table,
-    rollup_workflows_table,
 )
-from gateway.ledger.success import GATE_PASS, SUCCESS_STATUS
+from gateway.ledger.success_rule import GATE_PASS, SUCCESS_STATUS
 from routing.batch_paths import BATCH_ROLE
 
 # Roles (gateway/reports/segments.py: CACHE_HIT; routing's attempt roles).
@@ -233,17 +228,6 @@ def workflows_select(dialect: str, requests: str, attempts: str) -> str:
     )
 
 
-_TABLES = {
-    t.name: t
-    for t in (
-        rollup_requests_table,
-        rollup_deployments_table,
-        rollup_attempts_table,
-        rollup_dedicated_table,
-        rollup_workflows_table,
-        rollup_spend_table,
-    )
-}
 # rollup_workflows: the columns of its first and of its last call, replaced (not added) when
 # the other row's call comes first (last).
 _FIRST = ("first_at", "first_id", "first_route", "first_workload")
@@ -251,7 +235,7 @@ _LAST = ("last_at", "last_id", "last_ok")
 
 
 def columns(table: str) -> list[str]:
-    return [c.name for c in _TABLES[table].columns]
+    return list(LAYOUT[table][0])
 
 
 def insert(dialect: str, table: str, select: str) -> str:
@@ -262,9 +246,8 @@ def insert(dialect: str, table: str, select: str) -> str:
     has one writer at a time; its upsert wants a WHERE on the SELECT (a parsing ambiguity
     with a join's ON), hence the wrapper.
     """
-    t = _TABLES[table]
     names = columns(table)
-    dims = [c.name for c in t.primary_key.columns]
+    dims = list(LAYOUT[table][1])
     least = "LEAST" if dialect == "postgresql" else "MIN"
 
     def merge(n: str) -> str:

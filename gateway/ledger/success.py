@@ -40,12 +40,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, or_
 
 from gateway.ledger.models import attempts_table, requests_table
+
+# The values and the Python form live in success_rule (no SQLAlchemy); re-exported here.
+from gateway.ledger.success_rule import GATE_PASS as GATE_PASS
+from gateway.ledger.success_rule import NO_USAGE as NO_USAGE
+from gateway.ledger.success_rule import SUCCESS_STATUS as SUCCESS_STATUS
+from gateway.ledger.success_rule import is_successful as is_successful
 from gateway.ledger_rows import RequestRow
 
-SUCCESS_STATUS = 200
-GATE_PASS = "pass"
-# The attempt error class of a stream that ended cleanly without usage (gateway/core/streaming.py).
-NO_USAGE = "no_usage"
 #: The rule in words, for the reports to print next to the numbers.
 DEFINITION = (
     "Successful request: answered 200, reached the client whole (no error class: not cut or "
@@ -92,15 +94,6 @@ ANSWERED_CLIENT: ColumnElement[bool] = and_(
     or_(_a.error_class.is_(None), _a.error_class == NO_USAGE),
     gate_passed(_a.gate_outcome),
 )
-
-
-def is_successful(final_status: int, error_class: str | None, gate_outcome: str | None) -> bool:
-    """The same rule in Python, for code that holds a request in memory."""
-    return (
-        final_status == SUCCESS_STATUS
-        and error_class is None
-        and (gate_outcome is None or gate_outcome == GATE_PASS)
-    )
 
 
 def request_succeeded(row: RequestRow) -> bool:

@@ -19,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.ledger.migrate import current, downgrade, upgrade
 from gateway.ledger.models import Base, attempts_table, requests_table
 from gateway.ledger.partitions import is_partition
-from gateway.ledger.repository import LedgerRepository, UsageLine
+from gateway.ledger.repository import LedgerRepository
+from gateway.ledger.usage import UsageLine
 from gateway.ledger_rows import ESTIMATED, AttemptRow, RequestRow
 from tests.ledger_rows import T0, attempt_row, request_row
 from tests.services import PostgresServer
