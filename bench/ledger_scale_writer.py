@@ -2,7 +2,7 @@
 requests and their attempts through `PgLedgerSink.write_batch`, the call the gateway's
 writer makes, back to back for N seconds on one connection, as one writer does.
 
-    .venv/bin/python bench/ledger_scale_writer.py URL SECONDS    # prints one JSON line
+    .venv/bin/python bench/ledger_scale_writer.py URL SECONDS [BATCH]   # prints one JSON line
 
 Rows are stamped now (the partitions the gateway keeps ahead take them) and shaped like the
 generated month's: 18 % of requests with a second or third attempt, prices and tokens set.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.ledger.pg_sink import PgLedgerSink
 from gateway.ledger_rows import AttemptRow, RequestRow
 
-BATCH = 500
+BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 500
 
 
 def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
@@ -33,6 +33,8 @@ def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
     requests, attempts = [], []
     for k in range(BATCH):
         rid = f"wr-{n}-{k}-{uuid.uuid4().hex[:8]}"
+        # As in the generated month: a key calls 3 routes, a route has its workload.
+        route = ((k % 200) * 7 + (k // 200) % 3) % 20
         tries = 1 if k % 100 < 82 else (2 if k % 100 < 97 else 3)
         cost = Decimal("0.0001234500")
         for a in range(1, tries + 1):
@@ -68,10 +70,10 @@ def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
                 id=rid,
                 received_at=now,
                 key_id=f"key-{k % 200}",
-                route=f"route-{k % 20}",
-                requested_model=f"route-{k % 20}",
+                route=f"route-{route}",
+                requested_model=f"route-{route}",
                 endpoint="chat/completions",
-                workload=f"wl-{k % 8}",
+                workload=f"wl-{route % 8}",
                 stream=False,
                 final_status=200,
                 error_class=None,
@@ -110,6 +112,7 @@ async def run(url: str, seconds: float) -> dict[str, float]:
     finally:
         await sink.close()
     return {
+        "batch_requests": BATCH,
         "batches": n,
         "attempts": rows,
         "attempts_per_s": round(rows / sum(times)),
