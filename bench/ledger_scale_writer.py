@@ -1,6 +1,10 @@
-"""The ledger writer's sustained insert rate (for bench/ledger_scale.py): batches of 500
-requests and their attempts through `PgLedgerSink.write_batch`, the call the gateway's
-writer makes, back to back for N seconds on one connection, as one writer does.
+"""The ledger writer's sustained insert rate (for bench/ledger_scale.py), two ways:
+
+- `writer`: the gateway's own `LedgerWriter` on a `PgLedgerSink`, fed faster than it can
+  write (requests recorded whenever its queue is under 40,000 rows): attempts committed per
+  second of wall time, with the batches it chooses for a backlog (gateway/ledger/writer.py);
+- `sink`: `PgLedgerSink.write_batch` alone with fixed batches of BATCH requests (default
+  500), attempts per second spent in it.
 
     .venv/bin/python bench/ledger_scale_writer.py URL SECONDS [BATCH]   # prints one JSON line
 
@@ -15,6 +19,7 @@ import datetime as dt
 import json
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -23,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.ledger.pg_sink import PgLedgerSink
+from gateway.ledger.spool import Spool
+from gateway.ledger.writer import LedgerWriter
 from gateway.ledger_rows import AttemptRow, RequestRow
 
 BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 500
@@ -93,10 +100,9 @@ def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
     return requests, attempts
 
 
-async def run(url: str, seconds: float) -> dict[str, float]:
-    """Write fresh batches for `seconds` of time spent writing; the rate is attempts per
-    second of `write_batch` (the rows are built on the gateway's request path, not by the
-    writer, so building them here is left out of the clock)."""
+async def sink_rate(url: str, seconds: float) -> dict[str, float]:
+    """Fresh batches for `seconds` of time spent writing; attempts per second of
+    `write_batch` (building the rows, the request path's work, is left out of the clock)."""
     sink = PgLedgerSink(url)
     n, rows = 0, 0
     times: list[float] = []
@@ -119,6 +125,62 @@ async def run(url: str, seconds: float) -> dict[str, float]:
         "batch_ms_p50": round(statistics.median(times) * 1e3, 1),
         "batch_ms_max": round(max(times) * 1e3, 1),
     }
+
+
+class Counting:
+    """The sink, counting what it committed and the batches' sizes."""
+
+    def __init__(self, sink: PgLedgerSink) -> None:
+        self.sink, self.attempts, self.sizes = sink, 0, [0]
+        self.sizes.clear()
+
+    async def write_batch(self, requests: list[RequestRow], attempts: list[AttemptRow]) -> None:
+        await self.sink.write_batch(requests, attempts)
+        self.attempts += len(attempts)
+        self.sizes.append(len(requests))
+
+    async def ping(self) -> None:
+        await self.sink.ping()
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+async def writer_rate(url: str, seconds: float, spool: Path) -> dict[str, float]:
+    """The gateway's LedgerWriter fed faster than it writes, for `seconds`: attempts it
+    committed per second (building the rows shares its event loop, as in the gateway)."""
+    sink = Counting(PgLedgerSink(url))
+    writer = LedgerWriter(sink, Spool(spool), owns_sink=True)
+    writer.start()
+    n = 0
+    try:
+        await sink.write_batch(*batch(-2))  # connect first
+        start_attempts, t0 = sink.attempts, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            if writer.queued_rows < 40_000:
+                requests, attempts = batch(n)
+                n += 1
+                by_request: dict[str, list[AttemptRow]] = {}
+                for a in attempts:
+                    by_request.setdefault(a.request_id, []).append(a)
+                for r in requests:
+                    writer.record(r, by_request[r.id])
+            await asyncio.sleep(0)  # let the writer run
+        done, wall = sink.attempts - start_attempts, time.perf_counter() - t0
+    finally:
+        await writer.close()
+    return {
+        "attempts": done,
+        "attempts_per_s": round(done / wall),
+        "batch_requests_p50": statistics.median(sink.sizes[1:] or [0]),
+        "spooled_rows": writer.rows_spooled,
+    }
+
+
+async def run(url: str, seconds: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as spool:
+        writer = await writer_rate(url, seconds, Path(spool))
+    return {"writer": writer, "sink": await sink_rate(url, seconds)}
 
 
 if __name__ == "__main__":

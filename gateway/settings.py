@@ -87,6 +87,8 @@ class Settings(BaseModel):
     # Off only for benchmarks comparing the ledger's cost; production always meters.
     ledger_enabled: bool = True
     ledger_batch_rows: int = 500
+    # The most a batch takes from a backlog (0: 8 x ledger_batch_rows), see LedgerWriter.
+    ledger_max_batch_rows: int = 0
     ledger_max_delay_ms: int = 200
     ledger_max_queue_rows: int = 100_000
     # The crash-safe attempt journal (gateway/ledger/journal.py): every upstream call is

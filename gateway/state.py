@@ -267,6 +267,7 @@ def build_state(
             sink,
             spool,
             batch_rows=settings.ledger_batch_rows,
+            max_batch_rows=settings.ledger_max_batch_rows or None,
             max_delay_s=settings.ledger_max_delay_ms / 1000,
             max_queue_rows=settings.ledger_max_queue_rows,
             journal=journal,
