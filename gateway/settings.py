@@ -90,6 +90,10 @@ class Settings(BaseModel):
     # The most a batch takes from a backlog (0: 8 x ledger_batch_rows), see LedgerWriter.
     ledger_max_batch_rows: int = 0
     ledger_max_delay_ms: int = 200
+    # Days of raw requests/attempts kept on a Postgres ledger (0: forever). Older day
+    # partitions are dropped once their rollups are verified; reports of those months read
+    # the rollups (gateway/ledger/retention.py). The current month always stays.
+    ledger_retention_days: int = Field(default=0, ge=0)
     ledger_max_queue_rows: int = 100_000
     # The crash-safe attempt journal (gateway/ledger/journal.py): every upstream call is
     # written here before it starts and when its request ends, so a killed process loses no

@@ -279,7 +279,9 @@ def build_state(
         if is_postgres(settings.database_url):
             # Its first run is now, in the background: a database that is down is retried
             # later and never holds up start-up or serving.
-            partitions = PartitionKeeper(settings.database_url)
+            partitions = PartitionKeeper(
+                settings.database_url, retention_days=settings.ledger_retention_days
+            )
             partitions.start()
     meter = Meter(prices, ledger, writer.journal if writer is not None else None)
     b = config.server.breaker

@@ -1,6 +1,6 @@
-"""Shared by the end-to-end reconciliation tests: a committed SQL write (tests.ledger_reads
-only reads), a bare POST to the simulator's control endpoints, and the models a
-reconciliation report flags, read from its CSV."""
+"""Shared by the end-to-end reconciliation tests: a committed edit of ledger rows by hand
+with its rollups rebuilt (tests.ledger_reads only reads), a bare POST to the simulator's
+control endpoints, and the models a reconciliation report flags, read from its CSV."""
 
 from __future__ import annotations
 
@@ -13,15 +13,23 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.ledger.rollups import rebuild_statements
 
-def sql_execute(url: str, sql: str, params: dict[str, Any] | None = None) -> None:
-    """One committed write, on a fresh engine (the test's loop is not the gateway's)."""
+
+def edit_ledger(url: str, sql: str, params: dict[str, Any] | None = None) -> None:
+    """Edit raw ledger rows by hand (move a day's traffic to another date, spoil a token
+    type) and rebuild every rollup from the raw rows in the same transaction, as an operator
+    repairs hand edits (`farebox ledger rollup --rebuild`). All time and without the
+    rebuild's guard against hours whose raw rows are gone: moving rows empties their old
+    hours on purpose."""
 
     async def run() -> None:
         engine = create_async_engine(url)
         try:
             async with engine.begin() as conn:
                 await conn.execute(text(sql), params or {})
+                for stmt in rebuild_statements(conn.dialect.name):
+                    await conn.execute(stmt)
         finally:
             await engine.dispose()
 

@@ -279,9 +279,12 @@ class PartitionKeeper:
         ahead_days: int = AHEAD_DAYS,
         interval_s: float = 6 * 3600.0,
         retry_s: float = 300.0,
+        retention_days: int = 0,
     ) -> None:
         self.url = url
         self.ahead_days = ahead_days
+        # 0: raw rows are kept forever; else gateway/ledger/retention.py after each run.
+        self.retention_days = retention_days
         self.interval_s = interval_s
         self.retry_s = retry_s
         self.runs = 0  # successful runs, for tests and the curious
@@ -294,6 +297,11 @@ class PartitionKeeper:
     async def run_once(self) -> bool:
         try:
             created, _ = await maintain(self.url, self.ahead_days)
+            if self.retention_days > 0:
+                # Imported here: retention builds on this module.
+                from gateway.ledger.retention import retain
+
+                await retain(self.url, self.retention_days)
         except DRIVER_ERRORS as exc:
             log.warning(
                 "ledger partition maintenance failed (%s: %s); retrying in %.0f s",

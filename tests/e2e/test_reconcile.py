@@ -33,7 +33,7 @@ from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
-from tests.reconcile_helpers import flagged_models, post, sql_execute
+from tests.reconcile_helpers import edit_ledger, flagged_models, post
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
 
@@ -154,12 +154,12 @@ def world(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
                     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
                     # Only this batch is still at real time; earlier ones were moved already.
                     cut = datetime(2026, 1, 1, tzinfo=UTC)
-                    sql_execute(
+                    edit_ledger(
                         db,
                         "UPDATE attempts SET started_at = :t WHERE started_at > :c",
                         {"t": noon, "c": cut},
                     )
-                    sql_execute(
+                    edit_ledger(
                         db,
                         "UPDATE requests SET received_at = :t WHERE received_at > :c",
                         {"t": noon, "c": cut},
@@ -301,7 +301,7 @@ def test_lcpr_from_the_ledger(world: World) -> None:
 
 def test_cache_tokens_dropped_from_the_ledger_name_the_cache_cause(world: World) -> None:
     # What an adapter that loses `cached_tokens` records: the whole prompt as uncached.
-    sql_execute(
+    edit_ledger(
         world.db,
         "UPDATE attempts SET input_uncached_tokens = input_uncached_tokens + cached_read_tokens,"
         " cached_read_tokens = 0 WHERE upstream_model LIKE 'gpt-4o-mini%'",

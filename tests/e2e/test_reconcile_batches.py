@@ -31,7 +31,7 @@ from gateway.ledger.migrate import upgrade
 from gateway.settings import Settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.ledger_reads import sql_rows
-from tests.reconcile_helpers import flagged_models, post, sql_execute
+from tests.reconcile_helpers import edit_ledger, flagged_models, post
 from tests.services import PostgresServer
 from tests.simulator import running_simulator
 from tests.waiting import wait_until
@@ -65,10 +65,10 @@ def _move_to(db: str, day: date) -> None:
     """Rows still at real time (this day's traffic) go to noon of the simulator's day."""
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     cut = datetime(2026, 1, 1, tzinfo=UTC)
-    sql_execute(
+    edit_ledger(
         db, "UPDATE attempts SET started_at = :t WHERE started_at > :c", {"t": noon, "c": cut}
     )
-    sql_execute(
+    edit_ledger(
         db, "UPDATE requests SET received_at = :t WHERE received_at > :c", {"t": noon, "c": cut}
     )
 
