@@ -39,12 +39,13 @@ def rollup_command(
     ] = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Recompute the hourly rollups of [--from, --to] from the raw rows, in one transaction
-    (delete, then insert): the writer keeps them exact, so this is for repair (rows edited
-    by hand, a restore of raw rows). Reports read the rollups for whole-hour windows.
+    """Recompute the hourly rollups of [--from, --to] from the raw rows, one UTC day per
+    transaction (delete, then insert; without a window, all time in one): the writer keeps
+    them exact, so this is for repair (rows edited by hand, a restore of raw rows). Reports
+    read the rollups for whole-hour windows.
 
-    Refuses, changing nothing, when an hour in the window has rollups but no raw rows left
-    (retention dropped them): its rollups are then its only record."""
+    Stops at the first day that has an hour with rollups but no raw rows left (retention
+    dropped them), changing nothing of that day: its rollups are then its only record."""
     from gateway.ledger.repository import LedgerRepository
     from gateway.ledger.rollups import RawRowsGone
     from gateway.ledger.rollups import rebuild as rebuild_rollups
@@ -62,8 +63,14 @@ def rollup_command(
     async def run() -> None:
         repo = LedgerRepository.create(url)
         try:
-            async with repo.engine.begin() as conn:
-                await rebuild_rollups(conn, start, end)
+            # A day at a time when the window has both ends: each transaction's statements
+            # stay within the connection's command timeout on a large ledger (a month of
+            # 50M attempts in one transaction ran past it), and a day done stays done.
+            for lo, hi in _days(start, end):
+                async with repo.engine.begin() as conn:
+                    await rebuild_rollups(conn, lo, hi)
+                if lo is not None and hi is not None and hi - lo == timedelta(days=1):
+                    typer.echo(f"rebuilt {lo:%Y-%m-%d}")
         finally:
             await repo.close()
 
@@ -77,3 +84,16 @@ def rollup_command(
         raise fail(f"ledger database {shown}: {reason(exc)}") from None
     window = f"{since or 'the first row'} … {until or 'the last row'}"
     typer.echo(f"rebuilt the rollups of {window} (UTC days) from the raw rows")
+
+
+def _days(
+    start: datetime | None, end: datetime | None
+) -> list[tuple[datetime | None, datetime | None]]:
+    """The window as whole UTC days (both ends given), else as it is."""
+    if start is None or end is None:
+        return [(start, end)]
+    days: list[tuple[datetime | None, datetime | None]] = []
+    while start < end:
+        days.append((start, min(start + timedelta(days=1), end)))
+        start += timedelta(days=1)
+    return days
