@@ -39,6 +39,7 @@ from gateway.ledger.pg import is_postgres
 from gateway.ledger.pg_sink import writer_sink
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
+from gateway.ledger.retention import retain
 from gateway.ledger.serving_repositories import (
     open_batches,
     open_drills,
@@ -280,7 +281,9 @@ def build_state(
             # Its first run is now, in the background: a database that is down is retried
             # later and never holds up start-up or serving.
             partitions = PartitionKeeper(
-                settings.database_url, retention_days=settings.ledger_retention_days
+                settings.database_url,
+                retention_days=settings.ledger_retention_days,
+                retain=retain,
             )
             partitions.start()
     meter = Meter(prices, ledger, writer.journal if writer is not None else None)

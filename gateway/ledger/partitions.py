@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -280,11 +280,14 @@ class PartitionKeeper:
         interval_s: float = 6 * 3600.0,
         retry_s: float = 300.0,
         retention_days: int = 0,
+        retain: Callable[[str, int], Awaitable[object]] | None = None,
     ) -> None:
         self.url = url
         self.ahead_days = ahead_days
-        # 0: raw rows are kept forever; else gateway/ledger/retention.py after each run.
+        # 0: raw rows are kept forever; else `retain` (gateway/ledger/retention.py, which
+        # builds on this module, hence passed in) after each run.
         self.retention_days = retention_days
+        self._retain = retain
         self.interval_s = interval_s
         self.retry_s = retry_s
         self.runs = 0  # successful runs, for tests and the curious
@@ -297,11 +300,8 @@ class PartitionKeeper:
     async def run_once(self) -> bool:
         try:
             created, _ = await maintain(self.url, self.ahead_days)
-            if self.retention_days > 0:
-                # Imported here: retention builds on this module.
-                from gateway.ledger.retention import retain
-
-                await retain(self.url, self.retention_days)
+            if self.retention_days > 0 and self._retain is not None:
+                await self._retain(self.url, self.retention_days)
         except DRIVER_ERRORS as exc:
             log.warning(
                 "ledger partition maintenance failed (%s: %s); retrying in %.0f s",

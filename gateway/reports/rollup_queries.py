@@ -28,9 +28,6 @@ from sqlalchemy import (
 
 from gateway.ledger.models import COST
 from gateway.ledger.models_rollups import (
-    LCPR_MEASURES,
-    MONEY,
-    NONE,
     rollup_attempts_table,
     rollup_dedicated_table,
     rollup_deployments_table,
@@ -38,6 +35,7 @@ from gateway.ledger.models_rollups import (
     rollup_spend_table,
     rollup_workflows_table,
 )
+from gateway.ledger.rollup_layout import LCPR_MEASURES, MONEY, NONE
 from routing.batch_paths import BATCH_ROLE, PROVIDER_BATCH
 
 CACHE_HIT = "cache_hit"

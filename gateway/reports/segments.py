@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 
 from gateway.ledger.models import COST, attempts_table, requests_table
+from gateway.ledger.rollup_layout import LCPR_MEASURES, MONEY
 from gateway.ledger.success import SUCCESS_FLAG, gate_passed
 
 SEGMENTS = ("model", "route", "workload", "key")
@@ -143,24 +144,10 @@ def segment_query(
     ).group_by(u.c.segment, u.c.day)
 
 
-# The attempt measures per segment × day, in the order segment_report reads them.
-_MEASURES = (
-    "attempts",
-    "retries",
-    "fallback",
-    "gated",
-    "passed",
-    "input",
-    "cached",
-    "output",
-    "cost",
-    "clean",
-    "clean_cost",
-    "clean_tok",
-    "hits",
-    "saved",
-)
-_MONEY = frozenset({"cost", "clean_cost", "saved"})
+# The attempt measures per segment × day, in the order segment_report reads them: the
+# rollups keep the same measures under the same names.
+_MEASURES = LCPR_MEASURES
+_MONEY = MONEY
 
 
 def _measure_sums(per: Any) -> list[ColumnElement[Any]]:
