@@ -94,6 +94,12 @@ class Settings(BaseModel):
     # partitions are dropped once their rollups are verified; reports of those months read
     # the rollups (gateway/ledger/retention.py). The current month always stays.
     ledger_retention_days: int = Field(default=0, ge=0)
+    # How often (seconds) a Postgres ledger's compactor adds the writer's pending rows to
+    # the rollups (gateway/ledger/rollup_compactor.py). The writer no longer upserts the
+    # rollups per batch (that held it under issue 26's 20,000 attempts/s); a longer interval
+    # means bigger, cheaper compactions but a bigger backlog. Reports never see it: they
+    # flush first. 2 s keeps the backlog a few seconds of writes.
+    ledger_rollup_interval_s: float = Field(default=2.0, gt=0)
     ledger_max_queue_rows: int = 100_000
     # The crash-safe attempt journal (gateway/ledger/journal.py): every upstream call is
     # written here before it starts and when its request ends, so a killed process loses no

@@ -40,6 +40,7 @@ from gateway.ledger.pg_sink import writer_sink
 from gateway.ledger.pricing import PriceBook, load_price_book
 from gateway.ledger.recovery import open_journal
 from gateway.ledger.retention import retain
+from gateway.ledger.rollup_compactor import RollupCompactor
 from gateway.ledger.serving_repositories import (
     open_batches,
     open_drills,
@@ -86,6 +87,9 @@ class GatewayState:
     # Keeps a Postgres ledger's day partitions created ahead; beside the writer, carried
     # over with it by a reload. None on SQLite.
     partitions: PartitionKeeper | None = None
+    # Adds the Postgres writer's pending rows to the rollups every ledger_rollup_interval_s
+    # (gateway/ledger/rollup_compactor.py); carried over like the writer. None on SQLite.
+    rollups: RollupCompactor | None = None
     prices: PriceBook | None = None
     breakers: Breakers | None = None
     live: LiveRouting | None = None
@@ -139,6 +143,7 @@ class GatewayState:
             self.files,
             self.key_sync,
             self.partitions,
+            self.rollups,
             self.writer,
             self.repository,
         )
@@ -244,12 +249,13 @@ def build_state(
     writer: LedgerWriter | None = None
     repository: LedgerRepository | None = None
     partitions: PartitionKeeper | None = None
+    rollups: RollupCompactor | None = None
     ledger: Ledger = NullLedger()
     prices = load_price_book(config, Path(settings.prices_file))
     if previous is not None and previous.writer is not None:
         # Settings (the database URL) do not change on reload, only the YAML does.
         writer, repository = previous.writer, previous.repository
-        partitions = previous.partitions
+        partitions, rollups = previous.partitions, previous.rollups
         ledger = writer
     elif settings.ledger_enabled:
         repository = open_ledger(settings.database_url)
@@ -286,6 +292,11 @@ def build_state(
                 retain=retain,
             )
             partitions.start()
+            # Every worker runs one; the compactor's advisory lock lets one work at a time.
+            rollups = RollupCompactor(
+                settings.database_url, interval_s=settings.ledger_rollup_interval_s
+            )
+            rollups.start()
     meter = Meter(prices, ledger, writer.journal if writer is not None else None)
     b = config.server.breaker
     policy = BreakerPolicy(
@@ -421,6 +432,7 @@ def build_state(
         writer=writer,
         repository=repository,
         partitions=partitions,
+        rollups=rollups,
         prices=prices,
     )
 

@@ -47,8 +47,7 @@ def rollup_command(
     Stops at the first day that has an hour with rollups but no raw rows left (retention
     dropped them), changing nothing of that day: its rollups are then its only record."""
     from gateway.ledger.repository import LedgerRepository
-    from gateway.ledger.rollups import RawRowsGone
-    from gateway.ledger.rollups import rebuild as rebuild_rollups
+    from gateway.ledger.rollups import RawRowsGone, rebuild_live
 
     if not rebuild:
         raise typer.BadParameter("say --rebuild (the writer keeps the rollups otherwise)")
@@ -67,8 +66,9 @@ def rollup_command(
             # stay within the connection's command timeout on a large ledger (a month of
             # 50M attempts in one transaction ran past it), and a day done stays done.
             for lo, hi in _days(start, end):
-                async with repo.engine.begin() as conn:
-                    await rebuild_rollups(conn, lo, hi)
+                # Exact with a live writer (rollups.rebuild_live: the compactor's lock,
+                # one snapshot for the pending rows and the raw rows).
+                await rebuild_live(repo.engine, lo, hi)
                 if lo is not None and hi is not None and hi - lo == timedelta(days=1):
                     typer.echo(f"rebuilt {lo:%Y-%m-%d}")
         finally:

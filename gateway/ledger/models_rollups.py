@@ -22,6 +22,9 @@ Six tables, one per way the reports date and group rows (docs/ledger.md, "Rollup
 Nullable dimensions are stored as '' (never a valid route, workload, key, deployment or price
 version name), so each table's primary key is its dimensions on SQLite and on any Postgres.
 Money is NUMERIC exact (the ledger's COST); counts are BIGINT.
+
+On Postgres the writer leaves its rows pending (`rollup_pending_requests` / `_attempts`,
+PENDING_TABLES) and the compactor adds them (gateway/ledger/rollup_compactor.py).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from gateway.ledger.base import COST, ID, NAME, TAG, Base
 # The measure names and NONE are the layout's (SQLAlchemy-free); re-exported from here.
 from gateway.ledger.rollup_layout import ATTEMPT_MEASURES as ATTEMPT_MEASURES
 from gateway.ledger.rollup_layout import LCPR_MEASURES as LCPR_MEASURES
-from gateway.ledger.rollup_layout import MONEY
+from gateway.ledger.rollup_layout import MONEY, PENDING
 from gateway.ledger.rollup_layout import NONE as NONE
 from gateway.ledger.rollup_layout import SPEND_MEASURES as SPEND_MEASURES
 from gateway.ledger.rollup_layout import USAGE_MEASURES as USAGE_MEASURES
@@ -161,3 +164,19 @@ ROLLUP_TABLES = (
     rollup_workflows_table,
     rollup_spend_table,
 )
+
+
+def _pending(name: str, at: str) -> Table:
+    # No key, no index: the writer only appends, the compactor deletes what it takes
+    # (gateway/ledger/rollup_compactor.py, migration 0013).
+    return Table(
+        name,
+        Base.metadata,
+        Column("txn", BigInteger, nullable=False),
+        Column("id", ID, nullable=False),
+        Column(at, DateTime(timezone=True), nullable=False),
+    )
+
+
+#: The Postgres writer's rows not yet in the rollups (PENDING: raw table -> pending table).
+PENDING_TABLES = tuple(_pending(name, at) for name, at in PENDING.values())

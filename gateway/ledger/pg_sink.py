@@ -4,10 +4,12 @@
 in the tables' column order (gateway/ledger_rows.py), so a batch goes to `COPY` as it is:
 no per-row conversion, no ORM, no pool checkout. Each batch is one transaction: COPY into a
 per-connection temporary staging table, then one statement that inserts the staged rows
-(`ON CONFLICT DO NOTHING`) and adds exactly the rows it inserted to the rollups
+(`ON CONFLICT DO NOTHING`) and records exactly the rows it inserted as pending
 (gateway/ledger/rollups_sql.pg_merge), so replaying a batch (the spool, journal recovery) is
-harmless and adds nothing. A deadlock between replicas upserting the same rollup rows retries
-the batch (gateway/ledger/rollups.retrying). The staging tables
+harmless and adds nothing. The rollups are the compactor's business
+(gateway/ledger/rollup_compactor.py), off this path: upserting them per batch cost ~2/3 of
+the batch's time (issue 26). A deadlock or serialization failure retries the batch
+(gateway/ledger/retry.py). The staging tables
 are created once per connection and emptied on commit (no catalog churn per batch); the
 explicit column lists keep a stale staging table harmless after a migration adds columns.
 
@@ -86,7 +88,7 @@ class PgLedgerSink:
                         await conn.copy_records_to_table(stage, records=rows, columns=columns)
                 # fetchrow, not execute: a prepared statement, kept in the connection's
                 # statement cache, so the merge (an aggregate and an upsert per rollup) is planned
-                # once per connection rather than per batch (~2 ms of ~12 per 500 rows).
+                # once per connection rather than per batch.
                 await conn.fetchrow(_MERGE)
             self._staged = True  # committed: the CREATE (if any) stuck
         except BaseException as exc:

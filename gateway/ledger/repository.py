@@ -28,7 +28,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.models import attempts_table, requests_table
-from gateway.ledger.rollups import add_inserted, retrying
+from gateway.ledger.rollup_layout import PENDING
+from gateway.ledger.rollups import add_inserted, add_pending, flush_pending, retrying
 from gateway.ledger.rollups_sql import pg_merge
 from gateway.ledger.rollups_usage import merged, next_hour, usage_rollup_query
 from gateway.ledger.usage import UsageLine, decimal_of, usage_line, usage_query
@@ -169,7 +170,8 @@ class LedgerRepository:
             for table, fields, items in batches:
                 await raw.copy_records_to_table(_stage(table), records=items, columns=list(fields))
             # Both staging tables exist and are read (an empty one adds nothing): one
-            # statement inserts the rows and adds what it inserted to the rollups.
+            # statement inserts the rows and leaves what it inserted pending for the
+            # rollups' compactor (rollups_sql.pg_merge).
             await raw.fetchrow(_PG_MERGE)  # prepared and cached (see pg_sink)
 
     async def insert_on(
@@ -181,7 +183,8 @@ class LedgerRepository:
         """Insert ledger rows inside the caller's transaction (rows whose id exists are
         skipped): for writes that must commit together with other state, such as a batch
         line's rows and the line's answer (gateway/ledger/batches_repository.py). The rows
-        it inserted are added to the rollups in the same transaction."""
+        it inserted are, in the same transaction, added to the rollups (SQLite) or left
+        pending for the compactor (Postgres), as the batch writer does."""
         await self._insert_counted(
             conn,
             [
@@ -198,13 +201,21 @@ class LedgerRepository:
         self, conn: AsyncConnection, batches: list[tuple[Table, tuple[str, ...], Sequence[Any]]]
     ) -> None:
         """Insert (rows whose id exists skipped), then add to the rollups exactly the rows
-        the insert returned: a replayed row is not returned, so it adds nothing."""
-        inserted: dict[str, list[str]] = {"requests": [], "attempts": []}
+        the insert returned (Postgres: leave them pending for the compactor, never holding
+        rollup rows' locks in the caller's transaction): a replayed row is not returned, so
+        it adds nothing."""
+        inserted: dict[str, list[Any]] = {"requests": [], "attempts": []}
         for table, fields, items in batches:
             rows = [_row(item, fields) for item in items]
-            stmt = self._insert_ignore(table).on_conflict_do_nothing().returning(table.c.id)
-            inserted[table.name] = [row[0] for row in await conn.execute(stmt, rows)]
-        await add_inserted(conn, inserted["requests"], inserted["attempts"])
+            at = table.c[PENDING[table.name][1]]
+            stmt = self._insert_ignore(table).on_conflict_do_nothing().returning(table.c.id, at)
+            inserted[table.name] = [tuple(row) for row in await conn.execute(stmt, rows)]
+        if conn.dialect.name == "postgresql":
+            await add_pending(conn, inserted["requests"], inserted["attempts"])
+        else:
+            await add_inserted(
+                conn, (i for i, _ in inserted["requests"]), (i for i, _ in inserted["attempts"])
+            )
 
     async def counts(self) -> tuple[int, int]:
         async with self.engine.connect() as conn:
@@ -301,6 +312,7 @@ class LedgerRepository:
             return [usage_line(row) for row in rows]
         cut = next_hour(since)
         async with self.engine.connect() as conn:
+            await flush_pending(conn)  # the rollups as exact as the raw rows (Postgres)
             ragged = (await conn.execute(usage_query(since, by, until=cut))).all()
             whole = (await conn.execute(usage_rollup_query(cut, by))).all()
         return merged(usage_line(row) for row in (*ragged, *whole))

@@ -9,8 +9,9 @@ row-by-row deletes (no bloat, no long transaction). What stays is the rollups
 and LCPR are the same after its raw rows are gone (tests/integration/test_ledger_retention.py).
 
 A partition is dropped only when its rollups are **frozen**: checked against its raw rows
-first — the requests it holds equal the requests rollup_requests counts for the same hours,
-and its attempts and their cost equal rollup_attempts' — so a rollup that went wrong (a row
+first (the writer's pending rows flushed into them, gateway/ledger/rollup_compactor.py) —
+the requests it holds equal the requests rollup_requests counts for the same hours, and its
+attempts and their cost equal rollup_attempts' — so a rollup that went wrong (a row
 edited by hand, a restore of raw rows without their rollups) holds the partition back, with
 an error in the log naming the repair (`farebox ledger rollup --rebuild`), instead of
 losing the only true copy. Once dropped, a rebuild of those hours is refused
@@ -43,6 +44,7 @@ from gateway.ledger.partitions import (
 from gateway.ledger.partitions import _begin as begin_upkeep
 from gateway.ledger.partitions import _utc_midnight as utc_midnight
 from gateway.ledger.pg import asyncpg_dsn
+from gateway.ledger.rollup_compactor import flush
 
 log = logging.getLogger("farebox.ledger")
 
@@ -93,6 +95,9 @@ async def apply_retention(
     """Drop the partitions of both raw tables whose days are all before the cutoff and whose
     rollups are frozen; DEFAULT's rows of a dropped partition's days go with it."""
     run = RetentionRun(cutoff_for(retention_days, today))
+    # The writer's rows still pending are not in the rollups yet: without this, a day
+    # whose last rows wait for the compactor would look unfrozen (held back, not lost).
+    await flush(conn)
     for table, key in TABLES.items():
         if not await is_partitioned(conn, table):
             continue

@@ -133,3 +133,13 @@ LAYOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         SPEND_MEASURES,
     ),
 }
+
+#: The Postgres rollups' pending rows (migration 0013, gateway/ledger/rollup_compactor.py):
+#: raw table -> (its pending table, the raw table's timestamp: its partition key). Each
+#: pending row is (txn: the writer's transaction id, id, timestamp) of a row the writer
+#: inserted and the compactor has not yet added to the rollups.
+PENDING: dict[str, tuple[str, str]] = {
+    "requests": ("rollup_pending_requests", "received_at"),
+    "attempts": ("rollup_pending_attempts", "started_at"),
+}
+PENDING_COLUMNS = ("txn", "id")

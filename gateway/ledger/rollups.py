@@ -1,39 +1,87 @@
 """Keeping the rollups (gateway/ledger/models_rollups.py) exact: the writer's increment,
-retries on deadlock, and the rebuild of a window from raw rows.
+retries on deadlock, the flush before a read, and the rebuild of a window from raw rows.
 
-Exactness rests on one rule: a rollup only ever adds the rows an insert actually wrote. The
-Postgres sinks get them from their insert's RETURNING inside one statement
-(rollups_sql.pg_merge); the other paths (SQLite's write_batch, a batch line's rows written in
-the caller's transaction) get the ids their insert returned and add those rows from the raw
-tables in the same transaction. A replayed batch inserts nothing, so it adds nothing.
+Exactness rests on one rule: a rollup only ever adds the rows an insert actually wrote,
+once. On Postgres the writers (rollups_sql.pg_merge for the COPY sinks, `add_pending` for a
+batch line's rows written in the caller's transaction) record the rows their insert
+returned as pending, in the same transaction, and the compactor
+(gateway/ledger/rollup_compactor.py) adds them later, deleting each pending row in the
+transaction that adds it. SQLite (one writer, the demo) adds the rows its insert returned
+at once (`add_inserted`). A replayed batch inserts nothing, so it adds nothing.
 
 The request-grain rollups read a request together with its attempts: they rely on the writer
 handing a request with all its attempts in one batch (LedgerWriter.record takes both, and
-spool and journal replays carry whole batches). The attempt-grain rollups need nothing.
+spool and journal replays carry whole batches), which the compactor keeps by taking whole
+writer transactions. The attempt-grain rollups need nothing.
+
+Whatever reads the rollups as the truth on Postgres flushes first (`flush_pending`: the
+reports, gateway/reports/store_base.py; retention; `rebuild_live`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.ledger import rollups_sql
 from gateway.ledger.models_rollups import ROLLUP_TABLES
 from gateway.ledger.retry import is_retryable as is_retryable
 from gateway.ledger.retry import retrying as retrying
+from gateway.ledger.rollup_compactor import LOCK_KEY, compact_statement
+from gateway.ledger.rollup_layout import PENDING
 
 _NEW = {"requests": "farebox_rollup_new_requests", "attempts": "farebox_rollup_new_attempts"}
+
+
+async def add_pending(
+    conn: AsyncConnection, requests: Iterable[tuple[str, datetime]], attempts: Iterable[Any]
+) -> None:
+    """Postgres: record as pending (for the compactor) the rows with these (id, timestamp),
+    which this transaction just inserted (an insert's RETURNING, so never a row that was
+    there before), tagged with this transaction's id as pg_merge does."""
+    for table, rows in (("requests", list(requests)), ("attempts", list(attempts))):
+        if rows:
+            pending, at = PENDING[table]
+            await conn.execute(
+                text(
+                    f"INSERT INTO {pending} (txn, id, {at}) "
+                    f"VALUES (pg_current_xact_id()::text::bigint, :id, :at)"
+                ),
+                [{"id": i, "at": when} for i, when in rows],
+            )
+
+
+async def flush_pending(conn: AsyncConnection) -> int:
+    """Postgres: compact until every row pending when called is in the rollups (the
+    compactor's `flush` on a SQLAlchemy connection, one transaction per chunk: `conn` must
+    not be in one). Returns the pending rows added; 0 on SQLite, which has none."""
+    if conn.dialect.name != "postgresql":
+        return 0
+    async with conn.begin():
+        # A ledger before migration 0013 has no pending rows to flush.
+        found = await conn.scalar(text("SELECT to_regclass(:t)"), {"t": PENDING["requests"][0]})
+    if found is None:
+        return 0
+    total = 0
+    while True:
+        async with conn.begin():
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+            requests, attempts, complete = (await conn.execute(text(compact_statement()))).one()
+        total += int(requests) + int(attempts)
+        if complete:
+            return total
 
 
 async def add_inserted(
     conn: AsyncConnection, request_ids: Iterable[str], attempt_ids: Iterable[str]
 ) -> None:
-    """Add to every rollup the rows with these ids, which this transaction just inserted
-    (ids an insert returned, so never a row that was there before)."""
+    """SQLite: add to every rollup the rows with these ids, which this transaction just
+    inserted (ids an insert returned, so never a row that was there before)."""
     dialect = conn.dialect.name
     req, att = list(request_ids), list(attempt_ids)
     if not req and not att:
@@ -105,6 +153,42 @@ async def rebuild(
         raise RawRowsGone(hours)
     for stmt in rebuild_statements(dialect, start, end):
         await conn.execute(stmt)
+
+
+async def rebuild_live(
+    engine: AsyncEngine, start: datetime | None = None, end: datetime | None = None
+) -> None:
+    """`rebuild` [start, end) in a transaction of its own, exact while writers write and
+    compactors compact (`farebox ledger rollup --rebuild`).
+
+    Postgres: one REPEATABLE READ transaction holding the compactor's lock compacts every
+    pending row it sees, then deletes and rebuilds the window from the raw rows it sees: the
+    same snapshot. A row committed before the snapshot is counted once, by the rebuild if it
+    dates into the window (its pending row, if any, taken out by the compaction, whose
+    additions to the window are then replaced) or by the compaction if not. A row committed
+    after it is invisible to both, and its pending row stays for the compactor: counted
+    once, later. The lock is the session's, taken before the transaction begins: its
+    snapshot must come after the compaction it may have waited for committed (a REPEATABLE
+    READ snapshot is taken at the transaction's first statement, which would be the wait).
+    """
+    if engine.dialect.name != "postgresql":
+        async with engine.begin() as conn:
+            await rebuild(conn, start, end)
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+        await conn.commit()
+        try:
+            snap = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with snap.begin():
+                while not (await snap.execute(text(compact_statement()))).one()[2]:
+                    pass  # a chunk at a time, until nothing it sees is pending
+                await rebuild(snap, start, end)
+        finally:
+            # A connection that died released it with itself.
+            with contextlib.suppress(Exception):
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                await conn.commit()
 
 
 def rebuild_statements(

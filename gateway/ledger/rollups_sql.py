@@ -18,6 +18,7 @@ from gateway.ledger.rollup_layout import (
     LAYOUT,
     LCPR_MEASURES,
     NONE,
+    PENDING,
     SPEND_MEASURES,
     USAGE_MEASURES,
 )
@@ -285,22 +286,72 @@ def selects(dialect: str, requests: str, attempts: str) -> list[tuple[str, str]]
     ]
 
 
+def _upserts(requests: str, attempts: str) -> list[str]:
+    """Data-modifying CTEs adding `requests` and `attempts` (CTE names) to every rollup."""
+    return [
+        f"up_{table} AS ({insert('postgresql', table, select)} RETURNING 1)"
+        for table, select in selects("postgresql", requests, attempts)
+    ]
+
+
 def pg_merge(requests: tuple[str, str, list[str]], attempts: tuple[str, str, list[str]]) -> str:
     """The Postgres writer's one statement per batch: insert the staged rows (rows whose id
-    exists skipped) and add exactly the rows it inserted to every rollup.
+    exists skipped) and record exactly the rows it inserted as pending (id and timestamp,
+    tagged with this transaction's id) for the compactor (`pg_compact`) to add to the
+    rollups. Returns (requests inserted, attempts inserted).
 
     Each argument is (table, staging table, columns). A target-less ON CONFLICT DO NOTHING
-    holds whatever the raw tables' unique key is (partitioned: id plus the timestamp).
+    holds whatever the raw tables' unique key is (partitioned: id plus the timestamp). A
+    replayed batch inserts nothing, so it leaves nothing pending.
     """
-    ctes = []
+    ctes = ["txn AS (SELECT pg_current_xact_id()::text::bigint AS n)"]
     for name, (table, stage, cols) in (("ins_r", requests), ("ins_a", attempts)):
         names = ", ".join(cols)
+        pending, at = PENDING[table]
         ctes.append(
             f"{name} AS (INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
-            f"ON CONFLICT DO NOTHING RETURNING *)"
+            f"ON CONFLICT DO NOTHING RETURNING id, {at})"
         )
-    for table, select in selects("postgresql", "ins_r", "ins_a"):
-        ctes.append(f"up_{table} AS ({insert('postgresql', table, select)} RETURNING 1)")
+        ctes.append(
+            f"pend_{name} AS (INSERT INTO {pending} (txn, id, {at}) "
+            f"SELECT txn.n, i.id, i.{at} FROM {name} i, txn)"
+        )
     return (
         f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM ins_r), (SELECT count(*) FROM ins_a)"
+    )
+
+
+def pg_compact(limit: int) -> str:
+    """The compactor's statement (gateway/ledger/rollup_compactor.py): delete the pending
+    rows of whole writer transactions, about `limit` rows (at least one transaction's, if
+    that alone is more), re-read their raw rows and add them to every rollup with the same
+    `selects` the writer used to run per batch: the requests with the attempts pending beside
+    them (a writer commits a request with its attempts), the attempts by themselves. Returns
+    (requests, attempts, whether that was every pending row the statement saw).
+
+    One statement, so one snapshot: a writer's transaction is in it whole or not at all, and
+    a request is never compacted apart from the attempts written with it. The caller holds
+    the compactor's advisory lock. The raw rows are found by id and timestamp, so a
+    partitioned table probes only the partition of each row.
+    """
+    (pr, pr_at), (pa, pa_at) = PENDING["requests"], PENDING["attempts"]
+    ctes = [
+        f"g AS (SELECT txn, count(*) AS n FROM (SELECT txn FROM {pr} UNION ALL "
+        f"SELECT txn FROM {pa}) u GROUP BY txn)",
+        "c AS (SELECT txn, sum(n) OVER (ORDER BY txn) AS run FROM g)",
+        f"cut AS (SELECT COALESCE(max(txn) FILTER (WHERE run <= {int(limit)}), min(txn)) "
+        "AS upto, max(txn) AS last FROM c)",
+        f"del_r AS (DELETE FROM {pr} p USING cut WHERE p.txn <= cut.upto "
+        f"RETURNING p.id, p.{pr_at})",
+        f"del_a AS (DELETE FROM {pa} p USING cut WHERE p.txn <= cut.upto "
+        f"RETURNING p.id, p.{pa_at})",
+        f"ins_r AS (SELECT r.* FROM requests r JOIN del_r d ON r.id = d.id "
+        f"AND r.{pr_at} = d.{pr_at})",
+        f"ins_a AS (SELECT a.* FROM attempts a JOIN del_a d ON a.id = d.id "
+        f"AND a.{pa_at} = d.{pa_at})",
+        *_upserts("ins_r", "ins_a"),
+    ]
+    return (
+        f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM del_r), "
+        "(SELECT count(*) FROM del_a), (SELECT upto IS NOT DISTINCT FROM last FROM cut)"
     )

@@ -252,7 +252,7 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider, a.provider_kind, a.deployment, a.upstream_model, day)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.ledger_days(*window, self._utc_day, provider_batch)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -295,7 +295,7 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             .group_by(a.provider, a.role)
             .order_by(a.provider, a.role)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.spend_by_role(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -315,7 +315,7 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider, a.deployment, a.price_version)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.price_versions(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -345,7 +345,7 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(a.provider)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.dedicated_use(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -364,7 +364,7 @@ class ReportStore(SegmentQueries, WorkflowQueries, BatchQueries):
             )
             .group_by(r.final_deployment)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.answered_requests(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()

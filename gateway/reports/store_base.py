@@ -18,6 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.repository import LedgerRepository
+from gateway.ledger.rollups import flush_pending
 
 ZERO = Decimal(0)
 
@@ -69,21 +70,38 @@ class StoreBase:
         # Read the hourly rollups (gateway/reports/rollup_queries.py) for hour-aligned
         # windows; False reads the raw rows (drill-down, and the tests that compare both).
         self.rollups = rollups
+        # A store is one report's: it flushes the Postgres writer's pending rows into the
+        # rollups before its first rollup read (flush_rollups), once, not per query.
+        self._flushed = False
 
     @classmethod
     def create(cls, url: str, *, rollups: bool = True) -> Self:
         # Same engine settings (SQLite pragmas, pool timeouts) as the gateway's ledger.
         return cls(LedgerRepository.create(url, pool_size=2).engine, rollups=rollups)
 
-    def _rollup_window(self, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    async def _rollup_window(
+        self, start: datetime, end: datetime
+    ) -> tuple[datetime, datetime] | None:
         """The window's bounds when the rollups can answer it (whole UTC hours), else None:
-        the raw rows answer a ragged window."""
+        the raw rows answer a ragged window. The store's first rollup read flushes."""
         if not self.rollups:
             return None
         lo, hi = utc_bound(start, self._pg), utc_bound(end, self._pg)
         if any((t.minute, t.second, t.microsecond) != (0, 0, 0) for t in (lo, hi)):
             return None
+        if not self._flushed:
+            await self.flush_rollups()
         return lo, hi
+
+    async def flush_rollups(self) -> None:
+        """Add every row the Postgres writer has left pending to the rollups
+        (gateway/ledger/rollup_compactor.py), so they are as exact as the raw rows: called
+        by the store's first rollup read, or again by a caller that keeps the store across
+        writes. Nothing to do on SQLite, whose writer adds to the rollups at once."""
+        if self._pg:
+            async with self.engine.connect() as conn:
+                await flush_pending(conn)
+        self._flushed = True
 
     async def close(self) -> None:
         await self.engine.dispose()

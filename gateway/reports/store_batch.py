@@ -97,7 +97,7 @@ class BatchQueries(StoreBase):
             )
             .group_by(workload, r.route, batch, r.final_deployment)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.request_groups(*window)
         async with self.engine.begin() as conn:
             if self._pg:
@@ -147,7 +147,7 @@ class BatchQueries(StoreBase):
             )
             .group_by(*keys, a.upstream_model, day)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.spend_groups(*window, deferrable, self._utc_day)
         async with self.engine.begin() as conn:
             if self._pg:
@@ -188,7 +188,7 @@ class BatchQueries(StoreBase):
             )
             .group_by(a.provider, a.deployment, batch)
         )
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             stmt = rollup_queries.dedicated_busy(*window)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()

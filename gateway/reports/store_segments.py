@@ -24,7 +24,7 @@ from routing.red_flags import DailyRates
 
 class SegmentQueries(StoreBase):
     async def _segment_days(self, by: str, start: datetime, end: datetime) -> list[Any]:
-        window = self._rollup_window(start, end)
+        window = await self._rollup_window(start, end)
         if window is not None:
             if by not in SEGMENTS:
                 raise ValueError(f"by must be one of {', '.join(SEGMENTS)}, not {by!r}")
@@ -93,7 +93,7 @@ class SegmentQueries(StoreBase):
     async def _dedicated_by_segment(
         self, by: str, start: datetime, end: datetime
     ) -> dict[str, dict[str, int]]:
-        window = self._rollup_window(start, end)
+        window = await self._rollup_window(start, end)
         if window is not None:
             async with self.engine.connect() as conn:
                 found = (await conn.execute(rollup_queries.dedicated_by_segment(by, *window))).all()

@@ -84,7 +84,7 @@ class WorkflowQueries(StoreBase):
         self, group_by: str, start: datetime, end: datetime
     ) -> list[WorkflowBucket]:
         query = workflow_query(group_by, utc_bound(start, self._pg), utc_bound(end, self._pg))
-        if (window := self._rollup_window(start, end)) is not None:
+        if (window := await self._rollup_window(start, end)) is not None:
             query = rollup_queries.workflow_buckets(group_by, *window)
         async with self.engine.begin() as conn:
             if self._pg:

@@ -85,7 +85,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0012"
+HEAD = "0013"
 
 
 def _request_columns(conn: Connection) -> set[str]:

@@ -18,6 +18,7 @@ from gateway.ledger.partitions import ensure_days, list_partitions
 from gateway.ledger.pg import asyncpg_dsn
 from gateway.ledger.repository import LedgerRepository
 from gateway.ledger.retention import apply_retention, cutoff_for
+from gateway.ledger.rollups import flush_pending
 from gateway.reports.store import ReportStore
 from tests.integration.test_ledger_repository import with_repo
 from tests.integration.test_ledger_rollups import MONTH, generate, reports, write
@@ -93,6 +94,8 @@ def test_a_day_whose_rollups_disagree_is_kept(pg_url: str) -> None:
     async def main(repo: LedgerRepository) -> None:
         await _month_partitions(pg_url)
         await write(pg_url, repo, ledger)
+        async with repo.engine.connect() as conn:  # the writer's pending rows in first
+            await flush_pending(conn)
         async with repo.engine.begin() as conn:  # a rollup row edited by hand
             await conn.execute(
                 text(

@@ -23,7 +23,7 @@ from gateway.ledger.models_batches import batches_table
 from gateway.ledger.models_rollups import ROLLUP_TABLES
 from gateway.ledger.pg_sink import PgLedgerSink
 from gateway.ledger.repository import LedgerRepository
-from gateway.ledger.rollups import rebuild
+from gateway.ledger.rollups import flush_pending, rebuild
 from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.reports.segments import SEGMENTS
 from gateway.reports.store import ReportStore
@@ -288,8 +288,11 @@ async def reports(store: ReportStore, window: tuple[datetime, datetime]) -> dict
 
 
 async def snapshot(repo: LedgerRepository) -> dict[str, list[Any]]:
+    """Every rollup row, after a flush of what the Postgres writer left pending (a reader
+    of the rollups, as the reports are)."""
     sqlite = repo.engine.dialect.name == "sqlite"
     async with repo.engine.connect() as conn:
+        await flush_pending(conn)
         return {
             t.name: sorted(
                 [
@@ -349,6 +352,7 @@ async def sums_match(repo: LedgerRepository) -> None:
     a, r = attempts_table.c, requests_table.c
     q = {t.name: t.c for t in ROLLUP_TABLES}
     async with repo.engine.connect() as conn:
+        await flush_pending(conn)
 
         async def one(*columns: Any) -> list[Any]:
             row = (await conn.execute(select(*columns))).one()
