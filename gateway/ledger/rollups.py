@@ -32,7 +32,7 @@ from gateway.ledger import rollups_sql
 from gateway.ledger.models_rollups import ROLLUP_TABLES
 from gateway.ledger.retry import is_retryable as is_retryable
 from gateway.ledger.retry import retrying as retrying
-from gateway.ledger.rollup_compactor import LOCK_KEY, compact_statement
+from gateway.ledger.rollup_compactor import LOCK_KEY, SESSION, compact_statement
 from gateway.ledger.rollup_layout import PENDING
 
 _NEW = {"requests": "farebox_rollup_new_requests", "attempts": "farebox_rollup_new_attempts"}
@@ -71,6 +71,8 @@ async def flush_pending(conn: AsyncConnection) -> int:
     while True:
         async with conn.begin():
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+            for setting in SESSION:
+                await conn.execute(text(setting))
             requests, attempts, complete = (await conn.execute(text(compact_statement()))).one()
         total += int(requests) + int(attempts)
         if complete:
@@ -181,6 +183,8 @@ async def rebuild_live(
         try:
             snap = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with snap.begin():
+                for setting in SESSION:
+                    await snap.execute(text(setting))
                 while not (await snap.execute(text(compact_statement()))).one()[2]:
                     pass  # a chunk at a time, until nothing it sees is pending
                 await rebuild(snap, start, end)
