@@ -48,6 +48,8 @@ class _OwnEvents(Protocol):
     def response_so_far(self) -> dict[str, Any]: ...
     @property
     def sequence_number(self) -> int: ...
+    @property
+    def delta_events(self) -> int: ...
 
 
 _FAILED_BYTES = (b"response.failed", b"error")
@@ -87,12 +89,13 @@ class ResponsesRelay(Relay):
         block = first
         try:
             while True:
-                deltas += block.count(b'.delta"')
                 kind: bytes | None
                 if own is not None:
+                    # Its delta events are counted as they are written (`_seen`).
                     ended = own.ended()
                     kind = None if ended is None else _OWN_KINDS[ended]
                 else:
+                    deltas += block.count(b'.delta"')
                     sequence += block.count(b"\ndata:") + block.startswith(b"data:")
                     if created is None and (at := block.find(_CREATED)) >= 0:
                         created = _event_data(block, at)
@@ -105,13 +108,13 @@ class ResponsesRelay(Relay):
                     metered = True
                     outcome = None
                     # In the ledger before the client can see the end (see Relay.run).
-                    self._finish(outcome, metered, deltas + 1)
+                    self._finish(outcome, metered, _seen(own, deltas))
                     self.ctx.stream_ended = True
                     yield block
                     return
                 else:  # the upstream's own error or failed response, relayed scrubbed
                     outcome = STREAM_ERROR
-                    self._finish(outcome, metered, deltas + 1)
+                    self._finish(outcome, metered, _seen(own, deltas))
                     self.ctx.stream_ended = True
                     yield UPSTREAM_SECRETS.raw(block)
                     return
@@ -121,7 +124,7 @@ class ResponsesRelay(Relay):
                     raise UpstreamError(CUT, "the stream ended before its end") from None
         except UpstreamError as exc:
             outcome = error_class(exc)
-            self._finish(outcome, metered, deltas + 1)
+            self._finish(outcome, metered, _seen(own, deltas))
             self.ctx.stream_ended = True
             yield failed_event(
                 own.response_so_far() if own is not None else self._so_far(created),
@@ -136,7 +139,7 @@ class ResponsesRelay(Relay):
             assert task is not None
             task.uncancel()
             outcome = SHUTDOWN
-            self._finish(outcome, metered, deltas + 1)
+            self._finish(outcome, metered, _seen(own, deltas))
             self.ctx.stream_ended = True
             yield failed_event(
                 own.response_so_far() if own is not None else self._so_far(created),
@@ -147,7 +150,7 @@ class ResponsesRelay(Relay):
             )
         finally:
             await self.upstream.close()
-            self._finish(outcome, metered, deltas + 1)
+            self._finish(outcome, metered, _seen(own, deltas))
 
     def _meter_end(self, own: _OwnEvents | None, block: bytes) -> None:
         """Meter the answered stream from its terminal event in `block`, and keep the final
@@ -182,6 +185,12 @@ class ResponsesRelay(Relay):
             created_at=int(time.time()),
             model=self.attempt.deployment.upstream_model,
         )
+
+
+def _seen(own: _OwnEvents | None, deltas: int) -> int:
+    """The events a cut stream is billed an output estimate for (Relay._finish: the
+    delta events, plus the role-only chunk it discounts)."""
+    return (deltas if own is None else own.delta_events) + 1
 
 
 def _event_data(block: bytes, at: int) -> bytes:

@@ -239,6 +239,10 @@ class TranslatedStream:
     def sequence_number(self) -> int:
         return self._translator.sequence_number
 
+    @property
+    def delta_events(self) -> int:
+        return self._translator.delta_events
+
     def response_so_far(self) -> dict[str, Any]:
         """The Response as written so far (for a `response.failed` the relay adds)."""
         return self._translator.response

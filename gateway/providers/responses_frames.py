@@ -148,3 +148,49 @@ def summary(item: Item, part: dict[str, Any] | None = None, **fields: Any) -> di
     if part is not None:
         out["part"] = part
     return out
+
+
+def _slots(template: bytes, count: int) -> list[bytes]:
+    """A `%`-template cut at its `count` conversions (each `%s` or `%d`): the pieces a
+    join puts the values between."""
+    return (template.replace(b"%d", b"%s") % ((b"\0",) * count)).split(b"\0")
+
+
+_TEXT_DONE = _slots(TEXT_DONE, 5)  # item id, output index, content index, text, seq
+_PART_DONE = _slots(PART_DONE, 5)  # item id, output index, content index, part, seq
+_TEXT_PART = _slots(TEXT_PART, 1)  # text
+_MESSAGE = _slots(MESSAGE, 3)  # id, status, parts
+_MESSAGE_DONE = _slots(MESSAGE_DONE, 3)  # output index, item, seq
+_TERMINAL_EVENT = _slots(TERMINAL_EVENT, 4)  # type, type, seq, response
+
+
+def text_part(text: bytes) -> bytes:
+    """`TEXT_PART % text`."""
+    return b"".join((_TEXT_PART[0], text, _TEXT_PART[1]))
+
+
+def message_json(ident: bytes, status: bytes, part: bytes) -> bytes:
+    """`MESSAGE % (ident, status, part)`: a message item of one part."""
+    return b"".join((_MESSAGE[0], ident, _MESSAGE[1], status, _MESSAGE[2], part, _MESSAGE[3]))
+
+
+def message_end(
+    ident: bytes, index: bytes, text: bytes, part: bytes, item: bytes, seq: int
+) -> bytes:
+    """The done events of a message of one output_text part (`text` as JSON, `part` and
+    `item` its JSON), from sequence number `seq`: `TEXT_DONE`, `PART_DONE` and
+    `MESSAGE_DONE` in one join (tests/unit/test_responses_fast_paths_stream.py)."""
+    td, pd, md = _TEXT_DONE, _PART_DONE, _MESSAGE_DONE
+    return b"".join(
+        (
+            td[0], ident, td[1], index, td[2], b"0", td[3], text, td[4], b"%d" % seq, td[5],
+            pd[0], ident, pd[1], index, pd[2], b"0", pd[3], part, pd[4], b"%d" % (seq + 1), pd[5],
+            md[0], index, md[1], item, md[2], b"%d" % (seq + 2), md[3],
+        )
+    )  # fmt: skip
+
+
+def terminal_event(kind: bytes, seq: int, response: bytes) -> bytes:
+    """`TERMINAL_EVENT % (kind, kind, seq, response)`."""
+    te = _TERMINAL_EVENT
+    return b"".join((te[0], kind, te[1], kind, te[2], b"%d" % seq, te[3], response, te[4]))

@@ -61,6 +61,7 @@ class ItemStream:
         "_created_at",
         "_current",
         "_decoder",
+        "_deltas",
         "_fast",
         "_final",
         "_final_usage",
@@ -100,6 +101,7 @@ class ItemStream:
             )
         )
         self._seq = 0
+        self._deltas = 0  # delta events written (a cut stream's output estimate)
         self._decoder: SSEDecoder | None = None  # for the long way only (`_sse`)
         self._partial = False  # the decoder holds part of an event (its `pending`)
         self._tail = b""  # the start of an event the last read ended in (the fast way)
@@ -125,6 +127,12 @@ class ItemStream:
         self._current: Item | None = None  # the open reasoning or message item
         self._calls: dict[Any, Item] | None = None  # chat tool call index → its item
         self._last_call: Any = None
+
+    @property
+    def delta_events(self) -> int:
+        """The delta events written so far: what a stream cut before its usage is
+        estimated to have generated (gateway/core/responses_relay.py)."""
+        return self._deltas
 
     def ended(self) -> bool | None:
         """None while the stream runs; once a terminal event is written, True for an answer
@@ -518,6 +526,7 @@ class ItemStream:
         head, tail = item.delta
         out.append(head + orjson.dumps(text) + tail + b"%d}\n\n" % self._seq)
         self._seq += 1
+        self._deltas += 1
 
     def _emit(self, out: list[bytes], event_type: str, fields: dict[str, Any]) -> None:
         fields["type"] = event_type

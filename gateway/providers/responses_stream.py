@@ -38,13 +38,24 @@ from gateway.providers.responses_frames import (
     MESSAGE_OPENED,
     STARTED,
     STARTED_AT_0,
+    TERMINAL,
     TEXT_DELTA_HEAD,
     TEXT_DELTA_TAIL,
     Item,
+    message_end,
+    message_json,
+    terminal_event,
+    text_part,
 )
-from gateway.providers.responses_items import FAST_APPEND, FAST_OPEN, NO_FRAME, ItemStream
-from gateway.providers.responses_opening import joined_opening, plain_values
-from gateway.providers.responses_output import new_id
+from gateway.providers.responses_items import (
+    FAST_APPEND,
+    FAST_OPEN,
+    LATER,
+    NO_FRAME,
+    ItemStream,
+)
+from gateway.providers.responses_opening import joined_opening, joined_terminal, plain_values
+from gateway.providers.responses_output import new_id, responses_usage, status_for
 from gateway.providers.responses_replay import event_bytes, failed_event, replay_events
 from gateway.providers.sse import event_data
 
@@ -97,6 +108,7 @@ class StreamTranslator(ItemStream):
                 item.raw.append(text)  # type: ignore[union-attr]
                 seq = self._seq
                 self._seq = seq + 1
+                self._deltas += 1
                 head, tail = item.delta  # type: ignore[union-attr]
                 return b'%s"%s"%s%d}\n\n' % (head, text, tail, seq)
             if block.find(b"\n\n") == len(block) - 2:
@@ -248,10 +260,57 @@ class StreamTranslator(ItemStream):
             return False
         self._finished = True
         self._finish = reason
+        if self._usage is None and self._end_at_once(block, end + 2, heads[2], out):
+            return True
         self._close_items(out)
         if self._usage is not None:
             self._close(out)
         self._set_fast()
+        return True
+
+    def _end_at_once(self, block: bytes, at: int, usage_head: bytes, out: list[bytes]) -> bool:
+        """`_close_items` then `_close` when the finish chunk's read also holds the usage
+        chunk (`block[at:]`: upstreams send them back to back) and the answer is the usual
+        one — a single message of text that came by the fast path, for a request whose
+        Response is the template's: its done events and the terminal one joined in one go,
+        the same bytes (tests/unit/test_responses_fast_paths_stream.py). Else False,
+        nothing changed."""
+        item = self._current
+        values = self._opening_values
+        if (
+            values is None
+            or item is None
+            or len(self._items) != 1
+            or len(item.parts) != 1
+            or item.parts[0][1]
+            or not item.raw
+            or self._current_model() != self._opening[1]
+        ):
+            return False
+        end = block.find(b"\n\n", at)
+        usage = usage_after(block, at, end, usage_head) if end > 0 else None
+        if usage is None:
+            return False
+        self._usage = usage
+        status, details = status_for(self._finish)
+        final_usage = self._final_usage = responses_usage(usage)
+        # `_close_message`: the text is JSON already (escaped as the upstream sent it).
+        text = b'"' + b"".join(item.raw) + b'"'
+        ident = item.id.encode()
+        part = text_part(text)
+        state = status.encode()
+        item.json = message_json(ident, state, part)
+        item.done_parts.append(part)
+        item.status = status
+        seq = self._seq
+        done = b"null" if details is None else orjson.dumps(details)
+        tail = b',"usage":%s}' % orjson.dumps(final_usage)
+        response = joined_terminal(values, state, done, item.json, tail)
+        out.append(message_end(ident, b"%d" % item.index, text, part, item.json, seq))
+        out.append(terminal_event(TERMINAL[status], seq + 3, response))
+        self._seq = seq + 4
+        self._current = None
+        self._final = LATER
         return True
 
     def _usage_fast(self, block: bytes, at: int, end: int, out: list[bytes]) -> bool:
@@ -286,6 +345,7 @@ class StreamTranslator(ItemStream):
         item.raw.append(piece)
         seq = self._seq
         self._seq = seq + 1
+        self._deltas += 1
         head, tail = item.delta
         return b'%s"%s"%s%d}\n\n' % (head, piece, tail, seq)
 

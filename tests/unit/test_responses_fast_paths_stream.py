@@ -175,6 +175,44 @@ def test_streams_end_the_same_with_or_without_the_heads(
         assert b"response.output_text.done" in fast[0]
 
 
+@pytest.mark.parametrize("finish", ["stop", "length"])
+@pytest.mark.parametrize("head", HEADS[:3])
+def test_an_end_read_at_once_is_the_end_read_event_by_event(
+    head: dict[str, Any], finish: str
+) -> None:
+    """The finish and usage chunks in one read close the message and the response in one
+    join (`_end_at_once`): the bytes, usage and Response of the general way, which the
+    same events read one per read take."""
+    events = _stream(head, finish)
+    taken: list[bool] = []
+    end_at_once = StreamTranslator._end_at_once
+
+    def spy(self: StreamTranslator, *args: Any) -> bool:
+        taken.append(end_at_once(self, *args))
+        return taken[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (responses_stream, responses_items):
+            patch.setattr(module, "new_id", lambda prefix: prefix + "1")
+        patch.setattr(StreamTranslator, "_end_at_once", spy)
+        at_once = _translated([*events[:-3], b"".join(events[-3:])])
+        assert taken == [True]
+        taken.clear()
+        general = _translated(events)
+        assert taken == [False]  # the usage chunk was not in the finish chunk's read
+    assert at_once == general
+    assert at_once[0].count(b"event: response.output_item.done\n") == 1
+
+
+def test_delta_events_count_what_was_written() -> None:
+    events = _stream(HEADS[1], "stop")
+    for blocks in ([b"".join(events)], events):
+        translator = StreamTranslator(REQUEST, response_id="resp_1", created_at=7)
+        out = b"".join(translator.feed(block) for block in blocks)
+        assert translator.delta_events == out.count(b"event: response.output_text.delta\n")
+        assert translator.delta_events >= 1
+
+
 # -- TranslatedStream.blocks ------------------------------------------------------------
 
 
