@@ -107,6 +107,56 @@ def start(work: Path, cpus: set[int] | None, durable: bool) -> Postgres:
     return Postgres(server, server.url(DB_NAME), version, pid, _cpus_allowed(pid), durable)
 
 
+class _KeptServer(PostgresServer):
+    """A server whose data directory outlives the run: `close` stops it, deletes nothing."""
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+
+def _kept_port(base: Path) -> int | None:
+    """The port a kept server was made with (`PostgresServer.init` writes it to its config)."""
+    with contextlib.suppress(OSError, ValueError):
+        lines = (base / "data" / "postgresql.conf").read_text().splitlines()
+        ports = [line.split("=", 1)[1] for line in lines if line.startswith("port = ")]
+        return int(ports[-1].strip()) if ports else None
+    return None
+
+
+def start_kept(base: Path, durable: bool) -> tuple[Postgres, bool]:
+    """A server with its data in `base`, kept across runs (bench/ledger_scale.py --keep):
+    made there the first time (then True), started again afterwards. Never deleted."""
+    from tests.services import free_port
+
+    _ensure_binaries()
+    base.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # initdb and postgres run as `postgres` (tests/services.py)
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    fresh = not (base / "data" / "PG_VERSION").exists()
+    server = _KeptServer(base, _kept_port(base) or free_port())
+    if fresh:
+        server.init()
+    server.start()
+    try:
+        if fresh:
+            if durable:
+                for key, value in DURABLE.items():
+                    server.psql(f"ALTER SYSTEM SET {key} = {value}")
+                server.stop()
+                server.start()
+            server.create_database(DB_NAME)
+        version = server.psql("SHOW server_version").strip()
+    except Exception:
+        server.close()
+        raise
+    pid = _postmaster_pid(server)
+    return Postgres(server, server.url(DB_NAME), version, pid, _cpus_allowed(pid), durable), fresh
+
+
 def migrate(python: str, url: str, env: dict[str, str]) -> str | None:
     """`gateway.ledger.migrate.upgrade(url)` in a child process (the harness itself never
     imports the gateway, which may be mid-edit); the error's last line, or None."""

@@ -11,8 +11,9 @@ has rollups (`farebox ledger rollup`), they are rebuilt for the month and the re
 timed. Each report is the CLI a user runs (`farebox usage`, `farebox lcpr --by …`,
 `farebox reconcile` against invoices generated from the ledger with one provider's output
 tokens 8 % over), timed from spawn to exit, best and median of `--repeat`. The writer's rate
-is `PgLedgerSink.write_batch` (what the gateway's writer calls) with batches of 500
-requests, for `--writer-seconds` (bench/ledger_scale_writer.py).
+is the gateway's LedgerWriter on `PgLedgerSink` with the rollups' compactor beside it,
+counted until the rollups caught up, and `PgLedgerSink.write_batch` alone with batches of
+500 requests, for `--writer-seconds` each (bench/ledger_scale_writer.py).
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="runs of each report")
     p.add_argument("--writer-seconds", type=float, default=20.0)
     p.add_argument("--out", type=Path, default=None, help="default bench/ at full size")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the ledger server's data in this directory: a later run with the same\n"
+        "--keep, --month and --attempts migrates it to this checkout's schema and times\n"
+        "the reports without generating the month (or rebuilding its rollups) again",
+    )
+    p.add_argument("--rebuild", action="store_true", help="with --keep: rebuild the rollups")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = BENCH if args.attempts >= FULL else WORK
@@ -84,13 +94,17 @@ def month_bounds(month: str) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
-def start_postgres() -> ledger_db.Postgres:
-    pg = ledger_db.start(WORK / "postgres", None, durable=True)
+def start_postgres(keep: Path | None) -> tuple[ledger_db.Postgres, bool]:
+    """The ledger server, tuned; and whether it is new (a kept one may hold a month)."""
+    if keep is not None:
+        pg, fresh = ledger_db.start_kept(keep, durable=True)
+    else:
+        pg, fresh = ledger_db.start(WORK / "postgres", None, durable=True), True
     for key, value in TUNING.items():
         pg.server.psql(f"ALTER SYSTEM SET {key} = {value}")
     pg.server.stop()
     pg.server.start()
-    return pg
+    return pg, fresh
 
 
 async def generate(url: str, attempts: int, start: dt.datetime, end: dt.datetime) -> Row:
@@ -299,24 +313,48 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.time()
     start, end = month_bounds(args.month)
-    pg = start_postgres()
+    pg, fresh = start_postgres(args.keep)
+    # What a kept server already holds: {"month", "attempts", "loaded", "rollup"}.
+    held_file = args.keep / "month.json" if args.keep is not None else None
+    held: Row = {}
+    if held_file is not None and not fresh and held_file.exists():
+        held = json.loads(held_file.read_text())
+        if (held.get("month"), held.get("attempts")) != (args.month, args.attempts):
+            raise SystemExit(
+                f"ledger-scale: {args.keep} holds {held.get('attempts')} "
+                f"attempts of {held.get('month')}: another --keep directory"
+            )
     try:
         env = {**os.environ, "FAREBOX_DATABASE_URL": pg.url, "FAREBOX_CONFIG": str(WORK / "c.yaml")}
         write_config(WORK / "c.yaml")
+        t0 = time.perf_counter()
         if (err := ledger_db.migrate(launch.python(), pg.url, env)) is not None:
             raise SystemExit(f"ledger-scale: migration failed: {err}")
+        migrate_s = round(time.perf_counter() - t0, 1)
+        print(f"ledger-scale: migrated in {migrate_s} s", flush=True)
         if has_command(env, "ledger", "maintain"):
             farebox(["ledger", "maintain"], env)
-        print(f"ledger-scale: generating {args.attempts:,} attempts for {args.month}", flush=True)
-        loaded = asyncio.run(generate(pg.url, args.attempts, start, end))
-        print(f"ledger-scale: {loaded}", flush=True)
+        if held:
+            loaded = held["loaded"]
+            print(f"ledger-scale: kept month {loaded}", flush=True)
+        else:
+            print(
+                f"ledger-scale: generating {args.attempts:,} attempts for {args.month}", flush=True
+            )
+            loaded = asyncio.run(generate(pg.url, args.attempts, start, end))
+            print(f"ledger-scale: {loaded}", flush=True)
         rollup: Row = {"available": has_command(env, "ledger", "rollup")}
-        if rollup["available"]:
+        if held and not args.rebuild:
+            rollup = {**held["rollup"], "kept": True, "migrate_s": migrate_s}
+        elif rollup["available"]:
             day = (end - dt.timedelta(days=1)).date().isoformat()
             argv = ["ledger", "rollup", "--rebuild", "--from", start.date().isoformat()]
             seconds, code, tail = farebox([*argv, "--to", day], env, timeout=7200)
             rollup |= {"rebuild_s": round(seconds, 1), "exit": code, "tail": tail}
             print(f"ledger-scale: rollup rebuild {rollup}", flush=True)
+        if held_file is not None:
+            month = {"month": args.month, "attempts": args.attempts}
+            held_file.write_text(json.dumps({**month, "loaded": loaded, "rollup": rollup}))
         invoices = write_invoices(asyncio.run(invoice_rows(pg.url, start, end)), WORK / "inv")
         reports = time_reports(args, env, invoices)
         # Sizes of the generated month, before the writer's rows are added.

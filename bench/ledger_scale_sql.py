@@ -14,8 +14,10 @@ without a join, and a run is reproducible. The mix, per request:
   their savings recorded);
 - a third of the routes are gated (95 % pass); 30 % of answers read cached input; reasoning
   tokens on a fifth of the routes; 40 % streams; endpoints chat (85 %), responses, embeddings;
-- 20 % of requests belong to 6-call workflows; 0.5 % of priced attempts have no price (NULL
-  cost, never $0); prices change version mid-month.
+- 20 % of requests belong to 6-call workflows, consecutive calls of one key and route (an
+  agent run: the key and route come from the workflow's number `w`, everything else from the
+  call's); 0.5 % of priced attempts have no price (NULL cost, never $0); prices change version
+  mid-month.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ SELECT i, u, key_n, route_n,
   TIMESTAMPTZ '{start}' + ((i - {first}) * {step_us}) * INTERVAL '1 microsecond' AS at
 FROM (
   SELECT i, u, key_n,
-    CASE WHEN key_n IS NULL THEN u % {routes}
-         ELSE (key_n * 7 + (u / 20000) % 3) % {routes} END AS route_n
+    CASE WHEN key_n IS NULL THEN w % {routes}
+         ELSE (key_n * 7 + (w / 20000) % 3) % {routes} END AS route_n
   FROM (
-    SELECT i, u, CASE WHEN (u / 4000) % 20 = 0 THEN NULL ELSE (u / 20) % {keys} END AS key_n
-    FROM (SELECT i, (i * 2654435761) % 4294967296 AS u
-          FROM generate_series({lo}::bigint, {hi}::bigint) AS i) AS g
+    SELECT i, u, w, CASE WHEN (w / 4000) % 20 = 0 THEN NULL ELSE (w / 20) % {keys} END AS key_n
+    FROM (SELECT i, u,
+            CASE WHEN (i / 6) % 5 = 0 THEN ((i / 6) * 2654435761) % 4294967296 ELSE u END AS w
+          FROM (SELECT i, (i * 2654435761) % 4294967296 AS u
+                FROM generate_series({lo}::bigint, {hi}::bigint) AS i) AS h) AS g
   ) AS k
 ) AS r
 """
