@@ -13,20 +13,21 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.ledger.rollups import rebuild_statements
+from gateway.ledger.rollups import compacted_snapshot, rebuild_statements
 
 
 def edit_ledger(url: str, sql: str, params: dict[str, Any] | None = None) -> None:
     """Edit raw ledger rows by hand (move a day's traffic to another date, spoil a token
     type) and rebuild every rollup from the raw rows in the same transaction, as an operator
-    repairs hand edits (`farebox ledger rollup --rebuild`). All time and without the
+    repairs hand edits (`farebox ledger rollup --rebuild`): a compacted snapshot, so rows the
+    writer left pending are counted once. All time and without the
     rebuild's guard against hours whose raw rows are gone: moving rows empties their old
     hours on purpose."""
 
     async def run() -> None:
         engine = create_async_engine(url)
         try:
-            async with engine.begin() as conn:
+            async with compacted_snapshot(engine) as conn:
                 await conn.execute(text(sql), params or {})
                 for stmt in rebuild_statements(conn.dialect.name):
                     await conn.execute(stmt)

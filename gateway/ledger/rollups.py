@@ -21,7 +21,7 @@ reports, gateway/reports/store_base.py; retention; `rebuild_live`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,25 +157,24 @@ async def rebuild(
         await conn.execute(stmt)
 
 
-async def rebuild_live(
-    engine: AsyncEngine, start: datetime | None = None, end: datetime | None = None
-) -> None:
-    """`rebuild` [start, end) in a transaction of its own, exact while writers write and
-    compactors compact (`farebox ledger rollup --rebuild`).
+@contextlib.asynccontextmanager
+async def compacted_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction in which the rollups and the raw rows agree and stay put: for a rebuild
+    (`rebuild_live`) or a repair by hand, exact while writers write and compactors compact.
 
-    Postgres: one REPEATABLE READ transaction holding the compactor's lock compacts every
-    pending row it sees, then deletes and rebuilds the window from the raw rows it sees: the
-    same snapshot. A row committed before the snapshot is counted once, by the rebuild if it
-    dates into the window (its pending row, if any, taken out by the compaction, whose
-    additions to the window are then replaced) or by the compaction if not. A row committed
-    after it is invisible to both, and its pending row stays for the compactor: counted
-    once, later. The lock is the session's, taken before the transaction begins: its
-    snapshot must come after the compaction it may have waited for committed (a REPEATABLE
-    READ snapshot is taken at the transaction's first statement, which would be the wait).
+    Postgres: one REPEATABLE READ transaction holding the compactor's lock, which first
+    compacts every pending row it sees; what the caller then reads of the raw rows is the
+    same snapshot. A row committed before the snapshot is counted once: by the compaction,
+    or by the caller's rebuild of its window, which replaces what the compaction added there.
+    A row committed after it is invisible to both, and its pending row stays for the
+    compactor: counted once, later. The lock is the session's, taken before the transaction
+    begins: its snapshot must come after the compaction it may have waited for committed
+    (a REPEATABLE READ snapshot is taken at the transaction's first statement, which would
+    be the wait). SQLite: a plain transaction (one writer, nothing pending).
     """
     if engine.dialect.name != "postgresql":
         async with engine.begin() as conn:
-            await rebuild(conn, start, end)
+            yield conn
         return
     async with engine.connect() as conn:
         await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
@@ -187,12 +186,21 @@ async def rebuild_live(
                     await snap.execute(text(setting))
                 while not (await snap.execute(text(compact_statement()))).one()[2]:
                     pass  # a chunk at a time, until nothing it sees is pending
-                await rebuild(snap, start, end)
+                yield snap
         finally:
             # A connection that died released it with itself.
             with contextlib.suppress(Exception):
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
                 await conn.commit()
+
+
+async def rebuild_live(
+    engine: AsyncEngine, start: datetime | None = None, end: datetime | None = None
+) -> None:
+    """`rebuild` [start, end) in a `compacted_snapshot` of its own: exact with a live writer
+    (`farebox ledger rollup --rebuild`)."""
+    async with compacted_snapshot(engine) as conn:
+        await rebuild(conn, start, end)
 
 
 def rebuild_statements(
