@@ -1,7 +1,7 @@
 """Rollup tables: the ledger summed per UTC hour, kept exact by the writer (gateway/ledger/
 rollups.py) so that reports read thousands of rows instead of a month of attempts.
 
-Six tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
+Seven tables, one per way the reports date and group rows (docs/ledger.md, "Rollups"):
 
 - `rollup_requests`: requests per hour of received_at × route × workload × key × final
   deployment × batch line or live, with the sums of each request's attempts (every report
@@ -14,8 +14,9 @@ Six tables, one per way the reports date and group rows (docs/ledger.md, "Rollup
   provider-batch slice, spend by role, dedicated use, price versions with their first use).
 - `rollup_dedicated`: tokens served by dedicated providers, per request dims (hour of
   received_at × route × workload × key × provider): LCPR's share of a GPU per segment.
-- `rollup_workflows`: per workflow (key × workflow id) × hour of received_at, its calls and
-  its first and last call in the hour (`farebox lcpr --by workflow`).
+- `rollup_requests_daily`: rollup_requests per UTC day, for the whole days of a window.
+- `rollup_workflows`: per workflow (key × workflow id), its calls and its first and last
+  call, dated by the first (`farebox lcpr --by workflow`).
 - `rollup_spend`: attempts per hour of their request's received_at × hour of their own
   started_at × route × workload × batch line or live × deployment (the batch tier's spend).
 
@@ -29,7 +30,7 @@ PENDING_TABLES) and the compactor adds them (gateway/ledger/rollup_compactor.py)
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, Numeric, Table
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Numeric, Table
 
 from gateway.ledger.base import COST, ID, NAME, TAG, Base
 
@@ -69,6 +70,23 @@ rollup_requests_table = Table(
     "rollup_requests",
     Base.metadata,
     _hour(),
+    _dim("route"),
+    _dim("workload"),
+    _dim("key_id"),
+    _dim("final_deployment"),
+    _dim("batch", Integer),
+    _count("requests"),
+    _count("successful"),
+    *_measures(LCPR_MEASURES),
+    *_measures(USAGE_MEASURES),
+)
+
+#: rollup_requests per UTC day (`day`: the day's 00:00 UTC), kept by the same writes: a
+#: report reads it for the whole days of its window and rollup_requests for the hours left.
+rollup_requests_daily_table = Table(
+    "rollup_requests_daily",
+    Base.metadata,
+    Column("day", DateTime(timezone=True), primary_key=True),
     _dim("route"),
     _dim("workload"),
     _dim("key_id"),
@@ -135,12 +153,12 @@ rollup_spend_table = Table(
     *_measures(SPEND_MEASURES),
 )
 
-#: Per workflow × hour of received_at: its calls in the hour, and its first and last call
-#: (by received_at, then id) with what `farebox lcpr --by workflow` reads of them.
+#: Per workflow (key × workflow id): its calls, and its first and last call (by received_at,
+#: then id) with what `farebox lcpr --by workflow` reads of them. A report takes the
+#: workflows whose first call is in its window (the first_at index), with all their calls.
 rollup_workflows_table = Table(
     "rollup_workflows",
     Base.metadata,
-    _hour(),
     _dim("key_id"),
     _dim("workflow_id", ID),
     _count("calls"),
@@ -154,10 +172,12 @@ rollup_workflows_table = Table(
     Column("last_at", DateTime(timezone=True), nullable=False),
     Column("last_id", ID, nullable=False),
     Column("last_ok", Integer, nullable=False),
+    Index("ix_rollup_workflows_first_at", "first_at"),
 )
 
 ROLLUP_TABLES = (
     rollup_requests_table,
+    rollup_requests_daily_table,
     rollup_deployments_table,
     rollup_attempts_table,
     rollup_dedicated_table,

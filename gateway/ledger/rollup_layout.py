@@ -87,6 +87,12 @@ LAYOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("hour", "route", "workload", "key_id", "final_deployment", "batch"),
         ("requests", "successful", *LCPR_MEASURES, *USAGE_MEASURES),
     ),
+    # rollup_requests per UTC day: what a report reads for the whole days of its window
+    # (a month is ~30 rows per group instead of ~720).
+    "rollup_requests_daily": _table(
+        ("day", "route", "workload", "key_id", "final_deployment", "batch"),
+        ("requests", "successful", *LCPR_MEASURES, *USAGE_MEASURES),
+    ),
     "rollup_deployments": _table(("hour", "deployment"), LCPR_MEASURES),
     "rollup_attempts": _table(
         (
@@ -102,8 +108,10 @@ LAYOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (*ATTEMPT_MEASURES, "busy_ms", "first_at"),
     ),
     "rollup_dedicated": _table(("hour", "route", "workload", "key_id", "provider"), ("tokens",)),
+    # One row per workflow (key × workflow id), whenever its calls came: dated by its first
+    # call, so a report reads the workflows that started in its window, whole.
     "rollup_workflows": _table(
-        ("hour", "key_id", "workflow_id"),
+        ("key_id", "workflow_id"),
         (
             "calls",
             "ok_calls",

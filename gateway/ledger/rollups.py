@@ -21,8 +21,9 @@ reports, gateway/reports/store_base.py; retention; `rebuild_live`).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import DateTime, bindparam, text
@@ -206,42 +207,53 @@ async def rebuild_live(
 def rebuild_statements(
     dialect: str, start: datetime | None = None, end: datetime | None = None
 ) -> list[Any]:
-    """The statements of a rebuild (see `rebuild`; migration 0012 runs them to backfill).
+    """The statements of a rebuild (see `rebuild`; migration 0014 runs them to backfill).
 
     Each table takes the raw rows that date into the window its own way: requests by
     received_at (with all their attempts), attempts by started_at, deployment × request
     groups by their first attempt (any of whose attempts falls in the window is a candidate).
+    rollup_requests_daily recomputes the whole UTC days the window touches, and
+    rollup_workflows every workflow with a call in the window, from all its calls.
     """
     lo, hi = _bound(start, dialect), _bound(end, dialect)
 
-    def window(column: str) -> str:
+    def window(column: str, low: str = ":lo", high: str = ":hi") -> str:
         parts = [
-            f"{column} >= :lo" if lo is not None else "",
-            f"{column} < :hi" if hi is not None else "",
+            f"{column} >= {low}" if lo is not None else "",
+            f"{column} < {high}" if hi is not None else "",
         ]
         return " AND ".join(p for p in parts if p) or "1 = 1"
 
-    # An attempt starts after its request arrives, so the attempts of the window's requests
-    # start at or after its start: that bound lets Postgres skip the earlier partitions.
-    since = "started_at >= :lo AND " if lo is not None else ""
+    def of(requests_in: str, since: str) -> str:
+        # An attempt starts after its request arrives, so the attempts of the window's
+        # requests start at or after its start: that bound lets Postgres skip partitions.
+        return (
+            f"(SELECT * FROM attempts WHERE {since}request_id IN (SELECT id FROM {requests_in} q))"
+        )
+
     requests = f"(SELECT * FROM requests WHERE {window('received_at')})"
-    of_requests = (
-        f"(SELECT * FROM attempts WHERE {since}request_id IN "
-        f"(SELECT id FROM requests WHERE {window('received_at')}))"
-    )
+    of_requests = of(requests, "started_at >= :lo AND " if lo is not None else "")
+    days = f"(SELECT * FROM requests WHERE {window('received_at', ':dlo', ':dhi')})"
+    of_days = of(days, "started_at >= :dlo AND " if lo is not None else "")
     started = f"(SELECT * FROM attempts WHERE {window('started_at')})"
     # A batch line's request, for its batch's path: on the batch_id index, whatever its day.
     batch_lines = "(SELECT id, batch_id FROM requests WHERE batch_id IS NOT NULL)"
+    # The workflows with a call in the window (by id: a same id under another key is
+    # recomputed too, harmlessly), and all their calls, whenever they came.
+    ids = (
+        f"SELECT workflow_id FROM requests WHERE {window('received_at')} "
+        "AND workflow_id IS NOT NULL"
+    )
+    if dialect == "postgresql":  # an array: each partition's workflow_id index, not a scan
+        flows = f"(SELECT * FROM requests WHERE workflow_id = ANY(ARRAY({ids})))"
+    else:
+        flows = f"(SELECT * FROM requests WHERE workflow_id IN ({ids}))"
+    of_flows = of(flows, f"started_at >= (SELECT MIN(received_at) FROM {flows} f) AND ")
     if lo is None and hi is None:
         # All time (the migration's backfill): the whole tables. An attempt whose request
         # is missing drops out of the request-grain joins as it does above.
-        requests, of_requests, started, touched, having = (
-            "requests",
-            "attempts",
-            "attempts",
-            "attempts",
-            "",
-        )
+        requests, of_requests, days, of_days, flows, of_flows = ("requests", "attempts") * 3
+        started, touched, having = "attempts", "attempts", ""
     else:
         # Every attempt of the requests concerned: a group that began before the window
         # must keep its earlier attempts, or HAVING would take it for one that began inside.
@@ -252,15 +264,28 @@ def rebuild_statements(
         having = f"HAVING {window('MIN(a.started_at)')}"
     selects = [
         ("rollup_requests", rollups_sql.requests_select(dialect, requests, of_requests)),
+        (
+            "rollup_requests_daily",
+            rollups_sql.requests_select(dialect, days, of_days, daily=True),
+        ),
         ("rollup_deployments", rollups_sql.deployments_select(dialect, touched, having)),
         ("rollup_attempts", rollups_sql.attempts_select(dialect, started, batch_lines)),
         ("rollup_dedicated", rollups_sql.dedicated_select(dialect, requests, of_requests)),
-        ("rollup_workflows", rollups_sql.workflows_select(dialect, requests, of_requests)),
+        ("rollup_workflows", rollups_sql.workflows_select(dialect, flows, of_flows)),
         ("rollup_spend", rollups_sql.spend_select(dialect, requests, of_requests)),
     ]
     params = {k: v for k, v in (("lo", lo), ("hi", hi)) if v is not None}
+    if lo is not None:
+        params["dlo"] = lo.replace(hour=0)
+    if hi is not None:
+        params["dhi"] = hi if hi.hour == 0 else hi.replace(hour=0) + timedelta(days=1)
+    deletes = {
+        "rollup_requests_daily": window("day", ":dlo", ":dhi"),
+        "rollup_workflows": ("1 = 1" if lo is None and hi is None else f"workflow_id IN ({ids})"),
+    }
     out = [
-        _bind(text(f"DELETE FROM {t.name} WHERE {window('hour')}"), params) for t in ROLLUP_TABLES
+        _bind(text(f"DELETE FROM {t.name} WHERE {deletes.get(t.name, window('hour'))}"), params)
+        for t in ROLLUP_TABLES
     ]
     for table, select in selects:
         cols = ", ".join(rollups_sql.columns(table))
@@ -271,5 +296,7 @@ def rebuild_statements(
 def _bind(stmt: Any, params: dict[str, datetime]) -> Any:
     # Typed binds: SQLite then gets SQLAlchemy's own timestamp text format, so comparisons
     # with the stored text are exact.
+    # Only the parameters the statement names (a rebuild's share lo/hi/dlo/dhi).
+    params = {k: v for k, v in params.items() if re.search(rf":{k}\b", stmt.text)}
     stmt = stmt.bindparams(*(bindparam(k, type_=DateTime(timezone=True)) for k in params))
     return stmt.params(**params) if params else stmt

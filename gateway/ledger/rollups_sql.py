@@ -102,6 +102,13 @@ def hour_of(dialect: str, column: str) -> str:
     return f"strftime('%Y-%m-%d %H:00:00.000000', {column})"
 
 
+def day_of(dialect: str, column: str) -> str:
+    """The UTC day a timestamp falls in (its 00:00), as each dialect stores timestamps."""
+    if dialect == "postgresql":
+        return f"date_trunc('day', {column}, 'UTC')"
+    return f"strftime('%Y-%m-%d 00:00:00.000000', {column})"
+
+
 def _dim(column: str) -> str:
     return f"COALESCE({column}, '{NONE}')"
 
@@ -116,13 +123,15 @@ def _positions(n: int) -> str:
     return ", ".join(str(i) for i in range(1, n + 1))
 
 
-def requests_select(dialect: str, requests: str, attempts: str) -> str:
-    """rollup_requests' rows for the requests in `requests` and their attempts in `attempts`
-    (each a table name or a parenthesised SELECT of whole rows)."""
+def requests_select(dialect: str, requests: str, attempts: str, *, daily: bool = False) -> str:
+    """rollup_requests' rows (rollup_requests_daily's if `daily`) for the requests in
+    `requests` and their attempts in `attempts` (each a table name or a parenthesised
+    SELECT of whole rows)."""
     per = ", ".join(f"{expr} AS {name}" for name, expr in {**_LCPR, **_USAGE}.items())
     sums = ", ".join(_sum(name, f"p.{name}") for name in (*LCPR_MEASURES, *USAGE_MEASURES))
+    bucket = (day_of if daily else hour_of)(dialect, "r.received_at")
     return (
-        f"SELECT {hour_of(dialect, 'r.received_at')} AS hour, r.route AS route, "
+        f"SELECT {bucket} AS {'day' if daily else 'hour'}, r.route AS route, "
         f"{_dim('r.workload')} AS workload, {_dim('r.key_id')} AS key_id, "
         f"{_dim('r.final_deployment')} AS final_deployment, "
         f"CASE WHEN r.batch_id IS NULL THEN 0 ELSE 1 END AS batch, "
@@ -196,11 +205,11 @@ def spend_select(dialect: str, requests: str, attempts: str) -> str:
 
 
 def workflows_select(dialect: str, requests: str, attempts: str) -> str:
-    """rollup_workflows' rows: the tagged calls of `requests` per workflow × hour, with the
-    first and last call of each (by received_at, then id: gateway/reports/store_workflows.py)
-    and each call's cost (every attempt's, unpriced ones adding nothing)."""
+    """rollup_workflows' rows: the tagged calls of `requests` per workflow, with the first
+    and last call of each (by received_at, then id: gateway/reports/store_workflows.py) and
+    each call's cost (every attempt's, unpriced ones adding nothing)."""
     order = "r.received_at, r.id"
-    part = f"PARTITION BY {hour_of(dialect, 'r.received_at')}, r.key_id, r.workflow_id"
+    part = "PARTITION BY r.key_id, r.workflow_id"
     calls = (
         f"SELECT r.*, {_SUCCESS} AS ok, c.cost AS call_cost, "
         f"ROW_NUMBER() OVER ({part} ORDER BY {order}) AS nth, "
@@ -217,7 +226,7 @@ def workflows_select(dialect: str, requests: str, attempts: str) -> str:
         return f"MAX(CASE WHEN w.from_end = 1 THEN {column} END)"
 
     return (
-        f"SELECT {hour_of(dialect, 'w.received_at')} AS hour, {_dim('w.key_id')} AS key_id, "
+        f"SELECT {_dim('w.key_id')} AS key_id, "
         "w.workflow_id AS workflow_id, COUNT(*) AS calls, SUM(w.ok) AS ok_calls, "
         "SUM(CASE WHEN w.attempts > 1 THEN w.attempts - 1 ELSE 0 END) AS retries, "
         "COALESCE(SUM(w.call_cost), 0) AS cost, "
@@ -225,7 +234,7 @@ def workflows_select(dialect: str, requests: str, attempts: str) -> str:
         f"{first('w.route')} AS first_route, {first(_dim('w.workload'))} AS first_workload, "
         f"{last('w.received_at')} AS last_at, {last('w.id')} AS last_id, "
         f"{last('w.ok')} AS last_ok "
-        f"FROM ({calls}) w GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        f"FROM ({calls}) w GROUP BY 1, 2 ORDER BY 1, 2"
     )
 
 
@@ -278,6 +287,7 @@ def selects(dialect: str, requests: str, attempts: str) -> list[tuple[str, str]]
     attempts, in the fixed order every writer upserts them."""
     return [
         ("rollup_requests", requests_select(dialect, requests, attempts)),
+        ("rollup_requests_daily", requests_select(dialect, requests, attempts, daily=True)),
         ("rollup_deployments", deployments_select(dialect, attempts)),
         ("rollup_attempts", attempts_select(dialect, attempts, requests)),
         ("rollup_dedicated", dedicated_select(dialect, requests, attempts)),

@@ -1,5 +1,6 @@
-"""`farebox usage` over the rollups: the whole hours of the window from rollup_requests and
-rollup_attempts, the ragged first hour (`--since 30m` starts mid-hour) from the raw rows,
+"""`farebox usage` over the rollups: the whole hours of the window from rollup_requests (its
+whole days from rollup_requests_daily: gateway/ledger/rollup_tiers.py) and rollup_attempts,
+the ragged first hour (`--since 30m` starts mid-hour) from the raw rows,
 added up per group. The same figures as gateway/ledger/usage.py over raw rows alone.
 """
 
@@ -11,10 +12,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, literal_column, select, union_all
 
-from gateway.ledger.models_rollups import NONE, rollup_attempts_table, rollup_requests_table
+from gateway.ledger.models_rollups import NONE, rollup_attempts_table
+from gateway.ledger.rollup_tiers import tiered_requests
 from gateway.ledger.usage import UsageLine
 
-_q = rollup_requests_table.c
 _t = rollup_attempts_table.c
 _TOKENS = ("input_uncached", "cached_read", "cache_write", "output_all", "reasoning")
 
@@ -28,22 +29,19 @@ def next_hour(when: datetime) -> datetime:
 def usage_rollup_query(since: datetime, by: str) -> Select[Any]:
     """UsageLine rows (usage.usage_line's order) from the rollup hours at or after `since`
     (a whole hour, in the bound form the dialect compares)."""
+    q = tiered_requests(since).c
     if by in ("route", "key"):
-        group = _q.route if by == "route" else func.nullif(_q.key_id, NONE)
-        return (
-            select(
-                group,
-                func.sum(_q.requests),
-                func.sum(_q.attempts),
-                *(func.sum(_q[n]) for n in _TOKENS),
-                func.sum(_q.cost),
-                func.sum(_q.unpriced),
-                func.sum(_q.successful),
-                func.sum(_q.failed),
-            )
-            .where(_q.hour >= since)
-            .group_by(group)
-        )
+        group = q.route if by == "route" else func.nullif(q.key_id, NONE)
+        return select(
+            group,
+            func.sum(q.requests),
+            func.sum(q.attempts),
+            *(func.sum(q[n]) for n in _TOKENS),
+            func.sum(q.cost),
+            func.sum(q.unpriced),
+            func.sum(q.successful),
+            func.sum(q.failed),
+        ).group_by(group)
     if by != "deployment":
         raise ValueError(f"by must be route, key or deployment, not {by!r}")
     zero: ColumnElement[Any] = literal_column("0")
@@ -65,17 +63,13 @@ def usage_rollup_query(since: datetime, by: str) -> Select[Any]:
         .where(_t.hour >= since)
         .group_by(_t.deployment)
     )
-    answered_by = func.nullif(_q.final_deployment, NONE)
-    answered = (
-        select(
-            answered_by.label("grp"),
-            func.sum(_q.requests).label("requests"),
-            func.sum(_q.successful).label("successful"),
-            *(zero.label(n) for n in ("attempts", *_TOKENS, "cost", "unpriced", "failed")),
-        )
-        .where(_q.hour >= since)
-        .group_by(answered_by)
-    )
+    answered_by = func.nullif(q.final_deployment, NONE)
+    answered = select(
+        answered_by.label("grp"),
+        func.sum(q.requests).label("requests"),
+        func.sum(q.successful).label("successful"),
+        *(zero.label(n) for n in ("attempts", *_TOKENS, "cost", "unpriced", "failed")),
+    ).group_by(answered_by)
     u = union_all(spent, answered).subquery()
     return select(
         u.c.grp,

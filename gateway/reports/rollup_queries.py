@@ -31,17 +31,16 @@ from gateway.ledger.models_rollups import (
     rollup_attempts_table,
     rollup_dedicated_table,
     rollup_deployments_table,
-    rollup_requests_table,
     rollup_spend_table,
     rollup_workflows_table,
 )
 from gateway.ledger.rollup_layout import LCPR_MEASURES, MONEY, NONE
+from gateway.ledger.rollup_tiers import tiered_requests
 from routing.batch_paths import BATCH_ROLE, PROVIDER_BATCH
 
 CACHE_HIT = "cache_hit"
 DayOf = Callable[[ColumnElement[Any]], ColumnElement[Any]]
 
-_q = rollup_requests_table.c
 _d = rollup_deployments_table.c
 _t = rollup_attempts_table.c
 _g = rollup_dedicated_table.c
@@ -63,14 +62,13 @@ def _in(hour: ColumnElement[Any], lo: datetime, hi: datetime) -> list[ColumnElem
 
 def segment_days(by: str, lo: datetime, hi: datetime, utc_day: DayOf) -> Any:
     """segment_query's rows (segments.py) from rollup_requests / rollup_deployments."""
-    sums = [func.coalesce(func.sum(_q[m]), 0) for m in LCPR_MEASURES]
+    q = tiered_requests(lo, hi).c
+    sums = [func.coalesce(func.sum(q[m]), 0) for m in LCPR_MEASURES]
     if by != "model":
-        column = {"route": _q.route, "workload": _q.workload, "key": _q.key_id}[by]
-        segment, day = dash(column), utc_day(_q.hour)
-        return (
-            select(segment, day, func.sum(_q.requests), func.sum(_q.successful), *sums)
-            .where(*_in(_q.hour, lo, hi))
-            .group_by(segment, day)
+        column = {"route": q.route, "workload": q.workload, "key": q.key_id}[by]
+        segment, day = dash(column), utc_day(q.hour)
+        return select(segment, day, func.sum(q.requests), func.sum(q.successful), *sums).group_by(
+            segment, day
         )
     zero: ColumnElement[Any] = literal_column("0")
     spent_day = utc_day(_d.hour)
@@ -85,18 +83,14 @@ def segment_days(by: str, lo: datetime, hi: datetime, utc_day: DayOf) -> Any:
         .where(*_in(_d.hour, lo, hi))
         .group_by(_d.deployment, spent_day)
     )
-    answered_by, answered_day = dash(_q.final_deployment), utc_day(_q.hour)
-    answered = (
-        select(
-            answered_by.label("segment"),
-            answered_day.label("day"),
-            func.sum(_q.requests).label("requests"),
-            func.sum(_q.successful).label("ok"),
-            *((cast(null(), COST) if m in MONEY else zero).label(m) for m in LCPR_MEASURES),
-        )
-        .where(*_in(_q.hour, lo, hi))
-        .group_by(answered_by, answered_day)
-    )
+    answered_by, answered_day = dash(q.final_deployment), utc_day(q.hour)
+    answered = select(
+        answered_by.label("segment"),
+        answered_day.label("day"),
+        func.sum(q.requests).label("requests"),
+        func.sum(q.successful).label("ok"),
+        *((cast(null(), COST) if m in MONEY else zero).label(m) for m in LCPR_MEASURES),
+    ).group_by(answered_by, answered_day)
     u = union_all(spent, answered).subquery()
     return select(
         u.c.segment,
@@ -187,30 +181,24 @@ def dedicated_use(lo: datetime, hi: datetime) -> Any:
 
 
 def answered_requests(lo: datetime, hi: datetime) -> Any:
-    deployment = nullable(_q.final_deployment)
-    return (
-        select(deployment, func.sum(_q.requests), func.sum(_q.successful))
-        .where(*_in(_q.hour, lo, hi))
-        .group_by(deployment)
-    )
+    q = tiered_requests(lo, hi).c
+    deployment = nullable(q.final_deployment)
+    return select(deployment, func.sum(q.requests), func.sum(q.successful)).group_by(deployment)
 
 
 def request_groups(lo: datetime, hi: datetime) -> Any:
     """BatchQueries.request_groups' rows."""
-    deployment = nullable(_q.final_deployment)
-    workload = dash(_q.workload)
-    return (
-        select(
-            workload,
-            _q.route,
-            _q.batch,
-            deployment,
-            func.sum(_q.requests),
-            func.sum(_q.successful),
-        )
-        .where(*_in(_q.hour, lo, hi))
-        .group_by(workload, _q.route, _q.batch, deployment)
-    )
+    q = tiered_requests(lo, hi).c
+    deployment = nullable(q.final_deployment)
+    workload = dash(q.workload)
+    return select(
+        workload,
+        q.route,
+        q.batch,
+        deployment,
+        func.sum(q.requests),
+        func.sum(q.successful),
+    ).group_by(workload, q.route, q.batch, deployment)
 
 
 def spend_groups(lo: datetime, hi: datetime, deferrable: Sequence[str], utc_day: DayOf) -> Any:
@@ -251,53 +239,23 @@ def dedicated_busy(lo: datetime, hi: datetime) -> Any:
 
 
 def workflow_buckets(group_by: str, lo: datetime, hi: datetime) -> Any:
-    """store_workflows.workflow_query's rows from rollup_workflows: a workflow's hours in the
-    window add up its calls, its group is its first call's and it won when its last call in
-    the window succeeded (first and last by received_at, then id, as in the raw query)."""
+    """store_workflows.workflow_query's rows from rollup_workflows: one row per workflow,
+    those whose first call is in the window (its first_at index), grouped by that call's
+    route or workload; it won when its last call succeeded."""
     w = rollup_workflows_table.c
-    column = {"route": w.first_route, "workload": dash(w.first_workload)}[group_by]
-    workflow = (w.key_id, w.workflow_id)
-    hours = (
-        select(
-            w.key_id,
-            w.workflow_id,
-            column.label("grp"),
-            w.calls,
-            w.ok_calls,
-            w.retries,
-            w.cost,
-            w.last_ok,
-            func.row_number()
-            .over(partition_by=workflow, order_by=(w.first_at, w.first_id))
-            .label("nth"),
-            func.row_number()
-            .over(partition_by=workflow, order_by=(w.last_at.desc(), w.last_id.desc()))
-            .label("from_end"),
-        ).where(*_in(w.hour, lo, hi))
-    ).subquery()
-    h = hours.c
-    per_workflow = (
-        select(
-            func.max(case((h.nth == 1, h.grp))).label("grp"),
-            func.sum(h.calls).label("calls"),
-            func.max(case((h.from_end == 1, h.last_ok), else_=0)).label("won"),
-            func.sum(h.ok_calls).label("ok_calls"),
-            func.sum(h.retries).label("retries"),
-            func.sum(h.cost).label("cost"),
-        ).group_by(h.key_id, h.workflow_id)
-    ).subquery()
-    p = per_workflow.c
+    group = {"route": w.first_route, "workload": dash(w.first_workload)}[group_by]
     return (
         select(
-            p.grp,
-            p.calls,
+            group,
+            w.calls,
             func.count(),
-            func.sum(p.won),
-            func.sum(p.retries),
-            func.sum(case((p.retries > 0, 1), else_=0)),
-            func.sum(p.ok_calls),
-            func.sum(p.cost),
+            func.sum(w.last_ok),
+            func.sum(w.retries),
+            func.sum(case((w.retries > 0, 1), else_=0)),
+            func.sum(w.ok_calls),
+            func.sum(w.cost),
         )
-        .group_by(p.grp, p.calls)
-        .order_by(p.grp, p.calls)
+        .where(w.first_at >= lo, w.first_at < hi)
+        .group_by(group, w.calls)
+        .order_by(group, w.calls)
     )

@@ -1,10 +1,12 @@
 """The workflow query of `farebox lcpr --by workflow`: a histogram of workflows per group
 and calls-per-workflow, summed in the database (routing/workflows.py does the arithmetic).
 
-A workflow is the requests of one (key, workflow_id) that arrived in the window; a workflow
-that straddles the window's edge counts, in each window, with the calls that arrived in it.
+A workflow is the requests of one (key, workflow_id); a window holds the workflows whose
+first call arrived in it, with all their calls (one that straddles the window's end counts
+whole, in the window it began in: a month's workflows are the ones started that month).
 Its group is the route (or workload) of its first call; it succeeded when its last call is
 a successful request by gateway.ledger.success (ties in arrival time break by request id).
+The rollup keeps one row per workflow (gateway/ledger/models_rollups.py rollup_workflows).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ WORKFLOW_GROUPS = ("route", "workload")
 
 
 def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
-    """Three levels: every tagged call with its rank from each end of its workflow (window
-    functions), then one row per workflow, then one per group × calls per workflow."""
+    """Three levels: every call of the workflows with a call in the window, with its rank
+    from each end of its workflow and when the workflow began (window functions), then one
+    row per workflow that began in the window, then one per group × calls per workflow."""
     r, a = requests_table.c, attempts_table.c
+    inside = requests_table.alias("inside").c
     if group_by not in WORKFLOW_GROUPS:
         raise ValueError(f"workflows group by {' or '.join(WORKFLOW_GROUPS)}, not {group_by!r}")
     column = {"route": r.route, "workload": r.workload}[group_by]
@@ -49,7 +53,16 @@ def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
             func.row_number()
             .over(partition_by=workflow, order_by=(r.received_at.desc(), r.id.desc()))
             .label("from_end"),
-        ).where(r.workflow_id.is_not(None), r.received_at >= lo, r.received_at < hi)
+            func.min(r.received_at).over(partition_by=workflow).label("began"),
+        ).where(
+            r.workflow_id.in_(
+                select(inside.workflow_id).where(
+                    inside.workflow_id.is_not(None),
+                    inside.received_at >= lo,
+                    inside.received_at < hi,
+                )
+            )
+        )
     ).subquery()
     c = calls.c
     per_workflow = (
@@ -60,7 +73,9 @@ def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
             func.sum(c.ok).label("ok_calls"),
             func.sum(c.retries).label("retries"),
             func.sum(c.cost).label("cost"),
-        ).group_by(c.key, c.workflow)
+        )
+        .where(c.began >= lo, c.began < hi)
+        .group_by(c.key, c.workflow)
     ).subquery()
     w = per_workflow.c
     return (

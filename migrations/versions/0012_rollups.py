@@ -1,10 +1,10 @@
 """rollups: the ledger summed per UTC hour (gateway/ledger/models_rollups.py), filled here
-from the raw rows already in the ledger.
+from the raw rows already in the ledger (by 0014).
 
 Six plain tables on both dialects, primary key = their dimensions (NULL dimensions are
-stored as ''). The backfill is the same rebuild `farebox ledger rollup --rebuild` runs
-(gateway/ledger/rollups.rebuild_statements over all time): from this revision on, the writer
-keeps them in its own transaction.
+stored as ''). They are filled from the raw rows by migration 0014 (the rebuild
+`farebox ledger rollup --rebuild` runs, over all time); from this revision on, the writer
+keeps them.
 
 Revision ID: 0012
 Revises: 0011
@@ -169,12 +169,9 @@ def upgrade() -> None:
             )
         ),
     )
-    # Backfill from the raw rows: the rebuild's statements over all time.
-    from gateway.ledger.rollups import rebuild_statements
-
-    bind = op.get_bind()
-    for stmt in rebuild_statements(bind.dialect.name):
-        bind.execute(stmt)
+    # No backfill here: migration 0014 builds every rollup from the raw rows when it finds
+    # them empty (this revision used to run the rebuild, which is the head's: its tables
+    # are 0014's, not these).
 
 
 def downgrade() -> None:

@@ -47,8 +47,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        # 0012's writer keeps the rollups in its own transaction: add what is pending first.
+    pending = " OR ".join(f"EXISTS (SELECT 1 FROM {name})" for name, _ in _TABLES)
+    pending = f"SELECT {pending}"
+    if bind.dialect.name == "postgresql" and bind.execute(sa.text(pending)).scalar():
+        # 0012's writer keeps the rollups in its own transaction: add what is pending first
+        # (a downgrade from a later revision has done so already, with its own tables).
         from gateway.ledger.rollups_sql import pg_compact
 
         while not bind.execute(sa.text(pg_compact(200_000))).one()[2]:

@@ -85,7 +85,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0013"
+HEAD = "0014"
 
 
 def _request_columns(conn: Connection) -> set[str]:
