@@ -5,7 +5,7 @@ in the tables' column order (gateway/ledger_rows.py), so a batch goes to `COPY` 
 no per-row conversion, no ORM, no pool checkout. Each batch is one transaction: COPY into a
 per-connection temporary staging table, then one statement that inserts the staged rows
 (`ON CONFLICT DO NOTHING`) and records exactly the rows it inserted as pending
-(gateway/ledger/rollups_sql.pg_merge), so replaying a batch (the spool, journal recovery) is
+(gateway/ledger/pending_sql.pg_merge), so replaying a batch (the spool, journal recovery) is
 harmless and adds nothing. The rollups are the compactor's business
 (gateway/ledger/rollup_compactor.py), off this path: upserting them per batch cost ~2/3 of
 the batch's time (issue 26). A deadlock or serialization failure retries the batch
@@ -28,9 +28,9 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway.ledger.pending_sql import pg_merge
 from gateway.ledger.pg import asyncpg_dsn, is_postgres
 from gateway.ledger.retry import is_retryable, retrying
-from gateway.ledger.rollups_sql import pg_merge
 from gateway.ledger_rows import ATTEMPT_FIELDS, REQUEST_FIELDS, AttemptRow, RequestRow
 
 # (table, its staging table, columns) in the order a batch writes them.

@@ -28,9 +28,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.ledger.models import attempts_table, requests_table
+from gateway.ledger.pending_sql import pg_merge
 from gateway.ledger.rollup_layout import PENDING
 from gateway.ledger.rollups import add_inserted, add_pending, flush_pending, retrying
-from gateway.ledger.rollups_sql import pg_merge
 from gateway.ledger.rollups_usage import merged, next_hour, usage_rollup_query
 from gateway.ledger.usage import UsageLine, decimal_of, usage_line, usage_query
 from gateway.ledger_rows import ATTEMPT_FIELDS, PROVIDER, REQUEST_FIELDS, AttemptRow, RequestRow
@@ -171,7 +171,7 @@ class LedgerRepository:
                 await raw.copy_records_to_table(_stage(table), records=items, columns=list(fields))
             # Both staging tables exist and are read (an empty one adds nothing): one
             # statement inserts the rows and leaves what it inserted pending for the
-            # rollups' compactor (rollups_sql.pg_merge).
+            # rollups' compactor (pending_sql.pg_merge).
             await raw.fetchrow(_PG_MERGE)  # prepared and cached (see pg_sink)
 
     async def insert_on(

@@ -1,13 +1,13 @@
 """The Postgres rollups' compactor: adds the writer's pending rows to the rollups, off the
 request path.
 
-The ledger writer's batch statement (gateway/ledger/rollups_sql.pg_merge) only inserts the
+The ledger writer's batch statement (gateway/ledger/pending_sql.pg_merge) only inserts the
 raw rows and, for exactly the rows it inserted, one pending row each (id and timestamp,
 tagged with the writer's transaction id) in `rollup_pending_requests` /
 `rollup_pending_attempts` (migration 0013: plain tables, so a crash loses none). A
 compaction is one transaction that takes this module's advisory lock, deletes the pending
 rows of whole writer transactions (about `chunk_rows` of them) and adds their raw rows to
-every rollup with the same SELECTs the writer used to run per batch (rollups_sql.pg_compact).
+every rollup with the same SELECTs the writer used to run per batch (pending_sql.pg_compact).
 A pending row is deleted by the very transaction that adds it, so it is added exactly once
 whatever crashes or runs twice; a replayed batch inserts nothing and leaves nothing pending.
 
@@ -35,8 +35,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway.ledger.pending_sql import pg_compact
 from gateway.ledger.pg import DRIVER_ERRORS, asyncpg_dsn
-from gateway.ledger.rollups_sql import pg_compact
 
 log = logging.getLogger("farebox.ledger")
 

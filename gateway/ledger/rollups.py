@@ -2,7 +2,7 @@
 retries on deadlock, the flush before a read, and the rebuild of a window from raw rows.
 
 Exactness rests on one rule: a rollup only ever adds the rows an insert actually wrote,
-once. On Postgres the writers (rollups_sql.pg_merge for the COPY sinks, `add_pending` for a
+once. On Postgres the writers (pending_sql.pg_merge for the COPY sinks, `add_pending` for a
 batch line's rows written in the caller's transaction) record the rows their insert
 returned as pending, in the same transaction, and the compactor
 (gateway/ledger/rollup_compactor.py) adds them later, deleting each pending row in the

@@ -52,7 +52,7 @@ def downgrade() -> None:
     if bind.dialect.name == "postgresql" and bind.execute(sa.text(pending)).scalar():
         # 0012's writer keeps the rollups in its own transaction: add what is pending first
         # (a downgrade from a later revision has done so already, with its own tables).
-        from gateway.ledger.rollups_sql import pg_compact
+        from gateway.ledger.pending_sql import pg_compact
 
         while not bind.execute(sa.text(pg_compact(200_000))).one()[2]:
             pass

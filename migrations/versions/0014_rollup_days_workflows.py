@@ -165,7 +165,7 @@ def downgrade() -> None:
     if dialect == "postgresql":
         # What the writer left pending is added while the tables are this revision's (the
         # compactor's statement is the head's): 0013's downgrade then finds nothing to add.
-        from gateway.ledger.rollups_sql import pg_compact
+        from gateway.ledger.pending_sql import pg_compact
 
         while not bind.execute(sa.text(pg_compact(200_000))).one()[2]:
             pass
