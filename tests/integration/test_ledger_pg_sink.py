@@ -161,3 +161,38 @@ def test_received_at_is_stored_as_the_same_instant(pg_url: str) -> None:
     (stored,) = asyncio.run(main())
     assert stored[0] == requests[0].received_at
     assert stored[0].astimezone(UTC).hour == 12
+
+
+def test_new_rows_are_copied_straight_and_a_replay_takes_the_staging_path(pg_url: str) -> None:
+    """A batch of new rows goes straight to the raw tables and the pending ones (no staging
+    table is made); a batch that repeats a row falls back to the staging upsert, and each
+    row is written, and pending, exactly once."""
+    requests, attempts = rows(5)
+
+    async def main() -> tuple[bool, bool, list[Any], list[Any]]:
+        sink = PgLedgerSink(pg_url)
+        try:
+            await sink.write_batch(requests[:2], attempts[:2])
+            staged_after_fresh = sink._staged
+            await sink.write_batch(requests[1:], attempts[1:])  # r1 and a1 again
+            staged_after_replay = sink._staged
+        finally:
+            await sink.close()
+        conn = await asyncpg.connect(asyncpg_dsn(pg_url))
+        try:
+            pending = [
+                sorted(r[0] for r in await conn.fetch(f"SELECT id FROM {table}"))
+                for table in ("rollup_pending_requests", "rollup_pending_attempts")
+            ]
+            raw = [
+                sorted(r[0] for r in await conn.fetch(f"SELECT id FROM {table}"))
+                for table in ("requests", "attempts")
+            ]
+        finally:
+            await conn.close()
+        return staged_after_fresh, staged_after_replay, pending, raw
+
+    fresh, replay, pending, raw = asyncio.run(main())
+    assert not fresh and replay
+    assert raw == [[f"r{i}" for i in range(5)], [f"a{i}" for i in range(5)]]
+    assert pending == raw
