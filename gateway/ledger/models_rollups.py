@@ -15,8 +15,8 @@ Seven tables, one per way the reports date and group rows (docs/ledger.md, "Roll
 - `rollup_dedicated`: tokens served by dedicated providers, per request dims (hour of
   received_at × route × workload × key × provider): LCPR's share of a GPU per segment.
 - `rollup_requests_daily`: rollup_requests per UTC day, for the whole days of a window.
-- `rollup_workflows`: per workflow (key × workflow id), its calls and its first and last
-  call, dated by the first (`farebox lcpr --by workflow`).
+- `rollup_workflows`: per workflow (key × workflow id) × UTC month, its calls that month
+  and the first and last of them (`farebox lcpr --by workflow` of a month).
 - `rollup_spend`: attempts per hour of their request's received_at × hour of their own
   started_at × route × workload × batch line or live × deployment (the batch tier's spend).
 
@@ -30,7 +30,7 @@ PENDING_TABLES) and the compactor adds them (gateway/ledger/rollup_compactor.py)
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Numeric, Table
+from sqlalchemy import BigInteger, Column, DateTime, Integer, Numeric, Table
 
 from gateway.ledger.base import COST, ID, NAME, TAG, Base
 
@@ -153,12 +153,13 @@ rollup_spend_table = Table(
     *_measures(SPEND_MEASURES),
 )
 
-#: Per workflow (key × workflow id): its calls, and its first and last call (by received_at,
-#: then id) with what `farebox lcpr --by workflow` reads of them. A report takes the
-#: workflows whose first call is in its window (the first_at index), with all their calls.
+#: Per workflow (key × workflow id) × UTC month (`month`: its first day's 00:00): its calls
+#: that month, and the first and last of them (by received_at, then id) with what
+#: `farebox lcpr --by workflow` reads of them for a month.
 rollup_workflows_table = Table(
     "rollup_workflows",
     Base.metadata,
+    Column("month", DateTime(timezone=True), primary_key=True),
     _dim("key_id"),
     _dim("workflow_id", ID),
     _count("calls"),
@@ -172,7 +173,6 @@ rollup_workflows_table = Table(
     Column("last_at", DateTime(timezone=True), nullable=False),
     Column("last_id", ID, nullable=False),
     Column("last_ok", Integer, nullable=False),
-    Index("ix_rollup_workflows_first_at", "first_at"),
 )
 
 ROLLUP_TABLES = (

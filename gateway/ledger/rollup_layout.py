@@ -108,10 +108,10 @@ LAYOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (*ATTEMPT_MEASURES, "busy_ms", "first_at"),
     ),
     "rollup_dedicated": _table(("hour", "route", "workload", "key_id", "provider"), ("tokens",)),
-    # One row per workflow (key × workflow id), whenever its calls came: dated by its first
-    # call, so a report reads the workflows that started in its window, whole.
+    # One row per workflow (key × workflow id) × UTC month of its calls: a month's report
+    # reads one row per workflow, never ranks its hours.
     "rollup_workflows": _table(
-        ("key_id", "workflow_id"),
+        ("month", "key_id", "workflow_id"),
         (
             "calls",
             "ok_calls",

@@ -213,7 +213,7 @@ def rebuild_statements(
     received_at (with all their attempts), attempts by started_at, deployment × request
     groups by their first attempt (any of whose attempts falls in the window is a candidate).
     rollup_requests_daily recomputes the whole UTC days the window touches, and
-    rollup_workflows every workflow with a call in the window, from all its calls.
+    rollup_workflows every workflow with a call in the window, in the UTC months it touches.
     """
     lo, hi = _bound(start, dialect), _bound(end, dialect)
 
@@ -239,16 +239,17 @@ def rebuild_statements(
     # A batch line's request, for its batch's path: on the batch_id index, whatever its day.
     batch_lines = "(SELECT id, batch_id FROM requests WHERE batch_id IS NOT NULL)"
     # The workflows with a call in the window (by id: a same id under another key is
-    # recomputed too, harmlessly), and all their calls, whenever they came.
+    # recomputed too, harmlessly), and all their calls in the months the window touches.
     ids = (
         f"SELECT workflow_id FROM requests WHERE {window('received_at')} "
         "AND workflow_id IS NOT NULL"
     )
+    months = window("received_at", ":mlo", ":mhi")
     if dialect == "postgresql":  # an array: each partition's workflow_id index, not a scan
-        flows = f"(SELECT * FROM requests WHERE workflow_id = ANY(ARRAY({ids})))"
+        flows = f"(SELECT * FROM requests WHERE workflow_id = ANY(ARRAY({ids})) AND {months})"
     else:
-        flows = f"(SELECT * FROM requests WHERE workflow_id IN ({ids}))"
-    of_flows = of(flows, f"started_at >= (SELECT MIN(received_at) FROM {flows} f) AND ")
+        flows = f"(SELECT * FROM requests WHERE workflow_id IN ({ids}) AND {months})"
+    of_flows = of(flows, "started_at >= :mlo AND " if lo is not None else "")
     if lo is None and hi is None:
         # All time (the migration's backfill): the whole tables. An attempt whose request
         # is missing drops out of the request-grain joins as it does above.
@@ -279,9 +280,18 @@ def rebuild_statements(
         params["dlo"] = lo.replace(hour=0)
     if hi is not None:
         params["dhi"] = hi if hi.hour == 0 else hi.replace(hour=0) + timedelta(days=1)
+    if lo is not None:
+        params["mlo"] = params["dlo"].replace(day=1)
+    if hi is not None:
+        end = params["dhi"] - timedelta(days=1)  # the last day of the window
+        params["mhi"] = (end.replace(day=1) + timedelta(days=32)).replace(day=1)
     deletes = {
         "rollup_requests_daily": window("day", ":dlo", ":dhi"),
-        "rollup_workflows": ("1 = 1" if lo is None and hi is None else f"workflow_id IN ({ids})"),
+        "rollup_workflows": (
+            "1 = 1"
+            if lo is None and hi is None
+            else f"workflow_id IN ({ids}) AND {window('month', ':mlo', ':mhi')}"
+        ),
     }
     out = [
         _bind(text(f"DELETE FROM {t.name} WHERE {deletes.get(t.name, window('hour'))}"), params)

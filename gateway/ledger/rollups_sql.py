@@ -108,6 +108,13 @@ def day_of(dialect: str, column: str) -> str:
     return f"strftime('%Y-%m-%d 00:00:00.000000', {column})"
 
 
+def month_of(dialect: str, column: str) -> str:
+    """The UTC month a timestamp falls in (its first day's 00:00)."""
+    if dialect == "postgresql":
+        return f"date_trunc('month', {column}, 'UTC')"
+    return f"strftime('%Y-%m-01 00:00:00.000000', {column})"
+
+
 def _dim(column: str) -> str:
     return f"COALESCE({column}, '{NONE}')"
 
@@ -204,11 +211,11 @@ def spend_select(dialect: str, requests: str, attempts: str) -> str:
 
 
 def workflows_select(dialect: str, requests: str, attempts: str) -> str:
-    """rollup_workflows' rows: the tagged calls of `requests` per workflow, with the first
-    and last call of each (by received_at, then id: gateway/reports/store_workflows.py) and
-    each call's cost (every attempt's, unpriced ones adding nothing)."""
+    """rollup_workflows' rows: the tagged calls of `requests` per workflow × UTC month, with
+    the first and last call of each (by received_at, then id: gateway/reports/
+    store_workflows.py) and each call's cost (every attempt's, unpriced ones adding nothing)."""
     order = "r.received_at, r.id"
-    part = "PARTITION BY r.key_id, r.workflow_id"
+    part = f"PARTITION BY {month_of(dialect, 'r.received_at')}, r.key_id, r.workflow_id"
     calls = (
         f"SELECT r.*, {_SUCCESS} AS ok, c.cost AS call_cost, "
         f"ROW_NUMBER() OVER ({part} ORDER BY {order}) AS nth, "
@@ -225,7 +232,7 @@ def workflows_select(dialect: str, requests: str, attempts: str) -> str:
         return f"MAX(CASE WHEN w.from_end = 1 THEN {column} END)"
 
     return (
-        f"SELECT {_dim('w.key_id')} AS key_id, "
+        f"SELECT {month_of(dialect, 'w.received_at')} AS month, {_dim('w.key_id')} AS key_id, "
         "w.workflow_id AS workflow_id, COUNT(*) AS calls, SUM(w.ok) AS ok_calls, "
         "SUM(CASE WHEN w.attempts > 1 THEN w.attempts - 1 ELSE 0 END) AS retries, "
         "COALESCE(SUM(w.call_cost), 0) AS cost, "
@@ -233,7 +240,7 @@ def workflows_select(dialect: str, requests: str, attempts: str) -> str:
         f"{first('w.route')} AS first_route, {first(_dim('w.workload'))} AS first_workload, "
         f"{last('w.received_at')} AS last_at, {last('w.id')} AS last_id, "
         f"{last('w.ok')} AS last_ok "
-        f"FROM ({calls}) w GROUP BY 1, 2 ORDER BY 1, 2"
+        f"FROM ({calls}) w GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
 
 

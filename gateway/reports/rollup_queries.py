@@ -239,10 +239,13 @@ def dedicated_busy(lo: datetime, hi: datetime) -> Any:
 
 
 def workflow_buckets(group_by: str, lo: datetime, hi: datetime) -> Any:
-    """store_workflows.workflow_query's rows from rollup_workflows: one row per workflow,
-    those whose first call is in the window (its first_at index), grouped by that call's
-    route or workload; it won when its last call succeeded."""
+    """store_workflows.workflow_query's rows from rollup_workflows, for a window of whole
+    UTC months: one row per workflow and month (a month's calls, the first and last of
+    them), grouped by its first call's route or workload; it won when its last call
+    succeeded. Over one month, one aggregate; over several, `_workflow_months`."""
     w = rollup_workflows_table.c
+    if (hi.year * 12 + hi.month) - (lo.year * 12 + lo.month) != 1:
+        return _workflow_months(group_by, lo, hi)
     group = {"route": w.first_route, "workload": dash(w.first_workload)}[group_by]
     return (
         select(
@@ -255,7 +258,60 @@ def workflow_buckets(group_by: str, lo: datetime, hi: datetime) -> Any:
             func.sum(w.ok_calls),
             func.sum(w.cost),
         )
-        .where(w.first_at >= lo, w.first_at < hi)
+        .where(w.month == lo)
         .group_by(group, w.calls)
         .order_by(group, w.calls)
+    )
+
+
+def _workflow_months(group_by: str, lo: datetime, hi: datetime) -> Any:
+    """`workflow_buckets` over several months: a workflow's months in the window add up its
+    calls, its group is its first call's and it won when its last call in the window
+    succeeded (first and last by received_at, then id, as in the raw query)."""
+    w = rollup_workflows_table.c
+    column = {"route": w.first_route, "workload": dash(w.first_workload)}[group_by]
+    workflow = (w.key_id, w.workflow_id)
+    hours = (
+        select(
+            w.key_id,
+            w.workflow_id,
+            column.label("grp"),
+            w.calls,
+            w.ok_calls,
+            w.retries,
+            w.cost,
+            w.last_ok,
+            func.row_number()
+            .over(partition_by=workflow, order_by=(w.first_at, w.first_id))
+            .label("nth"),
+            func.row_number()
+            .over(partition_by=workflow, order_by=(w.last_at.desc(), w.last_id.desc()))
+            .label("from_end"),
+        ).where(*_in(w.month, lo, hi))
+    ).subquery()
+    h = hours.c
+    per_workflow = (
+        select(
+            func.max(case((h.nth == 1, h.grp))).label("grp"),
+            func.sum(h.calls).label("calls"),
+            func.max(case((h.from_end == 1, h.last_ok), else_=0)).label("won"),
+            func.sum(h.ok_calls).label("ok_calls"),
+            func.sum(h.retries).label("retries"),
+            func.sum(h.cost).label("cost"),
+        ).group_by(h.key_id, h.workflow_id)
+    ).subquery()
+    p = per_workflow.c
+    return (
+        select(
+            p.grp,
+            p.calls,
+            func.count(),
+            func.sum(p.won),
+            func.sum(p.retries),
+            func.sum(case((p.retries > 0, 1), else_=0)),
+            func.sum(p.ok_calls),
+            func.sum(p.cost),
+        )
+        .group_by(p.grp, p.calls)
+        .order_by(p.grp, p.calls)
     )

@@ -1,12 +1,12 @@
 """The workflow query of `farebox lcpr --by workflow`: a histogram of workflows per group
 and calls-per-workflow, summed in the database (routing/workflows.py does the arithmetic).
 
-A workflow is the requests of one (key, workflow_id); a window holds the workflows whose
-first call arrived in it, with all their calls (one that straddles the window's end counts
-whole, in the window it began in: a month's workflows are the ones started that month).
+A workflow is the requests of one (key, workflow_id) that arrived in the window; a workflow
+that straddles the window's edge counts, in each window, with the calls that arrived in it.
 Its group is the route (or workload) of its first call; it succeeded when its last call is
 a successful request by gateway.ledger.success (ties in arrival time break by request id).
-The rollup keeps one row per workflow (gateway/ledger/models_rollups.py rollup_workflows).
+A window of whole UTC months reads rollup_workflows (one row per workflow × month); any
+other window reads the raw rows.
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ WORKFLOW_GROUPS = ("route", "workload")
 
 
 def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
-    """Three levels: every call of the workflows with a call in the window, with its rank
-    from each end of its workflow and when the workflow began (window functions), then one
-    row per workflow that began in the window, then one per group × calls per workflow."""
+    """Three levels: every tagged call with its rank from each end of its workflow (window
+    functions), then one row per workflow, then one per group × calls per workflow."""
     r, a = requests_table.c, attempts_table.c
-    inside = requests_table.alias("inside").c
     if group_by not in WORKFLOW_GROUPS:
         raise ValueError(f"workflows group by {' or '.join(WORKFLOW_GROUPS)}, not {group_by!r}")
     column = {"route": r.route, "workload": r.workload}[group_by]
@@ -53,16 +51,7 @@ def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
             func.row_number()
             .over(partition_by=workflow, order_by=(r.received_at.desc(), r.id.desc()))
             .label("from_end"),
-            func.min(r.received_at).over(partition_by=workflow).label("began"),
-        ).where(
-            r.workflow_id.in_(
-                select(inside.workflow_id).where(
-                    inside.workflow_id.is_not(None),
-                    inside.received_at >= lo,
-                    inside.received_at < hi,
-                )
-            )
-        )
+        ).where(r.workflow_id.is_not(None), r.received_at >= lo, r.received_at < hi)
     ).subquery()
     c = calls.c
     per_workflow = (
@@ -73,9 +62,7 @@ def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
             func.sum(c.ok).label("ok_calls"),
             func.sum(c.retries).label("retries"),
             func.sum(c.cost).label("cost"),
-        )
-        .where(c.began >= lo, c.began < hi)
-        .group_by(c.key, c.workflow)
+        ).group_by(c.key, c.workflow)
     ).subquery()
     w = per_workflow.c
     return (
@@ -94,12 +81,17 @@ def workflow_query(group_by: str, lo: datetime, hi: datetime) -> Any:
     )
 
 
+def _month_start(when: datetime) -> bool:
+    return (when.day, when.hour) == (1, 0)  # whole hours already (`_rollup_window`)
+
+
 class WorkflowQueries(StoreBase):
     async def workflow_buckets(
         self, group_by: str, start: datetime, end: datetime
     ) -> list[WorkflowBucket]:
         query = workflow_query(group_by, utc_bound(start, self._pg), utc_bound(end, self._pg))
-        if (window := await self._rollup_window(start, end)) is not None:
+        window = await self._rollup_window(start, end)
+        if window is not None and all(_month_start(t) for t in window):
             query = rollup_queries.workflow_buckets(group_by, *window)
         async with self.engine.begin() as conn:
             if self._pg:

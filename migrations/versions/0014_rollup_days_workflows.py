@@ -4,17 +4,17 @@ workflow (gateway/ledger/models_rollups.py).
 - `rollup_requests_daily`: rollup_requests summed per UTC day, so a month's report reads
   ~30 rows per group instead of ~720. Filled from rollup_requests (the same sums), which
   keeps the days whose raw rows retention already dropped.
-- `rollup_workflows`: keyed by (key_id, workflow_id) instead of hour × workflow, dated by its
-  first call (indexed), so `farebox lcpr --by workflow` aggregates one row per workflow
-  instead of ranking a workflow's hours. Made from the hourly rows: a workflow's hours are
-  disjoint in time, so its first call is its earliest hour's first and its last call its
-  latest hour's last; calls, retries and cost add up.
+- `rollup_workflows`: per UTC month × workflow instead of hour × workflow, so a month's
+  `farebox lcpr --by workflow` aggregates one row per workflow instead of ranking its hours.
+  Made from the hourly rows: a workflow's hours are disjoint in time, so its first call of
+  a month is its earliest hour's first and its last call its latest hour's last; calls,
+  retries and cost add up.
 - A ledger coming from 0011 has empty rollups (0012 no longer fills them: its backfill ran
   the head's rebuild, whose tables that revision does not have): they are all built here
   from the raw rows, with the rebuild `farebox ledger rollup --rebuild` runs.
 
 Downgrade: rollup_requests_daily dropped; rollup_workflows back to hour × workflow, each
-workflow dated by the hour of its first call (its calls and cost kept whole).
+workflow's month dated by the hour of its first call that month (calls and cost kept).
 
 Revision ID: 0014
 Revises: 0013
@@ -73,11 +73,10 @@ def _measure(name: str) -> sa.Column[object]:
     return sa.Column(name, kind, nullable=False, server_default="0")
 
 
-def _workflows(name: str, hourly: bool) -> None:
-    hour = [sa.Column("hour", sa.DateTime(timezone=True), nullable=False)] if hourly else []
+def _workflows(name: str, bucket: str) -> None:
     op.create_table(
         name,
-        *hour,
+        sa.Column(bucket, sa.DateTime(timezone=True), nullable=False),
         sa.Column("key_id", _NAME, nullable=False),
         sa.Column("workflow_id", _ID, nullable=False),
         *(_measure(n) for n in _FLOW_SUMS),
@@ -88,9 +87,7 @@ def _workflows(name: str, hourly: bool) -> None:
         sa.Column("last_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_id", _ID, nullable=False),
         sa.Column("last_ok", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint(
-            *(["hour"] if hourly else []), "key_id", "workflow_id", name=f"pk_{name}"
-        ),
+        sa.PrimaryKeyConstraint(bucket, "key_id", "workflow_id", name=f"pk_{name}"),
     )
 
 
@@ -98,6 +95,12 @@ def _day(dialect: str, column: str) -> str:
     if dialect == "postgresql":
         return f"date_trunc('day', {column}, 'UTC')"
     return f"strftime('%Y-%m-%d 00:00:00.000000', {column})"
+
+
+def _month(dialect: str, column: str) -> str:
+    if dialect == "postgresql":
+        return f"date_trunc('month', {column}, 'UTC')"
+    return f"strftime('%Y-%m-01 00:00:00.000000', {column})"
 
 
 def _hour(dialect: str, column: str) -> str:
@@ -119,7 +122,7 @@ def upgrade() -> None:
         *(_measure(n) for n in _REQUEST_MEASURES),
         sa.PrimaryKeyConstraint("day", *_REQUEST_DIMS, name="pk_rollup_requests_daily"),
     )
-    _workflows("rollup_workflows_flows", hourly=False)
+    _workflows("rollup_workflows_flows", "month")
     dims = ", ".join(_REQUEST_DIMS)
     sums = ", ".join(f"SUM({n})" for n in _REQUEST_MEASURES)
     bind.execute(
@@ -129,26 +132,26 @@ def upgrade() -> None:
             f"GROUP BY {_day(dialect, 'hour')}, {dims}"
         )
     )
+    month = _month(dialect, "hour")
     flow = "f.key_id = s.key_id AND f.workflow_id = s.workflow_id"
     bind.execute(
         sa.text(
-            "INSERT INTO rollup_workflows_flows (key_id, workflow_id, "
+            "INSERT INTO rollup_workflows_flows (month, key_id, workflow_id, "
             f"{', '.join(_FLOW_SUMS + _FIRST + _LAST)}) "
-            "SELECT s.key_id, s.workflow_id, s.calls, s.ok_calls, s.retries, s.cost, "
+            "SELECT s.month, s.key_id, s.workflow_id, s.calls, s.ok_calls, s.retries, s.cost, "
             + ", ".join(f"f.{n}" for n in _FIRST)
             + ", "
             + ", ".join(f"l.{n}" for n in _LAST)
-            + " FROM (SELECT key_id, workflow_id, "
+            + f" FROM (SELECT {month} AS month, key_id, workflow_id, "
             + ", ".join(f"SUM({n}) AS {n}" for n in _FLOW_SUMS)
-            + ", MIN(hour) AS h0, MAX(hour) AS h1 FROM rollup_workflows "
-            "GROUP BY key_id, workflow_id) s "
+            + f", MIN(hour) AS h0, MAX(hour) AS h1 FROM rollup_workflows "
+            f"GROUP BY {month}, key_id, workflow_id) s "
             f"JOIN rollup_workflows f ON {flow} AND f.hour = s.h0 "
             f"JOIN rollup_workflows l ON {flow.replace('f.', 'l.')} AND l.hour = s.h1"
         )
     )
     op.drop_table("rollup_workflows")
     op.rename_table("rollup_workflows_flows", "rollup_workflows")
-    op.create_index("ix_rollup_workflows_first_at", "rollup_workflows", ["first_at"])
     empty = bind.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM rollup_requests)")).scalar()
     raw = bind.execute(sa.text("SELECT EXISTS (SELECT 1 FROM requests)")).scalar()
     if empty and raw:
@@ -170,8 +173,7 @@ def downgrade() -> None:
         while not bind.execute(sa.text(pg_compact(200_000))).one()[2]:
             pass
     op.drop_table("rollup_requests_daily")
-    op.drop_index("ix_rollup_workflows_first_at", table_name="rollup_workflows")
-    _workflows("rollup_workflows_hours", hourly=True)
+    _workflows("rollup_workflows_hours", "hour")
     names = ", ".join(("key_id", "workflow_id", *_FLOW_SUMS, *_FIRST, *_LAST))
     bind.execute(
         sa.text(
