@@ -467,7 +467,7 @@ def test_partitions_are_created_ahead_concurrently_and_take_rows_from_default(
             )
         )
 
-    assert run(indexes, pg_url) == 6  # primary key + five
+    assert run(indexes, pg_url) == 7  # primary key + six (the consensus one partial)
 
     # The same rows written again (a replay) stay single and in their day.
     write(pg_url, requests, attempts)
