@@ -91,18 +91,24 @@ def start(work: Path, cpus: set[int] | None, durable: bool) -> Postgres:
     _ensure_binaries()
     work.mkdir(parents=True, exist_ok=True)
     with affinity(cpus):
-        server = start_postgres(work)
-        try:
+        return _ready(start_postgres(work), durable, fresh=True)
+
+
+def _ready(server: PostgresServer, durable: bool, fresh: bool) -> Postgres:
+    """A started server as `Postgres`: a fresh one made durable (if asked) with an empty
+    DB_NAME database; closed on failure."""
+    try:
+        if fresh:
             if durable:
                 for key, value in DURABLE.items():
                     server.psql(f"ALTER SYSTEM SET {key} = {value}")
                 server.stop()
                 server.start()
             server.create_database(DB_NAME)
-            version = server.psql("SHOW server_version").strip()
-        except Exception:
-            server.close()
-            raise
+        version = server.psql("SHOW server_version").strip()
+    except Exception:
+        server.close()
+        raise
     pid = _postmaster_pid(server)
     return Postgres(server, server.url(DB_NAME), version, pid, _cpus_allowed(pid), durable)
 
@@ -141,20 +147,7 @@ def start_kept(base: Path, durable: bool) -> tuple[Postgres, bool]:
     if fresh:
         server.init()
     server.start()
-    try:
-        if fresh:
-            if durable:
-                for key, value in DURABLE.items():
-                    server.psql(f"ALTER SYSTEM SET {key} = {value}")
-                server.stop()
-                server.start()
-            server.create_database(DB_NAME)
-        version = server.psql("SHOW server_version").strip()
-    except Exception:
-        server.close()
-        raise
-    pid = _postmaster_pid(server)
-    return Postgres(server, server.url(DB_NAME), version, pid, _cpus_allowed(pid), durable), fresh
+    return _ready(server, durable, fresh), fresh
 
 
 def migrate(python: str, url: str, env: dict[str, str]) -> str | None:

@@ -66,37 +66,28 @@ def _measures(names: tuple[str, ...]) -> list[Column[object]]:
     return [_money(n) if n in MONEY else _count(n) for n in names]
 
 
-rollup_requests_table = Table(
-    "rollup_requests",
-    Base.metadata,
-    _hour(),
-    _dim("route"),
-    _dim("workload"),
-    _dim("key_id"),
-    _dim("final_deployment"),
-    _dim("batch", Integer),
-    _count("requests"),
-    _count("successful"),
-    *_measures(LCPR_MEASURES),
-    *_measures(USAGE_MEASURES),
-)
+def _requests(name: str, bucket: str) -> Table:
+    """rollup_requests' shape, summed per `bucket` (hour or day)."""
+    return Table(
+        name,
+        Base.metadata,
+        Column(bucket, DateTime(timezone=True), primary_key=True),
+        _dim("route"),
+        _dim("workload"),
+        _dim("key_id"),
+        _dim("final_deployment"),
+        _dim("batch", Integer),
+        _count("requests"),
+        _count("successful"),
+        *_measures(LCPR_MEASURES),
+        *_measures(USAGE_MEASURES),
+    )
 
+
+rollup_requests_table = _requests("rollup_requests", "hour")
 #: rollup_requests per UTC day (`day`: the day's 00:00 UTC), kept by the same writes: a
 #: report reads it for the whole days of its window and rollup_requests for the hours left.
-rollup_requests_daily_table = Table(
-    "rollup_requests_daily",
-    Base.metadata,
-    Column("day", DateTime(timezone=True), primary_key=True),
-    _dim("route"),
-    _dim("workload"),
-    _dim("key_id"),
-    _dim("final_deployment"),
-    _dim("batch", Integer),
-    _count("requests"),
-    _count("successful"),
-    *_measures(LCPR_MEASURES),
-    *_measures(USAGE_MEASURES),
-)
+rollup_requests_daily_table = _requests("rollup_requests_daily", "day")
 
 rollup_deployments_table = Table(
     "rollup_deployments",
