@@ -168,6 +168,44 @@ def migrate(python: str, url: str, env: dict[str, str]) -> str | None:
     return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
 
 
+_PARTITION_DAYS = """
+import asyncio, sys
+from datetime import date, timedelta
+import asyncpg
+from gateway.ledger.partitions import ensure_days
+from gateway.ledger.pg import asyncpg_dsn
+
+async def main(url, first, last):
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        span = (last - first).days + 1
+        await ensure_days(conn, (first + timedelta(days=n) for n in range(span)))
+    finally:
+        await conn.close()
+
+asyncio.run(main(sys.argv[1], date.fromisoformat(sys.argv[2]), date.fromisoformat(sys.argv[3])))
+"""
+
+
+def partition_days(python: str, url: str, env: dict[str, str], first: str, last: str) -> str | None:
+    """The ledger's day partitions for [first, last] (UTC days, ISO), as the gateway creates
+    them ahead (gateway.ledger.partitions.ensure_days), in a child process like `migrate`:
+    a past month generated straight in SQL lands in its days, not in the DEFAULT partition.
+    The error's last line, or None (also when the schema has no partitions)."""
+    done = subprocess.run(
+        [python, "-c", _PARTITION_DAYS, url, first, last],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if done.returncode == 0:
+        return None
+    return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
+
+
 def create_database(pg: Postgres, name: str) -> str:
     """Another empty database in the same server (one per production target, so each
     target's rows can be counted on their own); its URL."""

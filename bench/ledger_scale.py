@@ -334,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ledger-scale: migrated in {migrate_s} s", flush=True)
         if has_command(env, "ledger", "maintain"):
             farebox(["ledger", "maintain"], env)
+            # The month's own days, as a gateway running through it would have made them.
+            last = (end - dt.timedelta(days=1)).date().isoformat()
+            first = start.date().isoformat()
+            if err := ledger_db.partition_days(launch.python(), pg.url, env, first, last):
+                raise SystemExit(f"ledger-scale: partitions failed: {err}")
         if held:
             loaded = held["loaded"]
             print(f"ledger-scale: kept month {loaded}", flush=True)
@@ -343,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             loaded = asyncio.run(generate(pg.url, args.attempts, start, end))
             print(f"ledger-scale: {loaded}", flush=True)
+            if held_file is not None:  # kept before the rollups: a cut run resumes there
+                month = {"month": args.month, "attempts": args.attempts}
+                held_file.write_text(json.dumps({**month, "loaded": loaded, "rollup": None}))
         rollup: Row = {"available": has_command(env, "ledger", "rollup")}
-        if held and not args.rebuild:
+        if held and held.get("rollup") and not args.rebuild:
             rollup = {**held["rollup"], "kept": True, "migrate_s": migrate_s}
         elif rollup["available"]:
             day = (end - dt.timedelta(days=1)).date().isoformat()

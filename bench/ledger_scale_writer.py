@@ -43,7 +43,7 @@ from gateway.ledger.pg_sink import PgLedgerSink
 from gateway.ledger.rollup_compactor import RollupCompactor, flush
 from gateway.ledger.spool import Spool
 from gateway.ledger.writer import LedgerWriter
-from gateway.ledger_rows import AttemptRow, RequestRow
+from gateway.ledger_rows import AttemptRow, RequestRow, new_row
 
 BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 500
 INTERVAL_S = 2.0  # the gateway's default FAREBOX_LEDGER_ROLLUP_INTERVAL_S
@@ -53,68 +53,83 @@ _PENDING = (
 )
 
 
+RUN = uuid.uuid4().hex[:8]  # ids unique across runs on a kept ledger
+
+
 def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
+    """BATCH requests and their attempts, built positionally as the gateway's meter builds
+    them (gateway/core/metering.py: `new_row`, ids without a uuid call each)."""
     now = dt.datetime.now(dt.UTC)
-    requests, attempts = [], []
+    requests: list[RequestRow] = []
+    attempts: list[AttemptRow] = []
+    cost, zero = Decimal("0.0001234500"), Decimal(0)
     for k in range(BATCH):
-        rid = f"wr-{n}-{k}-{uuid.uuid4().hex[:8]}"
+        rid = f"wr-{RUN}-{n}-{k}"
         # As in the generated month: a key calls 3 routes, a route has its workload.
         route = ((k % 200) * 7 + (k // 200) % 3) % 20
         tries = 1 if k % 100 < 82 else (2 if k % 100 < 97 else 3)
-        cost = Decimal("0.0001234500")
         for a in range(1, tries + 1):
             last = a == tries
-            attempts.append(
-                AttemptRow(
-                    id=f"{rid}-{a}",
-                    request_id=rid,
-                    attempt_no=a,
-                    role="primary" if a == 1 else "fallback",
-                    deployment=f"dep-{(k + a) % 12}",
-                    provider="fireworks",
-                    provider_kind="serverless",
-                    upstream_model=f"model-{(k + a) % 12}",
-                    provider_request_id=None,
-                    started_at=now,
-                    ttft_ms=None,
-                    latency_ms=420.0 if last else 20.0,
-                    http_status=200 if last else 429,
-                    error_class=None if last else "http_429",
-                    input_uncached_tokens=800 if last else 0,
-                    cached_read_tokens=0,
-                    cache_write_tokens=0,
-                    output_tokens=200 if last else 0,
-                    reasoning_tokens=0,
-                    token_source="provider",
-                    cost_usd=cost if last else Decimal(0),
-                    price_version="p1-v1",
-                )
+            values = (
+                f"{rid}-{a}",  # id
+                rid,  # request_id
+                a,  # attempt_no
+                "primary" if a == 1 else "fallback",  # role
+                f"dep-{(k + a) % 12}",  # deployment
+                "fireworks",  # provider
+                "serverless",  # provider_kind
+                f"model-{(k + a) % 12}",  # upstream_model
+                None,  # provider_request_id
+                now,  # started_at
+                None,  # ttft_ms
+                420.0 if last else 20.0,  # latency_ms
+                200 if last else 429,  # http_status
+                None if last else "http_429",  # error_class
+                800 if last else 0,  # input_uncached_tokens
+                0,  # cached_read_tokens
+                0,  # cache_write_tokens
+                200 if last else 0,  # output_tokens
+                0,  # reasoning_tokens
+                "provider",  # token_source
+                cost if last else zero,  # cost_usd
+                "p1-v1",  # price_version
+                None,  # gate_outcome
+                None,  # drill_id
+                None,  # saved_usd
+                None,  # units
+                None,  # unit
             )
-        requests.append(
-            RequestRow(
-                id=rid,
-                received_at=now,
-                key_id=f"key-{k % 200}",
-                route=f"route-{route}",
-                requested_model=f"route-{route}",
-                endpoint="chat/completions",
-                workload=f"wl-{route % 8}",
-                stream=False,
-                final_status=200,
-                error_class=None,
-                final_deployment=f"dep-{(k + tries) % 12}",
-                attempts=tries,
-                input_uncached_tokens=800,
-                cached_read_tokens=0,
-                cache_write_tokens=0,
-                output_tokens=200,
-                reasoning_tokens=0,
-                cost_usd=cost,
-                latency_ms=440.0,
-                ttft_ms=None,
-                team=f"team-{k % 12}",
-            )
+            attempts.append(new_row(AttemptRow, values))
+        values = (
+            rid,  # id
+            now,  # received_at
+            f"key-{k % 200}",  # key_id
+            f"route-{route}",  # route
+            f"route-{route}",  # requested_model
+            "chat/completions",  # endpoint
+            f"wl-{route % 8}",  # workload
+            False,  # stream
+            200,  # final_status
+            None,  # error_class
+            f"dep-{(k + tries) % 12}",  # final_deployment
+            tries,  # attempts
+            800,  # input_uncached_tokens
+            0,  # cached_read_tokens
+            0,  # cache_write_tokens
+            200,  # output_tokens
+            0,  # reasoning_tokens
+            cost,  # cost_usd
+            440.0,  # latency_ms
+            None,  # ttft_ms
+            None,  # gate_outcome
+            None,  # decision
+            f"team-{k % 12}",  # team
+            None,  # segment
+            None,  # consensus
+            None,  # workflow_id
+            None,  # batch_id
         )
+        requests.append(new_row(RequestRow, values))
     return requests, attempts
 
 
@@ -201,7 +216,10 @@ async def writer_rate(url: str, seconds: float, spool: Path) -> dict[str, float]
             if time.perf_counter() >= next_probe:  # the backlog, twice a second
                 peak = max(peak, await probe.fetchval(_PENDING))
                 next_probe += 0.5
-            await asyncio.sleep(0)  # let the writer run
+            # Let the writer run. With its queue full, the feeder waits a moment rather
+            # than spinning through the event loop: a gateway's loop is idle between
+            # requests, and a spinning feeder took most of a core from the database.
+            await asyncio.sleep(0 if writer.queued_rows < 40_000 else 0.002)
         fed, fed_wall = sink.attempts - start_attempts, time.perf_counter() - t0
         closed = True
         await writer.close()  # what is queued goes in too, and counts

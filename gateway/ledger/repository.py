@@ -71,7 +71,9 @@ class LedgerRepository:
         self._insert_ignore = pg_insert if dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
-    def create(cls, url: str, *, pool_size: int = 5) -> LedgerRepository:
+    def create(
+        cls, url: str, *, pool_size: int = 5, command_timeout_s: float | None = 60
+    ) -> LedgerRepository:
         # hide_parameters: statement parameters appear in neither SQLAlchemy's log lines (a
         # root logger at DEBUG turns them on) nor its exception messages. This engine also
         # writes stored Responses, whose parameters are the conversations themselves.
@@ -90,7 +92,7 @@ class LedgerRepository:
                 pool_recycle=1800,
                 # Fail fast when the database is down so the writer spools instead of stalling.
                 pool_timeout=10,
-                connect_args={"timeout": 5, "command_timeout": 60},
+                connect_args={"timeout": 5, "command_timeout": command_timeout_s},
             )
         return cls(engine)
 

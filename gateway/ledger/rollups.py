@@ -187,6 +187,9 @@ async def compacted_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnecti
                     await snap.execute(text(setting))
                 while not (await snap.execute(text(compact_statement()))).one()[2]:
                     pass  # a chunk at a time, until nothing it sees is pending
+                # The caller's reads (a rebuild's) scan whole partitions: SESSION's
+                # probe-only setting was for the compaction.
+                await snap.execute(text("SET LOCAL enable_seqscan = on"))
                 yield snap
         finally:
             # A connection that died released it with itself.
