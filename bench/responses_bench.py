@@ -111,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: simulator on the last CPU, the gateway on the others",
     )
     p.add_argument(
+        "--wrk-cpu",
+        choices=["any", "sim"],
+        default="any",
+        help="any: wrk unpinned (as run.py); sim: wrk on the simulator's CPU, so the\n"
+        "gateway's CPU runs nothing but the gateway",
+    )
+    p.add_argument(
         "--ledger",
         choices=["off", "postgres"],
         default="off",
@@ -283,7 +290,12 @@ class Run:
         url = f"http://127.0.0.1:{self.gw_port}{sc.path}"
         t0, gw0, sim0, wrk0, busy0, db0 = sample()
         res = wrk.run_wrk(
-            url, self.scripts[sc.key], self.args.connections, seconds, log=WORK / "wrk.log"
+            url,
+            self.scripts[sc.key],
+            self.args.connections,
+            seconds,
+            cpus=self.args.wrk_cpus,
+            log=WORK / "wrk.log",
         )
         t1, gw1, sim1, wrk1, busy1, db1 = sample()
         if not self.gw.alive():
@@ -359,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     sim_cpus, gw_cpus = launch.cpu_plan(args.pin)
+    args.wrk_cpus = sim_cpus if args.wrk_cpu == "sim" else None
     print("bench-responses: micro-benchmark of the translation functions", flush=True)
     micro_rows = micro(gw_cpus, args.micro_seconds)
     sim_port = free_port()

@@ -161,6 +161,7 @@ def build(
             "store": args.store,
             "simulator_cpus": sorted(sim_cpus) if sim_cpus else "unpinned",
             "gateway_cpus": sorted(gw_cpus) if gw_cpus else "unpinned",
+            "wrk_cpus": sorted(args.wrk_cpus) if getattr(args, "wrk_cpus", None) else "unpinned",
         },
         "bench_s": round(seconds, 1),
         "unavailable": unavailable,
@@ -325,8 +326,9 @@ def markdown(results: Row) -> str:
         f"- **Machine:** {m['cpu']}, {m['logical_cpus']} CPUs, load at the end "
         f"{m['loadavg_end']}; Python {v['python']}, farebox {v['farebox']}, wrk {v['wrk']}",
         f"- **Setup:** one simulator (CPUs {cfg['simulator_cpus']}) and one Farebox worker "
-        f"(CPUs {cfg['gateway_cpus']}, {_ledger(cfg)}, `bench/farebox-responses.yaml`); wrk at "
-        f"c{cfg['connections']}, {cfg['rounds']} interleaved rounds of {cfg['duration_s']:g} s "
+        f"(CPUs {cfg['gateway_cpus']}, {_ledger(cfg)}, `bench/farebox-responses.yaml`); wrk "
+        f"({_wrk_cpus(cfg)}) at c{cfg['connections']}, {cfg['rounds']} interleaved rounds "
+        f"of {cfg['duration_s']:g} s "
         f"after {cfg['warmup_s']:g} s of warm-up per scenario; one user message, 16 tokens "
         f"answered (cap {cfg['max_tokens']}), Responses "
         f"{'stored (the default)' if cfg['store'] else 'with `store: false`'}. "
@@ -365,3 +367,8 @@ def markdown(results: Row) -> str:
             "during the runs (CPU busy time from /proc/stat minus the gateway, simulator and wrk).",
         ]
     return "\n".join(head) + "\n"
+
+
+def _wrk_cpus(cfg: dict[str, Any]) -> str:
+    cpus = cfg.get("wrk_cpus", "unpinned")
+    return "unpinned" if cpus == "unpinned" else f"on CPUs {cpus}, the simulator's"
