@@ -215,7 +215,8 @@ def rebuild_statements(
     Each table takes the raw rows that date into the window its own way: requests by
     received_at (with all their attempts), attempts by started_at, deployment × request
     groups by their first attempt (any of whose attempts falls in the window is a candidate).
-    rollup_requests_daily recomputes the whole UTC days the window touches, and
+    rollup_requests_daily recomputes the whole UTC days the window touches (summing the
+    hourly rows just rebuilt when the window is whole days), and
     rollup_workflows every workflow with a call in the window, in the UTC months it touches.
     """
     lo, hi = _bound(start, dialect), _bound(end, dialect)
@@ -266,12 +267,17 @@ def rebuild_statements(
             f"(SELECT request_id FROM attempts WHERE {window('started_at')}))"
         )
         having = f"HAVING {window('MIN(a.started_at)')}"
+    if (lo is None or _midnight(lo)) and (hi is None or _midnight(hi)):
+        # Whole days (the CLI's windows, and all time): the hourly rows the statement
+        # before rebuilt from the raw rows are each day's, so the day is their sum (one
+        # pass over a month's requests instead of two: ~5 minutes at 50M attempts).
+        hours = f"(SELECT * FROM rollup_requests WHERE {window('hour', ':dlo', ':dhi')})"
+        daily = rollups_sql.daily_from_hourly(dialect, hours)
+    else:
+        daily = rollups_sql.requests_select(dialect, days, of_days, daily=True)
     selects = [
         ("rollup_requests", rollups_sql.requests_select(dialect, requests, of_requests)),
-        (
-            "rollup_requests_daily",
-            rollups_sql.requests_select(dialect, days, of_days, daily=True),
-        ),
+        ("rollup_requests_daily", daily),
         ("rollup_deployments", rollups_sql.deployments_select(dialect, touched, having)),
         ("rollup_attempts", rollups_sql.attempts_select(dialect, started, batch_lines)),
         ("rollup_dedicated", rollups_sql.dedicated_select(dialect, requests, of_requests)),
@@ -304,6 +310,10 @@ def rebuild_statements(
         cols = ", ".join(rollups_sql.columns(table))
         out.append(_bind(text(f"INSERT INTO {table} ({cols}) {select}"), params))
     return out
+
+
+def _midnight(at: datetime) -> bool:
+    return (at.hour, at.minute, at.second, at.microsecond) == (0, 0, 0, 0)
 
 
 def _bind(stmt: Any, params: dict[str, datetime]) -> Any:

@@ -156,7 +156,7 @@ def daily_from_hourly(dialect: str, hourly: str) -> str:
     sums = ", ".join(f"SUM({m}) AS {m}" for m in measures)
     return (
         f"SELECT {day_of(dialect, 'hour')} AS day, {', '.join(dims)}, {sums} "
-        f"FROM {hourly} GROUP BY {_positions(6)} ORDER BY {_positions(6)}"
+        f"FROM {hourly} h GROUP BY {_positions(6)} ORDER BY {_positions(6)}"
     )
 
 
