@@ -340,9 +340,14 @@ def test_rollup_reports_equal_raw_reports(url: str) -> None:
         assert await repo.counts() == (len(ledger), sum(len(a) for _, a in ledger))
         await sums_match(repo)
         before = await snapshot(repo)
-        async with repo.engine.begin() as conn:  # a window, then all time
-            await rebuild(conn, *DAY)
-        assert await snapshot(repo) == before
+        # A day; whole months; ten days (workflows found by a join, not an array); hours
+        # that are not whole days (each day's row from the raw rows); then all time.
+        hours = (DAY[0] + timedelta(hours=5), DAY[1] + timedelta(hours=3))
+        ten_days = (DAY[0] - timedelta(days=5), DAY[1] + timedelta(days=4))
+        for window in (DAY, MONTH, ten_days, hours):
+            async with repo.engine.begin() as conn:
+                await rebuild(conn, *window)
+            assert await snapshot(repo) == before, f"rebuilt {window}"
         async with repo.engine.begin() as conn:
             await rebuild(conn)
         assert await snapshot(repo) == before
