@@ -206,6 +206,40 @@ def partition_days(python: str, url: str, env: dict[str, str], first: str, last:
     return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
 
 
+_COMPACT = """
+import asyncio, sys
+import asyncpg
+from gateway.ledger.pg import asyncpg_dsn
+from gateway.ledger.rollup_compactor import flush
+
+async def main(url):
+    conn = await asyncpg.connect(asyncpg_dsn(url), command_timeout=None)
+    try:
+        await flush(conn)
+    finally:
+        await conn.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def compact(python: str, url: str, env: dict[str, str]) -> str | None:
+    """Every pending row into the rollups (gateway.ledger.rollup_compactor.flush), in a
+    child process like `migrate`; the error's last line, or None."""
+    done = subprocess.run(
+        [python, "-c", _COMPACT, url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
+    if done.returncode == 0:
+        return None
+    return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
+
+
 def create_database(pg: Postgres, name: str) -> str:
     """Another empty database in the same server (one per production target, so each
     target's rows can be counted on their own); its URL."""

@@ -23,6 +23,7 @@ import asyncio
 import csv
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -47,6 +48,9 @@ from ledger_scale_sql import (
     requests_sql,
 )
 
+# The pending tables (gateway/ledger/rollup_layout.PENDING) and their timestamp columns.
+PENDING_REQUESTS = ("rollup_pending_requests", "received_at")
+PENDING_ATTEMPTS = ("rollup_pending_attempts", "started_at")
 BENCH = Path(__file__).resolve().parent
 WORK = launch.WORK / "ledger_scale"
 FULL = 50_000_000
@@ -136,6 +140,53 @@ async def generate(url: str, attempts: int, start: dt.datetime, end: dt.datetime
         "load_s": round(load_s, 1),
         "analyze_s": round(time.perf_counter() - t0 - load_s, 1),
     }
+
+
+async def top_up(url: str, loaded: Row, attempts: int, start: dt.datetime, end: dt.datetime) -> Row:
+    """A kept month short of `attempts` (generated before ATTEMPTS_PER_REQUEST counted the
+    cache hits' single attempts): the missing requests, numbered after the month's and
+    spread over it, with their attempts, written as the gateway's writer writes them: raw
+    rows and their pending rows in one transaction, then compacted into the rollups by the
+    gateway's compactor (in a child process: the harness does not import the gateway)."""
+    have_r, have_a = loaded["requests"], loaded["attempts"]
+    extra = math.ceil((attempts - have_a) / ATTEMPTS_PER_REQUEST * 1.002)
+    lo, hi = have_r + 1, have_r + extra
+    step_us = (end - start).total_seconds() * 1e6 / extra
+    at = (start + dt.timedelta(microseconds=step_us / 2)).isoformat()
+    conn = await asyncpg.connect(ledger_db_dsn(url))
+    t0 = time.perf_counter()
+    try:
+        async with conn.transaction():
+            txn = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
+            for sql, (pending, ts) in (
+                (requests_sql(lo, hi, first=lo, start=at, step_us=step_us), PENDING_REQUESTS),
+                (attempts_sql(lo, hi, first=lo, start=at, step_us=step_us), PENDING_ATTEMPTS),
+            ):
+                await conn.execute(
+                    f"WITH ins AS ({sql} RETURNING id, {ts}) "
+                    f"INSERT INTO {pending} (txn, id, {ts}) SELECT {txn}, id, {ts} FROM ins"
+                )
+        load_s = time.perf_counter() - t0
+        counts = await month_counts(conn, start, end)
+    finally:
+        await conn.close()
+    t1 = time.perf_counter()
+    if (err := ledger_db.compact(launch.python(), url, os.environ.copy())) is not None:
+        raise SystemExit(f"ledger-scale: compaction of the top-up failed: {err}")
+    topped = {"requests": counts[0] - have_r, "attempts": counts[1] - have_a}
+    topped |= {"load_s": round(load_s, 1), "compact_s": round(time.perf_counter() - t1, 1)}
+    return {**loaded, "requests": counts[0], "attempts": counts[1], "topped_up": topped}
+
+
+async def month_counts(conn: Any, start: dt.datetime, end: dt.datetime) -> tuple[int, int]:
+    """The month's requests and attempts (not the rows a writer run added since, today)."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM requests WHERE received_at >= $1 AND received_at < $2), "
+        "(SELECT count(*) FROM attempts WHERE started_at >= $1 AND started_at < $2)",
+        start,
+        end,
+    )
+    return int(row[0]), int(row[1])
 
 
 def ledger_db_dsn(url: str) -> str:
@@ -292,7 +343,9 @@ async def sizes(url: str, million_attempts: float, million_requests: float) -> l
             )
             heap, index = int(heap), int(index)
             count = await conn.fetchval(f"SELECT count(*) FROM {name}")
-            per = million_requests if name == "requests" else million_attempts
+            # A kept ledger also holds earlier writer runs' rows: per its own rows.
+            own = count / 1e6 if name in ("requests", "attempts") else 0.0
+            per = own or (million_requests if name == "requests" else million_attempts)
             rows.append(
                 {
                     "table": name,
@@ -342,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         if held:
             loaded = held["loaded"]
             print(f"ledger-scale: kept month {loaded}", flush=True)
+            if loaded["attempts"] < args.attempts and held.get("rollup"):
+                loaded = asyncio.run(top_up(pg.url, loaded, args.attempts, start, end))
+                print(f"ledger-scale: topped up: {loaded}", flush=True)
+                held["loaded"] = loaded
+                assert held_file is not None
+                held_file.write_text(json.dumps(held))
         else:
             print(
                 f"ledger-scale: generating {args.attempts:,} attempts for {args.month}", flush=True

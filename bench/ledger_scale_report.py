@@ -71,10 +71,18 @@ def markdown(res: dict[str, Any]) -> str:
         f"{loaded['attempts']:,} attempts generated in SQL in {loaded['load_s']:,} s "
         f"(+ {loaded['analyze_s']} s VACUUM ANALYZE); the mix: bench/ledger_scale_sql.py",
     ]
+    if top := loaded.get("topped_up"):
+        out.append(
+            f"- **Topped up:** the kept month was short of the target; {top['requests']:,} "
+            f"requests ({top['attempts']:,} attempts) added over it in {top['load_s']} s with "
+            f"their pending rows, as the writer writes them, then compacted into the rollups "
+            f"in {top['compact_s']} s (the counts above include them)"
+        )
     if rollup.get("available"):
         out.append(
             f"- **Rollups:** rebuilt for the month in {rollup.get('rebuild_s')} s "
             f"(exit {rollup.get('exit')})"
+            + (", by an earlier run on this kept month" if rollup.get("kept") else "")
         )
     else:
         out.append("- **Rollups:** none in this schema; the reports read raw rows")
