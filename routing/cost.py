@@ -122,6 +122,8 @@ def _count(value: Any) -> int:
 def _details(usage: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
     for name in names:
         value = usage.get(name)
+        if value is None:  # the usual miss: no ABC isinstance check (~0.5 µs a request)
+            continue
         if type(value) is dict or isinstance(value, Mapping):
             return value
     return _NO_DETAILS
