@@ -154,14 +154,22 @@ def migrate(python: str, url: str, env: dict[str, str]) -> str | None:
     """`gateway.ledger.migrate.upgrade(url)` in a child process (the harness itself never
     imports the gateway, which may be mid-edit); the error's last line, or None."""
     code = "import sys; from gateway.ledger.migrate import upgrade; upgrade(sys.argv[1])"
+    return _child(python, [code, url], env, timeout=120)
+
+
+def _child(
+    python: str, code_and_args: list[str], env: dict[str, str], timeout: float
+) -> str | None:
+    """`python -c CODE ARGS…` from the repository's root: None when it succeeded, else the
+    last line it printed (the error)."""
     done = subprocess.run(
-        [python, "-c", code, url],
+        [python, "-c", *code_and_args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=timeout,
     )
     if done.returncode == 0:
         return None
@@ -192,18 +200,7 @@ def partition_days(python: str, url: str, env: dict[str, str], first: str, last:
     them ahead (gateway.ledger.partitions.ensure_days), in a child process like `migrate`:
     a past month generated straight in SQL lands in its days, not in the DEFAULT partition.
     The error's last line, or None (also when the schema has no partitions)."""
-    done = subprocess.run(
-        [python, "-c", _PARTITION_DAYS, url, first, last],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    if done.returncode == 0:
-        return None
-    return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
+    return _child(python, [_PARTITION_DAYS, url, first, last], env, timeout=600)
 
 
 _COMPACT = """
@@ -226,18 +223,7 @@ asyncio.run(main(sys.argv[1]))
 def compact(python: str, url: str, env: dict[str, str]) -> str | None:
     """Every pending row into the rollups (gateway.ledger.rollup_compactor.flush), in a
     child process like `migrate`; the error's last line, or None."""
-    done = subprocess.run(
-        [python, "-c", _COMPACT, url],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=3600,
-    )
-    if done.returncode == 0:
-        return None
-    return ((done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"])[0]
+    return _child(python, [_COMPACT, url], env, timeout=3600)
 
 
 def create_database(pg: Postgres, name: str) -> str:

@@ -23,7 +23,6 @@ import asyncio
 import csv
 import datetime as dt
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -36,21 +35,16 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import launch
 import ledger_db
+import ledger_scale_month
 import ledger_scale_report
 import report_meta
 from ledger_scale_sql import (
-    ATTEMPTS_PER_REQUEST,
     DEPLOYMENTS,
     PROVIDERS,
     ROUTES,
-    attempts_sql,
     invoice_sql,
-    requests_sql,
 )
 
-# The pending tables (gateway/ledger/rollup_layout.PENDING) and their timestamp columns.
-PENDING_REQUESTS = ("rollup_pending_requests", "received_at")
-PENDING_ATTEMPTS = ("rollup_pending_attempts", "started_at")
 BENCH = Path(__file__).resolve().parent
 WORK = launch.WORK / "ledger_scale"
 FULL = 50_000_000
@@ -65,7 +59,6 @@ TUNING = {
     "checkpoint_timeout": "'30min'",
     "max_parallel_workers_per_gather": "2",
 }
-CHUNK_REQUESTS = 1_000_000
 SKEWED = "fireworks"  # the provider whose invoice bills 8 % more output than metered
 
 
@@ -111,88 +104,6 @@ def start_postgres(keep: Path | None) -> tuple[ledger_db.Postgres, bool]:
     return pg, fresh
 
 
-async def generate(url: str, attempts: int, start: dt.datetime, end: dt.datetime) -> Row:
-    """Fill the month: requests numbered 1..R spread evenly over it, in chunks."""
-    requests = max(1, round(attempts / ATTEMPTS_PER_REQUEST))
-    step_us = (end - start).total_seconds() * 1e6 / requests
-    conn = await asyncpg.connect(ledger_db_dsn(url))
-    t0 = time.perf_counter()
-    try:
-        await conn.execute("SET synchronous_commit = off")  # a bulk load, not the writer
-        for lo in range(1, requests + 1, CHUNK_REQUESTS):
-            hi = min(requests, lo + CHUNK_REQUESTS - 1)
-            at = start.isoformat()
-            await conn.execute(requests_sql(lo, hi, first=1, start=at, step_us=step_us))
-            await conn.execute(attempts_sql(lo, hi, first=1, start=at, step_us=step_us))
-            done = time.perf_counter() - t0
-            print(f"ledger-scale: requests {hi:,}/{requests:,} ({done:.0f} s)", flush=True)
-        load_s = time.perf_counter() - t0
-        await conn.execute("VACUUM ANALYZE requests")
-        await conn.execute("VACUUM ANALYZE attempts")
-        counts = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts)"
-        )
-    finally:
-        await conn.close()
-    return {
-        "requests": counts[0],
-        "attempts": counts[1],
-        "load_s": round(load_s, 1),
-        "analyze_s": round(time.perf_counter() - t0 - load_s, 1),
-    }
-
-
-async def top_up(url: str, loaded: Row, attempts: int, start: dt.datetime, end: dt.datetime) -> Row:
-    """A kept month short of `attempts` (generated before ATTEMPTS_PER_REQUEST counted the
-    cache hits' single attempts): the missing requests, numbered after the month's and
-    spread over it, with their attempts, written as the gateway's writer writes them: raw
-    rows and their pending rows in one transaction, then compacted into the rollups by the
-    gateway's compactor (in a child process: the harness does not import the gateway)."""
-    have_r, have_a = loaded["requests"], loaded["attempts"]
-    extra = math.ceil((attempts - have_a) / ATTEMPTS_PER_REQUEST * 1.002)
-    lo, hi = have_r + 1, have_r + extra
-    step_us = (end - start).total_seconds() * 1e6 / extra
-    at = (start + dt.timedelta(microseconds=step_us / 2)).isoformat()
-    conn = await asyncpg.connect(ledger_db_dsn(url))
-    t0 = time.perf_counter()
-    try:
-        async with conn.transaction():
-            txn = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
-            for sql, (pending, ts) in (
-                (requests_sql(lo, hi, first=lo, start=at, step_us=step_us), PENDING_REQUESTS),
-                (attempts_sql(lo, hi, first=lo, start=at, step_us=step_us), PENDING_ATTEMPTS),
-            ):
-                await conn.execute(
-                    f"WITH ins AS ({sql} RETURNING id, {ts}) "
-                    f"INSERT INTO {pending} (txn, id, {ts}) SELECT {txn}, id, {ts} FROM ins"
-                )
-        load_s = time.perf_counter() - t0
-        counts = await month_counts(conn, start, end)
-    finally:
-        await conn.close()
-    t1 = time.perf_counter()
-    if (err := ledger_db.compact(launch.python(), url, os.environ.copy())) is not None:
-        raise SystemExit(f"ledger-scale: compaction of the top-up failed: {err}")
-    topped = {"requests": counts[0] - have_r, "attempts": counts[1] - have_a}
-    topped |= {"load_s": round(load_s, 1), "compact_s": round(time.perf_counter() - t1, 1)}
-    return {**loaded, "requests": counts[0], "attempts": counts[1], "topped_up": topped}
-
-
-async def month_counts(conn: Any, start: dt.datetime, end: dt.datetime) -> tuple[int, int]:
-    """The month's requests and attempts (not the rows a writer run added since, today)."""
-    row = await conn.fetchrow(
-        "SELECT (SELECT count(*) FROM requests WHERE received_at >= $1 AND received_at < $2), "
-        "(SELECT count(*) FROM attempts WHERE started_at >= $1 AND started_at < $2)",
-        start,
-        end,
-    )
-    return int(row[0]), int(row[1])
-
-
-def ledger_db_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 Row = dict[str, Any]
 
 
@@ -219,7 +130,7 @@ def write_config(path: Path) -> None:
 
 
 async def invoice_rows(url: str, start: dt.datetime, end: dt.datetime) -> list[Any]:
-    conn = await asyncpg.connect(ledger_db_dsn(url))
+    conn = await asyncpg.connect(ledger_scale_month.dsn(url))
     try:
         return list(await conn.fetch(invoice_sql(start.isoformat(), end.isoformat())))
     finally:
@@ -324,7 +235,7 @@ def writer_rate(url: str, seconds: float, env: dict[str, str]) -> Row:
 async def sizes(url: str, million_attempts: float, million_requests: float) -> list[Row]:
     """Table, index and total size of each ledger table (partitions summed), per million rows
     of its own kind (rollups: per million attempts)."""
-    conn = await asyncpg.connect(ledger_db_dsn(url))
+    conn = await asyncpg.connect(ledger_scale_month.dsn(url))
     try:
         tables = await conn.fetch(
             """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -396,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             loaded = held["loaded"]
             print(f"ledger-scale: kept month {loaded}", flush=True)
             if loaded["attempts"] < args.attempts and held.get("rollup"):
-                loaded = asyncio.run(top_up(pg.url, loaded, args.attempts, start, end))
+                loaded = asyncio.run(
+                    ledger_scale_month.top_up(pg.url, loaded, args.attempts, start, end)
+                )
                 print(f"ledger-scale: topped up: {loaded}", flush=True)
                 held["loaded"] = loaded
                 assert held_file is not None
@@ -405,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"ledger-scale: generating {args.attempts:,} attempts for {args.month}", flush=True
             )
-            loaded = asyncio.run(generate(pg.url, args.attempts, start, end))
+            loaded = asyncio.run(ledger_scale_month.generate(pg.url, args.attempts, start, end))
             print(f"ledger-scale: {loaded}", flush=True)
             if held_file is not None:  # kept before the rollups: a cut run resumes there
                 month = {"month": args.month, "attempts": args.attempts}

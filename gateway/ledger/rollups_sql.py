@@ -151,12 +151,11 @@ def requests_select(dialect: str, requests: str, attempts: str, *, daily: bool =
 def daily_from_hourly(dialect: str, hourly: str) -> str:
     """rollup_requests_daily's rows summed from rollup_requests' rows in `hourly` (a table
     or CTE name): every measure is a sum, so a day's row is its hours' rows added up."""
-    dims = ("route", "workload", "key_id", "final_deployment", "batch")
-    measures = ("requests", "successful", *LCPR_MEASURES, *USAGE_MEASURES)
-    sums = ", ".join(f"SUM({m}) AS {m}" for m in measures)
+    names, dims = LAYOUT["rollup_requests"]
+    sums = ", ".join(f"SUM({m}) AS {m}" for m in names if m not in dims)
     return (
-        f"SELECT {day_of(dialect, 'hour')} AS day, {', '.join(dims)}, {sums} "
-        f"FROM {hourly} h GROUP BY {_positions(6)} ORDER BY {_positions(6)}"
+        f"SELECT {day_of(dialect, 'hour')} AS day, {', '.join(dims[1:])}, {sums} "
+        f"FROM {hourly} h GROUP BY {_positions(len(dims))} ORDER BY {_positions(len(dims))}"
     )
 
 
