@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.asgi import (
@@ -66,6 +66,10 @@ GC_THRESHOLDS = (50_000, 20, 100)
 _PINNED: ContextVar[GatewayState | None] = ContextVar("farebox_state", default=None)
 
 
+class _Endpoint(Protocol):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
 class StateHolder:
     """The current GatewayState; replaced as a whole so requests never see half a config."""
 
@@ -101,6 +105,17 @@ class HotPath:
         self.anthropic = AnthropicEndpoints(self.holder.require)
         self.responses = ResponsesEndpoints(self.holder.require)
         self.passthrough = PassthroughEndpoints(self.holder.require)
+        # Path → (endpoint, whether its 503 while draining is Anthropic's): the exact paths
+        # in one lookup. Later entries win, so a path two endpoints serve goes to the one
+        # asked first in `_serve`'s chain (the chain still answers paths with ids in them).
+        self.exact: dict[str, tuple[_Endpoint, bool]] = {}
+        for endpoint, anthropic in (
+            (self.passthrough, False),
+            (self.responses, False),
+            (self.anthropic, True),
+            (self.endpoints, False),
+        ):
+            self.exact.update(dict.fromkeys(endpoint.paths, (endpoint, anthropic)))
         self.probes = Probes(self.holder.get, self.drain, self.probe)
         # Requests that came in on the metrics listener (see gateway/api/ops.py).
         self.metrics_port: int = settings.metrics_port
@@ -122,7 +137,8 @@ class HotPath:
         without uvicorn's ASGI cycle)."""
         path = scope["path"]
         return (
-            self.endpoints.handles(path)
+            path in self.exact
+            or self.endpoints.handles(path)
             or self.anthropic.handles(path)
             or self.responses.handles(path)
             or self.passthrough.handles(path)
@@ -161,6 +177,14 @@ class HotPath:
             path = scope["path"]
             if self.metrics_port and local_port(scope) == self.metrics_port:
                 await self.metrics(scope, receive, send)
+                return
+            exact = self.exact.get(path)
+            if exact is not None:
+                endpoint, anthropic = exact
+                if self.drain.active:
+                    await refuse_draining(send, anthropic=anthropic)
+                    return
+                await endpoint(scope, receive, send)
                 return
             if self.endpoints.handles(path):
                 if self.drain.active:

@@ -50,6 +50,8 @@ COUNT_PATHS = frozenset({"/v1/messages/count_tokens", "/messages/count_tokens"})
 
 
 class AnthropicEndpoints:
+    paths = MESSAGE_PATHS | COUNT_PATHS  # every path it serves (`handles`)
+
     def __init__(self, state: Callable[[], GatewayState]) -> None:
         self._state = state
 

@@ -53,6 +53,10 @@ MODEL_PREFIXES = ("/v1/models/", "/models/")
 class OpenAIEndpoints:
     """Serves `GENERATION_ROUTES` and `MODEL_ROUTES` for the current GatewayState."""
 
+    # The paths it serves exactly (gateway/app.py finds them in one lookup); `handles`
+    # says yes to these and to the ones under MODEL_PREFIXES.
+    paths = frozenset(GENERATION_ROUTES) | MODEL_ROUTES
+
     def __init__(self, state: Callable[[], GatewayState]) -> None:
         self._state = state
 

@@ -117,6 +117,8 @@ def check_body(endpoint: str, payload: dict[str, Any]) -> str:
 class PassthroughEndpoints:
     """Serves `PATHS` for the current GatewayState."""
 
+    paths = PATHS  # every path it serves (`handles`)
+
     def __init__(self, state: Callable[[], GatewayState]) -> None:
         self._state = state
 

@@ -64,6 +64,9 @@ _ONE = re.compile(r"^(?:/v1)?/responses/([^/]+)(/input_items|/cancel)?$")
 
 
 class ResponsesEndpoints:
+    # The paths it serves exactly; `handles` says yes to these and to `_ONE`'s.
+    paths = _CREATE | _COUNT
+
     def __init__(self, state: Callable[[], GatewayState]) -> None:
         self._state = state
 

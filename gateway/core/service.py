@@ -138,7 +138,7 @@ class Service:
         reply: UpstreamReply,
         started: float,
     ) -> AttemptRow:
-        row = self.meter.succeeded(ctx, attempt, reply.data.get("usage"), reply.request_id, started)
+        row = self.meter.succeeded(ctx, attempt, reply.usage(), reply.request_id, started)
         after_answer(self.tracker.succeeded, plan, ctx.shape, row, reply.limits)
         return row
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 from routing.model import DeploymentSpec, Timeouts
 
@@ -52,14 +53,61 @@ class UpstreamError(Exception):
         self.upstream_status = upstream_status if upstream_status is not None else status
 
 
-@dataclass(slots=True)
 class UpstreamReply:
-    status: int
-    raw: bytes
-    data: dict[str, Any]
-    request_id: str | None
-    # The provider's x-ratelimit-* headers, when it sent any (limits learned for routing).
-    limits: Mapping[str, str] | None = None
+    """One upstream answer: its status, JSON body, the body decoded, the provider's
+    request id and rate-limit headers.
+
+    `data` is decoded from `raw` when first read if the adapter did not decode it: an
+    answer Farebox wrote itself from templates (a translated Response,
+    gateway/providers/responses_answer.py) is then never parsed back unless a gate or a
+    consensus reads it. `usage` is what the meter reads: `data`'s usage unless the adapter
+    set it (in any OpenAI naming, routing.cost.usage_from_openai)."""
+
+    __slots__ = ("_data", "_usage", "limits", "raw", "request_id", "status")
+
+    def __init__(
+        self,
+        status: int,
+        raw: bytes,
+        data: dict[str, Any] | None,
+        request_id: str | None,
+        # The provider's x-ratelimit-* headers, when it sent any (limits learned for routing).
+        limits: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.raw = raw
+        self._data = data
+        self.request_id = request_id
+        self.limits = limits
+        self._usage: Any = _FROM_DATA
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self._data
+        if data is None:
+            data = self._data = orjson.loads(self.raw)
+        return data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data = value
+
+    def usage(self) -> Any:
+        usage = self._usage
+        return self.data.get("usage") if usage is _FROM_DATA else usage
+
+    def rewrite(self, raw: bytes, usage: Any) -> None:
+        """The answer is now `raw` (a JSON object, decoded only if `data` is read) and its
+        usage `usage` (the meter's, not necessarily as `raw` names it)."""
+        self.raw = raw
+        self._data = None
+        self._usage = usage
+
+    def __repr__(self) -> str:
+        return f"UpstreamReply(status={self.status}, raw={self.raw[:80]!r}…)"
+
+
+_FROM_DATA: Any = object()
 
 
 class UpstreamStream(Protocol):

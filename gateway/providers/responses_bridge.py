@@ -34,6 +34,7 @@ from gateway.providers.base import (
     UpstreamReply,
     UpstreamStream,
 )
+from gateway.providers.responses_answer import text_answer_json
 from gateway.providers.responses_output import new_id
 from gateway.providers.responses_plain import plain_chat_request
 from gateway.providers.responses_stream import StreamTranslator
@@ -140,11 +141,16 @@ class ResponsesBridge:
                 reply.raw = orjson.dumps(reply.data)
             return reply
         reply = await self._inner.call(deployment, _CHAT, translated_request(payload), timeouts)
-        response = response_from_chat(
-            reply.data, payload, response_id=new_response_id(), created_at=int(time.time())
-        )
-        # The chat reply becomes the Response's (status, request id and limits kept).
-        reply.raw = orjson.dumps(response)
+        chat = reply.data
+        response_id, created_at = new_response_id(), int(time.time())
+        # The chat reply becomes the Response's (status, request id and limits kept); the
+        # meter reads the chat usage, the same counts under the chat names.
+        raw = text_answer_json(chat, payload, response_id, created_at)
+        if raw is not None:
+            reply.rewrite(raw, chat.get("usage"))
+            return reply
+        response = response_from_chat(chat, payload, response_id=response_id, created_at=created_at)
+        reply.rewrite(orjson.dumps(response), chat.get("usage"))
         reply.data = response
         return reply
 
