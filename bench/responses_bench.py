@@ -14,7 +14,8 @@ stream — at the same concurrency and payload (one user message, 16 tokens answ
 Per scenario: requests/s (median over rounds) and its ratio to chat; the gateway's CPU
 (user+sys of its process tree, /proc) over each run ÷ requests completed, in µs, and the
 ratio to chat (issue 23's budget: translated ≤ 1.15 × chat, non-stream and stream, a PASS /
-MISS line each, from the medians; the same ratio paired round by round beside it). Then the
+MISS line each, judged on the median of the per-round ratios, which cancels the machine's
+drift between rounds; the ratio of the medians beside it). Then the
 simulator's received counts (per route: each has its own upstream model) against what the
 gateway completed, and `responses_micro.py` (the translation functions alone, µs per call),
 run first while nothing else of ours is running.
@@ -99,7 +100,7 @@ SCENARIOS = [Scenario(route, stream) for stream in (False, True) for route in RO
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=4.0, help="seconds per run")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario")
     p.add_argument("--connections", type=int, default=64, help="concurrency (all scenarios)")
     # The simulator answers 16 tokens; a larger cap ends them with `stop` / `completed`.

@@ -80,13 +80,19 @@ def _budgets(ratios: dict[str, Row]) -> list[Row]:
     out = []
     for mode, suffix in MODES.items():
         r = ratios.get("resp-translated" + suffix, {})
-        value = r.get("cpu_vs_chat")
+        # Judged on the median of the per-round ratios: both scenarios of a round ran within
+        # seconds of each other, so the machine's drift over the run (chat alone moves by
+        # 10-15 % between rounds on this shared host) cancels out of each ratio; the ratio
+        # of the two medians does not cancel it and is shown beside.
+        value = r.get("cpu_vs_chat_paired")
+        if value is None:
+            value = r.get("cpu_vs_chat")
         verdict = "n/a" if value is None else "PASS" if value <= BUDGET else "MISS"
         out.append(
             {
                 "mode": mode,
                 "ratio": value,
-                "paired": r.get("cpu_vs_chat_paired"),
+                "of_medians": r.get("cpu_vs_chat"),
                 "budget": BUDGET,
                 "verdict": verdict,
             }
@@ -247,10 +253,11 @@ def _budget_lines(results: Row) -> list[str]:
         if b["verdict"] == "n/a":
             lines.append(f"- **n/a** {b['mode']}: resp-translated or chat was not measured")
             continue
-        paired = _f(b["paired"], "{:.2f}")
+        medians = _f(b["of_medians"], "{:.2f}")
         lines.append(
-            f"- **{b['verdict']}** {b['mode']}: gateway CPU per request, resp-translated ÷ chat "
-            f"= {b['ratio']:.2f} (paired by round: {paired}); budget ≤ {b['budget']:.2f}"
+            f"- **{b['verdict']}** {b['mode']}: gateway CPU per request, resp-translated ÷ chat, "
+            f"median of the rounds' ratios = {b['ratio']:.2f} (ratio of the medians: "
+            f"{medians}); budget ≤ {b['budget']:.2f}"
         )
     for key, r in results["ratios"].items():
         if key.startswith("resp-native") and r["cpu_vs_chat"] is not None:

@@ -176,3 +176,27 @@ def test_only_skips_scenarios_without_failing_strict() -> None:
         responses_bench.parse_args(["--only", "chat,resp-bogus"])
     assert responses_bench.parse_args(["--quick"]).micro_seconds == 0.05
     assert responses_bench.parse_args(["--quick", "--micro-seconds", "0"]).micro_seconds == 0
+
+
+def test_the_budget_is_judged_on_the_rounds_own_ratios() -> None:
+    """The machine is slower in some rounds: each round's translated run costs 1.10× its
+    chat run, except one (1.21×), and translated's slow rounds outnumber chat's, so the
+    ratio of the medians says 1.21. The verdict follows the rounds' own ratios; both
+    figures are printed."""
+    results = _results(translated_cpu=0.0)
+    slow = [300.0, 300.0, 330.0, 330.0, 330.0]  # translated's base per round
+    results["rounds"]["chat"] = [
+        _row(i, 2000, cpu) for i, cpu in enumerate([300, 300, 300, 330, 330], 1)
+    ]
+    results["rounds"]["resp-translated"] = [
+        _row(i, 1800, cpu * 1.1) for i, cpu in enumerate(slow, 1)
+    ]
+    rebuilt = responses_report.build(
+        _ARGS, ["x"], results["rounds"], {}, results["counts"], [], (None, None), 1.0
+    )
+    budget = rebuilt["budgets"][0]
+    assert budget["of_medians"] == pytest.approx(363 / 300, abs=1e-3)
+    assert budget["ratio"] == pytest.approx(1.1, abs=1e-3)
+    assert budget["verdict"] == "PASS"
+    text = responses_report.markdown(rebuilt)
+    assert "median of the rounds' ratios = 1.10 (ratio of the medians: 1.21)" in text
