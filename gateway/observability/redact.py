@@ -10,6 +10,7 @@ Two uses, two strengths:
   numbers (Luhn-checked, so order numbers and timestamps survive). Applied to prompts and
   answers in the opt-in payload log.
 
+The patterns and their checks are routing/pii.py's (guardrails find the same things).
 Patterns err on the side of redacting: a false positive costs a log reader some context,
 a false negative leaks a customer's data or a key.
 """
@@ -20,6 +21,19 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from routing.pii import (
+    AUTH_SCHEME,
+    CARD_PATTERN,
+    EMAIL_PATTERN,
+    NAMED_SECRET,
+    PHONE_PATTERN,
+    PREFIXED_KEYS,
+    URL_SECRET,
+    card_ok,
+    named_secret_ok,
+    phone_ok,
+)
+
 SECRET = "[REDACTED]"
 EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
@@ -29,86 +43,13 @@ CARD = "[CARD]"
 # every error message would destroy the message and protect nothing.
 MIN_KNOWN_SECRET = 6
 
-_PREFIXED_KEYS = re.compile(
-    r"""
-    \b(?:
-        sk-(?:proj-|ant-(?:api\d\d-)?|svcacct-|or-v1-)?[A-Za-z0-9_-]{16,}  # OpenAI, Anthropic…
-      | fbx-[A-Za-z0-9_-]{16,}                            # Farebox virtual keys
-      | (?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}          # AWS access key ids
-      | AIza[0-9A-Za-z_-]{35}                             # Google API keys
-      | gh[pousr]_[A-Za-z0-9]{30,}                        # GitHub tokens
-      | xox[abprs]-[A-Za-z0-9-]{10,}                      # Slack tokens
-      | hf_[A-Za-z0-9]{30,}                               # Hugging Face tokens
-      | gsk_[A-Za-z0-9]{30,}                              # Groq
-      | r8_[A-Za-z0-9]{30,}                               # Replicate
-      | eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}  # JWTs
-    )
-    """,
-    re.VERBOSE,
-)
-# `Authorization: Bearer …`, `Basic …`, and bare `Bearer …` in any text.
-_AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token)(\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
-# URL parameters that carry credentials (Gemini's `?key=`, SAS `sig=`, OAuth tokens).
-_URL_SECRET = re.compile(
-    r"([?&](?:key|api[_-]?key|apikey|token|access_token|auth|sig|signature|"
-    r"x-amz-signature|x-amz-credential|x-amz-security-token|code|password)=)[^&\s\"'<>#]+",
-    re.IGNORECASE,
-)
-# `api_key=…`, `"token": "…"`, `secret: …`: a long opaque value next to a secret's name.
-_NAMED_SECRET = re.compile(
-    r"""(?ix)
-    (\b[\w-]*(?:api[_-]?key|secret|token|password|passwd|credential|private[_-]?key|
-              access[_-]?key|x-api-key|x-goog-api-key|authorization)[\w-]*
-     ["']?\s*[:=]\s*["']?)
-    (?!\[REDACTED\])(?:Bearer\s+)?
-    ([A-Za-z0-9+/_.~=-]{12,})
-    """
-)
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-# 13-19 digits, optionally grouped by single spaces or dashes; Luhn decides.
-_CARD = re.compile(r"(?<![\w.-])\d(?:[ -]?\d){12,18}(?![\w-]|\.\d)")
-# Grouped phone numbers: an optional +country code, an optional (area) code, and at least
-# one separator between digit groups. Ungrouped digit runs are left alone: too many ids,
-# amounts and timestamps look like that. The digit count is checked in `_phone`.
-_PHONE = re.compile(
-    r"""(?x)
-    (?<![\w+.:/-])
-    (?:\+\d{1,3}[\s.-]?)?
-    (?:\(\d{1,4}\)[\s.-]?|\d{1,4}[\s.-])
-    (?:\d{2,4}[\s.-]){0,4}
-    \d{2,8}
-    (?![\w.:/-]|-\d)
-    """
-)
-
-
-def luhn_ok(digits: str) -> bool:
-    """True when `digits` (only digits) passes the Luhn checksum of card numbers."""
-    total = 0
-    for i, char in enumerate(reversed(digits)):
-        d = ord(char) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
 
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group())
-    if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
-        return CARD
-    return match.group()
+    return CARD if card_ok(match.group()) else match.group()
 
 
 def _phone(match: re.Match[str]) -> str:
-    text = match.group()
-    digits = sum(c.isdigit() for c in text)
-    # With a +country code, 7-15 digits (E.164's range). Without one, national numbers
-    # have 9-11 digits; requiring 9 keeps "1 000 000" and short codes out.
-    low = 7 if text.startswith("+") else 9
-    return PHONE if low <= digits <= 15 else text
+    return PHONE if phone_ok(match.group()) else match.group()
 
 
 def redact_secrets(text: str, known: Iterable[str] = ()) -> str:
@@ -118,27 +59,23 @@ def redact_secrets(text: str, known: Iterable[str] = ()) -> str:
             text = text.replace(secret, SECRET)
     if not text:
         return text
-    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{SECRET}", text)
-    text = _URL_SECRET.sub(lambda m: m.group(1) + SECRET, text)
-    text = _PREFIXED_KEYS.sub(SECRET, text)
-    return _NAMED_SECRET.sub(_named, text)
+    text = AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{SECRET}", text)
+    text = URL_SECRET.sub(lambda m: m.group(1) + SECRET, text)
+    text = PREFIXED_KEYS.sub(SECRET, text)
+    return NAMED_SECRET.sub(_named, text)
 
 
 def _named(match: re.Match[str]) -> str:
-    value = match.group(2)
-    # Secrets are random: digits, or mixed case. Plain words next to a secret-ish name
-    # ("max_tokens": "context_length_exceeded") are an upstream's message, not a key.
-    random = any(c.isdigit() for c in value) or (value.lower() != value != value.upper())
-    return match.group(1) + SECRET if random else match.group()
+    return match.group(1) + SECRET if named_secret_ok(match.group(2)) else match.group()
 
 
 def redact_text(text: str, known: Iterable[str] = ()) -> str:
     """`text` without credentials, emails, card numbers or phone numbers."""
     text = redact_secrets(text, known)
     if "@" in text:
-        text = _EMAIL.sub(EMAIL, text)
-    text = _CARD.sub(_card, text)
-    return _PHONE.sub(_phone, text)
+        text = EMAIL_PATTERN.sub(EMAIL, text)
+    text = CARD_PATTERN.sub(_card, text)
+    return PHONE_PATTERN.sub(_phone, text)
 
 
 def redact_json(value: Any, known: tuple[str, ...] = ()) -> Any:

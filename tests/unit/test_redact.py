@@ -10,13 +10,13 @@ from gateway.observability.redact import (
     PHONE,
     SECRET,
     Scrubber,
-    luhn_ok,
     redact_json,
     redact_secrets,
     redact_text,
     register_credentials,
     scrub,
 )
+from routing.pii import luhn_ok
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,96 @@
+"""A prompt-injection heuristic: a score from weighted signals (pure: no I/O, no state).
+
+Three families of signal, each a regex with a weight: instructions that try to override the
+ones before them ("ignore all previous instructions", "you are now DAN", "reveal your system
+prompt"), markup that spoofs a role or a system turn (`<|im_start|>system`, `[INST]`,
+`### System:`, a fake "assistant:" line), and hidden-text tricks (zero-width or bidi
+control characters, long base64 blobs, HTML comments or CSS that hide text). `score` adds
+the weights of the signals present (each counted once); a guard compares it with its
+threshold (`DEFAULT_THRESHOLD`). A heuristic, fast and offline: the config can add a guard
+model for what it misses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_THRESHOLD = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    name: str
+    weight: float
+    pattern: re.Pattern[str]
+
+
+def _signal(name: str, weight: float, pattern: str) -> Signal:
+    return Signal(name, weight, re.compile(pattern, re.IGNORECASE | re.DOTALL))
+
+
+_VERBS = (
+    r"(?:ignore|disregard|forget|override|bypass|skip|drop|ignora|ignorez|oublie[rz]?|vergiss|"
+    r"ignoriere|olvida)"
+)
+_EARLIER = (
+    r"(?:previous|prior|above|earlier|preceding|all|any|your|the|system|précédentes|"
+    r"vorherigen|anteriores|precedenti)"
+)
+_RULES = (
+    r"(?:instructions?|prompts?|rules?|guidelines?|directives?|consignes|anweisungen|"
+    r"instrucciones|istruzioni)"
+)
+
+SIGNALS = (
+    _signal(
+        "override",
+        1.0,
+        rf"\b{_VERBS}\b.{{0,40}}\b{_EARLIER}\b.{{0,30}}\b{_RULES}\b"
+        rf"|\b{_VERBS}\b.{{0,30}}\b{_RULES}\b.{{0,15}}\b{_EARLIER}\b",  # rules, then which
+    ),
+    _signal("new_rules", 0.6, r"\b(?:new|updated|real) (?:system )?(?:instructions|rules)\b\s*:"),
+    _signal(
+        "persona",
+        1.0,
+        r"\b(?:act|pretend|roleplay) as (?:an? )?(?:unfiltered|unrestricted|jailbroken|evil|DAN)"
+        r"\b|\bdeveloper mode\b|\bDAN\b.{0,20}\b(?:mode|prompt)\b",
+    ),
+    _signal("you_are_now", 0.5, r"\byou are (?:now|no longer)\b"),
+    _signal(
+        "asks_instructions",
+        1.0,
+        r"\byour (?:initial|original|hidden|secret|system) (?:instructions|prompt)\b",
+    ),
+    _signal("decode_follow", 0.6, r"\b(?:decode|base64)\b.{0,30}\b(?:follow|execute|run|obey)\b"),
+    _signal(
+        "exfiltrate",
+        1.0,
+        r"\b(?:reveal|print|show|repeat|output|leak|tell me)\b.{0,30}\b(?:system prompt|"
+        r"(?:hidden|initial|original|secret) (?:instructions|prompt)|your instructions)\b",
+    ),
+    _signal(
+        "role_markup",
+        1.0,
+        r"<\|(?:im_start|im_end|system|endoftext|start_header_id)\|>|\[/?INST\]|<<SYS>>|"
+        r"^\s*#{2,}\s*(?:system|assistant)\s*:|^\s*(?:system|assistant)\s*:\s",
+    ),
+    _signal(
+        "hidden_text",
+        1.0,
+        "[\u200b\u200c\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069]|<!--.*?-->|"
+        r"display\s*:\s*none|font-size\s*:\s*0|color\s*:\s*(?:white|#fff(?:fff)?)\b",
+    ),
+    _signal("encoded", 0.5, r"\b(?:[A-Za-z0-9+/]{4}){16,}(?:==|=)?"),  # 64+ characters
+    _signal("no_limits", 0.5, r"\b(?:no|without) (?:restrictions|limits|filters|censorship)\b"),
+)
+
+
+def signals(text: str) -> list[str]:
+    """The names of the signals present in `text`."""
+    return [s.name for s in SIGNALS if s.pattern.search(text)]
+
+
+def score(text: str) -> float:
+    """The sum of the weights of the signals present in `text` (each once)."""
+    return sum(s.weight for s in SIGNALS if s.pattern.search(text))
