@@ -1,0 +1,126 @@
+"""Guard checks and their verdict on one request's texts (pure: no I/O).
+
+A check finds something (personal data of some kinds, custom patterns, an injection score
+over a threshold) and says what to do when it does: `mask` it (typed placeholders, put
+back in the answer if `restore`), `block` the request (a 400 naming the check, never the
+text), `reroute` it (only deployments whose provider kind is in `allow_kinds`: the planner
+filters, the ledger records why) or `flag` it (a header and the ledger only). `inspect`
+runs a route's checks over the texts of a request (`routing.guard_texts` finds them in
+chat, Responses and Anthropic bodies) and returns the `Verdict`; what is found is counted
+per check, never kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from routing.injection import DEFAULT_THRESHOLD, score
+from routing.masking import Masker
+from routing.model import DeploymentSpec
+from routing.pii import KINDS, Custom, find
+
+MASK, BLOCK, REROUTE, FLAG = "mask", "block", "reroute", "flag"
+ACTIONS = (MASK, BLOCK, REROUTE, FLAG)
+# Which action wins when several checks fire: a block ends the request, a reroute narrows
+# the plan (masking still applies to what is sent), a flag only records.
+_PRECEDENCE = {BLOCK: 0, REROUTE: 1, MASK: 2, FLAG: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    action: str
+    kinds: tuple[str, ...] = KINDS  # personal data it looks for (none: an injection check)
+    custom: tuple[Custom, ...] = ()
+    injection_threshold: float | None = None  # set: the injection heuristic is run too
+    on_request: bool = True
+    on_answer: bool = False
+    restore: bool = True  # mask: originals back in the answer
+    allow_kinds: frozenset[str] = frozenset()  # reroute: the provider kinds it may go to
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"check {self.name!r}: action must be one of {', '.join(ACTIONS)}")
+        if self.action == REROUTE and not self.allow_kinds:
+            raise ValueError(f"check {self.name!r}: reroute needs the provider kinds it allows")
+        if self.action == MASK and self.injection_threshold is not None:
+            raise ValueError(f"check {self.name!r}: an injection score cannot be masked")
+
+    @classmethod
+    def injection(cls, name: str, action: str, threshold: float = DEFAULT_THRESHOLD) -> Check:
+        return cls(name, action, kinds=(), injection_threshold=threshold)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What a request's checks decided. `hits` counts findings per check (the metrics'
+    and the ledger's figures); `masker` holds the placeholders when a mask check fired."""
+
+    blocked_by: str | None = None
+    rerouted_by: list[str] = field(default_factory=list)
+    flagged_by: list[str] = field(default_factory=list)
+    masked_by: list[str] = field(default_factory=list)
+    allow_kinds: frozenset[str] | None = None
+    hits: dict[str, int] = field(default_factory=dict)
+    masker: Masker | None = None
+
+    @property
+    def outcome(self) -> str | None:
+        """The strongest action taken (None: nothing found), for `requests.guard`."""
+        if self.blocked_by:
+            return BLOCK
+        if self.rerouted_by:
+            return REROUTE
+        if self.masked_by:
+            return MASK
+        return FLAG if self.flagged_by else None
+
+
+def inspect(checks: Iterable[Check], texts: list[str]) -> Verdict:
+    """Run the request-side `checks` over `texts`, strongest action first; a block stops
+    the others (nothing more need be known about a request that is refused)."""
+    verdict = Verdict()
+    mask_kinds: list[str] = []  # every mask check's, masked by one Masker
+    mask_custom: list[Custom] = []
+    request_checks = sorted(
+        (c for c in checks if c.on_request), key=lambda c: _PRECEDENCE[c.action]
+    )
+    for check in request_checks:
+        hits = _hits(check, texts)
+        if not hits:
+            continue
+        verdict.hits[check.name] = hits
+        if check.action == BLOCK:
+            verdict.blocked_by = check.name
+            return verdict
+        if check.action == REROUTE:
+            verdict.rerouted_by.append(check.name)
+            allowed = check.allow_kinds
+            verdict.allow_kinds = (
+                allowed if verdict.allow_kinds is None else verdict.allow_kinds & allowed
+            )
+        elif check.action == MASK:
+            verdict.masked_by.append(check.name)
+            mask_kinds += [k for k in check.kinds if k not in mask_kinds]
+            mask_custom += check.custom
+        else:
+            verdict.flagged_by.append(check.name)
+    if verdict.masked_by:
+        verdict.masker = Masker(mask_kinds, mask_custom)
+    return verdict
+
+
+def _hits(check: Check, texts: list[str]) -> int:
+    count = 0
+    for text in texts:
+        if check.kinds or check.custom:
+            count += len(find(text, check.kinds, check.custom))
+        if check.injection_threshold is not None and score(text) >= check.injection_threshold:
+            count += 1
+    return count
+
+
+def allowed(deployment: DeploymentSpec, kinds: frozenset[str] | None) -> bool:
+    """Whether a rerouted request may go to `deployment` (None: not rerouted)."""
+    return kinds is None or deployment.provider_kind in kinds
