@@ -59,6 +59,7 @@ from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoin
 from gateway.providers.responses_bridge import ResponsesBridge
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
+from routing.guard import Check
 from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class GatewayState:
     passthrough: Passthrough | None = None
     # Batches (gateway/batch/store.py), on the ledger's engine; None without a database.
     batches: BatchStore | None = None
+    # Each route's guard checks (gateway/config/guard.py); routes without any are absent.
+    guards: dict[str, tuple[Check, ...]] = field(default_factory=dict)
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
     # closed once this reaches zero.
@@ -429,6 +432,7 @@ def build_state(
         drills=drill_board,
         drill_scheduler=drill_scheduler,
         models_body=orjson.dumps(models),
+        guards=config.guard_checks(),
         writer=writer,
         repository=repository,
         partitions=partitions,

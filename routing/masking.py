@@ -12,7 +12,7 @@ text, and another request (another tenant) has its own Masker.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from routing.pii import KINDS, Custom, find
 
@@ -46,12 +46,20 @@ class Masker:
         out.append(text[at:])
         return "".join(out)
 
-    def unmask(self, text: str) -> str:
-        """`text` with this request's placeholders replaced by their originals (any other
-        `<KIND_n>`-looking text is left as it is)."""
+    def unmask(self, text: str, escape: Callable[[str], str] | None = None) -> str:
+        """`text` with this request's placeholders replaced by their originals, passed
+        through `escape` if given (any other `<KIND_n>`-looking text is left as it is)."""
         if not self._originals or "<" not in text:
             return text
-        return _PLACEHOLDER.sub(lambda m: self._originals.get(m.group(), m.group()), text)
+        originals = self._originals
+
+        def original(match: re.Match[str]) -> str:
+            value = originals.get(match.group())
+            if value is None:
+                return match.group()
+            return escape(value) if escape is not None else value
+
+        return _PLACEHOLDER.sub(original, text)
 
     def _placeholder(self, kind: str, original: str) -> str:
         key = (kind, original)

@@ -131,6 +131,16 @@ def named_secret_ok(value: str) -> bool:
     return any(c.isdigit() for c in value) or (value.lower() != value != value.upper())
 
 
+_VERSION_BEFORE = re.compile(
+    r"(?:\bversion|\bver\.?|\brelease|\bbuild|\bv)\s*:?\s*$", re.IGNORECASE
+)
+
+
+def _versioned(text: str, start: int) -> bool:
+    """An IPv4-shaped match right after "version", "v", "build"…: a version number."""
+    return _VERSION_BEFORE.search(text, max(0, start - 12), start) is not None
+
+
 def _ipv6_ok(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
@@ -188,7 +198,10 @@ _FINDERS: dict[str, Callable[[str], Iterable[tuple[int, int]]]] = {
     EMAIL: lambda text: _matches(EMAIL_PATTERN, text) if "@" in text else (),
     IBAN: lambda text: _matches(IBAN_PATTERN, text, 0, iban_ok),
     CARD: lambda text: _matches(CARD_PATTERN, text, 0, card_ok),
-    IP: lambda text: [*_matches(IPV4_PATTERN, text), *_matches(IPV6_CANDIDATE, text, 0, _ipv6_ok)],
+    IP: lambda text: [
+        *(span for span in _matches(IPV4_PATTERN, text) if not _versioned(text, span[0])),
+        *_matches(IPV6_CANDIDATE, text, 0, _ipv6_ok),
+    ],
     PHONE: lambda text: _matches(PHONE_PATTERN, text, 0, phone_ok),
 }
 

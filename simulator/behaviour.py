@@ -72,6 +72,8 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   4th, … are valid JSON that breaks the schema (the first required property dropped, or,
   without one, the object wrapped in an array).  Each counts once (per request, whatever
   ``n``) as fault ``invalid_json``.  Details in :mod:`.spoil`.
+* ``echo``: OpenAI/Azure chat only.  The answer is the request's messages' text, joined
+  by newlines: what the provider was sent, for tests of what a gateway changed on the way.
 * ``reply=TEXT``: OpenAI/Azure chat and Responses only.  The answer is exactly ``TEXT``
   (percent-decoded, so ``%2C`` is a comma and ``%25`` a percent sign): the message
   content, the JSON document of a ``response_format`` answer, or the arguments of a tool
@@ -171,6 +173,7 @@ class Behaviour:
     context_window: int | None = None
     content_filter: bool = False
     echo_key: bool = False
+    echo: bool = False
     invalid_json_rate: float | None = None
     reply: str | None = None
     tool: str | None = None
@@ -295,6 +298,7 @@ _PARSERS: dict[str, Any] = {
     "context_window": _count,
     "content_filter": _flag,
     "echo_key": _flag,
+    "echo": _flag,
     "invalid_json_rate": _probability,
     "reply": _text,
     "tool": _text,
@@ -309,6 +313,7 @@ _FLAGS = frozenset(
         "content_filter",
         "prompt_cache",
         "echo_key",
+        "echo",
         "cut_before_done",
     }
 )

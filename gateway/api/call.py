@@ -21,6 +21,7 @@ from gateway.api.common import (
 from gateway.cache.response import Lookup
 from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
+from gateway.guard.apply import guard_request, restore_body
 from gateway.keys.auth import Principal
 from gateway.observability import payload_log
 from gateway.state import GatewayState
@@ -69,10 +70,17 @@ class Call:
         ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, body_bytes
         start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
+        masked = False
+        checks = state.guards.get(plan.route)
+        if checks is not None:  # after the drill: no cohort may skip a reroute
+            plan, masked = guard_request(checks, plan, ctx, headers)
         ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
-        # Routes without `cache:` pay this one check (gateway/cache/response.py).
+        # Routes without `cache:` pay this one check (gateway/cache/response.py). A masked
+        # request is never cached: its placeholders mean another request's values.
         cached = (
-            None if state.cache is None else await state.cache.lookup(plan, ctx, scope, headers)
+            None
+            if state.cache is None or masked
+            else await state.cache.lookup(plan, ctx, scope, headers)
         )
         return cls(state, ctx, plan, cached, log_endpoint, headers)
 
@@ -96,6 +104,8 @@ class Call:
             else self.cached.complete(service, ctx, plan)
         )
         self.headers.extend(result.headers)
+        if ctx.unmask is not None:
+            result.body = restore_body(result.body, ctx.unmask)
         return result
 
     def answered(self, result: Completion) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.config.fanout import ConsensusConfig, SpeculativeConfig
+from gateway.config.guard import GuardCheck, unique_names
 from gateway.config.responses import RouteResponses
 from gateway.ledger.unit_prices import UnitRateFields
 
@@ -274,6 +275,14 @@ class Route(_Strict):
     # Stored Responses on this route (gateway/config/responses.py): `{store: false}` keeps
     # nothing, whatever the client sends.
     responses: RouteResponses | None = None
+    # Guard checks on this route's requests (gateway/config/guard.py); unset: the
+    # top-level `guard:`, `[]`: none.
+    guard: list[GuardCheck] | None = None
+
+    @field_validator("guard")
+    @classmethod
+    def _unique_checks(cls, value: list[GuardCheck] | None) -> list[GuardCheck] | None:
+        return unique_names(value)
 
     @field_validator("strategy")
     @classmethod

@@ -20,6 +20,7 @@ from pydantic import (
 from gateway.config.batch import BatchConfig
 from gateway.config.drills import DrillSchedule
 from gateway.config.fanout import fanout_policy
+from gateway.config.guard import GuardCheck, to_checks, unique_names
 from gateway.config.responses import ResponsesConfig
 from gateway.config.routes import (
     _DEFAULT_BASE as _DEFAULT_BASE,
@@ -79,6 +80,7 @@ from gateway.config.routes import (
     _suggest as _suggest,
 )
 from gateway.keys.auth import Principal
+from routing.guard import Check
 from routing.lease import Sizing
 from routing.model import (
     DeploymentSpec,
@@ -256,6 +258,24 @@ class GatewayConfig(_Strict):
     # Stored Responses: retention, purge and save bounds (gateway/conversations/store.py).
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    # Guard checks of every route without its own `guard:` (gateway/config/guard.py).
+    guard: list[GuardCheck] = Field(default_factory=list)
+
+    @field_validator("guard")
+    @classmethod
+    def _unique_checks(cls, value: list[GuardCheck]) -> list[GuardCheck]:
+        unique_names(value)
+        return value
+
+    def guard_checks(self) -> dict[str, tuple[Check, ...]]:
+        """Each route's guard checks, compiled (routes without any are left out)."""
+        default = to_checks(self.guard)
+        out: dict[str, tuple[Check, ...]] = {}
+        for name, route in self.routes.items():
+            checks = default if route.guard is None else to_checks(route.guard)
+            if checks:
+                out[name] = checks
+        return out
 
     @field_validator("auth", mode="before")
     @classmethod

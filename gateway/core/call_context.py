@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from gateway.keys.auth import Principal
 from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.observability import telemetry
+from routing.masking import Masker
 from routing.shape import RequestShape
 
 
@@ -74,6 +75,10 @@ class CallContext:
     stream_ended: bool = False
     # A line of a Batch API batch: the batch's id (gateway/batch/).
     batch_id: str | None = None
+    # The route's guard checks' strongest action (gateway/guard), and the placeholders to
+    # put back in a non-streamed answer when a mask check restores them.
+    guard: str | None = None
+    unmask: Masker | None = None
 
     def stream_ended_now(self) -> bool:
         """`stream_ended`, as the callable gateway.api.common.send_stream asks after each

@@ -90,6 +90,17 @@ REQUESTS = Counter(
     "and error class",
     ["route", "deployment", "status", "error_class"],
 )
+GUARD_HITS = Counter(
+    "farebox_guard_hits_total",
+    "Findings of guard checks on requests, by route, check and the check's action",
+    ["route", "check", "action"],
+)
+GUARD_SECONDS = Histogram(
+    "farebox_guard_seconds",
+    "Time spent running a route's guard checks on one request",
+    ["route"],
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01),
+)
 BREAKER_OPENED = Counter(
     "farebox_breaker_force_opened_total",
     "Breakers opened at once because the provider rejected our credentials or model (401/403/404)",

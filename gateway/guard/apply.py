@@ -1,0 +1,92 @@
+"""A route's guard checks applied to one call (`guard_request`), and the answer's
+placeholders put back (`restore_body`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import orjson
+
+from gateway.core.call_context import CallContext
+from gateway.errors import InvalidRequest
+from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
+from routing.guard import BLOCK, Check, Verdict, allowed, inspect
+from routing.guard_texts import rewrite, texts
+from routing.masking import Masker
+from routing.model import Plan
+
+BLOCKED = "guardrail_blocked"
+
+
+def guard_request(
+    checks: tuple[Check, ...], plan: Plan, ctx: CallContext, headers: list[tuple[bytes, bytes]]
+) -> tuple[Plan, bool]:
+    """Run `checks` on the call's request: raise the 400 of a block, narrow the plan for
+    a reroute, mask the body in place (remembering the placeholders if the answer gets
+    its originals back), and say what was done in `x-farebox-guard`. Returns the plan and
+    whether the body was masked. What was found is counted, never kept or logged."""
+    started = time.perf_counter()
+    verdict = inspect(checks, texts(ctx.endpoint, ctx.payload))
+    GUARD_SECONDS.labels(plan.route).observe(time.perf_counter() - started)
+    actions = {c.name: c.action for c in checks}
+    for name, hits in verdict.hits.items():
+        GUARD_HITS.labels(plan.route, name, actions[name]).inc(hits)
+    outcome = verdict.outcome
+    if outcome is None:
+        return plan, False
+    ctx.guard = outcome
+    headers.append((b"x-farebox-guard", _header(verdict).encode()))
+    if verdict.blocked_by is not None:
+        raise InvalidRequest(
+            f"The request was blocked by the guardrail {verdict.blocked_by!r} of route "
+            f"{plan.route!r}.",
+            param=None,
+            code=BLOCKED,
+        )
+    if verdict.allow_kinds is not None:
+        kept = tuple(a for a in plan.attempts if allowed(a.deployment, verdict.allow_kinds))
+        if not kept:
+            raise InvalidRequest(
+                f"The guardrail {', '.join(verdict.rerouted_by)!r} allows this request only "
+                f"on {', '.join(sorted(verdict.allow_kinds))} deployments, and route "
+                f"{plan.route!r} has none.",
+                param=None,
+                code=BLOCKED,
+            )
+        plan = dataclasses.replace(plan, attempts=kept)
+    masker = verdict.masker
+    if masker is not None:
+        rewrite(ctx.endpoint, ctx.payload, masker.mask)
+        restoring = {c.name for c in checks if c.restore}
+        if restoring.intersection(verdict.masked_by):
+            ctx.unmask = masker
+    return plan, masker is not None
+
+
+def _header(verdict: Verdict) -> str:
+    parts = [str(verdict.outcome)]
+    for label, names in (
+        ("blocked", [verdict.blocked_by] if verdict.blocked_by else []),
+        ("rerouted", verdict.rerouted_by),
+        ("masked", verdict.masked_by),
+        ("flagged", verdict.flagged_by),
+    ):
+        if names:
+            parts.append(f"{label}={','.join(names)}")
+    return "; ".join(parts)
+
+
+def restore_body(body: bytes, masker: Masker) -> bytes:
+    """A JSON answer with the request's placeholders replaced by their originals, each
+    escaped as a JSON string's inside."""
+    text = body.decode("utf-8", "replace")
+    restored = masker.unmask(text, escape=_json_inside)
+    return body if restored == text else restored.encode()
+
+
+def _json_inside(value: str) -> str:
+    return orjson.dumps(value).decode()[1:-1]
+
+
+__all__ = ["BLOCK", "BLOCKED", "guard_request", "restore_body"]
