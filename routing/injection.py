@@ -13,6 +13,7 @@ model for what it misses.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_THRESHOLD = 1.0
@@ -23,10 +24,34 @@ class Signal:
     name: str
     weight: float
     pattern: re.Pattern[str]
+    # Lower-case words one of which every match holds: a text with none is not searched
+    # (the patterns cost several µs each on a long prompt; these checks run per request).
+    needles: tuple[str, ...] = ()
+
+    # Or a cheaper test of the whole text that every match passes.
+    gate: Callable[[str], bool] | None = None
+
+    def present(self, text: str, lower: str) -> bool:
+        if self.needles and not any(n in lower for n in self.needles):
+            return False
+        if self.gate is not None and not self.gate(text):
+            return False
+        return self.pattern.search(text) is not None
 
 
-def _signal(name: str, weight: float, pattern: str) -> Signal:
-    return Signal(name, weight, re.compile(pattern, re.IGNORECASE | re.DOTALL))
+def _signal(
+    name: str,
+    weight: float,
+    pattern: str,
+    needles: tuple[str, ...] = (),
+    gate: Callable[[str], bool] | None = None,
+) -> Signal:
+    return Signal(name, weight, re.compile(pattern, re.IGNORECASE | re.DOTALL), needles, gate)
+
+
+def _long_word(text: str) -> bool:
+    """A run of 64 characters without a space (what an encoded blob needs)."""
+    return len(text) >= 64 and any(len(word) >= 64 for word in text.split())
 
 
 _VERBS = (
@@ -48,49 +73,102 @@ SIGNALS = (
         1.0,
         rf"\b{_VERBS}\b.{{0,40}}\b{_EARLIER}\b.{{0,30}}\b{_RULES}\b"
         rf"|\b{_VERBS}\b.{{0,30}}\b{_RULES}\b.{{0,15}}\b{_EARLIER}\b",  # rules, then which
+        (
+            "ignor",
+            "disregard",
+            "forget",
+            "overrid",
+            "bypass",
+            "skip",
+            "drop",
+            "oubli",
+            "vergiss",
+            "olvida",
+        ),
     ),
-    _signal("new_rules", 0.6, r"\b(?:new|updated|real) (?:system )?(?:instructions|rules)\b\s*:"),
+    _signal(
+        "new_rules",
+        0.6,
+        r"\b(?:new|updated|real) (?:system )?(?:instructions|rules)\b\s*:",
+        ("instructions", "rules"),
+    ),
     _signal(
         "persona",
         1.0,
         r"\b(?:act|pretend|roleplay) as (?:an? )?(?:unfiltered|unrestricted|jailbroken|evil|DAN)"
         r"\b|\bdeveloper mode\b|\bDAN\b.{0,20}\b(?:mode|prompt)\b",
+        ("act as", "pretend as", "roleplay as", "developer mode", "dan"),
     ),
-    _signal("you_are_now", 0.5, r"\byou are (?:now|no longer)\b"),
+    _signal("you_are_now", 0.5, r"\byou are (?:now|no longer)\b", ("you are n",)),
     _signal(
         "asks_instructions",
         1.0,
         r"\byour (?:initial|original|hidden|secret|system) (?:instructions|prompt)\b",
+        ("instructions", "prompt"),
     ),
-    _signal("decode_follow", 0.6, r"\b(?:decode|base64)\b.{0,30}\b(?:follow|execute|run|obey)\b"),
+    _signal(
+        "decode_follow",
+        0.6,
+        r"\b(?:decode|base64)\b.{0,30}\b(?:follow|execute|run|obey)\b",
+        ("decode", "base64"),
+    ),
     _signal(
         "exfiltrate",
         1.0,
         r"\b(?:reveal|print|show|repeat|output|leak|tell me)\b.{0,30}\b(?:system prompt|"
         r"(?:hidden|initial|original|secret) (?:instructions|prompt)|your instructions)\b",
+        ("prompt", "instructions"),
     ),
     _signal(
         "role_markup",
         1.0,
         r"<\|(?:im_start|im_end|system|endoftext|start_header_id)\|>|\[/?INST\]|<<SYS>>|"
         r"^\s*#{2,}\s*(?:system|assistant)\s*:|^\s*(?:system|assistant)\s*:\s",
+        ("<|", "[inst]", "[/inst]", "<<sys>>", "system:", "assistant:", "system :", "assistant :"),
     ),
     _signal(
         "hidden_text",
         1.0,
         "[\u200b\u200c\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069]|<!--.*?-->|"
         r"display\s*:\s*none|font-size\s*:\s*0|color\s*:\s*(?:white|#fff(?:fff)?)\b",
+        (
+            "\u200b",
+            "\u200c",
+            "\u200d",
+            "\u2060",
+            "\ufeff",
+            "\u202a",
+            "\u202b",
+            "\u202c",
+            "\u202d",
+            "\u202e",
+            "\u2066",
+            "\u2067",
+            "\u2068",
+            "\u2069",
+            "<!--",
+            "display",
+            "font-size",
+            "color",
+        ),
     ),
-    _signal("encoded", 0.5, r"\b(?:[A-Za-z0-9+/]{4}){16,}(?:==|=)?"),  # 64+ characters
-    _signal("no_limits", 0.5, r"\b(?:no|without) (?:restrictions|limits|filters|censorship)\b"),
+    _signal("encoded", 0.5, r"[A-Za-z0-9+/]{64,}={0,2}", gate=_long_word),  # base64
+    _signal(
+        "no_limits",
+        0.5,
+        r"\b(?:no|without) (?:restrictions|limits|filters|censorship)\b",
+        ("restrictions", "limits", "filters", "censorship"),
+    ),
 )
 
 
 def signals(text: str) -> list[str]:
     """The names of the signals present in `text`."""
-    return [s.name for s in SIGNALS if s.pattern.search(text)]
+    lower = text.lower()
+    return [s.name for s in SIGNALS if s.present(text, lower)]
 
 
 def score(text: str) -> float:
     """The sum of the weights of the signals present in `text` (each once)."""
-    return sum(s.weight for s in SIGNALS if s.pattern.search(text))
+    lower = text.lower()
+    return sum(s.weight for s in SIGNALS if s.present(text, lower))

@@ -186,24 +186,45 @@ def _matches(
             yield match.start(group), match.end(group)
 
 
+# Words one of which every key pattern holds (lower case): a text with none of them is not
+# searched by the patterns, which cost tens of µs on a long prompt (guards run per request).
+_KEY_WORDS = ("bearer", "basic", "token", "key", "secret", "passw", "credential", "authoriz")
+_KEY_PREFIXES = (
+    "sk-", "fbx-", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIza", "ghp_", "gho_", "ghu_", "ghs_",
+    "ghr_", "xox", "hf_", "gsk_", "r8_", "eyJ",
+)  # fmt: skip
+
+
 def _secrets(text: str) -> Iterable[tuple[int, int]]:
-    yield from _matches(AUTH_SCHEME, text, 3)
-    yield from _matches(URL_SECRET, text, 2)
-    yield from _matches(PREFIXED_KEYS, text)
-    yield from _matches(NAMED_SECRET, text, 2, named_secret_ok)
+    if any(prefix in text for prefix in _KEY_PREFIXES):
+        yield from _matches(PREFIXED_KEYS, text)
+    if "=" in text:
+        yield from _matches(URL_SECRET, text, 2)
+    lower = text.lower()
+    if any(word in lower for word in _KEY_WORDS):
+        yield from _matches(AUTH_SCHEME, text, 3)
+        yield from _matches(NAMED_SECRET, text, 2, named_secret_ok)
 
 
-_FINDERS: dict[str, Callable[[str], Iterable[tuple[int, int]]]] = {
-    SECRET: _secrets,
-    EMAIL: lambda text: _matches(EMAIL_PATTERN, text) if "@" in text else (),
-    IBAN: lambda text: _matches(IBAN_PATTERN, text, 0, iban_ok),
-    CARD: lambda text: _matches(CARD_PATTERN, text, 0, card_ok),
-    IP: lambda text: [
-        *(span for span in _matches(IPV4_PATTERN, text) if not _versioned(text, span[0])),
-        *_matches(IPV6_CANDIDATE, text, 0, _ipv6_ok),
-    ],
-    PHONE: lambda text: _matches(PHONE_PATTERN, text, 0, phone_ok),
+def _ips(text: str) -> Iterable[tuple[int, int]]:
+    if text.count(".") >= 3:
+        for span in _matches(IPV4_PATTERN, text):
+            if not _versioned(text, span[0]):
+                yield span
+    if text.count(":") >= 2:
+        yield from _matches(IPV6_CANDIDATE, text, 0, _ipv6_ok)
+
+
+# Each kind's finder, and the fewest digits a text needs to hold one (none: 0).
+_FINDERS: dict[str, tuple[Callable[[str], Iterable[tuple[int, int]]], int]] = {
+    SECRET: (_secrets, 0),
+    EMAIL: (lambda text: _matches(EMAIL_PATTERN, text) if "@" in text else (), 0),
+    IBAN: (lambda text: _matches(IBAN_PATTERN, text, 0, iban_ok), 2),
+    CARD: (lambda text: _matches(CARD_PATTERN, text, 0, card_ok), 13),
+    IP: (_ips, 2),
+    PHONE: (lambda text: _matches(PHONE_PATTERN, text, 0, phone_ok), 7),
 }
+_NO_DIGITS = str.maketrans("", "", "0123456789")
 
 
 def find(text: str, kinds: Iterable[str] = KINDS, custom: Iterable[Custom] = ()) -> list[Finding]:
@@ -211,8 +232,12 @@ def find(text: str, kinds: Iterable[str] = KINDS, custom: Iterable[Custom] = ())
     order and never overlapping: where two overlap, the one found first in `kinds` order
     (then the custom ones, in their order) keeps it."""
     taken: list[Finding] = []
+    digits = len(text) - len(text.translate(_NO_DIGITS))
     for kind in kinds:
-        for start, end in _FINDERS[kind](text):
+        finder, fewest = _FINDERS[kind]
+        if digits < fewest:
+            continue
+        for start, end in finder(text):
             _claim(taken, Finding(kind, start, end))
     for detector in custom:
         for start, end in _matches(detector.pattern, text):
