@@ -21,7 +21,7 @@ from gateway.api.common import (
 from gateway.cache.response import Lookup
 from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
-from gateway.guard.apply import guard_request, restore_body
+from gateway.guard.apply import guard_request, restore_body, restore_chat_stream
 from gateway.keys.auth import Principal
 from gateway.observability import payload_log
 from gateway.state import GatewayState
@@ -91,6 +91,8 @@ class Call:
             if self.cached is None
             else self.cached.stream(service, ctx, plan, include_usage)
         )
+        if ctx.unmask is not None and ctx.endpoint == "chat/completions":
+            streaming.chunks = restore_chat_stream(streaming.chunks, ctx.unmask)
         if payload_log.wanted(self.state.config.routes, plan.route):
             streaming.chunks = payload_log.tap(streaming.chunks, **self._log_fields())
         self.headers.extend(streaming.headers)

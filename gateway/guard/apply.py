@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
 from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
+from gateway.providers.sse import SSEDecoder
 from routing.guard import BLOCK, Check, Verdict, allowed, inspect
 from routing.guard_texts import rewrite, texts
-from routing.masking import Masker
+from routing.masking import Masker, StreamUnmask
 from routing.model import Plan
 
 BLOCKED = "guardrail_blocked"
@@ -89,4 +92,47 @@ def _json_inside(value: str) -> str:
     return orjson.dumps(value).decode()[1:-1]
 
 
-__all__ = ["BLOCK", "BLOCKED", "guard_request", "restore_body"]
+async def restore_chat_stream(chunks: AsyncIterator[bytes], masker: Masker) -> AsyncIterator[bytes]:
+    """A chat completion stream with the request's placeholders put back in each choice's
+    content. A placeholder a model writes over several chunks (`<EM` `AIL_1>`) is held
+    back until it is whole (`StreamUnmask`), and what is held goes out with the choice's
+    finish chunk at the latest. Events other than chunks with content pass as they came."""
+    decoder = SSEDecoder()
+    unmasks: dict[Any, StreamUnmask] = {}
+    async for block in chunks:
+        out = [_restored_event(data, masker, unmasks) for data in decoder.feed(block)]
+        if out:
+            yield b"".join(out)
+
+
+def _restored_event(data: bytes, masker: Masker, unmasks: dict[Any, StreamUnmask]) -> bytes:
+    raw = b"data: " + data + b"\n\n"
+    if not data.startswith(b"{"):
+        return raw  # [DONE]
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return raw
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return raw
+    changed = False
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        unmask = unmasks.setdefault(choice.get("index"), StreamUnmask(masker))
+        content = delta.get("content")
+        text = unmask.feed(content) if isinstance(content, str) else None
+        if choice.get("finish_reason") is not None:
+            held = unmask.finish()
+            text = held if text is None else text + held
+            if not text and content is None:
+                continue
+        if text is not None and text != content:
+            delta["content"] = text
+            changed = True
+    return b"data: " + orjson.dumps(chunk) + b"\n\n" if changed else raw
+
+
+__all__ = ["BLOCK", "BLOCKED", "guard_request", "restore_body", "restore_chat_stream"]

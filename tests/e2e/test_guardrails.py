@@ -158,3 +158,20 @@ def test_a_flag_only_says_so(client: openai.OpenAI) -> None:
     assert raw.parse().choices[0].message.content
     clean = _ask(client, "flagged", "What is the capital of France?")
     assert "x-farebox-guard" not in clean.headers
+
+
+def test_a_streamed_answer_gets_its_values_back_whatever_the_chunks(
+    client: openai.OpenAI,
+) -> None:
+    text = "Write to jane@example.com, card 4111 1111 1111 1111, re Nightjar."
+    stream = client.chat.completions.create(
+        model="masked", messages=[{"role": "user", "content": text}], stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == text
+    assert len(pieces) > 3  # the echo came in several chunks, placeholders split among them
+    kept = client.chat.completions.create(
+        model="masked-kept", messages=[{"role": "user", "content": text}], stream=True
+    )
+    seen = "".join(c.choices[0].delta.content or "" for c in kept if c.choices)
+    assert seen == "Write to <EMAIL_1>, card 4111 1111 1111 1111, re Nightjar."
