@@ -86,8 +86,11 @@ def inspect(checks: Iterable[Check], texts: list[str]) -> Verdict:
     request_checks = sorted(
         (c for c in checks if c.on_request), key=lambda c: _PRECEDENCE[c.action]
     )
+    # The request's texts read as one: a pattern costs about as much per call as per
+    # character here, and no finding spans a newline (the injection score is the request's).
+    whole = texts[0] if len(texts) == 1 else "\n".join(texts)
     for check in request_checks:
-        hits = _hits(check, texts)
+        hits = _hits(check, whole) if whole else 0
         if not hits:
             continue
         verdict.hits[check.name] = hits
@@ -111,13 +114,10 @@ def inspect(checks: Iterable[Check], texts: list[str]) -> Verdict:
     return verdict
 
 
-def _hits(check: Check, texts: list[str]) -> int:
-    count = 0
-    for text in texts:
-        if check.kinds or check.custom:
-            count += len(find(text, check.kinds, check.custom))
-        if check.injection_threshold is not None and score(text) >= check.injection_threshold:
-            count += 1
+def _hits(check: Check, text: str) -> int:
+    count = len(find(text, check.kinds, check.custom)) if check.kinds or check.custom else 0
+    if check.injection_threshold is not None and score(text) >= check.injection_threshold:
+        count += 1
     return count
 
 
