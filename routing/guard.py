@@ -34,8 +34,6 @@ class Check:
     kinds: tuple[str, ...] = KINDS  # personal data it looks for (none: an injection check)
     custom: tuple[Custom, ...] = ()
     injection_threshold: float | None = None  # set: the injection heuristic is run too
-    on_request: bool = True
-    on_answer: bool = False
     restore: bool = True  # mask: originals back in the answer
     allow_kinds: frozenset[str] = frozenset()  # reroute: the provider kinds it may go to
 
@@ -78,14 +76,12 @@ class Verdict:
 
 
 def inspect(checks: Iterable[Check], texts: list[str]) -> Verdict:
-    """Run the request-side `checks` over `texts`, strongest action first; a block stops
+    """Run `checks` over a request's `texts`, strongest action first; a block stops
     the others (nothing more need be known about a request that is refused)."""
     verdict = Verdict()
     mask_kinds: list[str] = []  # every mask check's, masked by one Masker
     mask_custom: list[Custom] = []
-    request_checks = sorted(
-        (c for c in checks if c.on_request), key=lambda c: _PRECEDENCE[c.action]
-    )
+    request_checks = sorted(checks, key=lambda c: _PRECEDENCE[c.action])
     # The request's texts read as one: a pattern costs about as much per call as per
     # character here, and no finding spans a newline (the injection score is the request's).
     whole = texts[0] if len(texts) == 1 else "\n".join(texts)

@@ -14,7 +14,7 @@ from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
 from gateway.providers.sse import SSEDecoder
-from routing.guard import BLOCK, Check, Verdict, allowed, inspect
+from routing.guard import Check, Verdict, allowed, inspect
 from routing.guard_texts import rewrite, texts
 from routing.masking import Masker, StreamUnmask
 from routing.model import Plan
@@ -133,6 +133,3 @@ def _restored_event(data: bytes, masker: Masker, unmasks: dict[Any, StreamUnmask
             delta["content"] = text
             changed = True
     return b"data: " + orjson.dumps(chunk) + b"\n\n" if changed else raw
-
-
-__all__ = ["BLOCK", "BLOCKED", "guard_request", "restore_body", "restore_chat_stream"]

@@ -18,11 +18,8 @@ import orjson
 
 from gateway.providers.responses_frames import message_json, text_part
 from gateway.providers.responses_opening import PLAIN_ECHO, joined_terminal
-from gateway.providers.responses_output import responses_usage
+from gateway.providers.responses_output import INCOMPLETE, responses_usage, text_alone
 
-_NO_TEXT = (None, "")
-# Chat finish reasons that leave a Response incomplete, and the reason it then gives.
-_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _HOLE = b"\0"  # where a value goes in `_pieces`' template (orjson escapes a NUL in JSON)
 _USAGE = (
     b',"usage":{"input_tokens":%d,"input_tokens_details":{"cached_tokens":%d,'
@@ -50,18 +47,11 @@ def text_answer_json(
     message = choice.get("message")
     if message.__class__ is not dict:
         return None
-    content = message.get("content")
-    if not (
-        content.__class__ is str
-        and content
-        and message.get("refusal") is None
-        and not message.get("tool_calls")
-        and message.get("reasoning_content") in _NO_TEXT
-        and message.get("reasoning") in _NO_TEXT
-    ):
+    content = text_alone(message)
+    if content is None:
         return None
     finish = choice.get("finish_reason")
-    reason = _INCOMPLETE.get(finish) if finish.__class__ is str else None
+    reason = INCOMPLETE.get(finish) if finish.__class__ is str else None
     model = chat.get("model")
     if model.__class__ is not str:
         model = request.get("model")

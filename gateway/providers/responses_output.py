@@ -46,7 +46,7 @@ ERROR_CODES = frozenset(
 )
 
 # Chat finish reasons that end a Response as `incomplete`, with the spec's reason.
-_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def new_id(prefix: str) -> str:
@@ -76,7 +76,7 @@ def error_code(code: Any) -> str:
 
 def status_for(finish_reason: Any) -> tuple[str, dict[str, str] | None]:
     """(status, incomplete_details) of a Response whose chat answer ended so."""
-    reason = _INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    reason = INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
     return ("incomplete", {"reason": reason}) if reason else ("completed", None)
 
 
@@ -244,16 +244,8 @@ def response_from_chat(
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") if isinstance(choice, dict) else None
     message = message if isinstance(message, dict) else {}
-    content = message.get("content")
-    if (
-        content.__class__ is str
-        and content
-        and message.get("refusal") is None
-        and not message.get("tool_calls")
-        and message.get("reasoning_content") in _NO_TEXT
-        and message.get("reasoning") in _NO_TEXT
-    ):
-        # The usual answer: text alone (vLLM's nulls and empty list count as absent).
+    content = text_alone(message)
+    if content is not None:
         return _text_response(chat, request, choice, content, response_id, created_at, completed_at)
     output: list[dict[str, Any]] = []
     thought = reasoning_text(message)
@@ -306,6 +298,22 @@ def response_from_chat(
 
 
 _NO_TEXT = (None, "")
+
+
+def text_alone(message: dict[str, Any]) -> str | None:
+    """The content of a chat message that is non-empty text and nothing else — the usual
+    answer (vLLM's nulls and empty lists count as absent); else None."""
+    content = message.get("content")
+    if (
+        content.__class__ is str
+        and content
+        and message.get("refusal") is None
+        and not message.get("tool_calls")
+        and message.get("reasoning_content") in _NO_TEXT
+        and message.get("reasoning") in _NO_TEXT
+    ):
+        return content
+    return None
 
 
 def _text_response(
