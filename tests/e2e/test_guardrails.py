@@ -20,7 +20,10 @@ import pytest
 from tests.conftest import SIM_KEY, sqlite_settings
 from tests.gateway_harness import RunningGateway, config_from_yaml, running_gateway
 from tests.guard_corpus import corpus
+from tests.ledger_reads import ledger_url, sql_rows
 from tests.simulator import simulator_stats
+from tests.waiting import wait_until
+from tests.wire_recorder import WireRecorder
 
 pytestmark = pytest.mark.e2e
 
@@ -71,8 +74,18 @@ def gw(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 
 
 @pytest.fixture
-def client(gw: RunningGateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=10)
+def client(gw: RunningGateway) -> Iterator[openai.OpenAI]:
+    """An SDK client whose every body and stream event is validated against the OpenAI spec
+    when the test ends (guardrail errors and restored chunks included)."""
+    recorder = WireRecorder()
+    yield openai.OpenAI(
+        base_url=gw.base_url,
+        api_key=KEY,
+        max_retries=0,
+        timeout=10,
+        http_client=recorder.client(),
+    )
+    recorder.validate()
 
 
 def _calls(simulator: str, model: str) -> int:
@@ -102,10 +115,11 @@ def test_pii_goes_only_to_the_dedicated_deployment(client: openai.OpenAI, simula
     assert _calls(simulator, "guard-closed") == closed + len(clean)
 
 
-def test_a_key_in_a_prompt_is_blocked_in_each_api_shape(gw: RunningGateway, simulator: str) -> None:
+def test_a_key_in_a_prompt_is_blocked_in_each_api_shape(
+    gw: RunningGateway, client: openai.OpenAI, simulator: str
+) -> None:
     before = _calls(simulator, "guard-closed") + _calls(simulator, "guard-gpu")
     text = "Please debug with my key sk-proj-ABCDEFGHIJ0123456789abcd"
-    client = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=10)
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="pii", messages=[{"role": "user", "content": text}])
     error = caught.value
@@ -175,3 +189,24 @@ def test_a_streamed_answer_gets_its_values_back_whatever_the_chunks(
     )
     seen = "".join(c.choices[0].delta.content or "" for c in kept if c.choices)
     assert seen == "Write to <EMAIL_1>, card 4111 1111 1111 1111, re Nightjar."
+
+
+def test_ledger_attempts_equal_the_simulators_calls(
+    gw: RunningGateway, client: openai.OpenAI, simulator: str
+) -> None:
+    """Rerouted, masked and blocked requests alike: every upstream call has its attempt row,
+    and a blocked request none (it made no call)."""
+    _ask(client, "pii", "mail a@example.com")
+    _ask(client, "masked", "card 4111111111111111")
+    with pytest.raises(openai.BadRequestError):
+        _ask(client, "pii", "key sk-proj-ABCDEFGHIJ0123456789abcd")
+    models = {"guard-closed": "api@closed", "guard-gpu": "own@gpu", "guard-echo": "echo@closed"}
+    calls = {deployment: _calls(simulator, model) for model, deployment in models.items()}
+
+    def attempts() -> dict[str, int]:
+        rows = sql_rows(
+            ledger_url(gw), "SELECT deployment, COUNT(*) FROM attempts GROUP BY deployment"
+        )
+        return {deployment: count for deployment, count in rows if deployment in calls}
+
+    wait_until(lambda: attempts() == calls, f"attempts {attempts()} == simulator calls {calls}")
