@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.core.call_context import CallContext  # noqa: E402
 from gateway.guard.apply import guard_request  # noqa: E402
-from routing.guard import FLAG, MASK, Check  # noqa: E402
+from routing.guard import FLAG, MASK, Check, Guards  # noqa: E402
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts  # noqa: E402
 
 CALLS = 2_000
@@ -82,7 +82,7 @@ BODIES: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-DEFAULT_CHECKS = (Check("pii", MASK), Check.injection("injection", FLAG))
+DEFAULT_CHECKS = Guards.of((Check("pii", MASK), Check.injection("injection", FLAG)))
 
 
 def _plan() -> Plan:
@@ -90,7 +90,7 @@ def _plan() -> Plan:
     return Plan("chat", "direct", (PlannedAttempt(dep, "primary"),), Timeouts(1000, 1000, 1000))
 
 
-def _time(endpoint: str, body: dict[str, Any], checks: tuple[Check, ...]) -> float:
+def _time(endpoint: str, body: dict[str, Any], checks: Guards | None) -> float:
     plan = _plan()
     best = float("inf")
     for _ in range(RUNS):
@@ -109,7 +109,7 @@ def main() -> int:
     rows = []
     for name, (endpoint, body) in BODIES.items():
         guarded = _time(endpoint, body, DEFAULT_CHECKS)
-        bare = _time(endpoint, body, ())
+        bare = _time(endpoint, body, None)
         rows.append((name, guarded - bare))
         print(f"{name}: +{guarded - bare:.1f} µs", flush=True)
     typical = rows[0][1]

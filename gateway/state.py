@@ -59,7 +59,7 @@ from gateway.providers.openai_compat import OpenAICompatAdapter, ProviderEndpoin
 from gateway.providers.responses_bridge import ResponsesBridge
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
-from routing.guard import Check
+from routing.guard import Guards
 from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class GatewayState:
     # Batches (gateway/batch/store.py), on the ledger's engine; None without a database.
     batches: BatchStore | None = None
     # Each route's guard checks (gateway/config/guard.py); routes without any are absent.
-    guards: dict[str, tuple[Check, ...]] = field(default_factory=dict)
+    guards: dict[str, Guards] = field(default_factory=dict)
     draining: bool = False
     # Requests running on this state (HotPath counts them): a state replaced by a reload is
     # closed once this reaches zero.

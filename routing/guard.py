@@ -8,11 +8,17 @@ filters, the ledger records why) or `flag` it (a header and the ledger only). `i
 runs a route's checks over the texts of a request (`routing.guard_texts` finds them in
 chat, Responses and Anthropic bodies) and returns the `Verdict`; what is found is counted
 per check, never kept.
+
+A check reads the request, the answer or both (`on_request`, `on_answer`). On an answer
+it may mask (the client sees placeholders), block (the answer is withheld) or flag. A
+check with a `GuardModel` also asks a classifier deployment about the request; that call
+is I/O, so the gateway makes it (gateway/guard/model.py) and hands `inspect` its finding
+in `decided`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from routing.injection import DEFAULT_THRESHOLD, score
@@ -28,6 +34,15 @@ _PRECEDENCE = {BLOCK: 0, REROUTE: 1, MASK: 2, FLAG: 3}
 
 
 @dataclass(frozen=True, slots=True)
+class GuardModel:
+    """A classifier on a deployment of the config, asked about each request's texts."""
+
+    deployment: str
+    timeout_s: float = 1.0
+    fail_closed: bool = False  # no verdict in time: True counts it a hit, False lets it by
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     name: str
     action: str
@@ -36,6 +51,9 @@ class Check:
     injection_threshold: float | None = None  # set: the injection heuristic is run too
     restore: bool = True  # mask: originals back in the answer
     allow_kinds: frozenset[str] = frozenset()  # reroute: the provider kinds it may go to
+    on_request: bool = True
+    on_answer: bool = False
+    model: GuardModel | None = None  # request only: its finding comes in `decided`
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -44,6 +62,14 @@ class Check:
             raise ValueError(f"check {self.name!r}: reroute needs the provider kinds it allows")
         if self.action == MASK and self.injection_threshold is not None:
             raise ValueError(f"check {self.name!r}: an injection score cannot be masked")
+        if self.on_answer and self.action == REROUTE:
+            raise ValueError(f"check {self.name!r}: an answer cannot be rerouted")
+        if self.on_answer and (self.injection_threshold is not None or self.model is not None):
+            raise ValueError(
+                f"check {self.name!r}: injection scores and guard models read requests only"
+            )
+        if self.model is not None and self.action == MASK:
+            raise ValueError(f"check {self.name!r}: a guard model's finding cannot be masked")
 
     @classmethod
     def injection(cls, name: str, action: str, threshold: float = DEFAULT_THRESHOLD) -> Check:
@@ -75,9 +101,34 @@ class Verdict:
         return FLAG if self.flagged_by else None
 
 
-def inspect(checks: Iterable[Check], texts: list[str]) -> Verdict:
+@dataclass(frozen=True, slots=True)
+class Guards:
+    """A route's checks, by when they run."""
+
+    request: tuple[Check, ...]
+    answer: tuple[Check, ...]
+    models: tuple[Check, ...]  # request checks that ask a guard model
+
+    @classmethod
+    def of(cls, checks: Iterable[Check]) -> Guards:
+        checks = tuple(checks)
+        return cls(
+            request=tuple(c for c in checks if c.on_request),
+            answer=tuple(c for c in checks if c.on_answer),
+            models=tuple(c for c in checks if c.on_request and c.model is not None),
+        )
+
+    @property
+    def all(self) -> tuple[Check, ...]:
+        return self.request + tuple(c for c in self.answer if not c.on_request)
+
+
+def inspect(
+    checks: Iterable[Check], texts: list[str], decided: Mapping[str, int] | None = None
+) -> Verdict:
     """Run `checks` over a request's `texts`, strongest action first; a block stops
-    the others (nothing more need be known about a request that is refused)."""
+    the others (nothing more need be known about a request that is refused). `decided`
+    holds the hits of the checks' guard models, asked before."""
     verdict = Verdict()
     mask_kinds: list[str] = []  # every mask check's, masked by one Masker
     mask_custom: list[Custom] = []
@@ -87,6 +138,8 @@ def inspect(checks: Iterable[Check], texts: list[str]) -> Verdict:
     whole = texts[0] if len(texts) == 1 else "\n".join(texts)
     for check in request_checks:
         hits = _hits(check, whole) if whole else 0
+        if decided:
+            hits += decided.get(check.name, 0)
         if not hits:
             continue
         verdict.hits[check.name] = hits

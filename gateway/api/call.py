@@ -71,9 +71,9 @@ class Call:
         start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
         masked = False
-        checks = state.guards.get(plan.route)
-        if checks is not None:  # after the drill: no cohort may skip a reroute
-            plan, masked = guard_request(checks, plan, ctx, headers)
+        guards = state.guards.get(plan.route)
+        if guards is not None and guards.request:  # after the drill: no cohort skips a reroute
+            plan, masked = guard_request(guards, plan, ctx, headers)
         ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
         # Routes without `cache:` pay this one check (gateway/cache/response.py). A masked
         # request is never cached: its placeholders mean another request's values.

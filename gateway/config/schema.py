@@ -80,7 +80,7 @@ from gateway.config.routes import (
     _suggest as _suggest,
 )
 from gateway.keys.auth import Principal
-from routing.guard import Check
+from routing.guard import Guards
 from routing.lease import Sizing
 from routing.model import (
     DeploymentSpec,
@@ -267,14 +267,14 @@ class GatewayConfig(_Strict):
         unique_names(value)
         return value
 
-    def guard_checks(self) -> dict[str, tuple[Check, ...]]:
+    def guard_checks(self) -> dict[str, Guards]:
         """Each route's guard checks, compiled (routes without any are left out)."""
         default = to_checks(self.guard)
-        out: dict[str, tuple[Check, ...]] = {}
+        out: dict[str, Guards] = {}
         for name, route in self.routes.items():
             checks = default if route.guard is None else to_checks(route.guard)
             if checks:
-                out[name] = checks
+                out[name] = Guards.of(checks)
         return out
 
     @field_validator("auth", mode="before")

@@ -75,8 +75,9 @@ class CallContext:
     stream_ended: bool = False
     # A line of a Batch API batch: the batch's id (gateway/batch/).
     batch_id: str | None = None
-    # The route's guard checks' strongest action (gateway/guard), and the placeholders to
-    # put back in a non-streamed answer when a mask check restores them.
+    # What the route's guard checks did, as `x-farebox-guard` says it ("reroute;
+    # rerouted=pii; flagged=injection"; gateway/guard), the ledger's `requests.guard`;
+    # and the placeholders to put back in the answer when a mask check restores them.
     guard: str | None = None
     unmask: Masker | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
 from gateway.providers.sse import SSEDecoder
-from routing.guard import Check, Verdict, allowed, inspect
+from routing.guard import Guards, Verdict, allowed, inspect
 from routing.guard_texts import rewrite, texts
 from routing.masking import Masker, StreamUnmask
 from routing.model import Plan
@@ -23,14 +23,20 @@ BLOCKED = "guardrail_blocked"
 
 
 def guard_request(
-    checks: tuple[Check, ...], plan: Plan, ctx: CallContext, headers: list[tuple[bytes, bytes]]
+    guards: Guards,
+    plan: Plan,
+    ctx: CallContext,
+    headers: list[tuple[bytes, bytes]],
+    decided: Mapping[str, int] | None = None,
 ) -> tuple[Plan, bool]:
-    """Run `checks` on the call's request: raise the 400 of a block, narrow the plan for
+    """Run the route's request checks: raise the 400 of a block, narrow the plan for
     a reroute, mask the body in place (remembering the placeholders if the answer gets
-    its originals back), and say what was done in `x-farebox-guard`. Returns the plan and
-    whether the body was masked. What was found is counted, never kept or logged."""
+    its originals back), and say what was done in `x-farebox-guard` (and `ctx.guard`,
+    the ledger's `requests.guard`). `decided` holds the guard models' hits. Returns the
+    plan and whether the body was masked. What was found is counted, never kept or logged."""
+    checks = guards.request
     started = time.perf_counter()
-    verdict = inspect(checks, texts(ctx.endpoint, ctx.payload))
+    verdict = inspect(checks, texts(ctx.endpoint, ctx.payload), decided)
     GUARD_SECONDS.labels(plan.route).observe(time.perf_counter() - started)
     actions = {c.name: c.action for c in checks}
     for name, hits in verdict.hits.items():
@@ -38,8 +44,8 @@ def guard_request(
     outcome = verdict.outcome
     if outcome is None:
         return plan, False
-    ctx.guard = outcome
-    headers.append((b"x-farebox-guard", _header(verdict).encode()))
+    ctx.guard = _header(verdict)
+    headers.append((b"x-farebox-guard", ctx.guard.encode()))
     if verdict.blocked_by is not None:
         raise InvalidRequest(
             f"The request was blocked by the guardrail {verdict.blocked_by!r} of route "

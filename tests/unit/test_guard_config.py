@@ -42,9 +42,9 @@ routes:
     )
     checks = config.guard_checks()
     assert set(checks) == {"plain", "own"}
-    (default,) = checks["plain"]
+    (default,) = checks["plain"].request
     assert (default.name, default.action, default.kinds) == ("no-keys", BLOCK, (SECRET,))
-    pii, local = checks["own"]
+    pii, local = checks["own"].request
     assert (pii.action, pii.kinds, [c.kind for c in pii.custom]) == (
         MASK,
         (EMAIL, CARD),
@@ -64,6 +64,14 @@ routes:
         ("[{name: x, injection: {}, action: mask}]", "cannot be masked"),
         ("[{name: x, detect: [ip], action: flag, allow: [dedicated]}]", "only goes with"),
         ("[{name: x, detect: [ip], action: drop}]", "action"),
+        (
+            "[{name: x, detect: [ip], reads: [answer], action: reroute, allow: [dedicated]}]",
+            "cannot be rerouted",
+        ),
+        ("[{name: x, injection: {}, reads: [answer], action: flag}]", "read requests only"),
+        ("[{name: x, model: {deployment: g}, action: mask}]", "cannot be masked"),
+        ("[{name: x, detect: [ip], reads: [], action: flag}]", "reads"),
+        ("[{name: x, model: {deployment: g, on_error: maybe}, action: flag}]", "on_error"),
         (
             "[{name: x, detect: [ip], action: flag}, {name: x, detect: [card], action: flag}]",
             "unique",
