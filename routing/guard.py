@@ -27,10 +27,13 @@ from routing.model import DeploymentSpec
 from routing.pii import KINDS, Custom, find
 
 MASK, BLOCK, REROUTE, FLAG = "mask", "block", "reroute", "flag"
+# The error code of a refused request, and the error class of a request (refused, or its
+# answer withheld) in the ledger.
+GUARDRAIL_BLOCKED = "guardrail_blocked"
 ACTIONS = (MASK, BLOCK, REROUTE, FLAG)
 # Which action wins when several checks fire: a block ends the request, a reroute narrows
 # the plan (masking still applies to what is sent), a flag only records.
-_PRECEDENCE = {BLOCK: 0, REROUTE: 1, MASK: 2, FLAG: 3}
+PRECEDENCE = {BLOCK: 0, REROUTE: 1, MASK: 2, FLAG: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,7 @@ def inspect(
     verdict = Verdict()
     mask_kinds: list[str] = []  # every mask check's, masked by one Masker
     mask_custom: list[Custom] = []
-    request_checks = sorted(checks, key=lambda c: _PRECEDENCE[c.action])
+    request_checks = sorted(checks, key=lambda c: PRECEDENCE[c.action])
     # The request's texts read as one: a pattern costs about as much per call as per
     # character here, and no finding spans a newline (the injection score is the request's).
     whole = texts[0] if len(texts) == 1 else "\n".join(texts)

@@ -41,7 +41,7 @@ class Masker:
         at = 0
         for finding in findings:
             out.append(text[at : finding.start])
-            out.append(self._placeholder(finding.kind, text[finding.start : finding.end]))
+            out.append(self.placeholder(finding.kind, text[finding.start : finding.end]))
             at = finding.end
         out.append(text[at:])
         return "".join(out)
@@ -61,7 +61,8 @@ class Masker:
 
         return _PLACEHOLDER.sub(original, text)
 
-    def _placeholder(self, kind: str, original: str) -> str:
+    def placeholder(self, kind: str, original: str) -> str:
+        """The placeholder of `original` (a value of `kind`), given on first sight."""
         key = (kind, original)
         placeholder = self._placeholders.get(key)
         if placeholder is None:
