@@ -95,6 +95,9 @@ class RequestRow(NamedTuple):
     workflow_id: str | None = None
     # A line of a Batch API batch (gateway/batch/): the batch's id.
     batch_id: str | None = None
+    # What the route's guard checks did, as `x-farebox-guard` said it ("block;
+    # blocked=no-keys"; routing/guard_summary.py reads it back); None when none fired.
+    guard: str | None = None
 
 
 REQUEST_FIELDS: tuple[str, ...] = RequestRow._fields

@@ -21,7 +21,8 @@ from gateway.api.common import (
 from gateway.cache.response import Lookup
 from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
-from gateway.guard.apply import guard_request, restore_body, restore_chat_stream
+from gateway.errors import InvalidRequest
+from gateway.guard.apply import BLOCKED, guard_request, restore_body, restore_chat_stream
 from gateway.keys.auth import Principal
 from gateway.observability import payload_log
 from gateway.state import GatewayState
@@ -73,7 +74,13 @@ class Call:
         masked = False
         guards = state.guards.get(plan.route)
         if guards is not None and guards.request:  # after the drill: no cohort skips a reroute
-            plan, masked = guard_request(guards, plan, ctx, headers)
+            try:
+                plan, masked = guard_request(guards, plan, ctx, headers)
+            except InvalidRequest:
+                # Refused before any upstream call or key limit: still one request row (no
+                # attempt, no cost) saying which check refused it (ctx.guard).
+                state.service.meter.finish(ctx, plan, 400, BLOCKED, None)
+                raise
         ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
         # Routes without `cache:` pay this one check (gateway/cache/response.py). A masked
         # request is never cached: its placeholders mean another request's values.

@@ -193,7 +193,8 @@ def usage(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Requests, attempts, tokens by type, cost and successful requests from the ledger.
+    """Requests, attempts, tokens by type, cost and successful requests from the ledger,
+    and per route the requests a guard check fired on.
 
     By deployment, attempts, tokens and cost are each deployment's own; requests and
     successes go to the deployment that answered, so every grouping has the same totals."""
@@ -203,22 +204,24 @@ def usage(
     from rich.console import Console
     from rich.table import Table
 
+    from gateway.cli.guard_views import print_guard_hits
     from gateway.ledger.repository import LedgerRepository
+    from gateway.reports.guard_hits import guard_hits, hits_dict
 
     if by not in ("route", "deployment", "key"):
         raise typer.BadParameter("--by must be route, deployment or key")
     start = datetime.now(UTC) - timedelta(seconds=_parse_since(since))
     url = database_url or Settings().database_url
 
-    async def read() -> list[Any]:
+    async def read() -> tuple[list[Any], list[Any]]:
         repo = LedgerRepository.create(url)
         try:
-            return list(await repo.usage(start, by))
+            return list(await repo.usage(start, by)), await guard_hits(repo.engine, start)
         finally:
             await repo.close()
 
     try:
-        lines = asyncio.run(read())
+        lines, guarded = asyncio.run(read())
     except Exception as exc:  # a CLI edge: any driver error is one message
         typer.echo(f"error: cannot read the ledger at {shown_url(url)}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -230,7 +233,12 @@ def usage(
         rows = [{**dataclasses.asdict(line), "cost_usd": str(line.cost_usd)} for line in lines]
         typer.echo(
             orjson.dumps(
-                {"since": start.isoformat(), "by": by, "lines": rows},
+                {
+                    "since": start.isoformat(),
+                    "by": by,
+                    "lines": rows,
+                    "guard_hits": [hits_dict(hits) for hits in guarded],
+                },
                 option=orjson.OPT_INDENT_2,
             ).decode()
         )
@@ -266,7 +274,9 @@ def usage(
             f"{line.successful:,}",
             "-" if line.cost_per_success is None else f"{line.cost_per_success:.8f}",
         )
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    print_guard_hits(console, guarded)
     if not lines:
         typer.echo("no traffic in that window")
     else:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from gateway.cli.common import ConfigOption, PricesOption, fail
 from gateway.cli.common import database_url as database_url_of
+from gateway.cli.guard_views import print_guard_hits
 from gateway.cli.reports import DatabaseOption, config_and_prices, month_of, run_ledger
 
 lcpr_app = typer.Typer(
@@ -144,6 +145,7 @@ def lcpr_command(
         )
     if report.consensus:
         _print_consensus(console, report.consensus)
+    print_guard_hits(console, report.guard)
     if report.batch is not None:
         _print_batch(console, report.batch)
     for f in report.red_flags:

@@ -27,6 +27,7 @@ from gateway.observability import metrics, request_log, telemetry
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from gateway.runtime.after_answer import after_answer
 from routing.cost import Usage, attempt_cost, usage_from_openai
+from routing.guard_summary import STORED_CHARS, fit
 from routing.model import Plan, PlannedAttempt
 from routing.units import unit_attempt_cost
 
@@ -112,6 +113,9 @@ class Meter:
                 ctx.drill_id,
                 ctx.workflow_id,
                 ctx.batch_id,
+                # The request checks ran before any upstream call: a crashed request's
+                # rebuilt row keeps what they did.
+                ctx.guard,
             ),
         )
 
@@ -362,8 +366,10 @@ class Meter:
         else:
             costs = [a.cost_usd for a in attempts]
             total = None
-            if attempts and all(c is not None for c in costs):
-                total = sum((c for c in costs if c is not None), Decimal(0))
+            # No attempt (a request the guard or a tools check refused): nothing was bought,
+            # so $0, not the NULL of an unknown price.
+            if all(c is not None for c in costs):
+                total = sum((c for c in costs if c is not None), _ZERO)
             tokens = (
                 sum(a.input_uncached_tokens for a in attempts),
                 sum(a.cached_read_tokens for a in attempts),
@@ -379,6 +385,10 @@ class Meter:
             if principal.tags:
                 segment = principal.tags.get("segment")
                 workload = workload or principal.tags.get("workload")
+        # Read now, not when the call began: answer checks add to it until the answer is in.
+        guard = ctx.guard
+        if guard is not None and len(guard) > STORED_CHARS:
+            guard = fit(guard)
         # Positional, in RequestRow's field order (= the requests table's columns).
         row: RequestRow = new_row(
             RequestRow,
@@ -406,6 +416,7 @@ class Meter:
                 consensus,
                 ctx.workflow_id,
                 ctx.batch_id,
+                guard,
             ),
         )
         if ctx.intents:

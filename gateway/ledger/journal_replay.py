@@ -20,6 +20,7 @@ from gateway.ledger.spool import decode_row
 from gateway.ledger_rows import ATTEMPT_FIELDS as ATTEMPT_FIELDS
 from gateway.ledger_rows import ESTIMATED, AttemptRow, RequestRow
 from gateway.ledger_rows import REQUEST_FIELDS as REQUEST_FIELDS
+from routing.guard_summary import fit
 
 log = logging.getLogger("farebox.ledger")
 
@@ -59,6 +60,7 @@ INTENT_FIELDS = (
     # Last, so a journal written before it decodes by its header (the field is then absent).
     "workflow_id",
     "batch_id",
+    "guard",
 )
 # (deployment, upstream model, provider kind, when, input tokens) -> (cost, price version)
 Pricer = Callable[[str, str, str, datetime, int], tuple[Decimal | None, str | None]]
@@ -239,4 +241,5 @@ def _crashed_request(intents: dict[str, dict[str, Any]], attempts: list[AttemptR
         segment=first.get("segment"),
         workflow_id=first.get("workflow_id"),
         batch_id=first.get("batch_id"),
+        guard=fit(guard) if isinstance(guard := first.get("guard"), str) else None,
     )

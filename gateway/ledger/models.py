@@ -74,6 +74,7 @@ class RequestRecord(Base):
     consensus: Mapped[str | None] = mapped_column(TAG)
     workflow_id: Mapped[str | None] = mapped_column(ID)
     batch_id: Mapped[str | None] = mapped_column(ID)
+    guard: Mapped[str | None] = mapped_column(NAME)
 
     __table_args__ = (
         Index("ix_requests_received_at", "received_at"),
@@ -88,6 +89,14 @@ class RequestRecord(Base):
             "received_at",
             postgresql_where=text("consensus IS NOT NULL"),
             sqlite_where=text("consensus IS NOT NULL"),
+        ),
+        # Requests a guard check fired on, likewise for the reports' guardrail hits
+        # (migration 0016).
+        Index(
+            "ix_requests_guard_received_at",
+            "received_at",
+            postgresql_where=text("guard IS NOT NULL"),
+            sqlite_where=text("guard IS NOT NULL"),
         ),
     )
 

@@ -18,8 +18,10 @@ from gateway.ledger.pricing import PriceBook
 from gateway.reports.batch_share import BatchReport, batch_report
 from gateway.reports.batch_share import report_dict as batch_dict
 from gateway.reports.consensus import consensus_lines, line_dict
+from gateway.reports.guard_hits import guard_hits, hits_dict
 from gateway.reports.reconcile import month_window
 from gateway.reports.store import ReportStore
+from routing.guard_summary import GuardHits
 from routing.lcpr import (
     HOURS_PER_MONTH,
     ConsensusLine,
@@ -72,6 +74,8 @@ class LcprReport:
     consensus: list[ConsensusLine] = field(default_factory=list)
     # Batch-eligible share per workload and dedicated utilization before/after batch fill.
     batch: BatchReport | None = None
+    # Per route, the requests a guard check fired on (gateway/reports/guard_hits.py).
+    guard: list[GuardHits] = field(default_factory=list)
 
     @property
     def total_loaded_usd(self) -> Decimal:
@@ -184,6 +188,7 @@ async def lcpr_report(
         batch=batch,
     )
     report.consensus = await consensus_lines(store, start, end)
+    report.guard = await guard_hits(store.engine, start, end)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -239,6 +244,7 @@ def report_dict(r: LcprReport) -> dict[str, Any]:
         ],
         "notes": r.notes,
         "consensus": [line_dict(line) for line in r.consensus],
+        "guard_hits": [hits_dict(hits) for hits in r.guard],
         "batch": None if r.batch is None else batch_dict(r.batch),
     }
 

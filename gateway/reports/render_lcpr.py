@@ -1,6 +1,7 @@
 """The LCPR report as files (`farebox lcpr --out DIR`): Markdown, self-contained HTML and CSV
 of the segments, dedicated GPUs, the batch tier (batch-eligible share per workload and
-dedicated utilization before/after batch fill), consensus routes and red flags."""
+dedicated utilization before/after batch fill), consensus routes, guardrail hits and red
+flags."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from gateway.ledger.success import DEFINITION
-from gateway.reports import batch_share, consensus
+from gateway.reports import batch_share, consensus, guard_hits
 from gateway.reports.lcpr import LcprReport, report_dict
 from gateway.reports.render import _CSS, _flags_html, _table
 
@@ -120,6 +121,8 @@ def markdown(r: LcprReport) -> str:
             out += ["", f"### {title}", "", *_md_table(header, rows)]
     if r.consensus:
         out += ["", consensus.markdown_section(r.consensus).rstrip("\n")]
+    if r.guard:
+        out += ["", guard_hits.markdown_section(r.guard).rstrip("\n")]
     out += ["", "## Red flags", ""]
     out += [f"- `{f.code}` {f.subject}: {f.message}" for f in r.red_flags] or ["None."]
     if r.notes:
@@ -156,7 +159,8 @@ def html_report(r: LcprReport) -> str:
         ]
         for title, header, rows in tables:
             parts += [f"<h3>{esc(title)}</h3>", table(header, rows)]
-    parts += [consensus.html_section(r.consensus), "<h2>Red flags</h2>", _flags_html(r.red_flags)]
+    parts += [consensus.html_section(r.consensus), guard_hits.html_section(r.guard)]
+    parts += ["<h2>Red flags</h2>", _flags_html(r.red_flags)]
     if r.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in r.notes))
         parts.append("</ul>")

@@ -47,6 +47,7 @@ def intent(
     body_bytes: int = 400,
     workflow_id: str | None = None,
     batch_id: str | None = None,
+    guard: str | None = None,
 ) -> tuple[object, ...]:
     """An intent record as Meter.intent builds it: "i", the id, then INTENT_FIELDS."""
     fields = {
@@ -71,6 +72,7 @@ def intent(
         "drill_id": None,
         "workflow_id": workflow_id,
         "batch_id": batch_id,
+        "guard": guard,
     }
     return ("i", attempt_id, *(fields[name] for name in INTENT_FIELDS))
 
@@ -143,9 +145,13 @@ WORKFLOW_PROCESS = textwrap.dedent(
     journal = Journal({directory!r}, fsync_ms=0)
     journal.intent("att_step1", intent("att_step1", "req_step1", workflow_id="wf-crash"))
     journal.intent(
-        "att_step2", intent("att_step2", "req_step2", workflow_id="wf-crash", batch_id="batch_x")
+        "att_step2",
+        intent(
+            "att_step2", "req_step2", workflow_id="wf-crash", batch_id="batch_x",
+            guard="reroute; rerouted=pii-local",
+        ),
     )
-    done = request_row("req_step1")._replace(workflow_id="wf-crash")
+    done = request_row("req_step1")._replace(workflow_id="wf-crash", guard="flag; flagged=inj")
     journal.outcome(done, [attempt_row("att_step1", "req_step1")])
     os.kill(os.getpid(), signal.SIGKILL)
     """
@@ -166,6 +172,9 @@ def test_a_killed_process_keeps_the_workflow_of_its_calls(tmp_path: Path) -> Non
     assert requests["req_step2"].error_class == CRASHED
     assert requests["req_step2"].workflow_id == "wf-crash"
     assert requests["req_step2"].batch_id == "batch_x"  # a crashed batch line stays its batch's
+    # What the guard did before the call is known when it starts: the rebuilt row keeps it.
+    assert requests["req_step2"].guard == "reroute; rerouted=pii-local"
+    assert requests["req_step1"].guard == "flag; flagged=inj"  # through the outcome line
     assert requests["req_step1"].workflow_id == "wf-crash"
     assert requests["req_step1"].final_status == 200
     survivor.finish_recovery()

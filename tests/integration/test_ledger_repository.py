@@ -85,7 +85,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0015"
+HEAD = "0016"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -105,6 +105,7 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
             "ix_requests_workflow_id_received_at",
             "ix_requests_batch_id",
             "ix_requests_consensus_received_at",
+            "ix_requests_guard_received_at",
         },
         "responses": {"ix_responses_expires_at"},
         "files": {"ix_files_key_id_created_at", "ix_files_expires_at"},
@@ -126,6 +127,14 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
 
+    assert "guard" in on_connection(db_url, _request_columns)
+    downgrade(db_url, "0015")  # one step: the guard column and its index go, nothing else
+    assert current(db_url) == "0015"
+    assert "guard" not in on_connection(db_url, _request_columns)
+    at_0015 = {t: set(v) for t, v in expected.items()}
+    at_0015["requests"].discard("ix_requests_guard_received_at")
+    assert {t: on_connection(db_url, _schema)[t] for t in at_0015} == at_0015
+
     assert {"batch_id"} <= on_connection(db_url, _request_columns)
     assert {"units", "unit"} <= on_connection(db_url, _attempt_columns)
     downgrade(db_url, "0009")  # one step: batches and their columns go, nothing else
@@ -137,6 +146,7 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     expected = {t: set(v) for t, v in at_head.items() if t not in ("batches", "batch_lines")}
     expected["requests"].discard("ix_requests_batch_id")
     expected["requests"].discard("ix_requests_consensus_received_at")  # 0015's
+    expected["requests"].discard("ix_requests_guard_received_at")  # 0016's
     expected["files"].discard("ix_files_expires_at")
     assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
 

@@ -33,6 +33,7 @@ def meter(tmp_path: Path) -> Meter:
 def _ctx() -> CallContext:
     ctx = CallContext("req_1", "key_1", "chat/completions", "chat", True, {"model": "chat"})
     ctx.workflow_id, ctx.batch_id, ctx.drill_id = "wf_1", "batch_1", "drill_1"
+    ctx.guard = "mask; masked=mask-rest"
     return ctx
 
 
@@ -104,6 +105,7 @@ def test_every_field_is_where_its_name_says(meter: Meter) -> None:
         "consensus": "agree",
         "workflow_id": "wf_1",
         "batch_id": "batch_1",
+        "guard": "mask; masked=mask-rest",
     }
     assert request.latency_ms >= 0 and attempt.latency_ms >= 0
 
@@ -127,3 +129,32 @@ def test_a_replaced_row_is_the_one_the_ledger_gets(meter: Meter) -> None:
     assert isinstance(ledger, RecordingLedger)
     (_, attempts), = ledger.rows  # fmt: skip
     assert attempts == [first, gated] and attempts[1] is gated
+
+
+def test_a_blocked_request_is_one_row_without_attempts_that_cost_nothing(meter: Meter) -> None:
+    """What Call.begin records when a guard check refuses the request: no attempt, $0 (not
+    the NULL of an unknown price), the summary as the guard left it by finish time."""
+    ctx = _ctx()
+    ctx.guard = "block; blocked=no-keys"
+    request = meter.finish(ctx, PLAN, 400, "guardrail_blocked", None)
+    assert (request.attempts, request.final_status, request.error_class) == (
+        0,
+        400,
+        "guardrail_blocked",
+    )
+    assert request.cost_usd == Decimal(0) and request.final_deployment is None
+    assert request.guard == "block; blocked=no-keys"
+    ledger = meter.ledger
+    assert isinstance(ledger, RecordingLedger)
+    assert ledger.rows == [(request, [])]
+
+
+def test_the_guard_summary_is_read_at_finish_and_fits_its_column(meter: Meter) -> None:
+    ctx = _ctx()
+    ctx.guard = None
+    meter.succeeded(ctx, PLAN.attempts[0], None, None, ctx.t0)
+    names = ",".join(f"check-{i:02d}-{'x' * 40}" for i in range(8))
+    ctx.guard = f"flag; flagged={names}"  # an answer check fired after the attempt
+    request = meter.finish(ctx, PLAN, 200, None, "a@p")
+    assert request.guard is not None and len(request.guard) <= 255
+    assert ctx.guard.startswith(request.guard) and request.guard.endswith("x" * 40)
