@@ -19,9 +19,17 @@ from routing.guard import GUARDRAIL_BLOCKED
 # The error class of a request the guard refused, or whose answer it withheld.
 BLOCKED_ERROR = GUARDRAIL_BLOCKED
 # The outcomes, strongest first, as the reports name them (the summary's first field is
-# the verb: block, reroute, mask, flag).
+# the verb: block, reroute, mask, flag). A request a guard model gave no verdict on and
+# that was let by says "pass" ("pass; model-timeout=classifier"): `passed`, reported only
+# where it occurs, like any verb a later version adds.
 OUTCOMES = ("blocked", "rerouted", "masked", "flagged")
-_NAMED = {"block": "blocked", "reroute": "rerouted", "mask": "masked", "flag": "flagged"}
+_NAMED = {
+    "block": "blocked",
+    "reroute": "rerouted",
+    "mask": "masked",
+    "flag": "flagged",
+    "pass": "passed",
+}
 # requests.guard's width (gateway.ledger.base.NAME).
 STORED_CHARS = 255
 
@@ -69,6 +77,12 @@ class GuardHits:
         """(check, label, requests), most requests first, then by name."""
         ranked = sorted(self.checks.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0]))
         return [(name, label, n) for (label, name), n in ranked]
+
+
+def outcomes_of(lines: Iterable[GuardHits]) -> tuple[str, ...]:
+    """The outcome columns of a report: the four, then any other seen (sorted)."""
+    extra = {o for line in lines for o, n in line.outcomes.items() if n and o not in OUTCOMES}
+    return OUTCOMES + tuple(sorted(extra))
 
 
 def tally(rows: Iterable[tuple[str, str, str | None, int]]) -> list[GuardHits]:

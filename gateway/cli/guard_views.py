@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from gateway.reports.guard_hits import DEFINITION, HEADER, TITLE, cells
+from gateway.reports.guard_hits import DEFINITION, TITLE, table
 from routing.guard_summary import GuardHits
 
 
@@ -16,10 +16,11 @@ def print_guard_hits(console: Console, lines: Sequence[GuardHits]) -> None:
     """Nothing when no guard check fired in the window."""
     if not lines:
         return
-    table = Table(title=TITLE.lower())
-    for column in HEADER:
-        table.add_column(column, justify="left" if column in ("route", "checks") else "right")
-    for line in lines:
-        table.add_row(*cells(line))
-    console.print(table)
+    head, rows = table(lines)
+    shown = Table(title=TITLE.lower())
+    for column in head:
+        shown.add_column(column, justify="left" if column in ("route", "checks") else "right")
+    for row in rows:
+        shown.add_row(*row)
+    console.print(shown)
     console.print(DEFINITION)

@@ -19,10 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.models import requests_table
-from routing.guard_summary import OUTCOMES, GuardHits, tally
+from routing.guard_summary import GuardHits, outcomes_of, tally
 
 TITLE = "Guardrail hits"
-HEADER = ("route", "requests", *OUTCOMES, "checks")
 DEFINITION = (
     "Requests a route's guard checks fired on, by strongest outcome (a request refused "
     "with guardrail_blocked is blocked), and per check the requests it fired on. Blocked "
@@ -59,7 +58,7 @@ def hits_dict(hits: GuardHits) -> dict[str, Any]:
     return {
         "route": hits.route,
         "requests": hits.requests,
-        **{outcome: hits.outcomes.get(outcome, 0) for outcome in OUTCOMES},
+        **{outcome: hits.outcomes.get(outcome, 0) for outcome in outcomes_of([hits])},
         "checks": [
             {"check": name, "outcome": label, "requests": n}
             for name, label, n in hits.ranked_checks()
@@ -67,37 +66,48 @@ def hits_dict(hits: GuardHits) -> dict[str, Any]:
     }
 
 
-def cells(hits: GuardHits) -> list[str]:
+def header(lines: Sequence[GuardHits]) -> tuple[str, ...]:
+    return ("route", "requests", *outcomes_of(lines), "checks")
+
+
+def cells(hits: GuardHits, outcomes: Sequence[str]) -> list[str]:
     checks = ", ".join(f"{name} ({label}) {n:,}" for name, label, n in hits.ranked_checks())
     return [
         hits.route,
         f"{hits.requests:,}",
-        *(f"{hits.outcomes.get(outcome, 0):,}" for outcome in OUTCOMES),
+        *(f"{hits.outcomes.get(outcome, 0):,}" for outcome in outcomes),
         checks,
     ]
+
+
+def table(lines: Sequence[GuardHits]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The section's header and rows, the same in every rendering."""
+    outcomes = outcomes_of(lines)
+    return header(lines), [cells(line, outcomes) for line in lines]
 
 
 def markdown_section(lines: Sequence[GuardHits]) -> str:
     """The section, or "" when no check fired in the window (the report then omits it)."""
     if not lines:
         return ""
+    head, rows = table(lines)
     out = [f"## {TITLE}", "", DEFINITION, ""]
-    out.append("| " + " | ".join(HEADER) + " |")
-    aligns = ["---" if h in ("route", "checks") else "---:" for h in HEADER]
+    out.append("| " + " | ".join(head) + " |")
+    aligns = ["---" if h in ("route", "checks") else "---:" for h in head]
     out.append("|" + "|".join(aligns) + "|")
-    out += ["| " + " | ".join(cells(line)) + " |" for line in lines]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(out) + "\n"
 
 
 def html_section(lines: Sequence[GuardHits]) -> str:
     if not lines:
         return ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(line)) + "</tr>"
-        for line in lines
+    head, rows = table(lines)
+    ths = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     return (
         f"<h2>{TITLE}</h2><p>{html.escape(DEFINITION)}</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        f"<table><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table>"
     )

@@ -99,3 +99,31 @@ def test_the_section_renders_each_route_and_is_omitted_without_hits() -> None:
     }
     escaped = html_section(tally([("<r>", "flag; flagged=x", None, 1)]))
     assert "&lt;r&gt;" in escaped and "<r>" not in escaped
+
+
+def test_a_request_let_by_without_a_model_verdict_gets_its_own_column() -> None:
+    """`pass; model-timeout=classifier`: a guard model gave no verdict and `on_error: open`
+    let the request by. It is a guard decision (counted), in a `passed` column that only
+    reports where such requests occur have."""
+    assert parse("pass; model-timeout=classifier") == GuardSummary(
+        "passed", (("model-timeout", "classifier"),)
+    )
+    plain = tally([("a", "flag; flagged=x", None, 1)])
+    assert "passed" not in markdown_section(plain) and "passed" not in hits_dict(plain[0])
+    lines = tally(
+        [
+            ("a", "flag; flagged=x", None, 1),
+            ("b", "pass; model-timeout=classifier", None, 2),
+            ("b", "block; blocked=classifier; model-error=classifier", BLOCKED_ERROR, 1),
+        ]
+    )
+    markdown = markdown_section(lines)
+    assert (
+        "| route | requests | blocked | rerouted | masked | flagged | passed | checks |" in markdown
+    )
+    assert "| a | 1 | 0 | 0 | 0 | 1 | 0 | x (flagged) 1 |" in markdown
+    assert (
+        "| b | 3 | 1 | 0 | 0 | 0 | 2 | classifier (model-timeout) 2, classifier (blocked) 1, "
+        "classifier (model-error) 1 |"
+    ) in markdown
+    assert hits_dict(lines[1])["passed"] == 2
