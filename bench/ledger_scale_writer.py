@@ -128,6 +128,7 @@ def batch(n: int) -> tuple[list[RequestRow], list[AttemptRow]]:
             None,  # consensus
             None,  # workflow_id
             None,  # batch_id
+            None,  # guard
         )
         requests.append(new_row(RequestRow, values))
     return requests, attempts
