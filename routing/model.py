@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # `candidate`: a consensus / speculative fan-out call beyond the first (gateway.strategies.fanout).
+# `guard`: a guard model asked about the request before it is sent (gateway/guard/model.py).
 ROLES = (
     "primary",
     "retry",
@@ -21,6 +22,7 @@ ROLES = (
     "cache_hit",
     "candidate",
     "batch",
+    "guard",
 )
 
 

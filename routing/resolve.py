@@ -56,6 +56,10 @@ class ModelIndex:
     def plan(self, model: str) -> Plan | None:
         return self._plans.get(model)
 
+    def deployment(self, deployment_id: str) -> DeploymentSpec | None:
+        """A deployment by id, whatever routes it (a guard model's, gateway/guard/model.py)."""
+        return self._deployments.get(deployment_id)
+
     def routable_names(self) -> list[str]:
         """Routes first, then deployment ids: what `/v1/models` lists."""
         return list(self._routes) + [d for d in self._deployments if d not in self._routes]

@@ -74,6 +74,10 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   ``n``) as fault ``invalid_json``.  Details in :mod:`.spoil`.
 * ``echo``: OpenAI/Azure chat only.  The answer is the request's messages' text, joined
   by newlines: what the provider was sent, for tests of what a gateway changed on the way.
+* ``classifier`` / ``classifier=MARKER``: OpenAI/Azure chat only.  A guard model (Llama
+  Guard's label format): the answer is ``unsafe\nS1`` when the request's messages hold
+  ``MARKER`` (percent-decoded, any case; default ``forbidden-topic``), else ``safe``.
+  With ``latency=`` or ``hang`` it is a slow classifier, with ``status=`` an erroring one.
 * ``reply=TEXT``: OpenAI/Azure chat and Responses only.  The answer is exactly ``TEXT``
   (percent-decoded, so ``%2C`` is a comma and ``%25`` a percent sign): the message
   content, the JSON document of a ``response_format`` answer, or the arguments of a tool
@@ -103,6 +107,7 @@ from typing import Any
 from urllib.parse import unquote
 
 __all__ = [
+    "DEFAULT_CLASSIFIER_MARKER",
     "DEFAULT_COMPLETION_TOKENS",
     "DEFAULT_PROMPT_CACHE_MIN",
     "DEFAULT_PROMPT_CACHE_TTL_S",
@@ -117,6 +122,8 @@ __all__ = [
     "split_prompt_cache",
 ]
 
+#: What a ``classifier`` finds unsafe when the directive names no marker of its own.
+DEFAULT_CLASSIFIER_MARKER = "forbidden-topic"
 #: Completion tokens produced when neither ``tokens=`` nor a request limit says otherwise.
 DEFAULT_COMPLETION_TOKENS = 16
 #: Upper bound on generated tokens, so a client asking for ``max_tokens=100000`` cannot
@@ -174,6 +181,8 @@ class Behaviour:
     content_filter: bool = False
     echo_key: bool = False
     echo: bool = False
+    #: ``classifier``: the marker whose presence makes the answer ``unsafe``.
+    classifier: str | None = None
     invalid_json_rate: float | None = None
     reply: str | None = None
     tool: str | None = None
@@ -253,6 +262,11 @@ def _text(key: str, raw: str) -> str:
     return value
 
 
+def _marker(key: str, raw: str) -> str:
+    """``classifier`` alone takes the default marker; a marker is matched in any case."""
+    return (unquote(raw) or DEFAULT_CLASSIFIER_MARKER).lower()
+
+
 def _builtin(key: str, raw: str) -> str:
     if raw != "web_search":  # the only built-in tool the simulator plays
         raise DirectiveError(key, f"{key} supports only 'web_search', got {raw!r}")
@@ -299,6 +313,7 @@ _PARSERS: dict[str, Any] = {
     "content_filter": _flag,
     "echo_key": _flag,
     "echo": _flag,
+    "classifier": _marker,
     "invalid_json_rate": _probability,
     "reply": _text,
     "tool": _text,
@@ -315,6 +330,7 @@ _FLAGS = frozenset(
         "echo_key",
         "echo",
         "cut_before_done",
+        "classifier",  # a bare key, or with the marker as its value
     }
 )
 #: Tuning keys that mean nothing without their switch; alone they are probably a typo.

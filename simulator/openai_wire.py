@@ -149,6 +149,10 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
         return _Answer("json", text, fragments(text), b.reasoning, "stop")
     if b.reply is not None:
         return _Answer("text", b.reply, fragments(b.reply), b.reasoning, "stop")
+    if b.classifier is not None:
+        prompt = "\n".join(prompt_texts(call.body.get("messages"))).lower()
+        text = "unsafe\nS1" if b.classifier in prompt else "safe"
+        return _Answer("text", text, fragments(text), b.reasoning, "stop")
     if b.echo:
         text = "\n".join(prompt_texts(call.body.get("messages")))
         return _Answer("text", text, fragments(text), b.reasoning, "stop")

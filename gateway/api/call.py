@@ -23,6 +23,7 @@ from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
 from gateway.errors import InvalidRequest
 from gateway.guard.apply import BLOCKED, guard_request, restore_body, restore_chat_stream
+from gateway.guard.model import ask_guard_models
 from gateway.keys.auth import Principal
 from gateway.observability import payload_log
 from gateway.state import GatewayState
@@ -71,17 +72,31 @@ class Call:
         ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, body_bytes
         start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
-        masked = False
+        masked = admitted = False
         guards = state.guards.get(plan.route)
         if guards is not None and guards.request:  # after the drill: no cohort skips a reroute
+            found = None
+            if guards.models:
+                # A guard model's call is paid for: the key's limits are taken before it,
+                # and the request's row (which settles them) holds its `guard` attempt.
+                ctx.admission = await admit(
+                    state, principal, plan, ctx.payload, body_bytes, headers
+                )
+                admitted = True
+                found = await ask_guard_models(state.service, state.index, guards, ctx, plan)
             try:
-                plan, masked = guard_request(guards, plan, ctx, headers)
+                plan, masked = (
+                    guard_request(guards, plan, ctx, headers)
+                    if found is None
+                    else guard_request(guards, plan, ctx, headers, found.hits, found.failed)
+                )
             except InvalidRequest:
-                # Refused before any upstream call or key limit: still one request row (no
-                # attempt, no cost) saying which check refused it (ctx.guard).
+                # Refused before the plan's upstream calls: still one request row (with a
+                # guard model's attempt and its cost, if any) saying which check refused it.
                 state.service.meter.finish(ctx, plan, 400, BLOCKED, None)
                 raise
-        ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
+        if not admitted:
+            ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
         # Routes without `cache:` pay this one check (gateway/cache/response.py). A masked
         # request is never cached: its placeholders mean another request's values.
         cached = (

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.config.fanout import fanout_issues
+from gateway.config.guard import GuardCheck
 from gateway.config.schema import GatewayConfig, _suggest
 from gateway.runtime.yaml_loader import ConfigIssue, LocatedDocument, Path
 from routing.gates import GateSpec
@@ -99,6 +100,7 @@ def cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue
                 )
             )
     issues += _check_drills(config, doc)
+    issues += _check_guard_models(config, doc)
     seen_keys: dict[str, int] = {}
     for i, api_key in enumerate(config.api_keys()):
         if api_key.name in seen_keys:
@@ -129,6 +131,23 @@ def _check_drills(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIss
             message = f"duplicate drill schedule {name!r}: give each a `name:`"
             issues.append(doc.issue(where, message))
         names.add(name)
+    return issues
+
+
+def _check_guard_models(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue]:
+    """A guard model (top-level `guard:` or a route's) runs on a deployment of the config:
+    a misspelt one would otherwise only show as every request's model failing."""
+    blocks: list[tuple[Path, list[GuardCheck]]] = [(("guard",), config.guard)]
+    blocks += [(("routes", n, "guard"), r.guard) for n, r in config.routes.items() if r.guard]
+    issues: list[ConfigIssue] = []
+    for where, checks in blocks:
+        for i, check in enumerate(checks):
+            if check.model is None or check.model.deployment in config.deployments:
+                continue
+            name = check.model.deployment
+            hint = _suggest(name, config.deployments)
+            path: Path = (*where, i, "model", "deployment")
+            issues.append(doc.issue(path, f"unknown deployment {name!r}{hint}"))
     return issues
 
 

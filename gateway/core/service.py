@@ -89,6 +89,12 @@ class Service:
     async def close(self) -> None:
         await self._adapter.close()
 
+    @property
+    def adapter(self) -> Adapter:
+        """The upstream client, for a call outside a plan's walk (a guard model's question,
+        gateway/guard/model.py), which journals, tracks and meters itself as the walk does."""
+        return self._adapter
+
     def with_meter(self, meter: Meter, tracker: Tracker | None = None) -> Service:
         """This service's adapter and breakers with another meter (and tracker): the batch
         runner meters its lines into its own transaction and counts its own load."""

@@ -28,12 +28,15 @@ def guard_request(
     ctx: CallContext,
     headers: list[tuple[bytes, bytes]],
     decided: Mapping[str, int] | None = None,
+    unanswered: Mapping[str, str] | None = None,
 ) -> tuple[Plan, bool]:
     """Run the route's request checks: raise the 400 of a block, narrow the plan for
     a reroute, mask the body in place (remembering the placeholders if the answer gets
     its originals back), and say what was done in `x-farebox-guard` (and `ctx.guard`,
-    the ledger's `requests.guard`). `decided` holds the guard models' hits. Returns the
-    plan and whether the body was masked. What was found is counted, never kept or logged."""
+    the ledger's `requests.guard`). `decided` holds the guard models' hits, `unanswered`
+    the checks whose model gave no verdict and why (gateway/guard/model.py): said in the
+    header even when nothing fired ("pass; model-timeout=NAME"). Returns the plan and
+    whether the body was masked. What was found is counted, never kept or logged."""
     checks = guards.request
     started = time.perf_counter()
     verdict = inspect(checks, texts(ctx.endpoint, ctx.payload), decided)
@@ -42,14 +45,16 @@ def guard_request(
     for name, hits in verdict.hits.items():
         GUARD_HITS.labels(plan.route, name, actions[name]).inc(hits)
     outcome = verdict.outcome
-    if outcome is None:
+    if outcome is None and not unanswered:
         return plan, False
-    ctx.guard = _header(verdict)
+    ctx.guard = _header(verdict, unanswered)
     headers.append((b"x-farebox-guard", ctx.guard.encode()))
     if verdict.blocked_by is not None:
+        why = unanswered.get(verdict.blocked_by) if unanswered else None
         raise InvalidRequest(
             f"The request was blocked by the guardrail {verdict.blocked_by!r} of route "
-            f"{plan.route!r}.",
+            f"{plan.route!r}"
+            + (f" (its guard model gave no verdict: {why}; it fails closed)." if why else "."),
             param=None,
             code=BLOCKED,
         )
@@ -73,8 +78,9 @@ def guard_request(
     return plan, masker is not None
 
 
-def _header(verdict: Verdict) -> str:
-    parts = [str(verdict.outcome)]
+def _header(verdict: Verdict, unanswered: Mapping[str, str] | None = None) -> str:
+    # "pass": no check fired, but a guard model gave no verdict and its check let it by.
+    parts = [verdict.outcome or "pass"]
     for label, names in (
         ("blocked", [verdict.blocked_by] if verdict.blocked_by else []),
         ("rerouted", verdict.rerouted_by),
@@ -83,6 +89,10 @@ def _header(verdict: Verdict) -> str:
     ):
         if names:
             parts.append(f"{label}={','.join(names)}")
+    if unanswered:
+        for why in sorted(set(unanswered.values())):
+            names = [name for name, reason in unanswered.items() if reason == why]
+            parts.append(f"model-{why}={','.join(names)}")
     return "; ".join(parts)
 
 

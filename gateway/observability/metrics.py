@@ -95,6 +95,12 @@ GUARD_HITS = Counter(
     "Findings of guard checks on requests, by route, check and the check's action",
     ["route", "check", "action"],
 )
+GUARD_MODEL_FAILURES = Counter(
+    "farebox_guard_model_failures_total",
+    "Guard model calls that gave no verdict (reason: timeout or error), by route and check;"
+    " on_error decides whether the request was let by",
+    ["route", "check", "reason"],
+)
 GUARD_SECONDS = Histogram(
     "farebox_guard_seconds",
     "Time spent running a route's guard checks on one request",
