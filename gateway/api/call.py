@@ -22,11 +22,21 @@ from gateway.cache.response import Lookup
 from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
 from gateway.errors import InvalidRequest
-from gateway.guard.apply import BLOCKED, guard_request, restore_body, restore_chat_stream
+from gateway.guard.apply import (
+    BLOCKED,
+    answer_checked,
+    answer_counted,
+    guard_request,
+    guard_trial,
+    note_trial,
+    restore_body,
+    restore_chat_stream,
+)
 from gateway.guard.model import ask_guard_models
 from gateway.keys.auth import Principal
 from gateway.observability import payload_log
 from gateway.state import GatewayState
+from routing.answer_guard import AnswerGuard
 from routing.model import Plan
 
 
@@ -72,6 +82,12 @@ class Call:
         ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, body_bytes
         start_trace(ctx, scope)
         plan = apply_drill(state, plan, ctx, headers)
+        # A drill's trial checks read the request as the client sent it (before masking).
+        trial = (
+            guard_trial(state.drills.active, plan.route, ctx)
+            if ctx.drill_id is not None and state.drills is not None
+            else None
+        )
         masked = admitted = False
         guards = state.guards.get(plan.route)
         if guards is not None and guards.request:  # after the drill: no cohort skips a reroute
@@ -95,6 +111,14 @@ class Call:
                 # guard model's attempt and its cost, if any) saying which check refused it.
                 state.service.meter.finish(ctx, plan, 400, BLOCKED, None)
                 raise
+        if trial:
+            note_trial(trial, ctx, headers)
+        if guards is not None and guards.answer:
+            ctx.answer_guard = AnswerGuard(guards.answer, ctx.guard)
+            if ctx.unmask is not None:
+                # The answer's placeholders number on from the request's, so putting the
+                # request's values back never replaces one the answer checks masked.
+                ctx.answer_guard.masker.counts.update(ctx.unmask.counts)
         if not admitted:
             ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
         # Routes without `cache:` pay this one check (gateway/cache/response.py). A masked
@@ -115,6 +139,8 @@ class Call:
         )
         if ctx.unmask is not None and ctx.endpoint == "chat/completions":
             streaming.chunks = restore_chat_stream(streaming.chunks, ctx.unmask)
+        if ctx.answer_guard is not None:  # its header went out; the metrics at the end
+            streaming.chunks = answer_counted(streaming.chunks, plan.route, ctx)
         if payload_log.wanted(self.state.config.routes, plan.route):
             streaming.chunks = payload_log.tap(streaming.chunks, **self._log_fields())
         self.headers.extend(streaming.headers)
@@ -130,6 +156,8 @@ class Call:
         self.headers.extend(result.headers)
         if ctx.unmask is not None:
             result.body = restore_body(result.body, ctx.unmask)
+        if ctx.answer_guard is not None:
+            answer_checked(plan.route, ctx, self.headers)
         return result
 
     def answered(self, result: Completion) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from gateway.keys.auth import Principal
 from gateway.ledger_rows import AttemptRow, RequestRow
 from gateway.observability import telemetry
+from routing.answer_guard import AnswerGuard
 from routing.masking import Masker
 from routing.shape import RequestShape
 
@@ -80,6 +81,13 @@ class CallContext:
     # and the placeholders to put back in the answer when a mask check restores them.
     guard: str | None = None
     unmask: Masker | None = None
+    # The route's answer checks for this request (gateway/providers/answer_checks.py runs
+    # them on each upstream answer; `note_answer_guard` keeps `guard` up to date).
+    answer_guard: AnswerGuard | None = None
+
+    def note_answer_guard(self) -> None:
+        if self.answer_guard is not None:
+            self.guard = self.answer_guard.summary()
 
     def stream_ended_now(self) -> bool:
         """`stream_ended`, as the callable gateway.api.common.send_stream asks after each

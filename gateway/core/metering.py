@@ -27,6 +27,7 @@ from gateway.observability import metrics, request_log, telemetry
 from gateway.providers.base import CONNECT, STATUS, UpstreamError
 from gateway.runtime.after_answer import after_answer
 from routing.cost import Usage, attempt_cost, usage_from_openai
+from routing.guard import GUARDRAIL_BLOCKED
 from routing.guard_summary import STORED_CHARS, fit
 from routing.model import Plan, PlannedAttempt
 from routing.units import unit_attempt_cost
@@ -353,6 +354,9 @@ class Meter:
     ) -> RequestRow:
         """Close the call: build its request row and hand everything to the ledger."""
         attempts = ctx.attempts
+        answer_guard = ctx.answer_guard
+        if answer_guard is not None and answer_guard.blocked is not None and error is None:
+            error = GUARDRAIL_BLOCKED  # answered, but withheld: not a successful request
         if len(attempts) == 1:  # the common case: skip the generic sums
             only = attempts[0]
             total = only.cost_usd

@@ -39,6 +39,7 @@ from gateway.core.streaming import (
 from gateway.core.upstream_errors import client_error
 from gateway.errors import UnsupportedEndpoint
 from gateway.ledger_rows import AttemptRow
+from gateway.providers.answer_checks import check_reply, check_stream
 from gateway.providers.base import (
     CUT,
     TIMEOUT,
@@ -113,11 +114,15 @@ class Service:
             tracker.started(dep_id, ctx.shape)
             self.meter.intent(ctx, attempt)  # journalled before it can reach the provider
             try:
-                return await self._adapter.call(
+                reply = await self._adapter.call(
                     attempt.deployment, ctx.endpoint, ctx.payload, timeouts
                 )
             finally:
                 tracker.ended(dep_id)
+            if ctx.answer_guard is not None:  # before the gate, the cache and the meter
+                check_reply(ctx.answer_guard, ctx.endpoint, reply)
+                ctx.note_answer_guard()
+            return reply
 
         return call
 
@@ -234,6 +239,10 @@ class Service:
                         dep, ctx.endpoint, ctx.payload, timeouts
                     )
                     blocks = upstream.blocks()
+                    if ctx.answer_guard is not None:  # ahead of the relay and its meter
+                        blocks = check_stream(
+                            ctx.answer_guard, ctx.endpoint, blocks, ctx.note_answer_guard
+                        )
                     # A stream that knows its own state (Responses translated from chat)
                     # says it; others are read.
                     check = getattr(upstream, "first_read_state", first_state)

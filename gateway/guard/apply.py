@@ -14,12 +14,15 @@ from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
 from gateway.providers.sse import SSEDecoder
-from routing.guard import Guards, Verdict, allowed, inspect
+from routing.answer_guard import AnswerGuard
+from routing.drills import DrillSpec
+from routing.guard import GUARDRAIL_BLOCKED, Guards, Verdict, allowed, inspect
 from routing.guard_texts import rewrite, texts
+from routing.guard_trial import trial, with_trial
 from routing.masking import Masker, StreamUnmask
 from routing.model import Plan
 
-BLOCKED = "guardrail_blocked"
+BLOCKED = GUARDRAIL_BLOCKED
 
 
 def guard_request(
@@ -149,3 +152,49 @@ def _restored_event(data: bytes, masker: Masker, unmasks: dict[Any, StreamUnmask
             delta["content"] = text
             changed = True
     return b"data: " + orjson.dumps(chunk) + b"\n\n" if changed else raw
+
+
+def answer_checked(route: str, ctx: CallContext, headers: list[tuple[bytes, bytes]]) -> None:
+    """After a non-stream answer was checked: its checks' hits in the metrics, and
+    `x-farebox-guard` saying what the request's and the answer's checks did."""
+    guard = ctx.answer_guard
+    if guard is None or not guard.hits:
+        return
+    _count_answer(route, guard)
+    headers[:] = [h for h in headers if h[0] != b"x-farebox-guard"]
+    headers.append((b"x-farebox-guard", str(ctx.guard).encode()))
+
+
+async def answer_counted(
+    chunks: AsyncIterator[bytes], route: str, ctx: CallContext
+) -> AsyncIterator[bytes]:
+    """A checked stream, its checks' hits counted in the metrics when it ends (its header
+    went out before the answer: the ledger's `requests.guard` has the whole story)."""
+    try:
+        async for block in chunks:
+            yield block
+    finally:
+        if ctx.answer_guard is not None:
+            _count_answer(route, ctx.answer_guard)
+
+
+def _count_answer(route: str, guard: AnswerGuard) -> None:
+    actions = {c.name: c.action for c in guard.checks}
+    for name, hits in guard.hits.items():
+        GUARD_HITS.labels(route, name, actions[name]).inc(hits)
+
+
+def guard_trial(active: Mapping[str, DrillSpec], route: str, ctx: CallContext) -> dict[str, str]:
+    """A drill cohort's request read by the drill's trial checks (before the route's own
+    checks mask anything): check name → what it would have done. Nothing is acted on."""
+    spec = active.get(route)
+    if spec is None or not spec.guard or spec.id != ctx.drill_id:
+        return {}
+    return trial(spec.guard, texts(ctx.endpoint, ctx.payload))
+
+
+def note_trial(fired: dict[str, str], ctx: CallContext, headers: list[tuple[bytes, bytes]]) -> None:
+    """What the trial checks would have done, added to `x-farebox-guard` and `ctx.guard`."""
+    ctx.guard = with_trial(ctx.guard, fired)
+    headers[:] = [h for h in headers if h[0] != b"x-farebox-guard"]
+    headers.append((b"x-farebox-guard", str(ctx.guard).encode()))

@@ -111,3 +111,11 @@ def test_custom_terms_are_checked_on_answers() -> None:
         on_answer=True,
     )
     assert AnswerGuard((check,)).text("About nightjar.") == "About <PROJECT_1>."
+
+
+def test_answer_placeholders_can_number_on_from_the_request_s() -> None:
+    """gateway/api/call.py starts the answer's numbering after the request's placeholders,
+    so restoring the request's values never touches what the answer checks masked."""
+    guard = AnswerGuard(MASK_ALL)
+    guard.masker.counts.update({EMAIL: 1})
+    assert guard.text("from a@example.com") == "from <EMAIL_2>"
