@@ -10,24 +10,36 @@ agent turn (instructions, a function call and its output). The timing is process
 (`time.process_time`), best of 7 runs of 2,000 calls each, beside a run of the same bodies
 with no checks at all.
 
+Answer checks (`reads: [answer]`, every built-in kind masked) are timed on a typical
+answer of about 600 characters: whole (`check_reply` on the chat JSON) and streamed in
+chunks of about 6 characters (`check_stream` over the chunk events), each beside the same
+work without checks.
+
     .venv/bin/python bench/guard.py           # prints the table and writes bench/GUARD.md
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 import platform
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.core.call_context import CallContext  # noqa: E402
 from gateway.guard.apply import guard_request  # noqa: E402
+from gateway.providers.answer_checks import check_reply, check_stream  # noqa: E402
+from gateway.providers.base import UpstreamReply  # noqa: E402
+from routing.answer_guard import AnswerGuard  # noqa: E402
 from routing.guard import FLAG, MASK, Check, Guards  # noqa: E402
 from routing.model import DeploymentSpec, Plan, PlannedAttempt, Timeouts  # noqa: E402
 
@@ -105,6 +117,81 @@ def _time(endpoint: str, body: dict[str, Any], checks: Guards | None) -> float:
     return best
 
 
+ANSWER = (
+    "Thanks for reaching out! I checked your order and it left our warehouse on Monday. "
+    "The carrier's tracking shows it is in transit and should arrive within two to three "
+    "business days. If it has not arrived by Friday, reply to this message and we will send "
+    "a replacement at no cost. You can also follow the parcel on the carrier's site with "
+    "the tracking number in your confirmation email. Is there anything else I can help you "
+    "with today? We appreciate your patience and are sorry for the delay in delivery. "
+)
+ANSWER_CHECKS = (Check("leaks", MASK, on_request=False, on_answer=True),)
+
+
+def _chat_answer() -> bytes:
+    return orjson.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ANSWER},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 120, "total_tokens": 160},
+        }
+    )
+
+
+def _stream_blocks() -> list[bytes]:
+    pieces = [ANSWER[i : i + 6] for i in range(0, len(ANSWER), 6)]
+    head = b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+    blocks = [head + b'[{"index":0,"delta":{"role":"assistant","content":""}}]}']
+    for piece in pieces:
+        blocks.append(head + orjson.dumps([{"index": 0, "delta": {"content": piece}}]) + b"}")
+    blocks.append(head + b'[{"index":0,"delta":{},"finish_reason":"stop"}]}')
+    return [b"data: " + b + b"\n\n" for b in blocks] + [b"data: [DONE]\n\n"]
+
+
+def _time_answer(streamed: bool, checked: bool) -> float:
+    raw, blocks = _chat_answer(), _stream_blocks()
+
+    async def relay(guard: AnswerGuard | None) -> None:
+        async def upstream() -> AsyncIterator[bytes]:
+            for block in blocks:
+                yield block
+
+        source = upstream()
+        out = source if guard is None else check_stream(guard, "chat/completions", source, _noop)
+        async for _block in out:
+            pass
+
+    async def run() -> float:
+        best = float("inf")
+        for _ in range(RUNS):
+            start = time.process_time()
+            for _ in range(CALLS // 4):
+                guard = AnswerGuard(ANSWER_CHECKS) if checked else None
+                if streamed:
+                    await relay(guard)
+                else:
+                    reply = UpstreamReply(200, raw, None, None)
+                    if guard is not None:
+                        check_reply(guard, "chat/completions", reply)
+            best = min(best, (time.process_time() - start) / (CALLS // 4) * 1e6)
+        return best
+
+    return asyncio.run(run())
+
+
+def _noop() -> None:
+    return None
+
+
 def main() -> int:
     rows = []
     for name, (endpoint, body) in BODIES.items():
@@ -112,6 +199,11 @@ def main() -> int:
         bare = _time(endpoint, body, None)
         rows.append((name, guarded - bare))
         print(f"{name}: +{guarded - bare:.1f} µs", flush=True)
+    answers = []
+    for name, streamed in (("a 600-character answer, whole", False), ("the same, streamed", True)):
+        extra = _time_answer(streamed, True) - _time_answer(streamed, False)
+        answers.append((name, extra))
+        print(f"answer checks, {name}: +{extra:.1f} µs", flush=True)
     typical = rows[0][1]
     verdict = "PASS" if typical <= BUDGET_US else "MISS"
     lines = [
@@ -132,6 +224,13 @@ def main() -> int:
         "",
         f"**{verdict}**: a typical chat request with the default detectors, {typical:.1f} µs; "
         f"budget ≤ {BUDGET_US:.0f} µs.",
+        "",
+        "Answer checks (every built-in kind masked, nothing found; the streamed answer in "
+        "about 100 chunks of 6 characters, each chunk's event decoded and written again):",
+        "",
+        "| answer | answer-check CPU µs per answer |",
+        "|---|---:|",
+        *(f"| {name} | {us:.1f} |" for name, us in answers),
         "",
     ]
     (ROOT / "bench" / "GUARD.md").write_text("\n".join(lines))

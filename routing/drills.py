@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from routing.guard import Check
 from routing.model import DeploymentSpec, Plan, PlannedAttempt
 
 DRILL = "drill"
@@ -36,6 +37,9 @@ class DrillSpec:
     # Abort when the drill target has failed this many times and at this rate or worse.
     abort_after_errors: int = 10
     abort_error_rate: float = 0.5
+    # Guard checks tried on the cohort in flag mode (routing/guard_trial.py); with no
+    # `target` ("") the drill only tries them and the cohort keeps the route's plan.
+    guard: tuple[Check, ...] = ()
 
 
 def in_cohort(drill_id: str, request_id: str, percent: float) -> bool:

@@ -121,8 +121,9 @@ def admin_drills_router(
 
     @router.post("/admin/drills", openapi_extra=_schema(DrillStart), status_code=201)
     async def start_drill(request: Request) -> Response:
-        """Start a drill: `percent` of the route's requests go to `to` first, for `minutes`.
-        409 while the route already has a drill running."""
+        """Start a drill: `percent` of the route's requests go to `to` first, for `minutes`,
+        and/or are read by the `guard` checks on trial (flag mode). 409 while the route
+        already has a drill running."""
 
         async def work() -> Response:
             current, repository = await authorized(request)
@@ -143,6 +144,7 @@ def admin_drills_router(
                         abort_after_errors=start.abort_after_errors,
                         abort_error_rate=start.abort_error_rate,
                         created_by=ACTOR,
+                        guard=start.stored_guard(),
                     )
                 )
             except ValueError as exc:

@@ -147,12 +147,25 @@ async def _audit(repository: DrillsRepository, action: str, row: DrillRow) -> No
     await audit(keys, action, row, actor=f"cli:{user()}", client=socket.gethostname())
 
 
+def _guard_file(path: Path | None) -> Any:
+    """The --guard file's YAML (validated as DrillStart's `guard`)."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise fail(f"--guard {path}: {exc}") from None
+
+
 @drill_app.command("start")
 def start(
     route: Annotated[str, typer.Argument(help="The route to drill.", metavar="ROUTE")],
     to: Annotated[
-        str, typer.Option("--to", metavar="DEPLOYMENT", help="The deployment to send it to.")
-    ],
+        str | None,
+        typer.Option("--to", metavar="DEPLOYMENT", help="The deployment to send it to."),
+    ] = None,
     percent: Annotated[float, typer.Option(help="Share of the route's requests, (0, 100].")] = 5.0,
     minutes: Annotated[float, typer.Option(help="How long the drill runs.")] = 15.0,
     simulate_outage: Annotated[
@@ -167,11 +180,20 @@ def start(
     abort_error_rate: Annotated[
         float, typer.Option(help="…at this error rate or worse (0-1].")
     ] = 0.5,
+    guard: Annotated[
+        Path | None,
+        typer.Option(
+            "--guard",
+            metavar="FILE",
+            help="Guard checks to try on the cohort in flag mode (a YAML list, as `guard:`).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Start a drill on ROUTE: --percent of its requests go to DEPLOYMENT first."""
+    """Start a drill on ROUTE: --percent of its requests go to DEPLOYMENT first, and/or are
+    read by the --guard checks on trial (what they would have done is in the verdict)."""
     from pydantic import ValidationError
 
     from gateway.config.drills import DrillStart
@@ -182,6 +204,7 @@ def start(
         request = DrillStart(
             route=route,
             to=to,
+            guard=_guard_file(guard),
             percent=percent,
             minutes=minutes,
             simulate_outage=simulate_outage,
@@ -211,6 +234,7 @@ def start(
                 abort_after_errors=request.abort_after_errors,
                 abort_error_rate=request.abort_error_rate,
                 created_by=f"cli:{user()}",
+                guard=request.stored_guard(),
             )
         except ValueError as exc:  # the route already has a drill running
             raise fail(f"{exc}: stop it first (`farebox drill stop ID`)") from None
@@ -223,8 +247,11 @@ def start(
         dump(row.as_dict())
         return
     outage = ", with the primary treated as down" if row.simulate_outage else ""
+    what = f"to {row.target}{outage}" if row.target else "read by guard checks on trial"
+    if row.target and row.guard:
+        what += ", and read by guard checks on trial"
     typer.echo(
-        f"started {row.id}: {row.percent:g} % of route {row.route} to {row.target}{outage}, "
+        f"started {row.id}: {row.percent:g} % of route {row.route} {what}, "
         f"for {request.minutes:g} min (until {drill_views.when(row.ends_at)})\n"
         f"  watch: farebox drill status {row.id}\n"
         f"  end it early: farebox drill stop {row.id}"

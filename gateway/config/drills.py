@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Collection
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.config.guard import GuardCheck, unique_names
 
 # Bounded so a drill's end time always fits a timestamp (a huge `minutes` would overflow
 # datetime and turn bad input into a 500), and because a drill longer than a week is a
@@ -91,22 +93,43 @@ class DrillStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     route: str = Field(min_length=1, max_length=255)
-    to: str = Field(min_length=1, max_length=255)
+    # None: no failover part, the drill only tries its `guard` checks on the cohort.
+    to: str | None = Field(default=None, min_length=1, max_length=255)
     percent: Percent = DEFAULT_PERCENT
     minutes: Minutes = DEFAULT_MINUTES
     simulate_outage: bool = False
     abort_after_errors: AbortAfter = 10
     abort_error_rate: AbortRate = 0.5
+    # Guard checks tried on the cohort's requests in flag mode: what each would have done
+    # is recorded (`requests.guard`, `trial-…=check`) and the verdict counts it.
+    guard: Annotated[list[GuardCheck] | None, Field(max_length=20)] = None
+
+    def stored_guard(self) -> list[dict[str, Any]] | None:
+        """The trial checks as the drills table keeps them (what was given, as JSON)."""
+        if not self.guard:
+            return None
+        return [c.model_dump(mode="json", exclude_defaults=True) for c in self.guard]
+
+    @model_validator(mode="after")
+    def _something_to_drill(self) -> DrillStart:
+        if self.to is None and not self.guard:
+            raise ValueError("give `to` (a deployment to drill) or `guard` (checks to try)")
+        if self.simulate_outage and self.to is None:
+            raise ValueError("simulate_outage needs `to`: the deployment the cohort fails over to")
+        unique_names(self.guard)
+        if any(check.model is not None for check in self.guard or ()):
+            raise ValueError("a drill tries checks that read the request, not guard models")
+        return self
 
 
 def target_problems(
-    route: str, to: str, routes: Collection[str], deployments: Collection[str]
+    route: str, to: str | None, routes: Collection[str], deployments: Collection[str]
 ) -> list[tuple[str, str]]:
     """(field, message) for a route or drill target the config does not have."""
     problems = []
     if route not in routes:
         problems.append(("route", f"unknown route {route!r}{_suggest(route, routes)}"))
-    if to not in deployments:
+    if to is not None and to not in deployments:
         problems.append(("to", f"unknown deployment {to!r}{_suggest(to, deployments)}"))
     return problems
 

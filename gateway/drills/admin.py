@@ -34,6 +34,8 @@ UNFINISHED = ("running", "stopping", "finishing")
 
 def problems(config: GatewayConfig, start: DrillStart) -> list[tuple[str, str]]:
     """(field, message) for every reason the config cannot run this drill."""
+    if start.to is None:  # a guard trial only
+        return target_problems(start.route, None, config.routes, config.deployments)
     found = target_problems(start.route, start.to, config.routes, config.deployments)
     route = config.routes.get(start.route)
     if not found and route is not None and route.targets[0] == start.to:

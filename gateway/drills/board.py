@@ -26,7 +26,8 @@ import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
-from gateway.drills.verdict_report import render, side_dict
+from gateway.config.guard import GuardCheck
+from gateway.drills.verdict_report import render, side_dict, trial_verdict
 from gateway.ledger.drills_records import FINAL, FINISHING, RUNNING, STOPPING, DrillRow
 from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
@@ -34,6 +35,7 @@ from gateway.runtime.redis import Sharing, publish, redis_client, subscriber
 from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
+from routing.guard import Check
 from routing.model import DeploymentSpec, Plan
 
 if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingDrills
@@ -78,7 +80,20 @@ def spec_of(row: DrillRow) -> DrillSpec:
         simulate_outage=row.simulate_outage,
         abort_after_errors=row.abort_after_errors,
         abort_error_rate=row.abort_error_rate,
+        guard=_trial_checks(row),
     )
+
+
+def _trial_checks(row: DrillRow) -> tuple[Check, ...]:
+    """The checks a drill tries, compiled from what was stored (validated when the drill
+    started; a stored block this version cannot read is left out, and said so)."""
+    if not row.guard:
+        return ()
+    try:
+        return tuple(GuardCheck.model_validate(c).check() for c in row.guard)
+    except ValueError as exc:
+        log.warning("drill %s: its guard checks are not readable (%s)", row.id, exc)
+        return ()
 
 
 class _Tally:
@@ -148,6 +163,8 @@ class DrillBoard:
             return plan, None
         if not drills.in_cohort(spec.id, request_id, spec.percent):
             return plan, None
+        if not spec.target:  # a guard trial only: the cohort keeps its plan
+            return plan, spec.id
         target = self._deployments.get(spec.target)
         if target is None:
             return plan, None
@@ -316,7 +333,7 @@ class DrillBoard:
                     # Our abort is finishing it: finishing it as "completed" here would race
                     # that abort for the row (and won, now and then, under load).
                     continue
-                if spec.target not in self._deployments:
+                if spec.target and spec.target not in self._deployments:
                     log.warning("drill %s targets unknown deployment %s", spec.id, spec.target)
                     continue
                 active[spec.route] = spec
@@ -383,6 +400,11 @@ class DrillBoard:
         assert self._repo is not None
         since = datetime.fromtimestamp(spec.started_at, UTC)
         until = datetime.fromtimestamp(max(spec.started_at, min(self._clock(), spec.ends_at)), UTC)
+        trial = None
+        if spec.guard:
+            trial = await self._repo.guard_trial(spec.id, since=since, until=until)
+            if not spec.target:
+                return trial_verdict(spec, trial, since, until, aborted)
         drill_side = await self._repo.side(
             drill_id=spec.id, deployment=spec.target, role=DRILL, since=since, until=until
         )
@@ -417,6 +439,8 @@ class DrillBoard:
             conformance_checked=checked,
             conformance_mismatches=mismatches,
         )
+        if trial is not None:
+            result["guard_trial"] = trial.as_dict()
         return result
 
     async def _conformance(self, spec: DrillSpec) -> tuple[int, int, dict[str, int]]:

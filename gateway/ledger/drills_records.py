@@ -40,6 +40,9 @@ class DrillRow:
     verdict: dict[str, Any] | None
     report: str | None
     updated_at: datetime
+    # Checks tried on the cohort (gateway/config/guard.py's form); `target` is "" when the
+    # drill only tries them.
+    guard: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__}

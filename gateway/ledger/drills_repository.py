@@ -32,6 +32,7 @@ from gateway.ledger.models import attempts_table, requests_table
 from gateway.ledger.models_drills import drills_table
 from gateway.ledger.success import ANSWERED_CLIENT, gate_passed
 from routing.drills import Side
+from routing.guard_trial import TrialCounts
 
 __all__ = [
     "FINAL",
@@ -66,7 +67,7 @@ class DrillsRepository:
     async def start(
         self,
         route: str,
-        target: str,
+        target: str | None,
         percent: float,
         minutes: float,
         *,
@@ -75,6 +76,7 @@ class DrillsRepository:
         abort_error_rate: float = 0.5,
         created_by: str | None = None,
         schedule: str | None = None,
+        guard: list[dict[str, Any]] | None = None,
         now: datetime | None = None,
     ) -> DrillRow:
         """A new running drill; refuses (ValueError) while the route has one running."""
@@ -83,7 +85,7 @@ class DrillsRepository:
         values = {
             "id": drill_id,
             "route": route,
-            "target": target,
+            "target": target or "",  # "": a guard trial only
             "percent": percent,
             "simulate_outage": simulate_outage,
             "started_at": now,
@@ -98,6 +100,7 @@ class DrillsRepository:
             "verdict": None,
             "report": None,
             "updated_at": now,
+            "guard": guard,
         }
         d = drills_table.c
         async with self.engine.begin() as conn:
@@ -236,6 +239,27 @@ class DrillsRepository:
             gate_passed=int(passed or 0),
             errors=by_class,
         )
+
+    async def guard_trial(self, drill_id: str, *, since: datetime, until: datetime) -> TrialCounts:
+        """The drill cohort's requests (those with an attempt tagged with the drill) and
+        what its trial checks would have done to them, from their `requests.guard`."""
+        a, r = attempts_table.c, requests_table.c
+        stmt = (
+            select(r.guard, func.count(func.distinct(r.id)))
+            .select_from(attempts_table.join(requests_table, r.id == a.request_id))
+            .where(
+                a.drill_id == drill_id,
+                a.started_at >= since,
+                a.started_at <= until,
+                r.received_at >= since - EARLIER,  # bounds the partitions read
+            )
+            .group_by(r.guard)
+        )
+        counts = TrialCounts()
+        async with self.engine.connect() as conn:
+            for summary, requests in (await conn.execute(stmt)).all():
+                counts.add(summary, int(requests))
+        return counts
 
 
 async def _percentile(

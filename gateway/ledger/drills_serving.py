@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 _COLUMNS = (
     "id, route, target, percent, simulate_outage, started_at, ends_at, status,"
     " abort_after_errors, abort_error_rate, created_by, schedule, finished_at, result,"
-    " verdict, report, updated_at"
+    " verdict, report, updated_at, guard"
 )
 
 

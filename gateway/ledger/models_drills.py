@@ -32,6 +32,9 @@ class DrillRecord(Base):
     result: Mapped[str | None] = mapped_column(String(8))  # PASS | FAIL
     verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     report: Mapped[str | None] = mapped_column(Text)
+    # Guard checks the drill tries on its cohort in flag mode (gateway/config/guard.py's
+    # form); NULL for a failover drill only (migration 0017).
+    guard: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (

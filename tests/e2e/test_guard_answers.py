@@ -152,9 +152,7 @@ def test_a_blocked_answer_is_withheld_in_each_api_s_words(
     gw: RunningGateway, client: openai.OpenAI
 ) -> None:
     cut = "Mail <EMAIL_1>. " + "Some words. " * 12 + "The key: "
-    stream = client.chat.completions.create(
-        model="withheld", messages=_user(KEY_TEXT), stream=True
-    )
+    stream = client.chat.completions.create(model="withheld", messages=_user(KEY_TEXT), stream=True)
     chunks = [c for c in stream if c.choices]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut
     assert chunks[-1].choices[0].finish_reason == "content_filter"

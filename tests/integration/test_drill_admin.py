@@ -175,7 +175,9 @@ def test_drills_are_in_the_openapi_document(env: DrillEnv) -> None:
         paths
     )
     body = paths["/admin/drills"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["additionalProperties"] is False and set(body["required"]) == {"route", "to"}
+    # `to` or `guard` (checks on trial): the model says which is missing.
+    assert body["additionalProperties"] is False and set(body["required"]) == {"route"}
+    assert {"to", "guard"} <= set(body["properties"])
 
 
 def test_last_verdict_gauge_is_restored_at_start_up(

@@ -85,7 +85,7 @@ def _schema(conn: Connection) -> dict[str, set[str]]:
     return {t: {ix["name"] or "" for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
 
 
-HEAD = "0016"
+HEAD = "0017"
 
 
 def _request_columns(conn: Connection) -> set[str]:
@@ -127,6 +127,13 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert on_connection(db_url, _schema)["api_keys"] == keys_indexes
     assert on_connection(db_url, _schema)["admin_audit"] == {"ix_admin_audit_at"}
 
+    def drill_columns(conn: Connection) -> set[str]:
+        return {c["name"] for c in inspect(conn).get_columns("drills")}
+
+    assert "guard" in on_connection(db_url, drill_columns)
+    downgrade(db_url, "0016")  # one step: the drills' trial checks go, nothing else
+    assert "guard" not in on_connection(db_url, drill_columns)
+    assert {t: on_connection(db_url, _schema)[t] for t in expected} == expected
     assert "guard" in on_connection(db_url, _request_columns)
     downgrade(db_url, "0015")  # one step: the guard column and its index go, nothing else
     assert current(db_url) == "0015"
