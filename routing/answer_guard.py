@@ -7,11 +7,12 @@ numbered per request like the request's own masking); what a block check finds e
 answer there (`blocked` names the check; the wire formats say `content_filter`); a flag
 check only counts. `hits` counts findings per check, for the metrics and the ledger.
 
-A stream is never held back more than its patterns need. A `Channel` keeps the last
+A stream is never held back much more than its patterns need. A `Channel` keeps the last
 `HOLD` characters (longer than any built-in finding: an IBAN with spaces is 42, an IPv6
-address 45) and never cuts inside a word, since a finding is one word or a few short
-digit groups; a finding that reaches into the held part, or a word still growing (a long
-key), is held until it is whole. Only what is released is counted, so each finding once.
+address 45), lets text out in steps of `STEP` past that, and never cuts inside a word,
+since a finding is one word or a few short digit groups; a finding that reaches into the
+held part, or a word still growing (a long key), is held until it is whole. Only what is
+released is counted, so each finding once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from routing.masking import Masker
 from routing.pii import Custom, Finding, find
 
 HOLD = 64
+# Text is let out in steps of at least this much past the hold: each step searches the held
+# text once, so a stream in small chunks is searched every few chunks, not at every one.
+STEP = 64
 # A word longer than this is released in part (nothing built in is that long but a key,
 # and keys are held whole up to here): the bound on what one channel keeps back.
 MAX_HOLD = 4096
@@ -159,7 +163,7 @@ class Channel:
         if self._guard.blocked is not None:
             return ""
         held = self._held + piece
-        if len(held) <= HOLD:
+        if len(held) <= HOLD + STEP:
             self._held = held
             return ""
         cut = _word_cut(held, len(held) - HOLD)

@@ -130,10 +130,12 @@ class _ChatChunks:
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not isinstance(choices, list) or not choices:
             return self._held_out() + b"data: " + data + b"\n\n"  # the usage chunk
+        empty = True
         for choice in choices:
             if isinstance(choice, dict):
                 self._choice(choice)
-        if all(_empty(c, self.field) for c in choices):
+            empty = empty and _empty(choice, self.field)
+        if empty:
             return b""  # all of it held back: nothing to say yet
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
