@@ -78,11 +78,12 @@ class StreamUnmask:
     the start of a placeholder keeps that tail back until the next piece says (at most a
     placeholder's length); `finish` gives what is left."""
 
-    __slots__ = ("_held", "_masker")
+    __slots__ = ("_held", "_masker", "released")
 
     def __init__(self, masker: Masker) -> None:
         self._masker = masker
         self._held = ""
+        self.released = ""  # all it gave so far (the events that repeat a whole text)
 
     def feed(self, piece: str) -> str:
         text = self._held + piece
@@ -92,8 +93,28 @@ class StreamUnmask:
             text = text[:cut]
         else:
             self._held = ""
-        return self._masker.unmask(text)
+        out = self._masker.unmask(text)
+        self.released += out
+        return out
 
     def finish(self) -> str:
         text, self._held = self._held, ""
-        return self._masker.unmask(text)
+        out = self._masker.unmask(text)
+        self.released += out
+        return out
+
+
+class Restorer:
+    """A request's placeholders put back in each text of a streamed answer: what
+    gateway/providers/answer_checks.py rewrites a stream with (as it does with answer
+    checks), never withholding anything."""
+
+    __slots__ = ("_masker",)
+    blocked = None
+    changes = 0
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+
+    def channel(self) -> StreamUnmask:
+        return StreamUnmask(self._masker)

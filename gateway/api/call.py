@@ -30,7 +30,7 @@ from gateway.guard.apply import (
     guard_trial,
     note_trial,
     restore_body,
-    restore_chat_stream,
+    restore_stream,
 )
 from gateway.guard.model import ask_guard_models
 from gateway.keys.auth import Principal
@@ -137,8 +137,8 @@ class Call:
             if self.cached is None
             else self.cached.stream(service, ctx, plan, include_usage)
         )
-        if ctx.unmask is not None and ctx.endpoint == "chat/completions":
-            streaming.chunks = restore_chat_stream(streaming.chunks, ctx.unmask)
+        if ctx.unmask is not None:
+            streaming.chunks = restore_stream(streaming.chunks, ctx.unmask, ctx.endpoint)
         if ctx.answer_guard is not None:  # its header went out; the metrics at the end
             streaming.chunks = answer_counted(streaming.chunks, plan.route, ctx)
         if payload_log.wanted(self.state.config.routes, plan.route):

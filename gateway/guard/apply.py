@@ -6,20 +6,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import orjson
 
 from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
-from gateway.providers.sse import SSEDecoder
+from gateway.providers.answer_checks import check_stream
 from routing.answer_guard import AnswerGuard
 from routing.drills import DrillSpec
 from routing.guard import GUARDRAIL_BLOCKED, Guards, Verdict, allowed, inspect
 from routing.guard_texts import rewrite, texts
 from routing.guard_trial import trial, with_trial
-from routing.masking import Masker, StreamUnmask
+from routing.masking import Masker, Restorer
 from routing.model import Plan
 
 BLOCKED = GUARDRAIL_BLOCKED
@@ -111,47 +110,19 @@ def _json_inside(value: str) -> str:
     return orjson.dumps(value).decode()[1:-1]
 
 
-async def restore_chat_stream(chunks: AsyncIterator[bytes], masker: Masker) -> AsyncIterator[bytes]:
-    """A chat completion stream with the request's placeholders put back in each choice's
-    content. A placeholder a model writes over several chunks (`<EM` `AIL_1>`) is held
-    back until it is whole (`StreamUnmask`), and what is held goes out with the choice's
-    finish chunk at the latest. Events other than chunks with content pass as they came."""
-    decoder = SSEDecoder()
-    unmasks: dict[Any, StreamUnmask] = {}
-    async for block in chunks:
-        out = [_restored_event(data, masker, unmasks) for data in decoder.feed(block)]
-        if out:
-            yield b"".join(out)
+def restore_stream(
+    chunks: AsyncIterator[bytes], masker: Masker, endpoint: str
+) -> AsyncIterator[bytes]:
+    """A streamed answer with the request's placeholders put back in each text (chat and
+    completion choices, Responses output text and the events that repeat it whole; the
+    Anthropic stream is translated from the chat one after this). A placeholder a model
+    writes over several chunks (`<EM` `AIL_1>`) is held back until it is whole, and what is
+    held goes out with its text's end at the latest."""
+    return check_stream(Restorer(masker), endpoint, chunks, _nothing)
 
 
-def _restored_event(data: bytes, masker: Masker, unmasks: dict[Any, StreamUnmask]) -> bytes:
-    raw = b"data: " + data + b"\n\n"
-    if not data.startswith(b"{"):
-        return raw  # [DONE]
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return raw
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    if not isinstance(choices, list):
-        return raw
-    changed = False
-    for choice in choices:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        unmask = unmasks.setdefault(choice.get("index"), StreamUnmask(masker))
-        content = delta.get("content")
-        text = unmask.feed(content) if isinstance(content, str) else None
-        if choice.get("finish_reason") is not None:
-            held = unmask.finish()
-            text = held if text is None else text + held
-            if not text and content is None:
-                continue
-        if text is not None and text != content:
-            delta["content"] = text
-            changed = True
-    return b"data: " + orjson.dumps(chunk) + b"\n\n" if changed else raw
+def _nothing() -> None:
+    return None
 
 
 def answer_checked(route: str, ctx: CallContext, headers: list[tuple[bytes, bytes]]) -> None:

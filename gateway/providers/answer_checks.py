@@ -19,13 +19,13 @@ terminal Response) carry what was streamed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.providers.base import UpstreamReply
 from gateway.providers.sse import SSEDecoder
-from routing.answer_guard import AnswerGuard, Channel
+from routing.answer_guard import AnswerGuard
 
 CONTENT_FILTER = "content_filter"
 CHAT, COMPLETIONS, RESPONSES = "chat/completions", "completions", "responses"
@@ -80,13 +80,37 @@ def _check_answer(guard: AnswerGuard, endpoint: str, data: dict[str, Any]) -> bo
     return changed
 
 
+class TextChannel(Protocol):
+    """One streamed text under a rewrite: what may go out now, the rest at its end, and
+    everything that went out."""
+
+    released: str
+
+    def feed(self, piece: str) -> str: ...
+
+    def finish(self) -> str: ...
+
+
+class StreamTexts(Protocol):
+    """What rewrites a stream's texts: the answer checks (`AnswerGuard`), or a request's
+    placeholders put back (`routing.masking.Restorer`)."""
+
+    @property
+    def blocked(self) -> str | None: ...
+
+    @property
+    def changes(self) -> int: ...
+
+    def channel(self) -> TextChannel: ...
+
+
 def check_stream(
-    guard: AnswerGuard,
+    guard: StreamTexts,
     endpoint: str,
     blocks: AsyncIterator[bytes],
     noted: Callable[[], None],
 ) -> AsyncIterator[bytes]:
-    """A streamed answer's blocks checked as they come (chat chunks or Responses events;
+    """A streamed answer's blocks rewritten as they come (chat chunks or Responses events;
     other endpoints pass). `noted` is called when the checks found something more."""
     if endpoint == RESPONSES:
         return _events(guard, blocks, _ResponsesEvents(guard).event, noted)
@@ -96,7 +120,7 @@ def check_stream(
 
 
 async def _events(
-    guard: AnswerGuard,
+    guard: StreamTexts,
     blocks: AsyncIterator[bytes],
     rewrite: Callable[[bytes], bytes],
     noted: Callable[[], None],
@@ -115,10 +139,10 @@ async def _events(
 class _ChatChunks:
     """Chat (or completion) chunks: each choice's content through its own channel."""
 
-    def __init__(self, guard: AnswerGuard, endpoint: str) -> None:
+    def __init__(self, guard: StreamTexts, endpoint: str) -> None:
         self.guard = guard
         self.field = "text" if endpoint == COMPLETIONS else "content"
-        self.channels: dict[Any, Channel] = {}
+        self.channels: dict[Any, TextChannel] = {}
 
     def event(self, data: bytes) -> bytes:
         if not data.startswith(b"{"):
@@ -184,9 +208,9 @@ class _ResponsesEvents:
     """Responses events: each output text part through its own channel; the events that
     repeat the whole text get what was streamed; a withheld answer ends `incomplete`."""
 
-    def __init__(self, guard: AnswerGuard) -> None:
+    def __init__(self, guard: StreamTexts) -> None:
         self.guard = guard
-        self.channels: dict[tuple[Any, Any], Channel] = {}
+        self.channels: dict[tuple[Any, Any], TextChannel] = {}
         self.sequence = 0
 
     def event(self, data: bytes) -> bytes:
@@ -236,7 +260,7 @@ class _ResponsesEvents:
             self.sequence += 1
         return _sse(event)
 
-    def _channel(self, event: dict[str, Any]) -> Channel:
+    def _channel(self, event: dict[str, Any]) -> TextChannel:
         key = (event.get("output_index"), event.get("content_index"))
         channel = self.channels.get(key)
         if channel is None:

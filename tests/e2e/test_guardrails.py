@@ -191,6 +191,23 @@ def test_a_streamed_answer_gets_its_values_back_whatever_the_chunks(
     assert seen == "Write to <EMAIL_1>, card 4111 1111 1111 1111, re Nightjar."
 
 
+def test_responses_and_anthropic_streams_get_their_values_back(
+    gw: RunningGateway, client: openai.OpenAI
+) -> None:
+    text = "Write to jane@example.com, card 4111 1111 1111 1111, re Nightjar."
+    with client.responses.stream(model="masked", input=text) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    done = [e.text for e in events if e.type == "response.output_text.done"]
+    assert "".join(deltas) == text == final.output_text and done == [text]
+    assert client.responses.create(model="masked", input=text).output_text == text
+    claude = anthropic.Anthropic(base_url=gw.root, api_key=KEY, max_retries=0, timeout=10)
+    messages: Any = [{"role": "user", "content": text}]
+    with claude.messages.stream(model="masked", max_tokens=256, messages=messages) as reply:
+        assert "".join(reply.text_stream) == text
+
+
 def test_ledger_attempts_equal_the_simulators_calls(
     gw: RunningGateway, client: openai.OpenAI, simulator: str
 ) -> None:
