@@ -21,22 +21,18 @@ from gateway.api.common import (
 from gateway.cache.response import Lookup
 from gateway.core.metering import CallContext
 from gateway.core.service import Completion, StreamingCompletion
-from gateway.errors import InvalidRequest
 from gateway.guard.apply import (
-    BLOCKED,
     answer_checked,
     answer_counted,
-    guard_request,
     guard_trial,
     note_trial,
     restore_body,
     restore_stream,
 )
-from gateway.guard.model import ask_guard_models
+from gateway.guard.run import run_guards, watch_answer
 from gateway.keys.auth import Principal
 from gateway.observability import payload_log
 from gateway.state import GatewayState
-from routing.answer_guard import AnswerGuard
 from routing.model import Plan
 
 
@@ -90,8 +86,7 @@ class Call:
         )
         masked = admitted = False
         guards = state.guards.get(plan.route)
-        if guards is not None and guards.request:  # after the drill: no cohort skips a reroute
-            found = None
+        if guards is not None:  # after the drill: no cohort skips a reroute
             if guards.models:
                 # A guard model's call is paid for: the key's limits are taken before it,
                 # and the request's row (which settles them) holds its `guard` attempt.
@@ -99,26 +94,11 @@ class Call:
                     state, principal, plan, ctx.payload, body_bytes, headers
                 )
                 admitted = True
-                found = await ask_guard_models(state.service, state.index, guards, ctx, plan)
-            try:
-                plan, masked = (
-                    guard_request(guards, plan, ctx, headers)
-                    if found is None
-                    else guard_request(guards, plan, ctx, headers, found.hits, found.failed)
-                )
-            except InvalidRequest:
-                # Refused before the plan's upstream calls: still one request row (with a
-                # guard model's attempt and its cost, if any) saying which check refused it.
-                state.service.meter.finish(ctx, plan, 400, BLOCKED, None)
-                raise
+            plan, masked = await run_guards(state.service, state.index, guards, plan, ctx, headers)
         if trial:
             note_trial(trial, ctx, headers)
-        if guards is not None and guards.answer:
-            ctx.answer_guard = AnswerGuard(guards.answer, ctx.guard)
-            if ctx.unmask is not None:
-                # The answer's placeholders number on from the request's, so putting the
-                # request's values back never replaces one the answer checks masked.
-                ctx.answer_guard.masker.counts.update(ctx.unmask.counts)
+        if guards is not None:
+            watch_answer(guards, ctx)
         if not admitted:
             ctx.admission = await admit(state, principal, plan, ctx.payload, body_bytes, headers)
         # Routes without `cache:` pay this one check (gateway/cache/response.py). A masked

@@ -12,6 +12,7 @@ Each upstream call is still journalled before it starts, so a crash mid-call is 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -24,10 +25,14 @@ from gateway.batch.objects import line_error
 from gateway.core.metering import CallContext, Settles
 from gateway.core.service import Service
 from gateway.errors import GatewayError
+from gateway.guard.apply import restore_body
+from gateway.guard.run import run_guards, watch_answer
 from gateway.ledger.batches_records import FinishedLine
 from gateway.ledger.journal import Journal
 from gateway.ledger_rows import AttemptRow, RequestRow
+from routing.guard import Guards
 from routing.model import Plan
+from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:  # SQLAlchemy, loaded once a batch runs
     from gateway.ledger.batches_repository import BatchesRepository
@@ -86,18 +91,27 @@ async def call_line(
     plan: Plan,
     line: Line,
     admission: Settles | None = None,
+    guarded: tuple[Guards, ModelIndex] | None = None,
 ) -> FinishedLine:
     """Run one line; its outcome with its ledger rows (never raises a gateway error).
-    `admission`: the line's share of its key's limits, settled by its request row."""
+    `admission`: the line's share of its key's limits, settled by its request row;
+    `guarded`: the route's guard checks (and the index their guard models are found in),
+    applied as to a live request: a refused line fails with the same 400 and its row."""
     request_id = new_request_id()
-    ctx = CallContext(
-        request_id, key_id, endpoint, str(line.body.get("model")), False, dict(line.body)
-    )
+    # Masking rewrites the body in place: a guarded line's own copy, all the way down.
+    body = dict(line.body) if guarded is None else copy.deepcopy(line.body)
+    ctx = CallContext(request_id, key_id, endpoint, str(line.body.get("model")), False, body)
     ctx.batch_id = batch_id
     ctx.route, ctx.workload, ctx.body_bytes = plan.route, plan.workload, line.size
     ctx.admission = admission
     try:
+        if guarded is not None:
+            guards, index = guarded
+            plan, _masked = await run_guards(service, index, guards, plan, ctx, [])
+            watch_answer(guards, ctx)
         completion = await service.complete(ctx, plan)
+        if ctx.unmask is not None:
+            completion.body = restore_body(completion.body, ctx.unmask)
     except GatewayError as exc:
         request, attempts = held.take(request_id)
         return FinishedLine(

@@ -5,6 +5,7 @@ gateway.batch in the layers)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.batch.store import BatchStore
@@ -14,6 +15,7 @@ from gateway.core.service import Service
 from gateway.files.store import FileStore
 from gateway.ledger.writer import LedgerWriter
 from gateway.limits.limiter import Limiter
+from routing.guard import Guards
 from routing.resolve import ModelIndex
 
 
@@ -34,3 +36,5 @@ class BatchState(Protocol):
     def limiter(self) -> Limiter | None: ...
     @property
     def writer(self) -> LedgerWriter | None: ...
+    @property
+    def guards(self) -> Mapping[str, Guards]: ...

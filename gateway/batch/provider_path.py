@@ -27,11 +27,16 @@ from gateway.batch.ports import BatchState
 from gateway.batch.store import scan_lines
 from gateway.batch.upstream import UpstreamLine, UpstreamResult, provider_batches
 from gateway.core.metering import CallContext, Meter
+from gateway.guard.run import watch_answer
 from gateway.ledger.batches_records import FinishedLine
+from gateway.providers.answer_checks import check_answer
 from gateway.providers.openai_compat import ProviderEndpoint
 from routing.batch_paths import BATCH_ROLE
 from routing.cost import Usage, attempt_cost
+from routing.guard import Guards, inspect
+from routing.guard_texts import texts
 from routing.model import Plan, PlannedAttempt
+from routing.resolve import ModelIndex
 
 log = logging.getLogger("farebox.batch")
 
@@ -53,6 +58,15 @@ async def run_provider_batch(
     }
     done = await repository.done_lines(row["id"])
     lines = await _pending(state, row, done)
+    guards = state.guards.get(plan.route)
+    guarded = None if guards is None else (guards, state.index)
+    if guarded is not None:
+        # Lines a request check fires on never reach the provider's batch: they run live,
+        # refused, rerouted or masked as a live request would be. The split is the same
+        # on every run, so a resumed batch expects only the others upstream.
+        lines, live = _split(guarded[0], ENDPOINTS[row["endpoint"]], lines)
+        if live:
+            await _live(state, row, plan, committer, live, guarded)
     if not lines:
         return None
     held = HeldRows()
@@ -104,7 +118,7 @@ async def run_provider_batch(
             if line is None:
                 continue
             if result.ok:
-                committer.add(_answered(meter, held, row, plan, line, result, submitted))
+                committer.add(_answered(meter, held, row, plan, line, result, submitted, guards))
             elif result.http_status is None:
                 code = result.error or "batch_expired"
                 committer.add(
@@ -119,8 +133,23 @@ async def run_provider_batch(
             )
     if retry:
         fallback = plan if len(plan.attempts) == 1 else _without_first(plan)
-        await _live(state, row, fallback, committer, retry)
+        await _live(state, row, fallback, committer, retry, guarded)
     return stopped
+
+
+def _split(guards: Guards, endpoint: str, lines: list[Line]) -> tuple[list[Line], list[Line]]:
+    """(lines for the provider's batch, lines to run live): with a guard model every line
+    is asked about, live; otherwise the lines a request check finds something in."""
+    if not guards.request:
+        return lines, []
+    if guards.models:
+        return [], lines
+    batch: list[Line] = []
+    live: list[Line] = []
+    for line in lines:
+        fired = inspect(guards.request, texts(endpoint, line.body)).outcome is not None
+        (live if fired else batch).append(line)
+    return batch, live
 
 
 async def _pending(state: BatchState, row: dict[str, Any], done: set[int]) -> list[Line]:
@@ -143,8 +172,10 @@ async def _live(
     plan: Plan,
     committer: Committer,
     lines: list[Line],
+    guarded: tuple[Guards, ModelIndex] | None = None,
 ) -> None:
-    """Lines the provider's batch failed, run one by one on `plan` (a few at a time)."""
+    """Lines run one by one on `plan` (a few at a time): those the provider's batch failed,
+    and those the route's guard checks keep from it."""
     held = HeldRows()
     service = state.service.with_meter(Meter(state.service.meter.prices, held, committer.journal))
     endpoint = ENDPOINTS[row["endpoint"]]
@@ -161,6 +192,7 @@ async def _live(
                     endpoint=endpoint,
                     plan=plan,
                     line=line,
+                    guarded=guarded,
                 )
             )
 
@@ -205,9 +237,11 @@ def _answered(
     line: Line,
     result: UpstreamResult,
     submitted: float,
+    guards: Guards | None = None,
 ) -> FinishedLine:
     """A line the provider answered: one `batch` attempt, metered like any other, at the
-    provider's batch price, started when the batch was submitted."""
+    provider's batch price, started when the batch was submitted; the route's answer checks
+    read the answer as they read a live one."""
     request_id = f"req_{row['id'][6:]}_{line.line_no}"
     endpoint = ENDPOINTS[row["endpoint"]]
     ctx = CallContext(request_id, row["key_id"], endpoint, row["model"] or "", False, line.body)
@@ -215,6 +249,11 @@ def _answered(
     ctx.received_at = datetime.fromtimestamp(submitted, UTC)
     ctx.t0 = time.perf_counter() - (time.time() - submitted)
     attempt = PlannedAttempt(plan.attempts[0].deployment, BATCH_ROLE)
+    if guards is not None and guards.answer and result.body is not None:
+        watch_answer(guards, ctx)
+        assert ctx.answer_guard is not None
+        check_answer(ctx.answer_guard, endpoint, result.body)
+        ctx.note_answer_guard()
     meter.succeeded(ctx, attempt, result.usage, result.provider_request_id, ctx.t0, http_status=200)
     meter.finish(ctx, plan, 200, None, attempt.deployment.id)
     request, attempts = held.take(request_id)

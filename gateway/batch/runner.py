@@ -166,6 +166,8 @@ class BatchRunner:
         line_no = 0
         pending: list[tuple[int, str]] = []
 
+        guards = state.guards.get(plan.route)
+        guarded = None if guards is None else (guards, state.index)
         principal = load(row.get("principal"))
         limiter = state.limiter
         reserve = state.config.limits.reserve_output_tokens
@@ -205,6 +207,7 @@ class BatchRunner:
                 plan=plan,
                 line=line,
                 admission=admission,
+                guarded=guarded,
             )
             committer.add(finished)
 

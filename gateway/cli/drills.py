@@ -214,7 +214,10 @@ def start(
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_input=False):
             where = ".".join(str(p) for p in error["loc"]).replace("_", "-")
-            typer.echo(f"error: --{where}: {error['msg']}", err=True)
+            message = error["msg"].removeprefix("Value error, ")
+            if not where:  # the options together: say it in the CLI's words
+                message = message.replace("`to`", "--to").replace("`guard`", "--guard")
+            typer.echo(f"error: {f'--{where}: ' if where else ''}{message}", err=True)
         raise typer.Exit(1) from None
     loaded = _load_config(config)
     found = problems(loaded, request)

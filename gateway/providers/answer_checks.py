@@ -38,11 +38,12 @@ def check_reply(guard: AnswerGuard, endpoint: str, reply: UpstreamReply) -> None
         return
     usage = reply.usage()
     data = reply.data
-    if _check_answer(guard, endpoint, data):
+    if check_answer(guard, endpoint, data):
         reply.rewrite(orjson.dumps(data), usage)
 
 
-def _check_answer(guard: AnswerGuard, endpoint: str, data: dict[str, Any]) -> bool:
+def check_answer(guard: AnswerGuard, endpoint: str, data: dict[str, Any]) -> bool:
+    """A decoded non-stream answer checked in place; whether it changed."""
     changed = False
 
     def check(text: str) -> str:

@@ -137,8 +137,9 @@ def test_bad_input_is_a_clear_error(env: DrillEnv, tmp_path: Path) -> None:
         assert result.exit_code == 1, (args, result.output)
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output
-    missing_to = drill(env, "start", "chat")
-    assert missing_to.exit_code == 2 and "--to" in missing_to.output
+    missing_to = drill(env, "start", "chat")  # neither a deployment nor checks to try
+    assert missing_to.exit_code == 1
+    assert "give --to (a deployment to drill) or --guard" in missing_to.stderr
 
     # Database unreachable: one line naming it (password hidden), exit 1, well under the
     # driver's own timeout.
@@ -191,3 +192,23 @@ def test_provider_secrets_are_not_needed_to_start(env: DrillEnv, tmp_path: Path)
     broken.write_text(text.replace("fallbacks:", "fallbaks:"))
     result = drill(env, "start", "other", "--to", "alt@sim", "--config", str(broken))
     assert result.exit_code == 1 and "fallbaks" in result.stderr
+
+
+def test_guard_checks_on_trial_from_a_file(env: DrillEnv, tmp_path: Path) -> None:
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("- {name: no-keys, detect: [secret], action: block}\n")
+    result = drill(env, "start", "chat", "--guard", str(checks), "--percent", "100")
+    assert result.exit_code == 0, result.output
+    assert "read by guard checks on trial" in result.stdout
+    drill_id = result.stdout.split()[1].rstrip(":")
+    (answer,) = env.chat(1)
+    assert answer.headers["x-farebox-drill"] == drill_id
+    assert drill(env, "stop", drill_id, "--wait").exit_code == 0
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("- {name: x, detect: [secret], action: block\n")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("- {name: x, detect: [ssn], action: block}\n")
+    for path, message in ((broken, "--guard"), (wrong, "--guard")):
+        failed = drill(env, "start", "chat", "--guard", str(path))
+        assert failed.exit_code == 1 and message in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.output
