@@ -26,16 +26,15 @@ import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
-from gateway.config.guard import GuardCheck
+from gateway.drills.spec import Tally, spec_of
 from gateway.drills.verdict_report import render, side_dict, trial_verdict
-from gateway.ledger.drills_records import FINAL, FINISHING, RUNNING, STOPPING, DrillRow
+from gateway.ledger.drills_records import FINAL, FINISHING, RUNNING, STOPPING
 from gateway.ledger_rows import AttemptRow
 from gateway.runtime.background import Background
 from gateway.runtime.redis import Sharing, publish, redis_client, subscriber
 from gateway.runtime.redis_health import REDIS_ERRORS
 from routing import drills
 from routing.drills import DRILL, DrillSpec, Thresholds
-from routing.guard import Check
 from routing.model import DeploymentSpec, Plan
 
 if TYPE_CHECKING:  # SQLAlchemy; a serving worker on Postgres passes ServingDrills
@@ -69,48 +68,6 @@ _TOO_MANY_ERRORS = "failed past the drill's error budget"
 _LEDGER_SETTLE_S = 2.0
 
 
-def spec_of(row: DrillRow) -> DrillSpec:
-    return DrillSpec(
-        id=row.id,
-        route=row.route,
-        target=row.target,
-        percent=row.percent,
-        started_at=row.started_at.timestamp(),
-        ends_at=row.ends_at.timestamp(),
-        simulate_outage=row.simulate_outage,
-        abort_after_errors=row.abort_after_errors,
-        abort_error_rate=row.abort_error_rate,
-        guard=_trial_checks(row),
-    )
-
-
-def _trial_checks(row: DrillRow) -> tuple[Check, ...]:
-    """The checks a drill tries, compiled from what was stored (validated when the drill
-    started; a stored block this version cannot read is left out, and said so)."""
-    if not row.guard:
-        return ()
-    try:
-        return tuple(GuardCheck.model_validate(c).check() for c in row.guard)
-    except ValueError as exc:
-        log.warning("drill %s: its guard checks are not readable (%s)", row.id, exc)
-        return ()
-
-
-class _Tally:
-    """A drill's counters on this replica (the whole fleet's live in Redis when shared)."""
-
-    __slots__ = ("attempts", "checked", "conforming", "errors", "mismatches", "references", "seen")
-
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.errors: Counter[str] = Counter()
-        self.checked = 0
-        self.conforming = 0
-        self.mismatches: Counter[str] = Counter()
-        self.references: set[frozenset[str]] = set()
-        self.seen = 0
-
-
 class DrillBoard:
     def __init__(
         self,
@@ -133,7 +90,7 @@ class DrillBoard:
         self._breaker_open = breaker_open
         # route -> the drill running on it (read on the hot path: a dict lookup).
         self.active: dict[str, DrillSpec] = {}
-        self._tallies: dict[str, _Tally] = {}
+        self._tallies: dict[str, Tally] = {}
         self._aborting: set[str] = set()
         self._tasks = Background()
         self._loop_task: asyncio.Task[None] | None = None
@@ -181,7 +138,7 @@ class DrillBoard:
         spec = self._spec(drill_id)
         if spec is None:
             return
-        tally = self._tallies.setdefault(drill_id, _Tally())
+        tally = self._tallies.setdefault(drill_id, Tally())
         fields: Counter[str] = Counter()
         for row in attempts:
             if row.role != DRILL:
@@ -208,7 +165,7 @@ class DrillBoard:
         spec = self.active.get(route)
         if spec is None:
             return
-        tally = self._tallies.setdefault(spec.id, _Tally())
+        tally = self._tallies.setdefault(spec.id, Tally())
         if drill_id is None:
             tally.seen += 1
             if len(tally.references) >= _MAX_REFERENCES or tally.seen % _REFERENCE_EVERY != 1:
@@ -444,7 +401,7 @@ class DrillBoard:
         return result
 
     async def _conformance(self, spec: DrillSpec) -> tuple[int, int, dict[str, int]]:
-        tally = self._tallies.get(spec.id) or _Tally()
+        tally = self._tallies.get(spec.id) or Tally()
         mismatches = dict(tally.mismatches)
         if self._redis is None:
             return tally.checked, tally.conforming, mismatches

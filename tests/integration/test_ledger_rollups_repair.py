@@ -77,8 +77,18 @@ def test_migrations_backfill_rollups_from_0011(
         async with repo.engine.begin() as conn:
             reqs = [r for r, _ in ledger]
             atts = [a for _, ats in ledger for a in ats]
-            await conn.execute(requests_table.insert(), _plain_rows(reqs, REQUEST_FIELDS, sqlite))
-            await conn.execute(attempts_table.insert(), _plain_rows(atts, ATTEMPT_FIELDS, sqlite))
+            # Only the columns each table has at 0011 (fields added since hold None here).
+            for table, rows, fields in (
+                (requests_table, reqs, REQUEST_FIELDS),
+                (attempts_table, atts, ATTEMPT_FIELDS),
+            ):
+                have = await conn.run_sync(
+                    lambda c, t=table.name: {col["name"] for col in inspect(c).get_columns(t)}
+                )
+                plain = _plain_rows(rows, fields, sqlite)
+                await conn.execute(
+                    table.insert(), [{k: v for k, v in r.items() if k in have} for r in plain]
+                )
             batches = batch_rows()
             if sqlite:
                 for row in batches:
