@@ -6,9 +6,11 @@ personal-data kind as a `mask` check plus the injection heuristic as a `flag` ch
 verdict, and for a request with findings the masking of its body — on four bodies: a
 typical support chat (system prompt and one user message, nothing found), the same with an
 email and a card number in it (masked), a 2 KB prompt with nothing in it, and a Responses
-agent turn (instructions, a function call and its output). The timing is process CPU time
+agent turn (instructions, a function call and its output). Each call's user words end in a
+tag of their own, as real questions differ (a route reads a long text it has seen before,
+such as the system prompt, from its memo). The timing is process CPU time
 (`time.process_time`), best of 7 runs of 2,000 calls each, beside a run of the same bodies
-with no checks at all.
+with no checks at all. `bench/guard_load.py` measures the same under load, in the server.
 
 Answer checks (`reads: [answer]`, every built-in kind masked) are timed on a typical
 answer of about 600 characters: whole (`check_reply` on the chat JSON) and streamed in
@@ -102,12 +104,35 @@ def _plan() -> Plan:
     return Plan("chat", "direct", (PlannedAttempt(dep, "primary"),), Timeouts(1000, 1000, 1000))
 
 
+def _tag(n: int) -> str:
+    letters = ""
+    while True:
+        n, r = divmod(n, 26)
+        letters += "abcdefghijklmnopqrstuvwxyz"[r]
+        if not n:
+            return letters
+
+
+def _varied(body: dict[str, Any], n: int) -> dict[str, Any]:
+    """`body` with its user's words ending in a tag of their own ("Ref bqd"), as real
+    questions differ: a route reads a long text it saw before from its memo, so the same
+    body over and over would time the memo. System prompts and instructions stay."""
+    out = copy.deepcopy(body)
+    items = out.get("messages") or out.get("input") or []
+    for item in reversed(items):
+        if item.get("role") == "user" and isinstance(item.get("content"), str):
+            item["content"] += f" Ref {_tag(n)}."
+            break
+    return out
+
+
 def _time(endpoint: str, body: dict[str, Any], checks: Guards | None) -> float:
     plan = _plan()
     best = float("inf")
-    for _ in range(RUNS):
+    for run in range(RUNS):
         contexts = [
-            CallContext("r", None, endpoint, "m", False, copy.deepcopy(body)) for _ in range(CALLS)
+            CallContext("r", None, endpoint, "m", False, _varied(body, run * CALLS + i))
+            for i in range(CALLS)
         ]
         start = time.process_time()
         for ctx in contexts:
@@ -215,8 +240,10 @@ def main() -> int:
         f"{platform.python_version()}",
         "- **Checks:** every built-in personal-data kind as one `mask` check, the injection "
         "heuristic as one `flag` check (`gateway.guard.apply.guard_request`: the body's texts, "
-        "the verdict, the masking). Process CPU time, best of 7 runs of 2,000 calls, minus the "
-        "same calls' set-up without checks.",
+        "the verdict, the masking). Each call's question ends in its own tag (a route reads a "
+        "long text it has seen before, such as the system prompt, from its memo). Process CPU "
+        "time, best of 7 runs of 2,000 calls, minus the same calls' set-up without checks. "
+        "Under load in the server: [GUARD_LOAD.md](GUARD_LOAD.md).",
         "",
         "| request | guard CPU µs per request |",
         "|---|---:|",

@@ -39,9 +39,45 @@ PROMPT = (
 SYSTEM = "You are a helpful support assistant for Acme Corp. Answer briefly and politely."
 
 
-def _body(route: str) -> str:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
-    return json.dumps({"model": route, "messages": messages, "max_tokens": 64})
+# Each request's question ends with its own tag of letters ("ref bqd"), as real traffic's
+# questions differ: a route reads a text it has seen before from its memo, so the same body
+# over and over would measure the memo, not the checks. The system prompt stays the same,
+# as an app's does.
+_SCRIPT = """\
+local n = 0
+local head, tail
+local letters = "abcdefghijklmnopqrstuvwxyz"
+local h = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {api_key}"}}
+init = function(args)
+  head = [==[{head}]==]
+  tail = [==[{tail}]==]
+end
+local function tag(k)
+  local s = ""
+  repeat
+    local r = k % 26
+    s = s .. string.sub(letters, r + 1, r + 1)
+    k = math.floor(k / 26)
+  until k == 0
+  return s
+end
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, h, head .. tag(n) .. tail)
+end
+"""
+_MARK = "@@TAG@@"
+
+
+def _script(route: str) -> str:
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"{PROMPT} Ref {_MARK}."},
+    ]
+    body = json.dumps({"model": route, "messages": messages, "max_tokens": 64})
+    head, tail = body.split(_MARK)
+    done = wrk._LUA[wrk._LUA.index("done = function") :].replace("{{", "{").replace("}}", "}")
+    return _SCRIPT.format(api_key=launch.FAREBOX_KEY, head=head, tail=tail) + done
 
 
 def main() -> int:
@@ -72,7 +108,7 @@ def main() -> int:
     scripts = {}
     for route in ROUTES:
         script = WORK / f"{route}.lua"
-        script.write_text(wrk._LUA.format(api_key=launch.FAREBOX_KEY, body=_body(route)))
+        script.write_text(_script(route))
         scripts[route] = script
     rounds: dict[str, list[tuple[float, float]]] = {r: [] for r in ROUTES}
     try:
@@ -118,7 +154,9 @@ def main() -> int:
         f"per route, wrk at {args.connections} connections, routes interleaved)",
         "- **Setup:** one Farebox worker (ledger off) and one simulator on their own CPUs, "
         "`bench/farebox-guard.yaml`; the same support chat (system prompt and question, "
-        "nothing found) on a route without checks and on one with the default detectors.",
+        "nothing found; each question ends with its own tag, so only the system prompt is "
+        "a text the route has seen before) on a route without checks and on one with the "
+        "default detectors.",
         "",
         "| route | requests/s (median) | gateway CPU µs per request (median) |",
         "|---|---:|---:|",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from routing.injection import DEFAULT_THRESHOLD, score
+from routing.injection import DEFAULT_THRESHOLD, signals, weight_of
 from routing.masking import Masker
 from routing.model import DeploymentSpec
 from routing.pii import KINDS, Custom, find
@@ -106,11 +106,13 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Guards:
-    """A route's checks, by when they run."""
+    """A route's checks, by when they run, and what its request checks found in the long
+    texts it saw last (`memo`)."""
 
     request: tuple[Check, ...]
     answer: tuple[Check, ...]
     models: tuple[Check, ...]  # request checks that ask a guard model
+    memo: TextMemo = field(default_factory=lambda: TextMemo(), compare=False, repr=False)
 
     @classmethod
     def of(cls, checks: Iterable[Check]) -> Guards:
@@ -127,20 +129,25 @@ class Guards:
 
 
 def inspect(
-    checks: Iterable[Check], texts: list[str], decided: Mapping[str, int] | None = None
+    checks: Iterable[Check],
+    texts: list[str],
+    decided: Mapping[str, int] | None = None,
+    memo: TextMemo | None = None,
 ) -> Verdict:
     """Run `checks` over a request's `texts`, strongest action first; a block stops
     the others (nothing more need be known about a request that is refused). `decided`
-    holds the hits of the checks' guard models, asked before."""
+    holds the hits of the checks' guard models, asked before; `memo` (the route's, for
+    these checks) what they found in long texts seen before."""
     verdict = Verdict()
     mask_kinds: list[str] = []  # every mask check's, masked by one Masker
     mask_custom: list[Custom] = []
     request_checks = sorted(checks, key=lambda c: PRECEDENCE[c.action])
-    # The request's texts read as one: a pattern costs about as much per call as per
-    # character here, and no finding spans a newline (the injection score is the request's).
-    whole = texts[0] if len(texts) == 1 else "\n".join(texts)
-    for check in request_checks:
-        hits = _hits(check, whole) if whole else 0
+    counts, signals = _found(request_checks, texts, memo)
+    for i, check in enumerate(request_checks):
+        hits = counts[i]
+        threshold = check.injection_threshold
+        if threshold is not None and signals and weight_of(signals) >= threshold:
+            hits += 1
         if decided:
             hits += decided.get(check.name, 0)
         if not hits:
@@ -166,11 +173,78 @@ def inspect(
     return verdict
 
 
-def _hits(check: Check, text: str) -> int:
-    count = len(find(text, check.kinds, check.custom)) if check.kinds or check.custom else 0
-    if check.injection_threshold is not None and score(text) >= check.injection_threshold:
-        count += 1
-    return count
+# A text this long is looked up in the route's memo before it is read: agents and apps send
+# the same system prompt, and the same conversation so far, with every request. Shorter
+# texts are read together as one (a pattern costs about as much per call as per character
+# at this length) and never kept.
+MEMO_MIN_CHARS = 64
+MEMO_MAX_CHARS = 1_000_000  # per route and worker: the texts kept, in characters
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What one text holds for a route's request checks: personal data per check (in the
+    checks' order of precedence) and the injection signals present."""
+
+    counts: tuple[int, ...]
+    signals: frozenset[str]
+
+
+class TextMemo:
+    """The route's long texts seen last (first in, first out, bounded in characters), each
+    with what its request checks found in it. Only counts and signal names are kept with a
+    text, never a finding's value apart from it; a route's checks never change while the
+    route exists (a config reload builds new Guards)."""
+
+    __slots__ = ("_chars", "_entries", "_max")
+
+    def __init__(self, max_chars: int = MEMO_MAX_CHARS) -> None:
+        self._entries: dict[str, Found] = {}
+        self._chars = 0
+        self._max = max_chars
+
+    def found(self, checks: list[Check], text: str) -> Found:
+        hit = self._entries.get(text)
+        if hit is not None:
+            return hit
+        found = _read(checks, text)
+        self._entries[text] = found
+        self._chars += len(text)
+        while self._chars > self._max:
+            oldest = next(iter(self._entries))
+            self._chars -= len(oldest)
+            del self._entries[oldest]
+        return found
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _found(
+    checks: list[Check], texts: list[str], memo: TextMemo | None
+) -> tuple[list[int], frozenset[str]]:
+    """Per check (in order) the personal data found in `texts`, and the injection signals
+    present in any of them."""
+    counts = [0] * len(checks)
+    signals: frozenset[str] = frozenset()
+    short = [t for t in texts if len(t) < MEMO_MIN_CHARS] if memo is not None else texts
+    units = [_read(checks, short[0] if len(short) == 1 else "\n".join(short))] if short else []
+    if memo is not None:
+        units += [memo.found(checks, t) for t in texts if len(t) >= MEMO_MIN_CHARS]
+    for unit in units:
+        for i, n in enumerate(unit.counts):
+            counts[i] += n
+        if unit.signals:
+            signals = signals | unit.signals
+    return counts, signals
+
+
+def _read(checks: list[Check], text: str) -> Found:
+    counts = tuple(
+        len(find(text, c.kinds, c.custom)) if (c.kinds or c.custom) and text else 0 for c in checks
+    )
+    scored = text and any(c.injection_threshold is not None for c in checks)
+    return Found(counts, frozenset(signals(text)) if scored else frozenset())
 
 
 def allowed(deployment: DeploymentSpec, kinds: frozenset[str] | None) -> bool:

@@ -17,6 +17,10 @@ Visit = Callable[[str], str]
 
 
 def texts(endpoint: str, payload: dict[str, Any]) -> list[str]:
+    if endpoint == "chat/completions":
+        plain = _plain_chat(payload.get("messages"))
+        if plain is not None:
+            return plain
     found: list[str] = []
 
     def keep(text: str) -> str:
@@ -59,6 +63,23 @@ def visit(endpoint: str, payload: dict[str, Any], fn: Visit) -> None:
             payload[key] = fn(value)
         elif isinstance(value, list):
             payload[key] = [fn(v) if isinstance(v, str) else v for v in value]
+
+
+def _plain_chat(messages: Any) -> list[str] | None:
+    """The texts of the usual chat body (each message's content one string, no tool calls)
+    without the general walk, which costs several times more; None for any other body."""
+    if not isinstance(messages, list):
+        return None
+    out: list[str] = []
+    for message in messages:
+        if type(message) is not dict or "tool_calls" in message:
+            return None
+        content = message.get("content")
+        if type(content) is not str:
+            return None
+        if content:
+            out.append(content)
+    return out
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

@@ -50,8 +50,12 @@ def _signal(
 
 
 def _long_word(text: str) -> bool:
-    """A run of 64 characters without a space (what an encoded blob needs)."""
-    return len(text) >= 64 and any(len(word) >= 64 for word in text.split())
+    """Whether `text` may hold a run of 64 characters without a space (what an encoded
+    blob needs): such a run covers a whole aligned block of 32 characters, so a text whose
+    every block holds a space has none. Blocks are tested at C speed; splitting the text
+    into words cost several times more, and this runs on every request's text."""
+    n = len(text)
+    return n >= 64 and any(" " not in text[i : i + 32] for i in range(0, n - 31, 32))
 
 
 _VERBS = (
@@ -162,13 +166,56 @@ SIGNALS = (
 )
 
 
-def signals(text: str) -> list[str]:
-    """The names of the signals present in `text`."""
-    lower = text.lower()
-    return [s.name for s in SIGNALS if s.present(text, lower)]
+# Every signal's needles, each once: a text holding none of them (most prompts) is done
+# with one pass per needle at C speed, and no signal is looked at. A needle is only looked
+# for when the text holds its gate character (one memchr): the markup ones hold "<", "[" or
+# ":", and the CSS ones' signal needs a ":" after them; the zero-width and bidi ones are
+# only looked for in a text that is not ASCII.
+_NEEDLES = tuple(dict.fromkeys(n for s in SIGNALS for n in s.needles))
+_CSS = ("display", "font-size", "color")
 
 
-def score(text: str) -> float:
+def _gate(needle: str) -> str:
+    own = [c for c in needle if c in ":<["]
+    return own[0] if own else ":" if needle in _CSS else ""
+
+
+_WIDE = tuple(n for n in _NEEDLES if not n.isascii())
+_GATED = tuple(
+    (gate, tuple(n for n in _NEEDLES if n.isascii() and _gate(n) == gate)) for gate in ":<["
+)
+_PLAIN = tuple(n for n in _NEEDLES if n.isascii() and not _gate(n))
+_UNGATED = tuple(s for s in SIGNALS if not s.needles)
+
+
+def _any_needle(lower: str) -> bool:
+    if any(map(lower.__contains__, _PLAIN)):
+        return True
+    for gate, needles in _GATED:
+        if gate in lower and any(map(lower.__contains__, needles)):
+            return True
+    return not lower.isascii() and any(map(lower.__contains__, _WIDE))
+
+
+def _candidates(text: str, lower: str) -> tuple[Signal, ...]:
+    return SIGNALS if _any_needle(lower) else _UNGATED
+
+
+def signals(text: str, lower: str | None = None) -> list[str]:
+    """The names of the signals present in `text` (`lower`: its lower case, if known)."""
+    lower = text.lower() if lower is None else lower
+    return [s.name for s in _candidates(text, lower) if s.present(text, lower)]
+
+
+def score(text: str, lower: str | None = None) -> float:
     """The sum of the weights of the signals present in `text` (each once)."""
-    lower = text.lower()
-    return sum(s.weight for s in SIGNALS if s.present(text, lower))
+    lower = text.lower() if lower is None else lower
+    return sum(s.weight for s in _candidates(text, lower) if s.present(text, lower))
+
+
+_WEIGHTS = {s.name: s.weight for s in SIGNALS}
+
+
+def weight_of(names: frozenset[str] | set[str]) -> float:
+    """The score of a set of signal names (those of `signals`, from one or several texts)."""
+    return sum(_WEIGHTS[n] for n in names)

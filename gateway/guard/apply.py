@@ -11,7 +11,7 @@ import orjson
 
 from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
-from gateway.observability.metrics import GUARD_HITS, GUARD_SECONDS
+from gateway.observability.metrics import count_guard_hits, observe_guard
 from gateway.providers.answer_checks import check_stream
 from routing.answer_guard import AnswerGuard
 from routing.drills import DrillSpec
@@ -41,11 +41,12 @@ def guard_request(
     whether the body was masked. What was found is counted, never kept or logged."""
     checks = guards.request
     started = time.perf_counter()
-    verdict = inspect(checks, texts(ctx.endpoint, ctx.payload), decided)
-    GUARD_SECONDS.labels(plan.route).observe(time.perf_counter() - started)
-    actions = {c.name: c.action for c in checks}
-    for name, hits in verdict.hits.items():
-        GUARD_HITS.labels(plan.route, name, actions[name]).inc(hits)
+    verdict = inspect(checks, texts(ctx.endpoint, ctx.payload), decided, guards.memo)
+    observe_guard(plan.route, time.perf_counter() - started)
+    if verdict.hits:
+        actions = {c.name: c.action for c in checks}
+        for name, hits in verdict.hits.items():
+            count_guard_hits(plan.route, name, actions[name], hits)
     outcome = verdict.outcome
     if outcome is None and not unanswered:
         return plan, False
@@ -152,7 +153,7 @@ async def answer_counted(
 def _count_answer(route: str, guard: AnswerGuard) -> None:
     actions = {c.name: c.action for c in guard.checks}
     for name, hits in guard.hits.items():
-        GUARD_HITS.labels(route, name, actions[name]).inc(hits)
+        count_guard_hits(route, name, actions[name], hits)
 
 
 def guard_trial(active: Mapping[str, DrillSpec], route: str, ctx: CallContext) -> dict[str, str]:

@@ -298,6 +298,27 @@ class _RequestSeries:
         self.overhead = _Hist(OVERHEAD.labels(row.route))
 
 
+_guard_seconds: dict[str, _Hist] = {}
+_guard_hits: dict[tuple[str, str, str], _Count] = {}
+
+
+def observe_guard(route: str, seconds: float) -> None:
+    """A route's guard checks took `seconds` on one request (buffered like the per-request
+    series: the checks' own cost is what this measures, so it must add little)."""
+    hist = _guard_seconds.get(route)
+    if hist is None:
+        hist = _guard_seconds[route] = _Hist(GUARD_SECONDS.labels(route))
+    hist.observe(seconds)
+
+
+def count_guard_hits(route: str, check: str, action: str, hits: int) -> None:
+    key = (route, check, action)
+    count = _guard_hits.get(key)
+    if count is None:
+        count = _guard_hits[key] = _Count(GUARD_HITS.labels(route, check, action))
+    count.n += hits
+
+
 _attempt_series: dict[tuple[str, str, str, str | None, str], _AttemptSeries] = {}
 _request_series: dict[tuple[str, str | None, int, str | None, bool], _RequestSeries] = {}
 
