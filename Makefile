@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: help install run test lint fmt docs bench bench-soak bench-responses bench-batch bench-http bench-ledger-scale
+.PHONY: help install run test lint fmt docs bench bench-guard bench-soak bench-responses bench-batch bench-http bench-ledger-scale
 
 help:
 	@echo "make run    - install, start the simulator, serve config/demo.yaml on :8080"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint   - ruff, mypy, import-linter, hadolint (Dockerfile)"
 	@echo "make docs   - regenerate the config and CLI references, build the manual (strict) into site/"
 	@echo "make bench  - Farebox vs direct vs LiteLLM proxy vs bare passthrough"
+	@echo "make bench-guard - guard checks' CPU per request, alone and under load (bench/GUARD*.md)"
 	@echo "make bench-responses - the Responses API (native, translated) beside chat: req/s, CPU"
 	@echo "make bench-soak - 15 minutes of steady load on the production profile (RSS, fds, ledger)"
 	@echo "make bench-batch - a 5,000-line batch filling a dedicated GPU beside 70 % live load"
@@ -84,6 +85,10 @@ bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/responses_bench.py
 	$(BIN)/python bench/batch_fill_bench.py
+
+bench-guard: install
+	$(BIN)/python bench/guard.py
+	$(BIN)/python bench/guard_load.py
 
 bench-responses: install
 	./scripts/ensure-services.sh
