@@ -60,6 +60,7 @@ from gateway.providers.responses_bridge import ResponsesBridge
 from gateway.settings import Settings
 from routing.breaker import BreakerPolicy
 from routing.guard import Guards
+from routing.model import RouteSpec
 from routing.resolve import ModelIndex
 
 if TYPE_CHECKING:
@@ -209,6 +210,21 @@ def build_scorers(config: GatewayConfig) -> dict[str, Scorer]:
     return {name: load_scorer(route.router_model) for name, route in routes.items()}
 
 
+def quality_route_specs(config: GatewayConfig) -> dict[str, RouteSpec]:
+    """The route specs, each `target_quality` turned into the strong share that gets it."""
+    specs = config.route_specs()
+    targets = {
+        n: r.target_quality
+        for n, r in config.routes.items()
+        if r.strategy == "quality" and r.target_quality is not None
+    }
+    if not targets:
+        return specs
+    from gateway.router.scoring import with_target_shares
+
+    return with_target_shares(specs, targets)
+
+
 def build_files(settings: Settings, repository: LedgerRepository) -> FileStore:
     """The files store on the ledger's engine, its bytes in FAREBOX_FILES_DIR (default: a
     `files` directory beside the spool) or, with FAREBOX_FILES_BACKEND=s3, in a bucket."""
@@ -331,7 +347,7 @@ def build_state(
     )
     live = LiveRouting(
         specs,
-        config.route_specs(),
+        quality_route_specs(config),
         prices,
         breakers.open_map,
         quality=quality,

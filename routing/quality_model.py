@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import pairwise, repeat
 from operator import mul
 from typing import Any
 
@@ -102,6 +102,10 @@ class QualityModel:
     # the quadratic terms.
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # What the router recovered on prompts of subjects it was not trained on (its training
+    # run's leave-groups-out cross-validation): (share of calls sent strong, PGR) points,
+    # shares increasing. Lets a route ask for a quality instead of a share.
+    curve: Sequence[tuple[float, float]] = ()
     # Derived from `structural` for scoring: plain weights, and pair weights "a*b" as a
     # symmetric table (off-diagonal halved) so the products sum in one pass per feature.
     _linear: dict[str, float] = field(init=False, repr=False, compare=False)
@@ -187,6 +191,22 @@ class QualityModel:
         hi = min(lo + 1, len(qs) - 1)
         return qs[lo] + (qs[hi] - qs[lo]) * (pos - lo)
 
+    def share_for_quality(self, target: float) -> float | None:
+        """The smallest share of strong calls at which the cross-validated curve recovers
+        `target` of the strong model's quality gain over the weak one (PGR, interpolated);
+        None without a stored curve or when the curve never reaches it."""
+        curve = self.curve
+        if not curve:
+            return None
+        if curve[0][1] >= target:
+            return curve[0][0]
+        for (share_a, pgr_a), (share_b, pgr_b) in pairwise(curve):
+            if pgr_b >= target:
+                if pgr_b == pgr_a:
+                    return share_b
+                return share_a + (target - pgr_a) / (pgr_b - pgr_a) * (share_b - share_a)
+        return None
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QualityModel:
         """Build from the JSON document gateway.router.model_io reads; ValueError if malformed."""
@@ -228,6 +248,14 @@ class QualityModel:
         ):
             raise ValueError("'ranges' must map names to [low, high]")
         meta = data.get("meta", {})
+        curve = data.get("pgr_curve", [])
+        if not isinstance(curve, list) or not all(
+            isinstance(p, list) and len(p) == 2 for p in curve
+        ):
+            raise ValueError("'pgr_curve' must be a list of [strong share, PGR] pairs")
+        points = tuple((_float(a, "a curve share"), _float(b, "a curve PGR")) for a, b in curve)
+        if any(b[0] < a[0] for a, b in pairwise(points)):
+            raise ValueError("'pgr_curve' shares must not decrease")
         return cls(
             config=config,
             bias=_float(data.get("bias", 0.0), "'bias'"),
@@ -241,6 +269,7 @@ class QualityModel:
                 for k, r in ranges.items()
             },
             meta=dict(meta) if isinstance(meta, Mapping) else {},
+            curve=points,
         )
 
     def as_dict(self, digits: int = 5) -> dict[str, Any]:
@@ -265,4 +294,5 @@ class QualityModel:
                 for k, (lo, hi) in sorted(self.ranges.items())
             },
             "meta": dict(self.meta),
+            **({"pgr_curve": [[r(a), r(b)] for a, b in self.curve]} if self.curve else {}),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -87,16 +88,33 @@ def train_command(
     label: Annotated[
         str, typer.Option(help="Target: diff (strong−weak), gain, weak-wrong.")
     ] = DEFAULTS.label,
+    curve_folds: Annotated[
+        int,
+        typer.Option(
+            help="Leave-groups-out folds for the stored quality curve a route's "
+            "target_quality reads (0: no curve).",
+            min=0,
+        ),
+    ] = 5,
 ) -> None:
     """Train a model on all of --data and write it to --out (gzipped if it ends in .gz)."""
     examples = _load_data(data, weak_column, strong_column, prompt_column)
     started = time.perf_counter()
+    options = TrainOptions(l2=l2, label=label)
     try:
         model = train(
             examples,
-            TrainOptions(l2=l2, label=label),
+            options,
             meta={"weak": weak_column, "strong": strong_column, "data": [p.name for p in data]},
         )
+        folds = min(curve_folds, len({e.group for e in examples}))
+        if folds >= 2:
+            # The curve of prompts each fold's model never saw the groups of: what a route
+            # asking for a quality can expect on new traffic, not on the training prompts.
+            pooled = cross_validate(examples, folds, 0, options).pooled
+            model = dataclasses.replace(
+                model, curve=tuple((p.strong_share, p.pgr) for p in pooled.curve)
+            )
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     size = save_model(model, out)
@@ -138,7 +156,9 @@ def score_command(model: ModelOption = DEFAULT_MODEL) -> None:
         raise typer.Exit(1)
 
 
-def _print_report(report: RouterReport) -> None:
+def _print_report(report: RouterReport, costs: tuple[float, float] | None = None) -> None:
+    """The metrics and the curve; with (weak, strong) costs per request, each point's cost
+    per request and per correct answer, beside sending everything to the strong model."""
     typer.echo(
         f"prompts {report.prompts}: weak quality {report.weak_quality:.3f}, "
         f"strong quality {report.strong_quality:.3f}"
@@ -146,9 +166,24 @@ def _print_report(report: RouterReport) -> None:
     typer.echo(f"APGR      {report.apgr:.3f}")
     typer.echo(f"CPT(50%)  {_pct(report.cpt50)}")
     typer.echo(f"CPT(80%)  {_pct(report.cpt80)}")
-    typer.echo("strong calls  quality  PGR")
+    if costs is None:
+        typer.echo("strong calls  quality  PGR")
+        for point in report.curve:
+            typer.echo(
+                f"  {point.strong_share * 100:6.1f}%    {point.quality:.3f}  {point.pgr:6.3f}"
+            )
+        return
+    weak, strong = costs
+    typer.echo("strong calls  quality  PGR     cost/request  cost/correct  vs all-strong")
     for point in report.curve:
-        typer.echo(f"  {point.strong_share * 100:6.1f}%    {point.quality:.3f}  {point.pgr:6.3f}")
+        # strategy quality sends each request to one of the two (a gate's escalations of
+        # the weak model's failures come on top, and this data cannot say how many).
+        cost = (1 - point.strong_share) * weak + point.strong_share * strong
+        per_correct = cost / point.quality if point.quality else float("inf")
+        typer.echo(
+            f"  {point.strong_share * 100:6.1f}%    {point.quality:.3f}  {point.pgr:6.3f}  "
+            f"{cost:12.6g}  {per_correct:12.6g}  {cost / strong:9.1%}"
+        )
 
 
 @router_app.command("eval")
@@ -161,12 +196,26 @@ def eval_command(
     plot: Annotated[
         Path | None, typer.Option(metavar="PNG", help="Write the PGR curve as a PNG.")
     ] = None,
+    weak_cost: Annotated[
+        float | None,
+        typer.Option(help="Cost of one weak-model request (any unit): prints the cost curve."),
+    ] = None,
+    strong_cost: Annotated[
+        float | None, typer.Option(help="Cost of one strong-model request (same unit).")
+    ] = None,
 ) -> None:
-    """APGR, CPT(50%) and CPT(80%) of MODEL on --data (RouteLLM's definitions)."""
+    """APGR, CPT(50%) and CPT(80%) of MODEL on --data (RouteLLM's definitions); with
+    --weak-cost and --strong-cost, the cost per request and per correct answer at each
+    point of the curve."""
+    if (weak_cost is None) != (strong_cost is None):
+        raise fail("give both --weak-cost and --strong-cost", 2)
+    if weak_cost is not None and strong_cost is not None and (weak_cost < 0 or strong_cost <= 0):
+        raise fail("costs must be positive", 2)
     loaded = _load_model(model)
     examples = _load_data(data, weak_column, strong_column, prompt_column)
     report = score_all(loaded, examples)
-    _print_report(report)
+    costs = None if weak_cost is None or strong_cost is None else (weak_cost, strong_cost)
+    _print_report(report, costs)
     if plot is not None:
         _write_plot(plot, [("router", report)], f"APGR {report.apgr:.3f} on {report.prompts}")
 

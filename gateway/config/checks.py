@@ -13,7 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config.fanout import fanout_issues
 from gateway.config.guard import GuardCheck
+from gateway.config.routes import Route
 from gateway.config.schema import GatewayConfig, _suggest
+from gateway.router.scoring import quality_target_problem
 from gateway.runtime.yaml_loader import ConfigIssue, LocatedDocument, Path
 from routing.gates import GateSpec
 from routing.model import GatePolicy
@@ -77,19 +79,27 @@ def cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue
             )
         quality_keys = [
             k
-            for k in ("threshold", "strong_share", "router_model")
+            for k in ("threshold", "strong_share", "target_quality", "router_model")
             if getattr(route, k) is not None
         ]
         if quality_keys and route.strategy != "quality":
             issues.append(
                 doc.issue(("routes", name, quality_keys[0]), "this is for strategy quality")
             )
-        if route.threshold is not None and route.strong_share is not None:
+        policies = [
+            k
+            for k in ("threshold", "strong_share", "target_quality")
+            if getattr(route, k) is not None
+        ]
+        if len(policies) > 1:
             issues.append(
                 doc.issue(
-                    ("routes", name, "strong_share"), "give threshold or strong_share, not both"
+                    ("routes", name, policies[1]),
+                    "give one of threshold, strong_share or target_quality",
                 )
             )
+        elif (problem := _quality_target_issue(route)) is not None:
+            issues.append(doc.issue(("routes", name, "target_quality"), problem))
         issues += fanout_issues(name, route, doc)
         if route.strategy == "direct" and len(route.targets) != 1:
             issues.append(
@@ -109,6 +119,13 @@ def cross_check(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue
             )
         seen_keys[api_key.name] = i
     return issues
+
+
+def _quality_target_issue(route: Route) -> str | None:
+    """Why a quality route's `target_quality` cannot be met by its router model."""
+    if route.target_quality is None or route.strategy != "quality":
+        return None
+    return quality_target_problem(route.router_model, route.target_quality)
 
 
 def _check_drills(config: GatewayConfig, doc: LocatedDocument) -> list[ConfigIssue]:

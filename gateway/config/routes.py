@@ -253,9 +253,13 @@ class Route(_Strict):
     gate: GateConfig | None = None
     # quality: send to the strong (last) target when the router's score is above
     # `threshold`, or hold `strong_share` of traffic there (the threshold follows live
-    # score quantiles); `router_model` overrides the model shipped with Farebox.
+    # score quantiles), or `target_quality`; `router_model` overrides the model shipped
+    # with Farebox.
     threshold: Annotated[float, Field(ge=0, le=1)] | None = None
     strong_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    # Or the share of the strong model's quality gain to keep (PGR, 0.8 = 80 %): the router
+    # model's cross-validated curve turns it into the strong share that gets it.
+    target_quality: Annotated[float, Field(gt=0, le=1)] | None = None
     router_model: str | None = None
     # Unset fields inherit server.timeouts.
     timeouts: TimeoutsConfig | None = None

@@ -126,6 +126,30 @@ def test_eval_prints_metrics_and_writes_the_plot(
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_stores_its_cross_validated_curve(trained: Path) -> None:
+    """Four groups: four leave-one-group-out folds (fewer than --curve-folds' 5)."""
+    model = load_model(trained)
+    assert len(model.curve) == 11 and model.curve[0][0] == 0 and model.curve[-1][0] == 1
+
+
+def test_eval_prints_the_cost_curve(trained: Path, data_dir: Path) -> None:
+    code, stdout, stderr = invoke(
+        "eval", "--model", str(trained), "--data", str(data_dir),
+        "--weak-cost", "1", "--strong-cost", "10",
+    )  # fmt: skip
+    assert code == 0, stderr
+    lines = [line.split() for line in stdout.splitlines() if line.strip().endswith("%")]
+    points = [line for line in lines if len(line) == 6]
+    assert len(points) == 11
+    first, last = points[0], points[-1]
+    assert (first[0], first[3], first[5]) == ("0.0%", "1", "10.0%")  # all weak: 1 per request
+    assert (last[0], last[3], last[5]) == ("100.0%", "10", "100.0%")
+    code, _stdout, stderr = invoke(
+        "eval", "--model", str(trained), "--data", str(data_dir), "--weak-cost", "1"
+    )
+    assert code == 2 and "--strong-cost" in stderr
+
+
 def test_cv_holds_out_whole_subjects(data_dir: Path) -> None:
     code, stdout, stderr = invoke("cv", "--data", str(data_dir), "--folds", "2", "--json")
     assert code == 0, stderr
