@@ -78,6 +78,12 @@ Keys (``MS`` = milliseconds, ``N`` = non-negative integer):
   Guard's label format): the answer is ``unsafe\nS1`` when the request's messages hold
   ``MARKER`` (percent-decoded, any case; default ``forbidden-topic``), else ``safe``.
   With ``latency=`` or ``hang`` it is a slow classifier, with ``status=`` an erroring one.
+* ``empty_when=MARKER`` (``empty_rate=P``): OpenAI/Azure chat only.  A model that fails
+  on a kind of prompt: the answer is empty (a 200, finish ``stop``, no content) when the
+  request's messages hold ``MARKER`` (percent-decoded, any case) — for ``P`` of those
+  prompts when given, chosen by a hash of the prompt, so the same prompt always gets the
+  same answer.  A ``non_empty`` gate fails them: the hidden rule a learned router has to
+  find (issue 28).
 * ``reply=TEXT``: OpenAI/Azure chat and Responses only.  The answer is exactly ``TEXT``
   (percent-decoded, so ``%2C`` is a comma and ``%25`` a percent sign): the message
   content, the JSON document of a ``response_format`` answer, or the arguments of a tool
@@ -183,6 +189,10 @@ class Behaviour:
     echo: bool = False
     #: ``classifier``: the marker whose presence makes the answer ``unsafe``.
     classifier: str | None = None
+    #: ``empty_when``: the marker whose presence (in ``empty_rate`` of such prompts) makes
+    #: the answer empty; ``empty_rate``: that share (all of them when unset).
+    empty_when: str | None = None
+    empty_rate: float | None = None
     invalid_json_rate: float | None = None
     reply: str | None = None
     tool: str | None = None
@@ -267,6 +277,14 @@ def _marker(key: str, raw: str) -> str:
     return (unquote(raw) or DEFAULT_CLASSIFIER_MARKER).lower()
 
 
+def _text_marker(key: str, raw: str) -> str:
+    """A marker matched in any case (percent-decoded); it must not be empty."""
+    marker = unquote(raw).lower()
+    if not marker:
+        raise DirectiveError(key, f"{key} needs a marker, e.g. {key}=integral")
+    return marker
+
+
 def _builtin(key: str, raw: str) -> str:
     if raw != "web_search":  # the only built-in tool the simulator plays
         raise DirectiveError(key, f"{key} supports only 'web_search', got {raw!r}")
@@ -314,6 +332,8 @@ _PARSERS: dict[str, Any] = {
     "echo_key": _flag,
     "echo": _flag,
     "classifier": _marker,
+    "empty_when": _text_marker,
+    "empty_rate": _probability,
     "invalid_json_rate": _probability,
     "reply": _text,
     "tool": _text,
@@ -334,7 +354,11 @@ _FLAGS = frozenset(
     }
 )
 #: Tuning keys that mean nothing without their switch; alone they are probably a typo.
-_NEEDS = {"prompt_cache_ttl": "prompt_cache", "prompt_cache_min": "prompt_cache"}
+_NEEDS = {
+    "prompt_cache_ttl": "prompt_cache",
+    "prompt_cache_min": "prompt_cache",
+    "empty_rate": "empty_when",
+}
 assert set(_PARSERS) == {f.name for f in fields(Behaviour)} - {"canonical"}
 
 

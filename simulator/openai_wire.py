@@ -9,6 +9,7 @@ too.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,8 @@ def _answer(call: Call, b: Behaviour, request_max: int | None) -> _Answer:
         document = schema_instance(schema) if schema is not None else {"result": "ok"}
         text = b.reply if b.reply is not None else structured_text(call, document, schema)
         return _Answer("json", text, fragments(text), b.reasoning, "stop")
+    if b.empty_when is not None and _fails_here(call, b.empty_when, b.empty_rate):
+        return _Answer("text", "", [], b.reasoning, "stop")
     if b.reply is not None:
         return _Answer("text", b.reply, fragments(b.reply), b.reasoning, "stop")
     if b.classifier is not None:
@@ -339,3 +342,15 @@ async def _stream(
         on_delivered=on_delivered,
         pre_content_tokens=answer.reasoning,
     )
+
+
+def _fails_here(call: Call, marker: str, rate: float | None) -> bool:
+    """`empty_when`: the prompt holds the marker, and (with a rate) its hash falls in the
+    failing share — the same prompt fails every time."""
+    prompt = "\n".join(prompt_texts(call.body.get("messages"))).lower()
+    if marker not in prompt:
+        return False
+    if rate is None:
+        return True
+    digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
