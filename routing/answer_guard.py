@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from routing.guard import BLOCK, FLAG, MASK, PRECEDENCE, Check
+from routing.guard import BLOCK, FLAG, LABELS, MASK, PRECEDENCE, Check
 from routing.masking import Masker
 from routing.pii import Custom, Finding, find
 
@@ -138,11 +138,11 @@ class AnswerGuard:
         if self.before:
             first, *parts = self.before.split("; ")
             outcomes.append(first)
-        for action, label in ((BLOCK, "blocked"), (MASK, "masked"), (FLAG, "flagged")):
+        for action in (BLOCK, MASK, FLAG):
             names = fired.get(action)
             if names:
                 outcomes.append(action)
-                parts.append(f"answer-{label}={','.join(names)}")
+                parts.append(f"answer-{LABELS[action]}={','.join(names)}")
         return "; ".join([min(outcomes, key=PRECEDENCE.__getitem__), *parts])
 
 

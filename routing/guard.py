@@ -31,6 +31,8 @@ MASK, BLOCK, REROUTE, FLAG = "mask", "block", "reroute", "flag"
 # answer withheld) in the ledger.
 GUARDRAIL_BLOCKED = "guardrail_blocked"
 ACTIONS = (MASK, BLOCK, REROUTE, FLAG)
+# What an action did, as summaries and reports say it ("rerouted=pii-local"), strongest first.
+LABELS = {BLOCK: "blocked", REROUTE: "rerouted", MASK: "masked", FLAG: "flagged"}
 # Which action wins when several checks fire: a block ends the request, a reroute narrows
 # the plan (masking still applies to what is sent), a flag only records.
 PRECEDENCE = {BLOCK: 0, REROUTE: 1, MASK: 2, FLAG: 3}
@@ -122,10 +124,6 @@ class Guards:
             answer=tuple(c for c in checks if c.on_answer),
             models=tuple(c for c in checks if c.on_request and c.model is not None),
         )
-
-    @property
-    def all(self) -> tuple[Check, ...]:
-        return self.request + tuple(c for c in self.answer if not c.on_request)
 
 
 def inspect(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from routing.guard import GUARDRAIL_BLOCKED
+from routing.guard import GUARDRAIL_BLOCKED, LABELS
 
 # The error class of a request the guard refused, or whose answer it withheld.
 BLOCKED_ERROR = GUARDRAIL_BLOCKED
@@ -22,14 +22,8 @@ BLOCKED_ERROR = GUARDRAIL_BLOCKED
 # the verb: block, reroute, mask, flag). A request a guard model gave no verdict on and
 # that was let by says "pass" ("pass; model-timeout=classifier"): `passed`, reported only
 # where it occurs, like any verb a later version adds.
-OUTCOMES = ("blocked", "rerouted", "masked", "flagged")
-_NAMED = {
-    "block": "blocked",
-    "reroute": "rerouted",
-    "mask": "masked",
-    "flag": "flagged",
-    "pass": "passed",
-}
+OUTCOMES = tuple(LABELS.values())
+_NAMED = {**LABELS, "pass": "passed"}
 # requests.guard's width (gateway.ledger.base.NAME).
 STORED_CHARS = 255
 

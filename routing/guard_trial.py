@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from routing.guard import BLOCK, FLAG, MASK, REROUTE, Check, inspect
+from routing.guard import FLAG, LABELS, Check, inspect
 
 TRIAL = "trial-"
-_LABELS = {BLOCK: "blocked", REROUTE: "rerouted", MASK: "masked", FLAG: "flagged"}
-WOULD = ("blocked", "rerouted", "masked", "flagged")
+WOULD = tuple(LABELS.values())
 
 
 def trial(checks: Iterable[Check], texts: list[str]) -> dict[str, str]:
@@ -34,7 +33,7 @@ def with_trial(summary: str | None, fired: Mapping[str, str]) -> str | None:
     if not fired:
         return summary
     parts = [summary or FLAG]
-    for action, label in _LABELS.items():
+    for action, label in LABELS.items():
         names = [name for name, did in fired.items() if did == action]
         if names:
             parts.append(f"{TRIAL}{label}={','.join(names)}")

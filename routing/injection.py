@@ -209,8 +209,7 @@ def signals(text: str, lower: str | None = None) -> list[str]:
 
 def score(text: str, lower: str | None = None) -> float:
     """The sum of the weights of the signals present in `text` (each once)."""
-    lower = text.lower() if lower is None else lower
-    return sum(s.weight for s in _candidates(text, lower) if s.present(text, lower))
+    return weight_of(frozenset(signals(text, lower)))
 
 
 _WEIGHTS = {s.name: s.weight for s in SIGNALS}

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -196,6 +197,16 @@ class PostgresServer:
         """A new database; a copy of `template` (a file copy, no migrations to run) if given."""
         copy = f" TEMPLATE {_identifier(template)}" if template else ""
         self.psql(f"CREATE DATABASE {_identifier(name)}{copy}")
+
+    def migrated_database(self, prefix: str) -> str:
+        """A new database named `prefix_<random>`, migrated to the head: its URL."""
+        from gateway.ledger.migrate import upgrade
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.create_database(name)
+        url = self.url(name)
+        upgrade(url)
+        return url
 
     def make_template(self, name: str) -> None:
         """Freeze database `name` as a template: nobody connects to it again (a connection,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import openai
 
 from tests.openapi import CHAT, CHUNK, ERROR, RESPONSE_EVENTS, check
 
@@ -84,6 +85,24 @@ def check_response_events(events: list[dict[str, Any]], context: str = "") -> No
 
 def _json(body: bytes) -> Any:
     return json.loads(body)
+
+
+def validated_openai(base_url: str, api_key: str, timeout: float = 10) -> Iterator[openai.OpenAI]:
+    """A fixture's body: an OpenAI SDK client (no retries) whose every body and stream
+    event is validated against the spec once the test is done with it.
+
+        @pytest.fixture
+        def client(gw): yield from validated_openai(gw.base_url, KEY)
+    """
+    recorder = WireRecorder()
+    yield openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        max_retries=0,
+        timeout=timeout,
+        http_client=recorder.client(),
+    )
+    recorder.validate()
 
 
 class WireRecorder:

@@ -13,9 +13,20 @@ from gateway.core.call_context import CallContext
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import count_guard_hits, observe_guard
 from gateway.providers.answer_checks import check_stream
-from routing.answer_guard import AnswerGuard
 from routing.drills import DrillSpec
-from routing.guard import GUARDRAIL_BLOCKED, Guards, Verdict, allowed, inspect
+from routing.guard import (
+    BLOCK,
+    FLAG,
+    GUARDRAIL_BLOCKED,
+    LABELS,
+    MASK,
+    REROUTE,
+    Check,
+    Guards,
+    Verdict,
+    allowed,
+    inspect,
+)
 from routing.guard_texts import rewrite, texts
 from routing.guard_trial import trial, with_trial
 from routing.masking import Masker, Restorer
@@ -44,14 +55,12 @@ def guard_request(
     verdict = inspect(checks, texts(ctx.endpoint, ctx.payload), decided, guards.memo)
     observe_guard(plan.route, time.perf_counter() - started)
     if verdict.hits:
-        actions = {c.name: c.action for c in checks}
-        for name, hits in verdict.hits.items():
-            count_guard_hits(plan.route, name, actions[name], hits)
+        _count(plan.route, checks, verdict.hits)
     outcome = verdict.outcome
     if outcome is None and not unanswered:
         return plan, False
     ctx.guard = _header(verdict, unanswered)
-    headers.append((b"x-farebox-guard", ctx.guard.encode()))
+    _say(ctx, headers)
     if verdict.blocked_by is not None:
         why = unanswered.get(verdict.blocked_by) if unanswered else None
         raise InvalidRequest(
@@ -84,14 +93,14 @@ def guard_request(
 def _header(verdict: Verdict, unanswered: Mapping[str, str] | None = None) -> str:
     # "pass": no check fired, but a guard model gave no verdict and its check let it by.
     parts = [verdict.outcome or "pass"]
-    for label, names in (
-        ("blocked", [verdict.blocked_by] if verdict.blocked_by else []),
-        ("rerouted", verdict.rerouted_by),
-        ("masked", verdict.masked_by),
-        ("flagged", verdict.flagged_by),
+    for action, names in (
+        (BLOCK, [verdict.blocked_by] if verdict.blocked_by else []),
+        (REROUTE, verdict.rerouted_by),
+        (MASK, verdict.masked_by),
+        (FLAG, verdict.flagged_by),
     ):
         if names:
-            parts.append(f"{label}={','.join(names)}")
+            parts.append(f"{LABELS[action]}={','.join(names)}")
     if unanswered:
         for why in sorted(set(unanswered.values())):
             names = [name for name, reason in unanswered.items() if reason == why]
@@ -132,9 +141,8 @@ def answer_checked(route: str, ctx: CallContext, headers: list[tuple[bytes, byte
     guard = ctx.answer_guard
     if guard is None or not guard.hits:
         return
-    _count_answer(route, guard)
-    headers[:] = [h for h in headers if h[0] != b"x-farebox-guard"]
-    headers.append((b"x-farebox-guard", str(ctx.guard).encode()))
+    _count(route, guard.checks, guard.hits)
+    _say(ctx, headers)
 
 
 async def answer_counted(
@@ -147,13 +155,14 @@ async def answer_counted(
             yield block
     finally:
         if ctx.answer_guard is not None:
-            _count_answer(route, ctx.answer_guard)
+            _count(route, ctx.answer_guard.checks, ctx.answer_guard.hits)
 
 
-def _count_answer(route: str, guard: AnswerGuard) -> None:
-    actions = {c.name: c.action for c in guard.checks}
-    for name, hits in guard.hits.items():
-        count_guard_hits(route, name, actions[name], hits)
+def _count(route: str, checks: tuple[Check, ...], hits: Mapping[str, int]) -> None:
+    """Findings per check into `farebox_guard_hits_total`, labelled with each's action."""
+    actions = {c.name: c.action for c in checks}
+    for name, n in hits.items():
+        count_guard_hits(route, name, actions[name], n)
 
 
 def guard_trial(active: Mapping[str, DrillSpec], route: str, ctx: CallContext) -> dict[str, str]:
@@ -168,5 +177,10 @@ def guard_trial(active: Mapping[str, DrillSpec], route: str, ctx: CallContext) -
 def note_trial(fired: dict[str, str], ctx: CallContext, headers: list[tuple[bytes, bytes]]) -> None:
     """What the trial checks would have done, added to `x-farebox-guard` and `ctx.guard`."""
     ctx.guard = with_trial(ctx.guard, fired)
+    _say(ctx, headers)
+
+
+def _say(ctx: CallContext, headers: list[tuple[bytes, bytes]]) -> None:
+    """`x-farebox-guard`: `ctx.guard` as it now stands, in place of what it said before."""
     headers[:] = [h for h in headers if h[0] != b"x-farebox-guard"]
     headers.append((b"x-farebox-guard", str(ctx.guard).encode()))

@@ -65,12 +65,7 @@ def gw(
 
 @pytest.fixture(scope="module")
 def pg_url_module(postgres: Any) -> str:
-    from gateway.ledger.migrate import upgrade
-
-    name = f"fill_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(name)
-    url: str = postgres.url(name)
-    upgrade(url)
+    url: str = postgres.migrated_database("fill")
     return url
 
 

@@ -9,7 +9,6 @@ reserved.
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,13 +51,8 @@ routes:
 def gw(
     simulator: str, postgres: Any, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[RunningGateway]:
-    from gateway.ledger.migrate import upgrade
-
     config = config_from_yaml(CONFIG, {"SIM_URL": simulator, "SIM_KEY": SIM_KEY})
-    name = f"blimits_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(name)
-    url = postgres.url(name)
-    upgrade(url)
+    url = postgres.migrated_database("blimits")
     settings = sqlite_settings(tmp_path).model_copy(
         update={"database_url": url, "redis_url": redis_server.url}
     )

@@ -15,7 +15,6 @@ pays (the provider's batch rate, $0 on the GPU, the live price on serverless).
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -72,14 +71,9 @@ routes:
 def gw(
     simulator: str, postgres: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    from gateway.ledger.migrate import upgrade
-
     directory = Path(tmp_path_factory.mktemp("batches"))
     config = config_from_yaml(CONFIG, {"SIM_URL": simulator, "SIM_KEY": SIM_KEY})
-    name = f"batches_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(name)
-    url = postgres.url(name)
-    upgrade(url)
+    url = postgres.migrated_database("batches")
     settings = sqlite_settings(directory).model_copy(update={"database_url": url})
     with running_gateway(config, settings) as running:
         yield running

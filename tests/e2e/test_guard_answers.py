@@ -27,7 +27,7 @@ from tests.guard_corpus import corpus
 from tests.ledger_reads import ledger_url, sql_rows
 from tests.simulator import simulator_stats
 from tests.waiting import wait_until
-from tests.wire_recorder import WireRecorder
+from tests.wire_recorder import validated_openai
 
 pytestmark = pytest.mark.e2e
 
@@ -86,11 +86,7 @@ def gw(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 @pytest.fixture
 def client(gw: RunningGateway) -> Iterator[openai.OpenAI]:
     """Every body and stream event the SDK gets is validated against the OpenAI spec."""
-    recorder = WireRecorder()
-    yield openai.OpenAI(
-        base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=10, http_client=recorder.client()
-    )
-    recorder.validate()
+    yield from validated_openai(gw.base_url, KEY)
 
 
 def _user(text: str) -> list[Any]:

@@ -8,7 +8,6 @@ upstream call the simulator counted.
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,9 @@ LINES = {
 def gw(
     simulator: str, postgres: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    from gateway.ledger.migrate import upgrade
-
     directory = Path(tmp_path_factory.mktemp("guard-batches"))
     config = config_from_yaml(CONFIG, {"SIM_URL": simulator, "SIM_KEY": SIM_KEY})
-    name = f"guard_batches_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(name)
-    url = postgres.url(name)
-    upgrade(url)
+    url = postgres.migrated_database("guard_batches")
     settings = sqlite_settings(directory).model_copy(update={"database_url": url})
     with running_gateway(config, settings) as running:
         yield running

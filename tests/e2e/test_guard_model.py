@@ -24,7 +24,7 @@ from tests.gateway_harness import RunningGateway, config_from_yaml, running_gate
 from tests.ledger_reads import ledger_url, sql_rows, wait_for_rows
 from tests.simulator import simulator_stats
 from tests.waiting import wait_until
-from tests.wire_recorder import WireRecorder
+from tests.wire_recorder import validated_openai
 
 pytestmark = pytest.mark.e2e
 
@@ -90,12 +90,8 @@ def gw(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 
 @pytest.fixture
 def client(gw: RunningGateway) -> Iterator[openai.OpenAI]:
-    """An SDK client whose every body and stream event is validated against the OpenAI spec."""
-    recorder = WireRecorder()
-    yield openai.OpenAI(
-        base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=10, http_client=recorder.client()
-    )
-    recorder.validate()
+    """Every body and stream event the SDK gets is validated against the OpenAI spec."""
+    yield from validated_openai(gw.base_url, KEY)
 
 
 def _calls(simulator: str, model: str) -> int:
